@@ -1,0 +1,39 @@
+"""th_distill: teacher hacking in language-model distillation, in JAX/Flax."""
+
+import setuptools
+
+TEST = [
+    "pytest>=8",
+    "pytest-xdist>=3",
+    "hypothesis>=6",
+    "torch==2.13.0",
+    "transformers>=4.40",
+    "safetensors>=0.4",
+]
+
+setuptools.setup(
+    name="th_distill",
+    version="0.1.0",
+    description="Teacher hacking in language-model distillation: oracle -> teacher -> student, in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["th_distill", "th_distill.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.6",
+        "ml_collections>=0.1.1",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": TEST,
+        "hf": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
+        "bench": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
+        "seqio": ["seqio", "tensorflow-datasets", "sentencepiece"],
+    },
+)

@@ -1,0 +1,354 @@
+"""T5 v1.1 encoder-decoder in Flax linen, with an explicit KV cache for incremental decoding.
+
+Architecture (as in the public T5 v1.1 checkpoints): pre-norm residual blocks with RMSNorm (no
+mean subtraction, no bias), gated-GELU MLP (tanh approximation), bucketed relative position bias
+computed by the first layer of each stack and shared by its other layers, no biases anywhere,
+no 1/sqrt(d) attention scaling (folded into the initialisation), an output layer untied from the
+shared input embedding, and no embedding rescaling.
+
+Every parameter carries logical axis names (`vocab, embed, heads, kv, mlp, relpos_buckets`) through
+`nn.with_logical_partitioning`, and activations carry `batch, length, ...` constraints, so the
+same module is sharded by `th_distill.partitioning` rules without any change here.
+
+Shapes: B batch, Li encoder (prompt) length, Lt decoder (target) length, E d_model, H heads,
+K d_kv, F d_ff, V vocab. Token id 0 is padding (and the decoder start token), 1 is EOS.
+
+The decoding cache is a plain pytree (see `init_cache`), so it can be carried through
+`lax.while_loop` and sharded like any other array.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from th_distill.models.config import PAD_ID, T5Config
+
+Array = jax.Array
+Cache = dict[str, Any]
+
+_NEG_INF = -1e10  # Added to masked attention logits; finite so fully-masked rows stay finite.
+
+
+def _normal(stddev: float):
+  return nn.initializers.normal(stddev=stddev)
+
+
+def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Array:
+  """Maps relative positions (key - query) to bucket ids in [0, num_buckets), as in T5.
+
+  Half of the buckets (all of them if not bidirectional) hold exact small distances, the rest
+  logarithmically larger ones up to `max_distance`; bidirectional attention splits the buckets
+  between keys after and before the query. Unidirectional attention maps future keys to bucket 0.
+  """
+  ret = jnp.zeros_like(relative_position)
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  safe_n = jnp.maximum(n, 1).astype(jnp.float32)
+  val_if_large = max_exact + (
+      jnp.log(safe_n / max_exact) / math.log(max_distance / max_exact) *
+      (num_buckets - max_exact)).astype(jnp.int32)
+  val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+  return ret + jnp.where(is_small, n, val_if_large)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: x / rms(x) * scale, computed in float32, returned in the compute dtype."""
+  cfg: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), self.cfg.storage_dtype)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) +
+                              self.cfg.layer_norm_eps)
+    return (x32 * scale.astype(jnp.float32)).astype(self.cfg.compute_dtype)
+
+
+class RelativePositionBias(nn.Module):
+  """Learned scalar bias per (head, relative-position bucket): returns [1, H, Lq, Lk] float32."""
+  cfg: T5Config
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, query_positions: Array, key_positions: Array) -> Array:
+    cfg = self.cfg
+    table = self.param(
+        "rel_embedding",
+        nn.with_logical_partitioning(_normal(cfg.d_model**-0.5), ("heads", "relpos_buckets")),
+        (cfg.num_heads, cfg.relative_attention_num_buckets), cfg.storage_dtype)
+    buckets = relative_position_bucket(key_positions[None, :] - query_positions[:, None],
+                                       self.bidirectional, cfg.relative_attention_num_buckets,
+                                       cfg.relative_attention_max_distance)  # [Lq, Lk]
+    return jnp.take(table.astype(jnp.float32), buckets, axis=1)[None]  # [1, H, Lq, Lk]
+
+
+class Attention(nn.Module):
+  """Multi-head dot-product attention without biases or logit scaling (T5)."""
+  cfg: T5Config
+
+  def setup(self):
+    cfg = self.cfg
+    hk = (cfg.num_heads, cfg.d_kv)
+    def kernel(name, stddev, shape, axes):
+      return self.param(name, nn.with_logical_partitioning(_normal(stddev), axes), shape,
+                        cfg.storage_dtype)
+    self.query = kernel("query", (cfg.d_model * cfg.d_kv)**-0.5, (cfg.d_model, *hk),
+                        ("embed", "heads", "kv"))
+    self.key = kernel("key", cfg.d_model**-0.5, (cfg.d_model, *hk), ("embed", "heads", "kv"))
+    self.value = kernel("value", cfg.d_model**-0.5, (cfg.d_model, *hk), ("embed", "heads", "kv"))
+    self.out = kernel("out", (cfg.num_heads * cfg.d_kv)**-0.5, (*hk, cfg.d_model),
+                      ("heads", "kv", "embed"))
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def _proj(self, x: Array, kernel: Array) -> Array:
+    dt = self.cfg.compute_dtype
+    y = jnp.einsum("ble,ehk->blhk", x.astype(dt), kernel.astype(dt))
+    return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
+
+  def project_kv(self, x: Array) -> tuple[Array, Array]:
+    """Keys and values of `x` [B, L, E]: two [B, L, H, K] arrays."""
+    return self._proj(x, self.key), self._proj(x, self.value)
+
+  def __call__(self, x: Array, keys: Array, values: Array, bias: Array, train: bool) -> Array:
+    """Attends from `x` [B, Lq, E] to `keys`/`values` [B, Lk, H, K].
+
+    `bias` broadcasts to [B, H, Lq, Lk] (relative positions plus a large negative on masked
+    entries). Returns [B, Lq, E] in the compute dtype.
+    """
+    dt = self.cfg.compute_dtype
+    q = self._proj(x, self.query)
+    logits = jnp.einsum("bqhk,bshk->bhqs", q, keys.astype(dt),
+                        preferred_element_type=jnp.float32) + bias
+    weights = jax.nn.softmax(logits, axis=-1)
+    weights = self.dropout(weights, deterministic=not train)
+    mixed = jnp.einsum("bhqs,bshk->bqhk", weights.astype(dt), values.astype(dt))
+    return jnp.einsum("bqhk,hke->bqe", mixed, self.out.astype(dt))
+
+
+class GatedGeluMlp(nn.Module):
+  """T5 v1.1 feed-forward: (gelu(x W0) * (x W1)) Wo."""
+  cfg: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    cfg = self.cfg
+    dt = cfg.compute_dtype
+    def kernel(name, stddev, shape, axes):
+      return self.param(name, nn.with_logical_partitioning(_normal(stddev), axes), shape,
+                        cfg.storage_dtype).astype(dt)
+    wi_0 = kernel("wi_0", cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
+    wi_1 = kernel("wi_1", cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
+    wo = kernel("wo", cfg.d_ff**-0.5, (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
+    h = jax.nn.gelu(x @ wi_0, approximate=True) * (x @ wi_1)
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
+    return h @ wo
+
+
+def _residual_constraint(x: Array) -> Array:
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class EncoderLayer(nn.Module):
+  cfg: T5Config
+
+  def setup(self):
+    self.attention_norm = RMSNorm(self.cfg)
+    self.attention = Attention(self.cfg)
+    self.mlp_norm = RMSNorm(self.cfg)
+    self.mlp = GatedGeluMlp(self.cfg)
+    self.dropout = nn.Dropout(self.cfg.dropout_rate)
+
+  def __call__(self, x: Array, bias: Array, train: bool) -> Array:
+    h = self.attention_norm(x)
+    x = x + self.dropout(self.attention(h, *self.attention.project_kv(h), bias, train),
+                         deterministic=not train)
+    x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
+    return _residual_constraint(x)
+
+
+class DecoderLayer(nn.Module):
+  cfg: T5Config
+
+  def setup(self):
+    self.self_attention_norm = RMSNorm(self.cfg)
+    self.self_attention = Attention(self.cfg)
+    self.cross_attention_norm = RMSNorm(self.cfg)
+    self.cross_attention = Attention(self.cfg)
+    self.mlp_norm = RMSNorm(self.cfg)
+    self.mlp = GatedGeluMlp(self.cfg)
+    self.dropout = nn.Dropout(self.cfg.dropout_rate)
+
+  def cross_kv(self, encoded: Array) -> tuple[Array, Array]:
+    return self.cross_attention.project_kv(encoded)
+
+  def __call__(self, x: Array, self_bias: Array, cross_kv: tuple[Array, Array],
+               cross_bias: Array, train: bool,
+               self_cache: tuple[Array, Array, Array] | None = None
+               ) -> tuple[Array, tuple[Array, Array] | None]:
+    """One decoder block on `x` [B, Lt, E].
+
+    Without `self_cache` the keys/values are those of `x` (teacher forcing). With
+    `self_cache = (cached_keys [B, Lmax, H, K], cached_values, index)`, `x` is the token at
+    position `index` ([B, 1, E]); its key/value are written into the cache at `index`, attention
+    runs over the whole cache (`self_bias` masks the unwritten part) and the updated
+    (keys, values) are returned.
+    """
+    h = self.self_attention_norm(x)
+    keys, values = self.self_attention.project_kv(h)
+    new_cache = None
+    if self_cache is not None:
+      cached_keys, cached_values, index = self_cache
+      keys = jax.lax.dynamic_update_slice_in_dim(cached_keys, keys.astype(cached_keys.dtype),
+                                                 index, axis=1)
+      values = jax.lax.dynamic_update_slice_in_dim(cached_values,
+                                                   values.astype(cached_values.dtype), index,
+                                                   axis=1)
+      new_cache = (keys, values)
+    x = x + self.dropout(self.self_attention(h, keys, values, self_bias, train),
+                         deterministic=not train)
+    h = self.cross_attention_norm(x)
+    x = x + self.dropout(self.cross_attention(h, *cross_kv, cross_bias, train),
+                         deterministic=not train)
+    x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
+    return _residual_constraint(x), new_cache
+
+
+def _padding_bias(mask: Array) -> Array:
+  """[B, Lk] bool (True = attend) -> additive [B, 1, 1, Lk] float32 bias."""
+  return jnp.where(mask, 0.0, _NEG_INF)[:, None, None, :].astype(jnp.float32)
+
+
+class T5(nn.Module):
+  """T5 v1.1 encoder-decoder.
+
+  Methods (call through `model.apply({'params': params}, ..., method=...)`):
+    __call__(input_tokens, decoder_input_tokens, train) -> logits [B, Lt, V] (teacher forcing)
+    encode(input_tokens, train) -> encoded [B, Li, E]
+    decode(encoded, input_tokens, decoder_input_tokens, train) -> logits [B, Lt, V]
+    init_cache(encoded, input_tokens, max_decode_length) -> cache
+    decode_step(decoder_token, cache) -> (logits [B, V], cache)
+  Logits are float32. `input_tokens` [B, Li] int32 carries padding as 0 and fixes the encoder mask.
+  """
+  cfg: T5Config
+
+  def setup(self):
+    cfg = self.cfg
+    self.token_embedder = self.param(
+        "token_embedder", nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
+        (cfg.vocab_size, cfg.d_model), cfg.storage_dtype)
+    self.encoder_relpos = RelativePositionBias(cfg, bidirectional=True)
+    self.encoder_layers = [EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers)]
+    self.encoder_norm = RMSNorm(cfg)
+    self.decoder_relpos = RelativePositionBias(cfg, bidirectional=False)
+    self.decoder_layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+    self.decoder_norm = RMSNorm(cfg)
+    self.logits_kernel = self.param(
+        "logits_kernel", nn.with_logical_partitioning(_normal(cfg.d_model**-0.5),
+                                                      ("embed", "vocab")),
+        (cfg.d_model, cfg.vocab_size), cfg.storage_dtype)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def _embed(self, tokens: Array, train: bool) -> Array:
+    x = jnp.take(self.token_embedder, tokens, axis=0).astype(self.cfg.compute_dtype)
+    return _residual_constraint(self.dropout(x, deterministic=not train))
+
+  def _logits(self, x: Array, train: bool) -> Array:
+    x = self.dropout(self.decoder_norm(x), deterministic=not train)
+    logits = jnp.einsum("...e,ev->...v", x, self.logits_kernel.astype(self.cfg.compute_dtype),
+                        preferred_element_type=jnp.float32)
+    return logits.astype(jnp.float32)
+
+  def encode(self, input_tokens: Array, train: bool = False) -> Array:
+    """Encodes `input_tokens` [B, Li] into [B, Li, E] (compute dtype)."""
+    length = input_tokens.shape[1]
+    positions = jnp.arange(length)
+    bias = self.encoder_relpos(positions, positions) + _padding_bias(input_tokens != PAD_ID)
+    x = self._embed(input_tokens, train)
+    for layer in self.encoder_layers:
+      x = layer(x, bias, train)
+    return self.dropout(self.encoder_norm(x), deterministic=not train)
+
+  def decode(self, encoded: Array, input_tokens: Array, decoder_input_tokens: Array,
+             train: bool = False) -> Array:
+    """Teacher-forced decoder: [B, Lt] shifted-right targets -> logits [B, Lt, V] float32."""
+    length = decoder_input_tokens.shape[1]
+    positions = jnp.arange(length)
+    causal = positions[None, :] <= positions[:, None]
+    self_bias = self.decoder_relpos(positions, positions) + jnp.where(causal, 0.0, _NEG_INF)
+    cross_bias = _padding_bias(input_tokens != PAD_ID)
+    x = self._embed(decoder_input_tokens, train)
+    for layer in self.decoder_layers:
+      x, _ = layer(x, self_bias, layer.cross_kv(encoded), cross_bias, train)
+    return self._logits(x, train)
+
+  def __call__(self, input_tokens: Array, decoder_input_tokens: Array,
+               train: bool = False) -> Array:
+    return self.decode(self.encode(input_tokens, train), input_tokens, decoder_input_tokens,
+                       train)
+
+  def init_cache(self, encoded: Array, input_tokens: Array, max_decode_length: int) -> Cache:
+    """Decoding cache for `max_decode_length` steps after `encode`.
+
+    Returns {'index': int32 scalar (next position), 'cross_bias': [B, 1, 1, Li],
+    'layers': [per decoder layer: {'self_keys', 'self_values': [B, Lmax, H, K] zeros,
+    'cross_keys', 'cross_values': [B, Li, H, K] projections of `encoded`}]}. The encoder-side
+    projections are computed once here, never per step.
+    """
+    cfg = self.cfg
+    batch = encoded.shape[0]
+    zeros = jnp.zeros((batch, max_decode_length, cfg.num_heads, cfg.d_kv), cfg.compute_dtype)
+    layers = []
+    for layer in self.decoder_layers:
+      cross_keys, cross_values = layer.cross_kv(encoded)
+      layers.append(dict(self_keys=zeros, self_values=zeros, cross_keys=cross_keys,
+                         cross_values=cross_values))
+    return dict(index=jnp.zeros((), jnp.int32), layers=layers,
+                cross_bias=_padding_bias(input_tokens != PAD_ID))
+
+  def decode_step(self, decoder_token: Array, cache: Cache) -> tuple[Array, Cache]:
+    """Feeds `decoder_token` [B] at position `cache['index']`: logits [B, V] and the new cache."""
+    index = cache["index"]
+    max_length = cache["layers"][0]["self_keys"].shape[1]
+    key_positions = jnp.arange(max_length)
+    self_bias = (self.decoder_relpos(index[None], key_positions) +
+                 jnp.where(key_positions <= index, 0.0, _NEG_INF)[None, None, None, :])
+    x = self._embed(decoder_token[:, None], train=False)
+    new_layers = []
+    for layer, layer_cache in zip(self.decoder_layers, cache["layers"]):
+      x, (keys, values) = layer(
+          x, self_bias, (layer_cache["cross_keys"], layer_cache["cross_values"]),
+          cache["cross_bias"], train=False,
+          self_cache=(layer_cache["self_keys"], layer_cache["self_values"], index))
+      new_layers.append({**layer_cache, "self_keys": keys, "self_values": values})
+    logits = self._logits(x[:, 0], train=False)
+    return logits, {**cache, "index": index + 1, "layers": new_layers}
+
+
+def shift_right(targets: Array) -> Array:
+  """Decoder inputs from targets [B, Lt]: prepend the start token (0), drop the last token."""
+  return jnp.pad(targets, ((0, 0), (1, 0)), constant_values=0)[:, :-1]
+
+
+def init_params(model: T5, rng: Array, input_length: int = 8, target_length: int = 8) -> Any:
+  """Boxed (logically annotated) parameters of `model`; `nn.unbox` gives plain arrays."""
+  tokens = jnp.ones((1, input_length), jnp.int32)
+  return model.init(rng, tokens, jnp.ones((1, target_length), jnp.int32))["params"]
+
+
+def param_count(params: Any) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.unbox(params)))

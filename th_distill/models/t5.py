@@ -19,6 +19,7 @@ The decoding cache is a plain pytree (see `init_cache`), so it can be carried th
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -344,8 +345,12 @@ def shift_right(targets: Array) -> Array:
   return jnp.pad(targets, ((0, 0), (1, 0)), constant_values=0)[:, :-1]
 
 
+@functools.partial(jax.jit, static_argnames=("model", "input_length", "target_length"))
 def init_params(model: T5, rng: Array, input_length: int = 8, target_length: int = 8) -> Any:
-  """Boxed (logically annotated) parameters of `model`; `nn.unbox` gives plain arrays."""
+  """Boxed (logically annotated) parameters of `model`; `nn.unbox` gives plain arrays.
+
+  `jax.eval_shape(init_params, model, rng)` gives their shapes without computing them.
+  """
   tokens = jnp.ones((1, input_length), jnp.int32)
   return model.init(rng, tokens, jnp.ones((1, target_length), jnp.int32))["params"]
 

@@ -1,0 +1,39 @@
+"""Shared fixtures: a micro configuration of the whole pipeline that runs in seconds."""
+
+import pytest
+
+from th_distill.config import base_config, model_config
+
+
+def micro_config():
+  """base_config() shrunk to seconds: vocab 16, 4-token prompts and responses, tiny models."""
+  c = base_config()
+  c.task.vocab_size = 16
+  c.task.prompt_length = 4
+  c.task.response_length = 4
+  c.prompts.num_oracle = 64
+  c.prompts.num_distill = 32
+  c.prompts.num_eval = 16
+  small = dict(vocab_size=16, d_model=16, d_kv=4, d_ff=32, num_heads=2, num_encoder_layers=1,
+               num_decoder_layers=1)
+  c.oracle.model = model_config("tiny", **small)
+  c.oracle.target_entropy = 1.5
+  c.teacher.model = model_config("tiny", **small)
+  c.teacher.steps = 5
+  c.teacher.batch_size = 8
+  c.student.model = model_config("tiny", **small)
+  c.student.steps = 6
+  c.student.sft_steps = 3
+  c.student.batch_size = 8
+  c.offline.num_prompts = 8
+  c.offline.generations_per_prompt = 2
+  c.eval.num_train_prompts = 8
+  c.eval.batch_size = 8
+  c.eval_every = 3
+  c.checkpoint_every = 4
+  return c
+
+
+@pytest.fixture
+def micro():
+  return micro_config()

@@ -1,0 +1,123 @@
+"""End-to-end tests of the pipeline on the micro configuration (seconds each)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from th_distill import checkpoints, main, pipeline
+from th_distill.metrics_io import read_metrics
+from th_distill.report import GOLDEN, PROXY, TRAIN_PROXY
+
+
+def _rows(workdir, regime):
+  return read_metrics(os.path.join(workdir, regime, "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("init", ["scratch", "sft"])
+def test_every_regime_end_to_end(micro, tmp_path, init):
+  micro.regimes = ("offline", "online_teacher", "online_student", "mixture")
+  micro.student.init = init
+  summary = main.run(micro, str(tmp_path))
+
+  for name in ("config.json", "summary.json", "report.md", "curves.png", "proxy_golden.png"):
+    assert os.path.exists(tmp_path / name), name
+  assert json.load(open(tmp_path / "config.json"))["student"]["init"] == init
+  info = checkpoints.read_json(str(tmp_path / "stage1" / "info.json"))
+  assert ("student_sft" in info) == (init == "sft")
+  assert info["teacher/golden/fkl@oracle_samples"] > 0
+  for regime in micro.regimes:
+    rows = _rows(tmp_path, regime)
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    for split in ("eval_oracle", "eval_teacher", "eval_student", "train_teacher"):
+      for ref in ("proxy", "golden"):
+        for div in ("fkl", "rkl", "jsd"):
+          for suffix in ("", "_seq"):
+            value = rows[-1][f"{split}/{ref}/{div}{suffix}"]
+            assert np.isfinite(value) and value >= -1e-6
+    for name in ("train/loss", "train/proxy/fkl", "train/golden/rkl", "time/generate_s",
+                 "throughput/train_tokens_per_s"):
+      assert name in rows[-1]
+    assert "train/loss" not in rows[0]  # no training before step 0
+    s = summary["regimes"][regime]
+    golden = [r[GOLDEN] for r in rows]
+    assert s["golden_min"] == pytest.approx(min(golden))
+    assert s["golden_final"] == pytest.approx(golden[-1])
+    assert s["proxy_final"] == pytest.approx(rows[-1][PROXY])
+    assert s["golden_rise_pct"] == pytest.approx(
+        100 * (golden[-1] - min(golden)) / min(golden))
+    expected_hacking = (s["golden_rise_pct"] >= micro.hacking_threshold_pct and
+                        rows[-1][TRAIN_PROXY] < rows[golden.index(min(golden))][TRAIN_PROXY])
+    assert s["hacking"] == expected_hacking
+    assert os.listdir(tmp_path / regime / "tensorboard")
+    assert os.path.exists(tmp_path / regime / "checkpoints" / "6")
+
+
+def test_offline_dataset_holds_n_prompts_times_k_generations(micro, tmp_path):
+  micro.regimes = ("offline",)
+  main.run(micro, str(tmp_path))
+  data = checkpoints.load_arrays(str(tmp_path / "offline_dataset.npz"))
+  n, k = micro.offline.num_prompts, micro.offline.generations_per_prompt
+  pools = pipeline.prompt_pools(micro)
+  assert data["prompts"].shape == (n * k, micro.task.prompt_length)
+  assert data["responses"].shape == data["mask"].shape == (n * k, micro.task.response_length)
+  np.testing.assert_array_equal(data["prompts"], np.repeat(pools["distill"][:n], k, axis=0))
+  np.testing.assert_array_equal(data["prompt_index"], np.repeat(np.arange(n), k))
+  # Pools are disjoint: no distillation prompt is an eval or oracle prompt.
+  distill = {p.tobytes() for p in pools["distill"]}
+  assert not distill & {p.tobytes() for p in pools["eval"]}
+  assert not distill & {p.tobytes() for p in pools["oracle"]}
+  # Responses: real tokens up to and including EOS, then padding.
+  for tokens, mask in zip(data["responses"], data["mask"]):
+    valid = int(mask.sum())
+    assert np.all(mask[:valid] == 1) and np.all(mask[valid:] == 0)
+    assert np.all(tokens[valid:] == 0) and np.all(tokens[:valid - 1] > 1)
+
+
+def test_stages_are_cached_and_reused(micro, tmp_path):
+  micro.regimes = ("offline",)
+  main.run(micro, str(tmp_path))
+  stamps = {p: os.path.getmtime(tmp_path / p) for p in
+            ("stage1/info.json", "offline_dataset.npz", "offline/done.json")}
+  first = _rows(tmp_path, "offline")
+  micro.regimes = ("offline", "online_teacher")
+  main.run(micro, str(tmp_path))
+  for path, stamp in stamps.items():
+    assert os.path.getmtime(tmp_path / path) == stamp, f"{path} was rebuilt"
+  assert _rows(tmp_path, "offline") == first
+  assert _rows(tmp_path, "online_teacher")
+
+
+def test_cached_stage_from_another_config_is_an_error(micro, tmp_path):
+  micro.regimes = ("offline",)
+  main.run(micro, str(tmp_path))
+  micro.teacher.steps = 7
+  with pytest.raises(ValueError, match="different configuration"):
+    main.run(micro, str(tmp_path))
+
+
+def test_resumed_run_matches_uninterrupted_run(micro, tmp_path):
+  micro.regimes = ("online_student",)
+  main.run(micro, str(tmp_path / "full"))
+  expected = _rows(tmp_path / "full", "online_student")
+
+  # Simulate a run stopped after the checkpoint of step 4: drop the later rows and the marker.
+  partial = tmp_path / "partial"
+  main.run(micro, str(partial))
+  run_dir = partial / "online_student"
+  os.remove(run_dir / "done.json")
+  for step_dir in os.listdir(run_dir / "checkpoints"):
+    if step_dir.isdigit() and int(step_dir) > 4:
+      import shutil
+      shutil.rmtree(run_dir / "checkpoints" / step_dir)
+  with open(run_dir / "metrics.jsonl") as f:
+    lines = f.readlines()
+  with open(run_dir / "metrics.jsonl", "w") as f:
+    f.writelines(lines[:2])
+    f.write('{"step": 6, "torn')  # a torn last line from a kill
+  main.run(micro, str(partial))
+  resumed = _rows(partial, "online_student")
+  timing = ("time/", "throughput/")
+  strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(timing)} for r in rows]
+  assert strip(resumed) == strip(expected)

@@ -1,0 +1,149 @@
+"""The experiment configuration: defaults, model sub-configs and validation.
+
+`base_config()` is the complete set of keys (the embedded CPU default study); config files in
+`configs/` start from it and change values, so every key a user can override on the command line
+(`--config.student.steps=200`) exists and has a type. `validate(config)` checks values before any
+compute and raises one `ConfigError` that lists every problem with the field name and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+
+from th_distill.data.regimes import REGIMES
+from th_distill.divergences import DIVERGENCES
+from th_distill.models import T5Config, t5_config
+
+
+class ConfigError(ValueError):
+  """An invalid configuration value; the message names each offending field."""
+
+
+def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
+  """Every T5Config field of the named size (with overrides) as a ConfigDict."""
+  return ml_collections.ConfigDict(dataclasses.asdict(t5_config(size, **overrides)))
+
+
+def to_t5_config(model: ml_collections.ConfigDict) -> T5Config:
+  return T5Config(**model.to_dict())
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The embedded default: a CPU-sized study that shows teacher hacking in minutes."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.regimes = ("offline", "online_teacher", "online_student")
+  # Synthetic task: Zipf prompts over the vocabulary, fixed-length responses (EOS may end early).
+  c.task = dict(vocab_size=64, prompt_length=8, response_length=16, zipf_exponent=1.1)
+  # Disjoint prompt pools: oracle data (stage 1), distillation (stage 2), held-out evaluation.
+  c.prompts = dict(num_oracle=4096, num_distill=1024, num_eval=512)
+  tiny = dict(vocab_size=64)
+  c.oracle = dict(source="synthetic", checkpoint="", target_entropy=2.0, weight_scale=2.0,
+                  model=model_config("tiny", **tiny))
+  c.teacher = dict(model=model_config("tiny", **tiny), steps=1500, batch_size=32,
+                   learning_rate=3e-3, warmup_steps=0, schedule="constant")
+  c.student = dict(model=model_config("tiny", d_model=32, d_kv=8, d_ff=64, **tiny),
+                   init="scratch", sft_steps=500, steps=3000, batch_size=32,
+                   learning_rate=1e-3, warmup_steps=0, schedule="constant", weight_decay=0.0,
+                   grad_clip=0.0)
+  c.loss = dict(name="fkl", beta=0.5, normalized=False, temperature=1.0)
+  c.sampling = dict(temperature=1.0, top_k=0, top_p=1.0)
+  c.offline = dict(num_prompts=128, generations_per_prompt=1)
+  c.mixture = dict(student_fraction=0.5)
+  c.eval = dict(num_train_prompts=256, batch_size=512)
+  c.eval_every = 100
+  c.checkpoint_every = 1000
+  c.mesh = dict(data=1, fsdp=1, model=1)
+  c.hacking_threshold_pct = 5.0
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError listing every invalid field of `c` (nothing is computed before this)."""
+  errors: list[str] = []
+
+  def check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+      errors.append(f"{field}: {message}")
+
+  regimes = tuple(c.regimes)
+  check(len(regimes) > 0, "regimes", "must name at least one regime")
+  for regime in regimes:
+    check(regime in REGIMES, "regimes", f"unknown regime {regime!r}; allowed: {REGIMES}")
+  check(len(set(regimes)) == len(regimes), "regimes", "must not repeat a regime")
+  check(c.loss.name in DIVERGENCES, "loss.name",
+        f"{c.loss.name!r} is not one of {tuple(DIVERGENCES)}")
+  check(0.0 <= c.loss.beta <= 1.0, "loss.beta", f"must be in [0, 1], got {c.loss.beta}")
+  check(c.loss.temperature > 0, "loss.temperature", f"must be > 0, got {c.loss.temperature}")
+  check(c.sampling.temperature >= 0, "sampling.temperature",
+        f"must be >= 0 (0 = greedy), got {c.sampling.temperature}")
+  check(0 < c.sampling.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {c.sampling.top_p}")
+  check(c.sampling.top_k >= 0, "sampling.top_k", f"must be >= 0 (0 = off), got {c.sampling.top_k}")
+  check(0.0 <= c.mixture.student_fraction <= 1.0, "mixture.student_fraction",
+        f"must be in [0, 1], got {c.mixture.student_fraction}")
+  check(c.oracle.source in ("synthetic", "checkpoint"), "oracle.source",
+        f"must be 'synthetic' or 'checkpoint', got {c.oracle.source!r}")
+  check(c.oracle.source != "checkpoint" or bool(c.oracle.checkpoint), "oracle.checkpoint",
+        "must be a local checkpoint path when oracle.source = 'checkpoint'")
+  check(c.student.init in ("scratch", "sft"), "student.init",
+        f"must be 'scratch' or 'sft', got {c.student.init!r}")
+
+  for name in ("oracle", "teacher", "student"):
+    try:
+      model = to_t5_config(c[name].model)
+    except (TypeError, ValueError) as e:
+      errors.append(f"{name}.model: {e}")
+      continue
+    check(model.vocab_size == c.task.vocab_size, f"{name}.model.vocab_size",
+          f"{model.vocab_size} differs from task.vocab_size = {c.task.vocab_size}; oracle, "
+          "teacher and student must share one vocabulary")
+
+  for field in ("teacher", "student"):
+    section = c[field]
+    check(section.learning_rate > 0, f"{field}.learning_rate",
+          f"must be > 0, got {section.learning_rate}")
+    check(section.steps >= 0, f"{field}.steps", f"must be >= 0, got {section.steps}")
+    check(section.warmup_steps >= 0, f"{field}.warmup_steps", "must be >= 0")
+    check(section.batch_size > 0, f"{field}.batch_size", "must be > 0")
+    check(section.schedule in ("constant", "linear", "cosine"), f"{field}.schedule",
+          f"must be constant, linear or cosine, got {section.schedule!r}")
+  check(c.student.sft_steps >= 0, "student.sft_steps", "must be >= 0")
+
+  for key in ("vocab_size", "prompt_length", "response_length"):
+    check(c.task[key] > 0, f"task.{key}", f"must be > 0, got {c.task[key]}")
+  for key in ("num_oracle", "num_distill", "num_eval"):
+    check(c.prompts[key] > 0, f"prompts.{key}", f"must be > 0, got {c.prompts[key]}")
+  n, k = c.offline.num_prompts, c.offline.generations_per_prompt
+  check(n > 0 and k > 0, "offline", f"num_prompts (N) and generations_per_prompt (k) must be "
+        f"> 0, got N={n}, k={k}")
+  check(n <= c.prompts.num_distill, "offline.num_prompts",
+        f"N = {n} exceeds the distillation prompt pool prompts.num_distill = "
+        f"{c.prompts.num_distill} (N x k = {n * k} examples are drawn from N distinct prompts)")
+  check(c.eval.num_train_prompts > 0, "eval.num_train_prompts", "must be > 0")
+  check(c.eval.batch_size > 0, "eval.batch_size", "must be > 0")
+  check(c.eval_every > 0, "eval_every", f"must be > 0, got {c.eval_every}")
+  check(c.checkpoint_every > 0, "checkpoint_every", f"must be > 0, got {c.checkpoint_every}")
+  check(c.hacking_threshold_pct >= 0, "hacking_threshold_pct", "must be >= 0")
+
+  mesh = (c.mesh.data, c.mesh.fsdp, c.mesh.model)
+  known = [m for m in mesh if m != -1]
+  check(all(m > 0 for m in known) and mesh.count(-1) <= 1, "mesh",
+        f"data, fsdp, model must be positive (one of them may be -1 = the rest), got {mesh}")
+  devices = jax.device_count()
+  product = 1
+  for m in known:
+    product *= max(m, 1)
+  check(devices % product == 0 and (mesh.count(-1) == 1 or product == devices), "mesh",
+        f"{mesh} does not fit the {devices} available device(s)")
+  if not errors and devices % product == 0:
+    data_parallel = c.mesh.data * c.mesh.fsdp if -1 not in mesh[:2] else devices // c.mesh.model
+    for field in ("teacher", "student"):
+      check(c[field].batch_size % data_parallel == 0, f"{field}.batch_size",
+            f"{c[field].batch_size} does not divide over the {data_parallel} data-parallel "
+            "devices (mesh.data x mesh.fsdp)")
+  if errors:
+    raise ConfigError("Invalid configuration:\n  " + "\n  ".join(errors))

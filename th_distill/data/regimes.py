@@ -1,0 +1,98 @@
+"""Stage-2 data regimes: where each distillation batch comes from.
+
+- `offline`: a fixed dataset of N prompts x k teacher generations, built once (`build_offline`)
+  and replayed for many epochs in a seed-dependent order that is a pure function of the step.
+- `online_teacher`: fresh teacher samples on prompts drawn from the distillation pool every step.
+- `online_student`: fresh student samples (on-policy), same prompt draw.
+- `mixture`: per example, a student sample with probability `student_fraction`, else a teacher
+  sample (the GKD lambda).
+
+Every producer is `batch_at(step, student_params) -> Batch` and is deterministic given the seed and
+the step, so a run resumed from a checkpoint sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from th_distill.train import Batch
+
+REGIMES = ("offline", "online_teacher", "online_student", "mixture")
+
+# sample(params, prompts [B, Li], rng) -> (tokens [B, Lt], mask [B, Lt]) for a fixed model.
+SampleFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+BatchFn = Callable[[int, Any], Batch]
+
+
+def build_offline(sample_teacher: SampleFn, teacher_params: Any, prompts: np.ndarray,
+                  generations_per_prompt: int, rng: jax.Array,
+                  chunk_size: int = 1024) -> dict[str, np.ndarray]:
+  """Samples k teacher generations for each of the N prompts [N, Li].
+
+  Returns numpy arrays `prompts [N*k, Li]`, `responses [N*k, Lt]`, `mask [N*k, Lt]` and
+  `prompt_index [N*k]`: row r is generation r % k of prompt `prompt_index[r]` (the k rows of a
+  prompt are consecutive).
+  """
+  repeated = np.repeat(prompts, generations_per_prompt, axis=0)
+  responses, masks = [], []
+  for start in range(0, len(repeated), chunk_size):
+    tokens, mask = sample_teacher(teacher_params, jnp.asarray(repeated[start:start + chunk_size]),
+                                  jax.random.fold_in(rng, start))
+    responses.append(np.asarray(tokens))
+    masks.append(np.asarray(mask, np.float32))
+  return dict(prompts=repeated, responses=np.concatenate(responses),
+              mask=np.concatenate(masks),
+              prompt_index=np.repeat(np.arange(len(prompts)), generations_per_prompt))
+
+
+def offline_batches(dataset: dict[str, np.ndarray], batch_size: int, seed: int) -> BatchFn:
+  """Epochs over `dataset` in a fresh permutation each; batch `step` covers stream positions
+  [step*B, (step+1)*B) of the concatenated epochs (a batch may straddle two epochs)."""
+  size = len(dataset["prompts"])
+  arrays = {k: dataset[k] for k in ("prompts", "responses", "mask")}
+
+  def permutation(epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(size)
+
+  def batch_at(step: int, student_params: Any = None) -> Batch:
+    del student_params
+    positions = step * batch_size + np.arange(batch_size)
+    epochs, offsets = positions // size, positions % size
+    rows = np.empty(batch_size, np.int64)
+    for epoch in np.unique(epochs):
+      where = epochs == epoch
+      rows[where] = permutation(int(epoch))[offsets[where]]
+    return Batch(**{k: jnp.asarray(v[rows]) for k, v in arrays.items()})
+
+  return batch_at
+
+
+def online_batches(regime: str, prompt_pool: np.ndarray, batch_size: int, rng: jax.Array,
+                   sample_teacher: SampleFn, sample_student: SampleFn, teacher_params: Any,
+                   student_fraction: float = 0.5) -> BatchFn:
+  """Fresh generations every step on prompts drawn uniformly (with replacement) from the pool."""
+  if regime not in ("online_teacher", "online_student", "mixture"):
+    raise ValueError(f"Not an online regime: {regime!r}.")
+  pool = jnp.asarray(prompt_pool)
+
+  def batch_at(step: int, student_params: Any) -> Batch:
+    key = jax.random.fold_in(rng, step)
+    prompt_key, teacher_key, student_key, mix_key = jax.random.split(key, 4)
+    prompts = pool[jax.random.randint(prompt_key, (batch_size,), 0, len(pool))]
+    if regime == "online_teacher":
+      tokens, mask = sample_teacher(teacher_params, prompts, teacher_key)
+    elif regime == "online_student":
+      tokens, mask = sample_student(student_params, prompts, student_key)
+    else:
+      t_tokens, t_mask = sample_teacher(teacher_params, prompts, teacher_key)
+      s_tokens, s_mask = sample_student(student_params, prompts, student_key)
+      use_student = jax.random.bernoulli(mix_key, student_fraction, (batch_size, 1))
+      tokens = jnp.where(use_student, s_tokens, t_tokens)
+      mask = jnp.where(use_student, s_mask, t_mask)
+    return Batch(prompts=prompts, responses=tokens, mask=mask.astype(jnp.float32))
+
+  return batch_at

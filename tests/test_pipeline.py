@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from th_distill import checkpoints, main, pipeline
+from th_distill import checkpoints, experiment, pipeline
 from th_distill.metrics_io import read_metrics
 from th_distill.report import GOLDEN, PROXY, TRAIN_PROXY
 
@@ -19,7 +19,7 @@ def _rows(workdir, regime):
 def test_every_regime_end_to_end(micro, tmp_path, init):
   micro.regimes = ("offline", "online_teacher", "online_student", "mixture")
   micro.student.init = init
-  summary = main.run(micro, str(tmp_path))
+  summary = experiment.run(micro, str(tmp_path))
 
   for name in ("config.json", "summary.json", "report.md", "curves.png", "proxy_golden.png"):
     assert os.path.exists(tmp_path / name), name
@@ -56,7 +56,7 @@ def test_every_regime_end_to_end(micro, tmp_path, init):
 
 def test_offline_dataset_holds_n_prompts_times_k_generations(micro, tmp_path):
   micro.regimes = ("offline",)
-  main.run(micro, str(tmp_path))
+  experiment.run(micro, str(tmp_path))
   data = checkpoints.load_arrays(str(tmp_path / "offline_dataset.npz"))
   n, k = micro.offline.num_prompts, micro.offline.generations_per_prompt
   pools = pipeline.prompt_pools(micro)
@@ -77,12 +77,12 @@ def test_offline_dataset_holds_n_prompts_times_k_generations(micro, tmp_path):
 
 def test_stages_are_cached_and_reused(micro, tmp_path):
   micro.regimes = ("offline",)
-  main.run(micro, str(tmp_path))
+  experiment.run(micro, str(tmp_path))
   stamps = {p: os.path.getmtime(tmp_path / p) for p in
             ("stage1/info.json", "offline_dataset.npz", "offline/done.json")}
   first = _rows(tmp_path, "offline")
   micro.regimes = ("offline", "online_teacher")
-  main.run(micro, str(tmp_path))
+  experiment.run(micro, str(tmp_path))
   for path, stamp in stamps.items():
     assert os.path.getmtime(tmp_path / path) == stamp, f"{path} was rebuilt"
   assert _rows(tmp_path, "offline") == first
@@ -91,20 +91,20 @@ def test_stages_are_cached_and_reused(micro, tmp_path):
 
 def test_cached_stage_from_another_config_is_an_error(micro, tmp_path):
   micro.regimes = ("offline",)
-  main.run(micro, str(tmp_path))
+  experiment.run(micro, str(tmp_path))
   micro.teacher.steps = 7
   with pytest.raises(ValueError, match="different configuration"):
-    main.run(micro, str(tmp_path))
+    experiment.run(micro, str(tmp_path))
 
 
 def test_resumed_run_matches_uninterrupted_run(micro, tmp_path):
   micro.regimes = ("online_student",)
-  main.run(micro, str(tmp_path / "full"))
+  experiment.run(micro, str(tmp_path / "full"))
   expected = _rows(tmp_path / "full", "online_student")
 
   # Simulate a run stopped after the checkpoint of step 4: drop the later rows and the marker.
   partial = tmp_path / "partial"
-  main.run(micro, str(partial))
+  experiment.run(micro, str(partial))
   run_dir = partial / "online_student"
   os.remove(run_dir / "done.json")
   for step_dir in os.listdir(run_dir / "checkpoints"):
@@ -116,7 +116,7 @@ def test_resumed_run_matches_uninterrupted_run(micro, tmp_path):
   with open(run_dir / "metrics.jsonl", "w") as f:
     f.writelines(lines[:2])
     f.write('{"step": 6, "torn')  # a torn last line from a kill
-  main.run(micro, str(partial))
+  experiment.run(micro, str(partial))
   resumed = _rows(partial, "online_student")
   timing = ("time/", "throughput/")
   strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(timing)} for r in rows]

@@ -10,6 +10,7 @@ allowed.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import jax
 import ml_collections
@@ -60,6 +61,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = dict(data=1, fsdp=1, model=1)
   c.hacking_threshold_pct = 5.0
   return c
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file (as `--config=PATH` loads it)."""
+  spec = importlib.util.spec_from_file_location("th_distill_config_file", path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f"Cannot load a config file from {path}.")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def validate(c: ml_collections.ConfigDict) -> None:

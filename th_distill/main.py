@@ -1,22 +1,16 @@
-r"""Runs the teacher-hacking experiment end to end.
+r"""Command line of the teacher-hacking experiment (the experiment itself: `experiment.run`).
 
   python -m th_distill.main --config=configs/tiny.py --workdir=/tmp/th [--config.KEY=VALUE ...]
-
-Reading order: validate the config, write it to the workdir, build the prompt pools, stage 1
-(oracle -> oracle data -> teacher SFT, student init), stage 2 (one distillation run per regime),
-then the report (summary.json, plots, report.md). Every stage is cached in the workdir, so running
-the same command again resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import os
-import time
+import logging as py_logging
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from th_distill import checkpoints, config as config_lib, pipeline, report
+from th_distill import config as config_lib, experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -24,34 +18,20 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every output of t
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run(config, workdir: str) -> dict:
-  """The whole experiment; returns the summary (also written to WORKDIR/summary.json)."""
-  config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  start = time.time()
+class _QuietLibraries(py_logging.Filter):
+  """Drops the INFO chatter of Orbax (one block per checkpoint) from the progress log."""
 
-  models = pipeline.Models.from_config(config)
-  pools = pipeline.prompt_pools(config)
-  stage1 = pipeline.run_stage1(config, workdir, models, pools)
-  for regime in config.regimes:
-    pipeline.run_regime(config, workdir, regime, models, stage1, pools)
-
-  summary = report.write_report(workdir, list(config.regimes), config.hacking_threshold_pct)
-  for regime, s in summary["regimes"].items():
-    logging.info("%-15s golden min %.4f @ %d, final %.4f (%+.1f%%), hacking: %s", regime,
-                 s["golden_min"], s["golden_min_step"], s["golden_final"], s["golden_rise_pct"],
-                 s["hacking"])
-  logging.info("Done in %.0fs; report in %s", time.time() - start,
-               os.path.join(workdir, "report.md"))
-  return summary
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  for handler in py_logging.getLogger().handlers + py_logging.getLogger("absl").handlers:
+    handler.addFilter(_QuietLibraries())
   try:
-    run(_CONFIG.value, _WORKDIR.value)
+    experiment.run(_CONFIG.value, _WORKDIR.value)
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from None
 

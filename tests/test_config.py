@@ -1,0 +1,69 @@
+"""Configuration validation: every bad value fails before any compute, naming its field."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from th_distill import config as config_lib
+from th_distill import experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("student.learning_rate", -1e-3, "student.learning_rate"),
+    ("teacher.learning_rate", 0.0, "teacher.learning_rate"),
+    ("loss.beta", 1.5, "loss.beta"),
+    ("loss.name", "kl", "loss.name"),
+    ("regimes", ("offline", "streaming"), "regimes"),
+    ("student.batch_size", 0, "student.batch_size"),
+    ("offline.num_prompts", 5000, "offline.num_prompts"),
+    ("offline.generations_per_prompt", 0, "offline"),
+    ("student.init", "pretrained", "student.init"),
+    ("sampling.top_p", 0.0, "sampling.top_p"),
+    ("mixture.student_fraction", 2.0, "mixture.student_fraction"),
+    ("student.model.vocab_size", 100, "student.model.vocab_size"),
+    ("mesh.data", 3, "mesh"),
+    ("eval_every", 0, "eval_every"),
+])
+def test_invalid_values_name_the_field(micro, tmp_path, field, value, message):
+  section, _, key = field.rpartition(".")
+  target = micro
+  for part in filter(None, section.split(".")):
+    target = target[part]
+  target[key] = value
+  with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.")):
+    experiment.run(micro, str(tmp_path))
+  assert not os.listdir(tmp_path), "nothing may be written before validation"
+
+
+def test_every_error_is_reported_at_once(micro):
+  micro.loss.beta = -0.5
+  micro.student.learning_rate = -1.0
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.validate(micro)
+  assert "loss.beta" in str(error.value) and "student.learning_rate" in str(error.value)
+
+
+def test_shipped_configs_are_valid():
+  for name in ("tiny", "t5_small"):
+    config = config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
+    config_lib.validate(config)
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "th_distill.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_cli_rejects_unknown_keys_wrong_types_and_bad_values(tmp_path):
+  workdir = f"--workdir={tmp_path}"
+  unknown = _cli("--config=configs/tiny.py", workdir, "--config.student.stepz=5")
+  assert unknown.returncode != 0 and "stepz" in unknown.stderr
+  wrong_type = _cli("--config=configs/tiny.py", workdir, "--config.student.steps=many")
+  assert wrong_type.returncode != 0 and "student.steps" in wrong_type.stderr
+  bad_value = _cli("--config=configs/tiny.py", workdir, "--config.loss.beta=2.0")
+  assert bad_value.returncode != 0 and "loss.beta: must be in [0, 1]" in bad_value.stderr
+  assert not os.listdir(tmp_path)

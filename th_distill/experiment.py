@@ -1,0 +1,45 @@
+"""The whole experiment, top-down: what `python -m th_distill.main` runs.
+
+Reading order: validate the config, write it to the workdir, build the prompt pools, stage 1
+(oracle -> oracle data -> teacher SFT, student init), stage 2 (one distillation run per regime),
+then the report (summary.json, plots, report.md). Every stage is cached in the workdir, so running
+the same command again resumes where it stopped. Importable without the CLI:
+
+  from th_distill import experiment
+  from th_distill.config import base_config
+  summary = experiment.run(base_config(), "/tmp/th")
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from th_distill import checkpoints, config as config_lib, pipeline, report
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs every stage; returns the summary (also written to WORKDIR/summary.json)."""
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  start = time.time()
+
+  models = pipeline.Models.from_config(config)
+  pools = pipeline.prompt_pools(config)
+  stage1 = pipeline.run_stage1(config, workdir, models, pools)
+  for regime in config.regimes:
+    pipeline.run_regime(config, workdir, regime, models, stage1, pools)
+
+  summary = report.write_report(workdir, list(config.regimes), config.hacking_threshold_pct)
+  for regime, s in summary["regimes"].items():
+    logging.info("%-15s golden min %.4f @ %d, final %.4f (%+.1f%%), hacking: %s", regime,
+                 s["golden_min"], s["golden_min_step"], s["golden_final"], s["golden_rise_pct"],
+                 s["hacking"])
+  logging.info("Done in %.0fs; report in %s", time.time() - start,
+               os.path.join(workdir, "report.md"))
+  return summary

@@ -128,7 +128,7 @@ DISTILL_METRICS = tuple(f"train/{ref}/{div}" for ref in ("proxy", "golden")
                                              "normalized", "temperature"),
                    donate_argnames=("state",))
 def distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, batch: Batch,
-                 rng: Array, *, student: T5, teacher: T5, oracle: T5, loss: str = "fkl",
+                 rng: Array, *, student: T5, teacher: T5, oracle: T5 | None, loss: str = "fkl",
                  beta: float = 0.5, normalized: bool = False, temperature: float = 1.0
                  ) -> tuple[TrainState, Metrics]:
   """One distillation step of the student on `batch`.
@@ -136,7 +136,8 @@ def distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, bat
   The loss is the per-token mean of `loss`(teacher, student) over the batch's valid tokens;
   `metrics` holds the scalars named in `DISTILL_METRICS`: `train/loss`,
   `train/{proxy,golden}/{fkl,rkl,jsd}` (per token, on the batch's responses), `train/grad_norm` and
-  `train/tokens` (valid response tokens in the batch).
+  `train/tokens` (valid response tokens in the batch). With `oracle=None` (no ground truth, e.g.
+  benchmarks or real tasks without an oracle) the golden metrics are left out.
   """
   teacher_logits = forward(teacher, teacher_params, batch)
 
@@ -148,9 +149,10 @@ def distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, bat
 
   (value, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   logits = jax.lax.stop_gradient(logits)
-  oracle_logits = forward(oracle, oracle_params, batch)
-  sums = {**divergence_sums(teacher_logits, logits, batch.mask, "train/proxy"),
-          **divergence_sums(oracle_logits, logits, batch.mask, "train/golden")}
+  sums = divergence_sums(teacher_logits, logits, batch.mask, "train/proxy")
+  if oracle is not None:
+    sums.update(divergence_sums(forward(oracle, oracle_params, batch), logits, batch.mask,
+                                "train/golden"))
   num_tokens = jnp.maximum(batch.num_tokens, 1.0)
   metrics = {name: jnp.sum(s) / num_tokens for name, s in sums.items()}
   metrics.update({"train/loss": value, "train/grad_norm": optax.tree.norm(grads),
@@ -158,7 +160,7 @@ def distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, bat
   return state.apply_gradients(grads=grads), metrics
 
 
-def make_distill_step(student: T5, teacher: T5, oracle: T5, loss: str = "fkl",
+def make_distill_step(student: T5, teacher: T5, oracle: T5 | None, loss: str = "fkl",
                       beta: float = 0.5, normalized: bool = False, temperature: float = 1.0):
   """`distill_step` bound to the models and loss settings:
   `(state, teacher_params, oracle_params, batch, rng) -> (state, metrics)`."""

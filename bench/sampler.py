@@ -1,0 +1,65 @@
+"""Generated tokens/s of the jitted KV-cache sampler vs the uncached baseline (full re-forward).
+
+  python bench/sampler.py [--size tiny] [--batch 64] [--input-length 16] [--lengths 32 128 512]
+
+Both samplers run in the same process, timed in turns; responses are forced to full length
+(eos_id = -1). The cached sampler's cost per token should stay near flat in the length, the
+uncached one grows linearly (quadratic total).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import flax.linen as nn
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import interleaved_medians  # noqa: E402
+from th_distill.models import T5, init_params, t5_config  # noqa: E402
+from th_distill.sampling import sample, sample_uncached  # noqa: E402
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--size", default="tiny")
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--input-length", type=int, default=16)
+  parser.add_argument("--lengths", type=int, nargs="+", default=[32, 128, 512])
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--json", default="")
+  args = parser.parse_args()
+
+  model = T5(t5_config(args.size))
+  params = nn.unbox(init_params(model, jax.random.PRNGKey(0)))
+  prompts = jax.random.randint(jax.random.PRNGKey(1), (args.batch, args.input_length), 2,
+                               model.cfg.vocab_size)
+  rows = []
+  print(f"{args.size} T5, batch {args.batch}, input {args.input_length}, "
+        f"{jax.devices()[0].platform}, medians of {args.repeats}")
+  print(f"{'length':>7} {'cached tok/s':>13} {'uncached tok/s':>15} {'ratio':>7} "
+        f"{'cached us/tok/row':>18}")
+  for length in args.lengths:
+    kwargs = dict(max_length=length, eos_id=-1)
+    repeats = args.repeats if length <= 128 else max(2, args.repeats // 2)
+    seconds = interleaved_medians({
+        "cached": lambda: sample(model, params, prompts, jax.random.PRNGKey(2), **kwargs),
+        "uncached": lambda: sample_uncached(model, params, prompts, jax.random.PRNGKey(2),
+                                            **kwargs)}, repeats)
+    tokens = args.batch * length
+    row = {"length": length, "cached_tokens_per_s": tokens / seconds["cached"],
+           "uncached_tokens_per_s": tokens / seconds["uncached"],
+           "ratio": seconds["uncached"] / seconds["cached"]}
+    rows.append(row)
+    print(f"{length:>7} {row['cached_tokens_per_s']:>13,.0f} {row['uncached_tokens_per_s']:>15,.0f} "
+          f"{row['ratio']:>6.1f}x {1e6 * seconds['cached'] / length:>18.1f}")
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,46 @@
+"""FLOP counts of T5 forward passes, training steps and generation, from the shapes alone.
+
+A matmul of [m, n] x [n, p] counts 2 m n p FLOPs; element-wise work (norms, softmax, GELU,
+divergences) is not counted. With E = d_model, A = heads x d_kv, F = d_ff, V = vocab, per example
+with Li input and Lt target tokens:
+
+  encoder layer:  Li (8 E A + 6 E F) + 4 Li^2 A                   (q, k, v, o; MLP; scores, mix)
+  decoder layer:  Lt (8 E A + 6 E F) + 4 Lt^2 A                   (self-attention, MLP)
+                  + Lt 4 E A + Li 4 E A + 4 Lt Li A               (cross-attention q, o; k, v)
+  output layer:   2 Lt E V
+  forward = sum over layers + output; a training step = 3 x forward (backward = 2 x forward).
+
+Incremental decoding of Lt tokens with a cache of length L (the sampler attends over the whole
+static cache): the same per-token projections and MLP, cross-attention k, v once per input token,
+and 4 L A (self) + 4 Li A (cross) per token per layer for the scores.
+"""
+
+from __future__ import annotations
+
+from th_distill.models.config import T5Config
+
+
+def forward_flops(cfg: T5Config, input_length: int, target_length: int) -> float:
+  """FLOPs of one teacher-forced forward pass, per example."""
+  e, a, f, v = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.vocab_size
+  li, lt = input_length, target_length
+  encoder = cfg.num_encoder_layers * (li * (8 * e * a + 6 * e * f) + 4 * li * li * a)
+  decoder = cfg.num_decoder_layers * (lt * (8 * e * a + 6 * e * f) + 4 * lt * lt * a +
+                                      lt * 4 * e * a + li * 4 * e * a + 4 * lt * li * a)
+  return float(encoder + decoder + 2 * lt * e * v)
+
+
+def train_flops(cfg: T5Config, input_length: int, target_length: int) -> float:
+  """FLOPs of one forward + backward pass, per example (3 x forward)."""
+  return 3.0 * forward_flops(cfg, input_length, target_length)
+
+
+def generation_flops(cfg: T5Config, input_length: int, target_length: int) -> float:
+  """FLOPs of encoding plus incremental decoding of `target_length` tokens, per example."""
+  e, a, f, v = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.vocab_size
+  li, lt = input_length, target_length
+  encoder = cfg.num_encoder_layers * (li * (8 * e * a + 6 * e * f) + 4 * li * li * a)
+  per_token = cfg.num_decoder_layers * (8 * e * a + 6 * e * f + 4 * e * a + 4 * lt * a +
+                                        4 * li * a) + 2 * e * v
+  cross_kv = cfg.num_decoder_layers * li * 4 * e * a
+  return float(encoder + cross_kv + lt * per_token)

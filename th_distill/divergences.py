@@ -1,22 +1,32 @@
 """Token-level divergences between a reference model p (teacher or oracle) and the student q.
 
-Every function takes logits `[..., V]` (any float dtype), computes in float32 with log-softmax
-(never softmax then log), and returns `[...]` float32 (one value per token position).
+Every divergence takes logits `ref_logits`, `student_logits` of shape `[..., V]` (any float
+dtype, broadcastable), divides both by `temperature` (> 0), computes in float32 from log-softmax
+(never softmax then log), and returns one float32 value per position, shape `[...]`.
 
 - `fkl`: forward KL, KL(p || q) = sum_v p (log p - log q): the usual distillation loss.
 - `rkl`: reverse KL, KL(q || p).
 - `jsd(beta)`: m = beta p + (1 - beta) q; JSD_beta = beta KL(p || m) + (1 - beta) KL(q || m), the
-  GKD / TRL convention: beta -> 0 is the forward-KL end, beta -> 1 the reverse-KL end.
-  `normalized=True` returns JSD_beta / (beta (1 - beta)), which tends to fkl as beta -> 0 and to
-  rkl as beta -> 1; beta = 0 and beta = 1 return fkl and rkl exactly, so the loss is continuous.
+  GKD / TRL convention: beta -> 0 is the forward-KL end, beta -> 1 the reverse-KL end, and
+  0 <= JSD_beta <= h(beta) (the binary entropy, ln 2 at beta = 0.5). `normalized=True` returns
+  JSD_beta / (beta (1 - beta)), which tends to fkl as beta -> 0 and to rkl as beta -> 1; beta = 0
+  and beta = 1 return fkl and rkl exactly, so the normalised loss is continuous in beta.
 
-Terms with zero probability contribute 0 (xlogy convention), so logits of -inf (a masked
-vocabulary entry) give finite values and finite gradients as long as a row is not all -inf.
-Rounding can make a divergence a hair below 0; results are clipped at 0.
+Conventions:
+- Terms where the left distribution of a KL has zero probability contribute 0 (xlogy), so a
+  logit of -inf (a masked vocabulary entry) gives finite values and finite gradients whenever
+  the divergence itself is finite; a row must not be all -inf. KL(p || q) is +inf when q is 0
+  where p is not (e.g. fkl with -inf in the student only where the reference has mass): that is
+  the true value. JSD is always finite.
+- log m is never formed from m: KL(a || m) = -sum_{a>0} a log(w + (1 - w) b / a), with
+  log(w + (1 - w) b / a) = logaddexp(log w, log(1 - w) + log b - log a), which keeps relative
+  precision as beta -> 0 or 1 and needs no log(0) at the endpoints (handled statically).
+- Float32 rounding can leave a divergence a hair below 0 (e.g. when p ~= q); such values are
+  reported as exactly 0, with the gradient left untouched.
 
-Reductions over a batch of responses (`values`, `mask`: [B, L]): `per_token_mean` (masked mean
-over every valid token) and `per_sequence_mean` (masked sum per response, then mean over
-responses). Padded positions never count, even if `values` holds NaN or inf there.
+Masked reductions over a batch of responses (`values`, `mask`: [B, L]): `per_token_mean` (mean
+over every valid token) and `per_sequence_mean` (sum over each response, then mean over responses).
+Padded positions (mask == 0) never count, even if `values` holds NaN or inf there.
 """
 
 from __future__ import annotations
@@ -31,18 +41,41 @@ Array = jax.Array
 
 
 def _log_probs(logits: Array, temperature: float) -> Array:
-  if temperature <= 0:
+  """Float32 log-softmax of `logits / temperature` over the last axis: [..., V] -> [..., V]."""
+  if not temperature > 0:
     raise ValueError(f"temperature must be > 0, got {temperature}.")
-  return jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+  return jax.nn.log_softmax(jnp.asarray(logits).astype(jnp.float32) / temperature, axis=-1)
 
 
-def _kl(log_p: Array, log_q: Array) -> Array:
-  """KL(p || q) from log-probabilities [..., V], with 0 * (anything) = 0 and safe gradients."""
-  p = jnp.exp(log_p)
-  support = p > 0
-  # Double `where`: the unused branch sees finite inputs, so no NaN flows into gradients.
-  diff = jnp.where(support, log_p, 0.0) - jnp.where(support, log_q, 0.0)
-  return jnp.maximum(jnp.sum(jnp.where(support, p * diff, 0.0), axis=-1), 0.0)
+def _clip_rounding(value: Array) -> Array:
+  """`value` with tiny negative rounding set to 0, keeping the gradient of `value`."""
+  return jnp.where(value < 0, value - jax.lax.stop_gradient(value), value)
+
+
+def _kl(log_a: Array, log_b: Array) -> Array:
+  """KL(a || b) = sum_{a>0} a (log a - log b) from log-probabilities: [..., V] -> [...]."""
+  support = log_a > -jnp.inf
+  # Double `where`: masked entries see finite inputs, so no inf - inf NaN reaches gradients.
+  log_a = jnp.where(support, log_a, 0.0)
+  log_b = jnp.where(support, log_b, 0.0)
+  terms = jnp.where(support, jnp.exp(log_a) * (log_a - log_b), 0.0)
+  return _clip_rounding(jnp.sum(terms, axis=-1))
+
+
+def _kl_to_mixture(log_a: Array, log_b: Array, w: float) -> Array:
+  """KL(a || m), m = w a + (1 - w) b, 0 < w < 1, from log-probabilities: [..., V] -> [...].
+
+  Where b = 0 the log-ratio log(m / a) is exactly log w; the `where`s keep -inf out of
+  `logaddexp` (whose gradient at -inf is not 0).
+  """
+  support = log_a > -jnp.inf
+  both = support & (log_b > -jnp.inf)
+  log_a = jnp.where(support, log_a, 0.0)
+  log_b_over_a = jnp.where(both, log_b - log_a, 0.0)
+  log_m_over_a = jnp.where(both, jnp.logaddexp(math.log(w), math.log1p(-w) + log_b_over_a),
+                           math.log(w))
+  terms = jnp.where(support, jnp.exp(log_a) * log_m_over_a, 0.0)
+  return _clip_rounding(-jnp.sum(terms, axis=-1))
 
 
 def fkl(ref_logits: Array, student_logits: Array, temperature: float = 1.0) -> Array:
@@ -55,36 +88,38 @@ def rkl(ref_logits: Array, student_logits: Array, temperature: float = 1.0) -> A
   return _kl(_log_probs(student_logits, temperature), _log_probs(ref_logits, temperature))
 
 
-def _jsd_from_log_probs(log_p: Array, log_q: Array, beta: float) -> Array:
-  log_m = jnp.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
-  return beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
+def _jsd(log_p: Array, log_q: Array, beta: float, normalized: bool) -> Array:
+  """JSD_beta (or JSD_beta / (beta (1 - beta))) for 0 < beta < 1 from log-probabilities."""
+  kl_p, kl_q = _kl_to_mixture(log_p, log_q, beta), _kl_to_mixture(log_q, log_p, 1.0 - beta)
+  if normalized:
+    return kl_p / (1.0 - beta) + kl_q / beta
+  return beta * kl_p + (1.0 - beta) * kl_q
 
 
 def jsd(ref_logits: Array, student_logits: Array, beta: float = 0.5, temperature: float = 1.0,
         normalized: bool = False) -> Array:
   """Generalised Jensen-Shannon divergence per position: [..., V] x [..., V] -> [...] float32.
 
-  `beta` is a Python float in [0, 1]. Plain JSD_beta is 0 at both ends; the normalised form
-  divides by beta (1 - beta) and equals fkl at beta = 0 and rkl at beta = 1.
+  `beta` is a static Python float in [0, 1] (the weight of p in m). Plain JSD_beta is 0 at both
+  ends; the normalised form, JSD_beta / (beta (1 - beta)), is fkl at beta = 0 and rkl at 1.
+  Beta below ~1e-30 (or 1 - beta below ~1e-7, float32 resolution) is beyond float32.
   """
   beta = float(beta)
   if not 0.0 <= beta <= 1.0:
     raise ValueError(f"beta must be in [0, 1], got {beta}.")
+  log_p, log_q = _log_probs(ref_logits, temperature), _log_probs(student_logits, temperature)
   if beta in (0.0, 1.0):
-    if not normalized:
-      return jnp.zeros(jnp.broadcast_shapes(ref_logits.shape, student_logits.shape)[:-1],
-                       jnp.float32)
-    return (fkl if beta == 0.0 else rkl)(ref_logits, student_logits, temperature)
-  value = _jsd_from_log_probs(_log_probs(ref_logits, temperature),
-                              _log_probs(student_logits, temperature), beta)
-  return value / (beta * (1.0 - beta)) if normalized else value
+    if normalized:
+      return _kl(log_p, log_q) if beta == 0.0 else _kl(log_q, log_p)
+    return jnp.zeros(jnp.broadcast_shapes(log_p.shape, log_q.shape)[:-1], jnp.float32)
+  return _jsd(log_p, log_q, beta, normalized)
 
 
 DIVERGENCES: dict[str, Callable[..., Array]] = {"fkl": fkl, "rkl": rkl, "jsd": jsd}
 
 
 def get(name: str) -> Callable[..., Array]:
-  """The divergence function called `name` (fkl, rkl or jsd)."""
+  """The divergence function called `name`, one of `DIVERGENCES` (fkl, rkl, jsd)."""
   if name not in DIVERGENCES:
     raise ValueError(f"Unknown divergence {name!r}; expected one of {tuple(DIVERGENCES)}.")
   return DIVERGENCES[name]
@@ -92,25 +127,41 @@ def get(name: str) -> Callable[..., Array]:
 
 def token_divergence(name: str, ref_logits: Array, student_logits: Array, *, beta: float = 0.5,
                      temperature: float = 1.0, normalized: bool = False) -> Array:
-  """Dispatches to `name`; `beta` and `normalized` only matter for jsd. Returns [...]."""
-  if name == "jsd":
+  """Divergence `name` per position: [..., V] x [..., V] -> [...] float32.
+
+  `beta` and `normalized` are used by jsd only.
+  """
+  fn = get(name)
+  if fn is jsd:
     return jsd(ref_logits, student_logits, beta, temperature, normalized)
-  return get(name)(ref_logits, student_logits, temperature)
+  return fn(ref_logits, student_logits, temperature)
 
 
 def all_divergences(ref_logits: Array, student_logits: Array) -> dict[str, Array]:
-  """{'fkl', 'rkl', 'jsd' (beta = 0.5, nats)} per position, sharing one log-softmax per side."""
+  """{'fkl', 'rkl', 'jsd'} per position ([..., V] -> [...] float32, temperature 1), sharing one
+  log-softmax per side; 'jsd' is the plain beta = 0.5 metric in nats, in [0, ln 2]."""
   log_p, log_q = _log_probs(ref_logits, 1.0), _log_probs(student_logits, 1.0)
   return {"fkl": _kl(log_p, log_q), "rkl": _kl(log_q, log_p),
-          "jsd": _jsd_from_log_probs(log_p, log_q, 0.5)}
+          "jsd": _jsd(log_p, log_q, 0.5, normalized=False)}
 
 
 def per_token_mean(values: Array, mask: Array) -> Array:
-  """Masked mean over every valid position: values, mask [B, L] -> scalar."""
-  valid = mask > 0
-  return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+  """Masked mean over every valid token of the batch: values, mask [B, L] -> float32 scalar.
+
+  sum(values * mask) / max(sum(mask), 1); positions with mask == 0 are skipped (not multiplied),
+  so NaN or inf there never leaks in. An all-padding batch gives 0.
+  """
+  mask = jnp.asarray(mask).astype(jnp.float32)
+  total = jnp.sum(jnp.where(mask != 0, jnp.asarray(values).astype(jnp.float32) * mask, 0.0))
+  return total / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def per_sequence_mean(values: Array, mask: Array) -> Array:
-  """Mean over sequences of each sequence's masked sum: values, mask [B, L] -> scalar."""
-  return jnp.mean(jnp.sum(jnp.where(mask > 0, values, 0.0), axis=-1))
+  """Mean over sequences of each sequence's masked sum: values, mask [B, L] -> float32 scalar.
+
+  mean_b sum_l values[b, l] * mask[b, l], skipping (not multiplying) positions with mask == 0.
+  """
+  mask = jnp.asarray(mask).astype(jnp.float32)
+  sums = jnp.sum(jnp.where(mask != 0, jnp.asarray(values).astype(jnp.float32) * mask, 0.0),
+                 axis=-1)
+  return jnp.mean(sums)

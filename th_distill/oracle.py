@@ -10,17 +10,15 @@ factor found by bisection so that the mean next-token entropy on the oracle's ow
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from th_distill.data.regimes import SampleFn
 from th_distill.models import T5
 from th_distill.train import Batch, forward
-
-# sample(params, prompts, rng) -> (tokens [B, Lt], mask [B, Lt])
-SampleFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

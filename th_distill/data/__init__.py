@@ -1,0 +1,1 @@
+"""Stage-2 data: prompt sources and the data regimes of distillation."""

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+_FLOAT32_TINY = float(jnp.finfo(jnp.float32).tiny)
+
 
 def _log_probs(logits: Array, temperature: float) -> Array:
   """Float32 log-softmax of `logits / temperature` over the last axis: [..., V] -> [..., V]."""
@@ -62,18 +64,21 @@ def _kl(log_a: Array, log_b: Array) -> Array:
   return _clip_rounding(jnp.sum(terms, axis=-1))
 
 
-def _kl_to_mixture(log_a: Array, log_b: Array, w: float) -> Array:
+def _kl_to_mixture(log_a: Array, log_b: Array, w: float, one_minus_w: float) -> Array:
   """KL(a || m), m = w a + (1 - w) b, 0 < w < 1, from log-probabilities: [..., V] -> [...].
 
-  Where b = 0 the log-ratio log(m / a) is exactly log w; the `where`s keep -inf out of
-  `logaddexp` (whose gradient at -inf is not 0).
+  Takes w and 1 - w separately, so neither is rounded through the other. With d = log b - log a,
+  log(m / a) = logaddexp(log w, log(1 - w) + d); where b = 0 it is exactly log w (the `where`s
+  keep -inf out of `logaddexp`, whose gradient at -inf is not 0), and where d = 0 it is exactly
+  0 (as (1 - w) d, which has the right gradient), so equal inputs give exactly 0.
   """
   support = log_a > -jnp.inf
   both = support & (log_b > -jnp.inf)
   log_a = jnp.where(support, log_a, 0.0)
-  log_b_over_a = jnp.where(both, log_b - log_a, 0.0)
-  log_m_over_a = jnp.where(both, jnp.logaddexp(math.log(w), math.log1p(-w) + log_b_over_a),
-                           math.log(w))
+  d = jnp.where(both, log_b - log_a, 0.0)
+  log_w, log_1mw = math.log(w), math.log(one_minus_w)
+  log_m_over_a = jnp.where(d == 0, one_minus_w * d, jnp.logaddexp(log_w, log_1mw + d))
+  log_m_over_a = jnp.where(both, log_m_over_a, log_w)
   terms = jnp.where(support, jnp.exp(log_a) * log_m_over_a, 0.0)
   return _clip_rounding(-jnp.sum(terms, axis=-1))
 
@@ -90,7 +95,8 @@ def rkl(ref_logits: Array, student_logits: Array, temperature: float = 1.0) -> A
 
 def _jsd(log_p: Array, log_q: Array, beta: float, normalized: bool) -> Array:
   """JSD_beta (or JSD_beta / (beta (1 - beta))) for 0 < beta < 1 from log-probabilities."""
-  kl_p, kl_q = _kl_to_mixture(log_p, log_q, beta), _kl_to_mixture(log_q, log_p, 1.0 - beta)
+  kl_p = _kl_to_mixture(log_p, log_q, beta, 1.0 - beta)
+  kl_q = _kl_to_mixture(log_q, log_p, 1.0 - beta, beta)
   if normalized:
     return kl_p / (1.0 - beta) + kl_q / beta
   return beta * kl_p + (1.0 - beta) * kl_q
@@ -102,11 +108,13 @@ def jsd(ref_logits: Array, student_logits: Array, beta: float = 0.5, temperature
 
   `beta` is a static Python float in [0, 1] (the weight of p in m). Plain JSD_beta is 0 at both
   ends; the normalised form, JSD_beta / (beta (1 - beta)), is fkl at beta = 0 and rkl at 1.
-  Beta below ~1e-30 (or 1 - beta below ~1e-7, float32 resolution) is beyond float32.
+  A beta below float32's smallest normal number (~1.2e-38) is treated as 0.
   """
   beta = float(beta)
   if not 0.0 <= beta <= 1.0:
     raise ValueError(f"beta must be in [0, 1], got {beta}.")
+  if beta < _FLOAT32_TINY:  # float32 cannot divide by it; JSD_beta / beta(1-beta) is fkl here
+    beta = 0.0
   log_p, log_q = _log_probs(ref_logits, temperature), _log_probs(student_logits, temperature)
   if beta in (0.0, 1.0):
     if normalized:

@@ -1,11 +1,15 @@
 """Our T5 equals Hugging Face `transformers` T5 v1.1 (torch, CPU) on the same random weights."""
 
+import copy
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from th_distill.models import T5, shift_right
+from th_distill.models import T5, init_params, shift_right
 from th_distill.models import hf_convert
 
 torch = pytest.importorskip("torch")
@@ -26,9 +30,9 @@ def hf_model():
     for name, param in model.named_parameters():
       if "layer_norm" in name:
         param.uniform_(0.5, 1.5)
-  # Recent `transformers` build the output layer tied to the embedding; T5 v1.1 has its own.
+  # transformers >= 5 build the output layer tied to the embedding; T5 v1.1 has its own.
   model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.2)
-  assert not model.config.scale_decoder_outputs
+  assert not getattr(model.config, "scale_decoder_outputs", False)
   return model
 
 
@@ -38,105 +42,148 @@ def converted(hf_model):
   return T5(cfg), hf_convert.params_from_hf_state_dict(hf_model.state_dict(), cfg)
 
 
-def _inputs(batch=3, input_length=30, target_length=9):
+def _inputs(batch=3, input_length=30, target_length=10):
+  """Prompts of 30 tokens (beyond max_distance 20: logarithmic buckets) with encoder padding,
+  and shifted-right decoder inputs."""
   rng = np.random.default_rng(0)
   tokens = rng.integers(2, HF_CONFIG["vocab_size"], (batch, input_length))
-  tokens[0, 20:] = 0  # padding in the encoder input
+  tokens[0, 20:] = 0
   tokens[1, 25:] = 0
   targets = rng.integers(2, HF_CONFIG["vocab_size"], (batch, target_length))
-  return tokens, targets
+  return tokens, np.asarray(shift_right(jnp.asarray(targets)))
 
 
-def _hf_logits(hf_model, tokens, targets):
-  with torch.no_grad():
-    out = hf_model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(tokens != 0),
-                   labels=torch.tensor(targets))
-  return out.logits.numpy()
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(model, params, tokens, decoder_inputs):
+  return model.apply({"params": params}, tokens, decoder_inputs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _init_cache(model, params, tokens, length):
+  encoded = model.apply({"params": params}, tokens, method=T5.encode)
+  return model.apply({"params": params}, encoded, tokens, length, method=T5.init_cache)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode_step(model, params, token, cache):
+  return model.apply({"params": params}, token, cache, method=T5.decode_step)
+
+
+def _step_by_step(model, params, tokens, decoder_inputs):
+  """Our logits [B, V] at each decoder position, through encode / init_cache / decode_step."""
+  cache = _init_cache(model, params, tokens, decoder_inputs.shape[1])
+  logits = []
+  for t in range(decoder_inputs.shape[1]):
+    step_logits, cache = _decode_step(model, params, decoder_inputs[:, t], cache)
+    logits.append(np.asarray(step_logits))
+  return logits
 
 
 def test_forward_logits_equal_transformers(hf_model, converted):
-  # Prompts of 30 tokens with max_distance 20 exercise the logarithmic buckets.
-  model, params = converted
-  tokens, targets = _inputs()
-  ours = model.apply({"params": params}, jnp.asarray(tokens), shift_right(jnp.asarray(targets)))
-  np.testing.assert_allclose(ours, _hf_logits(hf_model, tokens, targets), atol=1e-4, rtol=0)
+  tokens, decoder_inputs = _inputs()
+  with torch.no_grad():
+    hf = hf_model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(tokens != 0),
+                  decoder_input_ids=torch.tensor(decoder_inputs)).logits.numpy()
+  np.testing.assert_allclose(_forward(*converted, tokens, decoder_inputs), hf, atol=1e-4, rtol=0)
 
 
 def test_incremental_decoding_equals_transformers(hf_model, converted):
-  model, params = converted
-  tokens, targets = _inputs()
-  decoder_inputs = np.asarray(shift_right(jnp.asarray(targets)))
-  variables = {"params": params}
-  encoded = model.apply(variables, jnp.asarray(tokens), method=T5.encode)
-  cache = model.apply(variables, encoded, jnp.asarray(tokens), targets.shape[1],
-                      method=T5.init_cache)
+  tokens, decoder_inputs = _inputs()
+  ours = _step_by_step(*converted, tokens, decoder_inputs)
+  mask = torch.tensor(tokens != 0)
   with torch.no_grad():
-    encoder_out = hf_model.get_encoder()(input_ids=torch.tensor(tokens),
-                                         attention_mask=torch.tensor(tokens != 0))
+    encoder_out = hf_model.get_encoder()(input_ids=torch.tensor(tokens), attention_mask=mask)
     past = None
-    for t in range(targets.shape[1]):
-      out = hf_model(encoder_outputs=encoder_out, attention_mask=torch.tensor(tokens != 0),
+    for t, logits in enumerate(ours):
+      out = hf_model(encoder_outputs=encoder_out, attention_mask=mask,
                      decoder_input_ids=torch.tensor(decoder_inputs[:, t:t + 1]),
                      past_key_values=past, use_cache=True)
       past = out.past_key_values
-      logits, cache = model.apply(variables, jnp.asarray(decoder_inputs[:, t]), cache,
-                                  method=T5.decode_step)
       np.testing.assert_allclose(logits, out.logits[:, 0].numpy(), atol=1e-4, rtol=0,
                                  err_msg=f"step {t}")
 
 
 def test_step_by_step_decoding_equals_teacher_forcing(converted):
-  model, params = converted
-  tokens, targets = _inputs(target_length=12)
-  variables = {"params": params}
-  decoder_inputs = shift_right(jnp.asarray(targets))
-  full = model.apply(variables, jnp.asarray(tokens), decoder_inputs)
-  encoded = model.apply(variables, jnp.asarray(tokens), method=T5.encode)
-  cache = model.apply(variables, encoded, jnp.asarray(tokens), 12, method=T5.init_cache)
-  for t in range(12):
-    logits, cache = model.apply(variables, decoder_inputs[:, t], cache, method=T5.decode_step)
+  tokens, decoder_inputs = _inputs()
+  full = np.asarray(_forward(*converted, tokens, decoder_inputs))
+  for t, logits in enumerate(_step_by_step(*converted, tokens, decoder_inputs)):
     np.testing.assert_allclose(logits, full[:, t], atol=1e-5, rtol=0, err_msg=f"step {t}")
 
 
-def test_safetensors_directory_loads_to_the_same_model(hf_model, converted, tmp_path):
-  hf_model.save_pretrained(tmp_path, safe_serialization=True)
-  cfg, params = hf_convert.load_hf_checkpoint(str(tmp_path))
+def _save(hf_model, directory, fmt):
+  if fmt == "safetensors":
+    hf_model.save_pretrained(directory)  # safetensors: the default (from v5 the only) format
+  elif fmt == "sharded":
+    hf_model.save_pretrained(directory, max_shard_size="20KB")
+    assert (directory / "model.safetensors.index.json").is_file()
+  elif fmt == "bfloat16":
+    copy.deepcopy(hf_model).to(torch.bfloat16).save_pretrained(directory)
+  else:
+    hf_model.config.save_pretrained(directory)
+    torch.save(hf_model.state_dict(), directory / "pytorch_model.bin")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "sharded", "bfloat16", "pytorch_bin"])
+def test_checkpoint_directory_loads_to_the_same_params(hf_model, converted, tmp_path, fmt):
+  _save(hf_model, tmp_path, fmt)
+  cfg, params = hf_convert.load_hf_checkpoint(tmp_path)
   model, expected = converted
   assert cfg == model.cfg
+  if fmt == "bfloat16":
+    expected = jax.tree_util.tree_map(
+        lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), expected)
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, expected)
 
 
 def test_round_trip_is_exact(hf_model, converted):
   model, params = converted
+  hf_state = hf_model.state_dict()
   state = hf_convert.params_to_hf_state_dict(params, model.cfg)
-  for key, value in hf_model.state_dict().items():
-    if key in state:
-      np.testing.assert_array_equal(state[key], value.numpy(), err_msg=key)
+  assert set(state) == set(hf_state)
+  for key, value in hf_state.items():
+    np.testing.assert_array_equal(state[key], value.numpy(), err_msg=key)
+  for dtype in ("float32", "bfloat16"):  # ours -> HF -> ours, in either storage dtype
+    cfg = model.cfg.replace(param_dtype=dtype)
+    ours = hf_convert.params_from_hf_state_dict(hf_state, cfg)
+    back = hf_convert.params_from_hf_state_dict(hf_convert.params_to_hf_state_dict(ours, cfg), cfg)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(ours)
+    assert all(leaf.dtype == np.dtype(jnp.dtype(dtype)) for leaf in jax.tree_util.tree_leaves(back))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back, ours)
+  # The converted tree is exactly the model's own.
+  shapes = jax.tree_util.tree_map(
+      lambda x: x.shape, nn.unbox(jax.eval_shape(init_params, model, jax.random.PRNGKey(0))))
+  assert jax.tree_util.tree_map(lambda x: x.shape, params) == shapes
 
 
 def test_errors_name_the_problem(hf_model, converted):
-  model, _ = converted
+  cfg = converted[0].cfg
   state = dict(hf_model.state_dict())
   key = "decoder.block.1.layer.1.EncDecAttention.k.weight"
-  state[key] = state[key][:, :-1]
-  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-    hf_convert.params_from_hf_state_dict(state, model.cfg)
-  with pytest.raises(ValueError, match="gated-gelu"):
+  bad = {**state, key: state[key][:, :-1]}
+  with pytest.raises(ValueError, match=rf"{key.replace('.', '[.]')}: shape \(32, 31\), "
+                                       r"expected \(32, 32\)"):
+    hf_convert.params_from_hf_state_dict(bad, cfg)
+  missing = "encoder.block.1.layer.1.layer_norm.weight"
+  with pytest.raises(ValueError, match=missing.replace(".", "[.]")):
+    hf_convert.params_from_hf_state_dict({k: v for k, v in state.items() if k != missing}, cfg)
+  with pytest.raises(ValueError, match="unexpected.*decoder[.]block[.]3"):
+    hf_convert.params_from_hf_state_dict(
+        {**state, "decoder.block.3.layer.2.layer_norm.weight": state[missing]}, cfg)
+  with pytest.raises(ValueError, match="feed_forward_proj.*gated-gelu"):
     hf_convert.config_from_hf({**HF_CONFIG, "feed_forward_proj": "relu"})
   with pytest.raises(ValueError, match="tie_word_embeddings"):
     hf_convert.config_from_hf({**HF_CONFIG, "tie_word_embeddings": True})
-  with pytest.raises(ValueError, match="scale_decoder_outputs"):
-    hf_convert.config_from_hf({**HF_CONFIG, "scale_decoder_outputs": True})
-  with pytest.raises(FileNotFoundError, match="config.json"):
+  with pytest.raises(ValueError, match="tie_word_embeddings"):  # original T5 via transformers 5
+    hf_convert.config_from_hf(transformers.T5Config(**{**HF_CONFIG, "tie_word_embeddings": True,
+                                                       "feed_forward_proj": "gated-gelu"}))
+  with pytest.raises(FileNotFoundError, match="config.json.*model.safetensors"):
     hf_convert.load_hf_checkpoint("/nonexistent/t5")
 
 
 def test_bfloat16_compute_stays_close_to_float32(converted):
   model, params = converted
-  tokens, targets = _inputs()
-  args = (jnp.asarray(tokens), shift_right(jnp.asarray(targets)))
-  full = model.apply({"params": params}, *args)
-  half = T5(model.cfg.replace(dtype="bfloat16")).apply({"params": params}, *args)
+  tokens, decoder_inputs = _inputs()
+  full = _forward(model, params, tokens, decoder_inputs)
+  half = _forward(T5(model.cfg.replace(dtype="bfloat16")), params, tokens, decoder_inputs)
   assert half.dtype == jnp.float32
-  scale = float(jnp.max(jnp.abs(full)))
-  assert float(jnp.max(jnp.abs(half - full))) < 5e-2 * scale
+  assert float(jnp.max(jnp.abs(half - full))) < 5e-2 * float(jnp.max(jnp.abs(full)))

@@ -1,18 +1,26 @@
 """Hugging Face T5 v1.1 / Flan-T5 checkpoints <-> th_distill parameters.
 
 Only T5 v1.1-style models are supported (gated-GELU MLP, output layer untied from the embedding:
-google/t5-v1_1-*, google/flan-t5-*); the original T5 (ReLU MLP, tied output layer) is rejected.
+google/t5-v1_1-*, google/flan-t5-*); the original T5 (ReLU MLP, tied and rescaled output layer)
+is rejected.
 
-Name mapping (HF torch `Linear.weight` is [out, in]; ours is [in, ...]):
-  shared.weight [V, E]                                  -> token_embedder [V, E]
-  lm_head.weight [V, E]                                 -> logits_kernel [E, V]
-  {enc,dec}oder.block.0.layer.0.SelfAttention.relative_attention_bias.weight [buckets, H]
-                                                        -> {enc,dec}oder_relpos/rel_embedding [H, buckets]
-  *.SelfAttention / EncDecAttention .{q,k,v}.weight [H*K, E] -> query/key/value [E, H, K]
-  *.o.weight [E, H*K]                                   -> out [H, K, E]
-  *.DenseReluDense.{wi_0,wi_1}.weight [F, E] / wo [E, F] -> mlp/{wi_0,wi_1} [E, F] / wo [F, E]
-  *.layer_norm.weight, {enc,dec}oder.final_layer_norm.weight -> */scale [E]
-No network access: checkpoints are read from a local directory.
+Name mapping, S in {encoder, decoder} (a torch `Linear.weight` is [out, in]; ours are [in, ...]):
+  shared.weight [V, E]                          -> token_embedder [V, E]
+  lm_head.weight [V, E]                         -> logits_kernel [E, V]
+  S.block.0.layer.0.SelfAttention.relative_attention_bias.weight [buckets, H]
+                                                -> S_relpos/rel_embedding [H, buckets]
+  S.block.{i}.layer.{j}.<A>.{q,k,v}.weight [H*K, E] -> S_layers_{i}/<a>/{query,key,value} [E, H, K]
+  S.block.{i}.layer.{j}.<A>.o.weight [E, H*K]   -> S_layers_{i}/<a>/out [H, K, E]
+  S.block.{i}.layer.{j}.layer_norm.weight [E]   -> S_layers_{i}/<a>_norm/scale [E]
+  S.block.{i}.layer.{m}.DenseReluDense.{wi_0,wi_1}.weight [F, E], wo [E, F]
+                                                -> S_layers_{i}/mlp/{wi_0,wi_1} [E, F], wo [F, E]
+  S.block.{i}.layer.{m}.layer_norm.weight [E]   -> S_layers_{i}/mlp_norm/scale [E]
+  S.final_layer_norm.weight [E]                 -> S_norm/scale [E]
+where (j, <A>, <a>) is (0, SelfAttention, attention) in the encoder, (0, SelfAttention,
+self_attention) and (1, EncDecAttention, cross_attention) in the decoder, and m is the last layer
+of the block (1 in the encoder, 2 in the decoder). `encoder.embed_tokens.weight` and
+`decoder.embed_tokens.weight` alias `shared.weight`. Everything is read from a local directory:
+nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -21,22 +29,32 @@ import json
 import os
 from typing import Any, Mapping
 
+import flax.linen as nn
+import jax
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so bf16 safetensors files load)
 import numpy as np
 
 from th_distill.models.config import T5Config
+from th_distill.models.t5 import T5, init_params
 
 # HF keys that alias `shared.weight` and carry no parameters of their own.
 _ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
+_Path = tuple[str, ...]
+
 
 def config_from_hf(hf_config: Any) -> T5Config:
-  """T5Config from a `transformers.T5Config` or its dict (config.json)."""
+  """T5Config (dropout 0) from a `transformers.T5Config` or its dict (config.json).
+
+  Raises ValueError naming the field for a model that is not T5 v1.1-style.
+  """
   c = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
   if c.get("feed_forward_proj", "relu") != "gated-gelu":
     raise ValueError(f"feed_forward_proj = {c.get('feed_forward_proj')!r}: only T5 v1.1-style "
                      "'gated-gelu' checkpoints are supported (not the original ReLU T5).")
-  # Recent `transformers` always write tie_word_embeddings = True and record the v1.1 convention
-  # (no rescaling of the decoder output) as scale_decoder_outputs = False.
+  # transformers >= 5 always write tie_word_embeddings = True and record the v1.1 convention (own,
+  # unscaled output layer) as scale_decoder_outputs = False; older versions write
+  # tie_word_embeddings = False.
   if c.get("scale_decoder_outputs", c.get("tie_word_embeddings", True)):
     raise ValueError("tie_word_embeddings = True (or scale_decoder_outputs = True): only T5 "
                      "v1.1-style checkpoints with an untied, unscaled output layer are supported.")
@@ -48,115 +66,143 @@ def config_from_hf(hf_config: Any) -> T5Config:
                   dropout_rate=0.0, layer_norm_eps=c.get("layer_norm_epsilon", 1e-6))
 
 
-def _layout(cfg: T5Config) -> dict[str, tuple[tuple[str, ...], str]]:
-  """HF key -> (our path, transform name) for every parameter of `cfg`."""
+def _layout(cfg: T5Config) -> dict[str, tuple[_Path, str]]:
+  """HF key -> (our parameter path, transform) for every parameter of `cfg`."""
   layout = {"shared.weight": (("token_embedder",), "copy"),
             "lm_head.weight": (("logits_kernel",), "transpose"),
             "encoder.final_layer_norm.weight": (("encoder_norm", "scale"), "copy"),
             "decoder.final_layer_norm.weight": (("decoder_norm", "scale"), "copy")}
-  for stack in ("encoder", "decoder"):
+  stacks = (("encoder", cfg.num_encoder_layers, ("SelfAttention", "attention")),
+            ("decoder", cfg.num_decoder_layers, ("SelfAttention", "self_attention"),
+             ("EncDecAttention", "cross_attention")))
+  for stack, num_layers, *attentions in stacks:
     layout[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
         (f"{stack}_relpos", "rel_embedding"), "transpose")
-    attentions = ((0, "SelfAttention", "attention" if stack == "encoder" else "self_attention"),)
-    if stack == "decoder":
-      attentions += ((1, "EncDecAttention", "cross_attention"),)
-    layers = cfg.num_encoder_layers if stack == "encoder" else cfg.num_decoder_layers
-    mlp_index = len(attentions)
-    for i in range(layers):
+    for i in range(num_layers):
       block, ours = f"{stack}.block.{i}.layer", f"{stack}_layers_{i}"
-      for index, hf_name, name in attentions:
-        for hf_proj, our_proj in (("q", "query"), ("k", "key"), ("v", "value")):
-          layout[f"{block}.{index}.{hf_name}.{hf_proj}.weight"] = ((ours, name, our_proj), "qkv")
-        layout[f"{block}.{index}.{hf_name}.o.weight"] = ((ours, name, "out"), "out")
-        layout[f"{block}.{index}.layer_norm.weight"] = ((ours, f"{name}_norm", "scale"), "copy")
+      for j, (hf_name, name) in enumerate(attentions):
+        for hf_proj, proj in (("q", "query"), ("k", "key"), ("v", "value")):
+          layout[f"{block}.{j}.{hf_name}.{hf_proj}.weight"] = ((ours, name, proj), "qkv")
+        layout[f"{block}.{j}.{hf_name}.o.weight"] = ((ours, name, "out"), "out")
+        layout[f"{block}.{j}.layer_norm.weight"] = ((ours, f"{name}_norm", "scale"), "copy")
+      mlp = len(attentions)
       for proj in ("wi_0", "wi_1", "wo"):
-        layout[f"{block}.{mlp_index}.DenseReluDense.{proj}.weight"] = (
-            (ours, "mlp", proj), "transpose")
-      layout[f"{block}.{mlp_index}.layer_norm.weight"] = ((ours, "mlp_norm", "scale"), "copy")
+        layout[f"{block}.{mlp}.DenseReluDense.{proj}.weight"] = ((ours, "mlp", proj), "transpose")
+      layout[f"{block}.{mlp}.layer_norm.weight"] = ((ours, "mlp_norm", "scale"), "copy")
   return layout
 
 
-def _to_ours(value: np.ndarray, transform: str, cfg: T5Config) -> np.ndarray:
-  h, k = cfg.num_heads, cfg.d_kv
-  if transform == "copy":
-    return value
-  if transform == "transpose":
-    return value.T
+def _hf_shape(shape: tuple[int, ...], transform: str) -> tuple[int, ...]:
+  """The HF shape of one of our parameters of `shape`."""
+  if transform == "qkv":  # [E, H, K] -> [H*K, E]
+    return (shape[1] * shape[2], shape[0])
+  if transform == "out":  # [H, K, E] -> [E, H*K]
+    return (shape[2], shape[0] * shape[1])
+  return shape[::-1] if transform == "transpose" else shape
+
+
+def _to_ours(value: np.ndarray, transform: str, shape: tuple[int, ...]) -> np.ndarray:
   if transform == "qkv":  # [H*K, E] -> [E, H, K]
-    return value.T.reshape(value.shape[1], h, k)
-  return value.reshape(value.shape[0], h, k).transpose(1, 2, 0)  # out: [E, H*K] -> [H, K, E]
+    return value.T.reshape(shape)
+  if transform == "out":  # [E, H*K] -> [E, H, K] -> [H, K, E]
+    return value.reshape(shape[2], shape[0], shape[1]).transpose(1, 2, 0)
+  return value.T if transform == "transpose" else value
 
 
 def _to_hf(value: np.ndarray, transform: str) -> np.ndarray:
-  if transform == "copy":
-    return value
-  if transform == "transpose":
-    return value.T
   if transform == "qkv":  # [E, H, K] -> [H*K, E]
     return value.reshape(value.shape[0], -1).T
-  return value.transpose(2, 0, 1).reshape(value.shape[2], -1)  # out: [H, K, E] -> [E, H*K]
+  if transform == "out":  # [H, K, E] -> [E, H*K]
+    return value.transpose(2, 0, 1).reshape(value.shape[2], -1)
+  return value.T if transform == "transpose" else value
 
 
 def _numpy(value: Any) -> np.ndarray:
-  if hasattr(value, "detach"):  # a torch tensor
+  if hasattr(value, "detach"):  # a torch tensor (possibly bfloat16, which numpy lacks)
     value = value.detach().cpu().float().numpy()
   return np.asarray(value)
 
 
-def _our_shapes(cfg: T5Config) -> dict[tuple[str, ...], tuple[int, ...]]:
-  import flax.linen as nn
-  import jax
-  from th_distill.models.t5 import T5, init_params
+def _our_shapes(cfg: T5Config) -> dict[_Path, tuple[int, ...]]:
+  """Our parameter path -> shape, from the model itself (no computation)."""
   shapes = jax.eval_shape(lambda: nn.unbox(init_params(T5(cfg), jax.random.PRNGKey(0))))
   flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
   return {tuple(p.key for p in path): leaf.shape for path, leaf in flat}
 
 
 def params_from_hf_state_dict(state_dict: Mapping[str, Any], cfg: T5Config) -> dict[str, Any]:
-  """Our nested parameter dict (numpy, `cfg.param_dtype`) from an HF T5 v1.1 state dict."""
+  """Our nested parameter dict (numpy arrays in `cfg.param_dtype`) from an HF T5 v1.1 state dict.
+
+  `state_dict` maps HF names to torch tensors or array-likes. Raises ValueError naming the HF
+  key(s) on a missing, unexpected or mis-shaped tensor.
+  """
   layout = _layout(cfg)
   missing = sorted(set(layout) - set(state_dict))
   if missing:
-    raise ValueError(f"HF state dict lacks {len(missing)} expected key(s), e.g. {missing[:5]}.")
+    raise ValueError(f"HF state dict lacks {len(missing)} expected key(s): {missing[:10]}.")
   unexpected = sorted(set(state_dict) - set(layout) - set(_ALIASES))
   if unexpected:
-    raise ValueError(f"HF state dict has {len(unexpected)} unexpected key(s) for this config, "
-                     f"e.g. {unexpected[:5]}.")
-  expected_shapes = _our_shapes(cfg)
-  dtype = np.dtype(cfg.param_dtype) if cfg.param_dtype != "bfloat16" else None
+    raise ValueError(f"HF state dict has {len(unexpected)} unexpected key(s) for this config: "
+                     f"{unexpected[:10]}.")
+  shapes = _our_shapes(cfg)
   params: dict[str, Any] = {}
   for hf_key, (path, transform) in layout.items():
-    source = _numpy(state_dict[hf_key])
-    expected_hf = _to_hf(np.zeros(expected_shapes[path], np.float32), transform).shape
-    if source.shape != expected_hf:
-      raise ValueError(f"{hf_key}: shape {source.shape}, expected {expected_hf} for {cfg}.")
-    value = _to_ours(source.astype(np.float32), transform, cfg)
-    if dtype is None:
-      import jax.numpy as jnp
-      value = np.asarray(jnp.asarray(value, jnp.bfloat16))
-    else:
-      value = value.astype(dtype)
+    value = _numpy(state_dict[hf_key])
+    expected = _hf_shape(shapes[path], transform)
+    if value.shape != expected:
+      raise ValueError(f"{hf_key}: shape {value.shape}, expected {expected}.")
     node = params
     for name in path[:-1]:
       node = node.setdefault(name, {})
-    node[path[-1]] = value
+    node[path[-1]] = np.array(_to_ours(value, transform, shapes[path]), cfg.storage_dtype,
+                              order="C")  # a copy: never aliases the source tensors
   return params
 
 
 def params_to_hf_state_dict(params: Mapping[str, Any], cfg: T5Config) -> dict[str, np.ndarray]:
-  """The inverse of `params_from_hf_state_dict` (float32 numpy arrays, HF names)."""
+  """HF state dict (float32 numpy, aliases included) of our `params`; exact inverse of
+  `params_from_hf_state_dict`.
+
+  Loads with `T5ForConditionalGeneration.load_state_dict(..., strict=True)`. With transformers
+  >= 5 a freshly built model ties `lm_head` to `shared`: give it its own parameter first.
+  """
+  params = nn.unbox(params)
   state = {}
   for hf_key, (path, transform) in _layout(cfg).items():
     node = params
     for name in path:
       node = node[name]
     state[hf_key] = np.ascontiguousarray(_to_hf(np.asarray(node, np.float32), transform))
-  return state
+  return {**state, **{alias: state["shared.weight"] for alias in _ALIASES}}
 
 
-def load_hf_checkpoint(path: str) -> tuple[T5Config, dict[str, Any]]:
+def _read_state_dict(path: str) -> dict[str, Any]:
+  single = os.path.join(path, "model.safetensors")
+  index = os.path.join(path, "model.safetensors.index.json")
+  torch_bin = os.path.join(path, "pytorch_model.bin")
+  if os.path.isfile(single) or os.path.isfile(index):
+    from safetensors.numpy import load_file  # optional dependency
+    files = [single]
+    if not os.path.isfile(single):
+      with open(index, encoding="utf-8") as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+      files = [os.path.join(path, name) for name in shards]
+    state: dict[str, Any] = {}
+    for file in files:
+      state.update(load_file(file))
+    return state
+  if os.path.isfile(torch_bin):
+    import torch  # optional dependency
+    return torch.load(torch_bin, map_location="cpu", weights_only=True)
+  raise FileNotFoundError(f"No weights in {path}: expected model.safetensors, sharded "
+                          "model-*.safetensors with model.safetensors.index.json, or "
+                          "pytorch_model.bin.")
+
+
+def load_hf_checkpoint(path: str | os.PathLike) -> tuple[T5Config, dict[str, Any]]:
   """(config, params) from a local HF directory: config.json plus model.safetensors, sharded
   safetensors with model.safetensors.index.json, or pytorch_model.bin (needs torch)."""
+  path = os.fspath(path)
   config_path = os.path.join(path, "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{config_path} not found: expected a local Hugging Face T5 "
@@ -164,23 +210,4 @@ def load_hf_checkpoint(path: str) -> tuple[T5Config, dict[str, Any]]:
                             "safetensors with model.safetensors.index.json, or pytorch_model.bin).")
   with open(config_path, encoding="utf-8") as f:
     cfg = config_from_hf(json.load(f))
-  single = os.path.join(path, "model.safetensors")
-  index = os.path.join(path, "model.safetensors.index.json")
-  torch_bin = os.path.join(path, "pytorch_model.bin")
-  if os.path.isfile(single) or os.path.isfile(index):
-    from safetensors.numpy import load_file
-    if os.path.isfile(single):
-      files = [single]
-    else:
-      with open(index, encoding="utf-8") as f:
-        files = [os.path.join(path, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
-    state: dict[str, Any] = {}
-    for file in files:
-      state.update(load_file(file))
-  elif os.path.isfile(torch_bin):
-    import torch
-    state = torch.load(torch_bin, map_location="cpu", weights_only=True)
-  else:
-    raise FileNotFoundError(f"No weights in {path}: expected model.safetensors, "
-                            "model.safetensors.index.json (sharded) or pytorch_model.bin.")
-  return cfg, params_from_hf_state_dict(state, cfg)
+  return cfg, params_from_hf_state_dict(_read_state_dict(path), cfg)

@@ -77,7 +77,7 @@ class T5Config:
 
 
 _SIZES = {
-    # A CPU-sized model of the same architecture (~0.4M parameters at vocab 128).
+    # A CPU-sized model of the same architecture (0.21M parameters at vocab 128).
     "tiny": dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_heads=4,
                  num_encoder_layers=2, num_decoder_layers=2),
     # Public T5 v1.1 dimensions.

@@ -1,162 +1,257 @@
-"""The jitted KV-cache sampler: greedy = argmax, statistics, top-k/top-p, EOS, no recompilation."""
+"""The jitted KV-cache sampler against the teacher-forced model: greedy = argmax, log-probs,
+chi-square frequencies, top-k/top-p support, EOS, batch independence, no recompilation, and the
+uncached baseline.
+
+Kept fast by sharing compilations: one tiny model, and every test samples [N, PROMPT] prompts with
+L = LENGTH unless it needs another shape, so most tests reuse the default-settings compilation.
+"""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 
 from th_distill import sampling
 from th_distill.models import EOS_ID, PAD_ID, T5, init_params, shift_right, t5_config
 
-VOCAB, LENGTH = 24, 6
+VOCAB, PROMPT, LENGTH, N = 32, 5, 6, 4000
+ALPHA = 1e-3  # false-alarm rate of each chi-square check (at a fixed seed the test is deterministic)
 
 
 @pytest.fixture(scope="module")
-def model_and_params():
-  model = T5(t5_config("tiny", vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64))
+def setup():
+  model = T5(t5_config("tiny", vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_heads=2,
+                       num_encoder_layers=1, num_decoder_layers=2))
   params = nn.unbox(init_params(model, jax.random.PRNGKey(0)))
-  # Sharpen the output layer a little so that greedy paths are unambiguous.
-  params = {**params, "logits_kernel": params["logits_kernel"] * 3.0}
-  return model, params
+  # Sharpen the output layer so that greedy paths and nuclei are non-trivial.
+  params = {**params, "logits_kernel": params["logits_kernel"] * 2.0}
+  forward = jax.jit(lambda params, prompts, tokens: model.apply(
+      {"params": params}, prompts, shift_right(tokens)))
+  return model, params, forward
 
 
-def _prompts(batch, seed=1, length=5):
-  return jax.random.randint(jax.random.PRNGKey(seed), (batch, length), 2, VOCAB)
+def _prompts(seed=1, rows=N):
+  return jax.random.randint(jax.random.PRNGKey(seed), (rows, PROMPT), 2, VOCAB)
 
 
-def _forced_log_probs(model, params, prompts, tokens):
-  logits = model.apply({"params": params}, prompts, shift_right(tokens))
-  return jax.nn.log_softmax(logits.at[..., PAD_ID].set(-jnp.inf))
+def _np(out):
+  return tuple(np.asarray(x) for x in out)
 
 
-def test_greedy_equals_argmax_of_the_full_forward(model_and_params):
-  model, params = model_and_params
-  prompts = _prompts(8)
-  out = sampling.sample(model, params, prompts, jax.random.PRNGKey(0), max_length=LENGTH,
-                        temperature=0.0, eos_id=-1)
-  log_probs = _forced_log_probs(model, params, prompts, out.tokens)
-  np.testing.assert_array_equal(out.tokens, jnp.argmax(log_probs, -1))
-  assert out.mask.all()
+def _check_structure(tokens, mask, logprobs):
+  """Each row: a real prefix, EOS only as its last token, then 0 tokens / 0 log-probs."""
+  lengths = mask.sum(1)
+  np.testing.assert_array_equal(mask, np.arange(LENGTH)[None] < lengths[:, None])
+  assert np.all(tokens[~mask] == PAD_ID) and np.all(logprobs[~mask] == 0.0)
+  assert np.all(logprobs[mask] <= 0.0) and np.all(np.isfinite(logprobs[mask]))
+  real_eos = (tokens == EOS_ID) & mask
+  last = np.zeros_like(mask)
+  last[np.arange(len(mask)), np.maximum(lengths - 1, 0)] = True
+  assert not np.any(real_eos & ~last)  # no EOS before the last real token
+  assert np.all(real_eos[lengths < LENGTH, lengths[lengths < LENGTH] - 1])  # short rows end in EOS
+  return lengths
 
 
-def test_logprobs_match_the_teacher_forced_model(model_and_params):
-  model, params = model_and_params
-  prompts = _prompts(16)
-  out = sampling.sample(model, params, prompts, jax.random.PRNGKey(3), max_length=LENGTH)
-  log_probs = _forced_log_probs(model, params, prompts, out.tokens)
-  expected = jnp.take_along_axis(log_probs, out.tokens[..., None], -1)[..., 0]
-  np.testing.assert_allclose(out.logprobs, jnp.where(out.mask, expected, 0.0), atol=1e-5)
+def test_greedy_equals_argmax_of_the_teacher_forced_forward(setup):
+  model, params, forward = setup
+  prompts = _prompts()
+  tokens, mask, logprobs = _np(sampling.sample(model, params, prompts, jax.random.PRNGKey(0),
+                                               max_length=LENGTH, temperature=0.0))
+  _check_structure(tokens, mask, logprobs)
+  logits = np.asarray(forward(params, prompts, tokens))
+  argmax = logits.argmax(-1)
+  chosen = np.take_along_axis(logits, tokens[..., None], -1)[..., 0]
+  # Cached and teacher-forced logits differ by float rounding (~1e-6): a different argmax is only
+  # allowed on a near-tie.
+  assert np.all(chosen[mask] >= logits.max(-1)[mask] - 1e-5)
+  assert np.mean(tokens[mask] == argmax[mask]) > 0.999
+  log_softmax = np.asarray(jax.nn.log_softmax(logits))  # temperature 1, full vocabulary
+  expected = np.take_along_axis(log_softmax, tokens[..., None], -1)[..., 0]
+  np.testing.assert_allclose(logprobs[mask], expected[mask], atol=1e-5)
 
 
-def test_sample_frequencies_match_model_probabilities(model_and_params):
-  """Chi-square goodness of fit at alpha = 1e-3 (the false-alarm rate of each of the two checks),
-  with a fixed seed, so the test is deterministic."""
-  model, params = model_and_params
-  n = 4000
-  prompt = np.tile(np.asarray(_prompts(1, seed=7)), (n, 1))
-  out = sampling.sample(model, params, prompt, jax.random.PRNGKey(11), max_length=2, eos_id=-1)
-  tokens = np.asarray(out.tokens)
-  log_probs = np.asarray(_forced_log_probs(model, params, prompt[:1], tokens[:1]))[0]
-
-  def check(observed_tokens, probs):
-    probs = np.float64(probs) / np.sum(np.float64(probs))
-    counts = np.bincount(observed_tokens, minlength=VOCAB).astype(float)
-    expected = probs * len(observed_tokens)
-    keep = expected >= 5  # pool rare tokens into one cell, as the chi-square test requires
-    f_obs = np.append(counts[keep], counts[~keep].sum())
-    f_exp = np.append(expected[keep], expected[~keep].sum())
-    if f_exp[-1] == 0:
-      f_obs, f_exp = f_obs[:-1], f_exp[:-1]
-    assert stats.chisquare(f_obs, f_exp).pvalue > 1e-3
-
-  check(tokens[:, 0], np.exp(log_probs[0]))
-  # Second token, conditional on the most frequent first token.
-  first = np.bincount(tokens[:, 0]).argmax()
-  rows = tokens[tokens[:, 0] == first]
-  cond = np.asarray(_forced_log_probs(model, params, prompt[:1], rows[:1]))[0, 1]
-  check(rows[:, 1], np.exp(cond))
+def test_logprobs_are_the_teacher_forced_log_softmax(setup):
+  model, params, forward = setup
+  prompts = _prompts()
+  tokens, mask, logprobs = _np(sampling.sample(model, params, prompts, jax.random.PRNGKey(3),
+                                               max_length=LENGTH))
+  _check_structure(tokens, mask, logprobs)
+  log_softmax = np.asarray(jax.nn.log_softmax(forward(params, prompts, tokens)))
+  expected = np.take_along_axis(log_softmax, tokens[..., None], -1)[..., 0]
+  np.testing.assert_allclose(logprobs[mask], expected[mask], atol=1e-5)
 
 
-def test_top_k_and_top_p_restrict_the_support(model_and_params):
-  model, params = model_and_params
-  n = 512
-  prompt = np.tile(np.asarray(_prompts(1, seed=5)), (n, 1))
-  probs = np.exp(np.asarray(_forced_log_probs(model, params, prompt[:1],
-                                              np.zeros((1, 1), np.int32)))[0, 0])
-  order = np.argsort(-probs)
-  out = sampling.sample(model, params, prompt, jax.random.PRNGKey(2), max_length=1, top_k=3,
-                        eos_id=-1)
-  assert set(np.asarray(out.tokens[:, 0])) <= set(order[:3])
-  nucleus_size = int(np.searchsorted(np.cumsum(probs[order]), 0.6) + 1)
-  out = sampling.sample(model, params, prompt, jax.random.PRNGKey(2), max_length=1, top_p=0.6,
-                        eos_id=-1)
-  assert set(np.asarray(out.tokens[:, 0])) <= set(order[:nucleus_size])
-  # Log-probs are those of the renormalised nucleus.
-  nucleus = probs[order[:nucleus_size]].sum()
-  np.testing.assert_allclose(np.exp(out.logprobs[:, 0]), probs[out.tokens[:, 0]] / nucleus,
-                             rtol=1e-4)
+def _chi_square_pvalue(observed_tokens, probs):
+  """Goodness of fit of token counts to `probs` [V]; cells expecting < 5 are pooled into one."""
+  probs = np.float64(probs) / np.sum(np.float64(probs))
+  counts = np.bincount(observed_tokens, minlength=VOCAB).astype(np.float64)
+  expected = probs * len(observed_tokens)
+  rare = expected < 5
+  f_obs, f_exp = list(counts[~rare]), list(expected[~rare])
+  if rare.any():
+    f_obs.append(counts[rare].sum())
+    f_exp.append(expected[rare].sum())
+  assert len(f_obs) > 5  # enough cells for the test to mean something
+  return stats.chisquare(f_obs, f_exp).pvalue
 
 
-def test_eos_ends_a_sequence(model_and_params):
-  model, params = model_and_params
-  # EOS gets the output column of the most frequent token: likely but not certain, so rows end
-  # at various lengths.
-  prompts = _prompts(64)
-  out = sampling.sample(model, params, prompts, jax.random.PRNGKey(4), max_length=LENGTH)
-  frequent = np.bincount(np.asarray(out.tokens).ravel(), minlength=VOCAB)[2:].argmax() + 2
+def test_sample_frequencies_match_the_model_probabilities(setup):
+  """N samples of one prompt: first tokens vs the first-step softmax, then second tokens given the
+  most frequent (non-EOS) first token vs the model's conditional; chi-square at ALPHA each."""
+  model, params, forward = setup
+  prompt = np.tile(np.asarray(_prompts(seed=7, rows=1)), (N, 1))
+  tokens, mask, _ = _np(sampling.sample(model, params, prompt, jax.random.PRNGKey(11),
+                                        max_length=LENGTH))
+  probs = np.asarray(jax.nn.softmax(forward(params, prompt, tokens)))  # [N, L, V]
+  assert _chi_square_pvalue(tokens[:, 0], probs[0, 0]) > ALPHA
+  first_counts = np.bincount(tokens[:, 0], minlength=VOCAB)
+  first_counts[EOS_ID] = 0
+  first = first_counts.argmax()
+  rows = np.flatnonzero(tokens[:, 0] == first)
+  assert len(rows) > 500 and mask[rows, 1].all()
+  assert _chi_square_pvalue(tokens[rows, 1], probs[rows[0], 1]) > ALPHA
+
+
+def _sorted_probs(forward, params, prompts, tokens, temperature=1.0):
+  """Teacher-forced probabilities [N, L, V] at `temperature`, their descending sort and each
+  token's rank."""
+  logits = np.asarray(forward(params, prompts, tokens), np.float64) / temperature
+  probs = special.softmax(logits, axis=-1)
+  order = np.argsort(-probs, axis=-1, kind="stable")
+  ranks = np.argsort(order, axis=-1)
+  return probs, np.take_along_axis(probs, order, -1), np.take_along_axis(ranks, tokens[..., None],
+                                                                         -1)[..., 0]
+
+
+def test_top_k_emits_only_the_k_most_likely_tokens(setup):
+  """With temperature 0.7: log-probs are those of softmax(logits / 0.7) renormalised on the top k."""
+  model, params, forward = setup
+  k, temperature = 3, 0.7
+  prompts = _prompts(seed=4)
+  tokens, mask, logprobs = _np(sampling.sample(model, params, prompts, jax.random.PRNGKey(2),
+                                               max_length=LENGTH, top_k=k,
+                                               temperature=temperature))
+  _check_structure(tokens, mask, logprobs)
+  probs, sorted_probs, rank = _sorted_probs(forward, params, prompts, tokens, temperature)
+  chosen = np.take_along_axis(probs, tokens[..., None], -1)[..., 0]
+  # Rank < k, up to float near-ties with the k-th most likely token.
+  assert np.all(chosen[mask] >= sorted_probs[..., k - 1][mask] * (1 - 1e-4))
+  assert np.mean(rank[mask] < k) > 0.999 and np.any(rank[mask] == k - 1)
+  renormalised = np.log(chosen / sorted_probs[..., :k].sum(-1))
+  np.testing.assert_allclose(logprobs[mask], renormalised[mask], atol=1e-4)
+
+
+def test_top_p_emits_only_tokens_of_the_nucleus(setup):
+  model, params, forward = setup
+  top_p = 0.8
+  prompts = _prompts(seed=5)
+  tokens, mask, logprobs = _np(sampling.sample(model, params, prompts, jax.random.PRNGKey(2),
+                                               max_length=LENGTH, top_p=top_p))
+  _check_structure(tokens, mask, logprobs)
+  probs, sorted_probs, rank = _sorted_probs(forward, params, prompts, tokens)
+  mass_before = np.cumsum(sorted_probs, -1) - sorted_probs
+  # Nucleus = the smallest prefix of the sorted tokens whose mass reaches top_p; a slack of 1e-4
+  # on top_p absorbs the float differences between cached and teacher-forced probabilities.
+  size = (mass_before < top_p).sum(-1)
+  size_hi, size_lo = (mass_before < top_p + 1e-4).sum(-1), (mass_before < top_p - 1e-4).sum(-1)
+  assert np.all(rank[mask] < size_hi[mask])
+  assert np.mean(rank[mask] < size[mask]) > 0.999
+  assert 1 < np.median(size[mask]) < VOCAB / 2  # the nucleus is a non-trivial restriction
+  clear = mask & (size_hi == size_lo)
+  assert clear.mean() > 0.9 * mask.mean()
+  nucleus_mass = np.take_along_axis(np.cumsum(sorted_probs, -1), size[..., None] - 1, -1)[..., 0]
+  chosen = np.take_along_axis(probs, tokens[..., None], -1)[..., 0]
+  np.testing.assert_allclose(logprobs[clear], np.log(chosen / nucleus_mass)[clear], atol=1e-4)
+
+
+def test_eos_ends_a_sequence(setup):
+  model, params, _ = setup
+  prompts = _prompts()
+  key = jax.random.PRNGKey(4)
+  tokens, _, _ = _np(sampling.sample(model, params, prompts, key, max_length=LENGTH))
+  # Give EOS the output column of the most frequent other token: likely but not certain, so rows
+  # end at every length.
+  counts = np.bincount(tokens.ravel(), minlength=VOCAB)
+  counts[[PAD_ID, EOS_ID]] = 0
   kernel = params["logits_kernel"]
-  params = {**params, "logits_kernel": kernel.at[:, EOS_ID].set(kernel[:, frequent])}
-  out = sampling.sample(model, params, prompts, jax.random.PRNGKey(4), max_length=LENGTH)
-  lengths = np.asarray(out.mask).sum(1)
-  assert len(set(lengths)) > 2 and lengths.max() == LENGTH  # the test covers both cases
-  tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
-  for row, row_mask in zip(tokens, mask):
-    length = int(row_mask.sum())
-    assert np.all(row_mask[:length]) and not np.any(row_mask[length:])
-    assert np.all(row[length:] == PAD_ID)
-    assert np.all(row[:length - 1] != EOS_ID)
-    if length < LENGTH:
-      assert row[length - 1] == EOS_ID
-  assert PAD_ID not in tokens[mask]
+  eos_params = {**params, "logits_kernel": kernel.at[:, EOS_ID].set(kernel[:, counts.argmax()])}
+  out = _np(sampling.sample(model, eos_params, prompts, key, max_length=LENGTH))
+  lengths = _check_structure(*out)
+  assert set(lengths) == set(range(1, LENGTH + 1))  # every stopping point, and full length
+  # Rows are sampled independently: those that did not stop match an eos_id = -1 run up to there.
+  free = _np(sampling.sample(model, eos_params, prompts, key, max_length=LENGTH, eos_id=-1))
+  np.testing.assert_array_equal(out[0][out[1]], free[0][out[1]])
+  assert free[1].all()
 
 
-def test_a_second_call_does_not_recompile(model_and_params):
-  model, params = model_and_params
-  kwargs = dict(max_length=LENGTH, temperature=0.8, top_k=5)
-  sampling.sample(model, params, _prompts(4, seed=1), jax.random.PRNGKey(0), **kwargs)
-  size = sampling.sample._cache_size()
-  sampling.sample(model, params, _prompts(4, seed=2), jax.random.PRNGKey(1), **kwargs)
-  assert sampling.sample._cache_size() == size
+def test_a_second_call_does_not_recompile(setup):
+  model, params, _ = setup
+  sampling.sample(model, params, _prompts(seed=1), jax.random.PRNGKey(0), max_length=LENGTH)
+  traces = sampling.TRACE_COUNTS["sample"]
+  cache_size = sampling.sample._cache_size()
+  other_params = jax.tree_util.tree_map(lambda x: x * 1.01, params)
+  sampling.sample(model, other_params, _prompts(seed=2), jax.random.PRNGKey(1), max_length=LENGTH)
+  assert sampling.TRACE_COUNTS["sample"] == traces
+  assert sampling.sample._cache_size() == cache_size
 
 
-def test_a_sample_does_not_depend_on_the_rest_of_the_batch(model_and_params):
-  model, params = model_and_params
-  prompts = _prompts(6)
-  keys = jax.random.split(jax.random.PRNGKey(9), 6)
-  full = sampling.sample(model, params, prompts, keys, max_length=LENGTH)
-  order = np.array([3, 0, 5])
-  part = sampling.sample(model, params, prompts[order], keys[order], max_length=LENGTH)
-  np.testing.assert_array_equal(full.tokens[order], part.tokens)
+def test_a_sample_does_not_depend_on_the_rest_of_the_batch(setup):
+  """Same prompt + same per-example key = same sample, whatever the batch size, the row's position
+  and the other rows (what makes the sampler safe to shard)."""
+  model, params, _ = setup
+  prompts = np.asarray(_prompts())
+  keys = jax.random.split(jax.random.PRNGKey(9), N)
+  full = _np(sampling.sample(model, params, prompts, keys, max_length=LENGTH))
+  # Same shape, other composition: shuffled rows, half of them replaced by other prompts.
+  perm = np.random.default_rng(0).permutation(N)
+  mixed = prompts[perm].copy()
+  mixed[N // 2:] = np.asarray(_prompts(seed=2))[N // 2:]
+  out = _np(sampling.sample(model, params, mixed, keys[perm], max_length=LENGTH))
+  np.testing.assert_array_equal(out[0][:N // 2], full[0][perm[:N // 2]])
+  np.testing.assert_array_equal(out[1][:N // 2], full[1][perm[:N // 2]])
+  np.testing.assert_allclose(out[2][:N // 2], full[2][perm[:N // 2]], atol=1e-5)
+  # Another batch size: 7 rows in another order.
+  rows = np.array([3, 0, 5, 1234, 3999, 17, 2])
+  out = _np(sampling.sample(model, params, prompts[rows], keys[rows], max_length=LENGTH))
+  np.testing.assert_array_equal(out[0], full[0][rows])
+  np.testing.assert_array_equal(out[1], full[1][rows])
+  np.testing.assert_allclose(out[2], full[2][rows], atol=1e-5)  # float rounding
 
 
-def test_cached_and_uncached_sampling_agree(model_and_params):
-  model, params = model_and_params
-  prompts = _prompts(8)
-  kwargs = dict(max_length=LENGTH, temperature=1.0, top_p=0.9)
-  cached = sampling.sample(model, params, prompts, jax.random.PRNGKey(5), **kwargs)
-  uncached = sampling.sample_uncached(model, params, prompts, jax.random.PRNGKey(5), **kwargs)
-  np.testing.assert_array_equal(cached.tokens, uncached.tokens)
-  np.testing.assert_allclose(cached.logprobs, uncached.logprobs, atol=1e-5)
+def test_cached_and_uncached_sampling_agree(setup):
+  model, params, _ = setup
+  prompts = _prompts(seed=6)
+  key = jax.random.PRNGKey(5)
+  cached = _np(sampling.sample(model, params, prompts, key, max_length=LENGTH))
+  uncached = _np(sampling.sample_uncached(model, params, prompts, key, max_length=LENGTH))
+  np.testing.assert_array_equal(cached[0], uncached[0])
+  np.testing.assert_array_equal(cached[1], uncached[1])
+  np.testing.assert_allclose(cached[2], uncached[2], atol=1e-5)
+  assert not cached[1].all()  # EOS occurred, so the masking after it is compared too
+
+
+def test_example_keys():
+  raw, typed = jax.random.PRNGKey(0), jax.random.key(0)
+  assert sampling.example_keys(raw, 5).shape == (5, 2)
+  assert sampling.example_keys(typed, 5).shape == (5,)
+  keys = jax.random.split(typed, 3)
+  assert sampling.example_keys(keys, 3) is keys
+  with pytest.raises(ValueError, match="one per example"):
+    sampling.example_keys(keys, 4)
+  with pytest.raises(ValueError, match="one per example"):
+    sampling.example_keys(jnp.zeros((3, 2, 2), jnp.uint32), 3)
 
 
 @pytest.mark.parametrize("kwargs, field", [(dict(max_length=0), "max_length"),
                                            (dict(temperature=-1.0), "temperature"),
+                                           (dict(temperature=float("nan")), "temperature"),
                                            (dict(top_p=0.0), "top_p"),
+                                           (dict(top_p=1.5), "top_p"),
                                            (dict(top_k=-2), "top_k")])
-def test_bad_arguments_are_named(model_and_params, kwargs, field):
-  model, params = model_and_params
-  with pytest.raises(ValueError, match=field):
-    sampling.sample(model, params, _prompts(2), jax.random.PRNGKey(0),
-                    **{"max_length": 3, **kwargs})
+def test_bad_arguments_are_named(setup, kwargs, field):
+  model, params, _ = setup
+  for fn in (sampling.sample, sampling.sample_uncached):
+    with pytest.raises(ValueError, match=field):
+      fn(model, params, _prompts(rows=2), jax.random.PRNGKey(0), **{"max_length": 3, **kwargs})

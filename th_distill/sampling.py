@@ -1,26 +1,36 @@
 """The jitted generation loop: encoder once, then `lax.while_loop` over the decoder's KV cache.
 
-One function serves the oracle, the teacher and the student: it takes the model module (static)
-and its parameters, never a model name.
+One function, `sample`, serves the oracle, the teacher and the student: it takes the model module
+(static) and its parameters, never a model name. `sample_uncached` is the same loop without a
+cache (it re-runs the teacher-forced decoder every step): the baseline of `bench/sampler.py`.
 
 Shapes: B batch, Li prompt length, L `max_length` (response length), V vocabulary.
 
 Conventions:
-- A response holds up to L tokens; generation of a row stops after it emits `eos_id` (EOS is part
-  of the response and of its mask); later positions hold 0 (padding) with mask 0. The loop exits
-  early once every row is done. Token 0 (padding, also the decoder start token) is never sampled.
-- Randomness: `rng` is one key (split into B per-example keys) or B keys. The token at step t of
-  row b uses `fold_in(key_b, t)`, so a row's sample depends only on its prompt and its key, not on
-  the rest of the batch (the batch can be resharded or regrouped without changing samples).
+- A response holds up to L tokens. A row stops after it emits `eos_id`: the EOS is part of the
+  response (mask True); every later position holds 0 with mask False and log-prob 0. The loop
+  exits early once every row is done. `eos_id = -1` (any id outside [0, V)) never stops a row,
+  which forces full-length responses. Token 0 (padding and decoder start) is an ordinary vocabulary
+  entry: it can be sampled like any other, so always use `mask`, never `tokens != 0`.
+- Randomness: `rng` is either one key, split into B per-example keys (`jax.random.split(rng, B)`),
+  or an array of B keys (row b uses `rng[b]`). Step t of row b draws from
+  `jax.random.fold_in(key_b, t)`. With per-example keys a row's sample depends only on its prompt
+  and its key, never on the other rows or the batch size, so batches can be regrouped or sharded
+  without changing any sample.
 - `logprobs[b, t]` is the log-probability of the emitted token under the distribution it was drawn
-  from (after temperature, top-k and top-p); for greedy decoding (temperature 0) it is the model's
-  log-softmax at temperature 1.
+  from: the model's float32 logits divided by `temperature`, restricted to the `top_k` most likely
+  tokens and then to the top-p nucleus, renormalised. Greedy decoding (`temperature = 0`, which
+  ignores `top_k`/`top_p`) reports the model's plain log-softmax (temperature 1) of the argmax.
+- Every setting is static (part of the jit cache key); new prompts, keys or parameters of the same
+  shapes reuse the compiled loop.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
-from typing import Any, NamedTuple
+import numbers
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,48 +39,70 @@ from th_distill.models import EOS_ID, PAD_ID, T5, shift_right
 
 Array = jax.Array
 
+# How many times each public sampler has been traced (compiled); tests use it to catch recompiles.
+TRACE_COUNTS: collections.Counter[str] = collections.Counter()
+
+_STATIC = ("model", "max_length", "temperature", "top_k", "top_p", "eos_id")
+
 
 class SampleOutput(NamedTuple):
-  tokens: Array    # [B, L] int32: response tokens, EOS included, then 0
-  mask: Array      # [B, L] bool: True on real response tokens (EOS included)
-  logprobs: Array  # [B, L] float32: log-prob of each emitted token, 0 on padding
+  """Responses of `sample` / `sample_uncached`; all [B, L]."""
+  tokens: Array    # int32: response tokens, EOS included when emitted, then 0
+  mask: Array      # bool: True on the real response tokens (EOS included), False after
+  logprobs: Array  # float32: log-prob of each emitted token (see module doc), 0 where mask False
 
 
-def _check(max_length: int, temperature: float, top_k: int, top_p: float) -> None:
-  if max_length <= 0:
-    raise ValueError(f"max_length must be > 0, got {max_length}.")
-  if temperature < 0:
-    raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
-  if top_k < 0:
-    raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}.")
-  if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}.")
+def _check(input_tokens: Array, max_length: int, temperature: float, top_k: int, top_p: float,
+           eos_id: int) -> None:
+  if input_tokens.ndim != 2:
+    raise ValueError(f"input_tokens must be [B, Li], got shape {input_tokens.shape}.")
+  if not isinstance(max_length, numbers.Integral) or max_length <= 0:
+    raise ValueError(f"max_length must be a positive int, got {max_length!r}.")
+  if not (isinstance(temperature, numbers.Real) and 0 <= temperature < float("inf")):  # no NaN
+    raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature!r}.")
+  if not isinstance(top_k, numbers.Integral) or top_k < 0:
+    raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}.")
+  if not (isinstance(top_p, numbers.Real) and 0.0 < top_p <= 1.0):
+    raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}.")
+  if not isinstance(eos_id, numbers.Integral):
+    raise ValueError(f"eos_id must be an int (-1 = never stop), got {eos_id!r}.")
 
 
-def sampling_log_probs(logits: Array, temperature: float, top_k: int, top_p: float) -> Array:
-  """Log-probabilities [..., V] of the distribution sampled from: padding removed, logits divided
-  by `temperature` (> 0), then restricted to the `top_k` most likely tokens (0 = all) and to the
-  smallest nucleus of mass >= `top_p` (the most likely token always stays)."""
-  logits = logits.astype(jnp.float32).at[..., PAD_ID].set(-jnp.inf) / temperature
-  if top_k > 0:
+def sampling_log_probs(logits: Array, temperature: float, top_k: int = 0,
+                       top_p: float = 1.0) -> Array:
+  """Log-probabilities [..., V] of the distribution that is sampled from, for `logits` [..., V].
+
+  The float32 logits are divided by `temperature` (> 0), restricted to the `top_k` most likely
+  tokens (0, or k >= V: all) and then to the nucleus: the smallest set of most likely tokens whose
+  probability reaches `top_p` (1: all); the most likely token always stays. Tokens tied with the
+  last one kept are kept too. Excluded tokens get -inf.
+  """
+  logits = logits.astype(jnp.float32) / temperature
+  vocab = logits.shape[-1]
+  if 0 < top_k < vocab:
     kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    sorted_logits = jax.lax.top_k(logits, vocab)[0]  # descending
     sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
     mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
-    # The smallest logit kept: the last sorted entry whose preceding mass is still < top_p.
-    keep = mass_before < top_p
-    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    # Sorted entry i is in the nucleus iff the mass of the entries before it is < top_p; the
+    # smallest kept logit is the threshold (entry 0 always has mass_before 0).
+    threshold = jnp.min(jnp.where(mass_before < top_p, sorted_logits, jnp.inf), axis=-1,
+                        keepdims=True)
     logits = jnp.where(logits < threshold, -jnp.inf, logits)
   return jax.nn.log_softmax(logits, axis=-1)
 
 
 def _select(logits: Array, keys: Array, step: Array, temperature: float, top_k: int,
             top_p: float) -> tuple[Array, Array]:
-  """Chooses the tokens [B] for one step from `logits` [B, V]; returns (tokens, logprobs)."""
+  """The token of every row at `step`: `logits` [B, V] float32, `keys` [B] per-example keys.
+
+  Returns (tokens [B] int32, logprobs [B] float32) following the module's conventions. Shared by
+  the cached and the uncached samplers, which therefore emit identical tokens.
+  """
   if temperature == 0.0:
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32).at[:, PAD_ID].set(-jnp.inf))
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     tokens = jnp.argmax(log_probs, axis=-1)
   else:
     log_probs = sampling_log_probs(logits, temperature, top_k, top_p)
@@ -80,87 +112,107 @@ def _select(logits: Array, keys: Array, step: Array, temperature: float, top_k: 
   return tokens, jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
 
 
-def _example_keys(rng: Array, batch: int) -> Array:
-  if rng.ndim == 0 or (rng.ndim == 1 and rng.dtype == jnp.uint32 and rng.shape == (2,)):
+def example_keys(rng: Array, batch: int) -> Array:
+  """Per-example keys [B] from one key (split into `batch`) or from `batch` keys (kept as is).
+
+  Accepts typed keys (`jax.random.key`: shape [] or [B]) and raw uint32 keys (`PRNGKey`:
+  shape [2] or [B, 2]).
+  """
+  typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+  key_ndim = 0 if typed else 1
+  if rng.ndim == key_ndim:
     return jax.random.split(rng, batch)
-  if rng.shape[0] != batch:
-    raise ValueError(f"rng holds {rng.shape[0]} keys for a batch of {batch}.")
-  return rng
+  if rng.ndim == key_ndim + 1 and rng.shape[0] == batch:
+    return rng
+  raise ValueError(f"rng must be one key or {batch} keys (one per example); got an array of "
+                   f"shape {rng.shape} and dtype {rng.dtype}.")
 
 
-class _Loop(NamedTuple):
-  step: Array      # [] int32
-  cache: Any
-  tokens: Array    # [B, L]
-  logprobs: Array  # [B, L]
-  done: Array      # [B] bool
+class _Carry(NamedTuple):
+  step: Array      # [] int32: the position being generated
+  state: Any       # what `next_logits` carries from step to step (the KV cache, or None)
+  token: Array     # [B] int32: the token fed at `step` (0, the decoder start, at step 0)
+  tokens: Array    # [B, L] int32: emitted tokens so far (garbage after a row's EOS)
+  logprobs: Array  # [B, L] float32
+  done: Array      # [B] bool: the row has emitted EOS
 
 
-def _finish(tokens: Array, logprobs: Array, eos_id: int) -> SampleOutput:
-  """Masks everything after the first EOS of each row: [B, L] x2 -> SampleOutput."""
-  is_eos = tokens == eos_id
-  after_eos = (jnp.cumsum(is_eos, axis=1) - is_eos) > 0
-  mask = ~after_eos
-  return SampleOutput(jnp.where(mask, tokens, PAD_ID), mask, jnp.where(mask, logprobs, 0.0))
+# next_logits(state, token [B], tokens [B, L], step []) -> (logits [B, V] float32, new state)
+NextLogits = Callable[[Any, Array, Array, Array], tuple[Array, Any]]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_length", "temperature", "top_k",
-                                             "top_p", "eos_id"))
+def _generate(next_logits: NextLogits, state: Any, keys: Array, max_length: int,
+              temperature: float, top_k: int, top_p: float, eos_id: int) -> SampleOutput:
+  """The decoding loop shared by both samplers: up to L steps, stopping early once every row has
+  emitted EOS, then everything after each row's first EOS is blanked."""
+  batch = keys.shape[0]
+
+  def body(c: _Carry) -> _Carry:
+    logits, state = next_logits(c.state, c.token, c.tokens, c.step)
+    token, logprob = _select(logits, keys, c.step, temperature, top_k, top_p)
+    return _Carry(c.step + 1, state, token,
+                  jax.lax.dynamic_update_index_in_dim(c.tokens, token, c.step, axis=1),
+                  jax.lax.dynamic_update_index_in_dim(c.logprobs, logprob, c.step, axis=1),
+                  c.done | (token == eos_id))
+
+  def cond(c: _Carry) -> Array:
+    return (c.step < max_length) & ~jnp.all(c.done)
+
+  init = _Carry(jnp.zeros((), jnp.int32), state, jnp.full((batch,), PAD_ID, jnp.int32),
+                jnp.zeros((batch, max_length), jnp.int32),
+                jnp.zeros((batch, max_length), jnp.float32), jnp.zeros((batch,), bool))
+  final = jax.lax.while_loop(cond, body, init)
+  # A position is real iff no EOS came before it (the EOS itself is real).
+  is_eos = final.tokens == eos_id
+  mask = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0
+  return SampleOutput(jnp.where(mask, final.tokens, PAD_ID), mask,
+                      jnp.where(mask, final.logprobs, 0.0))
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def sample(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_length: int,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            eos_id: int = EOS_ID) -> SampleOutput:
-  """Samples responses [B, L] to `input_tokens` [B, Li] with the KV cache (see module doc).
+  """Samples responses [B, L] (L = `max_length`) to `input_tokens` [B, Li] int32 (0 = padding).
 
-  `eos_id = -1` never stops a row (forces full-length responses, e.g. for benchmarks).
+  The encoder runs once, `init_cache` once, then one `decode_step` per position inside a
+  `lax.while_loop`. `rng`: one key or B per-example keys; `temperature` 0 is greedy; `top_k` 0 and
+  `top_p` 1 are off; see the module doc for the EOS, key and log-prob conventions.
   """
-  _check(max_length, temperature, top_k, top_p)
-  batch = input_tokens.shape[0]
-  keys = _example_keys(rng, batch)
+  TRACE_COUNTS["sample"] += 1
+  _check(input_tokens, max_length, temperature, top_k, top_p, eos_id)
+  input_tokens = input_tokens.astype(jnp.int32)
+  keys = example_keys(rng, input_tokens.shape[0])
   variables = {"params": params}
   encoded = model.apply(variables, input_tokens, method=T5.encode)
   cache = model.apply(variables, encoded, input_tokens, max_length, method=T5.init_cache)
 
-  def body(loop: _Loop) -> _Loop:
-    previous = jnp.where(loop.step == 0, PAD_ID,
-                         jax.lax.dynamic_index_in_dim(loop.tokens, loop.step - 1, axis=1,
-                                                      keepdims=False))
-    logits, cache = model.apply(variables, previous, loop.cache, method=T5.decode_step)
-    tokens, logprobs = _select(logits, keys, loop.step, temperature, top_k, top_p)
-    return _Loop(loop.step + 1, cache,
-                 jax.lax.dynamic_update_index_in_dim(loop.tokens, tokens, loop.step, axis=1),
-                 jax.lax.dynamic_update_index_in_dim(loop.logprobs, logprobs, loop.step, axis=1),
-                 loop.done | (tokens == eos_id))
+  def next_logits(cache, token, tokens, step):
+    del tokens, step  # the cache knows the position
+    return model.apply(variables, token, cache, method=T5.decode_step)
 
-  def cond(loop: _Loop) -> Array:
-    return (loop.step < max_length) & ~jnp.all(loop.done)
-
-  init = _Loop(jnp.zeros((), jnp.int32), cache, jnp.zeros((batch, max_length), jnp.int32),
-               jnp.zeros((batch, max_length), jnp.float32), jnp.zeros((batch,), bool))
-  final = jax.lax.while_loop(cond, body, init)
-  return _finish(final.tokens, final.logprobs, eos_id)
+  return _generate(next_logits, cache, keys, max_length, temperature, top_k, top_p, eos_id)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_length", "temperature", "top_k",
-                                             "top_p", "eos_id"))
-def sample_uncached(model: T5, params: Any, input_tokens: Array, rng: Array, *,
-                    max_length: int, temperature: float = 1.0, top_k: int = 0,
-                    top_p: float = 1.0, eos_id: int = EOS_ID) -> SampleOutput:
-  """The same samples as `sample`, without a KV cache: every step re-runs the teacher-forced
-  decoder over the whole [B, L] buffer (the baseline of bench/sampler.py)."""
-  _check(max_length, temperature, top_k, top_p)
-  batch = input_tokens.shape[0]
-  keys = _example_keys(rng, batch)
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def sample_uncached(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_length: int,
+                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    eos_id: int = EOS_ID) -> SampleOutput:
+  """`sample` without a KV cache (the benchmark baseline): the same tokens for the same key.
+
+  Every step re-runs the teacher-forced decoder over the whole static [B, L] buffer and reads the
+  logits at the current position, so a step costs O(L) decoder positions (O(L^2) per response).
+  """
+  TRACE_COUNTS["sample_uncached"] += 1
+  _check(input_tokens, max_length, temperature, top_k, top_p, eos_id)
+  input_tokens = input_tokens.astype(jnp.int32)
+  keys = example_keys(rng, input_tokens.shape[0])
   variables = {"params": params}
   encoded = model.apply(variables, input_tokens, method=T5.encode)
 
-  def body(step, carry):
-    tokens, logprobs = carry
+  def next_logits(state, token, tokens, step):
+    del token  # the whole buffer is re-read; positions >= step are hidden by the causal mask
     logits = model.apply(variables, encoded, input_tokens, shift_right(tokens), method=T5.decode)
-    new, new_logprobs = _select(logits[:, step], keys, step, temperature, top_k, top_p)
-    return (jax.lax.dynamic_update_index_in_dim(tokens, new, step, axis=1),
-            jax.lax.dynamic_update_index_in_dim(logprobs, new_logprobs, step, axis=1))
+    return jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False), state
 
-  tokens, logprobs = jax.lax.fori_loop(
-      0, max_length, body, (jnp.zeros((batch, max_length), jnp.int32),
-                            jnp.zeros((batch, max_length), jnp.float32)))
-  return _finish(tokens, logprobs, eos_id)
+  return _generate(next_logits, None, keys, max_length, temperature, top_k, top_p, eos_id)

@@ -1,0 +1,78 @@
+"""What the launchers share: the run's own flags, `--config.KEY=VALUE` overrides, dry runs."""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from typing import Sequence
+
+# One override of the experiment config, passed through unchanged to `th_distill.main`.
+_OVERRIDE = re.compile(r"--config\.[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+  """The flags of the run itself, common to every launcher."""
+  run = parser.add_argument_group(
+      "run", "what every process runs; any further --config.KEY=VALUE is passed through")
+  run.add_argument("--config", required=True,
+                   help="config file, relative to the repository root (e.g. configs/tiny.py)")
+  run.add_argument("--workdir", required=True,
+                   help="output directory shared by all hosts: gs://BUCKET/PATH or an absolute "
+                        "path on a shared filesystem")
+  run.add_argument("--python", default="python3",
+                   help="Python interpreter on the hosts (default: %(default)s)")
+  parser.add_argument("--dry-run", action="store_true",
+                      help="print the commands instead of running them")
+
+
+def parse_args(parser: argparse.ArgumentParser,
+               argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+  """Parses `argv`; returns the launcher's arguments and the `--config.KEY=VALUE` overrides.
+
+  Anything else that the parser does not know is an error, as is a workdir that cannot be shared.
+  """
+  args, extra = parser.parse_known_args(argv)
+  unknown = [a for a in extra if not _OVERRIDE.match(a)]
+  if unknown:
+    parser.error(f"unrecognized arguments: {shlex.join(unknown)} (config overrides must be "
+                 "written as one word: --config.KEY=VALUE)")
+  if not (args.workdir.startswith("gs://") or posixpath.isabs(args.workdir)):
+    parser.error(f"argument --workdir: {args.workdir!r} is relative; every host must see the same "
+                 "directory: pass gs://BUCKET/PATH or an absolute path on a shared filesystem")
+  return args, extra
+
+
+def run_command(args: argparse.Namespace, overrides: Sequence[str]) -> list[str]:
+  """The command every process runs: `PYTHON -m th_distill.main --config=... --workdir=...`."""
+  return [args.python, "-m", "th_distill.main", f"--config={args.config}",
+          f"--workdir={args.workdir}", *overrides]
+
+
+def positive_int(text: str) -> int:
+  """argparse type: an integer >= 1."""
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+  return value
+
+
+def require_tools(*names: str) -> None:
+  """Exits with an error unless every named program is on PATH."""
+  missing = [name for name in names if shutil.which(name) is None]
+  if missing:
+    sys.exit(f"error: not found on PATH: {', '.join(missing)}")
+
+
+def execute(commands: Sequence[Sequence[str]], dry_run: bool) -> None:
+  """Runs the commands one after the other (stopping at the first failure), or prints them."""
+  for command in commands:
+    if dry_run:
+      print(shlex.join(command))
+    else:
+      print(f"+ {shlex.join(command)}", file=sys.stderr, flush=True)
+      subprocess.run(command, check=True)

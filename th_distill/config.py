@@ -18,6 +18,7 @@ import ml_collections
 from th_distill.data.regimes import REGIMES
 from th_distill.divergences import DIVERGENCES
 from th_distill.models import T5Config, t5_config
+from th_distill.partitioning import resolve_mesh_shape
 
 
 class ConfigError(ValueError):
@@ -48,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher = dict(model=model_config("tiny", **tiny), steps=1500, batch_size=32,
                    learning_rate=3e-3, warmup_steps=0, schedule="constant")
   c.student = dict(model=model_config("tiny", d_model=32, d_kv=8, d_ff=64, **tiny),
-                   init="scratch", sft_steps=500, steps=3000, batch_size=32,
+                   init="scratch", sft_steps=500, steps=3000, batch_size=32, micro_batches=1,
                    learning_rate=1e-3, warmup_steps=0, schedule="constant", weight_decay=0.0,
                    grad_clip=0.0)
   c.loss = dict(name="fkl", beta=0.5, normalized=False, temperature=1.0)
@@ -58,7 +59,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = dict(num_train_prompts=256, batch_size=512)
   c.eval_every = 100
   c.checkpoint_every = 1000
-  c.mesh = dict(data=1, fsdp=1, model=1)
+  # Devices: (data, fsdp, model) mesh, -1 = the remaining devices (see docs/scaling.md).
+  c.mesh = dict(data=-1, fsdp=1, model=1)
+  # Memory: dtype of the frozen teacher and oracle in stage 2, and the number of chunks of the
+  # response positions over which logits and divergences are computed (1 = all at once).
+  c.frozen_dtype = "float32"
+  c.sequence_chunks = 1
   c.hacking_threshold_pct = 5.0
   return c
 
@@ -140,21 +146,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.checkpoint_every > 0, "checkpoint_every", f"must be > 0, got {c.checkpoint_every}")
   check(c.hacking_threshold_pct >= 0, "hacking_threshold_pct", "must be >= 0")
 
-  mesh = (c.mesh.data, c.mesh.fsdp, c.mesh.model)
-  known = [m for m in mesh if m != -1]
-  check(all(m > 0 for m in known) and mesh.count(-1) <= 1, "mesh",
-        f"data, fsdp, model must be positive (one of them may be -1 = the rest), got {mesh}")
-  devices = jax.device_count()
-  product = 1
-  for m in known:
-    product *= max(m, 1)
-  check(devices % product == 0 and (mesh.count(-1) == 1 or product == devices), "mesh",
-        f"{mesh} does not fit the {devices} available device(s)")
-  if not errors and devices % product == 0:
-    data_parallel = c.mesh.data * c.mesh.fsdp if -1 not in mesh[:2] else devices // c.mesh.model
-    for field in ("teacher", "student"):
-      check(c[field].batch_size % data_parallel == 0, f"{field}.batch_size",
-            f"{c[field].batch_size} does not divide over the {data_parallel} data-parallel "
-            "devices (mesh.data x mesh.fsdp)")
+  check(c.frozen_dtype in ("float32", "bfloat16"), "frozen_dtype",
+        f"must be 'float32' or 'bfloat16', got {c.frozen_dtype!r}")
+  check(c.sequence_chunks > 0 and c.task.response_length % c.sequence_chunks == 0,
+        "sequence_chunks", f"{c.sequence_chunks} must be > 0 and divide task.response_length = "
+        f"{c.task.response_length}")
+  check(c.student.micro_batches > 0, "student.micro_batches", "must be > 0")
+  try:
+    mesh = resolve_mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.model, jax.device_count())
+  except ValueError as e:
+    errors.append(f"mesh: {e}")
+  else:
+    data_parallel = mesh[0] * mesh[1]
+    for field, parts in (("teacher", 1), ("student", max(c.student.micro_batches, 1))):
+      check(c[field].batch_size % (data_parallel * parts) == 0, f"{field}.batch_size",
+            f"{c[field].batch_size} must be a multiple of the {data_parallel} data-parallel "
+            f"devices (mesh.data x mesh.fsdp = {mesh[0]} x {mesh[1]})" +
+            (f" times student.micro_batches = {parts}" if parts > 1 else ""))
   if errors:
     raise ConfigError("Invalid configuration:\n  " + "\n  ".join(errors))

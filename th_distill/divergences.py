@@ -153,15 +153,20 @@ def all_divergences(ref_logits: Array, student_logits: Array) -> dict[str, Array
           "jsd": _jsd(log_p, log_q, 0.5, normalized=False)}
 
 
+def masked_sum(values: Array, mask: Array, axis: int | None = None) -> Array:
+  """sum(values * mask) over `axis` (None: all) in float32; positions with mask == 0 are skipped
+  (not multiplied), so NaN or inf there never leaks in."""
+  mask = jnp.asarray(mask).astype(jnp.float32)
+  return jnp.sum(jnp.where(mask != 0, jnp.asarray(values).astype(jnp.float32) * mask, 0.0),
+                 axis=axis)
+
+
 def per_token_mean(values: Array, mask: Array) -> Array:
   """Masked mean over every valid token of the batch: values, mask [B, L] -> float32 scalar.
 
-  sum(values * mask) / max(sum(mask), 1); positions with mask == 0 are skipped (not multiplied),
-  so NaN or inf there never leaks in. An all-padding batch gives 0.
+  masked_sum(values, mask) / max(sum(mask), 1). An all-padding batch gives 0.
   """
-  mask = jnp.asarray(mask).astype(jnp.float32)
-  total = jnp.sum(jnp.where(mask != 0, jnp.asarray(values).astype(jnp.float32) * mask, 0.0))
-  return total / jnp.maximum(jnp.sum(mask), 1.0)
+  return masked_sum(values, mask) / jnp.maximum(jnp.sum(jnp.asarray(mask, jnp.float32)), 1.0)
 
 
 def per_sequence_mean(values: Array, mask: Array) -> Array:
@@ -169,7 +174,4 @@ def per_sequence_mean(values: Array, mask: Array) -> Array:
 
   mean_b sum_l values[b, l] * mask[b, l], skipping (not multiplying) positions with mask == 0.
   """
-  mask = jnp.asarray(mask).astype(jnp.float32)
-  sums = jnp.sum(jnp.where(mask != 0, jnp.asarray(values).astype(jnp.float32) * mask, 0.0),
-                 axis=-1)
-  return jnp.mean(sums)
+  return jnp.mean(masked_sum(values, mask, axis=-1))

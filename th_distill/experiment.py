@@ -16,24 +16,36 @@ import os
 import time
 from typing import Any
 
+import jax
 import ml_collections
 from absl import logging
 
-from th_distill import checkpoints, config as config_lib, pipeline, report
+from th_distill import checkpoints, config as config_lib, partitioning, pipeline, report
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs every stage; returns the summary (also written to WORKDIR/summary.json)."""
+  """Runs every stage; returns the summary (also written to WORKDIR/summary.json).
+
+  Multi-host: every process runs this (after `partitioning.initialize_distributed()`); process 0
+  writes the config, metrics and report. Raises `pipeline.Preempted` after SIGTERM.
+  """
   config_lib.validate(config)
+  main = partitioning.is_main_process()
   os.makedirs(workdir, exist_ok=True)
-  checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  if main:
+    checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   start = time.time()
 
+  partitioner = partitioning.Partitioner.from_config(config.mesh)
+  logging.info("Mesh %s over %d device(s) in %d process(es)", dict(partitioner.mesh.shape),
+               partitioner.mesh.size, jax.process_count())
   models = pipeline.Models.from_config(config)
   pools = pipeline.prompt_pools(config)
-  stage1 = pipeline.run_stage1(config, workdir, models, pools)
+  stage1 = pipeline.run_stage1(config, workdir, models, pools, partitioner)
   for regime in config.regimes:
-    pipeline.run_regime(config, workdir, regime, models, stage1, pools)
+    pipeline.run_regime(config, workdir, regime, models, stage1, pools, partitioner)
+  if not main:
+    return {}
 
   summary = report.write_report(workdir, list(config.regimes), config.hacking_threshold_pct)
   for regime, s in summary["regimes"].items():

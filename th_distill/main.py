@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging as py_logging
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from th_distill import config as config_lib, experiment
+from th_distill import config as config_lib, experiment, partitioning, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -30,10 +30,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   for handler in py_logging.getLogger().handlers + py_logging.getLogger("absl").handlers:
     handler.addFilter(_QuietLibraries())
+  partitioning.initialize_distributed()
   try:
     experiment.run(_CONFIG.value, _WORKDIR.value)
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from None
+  except pipeline.Preempted as e:
+    logging.warning("%s", e)  # a clean exit: the scheduler may restart the same command
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ every `checkpoint_every` steps, and resumed from its latest checkpoint if the ru
 
 Randomness: every key is `fold_in` of the config seed with a fixed purpose id (and the step), so a
 run is reproducible and a resumed run sees the batches and samples an uninterrupted one would.
+
+Devices: every array lives on the `Partitioner`'s mesh (parameters and optimiser state sharded by
+the logical rules, batches split over data x fsdp); every process runs the same code, process 0
+alone writes metrics, markers and datasets, and checkpoints are written by all collectively.
+Pre-emption: SIGTERM makes `run_regime` checkpoint at the current step and raise `Preempted`.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import functools
 import hashlib
 import json
 import os
+import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -30,16 +36,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from th_distill import checkpoints, sampling
+from th_distill.partitioning import Partitioner, is_main_process, pad_rows
 from th_distill.config import to_t5_config
 from th_distill.data import prompts as prompt_lib
 from th_distill.data import regimes as regime_lib
 from th_distill.metrics_io import MetricsWriter
 from th_distill.models import T5, init_params
 from th_distill.oracle import calibrate_oracle
-from th_distill.train import (DISTILL_METRICS, Batch, create_train_state, make_distill_step,
-                              make_eval_sums, make_optimizer, make_sft_step, reduce_eval_sums)
+from th_distill.train import (DISTILL_METRICS, Batch, TrainState, create_train_state,
+                              make_distill_step, make_eval_sums, make_optimizer, make_sft_step,
+                              reduce_eval_sums)
 
 # Purpose ids folded into the seed key: one independent stream per use.
 _ORACLE_INIT, _ORACLE_CALIBRATE, _ORACLE_DATA, _TEACHER_INIT, _TEACHER_TRAIN = 1, 2, 3, 4, 5
@@ -83,16 +92,37 @@ class Models:
     return cls(*(T5(to_t5_config(config[name].model)) for name in ("oracle", "teacher", "student")))
 
 
-def make_sampler(model: T5, config: ml_collections.ConfigDict) -> regime_lib.SampleFn:
-  """`fn(params, prompts [B, Li], rng) -> (tokens [B, Lt], mask [B, Lt])` with the config's
-  sampling settings and response length."""
+def make_sampler(model: T5, config: ml_collections.ConfigDict,
+                 partitioner: Partitioner) -> regime_lib.SampleFn:
+  """`fn(params, prompts [B, Li], rng) -> (tokens [B, Lt], mask [B, Lt] float32)`: the config's
+  sampling settings, compiled for the mesh. Prompts may be host arrays; B must split over the
+  data-parallel devices. Outputs are global device arrays split along B."""
   settings = dict(max_length=config.task.response_length, temperature=config.sampling.temperature,
                   top_k=config.sampling.top_k, top_p=config.sampling.top_p)
+  rows = partitioner.batch_sharding(2)
+  compiled = partitioner.jit(
+      lambda params, prompts, keys: sampling.generate(model, params, prompts, keys, **settings),
+      in_shardings=(partitioner.param_shardings(model), rows, rows),
+      out_shardings=sampling.SampleOutput(rows, rows, rows),
+      key=("sample", model, tuple(sorted(settings.items()))))
 
   def fn(params, prompts, rng):
-    out = sampling.sample(model, params, prompts, rng, **settings)
+    prompts = partitioner.shard_batch(prompts)
+    keys = partitioner.shard_batch(np.asarray(sampling.example_keys(rng, prompts.shape[0])))
+    out = compiled(params, prompts, keys)
     return out.tokens, out.mask.astype(jnp.float32)
 
+  return fn
+
+
+def host_sampler(sample: regime_lib.SampleFn, partitioner: Partitioner) -> regime_lib.SampleFn:
+  """`sample` for any number of host prompts, with numpy results on every process: rows are
+  padded to the data-parallel size (padding rows never change the real rows' samples: each row
+  has its own key) and the outputs gathered and trimmed."""
+  def fn(params, prompts, rng):
+    padded, rows = pad_rows({"prompts": np.asarray(prompts)}, partitioner.data_parallel_size)
+    tokens, mask = sample(params, padded["prompts"], rng)
+    return partitioner.to_host(tokens)[:rows], partitioner.to_host(mask)[:rows]
   return fn
 
 
@@ -106,23 +136,47 @@ def prompt_pools(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   return prompt_lib.split_pools(pool, sizes)
 
 
-def _as_batch(arrays: dict[str, np.ndarray]) -> Batch:
-  return Batch(prompts=jnp.asarray(arrays["prompts"]), responses=jnp.asarray(arrays["responses"]),
-               mask=jnp.asarray(arrays["mask"], jnp.float32))
+def _write_on_main(write: Callable[[], None]) -> None:
+  """Runs `write` on process 0 only, then waits until every process gets there (so nobody reads
+  a file before it exists)."""
+  if is_main_process():
+    write()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("th_distill_write")
+
+
+def _batch_shardings(partitioner: Partitioner) -> Batch:
+  rows = partitioner.batch_sharding(2)
+  return Batch(prompts=rows, responses=rows, mask=rows)
+
+
+def new_train_state(partitioner: Partitioner, model: T5, params: Any, optimizer: Any
+                    ) -> tuple[TrainState, Any]:
+  """A fresh sharded train state on a copy of `params`, and the state's shardings."""
+  shardings = partitioner.state_shardings(model, optimizer)
+  create = partitioner.jit(lambda p: create_train_state(p, optimizer),
+                           in_shardings=(partitioner.param_shardings(model),),
+                           out_shardings=shardings, key=("train_state", model, optimizer))
+  return create(params), shardings
 
 
 def train_sft(model: T5, params: Any, data: dict[str, np.ndarray], section, seed: int,
-              key: jax.Array, name: str) -> tuple[Any, dict[str, float]]:
+              key: jax.Array, name: str, partitioner: Partitioner) -> tuple[Any, dict[str, float]]:
   """Cross-entropy training of `params` on `data` for `section.steps` steps."""
   optimizer = make_optimizer(section.learning_rate, section.warmup_steps, section.steps,
                              section.schedule)
-  state = create_train_state(params, optimizer)
-  step_fn = make_sft_step(model)
+  state, state_shardings = new_train_state(partitioner, model, params, optimizer)
+  step_fn = partitioner.jit(
+      make_sft_step(model),
+      in_shardings=(state_shardings, _batch_shardings(partitioner), partitioner.replicated),
+      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0,
+      key=("sft_step", model, optimizer))
   batches = regime_lib.offline_batches(data, section.batch_size, seed)
   metrics: dict[str, Any] = {}
   start = time.time()
   for step in range(section.steps):
-    state, metrics = step_fn(state, batches(step), jax.random.fold_in(key, step))
+    state, metrics = step_fn(state, partitioner.shard_batch(batches(step)),
+                             jax.random.fold_in(key, step))
     if (step + 1) % max(section.steps // 5, 1) == 0:
       logging.info("%s SFT step %d/%d loss %.4f (%.1fs)", name, step + 1, section.steps,
                    float(metrics["sft/loss"]), time.time() - start)
@@ -138,92 +192,125 @@ class Stage1:
   info: dict[str, Any]
 
 
-def _fresh_params(model: T5, key: jax.Array) -> Any:
-  return nn.unbox(init_params(model, key))
+def _evaluator(models: Models, config: ml_collections.ConfigDict, partitioner: Partitioner,
+               student: T5) -> Callable[..., dict[str, float]]:
+  """`evaluate(student_params, teacher_params, oracle_params, data, prefix)`: per-token and
+  per-sequence proxy/golden divergences of `student` on the host dataset `data` (prompts,
+  responses, mask), in chunks of `eval.batch_size` rows padded to the data-parallel size."""
+  eval_sums = partitioner.jit(
+      make_eval_sums(student, models.teacher, models.oracle, config.sequence_chunks),
+      in_shardings=(partitioner.param_shardings(student),
+                    partitioner.param_shardings(models.teacher),
+                    partitioner.param_shardings(models.oracle), _batch_shardings(partitioner)),
+      out_shardings=partitioner.replicated,
+      key=("eval_sums", student, models.teacher, models.oracle, config.sequence_chunks))
+
+  def evaluate(student_params, teacher_params, oracle_params, data, prefix):
+    totals: dict[str, float] = {}
+    size = config.eval.batch_size
+    for start in range(0, len(data["prompts"]), size):
+      chunk, _ = pad_rows({k: data[k][start:start + size] for k in ("prompts", "responses",
+                                                                  "mask")},
+                          partitioner.data_parallel_size)
+      sums = eval_sums(student_params, teacher_params, oracle_params,
+                       partitioner.shard_batch(Batch(**chunk)))
+      for name, value in sums.items():
+        totals[name] = totals.get(name, 0.0) + float(value)
+    return reduce_eval_sums(totals, prefix)
+
+  return evaluate
 
 
 def run_stage1(config: ml_collections.ConfigDict, workdir: str, models: Models,
-               pools: dict[str, np.ndarray]) -> Stage1:
+               pools: dict[str, np.ndarray], partitioner: Partitioner) -> Stage1:
   """Oracle, oracle data, teacher SFT, student initialisation and the fixed eval sets (cached)."""
   directory = os.path.join(workdir, "stage1")
   marker = os.path.join(directory, "info.json")
   expected = fingerprint(config, STAGE1_SECTIONS)
-  templates = {name: jax.eval_shape(functools.partial(_fresh_params, getattr(models, name)),
-                                    jax.random.PRNGKey(0))
-               for name in ("oracle", "teacher", "student")}
   if os.path.exists(marker):
     _check_fingerprint(marker, expected)
     logging.info("Stage 1: reusing %s", directory)
+    params = {name: checkpoints.load_params(
+        os.path.join(directory, name), partitioner.abstract_params(getattr(models, model)))
+              for name, model in (("oracle", "oracle"), ("teacher", "teacher"),
+                                  ("student_init", "student"))}
     return Stage1(
-        oracle_params=checkpoints.load_params(os.path.join(directory, "oracle"),
-                                              templates["oracle"]),
-        teacher_params=checkpoints.load_params(os.path.join(directory, "teacher"),
-                                               templates["teacher"]),
-        student_init_params=checkpoints.load_params(os.path.join(directory, "student_init"),
-                                                    templates["student"]),
+        oracle_params=params["oracle"], teacher_params=params["teacher"],
+        student_init_params=params["student_init"],
         eval_sets={name: checkpoints.load_arrays(os.path.join(directory, f"eval_{name}.npz"))
                    for name in ("oracle", "teacher")},
         info=checkpoints.read_json(marker))
 
-  os.makedirs(directory, exist_ok=True)
   seed, start = config.seed, time.time()
   info: dict[str, Any] = {"fingerprint": expected}
-  sample_oracle = make_sampler(models.oracle, config)
+  sample_oracle = make_sampler(models.oracle, config, partitioner)
   if config.oracle.source == "synthetic":
+    calibration_rows = min(256, len(pools["eval"])) // partitioner.data_parallel_size
     oracle_params, calibration = calibrate_oracle(
-        models.oracle, _fresh_params(models.oracle, _key(seed, _ORACLE_INIT)), sample_oracle,
-        jnp.asarray(pools["eval"][:256]), _key(seed, _ORACLE_CALIBRATE),
-        config.oracle.target_entropy, config.oracle.weight_scale)
+        models.oracle, partitioner.init_params(models.oracle, _key(seed, _ORACLE_INIT)),
+        sample_oracle, pools["eval"][:calibration_rows * partitioner.data_parallel_size],
+        _key(seed, _ORACLE_CALIBRATE), config.oracle.target_entropy, config.oracle.weight_scale)
     info["oracle"] = calibration
     logging.info("Stage 1: synthetic oracle, logit scale %.3f, entropy %.3f nats/token",
                  calibration["logit_scale"], calibration["entropy"])
   else:
     from th_distill.models import hf_convert  # optional dependency path (safetensors)
     _, oracle_params = hf_convert.load_hf_checkpoint(config.oracle.checkpoint)
+    oracle_params = jax.device_put(oracle_params, partitioner.param_shardings(models.oracle))
     info["oracle"] = {"checkpoint": config.oracle.checkpoint}
 
-  oracle_data = regime_lib.build_offline(sample_oracle, oracle_params, pools["oracle"], 1,
+  sample_oracle_host = host_sampler(sample_oracle, partitioner)
+  oracle_data = regime_lib.build_offline(sample_oracle_host, oracle_params, pools["oracle"], 1,
                                          _key(seed, _ORACLE_DATA))
   teacher_params, info["teacher_sft"] = train_sft(
-      models.teacher, _fresh_params(models.teacher, _key(seed, _TEACHER_INIT)), oracle_data,
-      config.teacher, seed, _key(seed, _TEACHER_TRAIN), "teacher")
-  student_params = _fresh_params(models.student, _key(seed, _STUDENT_INIT))
+      models.teacher, partitioner.init_params(models.teacher, _key(seed, _TEACHER_INIT)),
+      oracle_data, config.teacher, seed, _key(seed, _TEACHER_TRAIN), "teacher", partitioner)
+  student_params = partitioner.init_params(models.student, _key(seed, _STUDENT_INIT))
   if config.student.init == "sft":
     sft = config.student.copy_and_resolve_references()
     sft.steps = config.student.sft_steps
     student_params, info["student_sft"] = train_sft(models.student, student_params, oracle_data,
                                                      sft, seed, _key(seed, _STUDENT_SFT),
-                                                     "student")
+                                                     "student", partitioner)
   eval_key = _key(seed, _EVAL_SETS)
+  sample_teacher_host = host_sampler(make_sampler(models.teacher, config, partitioner),
+                                     partitioner)
   eval_sets = {
-      "oracle": regime_lib.build_offline(sample_oracle, oracle_params, pools["eval"], 1,
+      "oracle": regime_lib.build_offline(sample_oracle_host, oracle_params, pools["eval"], 1,
                                          jax.random.fold_in(eval_key, 0)),
-      "teacher": regime_lib.build_offline(make_sampler(models.teacher, config), teacher_params,
-                                          pools["eval"], 1, jax.random.fold_in(eval_key, 1)),
+      "teacher": regime_lib.build_offline(sample_teacher_host, teacher_params, pools["eval"], 1,
+                                          jax.random.fold_in(eval_key, 1)),
   }
   # The teacher's own distance to the oracle: how imperfect the teacher is.
-  teacher_vs_oracle = make_eval_sums(models.teacher, models.teacher, models.oracle)
+  teacher_vs_oracle = _evaluator(models, config, partitioner, models.teacher)
   for source, data in eval_sets.items():
-    sums = teacher_vs_oracle(teacher_params, teacher_params, oracle_params, _as_batch(data))
-    for name, value in reduce_eval_sums(sums, f"eval_{source}").items():
+    results = teacher_vs_oracle(teacher_params, teacher_params, oracle_params, data,
+                                f"eval_{source}")
+    for name, value in results.items():
       if "/golden/" in name:
         info[f"teacher/golden/{name.split('/')[-1]}@{source}_samples"] = value
   logging.info("Stage 1: teacher golden fkl %.3f (on oracle samples), %.1fs",
                info["teacher/golden/fkl@oracle_samples"], time.time() - start)
 
+  os.makedirs(directory, exist_ok=True)
   for name, params in (("oracle", oracle_params), ("teacher", teacher_params),
                        ("student_init", student_params)):
-    checkpoints.save_params(os.path.join(directory, name), params)
-  checkpoints.save_arrays(os.path.join(directory, "oracle_data.npz"), oracle_data)
-  for name, data in eval_sets.items():
-    checkpoints.save_arrays(os.path.join(directory, f"eval_{name}.npz"), data)
-  info["seconds"] = time.time() - start
-  checkpoints.write_json(marker, info)
+    checkpoints.save_params(os.path.join(directory, name), params)  # collective
+
+  def write_files():
+    checkpoints.save_arrays(os.path.join(directory, "oracle_data.npz"), oracle_data)
+    for name, data in eval_sets.items():
+      checkpoints.save_arrays(os.path.join(directory, f"eval_{name}.npz"), data)
+    info["seconds"] = time.time() - start
+    checkpoints.write_json(marker, info)
+
+  _write_on_main(write_files)
   return Stage1(oracle_params, teacher_params, student_params, eval_sets, info)
 
 
 def offline_dataset(config: ml_collections.ConfigDict, workdir: str, models: Models,
-                    stage1: Stage1, pools: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                    stage1: Stage1, pools: dict[str, np.ndarray],
+                    partitioner: Partitioner) -> dict[str, np.ndarray]:
   """The fixed N x k teacher-generated dataset, built once into `WORKDIR/offline_dataset.npz`."""
   path = os.path.join(workdir, "offline_dataset.npz")
   expected = fingerprint(config, STAGE1_SECTIONS + ("offline",))
@@ -233,11 +320,11 @@ def offline_dataset(config: ml_collections.ConfigDict, workdir: str, models: Mod
       return data
     raise ValueError(f"{path} was built by a different configuration; use a fresh --workdir.")
   data = regime_lib.build_offline(
-      make_sampler(models.teacher, config), stage1.teacher_params,
-      pools["distill"][:config.offline.num_prompts], config.offline.generations_per_prompt,
-      _key(config.seed, _OFFLINE_DATA))
+      host_sampler(make_sampler(models.teacher, config, partitioner), partitioner),
+      stage1.teacher_params, pools["distill"][:config.offline.num_prompts],
+      config.offline.generations_per_prompt, _key(config.seed, _OFFLINE_DATA))
   data["fingerprint"] = np.asarray(expected)
-  checkpoints.save_arrays(path, data)
+  _write_on_main(lambda: checkpoints.save_arrays(path, data))
   return data
 
 
@@ -245,8 +332,43 @@ def regime_dir(workdir: str, regime: str) -> str:
   return os.path.join(workdir, regime)
 
 
+class Preempted(Exception):
+  """Raised by `run_regime` after SIGTERM: the run was checkpointed at `step` and can resume."""
+
+  def __init__(self, regime: str, step: int):
+    super().__init__(f"{regime}: pre-empted (SIGTERM); checkpointed at step {step}. Run the same "
+                     "command again to resume.")
+    self.step = step
+
+
+class _SigtermFlag:
+  """Records SIGTERM instead of dying, while installed (`with _SigtermFlag() as flag`)."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self) -> "_SigtermFlag":
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning("SIGTERM received: checkpointing after this step.")
+    self.raised = True
+
+  def any_process(self) -> bool:
+    """Whether any process got SIGTERM (all processes must stop at the same step)."""
+    if jax.process_count() == 1:
+      return self.raised
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.raised))))
+
+  def __exit__(self, *exc) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+
 def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, models: Models,
-               stage1: Stage1, pools: dict[str, np.ndarray], is_main_process: bool = True) -> None:
+               stage1: Stage1, pools: dict[str, np.ndarray], partitioner: Partitioner) -> None:
   """Distils the student under `regime`, logging to `WORKDIR/<regime>/` (resumable)."""
   directory = regime_dir(workdir, regime)
   marker = os.path.join(directory, "done.json")
@@ -256,97 +378,111 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
     logging.info("%s: already finished, reusing %s", regime, directory)
     return
   seed, student = config.seed, config.student
-  sample_teacher = make_sampler(models.teacher, config)
-  sample_student = make_sampler(models.student, config)
+  # The frozen models, possibly in a narrower dtype for stage 2.
+  teacher_params = partitioner.cast(models.teacher, stage1.teacher_params, config.frozen_dtype)
+  oracle_params = partitioner.cast(models.oracle, stage1.oracle_params, config.frozen_dtype)
+  sample_teacher = make_sampler(models.teacher, config, partitioner)
+  sample_student = make_sampler(models.student, config, partitioner)
   num_train = config.eval.num_train_prompts
   if regime == "offline":
-    data = offline_dataset(config, workdir, models, stage1, pools)
+    data = offline_dataset(config, workdir, models, stage1, pools, partitioner)
     batch_at = regime_lib.offline_batches(data, student.batch_size, seed)
     # Training-prompt evaluation on the student's own training examples.
     train_set = {k: data[k][:num_train] for k in ("prompts", "responses", "mask")}
   else:
     batch_at = regime_lib.online_batches(
         regime, pools["distill"], student.batch_size, _key(seed, _ONLINE), sample_teacher,
-        sample_student, stage1.teacher_params, config.mixture.student_fraction)
-    train_set = regime_lib.build_offline(sample_teacher, stage1.teacher_params,
-                                         pools["distill"][:num_train], 1,
+        sample_student, teacher_params, config.mixture.student_fraction)
+    train_set = regime_lib.build_offline(host_sampler(sample_teacher, partitioner),
+                                         teacher_params, pools["distill"][:num_train], 1,
                                          _key(seed, _TRAIN_PROMPT_SET))
-  fixed_sets = {"eval_oracle": _as_batch(stage1.eval_sets["oracle"]),
-                "eval_teacher": _as_batch(stage1.eval_sets["teacher"]),
-                "train_teacher": _as_batch(train_set)}
-  eval_prompts = jnp.asarray(pools["eval"])
+  fixed_sets = {"eval_oracle": stage1.eval_sets["oracle"],
+                "eval_teacher": stage1.eval_sets["teacher"], "train_teacher": train_set}
+  sample_student_host = host_sampler(sample_student, partitioner)
+  evaluate_set = _evaluator(models, config, partitioner, models.student)
 
   optimizer = make_optimizer(student.learning_rate, student.warmup_steps, student.steps,
                              student.schedule, student.weight_decay, student.grad_clip)
-  # The checkpointed state: the train state and the running sums of the train metrics since the
+  # The checkpointed carry: the train state and the running sums of the train metrics since the
   # last logged row, so a resumed run logs exactly what an uninterrupted one would.
-  carry = {"state": create_train_state(stage1.student_init_params, optimizer),
-           "window": {name: jnp.zeros((), jnp.float32) for name in DISTILL_METRICS + ("steps",)}}
+  state, state_shardings = new_train_state(partitioner, models.student,
+                                           stage1.student_init_params, optimizer)
+  carry = {"state": state,
+           "window": {name: jax.device_put(jnp.zeros((), jnp.float32), partitioner.replicated)
+                      for name in DISTILL_METRICS + ("steps",)}}
   checkpointer = checkpoints.RunCheckpointer(os.path.join(directory, "checkpoints"))
   if checkpointer.latest_step() is not None:
     carry = checkpointer.restore_latest(carry)
   start_step = int(carry["state"].step)
-  writer = MetricsWriter(directory, resume_step=start_step, enabled=is_main_process)
-  distill_step = make_distill_step(models.student, models.teacher, models.oracle,
-                                   config.loss.name, config.loss.beta, config.loss.normalized,
-                                   config.loss.temperature)
-  eval_sums = make_eval_sums(models.student, models.teacher, models.oracle)
-  frozen = (stage1.teacher_params, stage1.oracle_params)
+  writer = MetricsWriter(directory, resume_step=start_step, enabled=is_main_process())
+  settings = (config.loss.name, config.loss.beta, config.loss.normalized,
+              config.loss.temperature, student.micro_batches, config.sequence_chunks)
+  distill_step = partitioner.jit(
+      make_distill_step(models.student, models.teacher, models.oracle, *settings),
+      in_shardings=(state_shardings, partitioner.param_shardings(models.teacher),
+                    partitioner.param_shardings(models.oracle), _batch_shardings(partitioner),
+                    partitioner.replicated),
+      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0,
+      key=("distill_step", models.student, models.teacher, models.oracle, optimizer, settings))
+  frozen = (teacher_params, oracle_params)
 
   def evaluate(student_params: Any, step: int) -> dict[str, float]:
+    student_samples = regime_lib.build_offline(
+        sample_student_host, student_params, pools["eval"], 1,
+        jax.random.fold_in(_key(seed, _EVAL_STUDENT), step))
     results = {}
-    student_samples = sample_student(student_params, eval_prompts,
-                                     jax.random.fold_in(_key(seed, _EVAL_STUDENT), step))
-    sets = {**fixed_sets, "eval_student": Batch(eval_prompts, *student_samples)}
-    for name, batch in sets.items():
-      chunks = [eval_sums(student_params, *frozen, jax.tree_util.tree_map(
-          lambda x: x[i:i + config.eval.batch_size], batch))
-                for i in range(0, batch.prompts.shape[0], config.eval.batch_size)]
-      sums = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *chunks)
-      results.update(reduce_eval_sums(sums, name))
+    for name, data in {**fixed_sets, "eval_student": student_samples}.items():
+      results.update(evaluate_set(student_params, *frozen, data, name))
     return results
 
   timers = {"generate": 0.0, "train": 0.0}
   run_start = time.time()
   logging.info("%s: steps %d..%d", regime, start_step, student.steps)
-  for step in range(start_step, student.steps + 1):
-    state, window = carry["state"], carry["window"]
-    if step % config.eval_every == 0 or step == student.steps:
-      eval_start = time.time()
-      row = evaluate(state.params, step)
-      count = float(window["steps"])
-      if count:
-        row.update({k: float(v) / count for k, v in window.items()
-                    if k not in ("steps", "train/tokens")})
-        busy = timers["generate"] + timers["train"]
-        row.update({"train/tokens": float(window["train/tokens"]),
-                    "throughput/train_tokens_per_s": float(window["train/tokens"]) / max(busy, 1e-9),
-                    "time/generate_s": timers["generate"], "time/train_s": timers["train"],
-                    "time/eval_s": time.time() - eval_start})
-        window = jax.tree_util.tree_map(jnp.zeros_like, window)
-        timers = {"generate": 0.0, "train": 0.0}
-      writer.write(step, row)
-      done = step - start_step
-      eta = (time.time() - run_start) / max(done, 1) * (student.steps - step)
-      logging.info("%s step %d/%d golden %.4f proxy %.4f (ETA %.0fs)", regime, step,
-                   student.steps, row["eval_oracle/golden/fkl"], row["eval_teacher/proxy/fkl"],
-                   eta if done else float("nan"))
-    if step == student.steps:
-      break
-    tic = time.time()
-    batch = jax.block_until_ready(batch_at(step, state.params))
-    toc = time.time()
-    state, metrics = distill_step(state, *frozen, batch,
-                                  jax.random.fold_in(_key(seed, _TRAIN_DROPOUT), step))
-    window = {k: v + (1.0 if k == "steps" else metrics[k]) for k, v in window.items()}
-    carry = jax.block_until_ready({"state": state, "window": window})
-    timers["generate"] += toc - tic
-    timers["train"] += time.time() - toc
-    if (step + 1) % config.checkpoint_every == 0:
-      checkpointer.save(step + 1, carry)
+  with _SigtermFlag() as sigterm:
+    for step in range(start_step, student.steps + 1):
+      # Checked before the evaluation, so a resumed run re-logs this step's row identically.
+      if step > start_step and sigterm.any_process():
+        checkpointer.save(step, carry)
+        checkpointer.close()
+        writer.close()
+        raise Preempted(regime, step)
+      state, window = carry["state"], carry["window"]
+      if step % config.eval_every == 0 or step == student.steps:
+        eval_start = time.time()
+        row = evaluate(state.params, step)
+        count = float(window["steps"])
+        if count:
+          row.update({k: float(v) / count for k, v in window.items()
+                      if k not in ("steps", "train/tokens")})
+          busy = timers["generate"] + timers["train"]
+          row.update({"train/tokens": float(window["train/tokens"]),
+                      "throughput/train_tokens_per_s": float(window["train/tokens"]) /
+                      max(busy, 1e-9),
+                      "time/generate_s": timers["generate"], "time/train_s": timers["train"],
+                      "time/eval_s": time.time() - eval_start})
+          window = jax.tree_util.tree_map(jnp.zeros_like, window)
+          timers = {"generate": 0.0, "train": 0.0}
+        writer.write(step, row)
+        done = step - start_step
+        eta = (time.time() - run_start) / max(done, 1) * (student.steps - step)
+        logging.info("%s step %d/%d golden %.4f proxy %.4f (ETA %.0fs)", regime, step,
+                     student.steps, row["eval_oracle/golden/fkl"], row["eval_teacher/proxy/fkl"],
+                     eta if done else float("nan"))
+      if step == student.steps:
+        break
+      tic = time.time()
+      batch = partitioner.shard_batch(jax.block_until_ready(batch_at(step, state.params)))
+      toc = time.time()
+      state, metrics = distill_step(state, *frozen, batch,
+                                    jax.random.fold_in(_key(seed, _TRAIN_DROPOUT), step))
+      window = {k: v + (1.0 if k == "steps" else metrics[k]) for k, v in window.items()}
+      carry = jax.block_until_ready({"state": state, "window": window})
+      timers["generate"] += toc - tic
+      timers["train"] += time.time() - toc
+      if (step + 1) % config.checkpoint_every == 0:
+        checkpointer.save(step + 1, carry)
   checkpointer.save(student.steps, carry)
   checkpointer.close()
   writer.close()
-  if is_main_process:
-    checkpoints.write_json(marker, {"fingerprint": expected, "steps": student.steps,
-                                    "seconds": time.time() - run_start})
+  _write_on_main(lambda: checkpoints.write_json(marker, {
+      "fingerprint": expected, "steps": student.steps, "seconds": time.time() - run_start}))

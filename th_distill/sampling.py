@@ -1,6 +1,6 @@
 """The jitted generation loop: encoder once, then `lax.while_loop` over the decoder's KV cache.
 
-One function, `sample`, serves the oracle, the teacher and the student: it takes the model module
+One function, `generate` (jitted as `sample`), serves the oracle, the teacher and the student: it takes the model module
 (static) and its parameters, never a model name. `sample_uncached` is the same loop without a
 cache (it re-runs the teacher-forced decoder every step): the baseline of `bench/sampler.py`.
 
@@ -141,7 +141,7 @@ class _Carry(NamedTuple):
 NextLogits = Callable[[Any, Array, Array, Array], tuple[Array, Any]]
 
 
-def _generate(next_logits: NextLogits, state: Any, keys: Array, max_length: int,
+def _decode_loop(next_logits: NextLogits, state: Any, keys: Array, max_length: int,
               temperature: float, top_k: int, top_p: float, eos_id: int) -> SampleOutput:
   """The decoding loop shared by both samplers: up to L steps, stopping early once every row has
   emitted EOS, then everything after each row's first EOS is blanked."""
@@ -169,8 +169,7 @@ def _generate(next_logits: NextLogits, state: Any, keys: Array, max_length: int,
                       jnp.where(mask, final.logprobs, 0.0))
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def sample(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_length: int,
+def generate(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_length: int,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            eos_id: int = EOS_ID) -> SampleOutput:
   """Samples responses [B, L] (L = `max_length`) to `input_tokens` [B, Li] int32 (0 = padding).
@@ -191,7 +190,13 @@ def sample(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_lengt
     del tokens, step  # the cache knows the position
     return model.apply(variables, token, cache, method=T5.decode_step)
 
-  return _generate(next_logits, cache, keys, max_length, temperature, top_k, top_p, eos_id)
+  return _decode_loop(next_logits, cache, keys, max_length, temperature, top_k, top_p, eos_id)
+
+
+sample = jax.jit(generate, static_argnames=_STATIC)
+sample.__doc__ = """`generate`, jitted (settings and model static): the sampler for one device or for
+arrays already placed on a mesh. `th_distill.partitioning.Partitioner.jit` compiles `generate`
+with explicit shardings instead."""
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -215,4 +220,4 @@ def sample_uncached(model: T5, params: Any, input_tokens: Array, rng: Array, *, 
     logits = model.apply(variables, encoded, input_tokens, shift_right(tokens), method=T5.decode)
     return jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False), state
 
-  return _generate(next_logits, None, keys, max_length, temperature, top_k, top_p, eos_id)
+  return _decode_loop(next_logits, None, keys, max_length, temperature, top_k, top_p, eos_id)

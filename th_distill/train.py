@@ -6,8 +6,16 @@ teacher-forced on `shift_right(responses)`, so the logits at position t predict 
 
 Conventions (see docs/metrics.md): the distillation loss is the token-level divergence D(teacher,
 student) averaged over the valid tokens of the batch; the step also logs fkl, rkl and jsd against
-the teacher (`proxy`) and the oracle (`golden`). Frozen models' parameters are arguments of the
-jitted functions (never closed over), so they are not baked into the compiled program.
+the teacher (`proxy`) and the oracle (`golden`).
+
+The steps are plain traceable functions; `th_distill.partitioning.Partitioner.jit` compiles them
+for a mesh (on one device, `jax.jit` of a `make_*` binder does too). Frozen models' parameters are
+arguments (never closed over), so they are not baked into the compiled program.
+
+Memory: `micro_batches` M splits the batch into M micro-batches whose gradients are accumulated
+(loss and gradient equal the full batch's: sums are divided by the whole batch's token count);
+`sequence_chunks` C computes the [B, Lt, V] logits and divergences C chunks of positions at a time
+under `jax.checkpoint`, so at most [B/M, Lt/C, V] logits per model are alive at once.
 """
 
 from __future__ import annotations
@@ -78,21 +86,92 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation) -> 
 def forward(model: T5, params: Any, batch: Batch, train: bool = False,
             rng: Array | None = None) -> Array:
   """Teacher-forced logits [B, Lt, V] float32 of `model` on `batch`."""
+  return _apply(model, params, T5.__call__, batch.prompts, shift_right(batch.responses),
+                train=train, rng=rng)
+
+
+def _apply(model: T5, params: Any, method: Callable, *args, train: bool = False,
+           rng: Array | None = None) -> Array:
   rngs = {"dropout": rng} if (train and rng is not None) else None
-  return model.apply({"params": params}, batch.prompts, shift_right(batch.responses),
-                     train=train, rngs=rngs)
+  return model.apply({"params": params}, *args, train=train, rngs=rngs, method=method)
 
 
-def sequence_sums(values: Array, mask: Array) -> Array:
-  """Per-sequence masked sums [B] of per-token `values` [B, Lt] (padding never counts)."""
-  return jnp.sum(jnp.where(mask > 0, values, 0.0), axis=-1)
+def _hidden(model: T5, params: Any, batch: Batch, train: bool = False,
+            rng: Array | None = None) -> Array:
+  """Decoder hidden states [B, Lt, E] before the final norm (`T5.decode_hidden`)."""
+  encoded = _apply(model, params, T5.encode, batch.prompts, train=train, rng=rng)
+  return _apply(model, params, T5.decode_hidden, encoded, batch.prompts,
+                shift_right(batch.responses), train=train, rng=rng)
 
 
-def divergence_sums(ref_logits: Array, student_logits: Array, mask: Array,
-                    prefix: str) -> Metrics:
-  """Per-sequence sums [B] of fkl, rkl and jsd(0.5) of the student against `ref_logits`."""
-  per_token = divergences.all_divergences(ref_logits, student_logits)
-  return {f"{prefix}/{name}": sequence_sums(value, mask) for name, value in per_token.items()}
+def _split(tree: Any, parts: int, axis: int, field: str) -> Any:
+  """Splits every array of `tree` along `axis` into `parts` strided pieces stacked first:
+  [..., N, ...] -> [parts, ..., N / parts, ...], piece i holding indices i, i + parts, ..., so a
+  dimension sharded in contiguous blocks stays sharded without communication."""
+  def one(x):
+    size = x.shape[axis]
+    if size % parts:
+      raise ValueError(f"{field} = {parts} does not divide the dimension of size {size}.")
+    x = x.reshape(*x.shape[:axis], size // parts, parts, *x.shape[axis + 1:])
+    return jnp.moveaxis(x, axis + 1, 0)
+  return jax.tree_util.tree_map(one, tree)
+
+
+def _add(a: Any, b: Any) -> Any:
+  return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def _zeros_like(tree: Any) -> Any:
+  return jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
+
+
+def divergence_totals(student_logits: Array, refs: dict[str, Array], mask: Array
+                      ) -> dict[str, Array]:
+  """Masked sums (float32 scalars) of fkl, rkl and jsd(0.5) of the student against every
+  reference: `student_logits` and `refs[name]` [B, L, V], `mask` [B, L] -> {'name/div': sum}."""
+  totals = {}
+  for name, ref_logits in refs.items():
+    for div, values in divergences.all_divergences(ref_logits, student_logits).items():
+      totals[f"{name}/{div}"] = divergences.masked_sum(values, mask)
+  return totals
+
+
+# sums_fn(student_logits [B, L, V], {ref: logits [B, L, V]}, mask [B, L]) -> {name: scalar sum}
+SumsFn = Callable[[Array, dict[str, Array], Array], dict[str, Array]]
+
+
+def token_sums(sums_fn: SumsFn, student: T5, student_params: Any,
+               refs: dict[str, tuple[T5, Any]], batch: Batch, *, sequence_chunks: int = 1,
+               train: bool = False, rng: Array | None = None) -> dict[str, Array]:
+  """`sums_fn` of the student's and the references' logits on `batch`.
+
+  With `sequence_chunks` C > 1 the logits are never built whole: the decoders' hidden states are
+  split into C strided chunks of positions, and each chunk's logits are computed, reduced and, in
+  the backward pass, recomputed (`jax.checkpoint`) in turn. The sums are the same up to float
+  rounding.
+  """
+  if sequence_chunks == 1:
+    ref_logits = {name: forward(model, params, batch) for name, (model, params) in refs.items()}
+    return sums_fn(forward(student, student_params, batch, train, rng), ref_logits, batch.mask)
+
+  student_hidden = _hidden(student, student_params, batch, train, rng)
+  ref_hidden = {name: _hidden(model, params, batch) for name, (model, params) in refs.items()}
+
+  @jax.checkpoint
+  def chunk(inputs):
+    index, s_hidden, r_hidden, mask = inputs
+    key = None if rng is None else jax.random.fold_in(rng, index)
+    s_logits = _apply(student, student_params, T5.logits_from_hidden, s_hidden, train=train,
+                      rng=key)
+    r_logits = {name: _apply(model, params, T5.logits_from_hidden, r_hidden[name])
+                for name, (model, params) in refs.items()}
+    return sums_fn(s_logits, r_logits, mask)
+
+  xs = (jnp.arange(sequence_chunks),
+        *_split((student_hidden, ref_hidden, batch.mask), sequence_chunks, 1, "sequence_chunks"))
+  first = chunk(jax.tree_util.tree_map(lambda x: x[0], xs))
+  rest = jax.tree_util.tree_map(lambda x: x[1:], xs)
+  return jax.lax.scan(lambda totals, x: (_add(totals, chunk(x)), None), first, rest)[0]
 
 
 def _sft_loss(model: T5, params: Any, batch: Batch, rng: Array) -> tuple[Array, Array]:
@@ -104,7 +183,6 @@ def _sft_loss(model: T5, params: Any, batch: Batch, rng: Array) -> tuple[Array, 
           divergences.per_token_mean(correct, batch.mask))
 
 
-@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("state",))
 def sft_step(state: TrainState, batch: Batch, rng: Array, *, model: T5
              ) -> tuple[TrainState, Metrics]:
   """Cross-entropy step on (prompt, response) pairs; metrics `sft/{loss,accuracy,grad_norm}`."""
@@ -124,76 +202,89 @@ DISTILL_METRICS = tuple(f"train/{ref}/{div}" for ref in ("proxy", "golden")
                             "train/loss", "train/grad_norm", "train/tokens")
 
 
-@functools.partial(jax.jit, static_argnames=("student", "teacher", "oracle", "loss", "beta",
-                                             "normalized", "temperature"),
-                   donate_argnames=("state",))
 def distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, batch: Batch,
                  rng: Array, *, student: T5, teacher: T5, oracle: T5 | None, loss: str = "fkl",
-                 beta: float = 0.5, normalized: bool = False, temperature: float = 1.0
+                 beta: float = 0.5, normalized: bool = False, temperature: float = 1.0,
+                 micro_batches: int = 1, sequence_chunks: int = 1
                  ) -> tuple[TrainState, Metrics]:
-  """One distillation step of the student on `batch`.
+  """One distillation step of the student on `batch` [B, ...].
 
   The loss is the per-token mean of `loss`(teacher, student) over the batch's valid tokens;
   `metrics` holds the scalars named in `DISTILL_METRICS`: `train/loss`,
   `train/{proxy,golden}/{fkl,rkl,jsd}` (per token, on the batch's responses), `train/grad_norm` and
   `train/tokens` (valid response tokens in the batch). With `oracle=None` (no ground truth, e.g.
-  benchmarks or real tasks without an oracle) the golden metrics are left out.
+  benchmarks or real tasks without an oracle) the golden metrics are left out. `micro_batches`
+  must divide B and `sequence_chunks` must divide Lt (see the module doc).
   """
-  teacher_logits = forward(teacher, teacher_params, batch)
-
-  def loss_fn(params):
-    logits = forward(student, params, batch, train=True, rng=rng)
-    per_token = divergences.token_divergence(loss, teacher_logits, logits, beta=beta,
-                                             temperature=temperature, normalized=normalized)
-    return divergences.per_token_mean(per_token, batch.mask), logits
-
-  (value, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  logits = jax.lax.stop_gradient(logits)
-  sums = divergence_sums(teacher_logits, logits, batch.mask, "train/proxy")
+  refs = {"proxy": (teacher, teacher_params)}
   if oracle is not None:
-    sums.update(divergence_sums(forward(oracle, oracle_params, batch), logits, batch.mask,
-                                "train/golden"))
+    refs["golden"] = (oracle, oracle_params)
+
+  def sums_fn(s_logits, r_logits, mask):
+    per_token = divergences.token_divergence(loss, r_logits["proxy"], s_logits, beta=beta,
+                                             temperature=temperature, normalized=normalized)
+    totals = divergence_totals(jax.lax.stop_gradient(s_logits), r_logits, mask)
+    return {"loss": divergences.masked_sum(per_token, mask), **totals}
+
+  def micro_sums(inputs):
+    """(gradient sums, metric sums) of one micro-batch; divided by the batch's tokens below."""
+    index, micro_batch = inputs
+    def loss_fn(params):
+      sums = token_sums(sums_fn, student, params, refs, micro_batch,
+                        sequence_chunks=sequence_chunks, train=True,
+                        rng=jax.random.fold_in(rng, index))
+      return sums["loss"], sums
+    return jax.grad(loss_fn, has_aux=True)(state.params)
+
+  micro = (jnp.arange(micro_batches), _split(batch, micro_batches, 0, "micro_batches"))
+  zeros = _zeros_like(jax.eval_shape(micro_sums, jax.tree_util.tree_map(lambda x: x[0], micro)))
+  grad_sums, sums = jax.lax.scan(lambda acc, x: (_add(acc, micro_sums(x)), None), zeros,
+                                 micro)[0]
   num_tokens = jnp.maximum(batch.num_tokens, 1.0)
-  metrics = {name: jnp.sum(s) / num_tokens for name, s in sums.items()}
-  metrics.update({"train/loss": value, "train/grad_norm": optax.tree.norm(grads),
-                  "train/tokens": batch.num_tokens})
+  grads = jax.tree_util.tree_map(lambda g: g / num_tokens, grad_sums)
+  metrics = {f"train/{name}": value / num_tokens for name, value in sums.items()}
+  metrics.update({"train/grad_norm": optax.tree.norm(grads), "train/tokens": batch.num_tokens})
   return state.apply_gradients(grads=grads), metrics
 
 
 def make_distill_step(student: T5, teacher: T5, oracle: T5 | None, loss: str = "fkl",
-                      beta: float = 0.5, normalized: bool = False, temperature: float = 1.0):
-  """`distill_step` bound to the models and loss settings:
+                      beta: float = 0.5, normalized: bool = False, temperature: float = 1.0,
+                      micro_batches: int = 1, sequence_chunks: int = 1):
+  """`distill_step` bound to the models and settings:
   `(state, teacher_params, oracle_params, batch, rng) -> (state, metrics)`."""
   divergences.get(loss)  # validates the name early
   return functools.partial(distill_step, student=student, teacher=teacher, oracle=oracle,
-                           loss=loss, beta=beta, normalized=normalized, temperature=temperature)
+                           loss=loss, beta=beta, normalized=normalized, temperature=temperature,
+                           micro_batches=micro_batches, sequence_chunks=sequence_chunks)
 
 
-@functools.partial(jax.jit, static_argnames=("student", "teacher", "oracle"))
 def eval_sums(student_params: Any, teacher_params: Any, oracle_params: Any, batch: Batch, *,
-              student: T5, teacher: T5, oracle: T5) -> Metrics:
-  """Per-sequence sums [B] of `proxy/{fkl,rkl,jsd}` and `golden/{fkl,rkl,jsd}`, and `tokens`
-  (valid tokens per sequence); `reduce_eval_sums` turns concatenated chunks into per-token and
-  per-sequence means."""
-  logits = forward(student, student_params, batch)
-  sums = {**divergence_sums(forward(teacher, teacher_params, batch), logits, batch.mask, "proxy"),
-          **divergence_sums(forward(oracle, oracle_params, batch), logits, batch.mask, "golden")}
-  sums["tokens"] = jnp.sum(batch.mask, axis=-1)
-  return sums
+              student: T5, teacher: T5, oracle: T5, sequence_chunks: int = 1) -> Metrics:
+  """Totals over `batch` (float32 scalars): masked sums of `proxy/{fkl,rkl,jsd}` and
+  `golden/{fkl,rkl,jsd}`, `tokens` (valid tokens) and `sequences` (rows with at least one valid
+  token; all-padding rows added to fill a batch do not count). Sum them over chunks, then
+  `reduce_eval_sums` gives per-token and per-sequence means."""
+  refs = {"proxy": (teacher, teacher_params), "golden": (oracle, oracle_params)}
+  totals = token_sums(divergence_totals, student, student_params, refs, batch,
+                      sequence_chunks=sequence_chunks)
+  totals["tokens"] = jnp.sum(batch.mask)
+  totals["sequences"] = jnp.sum(jnp.max(batch.mask, axis=-1) > 0).astype(jnp.float32)
+  return totals
 
 
-def make_eval_sums(student: T5, teacher: T5, oracle: T5):
+def make_eval_sums(student: T5, teacher: T5, oracle: T5, sequence_chunks: int = 1):
   """`eval_sums` bound to the models: `(student_params, teacher_params, oracle_params, batch)`."""
-  return functools.partial(eval_sums, student=student, teacher=teacher, oracle=oracle)
+  return functools.partial(eval_sums, student=student, teacher=teacher, oracle=oracle,
+                           sequence_chunks=sequence_chunks)
 
 
-def reduce_eval_sums(sums: dict[str, Any], prefix: str) -> dict[str, float]:
-  """{name: [N] per-sequence sums} -> {prefix/name: per-token mean, prefix/name_seq: per-seq mean}."""
-  tokens = float(jnp.sum(sums["tokens"]))
+def reduce_eval_sums(totals: dict[str, Any], prefix: str) -> dict[str, float]:
+  """`eval_sums` totals -> {prefix/name: per-token mean, prefix/name_seq: per-sequence mean}."""
+  tokens, sequences = float(totals["tokens"]), float(totals["sequences"])
   out = {}
-  for name, values in sums.items():
-    if name == "tokens":
+  for name, value in totals.items():
+    if name in ("tokens", "sequences"):
       continue
-    out[f"{prefix}/{name}"] = float(jnp.sum(values)) / max(tokens, 1.0)
-    out[f"{prefix}/{name}_seq"] = float(jnp.mean(values))
+    out[f"{prefix}/{name}"] = float(value) / max(tokens, 1.0)
+    out[f"{prefix}/{name}_seq"] = float(value) / max(sequences, 1.0)
   return out

@@ -8,7 +8,9 @@
   sample (the GKD lambda).
 
 Every producer is `batch_at(step, student_params) -> Batch` and is deterministic given the seed and
-the step, so a run resumed from a checkpoint sees exactly the batches it would have seen.
+the step, so a run resumed from a checkpoint sees exactly the batches it would have seen. Offline
+batches are host (numpy) arrays, to be placed on the devices by the caller
+(`Partitioner.shard_batch`); online batches are whatever the sample functions return.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from th_distill.train import Batch
 
 REGIMES = ("offline", "online_teacher", "online_student", "mixture")
 
-# sample(params, prompts [B, Li], rng) -> (tokens [B, Lt], mask [B, Lt]) for a fixed model.
+# sample(params, prompts [B, Li] numpy int32, rng) -> (tokens [B, Lt], mask [B, Lt]) for a fixed
+# model; `build_offline` needs numpy results, the online producers take device arrays as well.
 SampleFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 BatchFn = Callable[[int, Any], Batch]
 
@@ -40,7 +43,7 @@ def build_offline(sample_teacher: SampleFn, teacher_params: Any, prompts: np.nda
   repeated = np.repeat(prompts, generations_per_prompt, axis=0)
   responses, masks = [], []
   for start in range(0, len(repeated), chunk_size):
-    tokens, mask = sample_teacher(teacher_params, jnp.asarray(repeated[start:start + chunk_size]),
+    tokens, mask = sample_teacher(teacher_params, repeated[start:start + chunk_size],
                                   jax.random.fold_in(rng, start))
     responses.append(np.asarray(tokens))
     masks.append(np.asarray(mask, np.float32))
@@ -66,7 +69,7 @@ def offline_batches(dataset: dict[str, np.ndarray], batch_size: int, seed: int) 
     for epoch in np.unique(epochs):
       where = epochs == epoch
       rows[where] = permutation(int(epoch))[offsets[where]]
-    return Batch(**{k: jnp.asarray(v[rows]) for k, v in arrays.items()})
+    return Batch(**{k: v[rows] for k, v in arrays.items()})
 
   return batch_at
 
@@ -77,12 +80,12 @@ def online_batches(regime: str, prompt_pool: np.ndarray, batch_size: int, rng: j
   """Fresh generations every step on prompts drawn uniformly (with replacement) from the pool."""
   if regime not in ("online_teacher", "online_student", "mixture"):
     raise ValueError(f"Not an online regime: {regime!r}.")
-  pool = jnp.asarray(prompt_pool)
 
   def batch_at(step: int, student_params: Any) -> Batch:
     key = jax.random.fold_in(rng, step)
     prompt_key, teacher_key, student_key, mix_key = jax.random.split(key, 4)
-    prompts = pool[jax.random.randint(prompt_key, (batch_size,), 0, len(pool))]
+    prompts = prompt_pool[np.asarray(jax.random.randint(prompt_key, (batch_size,), 0,
+                                                        len(prompt_pool)))]
     if regime == "online_teacher":
       tokens, mask = sample_teacher(teacher_params, prompts, teacher_key)
     elif regime == "online_student":

@@ -241,6 +241,7 @@ class T5(nn.Module):
     __call__(input_tokens, decoder_input_tokens, train) -> logits [B, Lt, V] (teacher forcing)
     encode(input_tokens, train) -> encoded [B, Li, E]
     decode(encoded, input_tokens, decoder_input_tokens, train) -> logits [B, Lt, V]
+    decode_hidden(...same...) -> hidden [B, Lt, E]; logits_from_hidden(hidden, train) -> logits
     init_cache(encoded, input_tokens, max_decode_length) -> cache
     decode_step(decoder_token, cache) -> (logits [B, V], cache)
   Logits are float32. `input_tokens` [B, Li] int32 carries padding as 0 and fixes the encoder mask.
@@ -287,6 +288,15 @@ class T5(nn.Module):
   def decode(self, encoded: Array, input_tokens: Array, decoder_input_tokens: Array,
              train: bool = False) -> Array:
     """Teacher-forced decoder: [B, Lt] shifted-right targets -> logits [B, Lt, V] float32."""
+    return self._logits(self.decode_hidden(encoded, input_tokens, decoder_input_tokens, train),
+                        train)
+
+  def decode_hidden(self, encoded: Array, input_tokens: Array, decoder_input_tokens: Array,
+                    train: bool = False) -> Array:
+    """`decode` up to the last decoder layer: hidden states [B, Lt, E] before the final norm.
+
+    With `logits_from_hidden` this lets callers compute [B, Lt, V] logits a chunk of positions at
+    a time (bounding their memory)."""
     length = decoder_input_tokens.shape[1]
     positions = jnp.arange(length)
     causal = positions[None, :] <= positions[:, None]
@@ -295,7 +305,11 @@ class T5(nn.Module):
     x = self._embed(decoder_input_tokens, train)
     for layer in self.decoder_layers:
       x, _ = layer(x, self_bias, layer.cross_kv(encoded), cross_bias, train)
-    return self._logits(x, train)
+    return x
+
+  def logits_from_hidden(self, hidden: Array, train: bool = False) -> Array:
+    """Final norm and output layer: hidden [..., E] from `decode_hidden` -> logits [..., V]."""
+    return self._logits(hidden, train)
 
   def __call__(self, input_tokens: Array, decoder_input_tokens: Array,
                train: bool = False) -> Array:

@@ -61,14 +61,17 @@ def load_params(path: str, like: Any) -> Any:
 class RunCheckpointer:
   """Keeps the latest `max_to_keep` train states of a run in `directory` (Orbax manager).
 
-  A checkpoint that a kill left incomplete is never listed by Orbax (it is finalised by an
-  atomic rename), so `restore_latest` always reads a complete one.
+  Orbax writes a checkpoint under a temporary name and renames it when complete, so a kill leaves
+  at worst a temporary folder, which is never listed (`restore_latest` warns about it). If the
+  newest listed checkpoint still cannot be read (a damaged disk, a copy cut short), the previous
+  one is used, with a warning. Every process of a multi-host run must call `save` (collective).
   """
 
   def __init__(self, directory: str, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                                             create=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -79,10 +82,23 @@ class RunCheckpointer:
     self._manager.save(step, args=ocp.args.StandardSave(state))
     self._manager.wait_until_finished()
 
-  def restore_latest(self, like: Any) -> Any:
-    step = self._manager.latest_step()
-    logging.info("Restoring checkpoint of step %d from %s", step, self._manager.directory)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(like)))
+  def restore_latest(self, like: Any) -> Any | None:
+    """The newest readable checkpoint, restored with the structure, shapes and shardings of
+    `like`; None if there is none."""
+    incomplete = [name for name in os.listdir(self.directory) if "tmp" in name]
+    if incomplete:
+      logging.warning("Ignoring incomplete checkpoint(s) %s in %s (a run was stopped while "
+                      "saving).", incomplete, self.directory)
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(like)))
+      except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
+        logging.warning("Checkpoint %d in %s cannot be read (%s: %s); trying the previous one.",
+                        step, self.directory, type(e).__name__, e)
+        continue
+      logging.info("Restored checkpoint of step %d from %s", step, self.directory)
+      return restored
+    return None
 
   def close(self) -> None:
     self._manager.close()

@@ -411,8 +411,7 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
            "window": {name: jax.device_put(jnp.zeros((), jnp.float32), partitioner.replicated)
                       for name in DISTILL_METRICS + ("steps",)}}
   checkpointer = checkpoints.RunCheckpointer(os.path.join(directory, "checkpoints"))
-  if checkpointer.latest_step() is not None:
-    carry = checkpointer.restore_latest(carry)
+  carry = checkpointer.restore_latest(carry) or carry
   start_step = int(carry["state"].step)
   writer = MetricsWriter(directory, resume_step=start_step, enabled=is_main_process())
   settings = (config.loss.name, config.loss.beta, config.loss.normalized,

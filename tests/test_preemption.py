@@ -1,0 +1,112 @@
+"""Runs survive pre-emption (SIGTERM) and kills (SIGKILL) and then log exactly what an
+uninterrupted run logs; damaged or incomplete checkpoints are skipped with a warning."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import pytest
+
+from th_distill import checkpoints, experiment
+from th_distill.metrics_io import read_metrics
+
+TESTS = os.path.dirname(__file__)
+REGIME = "online_student"
+CONFIG = f"""
+import sys
+sys.path.insert(0, {TESTS!r})
+from conftest import micro_config
+
+def get_config():
+  c = micro_config()
+  c.regimes = ({REGIME!r},)
+  c.student.steps = 400
+  c.eval_every = 10
+  c.checkpoint_every = 25
+  return c
+"""
+UNTIMED = ("time/", "throughput/")
+
+
+def _load_config(path):
+  from th_distill.config import load_config_file
+  return load_config_file(path)
+
+
+def _rows(workdir):
+  return [{k: v for k, v in row.items() if not k.startswith(UNTIMED)}
+          for row in read_metrics(os.path.join(workdir, REGIME, "metrics.jsonl"))]
+
+
+def _start(config_path, workdir):
+  return subprocess.Popen([sys.executable, "-m", "th_distill.main", f"--config={config_path}",
+                           f"--workdir={workdir}"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(workdir, step, process, timeout=600):
+  """Waits until the run has logged a row at `step` or later."""
+  path = os.path.join(workdir, REGIME, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert process.poll() is None, process.stdout.read()
+    if os.path.exists(path) and any(r["step"] >= step for r in read_metrics(path)):
+      return
+    time.sleep(0.05)
+  raise TimeoutError(f"no row at step {step} in {timeout}s")
+
+
+@pytest.mark.slow
+def test_sigterm_then_sigkill_then_resume_logs_the_uninterrupted_metrics(tmp_path):
+  config_path = tmp_path / "config.py"
+  config_path.write_text(CONFIG)
+  reference = str(tmp_path / "reference")
+  experiment.run(_load_config(str(config_path)), reference)
+  expected = _rows(reference)
+  assert len(expected) == 41
+
+  workdir = str(tmp_path / "run")
+  # Pre-emption: SIGTERM checkpoints at the current step and exits cleanly.
+  run = _start(config_path, workdir)
+  _wait_for_step(workdir, 60, run)
+  run.send_signal(signal.SIGTERM)
+  output, _ = run.communicate(timeout=300)
+  assert run.returncode == 0, output
+  assert "pre-empted (SIGTERM); checkpointed at step" in output
+  step = int(output.split("checkpointed at step ")[1].split(".")[0])
+  assert os.path.isdir(os.path.join(workdir, REGIME, "checkpoints", str(step)))
+  assert not os.path.exists(os.path.join(workdir, REGIME, "done.json"))
+
+  # A kill at any moment (here: in the middle of training, possibly while saving).
+  run = _start(config_path, workdir)
+  _wait_for_step(workdir, step + 120, run)
+  run.kill()
+  run.wait()
+  assert not os.path.exists(os.path.join(workdir, REGIME, "done.json"))
+
+  run = _start(config_path, workdir)
+  output, _ = run.communicate(timeout=600)
+  assert run.returncode == 0, output
+  assert _rows(workdir) == expected  # bit for bit, every logged metric of every step
+
+
+def test_damaged_and_incomplete_checkpoints_are_skipped(tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  checkpointer = checkpoints.RunCheckpointer(directory, max_to_keep=3)
+  like = {"w": jnp.zeros(4), "step": jnp.zeros((), jnp.int32)}
+  for step in (1, 2):
+    checkpointer.save(step, {"w": jnp.full(4, float(step)), "step": jnp.asarray(step)})
+  # The newest checkpoint loses its array data; a temporary folder is left by a killed save.
+  for root, _, files in os.walk(os.path.join(directory, "2")):
+    for name in files:
+      if not name.startswith("_CHECKPOINT_METADATA"):
+        os.remove(os.path.join(root, name))
+  os.makedirs(os.path.join(directory, "3.orbax-checkpoint-tmp-123"))
+  restored = checkpoints.RunCheckpointer(directory).restore_latest(like)
+  assert int(restored["step"]) == 1 and float(restored["w"][0]) == 1.0
+  shutil.rmtree(os.path.join(directory, "1"))
+  assert checkpoints.RunCheckpointer(directory).restore_latest(like) is None

@@ -22,8 +22,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
   run.add_argument("--config", required=True,
                    help="config file, relative to the repository root (e.g. configs/tiny.py)")
   run.add_argument("--workdir", required=True,
-                   help="output directory shared by all hosts: gs://BUCKET/PATH or an absolute "
-                        "path on a shared filesystem")
+                   help="output directory shared by all hosts: an absolute path on a "
+                        "filesystem every host mounts at the same place")
   run.add_argument("--python", default="python3",
                    help="Python interpreter on the hosts (default: %(default)s)")
   parser.add_argument("--dry-run", action="store_true",
@@ -41,9 +41,9 @@ def parse_args(parser: argparse.ArgumentParser,
   if unknown:
     parser.error(f"unrecognized arguments: {shlex.join(unknown)} (config overrides must be "
                  "written as one word: --config.KEY=VALUE)")
-  if not (args.workdir.startswith("gs://") or posixpath.isabs(args.workdir)):
-    parser.error(f"argument --workdir: {args.workdir!r} is relative; every host must see the same "
-                 "directory: pass gs://BUCKET/PATH or an absolute path on a shared filesystem")
+  if not posixpath.isabs(args.workdir):
+    parser.error(f"argument --workdir: {args.workdir!r} is not an absolute path; every host must "
+                 "see the same directory: pass an absolute path on a shared filesystem")
   return args, extra
 
 

@@ -11,7 +11,7 @@ Steps, in order (each one a command; `--dry-run` prints them one per line instea
 
   python launch/tpu_pod.py --name=th-v4 --zone=us-central2-b --create \
       --accelerator-type=v4-32 --version=tpu-ubuntu2204-base --local-dir=. \
-      --config=configs/tiny.py --workdir=gs://my-bucket/th/tiny --config.seed=1 --dry-run
+      --config=configs/tiny.py --workdir=/mnt/shared/th/tiny --config.seed=1 --dry-run
 """
 
 from __future__ import annotations
@@ -114,13 +114,19 @@ def install_commands(args: argparse.Namespace) -> list[list[str]]:
           on_all_workers(args, f"rm -rf {remote_dir} && {unpack} && {install}")]
 
 
+# Tells th_distill.partitioning.initialize_distributed() to call jax.distributed.initialize(),
+# which finds the slice's workers itself (TPU VMs do not say they are part of a slice in their
+# environment).
+ENV_DISTRIBUTED = "TH_DISTILL_DISTRIBUTED"
+
+
 def run_on_workers(args: argparse.Namespace, overrides: Sequence[str]) -> list[str]:
   """Starts the experiment on every worker at once from the repository directory.
 
   The ssh sessions get a terminal (`-tt`), so that a lost connection or a stopped launcher ends
   the run (SIGHUP) instead of leaving it holding the TPU.
   """
-  run = shlex.join(launch_common.run_command(args, overrides))
+  run = shlex.join(["env", f"{ENV_DISTRIBUTED}=1", *launch_common.run_command(args, overrides)])
   return on_all_workers(args, f"cd {shlex.quote(args.remote_dir)} && {run}", "--ssh-flag=-tt")
 
 

@@ -87,7 +87,8 @@ def test_tpu_run_command_passes_overrides_through_quoted():
                                    "--worker=all"]
   assert "--ssh-flag=-tt" in shlex.split(line)
   command = tpu_remote_command(shlex.split(line))
-  assert command.startswith("cd th_distill && python3 -m th_distill.main --config=configs/tiny.py")
+  assert command.startswith("cd th_distill && env TH_DISTILL_DISTRIBUTED=1 python3 -m th_distill.main "
+                            "--config=configs/tiny.py")
   assert remote_argv(command) == ["python3", "-m", "th_distill.main", *RUN, *OVERRIDES]
 
 
@@ -98,7 +99,7 @@ def test_tpu_local_dir_is_archived_copied_and_unpacked(tmp_path):
   assert pack[:2] == ["sh", "-c"] and "git ls-files" in pack[2] and str(tmp_path) in pack[2]
   assert copy[4] == "scp" and "--worker=all" in copy and copy[6] == "th-pod:th_distill_src.tar.gz"
   assert "tar -xzf th_distill_src.tar.gz -C code/th" in tpu_remote_command(install)
-  assert tpu_remote_command(run).startswith("cd code/th && python3 -m th_distill.main")
+  assert tpu_remote_command(run).startswith("cd code/th && env TH_DISTILL_DISTRIBUTED=1 python3 -m th_distill.main")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -58,6 +58,9 @@ DEFAULT_RULES: LogicalRules = (
 ENV_COORDINATOR = "TH_DISTILL_COORDINATOR"        # host:port of process 0
 ENV_NUM_PROCESSES = "TH_DISTILL_NUM_PROCESSES"
 ENV_PROCESS_ID = "TH_DISTILL_PROCESS_ID"
+# Set to 1 to call jax.distributed.initialize() with no arguments (JAX finds the cluster itself,
+# e.g. the workers of a Cloud TPU slice; launch/tpu_pod.py sets it).
+ENV_DISTRIBUTED = "TH_DISTILL_DISTRIBUTED"
 
 
 def initialize_distributed() -> bool:
@@ -65,8 +68,9 @@ def initialize_distributed() -> bool:
 
   Explicit launch: the three `TH_DISTILL_*` variables above (coordinator `host:port`, number of
   processes, this process's id), as `launch/multihost_gpu.py --backend=ssh` sets them. Managed
-  clusters: on a multi-worker Cloud TPU slice or under SLURM with several tasks, JAX finds the
-  topology itself. Otherwise (one process) nothing is done. Must run before any JAX computation.
+  clusters: with `TH_DISTILL_DISTRIBUTED=1` (a Cloud TPU slice, set by `launch/tpu_pod.py`) or
+  under SLURM with several tasks, JAX finds the topology itself. Otherwise (one process) nothing
+  is done. Must run before any JAX computation.
   """
   if ENV_COORDINATOR in os.environ:
     try:
@@ -76,8 +80,7 @@ def initialize_distributed() -> bool:
       raise ValueError(f"{ENV_COORDINATOR} is set, so {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} "
                        f"must be integers too: {e}") from e
     jax.distributed.initialize(os.environ[ENV_COORDINATOR], num_processes, process_id)
-  elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or
-        len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1):
+  elif os.environ.get(ENV_DISTRIBUTED) == "1" or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
     jax.distributed.initialize()
   else:
     return False

@@ -47,7 +47,7 @@ def main() -> None:
       responses=jax.random.randint(jax.random.PRNGKey(3), (args.batch, args.target_length), 2,
                                    vocab),
       mask=jnp.ones((args.batch, args.target_length), jnp.float32))
-  step = make_distill_step(student, teacher, None, "fkl")
+  step = jax.jit(make_distill_step(student, teacher, None, "fkl"), donate_argnums=0)
   holder = {"state": create_train_state(s_params, make_optimizer(1e-4))}
 
   def run_step():

@@ -5,6 +5,9 @@ Library entry points (the CLI is `python -m th_distill.main`):
 - `sample`: the jitted KV-cache sampler, for any model's params
 - `divergences`: `fkl`, `rkl`, `jsd` per token, and masked reductions
 - `train`: `Batch`, `make_optimizer`, `create_train_state`, `sft_step`, `distill_step`, `eval_sums`
+  (traceable step functions; compile them with `jax.jit` or `partitioning.Partitioner.jit`)
+- `partitioning`: `make_mesh`, `Partitioner` (sharded init, batches, compiled steps),
+  `initialize_distributed`; `memory`: memory per device from the shapes
 - `experiment.run(config, workdir)`: the whole oracle -> teacher -> student study
 """
 

@@ -122,6 +122,20 @@ def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1,
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
+def mesh_axes(names: Sequence[str | None], shape: Sequence[int], mesh_shape: dict[str, int],
+              rules: LogicalRules = DEFAULT_RULES) -> list[Any]:
+  """Mesh axes (a PartitionSpec's entries) of an array of `shape` with logical `names` under
+  `rules`; a mesh axis (or group) that does not divide its dimension is dropped (replicated)."""
+  spec = []
+  for size, axes in zip(shape, nn.logical_to_mesh_axes(tuple(names), rules)):
+    if axes is not None:
+      parts = (axes,) if isinstance(axes, str) else tuple(axes)
+      if size % math.prod(mesh_shape[a] for a in parts):
+        axes = None
+    spec.append(axes)
+  return spec
+
+
 def _is_box(x: Any) -> bool:
   return isinstance(x, nn.meta.AxisMetadata)
 
@@ -169,19 +183,10 @@ class Partitioner:
     return NamedSharding(self.mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
   def logical_sharding(self, names: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
-    """The sharding of an array of `shape` whose dimensions have logical `names`.
-
-    Mesh axes that do not divide their dimension are dropped (that dimension is replicated).
-    """
-    axes = nn.logical_to_mesh_axes(tuple(names), self.rules)
-    spec = []
-    for size, mesh_axes in zip(shape, axes):
-      if mesh_axes is not None:
-        parts = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
-        if size % math.prod(self.mesh.shape[a] for a in parts):
-          mesh_axes = None
-      spec.append(mesh_axes)
-    return NamedSharding(self.mesh, PartitionSpec(*spec))
+    """The sharding of an array of `shape` whose dimensions have logical `names` (see
+    `mesh_axes`)."""
+    return NamedSharding(self.mesh, PartitionSpec(*mesh_axes(names, shape, dict(self.mesh.shape),
+                                                             self.rules)))
 
   def tree_shardings(self, boxed_tree: Any) -> Any:
     """Shardings for a tree whose leaves are logically annotated boxes (shapes or arrays) or
@@ -194,7 +199,7 @@ class Partitioner:
 
   def param_shardings(self, model: T5) -> Any:
     """Shardings of `model`'s (unboxed) parameter tree."""
-    return self.tree_shardings(_abstract_boxed_params(model))
+    return self.tree_shardings(boxed_param_shapes(model))
 
   def state_shardings(self, model: T5, optimizer: Any) -> Any:
     """Shardings of a `TrainState` of `model` under `optimizer`: the optimiser's per-parameter
@@ -202,7 +207,7 @@ class Partitioner:
     from th_distill.train import TrainState  # train imports nothing from here; avoid a cycle
     boxed = jax.eval_shape(
         lambda p: TrainState.create(apply_fn=None, params=p, tx=optimizer),
-        _abstract_boxed_params(model))
+        boxed_param_shapes(model))
     return self.tree_shardings(boxed)
 
   # Creation and placement.
@@ -216,7 +221,7 @@ class Partitioner:
 
   def abstract_params(self, model: T5, dtype: Any = None) -> Any:
     """`jax.ShapeDtypeStruct`s (with shardings) of `model`'s parameters: restore templates."""
-    shapes = nn.unbox(_abstract_boxed_params(model))
+    shapes = nn.unbox(boxed_param_shapes(model))
     return jax.tree_util.tree_map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, dtype or s.dtype, sharding=sharding),
         shapes, self.param_shardings(model))
@@ -292,5 +297,6 @@ def pad_rows(arrays: dict[str, np.ndarray], multiple: int) -> tuple[dict[str, np
 
 
 @functools.lru_cache(maxsize=None)
-def _abstract_boxed_params(model: T5) -> Any:
+def boxed_param_shapes(model: T5) -> Any:
+  """`model`'s parameters as logically annotated boxes of `jax.ShapeDtypeStruct`s (no compute)."""
   return jax.eval_shape(init_params, model, jax.random.PRNGKey(0))

@@ -33,9 +33,10 @@ if __name__ == "__main__":
     config = sharding_config(mesh)
     workdir = os.path.join(root, "x".join(map(str, mesh)))
     experiment.run(config, workdir)
-    # How the student's parameters were laid out: {name: [spec per dimension]}.
+    # How the student's parameters were laid out: {name: [global shape, shape of one shard]}.
     partitioner = partitioning.Partitioner.from_config(config.mesh)
-    shardings = partitioner.param_shardings(pipeline.Models.from_config(config).student)
-    specs = {jax.tree_util.keystr(path): [None if a is None else str(a) for a in s.spec]
-             for path, s in jax.tree_util.tree_leaves_with_path(shardings)}
-    checkpoints.write_json(os.path.join(workdir, "student_param_specs.json"), specs)
+    student = pipeline.Models.from_config(config).student
+    shapes = partitioner.abstract_params(student)
+    layout = {jax.tree_util.keystr(path): [list(s.shape), list(s.sharding.shard_shape(s.shape))]
+              for path, s in jax.tree_util.tree_leaves_with_path(shapes)}
+    checkpoints.write_json(os.path.join(workdir, "student_param_layout.json"), layout)

@@ -67,6 +67,7 @@ def test_sharded_pipeline_matches_one_device(tmp_path):
     config = json.load(open(os.path.join(other, "config.json")))
     assert tuple(config["mesh"].values()) == mesh
     assert_same_run(reference, other)
-    # The parameters really were split: the output layer [embed, vocab] on (fsdp, model).
-    spec = json.load(open(os.path.join(other, "student_param_specs.json")))["['logits_kernel']"]
-    assert spec == [None if mesh[1] == 1 else "fsdp", None if mesh[2] == 1 else "model"]
+    # The parameters really were split: the output layer [embed, vocab] over (fsdp, model).
+    layout = json.load(open(os.path.join(other, "student_param_layout.json")))
+    (embed, vocab), shard = layout["['logits_kernel']"]
+    assert shard == [embed // mesh[1], vocab // mesh[2]]

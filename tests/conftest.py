@@ -1,5 +1,7 @@
 """Shared fixtures: a micro configuration of the whole pipeline that runs in seconds."""
 
+import os
+
 import pytest
 
 from th_distill.config import base_config, model_config
@@ -32,6 +34,16 @@ def micro_config():
   c.eval_every = 3
   c.checkpoint_every = 4
   return c
+
+
+def write_micro_config_file(path, *settings: str) -> str:
+  """Writes a config file whose `get_config()` is `micro_config()` followed by `settings` (Python
+  statements on `c`), for tests that run `python -m th_distill.main`; returns its path."""
+  lines = ["import sys", f"sys.path.insert(0, {os.path.dirname(__file__)!r})",
+           "from conftest import micro_config", "", "def get_config():", "  c = micro_config()",
+           *(f"  {line}" for line in settings), "  return c", ""]
+  path.write_text("\n".join(lines))
+  return str(path)
 
 
 @pytest.fixture

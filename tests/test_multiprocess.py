@@ -9,23 +9,13 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import write_micro_config_file
 from th_distill import checkpoints, experiment
 from th_distill.config import load_config_file
 from th_distill.metrics_io import read_metrics
 from th_distill.partitioning import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
-TESTS = os.path.dirname(__file__)
 REGIMES = ("offline", "online_student")
-CONFIG = f"""
-import sys
-sys.path.insert(0, {TESTS!r})
-from conftest import micro_config
-
-def get_config():
-  c = micro_config()
-  c.regimes = {REGIMES!r}
-  return c
-"""
 UNTIMED = ("time/", "throughput/")
 
 
@@ -37,8 +27,7 @@ def _free_port():
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-  config_path = tmp_path / "config.py"
-  config_path.write_text(CONFIG)
+  config_path = write_micro_config_file(tmp_path / "config.py", f"c.regimes = {REGIMES!r}")
   reference = str(tmp_path / "one_process")
   experiment.run(load_config_file(str(config_path)), reference)
 

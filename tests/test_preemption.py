@@ -11,30 +11,13 @@ import time
 import jax.numpy as jnp
 import pytest
 
+from conftest import write_micro_config_file
 from th_distill import checkpoints, experiment
+from th_distill.config import load_config_file
 from th_distill.metrics_io import read_metrics
 
-TESTS = os.path.dirname(__file__)
 REGIME = "online_student"
-CONFIG = f"""
-import sys
-sys.path.insert(0, {TESTS!r})
-from conftest import micro_config
-
-def get_config():
-  c = micro_config()
-  c.regimes = ({REGIME!r},)
-  c.student.steps = 400
-  c.eval_every = 10
-  c.checkpoint_every = 25
-  return c
-"""
 UNTIMED = ("time/", "throughput/")
-
-
-def _load_config(path):
-  from th_distill.config import load_config_file
-  return load_config_file(path)
 
 
 def _rows(workdir):
@@ -62,10 +45,11 @@ def _wait_for_step(workdir, step, process, timeout=600):
 
 @pytest.mark.slow
 def test_sigterm_then_sigkill_then_resume_logs_the_uninterrupted_metrics(tmp_path):
-  config_path = tmp_path / "config.py"
-  config_path.write_text(CONFIG)
+  config_path = write_micro_config_file(
+      tmp_path / "config.py", f"c.regimes = ({REGIME!r},)", "c.student.steps = 400",
+      "c.eval_every = 10", "c.checkpoint_every = 25")
   reference = str(tmp_path / "reference")
-  experiment.run(_load_config(str(config_path)), reference)
+  experiment.run(load_config_file(config_path), reference)
   expected = _rows(reference)
   assert len(expected) == 41
 

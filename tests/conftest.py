@@ -32,6 +32,7 @@ def micro_config():
   c.eval.num_train_prompts = 8
   c.eval.batch_size = 8
   c.eval_every = 3
+  c.eval_log_points = 0
   c.checkpoint_every = 4
   return c
 

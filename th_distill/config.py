@@ -15,9 +15,12 @@ import importlib.util
 import jax
 import ml_collections
 
+from th_distill import monitor
+from th_distill.data import tasks, vocabularies
 from th_distill.data.regimes import REGIMES
+from th_distill.metrics_io import PROXY, is_curve_name
 from th_distill.divergences import DIVERGENCES
-from th_distill.models import T5Config, t5_config
+from th_distill.models import T5Config, hf_convert, t5_config
 from th_distill.partitioning import resolve_mesh_shape
 
 
@@ -39,25 +42,32 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.regimes = ("offline", "online_teacher", "online_student")
-  # Synthetic task: Zipf prompts over the vocabulary, fixed-length responses (EOS may end early).
-  c.task = dict(vocab_size=64, prompt_length=8, response_length=16, zipf_exponent=1.1)
+  # The task: `source` 'synthetic' (Zipf prompts over the vocabulary) or 'seqio' (a real task:
+  # `name` of th_distill.data.tasks.TASKS, SentencePiece `vocabulary` path, `data_dir`).
+  # vocab_size is every model's embedding size; prompts and responses are trimmed to the lengths.
+  c.task = dict(source="synthetic", vocab_size=64, prompt_length=8, response_length=16,
+                zipf_exponent=1.1, name="", vocabulary="", data_dir="")
   # Disjoint prompt pools: oracle data (stage 1), distillation (stage 2), held-out evaluation.
   c.prompts = dict(num_oracle=4096, num_distill=1024, num_eval=512)
   tiny = dict(vocab_size=64)
   c.oracle = dict(source="synthetic", checkpoint="", target_entropy=2.0, weight_scale=2.0,
                   model=model_config("tiny", **tiny))
-  c.teacher = dict(model=model_config("tiny", **tiny), steps=1500, batch_size=32,
+  # `checkpoint`: initial weights from a local checkpoint instead of a random init ('' = random).
+  c.teacher = dict(model=model_config("tiny", **tiny), checkpoint="", steps=1500, batch_size=32,
                    learning_rate=3e-3, warmup_steps=0, schedule="constant")
   c.student = dict(model=model_config("tiny", d_model=32, d_kv=8, d_ff=64, **tiny),
-                   init="scratch", sft_steps=500, steps=3000, batch_size=32, micro_batches=1,
-                   learning_rate=1e-3, warmup_steps=0, schedule="constant", weight_decay=0.0,
-                   grad_clip=0.0)
+                   checkpoint="", init="scratch", sft_steps=500, steps=3000, batch_size=32,
+                   micro_batches=1, learning_rate=1e-3, warmup_steps=0, schedule="constant",
+                   weight_decay=0.0, grad_clip=0.0)
   c.loss = dict(name="fkl", beta=0.5, normalized=False, temperature=1.0)
   c.sampling = dict(temperature=1.0, top_k=0, top_p=1.0)
   c.offline = dict(num_prompts=128, generations_per_prompt=1)
   c.mixture = dict(student_fraction=0.5)
   c.eval = dict(num_train_prompts=256, batch_size=512)
   c.eval_every = 100
+  # Extra evaluations log-spaced over [1, steps]: the early, fast part of the curves, where the
+  # convergence law of the hacking detector is fitted (see th_distill.eval_schedule).
+  c.eval_log_points = 30
   c.checkpoint_every = 1000
   # Devices: (data, fsdp, model) mesh, -1 = the remaining devices (see docs/scaling.md).
   c.mesh = dict(data=-1, fsdp=1, model=1)
@@ -66,6 +76,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.frozen_dtype = "float32"
   c.sequence_chunks = 1
   c.hacking_threshold_pct = 5.0
+  # The hacking detector (th_distill.detection), run on `metric` at every evaluation: a
+  # convergence law fitted on the curve's early part; it fires after `patience` consecutive
+  # evaluations more than `threshold` noise std away from it. `on_detect`: 'continue' or 'stop';
+  # `keep`: checkpoints to keep in the run directory, of 'best_golden', 'best_predicted'.
+  c.detection = dict(metric=PROXY, law="power", min_fit_points=8, patience=3, threshold=3.0,
+                     noise_floor=0.01, direction="above", on_detect="continue", keep=())
   return c
 
 
@@ -109,6 +125,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.student.init in ("scratch", "sft"), "student.init",
         f"must be 'scratch' or 'sft', got {c.student.init!r}")
 
+  check(c.task.source in ("synthetic", "seqio"), "task.source",
+        f"must be 'synthetic' or 'seqio', got {c.task.source!r}")
+  if c.task.source == "seqio":
+    check(importlib.util.find_spec("seqio") is not None, "task.source",
+          "'seqio' needs the seqio extra: pip install -e '.[seqio]'")
+    errors.extend(tasks.data_errors(c.task.name, c.task.data_dir))
+  try:
+    vocabulary = vocabularies.task_vocabulary(c.task)
+  except (OSError, ValueError, ImportError) as e:
+    errors.append(f"task.vocabulary: {e}")
+  else:  # each model's vocab_size must equal task.vocab_size (below)
+    check(vocabulary.fits(c.task.vocab_size), "task.vocab_size",
+          f"{c.task.vocab_size} embedding rows (every model's vocab_size) cannot hold the "
+          f"{vocabulary.vocab_size} ids of {c.task.vocabulary}")
   for name in ("oracle", "teacher", "student"):
     try:
       model = to_t5_config(c[name].model)
@@ -118,6 +148,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(model.vocab_size == c.task.vocab_size, f"{name}.model.vocab_size",
           f"{model.vocab_size} differs from task.vocab_size = {c.task.vocab_size}; oracle, "
           "teacher and student must share one vocabulary")
+    path = c[name].checkpoint if name != "oracle" or c.oracle.source == "checkpoint" else ""
+    if path:
+      try:
+        errors.extend(f"{name}.model.{problem}"
+                      for problem in hf_convert.architecture_mismatches(path, model))
+      except (OSError, ValueError) as e:
+        errors.append(f"{name}.checkpoint: {e}")
 
   for field in ("teacher", "student"):
     section = c[field]
@@ -143,8 +180,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.eval.num_train_prompts > 0, "eval.num_train_prompts", "must be > 0")
   check(c.eval.batch_size > 0, "eval.batch_size", "must be > 0")
   check(c.eval_every > 0, "eval_every", f"must be > 0, got {c.eval_every}")
+  check(c.eval_log_points >= 0, "eval_log_points", f"must be >= 0 (0 = off), got "
+        f"{c.eval_log_points}")
   check(c.checkpoint_every > 0, "checkpoint_every", f"must be > 0, got {c.checkpoint_every}")
   check(c.hacking_threshold_pct >= 0, "hacking_threshold_pct", "must be >= 0")
+  try:
+    monitor.detector_settings(c.detection)
+  except ValueError as e:
+    errors.append(f"detection: {e}")
+  check(is_curve_name(c.detection.metric), "detection.metric",
+        f"{c.detection.metric!r} is not a logged curve; use e.g. {PROXY!r}, "
+        "'train_teacher/proxy/fkl' or 'train/loss' (names in docs/metrics.md)")
+  check(c.detection.on_detect in monitor.ON_DETECT, "detection.on_detect",
+        f"must be one of {monitor.ON_DETECT}, got {c.detection.on_detect!r}")
+  check(set(c.detection.keep) <= set(monitor.KEEP), "detection.keep",
+        f"must be a subset of {monitor.KEEP}, got {tuple(c.detection.keep)}")
 
   check(c.frozen_dtype in ("float32", "bfloat16"), "frozen_dtype",
         f"must be 'float32' or 'bfloat16', got {c.frozen_dtype!r}")

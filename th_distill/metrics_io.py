@@ -11,9 +11,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Any, Mapping
 
 from tensorboardX import SummaryWriter
+
+# The headline curves (docs/metrics.md): golden and proxy on held-out prompts, proxy on training
+# prompts.
+GOLDEN = "eval_oracle/golden/fkl"
+PROXY = "eval_teacher/proxy/fkl"
+TRAIN_PROXY = "train_teacher/proxy/fkl"
+
+_LOGGED = re.compile(r"((eval_oracle|eval_teacher|eval_student|train_teacher)/(proxy|golden)/"
+                     r"(fkl|rkl|jsd)(_seq)?)|(train/(proxy|golden)/(fkl|rkl|jsd))|train/loss")
+
+
+def is_curve_name(name: str) -> bool:
+  """Whether a stage-2 run logs a divergence or loss curve of this name (docs/metrics.md)."""
+  return _LOGGED.fullmatch(name) is not None
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:

@@ -1,13 +1,14 @@
 """The controlled experiment, stage by stage, each stage cached in the workdir.
 
 Stage 1 (`run_stage1`, cached in `WORKDIR/stage1/`): the oracle (synthetic or a checkpoint)
-samples responses to the oracle prompts; the teacher is trained on them by SFT; the student's
-initial parameters are either fresh (`student.init = 'scratch'`) or an SFT on the same data
-(`'sft'`). The fixed evaluation sets (oracle and teacher samples on held-out prompts) are built
+samples responses to the oracle prompts; the teacher (a random init or `teacher.checkpoint`) is
+trained on them by SFT; the student's initial parameters (a random init or `student.checkpoint`)
+are used as they are (`student.init = 'scratch'`) or after an SFT on the same data (`'sft'`).
+Checkpoints are local Hugging Face T5 directories, checked against the `*.model` configs. The fixed evaluation sets (oracle and teacher samples on held-out prompts) are built
 here too, and the teacher's own golden distance to the oracle is recorded.
 
 Stage 2 (`run_regime`, one directory per regime): the student is distilled from the teacher under
-one data regime (`th_distill.data.regimes`), evaluated every `eval_every` steps, checkpointed
+one data regime (`th_distill.data.regimes`), evaluated at `eval_schedule.evaluation_steps`, checkpointed
 every `checkpoint_every` steps, and resumed from its latest checkpoint if the run was stopped.
 
 Randomness: every key is `fold_in` of the config seed with a fixed purpose id (and the step), so a
@@ -43,8 +44,10 @@ from th_distill.partitioning import Partitioner, is_main_process, pad_rows
 from th_distill.config import to_t5_config
 from th_distill.data import prompts as prompt_lib
 from th_distill.data import regimes as regime_lib
-from th_distill.metrics_io import MetricsWriter
-from th_distill.models import T5, init_params
+from th_distill.eval_schedule import evaluation_steps
+from th_distill.metrics_io import GOLDEN, MetricsWriter, read_metrics
+from th_distill.models import T5, hf_convert, init_params
+from th_distill.monitor import HackingMonitor
 from th_distill.oracle import calibrate_oracle
 from th_distill.train import (DISTILL_METRICS, Batch, TrainState, create_train_state,
                               make_distill_step, make_eval_sums, make_optimizer, make_sft_step,
@@ -56,7 +59,7 @@ _STUDENT_INIT, _STUDENT_SFT, _EVAL_SETS, _OFFLINE_DATA, _ONLINE = 6, 7, 8, 9, 10
 _TRAIN_DROPOUT, _EVAL_STUDENT, _TRAIN_PROMPT_SET = 11, 12, 13
 
 STAGE1_SECTIONS = ("seed", "task", "prompts", "oracle", "teacher", "student.model",
-                   "student.init", "student.sft_steps", "sampling")
+                   "student.checkpoint", "student.init", "student.sft_steps", "sampling")
 
 
 def _key(seed: int, purpose: int) -> jax.Array:
@@ -127,10 +130,14 @@ def host_sampler(sample: regime_lib.SampleFn, partitioner: Partitioner) -> regim
 
 
 def prompt_pools(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """Disjoint prompt pools {'oracle', 'distill', 'eval'}: [size, prompt_length] int32 each."""
+  """Disjoint prompt pools {'oracle', 'distill', 'eval'}: [size, prompt_length] int32 each, from
+  the synthetic task or a real one (`task.source = 'seqio'`, zero-padded)."""
   sizes = dict(oracle=config.prompts.num_oracle, distill=config.prompts.num_distill,
                eval=config.prompts.num_eval)
   task = config.task
+  if task.source == "seqio":
+    from th_distill.data import seqio_tasks  # imports TensorFlow: real tasks only
+    return seqio_tasks.prompt_pools(task, sizes)
   pool = prompt_lib.zipf_prompts(config.seed, sum(sizes.values()), task.prompt_length,
                                  task.vocab_size, task.zipf_exponent)
   return prompt_lib.split_pools(pool, sizes)
@@ -181,6 +188,25 @@ def train_sft(model: T5, params: Any, data: dict[str, np.ndarray], section, seed
       logging.info("%s SFT step %d/%d loss %.4f (%.1fs)", name, step + 1, section.steps,
                    float(metrics["sft/loss"]), time.time() - start)
   return state.params, {k: float(v) for k, v in metrics.items()}
+
+
+def _checkpoint_params(config: ml_collections.ConfigDict, name: str, model: T5,
+                       partitioner: Partitioner) -> Any:
+  """`<name>.checkpoint` (a local Hugging Face T5 directory) as `model`'s sharded parameters."""
+  path = config[name].checkpoint
+  try:
+    params = hf_convert.load_hf_params(path, model.cfg)
+  except ValueError as e:
+    raise ValueError(f"{name}.checkpoint = {path!r} does not fit {name}.model: {e}") from None
+  return jax.device_put(params, partitioner.param_shardings(model))
+
+
+def _initial_params(config: ml_collections.ConfigDict, name: str, model: T5,
+                    partitioner: Partitioner, key: jax.Array) -> Any:
+  """The teacher's or student's initial parameters: `<name>.checkpoint` or a random init."""
+  if config[name].checkpoint:
+    return _checkpoint_params(config, name, model, partitioner)
+  return partitioner.init_params(model, key)
 
 
 @dataclasses.dataclass
@@ -254,18 +280,18 @@ def run_stage1(config: ml_collections.ConfigDict, workdir: str, models: Models,
     logging.info("Stage 1: synthetic oracle, logit scale %.3f, entropy %.3f nats/token",
                  calibration["logit_scale"], calibration["entropy"])
   else:
-    from th_distill.models import hf_convert  # optional dependency path (safetensors)
-    _, oracle_params = hf_convert.load_hf_checkpoint(config.oracle.checkpoint)
-    oracle_params = jax.device_put(oracle_params, partitioner.param_shardings(models.oracle))
+    oracle_params = _checkpoint_params(config, "oracle", models.oracle, partitioner)
     info["oracle"] = {"checkpoint": config.oracle.checkpoint}
 
   sample_oracle_host = host_sampler(sample_oracle, partitioner)
   oracle_data = regime_lib.build_offline(sample_oracle_host, oracle_params, pools["oracle"], 1,
                                          _key(seed, _ORACLE_DATA))
   teacher_params, info["teacher_sft"] = train_sft(
-      models.teacher, partitioner.init_params(models.teacher, _key(seed, _TEACHER_INIT)),
+      models.teacher, _initial_params(config, "teacher", models.teacher, partitioner,
+                                      _key(seed, _TEACHER_INIT)),
       oracle_data, config.teacher, seed, _key(seed, _TEACHER_TRAIN), "teacher", partitioner)
-  student_params = partitioner.init_params(models.student, _key(seed, _STUDENT_INIT))
+  student_params = _initial_params(config, "student", models.student, partitioner,
+                                   _key(seed, _STUDENT_INIT))
   if config.student.init == "sft":
     sft = config.student.copy_and_resolve_references()
     sft.steps = config.student.sft_steps
@@ -414,6 +440,9 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
   carry = checkpointer.restore_latest(carry) or carry
   start_step = int(carry["state"].step)
   writer = MetricsWriter(directory, resume_step=start_step, enabled=is_main_process())
+  monitor = HackingMonitor.from_config(
+      config.detection, directory, GOLDEN,
+      history=[r for r in read_metrics(writer.path) if r["step"] < start_step])
   settings = (config.loss.name, config.loss.beta, config.loss.normalized,
               config.loss.temperature, student.micro_batches, config.sequence_chunks)
   distill_step = partitioner.jit(
@@ -434,6 +463,7 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
       results.update(evaluate_set(student_params, *frozen, data, name))
     return results
 
+  eval_steps = set(evaluation_steps(student.steps, config.eval_every, config.eval_log_points))
   timers = {"generate": 0.0, "train": 0.0}
   run_start = time.time()
   logging.info("%s: steps %d..%d", regime, start_step, student.steps)
@@ -446,7 +476,7 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
         writer.close()
         raise Preempted(regime, step)
       state, window = carry["state"], carry["window"]
-      if step % config.eval_every == 0 or step == student.steps:
+      if step in eval_steps:
         eval_start = time.time()
         row = evaluate(state.params, step)
         count = float(window["steps"])
@@ -461,13 +491,14 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
                       "time/eval_s": time.time() - eval_start})
           window = jax.tree_util.tree_map(jnp.zeros_like, window)
           timers = {"generate": 0.0, "train": 0.0}
+        row.update(monitor.observe(step, row, state.params))
         writer.write(step, row)
         done = step - start_step
         eta = (time.time() - run_start) / max(done, 1) * (student.steps - step)
         logging.info("%s step %d/%d golden %.4f proxy %.4f (ETA %.0fs)", regime, step,
                      student.steps, row["eval_oracle/golden/fkl"], row["eval_teacher/proxy/fkl"],
                      eta if done else float("nan"))
-      if step == student.steps:
+      if step == student.steps or monitor.should_stop:
         break
       tic = time.time()
       batch = partitioner.shard_batch(jax.block_until_ready(batch_at(step, state.params)))
@@ -480,8 +511,12 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
       timers["train"] += time.time() - toc
       if (step + 1) % config.checkpoint_every == 0:
         checkpointer.save(step + 1, carry)
-  checkpointer.save(student.steps, carry)
+  checkpointer.save(step, carry)
   checkpointer.close()
   writer.close()
+  if monitor.should_stop:
+    logging.warning("%s: stopped at step %d by the hacking detector (detection.on_detect = "
+                    "'stop').", regime, step)
   _write_on_main(lambda: checkpoints.write_json(marker, {
-      "fingerprint": expected, "steps": student.steps, "seconds": time.time() - run_start}))
+      "fingerprint": expected, "steps": step, "stopped_by_detector": monitor.should_stop,
+      "seconds": time.time() - run_start}))

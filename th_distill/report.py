@@ -25,11 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from th_distill import checkpoints  # noqa: E402
-from th_distill.metrics_io import read_metrics  # noqa: E402
-
-GOLDEN = "eval_oracle/golden/fkl"
-PROXY = "eval_teacher/proxy/fkl"
-TRAIN_PROXY = "train_teacher/proxy/fkl"
+from th_distill.metrics_io import GOLDEN, PROXY, TRAIN_PROXY, read_metrics  # noqa: E402
 
 
 def summarize_curve(rows: list[dict[str, Any]], threshold_pct: float) -> dict[str, Any]:

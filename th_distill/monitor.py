@@ -1,0 +1,146 @@
+"""The hacking detector as a training callback: `HackingMonitor` watches a run's evaluations.
+
+At every evaluation the monitor appends the watched metric (the held-out proxy by default) to its
+curve and re-runs `detection.detect`, which is causal, so it fires at the same step as the detector
+run on the finished curve. It can stop the run when it fires and keep two checkpoints of the
+student's parameters in the run directory:
+- `best_golden/` (+ `best_golden.json`): the parameters at the lowest golden metric so far (needs
+  the oracle, i.e. the synthetic setup);
+- `best_predicted/` (+ `best_predicted.json`): the parameters at the detector's
+  `best_predicted_step`, the last evaluation before the departure. To have them when the detector
+  fires `patience` evaluations later, the parameters of the last `patience + 1` evaluations are
+  kept in `candidates/<step>/` until then.
+
+A resumed run rebuilds the monitor from the rows already in `metrics.jsonl`; the checkpoints it
+keeps are on disk, so pre-emption loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from th_distill import checkpoints, detection
+from th_distill.partitioning import is_main_process
+
+KEEP = ("best_golden", "best_predicted")
+ON_DETECT = ("continue", "stop")
+
+
+def detector_settings(section: ml_collections.ConfigDict) -> detection.DetectorSettings:
+  """The `detection` config section's detector fields."""
+  return detection.DetectorSettings(
+      law=section.law, min_fit_points=section.min_fit_points, patience=section.patience,
+      threshold=section.threshold, noise_floor=section.noise_floor, direction=section.direction)
+
+
+@dataclasses.dataclass
+class HackingMonitor:
+  """Watches `metric` over a run's evaluations (see the module docstring).
+
+  Attributes:
+    directory: the run directory (checkpoints it keeps go there).
+    metric: the watched curve's name in the metrics rows.
+    golden_metric: the name of the golden curve ('best_golden'); ignored if absent from rows.
+    settings: the detector's settings.
+    on_detect: 'continue' or 'stop'.
+    keep: a subset of KEEP.
+  """
+  directory: str
+  metric: str
+  golden_metric: str
+  settings: detection.DetectorSettings
+  on_detect: str = "continue"
+  keep: Sequence[str] = ()
+  steps: list[int] = dataclasses.field(default_factory=list)
+  values: list[float] = dataclasses.field(default_factory=list)
+  golden: list[float] = dataclasses.field(default_factory=list)
+  result: detection.Detection | None = None
+
+  def __post_init__(self):
+    unknown = set(self.keep) - set(KEEP)
+    if unknown or self.on_detect not in ON_DETECT:
+      raise ValueError(f"detection.keep must be a subset of {KEEP} (got {tuple(self.keep)}) and "
+                       f"detection.on_detect one of {ON_DETECT} (got {self.on_detect!r}).")
+
+  @classmethod
+  def from_config(cls, section: ml_collections.ConfigDict, directory: str, golden_metric: str,
+                  history: Sequence[Mapping[str, Any]] = ()) -> "HackingMonitor":
+    """A monitor for the `detection` config section, replaying `history` (rows already logged
+    by an interrupted run, in step order)."""
+    monitor = cls(directory, section.metric, golden_metric, detector_settings(section),
+                  section.on_detect, tuple(section.keep))
+    for row in history:
+      monitor._append(row)
+    if history:
+      monitor.result = detection.detect(monitor.steps, monitor.values, monitor.settings)
+    return monitor
+
+  @property
+  def fired(self) -> bool:
+    return self.result is not None and self.result.detected
+
+  @property
+  def should_stop(self) -> bool:
+    return self.fired and self.on_detect == "stop"
+
+  def _append(self, row: Mapping[str, Any]) -> None:
+    self.steps.append(int(row["step"]))
+    self.values.append(float(row.get(self.metric, np.nan)))  # train/* rows start at step > 0
+    self.golden.append(float(row.get(self.golden_metric, np.nan)))
+
+  def _path(self, name: str) -> str:
+    return os.path.join(self.directory, name)
+
+  def _keep_params(self, name: str, step: int, params: Any, **info: Any) -> None:
+    checkpoints.save_params(self._path(name), params)  # collective on every process
+    if is_main_process():
+      checkpoints.write_json(self._path(f"{name}.json"), {"step": step, **info})
+
+  def observe(self, step: int, row: Mapping[str, Any], params: Any) -> dict[str, float]:
+    """Takes one evaluation (`row` holds the metrics of `step`; `params` the student's) and
+    returns the detector's metrics for that row: `detector/z` (the departure z-score of this
+    evaluation, nan before the law can be fitted) and `detector/fired` (0 or 1)."""
+    already_fired = self.fired
+    self._append({**row, "step": step})
+    if not already_fired:
+      self.result = detection.detect(self.steps, self.values, self.settings)
+    golden = self.golden[-1]
+    if "best_golden" in self.keep and np.isfinite(golden) and golden <= np.nanmin(self.golden):
+      self._keep_params("best_golden", step, params, golden=golden)
+    if "best_predicted" in self.keep and not already_fired:
+      self._track_candidates(step, params)
+    if self.fired and not already_fired:
+      logging.warning("Hacking detector fired at step %d: %s", self.result.step,
+                      self.result.reason)
+    return {"detector/z": float(self.result.scores[-1]) if not already_fired else float("nan"),
+            "detector/fired": float(self.fired)}
+
+  def _track_candidates(self, step: int, params: Any) -> None:
+    candidates = self._path("candidates")
+    if self.fired:
+      best = self.result.best_predicted_step
+      source = os.path.join(candidates, str(best))
+      if os.path.isdir(source):
+        if is_main_process():
+          shutil.rmtree(self._path("best_predicted"), ignore_errors=True)
+          os.replace(source, self._path("best_predicted"))
+          checkpoints.write_json(self._path("best_predicted.json"),
+                                 {"step": best, "detected_step": self.result.step})
+      else:
+        logging.warning("No saved parameters of step %d to keep as best_predicted.", best)
+      if is_main_process():
+        shutil.rmtree(candidates, ignore_errors=True)
+      return
+    checkpoints.save_params(os.path.join(candidates, str(step)), params)
+    if is_main_process():
+      keep = {str(s) for s in self.steps[-(self.settings.patience + 1):]}
+      for name in os.listdir(candidates):
+        if name not in keep:
+          shutil.rmtree(os.path.join(candidates, name), ignore_errors=True)

@@ -199,15 +199,45 @@ def _read_state_dict(path: str) -> dict[str, Any]:
                           "pytorch_model.bin.")
 
 
-def load_hf_checkpoint(path: str | os.PathLike) -> tuple[T5Config, dict[str, Any]]:
-  """(config, params) from a local HF directory: config.json plus model.safetensors, sharded
-  safetensors with model.safetensors.index.json, or pytorch_model.bin (needs torch)."""
-  path = os.fspath(path)
-  config_path = os.path.join(path, "config.json")
+def read_hf_config(path: str | os.PathLike) -> T5Config:
+  """The T5Config of a local HF directory, from its config.json alone (no weights are read)."""
+  config_path = os.path.join(os.fspath(path), "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{config_path} not found: expected a local Hugging Face T5 "
                             "directory with config.json and model.safetensors (or sharded "
                             "safetensors with model.safetensors.index.json, or pytorch_model.bin).")
   with open(config_path, encoding="utf-8") as f:
-    cfg = config_from_hf(json.load(f))
-  return cfg, params_from_hf_state_dict(_read_state_dict(path), cfg)
+    return config_from_hf(json.load(f))
+
+
+# The T5Config fields a checkpoint fixes (dropout and dtypes are the run's choice).
+ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
+                       "num_decoder_layers", "relative_attention_num_buckets",
+                       "relative_attention_max_distance", "layer_norm_eps")
+
+
+def architecture_mismatches(path: str | os.PathLike, cfg: T5Config) -> list[str]:
+  """'field: value in cfg, value in the checkpoint' for each architecture field of `cfg` that
+  differs from the HF checkpoint at `path` (config.json alone is read)."""
+  found = read_hf_config(path)
+  return [f"{name}: {getattr(cfg, name)}, but {getattr(found, name)} in {os.fspath(path)}"
+          for name in ARCHITECTURE_FIELDS if getattr(cfg, name) != getattr(found, name)]
+
+
+def load_hf_params(path: str | os.PathLike, cfg: T5Config) -> dict[str, Any]:
+  """Parameters of a `cfg` model (numpy, `cfg.param_dtype`) from the HF checkpoint at `path`.
+
+  Raises ValueError naming each T5Config field that differs from the checkpoint's config, or the
+  HF key of a missing, unexpected or mis-shaped tensor.
+  """
+  mismatches = architecture_mismatches(path, cfg)
+  if mismatches:
+    raise ValueError("The checkpoint does not fit the model config: " + "; ".join(mismatches))
+  return params_from_hf_state_dict(_read_state_dict(os.fspath(path)), cfg)
+
+
+def load_hf_checkpoint(path: str | os.PathLike) -> tuple[T5Config, dict[str, Any]]:
+  """(config, params) from a local HF directory: config.json plus model.safetensors, sharded
+  safetensors with model.safetensors.index.json, or pytorch_model.bin (needs torch)."""
+  cfg = read_hf_config(path)
+  return cfg, params_from_hf_state_dict(_read_state_dict(os.fspath(path)), cfg)

@@ -1,0 +1,105 @@
+"""Offline stand-ins for the real tasks' inputs: a SentencePiece model trained on a small text,
+TFDS mocked with split-dependent text, Natural Instructions task files, and T5 v1.1 checkpoints
+in the Hugging Face layout written from our own parameters."""
+
+import contextlib
+import dataclasses
+import json
+import os
+import zlib
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from th_distill.data.tasks import TASKS
+from th_distill.models import T5, T5Config, init_params
+from th_distill.models.hf_convert import params_to_hf_state_dict
+
+_WORDS = ("the council said new rules would cover schools roads and hospitals across the region "
+          "der rat sagte neue regeln gelten fuer schulen strassen und krankenhaeuser im land "
+          "define answer question input output sentence translate summarize english german").split()
+SPLIT_SIZES = {"train": 40, "validation": 12}
+NI_INSTANCES = 120  # per task: 8 of the 240 ids hash to the validation bucket
+PREFIXES = [spec.prefix for spec in TASKS.values()]
+
+
+def sentence(split: str, i: int, words: int = 24) -> str:
+  """A distinct sentence per (split, i): its opening words encode both."""
+  rng = np.random.default_rng(zlib.crc32(f"{split} {i}".encode()))
+  return f"{split} {i} " + " ".join(rng.choice(_WORDS, words))
+
+
+def train_sentencepiece(directory) -> str:
+  """A BPE model of at most 256 pieces with T5's ids (pad 0, EOS 1, unk 2); returns its path."""
+  import sentencepiece
+  text = os.path.join(directory, "corpus.txt")
+  with open(text, "w") as f:
+    for split, size in SPLIT_SIZES.items():
+      f.writelines(f"{prefix}{sentence(split, i)} {reference(split, i)}\n" for i in range(size)
+                   for prefix in PREFIXES)
+  prefix = os.path.join(directory, "spiece")
+  sentencepiece.SentencePieceTrainer.train(
+      input=text, model_prefix=prefix, vocab_size=256, hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      model_type="bpe", character_coverage=1.0, minloglevel=2)
+  return prefix + ".model"
+
+
+def _as_dataset(builder, split, **kwargs):
+  """Mocked `builder._as_dataset`: SPLIT_SIZES[split] examples of the dataset's text fields."""
+  import tensorflow as tf
+  del kwargs
+  inputs, targets = {"xsum": ("document", "summary"), "wmt14_translate": ("en", "de")}[builder.name]
+  split, size = str(split), SPLIT_SIZES[str(split)]
+  return tf.data.Dataset.from_tensor_slices({inputs: [sentence(split, i) for i in range(size)],
+                                             targets: [reference(split, i) for i in range(size)]})
+
+
+def reference(split: str, i: int) -> str:
+  return "reference " + sentence(split, i, 4)
+
+
+@contextlib.contextmanager
+def mocked_tfds():
+  """TFDS's xsum and wmt14_translate/de-en, offline, with different text in train and
+  validation (TFDS's own mock repeats one split's examples in every split)."""
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(as_dataset_fn=_as_dataset):
+    yield
+
+
+def instance_id(task: int, i: int) -> str:
+  return f"task{task:03d}-{i}"
+
+
+def write_natural_instructions(directory) -> str:
+  """Two task files in the public JSON layout; returns the folder."""
+  os.makedirs(directory, exist_ok=True)
+  for t in range(2):
+    task = {"Definition": ["answer", "question"], "Positive Examples": [],
+            "Instances": [{"id": instance_id(t, i), "input": sentence(f"task{t}", i),
+                           "output": [reference(f"task{t}", i)]} for i in range(NI_INSTANCES)]}
+    with open(os.path.join(directory, f"task{t:03d}_demo.json"), "w") as f:
+      json.dump(task, f)
+  return str(directory)
+
+
+def write_hf_checkpoint(directory, cfg: T5Config, seed: int = 0) -> dict:
+  """A random `cfg` model saved as config.json + model.safetensors; returns its parameters."""
+  from safetensors.numpy import save_file
+  params = nn.unbox(init_params(T5(cfg), jax.random.PRNGKey(seed)))
+  os.makedirs(directory, exist_ok=True)
+  state = params_to_hf_state_dict(params, cfg)
+  save_file({k: v for k, v in state.items() if "embed_tokens" not in k},
+            os.path.join(directory, "model.safetensors"))
+  c = dataclasses.asdict(cfg)
+  hf = {"model_type": "t5", "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False,
+        "vocab_size": c["vocab_size"], "d_model": c["d_model"], "d_kv": c["d_kv"],
+        "d_ff": c["d_ff"], "num_heads": c["num_heads"], "num_layers": c["num_encoder_layers"],
+        "num_decoder_layers": c["num_decoder_layers"],
+        "relative_attention_num_buckets": c["relative_attention_num_buckets"],
+        "relative_attention_max_distance": c["relative_attention_max_distance"],
+        "layer_norm_epsilon": c["layer_norm_eps"], "dropout_rate": 0.1}
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(hf, f)
+  return params

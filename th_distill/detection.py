@@ -14,9 +14,11 @@ with an uncertainty. Points that are not finite or not > 0, and steps < 1, are d
 `min_points` left gives a `Fit` with `ok = False` and the reason, never an exception.
 
 The detector (`detect`) sees only a proxy curve (distance to the teacher on held-out prompts, or
-any metric that should keep converging). For each evaluation j it fits the law to the evaluations
-before j (the "early part") and scores the next `patience` evaluations by their departure from the
-extrapolated law, in units of the law's own noise:
+any metric that should keep converging). For each evaluation j at step t_j it fits the law to the
+evaluations before j with step >= t_j / `window` (the part of the curve just before j, in log
+time; the first steps of a run are a transient that no power law of t describes) and scores the
+next `patience` evaluations by their departure from the extrapolated law, in units of the law's
+own noise:
 
   z(t) = (log m(t) - log law(t)) / sqrt(max(s, noise_floor)^2 + se_log_law(t)^2)
 
@@ -49,6 +51,7 @@ class Fit:
   residual_std: float  # of log m around the law, corrected for the fitted parameters
   num_points: int
   reason: str = ""
+  x_range: tuple[float, float] = (float("nan"), float("nan"))  # of the points fitted
 
   def predict(self, x: np.ndarray | Sequence[float] | float) -> np.ndarray:
     """The law's value at x (steps, or proxy values for golden-vs-proxy)."""
@@ -67,7 +70,7 @@ class Fit:
   def to_json(self) -> dict[str, Any]:
     return {"law": self.law, "ok": self.ok, "params": self.params, "stderr": self.stderr,
             "residual_std": self.residual_std, "num_points": self.num_points,
-            "reason": self.reason}
+            "x_range": list(self.x_range), "reason": self.reason}
 
 
 def _failed(law: str, num_points: int, reason: str) -> Fit:
@@ -117,71 +120,71 @@ def fit_loglog(x: Sequence[float], y: Sequence[float], min_points: int = 3) -> F
   params = {"a": float(np.exp(coef[0])), "b": float(coef[1])}
   # Jacobian of log y in (a, b): d/da = 1/a, d/db = -log x.
   cov = _covariance(np.stack([np.full(n, 1.0 / params["a"]), -lx], axis=1), var)
-  return Fit("loglog", True, params, _stderr(params, cov), cov, float(np.sqrt(var)), n)
+  return Fit("loglog", True, params, _stderr(params, cov), cov, float(np.sqrt(var)), n,
+             x_range=(float(x.min()), float(x.max())))
 
 
 def _stderr(params: dict[str, float], cov: np.ndarray) -> dict[str, float]:
   return {k: float(np.sqrt(max(cov[i, i], 0.0))) for i, k in enumerate(params)}
 
 
-def _floor_and_scale(u: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-  """For fixed u = x^-b: (a, c) >= 0 minimising sum (log y - log(a u + c))^2, found by
-  iteratively reweighted linear least squares (weights 1/prediction: relative errors), and the
-  log-space sum of squares. Returns (a, c, sse)."""
-  weights = 1.0 / y
-  a = c = 0.0
+def _floor_and_scale(u: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+  """For each row of u = x^-b ([G, n], one row per exponent b): (a, c) >= 0 minimising
+  sum (log y - log(a u + c))^2, by iteratively reweighted linear least squares (weights
+  1/prediction^2: relative errors). Returns (a, c, sse), each [G]; sse is the log-space sum of
+  squares (inf where the prediction is not positive)."""
+  w = np.broadcast_to(1.0 / y**2, u.shape)
   for _ in range(6):
-    design = np.stack([u, np.ones_like(u)], axis=1) * weights[:, None]
-    (a, c), *_ = np.linalg.lstsq(design, y * weights, rcond=None)
-    if c < 0:  # the floor is at its bound: a * u alone
-      a, c = float((u * weights) @ (y * weights) / ((u * weights) @ (u * weights))), 0.0
-    if a < 0:  # no decay: a constant
-      a, c = 0.0, float(np.exp(np.mean(np.log(y))))
-    prediction = a * u + c
-    if np.any(prediction <= 0):
-      return a, c, float("inf")
-    weights = 1.0 / prediction
-  resid = np.log(y) - np.log(a * u + c)
-  return float(a), float(c), float(resid @ resid)
+    # Weighted normal equations of y ~ a u + c, solved in closed form.
+    suu, su, s1 = (w * u * u).sum(-1), (w * u).sum(-1), w.sum(-1)
+    suy, sy = (w * u * y).sum(-1), (w * y).sum(-1)
+    det = suu * s1 - su * su
+    with np.errstate(divide="ignore", invalid="ignore"):
+      a = np.where(det > 0, (suy * s1 - su * sy) / det, 0.0)
+      c = np.where(det > 0, (suu * sy - su * suy) / det, -1.0)
+      floorless = c < 0  # the floor at its bound: a * u alone
+      a = np.where(floorless, suy / suu, a)
+      c = np.where(floorless, 0.0, c)
+    flat = ~(a >= 0)  # no decay: a constant
+    a = np.where(flat, 0.0, a)
+    c = np.where(flat, np.exp(np.mean(np.log(y))), c)
+    prediction = a[:, None] * u + c[:, None]
+    w = 1.0 / np.maximum(prediction, 1e-300)**2
+  with np.errstate(invalid="ignore", divide="ignore"):
+    resid = np.log(y) - np.log(prediction)
+  sse = np.where(np.all(prediction > 0, axis=-1), (resid**2).sum(-1), np.inf)
+  return a, c, sse
 
 
 def fit_power_law(steps: Sequence[float], values: Sequence[float], min_points: int = 5,
                   max_exponent: float = 4.0) -> Fit:
   """Fits m(t) = a * t^(-b) + c (a, c >= 0, 0 <= b <= max_exponent) in log space.
 
-  The exponent is profiled: a grid over b, then golden-section refinement around the best grid
-  point; (a, c) are solved for each b. A constant curve gives a = b = 0, c = its value.
+  The exponent is profiled: (a, c) are solved for every b of a grid, and the grid is refined
+  three times around its best point (resolution max_exponent * 1.3e-5). A constant curve gives
+  a = b = 0, c = its value.
   """
   x, y = _usable(steps, values)
   n = len(x)
   if n < max(min_points, 4):
     return _failed("power", n, f"not enough points: {n} usable (finite, > 0, step >= 1), need "
                    f"{max(min_points, 4)}")
+  x_range = (float(x.min()), float(x.max()))
   if np.ptp(np.log(y)) < 1e-12:
     params = {"a": 0.0, "b": 0.0, "c": float(y[0])}
-    return Fit("power", True, params, {k: 0.0 for k in params}, np.zeros((3, 3)), 0.0, n)
-
-  def profile(b: float) -> float:
-    return _floor_and_scale(x ** -b, y)[2]
-
-  grid = np.linspace(0.0, max_exponent, 161)
-  sse = np.array([profile(b) for b in grid])
-  best = int(np.argmin(sse))
-  lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-  ratio = (np.sqrt(5) - 1) / 2
-  for _ in range(40):  # golden-section search of the profile on [lo, hi]
-    m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    if profile(m1) <= profile(m2):
-      hi = m2
-    else:
-      lo = m1
-  b = (lo + hi) / 2 if profile((lo + hi) / 2) <= sse[best] else float(grid[best])
-  a, c, sse_best = _floor_and_scale(x ** -b, y)
-  params = {"a": a, "b": float(b), "c": c}
-  dof = max(n - 3, 1)
-  var = sse_best / dof
+    return Fit("power", True, params, {k: 0.0 for k in params}, np.zeros((3, 3)), 0.0, n,
+               x_range=x_range)
+  lo, hi = 0.0, max_exponent
+  for _ in range(4):
+    grid = np.linspace(lo, hi, 41)
+    a, c, sse = _floor_and_scale(x[None, :] ** -grid[:, None], y)
+    best = int(np.argmin(sse))
+    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+  params = {"a": float(a[best]), "b": float(grid[best]), "c": float(c[best])}
+  var = float(sse[best]) / max(n - 3, 1)
   cov = _covariance(_log_law_gradient("power", params, x), var)
-  return Fit("power", True, params, _stderr(params, cov), cov, float(np.sqrt(var)), n)
+  return Fit("power", True, params, _stderr(params, cov), cov, float(np.sqrt(var)), n,
+             x_range=x_range)
 
 
 def fit_law(law: str, steps: Sequence[float], values: Sequence[float],
@@ -209,7 +212,9 @@ class DetectorSettings:
 
   Attributes:
     law: the convergence law, one of LAWS.
-    min_fit_points: evaluations (at step >= 1) needed before the law is fitted at all.
+    min_fit_points: evaluations in the fit window needed before the law is fitted at all.
+    window: the law for a candidate departure at step t is fitted on the evaluations at steps in
+      [t / window, t): the last `log10(window)` decades before it.
     patience: consecutive departing evaluations needed to fire.
     threshold: departure, in noise standard deviations, that counts.
     noise_floor: lower bound of the log-space noise s (0.01 = 1% relative): eval curves on fixed
@@ -219,6 +224,7 @@ class DetectorSettings:
   """
   law: str = "power"
   min_fit_points: int = 8
+  window: float = 30.0
   patience: int = 3
   threshold: float = 3.0
   noise_floor: float = 0.01
@@ -232,6 +238,8 @@ class DetectorSettings:
       problems.append(f"direction: {self.direction!r} is not one of {DIRECTIONS}")
     if self.min_fit_points < 4:
       problems.append(f"min_fit_points: must be >= 4, got {self.min_fit_points}")
+    if self.window <= 1:
+      problems.append(f"window: must be > 1, got {self.window}")
     if self.patience < 1:
       problems.append(f"patience: must be >= 1, got {self.patience}")
     if self.threshold <= 0 or self.noise_floor < 0:
@@ -250,8 +258,8 @@ class Detection:
     departure_step: the first evaluation of the departing run.
     best_predicted_step: the last evaluation before the departure (the detector's best
       checkpoint); None if it did not fire.
-    fit: the law fitted on the evaluations before the departure (or on every evaluation when it
-      did not fire; `fit.ok` False when there were too few).
+    fit: the law fitted on the window before the departure; when it did not fire, the law
+      fitted on the last window, the final evaluation included (`fit.ok` False if too few).
     steps, scores: every evaluation's step and its departure z-score against the law fitted on
       the evaluations before it (nan where no fit was possible), for plots.
     reason: a sentence saying why it fired or not.
@@ -291,53 +299,71 @@ def _departs(z: np.ndarray, settings: DetectorSettings) -> np.ndarray:
   return np.abs(z) > settings.threshold
 
 
+class Detector:
+  """The detector over a curve that grows one evaluation at a time (module docstring).
+
+  `add(step, value)` appends an evaluation; `result()` is the verdict on the curve so far. Fits
+  depend only on the evaluations before their candidate, so each is computed once: following a
+  run of E evaluations costs E fits, not E^2. Causal: the verdict at an evaluation depends only on
+  the evaluations up to it, so a run followed live fires at the same step as `detect` on the
+  finished curve.
+  """
+
+  def __init__(self, settings: DetectorSettings = DetectorSettings()):
+    self.settings = settings
+    self.steps: list[float] = []
+    self.values: list[float] = []
+    self._fits: list[Fit] = []  # _fits[j]: the law on the window of evaluations before j
+
+  def add(self, step: float, value: float) -> None:
+    if self.steps and step <= self.steps[-1]:
+      raise ValueError(f"steps must be strictly increasing: {step} after {self.steps[-1]}.")
+    self.steps.append(float(step))
+    self.values.append(float(value))
+    steps, values = np.asarray(self.steps), np.asarray(self.values)
+    start = np.searchsorted(steps, step / self.settings.window)
+    j = len(steps) - 1
+    self._fits.append(fit_law(self.settings.law, steps[start:j], values[start:j],
+                              self.settings.min_fit_points))
+
+  def result(self) -> Detection:
+    """The verdict on the evaluations added so far."""
+    settings, fits = self.settings, self._fits
+    steps, values = np.asarray(self.steps), np.asarray(self.values)
+    scores = np.array([departure_scores(fit, steps[j], values[j], settings.noise_floor)
+                       if fit.ok else np.nan for j, fit in enumerate(fits)], dtype=float)
+    for j in range(len(steps) - settings.patience + 1):
+      if not fits[j].ok:
+        continue
+      window = slice(j, j + settings.patience)
+      z = departure_scores(fits[j], steps[window], values[window], settings.noise_floor)
+      if np.all(_departs(z, settings)):
+        fire = j + settings.patience - 1
+        return Detection(
+            True, int(steps[fire]), int(steps[j]), int(steps[j - 1]), fits[j], steps, scores,
+            f"{settings.patience} consecutive evaluations from step {int(steps[j])} depart "
+            f"{settings.direction} the {settings.law} law fitted on the {fits[j].num_points} "
+            f"before it by more than {settings.threshold} noise std (z = "
+            f"{', '.join(f'{v:.1f}' for v in z)})")
+    start = np.searchsorted(steps, steps[-1] / settings.window) if len(steps) else 0
+    last = fit_law(settings.law, steps[start:], values[start:], settings.min_fit_points)
+    reason = (f"no {settings.patience} consecutive departures beyond {settings.threshold} "
+              f"noise std from the {settings.law} law" if np.any(np.isfinite(scores)) else
+              f"the law could never be fitted ({last.reason})")
+    return Detection(False, None, None, None, last, steps, scores, reason)
+
+
 def detect(steps: Sequence[int], values: Sequence[float],
            settings: DetectorSettings = DetectorSettings()) -> Detection:
-  """Runs the detector over a whole curve (evaluations in step order; see the module docstring).
-
-  Causal: the verdict at an evaluation depends only on the evaluations up to it, so running this
-  on every prefix of a curve (as `HackingMonitor` does during training) fires at the same step.
-  """
-  steps = np.asarray(steps, dtype=float)
-  values = np.asarray(values, dtype=float)
+  """The detector's verdict on a whole curve (evaluations in strictly increasing step order)."""
+  steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
   if steps.shape != values.shape or steps.ndim != 1:
     raise ValueError(f"steps and values must be 1-D and equally long, got {steps.shape} and "
                      f"{values.shape}.")
-  if np.any(np.diff(steps) <= 0):
-    raise ValueError("steps must be strictly increasing.")
-  scores = np.full(len(steps), np.nan)
-  usable = np.isfinite(values) & (values > 0) & (steps >= 1)
-  fits: dict[int, Fit] = {}
-
-  def fit_before(j: int) -> Fit:  # the law on every usable evaluation before j
-    if j not in fits:
-      fits[j] = fit_law(settings.law, steps[:j], values[:j], settings.min_fit_points)
-    return fits[j]
-
-  for j in range(len(steps)):
-    if np.count_nonzero(usable[:j]) >= settings.min_fit_points and fit_before(j).ok:
-      scores[j] = departure_scores(fit_before(j), steps[j:j + 1], values[j:j + 1],
-                                   settings.noise_floor)[0]
-  for j in range(len(steps) - settings.patience + 1):
-    if not usable[j] or np.count_nonzero(usable[:j]) < settings.min_fit_points:
-      continue
-    fit = fit_before(j)
-    if not fit.ok:
-      continue
-    window = slice(j, j + settings.patience)
-    z = departure_scores(fit, steps[window], values[window], settings.noise_floor)
-    if np.all(_departs(z, settings)):
-      fire = j + settings.patience - 1
-      return Detection(
-          True, int(steps[fire]), int(steps[j]), int(steps[j - 1]), fit, steps, scores,
-          f"{settings.patience} consecutive evaluations from step {int(steps[j])} depart "
-          f"{settings.direction} the {settings.law} law fitted on the {fit.num_points} before "
-          f"by more than {settings.threshold} noise std (z = "
-          f"{', '.join(f'{v:.1f}' for v in z)})")
-  whole = fit_law(settings.law, steps, values, settings.min_fit_points)
-  reason = (f"no {settings.patience} consecutive departures beyond {settings.threshold} noise "
-            f"std from the {settings.law} law" if whole.ok else whole.reason)
-  return Detection(False, None, None, None, whole, steps, scores, reason)
+  detector = Detector(settings)
+  for step, value in zip(steps, values):
+    detector.add(step, value)
+  return detector.result()
 
 
 def ground_truth(steps: Sequence[int], golden: Sequence[float],

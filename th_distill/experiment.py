@@ -23,8 +23,12 @@ from absl import logging
 from th_distill import checkpoints, config as config_lib, partitioning, pipeline, report
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        stage1_dir: str | None = None) -> dict[str, Any]:
   """Runs every stage; returns the summary (also written to WORKDIR/summary.json).
+
+  `stage1_dir` (default WORKDIR/stage1) caches stage 1; runs that differ only in stage-2 settings
+  may share it (its fingerprint check refuses a directory built by another stage-1 config).
 
   Multi-host: every process runs this (after `partitioning.initialize_distributed()`); process 0
   writes the config, metrics and report. Raises `pipeline.Preempted` after SIGTERM.
@@ -41,17 +45,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                partitioner.mesh.size, jax.process_count())
   models = pipeline.Models.from_config(config)
   pools = pipeline.prompt_pools(config)
-  stage1 = pipeline.run_stage1(config, workdir, models, pools, partitioner)
+  stage1 = pipeline.run_stage1(config, stage1_dir or os.path.join(workdir, "stage1"), models,
+                               pools, partitioner)
   for regime in config.regimes:
     pipeline.run_regime(config, workdir, regime, models, stage1, pools, partitioner)
   if not main:
     return {}
 
-  summary = report.write_report(workdir, list(config.regimes), config.hacking_threshold_pct)
+  summary = report.write_report(workdir, config, stage1.info)
   for regime, s in summary["regimes"].items():
-    logging.info("%-15s golden min %.4f @ %d, final %.4f (%+.1f%%), hacking: %s", regime,
-                 s["golden_min"], s["golden_min_step"], s["golden_final"], s["golden_rise_pct"],
-                 s["hacking"])
+    logging.info("%-15s golden min %.4f @ %d, final %.4f (%+.1f%%), hacking: %s, detector: %s",
+                 regime, s["golden_min"], s["golden_min_step"], s["golden_final"],
+                 s["golden_rise_pct"], s["hacking"],
+                 f"fired @ {s['detected_step']}" if s["detected"] else "silent")
   logging.info("Done in %.0fs; report in %s", time.time() - start,
                os.path.join(workdir, "report.md"))
   return summary

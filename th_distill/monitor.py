@@ -1,8 +1,8 @@
 """The hacking detector as a training callback: `HackingMonitor` watches a run's evaluations.
 
-At every evaluation the monitor appends the watched metric (the held-out proxy by default) to its
-curve and re-runs `detection.detect`, which is causal, so it fires at the same step as the detector
-run on the finished curve. It can stop the run when it fires and keep two checkpoints of the
+At every evaluation the monitor adds the watched metric (the held-out proxy by default) to a
+`detection.Detector`, which is causal: it fires at the same step as `detection.detect` run on the
+finished curve. It can stop the run when it fires and keep two checkpoints of the
 student's parameters in the run directory:
 - `best_golden/` (+ `best_golden.json`): the parameters at the lowest golden metric so far (needs
   the oracle, i.e. the synthetic setup);
@@ -58,12 +58,11 @@ class HackingMonitor:
   settings: detection.DetectorSettings
   on_detect: str = "continue"
   keep: Sequence[str] = ()
-  steps: list[int] = dataclasses.field(default_factory=list)
-  values: list[float] = dataclasses.field(default_factory=list)
   golden: list[float] = dataclasses.field(default_factory=list)
   result: detection.Detection | None = None
 
   def __post_init__(self):
+    self.detector = detection.Detector(self.settings)
     unknown = set(self.keep) - set(KEEP)
     if unknown or self.on_detect not in ON_DETECT:
       raise ValueError(f"detection.keep must be a subset of {KEEP} (got {tuple(self.keep)}) and "
@@ -78,8 +77,6 @@ class HackingMonitor:
                   section.on_detect, tuple(section.keep))
     for row in history:
       monitor._append(row)
-    if history:
-      monitor.result = detection.detect(monitor.steps, monitor.values, monitor.settings)
     return monitor
 
   @property
@@ -91,9 +88,10 @@ class HackingMonitor:
     return self.fired and self.on_detect == "stop"
 
   def _append(self, row: Mapping[str, Any]) -> None:
-    self.steps.append(int(row["step"]))
-    self.values.append(float(row.get(self.metric, np.nan)))  # train/* rows start at step > 0
     self.golden.append(float(row.get(self.golden_metric, np.nan)))
+    if not self.fired:  # train/* metrics are absent from the row of step 0
+      self.detector.add(row["step"], float(row.get(self.metric, np.nan)))
+      self.result = self.detector.result()
 
   def _path(self, name: str) -> str:
     return os.path.join(self.directory, name)
@@ -109,8 +107,6 @@ class HackingMonitor:
     evaluation, nan before the law can be fitted) and `detector/fired` (0 or 1)."""
     already_fired = self.fired
     self._append({**row, "step": step})
-    if not already_fired:
-      self.result = detection.detect(self.steps, self.values, self.settings)
     golden = self.golden[-1]
     if "best_golden" in self.keep and np.isfinite(golden) and golden <= np.nanmin(self.golden):
       self._keep_params("best_golden", step, params, golden=golden)
@@ -140,7 +136,7 @@ class HackingMonitor:
       return
     checkpoints.save_params(os.path.join(candidates, str(step)), params)
     if is_main_process():
-      keep = {str(s) for s in self.steps[-(self.settings.patience + 1):]}
+      keep = {str(int(s)) for s in self.detector.steps[-(self.settings.patience + 1):]}
       for name in os.listdir(candidates):
         if name not in keep:
           shutil.rmtree(os.path.join(candidates, name), ignore_errors=True)

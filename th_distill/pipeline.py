@@ -1,6 +1,6 @@
 """The controlled experiment, stage by stage, each stage cached in the workdir.
 
-Stage 1 (`run_stage1`, cached in `WORKDIR/stage1/`): the oracle (synthetic or a checkpoint)
+Stage 1 (`run_stage1`, cached in `WORKDIR/stage1/` or a directory shared by a study's runs): the oracle (synthetic or a checkpoint)
 samples responses to the oracle prompts; the teacher (a random init or `teacher.checkpoint`) is
 trained on them by SFT; the student's initial parameters (a random init or `student.checkpoint`)
 are used as they are (`student.init = 'scratch'`) or after an SFT on the same data (`'sft'`).
@@ -247,10 +247,10 @@ def _evaluator(models: Models, config: ml_collections.ConfigDict, partitioner: P
   return evaluate
 
 
-def run_stage1(config: ml_collections.ConfigDict, workdir: str, models: Models,
+def run_stage1(config: ml_collections.ConfigDict, directory: str, models: Models,
                pools: dict[str, np.ndarray], partitioner: Partitioner) -> Stage1:
-  """Oracle, oracle data, teacher SFT, student initialisation and the fixed eval sets (cached)."""
-  directory = os.path.join(workdir, "stage1")
+  """Oracle, oracle data, teacher SFT, student initialisation and the fixed eval sets, cached in
+  `directory` (usually WORKDIR/stage1; studies share one per seed between their runs)."""
   marker = os.path.join(directory, "info.json")
   expected = fingerprint(config, STAGE1_SECTIONS)
   if os.path.exists(marker):

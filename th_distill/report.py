@@ -1,4 +1,5 @@
-"""Run summary, plots and report: `summary.json`, `curves.png`, `proxy_golden.png`, `report.md`.
+"""Summaries, plots and markdown reports of one experiment (`write_report`) or a study
+(`write_study_report`).
 
 The headline metrics (docs/metrics.md) are forward KLs measured on samples of their reference
 model, which makes them estimates of sequence-level KLs:
@@ -9,108 +10,220 @@ model, which makes them estimates of sequence-level KLs:
 - training-prompt proxy = `train_teacher/proxy/fkl`: the same on teacher samples of training
   prompts (for `offline`, the student's own training examples).
 
-A regime is flagged `hacking` when golden ends at least `hacking_threshold_pct` above its minimum
-while the training-prompt proxy at the end is below its value at the golden minimum.
+Ground truth: a run is `hacking` when golden ends at least `hacking_threshold_pct` above its
+minimum while the training-prompt proxy at the end is below its value at the golden minimum.
+Detection: `detected` / `detected_step` come from the detector (`th_distill.detection`) on the
+configured metric alone, without the oracle.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-import matplotlib
+import ml_collections
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from th_distill import checkpoints  # noqa: E402
-from th_distill.metrics_io import GOLDEN, PROXY, TRAIN_PROXY, read_metrics  # noqa: E402
+from th_distill import checkpoints, detection, plots
+from th_distill.metrics_io import GOLDEN, PROXY, TRAIN_PROXY, read_metrics
+from th_distill.monitor import detector_settings
 
 
-def summarize_curve(rows: list[dict[str, Any]], threshold_pct: float) -> dict[str, Any]:
-  """Summary of one regime's metrics rows (design.md section 4 keys)."""
+def _column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
+  return np.array([float(r.get(name, np.nan)) for r in rows])
+
+
+def summarize_run(rows: Sequence[Mapping[str, Any]], threshold_pct: float,
+                  settings: detection.DetectorSettings, metric: str) -> dict[str, Any]:
+  """Summary of one regime's metrics rows: design.md section 4 keys, the detector's verdict on
+  `metric` and its lead/lag against the golden minimum."""
   steps = np.array([r["step"] for r in rows])
-  golden = np.array([r[GOLDEN] for r in rows], dtype=float)
-  train_proxy = np.array([r[TRAIN_PROXY] for r in rows], dtype=float)
-  best = int(np.nanargmin(golden))
-  rise = 100.0 * (golden[-1] - golden[best]) / golden[best]
-  return {
+  golden, train_proxy = _column(rows, GOLDEN), _column(rows, TRAIN_PROXY)
+  truth = detection.ground_truth(steps, golden, threshold_pct)
+  best = int(np.flatnonzero(steps == truth["golden_min_step"])[0])
+  found = detection.detect(steps, _column(rows, metric), settings)
+  summary = {
       "golden_metric": GOLDEN, "proxy_metric": PROXY, "train_proxy_metric": TRAIN_PROXY,
-      "golden_min": float(golden[best]), "golden_min_step": int(steps[best]),
-      "golden_final": float(golden[-1]), "golden_rise_pct": float(rise),
+      "golden_min": truth["golden_min"], "golden_min_step": truth["golden_min_step"],
+      "golden_final": float(golden[-1]), "golden_rise_pct": truth["golden_rise_pct"],
       "proxy_final": float(rows[-1][PROXY]),
       "train_proxy_at_golden_min": float(train_proxy[best]),
       "train_proxy_final": float(train_proxy[-1]),
-      "hacking": bool(rise >= threshold_pct and train_proxy[-1] < train_proxy[best]),
+      "hacking": bool(truth["golden_rises"] and train_proxy[-1] < train_proxy[best]),
       "final_step": int(steps[-1]),
+      "detector_metric": metric,
+      **found.to_json(),
   }
+  if found.detected:
+    fired = int(np.flatnonzero(steps == found.step)[0])
+    summary["detected_lag_steps"] = found.step - truth["golden_min_step"]
+    summary["detected_lag_evals"] = fired - best
+  return summary
 
 
-def _plot_curves(curves: dict[str, list[dict[str, Any]]], path: str) -> None:
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-  panels = ((GOLDEN, "golden: KL(oracle || student), held-out"),
-            (PROXY, "proxy: KL(teacher || student), held-out"),
-            (TRAIN_PROXY, "proxy on training prompts"))
-  for ax, (metric, title) in zip(axes, panels):
-    for regime, rows in curves.items():
-      ax.plot([r["step"] for r in rows], [r[metric] for r in rows], label=regime)
-    ax.set(title=title, xlabel="student step", ylabel="nats / token")
-    ax.grid(alpha=0.3)
-  axes[0].legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+def _curves(rows_by_label: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+            metric: str) -> dict[str, plots.Curve]:
+  """{label: Curve of `metric` over the label's seeds}, cut to the seeds' common length."""
+  curves = {}
+  for label, runs in rows_by_label.items():
+    length = min(len(rows) for rows in runs)
+    curves[label] = plots.Curve(np.array([r["step"] for r in runs[0][:length]]),
+                                np.stack([_column(rows[:length], metric) for rows in runs]))
+  return curves
 
 
-def _plot_proxy_golden(curves: dict[str, list[dict[str, Any]]], path: str) -> None:
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-  for ax, proxy, where in ((axes[0], PROXY, "held-out"), (axes[1], TRAIN_PROXY, "training")):
-    for regime, rows in curves.items():
-      x = [r[proxy] for r in rows]
-      y = [r[GOLDEN] for r in rows]
-      line, = ax.plot(x, y, marker=".", label=regime)
-      ax.annotate("end", (x[-1], y[-1]), color=line.get_color(), fontsize=8)
-    ax.set(title=f"golden vs proxy ({where} prompts)", xlabel=f"proxy ({where})",
-           ylabel="golden (held-out)", xscale="log")
-    ax.grid(alpha=0.3)
-  axes[0].legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+def _figures(directory: str, rows_by_label: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+             settings: detection.DetectorSettings, metric: str) -> None:
+  """curves.png, proxy_golden.png and detector.png (seed 0 of every label) in `directory`."""
+  golden, proxy = _curves(rows_by_label, GOLDEN), _curves(rows_by_label, PROXY)
+  train_proxy = _curves(rows_by_label, TRAIN_PROXY)
+  plots.plot_metric_panels([("golden: KL(oracle || student), held-out", golden),
+                            ("proxy: KL(teacher || student), held-out", proxy),
+                            ("proxy on training prompts", train_proxy)],
+                           os.path.join(directory, "curves.png"))
+  plots.plot_proxy_golden([("golden vs proxy (held-out prompts)", proxy, golden),
+                           ("golden vs proxy (training prompts)", train_proxy, golden)],
+                          os.path.join(directory, "proxy_golden.png"))
+  watched = _curves(rows_by_label, metric)
+  runs = {}
+  for label, curve in watched.items():
+    first = plots.Curve(curve.steps, curve.values[:1])
+    runs[label] = (first, plots.Curve(golden[label].steps, golden[label].values[:1]),
+                   detection.detect(first.steps, first.values[0], settings))
+  plots.plot_detections(runs, metric, os.path.join(directory, "detector.png"))
 
 
-def _markdown(summary: dict[str, Any]) -> str:
+def _settings_text(settings: detection.DetectorSettings, metric: str) -> str:
+  return (f"Detector: `{metric}`, {settings.law} law fitted over the {settings.window:g}x window "
+          f"of steps before each evaluation, fires after {settings.patience} consecutive "
+          f"evaluations more than {settings.threshold:g} noise std {settings.direction} it "
+          f"(noise floor {settings.noise_floor:g} in log space).")
+
+
+def write_report(workdir: str, config: ml_collections.ConfigDict,
+                 teacher: Mapping[str, float]) -> dict[str, Any]:
+  """Reads every regime's metrics.jsonl in `workdir`; writes summary.json, the figures and
+  report.md; returns the summary. `teacher`: the teacher-vs-oracle numbers of stage 1."""
+  settings, metric = detector_settings(config.detection), config.detection.metric
+  rows = {r: read_metrics(os.path.join(workdir, r, "metrics.jsonl")) for r in config.regimes}
+  rows = {r: v for r, v in rows.items() if v}
+  summary = {
+      "teacher": {"golden_fkl": teacher["teacher/golden/fkl@oracle_samples"],
+                  **{k: v for k, v in teacher.items() if k.startswith("teacher/")}},
+      "regimes": {r: summarize_run(v, config.hacking_threshold_pct, settings, metric)
+                  for r, v in rows.items()},
+  }
+  checkpoints.write_json(os.path.join(workdir, "summary.json"), summary)
+  _figures(workdir, {r: [v] for r, v in rows.items()}, settings, metric)
   lines = ["# th_distill run report", "",
            f"Teacher golden fkl (KL(oracle || teacher) per token, oracle samples): "
            f"{summary['teacher']['golden_fkl']:.3f}", "",
            "| regime | golden min @ step | golden final | rise % | proxy final | "
-           "train-prompt proxy at golden min -> final | hacking |",
-           "|---|---|---|---|---|---|---|"]
+           "train-prompt proxy at golden min -> final | hacking (oracle) | detector |",
+           "|---|---|---|---|---|---|---|---|"]
   for regime, s in summary["regimes"].items():
     lines.append(f"| {regime} | {s['golden_min']:.4f} @ {s['golden_min_step']} | "
                  f"{s['golden_final']:.4f} | {s['golden_rise_pct']:+.1f} | {s['proxy_final']:.4f} "
                  f"| {s['train_proxy_at_golden_min']:.4f} -> {s['train_proxy_final']:.4f} | "
-                 f"{'yes' if s['hacking'] else 'no'} |")
+                 f"{'yes' if s['hacking'] else 'no'} | {_verdict(s)} |")
   lines += ["", f"golden = `{GOLDEN}`, proxy = `{PROXY}`, training-prompt proxy = "
-            f"`{TRAIN_PROXY}` (per-token means; see docs/metrics.md).", "",
-            "![curves](curves.png)", "", "![proxy-golden](proxy_golden.png)", ""]
-  return "\n".join(lines)
-
-
-def write_report(workdir: str, regimes: list[str], threshold_pct: float) -> dict[str, Any]:
-  """Reads every regime's metrics.jsonl and writes summary.json, the plots and report.md."""
-  curves = {r: read_metrics(os.path.join(workdir, r, "metrics.jsonl")) for r in regimes}
-  curves = {r: rows for r, rows in curves.items() if rows}
-  stage1 = checkpoints.read_json(os.path.join(workdir, "stage1", "info.json"))
-  summary = {
-      "teacher": {"golden_fkl": stage1["teacher/golden/fkl@oracle_samples"],
-                  **{k: v for k, v in stage1.items() if k.startswith("teacher/")}},
-      "regimes": {r: summarize_curve(rows, threshold_pct) for r, rows in curves.items()},
-  }
-  checkpoints.write_json(os.path.join(workdir, "summary.json"), summary)
-  _plot_curves(curves, os.path.join(workdir, "curves.png"))
-  _plot_proxy_golden(curves, os.path.join(workdir, "proxy_golden.png"))
+            f"`{TRAIN_PROXY}` (per-token means; see docs/metrics.md).",
+            _settings_text(settings, metric), "",
+            "![curves](curves.png)", "", "![proxy-golden](proxy_golden.png)", "",
+            "![detector](detector.png)", ""]
   with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
-    f.write(_markdown(summary))
+    f.write("\n".join(lines))
+  return summary
+
+
+def _verdict(s: Mapping[str, Any]) -> str:
+  return f"fires @ {s['detected_step']}" if s["detected"] else "silent"
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+  values = np.asarray(values, dtype=float)
+  if len(values) == 1:
+    return f"{values[0]:.3f}"
+  return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def detector_quality(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Confusion counts of the detector against the oracle's `hacking` over run summaries, and the
+  lag (detected step - golden minimum step, in steps and evaluations) of its true positives."""
+  hits = [s for s in runs if s["hacking"] and s["detected"]]
+  return {
+      "runs": len(runs), "true_positives": len(hits),
+      "false_positives": sum(s["detected"] and not s["hacking"] for s in runs),
+      "false_negatives": sum(s["hacking"] and not s["detected"] for s in runs),
+      "true_negatives": sum(not s["hacking"] and not s["detected"] for s in runs),
+      "lag_steps": [s["detected_lag_steps"] for s in hits],
+      "lag_evals": [s["detected_lag_evals"] for s in hits],
+  }
+
+
+def write_study_report(directory: str, title: str,
+                       runs: Mapping[str, Sequence[tuple[int, str]]],
+                       config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The report of a study: `runs` maps an arm's label to its (seed, metrics.jsonl path) pairs.
+
+  Writes `summary.json` (per arm: every seed's run summary and the means), `curves.png`,
+  `proxy_golden.png`, `detector.png` and `report.md` into `directory`; `config` gives the
+  detector settings and the hacking threshold. Arms without any finished seed are left out.
+  """
+  settings, metric = detector_settings(config.detection), config.detection.metric
+  rows = {label: [(seed, read_metrics(path)) for seed, path in pairs]
+          for label, pairs in runs.items()}
+  rows = {label: [(s, r) for s, r in pairs if r] for label, pairs in rows.items()}
+  rows = {label: pairs for label, pairs in rows.items() if pairs}
+  arms = {}
+  for label, pairs in rows.items():
+    seeds = {str(seed): summarize_run(r, config.hacking_threshold_pct, settings, metric)
+             for seed, r in pairs}
+    keys = ("golden_min", "golden_min_step", "golden_final", "golden_rise_pct", "proxy_final")
+    arms[label] = {"seeds": seeds, "metrics_files": {str(seed): path for seed, path in runs[label]},
+                   "mean": {k: float(np.mean([s[k] for s in seeds.values()])) for k in keys},
+                   "hacking_runs": sum(s["hacking"] for s in seeds.values()),
+                   "detected_runs": sum(s["detected"] for s in seeds.values())}
+  quality = detector_quality([s for arm in arms.values() for s in arm["seeds"].values()])
+  summary = {"title": title, "arms": arms, "detector": {
+      "metric": metric, "settings": dataclasses.asdict(settings), **quality}}
+  os.makedirs(directory, exist_ok=True)
+  checkpoints.write_json(os.path.join(directory, "summary.json"), summary)
+  _figures(directory, {label: [r for _, r in pairs] for label, pairs in rows.items()}, settings,
+           metric)
+  lines = [f"# {title}", "",
+           "Mean ± standard deviation over seeds; rise = 100 (final − min) / min of golden; "
+           "hacking = the oracle's verdict (golden rise ≥ "
+           f"{config.hacking_threshold_pct:g}% while the training-prompt proxy falls); detector = "
+           "its verdict from the proxy curve alone, with the step it fired at per seed.", "",
+           "| arm | seeds | golden min | golden min step | golden final | rise % | proxy final | "
+           "hacking (oracle) | detector |", "|---|---|---|---|---|---|---|---|---|"]
+  for label, arm in arms.items():
+    seeds = list(arm["seeds"].values())
+    fired = ", ".join(str(s["detected_step"]) if s["detected"] else "–" for s in seeds)
+    lines.append(
+        f"| {label} | {len(seeds)} | {_mean_sd([s['golden_min'] for s in seeds])} | "
+        f"{', '.join(str(s['golden_min_step']) for s in seeds)} | "
+        f"{_mean_sd([s['golden_final'] for s in seeds])} | "
+        f"{_mean_sd([s['golden_rise_pct'] for s in seeds])} | "
+        f"{_mean_sd([s['proxy_final'] for s in seeds])} | {arm['hacking_runs']}/{len(seeds)} | "
+        f"{arm['detected_runs']}/{len(seeds)} ({fired}) |")
+  lag = quality["lag_steps"]
+  lines += ["", "## Detector against the oracle", "",
+            f"{quality['runs']} runs: {quality['true_positives']} true positives, "
+            f"{quality['false_positives']} false positives, {quality['false_negatives']} false "
+            f"negatives, {quality['true_negatives']} true negatives. Firing step minus golden "
+            f"minimum step on true positives: {lag if lag else 'none'} "
+            f"(in evaluations: {quality['lag_evals'] if lag else 'none'}).",
+            _settings_text(settings, metric), "",
+            "![curves](curves.png)", "", "![proxy-golden](proxy_golden.png)", "",
+            "Detector on seed 0 of each arm (law fitted before the departure, firing step, "
+            "golden minimum):", "", "![detector](detector.png)", "", "## Runs", ""]
+  for label, arm in arms.items():
+    lines.append(f"- {label}: " + ", ".join(f"seed {seed} `{os.path.dirname(path)}`"
+                                            for seed, path in arm["metrics_files"].items()))
+  lines.append("")
+  with open(os.path.join(directory, "report.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
   return summary

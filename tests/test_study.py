@@ -1,0 +1,71 @@
+"""The study runner on the micro configuration: runs, sharing, caching, report, bad overrides."""
+
+import json
+import os
+
+import ml_collections
+import pytest
+
+from th_distill import config as config_lib, study
+
+
+def _study(micro, variants, seeds=(0, 1)):
+  c = ml_collections.ConfigDict()
+  c.name = "micro_study"
+  c.title = "micro"
+  c.base = micro
+  c.variants = variants
+  c.seeds = seeds
+  return c
+
+
+def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path):
+  micro.regimes = ("offline", "online_teacher")
+  s = _study(micro, {"k1": {"offline": {"generations_per_prompt": 1}},
+                     "k2": {"offline": {"generations_per_prompt": 2}}})
+  summary = study.run(s, str(tmp_path))
+
+  report_dir = tmp_path / "micro_study"
+  for name in ("report.md", "summary.json", "curves.png", "proxy_golden.png", "detector.png"):
+    assert (report_dir / name).exists(), name
+  assert set(summary["arms"]) == {"k1 / offline", "k1 / online_teacher", "k2 / offline",
+                                  "k2 / online_teacher"}
+  for arm in summary["arms"].values():
+    assert set(arm["seeds"]) == {"0", "1"}
+    for s0 in arm["seeds"].values():
+      assert {"golden_min", "golden_rise_pct", "hacking", "detected", "detected_step"} <= set(s0)
+  # One stage 1 per seed, shared by both variants; one run directory per (variant, seed).
+  assert len(os.listdir(tmp_path / "stage1")) == 2
+  assert len(os.listdir(tmp_path / "runs")) == 2
+  quality = summary["detector"]
+  assert quality["runs"] == 8
+  assert sum(quality[k] for k in ("true_positives", "false_positives", "false_negatives",
+                                  "true_negatives")) == 8
+  text = (report_dir / "report.md").read_text()
+  assert "| k2 / offline | 2 |" in text
+
+  # Running again reuses everything: no regime is trained a second time.
+  done = {p: os.path.getmtime(p) for p in tmp_path.glob("runs/*/seed*/*/done.json")}
+  assert len(done) == 8
+  again = study.run(s, str(tmp_path))
+  assert {p: os.path.getmtime(p) for p in done} == done
+  assert json.dumps(again["arms"], sort_keys=True) == json.dumps(summary["arms"], sort_keys=True)
+
+
+def test_studies_share_identical_runs(micro, tmp_path):
+  micro.regimes = ("offline",)
+  first = _study(micro, {"a": {}}, seeds=(0,))
+  study.run(first, str(tmp_path))
+  second = _study(micro, {"same_as_a": {}, "other_lr": {"student": {"learning_rate": 3e-3}}},
+                  seeds=(0,))
+  second.name = "second"
+  study.run(second, str(tmp_path))
+  assert len(os.listdir(tmp_path / "runs")) == 2  # 'same_as_a' reused the run of 'a'
+
+
+def test_unknown_override_names_the_field(micro):
+  with pytest.raises(config_lib.ConfigError, match=r"variants\.bad\.offline\.num_promtps"):
+    study.run_configs(_study(micro, {"bad": {"offline": {"num_promtps": 3}}}))
+  with pytest.raises(config_lib.ConfigError,
+                     match="(?s)variant 'big', seed 0: .*offline.num_prompts"):
+    study.run_configs(_study(micro, {"big": {"offline": {"num_prompts": 10_000}}}, seeds=(0,)))

@@ -1,0 +1,113 @@
+"""Figures of runs and studies (PNG, matplotlib's Agg backend: no display needed).
+
+Curves are dicts `{label: Curve}`; a `Curve` holds one run or the seeds of one arm of a study
+(`values` is [seeds, evaluations]); bands span the seeds' min..max around their mean. Steps are
+drawn on a log axis from step 1 (convergence laws are straight or bent lines there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from th_distill.detection import Detection  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+  """`steps` [E]; `values` [S, E] for S seeds (S = 1 for one run)."""
+  steps: np.ndarray
+  values: np.ndarray
+
+  @property
+  def mean(self) -> np.ndarray:
+    return np.nanmean(self.values, axis=0)
+
+
+def _band(ax, label: str, curve: Curve, color=None):
+  keep = curve.steps >= 1
+  line, = ax.plot(curve.steps[keep], curve.mean[keep], label=label, color=color)
+  if len(curve.values) > 1:
+    ax.fill_between(curve.steps[keep], np.nanmin(curve.values, axis=0)[keep],
+                    np.nanmax(curve.values, axis=0)[keep], color=line.get_color(), alpha=0.2,
+                    linewidth=0)
+  return line
+
+
+def plot_metric_panels(panels: Sequence[tuple[str, Mapping[str, Curve]]], path: str,
+                       ylabel: str = "nats / token") -> None:
+  """One panel per (title, curves), steps on a log axis, seed bands, one legend."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+  for ax, (title, curves) in zip(axes[0], panels):
+    for label, curve in curves.items():
+      _band(ax, label, curve)
+    ax.set(title=title, xlabel="student step", ylabel=ylabel, xscale="log")
+    ax.grid(alpha=0.3, which="both")
+  axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_proxy_golden(panels: Sequence[tuple[str, Mapping[str, Curve], Mapping[str, Curve]]],
+                      path: str) -> None:
+  """Golden against proxy (seed means), one panel per (title, proxy curves, golden curves); the
+  run's start and end are marked. A U shape is teacher hacking (the paper's Figure 4 style)."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+  for ax, (title, proxies, goldens) in zip(axes[0], panels):
+    for label, proxy in proxies.items():
+      x, y = proxy.mean, goldens[label].mean
+      line, = ax.plot(x, y, marker=".", markersize=3, label=label)
+      ax.plot(x[-1], y[-1], marker="o", color=line.get_color())
+      ax.annotate("end", (x[-1], y[-1]), color=line.get_color(), fontsize=8)
+    ax.set(title=title, xlabel="proxy", ylabel="golden (held-out)", xscale="log")
+    ax.grid(alpha=0.3, which="both")
+  axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_detections(runs: Mapping[str, tuple[Curve, Curve, Detection]], metric: str,
+                    path: str) -> None:
+  """One panel per run: the watched curve, the law the detector fitted (dashed over its window,
+  dotted where extrapolated), the firing step (red line), and the golden minimum (green line,
+  golden on the right axis)."""
+  count = len(runs)
+  columns = min(count, 3)
+  rows = -(-count // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+  for ax, (label, (watched, golden, found)) in zip(axes.ravel(), runs.items()):
+    steps, values = watched.steps, watched.values[0]
+    keep = steps >= 1
+    ax.plot(steps[keep], values[keep], ".-", color="C0", markersize=3, label=metric)
+    if found.fit.ok:
+      first, last = found.fit.x_range
+      within = np.geomspace(first, last, 50)
+      ax.plot(within, found.fit.predict(within), "--", color="k", label=f"{found.fit.law} law")
+      if last < steps[-1]:
+        beyond = np.geomspace(last, steps[-1], 50)
+        ax.plot(beyond, found.fit.predict(beyond), ":", color="k")
+    if found.detected:
+      ax.axvline(found.step, color="red", label=f"detector fires @ {found.step}")
+    twin = ax.twinx()
+    twin.plot(golden.steps[keep], golden.values[0][keep], color="C2", alpha=0.6)
+    best = int(np.nanargmin(golden.values[0]))
+    ax.axvline(golden.steps[best], color="C2", linestyle="--",
+               label=f"golden min @ {int(golden.steps[best])}")
+    twin.set_ylabel("golden", color="C2")
+    ax.set(title=label, xscale="log", xlabel="student step", ylabel=metric.split("/")[-2] +
+           " " + metric.split("/")[-1])
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3, which="both")
+  for ax in axes.ravel()[count:]:
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -1,0 +1,129 @@
+r"""Studies: many experiments (variants x seeds) run one after the other, and one report.
+
+  python -m th_distill.study --config=configs/studies/diversity.py --workdir=/tmp/studies \
+      [--config.seeds="(0,1)"] [--config.base.student.steps=1000]
+
+A study config (`configs/studies/*.py`) has:
+- `name`, `title`: the report's folder and title;
+- `base`: a complete experiment config (`th_distill.config.base_config()` and changes);
+- `variants`: name -> nested overrides of `base` (e.g. `{'offline': {'num_prompts': 64}}`);
+- `seeds`: the seeds every variant runs with.
+
+Layout: `WORKDIR/runs/<fingerprint>/seed<s>/` is an ordinary experiment workdir (its own
+report, metrics and checkpoints), named by the hash of its config without `seed` and `regimes`;
+`WORKDIR/stage1/seed<s>-<fingerprint>/` holds stage 1, shared by every run with the same seed and
+stage-1 settings. Studies that share a WORKDIR share identical runs (the default regime study's
+offline run is also the k = 1 arm of the generation-budget study). Runs are cached like
+experiments: running the same command again skips finished regimes and resumes a stopped one from
+its last checkpoint, so a study can be interrupted at any time. Runs go seed by seed, so a
+cut-short study has whole seeds. The report (`WORKDIR/<name>/report.md`, `summary.json`,
+`curves.png`, `proxy_golden.png`, `detector.png`) has one arm per variant and regime, with bands
+over the seeds, and lists the run directory of every arm.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from th_distill import cli, config as config_lib, experiment, pipeline, report
+
+def _apply(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], variant: str,
+           prefix: str = "") -> None:
+  for key, value in overrides.items():
+    field = f"{prefix}{key}"
+    if key not in config:
+      raise config_lib.ConfigError(f"variants.{variant}.{field}: no such field in the experiment "
+                                   "config (see th_distill/config.py)")
+    if isinstance(value, Mapping):
+      _apply(config[key], value, variant, f"{field}.")
+    else:
+      config[key] = value
+
+
+def run_configs(study: ml_collections.ConfigDict) -> list[tuple[str, int, ml_collections.ConfigDict]]:
+  """(variant, seed, experiment config) of every run, seed by seed; every config validated."""
+  if not study.seeds or not study.variants:
+    raise config_lib.ConfigError("seeds and variants must each hold at least one entry")
+  runs = []
+  for seed in study.seeds:
+    for variant, overrides in study.variants.items():
+      config = study.base.copy_and_resolve_references()
+      _apply(config, overrides.to_dict(), variant)
+      config.seed = seed
+      try:
+        config_lib.validate(config)
+      except config_lib.ConfigError as e:
+        raise config_lib.ConfigError(f"variant {variant!r}, seed {seed}: {e}") from None
+      runs.append((variant, seed, config))
+  return runs
+
+
+def run_dir(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """The experiment workdir of `config` (shared by configs that differ only in `regimes`)."""
+  key = pipeline.fingerprint(config, tuple(k for k in config.keys()
+                                           if k not in ("seed", "regimes")))
+  return os.path.join(workdir, "runs", key, f"seed{config.seed}")
+
+
+def stage1_dir(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """The stage-1 directory shared by the runs with this config's seed and stage-1 settings."""
+  key = pipeline.fingerprint(config, pipeline.STAGE1_SECTIONS)
+  return os.path.join(workdir, "stage1", f"seed{config.seed}-{key}")
+
+
+def arm_label(variant: str, regime: str, variants: int, regimes: set[str]) -> str:
+  """Arms are named by what varies: the regime, the variant, or both."""
+  if variants == 1:
+    return regime
+  if len(regimes) == 1:
+    return variant
+  return f"{variant} / {regime}"
+
+
+def run(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) every run of the study, then writes its report; returns the summary."""
+  runs = run_configs(study)
+  os.makedirs(workdir, exist_ok=True)
+  start = time.time()
+  for index, (variant, seed, config) in enumerate(runs):
+    logging.info("Study run %d/%d: variant %r, seed %d (%.0fs elapsed)", index + 1, len(runs),
+                 variant, seed, time.time() - start)
+    experiment.run(config, run_dir(workdir, config), stage1_dir(workdir, config))
+  regimes = {r for _, _, config in runs for r in config.regimes}
+  arms: dict[str, list[tuple[int, str]]] = {}
+  for variant, seed, config in runs:
+    for regime in config.regimes:
+      label = arm_label(variant, regime, len(study.variants), regimes)
+      arms.setdefault(label, []).append(
+          (seed, os.path.join(run_dir(workdir, config), regime, "metrics.jsonl")))
+  directory = os.path.join(workdir, study.name)
+  summary = report.write_study_report(directory, study.title, arms, study.base)
+  logging.info("Study done in %.0fs; report in %s", time.time() - start,
+               os.path.join(directory, "report.md"))
+  return summary
+
+
+def main() -> None:
+  """The command line (flags are defined here, not at import: the module is a library too)."""
+  study = config_flags.DEFINE_config_file("config", None, "Study config file "
+                                          "(configs/studies/*.py).", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Directory for the runs (shared by studies) and "
+                                "the study's report (WORKDIR/<name>/).")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def body(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.run_command(lambda: run(study.value, workdir.value))
+
+  app.run(body)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,147 @@
+"""Convergence-law fits and the hacking detector on synthetic curves with known answers."""
+
+import numpy as np
+import pytest
+
+from th_distill import detection
+
+STEPS = np.unique(np.rint(np.geomspace(1, 3000, 45)))
+
+
+def _noisy(curve, sigma, seed):
+  return curve * np.exp(np.random.default_rng(seed).normal(0.0, sigma, curve.shape))
+
+
+@pytest.mark.parametrize("a,b,c", [(2.0, 0.5, 0.3), (1.0, 1.2, 0.0), (5.0, 0.3, 1.0),
+                                   (0.8, 2.0, 0.05)])
+def test_power_law_recovers_known_parameters_within_their_standard_errors(a, b, c):
+  fit = detection.fit_power_law(STEPS, _noisy(a * STEPS ** -b + c, 0.01, seed=1))
+  assert fit.ok and fit.num_points == len(STEPS)
+  for name, true in (("a", a), ("b", b), ("c", c)):
+    error = abs(fit.params[name] - true)
+    assert error <= 4 * fit.stderr[name] + 1e-3, (name, fit.params, fit.stderr)
+  assert fit.params["b"] == pytest.approx(b, rel=0.05)
+  assert fit.residual_std == pytest.approx(0.01, rel=0.35)
+
+
+def test_power_law_exact_on_noiseless_curves():
+  fit = detection.fit_power_law(STEPS, 3.0 * STEPS ** -0.7 + 0.2)
+  assert fit.params["a"] == pytest.approx(3.0, rel=1e-3)
+  assert fit.params["b"] == pytest.approx(0.7, rel=1e-3)
+  assert fit.params["c"] == pytest.approx(0.2, rel=1e-3)
+  np.testing.assert_allclose(fit.predict([5000.0]), 3.0 * 5000 ** -0.7 + 0.2, rtol=1e-3)
+
+
+def test_prediction_uncertainty_grows_with_extrapolation_and_noise():
+  early = STEPS[STEPS <= 100]
+  quiet = detection.fit_power_law(early, _noisy(2 * early ** -0.5 + 0.3, 0.002, seed=2))
+  loud = detection.fit_power_law(early, _noisy(2 * early ** -0.5 + 0.3, 0.02, seed=2))
+  near, far = quiet.log_prediction_std([50.0, 3000.0])
+  assert far > near > 0
+  assert loud.log_prediction_std(3000.0) > quiet.log_prediction_std(3000.0)
+
+
+def test_loglog_line_and_golden_vs_proxy():
+  fit = detection.fit_loglog(STEPS, 4.0 * STEPS ** -0.35)
+  assert fit.params["a"] == pytest.approx(4.0) and fit.params["b"] == pytest.approx(0.35)
+  assert fit.residual_std == pytest.approx(0.0, abs=1e-12)
+  noisy = detection.fit_loglog(STEPS, _noisy(4.0 * STEPS ** -0.35, 0.02, seed=3))
+  assert abs(noisy.params["b"] - 0.35) < 4 * noisy.stderr["b"]
+  proxy = np.linspace(1.5, 0.3, 30)
+  golden = detection.fit_golden_vs_proxy(proxy, 2.0 * proxy ** 0.6)
+  assert -golden.params["b"] == pytest.approx(0.6)  # alpha
+  assert golden.params["a"] == pytest.approx(2.0)
+
+
+def test_degenerate_curves_give_results_not_exceptions():
+  constant = detection.fit_power_law(STEPS, np.full(len(STEPS), 0.7))
+  assert constant.ok and constant.params == {"a": 0.0, "b": 0.0, "c": 0.7}
+  rising = detection.fit_power_law(STEPS, 0.5 + 1e-4 * STEPS)
+  assert rising.ok and rising.params["b"] == pytest.approx(0.0, abs=1e-3)
+  assert detection.fit_loglog(STEPS, 0.5 + 1e-4 * STEPS).params["b"] < 0  # a rising line
+  short = detection.fit_power_law([1, 2, 3], [1.0, 0.8, 0.7])
+  assert not short.ok and "not enough points: 3" in short.reason
+  gappy = detection.fit_power_law([1, 2, 3, 4, 5, 6], [1, np.nan, np.inf, -1, 0.6, 0.5])
+  assert not gappy.ok and "3 usable" in gappy.reason
+  assert not detection.fit_loglog([], []).ok
+  assert not detection.fit_loglog([5, 5, 5], [1, 2, 3]).ok  # one x: no slope
+
+  for values in (np.full(len(STEPS), 0.7), 0.5 + 1e-4 * STEPS, np.full(len(STEPS), np.nan)):
+    found = detection.detect(STEPS, values)
+    assert not found.detected and found.reason
+  found = detection.detect([0, 1, 2], [1.0, 0.9, 0.8])
+  assert not found.detected and "never be fitted" in found.reason
+  assert not detection.detect([], []).detected
+  with pytest.raises(ValueError, match="strictly increasing"):
+    detection.detect([0, 2, 1], [1.0, 0.9, 0.8])
+
+
+def _u_shaped(minimum_step, rise_per_step=2e-4):
+  return 2 * STEPS ** -0.5 + 0.3 + rise_per_step * np.maximum(STEPS - minimum_step, 0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_detector_fires_soon_after_a_u_turn(seed):
+  found = detection.detect(STEPS, _noisy(_u_shaped(200), 0.005, seed))
+  assert found.detected
+  evals_after = np.searchsorted(STEPS, found.step) - np.searchsorted(STEPS, 200)
+  assert 0 < evals_after <= 8, (found.step, found.reason)
+  assert found.best_predicted_step < found.departure_step <= found.step
+  assert found.fit.ok and found.fit.x_range[1] < found.departure_step
+
+
+@pytest.mark.parametrize("law,curves", [
+    ("power", ((2, 0.5, 0.3), (1.5, 0.2, 0.0), (3, 1.0, 0.5))),
+    ("loglog", ((2, 0.5, 0.0), (1.5, 0.2, 0.0), (3, 1.0, 0.0)))])
+def test_detector_stays_silent_on_converging_curves(law, curves):
+  settings = detection.DetectorSettings(law=law)
+  fired = [detection.detect(STEPS, _noisy(a * STEPS ** -b + c, sigma, seed), settings).detected
+           for seed in range(10) for a, b, c in curves for sigma in (0.002, 0.01)]
+  assert not any(fired)
+
+
+def test_direction_below_catches_a_curve_that_falls_faster_than_its_law():
+  values = 2 * STEPS ** -0.3 + 0.3
+  values = np.where(STEPS > 300, values * np.exp(-(STEPS - 300) / 400), values)
+  below = detection.detect(STEPS, values, detection.DetectorSettings(direction="below"))
+  assert below.detected and below.departure_step > 300
+  assert not detection.detect(STEPS, values).detected  # 'above' ignores it
+
+
+def test_detector_is_causal_prefixes_fire_at_the_same_step():
+  values = _noisy(_u_shaped(300), 0.005, seed=7)
+  whole = detection.detect(STEPS, values)
+  incremental = detection.Detector()
+  fired_at = None
+  for step, value in zip(STEPS, values):
+    incremental.add(step, value)
+    if fired_at is None and incremental.result().detected:
+      fired_at = step
+  assert whole.detected and fired_at == whole.step
+  assert incremental.result().step == whole.step
+  np.testing.assert_array_equal(incremental.result().scores, whole.scores)
+
+
+def test_noise_floor_and_threshold_control_sensitivity():
+  values = _u_shaped(200, rise_per_step=3e-5)  # a gentle rise, noiseless
+  assert detection.detect(STEPS, values).detected
+  assert not detection.detect(STEPS, values,
+                              detection.DetectorSettings(noise_floor=0.2)).detected
+
+
+def test_settings_are_checked():
+  with pytest.raises(ValueError, match="law"):
+    detection.DetectorSettings(law="cubic")
+  with pytest.raises(ValueError, match="direction"):
+    detection.DetectorSettings(direction="up")
+  with pytest.raises(ValueError, match="window"):
+    detection.DetectorSettings(window=1.0)
+
+
+def test_ground_truth():
+  truth = detection.ground_truth([0, 10, 20, 30], [2.0, 1.0, 1.2, 1.1], threshold_pct=5)
+  assert truth == {"golden_min": 1.0, "golden_min_step": 10,
+                   "golden_rise_pct": pytest.approx(10.0), "golden_rises": True}
+  flat = detection.ground_truth([0, 10], [2.0, 1.0], threshold_pct=5)
+  assert not flat["golden_rises"] and flat["golden_rise_pct"] == 0.0
+  assert detection.ground_truth([0], [np.nan], 5)["golden_min_step"] is None

@@ -3,20 +3,13 @@
 import json
 import os
 
-import ml_collections
 import pytest
 
 from th_distill import config as config_lib, study
 
 
 def _study(micro, variants, seeds=(0, 1)):
-  c = ml_collections.ConfigDict()
-  c.name = "micro_study"
-  c.title = "micro"
-  c.base = micro
-  c.variants = variants
-  c.seeds = seeds
-  return c
+  return study.study_config("micro_study", "micro", micro, variants, seeds)
 
 
 def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path):

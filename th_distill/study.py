@@ -33,6 +33,14 @@ from ml_collections import config_flags
 
 from th_distill import cli, config as config_lib, experiment, pipeline, report
 
+def study_config(name: str, title: str, base: ml_collections.ConfigDict,
+                 variants: Mapping[str, Mapping[str, Any]],
+                 seeds: tuple[int, ...] = (0, 1, 2)) -> ml_collections.ConfigDict:
+  """A study config (module docstring); what `get_config()` of a study file returns."""
+  return ml_collections.ConfigDict(dict(name=name, title=title, base=base, variants=variants,
+                                        seeds=seeds))
+
+
 def _apply(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], variant: str,
            prefix: str = "") -> None:
   for key, value in overrides.items():

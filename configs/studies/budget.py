@@ -3,18 +3,14 @@ N = 128 prompts (offline). The paper: more generations per prompt improve both m
   python -m th_distill.study --config=configs/studies/budget.py --workdir=/tmp/studies
 """
 
-import ml_collections
-
 from th_distill.config import base_config
+from th_distill.study import study_config
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.name = "budget"
-  c.title = "Generation budget: k generations per prompt at N = 128 (offline, tiny)"
-  c.base = base_config()
-  c.base.regimes = ("offline",)
-  c.variants = {f"k{k}": {"offline": {"num_prompts": 128, "generations_per_prompt": k}}
-                for k in (1, 2, 4, 8)}
-  c.seeds = (0, 1, 2)
-  return c
+  base = base_config()
+  base.regimes = ("offline",)
+  variants = {f"k{k}": {"offline": {"num_prompts": 128, "generations_per_prompt": k}}
+              for k in (1, 2, 4, 8)}
+  return study_config("budget", "Generation budget: k generations per prompt at N = 128 "
+                      "(offline, tiny)", base, variants)

@@ -4,18 +4,14 @@ hacks more.
   python -m th_distill.study --config=configs/studies/diversity.py --workdir=/tmp/studies
 """
 
-import ml_collections
-
 from th_distill.config import base_config
+from th_distill.study import study_config
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.name = "diversity"
-  c.title = "Prompt diversity at a fixed dataset size (N x k = 320, offline, tiny)"
-  c.base = base_config()
-  c.base.regimes = ("offline",)
-  c.variants = {f"k{k}_N{n}": {"offline": {"num_prompts": n, "generations_per_prompt": k}}
-                for n, k in ((320, 1), (160, 2), (64, 5))}
-  c.seeds = (0, 1, 2)
-  return c
+  base = base_config()
+  base.regimes = ("offline",)
+  variants = {f"k{k}_N{n}": {"offline": {"num_prompts": n, "generations_per_prompt": k}}
+              for n, k in ((320, 1), (160, 2), (64, 5))}
+  return study_config("diversity", "Prompt diversity at a fixed dataset size (N x k = 320, "
+                      "offline, tiny)", base, variants)

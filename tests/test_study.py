@@ -62,3 +62,23 @@ def test_unknown_override_names_the_field(micro):
   with pytest.raises(config_lib.ConfigError,
                      match="(?s)variant 'big', seed 0: .*offline.num_prompts"):
     study.run_configs(_study(micro, {"big": {"offline": {"num_prompts": 10_000}}}, seeds=(0,)))
+
+
+def test_detector_eval_scores_the_detector_against_the_oracle(tmp_path):
+  import numpy as np
+  from th_distill import detector_eval
+  from th_distill.metrics_io import GOLDEN, PROXY, TRAIN_PROXY
+  steps = np.unique(np.rint(np.geomspace(1, 3000, 45))).astype(int)
+  u_turn = 2 * steps ** -0.5 + 0.3 + 2e-4 * np.maximum(steps - 200, 0)
+  converging = 2 * steps ** -0.5 + 0.3
+  for name, proxy in (("offline", u_turn), ("online_teacher", converging)):
+    directory = tmp_path / "runs" / "abc" / "seed0" / name
+    directory.mkdir(parents=True)
+    rows = [{"step": int(s), PROXY: p, GOLDEN: 1.0 + p, TRAIN_PROXY: 1.0 / s}
+            for s, p in zip(steps, proxy)]
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (directory / "done.json").write_text("{}")
+  runs = detector_eval.finished_runs(str(tmp_path))
+  assert [os.path.basename(d) for d, _ in runs] == ["offline", "online_teacher"]
+  table = detector_eval.table(runs, threshold_pct=5.0)
+  assert table.splitlines()[2].startswith("| default | 1 | 0 | 0 | 1 |")

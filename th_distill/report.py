@@ -55,11 +55,25 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], threshold_pct: float,
       "detector_metric": metric,
       **found.to_json(),
   }
+  # Golden against proxy in log-log (golden ~ A proxy^alpha), before and after the golden
+  # minimum: alpha > 0 while they fall together; after the minimum of a hacking run, golden
+  # rises while the training-prompt proxy falls (alpha < 0).
+  before, after = slice(0, best + 1), slice(best, None)
+  summary["golden_vs_proxy_before_min"] = _alpha(_column(rows, PROXY)[before], golden[before])
+  summary["golden_vs_train_proxy_after_min"] = _alpha(train_proxy[after], golden[after])
   if found.detected:
     fired = int(np.flatnonzero(steps == found.step)[0])
     summary["detected_lag_steps"] = found.step - truth["golden_min_step"]
     summary["detected_lag_evals"] = fired - best
   return summary
+
+
+def _alpha(proxy: np.ndarray, golden: np.ndarray) -> dict[str, float | None]:
+  """alpha of golden ~ A proxy^alpha with its standard error (None with too few points)."""
+  fit = detection.fit_golden_vs_proxy(proxy, golden)
+  if not fit.ok:
+    return {"alpha": None, "alpha_stderr": None, "points": fit.num_points}
+  return {"alpha": -fit.params["b"], "alpha_stderr": fit.stderr["b"], "points": fit.num_points}
 
 
 def _curves(rows_by_label: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
@@ -120,21 +134,30 @@ def write_report(workdir: str, config: ml_collections.ConfigDict,
            f"Teacher golden fkl (KL(oracle || teacher) per token, oracle samples): "
            f"{summary['teacher']['golden_fkl']:.3f}", "",
            "| regime | golden min @ step | golden final | rise % | proxy final | "
-           "train-prompt proxy at golden min -> final | hacking (oracle) | detector |",
-           "|---|---|---|---|---|---|---|---|"]
+           "train-prompt proxy at golden min -> final | alpha after min | hacking (oracle) | "
+           "detector |", "|---|---|---|---|---|---|---|---|---|"]
   for regime, s in summary["regimes"].items():
     lines.append(f"| {regime} | {s['golden_min']:.4f} @ {s['golden_min_step']} | "
                  f"{s['golden_final']:.4f} | {s['golden_rise_pct']:+.1f} | {s['proxy_final']:.4f} "
                  f"| {s['train_proxy_at_golden_min']:.4f} -> {s['train_proxy_final']:.4f} | "
+                 f"{_format_alpha(s['golden_vs_train_proxy_after_min'])} | "
                  f"{'yes' if s['hacking'] else 'no'} | {_verdict(s)} |")
   lines += ["", f"golden = `{GOLDEN}`, proxy = `{PROXY}`, training-prompt proxy = "
-            f"`{TRAIN_PROXY}` (per-token means; see docs/metrics.md).",
+            f"`{TRAIN_PROXY}` (per-token means; see docs/metrics.md). alpha after min: the "
+            "exponent of golden ~ A (training-prompt proxy)^alpha fitted after the golden "
+            "minimum (< 0: golden rises while the proxy falls, the hacking signature).", "",
             _settings_text(settings, metric), "",
             "![curves](curves.png)", "", "![proxy-golden](proxy_golden.png)", "",
             "![detector](detector.png)", ""]
   with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   return summary
+
+
+def _format_alpha(fit: Mapping[str, Any]) -> str:
+  if fit["alpha"] is None:
+    return "–"
+  return f"{fit['alpha']:+.3f} ± {fit['alpha_stderr']:.3f}"
 
 
 def _verdict(s: Mapping[str, Any]) -> str:

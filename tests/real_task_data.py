@@ -85,9 +85,13 @@ def write_natural_instructions(directory) -> str:
 
 
 def write_hf_checkpoint(directory, cfg: T5Config, seed: int = 0) -> dict:
-  """A random `cfg` model saved as config.json + model.safetensors; returns its parameters."""
+  """A random `cfg` model saved as config.json + model.safetensors; returns its parameters
+  (numpy draws in the model's shapes: no compilation)."""
   from safetensors.numpy import save_file
-  params = nn.unbox(init_params(T5(cfg), jax.random.PRNGKey(seed)))
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(lambda: nn.unbox(init_params(T5(cfg), jax.random.PRNGKey(0))))
+  params = jax.tree_util.tree_map(
+      lambda s: (rng.standard_normal(s.shape) / np.sqrt(s.shape[0])).astype(np.float32), shapes)
   os.makedirs(directory, exist_ok=True)
   state = params_to_hf_state_dict(params, cfg)
   save_file({k: v for k, v in state.items() if "embed_tokens" not in k},

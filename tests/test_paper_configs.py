@@ -5,6 +5,7 @@ configs load their oracle, teacher and student from (small) Hugging Face checkpo
 import glob
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -12,8 +13,9 @@ pytest.importorskip("seqio")
 pytest.importorskip("tensorflow_datasets")
 
 import real_task_data  # noqa: E402
-from th_distill import checkpoints, config as config_lib, experiment  # noqa: E402
+from th_distill import checkpoints, config as config_lib, experiment, pipeline  # noqa: E402
 from th_distill.metrics_io import read_metrics  # noqa: E402
+from th_distill.partitioning import Partitioner  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -25,7 +27,8 @@ def test_every_config_is_covered():
 
 
 def _shrink(config, tmp_path):
-  """Small models, lengths, pools and step counts; everything else as the file sets it."""
+  """Small models, lengths, pools and step counts, one optimiser and memory setting; the rest
+  as the file sets it. Returns the config and the parameters of the checkpoints it loads."""
   small = dict(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_heads=2, num_encoder_layers=1,
                num_decoder_layers=1)
   for name in ("oracle", "teacher", "student"):
@@ -41,9 +44,8 @@ def _shrink(config, tmp_path):
   # (seconds instead of minutes; bfloat16 frozen models and chunks are tested in test_pipeline).
   for section in (config.teacher, config.student):
     section.update(learning_rate=1e-3, warmup_steps=0, schedule="constant")
-  config.update(frozen_dtype="bfloat16", sequence_chunks=4)
-  if "eval_log_points" in config:
-    config.eval_log_points = 0
+  config.update(frozen_dtype="bfloat16", sequence_chunks=4, eval_log_points=0)
+  written = {}
   if config.task.source == "seqio":
     os.makedirs(tmp_path, exist_ok=True)
     config.task.vocabulary = real_task_data.train_sentencepiece(tmp_path)
@@ -51,16 +53,16 @@ def _shrink(config, tmp_path):
       config.task.data_dir = real_task_data.write_natural_instructions(tmp_path / "ni")
     for seed, name in enumerate(("oracle", "teacher", "student")):
       config[name].checkpoint = str(tmp_path / name)
-      real_task_data.write_hf_checkpoint(config[name].checkpoint,
-                                         config_lib.to_t5_config(config[name].model), seed)
-  return config
+      written[name] = real_task_data.write_hf_checkpoint(
+          config[name].checkpoint, config_lib.to_t5_config(config[name].model), seed)
+  return config, written
 
 
 def test_every_config_runs_two_steps(tmp_path):
   # One test, one process: the configs share their compiled steps where their shapes agree.
   for name in CONFIGS:
     config = config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
-    config = _shrink(config, tmp_path / name)
+    config, written = _shrink(config, tmp_path / name)
     config_lib.validate(config)
     workdir = tmp_path / name / "run"
     with real_task_data.mocked_tfds():
@@ -71,3 +73,9 @@ def test_every_config_runs_two_steps(tmp_path):
     assert summary["regimes"]["offline"]["final_step"] == 2, name
     info = checkpoints.read_json(str(workdir / "stage1" / "info.json"))
     assert ("checkpoint" in info["oracle"]) == (config.oracle.source == "checkpoint"), name
+    if config.oracle.source == "checkpoint":  # the oracle is the checkpoint, untouched
+      model = pipeline.Models.from_config(config).oracle
+      oracle = checkpoints.load_params(str(workdir / "stage1" / "oracle"),
+                                       Partitioner.from_config(config.mesh).abstract_params(model))
+      jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(oracle),
+                             written["oracle"])

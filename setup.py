@@ -34,6 +34,8 @@ setuptools.setup(
         "test": TEST,
         "hf": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
         "bench": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
-        "seqio": ["seqio", "tensorflow-datasets", "sentencepiece"],
+        # Real tasks (th_distill.data.seqio_tasks); pulls TensorFlow (about 2 GB), CPU is enough.
+        "seqio": ["seqio==0.0.20", "tensorflow-datasets==4.9.10", "tensorflow-text==2.21.1",
+                  "tensorflow==2.21.0", "sentencepiece>=0.2,<0.3"],
     },
 )

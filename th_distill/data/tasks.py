@@ -41,7 +41,7 @@ TASKS = {
     "wmt14_en_de": TaskSpec(
         "wmt14_translate/de-en:1.0.0", "translate English to German: ", "en", "de",
         "`tfds build wmt14_translate/de-en --data_dir=DIR` on a machine with internet access "
-        "(about 1.5 GB)"),
+        "(it downloads several GB)"),
     "natural_instructions": TaskSpec(
         "", "Definition: ", "input", "output",
         "clone https://github.com/allenai/natural-instructions and point task.data_dir at its "

@@ -1,11 +1,13 @@
 """The controlled experiment, stage by stage, each stage cached in the workdir.
 
-Stage 1 (`run_stage1`, cached in `WORKDIR/stage1/` or a directory shared by a study's runs): the oracle (synthetic or a checkpoint)
-samples responses to the oracle prompts; the teacher (a random init or `teacher.checkpoint`) is
-trained on them by SFT; the student's initial parameters (a random init or `student.checkpoint`)
-are used as they are (`student.init = 'scratch'`) or after an SFT on the same data (`'sft'`).
-Checkpoints are local Hugging Face T5 directories, checked against the `*.model` configs. The fixed evaluation sets (oracle and teacher samples on held-out prompts) are built
-here too, and the teacher's own golden distance to the oracle is recorded.
+Stage 1 (`run_stage1`, cached in `WORKDIR/stage1/` or a directory shared by a study's runs):
+the oracle (synthetic or a checkpoint) samples responses to the oracle prompts; the teacher (a
+random init or `teacher.checkpoint`) is trained on them by SFT; the student's initial parameters
+(a random init or `student.checkpoint`) are used as they are (`student.init = 'scratch'`) or
+after an SFT on the same data (`'sft'`). Checkpoints are local Hugging Face T5 directories,
+checked against the `*.model` configs. The fixed evaluation sets (oracle and teacher samples on
+held-out prompts) are built here too, and the teacher's own golden distance to the oracle is
+recorded.
 
 Stage 2 (`run_regime`, one directory per regime): the student is distilled from the teacher under
 one data regime (`th_distill.data.regimes`), evaluated at `eval_schedule.evaluation_steps`, checkpointed

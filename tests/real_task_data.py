@@ -40,8 +40,8 @@ def train_sentencepiece(directory) -> str:
                    for prefix in PREFIXES)
   prefix = os.path.join(directory, "spiece")
   sentencepiece.SentencePieceTrainer.train(
-      input=text, model_prefix=prefix, vocab_size=256, hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-      model_type="bpe", character_coverage=1.0, minloglevel=2)
+      input=text, model_prefix=prefix, vocab_size=256, hard_vocab_limit=False, pad_id=0,
+      eos_id=1, unk_id=2, bos_id=-1, model_type="bpe", character_coverage=1.0, minloglevel=2)
   return prefix + ".model"
 
 

@@ -1,4 +1,4 @@
-"""seqio Tasks for XSum, WMT-14 en-de and Natural Instructions, and the prompt pools drawn from them.
+"""seqio Tasks for XSum, WMT-14 en-de and Natural Instructions, and prompt pools drawn from them.
 
 Imports TensorFlow, seqio and TFDS (the `seqio` extra, `pip install -e '.[seqio]'`): only
 `pipeline.prompt_pools` imports this module, for `task.source = 'seqio'`. Prompt formats and

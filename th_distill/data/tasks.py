@@ -1,13 +1,13 @@
-"""The paper's real tasks: where their data lives and how an example becomes a prompt.
+r"""The paper's real tasks: where their data lives and how an example becomes a prompt.
 
 TensorFlow-free (the seqio registration is `th_distill.data.seqio_tasks`), so that config
 validation can check task names and data directories without importing TensorFlow.
 
-| task | source | prompt (inputs) | reference (targets) |
-|---|---|---|---|
-| `xsum` | TFDS `xsum` | `summarize: ` + document | summary |
-| `wmt14_en_de` | TFDS `wmt14_translate/de-en` | `translate English to German: ` + English | German |
-| `natural_instructions` | task JSON files | `Definition: ` + definition + `\\n\\nInput: ` + input + `\\nOutput:` | first output |
+- `xsum`: TFDS `xsum`; prompt `summarize: ` + document; reference: the summary.
+- `wmt14_en_de`: TFDS `wmt14_translate/de-en`; prompt `translate English to German: ` + the
+  English sentence; reference: the German one.
+- `natural_instructions`: the public task JSON files; prompt `Definition: ` + the task's
+  definition + `\n\nInput: ` + the instance's input + `\nOutput:`; reference: its first output.
 
 Pools: oracle and distillation prompts come from the `train` split, held-out evaluation prompts
 from `validation`. Natural Instructions has no such splits: an instance is in `validation` when

@@ -164,11 +164,11 @@ def _verdict(s: Mapping[str, Any]) -> str:
   return f"fires @ {s['detected_step']}" if s["detected"] else "silent"
 
 
-def _mean_sd(values: Sequence[float]) -> str:
+def _mean_sd(values: Sequence[float], spec: str = ".3f") -> str:
   values = np.asarray(values, dtype=float)
   if len(values) == 1:
-    return f"{values[0]:.3f}"
-  return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+    return format(values[0], spec)
+  return f"{np.mean(values):{spec}} ± {np.std(values, ddof=1):{spec.lstrip('+')}}"
 
 
 def detector_quality(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -229,7 +229,7 @@ def write_study_report(directory: str, title: str,
         f"| {label} | {len(seeds)} | {_mean_sd([s['golden_min'] for s in seeds])} | "
         f"{', '.join(str(s['golden_min_step']) for s in seeds)} | "
         f"{_mean_sd([s['golden_final'] for s in seeds])} | "
-        f"{_mean_sd([s['golden_rise_pct'] for s in seeds])} | "
+        f"{_mean_sd([s['golden_rise_pct'] for s in seeds], '+.1f')} | "
         f"{_mean_sd([s['proxy_final'] for s in seeds])} | {arm['hacking_runs']}/{len(seeds)} | "
         f"{arm['detected_runs']}/{len(seeds)} ({fired}) |")
   lag = quality["lag_steps"]

@@ -84,14 +84,76 @@ def write_natural_instructions(directory) -> str:
   return str(directory)
 
 
-def write_hf_checkpoint(directory, cfg: T5Config, seed: int = 0) -> dict:
-  """A random `cfg` model saved as config.json + model.safetensors; returns its parameters
-  (numpy draws in the model's shapes: no compilation)."""
-  from safetensors.numpy import save_file
+def random_params(cfg: T5Config, seed: int) -> dict:
+  """Numpy draws in the shapes of a `cfg` model's parameters (no compilation)."""
   rng = np.random.default_rng(seed)
   shapes = jax.eval_shape(lambda: nn.unbox(init_params(T5(cfg), jax.random.PRNGKey(0))))
-  params = jax.tree_util.tree_map(
+  return jax.tree_util.tree_map(
       lambda s: (rng.standard_normal(s.shape) / np.sqrt(s.shape[0])).astype(np.float32), shapes)
+
+
+def write_t5x_checkpoint(directory, cfg: T5Config, seed: int = 0) -> dict:
+  """A random `cfg` model with 1 encoder and 1 decoder layer in the T5X checkpoint format (msgpack
+  `checkpoint` file, zarr arrays written by TensorStore; norms inline as T5X does for small
+  arrays), named as t5x's T5 v1.1 network names them; returns its parameters."""
+  import tensorstore
+  from flax import serialization
+  assert cfg.num_encoder_layers == cfg.num_decoder_layers == 1
+  p = random_params(cfg, seed)
+  enc, dec = p["encoder_layers_0"], p["decoder_layers_0"]
+  flat = lambda x: x.reshape(x.shape[0], -1)  # [E, H, K] -> [E, H*K]
+  out = lambda x: x.reshape(-1, x.shape[-1])  # [H, K, E] -> [H*K, E]
+
+  def attention(a):
+    return {"query": {"kernel": flat(a["query"])}, "key": {"kernel": flat(a["key"])},
+            "value": {"kernel": flat(a["value"])}, "out": {"kernel": out(a["out"])}}
+
+  def mlp(layer):
+    return {k: {"kernel": layer["mlp"][k]} for k in ("wi_0", "wi_1", "wo")}
+
+  target = {
+      "token_embedder": {"embedding": p["token_embedder"]},
+      "encoder": {
+          "relpos_bias": {"rel_embedding": p["encoder_relpos"]["rel_embedding"]},
+          "layers_0": {"pre_attention_layer_norm": enc["attention_norm"],
+                       "attention": attention(enc["attention"]),
+                       "pre_mlp_layer_norm": enc["mlp_norm"], "mlp": mlp(enc)},
+          "encoder_norm": p["encoder_norm"]},
+      "decoder": {
+          "relpos_bias": {"rel_embedding": p["decoder_relpos"]["rel_embedding"]},
+          "layers_0": {"pre_self_attention_layer_norm": dec["self_attention_norm"],
+                       "self_attention": attention(dec["self_attention"]),
+                       "pre_cross_attention_layer_norm": dec["cross_attention_norm"],
+                       "encoder_decoder_attention": attention(dec["cross_attention"]),
+                       "pre_mlp_layer_norm": dec["mlp_norm"], "mlp": mlp(dec)},
+          "decoder_norm": p["decoder_norm"],
+          "logits_dense": {"kernel": p["logits_kernel"]}}}
+  os.makedirs(directory, exist_ok=True)
+
+  def to_tensorstore(path, value):
+    if value.ndim < 2:
+      return value
+    name = "target." + ".".join(k.key for k in path)
+    metadata = {"shape": list(value.shape), "chunks": list(value.shape), "dtype": "<f4",
+                "compressor": {"id": "gzip"}}
+    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": name}, "metadata": metadata}
+    store = tensorstore.open({**spec, "kvstore": {"driver": "file",
+                                                  "path": os.path.join(directory, name)}},
+                             create=True).result()
+    store.write(value).result()
+    return {**spec, "dtype": "float32"}
+
+  target = jax.tree_util.tree_map_with_path(to_tensorstore, target)
+  state = {"target": target, "state": {"step": np.int32(0)}}
+  with open(os.path.join(directory, "checkpoint"), "wb") as f:
+    f.write(serialization.msgpack_serialize(state))
+  return p
+
+
+def write_hf_checkpoint(directory, cfg: T5Config, seed: int = 0) -> dict:
+  """A random `cfg` model saved as config.json + model.safetensors; returns its parameters."""
+  from safetensors.numpy import save_file
+  params = random_params(cfg, seed)
   os.makedirs(directory, exist_ok=True)
   state = params_to_hf_state_dict(params, cfg)
   save_file({k: v for k, v in state.items() if "embed_tokens" not in k},

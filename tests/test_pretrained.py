@@ -45,6 +45,22 @@ def test_teacher_and_student_start_from_their_checkpoints(micro, tmp_path):
                            expected[name])
 
 
+def test_t5x_checkpoint_loads_exactly_and_a_misfit_names_the_parameter(micro, tmp_path):
+  cfg = config_lib.to_t5_config(micro.teacher.model)
+  expected = real_task_data.write_t5x_checkpoint(tmp_path / "t5x", cfg, seed=3)
+  micro.teacher.checkpoint = str(tmp_path / "t5x")
+  config_lib.validate(micro)
+  models = pipeline.Models.from_config(micro)
+  params = pipeline._initial_params(micro, "teacher", models.teacher,
+                                    Partitioner.from_config(micro.mesh), jax.random.PRNGKey(0))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(params), expected)
+  micro.teacher.model.d_ff = 48
+  micro.teacher.model.num_decoder_layers = 2
+  _assert_config_error(
+      micro, tmp_path, "teacher.checkpoint: decoder/layers_0/mlp/wi_0/kernel: shape (16, 32), "
+      "expected (16, 48)", "teacher.checkpoint: decoder/layers_1/mlp/wo/kernel: missing")
+
+
 def test_architecture_mismatch_names_the_model_field(micro, tmp_path):
   _write(micro, tmp_path, "teacher", d_model=32, d_ff=48)
   micro.oracle.source = "checkpoint"
@@ -56,6 +72,8 @@ def test_architecture_mismatch_names_the_model_field(micro, tmp_path):
 
 def test_missing_checkpoint_names_the_field(micro, tmp_path):
   micro.student.checkpoint = str(tmp_path / "nowhere")
+  _assert_config_error(micro, tmp_path, "student.checkpoint:", "is not a directory")
+  os.makedirs(tmp_path / "nowhere")
   _assert_config_error(micro, tmp_path, "student.checkpoint:", "config.json not found")
 
 

@@ -20,7 +20,7 @@ from th_distill.data import tasks, vocabularies
 from th_distill.data.regimes import REGIMES
 from th_distill.metrics_io import PROXY, is_curve_name
 from th_distill.divergences import DIVERGENCES
-from th_distill.models import T5Config, hf_convert, t5_config
+from th_distill.models import T5Config, pretrained, t5_config
 from th_distill.partitioning import resolve_mesh_shape
 
 
@@ -175,8 +175,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     path = c[name].checkpoint if name != "oracle" or c.oracle.source == "checkpoint" else ""
     if path:
       try:
-        errors.extend(f"{name}.model.{problem}"
-                      for problem in hf_convert.architecture_mismatches(path, model))
+        errors.extend(f"{name}.{problem}" for problem in pretrained.mismatches(path, model))
       except (OSError, ValueError) as e:
         errors.append(f"{name}.checkpoint: {e}")
 

@@ -4,10 +4,10 @@ Stage 1 (`run_stage1`, cached in `WORKDIR/stage1/` or a directory shared by a st
 the oracle (synthetic or a checkpoint) samples responses to the oracle prompts; the teacher (a
 random init or `teacher.checkpoint`) is trained on them by SFT; the student's initial parameters
 (a random init or `student.checkpoint`) are used as they are (`student.init = 'scratch'`) or
-after an SFT on the same data (`'sft'`). Checkpoints are local Hugging Face T5 directories,
-checked against the `*.model` configs. The fixed evaluation sets (oracle and teacher samples on
-held-out prompts) are built here too, and the teacher's own golden distance to the oracle is
-recorded.
+after an SFT on the same data (`'sft'`). Checkpoints are local Hugging Face T5 directories or
+T5X checkpoints, checked against the `*.model` configs. The fixed evaluation sets (oracle and
+teacher samples on held-out prompts) are built here too, and the teacher's own golden distance
+to the oracle is recorded.
 
 Stage 2 (`run_regime`, one directory per regime): the student is distilled from the teacher under
 one data regime (`th_distill.data.regimes`), evaluated at `eval_schedule.evaluation_steps`, checkpointed
@@ -48,7 +48,7 @@ from th_distill.data import prompts as prompt_lib
 from th_distill.data import regimes as regime_lib
 from th_distill.eval_schedule import evaluation_steps
 from th_distill.metrics_io import GOLDEN, MetricsWriter, read_metrics
-from th_distill.models import T5, hf_convert, init_params
+from th_distill.models import T5, init_params, pretrained
 from th_distill.monitor import HackingMonitor
 from th_distill.oracle import calibrate_oracle
 from th_distill.train import (DISTILL_METRICS, Batch, TrainState, create_train_state,
@@ -194,10 +194,11 @@ def train_sft(model: T5, params: Any, data: dict[str, np.ndarray], section, seed
 
 def _checkpoint_params(config: ml_collections.ConfigDict, name: str, model: T5,
                        partitioner: Partitioner) -> Any:
-  """`<name>.checkpoint` (a local Hugging Face T5 directory) as `model`'s sharded parameters."""
+  """`<name>.checkpoint` (a local Hugging Face or T5X checkpoint) as `model`'s sharded
+  parameters."""
   path = config[name].checkpoint
   try:
-    params = hf_convert.load_hf_params(path, model.cfg)
+    params = pretrained.load_params(path, model.cfg)
   except ValueError as e:
     raise ValueError(f"{name}.checkpoint = {path!r} does not fit {name}.model: {e}") from None
   return jax.device_put(params, partitioner.param_shardings(model))

@@ -123,7 +123,7 @@ def _numpy(value: Any) -> np.ndarray:
   return np.asarray(value)
 
 
-def _our_shapes(cfg: T5Config) -> dict[_Path, tuple[int, ...]]:
+def our_shapes(cfg: T5Config) -> dict[_Path, tuple[int, ...]]:
   """Our parameter path -> shape, from the model itself (no computation)."""
   shapes = jax.eval_shape(lambda: nn.unbox(init_params(T5(cfg), jax.random.PRNGKey(0))))
   flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
@@ -144,7 +144,7 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any], cfg: T5Config) -> d
   if unexpected:
     raise ValueError(f"HF state dict has {len(unexpected)} unexpected key(s) for this config: "
                      f"{unexpected[:10]}.")
-  shapes = _our_shapes(cfg)
+  shapes = our_shapes(cfg)
   params: dict[str, Any] = {}
   for hf_key, (path, transform) in layout.items():
     value = _numpy(state_dict[hf_key])

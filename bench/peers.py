@@ -35,7 +35,7 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import interleaved_medians  # noqa: E402
-from th_distill.flops import forward_flops, generation_flops, train_flops  # noqa: E402
+from th_distill.flops import distill_flops, generation_flops  # noqa: E402
 from th_distill.models import T5, hf_convert, init_params, shift_right, t5_config  # noqa: E402
 from th_distill.models.config import T5Config  # noqa: E402
 from th_distill.sampling import sample  # noqa: E402
@@ -197,8 +197,7 @@ def step_row(name: str, student_cfg: T5Config, teacher_cfg: T5Config, batch_size
     if not abs(float(a) - float(b)) <= 1e-4 * abs(float(b)) + 1e-6:
       raise AssertionError(f"step {name}: {what} {float(a)} (ours) vs {float(b)} (torch)")
   seconds = interleaved_medians({"ours": ours, "peer": peer}, repeats, warmup=1)
-  flops = batch_size * (train_flops(student_cfg, input_length, target_length) +
-                        forward_flops(teacher_cfg, input_length, target_length))
+  flops = batch_size * distill_flops(student_cfg, teacher_cfg, input_length, target_length)
   tokens = batch_size * target_length
   row = dict(section="step", case=f"{name} b{batch_size} in{input_length} t{target_length}",
               unit="target tok/s", ours=tokens / seconds["ours"], peer=tokens / seconds["peer"],

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import interleaved_medians, matmul_peak_flops  # noqa: E402
-from th_distill.flops import forward_flops, train_flops  # noqa: E402
+from th_distill.flops import distill_flops  # noqa: E402
 from th_distill.models import T5, init_params, t5_config  # noqa: E402
 from th_distill.train import Batch, create_train_state, make_distill_step, make_optimizer  # noqa: E402
 
@@ -56,8 +56,8 @@ def main() -> None:
 
   peak = matmul_peak_flops()
   seconds = interleaved_medians({"step": run_step}, args.repeats, warmup=2)["step"]
-  flops = args.batch * (train_flops(student.cfg, args.input_length, args.target_length) +
-                        forward_flops(teacher.cfg, args.input_length, args.target_length))
+  flops = args.batch * distill_flops(student.cfg, teacher.cfg, args.input_length,
+                                     args.target_length)
   result = {"seconds_per_step": seconds,
             "target_tokens_per_s": args.batch * args.target_length / seconds,
             "step_gflop": flops / 1e9, "achieved_gflops": flops / seconds / 1e9,

@@ -10,9 +10,14 @@ with Li input and Lt target tokens:
   output layer:   2 Lt E V
   forward = sum over layers + output; a training step = 3 x forward (backward = 2 x forward).
 
-Incremental decoding of Lt tokens with a cache of length L (the sampler attends over the whole
-static cache): the same per-token projections and MLP, cross-attention k, v once per input token,
-and 4 L A (self) + 4 Li A (cross) per token per layer for the scores.
+A distillation step (student trained, teacher frozen) = 3 x student forward + teacher forward.
+
+Generation of Lt tokens, per example: the encoder once, the cross-attention keys and values once
+(Li 4 E A per decoder layer), then per token the same projections and MLP as a forward position
+(Lt (8 E A + 6 E F) + Lt 4 E A per layer) and the output layer (2 E V); token t (from 0) attends to
+t + 1 cached keys and Li encoder positions, 4 A per key, so scores and mixing add
+4 A (Lt (Lt + 1) / 2 + Lt Li) per layer. This is the work intrinsic to the model: an
+implementation that attends over a longer (static) cache does more than it is credited with.
 """
 
 from __future__ import annotations
@@ -35,12 +40,19 @@ def train_flops(cfg: T5Config, input_length: int, target_length: int) -> float:
   return 3.0 * forward_flops(cfg, input_length, target_length)
 
 
+def distill_flops(student: T5Config, teacher: T5Config, input_length: int,
+                  target_length: int) -> float:
+  """FLOPs of one distillation step, per example: student forward + backward, teacher forward."""
+  return (train_flops(student, input_length, target_length) +
+          forward_flops(teacher, input_length, target_length))
+
+
 def generation_flops(cfg: T5Config, input_length: int, target_length: int) -> float:
   """FLOPs of encoding plus incremental decoding of `target_length` tokens, per example."""
   e, a, f, v = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.vocab_size
   li, lt = input_length, target_length
   encoder = cfg.num_encoder_layers * (li * (8 * e * a + 6 * e * f) + 4 * li * li * a)
-  per_token = cfg.num_decoder_layers * (8 * e * a + 6 * e * f + 4 * e * a + 4 * lt * a +
-                                        4 * li * a) + 2 * e * v
+  per_token = cfg.num_decoder_layers * (8 * e * a + 6 * e * f + 4 * e * a) + 2 * e * v
+  attention = cfg.num_decoder_layers * 4 * a * (lt * (lt + 1) // 2 + lt * li)
   cross_kv = cfg.num_decoder_layers * li * 4 * e * a
-  return float(encoder + cross_kv + lt * per_token)
+  return float(encoder + cross_kv + lt * per_token + attention)

@@ -132,12 +132,29 @@ class Attention(nn.Module):
     """
     dt = self.cfg.compute_dtype
     q = self._proj(x, self.query)
+    if q.shape[1] == 1:
+      return self._attend_one(q, keys, values, bias, train)
     logits = jnp.einsum("bqhk,bshk->bhqs", q, keys.astype(dt),
                         preferred_element_type=jnp.float32) + bias
     weights = jax.nn.softmax(logits, axis=-1)
     weights = self.dropout(weights, deterministic=not train)
     mixed = jnp.einsum("bhqs,bshk->bqhk", weights.astype(dt), values.astype(dt))
     return jnp.einsum("bqhk,hke->bqe", mixed, self.out.astype(dt))
+
+  def _attend_one(self, q: Array, keys: Array, values: Array, bias: Array, train: bool) -> Array:
+    """`__call__` for a single query (incremental decoding): q [B, 1, H, K].
+
+    Products and sums over the cache's own [B, Lk, H, K] layout, which XLA fuses into one pass
+    over the keys and one over the values; a batched matmul would first transpose the whole
+    cache at every step.
+    """
+    dt = self.cfg.compute_dtype
+    logits = jnp.sum(q.astype(jnp.float32) * keys.astype(jnp.float32), axis=-1)  # [B, Lk, H]
+    weights = jax.nn.softmax(jnp.swapaxes(logits, 1, 2)[:, :, None] + bias, axis=-1)
+    weights = self.dropout(weights, deterministic=not train)  # [B, H, 1, Lk]
+    mixed = jnp.sum(jnp.swapaxes(weights[:, :, 0], 1, 2)[..., None] *
+                    values.astype(jnp.float32), axis=1)  # [B, H, K]
+    return jnp.einsum("bhk,hke->be", mixed.astype(dt), self.out.astype(dt))[:, None]
 
 
 class GatedGeluMlp(nn.Module):

@@ -9,6 +9,9 @@ TEST = [
     "torch==2.13.0",
     "transformers>=4.40",
     "safetensors>=0.4",
+    "nbclient>=0.10",
+    "nbformat>=5.9",
+    "ipykernel>=6.29",
 ]
 
 setuptools.setup(

@@ -1,0 +1,95 @@
+"""The Colab notebooks (colab/*.ipynb): committed without outputs, and executed top to bottom in
+their small setting (TH_DISTILL_SMALL=1), each in a temporary working directory, on a kernel that
+runs this interpreter."""
+
+import json
+import os
+import re
+import sys
+import time
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLAB = os.path.join(ROOT, "colab")
+# In execution order: detecting_hacking reuses the quickstart's workdir (TH_DISTILL_WORKDIR).
+NOTEBOOKS = ("quickstart", "library_tour", "detecting_hacking")
+KERNEL = "th_distill_notebooks"
+
+
+def _read(name):
+  return nbformat.read(os.path.join(COLAB, f"{name}.ipynb"), as_version=4)
+
+
+def _code(nb):
+  return [cell.source for cell in nb.cells if cell.cell_type == "code"]
+
+
+def test_notebooks_are_committed_without_outputs():
+  assert sorted(f[:-len(".ipynb")] for f in os.listdir(COLAB) if f.endswith(".ipynb")) == sorted(
+      NOTEBOOKS)
+  for name in NOTEBOOKS:
+    nb = _read(name)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+      if cell.cell_type == "code":
+        assert cell.outputs == [] and cell.execution_count is None, f"{name}: clear the outputs"
+    assert os.path.getsize(os.path.join(COLAB, f"{name}.ipynb")) < 50_000, name
+
+
+def test_every_notebook_installs_and_reads_the_small_flag_first():
+  setups = {name: _code(_read(name))[0] for name in NOTEBOOKS}
+  assert len(set(setups.values())) == 1, "the setup cells differ"
+  setup = setups[NOTEBOOKS[0]]
+  assert 'os.environ.get("TH_DISTILL_SMALL", "0") == "1"' in setup
+  assert "REPO_URL = " in setup and "pip" in setup
+
+
+def test_detecting_hacking_builds_the_quickstarts_study():
+  def study(name):
+    text = "\n".join(_code(_read(name)))
+    found = re.findall(r"# --- the quickstart's study ---\n.*?# --- end of the quickstart's study",
+                       text, re.S)
+    assert len(found) == 1, name
+    return found[0]
+  assert study("detecting_hacking") == study("quickstart")
+
+
+def test_readme_links_every_notebook_with_a_colab_badge():
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  for name in NOTEBOOKS:
+    assert f"colab.research.google.com/github/YOUR_ORG/th_distill/blob/main/colab/{name}.ipynb" \
+        in readme, name
+
+
+@pytest.mark.slow
+def test_notebooks_run_in_the_small_setting(tmp_path, monkeypatch):
+  # A kernel spec that starts this interpreter (the test venv), whatever else is installed.
+  spec = tmp_path / "jupyter" / "kernels" / KERNEL
+  spec.mkdir(parents=True)
+  (spec / "kernel.json").write_text(json.dumps({
+      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "display_name": "th_distill tests", "language": "python"}))
+  monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+  monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+  monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+  monkeypatch.setenv("TH_DISTILL_SMALL", "1")
+  monkeypatch.setenv("TH_DISTILL_WORKDIR", str(tmp_path / "quickstart_workdir"))
+  monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, as on a CPU runtime
+
+  seconds = {}
+  for name in NOTEBOOKS:
+    cwd = tmp_path / name
+    cwd.mkdir()
+    client = nbclient.NotebookClient(_read(name), kernel_name=KERNEL, timeout=600,
+                                     startup_timeout=180, resources={"metadata": {"path": str(cwd)}})
+    start = time.time()
+    client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
+    seconds[name] = time.time() - start
+  print("notebook seconds:", {k: round(v, 1) for k, v in seconds.items()})
+  assert os.path.exists(tmp_path / "quickstart_workdir" / "summary.json")

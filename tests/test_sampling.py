@@ -232,6 +232,18 @@ def test_cached_and_uncached_sampling_agree(setup):
   assert not cached[1].all()  # EOS occurred, so the masking after it is compared too
 
 
+def test_cached_sampling_across_cache_segments(setup):
+  """Beyond 64 positions the cache grows by segments (64, 128, then L): the same samples."""
+  model, params, _ = setup
+  prompts, key = _prompts(seed=7, rows=8), jax.random.PRNGKey(6)
+  assert sampling._segments(150) == [64, 128, 150]
+  cached = _np(sampling.sample(model, params, prompts, key, max_length=150, eos_id=-1))
+  uncached = _np(sampling.sample_uncached(model, params, prompts, key, max_length=150,
+                                          eos_id=-1))
+  np.testing.assert_array_equal(cached[0], uncached[0])
+  np.testing.assert_allclose(cached[2], uncached[2], atol=1e-5)
+
+
 def test_example_keys():
   raw, typed = jax.random.PRNGKey(0), jax.random.key(0)
   assert sampling.example_keys(raw, 5).shape == (5, 2)

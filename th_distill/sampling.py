@@ -35,7 +35,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from th_distill.models import EOS_ID, PAD_ID, T5, shift_right
+from th_distill.models import EOS_ID, PAD_ID, T5, extend_cache, shift_right
 
 Array = jax.Array
 
@@ -139,12 +139,30 @@ class _Carry(NamedTuple):
 
 # next_logits(state, token [B], tokens [B, L], step []) -> (logits [B, V] float32, new state)
 NextLogits = Callable[[Any, Array, Array, Array], tuple[Array, Any]]
+# grow(state, length) -> the state with room for `length` positions
+Grow = Callable[[Any, int], Any]
+
+_FIRST_SEGMENT = 64
+
+
+def _segments(max_length: int) -> list[int]:
+  """Ends of the cached loop's segments: 64, 128, 256, ... then L. The KV cache holds `end`
+  positions during a segment, so a step attends over (and reads) at most twice the positions
+  generated so far instead of all L from the first step; each segment is one more copy of the
+  loop body in the compiled program."""
+  ends = [_FIRST_SEGMENT]
+  while ends[-1] < max_length:
+    ends.append(2 * ends[-1])
+  return ends[:-1] + [max_length]
 
 
 def _decode_loop(next_logits: NextLogits, state: Any, keys: Array, max_length: int,
-              temperature: float, top_k: int, top_p: float, eos_id: int) -> SampleOutput:
+                 temperature: float, top_k: int, top_p: float, eos_id: int,
+                 segments: list[int], grow: Grow) -> SampleOutput:
   """The decoding loop shared by both samplers: up to L steps, stopping early once every row has
-  emitted EOS, then everything after each row's first EOS is blanked."""
+  emitted EOS, then everything after each row's first EOS is blanked. The steps run in segments
+  ending at `segments` (the last one L), one `lax.while_loop` each, the state grown to the
+  segment's end before it."""
   batch = keys.shape[0]
 
   def body(c: _Carry) -> _Carry:
@@ -155,13 +173,12 @@ def _decode_loop(next_logits: NextLogits, state: Any, keys: Array, max_length: i
                   jax.lax.dynamic_update_index_in_dim(c.logprobs, logprob, c.step, axis=1),
                   c.done | (token == eos_id))
 
-  def cond(c: _Carry) -> Array:
-    return (c.step < max_length) & ~jnp.all(c.done)
-
-  init = _Carry(jnp.zeros((), jnp.int32), state, jnp.full((batch,), PAD_ID, jnp.int32),
-                jnp.zeros((batch, max_length), jnp.int32),
-                jnp.zeros((batch, max_length), jnp.float32), jnp.zeros((batch,), bool))
-  final = jax.lax.while_loop(cond, body, init)
+  final = _Carry(jnp.zeros((), jnp.int32), state, jnp.full((batch,), PAD_ID, jnp.int32),
+                 jnp.zeros((batch, max_length), jnp.int32),
+                 jnp.zeros((batch, max_length), jnp.float32), jnp.zeros((batch,), bool))
+  for end in segments:
+    final = jax.lax.while_loop(lambda c, end=end: (c.step < end) & ~jnp.all(c.done), body,
+                               final._replace(state=grow(final.state, end)))
   # A position is real iff no EOS came before it (the EOS itself is real).
   is_eos = final.tokens == eos_id
   mask = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0
@@ -174,9 +191,10 @@ def generate(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_len
            eos_id: int = EOS_ID) -> SampleOutput:
   """Samples responses [B, L] (L = `max_length`) to `input_tokens` [B, Li] int32 (0 = padding).
 
-  The encoder runs once, `init_cache` once, then one `decode_step` per position inside a
-  `lax.while_loop`. `rng`: one key or B per-example keys; `temperature` 0 is greedy; `top_k` 0 and
-  `top_p` 1 are off; see the module doc for the EOS, key and log-prob conventions.
+  The encoder runs once, `init_cache` once, then one `decode_step` per position inside
+  `lax.while_loop`s over segments of positions, the cache extended before each (`_segments`).
+  `rng`: one key or B per-example keys; `temperature` 0 is greedy; `top_k` 0 and `top_p` 1 are
+  off; see the module doc for the EOS, key and log-prob conventions.
   """
   TRACE_COUNTS["sample"] += 1
   _check(input_tokens, max_length, temperature, top_k, top_p, eos_id)
@@ -184,13 +202,15 @@ def generate(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_len
   keys = example_keys(rng, input_tokens.shape[0])
   variables = {"params": params}
   encoded = model.apply(variables, input_tokens, method=T5.encode)
-  cache = model.apply(variables, encoded, input_tokens, max_length, method=T5.init_cache)
+  segments = _segments(max_length)
+  cache = model.apply(variables, encoded, input_tokens, segments[0], method=T5.init_cache)
 
   def next_logits(cache, token, tokens, step):
     del tokens, step  # the cache knows the position
     return model.apply(variables, token, cache, method=T5.decode_step)
 
-  return _decode_loop(next_logits, cache, keys, max_length, temperature, top_k, top_p, eos_id)
+  return _decode_loop(next_logits, cache, keys, max_length, temperature, top_k, top_p, eos_id,
+                      segments, extend_cache)
 
 
 sample = jax.jit(generate, static_argnames=_STATIC)
@@ -220,4 +240,5 @@ def sample_uncached(model: T5, params: Any, input_tokens: Array, rng: Array, *, 
     logits = model.apply(variables, encoded, input_tokens, shift_right(tokens), method=T5.decode)
     return jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False), state
 
-  return _decode_loop(next_logits, None, keys, max_length, temperature, top_k, top_p, eos_id)
+  return _decode_loop(next_logits, None, keys, max_length, temperature, top_k, top_p, eos_id,
+                      [max_length], lambda state, length: state)

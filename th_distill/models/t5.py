@@ -371,6 +371,17 @@ class T5(nn.Module):
     return logits, {**cache, "index": index + 1, "layers": new_layers}
 
 
+def extend_cache(cache: Cache, max_decode_length: int) -> Cache:
+  """`cache` (from `init_cache`) with room for `max_decode_length` positions: the self-attention
+  keys and values zero-padded along the length. Unwritten positions are masked, so decoding goes
+  on exactly as with a cache allocated at that length from the start."""
+  def pad(x: Array) -> Array:
+    return jnp.pad(x, ((0, 0), (0, max_decode_length - x.shape[1]), (0, 0), (0, 0)))
+  layers = [{**layer, "self_keys": pad(layer["self_keys"]),
+             "self_values": pad(layer["self_values"])} for layer in cache["layers"]]
+  return {**cache, "layers": layers}
+
+
 def shift_right(targets: Array) -> Array:
   """Decoder inputs from targets [B, Lt]: prepend the start token (0), drop the last token."""
   return jnp.pad(targets, ((0, 0), (1, 0)), constant_values=0)[:, :-1]

@@ -23,9 +23,9 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["th_distill", "th_distill.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "jax>=0.4.30",
+        "jax>=0.7",
         "flax>=0.10",
-        "optax>=0.2.3",
+        "optax>=0.2.5",
         "orbax-checkpoint>=0.6",
         "ml_collections>=0.1.1",
         "absl-py>=2.0",

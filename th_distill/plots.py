@@ -1,4 +1,5 @@
-"""Figures of runs and studies (PNG, matplotlib's Agg backend: no display needed).
+"""Figures of runs and studies, written as PNG files (no display needed: matplotlib falls back to
+its Agg backend on a headless machine; in Jupyter the backend is left as the user set it).
 
 Curves are dicts `{label: Curve}`; a `Curve` holds one run or the seeds of one arm of a study
 (`values` is [seeds, evaluations]); bands span the seeds' min..max around their mean. Steps are
@@ -10,13 +11,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from th_distill.detection import Detection  # noqa: E402
+from th_distill.detection import Detection
 
 
 @dataclasses.dataclass(frozen=True)

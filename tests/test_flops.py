@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from th_distill.flops import forward_flops
+from th_distill.flops import distill_flops, forward_flops, generation_flops, train_flops
 from th_distill.models import T5, init_params, t5_config
 
 
@@ -23,3 +23,14 @@ def test_forward_flops_match_xla_cost_analysis(overrides, input_length, target_l
   # XLA also counts element-wise work (norms, softmax, GELU): a few percent more.
   ratio = cost["flops"] / 2 / forward_flops(cfg, input_length, target_length)
   assert 1.0 <= ratio < 1.08, ratio
+
+
+def test_generation_and_distillation_counts():
+  """Generation does a forward pass's work, with causal instead of full self-attention scores;
+  a distillation step is the student's training step plus the teacher's forward pass."""
+  student, teacher = t5_config("tiny"), t5_config("tiny", d_model=128, d_ff=256)
+  li, lt, a = 16, 40, student.num_heads * student.d_kv
+  masked_half = student.num_decoder_layers * 4 * a * (lt * lt - lt * (lt + 1) // 2)
+  assert generation_flops(student, li, lt) == forward_flops(student, li, lt) - masked_half
+  assert distill_flops(student, teacher, li, lt) == (
+      train_flops(student, li, lt) + forward_flops(teacher, li, lt))

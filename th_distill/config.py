@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   # convergence law fitted on the curve's early part; it fires after `patience` consecutive
   # evaluations more than `threshold` noise std away from it. `on_detect`: 'continue' or 'stop';
   # `keep`: checkpoints to keep in the run directory, of 'best_golden', 'best_predicted'.
-  c.detection = dict(metric=PROXY, law="power", min_fit_points=8, patience=3, threshold=3.0,
+  c.detection = dict(metric=PROXY, law="power", min_fit_points=8, patience=3, threshold=2.5,
                      noise_floor=0.01, direction="above", on_detect="continue", keep=())
   return c
 

@@ -226,7 +226,7 @@ class DetectorSettings:
   min_fit_points: int = 8
   window: float = 30.0
   patience: int = 3
-  threshold: float = 3.0
+  threshold: float = 2.5
   noise_floor: float = 0.01
   direction: str = "above"
 

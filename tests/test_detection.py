@@ -102,6 +102,13 @@ def test_detector_stays_silent_on_converging_curves(law, curves):
   assert not any(fired)
 
 
+def test_a_floor_is_a_departure_for_the_loglog_law_not_for_the_power_law():
+  for seed in range(3):
+    values = _noisy(2 * STEPS ** -0.5 + 0.3, 0.01, seed)
+    assert detection.detect(STEPS, values, detection.DetectorSettings(law="loglog")).detected
+    assert not detection.detect(STEPS, values).detected
+
+
 def test_direction_below_catches_a_curve_that_falls_faster_than_its_law():
   values = 2 * STEPS ** -0.3 + 0.3
   values = np.where(STEPS > 300, values * np.exp(-(STEPS - 300) / 400), values)

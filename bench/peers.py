@@ -39,7 +39,8 @@ from th_distill.flops import distill_flops, generation_flops  # noqa: E402
 from th_distill.models import T5, hf_convert, init_params, shift_right, t5_config  # noqa: E402
 from th_distill.models.config import T5Config  # noqa: E402
 from th_distill.sampling import sample  # noqa: E402
-from th_distill.train import Batch, create_train_state, make_distill_step, make_optimizer  # noqa: E402
+from th_distill.train import (Batch, create_train_state, make_distill_step,  # noqa: E402
+                               make_optimizer)
 
 BETA, LEARNING_RATE = 0.5, 1e-4
 Row = dict[str, Any]
@@ -196,8 +197,9 @@ def step_row(name: str, student_cfg: T5Config, teacher_cfg: T5Config, batch_size
     return metrics
 
   metrics, (loss, grad_norm) = ours(), peer()  # the same function: loss and gradient norm
-  for what, a, b in (("loss", metrics["train/loss"], loss), ("grad norm",
-                                                             metrics["train/grad_norm"], grad_norm)):
+  checks = {"loss": (metrics["train/loss"], loss),
+            "grad norm": (metrics["train/grad_norm"], grad_norm)}
+  for what, (a, b) in checks.items():
     if not abs(float(a) - float(b)) <= 1e-4 * abs(float(b)) + 1e-6:
       raise AssertionError(f"step {name}: {what} {float(a)} (ours) vs {float(b)} (torch)")
   seconds = interleaved_medians({"ours": ours, "peer": peer, "ceiling": ceiling}, repeats,

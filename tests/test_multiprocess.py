@@ -17,6 +17,9 @@ from th_distill.partitioning import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROC
 
 REGIMES = ("offline", "online_student")
 UNTIMED = ("time/", "throughput/")
+# The detector's z-score divides metric differences by a ~1% noise scale: compared through the
+# metrics it is computed from (and `detector/fired`), not with their tolerance.
+DERIVED = ("detector/z",)
 
 
 def _free_port():
@@ -57,7 +60,7 @@ def test_two_processes_match_one(tmp_path):
     assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]
     for ref_row, row in zip(ref_rows, rows):
       for key, value in ref_row.items():
-        if not key.startswith(UNTIMED):
+        if not key.startswith(UNTIMED + DERIVED):
           np.testing.assert_allclose(row[key], value, rtol=2e-4, atol=1e-5,
                                      err_msg=f"{regime} step {row['step']} {key}")
   for name in ("summary.json", "report.md", "config.json"):

@@ -24,6 +24,9 @@ from run_meshes import REGIMES, sharding_config  # noqa: E402
 MESHES = ((8, 1, 1), (2, 2, 2), (1, 4, 2))
 # Timings differ between runs by nature; everything else must match.
 UNTIMED = ("time/", "throughput/")
+# The detector's z-score divides metric differences by a ~1% noise scale: compared through the
+# metrics it is computed from (and `detector/fired`), not with their tolerance.
+DERIVED = ("detector/z",)
 
 
 def run_on_8_devices(root, meshes):
@@ -52,7 +55,7 @@ def assert_same_run(reference, other):
     for ref_row, row in zip(ref_rows, rows):
       assert row.keys() == ref_row.keys()
       for key, value in ref_row.items():
-        if not key.startswith(UNTIMED):
+        if not key.startswith(UNTIMED + DERIVED):
           np.testing.assert_allclose(row[key], value, rtol=2e-4, atol=1e-5,
                                      err_msg=f"{regime} step {row['step']} {key}")
 

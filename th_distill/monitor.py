@@ -103,8 +103,9 @@ class HackingMonitor:
 
   def observe(self, step: int, row: Mapping[str, Any], params: Any) -> dict[str, float]:
     """Takes one evaluation (`row` holds the metrics of `step`; `params` the student's) and
-    returns the detector's metrics for that row: `detector/z` (the departure z-score of this
-    evaluation, nan before the law can be fitted) and `detector/fired` (0 or 1)."""
+    returns the detector's metrics for that row: `detector/fired` (0 or 1) and `detector/z` (the
+    departure z-score of this evaluation; left out before the law can be fitted and after the
+    detector fired)."""
     already_fired = self.fired
     self._append({**row, "step": step})
     golden = self.golden[-1]
@@ -115,8 +116,11 @@ class HackingMonitor:
     if self.fired and not already_fired:
       logging.warning("Hacking detector fired at step %d: %s", self.result.step,
                       self.result.reason)
-    return {"detector/z": float(self.result.scores[-1]) if not already_fired else float("nan"),
-            "detector/fired": float(self.fired)}
+    metrics = {"detector/fired": float(self.fired)}
+    z = float(self.result.scores[-1])
+    if not already_fired and np.isfinite(z):
+      metrics["detector/z"] = z
+    return metrics
 
   def _track_candidates(self, step: int, params: Any) -> None:
     candidates = self._path("candidates")

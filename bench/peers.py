@@ -124,7 +124,7 @@ def _check_sample(hf: Any, prompts: torch.Tensor, out: Any, case: str) -> None:
   tokens = torch.from_numpy(np.array(out.tokens)).long()
   with torch.no_grad():
     logits = hf(input_ids=prompts, attention_mask=torch.ones_like(prompts),
-                decoder_input_ids=torch.from_numpy(np.asarray(shift_right(out.tokens))).long()
+                decoder_input_ids=torch.from_numpy(np.array(shift_right(out.tokens))).long()
                 ).logits
   theirs = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0].numpy()
   diff = float(np.max(np.abs(theirs - np.asarray(out.logprobs))))
@@ -158,10 +158,10 @@ class TorchDistillStep:
   def __init__(self, student: Any, teacher: Any, batch: Batch):
     self.student, self.teacher = student.train(), teacher.eval()
     self.optimizer = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
-    self.prompts = torch.from_numpy(np.asarray(batch.prompts)).long()
+    self.prompts = torch.from_numpy(np.array(batch.prompts)).long()
     self.attention = torch.ones_like(self.prompts)
-    self.decoder_inputs = torch.from_numpy(np.asarray(shift_right(batch.responses))).long()
-    self.mask = torch.from_numpy(np.asarray(batch.mask))
+    self.decoder_inputs = torch.from_numpy(np.array(shift_right(batch.responses))).long()
+    self.mask = torch.from_numpy(np.array(batch.mask))
 
   def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
     inputs = dict(input_ids=self.prompts, attention_mask=self.attention,

@@ -44,16 +44,14 @@ def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path
   assert {p: os.path.getmtime(p) for p in done} == done
   assert json.dumps(again["arms"], sort_keys=True) == json.dumps(summary["arms"], sort_keys=True)
 
-
-def test_studies_share_identical_runs(micro, tmp_path):
-  micro.regimes = ("offline",)
-  first = _study(micro, {"a": {}}, seeds=(0,))
-  study.run(first, str(tmp_path))
-  second = _study(micro, {"same_as_a": {}, "other_lr": {"student": {"learning_rate": 3e-3}}},
-                  seeds=(0,))
-  second.name = "second"
-  study.run(second, str(tmp_path))
-  assert len(os.listdir(tmp_path / "runs")) == 2  # 'same_as_a' reused the run of 'a'
+  # Another study in the same workdir shares the runs whose configs are identical.
+  other = study.study_config("other", "other", micro,
+                             {"same_as_k2": {"offline": {"generations_per_prompt": 2}}}, (1,))
+  shared = study.run(other, str(tmp_path))
+  assert len(os.listdir(tmp_path / "runs")) == 2
+  assert {p: os.path.getmtime(p) for p in done} == done
+  assert json.dumps(shared["arms"]["offline"]["seeds"]["1"]) == json.dumps(
+      summary["arms"]["k2 / offline"]["seeds"]["1"])
 
 
 def test_unknown_override_names_the_field(micro):

@@ -25,6 +25,7 @@ from th_distill.metrics_io import PROXY, TRAIN_PROXY, read_metrics
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("default", PROXY, {}),
     ("threshold 2", PROXY, {"threshold": 2.0}),
+    ("threshold 3", PROXY, {"threshold": 3.0}),
     ("threshold 4", PROXY, {"threshold": 4.0}),
     ("patience 2", PROXY, {"patience": 2}),
     ("patience 5", PROXY, {"patience": 5}),

@@ -132,8 +132,6 @@ class Attention(nn.Module):
     """
     dt = self.cfg.compute_dtype
     q = self._proj(x, self.query)
-    if q.shape[1] == 1:
-      return self._attend_one(q, keys, values, bias, train)
     logits = jnp.einsum("bqhk,bshk->bhqs", q, keys.astype(dt),
                         preferred_element_type=jnp.float32) + bias
     weights = jax.nn.softmax(logits, axis=-1)
@@ -141,20 +139,26 @@ class Attention(nn.Module):
     mixed = jnp.einsum("bhqs,bshk->bqhk", weights.astype(dt), values.astype(dt))
     return jnp.einsum("bqhk,hke->bqe", mixed, self.out.astype(dt))
 
-  def _attend_one(self, q: Array, keys: Array, values: Array, bias: Array, train: bool) -> Array:
-    """`__call__` for a single query (incremental decoding): q [B, 1, H, K].
+  def attend_cached(self, x: Array, keys: Array, values: Array, bias: Array) -> Array:
+    """Incremental decoding (no dropout): attends from one position `x` [B, 1, E] to a cache
+    `keys`/`values` [B, H, Lk, K].
 
-    Products and sums over the cache's own [B, Lk, H, K] layout, which XLA fuses into one pass
-    over the keys and one over the values; a batched matmul would first transpose the whole
-    cache at every step.
+    The cache is heads-major so that both products are batched matrix-vector products over its
+    own layout (no per-step transpose of the cache). `bias` broadcasts to [B, H, 1, Lk].
+    Returns [B, 1, E] in the compute dtype.
     """
     dt = self.cfg.compute_dtype
-    logits = jnp.sum(q.astype(jnp.float32) * keys.astype(jnp.float32), axis=-1)  # [B, Lk, H]
-    weights = jax.nn.softmax(jnp.swapaxes(logits, 1, 2)[:, :, None] + bias, axis=-1)
-    weights = self.dropout(weights, deterministic=not train)  # [B, H, 1, Lk]
-    mixed = jnp.sum(jnp.swapaxes(weights[:, :, 0], 1, 2)[..., None] *
-                    values.astype(jnp.float32), axis=1)  # [B, H, K]
-    return jnp.einsum("bhk,hke->be", mixed.astype(dt), self.out.astype(dt))[:, None]
+    q = self._proj(x, self.query)[:, 0]  # [B, H, K]
+    logits = jnp.einsum("bhk,bhsk->bhs", q, keys.astype(dt),
+                        preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits[:, :, None] + bias, axis=-1)[:, :, 0]  # [B, H, Lk]
+    mixed = jnp.einsum("bhs,bhsk->bhk", weights.astype(dt), values.astype(dt))
+    return jnp.einsum("bhk,hke->be", mixed, self.out.astype(dt))[:, None]
+
+
+def heads_major(x: Array) -> Array:
+  """[B, L, H, K] keys or values -> the cache layout [B, H, L, K]."""
+  return jnp.swapaxes(x, 1, 2)
 
 
 class GatedGeluMlp(nn.Module):
@@ -215,35 +219,39 @@ class DecoderLayer(nn.Module):
     return self.cross_attention.project_kv(encoded)
 
   def __call__(self, x: Array, self_bias: Array, cross_kv: tuple[Array, Array],
-               cross_bias: Array, train: bool,
-               self_cache: tuple[Array, Array, Array] | None = None
-               ) -> tuple[Array, tuple[Array, Array] | None]:
-    """One decoder block on `x` [B, Lt, E].
-
-    Without `self_cache` the keys/values are those of `x` (teacher forcing). With
-    `self_cache = (cached_keys [B, Lmax, H, K], cached_values, index)`, `x` is the token at
-    position `index` ([B, 1, E]); its key/value are written into the cache at `index`, attention
-    runs over the whole cache (`self_bias` masks the unwritten part) and the updated
-    (keys, values) are returned.
-    """
+               cross_bias: Array, train: bool) -> Array:
+    """One decoder block on `x` [B, Lt, E] (teacher forcing): the keys/values are those of `x`.
+    `cross_kv` is `cross_kv(encoded)`; biases as in `Attention.__call__`."""
     h = self.self_attention_norm(x)
-    keys, values = self.self_attention.project_kv(h)
-    new_cache = None
-    if self_cache is not None:
-      cached_keys, cached_values, index = self_cache
-      keys = jax.lax.dynamic_update_slice_in_dim(cached_keys, keys.astype(cached_keys.dtype),
-                                                 index, axis=1)
-      values = jax.lax.dynamic_update_slice_in_dim(cached_values,
-                                                   values.astype(cached_values.dtype), index,
-                                                   axis=1)
-      new_cache = (keys, values)
-    x = x + self.dropout(self.self_attention(h, keys, values, self_bias, train),
-                         deterministic=not train)
+    x = x + self.dropout(self.self_attention(h, *self.self_attention.project_kv(h), self_bias,
+                                             train), deterministic=not train)
     h = self.cross_attention_norm(x)
     x = x + self.dropout(self.cross_attention(h, *cross_kv, cross_bias, train),
                          deterministic=not train)
     x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
-    return _residual_constraint(x), new_cache
+    return _residual_constraint(x)
+
+  def step(self, x: Array, self_bias: Array, cache: Cache, index: Array,
+           cross_bias: Array) -> tuple[Array, Cache]:
+    """The block for one token at position `index` (incremental decoding, no dropout).
+
+    `x` [B, 1, E]; `cache` is this layer's entry of `T5.init_cache` (heads-major [B, H, L, K]
+    arrays). The token's key and value are written into the cache at `index`, attention runs
+    over the whole cache (`self_bias` [1, H, 1, Lmax] masks the unwritten part) and the encoder
+    projections. Returns the block's output [B, 1, E] and the updated layer cache.
+    """
+    h = self.self_attention_norm(x)
+    written = {
+        name: jax.lax.dynamic_update_slice_in_dim(
+            cache[name], heads_major(new).astype(cache[name].dtype), index, axis=2)
+        for name, new in zip(("self_keys", "self_values"), self.self_attention.project_kv(h))}
+    x = x + self.self_attention.attend_cached(h, written["self_keys"], written["self_values"],
+                                              self_bias)
+    h = self.cross_attention_norm(x)
+    x = x + self.cross_attention.attend_cached(h, cache["cross_keys"], cache["cross_values"],
+                                               cross_bias)
+    x = x + self.mlp(self.mlp_norm(x), train=False)
+    return _residual_constraint(x), {**cache, **written}
 
 
 def _padding_bias(mask: Array) -> Array:
@@ -321,7 +329,7 @@ class T5(nn.Module):
     cross_bias = _padding_bias(input_tokens != PAD_ID)
     x = self._embed(decoder_input_tokens, train)
     for layer in self.decoder_layers:
-      x, _ = layer(x, self_bias, layer.cross_kv(encoded), cross_bias, train)
+      x = layer(x, self_bias, layer.cross_kv(encoded), cross_bias, train)
     return x
 
   def logits_from_hidden(self, hidden: Array, train: bool = False) -> Array:
@@ -337,36 +345,34 @@ class T5(nn.Module):
     """Decoding cache for `max_decode_length` steps after `encode`.
 
     Returns {'index': int32 scalar (next position), 'cross_bias': [B, 1, 1, Li],
-    'layers': [per decoder layer: {'self_keys', 'self_values': [B, Lmax, H, K] zeros,
-    'cross_keys', 'cross_values': [B, Li, H, K] projections of `encoded`}]}. The encoder-side
-    projections are computed once here, never per step.
+    'layers': [per decoder layer: {'self_keys', 'self_values': [B, H, Lmax, K] zeros,
+    'cross_keys', 'cross_values': [B, H, Li, K] projections of `encoded`}]}: heads-major
+    (`heads_major`), the layout `Attention.attend_cached` reads. The encoder-side projections
+    are computed once here, never per step.
     """
     cfg = self.cfg
     batch = encoded.shape[0]
-    zeros = jnp.zeros((batch, max_decode_length, cfg.num_heads, cfg.d_kv), cfg.compute_dtype)
+    zeros = jnp.zeros((batch, cfg.num_heads, max_decode_length, cfg.d_kv), cfg.compute_dtype)
     layers = []
     for layer in self.decoder_layers:
       cross_keys, cross_values = layer.cross_kv(encoded)
-      layers.append(dict(self_keys=zeros, self_values=zeros, cross_keys=cross_keys,
-                         cross_values=cross_values))
+      layers.append(dict(self_keys=zeros, self_values=zeros, cross_keys=heads_major(cross_keys),
+                         cross_values=heads_major(cross_values)))
     return dict(index=jnp.zeros((), jnp.int32), layers=layers,
                 cross_bias=_padding_bias(input_tokens != PAD_ID))
 
   def decode_step(self, decoder_token: Array, cache: Cache) -> tuple[Array, Cache]:
     """Feeds `decoder_token` [B] at position `cache['index']`: logits [B, V] and the new cache."""
     index = cache["index"]
-    max_length = cache["layers"][0]["self_keys"].shape[1]
+    max_length = cache["layers"][0]["self_keys"].shape[2]
     key_positions = jnp.arange(max_length)
     self_bias = (self.decoder_relpos(index[None], key_positions) +
                  jnp.where(key_positions <= index, 0.0, _NEG_INF)[None, None, None, :])
     x = self._embed(decoder_token[:, None], train=False)
     new_layers = []
     for layer, layer_cache in zip(self.decoder_layers, cache["layers"]):
-      x, (keys, values) = layer(
-          x, self_bias, (layer_cache["cross_keys"], layer_cache["cross_values"]),
-          cache["cross_bias"], train=False,
-          self_cache=(layer_cache["self_keys"], layer_cache["self_values"], index))
-      new_layers.append({**layer_cache, "self_keys": keys, "self_values": values})
+      x, layer_cache = layer.step(x, self_bias, layer_cache, index, cache["cross_bias"])
+      new_layers.append(layer_cache)
     logits = self._logits(x[:, 0], train=False)
     return logits, {**cache, "index": index + 1, "layers": new_layers}
 
@@ -376,7 +382,7 @@ def extend_cache(cache: Cache, max_decode_length: int) -> Cache:
   keys and values zero-padded along the length. Unwritten positions are masked, so decoding goes
   on exactly as with a cache allocated at that length from the start."""
   def pad(x: Array) -> Array:
-    return jnp.pad(x, ((0, 0), (0, max_decode_length - x.shape[1]), (0, 0), (0, 0)))
+    return jnp.pad(x, ((0, 0), (0, 0), (0, max_decode_length - x.shape[2]), (0, 0)))
   layers = [{**layer, "self_keys": pad(layer["self_keys"]),
              "self_values": pad(layer["self_values"])} for layer in cache["layers"]]
   return {**cache, "layers": layers}

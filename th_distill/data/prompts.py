@@ -22,8 +22,8 @@ def zipf_prompts(seed: int, num: int, length: int, vocab_size: int,
   ranking = rng.permutation(tokens)
   probs = 1.0 / np.arange(1, len(tokens) + 1) ** exponent
   probs /= probs.sum()
-  capacity = float(len(tokens)) ** length
-  if num > capacity / 4:
+  # Compared in log space: len(tokens) ** length overflows a float for T5-sized vocabularies.
+  if np.log(4 * num) > length * np.log(len(tokens)):
     raise ValueError(f"Cannot draw {num} distinct prompts of length {length} over "
                      f"{len(tokens)} tokens; use longer prompts or fewer of them.")
   rows: list[np.ndarray] = []

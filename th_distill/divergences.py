@@ -21,6 +21,8 @@ Conventions:
 - log m is never formed from m: KL(a || m) = -sum_{a>0} a log(w + (1 - w) b / a), with
   log(w + (1 - w) b / a) = logaddexp(log w, log(1 - w) + log b - log a), which keeps relative
   precision as beta -> 0 or 1 and needs no log(0) at the endpoints (handled statically).
+- Non-finite inputs are never hidden: a NaN or +inf logit in a row makes the divergences (and
+  the entropy) at that position NaN, never 0 or another finite number.
 - Float32 rounding can leave a divergence a hair below 0 (e.g. when p ~= q); such values are
   reported as exactly 0, with the gradient left untouched.
 
@@ -54,9 +56,14 @@ def _clip_rounding(value: Array) -> Array:
   return jnp.where(value < 0, value - jax.lax.stop_gradient(value), value)
 
 
+def _support(log_probs: Array) -> Array:
+  """Entries with non-zero probability, NaN included (so that NaN propagates)."""
+  return log_probs != -jnp.inf
+
+
 def _kl(log_a: Array, log_b: Array) -> Array:
   """KL(a || b) = sum_{a>0} a (log a - log b) from log-probabilities: [..., V] -> [...]."""
-  support = log_a > -jnp.inf
+  support = _support(log_a)
   # Double `where`: masked entries see finite inputs, so no inf - inf NaN reaches gradients.
   log_a = jnp.where(support, log_a, 0.0)
   log_b = jnp.where(support, log_b, 0.0)
@@ -72,8 +79,8 @@ def _kl_to_mixture(log_a: Array, log_b: Array, w: float, one_minus_w: float) -> 
   keep -inf out of `logaddexp`, whose gradient at -inf is not 0), and where d = 0 it is exactly
   0 (as (1 - w) d, which has the right gradient), so equal inputs give exactly 0.
   """
-  support = log_a > -jnp.inf
-  both = support & (log_b > -jnp.inf)
+  support = _support(log_a)
+  both = support & _support(log_b)
   log_a = jnp.where(support, log_a, 0.0)
   d = jnp.where(both, log_b - log_a, 0.0)
   log_w, log_1mw = math.log(w), math.log(one_minus_w)
@@ -119,7 +126,8 @@ def jsd(ref_logits: Array, student_logits: Array, beta: float = 0.5, temperature
   if beta in (0.0, 1.0):
     if normalized:
       return _kl(log_p, log_q) if beta == 0.0 else _kl(log_q, log_p)
-    return jnp.zeros(jnp.broadcast_shapes(log_p.shape, log_q.shape)[:-1], jnp.float32)
+    nan = jnp.isnan(log_p).any(axis=-1) | jnp.isnan(log_q).any(axis=-1)
+    return jnp.where(nan, jnp.nan, 0.0).astype(jnp.float32)
   return _jsd(log_p, log_q, beta, normalized)
 
 

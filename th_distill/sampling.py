@@ -34,6 +34,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from th_distill.models import EOS_ID, PAD_ID, T5, extend_cache, shift_right
 
@@ -52,14 +53,20 @@ class SampleOutput(NamedTuple):
   logprobs: Array  # float32: log-prob of each emitted token (see module doc), 0 where mask False
 
 
+# The smallest normal float32: a smaller positive temperature flushes to 0 on accelerators.
+MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
+
+
 def _check(input_tokens: Array, max_length: int, temperature: float, top_k: int, top_p: float,
            eos_id: int) -> None:
-  if input_tokens.ndim != 2:
-    raise ValueError(f"input_tokens must be [B, Li], got shape {input_tokens.shape}.")
+  if input_tokens.ndim != 2 or input_tokens.shape[1] == 0:
+    raise ValueError(f"input_tokens must be [B, Li] with Li > 0, got shape {input_tokens.shape}.")
   if not isinstance(max_length, numbers.Integral) or max_length <= 0:
     raise ValueError(f"max_length must be a positive int, got {max_length!r}.")
-  if not (isinstance(temperature, numbers.Real) and 0 <= temperature < float("inf")):  # no NaN
-    raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature!r}.")
+  if not (isinstance(temperature, numbers.Real) and
+          (temperature == 0 or MIN_TEMPERATURE <= temperature < float("inf"))):  # no NaN
+    raise ValueError(f"temperature must be 0 (greedy) or finite and >= {MIN_TEMPERATURE:.3g}, "
+                     f"got {temperature!r}.")
   if not isinstance(top_k, numbers.Integral) or top_k < 0:
     raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}.")
   if not (isinstance(top_p, numbers.Real) and 0.0 < top_p <= 1.0):
@@ -74,10 +81,13 @@ def sampling_log_probs(logits: Array, temperature: float, top_k: int = 0,
 
   The float32 logits are divided by `temperature` (> 0), restricted to the `top_k` most likely
   tokens (0, or k >= V: all) and then to the nucleus: the smallest set of most likely tokens whose
-  probability reaches `top_p` (1: all); the most likely token always stays. Tokens tied with the
-  last one kept are kept too. Excluded tokens get -inf.
+  probability reaches `top_p` (1: all); the most likely token always stays, however small
+  `top_p` or `temperature` (the largest logit is subtracted before dividing, so the scaled
+  logits never overflow). Tokens tied with the last one kept are kept too. Excluded tokens get
+  -inf.
   """
-  logits = logits.astype(jnp.float32) / temperature
+  logits = logits.astype(jnp.float32)
+  logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / temperature
   vocab = logits.shape[-1]
   if 0 < top_k < vocab:
     kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
@@ -87,9 +97,10 @@ def sampling_log_probs(logits: Array, temperature: float, top_k: int = 0,
     sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
     mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
     # Sorted entry i is in the nucleus iff the mass of the entries before it is < top_p; the
-    # smallest kept logit is the threshold (entry 0 always has mass_before 0).
-    threshold = jnp.min(jnp.where(mass_before < top_p, sorted_logits, jnp.inf), axis=-1,
-                        keepdims=True)
+    # smallest kept logit is the threshold. Entry 0 is kept explicitly: a subnormal top_p may
+    # flush to 0, and 0 < 0 is false.
+    in_nucleus = (mass_before < top_p) | (jnp.arange(vocab) == 0)
+    threshold = jnp.min(jnp.where(in_nucleus, sorted_logits, jnp.inf), axis=-1, keepdims=True)
     logits = jnp.where(logits < threshold, -jnp.inf, logits)
   return jax.nn.log_softmax(logits, axis=-1)
 
@@ -213,12 +224,43 @@ def generate(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_len
                       segments, extend_cache)
 
 
-sample = jax.jit(generate, static_argnames=_STATIC)
+def check_prompt_ids(input_tokens: Any, vocab_size: int) -> None:
+  """Raises ValueError if a prompt id is outside [0, vocab_size) (it would embed as NaN and every
+  log-prob of its row would be NaN). Host arrays and fully addressable device arrays are
+  checked; traced or multi-host arrays are the caller's to check."""
+  if isinstance(input_tokens, jax.core.Tracer) or (
+      isinstance(input_tokens, jax.Array) and not input_tokens.is_fully_addressable):
+    return
+  ids = np.asarray(input_tokens)
+  if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+    raise ValueError(f"prompt ids must be in [0, {vocab_size}) (the model's vocab_size), got "
+                     f"ids from {ids.min()} to {ids.max()}.")
+
+
+class _CheckedSampler:
+  """A jitted sampler whose calls refuse prompt ids outside the model's vocabulary first
+  (`check_prompt_ids`); every other attribute (`lower`, ...) is the jitted function's."""
+
+  def __init__(self, jitted: Callable[..., SampleOutput]):
+    self._jitted = jitted
+    self.__doc__ = jitted.__doc__
+
+  def __call__(self, model: T5, params: Any, input_tokens: Array, rng: Array,
+               **settings: Any) -> SampleOutput:
+    check_prompt_ids(input_tokens, model.cfg.vocab_size)
+    return self._jitted(model, params, input_tokens, rng, **settings)
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._jitted, name)
+
+
+sample = _CheckedSampler(jax.jit(generate, static_argnames=_STATIC))
 sample.__doc__ = """`generate`, jitted (settings and model static): the sampler for one device or for
-arrays already placed on a mesh. `th_distill.partitioning.Partitioner.jit` compiles `generate`
-with explicit shardings instead."""
+arrays already placed on a mesh; prompt ids outside the vocabulary are refused (`check_prompt_ids`).
+`th_distill.partitioning.Partitioner.jit` compiles `generate` with explicit shardings instead."""
 
 
+@_CheckedSampler
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def sample_uncached(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_length: int,
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

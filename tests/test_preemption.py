@@ -1,5 +1,6 @@
 """Runs survive pre-emption (SIGTERM) and kills (SIGKILL) and then log exactly what an
-uninterrupted run logs; damaged or incomplete checkpoints are skipped with a warning."""
+uninterrupted run logs; a pre-empted run exits with status 75 (EX_TEMPFAIL, "retry"); damaged or
+incomplete checkpoints are skipped with a warning."""
 
 import os
 import shutil
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import write_micro_config_file
-from th_distill import checkpoints, experiment
+from th_distill import checkpoints, errors, experiment
 from th_distill.config import load_config_file
 from th_distill.metrics_io import read_metrics
 
@@ -54,12 +55,12 @@ def test_sigterm_then_sigkill_then_resume_logs_the_uninterrupted_metrics(tmp_pat
   assert len(expected) == 41
 
   workdir = str(tmp_path / "run")
-  # Pre-emption: SIGTERM checkpoints at the current step and exits cleanly.
+  # Pre-emption: SIGTERM checkpoints at the current step and exits with "retry" (75).
   run = _start(config_path, workdir)
   _wait_for_step(workdir, 60, run)
   run.send_signal(signal.SIGTERM)
   output, _ = run.communicate(timeout=300)
-  assert run.returncode == 0, output
+  assert run.returncode == errors.EX_TEMPFAIL == 75, output
   assert "pre-empted (SIGTERM); checkpointed at step" in output
   step = int(output.split("checkpointed at step ")[1].split(".")[0])
   assert os.path.isdir(os.path.join(workdir, REGIME, "checkpoints", str(step)))

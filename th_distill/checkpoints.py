@@ -2,13 +2,16 @@
 
 Every write is atomic (a temporary name, then `os.replace`; Orbax finalises a checkpoint by an
 atomic rename too), so a run killed at any moment leaves either the old file or the new one, never
-a torn one. A stage is finished when its marker JSON exists, which is written last.
+a torn one. A stage is finished when its marker JSON exists, which is written last. JSON files
+are strict JSON: a missing or non-finite number is written as `null`, never `NaN`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -16,11 +19,28 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from th_distill.errors import RunError
+
+
+def json_safe(value: Any) -> Any:
+  """`value` with every non-finite float (NaN, inf, numpy scalars included) replaced by None
+  and numpy scalars made Python numbers, so that it writes as strict JSON."""
+  if isinstance(value, dict):
+    return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
 
 def write_json(path: str, value: Any) -> None:
+  """Writes `value` to `path` atomically as strict JSON (`json_safe`)."""
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
+    json.dump(json_safe(value), f, indent=2, sort_keys=True, allow_nan=False)
   os.replace(tmp, path)
 
 
@@ -58,20 +78,46 @@ def load_params(path: str, like: Any) -> Any:
   return ocp.StandardCheckpointer().restore(os.path.abspath(path), _abstract(like))
 
 
+class CheckpointMismatch(RunError):
+  """A checkpoint holds a state of another structure than the run's (its settings changed)."""
+
+
+def _layout(tree: Any) -> dict[str, tuple[int, ...] | None]:
+  """{leaf path: shape} of a pytree of arrays, shape structs or Orbax array metadata."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path, simple=True, separator="/"):
+          tuple(leaf.shape) if hasattr(leaf, "shape") else None for path, leaf in leaves}
+
+
+def _structure_change(stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+  """How the stored layout differs from the wanted one (the first difference), or None."""
+  for path in sorted(stored.keys() | wanted.keys()):
+    if path not in wanted:
+      return f"{path} is in the checkpoint but not in this run's state"
+    if path not in stored:
+      return f"{path} is in this run's state but not in the checkpoint"
+    if None not in (stored[path], wanted[path]) and stored[path] != wanted[path]:
+      return f"{path} has shape {stored[path]} in the checkpoint, {wanted[path]} in this run"
+  return None
+
+
 class RunCheckpointer:
   """Keeps the latest `max_to_keep` train states of a run in `directory` (Orbax manager).
 
   Orbax writes a checkpoint under a temporary name and renames it when complete, so a kill leaves
   at worst a temporary folder, which is never listed (`restore_latest` warns about it). If the
-  newest listed checkpoint still cannot be read (a damaged disk, a copy cut short), the previous
-  one is used, with a warning. Every process of a multi-host run must call `save` (collective).
+  newest listed checkpoint still cannot be read (a damaged disk, a copy cut short), it is moved
+  aside to `damaged-<step>` (so that step is written afresh) and the previous one is used, with
+  a warning. A checkpoint of another structure than the run's state (the optimiser or model
+  settings changed) raises `CheckpointMismatch`: it is not damage. Every process of a multi-host
+  run must call `save` (collective).
   """
 
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                                             create=True))
+        self.directory, item_handlers=ocp.StandardCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -91,14 +137,33 @@ class RunCheckpointer:
                       "saving).", incomplete, self.directory)
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        restored = self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(like)))
+        change = _structure_change(_layout(self._manager.item_metadata(step).tree),
+                                   _layout(like))
+        if change is None:
+          restored = self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(like)))
       except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
-        logging.warning("Checkpoint %d in %s cannot be read (%s: %s); trying the previous one.",
-                        step, self.directory, type(e).__name__, e)
+        self._set_aside(step, f"{type(e).__name__}: {e}")
         continue
+      if change is not None:
+        raise CheckpointMismatch(
+            f"checkpoint {step} in {self.directory} holds a state of another structure ({change}):"
+            " the optimiser or model settings changed since it was written (e.g. "
+            "student.grad_clip, student.weight_decay, student.model); rerun with the settings "
+            "it was written with, or use a new --workdir")
       logging.info("Restored checkpoint of step %d from %s", step, self.directory)
       return restored
     return None
+
+  def _set_aside(self, step: int, reason: str) -> None:
+    """Moves the unreadable checkpoint of `step` to `damaged-<step>` (a later save writes the
+    step afresh), with a warning."""
+    aside = os.path.join(self.directory, f"damaged-{step}")
+    logging.warning("Checkpoint %d in %s cannot be read (%s); moved to %s, trying the previous "
+                    "one.", step, self.directory, reason, aside)
+    if jax.process_index() == 0:
+      shutil.rmtree(aside, ignore_errors=True)
+      os.replace(os.path.join(self.directory, str(step)), aside)
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.close()

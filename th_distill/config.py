@@ -10,22 +10,50 @@ allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
+import math
+import os
 
 import jax
 import ml_collections
 
 from th_distill import monitor
+from th_distill.data import prompts as prompt_lib
 from th_distill.data import tasks, vocabularies
 from th_distill.data.regimes import REGIMES
 from th_distill.metrics_io import PROXY, is_curve_name
 from th_distill.divergences import DIVERGENCES
+from th_distill.errors import EX_USAGE, RunError
 from th_distill.models import T5Config, pretrained, t5_config
 from th_distill.partitioning import resolve_mesh_shape
+from th_distill.sampling import MIN_TEMPERATURE
 
 
-class ConfigError(ValueError):
+# What a non-finite training step does: stop the run, or skip the step (keep the parameters).
+ON_NONFINITE = ("stop", "skip")
+
+
+class ConfigError(RunError, ValueError):
   """An invalid configuration value; the message names each offending field."""
+  exit_code = EX_USAGE
+
+
+def dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every leaf field of `config` as a dotted path ('student.learning_rate', ...)."""
+  keys = []
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += dotted_keys(value, f"{prefix}{key}.")
+    else:
+      keys.append(f"{prefix}{key}")
+  return keys
+
+
+def suggest(name: str, candidates: list[str]) -> str:
+  """'; did you mean X?' for the candidate nearest to `name` (difflib), or ''."""
+  close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+  return f"; did you mean {close[0]}?" if close else ""
 
 
 def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
@@ -69,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
   # convergence law of the hacking detector is fitted (see th_distill.eval_schedule).
   c.eval_log_points = 30
   c.checkpoint_every = 1000
+  # A distillation step with a non-finite loss or gradient norm stops the run ('stop'; its last
+  # good checkpoint is kept) or is skipped ('skip': parameters and optimiser state unchanged).
+  c.on_nonfinite = "stop"
   # Devices: (data, fsdp, model) mesh, -1 = the remaining devices (see docs/scaling.md).
   c.mesh = dict(data=-1, fsdp=1, model=1)
   # Memory: dtype of the frozen teacher and oracle in stage 2, and the number of chunks of the
@@ -110,22 +141,51 @@ def paper_config(task: str, prompt_length: int, response_length: int) -> ml_coll
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file (as `--config=PATH` loads it)."""
+  """`get_config()` of a config file (as `--config=PATH` loads it); ConfigError naming the file
+  if it is missing or has no `get_config`."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"--config: no config file at {path!r}")
   spec = importlib.util.spec_from_file_location("th_distill_config_file", path)
   if spec is None or spec.loader is None:
-    raise FileNotFoundError(f"Cannot load a config file from {path}.")
+    raise ConfigError(f"--config: {path!r} is not a Python config file")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"--config: {path!r} defines no get_config() function")
   return module.get_config()
 
 
+def _non_finite_fields(c: ml_collections.ConfigDict) -> list[str]:
+  """The dotted names of the float fields of `c` that hold NaN or an infinity."""
+  fields = []
+  for key in dotted_keys(c):
+    value = c
+    for part in key.split("."):
+      value = value[part]
+    if isinstance(value, float) and not math.isfinite(value):
+      fields.append(key)
+  return fields
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError listing every invalid field of `c` (nothing is computed before this)."""
+  """Raises ConfigError listing every invalid field of `c` (nothing is computed before this):
+  one message per field, the first problem found."""
   errors: list[str] = []
+  reported: set[str] = set()
 
   def check(ok: bool, field: str, message: str) -> None:
-    if not ok:
+    if not ok and field not in reported:
+      reported.add(field)
       errors.append(f"{field}: {message}")
+
+  known = dotted_keys(base_config()) + [f"detection.{k}" for k in monitor.SETTINGS_FIELDS]
+  model_keys = ("oracle.model.", "teacher.model.", "student.model.")  # checked by T5Config
+  for key in dotted_keys(c):
+    if key not in known and not key.startswith(model_keys):
+      check(False, key, "no such field" + suggest(key, known))
+  for key in _non_finite_fields(c):
+    check(False, key, "must be a finite number")
+  check(0 <= c.seed < 2**32, "seed", f"must be in [0, 2**32), got {c.seed}")
 
   regimes = tuple(c.regimes)
   check(len(regimes) > 0, "regimes", "must name at least one regime")
@@ -136,8 +196,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"{c.loss.name!r} is not one of {tuple(DIVERGENCES)}")
   check(0.0 <= c.loss.beta <= 1.0, "loss.beta", f"must be in [0, 1], got {c.loss.beta}")
   check(c.loss.temperature > 0, "loss.temperature", f"must be > 0, got {c.loss.temperature}")
-  check(c.sampling.temperature >= 0, "sampling.temperature",
-        f"must be >= 0 (0 = greedy), got {c.sampling.temperature}")
+  check(c.sampling.temperature == 0 or c.sampling.temperature >= MIN_TEMPERATURE,
+        "sampling.temperature", f"must be 0 (greedy) or >= {MIN_TEMPERATURE:.3g}, got "
+        f"{c.sampling.temperature}")
   check(0 < c.sampling.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {c.sampling.top_p}")
   check(c.sampling.top_k >= 0, "sampling.top_k", f"must be >= 0 (0 = off), got {c.sampling.top_k}")
   check(0.0 <= c.mixture.student_fraction <= 1.0, "mixture.student_fraction",
@@ -148,6 +209,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
         "must be a local checkpoint path when oracle.source = 'checkpoint'")
   check(c.student.init in ("scratch", "sft"), "student.init",
         f"must be 'scratch' or 'sft', got {c.student.init!r}")
+  check(c.on_nonfinite in ON_NONFINITE, "on_nonfinite",
+        f"must be one of {ON_NONFINITE}, got {c.on_nonfinite!r}")
+  if c.oracle.source == "synthetic":
+    max_entropy = math.log(max(c.task.vocab_size, 1))
+    check(0 < c.oracle.target_entropy < max_entropy, "oracle.target_entropy",
+          f"must be in (0, log task.vocab_size = {max_entropy:.3f}) nats, got "
+          f"{c.oracle.target_entropy}")
+    check(c.oracle.weight_scale > 0, "oracle.weight_scale",
+          f"must be > 0, got {c.oracle.weight_scale}")
 
   check(c.task.source in ("synthetic", "seqio"), "task.source",
         f"must be 'synthetic' or 'seqio', got {c.task.source!r}")
@@ -189,11 +259,23 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(section.schedule in ("constant", "linear", "cosine"), f"{field}.schedule",
           f"must be constant, linear or cosine, got {section.schedule!r}")
   check(c.student.sft_steps >= 0, "student.sft_steps", "must be >= 0")
+  for key in ("weight_decay", "grad_clip"):
+    check(c.student[key] >= 0, f"student.{key}", f"must be >= 0 (0 = off), got {c.student[key]}")
 
   for key in ("vocab_size", "prompt_length", "response_length"):
     check(c.task[key] > 0, f"task.{key}", f"must be > 0, got {c.task[key]}")
   for key in ("num_oracle", "num_distill", "num_eval"):
     check(c.prompts[key] > 0, f"prompts.{key}", f"must be > 0, got {c.prompts[key]}")
+  if c.task.source == "synthetic":
+    tokens = c.task.vocab_size - prompt_lib.FIRST_TOKEN  # ids 0 and 1 never start a prompt
+    pool = c.prompts.num_oracle + c.prompts.num_distill + c.prompts.num_eval
+    check(tokens >= 2, "task.vocab_size",
+          f"must be >= {prompt_lib.FIRST_TOKEN + 2} for synthetic prompts, got {c.task.vocab_size}")
+    # As data.prompts.zipf_prompts requires: 4 x the pool fits in tokens ** prompt_length.
+    check(tokens < 2 or c.task.prompt_length <= 0 or
+          math.log(4 * max(pool, 1)) <= c.task.prompt_length * math.log(tokens),
+          "task.prompt_length", f"{c.task.prompt_length} tokens over {tokens} ids cannot make "
+          f"{pool} distinct prompts (prompts.num_*); use longer prompts or fewer of them")
   n, k = c.offline.num_prompts, c.offline.generations_per_prompt
   check(n > 0 and k > 0, "offline", f"num_prompts (N) and generations_per_prompt (k) must be "
         f"> 0, got N={n}, k={k}")
@@ -232,9 +314,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
   else:
     data_parallel = mesh[0] * mesh[1]
     for field, parts in (("teacher", 1), ("student", max(c.student.micro_batches, 1))):
-      check(c[field].batch_size % (data_parallel * parts) == 0, f"{field}.batch_size",
+      check(c.prompts.num_eval >= data_parallel, "prompts.num_eval",
+          f"{c.prompts.num_eval} must be at least the {data_parallel} data-parallel devices (the "
+          "synthetic oracle is calibrated on held-out prompts, split over them)")
+    check(c[field].batch_size % (data_parallel * parts) == 0, f"{field}.batch_size",
             f"{c[field].batch_size} must be a multiple of the {data_parallel} data-parallel "
             f"devices (mesh.data x mesh.fsdp = {mesh[0]} x {mesh[1]})" +
             (f" times student.micro_batches = {parts}" if parts > 1 else ""))
   if errors:
-    raise ConfigError("Invalid configuration:\n  " + "\n  ".join(errors))
+    raise ConfigError("Invalid configuration:" + "".join(f"\n  {e}" for e in errors)
+                      if len(errors) > 1 else f"Invalid configuration: {errors[0]}")

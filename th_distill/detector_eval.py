@@ -17,9 +17,9 @@ import os
 from typing import Any, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from th_distill import detection, report
+from th_distill import cli, detection, errors, report
 from th_distill.metrics_io import PROXY, TRAIN_PROXY, read_metrics
 
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -39,11 +39,15 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 
 def finished_runs(workdir: str) -> list[tuple[str, list[dict[str, Any]]]]:
-  """(regime directory, metrics rows) of every finished regime run under WORKDIR/runs."""
+  """(regime directory, metrics rows) of every finished regime run under WORKDIR/runs;
+  RunError if there is none."""
   runs = []
   for done in sorted(glob.glob(os.path.join(workdir, "runs", "*", "seed*", "*", "done.json"))):
     directory = os.path.dirname(done)
     runs.append((directory, read_metrics(os.path.join(directory, "metrics.jsonl"))))
+  if not runs:
+    raise errors.RunError(f"--workdir={workdir}: no finished study run in {workdir}/runs (run "
+                          "`python -m th_distill.study --workdir=...` first)")
   return runs
 
 
@@ -78,8 +82,7 @@ def main() -> None:
   threshold = flags.DEFINE_float("threshold_pct", 5.0, "Golden rise that counts as hacking.")
   flags.mark_flags_as_required(["workdir"])
 
-  def body(argv):
-    del argv
+  def print_tables() -> None:
     runs = finished_runs(workdir.value)
     hacking = sum(report.summarize_run(rows, threshold.value, detection.DetectorSettings(),
                                        PROXY)["hacking"] for _, rows in runs)
@@ -87,7 +90,11 @@ def main() -> None:
           f"(golden rise >= {threshold.value:g}% with the training-prompt proxy falling).\n")
     print(table(runs, threshold.value))
 
-  app.run(body)
+  def body(argv: list[str]) -> None:
+    cli.reject_arguments(argv)
+    cli.run_command(print_tables)
+
+  cli.main(body)
 
 
 if __name__ == "__main__":

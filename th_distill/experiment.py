@@ -1,6 +1,7 @@
 """The whole experiment, top-down: what `python -m th_distill.main` runs.
 
-Reading order: validate the config, write it to the workdir, build the prompt pools, stage 1
+Reading order: validate the config, lock the workdir (`workdir_lock`), check that its results
+were made with this config (`resume.check_workdir`), write it, build the prompt pools, stage 1
 (oracle -> oracle data -> teacher SFT, student init), stage 2 (one distillation run per regime),
 then the report (summary.json, plots, report.md). Every stage is cached in the workdir, so running
 the same command again resumes where it stopped. Importable without the CLI:
@@ -20,7 +21,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from th_distill import checkpoints, config as config_lib, partitioning, pipeline, report
+from th_distill import (checkpoints, config as config_lib, partitioning, pipeline, report, resume,
+                        workdir_lock)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
@@ -31,11 +33,19 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   may share it (its fingerprint check refuses a directory built by another stage-1 config).
 
   Multi-host: every process runs this (after `partitioning.initialize_distributed()`); process 0
-  writes the config, metrics and report. Raises `pipeline.Preempted` after SIGTERM.
+  holds the workdir's lock and writes the config, metrics and report. Raises
+  `pipeline.Preempted` after SIGTERM, and a `th_distill.errors.RunError` for a bad config, a
+  workdir in use or holding another config's results, or a non-finite training step.
   """
   config_lib.validate(config)
+  with workdir_lock.hold(workdir):
+    return _run(config, workdir, stage1_dir or os.path.join(workdir, "stage1"))
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str) -> dict[str, Any]:
+  """`run`, with the workdir locked."""
   main = partitioning.is_main_process()
-  os.makedirs(workdir, exist_ok=True)
+  resume.check_workdir(config, workdir, stage1_dir)
   if main:
     checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   start = time.time()
@@ -45,8 +55,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                partitioner.mesh.size, jax.process_count())
   models = pipeline.Models.from_config(config)
   pools = pipeline.prompt_pools(config)
-  stage1 = pipeline.run_stage1(config, stage1_dir or os.path.join(workdir, "stage1"), models,
-                               pools, partitioner)
+  stage1 = pipeline.run_stage1(config, stage1_dir, models, pools, partitioner)
   for regime in config.regimes:
     pipeline.run_regime(config, workdir, regime, models, stage1, pools, partitioner)
   if not main:

@@ -1,11 +1,14 @@
 r"""Command line of the teacher-hacking experiment (the experiment itself: `experiment.run`).
 
   python -m th_distill.main --config=configs/tiny.py --workdir=/tmp/th [--config.KEY=VALUE ...]
+
+Exit status: 0 done, 1 the run cannot go on as asked, 2 a usage error, 75 pre-empted (run the
+same command again to resume); errors are one line on stderr (`--traceback` for the traceback).
 """
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from th_distill import cli, experiment
@@ -16,11 +19,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every output of t
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def main(argv: list[str]) -> None:
+  cli.reject_arguments(argv)
   cli.run_command(lambda: experiment.run(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

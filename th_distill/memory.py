@@ -21,9 +21,9 @@ from typing import Sequence
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 
-from th_distill import config as config_lib
+from th_distill import cli, config as config_lib
 from th_distill.models import T5, T5Config
 from th_distill.partitioning import MESH_AXES, boxed_param_shapes, mesh_axes
 
@@ -119,14 +119,32 @@ _CONFIG = flags.DEFINE_string("config", None, "Config file (default: the paper's
 _MESH = flags.DEFINE_multi_string("mesh", None, "data,fsdp,model (repeatable).")
 
 
-def main(argv):
-  del argv
+def parse_mesh(text: str, batch_size: int) -> tuple[int, int, int]:
+  """`--mesh=data,fsdp,model` as three positive ints whose data x fsdp divides `batch_size`;
+  ConfigError otherwise."""
+  parts = text.split(",")
+  if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    raise config_lib.ConfigError(f"--mesh={text}: must be three positive integers "
+                                 "data,fsdp,model (e.g. --mesh=1,8,1)")
+  mesh = tuple(int(p) for p in parts)
+  if batch_size % (mesh[0] * mesh[1]):
+    raise config_lib.ConfigError(f"--mesh={text}: data x fsdp = {mesh[0] * mesh[1]} must divide "
+                                 f"student.batch_size = {batch_size}")
+  return mesh
+
+
+def _print_table() -> None:
   config = (config_lib.load_config_file(_CONFIG.value) if _CONFIG.value
             else paper_xsum_config())
-  meshes = ([tuple(int(x) for x in m.split(",")) for m in _MESH.value] if _MESH.value
+  meshes = ([parse_mesh(m, config.student.batch_size) for m in _MESH.value] if _MESH.value
             else PAPER_MESHES)
   print(table(config, meshes, PAPER_VARIANTS))
 
 
+def main(argv: list[str]) -> None:
+  cli.reject_arguments(argv)
+  cli.run_command(_print_table)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

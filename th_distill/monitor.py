@@ -33,11 +33,15 @@ KEEP = ("best_golden", "best_predicted")
 ON_DETECT = ("continue", "stop")
 
 
+# The detector's settings a `detection` config section may hold (base_config() holds the main
+# ones; `window` may be added).
+SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(detection.DetectorSettings))
+
+
 def detector_settings(section: ml_collections.ConfigDict) -> detection.DetectorSettings:
-  """The `detection` config section's detector fields."""
-  return detection.DetectorSettings(
-      law=section.law, min_fit_points=section.min_fit_points, patience=section.patience,
-      threshold=section.threshold, noise_floor=section.noise_floor, direction=section.direction)
+  """The `detection` config section's detector fields (defaults for those it lacks)."""
+  return detection.DetectorSettings(**{name: section[name] for name in SETTINGS_FIELDS
+                                       if name in section})
 
 
 @dataclasses.dataclass

@@ -41,7 +41,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from th_distill import checkpoints, sampling
+from th_distill import checkpoints, guards, resume, sampling
+from th_distill.errors import EX_TEMPFAIL, RunError
 from th_distill.partitioning import Partitioner, is_main_process, pad_rows
 from th_distill.config import to_t5_config
 from th_distill.data import prompts as prompt_lib
@@ -68,22 +69,21 @@ def _key(seed: int, purpose: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), purpose)
 
 
-def fingerprint(config: ml_collections.ConfigDict, sections: tuple[str, ...]) -> str:
-  """Hash of the named config sections (dotted paths): what a cached stage depends on."""
+def fingerprint_fields(config: ml_collections.ConfigDict,
+                       sections: tuple[str, ...]) -> dict[str, Any]:
+  """{section: value} of the named config sections (dotted paths)."""
   def lookup(path):
     value = config
     for part in path.split("."):
       value = value[part]
     return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
-  text = json.dumps({s: lookup(s) for s in sections}, sort_keys=True, default=list)
+  return {s: lookup(s) for s in sections}
+
+
+def fingerprint(config: ml_collections.ConfigDict, sections: tuple[str, ...]) -> str:
+  """Hash of the named config sections (dotted paths): what a cached stage depends on."""
+  text = json.dumps(fingerprint_fields(config, sections), sort_keys=True, default=list)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _check_fingerprint(marker: str, expected: str) -> None:
-  found = checkpoints.read_json(marker)["fingerprint"]
-  if found != expected:
-    raise ValueError(f"{marker} was written by a different configuration (fingerprint {found}, "
-                     f"this run {expected}); use a fresh --workdir or restore the old config.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,8 +256,9 @@ def run_stage1(config: ml_collections.ConfigDict, directory: str, models: Models
   `directory` (usually WORKDIR/stage1; studies share one per seed between their runs)."""
   marker = os.path.join(directory, "info.json")
   expected = fingerprint(config, STAGE1_SECTIONS)
+  fields = fingerprint_fields(config, STAGE1_SECTIONS)
   if os.path.exists(marker):
-    _check_fingerprint(marker, expected)
+    resume.check_marker(marker, expected, fields)
     logging.info("Stage 1: reusing %s", directory)
     params = {name: checkpoints.load_params(
         os.path.join(directory, name), partitioner.abstract_params(getattr(models, model)))
@@ -271,7 +272,7 @@ def run_stage1(config: ml_collections.ConfigDict, directory: str, models: Models
         info=checkpoints.read_json(marker))
 
   seed, start = config.seed, time.time()
-  info: dict[str, Any] = {"fingerprint": expected}
+  info: dict[str, Any] = {"fingerprint": expected, "fields": fields}
   sample_oracle = make_sampler(models.oracle, config, partitioner)
   if config.oracle.source == "synthetic":
     calibration_rows = min(256, len(pools["eval"])) // partitioner.data_parallel_size
@@ -347,7 +348,8 @@ def offline_dataset(config: ml_collections.ConfigDict, workdir: str, models: Mod
     data = checkpoints.load_arrays(path)
     if str(data["fingerprint"]) == expected:
       return data
-    raise ValueError(f"{path} was built by a different configuration; use a fresh --workdir.")
+    raise resume.ConfigChanged(f"{path} was built by a different configuration; use a new "
+                               "--workdir, or rerun with the values it was built with")
   data = regime_lib.build_offline(
       host_sampler(make_sampler(models.teacher, config, partitioner), partitioner),
       stage1.teacher_params, pools["distill"][:config.offline.num_prompts],
@@ -361,8 +363,10 @@ def regime_dir(workdir: str, regime: str) -> str:
   return os.path.join(workdir, regime)
 
 
-class Preempted(Exception):
-  """Raised by `run_regime` after SIGTERM: the run was checkpointed at `step` and can resume."""
+class Preempted(RunError):
+  """Raised by `run_regime` after SIGTERM: the run was checkpointed at `step` and can resume
+  (exit status 75, EX_TEMPFAIL: schedulers retry it)."""
+  exit_code = EX_TEMPFAIL
 
   def __init__(self, regime: str, step: int):
     super().__init__(f"{regime}: pre-empted (SIGTERM); checkpointed at step {step}. Run the same "
@@ -396,17 +400,34 @@ class _SigtermFlag:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def _write_marker(path: str, record: dict[str, Any]) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  checkpoints.write_json(path, record)
+
+
 def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, models: Models,
                stage1: Stage1, pools: dict[str, np.ndarray], partitioner: Partitioner) -> None:
   """Distils the student under `regime`, logging to `WORKDIR/<regime>/` (resumable)."""
   directory = regime_dir(workdir, regime)
   marker = os.path.join(directory, "done.json")
-  expected = fingerprint(config, tuple(k for k in config.keys() if k != "regimes"))
+  sections = tuple(k for k in config.keys() if k not in resume.FREE_FIELDS)
+  expected, fields = fingerprint(config, sections), fingerprint_fields(config, sections)
+  seed, student = config.seed, config.student
+  eval_steps = set(evaluation_steps(student.steps, config.eval_every, config.eval_log_points))
+  metrics_path = os.path.join(directory, "metrics.jsonl")
   if os.path.exists(marker):
-    _check_fingerprint(marker, expected)
+    resume.check_marker(marker, expected, fields)
+    last = checkpoints.read_json(marker)["steps"]
+    guards.check_rows(metrics_path, {s for s in eval_steps if s <= last},
+                      f"delete {directory} to run the regime again")
     logging.info("%s: already finished, reusing %s", regime, directory)
     return
-  seed, student = config.seed, config.student
+  # An unfinished regime resumes under the config it started with only.
+  started = os.path.join(directory, "started.json")
+  if os.path.exists(started):
+    resume.check_marker(started, expected, fields)
+  else:
+    _write_on_main(lambda: _write_marker(started, {"fingerprint": expected, "fields": fields}))
   # The frozen models, possibly in a narrower dtype for stage 2.
   teacher_params = partitioner.cast(models.teacher, stage1.teacher_params, config.frozen_dtype)
   oracle_params = partitioner.cast(models.oracle, stage1.oracle_params, config.frozen_dtype)
@@ -442,6 +463,8 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
   checkpointer = checkpoints.RunCheckpointer(os.path.join(directory, "checkpoints"))
   carry = checkpointer.restore_latest(carry) or carry
   start_step = int(carry["state"].step)
+  guards.check_rows(metrics_path, {s for s in eval_steps if s < start_step},
+                    f"delete {directory} to run the regime again from step 0")
   writer = MetricsWriter(directory, resume_step=start_step, enabled=is_main_process())
   monitor = HackingMonitor.from_config(
       config.detection, directory, GOLDEN,
@@ -449,12 +472,15 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
   settings = (config.loss.name, config.loss.beta, config.loss.normalized,
               config.loss.temperature, student.micro_batches, config.sequence_chunks)
   distill_step = partitioner.jit(
-      make_distill_step(models.student, models.teacher, models.oracle, *settings),
+      guards.skip_nonfinite(
+          make_distill_step(models.student, models.teacher, models.oracle, *settings),
+          config.on_nonfinite),
       in_shardings=(state_shardings, partitioner.param_shardings(models.teacher),
                     partitioner.param_shardings(models.oracle), _batch_shardings(partitioner),
                     partitioner.replicated),
       out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0,
-      key=("distill_step", models.student, models.teacher, models.oracle, optimizer, settings))
+      key=("distill_step", models.student, models.teacher, models.oracle, optimizer, settings,
+           config.on_nonfinite))
   frozen = (teacher_params, oracle_params)
 
   def evaluate(student_params: Any, step: int) -> dict[str, float]:
@@ -466,8 +492,8 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
       results.update(evaluate_set(student_params, *frozen, data, name))
     return results
 
-  eval_steps = set(evaluation_steps(student.steps, config.eval_every, config.eval_log_points))
   timers = {"generate": 0.0, "train": 0.0}
+  watch = guards.StepWatch(regime, config.on_nonfinite)
   run_start = time.time()
   logging.info("%s: steps %d..%d", regime, start_step, student.steps)
   with _SigtermFlag() as sigterm:
@@ -508,7 +534,8 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
       toc = time.time()
       state, metrics = distill_step(state, *frozen, batch,
                                     jax.random.fold_in(_key(seed, _TRAIN_DROPOUT), step))
-      window = {k: v + (1.0 if k == "steps" else metrics[k]) for k, v in window.items()}
+      if watch.counts(step, metrics, checkpointer):  # False: a skipped non-finite step
+        window = {k: v + (1.0 if k == "steps" else metrics[k]) for k, v in window.items()}
       carry = jax.block_until_ready({"state": state, "window": window})
       timers["generate"] += toc - tic
       timers["train"] += time.time() - toc

@@ -28,10 +28,10 @@ import time
 from typing import Any, Mapping
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from th_distill import cli, config as config_lib, experiment, pipeline, report
+from th_distill import cli, config as config_lib, experiment, pipeline, report, workdir_lock
 
 def study_config(name: str, title: str, base: ml_collections.ConfigDict,
                  variants: Mapping[str, Mapping[str, Any]],
@@ -46,8 +46,9 @@ def _apply(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], vari
   for key, value in overrides.items():
     field = f"{prefix}{key}"
     if key not in config:
-      raise config_lib.ConfigError(f"variants.{variant}.{field}: no such field in the experiment "
-                                   "config (see th_distill/config.py)")
+      raise config_lib.ConfigError(
+          f"variants.{variant}.{field}: no such field in the experiment config" +
+          config_lib.suggest(field, [f"{prefix}{k}" for k in config.keys()]))
     if isinstance(value, Mapping):
       _apply(config[key], value, variant, f"{field}.")
     else:
@@ -97,7 +98,13 @@ def arm_label(variant: str, regime: str, variants: int, regimes: set[str]) -> st
 def run(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) every run of the study, then writes its report; returns the summary."""
   runs = run_configs(study)
-  os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.hold(workdir):
+    return _run(study, runs, workdir)
+
+
+def _run(study: ml_collections.ConfigDict,
+         runs: list[tuple[str, int, ml_collections.ConfigDict]], workdir: str) -> dict[str, Any]:
+  """`run`, with the study workdir locked (its runs lock their own workdirs)."""
   start = time.time()
   for index, (variant, seed, config) in enumerate(runs):
     logging.info("Study run %d/%d: variant %r, seed %d (%.0fs elapsed)", index + 1, len(runs),
@@ -126,11 +133,10 @@ def main() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
   def body(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.reject_arguments(argv)
     cli.run_command(lambda: run(study.value, workdir.value))
 
-  app.run(body)
+  cli.main(body)
 
 
 if __name__ == "__main__":

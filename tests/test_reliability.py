@@ -1,0 +1,303 @@
+"""Nothing lost, nothing silently wrong: the workdir lock, config changes on resume, checkpoints
+of another structure, lost metric rows, non-finite values, strict JSON and the sampler's edge
+cases (docs/reliability.md lists which test shows which promise)."""
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import micro_config
+from th_distill import checkpoints, divergences, experiment, guards, sampling, workdir_lock
+from th_distill.metrics_io import MetricsLost, MetricsWriter, read_metrics
+from th_distill.models import T5, init_params, t5_config
+from th_distill.resume import ConfigChanged
+from th_distill.train import create_train_state
+
+REGIME = "offline"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A finished micro workdir of the offline regime (checkpoints at steps 4 and 6) and its
+  config."""
+  config = micro_config()
+  config.regimes = (REGIME,)
+  workdir = str(tmp_path_factory.mktemp("finished") / "run")
+  experiment.run(config, workdir)
+  return workdir, config
+
+
+@pytest.fixture
+def workdir(finished, tmp_path):
+  """A copy of the finished workdir, to damage."""
+  copy = str(tmp_path / "run")
+  shutil.copytree(finished[0], copy)
+  return copy
+
+
+@pytest.fixture
+def config(finished):
+  return finished[1].copy_and_resolve_references()
+
+
+def _unfinish(workdir):
+  """The workdir as a run stopped after its last checkpoint leaves it."""
+  os.remove(os.path.join(workdir, REGIME, "done.json"))
+
+
+# The workdir lock.
+
+def test_a_held_workdir_is_refused_naming_the_holder_then_taken_over_once_it_dies(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from th_distill import workdir_lock\n"
+       f"with workdir_lock.hold({str(tmp_path)!r}):\n  print('held', flush=True)\n"
+       "  time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(workdir_lock.WorkdirLocked,
+                       match=f"in use by pid {holder.pid} on host {socket.gethostname()}"):
+      with workdir_lock.hold(str(tmp_path)):
+        pass
+  finally:
+    holder.kill()  # SIGKILL: the lock file still names it
+    holder.wait()
+  assert json.loads((tmp_path / ".lock").read_text())["pid"] == holder.pid
+  with workdir_lock.hold(str(tmp_path)):  # the OS released its flock: stale, taken over
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+  assert (tmp_path / ".lock").read_text() == ""  # released: free, not stale
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
+  (tmp_path / ".lock").write_text(json.dumps({"host": "gone", "pid": 12345, "since": 0}))
+  with caplog.at_level(logging.WARNING):
+    with workdir_lock.hold(str(tmp_path)):
+      pass
+  assert "Taking over the lock" in caplog.text and "pid 12345 on host gone" in caplog.text
+
+
+def test_a_workdir_that_is_a_file_is_refused(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(workdir_lock.WorkdirLocked, match="exists and is not a directory"):
+    with workdir_lock.hold(str(tmp_path / "file")):
+      pass
+
+
+# Config changes on resume.
+
+def test_an_unfinished_regime_under_a_changed_config_is_refused_before_config_json_changes(
+    workdir, config):
+  _unfinish(workdir)
+  before = open(os.path.join(workdir, "config.json")).read()
+  config.loss.name = "rkl"
+  config.student.learning_rate = 0.01
+  with pytest.raises(ConfigChanged) as error:
+    experiment.run(config, workdir)
+  message = str(error.value)
+  assert "loss.name: 'fkl' -> 'rkl'" in message and "student.learning_rate: 0.001 -> 0.01" in message
+  assert "--config.loss.name=fkl --config.student.learning_rate=0.001" in message
+  assert "\n" not in message
+  assert open(os.path.join(workdir, "config.json")).read() == before
+
+
+def test_a_regime_checks_its_own_record_when_config_json_is_gone(workdir, config):
+  _unfinish(workdir)
+  os.remove(os.path.join(workdir, "config.json"))
+  config.student.grad_clip = 1.0
+  with pytest.raises(ConfigChanged, match=r"student\.grad_clip: 0\.0 -> 1\.0"):
+    experiment.run(config, workdir)
+
+
+def test_regimes_and_on_nonfinite_may_change(workdir, config):
+  config.regimes = (REGIME, "online_teacher")
+  config.student.steps = 3  # ... but nothing else
+  with pytest.raises(ConfigChanged, match=r"student\.steps: 6 -> 3"):
+    experiment.run(config, workdir)
+  config.student.steps = 6
+  config.regimes = (REGIME,)
+  config.on_nonfinite = "skip"
+  stamp = os.path.getmtime(os.path.join(workdir, REGIME, "done.json"))
+  experiment.run(config, workdir)
+  assert os.path.getmtime(os.path.join(workdir, REGIME, "done.json")) == stamp
+
+
+def test_a_checkpoint_of_another_structure_is_reported_as_such(tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  checkpointer = checkpoints.RunCheckpointer(directory)
+  checkpointer.save(3, {"w": jnp.zeros(4), "clip": {"count": jnp.zeros((), jnp.int32)}})
+  with pytest.raises(checkpoints.CheckpointMismatch,
+                     match=r"checkpoint 3 .* another structure \(clip/count is in the checkpoint "
+                           r"but not in this run's state\)"):
+    checkpoints.RunCheckpointer(directory).restore_latest({"w": jnp.zeros(4)})
+  with pytest.raises(checkpoints.CheckpointMismatch, match=r"w has shape \(4,\) in the checkpoint, "
+                                                           r"\(5,\) in this run"):
+    checkpoints.RunCheckpointer(directory).restore_latest(
+        {"w": jnp.zeros(5), "clip": {"count": jnp.zeros((), jnp.int32)}})
+  assert os.path.isdir(os.path.join(directory, "3"))  # not mistaken for damage
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_its_step_written_again(tmp_path):
+  directory = str(tmp_path / "checkpoints")
+  checkpoints.RunCheckpointer(directory).save(2, {"w": jnp.ones(4)})
+  shutil.rmtree(os.path.join(directory, "2", "default"))
+  checkpointer = checkpoints.RunCheckpointer(directory)
+  assert checkpointer.restore_latest({"w": jnp.zeros(4)}) is None
+  assert os.path.isdir(os.path.join(directory, "damaged-2"))
+  checkpointer.save(2, {"w": jnp.full(4, 2.0)})
+  restored = checkpoints.RunCheckpointer(directory).restore_latest({"w": jnp.zeros(4)})
+  assert float(restored["w"][0]) == 2.0
+
+
+# Lost metric rows.
+
+def test_a_finished_regime_whose_metrics_were_deleted_is_refused(workdir, config):
+  os.remove(os.path.join(workdir, REGIME, "metrics.jsonl"))
+  with pytest.raises(MetricsLost, match=r"lacks the rows of 3 evaluation\(s\) \(steps 0\.\.6\)"):
+    experiment.run(config, workdir)
+
+
+def test_an_unfinished_regime_with_a_cut_metrics_file_is_refused(workdir, config):
+  _unfinish(workdir)
+  path = os.path.join(workdir, REGIME, "metrics.jsonl")
+  first = open(path).readline()
+  open(path, "w").write(first)  # rows 3 and 6 gone; the checkpoint of step 6 stays
+  with pytest.raises(MetricsLost, match=r"steps 3\.\.3"):
+    experiment.run(config, workdir)
+
+
+def test_a_metrics_file_deleted_during_a_run_is_written_back(tmp_path, caplog):
+  writer = MetricsWriter(str(tmp_path))
+  writer.write(0, {"a": 1.0})
+  os.remove(writer.path)
+  with caplog.at_level(logging.WARNING):
+    writer.write(1, {"a": 2.0})
+  writer.close()
+  assert "was deleted or replaced" in caplog.text
+  assert [r["step"] for r in read_metrics(writer.path)] == [0, 1]
+
+
+# Non-finite values.
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_divergences_propagate_non_finite_logits(bad):
+  good = jnp.array([[0.5, 1.0, 2.0, -1.0]])
+  broken = good.at[0, 1].set(bad)
+  for ref, student in ((broken, good), (good, broken)):
+    values = [divergences.fkl(ref, student), divergences.rkl(ref, student),
+              divergences.jsd(ref, student), divergences.jsd(ref, student, beta=0.0),
+              divergences.jsd(ref, student, beta=1.0, normalized=True),
+              *divergences.all_divergences(ref, student).values()]
+    assert all(bool(jnp.isnan(v).all()) for v in values)
+  masked = good.at[0, 1].set(-jnp.inf)  # a masked entry stays finite
+  assert all(bool(jnp.isfinite(v).all())
+             for v in divergences.all_divergences(masked, masked).values())
+
+
+def _metrics(loss, grad_norm):
+  return {"train/loss": jnp.float32(loss), "train/grad_norm": jnp.float32(grad_norm)}
+
+
+def test_a_non_finite_step_stops_the_run_naming_the_step_and_the_last_checkpoint(tmp_path):
+  checkpointer = checkpoints.RunCheckpointer(str(tmp_path))
+  checkpointer.save(100, {"w": jnp.zeros(2)})
+  watch = guards.StepWatch("offline", "stop")
+  assert watch.counts(101, _metrics(1.0, 2.0), checkpointer)
+  with pytest.raises(guards.NonFiniteStep, match=r"training step 102 gave loss nan and gradient "
+                                                 r"norm inf.*checkpoint, step 100"):
+    watch.counts(102, _metrics(math.nan, math.inf), checkpointer)
+  assert not guards.StepWatch("offline", "skip").counts(102, _metrics(math.nan, 1.0),
+                                                        checkpointer)
+
+
+def test_a_collapsed_gradient_is_warned_about_once(tmp_path, caplog):
+  checkpointer = checkpoints.RunCheckpointer(str(tmp_path))
+  watch = guards.StepWatch("offline", "stop")
+  with caplog.at_level(logging.WARNING):
+    for step in range(2 * watch.COLLAPSED_STEPS):
+      watch.counts(step, _metrics(1.0, 0.0 if step >= 10 else 1.0), checkpointer)
+  assert caplog.text.count("the gradient norm has been 0 since step 10") == 1
+
+
+def test_skipping_a_non_finite_step_keeps_the_parameters():
+  state = create_train_state({"w": jnp.ones(3)}, optax.adam(0.1))
+
+  def step(state, grad):
+    new = state.apply_gradients(grads={"w": grad})
+    return new, {"train/loss": jnp.sum(grad), "train/grad_norm": jnp.linalg.norm(grad)}
+
+  guarded = jax.jit(guards.skip_nonfinite(step, "skip"))
+  kept, _ = guarded(state, jnp.array([1.0, jnp.nan, 0.0]))
+  np.testing.assert_array_equal(kept.params["w"], state.params["w"])
+  assert int(kept.step) == 1  # the data order goes on
+  moved, _ = guarded(state, jnp.ones(3))
+  assert not np.array_equal(moved.params["w"], state.params["w"])
+
+
+def test_a_diverging_run_stops_or_skips_and_its_json_stays_strict(config, tmp_path):
+  config.student.learning_rate = 1e30
+  with pytest.raises(guards.NonFiniteStep, match="training step 1 gave loss nan"):
+    experiment.run(config, str(tmp_path))
+  config.on_nonfinite = "skip"  # the same workdir goes on, skipping
+  experiment.run(config, str(tmp_path))
+  strict = lambda text: json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+  lines = open(tmp_path / REGIME / "metrics.jsonl").read().splitlines()
+  rows = [strict(line) for line in lines]
+  assert rows[-1]["eval_oracle/golden/fkl"] is None and "nan" not in " ".join(lines).lower()
+  for name in ("summary.json", "stage1/info.json", f"{REGIME}/done.json"):
+    strict((tmp_path / name).read_text())
+
+
+def test_json_files_write_non_finite_numbers_as_null(tmp_path):
+  path = str(tmp_path / "x.json")
+  checkpoints.write_json(path, {"a": math.nan, "b": [np.float32(math.inf), 1.5], "c": "nan"})
+  assert json.loads(open(path).read()) == {"a": None, "b": [None, 1.5], "c": "nan"}
+
+
+# The sampler's edge cases.
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  model = T5(t5_config("tiny", vocab_size=16, d_model=16, d_kv=4, d_ff=32, num_heads=2,
+                       num_encoder_layers=1, num_decoder_layers=1))
+  return model, nn.unbox(init_params(model, jax.random.PRNGKey(0)))
+
+
+def test_tiny_temperatures_and_nuclei_are_greedy_with_finite_log_probs(tiny_model):
+  model, params = tiny_model
+  prompts = jax.random.randint(jax.random.PRNGKey(1), (3, 4), 2, 16)
+  greedy = sampling.sample(model, params, prompts, jax.random.PRNGKey(0), max_length=4,
+                           temperature=0.0)
+  for temperature, top_p in ((1e-10, 1.0), (1.0, 1e-39)):
+    out = sampling.sample(model, params, prompts, jax.random.PRNGKey(0), max_length=4,
+                          temperature=temperature, top_p=top_p)
+    np.testing.assert_array_equal(out.tokens, greedy.tokens)
+    assert np.all(np.asarray(out.logprobs) == 0.0)  # one token left, probability 1
+
+
+def test_the_sampler_refuses_subnormal_temperatures_and_ids_outside_the_vocabulary(tiny_model):
+  model, params = tiny_model
+  prompts = jnp.full((2, 4), 3, jnp.int32)
+  with pytest.raises(ValueError, match="temperature must be 0 .greedy. or finite and >="):
+    sampling.sample(model, params, prompts, jax.random.PRNGKey(0), max_length=4,
+                    temperature=1e-40)
+  for fn in (sampling.sample, sampling.sample_uncached):
+    with pytest.raises(ValueError, match=r"prompt ids must be in \[0, 16\).*from 3 to 16"):
+      fn(model, params, prompts.at[0, 0].set(16), jax.random.PRNGKey(0), max_length=4)
+
+
+def test_an_empty_batch_gives_empty_responses(tiny_model):
+  model, params = tiny_model
+  out = sampling.sample(model, params, jnp.zeros((0, 4), jnp.int32), jax.random.PRNGKey(0),
+                        max_length=4)
+  assert out.tokens.shape == out.mask.shape == out.logprobs.shape == (0, 4)

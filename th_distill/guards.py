@@ -1,0 +1,100 @@
+"""Guards of the distillation loop: non-finite steps, a stalled gradient, lost metric rows.
+
+- `StepWatch` checks every step's loss and gradient norm on the host (they are synchronised for
+  the step's timing anyway): a non-finite value stops the run with `NonFiniteStep`, naming the
+  step, the values and the last good checkpoint (the poisoned state is never saved), as t5x's
+  TerminateOnNan does, or, with `on_nonfinite = 'skip'`, the step is skipped: `skip_nonfinite`
+  keeps the parameters and optimiser state inside the jitted step.
+- `check_rows` refuses to resume or report a run whose `metrics.jsonl` lost rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from th_distill import checkpoints
+from th_distill.errors import RunError
+from th_distill.metrics_io import MetricsLost, read_metrics
+from th_distill.train import TrainState
+
+
+class NonFiniteStep(RunError):
+  """A distillation step gave a non-finite loss or gradient norm (`on_nonfinite = 'stop'`)."""
+
+
+class StepWatch:
+  """Checks each distillation step's loss and gradient norm on the host: a non-finite one
+  raises NonFiniteStep (`on_nonfinite = 'stop'`) or is skipped with a warning ('skip'); a
+  gradient norm of 0 for COLLAPSED_STEPS steps in a row is warned about once (training has
+  stalled, as a much too large learning rate does)."""
+  COLLAPSED_STEPS = 100
+
+  def __init__(self, regime: str, on_nonfinite: str):
+    self.regime, self.on_nonfinite = regime, on_nonfinite
+    self.zero_since: int | None = None
+    self.warned = False
+
+  def counts(self, step: int, metrics: dict[str, Any],
+             checkpointer: checkpoints.RunCheckpointer) -> bool:
+    """Whether the step's metrics count in the logged averages (False: a skipped step)."""
+    loss, grad_norm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
+    if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+      if self.on_nonfinite == "stop":
+        raise NonFiniteStep(
+            f"{self.regime}: training step {step} gave loss {loss} and gradient norm "
+            f"{grad_norm}; stopped (on_nonfinite = 'stop'). {_last_good(checkpointer)} Lower "
+            "student.learning_rate or set student.grad_clip (in a new --workdir), or rerun "
+            "with --config.on_nonfinite=skip to skip such steps")
+      logging.warning("%s: step %d skipped (loss %s, gradient norm %s; on_nonfinite = 'skip').",
+                      self.regime, step, loss, grad_norm)
+      return False
+    if grad_norm != 0.0:
+      self.zero_since = None
+    elif self.zero_since is None:
+      self.zero_since = step
+    if (not self.warned and self.zero_since is not None and
+        step - self.zero_since + 1 >= self.COLLAPSED_STEPS):
+      self.warned = True
+      logging.warning("%s: the gradient norm has been 0 since step %d: training has stalled "
+                      "(a learning rate much too large can collapse the student).", self.regime,
+                      self.zero_since)
+    return True
+
+
+def _last_good(checkpointer: checkpoints.RunCheckpointer) -> str:
+  step = checkpointer.latest_step()
+  if step is None:
+    return "No checkpoint was written yet (a rerun starts from step 0)."
+  return f"The last good checkpoint, step {step}, is kept in {checkpointer.directory}."
+
+
+def skip_nonfinite(step_fn: Callable[..., Any], on_nonfinite: str) -> Callable[..., Any]:
+  """`step_fn` (state, ...) -> (state, metrics); with `on_nonfinite = 'skip'`, a step whose loss
+  or gradient norm is not finite keeps the parameters and optimiser state (the step counter
+  still advances, so the data order is unchanged)."""
+  if on_nonfinite != "skip":
+    return step_fn
+
+  def guarded(state: TrainState, *args: Any) -> tuple[TrainState, Any]:
+    new, metrics = step_fn(state, *args)
+    finite = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(metrics["train/grad_norm"])
+    params, opt_state = jax.tree_util.tree_map(
+        lambda n, o: jnp.where(finite, n, o), (new.params, new.opt_state),
+        (state.params, state.opt_state))
+    return new.replace(params=params, opt_state=opt_state), metrics
+
+  return guarded
+
+
+def check_rows(path: str, steps: set[int], fix: str) -> None:
+  """Raises MetricsLost if `metrics.jsonl` at `path` lacks the row of one of `steps`."""
+  missing = sorted(steps - {row["step"] for row in read_metrics(path)})
+  if missing:
+    raise MetricsLost(f"{path} lacks the rows of {len(missing)} evaluation(s) (steps "
+                      f"{missing[0]}..{missing[-1]}): it was deleted or cut short, and the "
+                      f"run cannot be reported on; {fix}")

@@ -105,7 +105,8 @@ def test_an_unfinished_regime_under_a_changed_config_is_refused_before_config_js
   with pytest.raises(ConfigChanged) as error:
     experiment.run(config, workdir)
   message = str(error.value)
-  assert "loss.name: 'fkl' -> 'rkl'" in message and "student.learning_rate: 0.001 -> 0.01" in message
+  assert "loss.name: 'fkl' -> 'rkl'" in message
+  assert "student.learning_rate: 0.001 -> 0.01" in message
   assert "--config.loss.name=fkl --config.student.learning_rate=0.001" in message
   assert "\n" not in message
   assert open(os.path.join(workdir, "config.json")).read() == before
@@ -216,15 +217,19 @@ def test_a_non_finite_step_stops_the_run_naming_the_step_and_the_last_checkpoint
   with pytest.raises(guards.NonFiniteStep, match=r"training step 102 gave loss nan and gradient "
                                                  r"norm inf.*checkpoint, step 100"):
     watch.counts(102, _metrics(math.nan, math.inf), checkpointer)
-  assert not guards.StepWatch("offline", "skip").counts(102, _metrics(math.nan, 1.0),
-                                                        checkpointer)
+  skipping = guards.StepWatch("offline", "skip")
+  for step in range(102, 102 + skipping.IN_A_ROW - 1):
+    assert not skipping.counts(step, _metrics(math.nan, 1.0), checkpointer)
+  with pytest.raises(guards.NonFiniteStep, match=r"every training step from 102 to 201 was "
+                                                 r"non-finite and skipped"):
+    skipping.counts(102 + skipping.IN_A_ROW - 1, _metrics(math.nan, 1.0), checkpointer)
 
 
 def test_a_collapsed_gradient_is_warned_about_once(tmp_path, caplog):
   checkpointer = checkpoints.RunCheckpointer(str(tmp_path))
   watch = guards.StepWatch("offline", "stop")
   with caplog.at_level(logging.WARNING):
-    for step in range(2 * watch.COLLAPSED_STEPS):
+    for step in range(2 * watch.IN_A_ROW):
       watch.counts(step, _metrics(1.0, 0.0 if step >= 10 else 1.0), checkpointer)
   assert caplog.text.count("the gradient norm has been 0 since step 10") == 1
 

@@ -29,14 +29,16 @@ class NonFiniteStep(RunError):
 
 class StepWatch:
   """Checks each distillation step's loss and gradient norm on the host: a non-finite one
-  raises NonFiniteStep (`on_nonfinite = 'stop'`) or is skipped with a warning ('skip'); a
-  gradient norm of 0 for COLLAPSED_STEPS steps in a row is warned about once (training has
-  stalled, as a much too large learning rate does)."""
-  COLLAPSED_STEPS = 100
+  raises NonFiniteStep (`on_nonfinite = 'stop'`) or is skipped with a warning ('skip'; after
+  IN_A_ROW skipped steps in a row the run stops all the same: the parameters themselves have
+  diverged). A gradient norm of 0 for IN_A_ROW steps in a row is warned about once (training
+  has stalled, as a much too large learning rate does)."""
+  IN_A_ROW = 100
 
   def __init__(self, regime: str, on_nonfinite: str):
     self.regime, self.on_nonfinite = regime, on_nonfinite
     self.zero_since: int | None = None
+    self.skipped_since: int | None = None
     self.warned = False
 
   def counts(self, step: int, metrics: dict[str, Any],
@@ -44,21 +46,30 @@ class StepWatch:
     """Whether the step's metrics count in the logged averages (False: a skipped step)."""
     loss, grad_norm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
     if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+      if self.skipped_since is None:
+        self.skipped_since = step
       if self.on_nonfinite == "stop":
         raise NonFiniteStep(
             f"{self.regime}: training step {step} gave loss {loss} and gradient norm "
             f"{grad_norm}; stopped (on_nonfinite = 'stop'). {_last_good(checkpointer)} Lower "
             "student.learning_rate or set student.grad_clip (in a new --workdir), or rerun "
             "with --config.on_nonfinite=skip to skip such steps")
+      if step - self.skipped_since + 1 >= self.IN_A_ROW:
+        raise NonFiniteStep(
+            f"{self.regime}: every training step from {self.skipped_since} to {step} was "
+            "non-finite and skipped: the student's parameters have diverged, skipping cannot "
+            f"recover. {_last_good(checkpointer)} Lower student.learning_rate or set "
+            "student.grad_clip (in a new --workdir)")
       logging.warning("%s: step %d skipped (loss %s, gradient norm %s; on_nonfinite = 'skip').",
                       self.regime, step, loss, grad_norm)
       return False
+    self.skipped_since = None
     if grad_norm != 0.0:
       self.zero_since = None
     elif self.zero_since is None:
       self.zero_since = step
     if (not self.warned and self.zero_since is not None and
-        step - self.zero_since + 1 >= self.COLLAPSED_STEPS):
+        step - self.zero_since + 1 >= self.IN_A_ROW):
       self.warned = True
       logging.warning("%s: the gradient norm has been 0 since step %d: training has stalled "
                       "(a learning rate much too large can collapse the student).", self.regime,

@@ -33,7 +33,10 @@ POSITIVE_FLOAT_FIELDS = ("loss.temperature", "student.learning_rate", "teacher.l
 NON_NEGATIVE_FLOAT_FIELDS = ("student.weight_decay", "student.grad_clip", "hacking_threshold_pct")
 UNIT_FIELDS = ("loss.beta", "mixture.student_fraction")
 POSITIVE_INT_FIELDS = ("eval_every", "checkpoint_every", "teacher.batch_size",
-                       "prompts.num_eval", "prompts.num_distill", "eval.batch_size")
+                       "prompts.num_eval", "prompts.num_distill", "eval.batch_size",
+                       "eval.num_train_prompts", "offline.num_prompts",
+                       "offline.generations_per_prompt", "student.micro_batches",
+                       "sequence_chunks", "task.response_length", "detection.patience")
 NON_NEGATIVE_INT_FIELDS = ("student.steps", "teacher.steps", "student.sft_steps",
                            "sampling.top_k", "eval_log_points")
 
@@ -54,7 +57,12 @@ INVALID = {
     "task.zipf_exponent": NON_FINITE,
     "task.prompt_length": st.integers(max_value=2),  # 14 ids ** 2 < 4 x the 112 prompts
     "task.vocab_size": st.integers(max_value=3),
-    "detection.threshold": NON_FINITE,
+    "detection.threshold": st.one_of(_floats(high=0.0), NON_FINITE),
+    "detection.noise_floor": st.one_of(_floats(high=0.0, exclude_max=True), NON_FINITE),
+    "detection.min_fit_points": st.integers(max_value=3),
+    "detection.law": _texts(("power", "loglog")),
+    "detection.direction": _texts(("above", "below", "both")),
+    "detection.on_detect": _texts(("continue", "stop")),
     "loss.name": _texts(("fkl", "rkl", "jsd")),
     "student.init": _texts(("scratch", "sft")),
     "on_nonfinite": _texts(config_lib.ON_NONFINITE),

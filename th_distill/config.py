@@ -277,8 +277,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
           "task.prompt_length", f"{c.task.prompt_length} tokens over {tokens} ids cannot make "
           f"{pool} distinct prompts (prompts.num_*); use longer prompts or fewer of them")
   n, k = c.offline.num_prompts, c.offline.generations_per_prompt
-  check(n > 0 and k > 0, "offline", f"num_prompts (N) and generations_per_prompt (k) must be "
-        f"> 0, got N={n}, k={k}")
+  check(n > 0, "offline.num_prompts", f"N must be > 0, got {n}")
+  check(k > 0, "offline.generations_per_prompt", f"k must be > 0, got {k}")
   check(n <= c.prompts.num_distill, "offline.num_prompts",
         f"N = {n} exceeds the distillation prompt pool prompts.num_distill = "
         f"{c.prompts.num_distill} (N x k = {n * k} examples are drawn from N distinct prompts)")
@@ -291,8 +291,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.hacking_threshold_pct >= 0, "hacking_threshold_pct", "must be >= 0")
   try:
     monitor.detector_settings(c.detection)
-  except ValueError as e:
-    errors.append(f"detection: {e}")
+  except ValueError as e:  # "Invalid detector settings: law: ...; patience: ..."
+    errors.extend(f"detection.{problem}" for problem in str(e).split(": ", 1)[-1].split("; "))
   check(is_curve_name(c.detection.metric), "detection.metric",
         f"{c.detection.metric!r} is not a logged curve; use e.g. {PROXY!r}, "
         "'train_teacher/proxy/fkl' or 'train/loss' (names in docs/metrics.md)")

@@ -242,8 +242,10 @@ class DetectorSettings:
       problems.append(f"window: must be > 1, got {self.window}")
     if self.patience < 1:
       problems.append(f"patience: must be >= 1, got {self.patience}")
-    if self.threshold <= 0 or self.noise_floor < 0:
-      problems.append("threshold must be > 0 and noise_floor >= 0")
+    if not self.threshold > 0:
+      problems.append(f"threshold: must be > 0, got {self.threshold}")
+    if not self.noise_floor >= 0:
+      problems.append(f"noise_floor: must be >= 0, got {self.noise_floor}")
     if problems:
       raise ValueError("Invalid detector settings: " + "; ".join(problems))
 

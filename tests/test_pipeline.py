@@ -47,9 +47,20 @@ def test_every_regime_end_to_end(micro, tmp_path, init):
     assert s["proxy_final"] == pytest.approx(rows[-1][PROXY])
     assert s["golden_rise_pct"] == pytest.approx(
         100 * (golden[-1] - min(golden)) / min(golden))
-    expected_hacking = (s["golden_rise_pct"] >= micro.hacking_threshold_pct and
-                        rows[-1][TRAIN_PROXY] < rows[golden.index(min(golden))][TRAIN_PROXY])
-    assert s["hacking"] == expected_hacking
+    best = golden.index(min(golden))
+    proxy_change = 100 * (rows[-1][PROXY] - rows[best][PROXY]) / rows[best][PROXY]
+    assert s["proxy_at_golden_min"] == pytest.approx(rows[best][PROXY])
+    assert s["proxy_change_after_min_pct"] == pytest.approx(proxy_change)
+    rises = s["golden_rise_pct"] >= micro.hacking_threshold_pct
+    assert s["outcome"] == ("none" if not rises else
+                            "teacher_hacking" if proxy_change <= 0 else "overfitting")
+    assert s["hacking"] == (s["outcome"] == "teacher_hacking")
+    assert s["train_proxy_final"] == pytest.approx(rows[-1][TRAIN_PROXY])
+    assert set(s["views"]) == {f"{d}{x}" for d in ("fkl", "rkl", "jsd") for x in ("", "_seq")}
+    assert s["views"]["rkl_seq"]["golden_metric"] == "eval_student/golden/rkl_seq"
+    assert s["views"]["fkl"]["outcome"] == s["outcome"]
+    for model in ("student", "teacher", "oracle"):
+      assert 0 < s["entropy_final"][model] <= np.log(micro.task.vocab_size) + 1e-4
     assert os.listdir(tmp_path / regime / "tensorboard")
     assert os.path.exists(tmp_path / regime / "checkpoints" / "6")
 
@@ -137,3 +148,28 @@ def test_memory_settings_run_end_to_end_and_barely_change_the_metrics(micro, tmp
     # bfloat16 weights shift the teacher's and oracle's logits by ~1e-2 relative.
     np.testing.assert_allclose(row[GOLDEN], ref_row[GOLDEN], rtol=0.05)
     np.testing.assert_allclose(row[PROXY], ref_row[PROXY], rtol=0.05)
+
+
+@pytest.mark.parametrize("source", ["offline", "pool"])
+def test_online_prompts_come_from_the_configured_source(micro, source):
+  micro.online.prompts = source
+  pools = pipeline.prompt_pools(micro)
+  prompts = pipeline.online_prompts(micro, pools)
+  expected = (pools["distill"][:micro.offline.num_prompts] if source == "offline"
+              else pools["distill"])
+  np.testing.assert_array_equal(prompts, expected)
+
+
+def test_online_regime_trains_on_the_offline_prompts_by_default(micro, monkeypatch, tmp_path):
+  micro.regimes = ("online_teacher",)
+  seen = []
+  original = pipeline.regime_lib.online_batches
+
+  def recording(regime, prompt_pool, *args, **kwargs):
+    seen.append(np.asarray(prompt_pool))
+    return original(regime, prompt_pool, *args, **kwargs)
+
+  monkeypatch.setattr(pipeline.regime_lib, "online_batches", recording)
+  experiment.run(micro, str(tmp_path))
+  pools = pipeline.prompt_pools(micro)
+  np.testing.assert_array_equal(seen[0], pools["distill"][:micro.offline.num_prompts])

@@ -161,6 +161,13 @@ def all_divergences(ref_logits: Array, student_logits: Array) -> dict[str, Array
           "jsd": _jsd(log_p, log_q, 0.5, normalized=False)}
 
 
+def entropy(logits: Array) -> Array:
+  """Next-token entropy in nats, -sum_v q log q over the last axis: [..., V] -> [...] float32
+  (masked entries of -inf contribute 0)."""
+  log_q = _log_probs(logits, 1.0)
+  return -jnp.sum(jnp.where(_support(log_q), jnp.exp(log_q) * log_q, 0.0), axis=-1)
+
+
 def masked_sum(values: Array, mask: Array, axis: int | None = None) -> Array:
   """sum(values * mask) over `axis` (None: all) in float32; positions with mask == 0 are skipped
   (not multiplied), so NaN or inf there never leaks in."""

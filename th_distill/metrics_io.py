@@ -27,6 +27,19 @@ GOLDEN = "eval_oracle/golden/fkl"
 PROXY = "eval_teacher/proxy/fkl"
 TRAIN_PROXY = "train_teacher/proxy/fkl"
 
+# The hacking signature read three ways on held-out prompts, per token and per sequence:
+# view -> (golden metric, proxy metric, which model sampled the responses of each).
+SIGNATURE_VIEWS = {
+    f"{div}{suffix}": (f"{golden_set}/golden/{div}{suffix}", f"{proxy_set}/proxy/{div}{suffix}",
+                       sampled_by)
+    for div, golden_set, proxy_set, sampled_by in (
+        ("fkl", "eval_oracle", "eval_teacher", "golden on oracle samples, proxy on teacher "
+         "samples"),
+        ("rkl", "eval_student", "eval_student", "both on the student's samples"),
+        ("jsd", "eval_oracle", "eval_teacher", "golden on oracle samples, proxy on teacher "
+         "samples"))
+    for suffix in ("", "_seq")}
+
 _LOGGED = re.compile(r"((eval_oracle|eval_teacher|eval_student|train_teacher)/(proxy|golden)/"
                      r"(fkl|rkl|jsd)(_seq)?)|(train/(proxy|golden)/(fkl|rkl|jsd))|train/loss")
 

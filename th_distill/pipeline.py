@@ -145,6 +145,16 @@ def prompt_pools(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   return prompt_lib.split_pools(pool, sizes)
 
 
+def online_prompts(config: ml_collections.ConfigDict,
+                   pools: dict[str, np.ndarray]) -> np.ndarray:
+  """The prompts [P, Li] the online regimes draw from: the offline arm's N prompts
+  (`online.prompts = 'offline'`, so only the responses differ between the arms) or the whole
+  distillation pool (`'pool'`)."""
+  if config.online.prompts == "offline":
+    return pools["distill"][:config.offline.num_prompts]
+  return pools["distill"]
+
+
 def _write_on_main(write: Callable[[], None]) -> None:
   """Runs `write` on process 0 only, then waits until every process gets there (so nobody reads
   a file before it exists)."""
@@ -441,10 +451,11 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
     train_set = {k: data[k][:num_train] for k in ("prompts", "responses", "mask")}
   else:
     batch_at = regime_lib.online_batches(
-        regime, pools["distill"], student.batch_size, _key(seed, _ONLINE), sample_teacher,
-        sample_student, teacher_params, config.mixture.student_fraction)
+        regime, online_prompts(config, pools), student.batch_size, _key(seed, _ONLINE),
+        sample_teacher, sample_student, teacher_params, config.mixture.student_fraction)
     train_set = regime_lib.build_offline(host_sampler(sample_teacher, partitioner),
-                                         teacher_params, pools["distill"][:num_train], 1,
+                                         teacher_params,
+                                         online_prompts(config, pools)[:num_train], 1,
                                          _key(seed, _TRAIN_PROMPT_SET))
   fixed_sets = {"eval_oracle": stage1.eval_sets["oracle"],
                 "eval_teacher": stage1.eval_sets["teacher"], "train_teacher": train_set}

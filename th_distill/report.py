@@ -10,8 +10,11 @@ model, which makes them estimates of sequence-level KLs:
 - training-prompt proxy = `train_teacher/proxy/fkl`: the same on teacher samples of training
   prompts (for `offline`, the student's own training examples).
 
-Ground truth: a run is `hacking` when golden ends at least `hacking_threshold_pct` above its
-minimum while the training-prompt proxy at the end is below its value at the golden minimum.
+Ground truth, read on held-out prompts (`outcome`): `teacher_hacking` when golden ends at least
+`hacking_threshold_pct` above its minimum while the held-out proxy at the end is at or below its
+value at the golden minimum; `overfitting` when both rise; `none` otherwise. `hacking` is
+`outcome == 'teacher_hacking'`. The training-prompt proxy is kept as a diagnostic only: on the
+student's own training examples any over-fitting run shows a falling proxy.
 Detection: `detected` / `detected_step` come from the detector (`th_distill.detection`) on the
 configured metric alone, without the oracle.
 """
@@ -26,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from th_distill import checkpoints, detection, plots
-from th_distill.metrics_io import GOLDEN, PROXY, TRAIN_PROXY, read_metrics
+from th_distill.metrics_io import GOLDEN, PROXY, SIGNATURE_VIEWS, TRAIN_PROXY, read_metrics
 from th_distill.monitor import detector_settings
 
 
@@ -34,36 +37,81 @@ def _column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
   return np.array([float(r.get(name, np.nan)) for r in rows])
 
 
+OUTCOMES = ("teacher_hacking", "overfitting", "none")
+
+
+def outcome(golden_rise_pct: float, proxy_change_pct: float, threshold_pct: float) -> str:
+  """The oracle's held-out verdict on one run (docs/metrics.md):
+  - `teacher_hacking`: golden ends >= `threshold_pct` above its minimum while the held-out proxy
+    at the end is at or below its value at the golden minimum (it kept falling or stalled);
+  - `overfitting`: golden rises by the threshold and the held-out proxy rises with it;
+  - `none`: golden ends less than the threshold above its minimum (or is undefined)."""
+  if not golden_rise_pct >= threshold_pct:
+    return "none"
+  return "teacher_hacking" if proxy_change_pct <= 0 else "overfitting"
+
+
+def signature(steps: np.ndarray, golden: np.ndarray, proxy: np.ndarray,
+              threshold_pct: float) -> dict[str, Any]:
+  """Golden minimum, golden rise after it, the proxy at that minimum and its change to the end,
+  and the `outcome`, for one pair of curves [T] over `steps` [T]. Undefined numbers are None."""
+  truth = detection.ground_truth(steps, golden, threshold_pct)
+  if truth["golden_min_step"] is None:
+    return {"golden_min": None, "golden_min_step": None, "golden_final": None,
+            "golden_rise_pct": None, "proxy_at_golden_min": None, "proxy_final": None,
+            "proxy_change_after_min_pct": None, "outcome": "none"}
+  best = int(np.flatnonzero(steps == truth["golden_min_step"])[0])
+  proxy_change = 100.0 * (proxy[-1] - proxy[best]) / proxy[best]
+  return {"golden_min": truth["golden_min"], "golden_min_step": truth["golden_min_step"],
+          "golden_final": float(golden[-1]), "golden_rise_pct": truth["golden_rise_pct"],
+          "proxy_at_golden_min": float(proxy[best]), "proxy_final": float(proxy[-1]),
+          "proxy_change_after_min_pct": float(proxy_change),
+          "outcome": outcome(truth["golden_rise_pct"], proxy_change, threshold_pct)}
+
+
 def summarize_run(rows: Sequence[Mapping[str, Any]], threshold_pct: float,
                   settings: detection.DetectorSettings, metric: str) -> dict[str, Any]:
-  """Summary of one regime's metrics rows: design.md section 4 keys, the detector's verdict on
-  `metric` and its lead/lag against the golden minimum."""
+  """Summary of one regime's metrics rows: design.md section 4 keys read on held-out prompts
+  (headline view: golden `GOLDEN`, proxy `PROXY`), the `outcome` and `hacking` verdicts, every
+  view of `SIGNATURE_VIEWS` the rows hold, training-prompt diagnostics, the final next-token
+  entropies, and the detector's verdict on `metric` with its lag after the golden minimum."""
   steps = np.array([r["step"] for r in rows])
-  golden, train_proxy = _column(rows, GOLDEN), _column(rows, TRAIN_PROXY)
-  truth = detection.ground_truth(steps, golden, threshold_pct)
-  best = int(np.flatnonzero(steps == truth["golden_min_step"])[0])
+  golden, proxy, train_proxy = (_column(rows, m) for m in (GOLDEN, PROXY, TRAIN_PROXY))
+  headline = signature(steps, golden, proxy, threshold_pct)
   found = detection.detect(steps, _column(rows, metric), settings)
+  views = {}
+  for view, (golden_name, proxy_name, sampled_by) in SIGNATURE_VIEWS.items():
+    if golden_name in rows[-1] and proxy_name in rows[-1]:
+      views[view] = {"golden_metric": golden_name, "proxy_metric": proxy_name,
+                     "sampled_by": sampled_by,
+                     **signature(steps, _column(rows, golden_name), _column(rows, proxy_name),
+                                 threshold_pct)}
   summary = {
       "golden_metric": GOLDEN, "proxy_metric": PROXY, "train_proxy_metric": TRAIN_PROXY,
-      "golden_min": truth["golden_min"], "golden_min_step": truth["golden_min_step"],
-      "golden_final": float(golden[-1]), "golden_rise_pct": truth["golden_rise_pct"],
-      "proxy_final": float(rows[-1][PROXY]),
-      "train_proxy_at_golden_min": float(train_proxy[best]),
-      "train_proxy_final": float(train_proxy[-1]),
-      "hacking": bool(truth["golden_rises"] and train_proxy[-1] < train_proxy[best]),
+      **headline,
+      "hacking": headline["outcome"] == "teacher_hacking",
+      "views": views,
       "final_step": int(steps[-1]),
+      "entropy_final": {model: rows[-1].get(f"eval_oracle/entropy/{model}")
+                        for model in ("student", "teacher", "oracle")},
       "detector_metric": metric,
       **found.to_json(),
   }
+  if headline["golden_min_step"] is None:
+    return summary
+  best = int(np.flatnonzero(steps == headline["golden_min_step"])[0])
+  summary.update({"train_proxy_at_golden_min": float(train_proxy[best]),
+                  "train_proxy_final": float(train_proxy[-1])})
   # Golden against proxy in log-log (golden ~ A proxy^alpha), before and after the golden
-  # minimum: alpha > 0 while they fall together; after the minimum of a hacking run, golden
-  # rises while the training-prompt proxy falls (alpha < 0).
+  # minimum: alpha > 0 while they fall together; after the minimum of a teacher-hacking run
+  # golden rises while the held-out proxy falls (alpha < 0).
   before, after = slice(0, best + 1), slice(best, None)
-  summary["golden_vs_proxy_before_min"] = _alpha(_column(rows, PROXY)[before], golden[before])
+  summary["golden_vs_proxy_before_min"] = _alpha(proxy[before], golden[before])
+  summary["golden_vs_proxy_after_min"] = _alpha(proxy[after], golden[after])
   summary["golden_vs_train_proxy_after_min"] = _alpha(train_proxy[after], golden[after])
   if found.detected:
     fired = int(np.flatnonzero(steps == found.step)[0])
-    summary["detected_lag_steps"] = found.step - truth["golden_min_step"]
+    summary["detected_lag_steps"] = found.step - headline["golden_min_step"]
     summary["detected_lag_evals"] = fired - best
   return summary
 
@@ -131,22 +179,38 @@ def write_report(workdir: str, config: ml_collections.ConfigDict,
   checkpoints.write_json(os.path.join(workdir, "summary.json"), summary)
   _figures(workdir, {r: [v] for r, v in rows.items()}, settings, metric)
   lines = ["# th_distill run report", "",
-           f"Teacher golden fkl (KL(oracle || teacher) per token, oracle samples): "
-           f"{summary['teacher']['golden_fkl']:.3f}", "",
-           "| regime | golden min @ step | golden final | rise % | proxy final | "
-           "train-prompt proxy at golden min -> final | alpha after min | hacking (oracle) | "
-           "detector |", "|---|---|---|---|---|---|---|---|---|"]
+           *(f"- {sentence(regime, s)}" for regime, s in summary["regimes"].items()), "",
+           f"Seed {config.seed}; offline data N = {config.offline.num_prompts} prompts x k = "
+           f"{config.offline.generations_per_prompt}; online prompts: {config.online.prompts}; "
+           f"loss {config.loss.name}; student init {config.student.init}, "
+           f"{config.student.steps} steps of batch {config.student.batch_size}. Teacher golden "
+           f"fkl (KL(oracle || teacher) per token, oracle samples): "
+           f"{summary['teacher']['golden_fkl']:.3f}.", "",
+           "| regime | outcome (oracle) | golden min @ step | golden final | rise % | "
+           "proxy at golden min -> final (change %) | detector |",
+           "|---|---|---|---|---|---|---|"]
   for regime, s in summary["regimes"].items():
-    lines.append(f"| {regime} | {s['golden_min']:.4f} @ {s['golden_min_step']} | "
-                 f"{s['golden_final']:.4f} | {s['golden_rise_pct']:+.1f} | {s['proxy_final']:.4f} "
-                 f"| {s['train_proxy_at_golden_min']:.4f} -> {s['train_proxy_final']:.4f} | "
-                 f"{_format_alpha(s['golden_vs_train_proxy_after_min'])} | "
-                 f"{'yes' if s['hacking'] else 'no'} | {_verdict(s)} |")
-  lines += ["", f"golden = `{GOLDEN}`, proxy = `{PROXY}`, training-prompt proxy = "
-            f"`{TRAIN_PROXY}` (per-token means; see docs/metrics.md). alpha after min: the "
-            "exponent of golden ~ A (training-prompt proxy)^alpha fitted after the golden "
-            "minimum (< 0: golden rises while the proxy falls, the hacking signature).", "",
-            _settings_text(settings, metric), "",
+    lines.append(f"| {regime} | {s['outcome']} | {_number(s['golden_min'])} @ "
+                 f"{s['golden_min_step']} | {_number(s['golden_final'])} | "
+                 f"{_number(s['golden_rise_pct'], '+.1f')} | "
+                 f"{_number(s['proxy_at_golden_min'])} -> {_number(s['proxy_final'])} "
+                 f"({_number(s['proxy_change_after_min_pct'], '+.1f')}) | {_verdict(s)} |")
+  lines += ["", f"golden = `{GOLDEN}` (KL(oracle || student) per token on oracle samples of the "
+            f"held-out prompts), proxy = `{PROXY}` (KL(teacher || student) per token on teacher "
+            "samples of the same prompts); rise = 100 (final - min) / min of golden; change = "
+            "100 (final - at golden min) / at golden min of the proxy. Outcome: "
+            f"`teacher_hacking` = golden rose >= {config.hacking_threshold_pct:g}% while the "
+            "proxy did not rise; `overfitting` = both rose; `none` = golden did not rise by the "
+            "threshold (docs/metrics.md).", "",
+            "The same verdict read with every divergence, per token and per sequence (`_seq`):",
+            "", "| regime | view | sampled by | golden rise % | proxy change % | outcome |",
+            "|---|---|---|---|---|---|"]
+  for regime, s in summary["regimes"].items():
+    for view, v in s["views"].items():
+      lines.append(f"| {regime} | {view} | {v['sampled_by']} | "
+                   f"{_number(v['golden_rise_pct'], '+.1f')} | "
+                   f"{_number(v['proxy_change_after_min_pct'], '+.1f')} | {v['outcome']} |")
+  lines += ["", _settings_text(settings, metric), "",
             "![curves](curves.png)", "", "![proxy-golden](proxy_golden.png)", "",
             "![detector](detector.png)", ""]
   with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
@@ -154,18 +218,42 @@ def write_report(workdir: str, config: ml_collections.ConfigDict,
   return summary
 
 
-def _format_alpha(fit: Mapping[str, Any]) -> str:
-  if fit["alpha"] is None:
-    return "–"
-  return f"{fit['alpha']:+.3f} ± {fit['alpha_stderr']:.3f}"
+def sentence(regime: str, s: Mapping[str, Any]) -> str:
+  """One plain sentence on a regime's summary: the oracle's verdict, then the detector's."""
+  detector = (f"the detector, reading the proxy alone, fired at step {s['detected_step']}"
+              if s["detected"] else "the detector, reading the proxy alone, stayed silent")
+  if s["outcome"] == "teacher_hacking":
+    what = (f"teacher hacking: the golden distance rose {s['golden_rise_pct']:.1f}% after step "
+            f"{s['golden_min_step']} while the held-out proxy kept falling "
+            f"({s['proxy_change_after_min_pct']:+.1f}%)")
+  elif s["outcome"] == "overfitting":
+    what = (f"over-fitting: the golden distance rose {s['golden_rise_pct']:.1f}% after step "
+            f"{s['golden_min_step']} and the held-out proxy rose with it "
+            f"({s['proxy_change_after_min_pct']:+.1f}%)")
+  elif s["golden_min_step"] is None:
+    what = "no verdict: the golden curve has no finite value"
+  else:
+    what = (f"no hacking: the golden distance ended {s['golden_rise_pct']:.1f}% above its "
+            f"minimum (step {s['golden_min_step']})")
+  return f"{regime}: {what}; {detector}."
+
+
+def _number(value: float | None, spec: str = ".4f") -> str:
+  return "–" if value is None else format(value, spec)
 
 
 def _verdict(s: Mapping[str, Any]) -> str:
   return f"fires @ {s['detected_step']}" if s["detected"] else "silent"
 
 
-def _mean_sd(values: Sequence[float], spec: str = ".3f") -> str:
-  values = np.asarray(values, dtype=float)
+def _mean(values: Sequence[float | None]) -> float | None:
+  """Mean of the defined values; None if there are none."""
+  defined = [v for v in values if v is not None]
+  return float(np.mean(defined)) if defined else None
+
+
+def _mean_sd(values: Sequence[float | None], spec: str = ".3f") -> str:
+  values = np.asarray([np.nan if v is None else v for v in values], dtype=float)
   if len(values) == 1:
     return format(values[0], spec)
   return f"{np.mean(values):{spec}} ± {np.std(values, ddof=1):{spec.lstrip('+')}}"
@@ -203,9 +291,12 @@ def write_study_report(directory: str, title: str,
   for label, pairs in rows.items():
     seeds = {str(seed): summarize_run(r, config.hacking_threshold_pct, settings, metric)
              for seed, r in pairs}
-    keys = ("golden_min", "golden_min_step", "golden_final", "golden_rise_pct", "proxy_final")
+    keys = ("golden_min", "golden_min_step", "golden_final", "golden_rise_pct", "proxy_final",
+            "proxy_change_after_min_pct")
     arms[label] = {"seeds": seeds, "metrics_files": {str(seed): path for seed, path in runs[label]},
-                   "mean": {k: float(np.mean([s[k] for s in seeds.values()])) for k in keys},
+                   "mean": {k: _mean([s[k] for s in seeds.values()]) for k in keys},
+                   "outcomes": {o: sum(s["outcome"] == o for s in seeds.values())
+                                for o in OUTCOMES},
                    "hacking_runs": sum(s["hacking"] for s in seeds.values()),
                    "detected_runs": sum(s["detected"] for s in seeds.values())}
   quality = detector_quality([s for arm in arms.values() for s in arm["seeds"].values()])
@@ -216,21 +307,26 @@ def write_study_report(directory: str, title: str,
   _figures(directory, {label: [r for _, r in pairs] for label, pairs in rows.items()}, settings,
            metric)
   lines = [f"# {title}", "",
-           "Mean ± standard deviation over seeds; rise = 100 (final − min) / min of golden; "
-           "hacking = the oracle's verdict (golden rise ≥ "
-           f"{config.hacking_threshold_pct:g}% while the training-prompt proxy falls); detector = "
-           "its verdict from the proxy curve alone, with the step it fired at per seed.", "",
+           "Mean ± standard deviation over seeds, on held-out prompts; rise = 100 (final − "
+           "min) / min of golden; proxy change = 100 (final − at golden min) / at golden min of "
+           "the held-out proxy; outcome = the oracle's verdict per seed (teacher hacking: golden "
+           f"rise ≥ {config.hacking_threshold_pct:g}% while the proxy does not rise; "
+           "over-fitting: both rise; see docs/metrics.md); detector = its verdict from the "
+           "proxy curve alone, with the step it fired at per seed.", "",
            "| arm | seeds | golden min | golden min step | golden final | rise % | proxy final | "
-           "hacking (oracle) | detector |", "|---|---|---|---|---|---|---|---|---|"]
+           "proxy change % | outcome (oracle) | detector |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for label, arm in arms.items():
     seeds = list(arm["seeds"].values())
     fired = ", ".join(str(s["detected_step"]) if s["detected"] else "–" for s in seeds)
+    outcomes = ", ".join(f"{o.replace('_', ' ')} {n}" for o, n in arm["outcomes"].items() if n)
     lines.append(
         f"| {label} | {len(seeds)} | {_mean_sd([s['golden_min'] for s in seeds])} | "
         f"{', '.join(str(s['golden_min_step']) for s in seeds)} | "
         f"{_mean_sd([s['golden_final'] for s in seeds])} | "
         f"{_mean_sd([s['golden_rise_pct'] for s in seeds], '+.1f')} | "
-        f"{_mean_sd([s['proxy_final'] for s in seeds])} | {arm['hacking_runs']}/{len(seeds)} | "
+        f"{_mean_sd([s['proxy_final'] for s in seeds])} | "
+        f"{_mean_sd([s['proxy_change_after_min_pct'] for s in seeds], '+.1f')} | {outcomes} | "
         f"{arm['detected_runs']}/{len(seeds)} ({fired}) |")
   lag = quality["lag_steps"]
   lines += ["", "## Detector against the oracle", "",

@@ -258,14 +258,31 @@ def make_distill_step(student: T5, teacher: T5, oracle: T5 | None, loss: str = "
                            micro_batches=micro_batches, sequence_chunks=sequence_chunks)
 
 
+# The reference models' names in metric names: `proxy` = the teacher, `golden` = the oracle.
+REFERENCE_MODELS = {"proxy": "teacher", "golden": "oracle"}
+
+
+def eval_totals(student_logits: Array, refs: dict[str, Array], mask: Array) -> dict[str, Array]:
+  """`divergence_totals` plus the masked sums of each model's next-token entropy:
+  `entropy/student`, and `entropy/teacher` / `entropy/oracle` for the `proxy` / `golden`
+  references."""
+  totals = divergence_totals(student_logits, refs, mask)
+  totals["entropy/student"] = divergences.masked_sum(divergences.entropy(student_logits), mask)
+  for name, logits in refs.items():
+    totals[f"entropy/{REFERENCE_MODELS[name]}"] = divergences.masked_sum(
+        divergences.entropy(logits), mask)
+  return totals
+
+
 def eval_sums(student_params: Any, teacher_params: Any, oracle_params: Any, batch: Batch, *,
               student: T5, teacher: T5, oracle: T5, sequence_chunks: int = 1) -> Metrics:
-  """Totals over `batch` (float32 scalars): masked sums of `proxy/{fkl,rkl,jsd}` and
-  `golden/{fkl,rkl,jsd}`, `tokens` (valid tokens) and `sequences` (rows with at least one valid
-  token; all-padding rows added to fill a batch do not count). Sum them over chunks, then
-  `reduce_eval_sums` gives per-token and per-sequence means."""
+  """Totals over `batch` (float32 scalars): masked sums of `proxy/{fkl,rkl,jsd}`,
+  `golden/{fkl,rkl,jsd}` and `entropy/{student,teacher,oracle}` (next-token entropy), `tokens`
+  (valid tokens) and `sequences` (rows with at least one valid token; all-padding rows added to
+  fill a batch do not count). Sum them over chunks, then `reduce_eval_sums` gives per-token and
+  per-sequence means."""
   refs = {"proxy": (teacher, teacher_params), "golden": (oracle, oracle_params)}
-  totals = token_sums(divergence_totals, student, student_params, refs, batch,
+  totals = token_sums(eval_totals, student, student_params, refs, batch,
                       sequence_chunks=sequence_chunks)
   totals["tokens"] = jnp.sum(batch.mask)
   totals["sequences"] = jnp.sum(jnp.max(batch.mask, axis=-1) > 0).astype(jnp.float32)

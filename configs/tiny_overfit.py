@@ -1,0 +1,13 @@
+"""The former embedded default, kept as the over-fitting contrast to configs/tiny.py.
+
+A rougher oracle (weight_scale 2), a narrower student (d_model 32) distilled from scratch, offline
+data of N = 128 prompts x k = 1 (about 750 epochs in 3,000 steps), online regimes on a pool of
+1,024 prompts. On held-out prompts the offline student over-fits: golden and proxy rise together
+after step 144, which is not teacher hacking (docs/results.md).
+"""
+
+from th_distill.config import overfit_config
+
+
+def get_config():
+  return overfit_config()

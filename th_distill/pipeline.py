@@ -199,7 +199,11 @@ def train_sft(model: T5, params: Any, data: dict[str, np.ndarray], section, seed
     if (step + 1) % max(section.steps // 5, 1) == 0:
       logging.info("%s SFT step %d/%d loss %.4f (%.1fs)", name, step + 1, section.steps,
                    float(metrics["sft/loss"]), time.time() - start)
-  return state.params, {k: float(v) for k, v in metrics.items()}
+  final = {k: float(v) for k, v in metrics.items()}
+  if not np.isfinite(final.get("sft/loss", 0.0)):
+    raise guards.NonFiniteStep(f"{name} SFT diverged: loss {final['sft/loss']} after "
+                               f"{section.steps} steps; lower {name}.learning_rate")
+  return state.params, final
 
 
 def _checkpoint_params(config: ml_collections.ConfigDict, name: str, model: T5,

@@ -94,6 +94,35 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path):
       pass
 
 
+def test_an_unwritable_workdir_is_refused(tmp_path):
+  (tmp_path / "ro").mkdir(mode=0o500)
+  if os.access(tmp_path / "ro", os.W_OK):
+    pytest.skip("running as a user who can write anywhere")
+  with pytest.raises(workdir_lock.WorkdirLocked, match="cannot be used: Permission denied"):
+    with workdir_lock.hold(str(tmp_path / "ro" / "run")):
+      pass
+
+
+@pytest.mark.parametrize("process, locked_by_0", [(0, False), (1, False), (1, True)])
+def test_in_a_multi_process_run_process_0_locks_and_every_process_gets_its_verdict(
+    tmp_path, monkeypatch, process, locked_by_0):
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: process)
+  monkeypatch.setattr(workdir_lock.multihost_utils, "broadcast_one_to_all",
+                      lambda ok: ok if process == 0 else np.int32(locked_by_0))
+  if process == 0:  # another run holds it: process 0 refuses (and tells the others)
+    with workdir_lock.hold(str(tmp_path)), pytest.raises(workdir_lock.WorkdirLocked):
+      with workdir_lock.hold(str(tmp_path)):
+        pass
+  elif locked_by_0:
+    with workdir_lock.hold(str(tmp_path)):
+      assert not (tmp_path / ".lock").exists()  # only process 0 touches the lock
+  else:
+    with pytest.raises(workdir_lock.WorkdirLocked, match="process 0 could not lock"):
+      with workdir_lock.hold(str(tmp_path)):
+        pass
+
+
 # Config changes on resume.
 
 def test_an_unfinished_regime_under_a_changed_config_is_refused_before_config_json_changes(

@@ -55,9 +55,13 @@ def _acquire(workdir: str) -> int | None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirLocked(f"--workdir={workdir} exists and is not a directory; choose another "
                         "--workdir")
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_NAME)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise WorkdirLocked(f"--workdir={workdir} cannot be used: {e.strerror} ({path}); choose a "
+                        "writable --workdir") from None
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:

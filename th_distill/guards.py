@@ -24,7 +24,8 @@ from th_distill.train import TrainState
 
 
 class NonFiniteStep(RunError):
-  """A distillation step gave a non-finite loss or gradient norm (`on_nonfinite = 'stop'`)."""
+  """Training gave a non-finite loss or gradient norm: a distillation step (with
+  `on_nonfinite = 'stop'`, or 100 skipped in a row), or the end of a teacher or student SFT."""
 
 
 class StepWatch:

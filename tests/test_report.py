@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from th_distill import report
+from th_distill import detection, report
+from th_distill.metrics_io import GOLDEN, PROXY, TRAIN_PROXY
 
 STEPS = np.arange(0, 700, 100)
 U_SHAPE = np.array([2.0, 1.6, 1.5, 1.55, 1.6, 1.65, 1.7])  # min 1.5 @ 200, +13.3 % at the end
@@ -30,9 +31,23 @@ def test_a_small_rise_is_no_hacking_whatever_the_proxy_does():
   assert report.outcome(3.3, -10.0, threshold_pct=3.0) == "teacher_hacking"
 
 
-def test_undefined_curves_give_no_verdict_and_no_numbers():
-  s = report.signature(STEPS, np.full(7, np.nan), np.ones(7), 5.0)
-  assert s["outcome"] == "none" and s["golden_min"] is None and s["proxy_final"] is None
+def test_a_run_ending_in_nan_is_diverged_with_no_numbers():
+  for golden, proxy in ((np.full(7, np.nan), np.ones(7)),
+                        (np.append(U_SHAPE[:-1], np.nan), np.ones(7)),
+                        (U_SHAPE, np.append(np.ones(6), np.inf))):
+    s = report.signature(STEPS, golden, proxy, 5.0)
+    assert s["outcome"] == "diverged" and s["golden_min"] is None and s["proxy_final"] is None
+    assert "diverged" in report.sentence("offline", {**s, "detected": False})
+
+
+def test_figures_of_a_diverged_run_are_drawn(tmp_path):
+  rows = [{"step": int(t), GOLDEN: float("nan"), PROXY: float("nan"),
+           TRAIN_PROXY: float("nan")} for t in STEPS]
+  curve = {"offline": [rows, rows]}  # two seeds, every value NaN
+  settings = detection.DetectorSettings()
+  report._figures(str(tmp_path), curve, settings, PROXY)
+  for name in ("curves.png", "proxy_golden.png", "detector.png"):
+    assert (tmp_path / name).stat().st_size > 0
 
 
 def test_sentences_say_what_happened():

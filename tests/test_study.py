@@ -67,13 +67,17 @@ def test_detector_eval_scores_the_detector_against_the_oracle(tmp_path):
   from th_distill import detector_eval
   from th_distill.metrics_io import GOLDEN, PROXY, TRAIN_PROXY
   steps = np.unique(np.rint(np.geomspace(1, 3000, 45))).astype(int)
-  u_turn = 2 * steps ** -0.5 + 0.3 + 2e-4 * np.maximum(steps - 200, 0)
   converging = 2 * steps ** -0.5 + 0.3
-  for name, proxy in (("offline", u_turn), ("online_teacher", converging)):
+  # Teacher hacking: from step 200 the proxy stalls (falling very slowly, far above the law's
+  # extrapolation) while golden turns up.
+  stalls = np.where(steps <= 200, converging, 2 * 200 ** -0.5 + 0.3 - 1e-6 * (steps - 200))
+  turn = 2e-4 * np.maximum(steps - 200, 0)
+  for name, proxy, golden in (("offline", stalls, 1.0 + stalls + turn),
+                              ("online_teacher", converging, 1.0 + converging)):
     directory = tmp_path / "runs" / "abc" / "seed0" / name
     directory.mkdir(parents=True)
-    rows = [{"step": int(s), PROXY: p, GOLDEN: 1.0 + p, TRAIN_PROXY: 1.0 / s}
-            for s, p in zip(steps, proxy)]
+    rows = [{"step": int(s), PROXY: p, GOLDEN: g, TRAIN_PROXY: 1.0 / s}
+            for s, p, g in zip(steps, proxy, golden)]
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (directory / "done.json").write_text("{}")
   runs = detector_eval.finished_runs(str(tmp_path))

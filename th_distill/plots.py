@@ -25,17 +25,26 @@ class Curve:
 
   @property
   def mean(self) -> np.ndarray:
-    return np.nanmean(self.values, axis=0)
+    """Mean over the seeds at each evaluation, NaN where no seed has a finite value."""
+    finite = np.isfinite(self.values)
+    count = finite.sum(axis=0)
+    total = np.where(finite, self.values, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _band(ax, label: str, curve: Curve, color=None):
-  keep = curve.steps >= 1
+def _band(ax, label: str, curve: Curve, color=None) -> bool:
+  """Draws the seed mean and the min..max band from step 1 on; returns whether any value was
+  finite (a diverged run may have none)."""
+  keep = (curve.steps >= 1) & np.isfinite(curve.mean)
   line, = ax.plot(curve.steps[keep], curve.mean[keep], label=label, color=color)
   if len(curve.values) > 1:
-    ax.fill_between(curve.steps[keep], np.nanmin(curve.values, axis=0)[keep],
-                    np.nanmax(curve.values, axis=0)[keep], color=line.get_color(), alpha=0.2,
-                    linewidth=0)
-  return line
+    finite = np.isfinite(curve.values)
+    low = np.where(finite, curve.values, np.inf).min(axis=0)
+    high = np.where(finite, curve.values, -np.inf).max(axis=0)
+    shown = keep & finite.any(axis=0)
+    ax.fill_between(curve.steps[shown], low[shown], high[shown], color=line.get_color(),
+                    alpha=0.2, linewidth=0)
+  return bool(keep.any())
 
 
 def plot_metric_panels(panels: Sequence[tuple[str, Mapping[str, Curve]]], path: str,
@@ -43,9 +52,9 @@ def plot_metric_panels(panels: Sequence[tuple[str, Mapping[str, Curve]]], path: 
   """One panel per (title, curves), steps on a log axis, seed bands, one legend."""
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
   for ax, (title, curves) in zip(axes[0], panels):
-    for label, curve in curves.items():
-      _band(ax, label, curve)
-    ax.set(title=title, xlabel="student step", ylabel=ylabel, xscale="log")
+    drawn = [_band(ax, label, curve) for label, curve in curves.items()]
+    ax.set(title=title, xlabel="student step", ylabel=ylabel,
+           xscale="log" if any(drawn) else "linear")
     ax.grid(alpha=0.3, which="both")
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
@@ -59,12 +68,18 @@ def plot_proxy_golden(panels: Sequence[tuple[str, Mapping[str, Curve], Mapping[s
   run's start and end are marked. A U shape is teacher hacking (the paper's Figure 4 style)."""
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
   for ax, (title, proxies, goldens) in zip(axes[0], panels):
+    drawn = False
     for label, proxy in proxies.items():
       x, y = proxy.mean, goldens[label].mean
-      line, = ax.plot(x, y, marker=".", markersize=3, label=label)
-      ax.plot(x[-1], y[-1], marker="o", color=line.get_color())
-      ax.annotate("end", (x[-1], y[-1]), color=line.get_color(), fontsize=8)
-    ax.set(title=title, xlabel="proxy", ylabel="golden (held-out)", xscale="log")
+      finite = np.isfinite(x) & np.isfinite(y) & (x > 0)
+      line, = ax.plot(x[finite], y[finite], marker=".", markersize=3, label=label)
+      if finite.any():  # the last finite point: the run's end, or where it diverged
+        end = np.flatnonzero(finite)[-1]
+        ax.plot(x[end], y[end], marker="o", color=line.get_color())
+        ax.annotate("end", (x[end], y[end]), color=line.get_color(), fontsize=8)
+        drawn = True
+    ax.set(title=title, xlabel="proxy", ylabel="golden (held-out)",
+           xscale="log" if drawn else "linear")
     ax.grid(alpha=0.3, which="both")
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
@@ -83,7 +98,7 @@ def plot_detections(runs: Mapping[str, tuple[Curve, Curve, Detection]], metric: 
   fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
   for ax, (label, (watched, golden, found)) in zip(axes.ravel(), runs.items()):
     steps, values = watched.steps, watched.values[0]
-    keep = steps >= 1
+    keep = (steps >= 1) & np.isfinite(values)
     ax.plot(steps[keep], values[keep], ".-", color="C0", markersize=3, label=metric)
     if found.fit.ok:
       first, last = found.fit.x_range
@@ -95,12 +110,15 @@ def plot_detections(runs: Mapping[str, tuple[Curve, Curve, Detection]], metric: 
     if found.detected:
       ax.axvline(found.step, color="red", label=f"detector fires @ {found.step}")
     twin = ax.twinx()
-    twin.plot(golden.steps[keep], golden.values[0][keep], color="C2", alpha=0.6)
-    best = int(np.nanargmin(golden.values[0]))
-    ax.axvline(golden.steps[best], color="C2", linestyle="--",
-               label=f"golden min @ {int(golden.steps[best])}")
+    shown = (golden.steps >= 1) & np.isfinite(golden.values[0])
+    twin.plot(golden.steps[shown], golden.values[0][shown], color="C2", alpha=0.6)
+    if np.isfinite(golden.values[0]).any():  # a diverged run may have no finite golden value
+      best = int(np.nanargmin(golden.values[0]))
+      ax.axvline(golden.steps[best], color="C2", linestyle="--",
+                 label=f"golden min @ {int(golden.steps[best])}")
     twin.set_ylabel("golden", color="C2")
-    ax.set(title=label, xscale="log", xlabel="student step", ylabel=metric.split("/")[-2] +
+    ax.set(title=label, xscale="log" if keep.any() or shown.any() else "linear",
+           xlabel="student step", ylabel=metric.split("/")[-2] +
            " " + metric.split("/")[-1])
     ax.legend(fontsize=7, loc="upper right")
     ax.grid(alpha=0.3, which="both")

@@ -37,7 +37,7 @@ def _column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
   return np.array([float(r.get(name, np.nan)) for r in rows])
 
 
-OUTCOMES = ("teacher_hacking", "overfitting", "none")
+OUTCOMES = ("teacher_hacking", "overfitting", "none", "diverged")
 
 
 def outcome(golden_rise_pct: float, proxy_change_pct: float, threshold_pct: float) -> str:
@@ -45,7 +45,8 @@ def outcome(golden_rise_pct: float, proxy_change_pct: float, threshold_pct: floa
   - `teacher_hacking`: golden ends >= `threshold_pct` above its minimum while the held-out proxy
     at the end is at or below its value at the golden minimum (it kept falling or stalled);
   - `overfitting`: golden rises by the threshold and the held-out proxy rises with it;
-  - `none`: golden ends less than the threshold above its minimum (or is undefined)."""
+  - `none`: golden ends less than the threshold above its minimum.
+  (`signature` adds `diverged`: the last golden or proxy value is not finite.)"""
   if not golden_rise_pct >= threshold_pct:
     return "none"
   return "teacher_hacking" if proxy_change_pct <= 0 else "overfitting"
@@ -54,12 +55,13 @@ def outcome(golden_rise_pct: float, proxy_change_pct: float, threshold_pct: floa
 def signature(steps: np.ndarray, golden: np.ndarray, proxy: np.ndarray,
               threshold_pct: float) -> dict[str, Any]:
   """Golden minimum, golden rise after it, the proxy at that minimum and its change to the end,
-  and the `outcome`, for one pair of curves [T] over `steps` [T]. Undefined numbers are None."""
+  and the `outcome`, for one pair of curves [T] over `steps` [T]. A run whose last golden or
+  proxy value is not finite is `diverged`, with None for every number."""
   truth = detection.ground_truth(steps, golden, threshold_pct)
-  if truth["golden_min_step"] is None:
+  if not (len(steps) and np.isfinite(golden[-1]) and np.isfinite(proxy[-1])):
     return {"golden_min": None, "golden_min_step": None, "golden_final": None,
             "golden_rise_pct": None, "proxy_at_golden_min": None, "proxy_final": None,
-            "proxy_change_after_min_pct": None, "outcome": "none"}
+            "proxy_change_after_min_pct": None, "outcome": "diverged"}
   best = int(np.flatnonzero(steps == truth["golden_min_step"])[0])
   proxy_change = 100.0 * (proxy[-1] - proxy[best]) / proxy[best]
   return {"golden_min": truth["golden_min"], "golden_min_step": truth["golden_min_step"],
@@ -230,8 +232,8 @@ def sentence(regime: str, s: Mapping[str, Any]) -> str:
     what = (f"over-fitting: the golden distance rose {s['golden_rise_pct']:.1f}% after step "
             f"{s['golden_min_step']} and the held-out proxy rose with it "
             f"({s['proxy_change_after_min_pct']:+.1f}%)")
-  elif s["golden_min_step"] is None:
-    what = "no verdict: the golden curve has no finite value"
+  elif s["outcome"] == "diverged":
+    what = "diverged: its last golden or proxy value is not finite (no verdict)"
   else:
     what = (f"no hacking: the golden distance ended {s['golden_rise_pct']:.1f}% above its "
             f"minimum (step {s['golden_min_step']})")

@@ -76,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   teacher of the same size trained by SFT on 4,096 oracle samples past its best golden distance,
   and a student of the same size initialised by SFT on the same oracle samples (the paper's
   initialisation), distilled with forward KL on N = 4,096 prompts x k = 1 teacher generation
-  (about 23 epochs in 3,000 steps of batch 32); the online regimes use the same 4,096 prompts.
+  (about 16 epochs in 2,000 steps of batch 32); the online regimes use the same 4,096 prompts.
   On held-out prompts the offline student's golden distance turns up while its proxy keeps
   falling (docs/results.md, docs/signature_search.md)."""
   c = ml_collections.ConfigDict()
@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher = dict(model=model_config("tiny", **tiny), checkpoint="", steps=1500, batch_size=32,
                    learning_rate=3e-3, warmup_steps=0, schedule="constant")
   c.student = dict(model=model_config("tiny", **tiny), checkpoint="", init="sft", sft_steps=500,
-                   steps=3000, batch_size=32, micro_batches=1, learning_rate=1e-3, warmup_steps=0,
+                   steps=2000, batch_size=32, micro_batches=1, learning_rate=1e-3, warmup_steps=0,
                    schedule="constant",
                    weight_decay=0.0, grad_clip=0.0)
   c.loss = dict(name="fkl", beta=0.5, normalized=False, temperature=1.0)
@@ -134,8 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
 def overfit_config() -> ml_collections.ConfigDict:
   """The former embedded default (`configs/tiny_overfit.py`), kept as a contrast: a rougher
   oracle (`weight_scale` 2), a narrower student (d_model 32) from scratch, and offline data of
-  only N = 128 prompts (about 750 epochs), online regimes on a pool of 1,024 prompts. On held-out
-  prompts its offline student over-fits: golden and proxy rise together (docs/results.md)."""
+  only N = 128 prompts (about 750 epochs in 3,000 steps), online regimes on a pool of 1,024
+  prompts. On held-out prompts its offline student over-fits: golden and proxy rise together
+  (docs/results.md)."""
   c = base_config()
   c.oracle.weight_scale = 2.0
   c.student.model = model_config("tiny", d_model=32, d_kv=8, d_ff=64, vocab_size=64)
@@ -143,6 +144,7 @@ def overfit_config() -> ml_collections.ConfigDict:
   c.prompts.num_distill = 1024
   c.offline.num_prompts = 128
   c.online.prompts = "pool"
+  c.student.steps = 3000
   return c
 
 

@@ -1,7 +1,7 @@
 """Study (a): data regimes at equal steps, offline vs online teacher vs online (on-policy) student.
 
 The default tiny setup (configs/tiny.py): offline N = 4,096 prompts x k = 1, online regimes on
-the same prompts, 3,000 steps, seeds 0-4 (0-2 were used to choose the setting, 3-4 were not).
+the same prompts, 2,000 steps, seeds 0-4 (0-2 were used to choose the setting, 3-4 were not).
   python -m th_distill.study --config=configs/studies/regimes.py --workdir=/tmp/studies
 """
 

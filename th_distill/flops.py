@@ -10,7 +10,8 @@ with Li input and Lt target tokens:
   output layer:   2 Lt E V
   forward = sum over layers + output; a training step = 3 x forward (backward = 2 x forward).
 
-A distillation step (student trained, teacher frozen) = 3 x student forward + teacher forward.
+A distillation step (student trained, teacher frozen) = 3 x student forward + teacher forward
+(+ the oracle's forward when the step logs golden metrics, as the pipeline's does).
 
 Generation of Lt tokens, per example: the encoder once, the cross-attention keys and values once
 (Li 4 E A per decoder layer), then per token the same projections and MLP as a forward position
@@ -41,10 +42,12 @@ def train_flops(cfg: T5Config, input_length: int, target_length: int) -> float:
 
 
 def distill_flops(student: T5Config, teacher: T5Config, input_length: int,
-                  target_length: int) -> float:
-  """FLOPs of one distillation step, per example: student forward + backward, teacher forward."""
+                  target_length: int, oracle: T5Config | None = None) -> float:
+  """FLOPs of one distillation step, per example: student forward + backward, teacher forward,
+  and the `oracle`'s forward if given (the golden metrics of `train.distill_step`)."""
+  frozen = [teacher] + ([oracle] if oracle is not None else [])
   return (train_flops(student, input_length, target_length) +
-          forward_flops(teacher, input_length, target_length))
+          sum(forward_flops(cfg, input_length, target_length) for cfg in frozen))
 
 
 def generation_flops(cfg: T5Config, input_length: int, target_length: int) -> float:

@@ -260,7 +260,8 @@ class Partitioner:
 
   def jit(self, fn: Callable, *, in_shardings: Any, out_shardings: Any,
           donate_argnums: int | Sequence[int] = (), key: Hashable | None = None) -> Callable:
-    """`jax.jit(fn)` with explicit shardings, traced and run inside `activate()`.
+    """`jax.jit(fn)` with explicit shardings, traced and run inside `activate()`; the result's
+    `.lower(*args)` lowers it for abstract arguments.
 
     `key`: a hashable description of everything `fn` and the shardings depend on (models,
     settings); compiled functions are then shared by every `jit` call with the same mesh, rules
@@ -277,6 +278,13 @@ class Partitioner:
       with self.activate():
         return compiled(*args)
 
+    def lower(*args):
+      """`jax.jit(...).lower` inside `activate()`: arguments may be `jax.ShapeDtypeStruct`s (with
+      shardings), so a program is compiled ahead of time without any array (`th_distill.plan`)."""
+      with self.activate():
+        return compiled.lower(*args)
+
+    call.lower = lower
     if cache_key is not None:
       _COMPILED[cache_key] = call
     return call

@@ -97,19 +97,81 @@ class Models:
     return cls(*(T5(to_t5_config(config[name].model)) for name in ("oracle", "teacher", "student")))
 
 
+# The compiled programs of a run (`Partitioner.jit` results: call them, or `.lower` them for
+# abstract arguments as `th_distill.plan` does).
+
+
+def sampler_program(model: T5, config: ml_collections.ConfigDict,
+                    partitioner: Partitioner) -> Callable:
+  """`(params, prompts [B, Li] int32, keys [B, 2] uint32) -> SampleOutput` of [B, Lt]: the
+  config's sampling settings, compiled for the mesh with inputs and outputs split along B."""
+  settings = dict(max_length=config.task.response_length, temperature=config.sampling.temperature,
+                  top_k=config.sampling.top_k, top_p=config.sampling.top_p)
+  rows = partitioner.batch_sharding(2)
+  return partitioner.jit(
+      lambda params, prompts, keys: sampling.generate(model, params, prompts, keys, **settings),
+      in_shardings=(partitioner.param_shardings(model), rows, rows),
+      out_shardings=sampling.SampleOutput(rows, rows, rows),
+      key=("sample", model, tuple(sorted(settings.items()))))
+
+
+def sft_program(model: T5, optimizer: Any, partitioner: Partitioner) -> Callable:
+  """The SFT step `(state, batch, rng) -> (state, metrics)` compiled for the mesh (the state
+  donated)."""
+  state_shardings = partitioner.state_shardings(model, optimizer)
+  return partitioner.jit(
+      make_sft_step(model),
+      in_shardings=(state_shardings, _batch_shardings(partitioner), partitioner.replicated),
+      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0,
+      key=("sft_step", model, optimizer))
+
+
+def eval_program(models: Models, config: ml_collections.ConfigDict, partitioner: Partitioner,
+                 student: T5) -> Callable:
+  """`(student_params, teacher_params, oracle_params, batch) -> {name: sum}` (`eval_sums` of
+  `student` against the teacher and the oracle) compiled for the mesh."""
+  return partitioner.jit(
+      make_eval_sums(student, models.teacher, models.oracle, config.sequence_chunks),
+      in_shardings=(partitioner.param_shardings(student),
+                    partitioner.param_shardings(models.teacher),
+                    partitioner.param_shardings(models.oracle), _batch_shardings(partitioner)),
+      out_shardings=partitioner.replicated,
+      key=("eval_sums", student, models.teacher, models.oracle, config.sequence_chunks))
+
+
+def student_optimizer(config: ml_collections.ConfigDict) -> Any:
+  """The stage-2 student's optimiser."""
+  student = config.student
+  return make_optimizer(student.learning_rate, student.warmup_steps, student.steps,
+                        student.schedule, student.weight_decay, student.grad_clip)
+
+
+def distill_program(models: Models, config: ml_collections.ConfigDict,
+                    partitioner: Partitioner) -> Callable:
+  """The distillation step `(state, teacher_params, oracle_params, batch, rng) -> (state,
+  metrics)` of the config's loss and memory settings, compiled for the mesh (state donated)."""
+  optimizer = student_optimizer(config)
+  state_shardings = partitioner.state_shardings(models.student, optimizer)
+  settings = (config.loss.name, config.loss.beta, config.loss.normalized,
+              config.loss.temperature, config.student.micro_batches, config.sequence_chunks)
+  return partitioner.jit(
+      guards.skip_nonfinite(
+          make_distill_step(models.student, models.teacher, models.oracle, *settings),
+          config.on_nonfinite),
+      in_shardings=(state_shardings, partitioner.param_shardings(models.teacher),
+                    partitioner.param_shardings(models.oracle), _batch_shardings(partitioner),
+                    partitioner.replicated),
+      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0,
+      key=("distill_step", models.student, models.teacher, models.oracle, optimizer, settings,
+           config.on_nonfinite))
+
+
 def make_sampler(model: T5, config: ml_collections.ConfigDict,
                  partitioner: Partitioner) -> regime_lib.SampleFn:
   """`fn(params, prompts [B, Li], rng) -> (tokens [B, Lt], mask [B, Lt] float32)`: the config's
   sampling settings, compiled for the mesh. Prompts may be host arrays; B must split over the
   data-parallel devices. Outputs are global device arrays split along B."""
-  settings = dict(max_length=config.task.response_length, temperature=config.sampling.temperature,
-                  top_k=config.sampling.top_k, top_p=config.sampling.top_p)
-  rows = partitioner.batch_sharding(2)
-  compiled = partitioner.jit(
-      lambda params, prompts, keys: sampling.generate(model, params, prompts, keys, **settings),
-      in_shardings=(partitioner.param_shardings(model), rows, rows),
-      out_shardings=sampling.SampleOutput(rows, rows, rows),
-      key=("sample", model, tuple(sorted(settings.items()))))
+  compiled = sampler_program(model, config, partitioner)
 
   def fn(params, prompts, rng):
     prompts = partitioner.shard_batch(prompts)
@@ -184,12 +246,8 @@ def train_sft(model: T5, params: Any, data: dict[str, np.ndarray], section, seed
   """Cross-entropy training of `params` on `data` for `section.steps` steps."""
   optimizer = make_optimizer(section.learning_rate, section.warmup_steps, section.steps,
                              section.schedule)
-  state, state_shardings = new_train_state(partitioner, model, params, optimizer)
-  step_fn = partitioner.jit(
-      make_sft_step(model),
-      in_shardings=(state_shardings, _batch_shardings(partitioner), partitioner.replicated),
-      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0,
-      key=("sft_step", model, optimizer))
+  state, _ = new_train_state(partitioner, model, params, optimizer)
+  step_fn = sft_program(model, optimizer, partitioner)
   batches = regime_lib.offline_batches(data, section.batch_size, seed)
   metrics: dict[str, Any] = {}
   start = time.time()
@@ -240,13 +298,7 @@ def _evaluator(models: Models, config: ml_collections.ConfigDict, partitioner: P
   """`evaluate(student_params, teacher_params, oracle_params, data, prefix)`: per-token and
   per-sequence proxy/golden divergences of `student` on the host dataset `data` (prompts,
   responses, mask), in chunks of `eval.batch_size` rows padded to the data-parallel size."""
-  eval_sums = partitioner.jit(
-      make_eval_sums(student, models.teacher, models.oracle, config.sequence_chunks),
-      in_shardings=(partitioner.param_shardings(student),
-                    partitioner.param_shardings(models.teacher),
-                    partitioner.param_shardings(models.oracle), _batch_shardings(partitioner)),
-      out_shardings=partitioner.replicated,
-      key=("eval_sums", student, models.teacher, models.oracle, config.sequence_chunks))
+  eval_sums = eval_program(models, config, partitioner, student)
 
   def evaluate(student_params, teacher_params, oracle_params, data, prefix):
     totals: dict[str, float] = {}
@@ -466,12 +518,10 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
   sample_student_host = host_sampler(sample_student, partitioner)
   evaluate_set = _evaluator(models, config, partitioner, models.student)
 
-  optimizer = make_optimizer(student.learning_rate, student.warmup_steps, student.steps,
-                             student.schedule, student.weight_decay, student.grad_clip)
+  optimizer = student_optimizer(config)
   # The checkpointed carry: the train state and the running sums of the train metrics since the
   # last logged row, so a resumed run logs exactly what an uninterrupted one would.
-  state, state_shardings = new_train_state(partitioner, models.student,
-                                           stage1.student_init_params, optimizer)
+  state, _ = new_train_state(partitioner, models.student, stage1.student_init_params, optimizer)
   carry = {"state": state,
            "window": {name: jax.device_put(jnp.zeros((), jnp.float32), partitioner.replicated)
                       for name in DISTILL_METRICS + ("steps",)}}
@@ -484,18 +534,7 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
   monitor = HackingMonitor.from_config(
       config.detection, directory, GOLDEN,
       history=[r for r in read_metrics(writer.path) if r["step"] < start_step])
-  settings = (config.loss.name, config.loss.beta, config.loss.normalized,
-              config.loss.temperature, student.micro_batches, config.sequence_chunks)
-  distill_step = partitioner.jit(
-      guards.skip_nonfinite(
-          make_distill_step(models.student, models.teacher, models.oracle, *settings),
-          config.on_nonfinite),
-      in_shardings=(state_shardings, partitioner.param_shardings(models.teacher),
-                    partitioner.param_shardings(models.oracle), _batch_shardings(partitioner),
-                    partitioner.replicated),
-      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0,
-      key=("distill_step", models.student, models.teacher, models.oracle, optimizer, settings,
-           config.on_nonfinite))
+  distill_step = distill_program(models, config, partitioner)
   frozen = (teacher_params, oracle_params)
 
   def evaluate(student_params: Any, step: int) -> dict[str, float]:

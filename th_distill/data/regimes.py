@@ -31,9 +31,13 @@ SampleFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 BatchFn = Callable[[int, Any], Batch]
 
 
+# Rows sampled per call by `build_offline` (the batch of the oracle and offline-data samplers).
+SAMPLE_CHUNK = 1024
+
+
 def build_offline(sample_teacher: SampleFn, teacher_params: Any, prompts: np.ndarray,
                   generations_per_prompt: int, rng: jax.Array,
-                  chunk_size: int = 1024) -> dict[str, np.ndarray]:
+                  chunk_size: int = SAMPLE_CHUNK) -> dict[str, np.ndarray]:
   """Samples k teacher generations for each of the N prompts [N, Li].
 
   Returns numpy arrays `prompts [N*k, Li]`, `responses [N*k, Lt]`, `mask [N*k, Lt]` and

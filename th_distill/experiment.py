@@ -1,7 +1,9 @@
 """The whole experiment, top-down: what `python -m th_distill.main` runs.
 
 Reading order: validate the config, lock the workdir (`workdir_lock`), check that its results
-were made with this config (`resume.check_workdir`), write it, build the prompt pools, stage 1
+were made with this config (`resume.check_workdir`), write it, log the plan (devices, mesh,
+parameter counts, memory per device, each phase's work and a first time estimate; `plan`), build
+the prompt pools, stage 1
 (oracle -> oracle data -> teacher SFT, student init), stage 2 (one distillation run per regime),
 then the report (summary.json, plots, report.md). Every stage is cached in the workdir, so running
 the same command again resumes where it stopped. Importable without the CLI:
@@ -21,8 +23,9 @@ import jax
 import ml_collections
 from absl import logging
 
-from th_distill import (checkpoints, config as config_lib, partitioning, pipeline, report, resume,
-                        workdir_lock)
+from th_distill import (checkpoints, config as config_lib, memory, partitioning, pipeline,
+                        progress, report, resume, workdir_lock, workload)
+from th_distill.models import param_count
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
@@ -51,13 +54,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str) -> di
   start = time.time()
 
   partitioner = partitioning.Partitioner.from_config(config.mesh)
-  logging.info("Mesh %s over %d device(s) in %d process(es)", dict(partitioner.mesh.shape),
-               partitioner.mesh.size, jax.process_count())
   models = pipeline.Models.from_config(config)
-  pools = pipeline.prompt_pools(config)
-  stage1 = pipeline.run_stage1(config, stage1_dir, models, pools, partitioner)
-  for regime in config.regimes:
-    pipeline.run_regime(config, workdir, regime, models, stage1, pools, partitioner)
+  with plan(config, workdir, stage1_dir, partitioner, models).active():
+    pools = pipeline.prompt_pools(config)
+    stage1 = pipeline.run_stage1(config, stage1_dir, models, pools, partitioner)
+    for regime in config.regimes:
+      pipeline.run_regime(config, workdir, regime, models, stage1, pools, partitioner)
   if not main:
     return {}
 
@@ -70,3 +72,62 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str) -> di
   logging.info("Done in %.0fs; report in %s", time.time() - start,
                os.path.join(workdir, "report.md"))
   return summary
+
+
+def done_phases(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str) -> set[str]:
+  """The `workload` phases an earlier run of this workdir finished (their results are cached)."""
+  done = set()
+  if os.path.exists(os.path.join(stage1_dir, "info.json")):
+    done.update(workload.STAGE1)
+  if os.path.exists(os.path.join(workdir, "offline_dataset.npz")):
+    done.add(workload.OFFLINE_DATASET)
+  done.update(workload.regime_key(r) for r in config.regimes
+              if os.path.exists(os.path.join(pipeline.regime_dir(workdir, r), "done.json")))
+  return done
+
+
+def _device_memory(device: jax.Device) -> str:
+  """'80.0 GiB' of one device (the host's memory for a CPU), or 'unknown'."""
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and "bytes_limit" in stats:
+    return f"{stats['bytes_limit'] / memory.GIB:.1f} GiB"
+  if device.platform == "cpu" and hasattr(os, "sysconf"):
+    return f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / memory.GIB:.1f} GiB (host)"
+  return "unknown"
+
+
+def plan(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str,
+         partitioner: partitioning.Partitioner, models: pipeline.Models) -> progress.RunClock:
+  """Logs what the run will do, before any of it: devices and mesh, each model's parameter
+  count, the memory per device of a distillation step (`th_distill.memory`), each phase's work
+  and a lower bound of the time (its FLOPs at the device's matmul rate); warns when a CPU run
+  would take hours. Returns the clock of the run's phases, for progress lines and ETAs."""
+  mesh = partitioner.mesh
+  device = jax.devices()[0]
+  logging.info("Plan: %d %s device(s) (%s) in %d process(es), mesh %s", mesh.size,
+               device.platform, device.device_kind, jax.process_count(), dict(mesh.shape))
+  for name in ("oracle", "teacher", "student"):
+    model = getattr(models, name)
+    cfg = model.cfg
+    logging.info("  %-7s %s parameters (d_model %d, %d+%d layers, vocabulary %d)", name,
+                 f"{param_count(partitioner.abstract_params(model)):,}", cfg.d_model,
+                 cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.vocab_size)
+  parts = memory.estimate(config, tuple(mesh.shape[a] for a in partitioning.MESH_AXES))
+  logging.info("  memory per device of a distillation step: %.2f GiB (%s), before XLA's "
+               "temporaries; a device has %s", parts["total"],
+               ", ".join(f"{k} {v:.2f} GiB" for k, v in parts.items()
+                         if v and not k.startswith("total")),
+               _device_memory(device))
+  phases = workload.phases(config, partitioner.data_parallel_size,
+                           done_phases(config, workdir, stage1_dir))
+  peak = progress.matmul_flops_per_second() * mesh.size
+  for phase in phases:
+    logging.info("  %-42s %s", phase.title + ":",
+                 "done by an earlier run (cached)" if phase.finished else phase.describe())
+  clock = progress.RunClock(phases, peak)
+  seconds, _ = clock.remaining()
+  logging.info("  time: at least %s (the work's FLOPs at this machine's matmul rate, %.0f "
+               "GFLOP/s); each phase's first timed steps give the estimates that follow",
+               progress.duration(seconds or 0.0), peak / 1e9)
+  clock.warn_if_long()
+  return clock

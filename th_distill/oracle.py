@@ -21,6 +21,10 @@ from th_distill.models import T5
 from th_distill.train import Batch, forward
 
 
+# Bisection steps of `calibrate_oracle`; it samples once per step and once at the chosen scale.
+CALIBRATION_ITERATIONS = 14
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
 def mean_entropy(model: T5, params: Any, batch: Batch) -> jax.Array:
   """Mean next-token entropy (nats) of `model` over the valid positions of `batch`."""
@@ -40,7 +44,7 @@ def with_logit_scale(params: Any, scale: float) -> Any:
 
 def calibrate_oracle(model: T5, params: Any, sample: SampleFn, prompts: jax.Array,
                      rng: jax.Array, target_entropy: float, weight_scale: float = 1.0,
-                     iterations: int = 14) -> tuple[Any, dict[str, float]]:
+                     iterations: int = CALIBRATION_ITERATIONS) -> tuple[Any, dict[str, float]]:
   """Scales `params` into an oracle whose own samples have `target_entropy` nats per token.
 
   Bisection on log(logit scale) in [1/64, 64]: entropy falls as the scale grows. Returns the

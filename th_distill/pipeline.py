@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from th_distill import checkpoints, guards, resume, sampling
+from th_distill import checkpoints, guards, progress, resume, sampling, workload
 from th_distill.errors import EX_TEMPFAIL, RunError
 from th_distill.partitioning import Partitioner, is_main_process, pad_rows
 from th_distill.config import to_t5_config
@@ -250,14 +250,14 @@ def train_sft(model: T5, params: Any, data: dict[str, np.ndarray], section, seed
   step_fn = sft_program(model, optimizer, partitioner)
   batches = regime_lib.offline_batches(data, section.batch_size, seed)
   metrics: dict[str, Any] = {}
-  start = time.time()
+  phase = progress.phase(f"{name} SFT", work=[progress.Work("steps", "sft", section.steps, 0)])
   for step in range(section.steps):
     state, metrics = step_fn(state, partitioner.shard_batch(batches(step)),
                              jax.random.fold_in(key, step))
-    if (step + 1) % max(section.steps // 5, 1) == 0:
-      logging.info("%s SFT step %d/%d loss %.4f (%.1fs)", name, step + 1, section.steps,
-                   float(metrics["sft/loss"]), time.time() - start)
+    jax.block_until_ready(metrics)  # the step's time is its own (see th_distill.progress)
+    phase.advance("steps", detail=lambda: f"loss {float(metrics['sft/loss']):.4f}")
   final = {k: float(v) for k, v in metrics.items()}
+  phase.finish()
   if not np.isfinite(final.get("sft/loss", 0.0)):
     raise guards.NonFiniteStep(f"{name} SFT diverged: loss {final['sft/loss']} after "
                                f"{section.steps} steps; lower {name}.learning_rate")
@@ -341,11 +341,13 @@ def run_stage1(config: ml_collections.ConfigDict, directory: str, models: Models
   info: dict[str, Any] = {"fingerprint": expected, "fields": fields}
   sample_oracle = make_sampler(models.oracle, config, partitioner)
   if config.oracle.source == "synthetic":
-    calibration_rows = min(256, len(pools["eval"])) // partitioner.data_parallel_size
+    phase = progress.phase(workload.ORACLE_CALIBRATION)
     oracle_params, calibration = calibrate_oracle(
         models.oracle, partitioner.init_params(models.oracle, _key(seed, _ORACLE_INIT)),
-        sample_oracle, pools["eval"][:calibration_rows * partitioner.data_parallel_size],
+        phase.counted(sample_oracle, "sampling passes", per_row=False),
+        pools["eval"][:workload.calibration_rows(config, partitioner.data_parallel_size)],
         _key(seed, _ORACLE_CALIBRATE), config.oracle.target_entropy, config.oracle.weight_scale)
+    phase.finish()
     info["oracle"] = calibration
     logging.info("Stage 1: synthetic oracle, logit scale %.3f, entropy %.3f nats/token",
                  calibration["logit_scale"], calibration["entropy"])
@@ -354,8 +356,11 @@ def run_stage1(config: ml_collections.ConfigDict, directory: str, models: Models
     info["oracle"] = {"checkpoint": config.oracle.checkpoint}
 
   sample_oracle_host = host_sampler(sample_oracle, partitioner)
-  oracle_data = regime_lib.build_offline(sample_oracle_host, oracle_params, pools["oracle"], 1,
+  phase = progress.phase(workload.ORACLE_SAMPLES)
+  oracle_data = regime_lib.build_offline(phase.counted(sample_oracle_host, "samples"),
+                                         oracle_params, pools["oracle"], 1,
                                          _key(seed, _ORACLE_DATA))
+  phase.finish()
   teacher_params, info["teacher_sft"] = train_sft(
       models.teacher, _initial_params(config, "teacher", models.teacher, partitioner,
                                       _key(seed, _TEACHER_INIT)),
@@ -371,10 +376,13 @@ def run_stage1(config: ml_collections.ConfigDict, directory: str, models: Models
   eval_key = _key(seed, _EVAL_SETS)
   sample_teacher_host = host_sampler(make_sampler(models.teacher, config, partitioner),
                                      partitioner)
+  phase = progress.phase(workload.EVAL_SETS)
   eval_sets = {
-      "oracle": regime_lib.build_offline(sample_oracle_host, oracle_params, pools["eval"], 1,
+      "oracle": regime_lib.build_offline(phase.counted(sample_oracle_host, "samples"),
+                                         oracle_params, pools["eval"], 1,
                                          jax.random.fold_in(eval_key, 0)),
-      "teacher": regime_lib.build_offline(sample_teacher_host, teacher_params, pools["eval"], 1,
+      "teacher": regime_lib.build_offline(phase.counted(sample_teacher_host, "samples"),
+                                          teacher_params, pools["eval"], 1,
                                           jax.random.fold_in(eval_key, 1)),
   }
   # The teacher's own distance to the oracle: how imperfect the teacher is.
@@ -385,6 +393,7 @@ def run_stage1(config: ml_collections.ConfigDict, directory: str, models: Models
     for name, value in results.items():
       if "/golden/" in name:
         info[f"teacher/golden/{name.split('/')[-1]}@{source}_samples"] = value
+  phase.finish()
   logging.info("Stage 1: teacher golden fkl %.3f (on oracle samples), %.1fs",
                info["teacher/golden/fkl@oracle_samples"], time.time() - start)
 
@@ -416,10 +425,13 @@ def offline_dataset(config: ml_collections.ConfigDict, workdir: str, models: Mod
       return data
     raise resume.ConfigChanged(f"{path} was built by a different configuration; use a new "
                                "--workdir, or rerun with the values it was built with")
+  phase = progress.phase(workload.OFFLINE_DATASET)
   data = regime_lib.build_offline(
-      host_sampler(make_sampler(models.teacher, config, partitioner), partitioner),
+      phase.counted(host_sampler(make_sampler(models.teacher, config, partitioner), partitioner),
+                    "samples"),
       stage1.teacher_params, pools["distill"][:config.offline.num_prompts],
       config.offline.generations_per_prompt, _key(config.seed, _OFFLINE_DATA))
+  phase.finish()
   data["fingerprint"] = np.asarray(expected)
   _write_on_main(lambda: checkpoints.save_arrays(path, data))
   return data
@@ -488,6 +500,8 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
                       f"delete {directory} to run the regime again")
     logging.info("%s: already finished, reusing %s", regime, directory)
     return
+  phase = progress.phase(workload.regime_key(regime), regime,
+                         [progress.Work("steps", "distill", student.steps, 0)], lines=False)
   # An unfinished regime resumes under the config it started with only.
   started = os.path.join(directory, "started.json")
   if os.path.exists(started):
@@ -509,7 +523,8 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
     batch_at = regime_lib.online_batches(
         regime, online_prompts(config, pools), student.batch_size, _key(seed, _ONLINE),
         sample_teacher, sample_student, teacher_params, config.mixture.student_fraction)
-    train_set = regime_lib.build_offline(host_sampler(sample_teacher, partitioner),
+    train_set = regime_lib.build_offline(phase.counted(host_sampler(sample_teacher, partitioner),
+                                                       "train-prompt samples"),
                                          teacher_params,
                                          online_prompts(config, pools)[:num_train], 1,
                                          _key(seed, _TRAIN_PROMPT_SET))
@@ -528,6 +543,10 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
   checkpointer = checkpoints.RunCheckpointer(os.path.join(directory, "checkpoints"))
   carry = checkpointer.restore_latest(carry) or carry
   start_step = int(carry["state"].step)
+  for item, done in (("steps", start_step), ("generated batches", start_step),
+                     ("evaluations", sum(s < start_step for s in eval_steps))):
+    phase.skip(item, done)
+  logging.info("%s: steps %d..%d", phase.title, start_step, student.steps)
   guards.check_rows(metrics_path, {s for s in eval_steps if s < start_step},
                     f"delete {directory} to run the regime again from step 0")
   writer = MetricsWriter(directory, resume_step=start_step, enabled=is_main_process())
@@ -549,7 +568,6 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
   timers = {"generate": 0.0, "train": 0.0}
   watch = guards.StepWatch(regime, config.on_nonfinite)
   run_start = time.time()
-  logging.info("%s: steps %d..%d", regime, start_step, student.steps)
   with _SigtermFlag() as sigterm:
     for step in range(start_step, student.steps + 1):
       # Checked before the evaluation, so a resumed run re-logs this step's row identically.
@@ -576,21 +594,22 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
           timers = {"generate": 0.0, "train": 0.0}
         row.update(monitor.observe(step, row, state.params))
         writer.write(step, row)
-        done = step - start_step
-        eta = (time.time() - run_start) / max(done, 1) * (student.steps - step)
-        logging.info("%s step %d/%d golden %.4f proxy %.4f (ETA %.0fs)", regime, step,
-                     student.steps, row["eval_oracle/golden/fkl"], row["eval_teacher/proxy/fkl"],
-                     eta if done else float("nan"))
+        phase.advance("evaluations")
+        phase.log_line(f", golden {row['eval_oracle/golden/fkl']:.4f} proxy "
+                       f"{row['eval_teacher/proxy/fkl']:.4f}")
       if step == student.steps or monitor.should_stop:
         break
       tic = time.time()
       batch = partitioner.shard_batch(jax.block_until_ready(batch_at(step, state.params)))
       toc = time.time()
+      if regime != "offline":
+        phase.advance("generated batches")
       state, metrics = distill_step(state, *frozen, batch,
                                     jax.random.fold_in(_key(seed, _TRAIN_DROPOUT), step))
       if watch.counts(step, metrics, checkpointer):  # False: a skipped non-finite step
         window = {k: v + (1.0 if k == "steps" else metrics[k]) for k, v in window.items()}
       carry = jax.block_until_ready({"state": state, "window": window})
+      phase.advance("steps")
       timers["generate"] += toc - tic
       timers["train"] += time.time() - toc
       if (step + 1) % config.checkpoint_every == 0:
@@ -598,6 +617,7 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
   checkpointer.save(step, carry)
   checkpointer.close()
   writer.close()
+  phase.finish()
   if monitor.should_stop:
     logging.warning("%s: stopped at step %d by the hacking detector (detection.on_detect = "
                     "'stop').", regime, step)

@@ -1,8 +1,11 @@
-"""What the launchers share: the run's own flags, `--config.KEY=VALUE` overrides, dry runs."""
+"""What the launchers share: the run's own flags, `--config.KEY=VALUE` overrides, dry runs, and
+the plan (`th_distill.plan`, run on this machine for the target's device count before anything
+is created, copied, submitted or started)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import posixpath
 import re
 import shlex
@@ -13,6 +16,8 @@ from typing import Sequence
 
 # One override of the experiment config, passed through unchanged to `th_distill.main`.
 _OVERRIDE = re.compile(r"--config\.[A-Za-z_][A-Za-z0-9_.]*=")
+# The repository the launcher is in: where the plan runs (`--config` is relative to it).
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +33,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                    help="Python interpreter on the hosts (default: %(default)s)")
   parser.add_argument("--dry-run", action="store_true",
                       help="print the commands instead of running them")
+  parser.add_argument(
+      "--plan", choices=("compile", "check", "skip"), default="compile",
+      help="first, on this machine, run `python -m th_distill.plan` for the target's device count "
+           "(needs th_distill installed here): 'compile' builds every program of the run for "
+           "the mesh on simulated devices and prints XLA's memory per device (minutes for the "
+           "paper's configs); 'check' only checks that the mesh fits the devices and divides the "
+           "batches (seconds); 'skip' does neither. A mesh the plan refuses stops the launch "
+           "before anything is created (default: %(default)s)")
 
 
 def parse_args(parser: argparse.ArgumentParser,
@@ -59,6 +72,22 @@ def positive_int(text: str) -> int:
   if value < 1:
     raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
   return value
+
+
+def run_plan(args: argparse.Namespace, overrides: Sequence[str], devices: int) -> int:
+  """Runs `th_distill.plan` here for `devices` devices (`--plan`), its table on stderr; returns
+  0 to go on, else the exit status to stop with (2: the plan refused the mesh, in one line)."""
+  if args.plan == "skip":
+    return 0
+  command = [sys.executable, "-m", "th_distill.plan", f"--config={args.config}",
+             f"--devices={devices}", *overrides, *(["--programs="] if args.plan == "check" else [])]
+  print(f"+ {shlex.join(command)}", file=sys.stderr, flush=True)
+  status = subprocess.run(command, cwd=REPO, stdout=sys.stderr).returncode
+  if status not in (0, 2):
+    print(f"error: th_distill.plan failed (exit code {status}); install th_distill on this "
+          "machine (pip install -e .) or pass --plan=skip", file=sys.stderr)
+    return 1
+  return status
 
 
 def require_tools(*names: str) -> None:

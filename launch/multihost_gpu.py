@@ -12,6 +12,11 @@ Two backends; the repository must already be installed on every host, at the sam
                    a terminal (`ssh -tt`), so closing it stops its process (SIGHUP).
                    `--dry-run` prints the ssh commands, one per host, instead.
 
+First, on this machine, `python -m th_distill.plan` checks the run's mesh against the job's GPUs
+(`--gpus-per-node` x nodes or hosts) and, with `--plan=compile` (the default), compiles every
+program for it on simulated devices; a mesh that does not fit stops the launch before anything
+is submitted or started (dry runs too).
+
   python launch/multihost_gpu.py --backend=slurm --nodes=2 --gpus-per-node=8 \
       --config=configs/t5_small.py --workdir=/shared/th/t5 --config.seed=1 --dry-run
   python launch/multihost_gpu.py --backend=ssh --hosts=gpu1,gpu2 \
@@ -54,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="repository root on every host (default: %(default)s)")
   slurm = parser.add_argument_group("--backend=slurm")
   slurm.add_argument("--nodes", type=launch_common.positive_int, help="number of nodes")
-  slurm.add_argument("--gpus-per-node", type=launch_common.positive_int, default=8,
-                     help="(default: %(default)s)")
+  parser.add_argument("--gpus-per-node", type=launch_common.positive_int, default=8,
+                      help="GPUs of each node (slurm) or host (ssh): the device count the plan "
+                           "checks the mesh against is this times the nodes or hosts "
+                           "(default: %(default)s)")
   slurm.add_argument("--job-name", default="th_distill", help="(default: %(default)s)")
   slurm.add_argument("--partition", help="SLURM partition")
   slurm.add_argument("--time", help="time limit, e.g. 24:00:00")
@@ -146,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args, overrides = launch_common.parse_args(parser, argv)
   check_args(parser, args)
+  hosts = args.nodes if args.backend == "slurm" else len(args.hosts)
+  status = launch_common.run_plan(args, overrides, hosts * args.gpus_per_node)
+  if status:
+    return status
   if args.backend == "slurm":
     script = sbatch_script(args, overrides)
     if args.dry_run:

@@ -1,6 +1,9 @@
 r"""Runs th_distill on every worker of a Cloud TPU VM slice with `gcloud compute tpus tpu-vm`.
 
 Steps, in order (each one a command; `--dry-run` prints them one per line instead):
+  0. on this machine, `python -m th_distill.plan` for the slice's JAX devices (from
+     `--accelerator-type`, see `tpu_devices`): a mesh that does not fit them or does not divide
+     the batches stops the launch here, before any VM exists (`--plan`; runs in dry runs too);
   1. `--create`: create the TPU VM slice;
   2. install the repository on all workers (unless `--skip-install`): clone `--repo-url` at
      `--ref`, or copy the git checkout `--local-dir` (tracked and untracked, non-ignored files);
@@ -28,6 +31,20 @@ import launch_common
 
 # Where `--local-dir` is archived locally and copied to on each worker (home directory).
 _ARCHIVE_NAME = "th_distill_src.tar.gz"
+# TensorCores per JAX device by TPU generation: the number in an accelerator type counts
+# TensorCores for v2, v3, v4 and v5p (v4 and v5p chips have two, seen as one device), and chips
+# for v5e (v5litepod) and v6e (one device each).
+_CORES_PER_DEVICE = {"v2": 1, "v3": 1, "v4": 2, "v5p": 2, "v5litepod": 1, "v5e": 1, "v6e": 1}
+
+
+def tpu_devices(accelerator_type: str) -> int:
+  """JAX devices of a slice of `accelerator_type` (e.g. v4-32 -> 16, v5litepod-16 -> 16);
+  ValueError for a type it does not know."""
+  generation, _, count = accelerator_type.rpartition("-")
+  if generation not in _CORES_PER_DEVICE or not count.isdigit():
+    raise ValueError(f"{accelerator_type!r} is not GENERATION-N with GENERATION one of "
+                     f"{', '.join(_CORES_PER_DEVICE)}")
+  return max(int(count) // _CORES_PER_DEVICE[generation], 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
   tpu.add_argument("--zone", required=True, help="e.g. us-central2-b")
   tpu.add_argument("--project", help="Google Cloud project (default: gcloud's configured one)")
   tpu.add_argument("--create", action="store_true", help="create the slice first")
-  tpu.add_argument("--accelerator-type", help="with --create: e.g. v4-32, v5litepod-16")
+  tpu.add_argument("--accelerator-type",
+                   help="e.g. v4-32, v5litepod-16: the slice to create (--create) and the device "
+                        "count the plan checks the mesh against")
   tpu.add_argument("--version", help="with --create: TPU VM runtime, e.g. tpu-ubuntu2204-base")
   tpu.add_argument("--spot", action="store_true", help="with --create: a Spot (pre-emptible) slice")
   tpu.add_argument("--delete", action="store_true",
@@ -61,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   """Rejects combinations of flags that argparse alone cannot."""
-  create_only = {"--accelerator-type": args.accelerator_type, "--version": args.version,
-                 "--spot": args.spot}
+  create_only = {"--version": args.version, "--spot": args.spot}
   if args.create and not (args.accelerator_type and args.version):
     parser.error("--create needs --accelerator-type and --version")
   if not args.create and any(create_only.values()):
@@ -76,6 +94,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     parser.error("one of --repo-url, --local-dir or --skip-install is required")
   if args.local_dir and not os.path.exists(os.path.join(args.local_dir, ".git")):
     parser.error(f"--local-dir: {args.local_dir!r} is not the root of a git checkout")
+  if args.plan != "skip" and not args.accelerator_type:
+    parser.error("--plan needs the slice's --accelerator-type (e.g. v4-32) for its device "
+                 "count; or pass --plan=skip")
+  if args.accelerator_type:
+    try:
+      tpu_devices(args.accelerator_type)
+    except ValueError as e:
+      parser.error(f"--accelerator-type: {e}")
 
 
 def gcloud_tpu(verb: str, args: argparse.Namespace, *flags: str) -> list[str]:
@@ -134,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args, overrides = launch_common.parse_args(parser, argv)
   check_args(parser, args)
+  if args.plan != "skip":
+    status = launch_common.run_plan(args, overrides, tpu_devices(args.accelerator_type))
+    if status:
+      return status
   commands = ([create_command(args)] if args.create else []) + (
       [] if args.skip_install else install_commands(args)) + [run_on_workers(args, overrides)]
   teardown = [gcloud_tpu("delete", args, args.name, "--quiet")] if args.delete else []

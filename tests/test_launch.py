@@ -1,5 +1,6 @@
-"""The multi-host launchers in launch/: dry-run output, argument errors, and execution against stub
-`gcloud`, `sbatch`, `ssh` and Python executables (none of the real tools is needed)."""
+"""The multi-host launchers in launch/: dry-run output, argument errors, execution against stub
+`gcloud`, `sbatch`, `ssh` and Python executables (none of the real tools is needed), and the plan
+that refuses a mesh before anything is created (`--plan`; the other tests pass --plan=skip)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ OVERRIDES = ["--config.seed=3", "--config.student.steps=10", "--config.note=it's
 
 def launch(script: str, *args: str, env: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess:
-  """Runs a launcher as a subprocess from the repository root."""
-  return subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=30, env=env)
+  """Runs a launcher as a subprocess from the repository root (with --plan=skip unless `args`
+  choose a --plan)."""
+  plan = [] if any(a.startswith("--plan") for a in args) else ["--plan=skip"]
+  return subprocess.run([sys.executable, script, *args, *plan], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, env=env)
 
 
 def dry_run(script: str, *args: str) -> list[str]:
@@ -218,3 +221,53 @@ def test_gpu_bad_arguments_are_argparse_errors(args, message):
   result = launch(MULTIHOST_GPU, *args, "--dry-run")
   assert result.returncode == 2 and not result.stdout
   assert "error:" in result.stderr and message in result.stderr
+
+
+# --- the plan, before anything is created ----------------------------------------------------
+
+sys.path.insert(0, os.path.join(REPO, "launch"))
+import tpu_pod  # noqa: E402
+
+
+@pytest.mark.parametrize("accelerator_type, devices", [
+    ("v4-32", 16), ("v5p-128", 64), ("v5litepod-16", 16), ("v6e-8", 8), ("v3-8", 8)])
+def test_tpu_devices_of_an_accelerator_type(accelerator_type, devices):
+  assert tpu_pod.tpu_devices(accelerator_type) == devices
+
+
+def test_tpu_plan_refuses_a_mesh_larger_than_the_slice_before_creating_it(tmp_path):
+  log = tmp_path / "gcloud.log"
+  write_stub(tmp_path, "gcloud", f'echo "$4" >> {log}\n')
+  result = launch(TPU_POD, *TPU, "--create", "--accelerator-type=v4-32", "--version=v",
+                  "--repo-url=u", *RUN, "--config.mesh.data=1", "--config.mesh.fsdp=32",
+                  "--plan=check", "--delete", env=stub_env(tmp_path))
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert result.returncode == 2 and not result.stdout, result.stderr
+  assert len(errors) == 1 and "needs 32 devices, but 16 are available" in errors[0]
+  assert not log.exists()  # no slice created (nor deleted)
+
+
+def test_gpu_plan_refuses_a_mesh_that_does_not_split_the_batch():
+  result = launch(MULTIHOST_GPU, "--backend=slurm", "--nodes=3", "--gpus-per-node=8", *RUN,
+                  "--plan=check", "--dry-run")
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert result.returncode == 2 and not result.stdout, result.stderr
+  assert len(errors) == 1
+  assert "data x fsdp = 24 does not divide teacher.batch_size = 32" in errors[0]
+
+
+def test_tpu_dry_run_plans_the_slice_then_prints_the_commands():
+  result = launch(TPU_POD, *TPU, "--skip-install", "--accelerator-type=v5litepod-16", *RUN,
+                  "--config.mesh.fsdp=4", "--plan=check", "--dry-run")
+  assert result.returncode == 0, result.stderr
+  assert "-m th_distill.plan --config=configs/tiny.py --devices=16" in result.stderr
+  assert "on mesh (data, fsdp, model) = (4, 4, 1): fits 16 devices" in result.stderr
+  (line,) = result.stdout.splitlines()  # the plan's output stays off the commands
+  assert shlex.split(line)[4] == "ssh"
+
+
+def test_tpu_plan_needs_the_accelerator_type():
+  result = launch(TPU_POD, *TPU, "--skip-install", *RUN, "--plan=check", "--dry-run")
+  assert result.returncode == 2 and "--plan needs the slice's --accelerator-type" in result.stderr
+  result = launch(TPU_POD, *TPU, "--skip-install", "--accelerator-type=v9-8", *RUN, "--dry-run")
+  assert result.returncode == 2 and "--accelerator-type: 'v9-8' is not" in result.stderr

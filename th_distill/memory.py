@@ -1,17 +1,28 @@
-r"""Memory per device of a distillation step, computed from the shapes (no accelerator needed).
+r"""Memory per device of a run's compiled programs, computed from the shapes (no accelerator).
 
   python -m th_distill.memory                       # the paper's XSum setup, several meshes
   python -m th_distill.memory --config=configs/t5_small.py --mesh=1,8,1 --mesh=2,2,2
 
-What is counted, per device (GiB): the student's float32 parameters, gradient and two Adam
-moments; the frozen teacher and oracle in `frozen_dtype`; each parameter divided by the mesh axes
-its sharding uses (`partitioning.mesh_axes`, the rules the run uses). Activations are estimates:
-the student's activations kept for the backward pass (per token and layer: 4E + 4HK + 2H*Li + 3F
-in the encoder, 6E + 8HK + 2H*(Li + Lt) + 3F in the decoder, with E d_model, H heads, K d_kv,
-F d_ff), the [B, Lt, V] logits alive at once (student logits, their gradient and log-softmax, one
-log-softmax per reference: 5 copies, divided by micro-batches and sequence chunks), and the KV
-cache of the online sampler. The batch is split over data x fsdp; heads, d_ff and vocab over model.
-XLA's temporaries and fragmentation come on top: keep a margin of 20-30 %.
+Prints two tables, every figure in GiB (2^30 bytes) per device: the distillation step's parts
+for each mesh and memory setting, then each program's total (`program_estimates`: the names of
+`th_distill.plan`, which compiles the same programs and reports XLA's own figures).
+
+What is counted, per device: parameters divided by the mesh axes their sharding uses
+(`partitioning.mesh_axes`, the rules the run uses): the trained model in float32 with its
+gradient and two Adam moments, the frozen teacher and oracle in `frozen_dtype` (stage 1 samples
+with the float32 oracle); the weights in use, all-gathered over fsdp and held in the compute
+dtype (float32; bfloat16 frozen weights are converted): two layers per model at a time (the one
+in use and the next one being gathered: what TPU's memory-aware scheduler keeps), and, as an
+upper bound, every layer at once (`all gathered`: what XLA's CPU scheduler does, which hoists
+every all-gather to the start of the program); the activations the backward pass keeps (per token
+and layer: 4E + 4HK + 2H*Li + 3F in the encoder, 6E + 8HK + 2H*(Li + Lt) + 3F in the decoder,
+with E d_model, H heads, K d_kv, F d_ff); the [B, Lt, V] logits alive at once (5 copies in the
+distillation step, 3 in SFT, 6 in the evaluator, divided by micro-batches and sequence chunks);
+forward-only programs hold one encoder layer's working set at a time (`encoder_layer_bytes`);
+the samplers' KV cache
+(self-attention over Lt and cross-attention over Li positions, float32) after the encoder's
+working set is freed. The batch is split over data x fsdp; heads, d_ff and vocab over model.
+docs/scaling.md compares these with XLA's memory analysis on a simulated mesh.
 """
 
 from __future__ import annotations
@@ -24,23 +35,47 @@ import ml_collections
 from absl import flags
 
 from th_distill import cli, config as config_lib
+from th_distill.data.regimes import SAMPLE_CHUNK
 from th_distill.models import T5, T5Config
 from th_distill.partitioning import MESH_AXES, boxed_param_shapes, mesh_axes
 
 GIB = 2.0**30
 _BYTES = {"float32": 4, "bfloat16": 2}
+# Layers of gathered weights alive at once per model on a memory-aware schedule: the one in use
+# and the next one, whose all-gather overlaps the current layer's compute.
+GATHERED_LAYERS = 2
+
+
+def _group_bytes(cfg: T5Config, mesh_shape: dict[str, int], dtype: str) -> dict[str, float]:
+  """{top-level parameter group (a layer, the embedding, ...): bytes per device in `dtype`}."""
+  groups: dict[str, float] = {}
+  boxes = jax.tree_util.tree_leaves_with_path(boxed_param_shapes(T5(cfg)),
+                                              is_leaf=lambda x: hasattr(x, "names"))
+  for path, box in boxes:
+    shape = box.value.shape
+    split = math.prod(math.prod(mesh_shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+                      for axes in mesh_axes(box.names, shape, mesh_shape) if axes is not None)
+    name = str(path[0].key)
+    groups[name] = groups.get(name, 0.0) + math.prod(shape) * _BYTES[dtype] / split
+  return groups
 
 
 def param_bytes(cfg: T5Config, mesh_shape: dict[str, int], dtype: str) -> float:
   """Bytes per device of the parameters of a `cfg` model stored in `dtype`."""
-  total = 0.0
-  for box in jax.tree_util.tree_leaves(boxed_param_shapes(T5(cfg)),
-                                       is_leaf=lambda x: hasattr(x, "names")):
-    shape = box.value.shape
-    split = math.prod(math.prod(mesh_shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-                      for axes in mesh_axes(box.names, shape, mesh_shape) if axes is not None)
-    total += math.prod(shape) * _BYTES[dtype] / split
-  return total
+  return sum(_group_bytes(cfg, mesh_shape, dtype).values())
+
+
+def gathered_bytes(cfg: T5Config, mesh_shape: dict[str, int], dtype: str,
+                   layers: int | None = GATHERED_LAYERS) -> float:
+  """Bytes per device of a `cfg` model's weights in use, stored in `dtype`: all-gathered over
+  data x fsdp (still split over model) and held in the compute dtype; the `layers` largest
+  parameter groups at once (None: all of them). 0 when the stored shards are used as they are
+  (no fsdp and the storage dtype is the compute dtype)."""
+  if mesh_shape["fsdp"] == 1 and dtype == cfg.dtype:
+    return 0.0
+  whole = {**mesh_shape, "data": 1, "fsdp": 1}
+  sizes = sorted(_group_bytes(cfg, whole, cfg.dtype).values(), reverse=True)
+  return sum(sizes[:layers])
 
 
 def activation_bytes(cfg: T5Config, rows: float, prompt_length: int, response_length: int,
@@ -55,29 +90,103 @@ def activation_bytes(cfg: T5Config, rows: float, prompt_length: int, response_le
                 cfg.num_decoder_layers * decoder * tokens_out)
 
 
-def estimate(config: ml_collections.ConfigDict, mesh: Sequence[int]) -> dict[str, float]:
-  """GiB per device of each part of a stage-2 step of `config` on a (data, fsdp, model) `mesh`."""
-  mesh_shape = dict(zip(MESH_AXES, mesh))
-  student, teacher, oracle = (config_lib.to_t5_config(config[name].model)
-                              for name in ("student", "teacher", "oracle"))
-  li, lt, vocab = config.task.prompt_length, config.task.response_length, config.task.vocab_size
-  rows = config.student.batch_size / (mesh_shape["data"] * mesh_shape["fsdp"])
-  micro_rows = rows / config.student.micro_batches
-  split = mesh_shape["model"]
-  student_params = param_bytes(student, mesh_shape, "float32")
-  sampler = max(teacher, student, key=lambda c: c.num_decoder_layers * c.num_heads * c.d_kv)
-  parts = {
-      "student params + grads + Adam": 4 * student_params,
-      "teacher params": param_bytes(teacher, mesh_shape, config.frozen_dtype),
-      "oracle params": param_bytes(oracle, mesh_shape, config.frozen_dtype),
-      "student activations": activation_bytes(student, micro_rows, li, lt, split),
-      "logits": 5 * 4.0 * micro_rows * lt / config.sequence_chunks * vocab / split,
-      "sampler KV cache": 4.0 * 2 * sampler.num_decoder_layers * rows * (li + lt) *
-                          sampler.num_heads * sampler.d_kv / split,
-  }
+def encoder_layer_bytes(cfg: T5Config, rows: float, prompt_length: int,
+                        model_split: int) -> float:
+  """Float32 activations of one encoder layer for `rows` sequences, the working set of a
+  forward-only pass: per token 3H*Li + 2E + F (three copies of the attention scores, alive
+  together in XLA's softmax; the residual stream and its normalised copy; one MLP hidden)."""
+  h, f = cfg.num_heads / model_split, cfg.d_ff / model_split
+  return 4.0 * rows * prompt_length * (3 * h * prompt_length + 2 * cfg.d_model + f)
+
+
+def kv_cache_bytes(cfg: T5Config, rows: float, prompt_length: int, response_length: int,
+                   model_split: int) -> float:
+  """The sampler's float32 cache: keys and values of every decoder layer over the response
+  (self-attention) and the prompt (cross-attention)."""
+  return (4.0 * 2 * cfg.num_decoder_layers * rows * (prompt_length + response_length) *
+          cfg.num_heads * cfg.d_kv / model_split)
+
+
+def _finish(parts: dict[str, float], upper: float, phases: Sequence[str] = ()) -> dict[str, float]:
+  """`parts` in GiB with their `total` (the `phases` parts are never alive together: the
+  largest counts) and `total, all gathered` (`upper` bytes of gathered weights instead of the
+  layers counted in 'gathered weights')."""
   parts = {k: v / GIB for k, v in parts.items()}
-  parts["total"] = sum(parts.values())
+  phase = max((parts[k] for k in phases), default=0.0)
+  parts["total"] = sum(v for k, v in parts.items() if k not in phases) + phase
+  parts["total, all gathered"] = parts["total"] - parts["gathered weights"] + upper / GIB
   return parts
+
+
+def program_estimates(config: ml_collections.ConfigDict, mesh: Sequence[int]
+                      ) -> dict[str, dict[str, float]]:
+  """{program: {part: GiB per device, 'total', 'total, all gathered'}} for the programs of
+  `th_distill.plan.PROGRAMS` on a (data, fsdp, model) `mesh`, with the batches the run uses
+  (samplers of the oracle data: `SAMPLE_CHUNK` rows; online sampler and distillation step:
+  `student.batch_size`; SFT: `teacher.batch_size`; evaluator: `eval.batch_size`)."""
+  mesh_shape = dict(zip(MESH_AXES, mesh))
+  cfg = {name: config_lib.to_t5_config(config[name].model)
+         for name in ("student", "teacher", "oracle")}
+  li, lt, vocab = config.task.prompt_length, config.task.response_length, config.task.vocab_size
+  split, frozen, chunks = mesh_shape["model"], config.frozen_dtype, config.sequence_chunks
+  data_parallel = mesh_shape["data"] * mesh_shape["fsdp"]
+
+  def rows(n: int) -> float:
+    return -(-n // data_parallel)
+
+  def gathered(names: Sequence[str], dtype: str, layers: int | None = GATHERED_LAYERS) -> float:
+    return sum(gathered_bytes(cfg[n], mesh_shape, "float32" if n == "student" else dtype,
+                              layers) for n in names)
+
+  def sampler(name: str, dtype: str, n: int) -> dict[str, float]:
+    model, r = cfg[name], rows(n)
+    parts = {f"{name} params": param_bytes(model, mesh_shape, dtype),
+             "gathered weights": gathered([name], dtype),
+             "encoder working set": encoder_layer_bytes(model, r, li, split) +
+                                    4.0 * r * li * model.d_model,
+             "KV cache": kv_cache_bytes(model, r, li, lt, split)}
+    return _finish(parts, gathered([name], dtype, None), ("encoder working set", "KV cache"))
+
+  micro_rows = rows(config.student.batch_size) / config.student.micro_batches
+  teacher_rows = rows(config.teacher.batch_size)
+  eval_rows = rows(min(config.eval.batch_size, config.prompts.num_eval))
+  three = ("student", "teacher", "oracle")
+  return {
+      "oracle_sampling": sampler("oracle", "float32",
+                                 min(SAMPLE_CHUNK, config.prompts.num_oracle)),
+      "teacher_sft_step": _finish({
+          "teacher params + grads + Adam": 4 * param_bytes(cfg["teacher"], mesh_shape,
+                                                           "float32"),
+          "gathered weights": gathered(["teacher"], "float32"),
+          "teacher activations": activation_bytes(cfg["teacher"], teacher_rows, li, lt, split),
+          "logits": 3 * 4.0 * teacher_rows * lt * vocab / split,
+      }, gathered(["teacher"], "float32", None)),
+      "distill_step": _finish({
+          "student params + grads + Adam": 4 * param_bytes(cfg["student"], mesh_shape,
+                                                           "float32"),
+          "teacher params": param_bytes(cfg["teacher"], mesh_shape, frozen),
+          "oracle params": param_bytes(cfg["oracle"], mesh_shape, frozen),
+          "gathered weights": gathered(three, frozen),
+          "student activations": activation_bytes(cfg["student"], micro_rows, li, lt, split),
+          "logits": 5 * 4.0 * micro_rows * lt / chunks * vocab / split,
+      }, gathered(three, frozen, None)),
+      "online_sampler": sampler("teacher", frozen, config.student.batch_size),
+      "evaluator": _finish({
+          "params": param_bytes(cfg["student"], mesh_shape, "float32") +
+                    param_bytes(cfg["teacher"], mesh_shape, frozen) +
+                    param_bytes(cfg["oracle"], mesh_shape, frozen),
+          "gathered weights": gathered(three, frozen),
+          "working set": max(encoder_layer_bytes(c, eval_rows, li, split) for c in cfg.values())
+                         + sum(4.0 * eval_rows * lt * c.d_model for c in cfg.values()),
+          "logits": 6 * 4.0 * eval_rows * lt / chunks * vocab / split,
+      }, gathered(three, frozen, None)),
+  }
+
+
+def estimate(config: ml_collections.ConfigDict, mesh: Sequence[int]) -> dict[str, float]:
+  """GiB per device of each part of a stage-2 distillation step of `config` on a
+  (data, fsdp, model) `mesh` (`program_estimates`' 'distill_step')."""
+  return program_estimates(config, mesh)["distill_step"]
 
 
 def paper_xsum_config() -> ml_collections.ConfigDict:
@@ -111,13 +220,22 @@ def table(config: ml_collections.ConfigDict, meshes: Sequence[Sequence[int]],
   return "\n".join(lines)
 
 
+def program_table(config: ml_collections.ConfigDict, meshes: Sequence[Sequence[int]]) -> str:
+  """A markdown table of every program's `total` (and `total, all gathered`), GiB per device."""
+  lines = []
+  for mesh in meshes:
+    programs = program_estimates(config, mesh)
+    if not lines:
+      lines += ["| mesh (data, fsdp, model) | " + " | ".join(programs) + " |",
+                "|" + "---|" * (len(programs) + 1)]
+    lines.append(f"| {tuple(mesh)} | " + " | ".join(
+        f"{p['total']:.2f} ({p['total, all gathered']:.2f})" for p in programs.values()) + " |")
+  return "\n".join(lines)
+
+
 PAPER_MESHES = ((1, 1, 1), (8, 1, 1), (1, 8, 1), (1, 4, 2), (4, 8, 1), (1, 16, 2))
 PAPER_VARIANTS = ({}, {"frozen_dtype": "bfloat16", "sequence_chunks": 4},
                   {"frozen_dtype": "bfloat16", "sequence_chunks": 4, "micro_batches": 4})
-
-_CONFIG = flags.DEFINE_string("config", None, "Config file (default: the paper's XSum setup).")
-_MESH = flags.DEFINE_multi_string("mesh", None, "data,fsdp,model (repeatable).")
-
 
 def parse_mesh(text: str, batch_size: int) -> tuple[int, int, int]:
   """`--mesh=data,fsdp,model` as three positive ints whose data x fsdp divides `batch_size`;
@@ -134,11 +252,13 @@ def parse_mesh(text: str, batch_size: int) -> tuple[int, int, int]:
 
 
 def _print_table() -> None:
-  config = (config_lib.load_config_file(_CONFIG.value) if _CONFIG.value
-            else paper_xsum_config())
-  meshes = ([parse_mesh(m, config.student.batch_size) for m in _MESH.value] if _MESH.value
+  path, texts = flags.FLAGS.config, flags.FLAGS.mesh
+  config = config_lib.load_config_file(path) if path else paper_xsum_config()
+  meshes = ([parse_mesh(m, config.student.batch_size) for m in texts] if texts
             else PAPER_MESHES)
-  print(table(config, meshes, PAPER_VARIANTS))
+  print("Distillation step, GiB per device:\n" + table(config, meshes, PAPER_VARIANTS))
+  print("\nEvery program, GiB per device: total (total with all weights gathered at once):\n" +
+        program_table(config, meshes))
 
 
 def main(argv: list[str]) -> None:
@@ -147,4 +267,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Defined here, not on import: th_distill.plan imports this module and has its own --config.
+  flags.DEFINE_string("config", None, "Config file (default: the paper's XSum setup).")
+  flags.DEFINE_multi_string("mesh", None, "data,fsdp,model (repeatable).")
   cli.main(main)

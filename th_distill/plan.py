@@ -1,0 +1,386 @@
+r"""A run's compiled programs for a mesh, ahead of time: XLA's memory, FLOPs and collectives.
+
+  python -m th_distill.plan --config=configs/xsum_large_to_base.py --mesh=1,16,2
+  python -m th_distill.plan --config=configs/t5_small.py --devices=32   # the config's mesh
+
+Every program a run compiles (`PROGRAMS`: the oracle's sampler, the teacher's SFT step, the
+student's distillation step, the online teacher sampler, the evaluator) is built by the
+pipeline's own builders (`pipeline.sampler_program`, ...), lowered for `jax.ShapeDtypeStruct`
+arguments that carry the run's shardings and compiled: no parameter, batch or dataset is ever
+allocated, and no data, vocabulary or checkpoint file is read (shapes only). Per program and per
+device it reports XLA's memory analysis (arguments, outputs, temporaries, and their peak total:
+arguments + outputs - donated aliases + temporaries), XLA's FLOP count beside
+`th_distill.flops`, and the collectives of the compiled HLO (count and bytes per kind).
+
+Devices: the mesh is built from host CPU devices. The command sets `jax_platforms = 'cpu'` and
+`jax_num_cpu_devices` (the same as `XLA_FLAGS=--xla_force_host_platform_device_count=N`) to the
+mesh's size in its body, after parsing flags and before JAX starts a backend (nothing earlier
+touches a device), so it needs no environment variable and no re-execution; as a library, `plan`
+needs that many CPU devices already (start Python with that XLA_FLAGS). Compiling for a CPU
+mesh is not compiling for a TPU: the partitioning, shapes, collectives and argument/output
+sizes carry over; temporaries, fusion and FLOPs of element-wise work are the CPU compiler's
+(docs/scaling.md compares them with `th_distill.memory`).
+
+Configs: the paper's configs name real tasks with empty paths (given on the command line of a
+real run). `planning_config` replaces the task and oracle sources by synthetic ones and clears
+every path before `config.validate`, so all other fields are checked as a run would check them;
+shapes do not depend on the cleared fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from th_distill import cli, config as config_lib, flops, memory, pipeline
+from th_distill.data.regimes import SAMPLE_CHUNK
+from th_distill.models import T5
+from th_distill.partitioning import (DEFAULT_RULES, MESH_AXES, Partitioner, boxed_param_shapes,
+                                     make_mesh, resolve_mesh_shape)
+
+GIB = 2.0**30
+PROGRAMS = ("oracle_sampling", "teacher_sft_step", "distill_step", "online_sampler", "evaluator")
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+# An HLO instruction whose op is a collective: `%name = SHAPE op(` or `op-start(`.
+_COLLECTIVE = re.compile(r"= (?P<shape>.+?) (?P<op>" + "|".join(COLLECTIVES) + r")(-start)?\(")
+_ARRAY = re.compile(r"\b(?P<dtype>[a-z]+\d*)\[(?P<dims>[\d,]*)\]")
+# XLA's warning when its SPMD partitioner must replicate a whole tensor to reshard it.
+FULL_REMAT = "Involuntary full rematerialization"
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
+                "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramPlan:
+  """One compiled program: per-device bytes and FLOPs, and its collectives.
+
+  `collectives`: {kind: (count, bytes)} of the collective instructions in the compiled HLO, bytes
+  being the size of their results on one device; an instruction inside a loop body counts once.
+  `xla_flops`: XLA's cost analysis (loop bodies counted once, element-wise work included);
+  `model_flops`: `th_distill.flops` of the whole program divided by the devices.
+  `full_remats`: XLA's "involuntary full rematerialization" warnings while partitioning (a
+  tensor replicated whole on every device to change its sharding).
+  """
+  name: str
+  rows: int                 # global batch rows of the program's arguments
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int          # outputs that reuse donated arguments
+  temp_bytes: int
+  xla_flops: float
+  model_flops: float
+  collectives: dict[str, tuple[int, int]]
+  full_remats: int
+  compile_s: float
+
+  @property
+  def total_bytes(self) -> int:
+    """Peak bytes per device: arguments + outputs - aliased outputs + temporaries."""
+    return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+
+def planning_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` that validates without any file: synthetic task and oracle sources, no
+  vocabulary, data or checkpoint paths (shapes come from the model configs and `task.*_length`,
+  `task.vocab_size`, which are kept and checked)."""
+  c = config.copy_and_resolve_references()
+  c.task.update(source="synthetic", vocabulary="", data_dir="")
+  c.oracle.update(source="synthetic", checkpoint="")
+  c.teacher.checkpoint = c.student.checkpoint = ""
+  return c
+
+
+def dropped_axes(model: T5, mesh_shape: dict[str, int],
+                 rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> list[str]:
+  """The parameters of `model` that the logical rules would split over a mesh axis of size > 1
+  which does not divide the dimension, so that it stays whole on every device: one
+  'path [shape]: name not split over axis (size n)' each; [] when every rule applies."""
+  problems = []
+  boxes = jax.tree_util.tree_leaves_with_path(boxed_param_shapes(model),
+                                              is_leaf=lambda x: hasattr(x, "names"))
+  for path, box in boxes:
+    shape = box.value.shape
+    for size, name, axes in zip(shape, box.names,
+                                nn.logical_to_mesh_axes(tuple(box.names), tuple(rules))):
+      parts = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+      split = math.prod(mesh_shape[a] for a in parts)
+      if split > 1 and size % split:
+        problems.append(f"{jax.tree_util.keystr(path)} {list(shape)}: {name} not split over "
+                        f"{'x'.join(parts)} ({split})")
+  return problems
+
+
+def _rows(rows: int, partitioner: Partitioner) -> int:
+  """`rows` padded to a multiple of the data-parallel size, as the pipeline pads its chunks."""
+  return -(-rows // partitioner.data_parallel_size) * partitioner.data_parallel_size
+
+
+def abstract_programs(config: ml_collections.ConfigDict, partitioner: Partitioner
+                      ) -> dict[str, tuple[Callable, tuple, int, float]]:
+  """{name: (program, abstract arguments, rows, th_distill.flops of the whole program)} for each
+  of `PROGRAMS`, the arguments being `jax.ShapeDtypeStruct`s with the run's shardings and
+  dtypes (stage 2 holds the teacher and oracle in `frozen_dtype`)."""
+  models = pipeline.Models.from_config(config)
+  li, lt = config.task.prompt_length, config.task.response_length
+  split = partitioner.batch_sharding(2)
+
+  def rows(n: int, length: int, dtype: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((n, length), dtype, sharding=split)
+
+  def batch(n: int) -> Batch:
+    return Batch(rows(n, li, jnp.int32), rows(n, lt, jnp.int32), rows(n, lt, jnp.float32))
+
+  def state(model, optimizer) -> Any:
+    shapes = jax.eval_shape(lambda p: create_train_state(p, optimizer),
+                            partitioner.abstract_params(model))
+    return jax.tree_util.tree_map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        shapes, partitioner.state_shardings(model, optimizer))
+
+  def sampler(model, dtype: str, n: int) -> tuple:
+    return (pipeline.sampler_program(model, config, partitioner),
+            (partitioner.abstract_params(model, dtype), rows(n, li, jnp.int32),
+             rows(n, 2, jnp.uint32)), n)
+
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioner.replicated)
+  frozen = config.frozen_dtype
+  teacher, oracle = (partitioner.abstract_params(m, frozen) for m in (models.teacher,
+                                                                      models.oracle))
+  section = config.teacher
+  teacher_optimizer = make_optimizer(section.learning_rate, section.warmup_steps, section.steps,
+                                     section.schedule)
+  n_sample = _rows(min(SAMPLE_CHUNK, config.prompts.num_oracle), partitioner)
+  n_eval = _rows(min(config.eval.batch_size, config.prompts.num_eval), partitioner)
+  n_teacher, n_student = config.teacher.batch_size, config.student.batch_size
+  cfg = {name: getattr(models, name).cfg for name in ("oracle", "teacher", "student")}
+  forward = {name: flops.forward_flops(c, li, lt) for name, c in cfg.items()}
+  return {
+      "oracle_sampling": (*sampler(models.oracle, "float32", n_sample),
+                          n_sample * flops.generation_flops(cfg["oracle"], li, lt)),
+      "teacher_sft_step": (pipeline.sft_program(models.teacher, teacher_optimizer, partitioner),
+                           (state(models.teacher, teacher_optimizer), batch(n_teacher), key),
+                           n_teacher, n_teacher * flops.train_flops(cfg["teacher"], li, lt)),
+      "distill_step": (pipeline.distill_program(models, config, partitioner),
+                       (state(models.student, pipeline.student_optimizer(config)), teacher,
+                        oracle, batch(n_student), key), n_student,
+                       n_student * flops.distill_flops(cfg["student"], cfg["teacher"], li, lt,
+                                                       oracle=cfg["oracle"])),
+      "online_sampler": (*sampler(models.teacher, frozen, n_student),
+                         n_student * flops.generation_flops(cfg["teacher"], li, lt)),
+      "evaluator": (pipeline.eval_program(models, config, partitioner, models.student),
+                    (partitioner.abstract_params(models.student), teacher, oracle, batch(n_eval)),
+                    n_eval, n_eval * sum(forward.values())),
+  }
+
+
+def collectives(hlo_text: str) -> dict[str, tuple[int, int]]:
+  """{kind: (count, bytes)} of the collective instructions of compiled HLO text, bytes being the
+  size of each instruction's result (the last array of an async `-start` tuple)."""
+  found = {kind: [0, 0] for kind in COLLECTIVES}
+  for line in hlo_text.splitlines():
+    match = _COLLECTIVE.search(line)
+    if not match:
+      continue
+    arrays = [(a["dtype"], a["dims"]) for a in _ARRAY.finditer(match["shape"])]
+    if match.group(3):  # async start: (operands..., results...) -> the result
+      arrays = arrays[-1:]
+    size = sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+               for dtype, dims in arrays)
+    found[match["op"]][0] += 1
+    found[match["op"]][1] += size
+  return {kind: (count, size) for kind, (count, size) in found.items()}
+
+
+@contextlib.contextmanager
+def _native_stderr(lines: list[str]) -> Iterator[None]:
+  """Collects what is written on file descriptor 2 (XLA's C++ warnings too) into `lines`."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as capture:
+    os.dup2(capture.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      capture.seek(0)
+      lines.extend(capture.read().decode(errors="replace").splitlines())
+
+
+def compile_program(name: str, program: Callable, args: tuple, rows: int, total_flops: float,
+                    devices: int) -> ProgramPlan:
+  """Lowers and compiles `program` for `args` and reads XLA's analyses; XLA's warnings other
+  than full rematerialisations (counted) are passed on to stderr."""
+  start = time.time()
+  warnings: list[str] = []
+  with _native_stderr(warnings):
+    compiled = program.lower(*args).compile()
+  seconds = time.time() - start
+  remats = sum(FULL_REMAT in line for line in warnings)
+  for line in warnings:
+    if FULL_REMAT not in line:
+      print(line, file=sys.stderr)
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return ProgramPlan(
+      name=name, rows=rows, argument_bytes=memory.argument_size_in_bytes,
+      output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
+      temp_bytes=memory.temp_size_in_bytes, xla_flops=float(cost.get("flops", 0.0)),
+      model_flops=total_flops / devices, collectives=collectives(compiled.as_text()),
+      full_remats=remats, compile_s=seconds)
+
+
+def check_mesh(config: ml_collections.ConfigDict, mesh: Sequence[int], devices: int) -> None:
+  """ConfigError (one line) unless `mesh` (data, fsdp, model) uses exactly `devices` devices and
+  data x fsdp divides every batch of the run."""
+  try:
+    resolve_mesh_shape(*mesh, devices)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"mesh: {e}") from None
+  data_parallel = mesh[0] * mesh[1]
+  for field, rows in (("teacher.batch_size", config.teacher.batch_size),
+                      ("student.batch_size",
+                       config.student.batch_size // max(config.student.micro_batches, 1))):
+    if rows % data_parallel:
+      raise config_lib.ConfigError(
+          f"mesh {tuple(mesh)}: data x fsdp = {data_parallel} does not divide {field} = "
+          f"{config[field.split('.')[0]].batch_size}" +
+          (f" / student.micro_batches" if "student" in field and
+           config.student.micro_batches > 1 else "") +
+          "; choose a mesh whose data x fsdp divides it")
+
+
+def plan(config: ml_collections.ConfigDict, mesh: Sequence[int],
+         programs: Sequence[str] = PROGRAMS,
+         report: Callable[[ProgramPlan], None] | None = None) -> list[ProgramPlan]:
+  """Compiles `programs` of `config` for a (data, fsdp, model) `mesh` of host CPU devices (at
+  least data x fsdp x model must exist: see the module doc); `report` is called after each."""
+  devices = math.prod(mesh)
+  check_mesh(config, mesh, devices)
+  available = jax.devices("cpu")
+  if len(available) < devices:
+    raise config_lib.ConfigError(
+        f"mesh {tuple(mesh)} needs {devices} devices but JAX has {len(available)} CPU devices; "
+        f"start Python with XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
+  partitioner = Partitioner(make_mesh(*mesh, devices=available[:devices]))
+  built = abstract_programs(config, partitioner)
+  plans = []
+  for name in programs:
+    plans.append(compile_program(name, *built[name], devices))
+    if report:
+      report(plans[-1])
+  return plans
+
+
+def _size(n: float) -> str:
+  """Bytes with binary units."""
+  for unit, scale in (("GiB", GIB), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+    if abs(n) >= scale:
+      return f"{n / scale:.2f} {unit}"
+  return f"{n:.0f} B"
+
+
+def _collective_text(found: dict[str, tuple[int, int]]) -> str:
+  parts = [f"{kind} {count} ({_size(size)})" for kind, (count, size) in found.items() if count]
+  return ", ".join(parts) or "none"
+
+
+HEADER = ("| program | rows | arguments | outputs | temporaries | total | XLA TFLOP | th_distill "
+          "TFLOP | collectives: count (bytes) | full remats | compile s |\n|" + "---|" * 11)
+
+
+def format_row(p: ProgramPlan) -> str:
+  """One markdown row of `HEADER`: per-device bytes and TFLOPs."""
+  return (f"| {p.name} | {p.rows} | {_size(p.argument_bytes)} | {_size(p.output_bytes)} | "
+          f"{_size(p.temp_bytes)} | {_size(p.total_bytes)} | {p.xla_flops / 1e12:.3f} | "
+          f"{p.model_flops / 1e12:.3f} | {_collective_text(p.collectives)} | {p.full_remats} | "
+          f"{p.compile_s:.0f} |")
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); "
+                                          "--config.KEY=VALUE overrides as for th_distill.main.")
+flags.mark_flag_as_required("config")
+_MESH = flags.DEFINE_string("mesh", None, "data,fsdp,model (default: the config's mesh).")
+_DEVICES = flags.DEFINE_integer("devices", None, "Devices of the target (a slice's chips); "
+                                "default: data x fsdp x model of --mesh.")
+_JSON = flags.DEFINE_string("json", None, "Also write the plans to this JSON file (a list of "
+                            "ProgramPlan fields per program, bytes and FLOPs per device).")
+_PROGRAMS = flags.DEFINE_list("programs", list(PROGRAMS), f"Programs to compile, of {PROGRAMS}.")
+
+
+def target_mesh(config: ml_collections.ConfigDict, mesh: str | None,
+                devices: int | None) -> tuple[int, int, int]:
+  """The (data, fsdp, model) mesh to plan: `mesh` if given (it must use `devices` devices when
+  both are given), else the config's `mesh.*` resolved for `devices`."""
+  if mesh is not None:
+    shape = memory.parse_mesh(mesh, config.student.batch_size)
+    if devices is not None and math.prod(shape) != devices:
+      raise config_lib.ConfigError(f"--mesh={mesh} uses {math.prod(shape)} devices, but the "
+                                   f"target has {devices}; use a mesh whose product is {devices}")
+    return shape
+  if devices is None:
+    raise config_lib.ConfigError("give --mesh=data,fsdp,model or --devices=N (the config's mesh "
+                                 "is then resolved for N devices)")
+  try:
+    return resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.model, devices)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.mesh (data, fsdp, model) on {devices} devices: {e}"
+                                 ) from None
+
+
+def _run() -> None:
+  config = planning_config(_CONFIG.value)
+  mesh = target_mesh(config, _MESH.value, _DEVICES.value)
+  unknown = set(_PROGRAMS.value) - set(PROGRAMS)
+  if unknown:
+    raise config_lib.ConfigError(f"--programs: unknown {sorted(unknown)}; choose of {PROGRAMS}")
+  check_mesh(config, mesh, math.prod(mesh))
+  # Before any backend starts: host CPU devices only (validate counts them), as many as the mesh.
+  jax.config.update("jax_platforms", "cpu")
+  jax.config.update("jax_num_cpu_devices", math.prod(mesh))
+  config.mesh.update(dict(zip(MESH_AXES, mesh)))
+  config_lib.validate(config)
+  models = pipeline.Models.from_config(config)
+  for name in ("oracle", "teacher", "student"):
+    problems = dropped_axes(getattr(models, name), dict(zip(MESH_AXES, mesh)))
+    print(f"{name} parameters: " + ("every one split as the rules say" if not problems else
+                                    f"{len(problems)} left whole along an axis: " +
+                                    "; ".join(problems)))
+  where = (f"{config_flags.get_config_filename(flags.FLAGS['config'])} on mesh (data, fsdp, "
+           f"model) = {mesh}")
+  if not _PROGRAMS.value:
+    print(f"{where}: fits {math.prod(mesh)} devices and splits every batch")
+    return
+  print(f"{where}: per device, compiled for {math.prod(mesh)} host CPU devices")
+  print(HEADER, flush=True)
+  plans = plan(config, mesh, _PROGRAMS.value,
+               report=lambda p: print(format_row(p), flush=True))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump({"mesh": mesh, "programs": [dataclasses.asdict(p) for p in plans]}, f, indent=1)
+
+
+def main(argv: list[str]) -> None:
+  cli.reject_arguments(argv)
+  cli.run_command(_run)
+
+
+if __name__ == "__main__":
+  cli.main(main)

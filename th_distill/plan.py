@@ -52,6 +52,7 @@ from th_distill.data.regimes import SAMPLE_CHUNK
 from th_distill.models import T5
 from th_distill.partitioning import (DEFAULT_RULES, MESH_AXES, Partitioner, boxed_param_shapes,
                                      make_mesh, resolve_mesh_shape)
+from th_distill.train import Batch, create_train_state, make_optimizer
 
 GIB = 2.0**30
 PROGRAMS = ("oracle_sampling", "teacher_sft_step", "distill_step", "online_sampler", "evaluator")

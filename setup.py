@@ -2,6 +2,10 @@
 
 import setuptools
 
+# The repository on GitHub: the README's Colab badges and the notebooks' REPO_URL form fields and
+# figure links name the same one (tests/test_notebooks.py checks that they agree).
+REPO_URL = "https://github.com/YOUR_ORG/th_distill"
+
 TEST = [
     "pytest>=8",
     "pytest-xdist>=3",
@@ -20,6 +24,7 @@ setuptools.setup(
     description="Teacher hacking in language-model distillation: oracle -> teacher -> student, in JAX/Flax.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    url=REPO_URL,
     packages=setuptools.find_packages(include=["th_distill", "th_distill.*"]),
     python_requires=">=3.10",
     install_requires=[

@@ -46,6 +46,8 @@ def test_every_notebook_installs_and_reads_the_small_flag_first():
   setup = setups[NOTEBOOKS[0]]
   assert 'os.environ.get("TH_DISTILL_SMALL", "0") == "1"' in setup
   assert "REPO_URL = " in setup and "pip" in setup
+  # The runtime's JAX is kept (pinned) when it is recent enough, and the cell says so.
+  assert ">= (0, 7)" in setup and "keeping the runtime's JAX" in setup
 
 
 def test_detecting_hacking_builds_the_quickstarts_study():
@@ -58,12 +60,34 @@ def test_detecting_hacking_builds_the_quickstarts_study():
   assert study("detecting_hacking") == study("quickstart")
 
 
-def test_readme_links_every_notebook_with_a_colab_badge():
+def _repo_url():
+  """setup.py's REPO_URL, and its 'owner/name'."""
+  with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+    url = re.search(r'^REPO_URL = "(https://github\.com/([^"/]+/[^"/]+))"$', f.read(), re.M)
+  return url.group(1), url.group(2)
+
+
+def test_the_repository_url_is_defined_once_and_everything_agrees():
+  url, repo = _repo_url()
   with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
     readme = f.read()
+  assert set(re.findall(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/", readme)) == {repo}
   for name in NOTEBOOKS:
-    assert f"colab.research.google.com/github/YOUR_ORG/th_distill/blob/main/colab/{name}.ipynb" \
-        in readme, name
+    assert f"colab.research.google.com/github/{repo}/blob/main/colab/{name}.ipynb" in readme, name
+    nb = _read(name)
+    assert f'REPO_URL = "{url}"  # @param {{type:"string"}}' in _code(nb)[0], name
+    # A committed figure near the top, from the same repository, so GitHub shows a result.
+    images = re.findall(r"!\[[^]]*\]\((\S+)\)", "\n".join(c.source for c in nb.cells[:3]
+                                                         if c.cell_type == "markdown"))
+    prefix = f"https://raw.githubusercontent.com/{repo}/main/"
+    assert len(images) == 1 and images[0].startswith(prefix), (name, images)
+    assert os.path.isfile(os.path.join(ROOT, images[0][len(prefix):])), images[0]
+
+
+def test_library_tour_installs_the_hf_extra_before_importing_torch():
+  code = _code(_read("library_tour"))
+  install = next(i for i, c in enumerate(code) if 'install("hf")' in c)
+  assert install < next(i for i, c in enumerate(code) if "import torch" in c)
 
 
 def _execute(names, tmp_path, monkeypatch):

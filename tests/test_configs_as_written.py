@@ -1,0 +1,143 @@
+"""Every config file in configs/ runs as written: only its *counts* shrink (pool sizes, steps,
+batch and evaluation sizes, schedules), never its shapes (vocabulary, lengths, model sizes).
+
+The CPU configs (tiny, tiny_overfit, t5_small) sample their prompt pools, build and initialise
+every model, take one teacher SFT step and one distillation step at their real shapes.
+
+The paper configs (xsum_large_to_base, wmt, natural_instructions: a T5-XL oracle, a T5-large
+teacher, a T5-base student, T5's vocabulary) are for accelerators: their oracle alone holds 11 GB
+of float32 parameters, and a real step (a T5-XL forward over 1,152 tokens is ~7 TFLOP) would take
+minutes on a 2-core CPU. Here they sample their prompt pools from the real (mocked) task at the
+real lengths, build each model with abstract shapes (`Partitioner.abstract_params`) and lower the
+run's own SFT and distillation programs for abstract arguments (`.lower`: traced, not compiled):
+every shape of the real run is checked, nothing is computed.
+"""
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from th_distill import config as config_lib, pipeline
+from th_distill.models import param_count
+from th_distill.partitioning import Partitioner
+from th_distill.train import Batch, create_train_state, make_optimizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_CONFIGS = ("tiny", "tiny_overfit", "t5_small")
+ACCELERATOR_CONFIGS = ("xsum_large_to_base", "wmt", "natural_instructions")
+BATCH = 1  # rows of the SFT and distillation batches
+# Published T5 v1.1 parameter counts (untied embeddings, 32,128 rows), in millions.
+T5_MILLIONS = {"base": 247.6, "large": 783.2, "xl": 2849.8}
+
+
+def test_every_config_file_is_covered():
+  files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))}
+  assert files == set(CPU_CONFIGS + ACCELERATOR_CONFIGS)
+
+
+def _load(name: str):
+  return config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
+
+
+def _shrink_counts(config):
+  """The config with small counts; every shape (vocab, lengths, models) as written."""
+  shapes = (config.task.to_dict(), {m: config[m].model.to_dict()
+                                    for m in ("oracle", "teacher", "student")})
+  config.prompts.update(num_oracle=8, num_distill=8, num_eval=4)
+  config.teacher.update(steps=1, batch_size=BATCH, warmup_steps=0)
+  config.student.update(steps=1, sft_steps=1, batch_size=BATCH, warmup_steps=0, micro_batches=1)
+  config.offline.num_prompts = 4
+  config.eval.update(num_train_prompts=4, batch_size=4)
+  config.update(eval_every=1, eval_log_points=0, checkpoint_every=1)
+  assert shapes == (config.task.to_dict(), {m: config[m].model.to_dict()
+                                            for m in ("oracle", "teacher", "student")})
+  return config
+
+
+def _batch(config, prompts: np.ndarray) -> dict[str, np.ndarray]:
+  """A (prompt, response) batch at the config's lengths: random responses over its vocabulary."""
+  rng = np.random.default_rng(0)
+  shape = (len(prompts), config.task.response_length)
+  return {"prompts": prompts, "responses": rng.integers(2, config.task.vocab_size, shape,
+                                                        dtype=np.int32),
+          "mask": np.ones(shape, np.float32)}
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CPU_CONFIGS)
+def test_cpu_config_takes_one_sft_and_one_distillation_step(name):
+  config = _shrink_counts(_load(name))
+  config_lib.validate(config)
+  partitioner = Partitioner.from_config(config.mesh)
+  pools = pipeline.prompt_pools(config)
+  assert {k: v.shape for k, v in pools.items()} == {
+      "oracle": (8, config.task.prompt_length), "distill": (8, config.task.prompt_length),
+      "eval": (4, config.task.prompt_length)}
+  models = pipeline.Models.from_config(config)
+  params = {m: partitioner.init_params(getattr(models, m), jax.random.PRNGKey(i))
+            for i, m in enumerate(("oracle", "teacher", "student"))}
+  data = _batch(config, pools["oracle"][:BATCH])
+  teacher, sft = pipeline.train_sft(models.teacher, params["teacher"], data, config.teacher,
+                                    config.seed, jax.random.PRNGKey(3), "teacher", partitioner)
+  assert np.isfinite(sft["sft/loss"])
+  state, _ = pipeline.new_train_state(partitioner, models.student, params["student"],
+                                      pipeline.student_optimizer(config))
+  frozen = [partitioner.cast(getattr(models, m), p, config.frozen_dtype)
+            for m, p in (("teacher", teacher), ("oracle", params["oracle"]))]
+  batch = partitioner.shard_batch(Batch(**_batch(config, pools["distill"][:BATCH])))
+  state, metrics = pipeline.distill_program(models, config, partitioner)(
+      state, *frozen, batch, jax.random.PRNGKey(4))
+  assert int(state.step) == 1 and np.isfinite(float(metrics["train/loss"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ACCELERATOR_CONFIGS)
+def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path):
+  pytest.importorskip("seqio")
+  import real_task_data
+  config = _shrink_counts(_load(name))
+  config.task.vocabulary = real_task_data.train_sentencepiece(tmp_path)
+  if config.task.name == "natural_instructions":
+    config.task.data_dir = real_task_data.write_natural_instructions(tmp_path / "ni")
+  # Every field checked as a run would, but the oracle checkpoint (an 11 GB file) it has not.
+  checked = config.copy_and_resolve_references()
+  checked.oracle.source = "synthetic"
+  config_lib.validate(checked)
+  with real_task_data.mocked_tfds():
+    pools = pipeline.prompt_pools(config)
+  assert pools["oracle"].shape == (8, config.task.prompt_length)
+
+  partitioner = Partitioner.from_config(config.mesh)
+  models = pipeline.Models.from_config(config)
+  params = {m: partitioner.abstract_params(getattr(models, m))
+            for m in ("oracle", "teacher", "student")}
+  millions = {m: param_count(p) / 1e6 for m, p in params.items()}
+  for model, size in (("oracle", "xl"), ("teacher", "large"), ("student", "base")):
+    assert millions[model] == pytest.approx(T5_MILLIONS[size], rel=0.01), millions
+
+  def abstract(tree):
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+  sft_batch = Batch(**abstract(_batch(config, pools["oracle"][:BATCH])))
+  t = config.teacher
+  optimizer = make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.schedule)
+  teacher_state = jax.eval_shape(lambda p: create_train_state(p, optimizer), params["teacher"])
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  _, sft = pipeline.sft_program(models.teacher, optimizer, partitioner).lower(
+      teacher_state, sft_batch, key).out_info
+  assert sft["sft/loss"].shape == ()
+
+  frozen = [jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, config.frozen_dtype),
+                                   params[m]) for m in ("teacher", "oracle")]
+  student_state = jax.eval_shape(
+      lambda p: create_train_state(p, pipeline.student_optimizer(config)), params["student"])
+  state, metrics = pipeline.distill_program(models, config, partitioner).lower(
+      student_state, *frozen, sft_batch, key).out_info
+  assert metrics["train/loss"].shape == () and metrics["train/loss"].dtype == jnp.float32
+  assert jax.tree_util.tree_map(lambda x: x.shape, state.params) == jax.tree_util.tree_map(
+      lambda x: x.shape, params["student"])

@@ -80,11 +80,12 @@ def test_paper_programs_compile_on_16_devices(compiled, name):
     assert p["full_remats"] == 0, program
     # Parameters are split over fsdp: weights are gathered, and gradients reduced.
     assert p["collectives"]["all-gather"][0] > 0, program
-  # XLA's FLOPs of the steps and the evaluator are th_distill.flops' within 5% (element-wise
-  # work on top); the samplers' while loops are counted by XLA with their own trip counts.
+  # XLA's FLOPs of the steps and the evaluator are th_distill.flops' within 5%: XLA adds the
+  # element-wise work and counts a loop body once (with sequence_chunks = 4, the logits of the
+  # first chunk and of the scan's body: half of them). The samplers' decoding loop is counted once.
   for program in ("teacher_sft_step", "distill_step", "evaluator"):
     ratio = programs[program]["xla_flops"] / model_flops[program]
-    assert 0.99 < ratio < 1.05, (program, ratio)
+    assert 0.95 < ratio < 1.05, (program, ratio)
 
 
 @pytest.mark.slow

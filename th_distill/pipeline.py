@@ -115,6 +115,12 @@ def sampler_program(model: T5, config: ml_collections.ConfigDict,
       key=("sample", model, tuple(sorted(settings.items()))))
 
 
+def sft_optimizer(section: ml_collections.ConfigDict) -> Any:
+  """The optimiser of an SFT stage (`config.teacher`, or the student's SFT section)."""
+  return make_optimizer(section.learning_rate, section.warmup_steps, section.steps,
+                        section.schedule)
+
+
 def sft_program(model: T5, optimizer: Any, partitioner: Partitioner) -> Callable:
   """The SFT step `(state, batch, rng) -> (state, metrics)` compiled for the mesh (the state
   donated)."""
@@ -244,8 +250,7 @@ def new_train_state(partitioner: Partitioner, model: T5, params: Any, optimizer:
 def train_sft(model: T5, params: Any, data: dict[str, np.ndarray], section, seed: int,
               key: jax.Array, name: str, partitioner: Partitioner) -> tuple[Any, dict[str, float]]:
   """Cross-entropy training of `params` on `data` for `section.steps` steps."""
-  optimizer = make_optimizer(section.learning_rate, section.warmup_steps, section.steps,
-                             section.schedule)
+  optimizer = sft_optimizer(section)
   state, _ = new_train_state(partitioner, model, params, optimizer)
   step_fn = sft_program(model, optimizer, partitioner)
   batches = regime_lib.offline_batches(data, section.batch_size, seed)

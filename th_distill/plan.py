@@ -52,9 +52,8 @@ from th_distill.data.regimes import SAMPLE_CHUNK
 from th_distill.models import T5
 from th_distill.partitioning import (DEFAULT_RULES, MESH_AXES, Partitioner, boxed_param_shapes,
                                      make_mesh, resolve_mesh_shape)
-from th_distill.train import Batch, create_train_state, make_optimizer
+from th_distill.train import Batch, create_train_state
 
-GIB = 2.0**30
 PROGRAMS = ("oracle_sampling", "teacher_sft_step", "distill_step", "online_sampler", "evaluator")
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 # An HLO instruction whose op is a collective: `%name = SHAPE op(` or `op-start(`.
@@ -162,9 +161,7 @@ def abstract_programs(config: ml_collections.ConfigDict, partitioner: Partitione
   frozen = config.frozen_dtype
   teacher, oracle = (partitioner.abstract_params(m, frozen) for m in (models.teacher,
                                                                       models.oracle))
-  section = config.teacher
-  teacher_optimizer = make_optimizer(section.learning_rate, section.warmup_steps, section.steps,
-                                     section.schedule)
+  teacher_optimizer = pipeline.sft_optimizer(config.teacher)
   n_sample = _rows(min(SAMPLE_CHUNK, config.prompts.num_oracle), partitioner)
   n_eval = _rows(min(config.eval.batch_size, config.prompts.num_eval), partitioner)
   n_teacher, n_student = config.teacher.batch_size, config.student.batch_size
@@ -237,13 +234,13 @@ def compile_program(name: str, program: Callable, args: tuple, rows: int, total_
   for line in warnings:
     if FULL_REMAT not in line:
       print(line, file=sys.stderr)
-  memory = compiled.memory_analysis()
+  stats = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   return ProgramPlan(
-      name=name, rows=rows, argument_bytes=memory.argument_size_in_bytes,
-      output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
-      temp_bytes=memory.temp_size_in_bytes, xla_flops=float(cost.get("flops", 0.0)),
+      name=name, rows=rows, argument_bytes=stats.argument_size_in_bytes,
+      output_bytes=stats.output_size_in_bytes, alias_bytes=stats.alias_size_in_bytes,
+      temp_bytes=stats.temp_size_in_bytes, xla_flops=float(cost.get("flops", 0.0)),
       model_flops=total_flops / devices, collectives=collectives(compiled.as_text()),
       full_remats=remats, compile_s=seconds)
 
@@ -256,16 +253,14 @@ def check_mesh(config: ml_collections.ConfigDict, mesh: Sequence[int], devices: 
   except ValueError as e:
     raise config_lib.ConfigError(f"mesh: {e}") from None
   data_parallel = mesh[0] * mesh[1]
-  for field, rows in (("teacher.batch_size", config.teacher.batch_size),
-                      ("student.batch_size",
-                       config.student.batch_size // max(config.student.micro_batches, 1))):
-    if rows % data_parallel:
+  micro = max(config.student.micro_batches, 1)
+  for field, size, parts in (("teacher.batch_size", config.teacher.batch_size, 1),
+                             ("student.batch_size", config.student.batch_size, micro)):
+    if size % (data_parallel * parts):
+      times = f" x student.micro_batches = {parts}" if parts > 1 else ""
       raise config_lib.ConfigError(
-          f"mesh {tuple(mesh)}: data x fsdp = {data_parallel} does not divide {field} = "
-          f"{config[field.split('.')[0]].batch_size}" +
-          (f" / student.micro_batches" if "student" in field and
-           config.student.micro_batches > 1 else "") +
-          "; choose a mesh whose data x fsdp divides it")
+          f"mesh {tuple(mesh)}: data x fsdp = {data_parallel}{times} does not divide {field} = "
+          f"{size}; choose a mesh whose data x fsdp divides it")
 
 
 def plan(config: ml_collections.ConfigDict, mesh: Sequence[int],
@@ -292,7 +287,7 @@ def plan(config: ml_collections.ConfigDict, mesh: Sequence[int],
 
 def _size(n: float) -> str:
   """Bytes with binary units."""
-  for unit, scale in (("GiB", GIB), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+  for unit, scale in (("GiB", memory.GIB), ("MiB", 2.0**20), ("KiB", 2.0**10)):
     if abs(n) >= scale:
       return f"{n / scale:.2f} {unit}"
   return f"{n:.0f} B"

@@ -86,20 +86,20 @@ def done_phases(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str
   return done
 
 
-def _device_memory(device: jax.Device) -> str:
-  """'80.0 GiB' of one device (the host's memory for a CPU), or 'unknown'."""
+def _device_gib(device: jax.Device) -> float | None:
+  """GiB of memory of one device (the host's memory for a CPU), or None if unknown."""
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and "bytes_limit" in stats:
-    return f"{stats['bytes_limit'] / memory.GIB:.1f} GiB"
+    return stats["bytes_limit"] / memory.GIB
   if device.platform == "cpu" and hasattr(os, "sysconf"):
-    return f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / memory.GIB:.1f} GiB (host)"
-  return "unknown"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / memory.GIB
+  return None
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str,
          partitioner: partitioning.Partitioner, models: pipeline.Models) -> progress.RunClock:
   """Logs what the run will do, before any of it: devices and mesh, each model's parameter
-  count, the memory per device of a distillation step (`th_distill.memory`), each phase's work
+  count, the memory per device of each compiled program (`th_distill.memory`), each phase's work
   and a lower bound of the time (its FLOPs at the device's matmul rate); warns when a CPU run
   would take hours. Returns the clock of the run's phases, for progress lines and ETAs."""
   mesh = partitioner.mesh
@@ -112,12 +112,20 @@ def plan(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str,
     logging.info("  %-7s %s parameters (d_model %d, %d+%d layers, vocabulary %d)", name,
                  f"{param_count(partitioner.abstract_params(model)):,}", cfg.d_model,
                  cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.vocab_size)
-  parts = memory.estimate(config, tuple(mesh.shape[a] for a in partitioning.MESH_AXES))
-  logging.info("  memory per device of a distillation step: %.2f GiB (%s), before XLA's "
-               "temporaries; a device has %s", parts["total"],
-               ", ".join(f"{k} {v:.2f} GiB" for k, v in parts.items()
-                         if v and not k.startswith("total")),
-               _device_memory(device))
+  programs = memory.program_estimates(config, tuple(mesh.shape[a] for a in partitioning.MESH_AXES))
+  largest = max(programs, key=lambda name: programs[name]["total"])
+  available = _device_gib(device)
+  logging.info("  memory per device (th_distill.memory, before XLA's temporaries): %s; a device "
+               "has %s", ", ".join(f"{name} {parts['total']:.2f} GiB"
+                                   for name, parts in programs.items()),
+               f"{available:.1f} GiB" if available else "an unknown amount")
+  logging.info("  largest: %s, %s", largest, ", ".join(
+      f"{k} {v:.2f} GiB" for k, v in programs[largest].items() if v and not k.startswith("total")))
+  if available and programs[largest]["total"] > available:
+    logging.warning("The %s needs about %.1f GiB per device, more than the %.1f GiB a device "
+                    "has: shard it over more devices, or see the memory settings in "
+                    "docs/scaling.md (frozen_dtype, sequence_chunks, micro_batches).", largest,
+                    programs[largest]["total"], available)
   phases = workload.phases(config, partitioner.data_parallel_size,
                            done_phases(config, workdir, stage1_dir))
   peak = progress.matmul_flops_per_second() * mesh.size

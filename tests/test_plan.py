@@ -74,18 +74,19 @@ def compiled(tmp_path_factory):
 def test_paper_programs_compile_on_16_devices(compiled, name):
   programs = compiled[name]["programs"]
   assert list(programs) == list(plan.PROGRAMS)
-  model_flops = {p: programs[p]["model_flops"] for p in programs}
   for program, p in programs.items():
     assert p["argument_bytes"] > 0 and p["temp_bytes"] > 0, program
     assert p["full_remats"] == 0, program
     # Parameters are split over fsdp: weights are gathered, and gradients reduced.
     assert p["collectives"]["all-gather"][0] > 0, program
-  # XLA's FLOPs of the steps and the evaluator are th_distill.flops' within 5%: XLA adds the
-  # element-wise work and counts a loop body once (with sequence_chunks = 4, the logits of the
-  # first chunk and of the scan's body: half of them). The samplers' decoding loop is counted once.
-  for program in ("teacher_sft_step", "distill_step", "evaluator"):
-    ratio = programs[program]["xla_flops"] / model_flops[program]
-    assert 0.95 < ratio < 1.05, (program, ratio)
+  # XLA's FLOP count of the SFT step (no loop) is th_distill.flops' plus the element-wise work.
+  # XLA counts a loop body once: with sequence_chunks = 4 the distillation step and the
+  # evaluator lose half of the logits' FLOPs (a large share with 2 + 2 layers and WMT's 80
+  # tokens), and the samplers all but one decoding step.
+  ratios = {p: programs[p]["xla_flops"] / programs[p]["model_flops"] for p in programs}
+  assert 1.0 < ratios["teacher_sft_step"] < 1.01, ratios
+  assert 0.85 < ratios["distill_step"] < 1.0 and 0.85 < ratios["evaluator"] < 1.0, ratios
+  assert ratios["oracle_sampling"] < 1.0 and ratios["online_sampler"] < 1.0, ratios
 
 
 @pytest.mark.slow

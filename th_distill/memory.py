@@ -18,7 +18,9 @@ every all-gather to the start of the program); the activations the backward pass
 and layer: 4E + 4HK + 2H*Li + 3F in the encoder, 6E + 8HK + 2H*(Li + Lt) + 3F in the decoder,
 with E d_model, H heads, K d_kv, F d_ff); the [B, Lt, V] logits alive at once (5 copies in the
 distillation step, 3 in SFT, 6 in the evaluator, divided by micro-batches and sequence chunks);
-forward-only programs hold one encoder layer's working set at a time (`encoder_layer_bytes`);
+forward-only programs, and the frozen models' forward pass in the distillation step (with their
+decoders' hidden states [B, Lt, E]), hold one encoder layer's working set at a time
+(`encoder_layer_bytes`);
 the samplers' KV cache
 (self-attention over Lt and cross-attention over Li positions, float32) after the encoder's
 working set is freed. The batch is split over data x fsdp; heads, d_ff and vocab over model.
@@ -168,6 +170,10 @@ def program_estimates(config: ml_collections.ConfigDict, mesh: Sequence[int]
           "oracle params": param_bytes(cfg["oracle"], mesh_shape, frozen),
           "gathered weights": gathered(three, frozen),
           "student activations": activation_bytes(cfg["student"], micro_rows, li, lt, split),
+          "frozen forward": max(encoder_layer_bytes(cfg[n], micro_rows, li, split)
+                                for n in ("teacher", "oracle")) +
+                            sum(4.0 * micro_rows * lt * cfg[n].d_model
+                                for n in ("teacher", "oracle")),
           "logits": 5 * 4.0 * micro_rows * lt / chunks * vocab / split,
       }, gathered(three, frozen, None)),
       "online_sampler": sampler("teacher", frozen, config.student.batch_size),

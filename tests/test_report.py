@@ -62,3 +62,11 @@ def test_sentences_say_what_happened():
                                      "detected": False})
   assert quiet == ("online: no hacking: the golden distance ended 0.4% above its minimum "
                    "(step 300); the detector, reading the proxy alone, stayed silent.")
+
+
+def test_run_time_sums_the_recorded_stages(tmp_path):
+  (tmp_path / "offline").mkdir()
+  (tmp_path / "offline" / "done.json").write_text('{"seconds": 90}')
+  text = report._run_time(str(tmp_path), {"seconds": 30.0}, ["offline", "online_teacher"])
+  assert text == "Run time: stage 1 0.5 min, offline 1.5 min (total 2.0 min)."
+  assert report._run_time(str(tmp_path), {}, ["online_teacher"]) == ""

@@ -187,7 +187,7 @@ def write_report(workdir: str, config: ml_collections.ConfigDict,
            f"loss {config.loss.name}; student init {config.student.init}, "
            f"{config.student.steps} steps of batch {config.student.batch_size}. Teacher golden "
            f"fkl (KL(oracle || teacher) per token, oracle samples): "
-           f"{summary['teacher']['golden_fkl']:.3f}.", "",
+           f"{summary['teacher']['golden_fkl']:.3f}. {_run_time(workdir, teacher, rows)}", "",
            "| regime | outcome (oracle) | golden min @ step | golden final | rise % | "
            "proxy at golden min -> final (change %) | detector |",
            "|---|---|---|---|---|---|---|"]
@@ -218,6 +218,19 @@ def write_report(workdir: str, config: ml_collections.ConfigDict,
   with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   return summary
+
+
+def _run_time(workdir: str, stage1: Mapping[str, Any], regimes: Sequence[str]) -> str:
+  """'Run time: ...' from the seconds recorded by stage 1 and by each finished regime."""
+  parts = [("stage 1", stage1.get("seconds"))]
+  for regime in regimes:
+    marker = os.path.join(workdir, regime, "done.json")
+    parts.append((regime, checkpoints.read_json(marker).get("seconds")
+                  if os.path.exists(marker) else None))
+  known = [seconds for _, seconds in parts if seconds is not None]
+  text = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in parts
+                   if seconds is not None)
+  return f"Run time: {text} (total {sum(known) / 60:.1f} min)." if known else ""
 
 
 def sentence(regime: str, s: Mapping[str, Any]) -> str:

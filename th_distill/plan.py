@@ -10,7 +10,12 @@ arguments that carry the run's shardings and compiled: no parameter, batch or da
 allocated, and no data, vocabulary or checkpoint file is read (shapes only). Per program and per
 device it reports XLA's memory analysis (arguments, outputs, temporaries, and their peak total:
 arguments + outputs - donated aliases + temporaries), XLA's FLOP count beside
-`th_distill.flops`, and the collectives of the compiled HLO (count and bytes per kind).
+`th_distill.flops`, the collectives of the compiled HLO (count and bytes per kind) and XLA's
+full-rematerialisation warnings; before the programs, whether every parameter of every model is
+split as the logical rules say (`dropped_axes`). A mesh that does not use exactly the devices or
+whose data x fsdp does not divide the batches is refused in one line (exit status 2).
+`--programs=` (empty) only runs these checks (the launchers' `--plan=check`); `--json=PATH`
+writes the figures.
 
 Devices: the mesh is built from host CPU devices. The command sets `jax_platforms = 'cpu'` and
 `jax_num_cpu_devices` (the same as `XLA_FLAGS=--xla_force_host_platform_device_count=N`) to the

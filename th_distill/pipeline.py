@@ -525,13 +525,13 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, mod
     # Training-prompt evaluation on the student's own training examples.
     train_set = {k: data[k][:num_train] for k in ("prompts", "responses", "mask")}
   else:
+    prompts = online_prompts(config, pools)
     batch_at = regime_lib.online_batches(
-        regime, online_prompts(config, pools), student.batch_size, _key(seed, _ONLINE),
-        sample_teacher, sample_student, teacher_params, config.mixture.student_fraction)
+        regime, prompts, student.batch_size, _key(seed, _ONLINE), sample_teacher,
+        sample_student, teacher_params, config.mixture.student_fraction)
     train_set = regime_lib.build_offline(phase.counted(host_sampler(sample_teacher, partitioner),
                                                        "train-prompt samples"),
-                                         teacher_params,
-                                         online_prompts(config, pools)[:num_train], 1,
+                                         teacher_params, prompts[:num_train], 1,
                                          _key(seed, _TRAIN_PROMPT_SET))
   fixed_sets = {"eval_oracle": stage1.eval_sets["oracle"],
                 "eval_teacher": stage1.eval_sets["teacher"], "train_teacher": train_set}

@@ -1,19 +1,19 @@
 """Study (b): prompt diversity at a fixed offline dataset size, N prompts x k generations with
-N x k = 320: (320 x 1), (160 x 2), (64 x 5). The paper: fewer prompts with more generations each
-hacks more.
-Setting: the over-fitting contrast (configs/tiny_overfit.py), in which docs/studies.md reports
-it; online arms draw from the 1,024-prompt pool.
+N x k = 4,096: (4,096 x 1), (2,048 x 2), (1,024 x 4), (512 x 8). The paper (Fig. 6): fewer prompts
+with more generations each give a worse golden metric and more evident hacking, with the proxy
+and the training loss nearly unchanged.
+Setting: the default (configs/tiny.py), offline only, 2,000 steps, seeds 0-4.
   python -m th_distill.study --config=configs/studies/diversity.py --workdir=/tmp/studies
 """
 
-from th_distill.config import overfit_config
+from th_distill.config import base_config
 from th_distill.study import study_config
 
 
 def get_config():
-  base = overfit_config()
+  base = base_config()
   base.regimes = ("offline",)
-  variants = {f"k{k}_N{n}": {"offline": {"num_prompts": n, "generations_per_prompt": k}}
-              for n, k in ((320, 1), (160, 2), (64, 5))}
-  return study_config("diversity", "Prompt diversity at a fixed dataset size (N x k = 320, "
-                      "offline, tiny)", base, variants)
+  variants = {f"N{n}_k{k}": {"offline": {"num_prompts": n, "generations_per_prompt": k}}
+              for n, k in ((4096, 1), (2048, 2), (1024, 4), (512, 8))}
+  return study_config("diversity", "Prompt diversity at a fixed dataset size (N x k = 4,096, "
+                      "offline, tiny)", base, variants, seeds=(0, 1, 2, 3, 4))

@@ -1,11 +1,16 @@
 """Convergence-law fits and the hacking detector on synthetic curves with known answers."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from th_distill import detection
 
 STEPS = np.unique(np.rint(np.geomspace(1, 3000, 45)))
+# The 'departure' rule with the settings it had as the default before 'slowdown'.
+DEPARTURE = detection.DetectorSettings(rule="departure", law="power", min_fit_points=8,
+                                       window=30.0, patience=3)
 
 
 def _noisy(curve, sigma, seed):
@@ -66,13 +71,16 @@ def test_degenerate_curves_give_results_not_exceptions():
   assert not detection.fit_loglog([], []).ok
   assert not detection.fit_loglog([5, 5, 5], [1, 2, 3]).ok  # one x: no slope
 
-  for values in (np.full(len(STEPS), 0.7), np.full(len(STEPS), np.nan)):
-    found = detection.detect(STEPS, values)
-    assert not found.detected and found.reason
-  # A metric that only gets worse is above every converging law.
-  assert detection.detect(STEPS, 0.5 + 1e-4 * STEPS).detected
-  found = detection.detect([0, 1, 2], [1.0, 0.9, 0.8])
-  assert not found.detected and "never be fitted" in found.reason
+  for settings in (DEPARTURE, detection.DetectorSettings()):
+    for values in (np.full(len(STEPS), 0.7), np.full(len(STEPS), np.nan)):
+      found = detection.detect(STEPS, values, settings)
+      assert not found.detected and found.reason
+    # A metric that only gets worse is above every converging law; it never converged, so it
+    # cannot slow down.
+    rising = detection.detect(STEPS, 0.5 + 1e-4 * STEPS, settings)
+    assert rising.detected == (settings.rule == "departure")
+    found = detection.detect([0, 1, 2], [1.0, 0.9, 0.8], settings)
+    assert not found.detected and "never be scored" in found.reason
   assert not detection.detect([], []).detected
   with pytest.raises(ValueError, match="strictly increasing"):
     detection.detect([0, 2, 1], [1.0, 0.9, 0.8])
@@ -83,8 +91,8 @@ def _u_shaped(minimum_step, rise_per_step=2e-4):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_detector_fires_soon_after_a_u_turn(seed):
-  found = detection.detect(STEPS, _noisy(_u_shaped(200), 0.005, seed))
+def test_departure_fires_soon_after_a_u_turn(seed):
+  found = detection.detect(STEPS, _noisy(_u_shaped(200), 0.005, seed), DEPARTURE)
   assert found.detected
   evals_after = np.searchsorted(STEPS, found.step) - np.searchsorted(STEPS, 200)
   assert 0 < evals_after <= 8, (found.step, found.reason)
@@ -95,8 +103,8 @@ def test_detector_fires_soon_after_a_u_turn(seed):
 @pytest.mark.parametrize("law,curves", [
     ("power", ((2, 0.5, 0.3), (1.5, 0.2, 0.0), (3, 1.0, 0.5))),
     ("loglog", ((2, 0.5, 0.0), (1.5, 0.2, 0.0), (3, 1.0, 0.0)))])
-def test_detector_stays_silent_on_converging_curves(law, curves):
-  settings = detection.DetectorSettings(law=law)
+def test_departure_stays_silent_on_converging_curves(law, curves):
+  settings = dataclasses.replace(DEPARTURE, law=law)
   fired = [detection.detect(STEPS, _noisy(a * STEPS ** -b + c, sigma, seed), settings).detected
            for seed in range(10) for a, b, c in curves for sigma in (0.002, 0.01)]
   assert not any(fired)
@@ -105,37 +113,84 @@ def test_detector_stays_silent_on_converging_curves(law, curves):
 def test_a_floor_is_a_departure_for_the_loglog_law_not_for_the_power_law():
   for seed in range(3):
     values = _noisy(2 * STEPS ** -0.5 + 0.3, 0.01, seed)
-    assert detection.detect(STEPS, values, detection.DetectorSettings(law="loglog")).detected
-    assert not detection.detect(STEPS, values).detected
+    assert detection.detect(STEPS, values, dataclasses.replace(DEPARTURE, law="loglog")).detected
+    assert not detection.detect(STEPS, values, DEPARTURE).detected
 
 
 def test_direction_below_catches_a_curve_that_falls_faster_than_its_law():
   values = 2 * STEPS ** -0.3 + 0.3
   values = np.where(STEPS > 300, values * np.exp(-(STEPS - 300) / 400), values)
-  below = detection.detect(STEPS, values, detection.DetectorSettings(direction="below"))
+  below = detection.detect(STEPS, values, dataclasses.replace(DEPARTURE, direction="below"))
   assert below.detected and below.departure_step > 300
-  assert not detection.detect(STEPS, values).detected  # 'above' ignores it
+  assert not detection.detect(STEPS, values, DEPARTURE).detected  # 'above' ignores it
 
 
-def test_detector_is_causal_prefixes_fire_at_the_same_step():
+@pytest.mark.parametrize("settings", [DEPARTURE, detection.DetectorSettings(),
+                                      detection.DetectorSettings(rule="early_stopping")])
+def test_detector_is_causal_and_keeps_the_candidate_it_will_choose(settings):
   values = _noisy(_u_shaped(300), 0.005, seed=7)
-  whole = detection.detect(STEPS, values)
-  incremental = detection.Detector()
-  fired_at = None
+  whole = detection.detect(STEPS, values, settings)
+  incremental = detection.Detector(settings)
+  fired_at, candidates = None, set()
   for step, value in zip(STEPS, values):
     incremental.add(step, value)
     if fired_at is None and incremental.result().detected:
       fired_at = step
+      # The parameters of the chosen checkpoint were among those a callback kept.
+      assert incremental.result().best_predicted_step in candidates | {int(step)}
+    candidates = incremental.candidate_steps()
   assert whole.detected and fired_at == whole.step
   assert incremental.result().step == whole.step
+  assert candidates == set()  # nothing left to keep once it fired
   np.testing.assert_array_equal(incremental.result().scores, whole.scores)
 
 
 def test_noise_floor_and_threshold_control_sensitivity():
   values = _u_shaped(200, rise_per_step=3e-5)  # a gentle rise, noiseless
-  assert detection.detect(STEPS, values).detected
+  assert detection.detect(STEPS, values, DEPARTURE).detected
   assert not detection.detect(STEPS, values,
-                              detection.DetectorSettings(noise_floor=0.2)).detected
+                              dataclasses.replace(DEPARTURE, noise_floor=0.2)).detected
+
+
+def _slowing(turn_step, exponent_after, sigma=0.0, seed=0):
+  """0.8 t^-0.15 that continues with the exponent `exponent_after` from `turn_step` on."""
+  early = 0.8 * STEPS ** -0.15
+  late = 0.8 * turn_step ** -0.15 * (STEPS / turn_step) ** -exponent_after
+  return _noisy(np.where(STEPS <= turn_step, early, late), sigma, seed)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_slowdown_fires_on_a_proxy_that_keeps_falling_but_slower(seed):
+  # The held-out proxy of an offline run that hacks: still falling, at a third of its rate.
+  found = detection.detect(STEPS, _slowing(300, 0.05, 0.002, seed))
+  assert found.detected, found.reason
+  assert 300 < found.step <= 3 * 300 * 2.5, found.reason
+  assert 300 / 2.5 <= found.best_predicted_step <= 300 * 1.5
+  assert found.scores[np.searchsorted(STEPS, found.step)] < 0.8
+
+
+@pytest.mark.parametrize("exponent", [0.1, 0.3, 1.0])
+def test_slowdown_is_silent_on_power_laws_and_on_accelerating_curves(exponent):
+  for seed in range(5):
+    power = _noisy(0.8 * STEPS ** -exponent, 0.002, seed)
+    assert not detection.detect(STEPS, power).detected
+    faster = _slowing(300, 2 * exponent, 0.002, seed)  # like the online arms: steeper later
+    assert not detection.detect(STEPS, faster).detected
+
+
+def test_a_floor_slows_the_log_log_slope():
+  # What the rule cannot tell apart from hacking: a curve settling onto a floor.
+  assert detection.detect(STEPS, 2 * STEPS ** -0.5 + 0.3).detected
+
+
+def test_early_stopping_fires_on_a_rise_above_the_running_minimum():
+  settings = detection.DetectorSettings(rule="early_stopping", noise_floor=0.01, patience=3)
+  found = detection.detect(STEPS, _u_shaped(200), settings)
+  assert found.detected
+  minimum = STEPS[np.argmin(_u_shaped(200))]
+  assert found.best_predicted_step == minimum < found.departure_step <= found.step
+  assert found.scores[np.searchsorted(STEPS, found.step)] > 0.01
+  assert not detection.detect(STEPS, _slowing(300, 0.05), settings).detected
 
 
 def test_settings_are_checked():
@@ -145,6 +200,10 @@ def test_settings_are_checked():
     detection.DetectorSettings(direction="up")
   with pytest.raises(ValueError, match="window"):
     detection.DetectorSettings(window=1.0)
+  with pytest.raises(ValueError, match="rule"):
+    detection.DetectorSettings(rule="curvature")
+  with pytest.raises(ValueError, match="slope_ratio"):
+    detection.DetectorSettings(slope_ratio=1.2)
 
 
 def test_ground_truth():

@@ -16,8 +16,10 @@ STEPS = np.unique(np.rint(np.geomspace(1, 3000, 45))).astype(int)
 
 
 def _rows():
-  """A U-shaped proxy (minimum near step 200) and a golden curve with its minimum at step 144."""
-  proxy = 2 * STEPS ** -0.5 + 0.3 + 2e-4 * np.maximum(STEPS - 200, 0)
+  """A proxy that falls as 0.8 t^-0.15 and from step 300 on at a fifth of that rate (what the
+  default 'slowdown' rule fires on), and a golden curve with its minimum at step 144."""
+  proxy = np.where(STEPS <= 300, 0.8 * STEPS ** -0.15,
+                   0.8 * 300 ** -0.15 * (STEPS / 300) ** -0.03)
   golden = 1.5 + np.abs(np.log(STEPS / 144.0)) / 10
   return [{"step": int(s), PROXY: float(p), GOLDEN: float(g)}
           for s, p, g in zip(STEPS, proxy, golden)]
@@ -40,12 +42,12 @@ def test_keeps_best_golden_and_best_predicted_checkpoints_and_stops(tmp_path):
   stopped_at = None
   for row in _rows():
     extra = monitor.observe(row["step"], row, _params(row["step"]))
-    assert "detector/fired" in extra and set(extra) <= {"detector/z", "detector/fired"}
+    assert "detector/fired" in extra and set(extra) <= {"detector/score", "detector/fired"}
     if monitor.should_stop:
       stopped_at = row["step"]
       break
   assert stopped_at == expected.step and extra["detector/fired"] == 1.0
-  assert "detector/z" in extra  # the score of the evaluation that fired
+  assert "detector/score" in extra  # the score of the evaluation that fired
 
   best = checkpoints.read_json(str(tmp_path / "best_predicted.json"))
   assert best == {"step": expected.best_predicted_step, "detected_step": expected.step}
@@ -59,12 +61,13 @@ def test_keeps_best_golden_and_best_predicted_checkpoints_and_stops(tmp_path):
   assert not (tmp_path / "candidates").exists()
 
 
-def test_candidates_hold_only_the_last_patience_plus_one_evaluations(tmp_path):
+def test_candidates_hold_only_what_may_become_best_predicted(tmp_path):
   _, monitor = _monitor(tmp_path, keep=("best_predicted",))
-  for row in _rows()[:12]:
+  for row in _rows()[:27]:  # up to step 282, before the detector fires
     monitor.observe(row["step"], row, _params(row["step"]))
-  kept = sorted(int(name) for name in os.listdir(tmp_path / "candidates"))
-  assert kept == [int(s) for s in STEPS[12 - 4:12]]
+    kept = {int(name) for name in os.listdir(tmp_path / "candidates")}
+    assert kept == monitor.detector.candidate_steps() and int(row["step"]) in kept
+  assert not monitor.fired and len(kept) < 27
 
 
 def test_a_monitor_rebuilt_from_logged_rows_continues_identically(tmp_path):
@@ -83,8 +86,9 @@ def test_pipeline_stops_when_the_detector_fires(micro, tmp_path):
   micro.eval_every = 1
   micro.checkpoint_every = 100
   # A hair-trigger detector, so that it fires within a micro run.
-  micro.detection.update(dict(min_fit_points=4, patience=1, window=1000.0, threshold=1e-9,
-                              noise_floor=0.0, direction="both", on_detect="stop",
+  micro.detection.update(dict(rule="departure", min_fit_points=4, patience=1, window=1000.0,
+                              threshold=1e-9, noise_floor=0.0, direction="both",
+                              on_detect="stop",
                               keep=("best_golden", "best_predicted")))
   summary = experiment.run(micro, str(tmp_path))
   rows = read_metrics(str(tmp_path / "offline" / "metrics.jsonl"))

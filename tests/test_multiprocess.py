@@ -19,7 +19,7 @@ REGIMES = ("offline", "online_student")
 UNTIMED = ("time/", "throughput/")
 # The detector's z-score divides metric differences by a ~1% noise scale: compared through the
 # metrics it is computed from (and `detector/fired`), not with their tolerance.
-DERIVED = ("detector/z",)
+DERIVED = ("detector/score",)
 
 
 def _free_port():

@@ -26,7 +26,7 @@ MESHES = ((8, 1, 1), (2, 2, 2), (1, 4, 2))
 UNTIMED = ("time/", "throughput/")
 # The detector's z-score divides metric differences by a ~1% noise scale: compared through the
 # metrics it is computed from (and `detector/fired`), not with their tolerance.
-DERIVED = ("detector/z",)
+DERIVED = ("detector/score",)
 
 
 def run_on_8_devices(root, meshes):

@@ -62,25 +62,34 @@ def test_unknown_override_names_the_field(micro):
     study.run_configs(_study(micro, {"big": {"offline": {"num_prompts": 10_000}}}, seeds=(0,)))
 
 
-def test_detector_eval_scores_the_detector_against_the_oracle(tmp_path):
+def test_detector_eval_calibrates_on_some_seeds_and_scores_on_others(tmp_path):
   import numpy as np
-  from th_distill import detector_eval
-  from th_distill.metrics_io import GOLDEN, PROXY, TRAIN_PROXY
+  from th_distill import detector_eval, errors
+  from th_distill.metrics_io import GOLDEN, PROXY
   steps = np.unique(np.rint(np.geomspace(1, 3000, 45))).astype(int)
-  converging = 2 * steps ** -0.5 + 0.3
-  # Teacher hacking: from step 200 the proxy stalls (falling very slowly, far above the law's
-  # extrapolation) while golden turns up.
-  stalls = np.where(steps <= 200, converging, 2 * 200 ** -0.5 + 0.3 - 1e-6 * (steps - 200))
+  converging = 0.8 * steps ** -0.15
+  # Teacher hacking on held-out prompts: from step 200 the proxy still falls, at a fifth of its
+  # rate, while golden turns up; it never rises, so early stopping cannot see it.
+  slows = np.where(steps <= 200, converging, 0.8 * 200 ** -0.15 * (steps / 200) ** -0.03)
   turn = 2e-4 * np.maximum(steps - 200, 0)
-  for name, proxy, golden in (("offline", stalls, 1.0 + stalls + turn),
-                              ("online_teacher", converging, 1.0 + converging)):
-    directory = tmp_path / "runs" / "abc" / "seed0" / name
-    directory.mkdir(parents=True)
-    rows = [{"step": int(s), PROXY: p, GOLDEN: g, TRAIN_PROXY: 1.0 / s}
-            for s, p, g in zip(steps, proxy, golden)]
-    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (directory / "done.json").write_text("{}")
-  runs = detector_eval.finished_runs(str(tmp_path))
-  assert [os.path.basename(d) for d, _ in runs] == ["offline", "online_teacher"]
-  table = detector_eval.table(runs, threshold_pct=5.0)
-  assert table.splitlines()[2].startswith("| default | 1 | 0 | 0 | 1 |")
+  for seed in (0, 1):
+    for name, proxy, golden in (("offline", slows, 1.0 + slows + turn),
+                                ("online_teacher", converging, 1.0 + converging)):
+      directory = tmp_path / "runs" / "abc" / f"seed{seed}" / name
+      directory.mkdir(parents=True)
+      rows = [{"step": int(s), PROXY: p, GOLDEN: g} for s, p, g in zip(steps, proxy, golden)]
+      (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+      (directory / "done.json").write_text("{}")
+  runs = detector_eval.finished_runs([str(tmp_path), str(tmp_path)], threshold_pct=5.0)
+  assert [(r.seed, r.outcome, r.proxy_never_rises) for r in runs] == [
+      (0, "teacher_hacking", True), (0, "none", True), (1, "teacher_hacking", True),
+      (1, "none", True)]
+  result = detector_eval.calibrate_and_test(runs, [0], [1])
+  test = result["methods"]["slowdown (the detector)"]["test"]
+  assert (test["true_positives"], test["false_positives"], test["true_negatives"]) == (1, 0, 1)
+  assert test["recall_proxy_never_rises"] == 1.0 and test["lag_evals"][0] > 0
+  assert result["methods"]["early stopping on the held-out proxy"]["test"]["recall"] == 0.0
+  assert detector_eval.table(result).splitlines()[2].startswith(
+      "| slowdown (the detector) | window ")
+  with pytest.raises(errors.RunError, match="overlap"):
+    detector_eval.calibrate_and_test(runs, [0, 1], [1])

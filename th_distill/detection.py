@@ -36,6 +36,10 @@ from typing import Any, Sequence
 import numpy as np
 
 LAWS = ("power", "loglog")
+RULES = ("slowdown", "departure", "early_stopping")
+# 'slowdown' compares slopes only where the earlier span converges: a log-log slope above this
+# (and above 2 standard errors).
+MIN_CONVERGENCE_SLOPE = 1e-3
 DIRECTIONS = ("above", "below", "both")
 
 
@@ -208,40 +212,52 @@ def fit_golden_vs_proxy(proxy: Sequence[float], golden: Sequence[float],
 
 @dataclasses.dataclass(frozen=True)
 class DetectorSettings:
-  """How the detector reads a curve.
+  """How the detector reads a curve (module docstring: the three rules).
 
   Attributes:
-    law: the convergence law, one of LAWS.
-    min_fit_points: evaluations in the fit window needed before the law is fitted at all.
-    window: the law for a candidate departure at step t is fitted on the evaluations at steps in
-      [t / window, t): the last `log10(window)` decades before it.
+    rule: one of RULES. 'slowdown' (default): the curve's log-log slope over the last span
+      [t / window, t] falls below `slope_ratio` times its slope over the span before it;
+      'departure': evaluations depart from the `law` fitted on [t / window, t) by more than
+      `threshold` noise std; 'early_stopping': the curve rises more than `noise_floor`
+      (relative) above its running minimum.
+    law: the convergence law of the 'departure' rule, one of LAWS.
+    min_fit_points: evaluations a fit needs (in each span for 'slowdown').
+    window: the ratio of each span's last to first step (the spans are log(window) wide).
     patience: consecutive departing evaluations needed to fire.
-    threshold: departure, in noise standard deviations, that counts.
-    noise_floor: lower bound of the log-space noise s (0.01 = 1% relative): eval curves on fixed
-      sets are smoother than their true noise, so a fit's residuals alone would under-state it.
-    direction: 'above' (the metric is worse than the law: convergence stalls or reverses),
-      'below' or 'both'.
+    slope_ratio: 'slowdown' departs where (recent slope) / (earlier slope) < slope_ratio.
+    threshold: 'departure' departs beyond this many noise standard deviations.
+    noise_floor: lower bound of the log-space noise s of 'departure' (0.01 = 1% relative; eval
+      curves on fixed sets are smoother than their true noise), and the relative rise over the
+      running minimum that 'early_stopping' counts.
+    direction: 'departure' only: 'above' (the metric is worse than the law: convergence stalls or
+      reverses), 'below' or 'both'.
   """
+  rule: str = "slowdown"
   law: str = "power"
-  min_fit_points: int = 8
-  window: float = 30.0
-  patience: int = 3
+  min_fit_points: int = 4
+  window: float = 2.5
+  patience: int = 2
+  slope_ratio: float = 0.8
   threshold: float = 2.5
   noise_floor: float = 0.01
   direction: str = "above"
 
   def __post_init__(self):
     problems = []
+    if self.rule not in RULES:
+      problems.append(f"rule: {self.rule!r} is not one of {RULES}")
     if self.law not in LAWS:
       problems.append(f"law: {self.law!r} is not one of {LAWS}")
     if self.direction not in DIRECTIONS:
       problems.append(f"direction: {self.direction!r} is not one of {DIRECTIONS}")
-    if self.min_fit_points < 4:
-      problems.append(f"min_fit_points: must be >= 4, got {self.min_fit_points}")
+    if self.min_fit_points < 3:
+      problems.append(f"min_fit_points: must be >= 3, got {self.min_fit_points}")
     if self.window <= 1:
       problems.append(f"window: must be > 1, got {self.window}")
     if self.patience < 1:
       problems.append(f"patience: must be >= 1, got {self.patience}")
+    if not 0 < self.slope_ratio < 1:
+      problems.append(f"slope_ratio: must be in (0, 1), got {self.slope_ratio}")
     if not self.threshold > 0:
       problems.append(f"threshold: must be > 0, got {self.threshold}")
     if not self.noise_floor >= 0:
@@ -258,12 +274,15 @@ class Detection:
     detected: whether it fired.
     step: the step of the evaluation at which it fired (None if it did not).
     departure_step: the first evaluation of the departing run.
-    best_predicted_step: the last evaluation before the departure (the detector's best
-      checkpoint); None if it did not fire.
-    fit: the law fitted on the window before the departure; when it did not fire, the law
-      fitted on the last window, the final evaluation included (`fit.ok` False if too few).
-    steps, scores: every evaluation's step and its departure z-score against the law fitted on
-      the evaluations before it (nan where no fit was possible), for plots.
+    best_predicted_step: the detector's best checkpoint (None if it did not fire): the last
+      evaluation before the departure ('departure'), at or before the start of the first
+      departing evaluation's recent span ('slowdown'), the running minimum ('early_stopping').
+    fit: the law behind the verdict ('departure': fitted on the window before the departure;
+      'slowdown': the log-log line of the recent span at the firing evaluation; when it did not
+      fire, the law on the last window; `fit.ok` False if too few points or 'early_stopping').
+    steps, scores: every evaluation's step and its score (nan where none), for plots:
+      'departure': the z-score against the law fitted before it; 'slowdown': the slope ratio;
+      'early_stopping': the relative rise over the running minimum.
     reason: a sentence saying why it fired or not.
   """
   detected: bool
@@ -304,55 +323,147 @@ def _departs(z: np.ndarray, settings: DetectorSettings) -> np.ndarray:
 class Detector:
   """The detector over a curve that grows one evaluation at a time (module docstring).
 
-  `add(step, value)` appends an evaluation; `result()` is the verdict on the curve so far. Fits
-  depend only on the evaluations before their candidate, so each is computed once: following a
-  run of E evaluations costs E fits, not E^2. Causal: the verdict at an evaluation depends only on
-  the evaluations up to it, so a run followed live fires at the same step as `detect` on the
-  finished curve.
+  `add(step, value)` appends an evaluation; `result()` is the verdict on the curve so far. Each
+  evaluation's fits and score are computed once, from the evaluations up to it, so following a
+  run of E evaluations costs O(E) fits, and the detector is causal: a run followed live fires at
+  the same step as `detect` on the finished curve. `candidate_steps()` names the evaluations whose
+  parameters may still become `best_predicted_step` (what a training callback must keep).
   """
 
   def __init__(self, settings: DetectorSettings = DetectorSettings()):
     self.settings = settings
     self.steps: list[float] = []
     self.values: list[float] = []
-    self._fits: list[Fit] = []  # _fits[j]: the law on the window of evaluations before j
+    self._fits: list[Fit] = []  # 'departure': the law before j; 'slowdown': the recent span's
+    self._scores: list[float] = []
+    self._departing: list[bool] = []
 
   def add(self, step: float, value: float) -> None:
     if self.steps and step <= self.steps[-1]:
       raise ValueError(f"steps must be strictly increasing: {step} after {self.steps[-1]}.")
     self.steps.append(float(step))
     self.values.append(float(value))
+    score, departing, fit = getattr(self, f"_score_{self.settings.rule}")()
+    self._fits.append(fit)
+    self._scores.append(score)
+    self._departing.append(departing)
+
+  def _span_fit(self, first: float, last: float, include_last: bool) -> Fit:
+    """The log-log line through the evaluations in [first, last] (or [first, last))."""
     steps, values = np.asarray(self.steps), np.asarray(self.values)
-    start = np.searchsorted(steps, step / self.settings.window)
-    j = len(steps) - 1
-    self._fits.append(fit_law(self.settings.law, steps[start:j], values[start:j],
-                              self.settings.min_fit_points))
+    keep = (steps >= first) & ((steps <= last) if include_last else (steps < last))
+    return fit_loglog(steps[keep], values[keep], self.settings.min_fit_points)
+
+  def _score_slowdown(self) -> tuple[float, bool, Fit]:
+    t, window = self.steps[-1], self.settings.window
+    recent = self._span_fit(t / window, t, include_last=True)
+    earlier = self._span_fit(t / window**2, t / window, include_last=False)
+    if not (recent.ok and earlier.ok and
+            earlier.params["b"] > max(2 * earlier.stderr["b"], MIN_CONVERGENCE_SLOPE)):
+      return float("nan"), False, recent  # no convergence to slow down from
+    ratio = recent.params["b"] / earlier.params["b"]
+    return ratio, bool(ratio < self.settings.slope_ratio), recent
+
+  def _score_departure(self) -> tuple[float, bool, Fit]:
+    steps, values = np.asarray(self.steps), np.asarray(self.values)
+    start = np.searchsorted(steps, steps[-1] / self.settings.window)
+    fit = fit_law(self.settings.law, steps[start:-1], values[start:-1],
+                  self.settings.min_fit_points)
+    if not fit.ok:
+      return float("nan"), False, fit
+    z = float(departure_scores(fit, steps[-1], values[-1], self.settings.noise_floor))
+    return z, bool(_departs(np.asarray(z), self.settings)), fit
+
+  def _score_early_stopping(self) -> tuple[float, bool, Fit]:
+    values = np.asarray(self.values)
+    best = np.nanmin(values) if np.any(np.isfinite(values)) else np.nan
+    rise = float(values[-1] / best - 1.0) if np.isfinite(values[-1]) else float("nan")
+    return rise, bool(rise > self.settings.noise_floor), _failed("loglog", 0, "no law fitted")
+
+  def _fires_at(self) -> tuple[int, int] | None:
+    """(first departing evaluation, firing evaluation) of the first run of `patience`."""
+    patience, run = self.settings.patience, 0
+    for j, departing in enumerate(self._departing):
+      if self.settings.rule == "departure":
+        # Every evaluation of the run is scored against the law fitted before its first one.
+        start = j - patience + 1
+        if start >= 1 and self._fits[start].ok:
+          window = slice(start, j + 1)
+          z = departure_scores(self._fits[start], np.asarray(self.steps[window]),
+                               np.asarray(self.values[window]), self.settings.noise_floor)
+          if np.all(_departs(z, self.settings)):
+            return start, j
+        continue
+      run = run + 1 if departing else 0
+      if run >= patience:
+        return j - patience + 1, j
+    return None
+
+  def _best_before(self, start: int) -> int:
+    """The index of the detector's best checkpoint for a departing run from `start`."""
+    steps = np.asarray(self.steps)
+    if self.settings.rule == "slowdown":
+      before = np.flatnonzero(steps <= steps[start] / self.settings.window)
+      return int(before[-1]) if len(before) else 0
+    if self.settings.rule == "early_stopping":
+      return int(np.nanargmin(np.asarray(self.values[:start])))
+    return start - 1
+
+  def candidate_steps(self) -> set[int]:
+    """Steps whose parameters may still be needed as `best_predicted_step` (empty once the
+    detector fired): those a departing run starting at any evaluation still undecided (the last
+    `patience` ones, or later) would point to."""
+    if not self.steps or self._fires_at() is not None:
+      return set()
+    steps = np.asarray(self.steps)
+    if self.settings.rule == "early_stopping":
+      return {int(steps[int(np.nanargmin(self.values))]) if np.any(np.isfinite(self.values))
+              else int(steps[-1]), int(steps[-1])}
+    first_open = max(len(steps) - self.settings.patience, 0)
+    lowest = self._best_before(first_open) if first_open > 0 else 0
+    return {int(s) for s in steps[max(lowest, 0):]}
 
   def result(self) -> Detection:
     """The verdict on the evaluations added so far."""
-    settings, fits = self.settings, self._fits
-    steps, values = np.asarray(self.steps), np.asarray(self.values)
-    scores = np.array([departure_scores(fit, steps[j], values[j], settings.noise_floor)
-                       if fit.ok else np.nan for j, fit in enumerate(fits)], dtype=float)
-    for j in range(len(steps) - settings.patience + 1):
-      if not fits[j].ok:
-        continue
-      window = slice(j, j + settings.patience)
-      z = departure_scores(fits[j], steps[window], values[window], settings.noise_floor)
-      if np.all(_departs(z, settings)):
-        fire = j + settings.patience - 1
-        return Detection(
-            True, int(steps[fire]), int(steps[j]), int(steps[j - 1]), fits[j], steps, scores,
-            f"{settings.patience} consecutive evaluations from step {int(steps[j])} depart "
-            f"{settings.direction} the {settings.law} law fitted on the {fits[j].num_points} "
-            f"before it by more than {settings.threshold} noise std (z = "
-            f"{', '.join(f'{v:.1f}' for v in z)})")
-    start = np.searchsorted(steps, steps[-1] / settings.window) if len(steps) else 0
-    last = fit_law(settings.law, steps[start:], values[start:], settings.min_fit_points)
-    reason = (f"no {settings.patience} consecutive departures beyond {settings.threshold} "
-              f"noise std from the {settings.law} law" if np.any(np.isfinite(scores)) else
-              f"the law could never be fitted ({last.reason})")
+    settings = self.settings
+    steps, scores = np.asarray(self.steps), np.asarray(self._scores, dtype=float)
+    fired = self._fires_at()
+    if fired is not None:
+      start, fire = fired
+      best = self._best_before(start)
+      return Detection(True, int(steps[fire]), int(steps[start]), int(steps[best]),
+                       self._fits[fire if settings.rule == "slowdown" else start], steps, scores,
+                       f"{settings.patience} consecutive evaluations from step {int(steps[start])} "
+                       f"{self._what_departs()} (scores "
+                       f"{', '.join(f'{v:.2f}' for v in scores[start:fire + 1])})")
+    last = self._last_fit()
+    if np.any(np.isfinite(scores)):
+      reason = f"no {settings.patience} consecutive evaluations {self._what_departs()}"
+    elif not last.ok:
+      reason = f"the curve could never be scored ({last.reason})"
+    else:
+      reason = ("the curve could never be scored (it never fell over a span of x"
+                f"{settings.window:g} steps: no convergence to slow down from)")
     return Detection(False, None, None, None, last, steps, scores, reason)
+
+  def _what_departs(self) -> str:
+    s = self.settings
+    if s.rule == "slowdown":
+      return (f"with a log-log slope over the last x{s.window:g} of steps below {s.slope_ratio:g} "
+              "times the slope over the span before")
+    if s.rule == "early_stopping":
+      return f"more than {100 * s.noise_floor:g}% above the running minimum"
+    return (f"departing {s.direction} the {s.law} law by more than {s.threshold:g} noise std")
+
+  def _last_fit(self) -> Fit:
+    if not self.steps:
+      return _failed("loglog", 0, "no evaluations")
+    if self.settings.rule == "early_stopping":
+      return self._fits[-1]
+    steps, values = np.asarray(self.steps), np.asarray(self.values)
+    start = np.searchsorted(steps, steps[-1] / self.settings.window)
+    law = self.settings.law if self.settings.rule == "departure" else "loglog"
+    return fit_law(law, steps[start:], values[start:], self.settings.min_fit_points)
 
 
 def detect(steps: Sequence[int], values: Sequence[float],

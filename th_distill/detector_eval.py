@@ -1,98 +1,256 @@
-r"""The detector against the oracle over every finished run of a study workdir, for several settings.
+r"""The hacking detector and its baselines, calibrated on some seeds and scored on others.
 
-  python -m th_distill.detector_eval --workdir=/tmp/studies [--threshold_pct=5]
+  python -m th_distill.detector_eval --workdir=/tmp/studies [--workdir=/tmp/studies_test] \
+      --calibration_seeds=0,1,2,3,4 --test_seeds=5,6,7,8,9 [--threshold_pct=5] [--out=FILE]
 
-Reads every `WORKDIR/runs/*/seed*/<regime>/metrics.jsonl` (all the runs of the studies that share
-the workdir), takes the oracle's verdict on each (`report.summarize_run`: golden rises by at least
-`threshold_pct` while the training-prompt proxy falls) and prints, for the default detector and
-for one change of each setting at a time, the confusion counts and the lag of the true positives
-(firing step minus golden-minimum step, in evaluations), as a markdown table.
+Reads every finished regime run of the study workdirs (`WORKDIR/runs/*/seed<s>/<regime>/`),
+takes the oracle's held-out verdict on each (`report.signature`: golden rises by at least
+`threshold_pct` -> positive, `teacher_hacking` if the held-out proxy ends at or below its value
+at the golden minimum, `overfitting` otherwise), and for each method of METHODS:
+1. chooses its settings on the calibration seeds only: the grid point with the best F1, ties
+   broken by the smaller golden cost of its `best_predicted` checkpoint, then the shorter lag;
+2. scores those settings on the test seeds: confusion counts, precision, recall, recall on the
+   teacher-hacking runs and on the runs whose held-out proxy never rises (never more than
+   NEVER_RISES above its running minimum after the golden minimum: plain early stopping cannot
+   see those), the lag (firing evaluation minus golden-minimum evaluation) and the golden cost of
+   the detector's `best_predicted` checkpoint (100 * (golden there - golden min) / golden min).
+Prints a markdown table; `--out` writes every number as JSON (docs/data/).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import os
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from absl import flags
 
-from th_distill import cli, detection, errors, report
-from th_distill.metrics_io import PROXY, TRAIN_PROXY, read_metrics
+from th_distill import checkpoints, cli, detection, errors, report
+from th_distill.metrics_io import GOLDEN, PROXY, read_metrics
 
-VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("default", PROXY, {}),
-    ("threshold 2", PROXY, {"threshold": 2.0}),
-    ("threshold 3", PROXY, {"threshold": 3.0}),
-    ("threshold 4", PROXY, {"threshold": 4.0}),
-    ("patience 2", PROXY, {"patience": 2}),
-    ("patience 5", PROXY, {"patience": 5}),
-    ("window 10", PROXY, {"window": 10.0}),
-    ("window 100", PROXY, {"window": 100.0}),
-    ("noise floor 0.003", PROXY, {"noise_floor": 0.003}),
-    ("noise floor 0.03", PROXY, {"noise_floor": 0.03}),
-    ("law loglog", PROXY, {"law": "loglog"}),
-    ("training-prompt proxy, below", TRAIN_PROXY, {"direction": "below"}),
-)
+NEVER_RISES = 0.01  # relative rise over the running minimum that counts as the proxy rising
 
 
-def finished_runs(workdir: str) -> list[tuple[str, list[dict[str, Any]]]]:
-  """(regime directory, metrics rows) of every finished regime run under WORKDIR/runs;
-  RunError if there is none."""
-  runs = []
-  for done in sorted(glob.glob(os.path.join(workdir, "runs", "*", "seed*", "*", "done.json"))):
-    directory = os.path.dirname(done)
-    runs.append((directory, read_metrics(os.path.join(directory, "metrics.jsonl"))))
+def _grid(base: Mapping[str, Any], **axes: Iterable[Any]) -> list[detection.DetectorSettings]:
+  names = list(axes)
+  return [detection.DetectorSettings(**base, **dict(zip(names, values)))
+          for values in itertools.product(*(axes[n] for n in names))]
+
+
+# method -> the settings it may choose from on the calibration seeds.
+METHODS: dict[str, list[detection.DetectorSettings]] = {
+    "slowdown (the detector)": _grid({"rule": "slowdown"}, window=(2.0, 2.5, 3.0, 4.0),
+                                     slope_ratio=(0.7, 0.8, 0.9), patience=(1, 2, 3)),
+    "early stopping on the held-out proxy": _grid({"rule": "early_stopping"},
+                                                  noise_floor=(0.0, 0.005, 0.01, 0.02),
+                                                  patience=(1, 2, 3, 5)),
+    "power law with a floor, departure": _grid(
+        {"rule": "departure", "law": "power", "min_fit_points": 8}, window=(10.0, 30.0),
+        threshold=(2.0, 2.5, 3.0), patience=(2, 3)),
+    "log-log law without a floor, departure": _grid(
+        {"rule": "departure", "law": "loglog", "min_fit_points": 8}, window=(10.0, 30.0),
+        threshold=(2.0, 2.5, 3.0), patience=(2, 3)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One finished regime run: its curves [T] and the oracle's verdict."""
+  directory: str
+  seed: int
+  steps: np.ndarray
+  golden: np.ndarray
+  proxy: np.ndarray
+  outcome: str
+  golden_min_index: int
+  proxy_never_rises: bool
+
+  @property
+  def positive(self) -> bool:
+    return self.outcome in ("teacher_hacking", "overfitting")
+
+
+def _column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
+  return np.array([np.nan if r.get(name) is None else r[name] for r in rows], dtype=float)
+
+
+def load_run(directory: str, seed: int, rows: Sequence[Mapping[str, Any]],
+             threshold_pct: float) -> Run | None:
+  """The run's curves and verdict; None for a run that diverged (no verdict to score)."""
+  steps = np.array([r["step"] for r in rows])
+  golden, proxy = _column(rows, GOLDEN), _column(rows, PROXY)
+  verdict = report.signature(steps, golden, proxy, threshold_pct)
+  if verdict["outcome"] == "diverged":
+    return None
+  best = int(np.flatnonzero(steps == verdict["golden_min_step"])[0])
+  running_min = np.fmin.accumulate(proxy)
+  never_rises = bool(np.all(proxy[best:] <= running_min[best:] * (1 + NEVER_RISES)))
+  return Run(directory, seed, steps, golden, proxy, verdict["outcome"], best, never_rises)
+
+
+def finished_runs(workdirs: Sequence[str], threshold_pct: float) -> list[Run]:
+  """Every finished regime run under WORKDIR/runs of each workdir (a run reached through two
+  workdirs counts once); RunError if there is none."""
+  runs, seen = [], set()
+  for workdir in workdirs:
+    pattern = os.path.join(workdir, "runs", "*", "seed*", "*", "done.json")
+    for done in sorted(glob.glob(pattern)):
+      directory = os.path.dirname(done)
+      if os.path.realpath(directory) in seen:
+        continue
+      seen.add(os.path.realpath(directory))
+      seed = int(os.path.basename(os.path.dirname(directory))[len("seed"):])
+      run = load_run(directory, seed, read_metrics(os.path.join(directory, "metrics.jsonl")),
+                     threshold_pct)
+      if run is not None:
+        runs.append(run)
   if not runs:
-    raise errors.RunError(f"--workdir={workdir}: no finished study run in {workdir}/runs (run "
+    raise errors.RunError(f"--workdir={','.join(workdirs)}: no finished study run in */runs (run "
                           "`python -m th_distill.study --workdir=...` first)")
   return runs
 
 
-def evaluate(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], threshold_pct: float,
-             settings: detection.DetectorSettings, metric: str) -> dict[str, Any]:
-  """`report.detector_quality` of `settings` on `metric` over the runs."""
-  return report.detector_quality([report.summarize_run(rows, threshold_pct, settings, metric)
-                                  for _, rows in runs])
+def score(runs: Sequence[Run], settings: detection.DetectorSettings) -> dict[str, Any]:
+  """The detector with `settings` on the held-out proxy of every run, against the oracle."""
+  per_run = []
+  for run in runs:
+    found = detection.detect(run.steps, run.proxy, settings)
+    entry = {"run": run.directory, "seed": run.seed, "outcome": run.outcome,
+             "proxy_never_rises": run.proxy_never_rises, "detected": found.detected,
+             "detected_step": found.step, "golden_min_step": int(run.steps[run.golden_min_index])}
+    if found.detected:
+      fired = int(np.flatnonzero(run.steps == found.step)[0])
+      kept = int(np.flatnonzero(run.steps == found.best_predicted_step)[0])
+      golden_min = run.golden[run.golden_min_index]
+      entry.update(lag_evals=fired - run.golden_min_index,
+                   best_predicted_step=found.best_predicted_step,
+                   golden_cost_pct=float(100 * (run.golden[kept] - golden_min) / golden_min))
+    per_run.append(entry)
+  return {"settings": dataclasses.asdict(settings), **quality(per_run), "runs": per_run}
 
 
-def _lags(values: Sequence[int]) -> str:
+def _recall(entries: Sequence[Mapping[str, Any]]) -> float | None:
+  return float(np.mean([e["detected"] for e in entries])) if entries else None
+
+
+def quality(per_run: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Confusion counts, precision, recalls, lags and golden costs over `score`'s per-run entries
+  (positive: the oracle says golden rose by the threshold)."""
+  positive = [e for e in per_run if e["outcome"] in ("teacher_hacking", "overfitting")]
+  hits = [e for e in positive if e["detected"]]
+  fired = sum(e["detected"] for e in per_run)
+  tp, fp = len(hits), fired - len(hits)
+  f1 = 2 * tp / (2 * tp + fp + len(positive) - tp) if positive or fired else 1.0
+  return {
+      "runs": len(per_run), "positives": len(positive), "true_positives": tp,
+      "false_positives": fp, "false_negatives": len(positive) - tp,
+      "true_negatives": len(per_run) - len(positive) - fp,
+      "precision": tp / fired if fired else None, "recall": _recall(positive), "f1": f1,
+      "recall_teacher_hacking": _recall([e for e in positive
+                                         if e["outcome"] == "teacher_hacking"]),
+      "recall_proxy_never_rises": _recall([e for e in positive if e["proxy_never_rises"]]),
+      "positives_proxy_never_rises": sum(e["proxy_never_rises"] for e in positive),
+      "lag_evals": [e["lag_evals"] for e in hits],
+      "golden_cost_pct": [e["golden_cost_pct"] for e in hits],
+  }
+
+
+def _rank(result: Mapping[str, Any]) -> tuple[float, float, float]:
+  cost = np.median(result["golden_cost_pct"]) if result["golden_cost_pct"] else np.inf
+  lag = np.median(result["lag_evals"]) if result["lag_evals"] else np.inf
+  return (-result["f1"], float(cost), float(lag))
+
+
+def calibrate_and_test(runs: Sequence[Run], calibration_seeds: Sequence[int],
+                       test_seeds: Sequence[int]) -> dict[str, Any]:
+  """Every method of METHODS: settings chosen on the calibration runs, scored on the test runs."""
+  if set(calibration_seeds) & set(test_seeds):
+    raise errors.RunError("calibration and test seeds overlap: "
+                          f"{sorted(set(calibration_seeds) & set(test_seeds))}")
+  calibration = [r for r in runs if r.seed in calibration_seeds]
+  test = [r for r in runs if r.seed in test_seeds]
+  if not calibration or not test:
+    raise errors.RunError(f"need finished runs on both seed sets; found {len(calibration)} on the "
+                          f"calibration seeds {list(calibration_seeds)} and {len(test)} on the "
+                          f"test seeds {list(test_seeds)}")
+  methods = {}
+  for name, grid in METHODS.items():
+    chosen = min((score(calibration, settings) for settings in grid), key=_rank)
+    methods[name] = {"calibration": chosen,
+                     "test": score(test, detection.DetectorSettings(**chosen["settings"]))}
+  return {"calibration_seeds": list(calibration_seeds), "test_seeds": list(test_seeds),
+          "calibration_runs": len(calibration), "test_runs": len(test), "methods": methods}
+
+
+def _fraction(value: float | None) -> str:
+  return "–" if value is None else f"{value:.2f}"
+
+
+def _spread(values: Sequence[float], spec: str = "g") -> str:
   if not values:
     return "–"
-  return f"{np.median(values):g} [{min(values)}, {max(values)}]"
+  return f"{np.median(values):{spec}} [{min(values):{spec}}, {max(values):{spec}}]"
 
 
-def table(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], threshold_pct: float) -> str:
-  """The markdown table of every variant of VARIANTS."""
-  lines = ["| detector | TP | FP | FN | TN | lag in evaluations: median [min, max] | lag in steps: "
-           "median [min, max] |", "|---|---|---|---|---|---|---|"]
-  for name, metric, changes in VARIANTS:
-    settings = dataclasses.replace(detection.DetectorSettings(), **changes)
-    q = evaluate(runs, threshold_pct, settings, metric)
-    lines.append(f"| {name} | {q['true_positives']} | {q['false_positives']} | "
-                 f"{q['false_negatives']} | {q['true_negatives']} | {_lags(q['lag_evals'])} | "
-                 f"{_lags(q['lag_steps'])} |")
+def _changed(settings: Mapping[str, Any]) -> str:
+  keys = {"slowdown": ("window", "slope_ratio", "patience"),
+          "early_stopping": ("noise_floor", "patience"),
+          "departure": ("law", "window", "threshold", "patience")}[settings["rule"]]
+  return ", ".join(f"{k} {settings[k]:g}" if isinstance(settings[k], float) else
+                   f"{k} {settings[k]}" for k in keys)
+
+
+def table(result: Mapping[str, Any], split: str = "test") -> str:
+  """The markdown table of every method on `split` ('test' or 'calibration')."""
+  lines = ["| method | settings (chosen on calibration seeds) | TP | FP | FN | TN | precision | "
+           "recall | recall, teacher hacking | recall, proxy never rises | lag in evaluations: "
+           "median [min, max] | golden cost of best_predicted, %: median [min, max] |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for name, method in result["methods"].items():
+    q = method[split]
+    lines.append(
+        f"| {name} | {_changed(q['settings'])} | {q['true_positives']} | "
+        f"{q['false_positives']} | {q['false_negatives']} | {q['true_negatives']} | "
+        f"{_fraction(q['precision'])} | {_fraction(q['recall'])} | "
+        f"{_fraction(q['recall_teacher_hacking'])} | {_fraction(q['recall_proxy_never_rises'])} "
+        f"({q['positives_proxy_never_rises']} runs) | {_spread(q['lag_evals'])} | "
+        f"{_spread(q['golden_cost_pct'], '.1f')} |")
   return "\n".join(lines)
 
 
+def _seeds(text: str) -> list[int]:
+  return [int(s) for s in text.split(",") if s.strip()]
+
+
 def main() -> None:
-  workdir = flags.DEFINE_string("workdir", None, "A study workdir (holding runs/).")
-  threshold = flags.DEFINE_float("threshold_pct", 5.0, "Golden rise that counts as hacking.")
+  workdirs = flags.DEFINE_multi_string("workdir", None, "A study workdir (holding runs/); "
+                                       "repeat for several.")
+  calibration = flags.DEFINE_string("calibration_seeds", "0,1,2,3,4",
+                                    "Seeds the settings are chosen on.")
+  test = flags.DEFINE_string("test_seeds", "5,6,7,8,9", "Seeds the chosen settings are scored on.")
+  threshold = flags.DEFINE_float("threshold_pct", 5.0, "Golden rise that counts as positive.")
+  out = flags.DEFINE_string("out", None, "Write every number as JSON to this file.")
   flags.mark_flags_as_required(["workdir"])
 
-  def print_tables() -> None:
-    runs = finished_runs(workdir.value)
-    hacking = sum(report.summarize_run(rows, threshold.value, detection.DetectorSettings(),
-                                       PROXY)["hacking"] for _, rows in runs)
-    print(f"{len(runs)} finished runs in {workdir.value}/runs, {hacking} hacking by the oracle "
-          f"(golden rise >= {threshold.value:g}% with the training-prompt proxy falling).\n")
-    print(table(runs, threshold.value))
+  def evaluate() -> None:
+    runs = finished_runs(workdirs.value, threshold.value)
+    result = calibrate_and_test(runs, _seeds(calibration.value), _seeds(test.value))
+    result["threshold_pct"] = threshold.value
+    print(f"{result['calibration_runs']} calibration runs (seeds {calibration.value}), "
+          f"{result['test_runs']} test runs (seeds {test.value}); positive = golden rises by "
+          f">= {threshold.value:g}% (held-out verdict).\n\n## Test seeds\n")
+    print(table(result, "test"))
+    print("\n## Calibration seeds (where the settings were chosen)\n")
+    print(table(result, "calibration"))
+    if out.value:
+      checkpoints.write_json(out.value, result)
 
   def body(argv: list[str]) -> None:
     cli.reject_arguments(argv)
-    cli.run_command(print_tables)
+    cli.run_command(evaluate)
 
   cli.main(body)
 

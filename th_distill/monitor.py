@@ -7,9 +7,9 @@ student's parameters in the run directory:
 - `best_golden/` (+ `best_golden.json`): the parameters at the lowest golden metric so far (needs
   the oracle, i.e. the synthetic setup);
 - `best_predicted/` (+ `best_predicted.json`): the parameters at the detector's
-  `best_predicted_step`, the last evaluation before the departure. To have them when the detector
-  fires `patience` evaluations later, the parameters of the last `patience + 1` evaluations are
-  kept in `candidates/<step>/` until then.
+  `best_predicted_step` (the start of the slowdown it saw, with the default rule). To have them
+  when the detector fires later, the parameters of the evaluations that may still become it
+  (`Detector.candidate_steps()`) are kept in `candidates/<step>/` until then.
 
 A resumed run rebuilds the monitor from the rows already in `metrics.jsonl`; the checkpoints it
 keeps are on disk, so pre-emption loses nothing.
@@ -107,9 +107,9 @@ class HackingMonitor:
 
   def observe(self, step: int, row: Mapping[str, Any], params: Any) -> dict[str, float]:
     """Takes one evaluation (`row` holds the metrics of `step`; `params` the student's) and
-    returns the detector's metrics for that row: `detector/fired` (0 or 1) and `detector/z` (the
-    departure z-score of this evaluation; left out before the law can be fitted and after the
-    detector fired)."""
+    returns the detector's metrics for that row: `detector/fired` (0 or 1) and `detector/score`
+    (this evaluation's score under the detector's rule, `detection.Detection.scores`; left out
+    where it has none and after the detector fired)."""
     already_fired = self.fired
     self._append({**row, "step": step})
     golden = self.golden[-1]
@@ -121,9 +121,9 @@ class HackingMonitor:
       logging.warning("Hacking detector fired at step %d: %s", self.result.step,
                       self.result.reason)
     metrics = {"detector/fired": float(self.fired)}
-    z = float(self.result.scores[-1])
-    if not already_fired and np.isfinite(z):
-      metrics["detector/z"] = z
+    score = float(self.result.scores[-1])
+    if not already_fired and np.isfinite(score):
+      metrics["detector/score"] = score
     return metrics
 
   def _track_candidates(self, step: int, params: Any) -> None:
@@ -144,7 +144,7 @@ class HackingMonitor:
       return
     checkpoints.save_params(os.path.join(candidates, str(step)), params)
     if is_main_process():
-      keep = {str(int(s)) for s in self.detector.steps[-(self.settings.patience + 1):]}
+      keep = {str(s) for s in self.detector.candidate_steps()}
       for name in os.listdir(candidates):
         if name not in keep:
           shutil.rmtree(os.path.join(candidates, name), ignore_errors=True)

@@ -159,10 +159,19 @@ def _figures(directory: str, rows_by_label: Mapping[str, Sequence[Sequence[Mappi
 
 
 def _settings_text(settings: detection.DetectorSettings, metric: str) -> str:
-  return (f"Detector: `{metric}`, {settings.law} law fitted over the {settings.window:g}x window "
-          f"of steps before each evaluation, fires after {settings.patience} consecutive "
-          f"evaluations more than {settings.threshold:g} noise std {settings.direction} it "
-          f"(noise floor {settings.noise_floor:g} in log space).")
+  if settings.rule == "slowdown":
+    rule = (f"fires after {settings.patience} consecutive evaluations at which the log-log slope "
+            f"over the last x{settings.window:g} of steps is below {settings.slope_ratio:g} times "
+            "the slope over the span before")
+  elif settings.rule == "early_stopping":
+    rule = (f"fires after {settings.patience} consecutive evaluations more than "
+            f"{100 * settings.noise_floor:g}% above the running minimum")
+  else:
+    rule = (f"{settings.law} law fitted over the {settings.window:g}x window of steps before "
+            f"each evaluation, fires after {settings.patience} consecutive evaluations more than "
+            f"{settings.threshold:g} noise std {settings.direction} it (noise floor "
+            f"{settings.noise_floor:g} in log space)")
+  return f"Detector ('{settings.rule}' rule, docs/detection.md): `{metric}`, {rule}."
 
 
 def write_report(workdir: str, config: ml_collections.ConfigDict,

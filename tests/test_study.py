@@ -36,6 +36,11 @@ def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path
                                   "true_negatives")) == 8
   text = (report_dir / "report.md").read_text()
   assert "| k2 / offline | 2 |" in text
+  # Every arm against the first, paired over the two seeds.
+  assert summary["reference"] == "k1 / offline"
+  assert set(summary["paired"]) == {"k1 / online_teacher", "k2 / offline", "k2 / online_teacher"}
+  assert summary["paired"]["k2 / offline"]["golden_final"]["n"] == 2
+  assert "| k2 / offline | " in text.split("## Arms against each other")[1]
 
   # Running again reuses everything: no regime is trained a second time.
   done = {p: os.path.getmtime(p) for p in tmp_path.glob("runs/*/seed*/*/done.json")}
@@ -52,6 +57,14 @@ def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path
   assert {p: os.path.getmtime(p) for p in done} == done
   assert json.dumps(shared["arms"]["offline"]["seeds"]["1"]) == json.dumps(
       summary["arms"]["k2 / offline"]["seeds"]["1"])
+
+
+def test_an_unknown_reference_arm_is_refused_before_any_run(micro, tmp_path):
+  s = _study(micro, {"k1": {"offline": {"generations_per_prompt": 1}}})
+  s.reference = "ofline"  # one variant: the arms are named by their regime
+  with pytest.raises(config_lib.ConfigError, match="did you mean offline"):
+    study.run(s, str(tmp_path))
+  assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_override_names_the_field(micro):

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from th_distill import checkpoints, detection, plots
+from th_distill import checkpoints, detection, paired, plots
 from th_distill.metrics_io import GOLDEN, PROXY, SIGNATURE_VIEWS, TRAIN_PROXY, read_metrics
 from th_distill.monitor import detector_settings
 
@@ -94,6 +94,7 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], threshold_pct: float,
       "hacking": headline["outcome"] == "teacher_hacking",
       "views": views,
       "final_step": int(steps[-1]),
+      "train_loss_final": rows[-1].get("train/loss"),
       "entropy_final": {model: rows[-1].get(f"eval_oracle/entropy/{model}")
                         for model in ("student", "teacher", "oracle")},
       "detector_metric": metric,
@@ -299,12 +300,14 @@ def detector_quality(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def write_study_report(directory: str, title: str,
                        runs: Mapping[str, Sequence[tuple[int, str]]],
-                       config: ml_collections.ConfigDict) -> dict[str, Any]:
+                       config: ml_collections.ConfigDict, reference: str = "") -> dict[str, Any]:
   """The report of a study: `runs` maps an arm's label to its (seed, metrics.jsonl path) pairs.
 
-  Writes `summary.json` (per arm: every seed's run summary and the means), `curves.png`,
-  `proxy_golden.png`, `detector.png` and `report.md` into `directory`; `config` gives the
-  detector settings and the hacking threshold. Arms without any finished seed are left out.
+  Writes `summary.json` (per arm: every seed's run summary and the means; `paired`: every arm's
+  paired differences over seeds from the `reference` arm, by default the first;
+  `th_distill.paired`), `curves.png`, `proxy_golden.png`, `detector.png` and `report.md` into
+  `directory`; `config` gives the detector settings and the hacking threshold. Arms without any
+  finished seed are left out.
   """
   settings, metric = detector_settings(config.detection), config.detection.metric
   rows = {label: [(seed, read_metrics(path)) for seed, path in pairs]
@@ -324,8 +327,10 @@ def write_study_report(directory: str, title: str,
                    "hacking_runs": sum(s["hacking"] for s in seeds.values()),
                    "detected_runs": sum(s["detected"] for s in seeds.values())}
   quality = detector_quality([s for arm in arms.values() for s in arm["seeds"].values()])
-  summary = {"title": title, "arms": arms, "detector": {
-      "metric": metric, "settings": dataclasses.asdict(settings), **quality}}
+  reference = reference or next(iter(arms))
+  comparisons = paired.compare_arms(arms, reference) if reference in arms else {}
+  summary = {"title": title, "arms": arms, "reference": reference, "paired": comparisons,
+             "detector": {"metric": metric, "settings": dataclasses.asdict(settings), **quality}}
   os.makedirs(directory, exist_ok=True)
   checkpoints.write_json(os.path.join(directory, "summary.json"), summary)
   _figures(directory, {label: [r for _, r in pairs] for label, pairs in rows.items()}, settings,
@@ -352,6 +357,8 @@ def write_study_report(directory: str, title: str,
         f"{_mean_sd([s['proxy_final'] for s in seeds])} | "
         f"{_mean_sd([s['proxy_change_after_min_pct'] for s in seeds], '+.1f')} | {outcomes} | "
         f"{arm['detected_runs']}/{len(seeds)} ({fired}) |")
+  if comparisons:
+    lines += ["", "## Arms against each other", ""] + paired.table(comparisons, reference)
   lag = quality["lag_steps"]
   lines += ["", "## Detector against the oracle", "",
             f"{quality['runs']} runs: {quality['true_positives']} true positives, "

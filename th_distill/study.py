@@ -7,7 +7,9 @@ A study config (`configs/studies/*.py`) has:
 - `name`, `title`: the report's folder and title;
 - `base`: a complete experiment config (`th_distill.config.base_config()` and changes);
 - `variants`: name -> nested overrides of `base` (e.g. `{'offline': {'num_prompts': 64}}`);
-- `seeds`: the seeds every variant runs with.
+- `seeds`: the seeds every variant runs with;
+- `reference`: the arm the others are compared with, paired over seeds (`th_distill.paired`;
+  default: the first arm).
 
 Layout: `WORKDIR/runs/<fingerprint>/seed<s>/` is an ordinary experiment workdir (its own
 report, metrics and checkpoints), named by the hash of its config without `seed` and `regimes`;
@@ -34,11 +36,11 @@ from ml_collections import config_flags
 from th_distill import cli, config as config_lib, experiment, pipeline, report, workdir_lock
 
 def study_config(name: str, title: str, base: ml_collections.ConfigDict,
-                 variants: Mapping[str, Mapping[str, Any]],
-                 seeds: tuple[int, ...] = (0, 1, 2)) -> ml_collections.ConfigDict:
+                 variants: Mapping[str, Mapping[str, Any]], seeds: tuple[int, ...] = (0, 1, 2),
+                 reference: str = "") -> ml_collections.ConfigDict:
   """A study config (module docstring); what `get_config()` of a study file returns."""
   return ml_collections.ConfigDict(dict(name=name, title=title, base=base, variants=variants,
-                                        seeds=seeds))
+                                        seeds=seeds, reference=reference))
 
 
 def _apply(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], variant: str,
@@ -105,11 +107,6 @@ def run(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def _run(study: ml_collections.ConfigDict,
          runs: list[tuple[str, int, ml_collections.ConfigDict]], workdir: str) -> dict[str, Any]:
   """`run`, with the study workdir locked (its runs lock their own workdirs)."""
-  start = time.time()
-  for index, (variant, seed, config) in enumerate(runs):
-    logging.info("Study run %d/%d: variant %r, seed %d (%.0fs elapsed)", index + 1, len(runs),
-                 variant, seed, time.time() - start)
-    experiment.run(config, run_dir(workdir, config), stage1_dir(workdir, config))
   regimes = {r for _, _, config in runs for r in config.regimes}
   arms: dict[str, list[tuple[int, str]]] = {}
   for variant, seed, config in runs:
@@ -117,8 +114,17 @@ def _run(study: ml_collections.ConfigDict,
       label = arm_label(variant, regime, len(study.variants), regimes)
       arms.setdefault(label, []).append(
           (seed, os.path.join(run_dir(workdir, config), regime, "metrics.jsonl")))
+  reference = study.get("reference", "")
+  if reference and reference not in arms:
+    raise config_lib.ConfigError(f"reference: {reference!r} is not an arm of the study; its arms "
+                                 f"are {sorted(arms)}" + config_lib.suggest(reference, list(arms)))
+  start = time.time()
+  for index, (variant, seed, config) in enumerate(runs):
+    logging.info("Study run %d/%d: variant %r, seed %d (%.0fs elapsed)", index + 1, len(runs),
+                 variant, seed, time.time() - start)
+    experiment.run(config, run_dir(workdir, config), stage1_dir(workdir, config))
   directory = os.path.join(workdir, study.name)
-  summary = report.write_study_report(directory, study.title, arms, study.base)
+  summary = report.write_study_report(directory, study.title, arms, study.base, reference)
   logging.info("Study done in %.0fs; report in %s", time.time() - start,
                os.path.join(directory, "report.md"))
   return summary

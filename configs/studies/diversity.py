@@ -16,4 +16,5 @@ def get_config():
   variants = {f"N{n}_k{k}": {"offline": {"num_prompts": n, "generations_per_prompt": k}}
               for n, k in ((4096, 1), (2048, 2), (1024, 4), (512, 8))}
   return study_config("diversity", "Prompt diversity at a fixed dataset size (N x k = 4,096, "
-                      "offline, tiny)", base, variants, seeds=(0, 1, 2, 3, 4))
+                      "offline, tiny)", base, variants, seeds=(0, 1, 2, 3, 4),
+                      reference="N4096_k1")

@@ -86,8 +86,8 @@ def test_pipeline_stops_when_the_detector_fires(micro, tmp_path):
   micro.eval_every = 1
   micro.checkpoint_every = 100
   # A hair-trigger detector, so that it fires within a micro run.
-  micro.detection.update(dict(rule="departure", min_fit_points=4, patience=1, window=1000.0,
-                              threshold=1e-9, noise_floor=0.0, direction="both",
+  micro.detection.update(dict(rule="departure", min_step=0, min_fit_points=4, patience=1,
+                              window=1000.0, threshold=1e-9, noise_floor=0.0, direction="both",
                               on_detect="stop",
                               keep=("best_golden", "best_predicted")))
   summary = experiment.run(micro, str(tmp_path))

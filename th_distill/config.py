@@ -125,12 +125,12 @@ def base_config() -> ml_collections.ConfigDict:
   # The hacking detector (th_distill.detection), run on `metric` at every evaluation. Default
   # rule 'slowdown': it fires after `patience` consecutive evaluations at which the curve's
   # log-log slope over the last x`window` of steps is below `slope_ratio` times its slope over the
-  # span before (convergence slowing down from its power law); settings chosen on calibration
-  # seeds (docs/detection.md). `on_detect`: 'continue' or 'stop'; `keep`: checkpoints to keep
+  # span before (convergence slowing down from its power law); evaluations before `min_step` (the
+  # transient) are not scored; settings chosen on calibration seeds (docs/detection.md). `on_detect`: 'continue' or 'stop'; `keep`: checkpoints to keep
   # in the run directory, of 'best_golden', 'best_predicted'.
   c.detection = dict(metric=PROXY, rule="slowdown", window=2.5, slope_ratio=0.8, patience=2,
                      min_fit_points=4, law="power", threshold=2.5, noise_floor=0.01,
-                     direction="above", on_detect="continue", keep=())
+                     direction="above", min_step=100, on_detect="continue", keep=())
   return c
 
 

@@ -231,6 +231,8 @@ class DetectorSettings:
       running minimum that 'early_stopping' counts.
     direction: 'departure' only: 'above' (the metric is worse than the law: convergence stalls or
       reverses), 'below' or 'both'.
+    min_step: evaluations before this step are not scored (they still enter the fits): the first
+      steps of a run are a transient that no power law describes.
   """
   rule: str = "slowdown"
   law: str = "power"
@@ -241,6 +243,7 @@ class DetectorSettings:
   threshold: float = 2.5
   noise_floor: float = 0.01
   direction: str = "above"
+  min_step: int = 100
 
   def __post_init__(self):
     problems = []
@@ -262,6 +265,8 @@ class DetectorSettings:
       problems.append(f"threshold: must be > 0, got {self.threshold}")
     if not self.noise_floor >= 0:
       problems.append(f"noise_floor: must be >= 0, got {self.noise_floor}")
+    if self.min_step < 0:
+      problems.append(f"min_step: must be >= 0, got {self.min_step}")
     if problems:
       raise ValueError("Invalid detector settings: " + "; ".join(problems))
 
@@ -344,6 +349,8 @@ class Detector:
     self.steps.append(float(step))
     self.values.append(float(value))
     score, departing, fit = getattr(self, f"_score_{self.settings.rule}")()
+    if step < self.settings.min_step:
+      score, departing = float("nan"), False
     self._fits.append(fit)
     self._scores.append(score)
     self._departing.append(departing)
@@ -387,7 +394,7 @@ class Detector:
       if self.settings.rule == "departure":
         # Every evaluation of the run is scored against the law fitted before its first one.
         start = j - patience + 1
-        if start >= 1 and self._fits[start].ok:
+        if start >= 1 and self.steps[start] >= self.settings.min_step and self._fits[start].ok:
           window = slice(start, j + 1)
           z = departure_scores(self._fits[start], np.asarray(self.steps[window]),
                                np.asarray(self.values[window]), self.settings.noise_floor)

@@ -14,7 +14,8 @@ at the golden minimum, `overfitting` otherwise), and for each method of METHODS:
    NEVER_RISES above its running minimum after the golden minimum: plain early stopping cannot
    see those), the lag (firing evaluation minus golden-minimum evaluation) and the golden cost of
    the detector's `best_predicted` checkpoint (100 * (golden there - golden min) / golden min).
-Prints a markdown table; `--out` writes every number as JSON (docs/data/).
+Every method leaves the evaluations before `--min_step` unscored (the transient; default the
+detector's). Prints a markdown table; `--out` writes every number as JSON (docs/data/).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def _grid(base: Mapping[str, Any], **axes: Iterable[Any]) -> list[detection.Dete
   names = list(axes)
   return [detection.DetectorSettings(**base, **dict(zip(names, values)))
           for values in itertools.product(*(axes[n] for n in names))]
+
+
+def with_min_step(methods: Mapping[str, list[detection.DetectorSettings]], min_step: int
+                  ) -> dict[str, list[detection.DetectorSettings]]:
+  """`methods` with every grid point's `min_step` (the unscored transient) set to `min_step`."""
+  return {name: [dataclasses.replace(s, min_step=min_step) for s in grid]
+          for name, grid in methods.items()}
 
 
 # method -> the settings it may choose from on the calibration seeds.
@@ -165,8 +173,11 @@ def _rank(result: Mapping[str, Any]) -> tuple[float, float, float]:
 
 
 def calibrate_and_test(runs: Sequence[Run], calibration_seeds: Sequence[int],
-                       test_seeds: Sequence[int]) -> dict[str, Any]:
-  """Every method of METHODS: settings chosen on the calibration runs, scored on the test runs."""
+                       test_seeds: Sequence[int],
+                       methods: Mapping[str, list[detection.DetectorSettings]] = METHODS
+                       ) -> dict[str, Any]:
+  """Every method of `methods`: settings chosen on the calibration runs, scored on the test
+  runs."""
   if set(calibration_seeds) & set(test_seeds):
     raise errors.RunError("calibration and test seeds overlap: "
                           f"{sorted(set(calibration_seeds) & set(test_seeds))}")
@@ -176,13 +187,13 @@ def calibrate_and_test(runs: Sequence[Run], calibration_seeds: Sequence[int],
     raise errors.RunError(f"need finished runs on both seed sets; found {len(calibration)} on the "
                           f"calibration seeds {list(calibration_seeds)} and {len(test)} on the "
                           f"test seeds {list(test_seeds)}")
-  methods = {}
-  for name, grid in METHODS.items():
+  results = {}
+  for name, grid in methods.items():
     chosen = min((score(calibration, settings) for settings in grid), key=_rank)
-    methods[name] = {"calibration": chosen,
+    results[name] = {"calibration": chosen,
                      "test": score(test, detection.DetectorSettings(**chosen["settings"]))}
   return {"calibration_seeds": list(calibration_seeds), "test_seeds": list(test_seeds),
-          "calibration_runs": len(calibration), "test_runs": len(test), "methods": methods}
+          "calibration_runs": len(calibration), "test_runs": len(test), "methods": results}
 
 
 def _fraction(value: float | None) -> str:
@@ -232,16 +243,20 @@ def main() -> None:
                                     "Seeds the settings are chosen on.")
   test = flags.DEFINE_string("test_seeds", "5,6,7,8,9", "Seeds the chosen settings are scored on.")
   threshold = flags.DEFINE_float("threshold_pct", 5.0, "Golden rise that counts as positive.")
+  min_step = flags.DEFINE_integer("min_step", detection.DetectorSettings().min_step,
+                                  "Evaluations before this step are not scored (every method).")
   out = flags.DEFINE_string("out", None, "Write every number as JSON to this file.")
   flags.mark_flags_as_required(["workdir"])
 
   def evaluate() -> None:
     runs = finished_runs(workdirs.value, threshold.value)
-    result = calibrate_and_test(runs, _seeds(calibration.value), _seeds(test.value))
-    result["threshold_pct"] = threshold.value
+    result = calibrate_and_test(runs, _seeds(calibration.value), _seeds(test.value),
+                                with_min_step(METHODS, min_step.value))
+    result.update(threshold_pct=threshold.value, min_step=min_step.value)
     print(f"{result['calibration_runs']} calibration runs (seeds {calibration.value}), "
           f"{result['test_runs']} test runs (seeds {test.value}); positive = golden rises by "
-          f">= {threshold.value:g}% (held-out verdict).\n\n## Test seeds\n")
+          f">= {threshold.value:g}% (held-out verdict); evaluations before step "
+          f"{min_step.value} not scored.\n\n## Test seeds\n")
     print(table(result, "test"))
     print("\n## Calibration seeds (where the settings were chosen)\n")
     print(table(result, "calibration"))

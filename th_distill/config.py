@@ -128,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
   # span before (convergence slowing down from its power law); evaluations before `min_step` (the
   # transient) are not scored; settings chosen on calibration seeds (docs/detection.md). `on_detect`: 'continue' or 'stop'; `keep`: checkpoints to keep
   # in the run directory, of 'best_golden', 'best_predicted'.
-  c.detection = dict(metric=PROXY, rule="slowdown", window=2.5, slope_ratio=0.8, patience=2,
+  c.detection = dict(metric=PROXY, rule="slowdown", window=3.0, slope_ratio=0.7, patience=1,
                      min_fit_points=4, law="power", threshold=2.5, noise_floor=0.01,
                      direction="above", min_step=100, on_detect="continue", keep=())
   return c

@@ -237,9 +237,9 @@ class DetectorSettings:
   rule: str = "slowdown"
   law: str = "power"
   min_fit_points: int = 4
-  window: float = 2.5
-  patience: int = 2
-  slope_ratio: float = 0.8
+  window: float = 3.0
+  patience: int = 1
+  slope_ratio: float = 0.7
   threshold: float = 2.5
   noise_floor: float = 0.01
   direction: str = "above"

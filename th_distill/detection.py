@@ -13,18 +13,19 @@ log m, and the standard error of a prediction in log space (delta method), so ex
 with an uncertainty. Points that are not finite or not > 0, and steps < 1, are dropped; fewer than
 `min_points` left gives a `Fit` with `ok = False` and the reason, never an exception.
 
-The detector (`detect`) sees only a proxy curve (distance to the teacher on held-out prompts, or
-any metric that should keep converging). For each evaluation j at step t_j it fits the law to the
-evaluations before j with step >= t_j / `window` (the part of the curve just before j, in log
-time; the first steps of a run are a transient that no power law of t describes) and scores the
-next `patience` evaluations by their departure from the extrapolated law, in units of the law's
-own noise:
-
-  z(t) = (log m(t) - log law(t)) / sqrt(max(s, noise_floor)^2 + se_log_law(t)^2)
-
-It fires at the first evaluation that completes `patience` consecutive departures beyond
-`threshold` (above the law by default: convergence stalls or reverses). The evaluation before the
-departing run is the detector's best guess of the best checkpoint (`best_predicted_step`).
+The detector (`detect`, or the incremental `Detector`) sees only one curve, by default the proxy
+(distance to the teacher on held-out prompts), and scores each evaluation at step t from the
+evaluations up to it, by one of three rules (`DetectorSettings.rule`):
+- `slowdown` (default): the log-log slope b of the curve over [t / window, t] against its slope
+  over [t / window^2, t / window); the evaluation departs when b_recent < slope_ratio * b_earlier.
+  Healthy convergence keeps a constant (or steepening) log-log slope; a teacher-hacking run's
+  proxy keeps falling, ever more slowly.
+- `departure`: the z-score of the evaluation against the `law` fitted on [t / window, t),
+    z(t) = (log m(t) - log law(t)) / sqrt(max(s, noise_floor)^2 + se_log_law(t)^2),
+  departing beyond `threshold` in `direction` (above: convergence stalls or reverses).
+- `early_stopping`: the rise over the running minimum, departing above `noise_floor`.
+It fires at the first evaluation that completes `patience` consecutive departures (evaluations
+before `min_step` are not scored) and names its best checkpoint (`best_predicted_step`).
 `ground_truth` gives what the oracle says: the step of the golden minimum and the rise after it.
 """
 

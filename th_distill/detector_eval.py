@@ -32,6 +32,7 @@ from absl import flags
 from th_distill import checkpoints, cli, detection, errors, report
 from th_distill.metrics_io import GOLDEN, PROXY, read_metrics
 
+POSITIVE = ("teacher_hacking", "overfitting")  # the oracle's outcomes that count as positive
 NEVER_RISES = 0.01  # relative rise over the running minimum that counts as the proxy rising
 
 
@@ -75,10 +76,6 @@ class Run:
   outcome: str
   golden_min_index: int
   proxy_never_rises: bool
-
-  @property
-  def positive(self) -> bool:
-    return self.outcome in ("teacher_hacking", "overfitting")
 
 
 def _column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
@@ -147,7 +144,7 @@ def _recall(entries: Sequence[Mapping[str, Any]]) -> float | None:
 def quality(per_run: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """Confusion counts, precision, recalls, lags and golden costs over `score`'s per-run entries
   (positive: the oracle says golden rose by the threshold)."""
-  positive = [e for e in per_run if e["outcome"] in ("teacher_hacking", "overfitting")]
+  positive = [e for e in per_run if e["outcome"] in POSITIVE]
   hits = [e for e in positive if e["detected"]]
   fired = sum(e["detected"] for e in per_run)
   tp, fp = len(hits), fired - len(hits)

@@ -1,0 +1,133 @@
+"""Typed, frozen settings of the stages, read once from a validated config.
+
+The config file (an `ml_collections.ConfigDict`) is what a user writes and overrides on the
+command line; `config.validate` checks it. The stages do not read the dict: they take these
+settings, built at the boundary (`RunSettings.from_config`), so each compiled program's signature
+says what it depends on and nothing can change a setting after the run starts. All are hashable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ml_collections
+import optax
+
+from th_distill.eval_schedule import evaluation_steps
+from th_distill.train import make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+  """How every model samples a response: at most `max_length` tokens (task.response_length);
+  `temperature` 0 is greedy, `top_k` 0 and `top_p` 1 are off."""
+  max_length: int
+  temperature: float
+  top_k: int
+  top_p: float
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "SamplingSettings":
+    s = config.sampling
+    return cls(config.task.response_length, s.temperature, s.top_k, s.top_p)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+  """AdamW with warm-up and a schedule (`train.make_optimizer`), over `steps` steps of
+  `batch_size` examples."""
+  learning_rate: float
+  steps: int
+  batch_size: int
+  warmup_steps: int = 0
+  schedule: str = "constant"
+  weight_decay: float = 0.0
+  grad_clip: float = 0.0
+
+  @classmethod
+  def sft(cls, section: ml_collections.ConfigDict, steps: int) -> "OptimizerSettings":
+    """The SFT optimiser of `section` (`config.teacher`, or `config.student` for its initial
+    SFT of `student.sft_steps`): no weight decay or clipping."""
+    return cls(section.learning_rate, steps, section.batch_size, section.warmup_steps,
+               section.schedule)
+
+  @classmethod
+  def distill(cls, student: ml_collections.ConfigDict) -> "OptimizerSettings":
+    """The stage-2 student's optimiser (`config.student`)."""
+    return cls(student.learning_rate, student.steps, student.batch_size, student.warmup_steps,
+               student.schedule, student.weight_decay, student.grad_clip)
+
+  def build(self) -> optax.GradientTransformation:
+    return make_optimizer(self.learning_rate, self.warmup_steps, self.steps, self.schedule,
+                          self.weight_decay, self.grad_clip)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+  """The distillation loss D(teacher, student) per token (`th_distill.divergences`): `name` of
+  fkl / rkl / jsd, `beta` and `normalized` for jsd, logits divided by `temperature`."""
+  name: str
+  beta: float
+  normalized: bool
+  temperature: float
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "LossSettings":
+    loss = config.loss
+    return cls(loss.name, loss.beta, loss.normalized, loss.temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSettings:
+  """The distillation step: its loss and optimiser, gradient accumulation over `micro_batches`,
+  logits in `sequence_chunks` chunks of the response, what a non-finite step does
+  (`on_nonfinite` 'stop' or 'skip') and the frozen models' dtype in stage 2."""
+  loss: LossSettings
+  optimizer: OptimizerSettings
+  micro_batches: int
+  sequence_chunks: int
+  on_nonfinite: str
+  frozen_dtype: str
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "DistillSettings":
+    return cls(LossSettings.from_config(config), OptimizerSettings.distill(config.student),
+               config.student.micro_batches, config.sequence_chunks, config.on_nonfinite,
+               config.frozen_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """Evaluation on the fixed sets: at `steps` (sorted), `batch_size` rows at a time, with the
+  training-prompt set of `num_train_prompts` prompts."""
+  steps: tuple[int, ...]
+  batch_size: int
+  num_train_prompts: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "EvalSettings":
+    steps = evaluation_steps(config.student.steps, config.eval_every, config.eval_log_points)
+    return cls(tuple(sorted(steps)), config.eval.batch_size, config.eval.num_train_prompts)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+  """Everything the stages read, by stage: stage 1's two SFTs, stage 2's step, evaluation and
+  sampling (shared by both stages)."""
+  seed: int
+  sampling: SamplingSettings
+  teacher_sft: OptimizerSettings
+  student_sft: OptimizerSettings | None  # None: the student starts from its initial parameters
+  distill: DistillSettings
+  eval: EvalSettings
+  checkpoint_every: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "RunSettings":
+    student = config.student
+    return cls(
+        seed=config.seed, sampling=SamplingSettings.from_config(config),
+        teacher_sft=OptimizerSettings.sft(config.teacher, config.teacher.steps),
+        student_sft=(OptimizerSettings.sft(student, student.sft_steps)
+                     if student.init == "sft" else None),
+        distill=DistillSettings.from_config(config), eval=EvalSettings.from_config(config),
+        checkpoint_every=config.checkpoint_every)

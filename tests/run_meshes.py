@@ -13,7 +13,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 
 from conftest import micro_config  # noqa: E402
-from th_distill import checkpoints, experiment, partitioning, pipeline  # noqa: E402
+from th_distill import checkpoints, experiment, partitioning  # noqa: E402
+from th_distill.stages.programs import Models  # noqa: E402
 
 REGIMES = ("offline", "mixture")
 
@@ -35,7 +36,7 @@ if __name__ == "__main__":
     experiment.run(config, workdir)
     # How the student's parameters were laid out: {name: [global shape, shape of one shard]}.
     partitioner = partitioning.Partitioner.from_config(config.mesh)
-    student = pipeline.Models.from_config(config).student
+    student = Models.from_config(config).student
     shapes = partitioner.abstract_params(student)
     layout = {jax.tree_util.keystr(path): [list(s.shape), list(s.sharding.shard_shape(s.shape))]
               for path, s in jax.tree_util.tree_leaves_with_path(shapes)}

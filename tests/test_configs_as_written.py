@@ -21,7 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from th_distill import config as config_lib, pipeline
+from th_distill import config as config_lib
+from th_distill.data.pools import prompt_pools
+from th_distill.settings import DistillSettings, RunSettings
+from th_distill.stages import programs as program_lib
+from th_distill.stages.programs import Models, Programs
+from th_distill.stages.stage1 import train_sft
 from th_distill.models import param_count
 from th_distill.partitioning import Partitioner
 from th_distill.train import Batch, create_train_state, make_optimizer
@@ -74,24 +79,25 @@ def test_cpu_config_takes_one_sft_and_one_distillation_step(name):
   config = _shrink_counts(_load(name))
   config_lib.validate(config)
   partitioner = Partitioner.from_config(config.mesh)
-  pools = pipeline.prompt_pools(config)
+  pools = prompt_pools(config)
   assert {k: v.shape for k, v in pools.items()} == {
       "oracle": (8, config.task.prompt_length), "distill": (8, config.task.prompt_length),
       "eval": (4, config.task.prompt_length)}
-  models = pipeline.Models.from_config(config)
+  models = Models.from_config(config)
   params = {m: partitioner.init_params(getattr(models, m), jax.random.PRNGKey(i))
             for i, m in enumerate(("oracle", "teacher", "student"))}
   data = _batch(config, pools["oracle"][:BATCH])
-  teacher, sft = pipeline.train_sft(models.teacher, params["teacher"], data, config.teacher,
-                                    config.seed, jax.random.PRNGKey(3), "teacher", partitioner)
+  settings = RunSettings.from_config(config)
+  programs = Programs(models, settings, partitioner)
+  teacher, sft = train_sft(programs, "teacher", params["teacher"], data, settings.teacher_sft,
+                           config.seed, jax.random.PRNGKey(3))
   assert np.isfinite(sft["sft/loss"])
-  state, _ = pipeline.new_train_state(partitioner, models.student, params["student"],
-                                      pipeline.student_optimizer(config))
+  state = program_lib.new_train_state(partitioner, models.student, params["student"],
+                                      settings.distill.optimizer.build())
   frozen = [partitioner.cast(getattr(models, m), p, config.frozen_dtype)
             for m, p in (("teacher", teacher), ("oracle", params["oracle"]))]
   batch = partitioner.shard_batch(Batch(**_batch(config, pools["distill"][:BATCH])))
-  state, metrics = pipeline.distill_program(models, config, partitioner)(
-      state, *frozen, batch, jax.random.PRNGKey(4))
+  state, metrics = programs.distill_step()(state, *frozen, batch, jax.random.PRNGKey(4))
   assert int(state.step) == 1 and np.isfinite(float(metrics["train/loss"]))
 
 
@@ -109,11 +115,11 @@ def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path)
   checked.oracle.source = "synthetic"
   config_lib.validate(checked)
   with real_task_data.mocked_tfds():
-    pools = pipeline.prompt_pools(config)
+    pools = prompt_pools(config)
   assert pools["oracle"].shape == (8, config.task.prompt_length)
 
   partitioner = Partitioner.from_config(config.mesh)
-  models = pipeline.Models.from_config(config)
+  models = Models.from_config(config)
   params = {m: partitioner.abstract_params(getattr(models, m))
             for m in ("oracle", "teacher", "student")}
   millions = {m: param_count(p) / 1e6 for m, p in params.items()}
@@ -128,15 +134,16 @@ def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path)
   optimizer = make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.schedule)
   teacher_state = jax.eval_shape(lambda p: create_train_state(p, optimizer), params["teacher"])
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  _, sft = pipeline.sft_program(models.teacher, optimizer, partitioner).lower(
+  _, sft = program_lib.sft_program(models.teacher, optimizer, partitioner).lower(
       teacher_state, sft_batch, key).out_info
   assert sft["sft/loss"].shape == ()
 
   frozen = [jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, config.frozen_dtype),
                                    params[m]) for m in ("teacher", "oracle")]
+  distill = DistillSettings.from_config(config)
   student_state = jax.eval_shape(
-      lambda p: create_train_state(p, pipeline.student_optimizer(config)), params["student"])
-  state, metrics = pipeline.distill_program(models, config, partitioner).lower(
+      lambda p: create_train_state(p, distill.optimizer.build()), params["student"])
+  state, metrics = program_lib.distill_program(models, distill, partitioner).lower(
       student_state, *frozen, sft_batch, key).out_info
   assert metrics["train/loss"].shape == () and metrics["train/loss"].dtype == jnp.float32
   assert jax.tree_util.tree_map(lambda x: x.shape, state.params) == jax.tree_util.tree_map(

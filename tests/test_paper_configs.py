@@ -13,7 +13,8 @@ pytest.importorskip("seqio")
 pytest.importorskip("tensorflow_datasets")
 
 import real_task_data  # noqa: E402
-from th_distill import checkpoints, config as config_lib, experiment, pipeline  # noqa: E402
+from th_distill import checkpoints, config as config_lib, experiment  # noqa: E402
+from th_distill.stages.programs import Models  # noqa: E402
 from th_distill.metrics_io import read_metrics  # noqa: E402
 from th_distill.partitioning import Partitioner  # noqa: E402
 
@@ -74,7 +75,7 @@ def test_every_config_runs_two_steps(tmp_path):
     info = checkpoints.read_json(str(workdir / "stage1" / "info.json"))
     assert ("checkpoint" in info["oracle"]) == (config.oracle.source == "checkpoint"), name
     if config.oracle.source == "checkpoint":  # the oracle is the checkpoint, untouched
-      model = pipeline.Models.from_config(config).oracle
+      model = Models.from_config(config).oracle
       oracle = checkpoints.load_params(str(workdir / "stage1" / "oracle"),
                                        Partitioner.from_config(config.mesh).abstract_params(model))
       jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(oracle),

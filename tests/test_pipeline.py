@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from th_distill import checkpoints, experiment, pipeline
+from th_distill import checkpoints, experiment
+from th_distill.data import pools as pool_lib
+from th_distill.data import regimes as regime_lib
 from th_distill.metrics_io import read_metrics
 from th_distill.report import GOLDEN, PROXY, TRAIN_PROXY
 
@@ -36,7 +38,7 @@ def test_every_regime_end_to_end(micro, tmp_path, init):
           for suffix in ("", "_seq"):
             value = rows[-1][f"{split}/{ref}/{div}{suffix}"]
             assert np.isfinite(value) and value >= -1e-6
-    for name in ("train/loss", "train/proxy/fkl", "train/golden/rkl", "time/generate_s",
+    for name in ("train/loss", "train/proxy/fkl", "train/golden/rkl", "time/steps_s",
                  "throughput/train_tokens_per_s"):
       assert name in rows[-1]
     assert "train/loss" not in rows[0]  # no training before step 0
@@ -70,7 +72,7 @@ def test_offline_dataset_holds_n_prompts_times_k_generations(micro, tmp_path):
   experiment.run(micro, str(tmp_path))
   data = checkpoints.load_arrays(str(tmp_path / "offline_dataset.npz"))
   n, k = micro.offline.num_prompts, micro.offline.generations_per_prompt
-  pools = pipeline.prompt_pools(micro)
+  pools = pool_lib.prompt_pools(micro)
   assert data["prompts"].shape == (n * k, micro.task.prompt_length)
   assert data["responses"].shape == data["mask"].shape == (n * k, micro.task.response_length)
   np.testing.assert_array_equal(data["prompts"], np.repeat(pools["distill"][:n], k, axis=0))
@@ -153,8 +155,8 @@ def test_memory_settings_run_end_to_end_and_barely_change_the_metrics(micro, tmp
 @pytest.mark.parametrize("source", ["offline", "pool"])
 def test_online_prompts_come_from_the_configured_source(micro, source):
   micro.online.prompts = source
-  pools = pipeline.prompt_pools(micro)
-  prompts = pipeline.online_prompts(micro, pools)
+  pools = pool_lib.prompt_pools(micro)
+  prompts = pool_lib.online_prompts(micro, pools)
   expected = (pools["distill"][:micro.offline.num_prompts] if source == "offline"
               else pools["distill"])
   np.testing.assert_array_equal(prompts, expected)
@@ -163,13 +165,13 @@ def test_online_prompts_come_from_the_configured_source(micro, source):
 def test_online_regime_trains_on_the_offline_prompts_by_default(micro, monkeypatch, tmp_path):
   micro.regimes = ("online_teacher",)
   seen = []
-  original = pipeline.regime_lib.online_batches
+  original = regime_lib.online_batches
 
   def recording(regime, prompt_pool, *args, **kwargs):
     seen.append(np.asarray(prompt_pool))
     return original(regime, prompt_pool, *args, **kwargs)
 
-  monkeypatch.setattr(pipeline.regime_lib, "online_batches", recording)
+  monkeypatch.setattr(regime_lib, "online_batches", recording)
   experiment.run(micro, str(tmp_path))
-  pools = pipeline.prompt_pools(micro)
+  pools = pool_lib.prompt_pools(micro)
   np.testing.assert_array_equal(seen[0], pools["distill"][:micro.offline.num_prompts])

@@ -37,7 +37,7 @@ def paper_config(name: str):
 def _compile_on_16_devices(out_path: str) -> None:
   """Run as a script under 16 forced devices: writes {config: {programs, layouts, fsdp}}."""
   import jax  # noqa: F401  (the backend starts with the forced devices)
-  from th_distill import pipeline
+  from th_distill.stages.programs import Models
   from th_distill.partitioning import Partitioner, make_mesh
 
   results = {}
@@ -45,7 +45,7 @@ def _compile_on_16_devices(out_path: str) -> None:
     config = paper_config(name)
     plans = plan.plan(config, MESH)
     partitioner = Partitioner(make_mesh(*MESH))
-    models = pipeline.Models.from_config(config)
+    models = Models.from_config(config)
     # {model: {parameter: [global shape, shard shape]}} as the run places them.
     layouts = {model: {jax.tree_util.keystr(path): [list(s.shape),
                                                     list(s.sharding.shard_shape(s.shape))]

@@ -11,7 +11,10 @@ import pytest
 pytest.importorskip("safetensors")
 
 import real_task_data  # noqa: E402
-from th_distill import config as config_lib, experiment, pipeline  # noqa: E402
+from th_distill import config as config_lib, experiment  # noqa: E402
+from th_distill.settings import RunSettings  # noqa: E402
+from th_distill.stages import stage1  # noqa: E402
+from th_distill.stages.programs import Models, Programs  # noqa: E402
 from th_distill.data.vocabularies import SyntheticVocabulary  # noqa: E402
 from th_distill.partitioning import Partitioner  # noqa: E402
 
@@ -21,6 +24,11 @@ def _write(micro, tmp_path, name, seed=0, **overrides):
   params = real_task_data.write_hf_checkpoint(tmp_path / name, cfg, seed)
   micro[name].checkpoint = str(tmp_path / name)
   return params
+
+
+def _programs(micro):
+  return Programs(Models.from_config(micro), RunSettings.from_config(micro),
+                  Partitioner.from_config(micro.mesh))
 
 
 def _assert_config_error(micro, tmp_path, *messages):
@@ -36,11 +44,9 @@ def test_teacher_and_student_start_from_their_checkpoints(micro, tmp_path):
   expected = {name: _write(micro, tmp_path, name, seed) for seed, name in
               enumerate(("teacher", "student"))}
   config_lib.validate(micro)
-  models = pipeline.Models.from_config(micro)
-  partitioner = Partitioner.from_config(micro.mesh)
+  programs = _programs(micro)
   for name in ("teacher", "student"):
-    params = pipeline._initial_params(micro, name, getattr(models, name), partitioner,
-                                      jax.random.PRNGKey(0))
+    params = stage1.initial_params(micro, name, programs, jax.random.PRNGKey(0))
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(params),
                            expected[name])
 
@@ -50,9 +56,7 @@ def test_t5x_checkpoint_loads_exactly_and_a_misfit_names_the_parameter(micro, tm
   expected = real_task_data.write_t5x_checkpoint(tmp_path / "t5x", cfg, seed=3)
   micro.teacher.checkpoint = str(tmp_path / "t5x")
   config_lib.validate(micro)
-  models = pipeline.Models.from_config(micro)
-  params = pipeline._initial_params(micro, "teacher", models.teacher,
-                                    Partitioner.from_config(micro.mesh), jax.random.PRNGKey(0))
+  params = stage1.initial_params(micro, "teacher", _programs(micro), jax.random.PRNGKey(0))
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(params), expected)
   micro.teacher.model.d_ff = 48
   micro.teacher.model.num_decoder_layers = 2
@@ -86,11 +90,10 @@ def test_mis_shaped_tensor_names_the_parameter(micro, tmp_path):
   state[key] = state[key][:, :-1]
   save_file(state, weights)
   config_lib.validate(micro)  # config.json still fits: the shapes are checked at load time
-  models = pipeline.Models.from_config(micro)
+  programs = _programs(micro)
   with pytest.raises(ValueError, match=rf"student\.checkpoint = .* does not fit student\.model: "
                                        rf"{key}: shape \(16, 31\), expected \(16, 32\)"):
-    pipeline._initial_params(micro, "student", models.student,
-                             Partitioner.from_config(micro.mesh), jax.random.PRNGKey(0))
+    stage1.initial_params(micro, "student", programs, jax.random.PRNGKey(0))
 
 
 def test_synthetic_vocabulary_must_equal_every_embedding(micro):

@@ -142,11 +142,12 @@ def test_the_tpu_backend_message_is_filtered():
 
 
 def test_the_plan_warns_when_a_program_exceeds_a_device(micro, tmp_path, monkeypatch, caplog):
-  from th_distill import experiment, partitioning, pipeline
+  from th_distill import experiment, partitioning
+  from th_distill.stages.programs import Models
   caplog.set_level(logging.INFO)
   monkeypatch.setattr(experiment, "_device_gib", lambda device: 1e-6)
   experiment.plan(micro, str(tmp_path), str(tmp_path / "stage1"),
                   partitioning.Partitioner.from_config(micro.mesh),
-                  pipeline.Models.from_config(micro))
+                  Models.from_config(micro))
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and "more than the 0.0 GiB a device has" in warnings[0]

@@ -242,16 +242,16 @@ def test_a_non_finite_step_stops_the_run_naming_the_step_and_the_last_checkpoint
   checkpointer = checkpoints.RunCheckpointer(str(tmp_path))
   checkpointer.save(100, {"w": jnp.zeros(2)})
   watch = guards.StepWatch("offline", "stop")
-  assert watch.counts(101, _metrics(1.0, 2.0), checkpointer)
+  watch.check(101, _metrics(1.0, 2.0), checkpointer)
   with pytest.raises(guards.NonFiniteStep, match=r"training step 102 gave loss nan and gradient "
                                                  r"norm inf.*checkpoint, step 100"):
-    watch.counts(102, _metrics(math.nan, math.inf), checkpointer)
+    watch.check(102, _metrics(math.nan, math.inf), checkpointer)
   skipping = guards.StepWatch("offline", "skip")
   for step in range(102, 102 + skipping.IN_A_ROW - 1):
-    assert not skipping.counts(step, _metrics(math.nan, 1.0), checkpointer)
+    skipping.check(step, _metrics(math.nan, 1.0), checkpointer)
   with pytest.raises(guards.NonFiniteStep, match=r"every training step from 102 to 201 was "
                                                  r"non-finite and skipped"):
-    skipping.counts(102 + skipping.IN_A_ROW - 1, _metrics(math.nan, 1.0), checkpointer)
+    skipping.check(102 + skipping.IN_A_ROW - 1, _metrics(math.nan, 1.0), checkpointer)
 
 
 def test_a_collapsed_gradient_is_warned_about_once(tmp_path, caplog):
@@ -259,7 +259,7 @@ def test_a_collapsed_gradient_is_warned_about_once(tmp_path, caplog):
   watch = guards.StepWatch("offline", "stop")
   with caplog.at_level(logging.WARNING):
     for step in range(2 * watch.IN_A_ROW):
-      watch.counts(step, _metrics(1.0, 0.0 if step >= 10 else 1.0), checkpointer)
+      watch.check(step, _metrics(1.0, 0.0 if step >= 10 else 1.0), checkpointer)
   assert caplog.text.count("the gradient norm has been 0 since step 10") == 1
 
 

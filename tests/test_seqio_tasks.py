@@ -11,7 +11,7 @@ pytest.importorskip("seqio")
 pytest.importorskip("tensorflow_datasets")
 
 import real_task_data  # noqa: E402
-from th_distill import pipeline  # noqa: E402
+from th_distill.data.pools import prompt_pools  # noqa: E402
 from th_distill.data import seqio_tasks, tasks  # noqa: E402
 from th_distill.data.vocabularies import SentencePieceVocabulary  # noqa: E402
 
@@ -45,7 +45,7 @@ def test_prompt_pools_format_trim_and_split(micro, vocabulary, tmp_path, name):
               if name == "natural_instructions" else "")
   config = _task_config(micro, name, vocabulary, data_dir)
   with real_task_data.mocked_tfds():
-    pools = pipeline.prompt_pools(config)
+    pools = prompt_pools(config)
     first = next(seqio_tasks.examples(name, "train", {"inputs": 64, "targets": 64}, data_dir))
   vocab = SentencePieceVocabulary(vocabulary)
 
@@ -88,14 +88,14 @@ def test_too_few_prompts_names_the_pool_field(micro, vocabulary, tmp_path):
                         real_task_data.write_natural_instructions(tmp_path / "ni"))
   config.prompts.num_eval = 50
   with pytest.raises(ValueError, match=r"prompts\.num_eval: natural_instructions has only"):
-    pipeline.prompt_pools(config)
+    prompt_pools(config)
 
 
 def test_missing_tfds_data_fails_at_once_saying_where_to_put_it(micro, vocabulary, tmp_path):
   config = _task_config(micro, "wmt14_en_de", vocabulary, str(tmp_path))
   start = time.time()
   with pytest.raises(seqio_tasks.TaskDataError) as error:
-    pipeline.prompt_pools(config)
+    prompt_pools(config)
   assert time.time() - start < 20, "no download retries"
   message = str(error.value)
   assert str(tmp_path) in message and "task.data_dir" in message

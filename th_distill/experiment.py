@@ -23,9 +23,13 @@ import jax
 import ml_collections
 from absl import logging
 
-from th_distill import (checkpoints, config as config_lib, memory, partitioning, pipeline,
-                        progress, report, resume, workdir_lock, workload)
+from th_distill import (checkpoints, config as config_lib, memory, partitioning, progress,
+                        report, resume, workdir_lock, workload)
+from th_distill.data.pools import prompt_pools
 from th_distill.models import param_count
+from th_distill.settings import RunSettings
+from th_distill.stages import distill, stage1 as stage1_lib, workdir as workdir_lib
+from th_distill.stages.programs import Models, Programs
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
@@ -37,7 +41,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
   Multi-host: every process runs this (after `partitioning.initialize_distributed()`); process 0
   holds the workdir's lock and writes the config, metrics and report. Raises
-  `pipeline.Preempted` after SIGTERM, and a `th_distill.errors.RunError` for a bad config, a
+  `stages.workdir.Preempted` after SIGTERM, and a `th_distill.errors.RunError` for a bad config, a
   workdir in use or holding another config's results, or a non-finite training step.
   """
   config_lib.validate(config)
@@ -54,12 +58,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str) -> di
   start = time.time()
 
   partitioner = partitioning.Partitioner.from_config(config.mesh)
-  models = pipeline.Models.from_config(config)
+  models = Models.from_config(config)
+  programs = Programs(models, RunSettings.from_config(config), partitioner)
   with plan(config, workdir, stage1_dir, partitioner, models).active():
-    pools = pipeline.prompt_pools(config)
-    stage1 = pipeline.run_stage1(config, stage1_dir, models, pools, partitioner)
+    pools = prompt_pools(config)
+    stage1 = stage1_lib.run(config, stage1_dir, programs, pools)
     for regime in config.regimes:
-      pipeline.run_regime(config, workdir, regime, models, stage1, pools, partitioner)
+      distill.run_regime(config, workdir, regime, programs, stage1, pools)
   if not main:
     return {}
 
@@ -82,7 +87,7 @@ def done_phases(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str
   if os.path.exists(os.path.join(workdir, "offline_dataset.npz")):
     done.add(workload.OFFLINE_DATASET)
   done.update(workload.regime_key(r) for r in config.regimes
-              if os.path.exists(os.path.join(pipeline.regime_dir(workdir, r), "done.json")))
+              if os.path.exists(os.path.join(workdir_lib.regime_dir(workdir, r), "done.json")))
   return done
 
 
@@ -97,7 +102,7 @@ def _device_gib(device: jax.Device) -> float | None:
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str,
-         partitioner: partitioning.Partitioner, models: pipeline.Models) -> progress.RunClock:
+         partitioner: partitioning.Partitioner, models: Models) -> progress.RunClock:
   """Logs what the run will do, before any of it: devices and mesh, each model's parameter
   count, the memory per device of each compiled program (`th_distill.memory`), each phase's work
   and a lower bound of the time (its FLOPs at the device's matmul rate); warns when a CPU run

@@ -1,7 +1,7 @@
 """Guards of the distillation loop: non-finite steps, a stalled gradient, lost metric rows.
 
-- `StepWatch` checks every step's loss and gradient norm on the host (they are synchronised for
-  the step's timing anyway): a non-finite value stops the run with `NonFiniteStep`, naming the
+- `StepWatch` checks every step's loss and gradient norm on the host (the training loop hands it
+  each step's metrics one step late, so the devices never wait for it): a non-finite value stops the run with `NonFiniteStep`, naming the
   step, the values and the last good checkpoint (the poisoned state is never saved), as t5x's
   TerminateOnNan does, or, with `on_nonfinite = 'skip'`, the step is skipped: `skip_nonfinite`
   keeps the parameters and optimiser state inside the jitted step.
@@ -42,9 +42,10 @@ class StepWatch:
     self.skipped_since: int | None = None
     self.warned = False
 
-  def counts(self, step: int, metrics: dict[str, Any],
-             checkpointer: checkpoints.RunCheckpointer) -> bool:
-    """Whether the step's metrics count in the logged averages (False: a skipped step)."""
+  def check(self, step: int, metrics: dict[str, Any],
+            checkpointer: checkpoints.RunCheckpointer) -> None:
+    """Checks one step's metrics (a skipped step is also left out of the logged averages, by the
+    training loop)."""
     loss, grad_norm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
     if not (np.isfinite(loss) and np.isfinite(grad_norm)):
       if self.skipped_since is None:
@@ -63,7 +64,7 @@ class StepWatch:
             "student.grad_clip (in a new --workdir)")
       logging.warning("%s: step %d skipped (loss %s, gradient norm %s; on_nonfinite = 'skip').",
                       self.regime, step, loss, grad_norm)
-      return False
+      return
     self.skipped_since = None
     if grad_norm != 0.0:
       self.zero_since = None
@@ -75,7 +76,6 @@ class StepWatch:
       logging.warning("%s: the gradient norm has been 0 since step %d: training has stalled "
                       "(a learning rate much too large can collapse the student).", self.regime,
                       self.zero_since)
-    return True
 
 
 def _last_good(checkpointer: checkpoints.RunCheckpointer) -> str:

@@ -24,7 +24,7 @@ import contextlib
 import functools
 import math
 import os
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -215,8 +215,7 @@ class Partitioner:
   def init_params(self, model: T5, rng: jax.Array) -> Any:
     """`model`'s fresh parameters, created directly in their shards (never whole on one host)."""
     init = self.jit(lambda key: nn.unbox(init_params(model, key)),
-                    in_shardings=(self.replicated,), out_shardings=self.param_shardings(model),
-                    key=("init_params", model))
+                    in_shardings=(self.replicated,), out_shardings=self.param_shardings(model))
     return init(rng)
 
   def abstract_params(self, model: T5, dtype: Any = None) -> Any:
@@ -255,21 +254,13 @@ class Partitioner:
     """`model`'s `params` converted to `dtype` in their shards (e.g. frozen models in bfloat16)."""
     shardings = self.param_shardings(model)
     return self.jit(lambda p: jax.tree_util.tree_map(lambda x: x.astype(dtype), p),
-                    in_shardings=(shardings,), out_shardings=shardings,
-                    key=("cast", model, dtype))(params)
+                    in_shardings=(shardings,), out_shardings=shardings)(params)
 
   def jit(self, fn: Callable, *, in_shardings: Any, out_shardings: Any,
-          donate_argnums: int | Sequence[int] = (), key: Hashable | None = None) -> Callable:
+          donate_argnums: int | Sequence[int] = ()) -> Callable:
     """`jax.jit(fn)` with explicit shardings, traced and run inside `activate()`; the result's
-    `.lower(*args)` lowers it for abstract arguments.
-
-    `key`: a hashable description of everything `fn` and the shardings depend on (models,
-    settings); compiled functions are then shared by every `jit` call with the same mesh, rules
-    and key, so a pipeline that rebuilds its steps compiles each only once per process.
-    """
-    cache_key = None if key is None else (self.mesh, self.rules, key)
-    if cache_key in _COMPILED:
-      return _COMPILED[cache_key]
+    `.lower(*args)` lowers it for abstract arguments. Each call builds a new program: keep the
+    result (as `stages.programs.Programs` does) to compile once."""
     compiled = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
                        donate_argnums=donate_argnums)
 
@@ -285,12 +276,7 @@ class Partitioner:
         return compiled.lower(*args)
 
     call.lower = lower
-    if cache_key is not None:
-      _COMPILED[cache_key] = call
     return call
-
-
-_COMPILED: dict[Hashable, Callable] = {}
 
 
 def pad_rows(arrays: dict[str, np.ndarray], multiple: int) -> tuple[dict[str, np.ndarray], int]:

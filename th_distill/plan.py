@@ -5,7 +5,7 @@ r"""A run's compiled programs for a mesh, ahead of time: XLA's memory, FLOPs and
 
 Every program a run compiles (`PROGRAMS`: the oracle's sampler, the teacher's SFT step, the
 student's distillation step, the online teacher sampler, the evaluator) is built by the
-pipeline's own builders (`pipeline.sampler_program`, ...), lowered for `jax.ShapeDtypeStruct`
+run's own builders (`stages.programs.sampler_program`, ...), lowered for `jax.ShapeDtypeStruct`
 arguments that carry the run's shardings and compiled: no parameter, batch or dataset is ever
 allocated, and no data, vocabulary or checkpoint file is read (shapes only). Per program and per
 device it reports XLA's memory analysis (arguments, outputs, temporaries, and their peak total:
@@ -52,11 +52,14 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from th_distill import cli, config as config_lib, flops, memory, pipeline
+from th_distill import cli, config as config_lib, flops, memory
 from th_distill.data.regimes import SAMPLE_CHUNK
 from th_distill.models import T5
 from th_distill.partitioning import (DEFAULT_RULES, MESH_AXES, Partitioner, boxed_param_shapes,
                                      make_mesh, resolve_mesh_shape)
+from th_distill.settings import DistillSettings, OptimizerSettings, SamplingSettings
+from th_distill.stages import programs as program_lib
+from th_distill.stages.programs import Models
 from th_distill.train import Batch, create_train_state
 
 PROGRAMS = ("oracle_sampling", "teacher_sft_step", "distill_step", "online_sampler", "evaluator")
@@ -131,7 +134,7 @@ def dropped_axes(model: T5, mesh_shape: dict[str, int],
 
 
 def _rows(rows: int, partitioner: Partitioner) -> int:
-  """`rows` padded to a multiple of the data-parallel size, as the pipeline pads its chunks."""
+  """`rows` padded to a multiple of the data-parallel size, as the run pads its chunks."""
   return -(-rows // partitioner.data_parallel_size) * partitioner.data_parallel_size
 
 
@@ -140,7 +143,7 @@ def abstract_programs(config: ml_collections.ConfigDict, partitioner: Partitione
   """{name: (program, abstract arguments, rows, th_distill.flops of the whole program)} for each
   of `PROGRAMS`, the arguments being `jax.ShapeDtypeStruct`s with the run's shardings and
   dtypes (stage 2 holds the teacher and oracle in `frozen_dtype`)."""
-  models = pipeline.Models.from_config(config)
+  models = Models.from_config(config)
   li, lt = config.task.prompt_length, config.task.response_length
   split = partitioner.batch_sharding(2)
 
@@ -158,7 +161,7 @@ def abstract_programs(config: ml_collections.ConfigDict, partitioner: Partitione
         shapes, partitioner.state_shardings(model, optimizer))
 
   def sampler(model, dtype: str, n: int) -> tuple:
-    return (pipeline.sampler_program(model, config, partitioner),
+    return (program_lib.sampler_program(model, SamplingSettings.from_config(config), partitioner),
             (partitioner.abstract_params(model, dtype), rows(n, li, jnp.int32),
              rows(n, 2, jnp.uint32)), n)
 
@@ -166,7 +169,8 @@ def abstract_programs(config: ml_collections.ConfigDict, partitioner: Partitione
   frozen = config.frozen_dtype
   teacher, oracle = (partitioner.abstract_params(m, frozen) for m in (models.teacher,
                                                                       models.oracle))
-  teacher_optimizer = pipeline.sft_optimizer(config.teacher)
+  teacher_optimizer = OptimizerSettings.sft(config.teacher, config.teacher.steps).build()
+  distill = DistillSettings.from_config(config)
   n_sample = _rows(min(SAMPLE_CHUNK, config.prompts.num_oracle), partitioner)
   n_eval = _rows(min(config.eval.batch_size, config.prompts.num_eval), partitioner)
   n_teacher, n_student = config.teacher.batch_size, config.student.batch_size
@@ -175,17 +179,18 @@ def abstract_programs(config: ml_collections.ConfigDict, partitioner: Partitione
   return {
       "oracle_sampling": (*sampler(models.oracle, "float32", n_sample),
                           n_sample * flops.generation_flops(cfg["oracle"], li, lt)),
-      "teacher_sft_step": (pipeline.sft_program(models.teacher, teacher_optimizer, partitioner),
+      "teacher_sft_step": (program_lib.sft_program(models.teacher, teacher_optimizer, partitioner),
                            (state(models.teacher, teacher_optimizer), batch(n_teacher), key),
                            n_teacher, n_teacher * flops.train_flops(cfg["teacher"], li, lt)),
-      "distill_step": (pipeline.distill_program(models, config, partitioner),
-                       (state(models.student, pipeline.student_optimizer(config)), teacher,
+      "distill_step": (program_lib.distill_program(models, distill, partitioner),
+                       (state(models.student, distill.optimizer.build()), teacher,
                         oracle, batch(n_student), key), n_student,
                        n_student * flops.distill_flops(cfg["student"], cfg["teacher"], li, lt,
                                                        oracle=cfg["oracle"])),
       "online_sampler": (*sampler(models.teacher, frozen, n_student),
                          n_student * flops.generation_flops(cfg["teacher"], li, lt)),
-      "evaluator": (pipeline.eval_program(models, config, partitioner, models.student),
+      "evaluator": (program_lib.eval_program(models, models.student, config.sequence_chunks,
+                                             partitioner),
                     (partitioner.abstract_params(models.student), teacher, oracle, batch(n_eval)),
                     n_eval, n_eval * sum(forward.values())),
   }
@@ -358,7 +363,7 @@ def _run() -> None:
   jax.config.update("jax_num_cpu_devices", math.prod(mesh))
   config.mesh.update(dict(zip(MESH_AXES, mesh)))
   config_lib.validate(config)
-  models = pipeline.Models.from_config(config)
+  models = Models.from_config(config)
   for name in ("oracle", "teacher", "student"):
     problems = dropped_axes(getattr(models, name), dict(zip(MESH_AXES, mesh)))
     print(f"{name} parameters: " + ("every one split as the rules say" if not problems else

@@ -1,8 +1,11 @@
 """Resuming a workdir under the configuration it was started with, and nothing else.
 
 A workdir's stages (stage 1, the offline dataset, each regime's checkpoints and metrics) depend
-on every config field but `regimes` (the list of arms to run) and `on_nonfinite` (what to do
-with a non-finite step: a run stopped by one may go on skipping them). `check_workdir` compares the
+on every config field but FREE_FIELDS: `regimes` (the list of arms to run), `on_nonfinite` (what
+to do with a non-finite step: a run stopped by one may go on skipping them), `mesh` (results do
+not depend on it beyond float tolerance, and checkpoints restore onto another mesh) and
+`hacking_threshold_pct` (read by the report only). Each stage depends on fewer
+(`th_distill.stages.workdir`). `check_workdir` compares the
 config a run is given with the one recorded in `WORKDIR/config.json` before that file is
 rewritten; `check_marker` compares it with the fields recorded in a stage's marker. Both refuse a
 change with `ConfigChanged`, which lists each changed field with its old and new value and the two
@@ -22,7 +25,7 @@ from th_distill.data.regimes import REGIMES
 from th_distill.errors import RunError
 
 # Fields a workdir's results do not depend on.
-FREE_FIELDS = ("regimes", "on_nonfinite")
+FREE_FIELDS = ("regimes", "on_nonfinite", "mesh", "hacking_threshold_pct")
 _ABSENT = "(absent)"
 
 

@@ -33,7 +33,8 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from th_distill import cli, config as config_lib, experiment, pipeline, report, workdir_lock
+from th_distill import cli, config as config_lib, experiment, report, workdir_lock
+from th_distill.stages import workdir as workdir_lib
 
 def study_config(name: str, title: str, base: ml_collections.ConfigDict,
                  variants: Mapping[str, Mapping[str, Any]], seeds: tuple[int, ...] = (0, 1, 2),
@@ -76,15 +77,16 @@ def run_configs(study: ml_collections.ConfigDict) -> list[tuple[str, int, ml_col
 
 
 def run_dir(workdir: str, config: ml_collections.ConfigDict) -> str:
-  """The experiment workdir of `config` (shared by configs that differ only in `regimes`)."""
-  key = pipeline.fingerprint(config, tuple(k for k in config.keys()
-                                           if k not in ("seed", "regimes")))
+  """The experiment workdir of `config` (shared by configs that differ only in fields no result
+  depends on: `resume.FREE_FIELDS`, such as `regimes` or `mesh`)."""
+  key = workdir_lib.fingerprint(config, tuple(k for k in workdir_lib.regime_sections(config)
+                                              if k != "seed"))
   return os.path.join(workdir, "runs", key, f"seed{config.seed}")
 
 
 def stage1_dir(workdir: str, config: ml_collections.ConfigDict) -> str:
   """The stage-1 directory shared by the runs with this config's seed and stage-1 settings."""
-  key = pipeline.fingerprint(config, pipeline.STAGE1_SECTIONS)
+  key = workdir_lib.fingerprint(config, workdir_lib.stage1_sections(config))
   return os.path.join(workdir, "stage1", f"seed{config.seed}-{key}")
 
 

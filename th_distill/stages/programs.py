@@ -1,0 +1,188 @@
+"""The run's compiled programs: every function that runs on the mesh, built once per run.
+
+The module-level builders return `Partitioner.jit` results (call them, or `.lower` them for
+abstract arguments as `th_distill.plan` does); `Programs` builds each once for a run and wraps
+the samplers and the evaluator for host data. Nothing is cached across runs: a run that changes a
+setting compiles its own programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from th_distill import guards, sampling
+from th_distill.config import to_t5_config
+from th_distill.data.regimes import SampleFn
+from th_distill.models import T5
+from th_distill.partitioning import Partitioner, pad_rows
+from th_distill.settings import (DistillSettings, OptimizerSettings, RunSettings,
+                                 SamplingSettings)
+from th_distill.train import (Batch, TrainState, create_train_state, make_distill_step,
+                              make_eval_sums, make_sft_step, reduce_eval_sums)
+
+# evaluate(student_params, teacher_params, oracle_params, data, prefix) -> {prefix/name: value}
+Evaluator = Callable[[Any, Any, Any, dict[str, np.ndarray], str], dict[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  oracle: T5
+  teacher: T5
+  student: T5
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Models":
+    return cls(*(T5(to_t5_config(config[name].model)) for name in ("oracle", "teacher", "student")))
+
+
+def batch_shardings(partitioner: Partitioner) -> Batch:
+  """A batch's shardings: every array split along its rows."""
+  rows = partitioner.batch_sharding(2)
+  return Batch(prompts=rows, responses=rows, mask=rows)
+
+
+def sampler_program(model: T5, settings: SamplingSettings, partitioner: Partitioner) -> Callable:
+  """`(params, prompts [B, Li] int32, keys [B, 2] uint32) -> SampleOutput` of [B, Lt]: `model`
+  sampling with `settings`, inputs and outputs split along B."""
+  rows = partitioner.batch_sharding(2)
+  options = dataclasses.asdict(settings)
+  return partitioner.jit(
+      lambda params, prompts, keys: sampling.generate(model, params, prompts, keys, **options),
+      in_shardings=(partitioner.param_shardings(model), rows, rows),
+      out_shardings=sampling.SampleOutput(rows, rows, rows))
+
+
+def sft_program(model: T5, optimizer: optax.GradientTransformation,
+                partitioner: Partitioner) -> Callable:
+  """The SFT step `(state, batch, rng) -> (state, metrics)` (the state donated)."""
+  state_shardings = partitioner.state_shardings(model, optimizer)
+  return partitioner.jit(
+      make_sft_step(model),
+      in_shardings=(state_shardings, batch_shardings(partitioner), partitioner.replicated),
+      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0)
+
+
+def eval_program(models: Models, student: T5, sequence_chunks: int,
+                 partitioner: Partitioner) -> Callable:
+  """`(student_params, teacher_params, oracle_params, batch) -> {name: sum}`: `train.eval_sums`
+  of `student` against the teacher and the oracle."""
+  return partitioner.jit(
+      make_eval_sums(student, models.teacher, models.oracle, sequence_chunks),
+      in_shardings=(partitioner.param_shardings(student),
+                    partitioner.param_shardings(models.teacher),
+                    partitioner.param_shardings(models.oracle), batch_shardings(partitioner)),
+      out_shardings=partitioner.replicated)
+
+
+def distill_program(models: Models, settings: DistillSettings,
+                    partitioner: Partitioner) -> Callable:
+  """The distillation step `(state, teacher_params, oracle_params, batch, rng) -> (state,
+  metrics)` of `settings` (the state donated)."""
+  state_shardings = partitioner.state_shardings(models.student, settings.optimizer.build())
+  loss = settings.loss
+  step = make_distill_step(models.student, models.teacher, models.oracle, loss.name, loss.beta,
+                           loss.normalized, loss.temperature, settings.micro_batches,
+                           settings.sequence_chunks)
+  return partitioner.jit(
+      guards.skip_nonfinite(step, settings.on_nonfinite),
+      in_shardings=(state_shardings, partitioner.param_shardings(models.teacher),
+                    partitioner.param_shardings(models.oracle), batch_shardings(partitioner),
+                    partitioner.replicated),
+      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0)
+
+
+def new_train_state(partitioner: Partitioner, model: T5, params: Any,
+                    optimizer: optax.GradientTransformation) -> TrainState:
+  """A fresh train state of `model` on a copy of `params`, sharded by the logical rules."""
+  create = partitioner.jit(lambda p: create_train_state(p, optimizer),
+                           in_shardings=(partitioner.param_shardings(model),),
+                           out_shardings=partitioner.state_shardings(model, optimizer))
+  return create(params)
+
+
+class Programs:
+  """The compiled programs of one run, each built on first use and reused by every stage."""
+
+  def __init__(self, models: Models, settings: RunSettings, partitioner: Partitioner):
+    self.models, self.settings, self.partitioner = models, settings, partitioner
+    self._built: dict[tuple, Any] = {}
+
+  def _once(self, key: tuple, build: Callable[[], Any]) -> Any:
+    if key not in self._built:
+      self._built[key] = build()
+    return self._built[key]
+
+  def sampler(self, name: str) -> SampleFn:
+    """`fn(params, prompts [B, Li], rng) -> (tokens [B, Lt] int32, mask [B, Lt] float32)` of
+    model `name` ('oracle', 'teacher' or 'student'). Prompts may be host arrays; B must split
+    over the data-parallel devices. Outputs are global device arrays split along B."""
+    partitioner = self.partitioner
+    compiled = self._once(("sampler", name), lambda: sampler_program(
+        getattr(self.models, name), self.settings.sampling, partitioner))
+
+    def fn(params, prompts, rng):
+      prompts = partitioner.shard_batch(prompts)
+      keys = partitioner.shard_batch(np.asarray(sampling.example_keys(rng, prompts.shape[0])))
+      out = compiled(params, prompts, keys)
+      return out.tokens, out.mask.astype(jnp.float32)
+
+    return fn
+
+  def host_sampler(self, name: str) -> SampleFn:
+    """`sampler(name)` for any number of host prompts, with numpy results on every process:
+    rows are padded to the data-parallel size (padding rows never change the real rows'
+    samples: each row has its own key), the outputs gathered and trimmed."""
+    sample, partitioner = self.sampler(name), self.partitioner
+
+    def fn(params, prompts, rng):
+      padded, rows = pad_rows({"prompts": np.asarray(prompts)}, partitioner.data_parallel_size)
+      tokens, mask = sample(params, padded["prompts"], rng)
+      return partitioner.to_host(tokens)[:rows], partitioner.to_host(mask)[:rows]
+
+    return fn
+
+  def sft_step(self, name: str, settings: OptimizerSettings) -> Callable:
+    """The SFT step of model `name` under `settings`' optimiser."""
+    return self._once(("sft", name, settings), lambda: sft_program(
+        getattr(self.models, name), settings.build(), self.partitioner))
+
+  def distill_step(self) -> Callable:
+    """The distillation step of the run's settings."""
+    return self._once(("distill",), lambda: distill_program(
+        self.models, self.settings.distill, self.partitioner))
+
+  def evaluator(self, name: str) -> Evaluator:
+    """`evaluate(student_params, teacher_params, oracle_params, data, prefix)`: per-token and
+    per-sequence proxy/golden divergences of model `name` (as the student) on the host dataset
+    `data` (prompts, responses, mask), `eval.batch_size` rows at a time padded to the
+    data-parallel size."""
+    partitioner, size = self.partitioner, self.settings.eval.batch_size
+    eval_sums = self._once(("eval", name), lambda: eval_program(
+        self.models, getattr(self.models, name), self.settings.distill.sequence_chunks,
+        partitioner))
+
+    def evaluate(student_params, teacher_params, oracle_params, data, prefix):
+      totals: dict[str, float] = {}
+      for start in range(0, len(data["prompts"]), size):
+        chunk, _ = pad_rows({k: data[k][start:start + size]
+                             for k in ("prompts", "responses", "mask")},
+                            partitioner.data_parallel_size)
+        sums = eval_sums(student_params, teacher_params, oracle_params,
+                         partitioner.shard_batch(Batch(**chunk)))
+        for key, value in sums.items():
+          totals[key] = totals.get(key, 0.0) + float(value)
+      return reduce_eval_sums(totals, prefix)
+
+    return evaluate
+
+  def frozen(self, name: str, params: Any) -> Any:
+    """Model `name`'s `params` in stage 2's `frozen_dtype`, in their shards."""
+    return self.partitioner.cast(getattr(self.models, name), params,
+                                 self.settings.distill.frozen_dtype)

@@ -94,8 +94,9 @@ def _non_finite_fields(c: ml_collections.ConfigDict) -> list[str]:
 
 
 class _Problems:
-  """The problems found in a config, as 'field: message' lines in `errors`; `check` and `add`
-  report a field once (its first problem)."""
+  """The problems found in a config, as 'field: message' lines in `errors`. `check` and `add`
+  report a field once (its first problem); lines appended to `errors` directly may share a field
+  (a checkpoint's several mismatches)."""
 
   def __init__(self):
     self.errors: list[str] = []

@@ -1,13 +1,15 @@
 """Configuration validation: every bad value fails before any compute, naming its field."""
 
+import dataclasses
 import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from th_distill import config as config_lib
-from th_distill import experiment
+from th_distill import experiment, settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,6 +47,34 @@ def test_every_error_is_reported_at_once(micro):
   with pytest.raises(config_lib.ConfigError) as error:
     config_lib.validate(micro)
   assert "loss.beta" in str(error.value) and "student.learning_rate" in str(error.value)
+
+
+def test_settings_name_their_own_invalid_fields_as_in_the_config(micro):
+  loss = settings.LossSettings.from_config(micro)
+  assert loss.problems() == []
+  assert dict(dataclasses.replace(loss, beta=1.5).problems()) == {
+      "loss.beta": "must be in [0, 1], got 1.5"}
+  teacher = settings.OptimizerSettings.sft(micro.teacher, micro.teacher.steps)
+  assert [field for field, _ in dataclasses.replace(teacher, batch_size=0, schedule="step")
+          .problems("teacher")] == ["teacher.batch_size", "teacher.schedule"]
+  distill = dataclasses.replace(settings.DistillSettings.from_config(micro),
+                                loss=dataclasses.replace(loss, temperature=0.0),
+                                on_nonfinite="retry")
+  assert [field for field, _ in distill.problems()] == ["loss.temperature", "on_nonfinite"]
+
+
+def test_check_fields_reads_no_device_or_file(micro, tmp_path, monkeypatch):
+  micro.student.checkpoint = str(tmp_path / "missing")
+  micro.mesh.data = 3
+
+  def no_devices():
+    raise AssertionError("check_fields asked for the devices")
+
+  monkeypatch.setattr(jax, "device_count", no_devices)
+  config_lib.check_fields(micro)
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.check_environment(micro, devices=1)
+  assert "student.checkpoint: " in str(error.value) and "mesh: " in str(error.value)
 
 
 def test_shipped_configs_are_valid():

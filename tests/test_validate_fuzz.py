@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import micro_config
 from th_distill import config as config_lib
 from th_distill.sampling import MIN_TEMPERATURE
+from th_distill.settings import ON_NONFINITE
 
 NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
 MICRO_LOG_VOCAB = math.log(16)
@@ -65,7 +66,7 @@ INVALID = {
     "detection.on_detect": _texts(("continue", "stop")),
     "loss.name": _texts(("fkl", "rkl", "jsd")),
     "student.init": _texts(("scratch", "sft")),
-    "on_nonfinite": _texts(config_lib.ON_NONFINITE),
+    "on_nonfinite": _texts(ON_NONFINITE),
     "frozen_dtype": _texts(("float32", "bfloat16")),
 }
 
@@ -87,7 +88,7 @@ VALID = {
     "detection.threshold": _floats(1e-6, 1e6),
     "loss.name": st.sampled_from(("fkl", "rkl", "jsd")),
     "student.init": st.sampled_from(("scratch", "sft")),
-    "on_nonfinite": st.sampled_from(config_lib.ON_NONFINITE),
+    "on_nonfinite": st.sampled_from(ON_NONFINITE),
     "frozen_dtype": st.sampled_from(("float32", "bfloat16")),
 }
 
@@ -134,11 +135,19 @@ def test_unknown_fields_are_refused_with_the_nearest_valid_one():
     config_lib.validate(config)
 
 
-def test_an_eval_pool_smaller_than_the_data_parallel_devices_is_refused(monkeypatch):
+def test_an_eval_pool_smaller_than_the_data_parallel_devices_is_refused():
   config = micro_config()
   config.prompts.num_eval = 1
   config.teacher.batch_size = config.student.batch_size = 8
-  monkeypatch.setattr(config_lib, "resolve_mesh_shape", lambda *args: (4, 1, 1))
   with pytest.raises(config_lib.ConfigError, match=r"prompts\.num_eval: 1 must be at least the "
                                                    r"4 data-parallel devices"):
-    config_lib.validate(config)
+    config_lib.check_environment(config, devices=4)
+
+
+@pytest.mark.parametrize("field", ["teacher", "student"])
+def test_each_batch_must_split_over_the_data_parallel_devices(field):
+  config = micro_config()
+  config[field].batch_size = 6
+  with pytest.raises(config_lib.ConfigError, match=rf"{field}\.batch_size: 6 must be a multiple "
+                                                   r"of the 4 data-parallel devices"):
+    config_lib.check_environment(config, devices=4)

@@ -4,6 +4,11 @@ The config file (an `ml_collections.ConfigDict`) is what a user writes and overr
 command line; `config.validate` checks it. The stages do not read the dict: they take these
 settings, built at the boundary (`RunSettings.from_config`), so each compiled program's signature
 says what it depends on and nothing can change a setting after the run starts. All are hashable.
+
+The types check their own values: `problems()` lists `(field, message)` pairs, each field named
+as in the config it is read from. `EvalSettings` (its steps are computed, so only a valid config
+builds it) and `RunSettings` (which holds one) have none: `config.check_fields` checks their
+fields and composes the others' problems with the checks that span sections.
 """
 
 from __future__ import annotations
@@ -12,8 +17,27 @@ import dataclasses
 import ml_collections
 import optax
 
+from th_distill.divergences import DIVERGENCES
 from th_distill.eval_schedule import evaluation_steps
+from th_distill.sampling import MIN_TEMPERATURE
 from th_distill.train import make_optimizer
+
+# A problem with one setting: (dotted config field, what is wrong and what is allowed).
+Problem = tuple[str, str]
+
+# Learning-rate schedules after warm-up (train.make_optimizer).
+SCHEDULES = ("constant", "linear", "cosine")
+
+# What a non-finite training step does: stop the run, or skip the step (keep the parameters).
+ON_NONFINITE = ("stop", "skip")
+
+# Dtypes of the frozen teacher and oracle in stage 2.
+FROZEN_DTYPES = ("float32", "bfloat16")
+
+
+def _failed(*checks: tuple[bool, str, str]) -> list[Problem]:
+  """The (field, message) of each (ok, field, message) check that is not ok."""
+  return [(field, message) for ok, field, message in checks if not ok]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +53,14 @@ class SamplingSettings:
   def from_config(cls, config: ml_collections.ConfigDict) -> "SamplingSettings":
     s = config.sampling
     return cls(config.task.response_length, s.temperature, s.top_k, s.top_p)
+
+  def problems(self) -> list[Problem]:
+    return _failed(
+        (self.max_length > 0, "task.response_length", f"must be > 0, got {self.max_length}"),
+        (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE, "sampling.temperature",
+         f"must be 0 (greedy) or >= {MIN_TEMPERATURE:.3g}, got {self.temperature}"),
+        (0 < self.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {self.top_p}"),
+        (self.top_k >= 0, "sampling.top_k", f"must be >= 0 (0 = off), got {self.top_k}"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +88,21 @@ class OptimizerSettings:
     return cls(student.learning_rate, student.steps, student.batch_size, student.warmup_steps,
                student.schedule, student.weight_decay, student.grad_clip)
 
+  def problems(self, section: str) -> list[Problem]:
+    """Problems of these settings read from `config.<section>` ('teacher' or 'student')."""
+    return _failed(
+        (self.learning_rate > 0, f"{section}.learning_rate",
+         f"must be > 0, got {self.learning_rate}"),
+        (self.steps >= 0, f"{section}.steps", f"must be >= 0, got {self.steps}"),
+        (self.warmup_steps >= 0, f"{section}.warmup_steps", "must be >= 0"),
+        (self.batch_size > 0, f"{section}.batch_size", "must be > 0"),
+        (self.schedule in SCHEDULES, f"{section}.schedule",
+         f"must be constant, linear or cosine, got {self.schedule!r}"),
+        (self.weight_decay >= 0, f"{section}.weight_decay",
+         f"must be >= 0 (0 = off), got {self.weight_decay}"),
+        (self.grad_clip >= 0, f"{section}.grad_clip",
+         f"must be >= 0 (0 = off), got {self.grad_clip}"))
+
   def build(self) -> optax.GradientTransformation:
     return make_optimizer(self.learning_rate, self.warmup_steps, self.steps, self.schedule,
                           self.weight_decay, self.grad_clip)
@@ -75,6 +122,13 @@ class LossSettings:
     loss = config.loss
     return cls(loss.name, loss.beta, loss.normalized, loss.temperature)
 
+  def problems(self) -> list[Problem]:
+    return _failed(
+        (self.name in DIVERGENCES, "loss.name",
+         f"{self.name!r} is not one of {tuple(DIVERGENCES)}"),
+        (0.0 <= self.beta <= 1.0, "loss.beta", f"must be in [0, 1], got {self.beta}"),
+        (self.temperature > 0, "loss.temperature", f"must be > 0, got {self.temperature}"))
+
 
 @dataclasses.dataclass(frozen=True)
 class DistillSettings:
@@ -93,6 +147,16 @@ class DistillSettings:
     return cls(LossSettings.from_config(config), OptimizerSettings.distill(config.student),
                config.student.micro_batches, config.sequence_chunks, config.on_nonfinite,
                config.frozen_dtype)
+
+  def problems(self) -> list[Problem]:
+    """Problems of the loss, the student's optimiser and the step's own settings
+    (`sequence_chunks` must divide the response: `config.check_fields` checks it)."""
+    return self.loss.problems() + self.optimizer.problems("student") + _failed(
+        (self.micro_batches > 0, "student.micro_batches", "must be > 0"),
+        (self.on_nonfinite in ON_NONFINITE, "on_nonfinite",
+         f"must be one of {ON_NONFINITE}, got {self.on_nonfinite!r}"),
+        (self.frozen_dtype in FROZEN_DTYPES, "frozen_dtype",
+         f"must be 'float32' or 'bfloat16', got {self.frozen_dtype!r}"))
 
 
 @dataclasses.dataclass(frozen=True)

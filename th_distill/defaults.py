@@ -1,0 +1,132 @@
+"""The default configurations: `base_config()` and the variants config files start from.
+
+`base_config()` is the complete set of keys (the embedded CPU default study); config files in
+`configs/` start from it (or from `overfit_config`, `paper_config`) and change values, so every
+key a user can override on the command line (`--config.student.steps=200`) exists and has a type.
+A model's sub-config holds every `T5Config` field (`model_config`, `to_t5_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from th_distill.metrics_io import PROXY
+from th_distill.models import T5Config, t5_config
+
+
+def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
+  """Every T5Config field of the named size (with overrides) as a ConfigDict."""
+  return ml_collections.ConfigDict(dataclasses.asdict(t5_config(size, **overrides)))
+
+
+def to_t5_config(model: ml_collections.ConfigDict) -> T5Config:
+  """The T5Config of a model sub-config (`config.student.model`, ...)."""
+  return T5Config(**model.to_dict())
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The embedded default: a CPU-sized study that shows teacher hacking in minutes.
+
+  A synthetic oracle (random T5, weights at their init scale, sharpened to 2 nats/token), a
+  teacher of the same size trained by SFT on 4,096 oracle samples past its best golden distance,
+  and a student of the same size initialised by SFT on the same oracle samples (the paper's
+  initialisation), distilled with forward KL on N = 4,096 prompts x k = 1 teacher generation
+  (about 16 epochs in 2,000 steps of batch 32); the online regimes use the same 4,096 prompts.
+  On held-out prompts the offline student's golden distance turns up while its proxy keeps
+  falling (docs/results.md, docs/signature_search.md)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.regimes = ("offline", "online_teacher", "online_student")
+  # The task: `source` 'synthetic' (Zipf prompts over the vocabulary) or 'seqio' (a real task:
+  # `name` of th_distill.data.tasks.TASKS, SentencePiece `vocabulary` path, `data_dir`).
+  # vocab_size is every model's embedding size; prompts and responses are trimmed to the lengths.
+  c.task = dict(source="synthetic", vocab_size=64, prompt_length=8, response_length=16,
+                zipf_exponent=1.1, name="", vocabulary="", data_dir="")
+  # Disjoint prompt pools: oracle data (stage 1), distillation (stage 2), held-out evaluation.
+  c.prompts = dict(num_oracle=4096, num_distill=4096, num_eval=512)
+  tiny = dict(vocab_size=64)
+  c.oracle = dict(source="synthetic", checkpoint="", target_entropy=2.0, weight_scale=1.0,
+                  model=model_config("tiny", **tiny))
+  # `checkpoint`: initial weights from a local checkpoint instead of a random init ('' = random).
+  c.teacher = dict(model=model_config("tiny", **tiny), checkpoint="", steps=1500, batch_size=32,
+                   learning_rate=3e-3, warmup_steps=0, schedule="constant")
+  c.student = dict(model=model_config("tiny", **tiny), checkpoint="", init="sft", sft_steps=500,
+                   steps=2000, batch_size=32, micro_batches=1, learning_rate=1e-3, warmup_steps=0,
+                   schedule="constant",
+                   weight_decay=0.0, grad_clip=0.0)
+  c.loss = dict(name="fkl", beta=0.5, normalized=False, temperature=1.0)
+  c.sampling = dict(temperature=1.0, top_k=0, top_p=1.0)
+  c.offline = dict(num_prompts=4096, generations_per_prompt=1)
+  # Prompts of the online regimes: 'offline' = the offline arm's N prompts (only the responses
+  # are fresh; the paper's setting), 'pool' = the whole distillation pool (prompts.num_distill).
+  c.online = dict(prompts="offline")
+  c.mixture = dict(student_fraction=0.5)
+  c.eval = dict(num_train_prompts=256, batch_size=512)
+  c.eval_every = 100
+  # Extra evaluations log-spaced over [1, steps]: the early, fast part of the curves, where the
+  # convergence law of the hacking detector is fitted (see th_distill.eval_schedule).
+  c.eval_log_points = 30
+  c.checkpoint_every = 1000
+  # A distillation step with a non-finite loss or gradient norm stops the run ('stop'; its last
+  # good checkpoint is kept) or is skipped ('skip': parameters and optimiser state unchanged).
+  c.on_nonfinite = "stop"
+  # Devices: (data, fsdp, model) mesh, -1 = the remaining devices (see docs/scaling.md).
+  c.mesh = dict(data=-1, fsdp=1, model=1)
+  # Memory: dtype of the frozen teacher and oracle in stage 2, and the number of chunks of the
+  # response positions over which logits and divergences are computed (1 = all at once).
+  c.frozen_dtype = "float32"
+  c.sequence_chunks = 1
+  c.hacking_threshold_pct = 5.0
+  # The hacking detector (th_distill.detection), run on `metric` at every evaluation. Default
+  # rule 'slowdown': it fires after `patience` consecutive evaluations at which the curve's
+  # log-log slope over the last x`window` of steps is below `slope_ratio` times its slope over the
+  # span before (convergence slowing down from its power law); evaluations before `min_step` (the
+  # transient) are not scored; settings chosen on calibration seeds (docs/detection.md). `on_detect`: 'continue' or 'stop'; `keep`: checkpoints to keep
+  # in the run directory, of 'best_golden', 'best_predicted'.
+  c.detection = dict(metric=PROXY, rule="slowdown", window=3.0, slope_ratio=0.7, patience=1,
+                     min_fit_points=4, law="power", threshold=2.5, noise_floor=0.01,
+                     direction="above", min_step=100, on_detect="continue", keep=())
+  return c
+
+
+def overfit_config() -> ml_collections.ConfigDict:
+  """The former embedded default (`configs/tiny_overfit.py`), kept as a contrast: a rougher
+  oracle (`weight_scale` 2), a narrower student (d_model 32) from scratch, and offline data of
+  only N = 128 prompts (about 750 epochs in 3,000 steps), online regimes on a pool of 1,024
+  prompts. On held-out prompts its offline student over-fits: golden and proxy rise together
+  (docs/results.md)."""
+  c = base_config()
+  c.oracle.weight_scale = 2.0
+  c.student.model = model_config("tiny", d_model=32, d_kv=8, d_ff=64, vocab_size=64)
+  c.student.init = "scratch"
+  c.prompts.num_distill = 1024
+  c.offline.num_prompts = 128
+  c.online.prompts = "pool"
+  c.student.steps = 3000
+  return c
+
+
+def paper_config(task: str, prompt_length: int, response_length: int) -> ml_collections.ConfigDict:
+  """The paper's setup on a real task (`configs/xsum_large_to_base.py`, `wmt.py`,
+  `natural_instructions.py` start here): a pretrained oracle (T5 v1.1 XL shapes), a T5-large
+  teacher and a T5-base student with T5's vocabulary (32,128 embedding rows), forward KL, batch
+  32, learning rate 3e-4 after 100 warm-up steps, dropout 0, temperature 1; the student starts
+  by SFT on the oracle data. Paths are left empty (task.vocabulary, task.data_dir,
+  oracle/teacher/student.checkpoint): the command line gives them."""
+  c = base_config()
+  vocab = 32128
+  c.task.update(source="seqio", name=task, vocab_size=vocab, prompt_length=prompt_length,
+                response_length=response_length)
+  c.oracle.update(source="checkpoint", model=model_config("xl", vocab_size=vocab))
+  c.teacher.model = model_config("large", vocab_size=vocab)
+  c.student.model = model_config("base", vocab_size=vocab)
+  c.student.init = "sft"
+  for section in (c.teacher, c.student):
+    section.update(batch_size=32, learning_rate=3e-4, warmup_steps=100, schedule="constant")
+  c.loss.update(name="fkl", temperature=1.0)
+  c.sampling.update(temperature=1.0, top_k=0, top_p=1.0)
+  c.eval.batch_size = 128
+  c.mesh.update(data=1, fsdp=-1, model=1)
+  return c

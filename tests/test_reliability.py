@@ -22,7 +22,9 @@ from conftest import micro_config
 from th_distill import checkpoints, divergences, experiment, guards, sampling, workdir_lock
 from th_distill.metrics_io import MetricsLost, MetricsWriter, read_metrics
 from th_distill.models import T5, init_params, t5_config
+from th_distill.partitioning import Partitioner, make_mesh
 from th_distill.resume import ConfigChanged
+from th_distill.stages.distill import MetricWindow
 from th_distill.train import create_train_state
 
 REGIME = "offline"
@@ -162,6 +164,28 @@ def test_regimes_and_on_nonfinite_may_change(workdir, config):
   assert os.path.getmtime(os.path.join(workdir, REGIME, "done.json")) == stamp
 
 
+def test_a_changed_mesh_or_report_threshold_reuses_finished_and_unfinished_work(workdir, config):
+  markers = [os.path.join(workdir, "stage1", "info.json"), os.path.join(workdir, REGIME,
+                                                                        "done.json")]
+  stamps = [os.path.getmtime(m) for m in markers]
+  config.mesh.data, config.hacking_threshold_pct = 1, 50.0  # one device: the same mesh
+  summary = experiment.run(config, workdir)
+  assert [os.path.getmtime(m) for m in markers] == stamps
+  assert set(summary["regimes"]) == {REGIME}
+  assert "50%" in open(os.path.join(workdir, "report.md")).read()
+  _unfinish(workdir)  # an unfinished regime resumes from its checkpoint under the new mesh
+
+  def untimed():
+    return [{k: v for k, v in row.items() if not k.startswith(("time/", "throughput/"))}
+            for row in read_metrics(os.path.join(workdir, REGIME, "metrics.jsonl"))]
+
+  rows = untimed()
+  config.mesh.data = -1
+  experiment.run(config, workdir)
+  assert os.path.getmtime(markers[0]) == stamps[0]
+  assert untimed() == rows
+
+
 def test_a_checkpoint_of_another_structure_is_reported_as_such(tmp_path):
   directory = str(tmp_path / "checkpoints")
   checkpointer = checkpoints.RunCheckpointer(directory)
@@ -252,6 +276,18 @@ def test_a_non_finite_step_stops_the_run_naming_the_step_and_the_last_checkpoint
   with pytest.raises(guards.NonFiniteStep, match=r"every training step from 102 to 201 was "
                                                  r"non-finite and skipped"):
     skipping.check(102 + skipping.IN_A_ROW - 1, _metrics(math.nan, 1.0), checkpointer)
+
+
+def test_a_skipped_step_is_left_out_of_the_logged_means():
+  window = MetricWindow(Partitioner(make_mesh()))
+  sums = window.empty()
+  for loss in (1.0, math.nan, 3.0):
+    metrics = {name: jnp.float32(loss) for name in MetricWindow.NAMES if name != "steps"}
+    sums = window.add(sums, {**metrics, "train/grad_norm": jnp.float32(1.0)})
+  row = MetricWindow.row(sums, seconds=2.0)
+  assert row["train/loss"] == 2.0 and row["train/proxy/fkl"] == 2.0
+  assert row["train/tokens"] == 4.0 and row["throughput/train_tokens_per_s"] == 2.0
+  assert MetricWindow.row(window.empty(), 1.0) == {}
 
 
 def test_a_collapsed_gradient_is_warned_about_once(tmp_path, caplog):

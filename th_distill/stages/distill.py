@@ -33,7 +33,7 @@ from th_distill.stages import workdir as workdir_lib
 from th_distill.stages.keys import Purpose, key
 from th_distill.stages.programs import Programs, new_train_state
 from th_distill.stages.stage1 import Stage1
-from th_distill.train import DISTILL_METRICS
+from th_distill.metric_names import DISTILL_METRICS
 
 
 def offline_dataset(config: ml_collections.ConfigDict, workdir: str, programs: Programs,
@@ -60,25 +60,29 @@ def offline_dataset(config: ml_collections.ConfigDict, workdir: str, programs: P
   return data
 
 
+def _add_step(sums: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  counted = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(metrics["train/grad_norm"])
+  return {name: total + jnp.where(counted, 1.0 if name == "steps" else metrics[name], 0.0)
+          for name, total in sums.items()}
+
+
 class MetricWindow:
-  """Running sums of the training metrics (`train.DISTILL_METRICS`, and `steps`) since the last
+  """Running sums of the training metrics (`DISTILL_METRICS`, and `steps`) since the last
   logged row, as replicated device scalars: part of the checkpointed carry, so a resumed run
   logs exactly what an uninterrupted one would. A step whose loss or gradient norm is not
-  finite (skipped under `on_nonfinite = 'skip'`) is left out of the sums."""
+  finite (skipped under `on_nonfinite = 'skip'`) is left out of the sums.
+
+  `empty()` -> {name: 0}; `add(sums, metrics)` -> sums with one step's metrics added; both
+  compiled once, for the mesh."""
   NAMES = DISTILL_METRICS + ("steps",)
 
-  @classmethod
-  def empty(cls, partitioner: Partitioner) -> dict[str, jax.Array]:
-    return {name: jax.device_put(jnp.zeros((), jnp.float32), partitioner.replicated)
-            for name in cls.NAMES}
-
-  @staticmethod
-  @jax.jit
-  def add(sums: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """`sums` with one step's `metrics` added (one compiled program)."""
-    counted = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(metrics["train/grad_norm"])
-    return {name: total + jnp.where(counted, 1.0 if name == "steps" else metrics[name], 0.0)
-            for name, total in sums.items()}
+  def __init__(self, partitioner: Partitioner):
+    replicated = partitioner.replicated
+    self.empty = partitioner.jit(
+        lambda: {name: jnp.zeros((), jnp.float32) for name in self.NAMES}, in_shardings=(),
+        out_shardings=replicated)
+    self.add = partitioner.jit(_add_step, in_shardings=(replicated, replicated),
+                               out_shardings=replicated)
 
   @staticmethod
   def row(sums: dict[str, jax.Array], seconds: float) -> dict[str, float]:
@@ -117,6 +121,106 @@ def _batches(config: ml_collections.ConfigDict, workdir: str, regime: str, progr
   return batch_at, train_set
 
 
+def _evaluation(config: ml_collections.ConfigDict, programs: Programs, stage1: Stage1,
+                pools: dict[str, np.ndarray], frozen: tuple[Any, Any],
+                train_set: dict[str, np.ndarray]) -> Callable[[Any, int], dict[str, float]]:
+  """`evaluate(student_params, step) -> {name: value}`: the student against the teacher and
+  the oracle on the fixed sets (oracle and teacher samples on held-out prompts, the
+  training-prompt set) and on its own fresh samples of the held-out prompts."""
+  fixed_sets = {"eval_oracle": stage1.eval_sets["oracle"],
+                "eval_teacher": stage1.eval_sets["teacher"], "train_teacher": train_set}
+  evaluate_set, sample_student = programs.evaluator("student"), programs.host_sampler("student")
+  student_key = key(config.seed, Purpose.EVAL_STUDENT)
+
+  def evaluate(student_params: Any, step: int) -> dict[str, float]:
+    student_samples = regime_lib.build_offline(sample_student, student_params, pools["eval"], 1,
+                                               jax.random.fold_in(student_key, step))
+    results = {}
+    for name, data in {**fixed_sets, "eval_student": student_samples}.items():
+      results.update(evaluate_set(student_params, *frozen, data, name))
+    return results
+
+  return evaluate
+
+
+class _Loop:
+  """The training loop's state between steps: the checkpointed carry (train state and
+  `MetricWindow` sums), the checkpointer, the metrics writer, the monitor and the non-finite
+  guard, which reads each step's metrics one step late (`settle` checks what is pending)."""
+
+  def __init__(self, regime: str, directory: str, config: ml_collections.ConfigDict,
+               programs: Programs, initial_params: Any, eval_steps: set[int]):
+    partitioner = programs.partitioner
+    self.regime, self.partitioner = regime, partitioner
+    state = new_train_state(partitioner, programs.models.student, initial_params,
+                            programs.settings.distill.optimizer.build())
+    self.window = MetricWindow(partitioner)
+    self.carry = {"state": state, "window": self.window.empty()}
+    self.checkpointer = checkpoints.RunCheckpointer(os.path.join(directory, "checkpoints"))
+    self.carry = self.checkpointer.restore_latest(self.carry) or self.carry
+    self.start_step = int(self.carry["state"].step)
+    guards.check_rows(os.path.join(directory, "metrics.jsonl"),
+                      {s for s in eval_steps if s < self.start_step},
+                      f"delete {directory} to run the regime again from step 0")
+    self.writer = MetricsWriter(directory, resume_step=self.start_step,
+                                enabled=is_main_process())
+    self.monitor = HackingMonitor.from_config(
+        config.detection, directory, GOLDEN,
+        history=[r for r in read_metrics(self.writer.path) if r["step"] < self.start_step])
+    self.guard = guards.StepWatch(regime, programs.settings.distill.on_nonfinite)
+    self.pending: list[tuple[int, Any]] = []
+    self.step_seconds, self.since = 0.0, time.time()
+    self.eval_start = self.since
+    self.logged = False  # whether the window's sums were logged (and start again next step)
+
+  def settle(self) -> None:
+    """Runs the guard on the step whose metrics are pending (raises NonFiniteStep)."""
+    while self.pending:
+      self.guard.check(*self.pending.pop(), self.checkpointer)
+
+  def train(self, step: int, distill_step: Callable, frozen: tuple[Any, Any], batch: Any,
+            rng: jax.Array) -> None:
+    """Dispatches step `step`, then checks the previous one."""
+    state, metrics = distill_step(self.carry["state"], *frozen, batch, rng)
+    self.settle()
+    self.pending.append((step, metrics))
+    window = self.window.empty() if self.logged else self.carry["window"]
+    self.carry, self.logged = {"state": state, "window": self.window.add(window, metrics)}, False
+
+  def pause(self) -> None:
+    """Waits for the dispatched steps (the row's timers cover finished steps) before an
+    evaluation."""
+    jax.block_until_ready(self.carry)
+    self.settle()
+    self.eval_start = time.time()
+    self.step_seconds += self.eval_start - self.since
+
+  def log(self, step: int, evaluation: dict[str, float]) -> dict[str, float]:
+    """Writes the row of `step` (after `pause`): `evaluation`, the training means since the
+    last row and the monitor's metrics."""
+    row = dict(evaluation)
+    trained = MetricWindow.row(self.carry["window"], self.step_seconds)
+    if trained:
+      row.update(trained)
+      row["time/eval_s"] = time.time() - self.eval_start
+      # The sums start again at the next step; until then the carry (a checkpoint taken now)
+      # keeps them, so a run resumed here logs this row again identically.
+      self.logged, self.step_seconds = True, 0.0
+    row.update(self.monitor.observe(step, row, self.carry["state"].params))
+    self.writer.write(step, row)
+    self.since = time.time()
+    return row
+
+  def save(self, step: int) -> None:
+    self.settle()  # a poisoned state is never saved
+    self.checkpointer.save(step, self.carry)
+
+  def close(self, step: int) -> None:
+    self.save(step)
+    self.checkpointer.close()
+    self.writer.close()
+
+
 def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, programs: Programs,
                stage1: Stage1, pools: dict[str, np.ndarray]) -> None:
   """Distils the student under `regime` into `WORKDIR/<regime>/`, resuming an unfinished run.
@@ -125,119 +229,62 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, pro
   another configuration's run."""
   directory = workdir_lib.regime_dir(workdir, regime)
   marker, started = (os.path.join(directory, name) for name in ("done.json", "started.json"))
-  metrics_path = os.path.join(directory, "metrics.jsonl")
   stage_key = workdir_lib.StageKey.of(config, workdir_lib.regime_sections(config))
-  settings, partitioner = programs.settings, programs.partitioner
+  settings = programs.settings
   steps, eval_steps = settings.distill.optimizer.steps, set(settings.eval.steps)
   if os.path.exists(marker):
     stage_key.check(marker)
-    last = checkpoints.read_json(marker)["steps"]
-    guards.check_rows(metrics_path, {s for s in eval_steps if s <= last},
+    guards.check_rows(os.path.join(directory, "metrics.jsonl"),
+                      {s for s in eval_steps if s <= checkpoints.read_json(marker)["steps"]},
                       f"delete {directory} to run the regime again")
     logging.info("%s: already finished, reusing %s", regime, directory)
     return
-  phase = progress.phase(workload.regime_key(regime), regime,
-                         [progress.Work("steps", "distill", steps, 0)], lines=False)
   # An unfinished regime resumes under the config it started with only.
   if os.path.exists(started):
     stage_key.check(started)
   else:
     workdir_lib.write_on_main(lambda: workdir_lib.write_marker(started, stage_key.record()))
 
+  phase = progress.phase(workload.regime_key(regime), regime,
+                         [progress.Work("steps", "distill", steps, 0)], lines=False)
   frozen = (programs.frozen("teacher", stage1.teacher_params),
             programs.frozen("oracle", stage1.oracle_params))
   batch_at, train_set = _batches(config, workdir, regime, programs, stage1, pools, frozen[0],
                                  phase)
-  fixed_sets = {"eval_oracle": stage1.eval_sets["oracle"],
-                "eval_teacher": stage1.eval_sets["teacher"], "train_teacher": train_set}
-  evaluate_set, sample_student = programs.evaluator("student"), programs.host_sampler("student")
-
-  def evaluate(student_params: Any, step: int) -> dict[str, float]:
-    student_samples = regime_lib.build_offline(
-        sample_student, student_params, pools["eval"], 1,
-        jax.random.fold_in(key(config.seed, Purpose.EVAL_STUDENT), step))
-    results = {}
-    for name, data in {**fixed_sets, "eval_student": student_samples}.items():
-      results.update(evaluate_set(student_params, *frozen, data, name))
-    return results
-
-  # The checkpointed carry: the train state and the metric sums since the last logged row.
-  state = new_train_state(partitioner, programs.models.student, stage1.student_init_params,
-                          settings.distill.optimizer.build())
-  carry = {"state": state, "window": MetricWindow.empty(partitioner)}
-  checkpointer = checkpoints.RunCheckpointer(os.path.join(directory, "checkpoints"))
-  carry = checkpointer.restore_latest(carry) or carry
-  start_step = int(carry["state"].step)
-  for item, done in (("steps", start_step), ("generated batches", start_step),
-                     ("evaluations", sum(s < start_step for s in eval_steps))):
+  evaluate = _evaluation(config, programs, stage1, pools, frozen, train_set)
+  loop = _Loop(regime, directory, config, programs, stage1.student_init_params, eval_steps)
+  for item, done in (("steps", loop.start_step), ("generated batches", loop.start_step),
+                     ("evaluations", sum(s < loop.start_step for s in eval_steps))):
     phase.skip(item, done)
-  logging.info("%s: steps %d..%d", phase.title, start_step, steps)
-  guards.check_rows(metrics_path, {s for s in eval_steps if s < start_step},
-                    f"delete {directory} to run the regime again from step 0")
-  writer = MetricsWriter(directory, resume_step=start_step, enabled=is_main_process())
-  monitor = HackingMonitor.from_config(
-      config.detection, directory, GOLDEN,
-      history=[r for r in read_metrics(writer.path) if r["step"] < start_step])
-  distill_step = programs.distill_step()
-  guard = guards.StepWatch(regime, settings.distill.on_nonfinite)
-  pending: list[tuple[int, Any]] = []  # the last step's metrics, not yet checked by the guard
-
-  def settle() -> None:
-    while pending:
-      guard.check(*pending.pop(), checkpointer)
-
-  run_start = since = time.time()
-  step_seconds = 0.0
+  logging.info("%s: steps %d..%d", phase.title, loop.start_step, steps)
+  distill_step, dropout = programs.distill_step(), key(config.seed, Purpose.TRAIN_DROPOUT)
+  run_start = time.time()
   with workdir_lib.PreemptionWatch() as preemption:
-    for step in range(start_step, steps + 1):
+    for step in range(loop.start_step, steps + 1):
       # Checked before the evaluation, so a resumed run re-logs this step's row identically.
-      if preemption.reached(step) and step > start_step:
-        settle()
-        checkpointer.save(step, carry)
-        checkpointer.close()
-        writer.close()
+      if preemption.reached(step) and step > loop.start_step:
+        loop.close(step)
         raise workdir_lib.Preempted(regime, step)
-      state = carry["state"]
       if step in eval_steps:
-        jax.block_until_ready(carry)  # the row's timer covers finished steps only
-        settle()
-        step_seconds += time.time() - since
-        eval_start = time.time()
-        row = evaluate(state.params, step)
-        trained = MetricWindow.row(carry["window"], step_seconds)
-        if trained:
-          row.update(trained)
-          row["time/eval_s"] = time.time() - eval_start
-          carry["window"], step_seconds = MetricWindow.empty(partitioner), 0.0
-        row.update(monitor.observe(step, row, state.params))
-        writer.write(step, row)
+        loop.pause()
+        row = loop.log(step, evaluate(loop.carry["state"].params, step))
         phase.advance("evaluations")
         phase.log_line(f", golden {row['eval_oracle/golden/fkl']:.4f} proxy "
                        f"{row['eval_teacher/proxy/fkl']:.4f}")
-        since = time.time()
-      if step == steps or monitor.should_stop:
+      if step == steps or loop.monitor.should_stop:
         break
-      batch = partitioner.shard_batch(batch_at(step, state.params))
+      batch = programs.partitioner.shard_batch(batch_at(step, loop.carry["state"].params))
       if regime != "offline":
         phase.advance("generated batches")
-      state, metrics = distill_step(state, *frozen, batch,
-                                    jax.random.fold_in(key(config.seed, Purpose.TRAIN_DROPOUT),
-                                                       step))
-      settle()  # the previous step's, now that this one is dispatched
-      pending.append((step, metrics))
-      carry = {"state": state, "window": MetricWindow.add(carry["window"], metrics)}
+      loop.train(step, distill_step, frozen, batch, jax.random.fold_in(dropout, step))
       phase.advance("steps")
       if (step + 1) % settings.checkpoint_every == 0:
-        settle()
-        checkpointer.save(step + 1, carry)
-  settle()
-  checkpointer.save(step, carry)
-  checkpointer.close()
-  writer.close()
+        loop.save(step + 1)
+  loop.close(step)
   phase.finish()
-  if monitor.should_stop:
+  if loop.monitor.should_stop:
     logging.warning("%s: stopped at step %d by the hacking detector (detection.on_detect = "
                     "'stop').", regime, step)
   workdir_lib.write_on_main(lambda: checkpoints.write_json(marker, {
       "fingerprint": stage_key.fingerprint, "steps": step,
-      "stopped_by_detector": monitor.should_stop, "seconds": time.time() - run_start}))
+      "stopped_by_detector": loop.monitor.should_stop, "seconds": time.time() - run_start}))

@@ -48,13 +48,13 @@ from th_distill.config import to_t5_config
 from th_distill.data import prompts as prompt_lib
 from th_distill.data import regimes as regime_lib
 from th_distill.eval_schedule import evaluation_steps
-from th_distill.metrics_io import GOLDEN, MetricsWriter, read_metrics
+from th_distill.metric_names import DISTILL_METRICS, GOLDEN
+from th_distill.metrics_io import MetricsWriter, read_metrics
 from th_distill.models import T5, init_params, pretrained
 from th_distill.monitor import HackingMonitor
 from th_distill.oracle import calibrate_oracle
-from th_distill.train import (DISTILL_METRICS, Batch, TrainState, create_train_state,
-                              make_distill_step, make_eval_sums, make_optimizer, make_sft_step,
-                              reduce_eval_sums)
+from th_distill.train import (Batch, TrainState, create_train_state, make_distill_step,
+                              make_eval_sums, make_optimizer, make_sft_step, reduce_eval_sums)
 
 # Purpose ids folded into the seed key: one independent stream per use.
 _ORACLE_INIT, _ORACLE_CALIBRATE, _ORACLE_DATA, _TEACHER_INIT, _TEACHER_TRAIN = 1, 2, 3, 4, 5

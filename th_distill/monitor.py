@@ -99,9 +99,9 @@ class HackingMonitor:
 
   def observe(self, step: int, row: Mapping[str, Any], params: Any) -> dict[str, float]:
     """Takes one evaluation (`row` holds the metrics of `step`; `params` the student's) and
-    returns the detector's metrics for that row: DETECTOR_FIRED (0 or 1) and DETECTOR_SCORE
-    (this evaluation's score under the detector's rule, `detection.Detection.scores`; left out
-    where it has none and after the detector fired)."""
+    returns the detector's metrics for that row: DETECTOR_FIRED (`detector/fired`: 0 or 1) and
+    DETECTOR_SCORE (`detector/score`: this evaluation's score under the detector's rule,
+    `detection.Detection.scores`; left out where it has none and after the detector fired)."""
     already_fired = self.fired
     self._append({**row, "step": step})
     golden = self.golden[-1]

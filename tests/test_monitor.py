@@ -9,7 +9,8 @@ import pytest
 
 from th_distill import checkpoints, detection, experiment
 from th_distill.config import base_config
-from th_distill.metrics_io import GOLDEN, PROXY, read_metrics
+from th_distill.metric_names import GOLDEN, PROXY
+from th_distill.metrics_io import read_metrics
 from th_distill.monitor import HackingMonitor
 
 STEPS = np.unique(np.rint(np.geomspace(1, 3000, 45))).astype(int)

@@ -1,10 +1,11 @@
-"""The oracle's held-out verdicts (`report.outcome`, `report.signature`) on hand-made curves."""
+"""The oracle's held-out verdicts (`summaries`) on hand-made curves, and the report's text and
+figures (`report`)."""
 
 import numpy as np
 import pytest
 
-from th_distill import detection, report
-from th_distill.metrics_io import GOLDEN, PROXY, TRAIN_PROXY
+from th_distill import detection, metric_names, report, summaries
+from th_distill.metric_names import GOLDEN, PROXY, TRAIN_PROXY
 
 STEPS = np.arange(0, 700, 100)
 U_SHAPE = np.array([2.0, 1.6, 1.5, 1.55, 1.6, 1.65, 1.7])  # min 1.5 @ 200, +13.3 % at the end
@@ -16,7 +17,7 @@ U_SHAPE = np.array([2.0, 1.6, 1.5, 1.55, 1.6, 1.65, 1.7])  # min 1.5 @ 200, +13.
     (np.array([1.0, 0.8, 0.7, 0.72, 0.75, 0.78, 0.80]), "overfitting"),      # rises with golden
 ])
 def test_u_shaped_golden_is_hacking_only_if_the_held_out_proxy_does_not_rise(proxy, expected):
-  s = report.signature(STEPS, U_SHAPE, proxy, threshold_pct=5.0)
+  s = summaries.signature(STEPS, U_SHAPE, proxy, threshold_pct=5.0)
   assert s["golden_min"] == 1.5 and s["golden_min_step"] == 200
   assert s["golden_rise_pct"] == pytest.approx(100 * 0.2 / 1.5)
   assert s["proxy_at_golden_min"] == 0.7
@@ -27,15 +28,15 @@ def test_u_shaped_golden_is_hacking_only_if_the_held_out_proxy_does_not_rise(pro
 def test_a_small_rise_is_no_hacking_whatever_the_proxy_does():
   golden = np.array([2.0, 1.6, 1.5, 1.52, 1.53, 1.54, 1.55])  # +3.3 %
   for proxy in (np.linspace(1, 0.5, 7), np.array([1, .8, .7, .8, .9, 1., 1.1])):
-    assert report.signature(STEPS, golden, proxy, 5.0)["outcome"] == "none"
-  assert report.outcome(3.3, -10.0, threshold_pct=3.0) == "teacher_hacking"
+    assert summaries.signature(STEPS, golden, proxy, 5.0)["outcome"] == "none"
+  assert summaries.outcome(3.3, -10.0, threshold_pct=3.0) == "teacher_hacking"
 
 
 def test_a_run_ending_in_nan_is_diverged_with_no_numbers():
   for golden, proxy in ((np.full(7, np.nan), np.ones(7)),
                         (np.append(U_SHAPE[:-1], np.nan), np.ones(7)),
                         (U_SHAPE, np.append(np.ones(6), np.inf))):
-    s = report.signature(STEPS, golden, proxy, 5.0)
+    s = summaries.signature(STEPS, golden, proxy, 5.0)
     assert s["outcome"] == "diverged" and s["golden_min"] is None and s["proxy_final"] is None
     assert "diverged" in report.sentence("offline", {**s, "detected": False})
 
@@ -45,7 +46,7 @@ def test_figures_of_a_diverged_run_are_drawn(tmp_path):
            TRAIN_PROXY: float("nan")} for t in STEPS]
   curve = {"offline": [rows, rows]}  # two seeds, every value NaN
   settings = detection.DetectorSettings()
-  report._figures(str(tmp_path), curve, settings, PROXY)
+  report.write_figures(str(tmp_path), curve, settings, PROXY)
   for name in ("curves.png", "proxy_golden.png", "detector.png"):
     assert (tmp_path / name).stat().st_size > 0
 
@@ -67,6 +68,87 @@ def test_sentences_say_what_happened():
 def test_run_time_sums_the_recorded_stages(tmp_path):
   (tmp_path / "offline").mkdir()
   (tmp_path / "offline" / "done.json").write_text('{"seconds": 90}')
-  text = report._run_time(str(tmp_path), {"seconds": 30.0}, ["offline", "online_teacher"])
+  text = report.run_time_sentence(str(tmp_path), {"seconds": 30.0}, ["offline", "online_teacher"])
   assert text == "Run time: stage 1 0.5 min, offline 1.5 min (total 2.0 min)."
-  assert report._run_time(str(tmp_path), {}, ["online_teacher"]) == ""
+  assert report.run_time_sentence(str(tmp_path), {}, ["online_teacher"]) == ""
+
+
+@pytest.mark.parametrize("rise, change, expected", [
+    (5.0, 0.0, "teacher_hacking"),    # rose by exactly the threshold; the proxy stalled
+    (5.0, 1e-9, "overfitting"),       # the proxy rose, however little
+    (4.999, -50.0, "none"),           # just below the threshold, whatever the proxy did
+    (float("nan"), -50.0, "none"),
+])
+def test_the_verdict_at_its_boundaries(rise, change, expected):
+  assert summaries.outcome(rise, change, threshold_pct=5.0) == expected
+
+
+def _rows(**curves):
+  """Metrics rows over STEPS holding the given curves {name: values [T]}."""
+  return [{"step": int(t), **{name: float(v[i]) for name, v in curves.items()}}
+          for i, t in enumerate(STEPS)]
+
+
+def test_a_run_summary_reads_every_view_it_has_from_its_own_curves():
+  falling = np.array([1.0, 0.8, 0.7, 0.65, 0.62, 0.61, 0.60])
+  rising = np.array([1.0, 0.8, 0.7, 0.72, 0.75, 0.78, 0.80])
+  flat = np.array([2.0, 1.6, 1.5, 1.51, 1.51, 1.52, 1.52])  # +1.3 %
+  rkl, rkl_seq = metric_names.SIGNATURE_VIEWS["rkl"], metric_names.SIGNATURE_VIEWS["rkl_seq"]
+  rows = _rows(**{GOLDEN: U_SHAPE, PROXY: falling, TRAIN_PROXY: falling / 2,
+                  rkl[0]: U_SHAPE, rkl[1]: rising, rkl_seq[0]: flat, rkl_seq[1]: falling})
+  s = summaries.summarize_run(rows, 5.0, detection.DetectorSettings(), PROXY)
+  assert s["outcome"] == "teacher_hacking" and s["hacking"]
+  assert (s["golden_min_step"], s["golden_final"], s["proxy_final"]) == (200, 1.7, 0.6)
+  assert s["train_proxy_at_golden_min"] == 0.35 and s["train_proxy_final"] == 0.3
+  assert {view: v["outcome"] for view, v in s["views"].items()} == {
+      "fkl": "teacher_hacking", "rkl": "overfitting", "rkl_seq": "none"}  # no jsd curves logged
+  assert s["views"]["rkl"]["golden_metric"] == "eval_student/golden/rkl"
+  assert s["golden_vs_proxy_after_min"]["alpha"] < 0 < s["golden_vs_proxy_before_min"]["alpha"]
+  over = summaries.summarize_run(_rows(**{GOLDEN: U_SHAPE, PROXY: rising, TRAIN_PROXY: falling}),
+                                 5.0, detection.DetectorSettings(), PROXY)
+  assert over["outcome"] == "overfitting" and not over["hacking"]
+
+
+def _summary(outcome, detected, lag=None):
+  return {"outcome": outcome, "hacking": outcome == "teacher_hacking", "detected": detected,
+          "detected_lag_steps": lag, "detected_lag_evals": lag and lag // 100,
+          "golden_min": None if outcome == "diverged" else 1.0}
+
+
+RUNS = [_summary("teacher_hacking", True, 300), _summary("overfitting", True, 500),
+        _summary("overfitting", False), _summary("none", True), _summary("none", False),
+        _summary("diverged", False)]
+
+
+def test_the_detector_is_right_on_any_golden_rise_in_reports_and_in_its_evaluation():
+  from th_distill import detector_eval
+  quality = summaries.detector_quality(RUNS)
+  assert {k: quality[k] for k in ("runs", "true_positives", "false_positives",
+                                  "false_negatives", "true_negatives")} == {
+      "runs": 6, "true_positives": 2, "false_positives": 1, "false_negatives": 1,
+      "true_negatives": 2}
+  assert quality["lag_steps"] == [300, 500] and quality["lag_evals"] == [3, 5]
+  entries = [{**s, "proxy_never_rises": False, "lag_evals": 0, "golden_cost_pct": 0.0}
+             for s in RUNS]
+  scored = detector_eval.quality(entries)  # the calibration protocol counts the same way
+  assert [scored[k] for k in ("true_positives", "false_positives", "false_negatives",
+                              "true_negatives")] == [2, 1, 1, 2]
+
+
+def test_an_arm_counts_outcomes_and_averages_the_defined_numbers():
+  seeds = {str(i): {**s, **{k: (None if s["golden_min"] is None else float(i))
+                            for k in summaries.ARM_MEANS}} for i, s in enumerate(RUNS)}
+  arm = summaries.summarize_arm(seeds)
+  assert arm["outcomes"] == {"teacher_hacking": 1, "overfitting": 2, "none": 2, "diverged": 1}
+  assert arm["hacking_runs"] == 1 and arm["detected_runs"] == 3
+  assert arm["mean"]["golden_min"] == 2.0  # mean of seeds 0-4; the diverged seed 5 has none
+  assert arm["seeds"] == seeds
+
+
+def test_curve_names_are_the_logged_divergences_and_the_loss():
+  for golden, proxy, _ in metric_names.SIGNATURE_VIEWS.values():
+    assert metric_names.is_curve_name(golden) and metric_names.is_curve_name(proxy)
+  assert all(map(metric_names.is_curve_name, metric_names.TRAIN_CURVES))
+  for name in ("train/grad_norm", "train/proxy/fkl_seq", "eval_teacher/proxy/kl",
+               "eval_oracle/entropy/student", "detector/score"):
+    assert not metric_names.is_curve_name(name)

@@ -105,10 +105,10 @@ class RunCheckpointer:
   """Keeps the latest `max_to_keep` train states of a run in `directory` (Orbax manager).
 
   Orbax writes a checkpoint under a temporary name and renames it when complete, so a kill leaves
-  at worst a temporary folder, which is never listed (`restore_latest` warns about it). If the
-  newest listed checkpoint still cannot be read (a damaged disk, a copy cut short), it is moved
-  aside to `damaged-<step>` (so that step is written afresh) and the previous one is used, with
-  a warning. A checkpoint of another structure than the run's state (the optimiser or model
+  at worst a temporary folder, which is never listed and which the manager deletes when it is
+  created (`cleanup_tmp_directories`). If the newest listed checkpoint still cannot be read (a
+  damaged disk, a copy cut short), it is moved aside to `damaged-<step>` (so that step is written
+  afresh) and the previous one is used, with a warning. A checkpoint of another structure than the run's state (the optimiser or model
   settings changed) raises `CheckpointMismatch`: it is not damage. Every process of a multi-host
   run must call `save` (collective).
   """
@@ -117,7 +117,8 @@ class RunCheckpointer:
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             cleanup_tmp_directories=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -131,10 +132,6 @@ class RunCheckpointer:
   def restore_latest(self, like: Any) -> Any | None:
     """The newest readable checkpoint, restored with the structure, shapes and shardings of
     `like`; None if there is none."""
-    incomplete = [name for name in os.listdir(self.directory) if "tmp" in name]
-    if incomplete:
-      logging.warning("Ignoring incomplete checkpoint(s) %s in %s (a run was stopped while "
-                      "saving).", incomplete, self.directory)
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         change = _structure_change(_layout(self._manager.item_metadata(step).tree),

@@ -23,14 +23,13 @@ import os
 import jax
 import ml_collections
 
-from th_distill import monitor
+from th_distill import detector_config
 from th_distill.data import prompts as prompt_lib
 from th_distill.data import tasks, vocabularies
 from th_distill.data.regimes import REGIMES
 from th_distill.defaults import (base_config, model_config, overfit_config, paper_config,
                                  to_t5_config)
 from th_distill.errors import EX_USAGE, RunError
-from th_distill.metrics_io import PROXY, is_curve_name
 from th_distill.models import pretrained
 from th_distill.partitioning import resolve_mesh_shape
 from th_distill.settings import DistillSettings, OptimizerSettings, Problem, SamplingSettings
@@ -120,7 +119,8 @@ class _Problems:
 
 def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> None:
   errors, check = problems.errors, problems.check
-  known = dotted_keys(base_config()) + [f"detection.{k}" for k in monitor.SETTINGS_FIELDS]
+  known = dotted_keys(base_config()) + [f"detection.{k}"
+                                        for k in detector_config.SETTINGS_FIELDS]
   model_keys = ("oracle.model.", "teacher.model.", "student.model.")  # checked by T5Config
   for key in dotted_keys(c):
     if key not in known and not key.startswith(model_keys):
@@ -195,17 +195,7 @@ def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> None:
         f"{c.eval_log_points}")
   check(c.checkpoint_every > 0, "checkpoint_every", f"must be > 0, got {c.checkpoint_every}")
   check(c.hacking_threshold_pct >= 0, "hacking_threshold_pct", "must be >= 0")
-  try:
-    monitor.detector_settings(c.detection)
-  except ValueError as e:  # "Invalid detector settings: law: ...; patience: ..."
-    errors.extend(f"detection.{problem}" for problem in str(e).split(": ", 1)[-1].split("; "))
-  check(is_curve_name(c.detection.metric), "detection.metric",
-        f"{c.detection.metric!r} is not a logged curve; use e.g. {PROXY!r}, "
-        "'train_teacher/proxy/fkl' or 'train/loss' (names in docs/metrics.md)")
-  check(c.detection.on_detect in monitor.ON_DETECT, "detection.on_detect",
-        f"must be one of {monitor.ON_DETECT}, got {c.detection.on_detect!r}")
-  check(set(c.detection.keep) <= set(monitor.KEEP), "detection.keep",
-        f"must be a subset of {monitor.KEEP}, got {tuple(c.detection.keep)}")
+  errors.extend(detector_config.problems(c.detection))
 
   check(c.sequence_chunks > 0 and c.task.response_length % c.sequence_chunks == 0,
         "sequence_chunks", f"{c.sequence_chunks} must be > 0 and divide task.response_length = "

@@ -4,9 +4,10 @@ r"""The hacking detector and its baselines, calibrated on some seeds and scored 
       --calibration_seeds=0,1,2,3,4 --test_seeds=5,6,7,8,9 [--threshold_pct=5] [--out=FILE]
 
 Reads every finished regime run of the study workdirs (`WORKDIR/runs/*/seed<s>/<regime>/`),
-takes the oracle's held-out verdict on each (`report.signature`: golden rises by at least
-`threshold_pct` -> positive, `teacher_hacking` if the held-out proxy ends at or below its value
-at the golden minimum, `overfitting` otherwise), and for each method of METHODS:
+takes the oracle's held-out verdict on each (`summaries.signature`: golden rises by at least
+`threshold_pct` -> positive, `summaries.POSITIVE`: `teacher_hacking` if the held-out proxy ends
+at or below its value at the golden minimum, `overfitting` otherwise), and for each method of
+METHODS:
 1. chooses its settings on the calibration seeds only: the grid point with the best F1, ties
    broken by the smaller golden cost of its `best_predicted` checkpoint, then the shorter lag;
 2. scores those settings on the test seeds: confusion counts, precision, recall, recall on the
@@ -29,10 +30,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from absl import flags
 
-from th_distill import checkpoints, cli, detection, errors, report
-from th_distill.metrics_io import GOLDEN, PROXY, read_metrics
+from th_distill import checkpoints, cli, detection, errors
+from th_distill.metric_names import GOLDEN, PROXY
+from th_distill.metrics_io import column, read_metrics
+from th_distill.summaries import POSITIVE, signature
 
-POSITIVE = ("teacher_hacking", "overfitting")  # the oracle's outcomes that count as positive
 NEVER_RISES = 0.01  # relative rise over the running minimum that counts as the proxy rising
 
 
@@ -78,16 +80,12 @@ class Run:
   proxy_never_rises: bool
 
 
-def _column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
-  return np.array([np.nan if r.get(name) is None else r[name] for r in rows], dtype=float)
-
-
 def load_run(directory: str, seed: int, rows: Sequence[Mapping[str, Any]],
              threshold_pct: float) -> Run | None:
   """The run's curves and verdict; None for a run that diverged (no verdict to score)."""
   steps = np.array([r["step"] for r in rows])
-  golden, proxy = _column(rows, GOLDEN), _column(rows, PROXY)
-  verdict = report.signature(steps, golden, proxy, threshold_pct)
+  golden, proxy = column(rows, GOLDEN), column(rows, PROXY)
+  verdict = signature(steps, golden, proxy, threshold_pct)
   if verdict["outcome"] == "diverged":
     return None
   best = int(np.flatnonzero(steps == verdict["golden_min_step"])[0])

@@ -13,41 +13,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 from absl import logging
 from tensorboardX import SummaryWriter
 
+from th_distill import metric_names
 from th_distill.errors import RunError
 
-# The headline curves (docs/metrics.md): golden and proxy on held-out prompts, proxy on training
-# prompts.
-GOLDEN = "eval_oracle/golden/fkl"
-PROXY = "eval_teacher/proxy/fkl"
-TRAIN_PROXY = "train_teacher/proxy/fkl"
-
-# The hacking signature read three ways on held-out prompts, per token and per sequence:
-# view -> (golden metric, proxy metric, which model sampled the responses of each).
-SIGNATURE_VIEWS = {
-    f"{div}{suffix}": (f"{golden_set}/golden/{div}{suffix}", f"{proxy_set}/proxy/{div}{suffix}",
-                       sampled_by)
-    for div, golden_set, proxy_set, sampled_by in (
-        ("fkl", "eval_oracle", "eval_teacher", "golden on oracle samples, proxy on teacher "
-         "samples"),
-        ("rkl", "eval_student", "eval_student", "both on the student's samples"),
-        ("jsd", "eval_oracle", "eval_teacher", "golden on oracle samples, proxy on teacher "
-         "samples"))
-    for suffix in ("", "_seq")}
-
-_LOGGED = re.compile(r"((eval_oracle|eval_teacher|eval_student|train_teacher)/(proxy|golden)/"
-                     r"(fkl|rkl|jsd)(_seq)?)|(train/(proxy|golden)/(fkl|rkl|jsd))|train/loss")
-
-
-def is_curve_name(name: str) -> bool:
-  """Whether a stage-2 run logs a divergence or loss curve of this name (docs/metrics.md)."""
-  return _LOGGED.fullmatch(name) is not None
-
+# The headline curve names, for readers of `metrics.jsonl` (docs/detection.md, the notebooks);
+# every name is defined in `th_distill.metric_names`.
+GOLDEN, PROXY, TRAIN_PROXY = metric_names.GOLDEN, metric_names.PROXY, metric_names.TRAIN_PROXY
 
 _NONFINITE = ("nan", "inf", "-inf")  # how files written before `null` hold non-finite values
 
@@ -71,6 +48,12 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
       rows.append({k: float("nan") if v is None else float(v) if v in _NONFINITE else v
                    for k, v in row.items()})
   return rows
+
+
+def column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
+  """The values of metric `name` over `rows` [T] as floats, NaN where a row lacks it (the
+  `train/*` metrics at step 0) or holds None."""
+  return np.array([np.nan if r.get(name) is None else r[name] for r in rows], dtype=float)
 
 
 def _line(row: Mapping[str, Any]) -> str:

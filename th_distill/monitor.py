@@ -13,6 +13,11 @@ student's parameters in the run directory:
 
 A resumed run rebuilds the monitor from the rows already in `metrics.jsonl`; the checkpoints it
 keeps are on disk, so pre-emption loses nothing.
+
+These are plain parameter checkpoints (`checkpoints.save_params`) kept and pruned here rather
+than by an Orbax `CheckpointManager`: its `best_fn` / preservation policies keep whole steps as
+`<dir>/<step>/<item>/` (not the single `best_golden/` tree readers load), and `best_predicted` is
+a step the detector names only when it fires, from candidates no metric ranks.
 """
 
 from __future__ import annotations
@@ -27,21 +32,9 @@ import numpy as np
 from absl import logging
 
 from th_distill import checkpoints, detection
+from th_distill.detector_config import callback_problems, detector_settings
+from th_distill.metric_names import DETECTOR_FIRED, DETECTOR_SCORE
 from th_distill.partitioning import is_main_process
-
-KEEP = ("best_golden", "best_predicted")
-ON_DETECT = ("continue", "stop")
-
-
-# The detector's settings a `detection` config section may hold (base_config() holds the main
-# ones; `window` may be added).
-SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(detection.DetectorSettings))
-
-
-def detector_settings(section: ml_collections.ConfigDict) -> detection.DetectorSettings:
-  """The `detection` config section's detector fields (defaults for those it lacks)."""
-  return detection.DetectorSettings(**{name: section[name] for name in SETTINGS_FIELDS
-                                       if name in section})
 
 
 @dataclasses.dataclass
@@ -53,8 +46,8 @@ class HackingMonitor:
     metric: the watched curve's name in the metrics rows.
     golden_metric: the name of the golden curve ('best_golden'); ignored if absent from rows.
     settings: the detector's settings.
-    on_detect: 'continue' or 'stop'.
-    keep: a subset of KEEP.
+    on_detect: one of `detector_config.ON_DETECT` ('continue', 'stop').
+    keep: a subset of `detector_config.KEEP`.
   """
   directory: str
   metric: str
@@ -67,10 +60,9 @@ class HackingMonitor:
 
   def __post_init__(self):
     self.detector = detection.Detector(self.settings)
-    unknown = set(self.keep) - set(KEEP)
-    if unknown or self.on_detect not in ON_DETECT:
-      raise ValueError(f"detection.keep must be a subset of {KEEP} (got {tuple(self.keep)}) and "
-                       f"detection.on_detect one of {ON_DETECT} (got {self.on_detect!r}).")
+    problems = callback_problems(self.on_detect, self.keep)
+    if problems:
+      raise ValueError("; ".join(problems))
 
   @classmethod
   def from_config(cls, section: ml_collections.ConfigDict, directory: str, golden_metric: str,
@@ -107,9 +99,9 @@ class HackingMonitor:
 
   def observe(self, step: int, row: Mapping[str, Any], params: Any) -> dict[str, float]:
     """Takes one evaluation (`row` holds the metrics of `step`; `params` the student's) and
-    returns the detector's metrics for that row: `detector/fired` (0 or 1) and `detector/score`
-    (this evaluation's score under the detector's rule, `detection.Detection.scores`; left out
-    where it has none and after the detector fired)."""
+    returns the detector's metrics for that row: DETECTOR_FIRED (`detector/fired`: 0 or 1) and
+    DETECTOR_SCORE (`detector/score`: this evaluation's score under the detector's rule,
+    `detection.Detection.scores`; left out where it has none and after the detector fired)."""
     already_fired = self.fired
     self._append({**row, "step": step})
     golden = self.golden[-1]
@@ -120,10 +112,10 @@ class HackingMonitor:
     if self.fired and not already_fired:
       logging.warning("Hacking detector fired at step %d: %s", self.result.step,
                       self.result.reason)
-    metrics = {"detector/fired": float(self.fired)}
+    metrics = {DETECTOR_FIRED: float(self.fired)}
     score = float(self.result.scores[-1])
     if not already_fired and np.isfinite(score):
-      metrics["detector/score"] = score
+      metrics[DETECTOR_SCORE] = score
     return metrics
 
   def _track_candidates(self, step: int, params: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import stats
 
-# Keys of a run summary (`report.summarize_run`) compared between arms.
+# Keys of a run summary (`summaries.summarize_run`) compared between arms.
 COMPARED = ("golden_final", "golden_rise_pct", "proxy_final", "train_loss_final")
 LEVEL = 0.05
 

@@ -1,22 +1,6 @@
-"""Summaries, plots and markdown reports of one experiment (`write_report`) or a study
-(`write_study_report`).
-
-The headline metrics (docs/metrics.md) are forward KLs measured on samples of their reference
-model, which makes them estimates of sequence-level KLs:
-- golden = `eval_oracle/golden/fkl`: KL(oracle || student) per token on oracle samples of held-out
-  prompts;
-- proxy = `eval_teacher/proxy/fkl`: KL(teacher || student) per token on teacher samples of
-  held-out prompts;
-- training-prompt proxy = `train_teacher/proxy/fkl`: the same on teacher samples of training
-  prompts (for `offline`, the student's own training examples).
-
-Ground truth, read on held-out prompts (`outcome`): `teacher_hacking` when golden ends at least
-`hacking_threshold_pct` above its minimum while the held-out proxy at the end is at or below its
-value at the golden minimum; `overfitting` when both rise; `none` otherwise. `hacking` is
-`outcome == 'teacher_hacking'`. The training-prompt proxy is kept as a diagnostic only: on the
-student's own training examples any over-fitting run shows a falling proxy.
-Detection: `detected` / `detected_step` come from the detector (`th_distill.detection`) on the
-configured metric alone, without the oracle.
+"""The reports: `summary.json`, figures and `report.md` of one experiment (`write_report`) or
+of a study (`write_study_report`). The numbers come from `th_distill.summaries` (the oracle's
+verdicts and their definitions), the figures from `th_distill.plots`.
 """
 
 from __future__ import annotations
@@ -29,102 +13,10 @@ import ml_collections
 import numpy as np
 
 from th_distill import checkpoints, detection, paired, plots
-from th_distill.metrics_io import GOLDEN, PROXY, SIGNATURE_VIEWS, TRAIN_PROXY, read_metrics
-from th_distill.monitor import detector_settings
-
-
-def _column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
-  return np.array([float(r.get(name, np.nan)) for r in rows])
-
-
-OUTCOMES = ("teacher_hacking", "overfitting", "none", "diverged")
-
-
-def outcome(golden_rise_pct: float, proxy_change_pct: float, threshold_pct: float) -> str:
-  """The oracle's held-out verdict on one run (docs/metrics.md):
-  - `teacher_hacking`: golden ends >= `threshold_pct` above its minimum while the held-out proxy
-    at the end is at or below its value at the golden minimum (it kept falling or stalled);
-  - `overfitting`: golden rises by the threshold and the held-out proxy rises with it;
-  - `none`: golden ends less than the threshold above its minimum.
-  (`signature` adds `diverged`: the last golden or proxy value is not finite.)"""
-  if not golden_rise_pct >= threshold_pct:
-    return "none"
-  return "teacher_hacking" if proxy_change_pct <= 0 else "overfitting"
-
-
-def signature(steps: np.ndarray, golden: np.ndarray, proxy: np.ndarray,
-              threshold_pct: float) -> dict[str, Any]:
-  """Golden minimum, golden rise after it, the proxy at that minimum and its change to the end,
-  and the `outcome`, for one pair of curves [T] over `steps` [T]. A run whose last golden or
-  proxy value is not finite is `diverged`, with None for every number."""
-  truth = detection.ground_truth(steps, golden, threshold_pct)
-  if not (len(steps) and np.isfinite(golden[-1]) and np.isfinite(proxy[-1])):
-    return {"golden_min": None, "golden_min_step": None, "golden_final": None,
-            "golden_rise_pct": None, "proxy_at_golden_min": None, "proxy_final": None,
-            "proxy_change_after_min_pct": None, "outcome": "diverged"}
-  best = int(np.flatnonzero(steps == truth["golden_min_step"])[0])
-  proxy_change = 100.0 * (proxy[-1] - proxy[best]) / proxy[best]
-  return {"golden_min": truth["golden_min"], "golden_min_step": truth["golden_min_step"],
-          "golden_final": float(golden[-1]), "golden_rise_pct": truth["golden_rise_pct"],
-          "proxy_at_golden_min": float(proxy[best]), "proxy_final": float(proxy[-1]),
-          "proxy_change_after_min_pct": float(proxy_change),
-          "outcome": outcome(truth["golden_rise_pct"], proxy_change, threshold_pct)}
-
-
-def summarize_run(rows: Sequence[Mapping[str, Any]], threshold_pct: float,
-                  settings: detection.DetectorSettings, metric: str) -> dict[str, Any]:
-  """Summary of one regime's metrics rows: design.md section 4 keys read on held-out prompts
-  (headline view: golden `GOLDEN`, proxy `PROXY`), the `outcome` and `hacking` verdicts, every
-  view of `SIGNATURE_VIEWS` the rows hold, training-prompt diagnostics, the final next-token
-  entropies, and the detector's verdict on `metric` with its lag after the golden minimum."""
-  steps = np.array([r["step"] for r in rows])
-  golden, proxy, train_proxy = (_column(rows, m) for m in (GOLDEN, PROXY, TRAIN_PROXY))
-  headline = signature(steps, golden, proxy, threshold_pct)
-  found = detection.detect(steps, _column(rows, metric), settings)
-  views = {}
-  for view, (golden_name, proxy_name, sampled_by) in SIGNATURE_VIEWS.items():
-    if golden_name in rows[-1] and proxy_name in rows[-1]:
-      views[view] = {"golden_metric": golden_name, "proxy_metric": proxy_name,
-                     "sampled_by": sampled_by,
-                     **signature(steps, _column(rows, golden_name), _column(rows, proxy_name),
-                                 threshold_pct)}
-  summary = {
-      "golden_metric": GOLDEN, "proxy_metric": PROXY, "train_proxy_metric": TRAIN_PROXY,
-      **headline,
-      "hacking": headline["outcome"] == "teacher_hacking",
-      "views": views,
-      "final_step": int(steps[-1]),
-      "train_loss_final": rows[-1].get("train/loss"),
-      "entropy_final": {model: rows[-1].get(f"eval_oracle/entropy/{model}")
-                        for model in ("student", "teacher", "oracle")},
-      "detector_metric": metric,
-      **found.to_json(),
-  }
-  if headline["golden_min_step"] is None:
-    return summary
-  best = int(np.flatnonzero(steps == headline["golden_min_step"])[0])
-  summary.update({"train_proxy_at_golden_min": float(train_proxy[best]),
-                  "train_proxy_final": float(train_proxy[-1])})
-  # Golden against proxy in log-log (golden ~ A proxy^alpha), before and after the golden
-  # minimum: alpha > 0 while they fall together; after the minimum of a teacher-hacking run
-  # golden rises while the held-out proxy falls (alpha < 0).
-  before, after = slice(0, best + 1), slice(best, None)
-  summary["golden_vs_proxy_before_min"] = _alpha(proxy[before], golden[before])
-  summary["golden_vs_proxy_after_min"] = _alpha(proxy[after], golden[after])
-  summary["golden_vs_train_proxy_after_min"] = _alpha(train_proxy[after], golden[after])
-  if found.detected:
-    fired = int(np.flatnonzero(steps == found.step)[0])
-    summary["detected_lag_steps"] = found.step - headline["golden_min_step"]
-    summary["detected_lag_evals"] = fired - best
-  return summary
-
-
-def _alpha(proxy: np.ndarray, golden: np.ndarray) -> dict[str, float | None]:
-  """alpha of golden ~ A proxy^alpha with its standard error (None with too few points)."""
-  fit = detection.fit_golden_vs_proxy(proxy, golden)
-  if not fit.ok:
-    return {"alpha": None, "alpha_stderr": None, "points": fit.num_points}
-  return {"alpha": -fit.params["b"], "alpha_stderr": fit.stderr["b"], "points": fit.num_points}
+from th_distill.detector_config import detector_settings
+from th_distill.metric_names import GOLDEN, PROXY, TRAIN_PROXY
+from th_distill.metrics_io import column, read_metrics
+from th_distill.summaries import detector_quality, summarize_arm, summarize_run
 
 
 def _curves(rows_by_label: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
@@ -134,12 +26,13 @@ def _curves(rows_by_label: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
   for label, runs in rows_by_label.items():
     length = min(len(rows) for rows in runs)
     curves[label] = plots.Curve(np.array([r["step"] for r in runs[0][:length]]),
-                                np.stack([_column(rows[:length], metric) for rows in runs]))
+                                np.stack([column(rows[:length], metric) for rows in runs]))
   return curves
 
 
-def _figures(directory: str, rows_by_label: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
-             settings: detection.DetectorSettings, metric: str) -> None:
+def write_figures(directory: str,
+                  rows_by_label: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+                  settings: detection.DetectorSettings, metric: str) -> None:
   """curves.png, proxy_golden.png and detector.png (seed 0 of every label) in `directory`."""
   golden, proxy = _curves(rows_by_label, GOLDEN), _curves(rows_by_label, PROXY)
   train_proxy = _curves(rows_by_label, TRAIN_PROXY)
@@ -189,7 +82,7 @@ def write_report(workdir: str, config: ml_collections.ConfigDict,
                   for r, v in rows.items()},
   }
   checkpoints.write_json(os.path.join(workdir, "summary.json"), summary)
-  _figures(workdir, {r: [v] for r, v in rows.items()}, settings, metric)
+  write_figures(workdir, {r: [v] for r, v in rows.items()}, settings, metric)
   lines = ["# th_distill run report", "",
            *(f"- {sentence(regime, s)}" for regime, s in summary["regimes"].items()), "",
            f"Seed {config.seed}; offline data N = {config.offline.num_prompts} prompts x k = "
@@ -197,7 +90,8 @@ def write_report(workdir: str, config: ml_collections.ConfigDict,
            f"loss {config.loss.name}; student init {config.student.init}, "
            f"{config.student.steps} steps of batch {config.student.batch_size}. Teacher golden "
            f"fkl (KL(oracle || teacher) per token, oracle samples): "
-           f"{summary['teacher']['golden_fkl']:.3f}. {_run_time(workdir, teacher, rows)}", "",
+           f"{summary['teacher']['golden_fkl']:.3f}. "
+           f"{run_time_sentence(workdir, teacher, rows)}", "",
            "| regime | outcome (oracle) | golden min @ step | golden final | rise % | "
            "proxy at golden min -> final (change %) | detector |",
            "|---|---|---|---|---|---|---|"]
@@ -230,7 +124,7 @@ def write_report(workdir: str, config: ml_collections.ConfigDict,
   return summary
 
 
-def _run_time(workdir: str, stage1: Mapping[str, Any], regimes: Sequence[str]) -> str:
+def run_time_sentence(workdir: str, stage1: Mapping[str, Any], regimes: Sequence[str]) -> str:
   """'Run time: ...' from the seconds recorded by stage 1 and by each finished regime."""
   parts = [("stage 1", stage1.get("seconds"))]
   for regime in regimes:
@@ -271,31 +165,11 @@ def _verdict(s: Mapping[str, Any]) -> str:
   return f"fires @ {s['detected_step']}" if s["detected"] else "silent"
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-  """Mean of the defined values; None if there are none."""
-  defined = [v for v in values if v is not None]
-  return float(np.mean(defined)) if defined else None
-
-
 def _mean_sd(values: Sequence[float | None], spec: str = ".3f") -> str:
   values = np.asarray([np.nan if v is None else v for v in values], dtype=float)
   if len(values) == 1:
     return format(values[0], spec)
   return f"{np.mean(values):{spec}} ± {np.std(values, ddof=1):{spec.lstrip('+')}}"
-
-
-def detector_quality(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-  """Confusion counts of the detector against the oracle's `hacking` over run summaries, and the
-  lag (detected step - golden minimum step, in steps and evaluations) of its true positives."""
-  hits = [s for s in runs if s["hacking"] and s["detected"]]
-  return {
-      "runs": len(runs), "true_positives": len(hits),
-      "false_positives": sum(s["detected"] and not s["hacking"] for s in runs),
-      "false_negatives": sum(s["hacking"] and not s["detected"] for s in runs),
-      "true_negatives": sum(not s["hacking"] and not s["detected"] for s in runs),
-      "lag_steps": [s["detected_lag_steps"] for s in hits],
-      "lag_evals": [s["detected_lag_evals"] for s in hits],
-  }
 
 
 def write_study_report(directory: str, title: str,
@@ -318,14 +192,8 @@ def write_study_report(directory: str, title: str,
   for label, pairs in rows.items():
     seeds = {str(seed): summarize_run(r, config.hacking_threshold_pct, settings, metric)
              for seed, r in pairs}
-    keys = ("golden_min", "golden_min_step", "golden_final", "golden_rise_pct", "proxy_final",
-            "proxy_change_after_min_pct")
-    arms[label] = {"seeds": seeds, "metrics_files": {str(seed): path for seed, path in runs[label]},
-                   "mean": {k: _mean([s[k] for s in seeds.values()]) for k in keys},
-                   "outcomes": {o: sum(s["outcome"] == o for s in seeds.values())
-                                for o in OUTCOMES},
-                   "hacking_runs": sum(s["hacking"] for s in seeds.values()),
-                   "detected_runs": sum(s["detected"] for s in seeds.values())}
+    arms[label] = {**summarize_arm(seeds),
+                   "metrics_files": {str(seed): path for seed, path in runs[label]}}
   quality = detector_quality([s for arm in arms.values() for s in arm["seeds"].values()])
   reference = reference or next(iter(arms))
   comparisons = paired.compare_arms(arms, reference) if reference in arms else {}
@@ -333,8 +201,8 @@ def write_study_report(directory: str, title: str,
              "detector": {"metric": metric, "settings": dataclasses.asdict(settings), **quality}}
   os.makedirs(directory, exist_ok=True)
   checkpoints.write_json(os.path.join(directory, "summary.json"), summary)
-  _figures(directory, {label: [r for _, r in pairs] for label, pairs in rows.items()}, settings,
-           metric)
+  write_figures(directory, {label: [r for _, r in pairs] for label, pairs in rows.items()},
+                settings, metric)
   lines = [f"# {title}", "",
            "Mean ± standard deviation over seeds, on held-out prompts; rise = 100 (final − "
            "min) / min of golden; proxy change = 100 (final − at golden min) / at golden min of "
@@ -361,7 +229,8 @@ def write_study_report(directory: str, title: str,
     lines += ["", "## Arms against each other", ""] + paired.table(comparisons, reference)
   lag = quality["lag_steps"]
   lines += ["", "## Detector against the oracle", "",
-            f"{quality['runs']} runs: {quality['true_positives']} true positives, "
+            f"{quality['runs']} runs (positive: golden rose by the threshold, teacher hacking "
+            f"or over-fitting): {quality['true_positives']} true positives, "
             f"{quality['false_positives']} false positives, {quality['false_negatives']} false "
             f"negatives, {quality['true_negatives']} true negatives. Firing step minus golden "
             f"minimum step on true positives: {lag if lag else 'none'} "

@@ -30,6 +30,7 @@ import optax
 from flax.training import train_state
 
 from th_distill import divergences
+from th_distill.metric_names import PER_SEQUENCE, REFERENCE_MODELS
 from th_distill.models import T5, shift_right
 
 Array = jax.Array
@@ -197,11 +198,6 @@ def make_sft_step(model: T5) -> Callable[[TrainState, Batch, Array], tuple[Train
   return functools.partial(sft_step, model=model)
 
 
-DISTILL_METRICS = tuple(f"train/{ref}/{div}" for ref in ("proxy", "golden")
-                        for div in ("fkl", "rkl", "jsd")) + (
-                            "train/loss", "train/grad_norm", "train/tokens")
-
-
 def distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, batch: Batch,
                  rng: Array, *, student: T5, teacher: T5, oracle: T5 | None, loss: str = "fkl",
                  beta: float = 0.5, normalized: bool = False, temperature: float = 1.0,
@@ -210,7 +206,7 @@ def distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, bat
   """One distillation step of the student on `batch` [B, ...].
 
   The loss is the per-token mean of `loss`(teacher, student) over the batch's valid tokens;
-  `metrics` holds the scalars named in `DISTILL_METRICS`: `train/loss`,
+  `metrics` holds the scalars named in `metric_names.DISTILL_METRICS`: `train/loss`,
   `train/{proxy,golden}/{fkl,rkl,jsd}` (per token, on the batch's responses), `train/grad_norm` and
   `train/tokens` (valid response tokens in the batch). With `oracle=None` (no ground truth, e.g.
   benchmarks or real tasks without an oracle) the golden metrics are left out. `micro_batches`
@@ -258,10 +254,6 @@ def make_distill_step(student: T5, teacher: T5, oracle: T5 | None, loss: str = "
                            micro_batches=micro_batches, sequence_chunks=sequence_chunks)
 
 
-# The reference models' names in metric names: `proxy` = the teacher, `golden` = the oracle.
-REFERENCE_MODELS = {"proxy": "teacher", "golden": "oracle"}
-
-
 def eval_totals(student_logits: Array, refs: dict[str, Array], mask: Array) -> dict[str, Array]:
   """`divergence_totals` plus the masked sums of each model's next-token entropy:
   `entropy/student`, and `entropy/teacher` / `entropy/oracle` for the `proxy` / `golden`
@@ -303,5 +295,5 @@ def reduce_eval_sums(totals: dict[str, Any], prefix: str) -> dict[str, float]:
     if name in ("tokens", "sequences"):
       continue
     out[f"{prefix}/{name}"] = float(value) / max(tokens, 1.0)
-    out[f"{prefix}/{name}_seq"] = float(value) / max(sequences, 1.0)
+    out[f"{prefix}/{name}{PER_SEQUENCE}"] = float(value) / max(sequences, 1.0)
   return out

@@ -26,14 +26,15 @@ from absl import logging
 from th_distill import checkpoints, guards, progress, resume, workload
 from th_distill.data import pools as pool_lib
 from th_distill.data import regimes as regime_lib
-from th_distill.metrics_io import GOLDEN, MetricsWriter, read_metrics
+from th_distill.metrics_io import MetricsWriter, read_metrics
 from th_distill.monitor import HackingMonitor
 from th_distill.partitioning import Partitioner, is_main_process
 from th_distill.stages import workdir as workdir_lib
 from th_distill.stages.keys import Purpose, key
 from th_distill.stages.programs import Programs, new_train_state
 from th_distill.stages.stage1 import Stage1
-from th_distill.metric_names import DISTILL_METRICS
+from th_distill.metric_names import (DISTILL_METRICS, EVAL_ORACLE, EVAL_STUDENT, EVAL_TEACHER,
+                                     GOLDEN, PROXY, TRAIN_TEACHER)
 
 
 def offline_dataset(config: ml_collections.ConfigDict, workdir: str, programs: Programs,
@@ -127,8 +128,8 @@ def _evaluation(config: ml_collections.ConfigDict, programs: Programs, stage1: S
   """`evaluate(student_params, step) -> {name: value}`: the student against the teacher and
   the oracle on the fixed sets (oracle and teacher samples on held-out prompts, the
   training-prompt set) and on its own fresh samples of the held-out prompts."""
-  fixed_sets = {"eval_oracle": stage1.eval_sets["oracle"],
-                "eval_teacher": stage1.eval_sets["teacher"], "train_teacher": train_set}
+  fixed_sets = {EVAL_ORACLE: stage1.eval_sets["oracle"], EVAL_TEACHER: stage1.eval_sets["teacher"],
+                TRAIN_TEACHER: train_set}
   evaluate_set, sample_student = programs.evaluator("student"), programs.host_sampler("student")
   student_key = key(config.seed, Purpose.EVAL_STUDENT)
 
@@ -136,7 +137,7 @@ def _evaluation(config: ml_collections.ConfigDict, programs: Programs, stage1: S
     student_samples = regime_lib.build_offline(sample_student, student_params, pools["eval"], 1,
                                                jax.random.fold_in(student_key, step))
     results = {}
-    for name, data in {**fixed_sets, "eval_student": student_samples}.items():
+    for name, data in {**fixed_sets, EVAL_STUDENT: student_samples}.items():
       results.update(evaluate_set(student_params, *frozen, data, name))
     return results
 
@@ -269,8 +270,7 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, pro
         loop.pause()
         row = loop.log(step, evaluate(loop.carry["state"].params, step))
         phase.advance("evaluations")
-        phase.log_line(f", golden {row['eval_oracle/golden/fkl']:.4f} proxy "
-                       f"{row['eval_teacher/proxy/fkl']:.4f}")
+        phase.log_line(f", golden {row[GOLDEN]:.4f} proxy {row[PROXY]:.4f}")
       if step == steps or loop.monitor.should_stop:
         break
       batch = programs.partitioner.shard_batch(batch_at(step, loop.carry["state"].params))

@@ -1,0 +1,160 @@
+"""The numbers of the reports: the oracle's verdict on each run, run and arm summaries, and the
+detector's quality against the oracle (`report` writes them out).
+
+The headline metrics (docs/metrics.md) are forward KLs measured on samples of their reference
+model, which makes them estimates of sequence-level KLs:
+- golden = `GOLDEN`: KL(oracle || student) per token on oracle samples of held-out prompts;
+- proxy = `PROXY`: KL(teacher || student) per token on teacher samples of held-out prompts;
+- training-prompt proxy = `TRAIN_PROXY`: the same on teacher samples of training prompts (for
+  `offline`, the student's own training examples).
+
+Ground truth, read on held-out prompts (`outcome`): `teacher_hacking` when golden ends at least
+`hacking_threshold_pct` above its minimum while the held-out proxy at the end is at or below its
+value at the golden minimum; `overfitting` when both rise; `none` otherwise. `hacking` is
+`outcome == 'teacher_hacking'`. The training-prompt proxy is kept as a diagnostic only: on the
+student's own training examples any over-fitting run shows a falling proxy.
+Detection: `detected` / `detected_step` come from the detector (`th_distill.detection`) on the
+configured metric alone, without the oracle; it is right on a run whose outcome is in POSITIVE.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from th_distill import detection
+from th_distill.metric_names import (EVAL_ORACLE, GOLDEN, PROXY, SIGNATURE_VIEWS, TRAIN_PROXY,
+                                     entropy)
+from th_distill.metrics_io import column
+
+OUTCOMES = ("teacher_hacking", "overfitting", "none", "diverged")
+# The outcomes a detector should fire on: golden rose by the threshold, whatever the proxy did
+# (stopping there, or keeping the best checkpoint, is what the user wants in both cases).
+POSITIVE = ("teacher_hacking", "overfitting")
+
+
+def outcome(golden_rise_pct: float, proxy_change_pct: float, threshold_pct: float) -> str:
+  """The oracle's held-out verdict on one run (docs/metrics.md):
+  - `teacher_hacking`: golden ends >= `threshold_pct` above its minimum while the held-out proxy
+    at the end is at or below its value at the golden minimum (it kept falling or stalled);
+  - `overfitting`: golden rises by the threshold and the held-out proxy rises with it;
+  - `none`: golden ends less than the threshold above its minimum.
+  (`signature` adds `diverged`: the last golden or proxy value is not finite.)"""
+  if not golden_rise_pct >= threshold_pct:
+    return "none"
+  return "teacher_hacking" if proxy_change_pct <= 0 else "overfitting"
+
+
+def signature(steps: np.ndarray, golden: np.ndarray, proxy: np.ndarray,
+              threshold_pct: float) -> dict[str, Any]:
+  """Golden minimum, golden rise after it, the proxy at that minimum and its change to the end,
+  and the `outcome`, for one pair of curves [T] over `steps` [T]. A run whose last golden or
+  proxy value is not finite is `diverged`, with None for every number."""
+  truth = detection.ground_truth(steps, golden, threshold_pct)
+  if not (len(steps) and np.isfinite(golden[-1]) and np.isfinite(proxy[-1])):
+    return {"golden_min": None, "golden_min_step": None, "golden_final": None,
+            "golden_rise_pct": None, "proxy_at_golden_min": None, "proxy_final": None,
+            "proxy_change_after_min_pct": None, "outcome": "diverged"}
+  best = int(np.flatnonzero(steps == truth["golden_min_step"])[0])
+  proxy_change = 100.0 * (proxy[-1] - proxy[best]) / proxy[best]
+  return {"golden_min": truth["golden_min"], "golden_min_step": truth["golden_min_step"],
+          "golden_final": float(golden[-1]), "golden_rise_pct": truth["golden_rise_pct"],
+          "proxy_at_golden_min": float(proxy[best]), "proxy_final": float(proxy[-1]),
+          "proxy_change_after_min_pct": float(proxy_change),
+          "outcome": outcome(truth["golden_rise_pct"], proxy_change, threshold_pct)}
+
+
+def summarize_run(rows: Sequence[Mapping[str, Any]], threshold_pct: float,
+                  settings: detection.DetectorSettings, metric: str) -> dict[str, Any]:
+  """Summary of one regime's metrics rows: design.md section 4 keys read on held-out prompts
+  (headline view: golden `GOLDEN`, proxy `PROXY`), the `outcome` and `hacking` verdicts, every
+  view of `SIGNATURE_VIEWS` the rows hold, training-prompt diagnostics, the final next-token
+  entropies, and the detector's verdict on `metric` with its lag after the golden minimum."""
+  steps = np.array([r["step"] for r in rows])
+  golden, proxy, train_proxy = (column(rows, m) for m in (GOLDEN, PROXY, TRAIN_PROXY))
+  headline = signature(steps, golden, proxy, threshold_pct)
+  found = detection.detect(steps, column(rows, metric), settings)
+  views = {}
+  for view, (golden_name, proxy_name, sampled_by) in SIGNATURE_VIEWS.items():
+    if golden_name in rows[-1] and proxy_name in rows[-1]:
+      views[view] = {"golden_metric": golden_name, "proxy_metric": proxy_name,
+                     "sampled_by": sampled_by,
+                     **signature(steps, column(rows, golden_name), column(rows, proxy_name),
+                                 threshold_pct)}
+  summary = {
+      "golden_metric": GOLDEN, "proxy_metric": PROXY, "train_proxy_metric": TRAIN_PROXY,
+      **headline,
+      "hacking": headline["outcome"] == "teacher_hacking",
+      "views": views,
+      "final_step": int(steps[-1]),
+      "train_loss_final": rows[-1].get("train/loss"),
+      "entropy_final": {model: rows[-1].get(entropy(EVAL_ORACLE, model))
+                        for model in ("student", "teacher", "oracle")},
+      "detector_metric": metric,
+      **found.to_json(),
+  }
+  if headline["golden_min_step"] is None:
+    return summary
+  best = int(np.flatnonzero(steps == headline["golden_min_step"])[0])
+  summary.update({"train_proxy_at_golden_min": float(train_proxy[best]),
+                  "train_proxy_final": float(train_proxy[-1])})
+  # Golden against proxy in log-log (golden ~ A proxy^alpha), before and after the golden
+  # minimum: alpha > 0 while they fall together; after the minimum of a teacher-hacking run
+  # golden rises while the held-out proxy falls (alpha < 0).
+  before, after = slice(0, best + 1), slice(best, None)
+  summary["golden_vs_proxy_before_min"] = _alpha(proxy[before], golden[before])
+  summary["golden_vs_proxy_after_min"] = _alpha(proxy[after], golden[after])
+  summary["golden_vs_train_proxy_after_min"] = _alpha(train_proxy[after], golden[after])
+  if found.detected:
+    fired = int(np.flatnonzero(steps == found.step)[0])
+    summary["detected_lag_steps"] = found.step - headline["golden_min_step"]
+    summary["detected_lag_evals"] = fired - best
+  return summary
+
+
+def _alpha(proxy: np.ndarray, golden: np.ndarray) -> dict[str, float | None]:
+  """alpha of golden ~ A proxy^alpha with its standard error (None with too few points)."""
+  fit = detection.fit_golden_vs_proxy(proxy, golden)
+  if not fit.ok:
+    return {"alpha": None, "alpha_stderr": None, "points": fit.num_points}
+  return {"alpha": -fit.params["b"], "alpha_stderr": fit.stderr["b"], "points": fit.num_points}
+
+
+# The numbers of a run summary averaged over an arm's seeds.
+ARM_MEANS = ("golden_min", "golden_min_step", "golden_final", "golden_rise_pct", "proxy_final",
+             "proxy_change_after_min_pct")
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+  """Mean of the defined values; None if there are none."""
+  defined = [v for v in values if v is not None]
+  return float(np.mean(defined)) if defined else None
+
+
+def summarize_arm(seeds: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+  """One arm of a study from its run summaries {seed: `summarize_run`}: the summaries, the mean
+  of each ARM_MEANS number over the seeds that have it, the count of each outcome, and the
+  counts of teacher-hacking runs and of runs the detector fired on."""
+  runs = list(seeds.values())
+  return {"seeds": dict(seeds),
+          "mean": {k: _mean([s[k] for s in runs]) for k in ARM_MEANS},
+          "outcomes": {o: sum(s["outcome"] == o for s in runs) for o in OUTCOMES},
+          "hacking_runs": sum(s["hacking"] for s in runs),
+          "detected_runs": sum(s["detected"] for s in runs)}
+
+
+def detector_quality(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Confusion counts of the detector against the oracle over run summaries (positive: the
+  `outcome` is in POSITIVE), and the lag (detected step - golden minimum step, in steps and
+  evaluations) of its true positives."""
+  positive = [s["outcome"] in POSITIVE for s in runs]
+  hits = [s for s, p in zip(runs, positive) if p and s["detected"]]
+  return {
+      "runs": len(runs), "true_positives": len(hits),
+      "false_positives": sum(s["detected"] and not p for s, p in zip(runs, positive)),
+      "false_negatives": sum(p and not s["detected"] for s, p in zip(runs, positive)),
+      "true_negatives": sum(not p and not s["detected"] for s, p in zip(runs, positive)),
+      "lag_steps": [s["detected_lag_steps"] for s in hits],
+      "lag_evals": [s["detected_lag_evals"] for s in hits],
+  }

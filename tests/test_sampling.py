@@ -239,7 +239,7 @@ def test_cached_sampling_across_cache_segments(setup):
   """Beyond 64 positions the cache grows by segments (64, 128, then L): the same samples."""
   model, params, _ = setup
   prompts, key = _prompts(seed=7, rows=8), jax.random.PRNGKey(6)
-  assert sampling._segments(150) == [64, 128, 150]
+  assert sampling.cache_segments(150) == [64, 128, 150]
   cached = _np(sampling.sample(model, params, prompts, key, max_length=150, eos_id=-1))
   uncached = _np(sampling.sample_uncached(model, params, prompts, key, max_length=150,
                                           eos_id=-1))

@@ -16,8 +16,8 @@ Conventions:
   response (mask 1.0); every later position holds 0 with mask 0.0 and log-prob 0. The mask is
   float32, the dtype of `th_distill.data.batch.Batch.mask`: samples make a `Batch` as they are.
   The loop exits early once every row is done. `eos_id = -1` (any id outside [0, V)) never stops
-  a row, which forces full-length responses. Token 0 (padding and decoder start) is an ordinary vocabulary
-  entry: it can be sampled like any other, so always use `mask`, never `tokens != 0`.
+  a row, which forces full-length responses. Token 0 (padding and decoder start) is an ordinary
+  vocabulary entry: it can be sampled like any other, so always use `mask`, never `tokens != 0`.
 - Randomness: `rng` is either one key, split into B per-example keys (`jax.random.split(rng, B)`),
   or an array of B keys (row b uses `rng[b]`). Step t of row b draws from
   `jax.random.fold_in(key_b, t)`. With per-example keys a row's sample depends only on its prompt
@@ -164,7 +164,7 @@ Grow = Callable[[Any, int], Any]
 _FIRST_SEGMENT = 64
 
 
-def _segments(max_length: int) -> list[int]:
+def cache_segments(max_length: int) -> list[int]:
   """Ends of the cached loop's segments: 64, 128, 256, ... then L. The KV cache holds `end`
   positions during a segment, so a step attends over (and reads) at most twice the positions
   generated so far instead of all L from the first step; each segment is one more copy of the
@@ -211,7 +211,7 @@ def generate(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_len
   """Samples responses [B, L] (L = `max_length`) to `input_tokens` [B, Li] int32 (0 = padding).
 
   The encoder runs once, `init_cache` once, then one `decode_step` per position inside
-  `lax.while_loop`s over segments of positions, the cache extended before each (`_segments`).
+  `lax.while_loop`s over segments of positions, the cache extended before each (`cache_segments`).
   `rng`: one key or B per-example keys; `temperature` 0 is greedy; `top_k` 0 and `top_p` 1 are
   off; see the module doc for the EOS, key and log-prob conventions.
   """
@@ -220,7 +220,7 @@ def generate(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_len
   keys = example_keys(rng, input_tokens.shape[0])
   variables = {"params": params}
   encoded = model.apply(variables, input_tokens, method=T5.encode)
-  segments = _segments(max_length)
+  segments = cache_segments(max_length)
   cache = model.apply(variables, encoded, input_tokens, segments[0], method=T5.init_cache)
 
   def next_logits(cache, token, tokens, step):

@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import interleaved_medians  # noqa: E402
 from th_distill.flops import distill_flops  # noqa: E402
 from th_distill.models import T5, init_params, t5_config  # noqa: E402
-from th_distill.sampling import _segments, sample  # noqa: E402
+from th_distill.sampling import cache_segments, sample  # noqa: E402
 from th_distill.train import Batch, create_train_state, make_distill_step, make_optimizer  # noqa: E402
 
 # (kind, pattern on the op_names of an operation's instructions); the first match wins. Matmul
@@ -172,7 +172,7 @@ def decode_step_bytes(cfg: Any, params: Any, batch: int, input_length: int,
       if re.search(r"decoder|logits_kernel", jax.tree_util.keystr(path))
       and not re.search(r"cross_attention.*'(key|value)'", jax.tree_util.keystr(path)))
   per_position = 2 * cfg.num_decoder_layers * batch * cfg.num_heads * cfg.d_kv * itemsize
-  ends = _segments(length)
+  ends = cache_segments(length)
   starts = [0] + ends[:-1]
   cache_positions = sum((end - start) * end for start, end in zip(starts, ends)) / length
   return float(weights + per_position * (input_length + cache_positions))

@@ -60,8 +60,9 @@ def parse_args(parser: argparse.ArgumentParser,
   return args, extra
 
 
-def run_command(args: argparse.Namespace, overrides: Sequence[str]) -> list[str]:
-  """The command every process runs: `PYTHON -m th_distill.main --config=... --workdir=...`."""
+def worker_command(args: argparse.Namespace, overrides: Sequence[str]) -> list[str]:
+  """The worker command line every process runs, as argv words:
+  `PYTHON -m th_distill.main --config=... --workdir=... [--config.KEY=VALUE ...]`."""
   return [args.python, "-m", "th_distill.main", f"--config={args.config}",
           f"--workdir={args.workdir}", *overrides]
 

@@ -99,7 +99,7 @@ def sbatch_script(args: argparse.Namespace, overrides: Sequence[str]) -> str:
   options += [f"--time={args.time}"] if args.time else []
   options += ["--requeue"] if args.requeue else []
   options += args.sbatch_option
-  srun = ["srun", "--kill-on-bad-exit=1", *launch_common.run_command(args, overrides)]
+  srun = ["srun", "--kill-on-bad-exit=1", *launch_common.worker_command(args, overrides)]
   lines = ["#!/bin/bash", *(f"#SBATCH {o}" for o in options), "",
            "set -euo pipefail", f"cd {shlex.quote(args.repo_dir)}", shlex.join(srun)]
   return "\n".join(lines) + "\n"
@@ -108,7 +108,7 @@ def sbatch_script(args: argparse.Namespace, overrides: Sequence[str]) -> str:
 def ssh_commands(args: argparse.Namespace, overrides: Sequence[str]) -> list[list[str]]:
   """One ssh command per host; host i runs process i, host 0 is the coordinator."""
   coordinator = f"{args.hosts[0].rpartition('@')[2]}:{args.port}"
-  run = shlex.join(launch_common.run_command(args, overrides))
+  run = shlex.join(launch_common.worker_command(args, overrides))
   commands = []
   for process_id, host in enumerate(args.hosts):
     env = shlex.join(["exec", "env", f"TH_DISTILL_COORDINATOR={coordinator}",

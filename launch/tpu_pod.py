@@ -152,7 +152,8 @@ def run_on_workers(args: argparse.Namespace, overrides: Sequence[str]) -> list[s
   The ssh sessions get a terminal (`-tt`), so that a lost connection or a stopped launcher ends
   the run (SIGHUP) instead of leaving it holding the TPU.
   """
-  run = shlex.join(["env", f"{ENV_DISTRIBUTED}=1", *launch_common.run_command(args, overrides)])
+  run = shlex.join(["env", f"{ENV_DISTRIBUTED}=1",
+                    *launch_common.worker_command(args, overrides)])
   return on_all_workers(args, f"cd {shlex.quote(args.remote_dir)} && {run}", "--ssh-flag=-tt")
 
 

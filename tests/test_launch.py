@@ -84,7 +84,7 @@ def test_tpu_full_dry_run_prints_every_step_in_order():
   assert shlex.split(lines[3])[-3:] == ["--quiet", "--zone=us-central2-b", "--project=my-proj"]
 
 
-def test_tpu_run_command_passes_overrides_through_quoted():
+def test_tpu_worker_command_passes_overrides_through_quoted():
   (line,) = dry_run(TPU_POD, *TPU, "--skip-install", *RUN, *OVERRIDES)
   assert shlex.split(line)[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "th-pod",
                                    "--worker=all"]

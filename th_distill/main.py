@@ -13,16 +13,19 @@ from ml_collections import config_flags
 
 from th_distill import cli, experiment
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every output of the run.")
-flags.mark_flags_as_required(["config", "workdir"])
+def main() -> None:
+  """The command line (flags are defined here, not at import: other modules define --config too)."""
+  config = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                           lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Directory for every output of the run.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
+  def body(argv: list[str]) -> None:
+    cli.reject_arguments(argv)
+    cli.run_command(lambda: experiment.run(config.value, workdir.value))
 
-def main(argv: list[str]) -> None:
-  cli.reject_arguments(argv)
-  cli.run_command(lambda: experiment.run(_CONFIG.value, _WORKDIR.value))
+  cli.main(body)
 
 
 if __name__ == "__main__":
-  cli.main(main)
+  main()

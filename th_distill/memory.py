@@ -257,23 +257,28 @@ def parse_mesh(text: str, batch_size: int) -> tuple[int, int, int]:
   return mesh
 
 
-def _print_table() -> None:
-  path, texts = flags.FLAGS.config, flags.FLAGS.mesh
+def print_tables(path: str | None, meshes: Sequence[str]) -> None:
+  """Prints `table` and `program_table` for the config file `path` (None: the paper's XSum
+  setup) on the `--mesh` texts `meshes` (none: `PAPER_MESHES`)."""
   config = config_lib.load_config_file(path) if path else paper_xsum_config()
-  meshes = ([parse_mesh(m, config.student.batch_size) for m in texts] if texts
+  shapes = ([parse_mesh(m, config.student.batch_size) for m in meshes] if meshes
             else PAPER_MESHES)
-  print("Distillation step, GiB per device:\n" + table(config, meshes, PAPER_VARIANTS))
+  print("Distillation step, GiB per device:\n" + table(config, shapes, PAPER_VARIANTS))
   print("\nEvery program, GiB per device: total (total with all weights gathered at once):\n" +
-        program_table(config, meshes))
+        program_table(config, shapes))
 
 
-def main(argv: list[str]) -> None:
-  cli.reject_arguments(argv)
-  cli.run_command(_print_table)
+def main() -> None:
+  """The command line (flags are defined here, not at import: other modules define --config too)."""
+  config = flags.DEFINE_string("config", None, "Config file (default: the paper's XSum setup).")
+  meshes = flags.DEFINE_multi_string("mesh", None, "data,fsdp,model (repeatable).")
+
+  def body(argv: list[str]) -> None:
+    cli.reject_arguments(argv)
+    cli.run_command(lambda: print_tables(config.value, meshes.value or ()))
+
+  cli.main(body)
 
 
 if __name__ == "__main__":
-  # Defined here, not on import: th_distill.plan imports this module and has its own --config.
-  flags.DEFINE_string("config", None, "Config file (default: the paper's XSum setup).")
-  flags.DEFINE_multi_string("mesh", None, "data,fsdp,model (repeatable).")
-  cli.main(main)
+  main()

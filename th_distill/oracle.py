@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from th_distill.data.regimes import SampleFn
+from th_distill.data.batch import Batch
 from th_distill.models import T5
-from th_distill.train import Batch, forward
+from th_distill.sampling import SampleFn
+from th_distill.train import forward
 
 
 # Bisection steps of `calibrate_oracle`; it samples once per step and once at the chosen scale.
@@ -59,7 +60,7 @@ def calibrate_oracle(model: T5, params: Any, sample: SampleFn, prompts: jax.Arra
   def entropy_at(log_scale: float) -> float:
     scaled = with_logit_scale(base, float(np.exp(log_scale)))
     tokens, mask = sample(scaled, prompts, rng)
-    return float(mean_entropy(model, scaled, Batch(prompts, tokens, mask.astype(jnp.float32))))
+    return float(mean_entropy(model, scaled, Batch(prompts, tokens, mask)))
 
   low, high = np.log(1 / 64), np.log(64.0)
   for _ in range(iterations):

@@ -320,17 +320,6 @@ def format_row(p: ProgramPlan) -> str:
           f"{p.compile_s:.0f} |")
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); "
-                                          "--config.KEY=VALUE overrides as for th_distill.main.")
-flags.mark_flag_as_required("config")
-_MESH = flags.DEFINE_string("mesh", None, "data,fsdp,model (default: the config's mesh).")
-_DEVICES = flags.DEFINE_integer("devices", None, "Devices of the target (a slice's chips); "
-                                "default: data x fsdp x model of --mesh.")
-_JSON = flags.DEFINE_string("json", None, "Also write the plans to this JSON file (a list of "
-                            "ProgramPlan fields per program, bytes and FLOPs per device).")
-_PROGRAMS = flags.DEFINE_list("programs", list(PROGRAMS), f"Programs to compile, of {PROGRAMS}.")
-
-
 def target_mesh(config: ml_collections.ConfigDict, mesh: str | None,
                 devices: int | None) -> tuple[int, int, int]:
   """The (data, fsdp, model) mesh to plan: `mesh` if given (it must use `devices` devices when
@@ -351,10 +340,13 @@ def target_mesh(config: ml_collections.ConfigDict, mesh: str | None,
                                  ) from None
 
 
-def _run() -> None:
-  config = planning_config(_CONFIG.value)
-  mesh = target_mesh(config, _MESH.value, _DEVICES.value)
-  unknown = set(_PROGRAMS.value) - set(PROGRAMS)
+def _run(config: ml_collections.ConfigDict, config_name: str, mesh_text: str | None,
+         devices: int | None, programs: Sequence[str], json_path: str | None) -> None:
+  """The command's work: checks `config` (loaded from `config_name`) on the target mesh, then
+  compiles and prints `programs`, also written to `json_path` if given."""
+  config = planning_config(config)
+  mesh = target_mesh(config, mesh_text, devices)
+  unknown = set(programs) - set(PROGRAMS)
   if unknown:
     raise config_lib.ConfigError(f"--programs: unknown {sorted(unknown)}; choose of {PROGRAMS}")
   check_mesh(config, mesh, math.prod(mesh))
@@ -369,24 +361,38 @@ def _run() -> None:
     print(f"{name} parameters: " + ("every one split as the rules say" if not problems else
                                     f"{len(problems)} left whole along an axis: " +
                                     "; ".join(problems)))
-  where = (f"{config_flags.get_config_filename(flags.FLAGS['config'])} on mesh (data, fsdp, "
-           f"model) = {mesh}")
-  if not _PROGRAMS.value:
+  where = f"{config_name} on mesh (data, fsdp, model) = {mesh}"
+  if not programs:
     print(f"{where}: fits {math.prod(mesh)} devices and splits every batch")
     return
   print(f"{where}: per device, compiled for {math.prod(mesh)} host CPU devices")
   print(HEADER, flush=True)
-  plans = plan(config, mesh, _PROGRAMS.value,
-               report=lambda p: print(format_row(p), flush=True))
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  plans = plan(config, mesh, programs, report=lambda p: print(format_row(p), flush=True))
+  if json_path:
+    with open(json_path, "w") as f:
       json.dump({"mesh": mesh, "programs": [dataclasses.asdict(p) for p in plans]}, f, indent=1)
 
 
-def main(argv: list[str]) -> None:
-  cli.reject_arguments(argv)
-  cli.run_command(_run)
+def main() -> None:
+  """The command line (flags are defined here, not at import: other modules define --config too)."""
+  config = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); "
+                                           "--config.KEY=VALUE overrides as for th_distill.main.")
+  flags.mark_flag_as_required("config")
+  mesh = flags.DEFINE_string("mesh", None, "data,fsdp,model (default: the config's mesh).")
+  devices = flags.DEFINE_integer("devices", None, "Devices of the target (a slice's chips); "
+                                 "default: data x fsdp x model of --mesh.")
+  json_path = flags.DEFINE_string("json", None, "Also write the plans to this JSON file (a list "
+                                  "of ProgramPlan fields per program, bytes and FLOPs per device).")
+  programs = flags.DEFINE_list("programs", list(PROGRAMS), f"Programs to compile, of {PROGRAMS}.")
+
+  def body(argv: list[str]) -> None:
+    cli.reject_arguments(argv)
+    cli.run_command(lambda: _run(config.value,
+                                 config_flags.get_config_filename(flags.FLAGS["config"]),
+                                 mesh.value, devices.value, programs.value, json_path.value))
+
+  cli.main(body)
 
 
 if __name__ == "__main__":
-  cli.main(main)
+  main()

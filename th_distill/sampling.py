@@ -1,17 +1,23 @@
 """The jitted generation loop: encoder once, then `lax.while_loop` over the decoder's KV cache.
 
-One function, `generate` (jitted as `sample`), serves the oracle, the teacher and the student: it takes the model module
-(static) and its parameters, never a model name. `sample_uncached` is the same loop without a
+One function serves the oracle, the teacher and the student: it takes the model module (static)
+and its parameters, never a model name. `generate` is the traceable loop
+(`th_distill.partitioning.Partitioner.jit` compiles it with explicit shardings); `sample` is
+`generate` jitted for one device or for arrays already placed on a mesh, refusing prompt ids
+outside the vocabulary first (`check_prompt_ids`). `sample_uncached` is the same loop without a
 cache (it re-runs the teacher-forced decoder every step): the baseline of `bench/sampler.py`.
+A `SampleFn` binds a sampler to one model and its settings: what the data regimes
+(`th_distill.data.regimes`) and the oracle's calibration take.
 
 Shapes: B batch, Li prompt length, L `max_length` (response length), V vocabulary.
 
 Conventions:
 - A response holds up to L tokens. A row stops after it emits `eos_id`: the EOS is part of the
-  response (mask True); every later position holds 0 with mask False and log-prob 0. The loop
-  exits early once every row is done. `eos_id = -1` (any id outside [0, V)) never stops a row,
-  which forces full-length responses. Token 0 (padding and decoder start) is an ordinary vocabulary
-  entry: it can be sampled like any other, so always use `mask`, never `tokens != 0`.
+  response (mask 1.0); every later position holds 0 with mask 0.0 and log-prob 0. The mask is
+  float32, the dtype of `th_distill.data.batch.Batch.mask`: samples make a `Batch` as they are.
+  The loop exits early once every row is done. `eos_id = -1` (any id outside [0, V)) never stops
+  a row, which forces full-length responses. Token 0 (padding and decoder start) is an ordinary
+  vocabulary entry: it can be sampled like any other, so always use `mask`, never `tokens != 0`.
 - Randomness: `rng` is either one key, split into B per-example keys (`jax.random.split(rng, B)`),
   or an array of B keys (row b uses `rng[b]`). Step t of row b draws from
   `jax.random.fold_in(key_b, t)`. With per-example keys a row's sample depends only on its prompt
@@ -27,7 +33,6 @@ Conventions:
 
 from __future__ import annotations
 
-import collections
 import functools
 import numbers
 from typing import Any, Callable, NamedTuple
@@ -40,17 +45,20 @@ from th_distill.models import EOS_ID, PAD_ID, T5, extend_cache, shift_right
 
 Array = jax.Array
 
-# How many times each public sampler has been traced (compiled); tests use it to catch recompiles.
-TRACE_COUNTS: collections.Counter[str] = collections.Counter()
-
 _STATIC = ("model", "max_length", "temperature", "top_k", "top_p", "eos_id")
 
 
 class SampleOutput(NamedTuple):
   """Responses of `sample` / `sample_uncached`; all [B, L]."""
   tokens: Array    # int32: response tokens, EOS included when emitted, then 0
-  mask: Array      # bool: True on the real response tokens (EOS included), False after
-  logprobs: Array  # float32: log-prob of each emitted token (see module doc), 0 where mask False
+  mask: Array      # float32: 1.0 on the real response tokens (EOS included), 0.0 after
+  logprobs: Array  # float32: log-prob of each emitted token (see module doc), 0 where mask is 0
+
+
+# sample_fn(params, prompts [B, Li] int32, rng) -> (tokens [B, Lt] int32, mask [B, Lt] float32):
+# `SampleOutput`'s tokens and mask for one model and fixed settings; prompts and results may be
+# numpy or device arrays (`th_distill.data.regimes.build_offline` needs numpy results).
+SampleFn = Callable[[Any, Array, Array], tuple[Array, Array]]
 
 
 # The smallest normal float32: a smaller positive temperature flushes to 0 on accelerators.
@@ -156,7 +164,7 @@ Grow = Callable[[Any, int], Any]
 _FIRST_SEGMENT = 64
 
 
-def _segments(max_length: int) -> list[int]:
+def cache_segments(max_length: int) -> list[int]:
   """Ends of the cached loop's segments: 64, 128, 256, ... then L. The KV cache holds `end`
   positions during a segment, so a step attends over (and reads) at most twice the positions
   generated so far instead of all L from the first step; each segment is one more copy of the
@@ -193,27 +201,26 @@ def _decode_loop(next_logits: NextLogits, state: Any, keys: Array, max_length: i
   # A position is real iff no EOS came before it (the EOS itself is real).
   is_eos = final.tokens == eos_id
   mask = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0
-  return SampleOutput(jnp.where(mask, final.tokens, PAD_ID), mask,
+  return SampleOutput(jnp.where(mask, final.tokens, PAD_ID), mask.astype(jnp.float32),
                       jnp.where(mask, final.logprobs, 0.0))
 
 
 def generate(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_length: int,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           eos_id: int = EOS_ID) -> SampleOutput:
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             eos_id: int = EOS_ID) -> SampleOutput:
   """Samples responses [B, L] (L = `max_length`) to `input_tokens` [B, Li] int32 (0 = padding).
 
   The encoder runs once, `init_cache` once, then one `decode_step` per position inside
-  `lax.while_loop`s over segments of positions, the cache extended before each (`_segments`).
+  `lax.while_loop`s over segments of positions, the cache extended before each (`cache_segments`).
   `rng`: one key or B per-example keys; `temperature` 0 is greedy; `top_k` 0 and `top_p` 1 are
   off; see the module doc for the EOS, key and log-prob conventions.
   """
-  TRACE_COUNTS["sample"] += 1
   _check(input_tokens, max_length, temperature, top_k, top_p, eos_id)
   input_tokens = input_tokens.astype(jnp.int32)
   keys = example_keys(rng, input_tokens.shape[0])
   variables = {"params": params}
   encoded = model.apply(variables, input_tokens, method=T5.encode)
-  segments = _segments(max_length)
+  segments = cache_segments(max_length)
   cache = model.apply(variables, encoded, input_tokens, segments[0], method=T5.init_cache)
 
   def next_logits(cache, token, tokens, step):
@@ -238,12 +245,13 @@ def check_prompt_ids(input_tokens: Any, vocab_size: int) -> None:
 
 
 class _CheckedSampler:
-  """A jitted sampler whose calls refuse prompt ids outside the model's vocabulary first
-  (`check_prompt_ids`); every other attribute (`lower`, ...) is the jitted function's."""
+  """`fn` jitted with its settings and model static, whose calls first refuse prompt ids outside
+  the model's vocabulary (`check_prompt_ids`). Its name and doc are `fn`'s; every other attribute
+  (`lower`, ...) is the jitted function's."""
 
-  def __init__(self, jitted: Callable[..., SampleOutput]):
-    self._jitted = jitted
-    self.__doc__ = jitted.__doc__
+  def __init__(self, fn: Callable[..., SampleOutput]):
+    self._jitted = jax.jit(fn, static_argnames=_STATIC)
+    functools.update_wrapper(self, fn)
 
   def __call__(self, model: T5, params: Any, input_tokens: Array, rng: Array,
                **settings: Any) -> SampleOutput:
@@ -254,14 +262,10 @@ class _CheckedSampler:
     return getattr(self._jitted, name)
 
 
-sample = _CheckedSampler(jax.jit(generate, static_argnames=_STATIC))
-sample.__doc__ = """`generate`, jitted (settings and model static): the sampler for one device or for
-arrays already placed on a mesh; prompt ids outside the vocabulary are refused (`check_prompt_ids`).
-`th_distill.partitioning.Partitioner.jit` compiles `generate` with explicit shardings instead."""
+sample = _CheckedSampler(generate)
 
 
 @_CheckedSampler
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def sample_uncached(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_length: int,
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                     eos_id: int = EOS_ID) -> SampleOutput:
@@ -270,7 +274,6 @@ def sample_uncached(model: T5, params: Any, input_tokens: Array, rng: Array, *, 
   Every step re-runs the teacher-forced decoder over the whole static [B, L] buffer and reads the
   logits at the current position, so a step costs O(L) decoder positions (O(L^2) per response).
   """
-  TRACE_COUNTS["sample_uncached"] += 1
   _check(input_tokens, max_length, temperature, top_k, top_p, eos_id)
   input_tokens = input_tokens.astype(jnp.int32)
   keys = example_keys(rng, input_tokens.shape[0])

@@ -1,8 +1,9 @@
 """Train state, optimiser, and the jitted SFT, distillation and evaluation steps.
 
-A batch is a `Batch` of prompts [B, Li] int32, responses [B, Lt] int32 and a response mask
-[B, Lt] float32 (1 on real response tokens, EOS included; 0 on padding). The decoder is
-teacher-forced on `shift_right(responses)`, so the logits at position t predict `responses[:, t]`.
+A batch is a `Batch` (defined in `th_distill.data.batch`, importable from here too) of prompts
+[B, Li] int32, responses [B, Lt] int32 and a response mask [B, Lt] float32 (1 on real response
+tokens, EOS included; 0 on padding). The decoder is teacher-forced on `shift_right(responses)`,
+so the logits at position t predict `responses[:, t]`.
 
 Conventions (see docs/metrics.md): the distillation loss is the token-level divergence D(teacher,
 student) averaged over the valid tokens of the batch; the step also logs fkl, rkl and jsd against
@@ -23,29 +24,18 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
 from th_distill import divergences
+from th_distill.data.batch import Batch
 from th_distill.metric_names import PER_SEQUENCE, REFERENCE_MODELS
 from th_distill.models import T5, shift_right
 
 Array = jax.Array
 Metrics = dict[str, Array]
-
-
-@flax.struct.dataclass
-class Batch:
-  prompts: Array    # [B, Li] int32, 0 = padding
-  responses: Array  # [B, Lt] int32, 0 after EOS
-  mask: Array       # [B, Lt] float32, 1 on real response tokens
-
-  @property
-  def num_tokens(self) -> Array:
-    return jnp.sum(self.mask)
 
 
 class TrainState(train_state.TrainState):

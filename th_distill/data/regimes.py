@@ -10,7 +10,8 @@
 Every producer is `batch_at(step, student_params) -> Batch` and is deterministic given the seed and
 the step, so a run resumed from a checkpoint sees exactly the batches it would have seen. Offline
 batches are host (numpy) arrays, to be placed on the devices by the caller
-(`Partitioner.shard_batch`); online batches are whatever the sample functions return.
+(`Partitioner.shard_batch`); online batches are whatever the sample functions return. Samples
+come from `th_distill.sampling.SampleFn`s, whose float32 masks are the `Batch`'s as they are.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from th_distill.train import Batch
+from th_distill.data.batch import Batch
+from th_distill.sampling import SampleFn
 
 REGIMES = ("offline", "online_teacher", "online_student", "mixture")
 
-# sample(params, prompts [B, Li] numpy int32, rng) -> (tokens [B, Lt], mask [B, Lt]) for a fixed
-# model; `build_offline` needs numpy results, the online producers take device arrays as well.
-SampleFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+# batch_at(step, student_params) -> the distillation batch of `step`.
 BatchFn = Callable[[int, Any], Batch]
 
 
@@ -40,9 +40,10 @@ def build_offline(sample_teacher: SampleFn, teacher_params: Any, prompts: np.nda
                   chunk_size: int = SAMPLE_CHUNK) -> dict[str, np.ndarray]:
   """Samples k teacher generations for each of the N prompts [N, Li].
 
-  Returns numpy arrays `prompts [N*k, Li]`, `responses [N*k, Lt]`, `mask [N*k, Lt]` and
-  `prompt_index [N*k]`: row r is generation r % k of prompt `prompt_index[r]` (the k rows of a
-  prompt are consecutive).
+  Returns numpy arrays `prompts [N*k, Li]`, `responses [N*k, Lt]`, `mask [N*k, Lt]` (float32,
+  as `sample_teacher` returns it) and `prompt_index [N*k]`: row r is generation r % k of prompt
+  `prompt_index[r]` (the k rows of a prompt are consecutive). Rows are sampled `chunk_size` at a
+  time, the chunk starting at row `start` with key `fold_in(rng, start)`.
   """
   repeated = np.repeat(prompts, generations_per_prompt, axis=0)
   responses, masks = [], []
@@ -50,7 +51,7 @@ def build_offline(sample_teacher: SampleFn, teacher_params: Any, prompts: np.nda
     tokens, mask = sample_teacher(teacher_params, repeated[start:start + chunk_size],
                                   jax.random.fold_in(rng, start))
     responses.append(np.asarray(tokens))
-    masks.append(np.asarray(mask, np.float32))
+    masks.append(np.asarray(mask))
   return dict(prompts=repeated, responses=np.concatenate(responses),
               mask=np.concatenate(masks),
               prompt_index=np.repeat(np.arange(len(prompts)), generations_per_prompt))
@@ -81,7 +82,11 @@ def offline_batches(dataset: dict[str, np.ndarray], batch_size: int, seed: int) 
 def online_batches(regime: str, prompt_pool: np.ndarray, batch_size: int, rng: jax.Array,
                    sample_teacher: SampleFn, sample_student: SampleFn, teacher_params: Any,
                    student_fraction: float = 0.5) -> BatchFn:
-  """Fresh generations every step on prompts drawn uniformly (with replacement) from the pool."""
+  """Fresh generations every step on prompts drawn uniformly (with replacement) from the pool.
+
+  Step t uses `fold_in(rng, t)`, split into (prompt, teacher, student, mixture) keys; `mixture`
+  takes row b from the student's sample with probability `student_fraction`, else from the
+  teacher's (both are sampled on the same prompts)."""
   if regime not in ("online_teacher", "online_student", "mixture"):
     raise ValueError(f"Not an online regime: {regime!r}.")
 
@@ -100,6 +105,6 @@ def online_batches(regime: str, prompt_pool: np.ndarray, batch_size: int, rng: j
       use_student = jax.random.bernoulli(mix_key, student_fraction, (batch_size, 1))
       tokens = jnp.where(use_student, s_tokens, t_tokens)
       mask = jnp.where(use_student, s_mask, t_mask)
-    return Batch(prompts=prompts, responses=tokens, mask=mask.astype(jnp.float32))
+    return Batch(prompts=prompts, responses=tokens, mask=mask)
 
   return batch_at

@@ -12,19 +12,19 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from th_distill import guards, sampling
 from th_distill.config import to_t5_config
-from th_distill.data.regimes import SampleFn
+from th_distill.data.batch import Batch
 from th_distill.models import T5
 from th_distill.partitioning import Partitioner, pad_rows
+from th_distill.sampling import SampleFn
 from th_distill.settings import (DistillSettings, OptimizerSettings, RunSettings,
                                  SamplingSettings)
-from th_distill.train import (Batch, TrainState, create_train_state, make_distill_step,
+from th_distill.train import (TrainState, create_train_state, make_distill_step,
                               make_eval_sums, make_sft_step, reduce_eval_sums)
 
 # evaluate(student_params, teacher_params, oracle_params, data, prefix) -> {prefix/name: value}
@@ -131,7 +131,7 @@ class Programs:
       prompts = partitioner.shard_batch(prompts)
       keys = partitioner.shard_batch(np.asarray(sampling.example_keys(rng, prompts.shape[0])))
       out = compiled(params, prompts, keys)
-      return out.tokens, out.mask.astype(jnp.float32)
+      return out.tokens, out.mask
 
     return fn
 

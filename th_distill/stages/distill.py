@@ -241,7 +241,7 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, pro
     logging.info("%s: already finished, reusing %s", regime, directory)
     return
   # An unfinished regime resumes under the config it started with only.
-  if os.path.exists(started):
+  if workdir_lib.exists_on_main(started):
     stage_key.check(started)
   else:
     workdir_lib.write_on_main(lambda: workdir_lib.write_marker(started, stage_key.record()))

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -102,6 +103,15 @@ def write_on_main(write: Callable[[], None]) -> None:
     write()
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("th_distill_write")
+
+
+def exists_on_main(path: str) -> bool:
+  """Whether `path` exists as process 0 sees it: every process gets the same answer, so all take
+  the same branch (and enter the same collectives) even while process 0 is writing the file."""
+  exists = os.path.exists(path)
+  if jax.process_count() > 1:
+    exists = bool(multihost_utils.broadcast_one_to_all(np.asarray(exists)))
+  return exists
 
 
 def write_marker(path: str, record: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from th_distill.metrics_io import MetricsLost, MetricsWriter, read_metrics
 from th_distill.models import T5, init_params, t5_config
 from th_distill.partitioning import Partitioner, make_mesh
 from th_distill.resume import ConfigChanged
-from th_distill.stages.distill import MetricWindow
+from th_distill.stages.distill import MetricSums
 from th_distill.train import create_train_state
 
 REGIME = "offline"
@@ -279,15 +279,15 @@ def test_a_non_finite_step_stops_the_run_naming_the_step_and_the_last_checkpoint
 
 
 def test_a_skipped_step_is_left_out_of_the_logged_means():
-  window = MetricWindow(Partitioner(make_mesh()))
-  sums = window.empty()
+  sums_fn = MetricSums(Partitioner(make_mesh()))
+  sums = sums_fn.empty()
   for loss in (1.0, math.nan, 3.0):
-    metrics = {name: jnp.float32(loss) for name in MetricWindow.NAMES if name != "steps"}
-    sums = window.add(sums, {**metrics, "train/grad_norm": jnp.float32(1.0)})
-  row = MetricWindow.row(sums, seconds=2.0)
+    metrics = {name: jnp.float32(loss) for name in MetricSums.NAMES if name != "steps"}
+    sums = sums_fn.add(sums, {**metrics, "train/grad_norm": jnp.float32(1.0)})
+  row = MetricSums.row(sums, seconds=2.0)
   assert row["train/loss"] == 2.0 and row["train/proxy/fkl"] == 2.0
   assert row["train/tokens"] == 4.0 and row["throughput/train_tokens_per_s"] == 2.0
-  assert MetricWindow.row(window.empty(), 1.0) == {}
+  assert MetricSums.row(sums_fn.empty(), 1.0) == {}
 
 
 def test_a_collapsed_gradient_is_warned_about_once(tmp_path, caplog):

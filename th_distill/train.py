@@ -1,4 +1,7 @@
-"""Train state, optimiser, and the jitted SFT, distillation and evaluation steps.
+"""Train state, optimiser, and the SFT, distillation and evaluation step functions.
+
+One step each; the loops that run them are the stages' (`stages.stage1.train_sft`,
+`stages.distill.run_regime`), compiled for the mesh by `stages.programs`.
 
 A batch is a `Batch` (defined in `th_distill.data.batch`, importable from here too) of prompts
 [B, Li] int32, responses [B, Lt] int32 and a response mask [B, Lt] float32 (1 on real response

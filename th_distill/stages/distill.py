@@ -67,7 +67,7 @@ def _add_step(sums: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> dict
           for name, total in sums.items()}
 
 
-class MetricWindow:
+class MetricSums:
   """Running sums of the training metrics (`DISTILL_METRICS`, and `steps`) since the last
   logged row, as replicated device scalars: part of the checkpointed carry, so a resumed run
   logs exactly what an uninterrupted one would. A step whose loss or gradient norm is not
@@ -146,7 +146,7 @@ def _evaluation(config: ml_collections.ConfigDict, programs: Programs, stage1: S
 
 class _Loop:
   """The training loop's state between steps: the checkpointed carry (train state and
-  `MetricWindow` sums), the checkpointer, the metrics writer, the monitor and the non-finite
+  `MetricSums` sums), the checkpointer, the metrics writer, the monitor and the non-finite
   guard, which reads each step's metrics one step late (`settle` checks what is pending)."""
 
   def __init__(self, regime: str, directory: str, config: ml_collections.ConfigDict,
@@ -155,8 +155,8 @@ class _Loop:
     self.regime, self.partitioner = regime, partitioner
     state = new_train_state(partitioner, programs.models.student, initial_params,
                             programs.settings.distill.optimizer.build())
-    self.window = MetricWindow(partitioner)
-    self.carry = {"state": state, "window": self.window.empty()}
+    self.sums = MetricSums(partitioner)
+    self.carry = {"state": state, "metric_sums": self.sums.empty()}
     self.checkpointer = checkpoints.RunCheckpointer(os.path.join(directory, "checkpoints"))
     self.carry = self.checkpointer.restore_latest(self.carry) or self.carry
     self.start_step = int(self.carry["state"].step)
@@ -172,7 +172,7 @@ class _Loop:
     self.pending: list[tuple[int, Any]] = []
     self.step_seconds, self.since = 0.0, time.time()
     self.eval_start = self.since
-    self.logged = False  # whether the window's sums were logged (and start again next step)
+    self.logged = False  # whether the carry's sums were logged (they start again next step)
 
   def settle(self) -> None:
     """Runs the guard on the step whose metrics are pending (raises NonFiniteStep)."""
@@ -185,8 +185,8 @@ class _Loop:
     state, metrics = distill_step(self.carry["state"], *frozen, batch, rng)
     self.settle()
     self.pending.append((step, metrics))
-    window = self.window.empty() if self.logged else self.carry["window"]
-    self.carry, self.logged = {"state": state, "window": self.window.add(window, metrics)}, False
+    sums = self.sums.empty() if self.logged else self.carry["metric_sums"]
+    self.carry, self.logged = {"state": state, "metric_sums": self.sums.add(sums, metrics)}, False
 
   def pause(self) -> None:
     """Waits for the dispatched steps (the row's timers cover finished steps) before an
@@ -200,7 +200,7 @@ class _Loop:
     """Writes the row of `step` (after `pause`): `evaluation`, the training means since the
     last row and the monitor's metrics."""
     row = dict(evaluation)
-    trained = MetricWindow.row(self.carry["window"], self.step_seconds)
+    trained = MetricSums.row(self.carry["metric_sums"], self.step_seconds)
     if trained:
       row.update(trained)
       row["time/eval_s"] = time.time() - self.eval_start

@@ -87,9 +87,10 @@ def distill_program(models: Models, settings: DistillSettings,
   metrics)` of `settings` (the state donated)."""
   state_shardings = partitioner.state_shardings(models.student, settings.optimizer.build())
   loss = settings.loss
-  step = make_distill_step(models.student, models.teacher, models.oracle, loss.name, loss.beta,
-                           loss.normalized, loss.temperature, settings.micro_batches,
-                           settings.sequence_chunks)
+  step = make_distill_step(models.student, models.teacher, models.oracle, loss=loss.name,
+                           beta=loss.beta, normalized=loss.normalized,
+                           temperature=loss.temperature, micro_batches=settings.micro_batches,
+                           sequence_chunks=settings.sequence_chunks)
   return partitioner.jit(
       guards.skip_nonfinite(step, settings.on_nonfinite),
       in_shardings=(state_shardings, partitioner.param_shardings(models.teacher),

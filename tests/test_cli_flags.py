@@ -23,7 +23,10 @@ before = set(flags.FLAGS)
 import th_distill.cli  # --traceback, shared by every command
 shared = set(flags.FLAGS) - before
 {"; ".join(f"import th_distill.{module}" for module in COMMANDS)}
-print(sorted(set(flags.FLAGS) - before - shared))
+new = set(flags.FLAGS) - before - shared
+# Libraries (e.g. Orbax) may define flags of their own on import; only ours count.
+print(sorted(name for name in new
+             if flags.FLAGS.find_module_defining_flag(name, "").startswith("th_distill")))
 """
 
 

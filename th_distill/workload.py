@@ -20,7 +20,7 @@ STUDENT_SFT = "student SFT"
 EVAL_SETS = "evaluation sets"
 OFFLINE_DATASET = "offline dataset"
 STAGE1 = (ORACLE_CALIBRATION, ORACLE_SAMPLES, TEACHER_SFT, STUDENT_SFT, EVAL_SETS)
-# Oracle samples per calibration pass (`pipeline.run_stage1`), before rounding to the mesh.
+# Oracle samples per calibration pass (`stages.stage1.run`), before rounding to the mesh.
 CALIBRATION_ROWS = 256
 
 

@@ -1,7 +1,7 @@
 """seqio Tasks for XSum, WMT-14 en-de and Natural Instructions, and prompt pools drawn from them.
 
 Imports TensorFlow, seqio and TFDS (the `seqio` extra, `pip install -e '.[seqio]'`): only
-`pipeline.prompt_pools` imports this module, for `task.source = 'seqio'`. Prompt formats and
+`th_distill.data.pools.prompt_pools` imports this module, for `task.source = 'seqio'`. Prompt formats and
 splits are in `th_distill.data.tasks`.
 
 `register(name, vocabulary_path, data_dir)` adds the seqio Task `th_distill_<name>` (features

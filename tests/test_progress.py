@@ -136,16 +136,16 @@ def test_the_tpu_backend_message_is_filtered():
   record = logging.LogRecord("jax._src.xla_bridge", logging.INFO,
                              "/venv/site-packages/jax/_src/xla_bridge.py", 846,
                              "Unable to initialize backend 'tpu': no libtpu.so", (), None)
-  assert not cli._QuietLibraries().filter(record)
+  assert not cli.QuietLibraries().filter(record)
   record.levelno = logging.WARNING
-  assert cli._QuietLibraries().filter(record)
+  assert cli.QuietLibraries().filter(record)
 
 
 def test_the_plan_warns_when_a_program_exceeds_a_device(micro, tmp_path, monkeypatch, caplog):
   from th_distill import experiment, partitioning
   from th_distill.stages.programs import Models
   caplog.set_level(logging.INFO)
-  monkeypatch.setattr(experiment, "_device_gib", lambda device: 1e-6)
+  monkeypatch.setattr(experiment, "device_gib", lambda device: 1e-6)
   experiment.plan(micro, str(tmp_path), str(tmp_path / "stage1"),
                   partitioning.Partitioner.from_config(micro.mesh),
                   Models.from_config(micro))

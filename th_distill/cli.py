@@ -22,7 +22,7 @@ _TRACEBACK = flags.DEFINE_bool("traceback", False, "On an error, show the Python
                                "instead of one line.")
 
 
-class _QuietLibraries(py_logging.Filter):
+class QuietLibraries(py_logging.Filter):
   """Drops the INFO chatter of Orbax (one block per checkpoint) and of JAX's backend probing
   ('Unable to initialize backend tpu') from the progress log."""
 
@@ -95,7 +95,7 @@ def run_command(body: Callable[[], object]) -> None:
   processes, and a `RunError` (a bad config, a busy workdir, pre-emption, a diverged run) as one
   line on stderr and its exit status."""
   for handler in py_logging.getLogger().handlers + py_logging.getLogger("absl").handlers:
-    handler.addFilter(_QuietLibraries())
+    handler.addFilter(QuietLibraries())
   partitioning.initialize_distributed()
   try:
     body()

@@ -91,7 +91,7 @@ def done_phases(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str
   return done
 
 
-def _device_gib(device: jax.Device) -> float | None:
+def device_gib(device: jax.Device) -> float | None:
   """GiB of memory of one device (the host's memory for a CPU), or None if unknown."""
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and "bytes_limit" in stats:
@@ -119,7 +119,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str,
                  cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.vocab_size)
   programs = memory.program_estimates(config, tuple(mesh.shape[a] for a in partitioning.MESH_AXES))
   largest = max(programs, key=lambda name: programs[name]["total"])
-  available = _device_gib(device)
+  available = device_gib(device)
   logging.info("  memory per device (th_distill.memory, before XLA's temporaries): %s; a device "
                "has %s", ", ".join(f"{name} {parts['total']:.2f} GiB"
                                    for name, parts in programs.items()),

@@ -152,7 +152,6 @@ class _Loop:
   def __init__(self, regime: str, directory: str, config: ml_collections.ConfigDict,
                programs: Programs, initial_params: Any, eval_steps: set[int]):
     partitioner = programs.partitioner
-    self.regime, self.partitioner = regime, partitioner
     state = new_train_state(partitioner, programs.models.student, initial_params,
                             programs.settings.distill.optimizer.build())
     self.sums = MetricSums(partitioner)

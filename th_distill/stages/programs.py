@@ -33,6 +33,7 @@ Evaluator = Callable[[Any, Any, Any, dict[str, np.ndarray], str], dict[str, floa
 
 @dataclasses.dataclass(frozen=True)
 class Models:
+  """The run's three models, built from `<name>.model` of the config."""
   oracle: T5
   teacher: T5
   student: T5

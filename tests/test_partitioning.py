@@ -68,3 +68,28 @@ def test_memory_table_of_the_paper_setup():
   assert 10.5 < one["oracle params"] < 10.8  # T5-XL, 2.85B parameters in float32
   assert pod["total"] < one["total"] / 16
   assert "| (1, 16, 2) | defaults |" in memory.table(config, [(1, 16, 2)])
+
+
+TRACES = []
+
+
+def _scaled(x, factor):
+  TRACES.append(factor)  # runs once per trace
+  return x * factor
+
+
+def test_jit_shares_a_program_only_between_equal_functions_settings_and_rules():
+  x = np.ones((4,), np.float32)
+  TRACES.clear()
+
+  def build(factor, rules=partitioning.DEFAULT_RULES):
+    partitioner = partitioning.Partitioner(partitioning.make_mesh(), rules)
+    return partitioner.jit(_scaled, in_shardings=(partitioner.replicated,),
+                           out_shardings=partitioner.replicated, static=(factor,))
+
+  np.testing.assert_array_equal(build(2.0)(x), 2 * x)
+  np.testing.assert_array_equal(build(2.0)(x), 2 * x)  # another run, same settings: reused
+  assert TRACES == [2.0]
+  np.testing.assert_array_equal(build(3.0)(x), 3 * x)  # a changed setting: traced anew
+  build(3.0, rules=partitioning.DEFAULT_RULES[1:])(x)  # other rules: traced anew
+  assert TRACES == [2.0, 3.0, 3.0]

@@ -146,7 +146,8 @@ class Partitioner:
   Usage:
     partitioner = Partitioner(make_mesh(data=2, fsdp=2, model=2))
     params = partitioner.init_params(model, rng)            # created sharded
-    step = partitioner.jit(fn, in_shardings=..., out_shardings=..., donate_argnums=0)
+    step = partitioner.jit(fn, in_shardings=..., out_shardings=..., donate_argnums=0,
+                           static=(settings,))      # compiled fn(*arrays, *static)
     batch = partitioner.shard_batch(numpy_batch)            # global [B, ...], split over batch
 
   Compiled functions are traced inside `activate()` (the mesh and the rules), so the model's
@@ -214,8 +215,8 @@ class Partitioner:
 
   def init_params(self, model: T5, rng: jax.Array) -> Any:
     """`model`'s fresh parameters, created directly in their shards (never whole on one host)."""
-    init = self.jit(lambda key: nn.unbox(init_params(model, key)),
-                    in_shardings=(self.replicated,), out_shardings=self.param_shardings(model))
+    init = self.jit(_unboxed_init, in_shardings=(self.replicated,),
+                    out_shardings=self.param_shardings(model), static=(model,))
     return init(rng)
 
   def abstract_params(self, model: T5, dtype: Any = None) -> Any:
@@ -253,30 +254,52 @@ class Partitioner:
   def cast(self, model: T5, params: Any, dtype: str) -> Any:
     """`model`'s `params` converted to `dtype` in their shards (e.g. frozen models in bfloat16)."""
     shardings = self.param_shardings(model)
-    return self.jit(lambda p: jax.tree_util.tree_map(lambda x: x.astype(dtype), p),
-                    in_shardings=(shardings,), out_shardings=shardings)(params)
+    return self.jit(_cast, in_shardings=(shardings,), out_shardings=shardings,
+                    static=(dtype,))(params)
 
   def jit(self, fn: Callable, *, in_shardings: Any, out_shardings: Any,
-          donate_argnums: int | Sequence[int] = ()) -> Callable:
-    """`jax.jit(fn)` with explicit shardings, traced and run inside `activate()`; the result's
-    `.lower(*args)` lowers it for abstract arguments. Each call builds a new program: keep the
-    result (as `stages.programs.Programs` does) to compile once."""
-    compiled = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
-                       donate_argnums=donate_argnums)
+          donate_argnums: int | Sequence[int] = (), static: tuple = ()) -> Callable:
+    """`fn(*arrays, *static)` compiled for the mesh: `call(*arrays)` runs it, `call.lower(*args)`
+    lowers it for abstract arguments (`jax.ShapeDtypeStruct`s with shardings, as
+    `th_distill.plan` does). Traced and run inside `activate()`.
+
+    `fn` should be a module-level function and `static` every other value it depends on
+    (models, settings: hashable). `fn`, `static`, the mesh and the rules are static arguments of
+    one `jax.jit`, so JAX's own cache shares a compiled program between every call of `jit` that
+    meets the same function, values, mesh, rules and argument shapes, and never reuses it
+    otherwise. A lambda or closure as `fn` is traced again by every `jit` call.
+    """
+    donated = (donate_argnums,) if isinstance(donate_argnums, int) else tuple(donate_argnums)
+    compiled = jax.jit(_apply, static_argnums=(0, 1, 2), in_shardings=tuple(in_shardings),
+                       out_shardings=out_shardings, donate_argnums=tuple(3 + i for i in donated))
+    context = (self.mesh, self.rules)
 
     @functools.wraps(fn)
     def call(*args):
       with self.activate():
-        return compiled(*args)
+        return compiled(fn, static, context, *args)
 
     def lower(*args):
-      """`jax.jit(...).lower` inside `activate()`: arguments may be `jax.ShapeDtypeStruct`s (with
-      shardings), so a program is compiled ahead of time without any array (`th_distill.plan`)."""
       with self.activate():
-        return compiled.lower(*args)
+        return compiled.lower(fn, static, context, *args)
 
     call.lower = lower
     return call
+
+
+def _apply(fn: Callable, static: tuple, context: tuple, *arrays: Any) -> Any:
+  """`fn(*arrays, *static)`: what `Partitioner.jit` compiles (`context`, the mesh and the rules
+  the trace ran under, only keys JAX's cache)."""
+  del context
+  return fn(*arrays, *static)
+
+
+def _unboxed_init(rng: jax.Array, model: T5) -> Any:
+  return nn.unbox(init_params(model, rng))
+
+
+def _cast(params: Any, dtype: str) -> Any:
+  return jax.tree_util.tree_map(lambda x: x.astype(dtype), params)
 
 
 def pad_rows(arrays: dict[str, np.ndarray], multiple: int) -> tuple[dict[str, np.ndarray], int]:

@@ -61,6 +61,10 @@ def offline_dataset(config: ml_collections.ConfigDict, workdir: str, programs: P
   return data
 
 
+def _empty_sums(names: tuple[str, ...]) -> dict[str, jax.Array]:
+  return {name: jnp.zeros((), jnp.float32) for name in names}
+
+
 def _add_step(sums: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
   counted = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(metrics["train/grad_norm"])
   return {name: total + jnp.where(counted, 1.0 if name == "steps" else metrics[name], 0.0)
@@ -79,9 +83,8 @@ class MetricSums:
 
   def __init__(self, partitioner: Partitioner):
     replicated = partitioner.replicated
-    self.empty = partitioner.jit(
-        lambda: {name: jnp.zeros((), jnp.float32) for name in self.NAMES}, in_shardings=(),
-        out_shardings=replicated)
+    self.empty = partitioner.jit(_empty_sums, in_shardings=(), out_shardings=replicated,
+                                 static=(self.NAMES,))
     self.add = partitioner.jit(_add_step, in_shardings=(replicated, replicated),
                                out_shardings=replicated)
 

@@ -1,9 +1,11 @@
-"""The run's compiled programs: every function that runs on the mesh, built once per run.
+"""The run's compiled programs: every function that runs on the mesh.
 
-The module-level builders return `Partitioner.jit` results (call them, or `.lower` them for
-abstract arguments as `th_distill.plan` does); `Programs` builds each once for a run and wraps
-the samplers and the evaluator for host data. Nothing is cached across runs: a run that changes a
-setting compiles its own programs.
+The builders return `Partitioner.jit` results (call them, or `.lower` them for abstract
+arguments as `th_distill.plan` does) of module-level functions whose models and settings are
+static arguments: JAX's own cache reuses a compiled program wherever the same function, settings,
+mesh and shapes meet again (the runs of a study, of a test session) and compiles afresh on any
+difference. `Programs` gives a run's stages their programs and wraps the samplers and the
+evaluator for host data.
 """
 
 from __future__ import annotations
@@ -49,15 +51,22 @@ def batch_shardings(partitioner: Partitioner) -> Batch:
   return Batch(prompts=rows, responses=rows, mask=rows)
 
 
+def _sample(params: Any, prompts: jax.Array, keys: jax.Array, model: T5,
+            settings: SamplingSettings) -> sampling.SampleOutput:
+  return sampling.generate(model, params, prompts, keys, **dataclasses.asdict(settings))
+
+
 def sampler_program(model: T5, settings: SamplingSettings, partitioner: Partitioner) -> Callable:
   """`(params, prompts [B, Li] int32, keys [B, 2] uint32) -> SampleOutput` of [B, Lt]: `model`
   sampling with `settings`, inputs and outputs split along B."""
   rows = partitioner.batch_sharding(2)
-  options = dataclasses.asdict(settings)
-  return partitioner.jit(
-      lambda params, prompts, keys: sampling.generate(model, params, prompts, keys, **options),
-      in_shardings=(partitioner.param_shardings(model), rows, rows),
-      out_shardings=sampling.SampleOutput(rows, rows, rows))
+  return partitioner.jit(_sample, in_shardings=(partitioner.param_shardings(model), rows, rows),
+                         out_shardings=sampling.SampleOutput(rows, rows, rows),
+                         static=(model, settings))
+
+
+def _sft_step(state: TrainState, batch: Batch, rng: jax.Array, model: T5) -> tuple:
+  return make_sft_step(model)(state, batch, rng)
 
 
 def sft_program(model: T5, optimizer: optax.GradientTransformation,
@@ -65,9 +74,16 @@ def sft_program(model: T5, optimizer: optax.GradientTransformation,
   """The SFT step `(state, batch, rng) -> (state, metrics)` (the state donated)."""
   state_shardings = partitioner.state_shardings(model, optimizer)
   return partitioner.jit(
-      make_sft_step(model),
+      _sft_step,
       in_shardings=(state_shardings, batch_shardings(partitioner), partitioner.replicated),
-      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0)
+      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0,
+      static=(model,))
+
+
+def _eval_sums(student_params: Any, teacher_params: Any, oracle_params: Any, batch: Batch,
+               models: Models, student: T5, sequence_chunks: int) -> dict[str, jax.Array]:
+  return make_eval_sums(student, models.teacher, models.oracle, sequence_chunks)(
+      student_params, teacher_params, oracle_params, batch)
 
 
 def eval_program(models: Models, student: T5, sequence_chunks: int,
@@ -75,11 +91,22 @@ def eval_program(models: Models, student: T5, sequence_chunks: int,
   """`(student_params, teacher_params, oracle_params, batch) -> {name: sum}`: `train.eval_sums`
   of `student` against the teacher and the oracle."""
   return partitioner.jit(
-      make_eval_sums(student, models.teacher, models.oracle, sequence_chunks),
+      _eval_sums,
       in_shardings=(partitioner.param_shardings(student),
                     partitioner.param_shardings(models.teacher),
                     partitioner.param_shardings(models.oracle), batch_shardings(partitioner)),
-      out_shardings=partitioner.replicated)
+      out_shardings=partitioner.replicated, static=(models, student, sequence_chunks))
+
+
+def _distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, batch: Batch,
+                  rng: jax.Array, models: Models, settings: DistillSettings) -> tuple:
+  loss = settings.loss
+  step = make_distill_step(models.student, models.teacher, models.oracle, loss=loss.name,
+                           beta=loss.beta, normalized=loss.normalized,
+                           temperature=loss.temperature, micro_batches=settings.micro_batches,
+                           sequence_chunks=settings.sequence_chunks)
+  return guards.skip_nonfinite(step, settings.on_nonfinite)(state, teacher_params,
+                                                             oracle_params, batch, rng)
 
 
 def distill_program(models: Models, settings: DistillSettings,
@@ -87,25 +114,25 @@ def distill_program(models: Models, settings: DistillSettings,
   """The distillation step `(state, teacher_params, oracle_params, batch, rng) -> (state,
   metrics)` of `settings` (the state donated)."""
   state_shardings = partitioner.state_shardings(models.student, settings.optimizer.build())
-  loss = settings.loss
-  step = make_distill_step(models.student, models.teacher, models.oracle, loss=loss.name,
-                           beta=loss.beta, normalized=loss.normalized,
-                           temperature=loss.temperature, micro_batches=settings.micro_batches,
-                           sequence_chunks=settings.sequence_chunks)
   return partitioner.jit(
-      guards.skip_nonfinite(step, settings.on_nonfinite),
+      _distill_step,
       in_shardings=(state_shardings, partitioner.param_shardings(models.teacher),
                     partitioner.param_shardings(models.oracle), batch_shardings(partitioner),
                     partitioner.replicated),
-      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0)
+      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0,
+      static=(models, settings))
+
+
+def _create_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+  return create_train_state(params, optimizer)
 
 
 def new_train_state(partitioner: Partitioner, model: T5, params: Any,
                     optimizer: optax.GradientTransformation) -> TrainState:
   """A fresh train state of `model` on a copy of `params`, sharded by the logical rules."""
-  create = partitioner.jit(lambda p: create_train_state(p, optimizer),
-                           in_shardings=(partitioner.param_shardings(model),),
-                           out_shardings=partitioner.state_shardings(model, optimizer))
+  create = partitioner.jit(_create_state, in_shardings=(partitioner.param_shardings(model),),
+                           out_shardings=partitioner.state_shardings(model, optimizer),
+                           static=(optimizer,))
   return create(params)
 
 

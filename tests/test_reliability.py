@@ -186,6 +186,26 @@ def test_a_changed_mesh_or_report_threshold_reuses_finished_and_unfinished_work(
   assert untimed() == rows
 
 
+def test_markers_written_under_other_stage_sections_are_reused_if_their_fields_agree(
+    workdir, config):
+  """Markers of an earlier version, whose stages depended on the mesh and lacked the student's
+  SFT fields: the fields they recorded agree, so the finished stages are reused."""
+  markers = [os.path.join(workdir, "stage1", "info.json"),
+             os.path.join(workdir, REGIME, "started.json")]
+  for marker in markers:
+    record = checkpoints.read_json(marker)
+    fields = {k: v for k, v in record["fields"].items() if not k.startswith("student.learning")}
+    record.update(fingerprint="0123456789abcdef",
+                  fields={**fields, "mesh": {"data": 8, "fsdp": 1, "model": 1}})
+    checkpoints.write_json(marker, record)
+  stamps = [os.path.getmtime(m) for m in markers]
+  experiment.run(config, workdir)
+  assert [os.path.getmtime(m) for m in markers] == stamps
+  config.loss.name = "rkl"  # a recorded field that differs is still refused
+  with pytest.raises(ConfigChanged, match=r"loss\.name: 'fkl' -> 'rkl'"):
+    experiment.run(config, workdir)
+
+
 def test_a_checkpoint_of_another_structure_is_reported_as_such(tmp_path):
   directory = str(tmp_path / "checkpoints")
   checkpointer = checkpoints.RunCheckpointer(directory)

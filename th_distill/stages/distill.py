@@ -236,7 +236,7 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, pro
   settings = programs.settings
   steps, eval_steps = settings.distill.optimizer.steps, set(settings.eval.steps)
   if os.path.exists(marker):
-    stage_key.check(marker)
+    stage_key.check(started if os.path.exists(started) else marker)  # started.json: the fields
     guards.check_rows(os.path.join(directory, "metrics.jsonl"),
                       {s for s in eval_steps if s <= checkpoints.read_json(marker)["steps"]},
                       f"delete {directory} to run the regime again")
@@ -288,5 +288,5 @@ def run_regime(config: ml_collections.ConfigDict, workdir: str, regime: str, pro
     logging.warning("%s: stopped at step %d by the hacking detector (detection.on_detect = "
                     "'stop').", regime, step)
   workdir_lib.write_on_main(lambda: checkpoints.write_json(marker, {
-      "fingerprint": stage_key.fingerprint, "steps": step,
+      **stage_key.record(), "steps": step,
       "stopped_by_detector": loop.monitor.should_stop, "seconds": time.time() - run_start}))

@@ -198,9 +198,17 @@ def test_markers_written_under_other_stage_sections_are_reused_if_their_fields_a
     record.update(fingerprint="0123456789abcdef",
                   fields={**fields, "mesh": {"data": 8, "fsdp": 1, "model": 1}})
     checkpoints.write_json(marker, record)
-  stamps = [os.path.getmtime(m) for m in markers]
+  dataset = os.path.join(workdir, "offline_dataset.npz")
+  arrays = checkpoints.load_arrays(dataset)
+  fields = {k: v for k, v in json.loads(str(arrays["fields"])).items()
+            if not k.startswith("student.learning")}
+  arrays.update(fingerprint=np.asarray("0123456789abcdef"), fields=np.asarray(json.dumps(
+      {**fields, "mesh": {"data": 8, "fsdp": 1, "model": 1}})))
+  checkpoints.save_arrays(dataset, arrays)
+  _unfinish(workdir)  # so that the regime reads the offline dataset again
+  stamps = [os.path.getmtime(m) for m in markers + [dataset]]
   experiment.run(config, workdir)
-  assert [os.path.getmtime(m) for m in markers] == stamps
+  assert [os.path.getmtime(m) for m in markers + [dataset]] == stamps
   config.loss.name = "rkl"  # a recorded field that differs is still refused
   with pytest.raises(ConfigChanged, match=r"loss\.name: 'fkl' -> 'rkl'"):
     experiment.run(config, workdir)

@@ -94,20 +94,26 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, stage1_dir: s
 def check_marker(marker: str, expected: str, fields: Mapping[str, Any]) -> None:
   """Raises ConfigChanged if the stage marker `marker` (JSON with `fingerprint`, and `fields`
   since this check exists) was written by another configuration than the one of fingerprint
-  `expected` and recorded `fields`.
+  `expected` and recorded `fields` (`check_record`)."""
+  check_record(checkpoints.read_json(marker), expected, fields, os.path.dirname(marker))
 
-  A marker whose fingerprint differs but whose recorded fields all equal this run's (a stage
+
+def check_record(record: Mapping[str, Any], expected: str, fields: Mapping[str, Any],
+                 where: str) -> None:
+  """Raises ConfigChanged if a stage's `record` ({fingerprint, fields}) of `where` (a path, for
+  the message) was written by another configuration than this run's.
+
+  A record whose fingerprint differs but whose recorded fields all equal this run's (a stage
   written when it depended on other sections, e.g. on the mesh) is accepted; fields it did not
   record cannot be compared and are left to `check_workdir`, which compares the whole config."""
-  record = checkpoints.read_json(marker)
   if record["fingerprint"] == expected:
     return
   if "fields" in record:
     diff = [change for change in changes(record["fields"], as_recorded(fields))
             if change[1] != _ABSENT]
     if diff:
-      raise refusal(os.path.dirname(marker), diff)
+      raise refusal(where, diff)
     return
-  raise ConfigChanged(f"{marker} was written by a different configuration (fingerprint "
+  raise ConfigChanged(f"{where} was written by a different configuration (fingerprint "
                       f"{record['fingerprint']}, this run {expected}); use a new --workdir, or "
                       "rerun with the values it was written with (its config.json)")

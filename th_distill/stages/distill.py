@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from th_distill import checkpoints, guards, progress, resume, workload
+from th_distill import checkpoints, guards, progress, workload
 from th_distill.data import pools as pool_lib
 from th_distill.data import regimes as regime_lib
 from th_distill.metrics_io import MetricsWriter, read_metrics
@@ -42,21 +42,18 @@ def offline_dataset(config: ml_collections.ConfigDict, workdir: str, programs: P
   """The fixed N x k teacher-generated dataset (`regimes.build_offline`'s arrays), built once
   into `WORKDIR/offline_dataset.npz`."""
   path = os.path.join(workdir, "offline_dataset.npz")
-  expected = workdir_lib.fingerprint(config, workdir_lib.offline_sections(config))
+  stage_key = workdir_lib.StageKey.of(config, workdir_lib.offline_sections(config))
   if os.path.exists(path):
     data = checkpoints.load_arrays(path)
-    if str(data["fingerprint"]) == expected:
-      return data
-    raise resume.ConfigChanged(
-        f"{path} was built by a different configuration; use a new --workdir, or rerun with "
-        "the values it was built with")
+    stage_key.check_arrays(data, path)
+    return data
   phase = progress.phase(workload.OFFLINE_DATASET)
   data = regime_lib.build_offline(
       phase.counted(programs.host_sampler("teacher"), "samples"), stage1.teacher_params,
       pools["distill"][:config.offline.num_prompts], config.offline.generations_per_prompt,
       key(config.seed, Purpose.OFFLINE_DATA))
   phase.finish()
-  data["fingerprint"] = np.asarray(expected)
+  data.update(stage_key.as_arrays())
   workdir_lib.write_on_main(lambda: checkpoints.save_arrays(path, data))
   return data
 

@@ -8,7 +8,7 @@ result (`resume.FREE_FIELDS`: the regimes to run, the mesh, the report's thresho
 non-finite step does) are in no stage's sections.
 
 Layout: `WORKDIR/stage1/` (or a study's shared stage-1 directory; marker `info.json`),
-`WORKDIR/offline_dataset.npz` (its hash inside), `WORKDIR/<regime>/` (markers `started.json`
+`WORKDIR/offline_dataset.npz` (its record inside), `WORKDIR/<regime>/` (markers `started.json`
 and `done.json`, `metrics.jsonl`, `checkpoints/`).
 
 Multi-host: process 0 alone writes files (`write_on_main`); every process takes part in
@@ -94,6 +94,18 @@ class StageKey:
   def check(self, marker: str) -> None:
     """Raises resume.ConfigChanged if `marker` was written for other section values."""
     resume.check_marker(marker, self.fingerprint, self.fields)
+
+  def as_arrays(self) -> dict[str, np.ndarray]:
+    """The record as arrays, to store beside a stage's arrays (`check_arrays` reads it)."""
+    return {"fingerprint": np.asarray(self.fingerprint),
+            "fields": np.asarray(json.dumps(self.fields, default=list))}
+
+  def check_arrays(self, arrays: dict[str, np.ndarray], path: str) -> None:
+    """`check` for a stage stored as arrays in `path` (e.g. the offline dataset)."""
+    record: dict[str, Any] = {"fingerprint": str(arrays["fingerprint"])}
+    if "fields" in arrays:
+      record["fields"] = json.loads(str(arrays["fields"]))
+    resume.check_record(record, self.fingerprint, self.fields, path)
 
 
 def write_on_main(write: Callable[[], None]) -> None:

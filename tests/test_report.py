@@ -29,7 +29,7 @@ def test_a_small_rise_is_no_hacking_whatever_the_proxy_does():
   golden = np.array([2.0, 1.6, 1.5, 1.52, 1.53, 1.54, 1.55])  # +3.3 %
   for proxy in (np.linspace(1, 0.5, 7), np.array([1, .8, .7, .8, .9, 1., 1.1])):
     assert summaries.signature(STEPS, golden, proxy, 5.0)["outcome"] == "none"
-  assert summaries.outcome(3.3, -10.0, threshold_pct=3.0) == "teacher_hacking"
+  assert summaries.outcome(3.3, -10.0, threshold_pct=3.0, rising=True) == "teacher_hacking"
 
 
 def test_a_run_ending_in_nan_is_diverged_with_no_numbers():
@@ -73,14 +73,61 @@ def test_run_time_sums_the_recorded_stages(tmp_path):
   assert report.run_time_sentence(str(tmp_path), {}, ["online_teacher"]) == ""
 
 
-@pytest.mark.parametrize("rise, change, expected", [
-    (5.0, 0.0, "teacher_hacking"),    # rose by exactly the threshold; the proxy stalled
-    (5.0, 1e-9, "overfitting"),       # the proxy rose, however little
-    (4.999, -50.0, "none"),           # just below the threshold, whatever the proxy did
-    (float("nan"), -50.0, "none"),
+@pytest.mark.parametrize("rise, change, rising, fell, expected", [
+    (5.0, 0.0, True, True, "teacher_hacking"),  # rose by exactly the threshold; proxy stalled
+    (5.0, 1e-9, True, True, "overfitting"),     # the proxy rose, however little
+    (4.999, -50.0, True, True, "none"),         # just below the threshold, whatever the proxy did
+    (float("nan"), -50.0, True, True, "none"),
+    (20.0, -50.0, False, True, "none"),         # a large rise whose trend holds zero
+    (20.0, -50.0, True, False, "regression"),   # never below its start: pulled to a worse teacher
+    (20.0, 10.0, True, False, "regression"),
+    (20.0, -50.0, False, False, "regression"),  # from the start: no selected minimum to doubt
+    (4.0, -50.0, True, False, "none"),
 ])
-def test_the_verdict_at_its_boundaries(rise, change, expected):
-  assert summaries.outcome(rise, change, threshold_pct=5.0) == expected
+def test_the_verdict_at_its_boundaries(rise, change, rising, fell, expected):
+  assert summaries.outcome(rise, change, 5.0, rising, fell) == expected
+
+
+def _noisy(steps, level, rng, scale=0.01):
+  """A curve falling to `level` [T] with 1% iid noise."""
+  return (level + 0.3 * np.exp(-steps / 150.0)) * (1 + scale * rng.normal(size=len(steps)))
+
+
+def test_flat_noisy_curves_are_not_rising_but_rises_and_u_shapes_are():
+  steps = np.array(sorted(set(range(0, 2001, 100)) | {1, 2, 4, 8, 16, 32, 64}))
+  rng = np.random.default_rng(0)
+  rising = 0
+  for _ in range(200):
+    s = summaries.signature(steps, _noisy(steps, 0.6, rng), np.linspace(1, 0.5, len(steps)), 5.0)
+    rising += s["golden_trend_rising"]
+    assert s["outcome"] == "none" or s["golden_rise_pct"] >= 5.0
+  assert rising <= 10  # a one-sided 2.5% test, read after the selected minimum: <= 5% of 200
+  # A U: down to 0.6 by step 300, then +3% per doubling of the steps.
+  u = 0.6 * (1 + 0.03 * np.log2(np.maximum(steps, 300) / 300)) + 0.3 * np.exp(-steps / 60.0)
+  for seed in range(5):
+    noisy = u * (1 + 0.01 * np.random.default_rng(seed).normal(size=len(steps)))
+    s = summaries.signature(steps, noisy, np.linspace(1, 0.5, len(steps)), 5.0)
+    assert s["golden_trend_rising"] and s["outcome"] == "teacher_hacking", s
+    assert 1.5 < s["golden_trend_pct_per_doubling"] < 4.5
+  # Rising from the first evaluation on: regression, not hacking.
+  climb = 0.6 * (1 + 0.05 * np.log2(np.maximum(steps, 1)))
+  s = summaries.signature(steps, climb, np.linspace(1, 0.5, len(steps)), 5.0)
+  assert s["golden_min_step"] == 0 and s["outcome"] == "regression"
+  assert s["golden_start"] == pytest.approx(0.6)
+
+
+def test_a_run_summary_sets_the_teacher_beside_the_student():
+  rows = _rows(**{GOLDEN: U_SHAPE, PROXY: np.linspace(1, 0.5, 7), TRAIN_PROXY: np.ones(7)})
+  settings = detection.DetectorSettings()
+  s = summaries.summarize_run(rows, 5.0, settings, PROXY, teacher_golden=1.2)
+  assert s["teacher_golden"] == 1.2 and s["student_init_golden"] == 2.0
+  assert s["teacher_better_at_start"] and s["teacher_better_throughout"]
+  s = summaries.summarize_run(rows, 5.0, settings, PROXY, teacher_golden=1.55)
+  assert s["teacher_better_at_start"] and not s["teacher_better_throughout"]
+  s = summaries.summarize_run(rows, 5.0, settings, PROXY)
+  assert s["teacher_golden"] is None and s["teacher_better_at_start"] is None
+  assert "worse than the student's start" in report.teacher_sentence(2.1, 2.0)
+  assert "worth distilling from" in report.teacher_sentence(1.2, 2.0)
 
 
 def _rows(**curves):
@@ -139,7 +186,8 @@ def test_an_arm_counts_outcomes_and_averages_the_defined_numbers():
   seeds = {str(i): {**s, **{k: (None if s["golden_min"] is None else float(i))
                             for k in summaries.ARM_MEANS}} for i, s in enumerate(RUNS)}
   arm = summaries.summarize_arm(seeds)
-  assert arm["outcomes"] == {"teacher_hacking": 1, "overfitting": 2, "none": 2, "diverged": 1}
+  assert arm["outcomes"] == {"teacher_hacking": 1, "overfitting": 2, "regression": 0, "none": 2,
+                             "diverged": 1}
   assert arm["hacking_runs"] == 1 and arm["detected_runs"] == 3
   assert arm["mean"]["golden_min"] == 2.0  # mean of seeds 0-4; the diverged seed 5 has none
   assert arm["seeds"] == seeds

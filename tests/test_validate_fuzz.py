@@ -30,7 +30,7 @@ def _texts(allowed):
 
 
 POSITIVE_FLOAT_FIELDS = ("loss.temperature", "student.learning_rate", "teacher.learning_rate",
-                         "oracle.weight_scale")
+                         "oracle.weight_scale", "teacher.temperature")
 NON_NEGATIVE_FLOAT_FIELDS = ("student.weight_decay", "student.grad_clip", "hacking_threshold_pct")
 UNIT_FIELDS = ("loss.beta", "mixture.student_fraction")
 POSITIVE_INT_FIELDS = ("eval_every", "checkpoint_every", "teacher.batch_size",

@@ -138,6 +138,8 @@ def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> None:
   problems.add(OptimizerSettings.sft(c.teacher, c.teacher.steps).problems("teacher"))
   problems.add(DistillSettings.from_config(c).problems())
   check(c.student.sft_steps >= 0, "student.sft_steps", "must be >= 0")
+  check(math.isfinite(c.teacher.temperature) and c.teacher.temperature > 0,
+        "teacher.temperature", f"must be a finite number > 0, got {c.teacher.temperature}")
   check(c.online.prompts in ONLINE_PROMPTS, "online.prompts",
         f"must be one of {ONLINE_PROMPTS}, got {c.online.prompts!r}")
   check(0.0 <= c.mixture.student_fraction <= 1.0, "mixture.student_fraction",

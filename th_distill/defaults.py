@@ -50,8 +50,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.oracle = dict(source="synthetic", checkpoint="", target_entropy=2.0, weight_scale=1.0,
                   model=model_config("tiny", **tiny))
   # `checkpoint`: initial weights from a local checkpoint instead of a random init ('' = random).
+  # `temperature`: the teacher is its SFT'd logits divided by this, in every later use (its samples,
+  # the loss, the proxy, its own golden distance); < 1 makes an over-confident teacher whose
+  # samples are less diverse than the oracle's, 1 leaves it as trained.
   c.teacher = dict(model=model_config("tiny", **tiny), checkpoint="", steps=1500, batch_size=32,
-                   learning_rate=3e-3, warmup_steps=0, schedule="constant")
+                   learning_rate=3e-3, warmup_steps=0, schedule="constant", temperature=1.0)
   c.student = dict(model=model_config("tiny", **tiny), checkpoint="", init="sft", sft_steps=500,
                    steps=2000, batch_size=32, micro_batches=1, learning_rate=1e-3, warmup_steps=0,
                    schedule="constant",

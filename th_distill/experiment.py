@@ -70,9 +70,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str) -> di
 
   summary = report.write_report(workdir, config, stage1.info)
   for regime, s in summary["regimes"].items():
-    logging.info("%-15s golden min %.4f @ %d, final %.4f (%+.1f%%), hacking: %s, detector: %s",
-                 regime, s["golden_min"], s["golden_min_step"], s["golden_final"],
-                 s["golden_rise_pct"], s["hacking"],
+    logging.info("%-15s golden %.4f -> min %.4f @ %d -> final %.4f (%+.1f%%, trend %s/doubling), "
+                 "outcome: %s, detector: %s", regime, s["golden_start"], s["golden_min"],
+                 s["golden_min_step"], s["golden_final"], s["golden_rise_pct"],
+                 report.trend_text(s), s["outcome"],
                  f"fired @ {s['detected_step']}" if s["detected"] else "silent")
   logging.info("Done in %.0fs; report in %s", time.time() - start,
                os.path.join(workdir, "report.md"))

@@ -48,11 +48,18 @@ def _band(ax, label: str, curve: Curve, color=None) -> bool:
 
 
 def plot_metric_panels(panels: Sequence[tuple[str, Mapping[str, Curve]]], path: str,
-                       ylabel: str = "nats / token") -> None:
-  """One panel per (title, curves), steps on a log axis, seed bands, one legend."""
+                       ylabel: str = "nats / token",
+                       levels: Sequence[Mapping[str, float]] = ()) -> None:
+  """One panel per (title, curves), steps on a log axis, seed bands, one legend per panel that
+  has a level; `levels[i]` ({label: value}) draws dashed horizontal lines on panel i (such as
+  the teacher's own golden distance)."""
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
-  for ax, (title, curves) in zip(axes[0], panels):
+  for index, (ax, (title, curves)) in enumerate(zip(axes[0], panels)):
     drawn = [_band(ax, label, curve) for label, curve in curves.items()]
+    for label, value in (levels[index] if index < len(levels) else {}).items():
+      if np.isfinite(value):
+        ax.axhline(value, color="k", linestyle="--", linewidth=1, label=f"{label} {value:.3f}")
+        ax.legend(fontsize=8)
     ax.set(title=title, xlabel="student step", ylabel=ylabel,
            xscale="log" if any(drawn) else "linear")
     ax.grid(alpha=0.3, which="both")

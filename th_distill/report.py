@@ -32,14 +32,18 @@ def _curves(rows_by_label: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
 
 def write_figures(directory: str,
                   rows_by_label: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
-                  settings: detection.DetectorSettings, metric: str) -> None:
-  """curves.png, proxy_golden.png and detector.png (seed 0 of every label) in `directory`."""
+                  settings: detection.DetectorSettings, metric: str,
+                  teacher_golden: float | None = None) -> None:
+  """curves.png, proxy_golden.png and detector.png (seed 0 of every label) in `directory`;
+  `teacher_golden` (the teacher's own golden distance, a seed mean for a study) is drawn as a
+  horizontal line on the golden panel."""
   golden, proxy = _curves(rows_by_label, GOLDEN), _curves(rows_by_label, PROXY)
   train_proxy = _curves(rows_by_label, TRAIN_PROXY)
+  teacher_line = {} if teacher_golden is None else {"teacher": teacher_golden}
   plots.plot_metric_panels([("golden: KL(oracle || student), held-out", golden),
                             ("proxy: KL(teacher || student), held-out", proxy),
                             ("proxy on training prompts", train_proxy)],
-                           os.path.join(directory, "curves.png"))
+                           os.path.join(directory, "curves.png"), levels=[teacher_line])
   plots.plot_proxy_golden([("golden vs proxy (held-out prompts)", proxy, golden),
                            ("golden vs proxy (training prompts)", train_proxy, golden)],
                           os.path.join(directory, "proxy_golden.png"))
@@ -75,39 +79,51 @@ def write_report(workdir: str, config: ml_collections.ConfigDict,
   settings, metric = detector_settings(config.detection), config.detection.metric
   rows = {r: read_metrics(os.path.join(workdir, r, "metrics.jsonl")) for r in config.regimes}
   rows = {r: v for r, v in rows.items() if v}
+  teacher_golden = teacher["teacher/golden/fkl@oracle_samples"]
+  regimes = {r: summarize_run(v, config.hacking_threshold_pct, settings, metric, teacher_golden)
+             for r, v in rows.items()}
+  starts = [s["student_init_golden"] for s in regimes.values()]
   summary = {
-      "teacher": {"golden_fkl": teacher["teacher/golden/fkl@oracle_samples"],
+      "teacher_golden": teacher_golden,
+      "student_init_golden": starts[0] if starts else None,
+      "teacher": {"golden_fkl": teacher_golden,
                   **{k: v for k, v in teacher.items() if k.startswith("teacher/")}},
-      "regimes": {r: summarize_run(v, config.hacking_threshold_pct, settings, metric)
-                  for r, v in rows.items()},
+      "regimes": regimes,
   }
   checkpoints.write_json(os.path.join(workdir, "summary.json"), summary)
-  write_figures(workdir, {r: [v] for r, v in rows.items()}, settings, metric)
+  write_figures(workdir, {r: [v] for r, v in rows.items()}, settings, metric, teacher_golden)
   lines = ["# th_distill run report", "",
            *(f"- {sentence(regime, s)}" for regime, s in summary["regimes"].items()), "",
            f"Seed {config.seed}; offline data N = {config.offline.num_prompts} prompts x k = "
            f"{config.offline.generations_per_prompt}; online prompts: {config.online.prompts}; "
            f"loss {config.loss.name}; student init {config.student.init}, "
-           f"{config.student.steps} steps of batch {config.student.batch_size}. Teacher golden "
-           f"fkl (KL(oracle || teacher) per token, oracle samples): "
-           f"{summary['teacher']['golden_fkl']:.3f}. "
+           f"{config.student.steps} steps of batch {config.student.batch_size}. "
+           f"{teacher_sentence(teacher_golden, summary['student_init_golden'])} "
            f"{run_time_sentence(workdir, teacher, rows)}", "",
-           "| regime | outcome (oracle) | golden min @ step | golden final | rise % | "
-           "proxy at golden min -> final (change %) | detector |",
-           "|---|---|---|---|---|---|---|"]
+           "| regime | outcome (oracle) | golden start | golden min @ step | golden final | "
+           "rise % | trend %/doubling [95% CI] | proxy at golden min -> final (change %) | "
+           "detector |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for regime, s in summary["regimes"].items():
-    lines.append(f"| {regime} | {s['outcome']} | {_number(s['golden_min'])} @ "
-                 f"{s['golden_min_step']} | {_number(s['golden_final'])} | "
-                 f"{_number(s['golden_rise_pct'], '+.1f')} | "
+    lines.append(f"| {regime} | {s['outcome']} | {_number(s['golden_start'])} | "
+                 f"{_number(s['golden_min'])} @ {s['golden_min_step']} | "
+                 f"{_number(s['golden_final'])} | {_number(s['golden_rise_pct'], '+.1f')} | "
+                 f"{trend_text(s)} | "
                  f"{_number(s['proxy_at_golden_min'])} -> {_number(s['proxy_final'])} "
                  f"({_number(s['proxy_change_after_min_pct'], '+.1f')}) | {_verdict(s)} |")
   lines += ["", f"golden = `{GOLDEN}` (KL(oracle || student) per token on oracle samples of the "
             f"held-out prompts), proxy = `{PROXY}` (KL(teacher || student) per token on teacher "
             "samples of the same prompts); rise = 100 (final - min) / min of golden; change = "
-            "100 (final - at golden min) / at golden min of the proxy. Outcome: "
-            f"`teacher_hacking` = golden rose >= {config.hacking_threshold_pct:g}% while the "
-            "proxy did not rise; `overfitting` = both rose; `none` = golden did not rise by the "
-            "threshold (docs/metrics.md).", "",
+            "100 (final - at golden min) / at golden min of the proxy; trend = the OLS slope of "
+            "golden (percent of its minimum) against log2(step) after the minimum, with a 95% "
+            "interval corrected for autocorrelated evaluations. Outcome: `regression` = "
+            "golden never fell below its start and ended >= "
+            f"{config.hacking_threshold_pct:g}% above it (the student moved toward a teacher "
+            "worse than itself); otherwise golden *rose* when it ended >= the threshold above "
+            "its minimum with a trend whose interval lies above zero, and the outcome is "
+            "`teacher_hacking` if the proxy did not rise, `overfitting` if it rose too; "
+            "`none` otherwise "
+            "(docs/metrics.md).", "",
             "The same verdict read with every divergence, per token and per sequence (`_seq`):",
             "", "| regime | view | sampled by | golden rise % | proxy change % | outcome |",
             "|---|---|---|---|---|---|"]
@@ -122,6 +138,26 @@ def write_report(workdir: str, config: ml_collections.ConfigDict,
   with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   return summary
+
+
+def teacher_sentence(teacher_golden: float, student_init_golden: float | None) -> str:
+  """The teacher's golden distance beside the student's at its start, and which is better."""
+  text = (f"Teacher golden fkl (KL(oracle || teacher) per token, oracle samples): "
+          f"{teacher_golden:.3f}")
+  if student_init_golden is None:
+    return text + "."
+  better = ("better than the student's start: worth distilling from"
+            if teacher_golden < student_init_golden else
+            "worse than the student's start: distillation pulls the student toward a worse model")
+  return f"{text}; the student starts at {student_init_golden:.3f} (the teacher is {better})."
+
+
+def trend_text(s: Mapping[str, Any]) -> str:
+  """'+1.23 [+0.45, +2.01]' (percent per doubling of the steps), or '–' without a trend."""
+  if s.get("golden_trend_ci95") is None:
+    return "–"
+  low, high = s["golden_trend_ci95"]
+  return f"{s['golden_trend_pct_per_doubling']:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 def run_time_sentence(workdir: str, stage1: Mapping[str, Any], regimes: Sequence[str]) -> str:
@@ -149,6 +185,9 @@ def sentence(regime: str, s: Mapping[str, Any]) -> str:
     what = (f"over-fitting: the golden distance rose {s['golden_rise_pct']:.1f}% after step "
             f"{s['golden_min_step']} and the held-out proxy rose with it "
             f"({s['proxy_change_after_min_pct']:+.1f}%)")
+  elif s["outcome"] == "regression":
+    what = (f"regression: the golden distance never fell below its start "
+            f"and ended {s['golden_rise_pct']:.1f}% above it")
   elif s["outcome"] == "diverged":
     what = "diverged: its last golden or proxy value is not finite (no verdict)"
   else:
@@ -174,8 +213,10 @@ def _mean_sd(values: Sequence[float | None], spec: str = ".3f") -> str:
 
 def write_study_report(directory: str, title: str,
                        runs: Mapping[str, Sequence[tuple[int, str]]],
-                       config: ml_collections.ConfigDict, reference: str = "") -> dict[str, Any]:
-  """The report of a study: `runs` maps an arm's label to its (seed, metrics.jsonl path) pairs.
+                       config: ml_collections.ConfigDict, reference: str = "",
+                       teacher_golden: Mapping[str, float] | None = None) -> dict[str, Any]:
+  """The report of a study: `runs` maps an arm's label to its (seed, metrics.jsonl path) pairs;
+  `teacher_golden` maps a metrics.jsonl path to its run's teacher golden distance.
 
   Writes `summary.json` (per arm: every seed's run summary and the means; `paired`: every arm's
   paired differences over seeds from the `reference` arm, by default the first;
@@ -190,7 +231,9 @@ def write_study_report(directory: str, title: str,
   rows = {label: pairs for label, pairs in rows.items() if pairs}
   arms = {}
   for label, pairs in rows.items():
-    seeds = {str(seed): summarize_run(r, config.hacking_threshold_pct, settings, metric)
+    paths = dict(runs[label])
+    seeds = {str(seed): summarize_run(r, config.hacking_threshold_pct, settings, metric,
+                                      (teacher_golden or {}).get(paths[seed]))
              for seed, r in pairs}
     arms[label] = {**summarize_arm(seeds),
                    "metrics_files": {str(seed): path for seed, path in runs[label]}}
@@ -201,8 +244,10 @@ def write_study_report(directory: str, title: str,
              "detector": {"metric": metric, "settings": dataclasses.asdict(settings), **quality}}
   os.makedirs(directory, exist_ok=True)
   checkpoints.write_json(os.path.join(directory, "summary.json"), summary)
+  levels = [s["teacher_golden"] for arm in arms.values() for s in arm["seeds"].values()
+            if s["teacher_golden"] is not None]
   write_figures(directory, {label: [r for _, r in pairs] for label, pairs in rows.items()},
-                settings, metric)
+                settings, metric, float(np.mean(levels)) if levels else None)
   lines = [f"# {title}", "",
            "Mean ± standard deviation over seeds, on held-out prompts; rise = 100 (final − "
            "min) / min of golden; proxy change = 100 (final − at golden min) / at golden min of "
@@ -210,18 +255,28 @@ def write_study_report(directory: str, title: str,
            f"rise ≥ {config.hacking_threshold_pct:g}% while the proxy does not rise; "
            "over-fitting: both rise; see docs/metrics.md); detector = its verdict from the "
            "proxy curve alone, with the step it fired at per seed.", "",
-           "| arm | seeds | golden min | golden min step | golden final | rise % | proxy final | "
-           "proxy change % | outcome (oracle) | detector |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "Teacher golden = the teacher's own KL(oracle || teacher); golden start = the "
+           "student's at step 0; trend = the slope of golden after its minimum in percent per "
+           "doubling of the steps, with the seeds whose 95% interval lies above zero (rising).",
+           "",
+           "| arm | seeds | teacher golden | golden start | golden min | golden min step | "
+           "golden final | rise % | trend %/doubling (rising) | proxy final | proxy change % | "
+           "outcome (oracle) | detector |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for label, arm in arms.items():
     seeds = list(arm["seeds"].values())
     fired = ", ".join(str(s["detected_step"]) if s["detected"] else "–" for s in seeds)
     outcomes = ", ".join(f"{o.replace('_', ' ')} {n}" for o, n in arm["outcomes"].items() if n)
+    rising = sum(s["golden_trend_rising"] for s in seeds)
     lines.append(
-        f"| {label} | {len(seeds)} | {_mean_sd([s['golden_min'] for s in seeds])} | "
+        f"| {label} | {len(seeds)} | {_mean_sd([s['teacher_golden'] for s in seeds])} | "
+        f"{_mean_sd([s['student_init_golden'] for s in seeds])} | "
+        f"{_mean_sd([s['golden_min'] for s in seeds])} | "
         f"{', '.join(str(s['golden_min_step']) for s in seeds)} | "
         f"{_mean_sd([s['golden_final'] for s in seeds])} | "
         f"{_mean_sd([s['golden_rise_pct'] for s in seeds], '+.1f')} | "
+        f"{_mean_sd([s['golden_trend_pct_per_doubling'] for s in seeds], '+.2f')} "
+        f"({rising}/{len(seeds)}) | "
         f"{_mean_sd([s['proxy_final'] for s in seeds])} | "
         f"{_mean_sd([s['proxy_change_after_min_pct'] for s in seeds], '+.1f')} | {outcomes} | "
         f"{arm['detected_runs']}/{len(seeds)} ({fired}) |")

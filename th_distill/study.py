@@ -120,13 +120,17 @@ def _run(study: ml_collections.ConfigDict,
   if reference and reference not in arms:
     raise config_lib.ConfigError(f"reference: {reference!r} is not an arm of the study; its arms "
                                  f"are {sorted(arms)}" + config_lib.suggest(reference, list(arms)))
-  start = time.time()
+  start, teacher_golden = time.time(), {}
   for index, (variant, seed, config) in enumerate(runs):
     logging.info("Study run %d/%d: variant %r, seed %d (%.0fs elapsed)", index + 1, len(runs),
                  variant, seed, time.time() - start)
-    experiment.run(config, run_dir(workdir, config), stage1_dir(workdir, config))
+    done = experiment.run(config, run_dir(workdir, config), stage1_dir(workdir, config))
+    for regime in config.regimes:
+      path = os.path.join(run_dir(workdir, config), regime, "metrics.jsonl")
+      teacher_golden[path] = done.get("teacher_golden")  # {} off process 0
   directory = os.path.join(workdir, study.name)
-  summary = report.write_study_report(directory, study.title, arms, study.base, reference)
+  summary = report.write_study_report(directory, study.title, arms, study.base, reference,
+                                      teacher_golden)
   logging.info("Study done in %.0fs; report in %s", time.time() - start,
                os.path.join(directory, "report.md"))
   return summary

@@ -8,11 +8,15 @@ model, which makes them estimates of sequence-level KLs:
 - training-prompt proxy = `TRAIN_PROXY`: the same on teacher samples of training prompts (for
   `offline`, the student's own training examples).
 
-Ground truth, read on held-out prompts (`outcome`): `teacher_hacking` when golden ends at least
-`hacking_threshold_pct` above its minimum while the held-out proxy at the end is at or below its
-value at the golden minimum; `overfitting` when both rise; `none` otherwise. `hacking` is
-`outcome == 'teacher_hacking'`. The training-prompt proxy is kept as a diagnostic only: on the
-student's own training examples any over-fitting run shows a falling proxy.
+Ground truth, read on held-out prompts (`outcome`, docs/metrics.md): a run's golden distance
+*rises* after its minimum when it ends at least `hacking_threshold_pct` above the minimum and its
+trend after the minimum (`th_distill.trend`: percent per doubling of the steps, with a 95%
+interval) is above zero; then it is `teacher_hacking` when the held-out proxy at the end is at or
+below its value at the golden minimum, `overfitting` when it rose too. A run whose golden never
+fell below its first evaluation and ends the threshold above it is `regression` (the student
+moved toward a teacher worse than itself); anything else is `none`. `hacking` is `outcome == 'teacher_hacking'`. The
+training-prompt proxy is kept as a diagnostic only: on the student's own training examples any
+over-fitting run shows a falling proxy.
 Detection: `detected` / `detected_step` come from the detector (`th_distill.detection`) on the
 configured metric alone, without the oracle; it is right on a run whose outcome is in POSITIVE.
 """
@@ -23,54 +27,83 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from th_distill import detection
+from th_distill import detection, trend
 from th_distill.metric_names import (EVAL_ORACLE, GOLDEN, PROXY, SIGNATURE_VIEWS, TRAIN_PROXY,
                                      entropy)
 from th_distill.metrics_io import column
 
-OUTCOMES = ("teacher_hacking", "overfitting", "none", "diverged")
-# The outcomes a detector should fire on: golden rose by the threshold, whatever the proxy did
-# (stopping there, or keeping the best checkpoint, is what the user wants in both cases).
-POSITIVE = ("teacher_hacking", "overfitting")
+OUTCOMES = ("teacher_hacking", "overfitting", "regression", "none", "diverged")
+# The outcomes a detector should fire on: golden rose, whatever the proxy did (stopping there, or
+# keeping the best checkpoint, is what the user wants in each case).
+POSITIVE = ("teacher_hacking", "overfitting", "regression")
 
 
-def outcome(golden_rise_pct: float, proxy_change_pct: float, threshold_pct: float) -> str:
-  """The oracle's held-out verdict on one run (docs/metrics.md):
-  - `teacher_hacking`: golden ends >= `threshold_pct` above its minimum while the held-out proxy
-    at the end is at or below its value at the golden minimum (it kept falling or stalled);
-  - `overfitting`: golden rises by the threshold and the held-out proxy rises with it;
-  - `none`: golden ends less than the threshold above its minimum.
-  (`signature` adds `diverged`: the last golden or proxy value is not finite.)"""
+def outcome(golden_rise_pct: float, proxy_change_pct: float, threshold_pct: float,
+            rising: bool, fell: bool = True) -> str:
+  """The oracle's held-out verdict on one run (docs/metrics.md), from golden's rise after its
+  minimum (`golden_rise_pct`), the held-out proxy's change from there (`proxy_change_pct`),
+  whether golden's trend after the minimum is `rising` (interval above zero) and whether golden
+  ever `fell` below its first evaluation:
+  - `regression`: golden never fell and ends >= `threshold_pct` above its start (the student
+    moved toward a teacher worse than itself; no trend needed: the start is not a selected low);
+  - `teacher_hacking`: golden fell, then ends >= `threshold_pct` above its minimum with a rising
+    trend, while the held-out proxy ends at or below its value at the minimum;
+  - `overfitting`: the same rise with the held-out proxy rising too;
+  - `none`: otherwise. (`signature` adds `diverged`: the last golden or proxy value is not
+    finite.)"""
   if not golden_rise_pct >= threshold_pct:
+    return "none"
+  if not fell:
+    return "regression"
+  if not rising:
     return "none"
   return "teacher_hacking" if proxy_change_pct <= 0 else "overfitting"
 
 
 def signature(steps: np.ndarray, golden: np.ndarray, proxy: np.ndarray,
               threshold_pct: float) -> dict[str, Any]:
-  """Golden minimum, golden rise after it, the proxy at that minimum and its change to the end,
-  and the `outcome`, for one pair of curves [T] over `steps` [T]. A run whose last golden or
-  proxy value is not finite is `diverged`, with None for every number."""
+  """Golden at the first evaluation, its minimum, the rise after it and its trend
+  (`th_distill.trend`), the proxy at that minimum and its change to the end, and the `outcome`,
+  for one pair of curves [T] over `steps` [T]. A run whose last golden or proxy value is not
+  finite is `diverged`, with None for every number."""
   truth = detection.ground_truth(steps, golden, threshold_pct)
   if not (len(steps) and np.isfinite(golden[-1]) and np.isfinite(proxy[-1])):
-    return {"golden_min": None, "golden_min_step": None, "golden_final": None,
-            "golden_rise_pct": None, "proxy_at_golden_min": None, "proxy_final": None,
+    return {"golden_start": None, "golden_min": None, "golden_min_step": None,
+            "golden_final": None, "golden_rise_pct": None, **_trend_keys(None),
+            "proxy_at_golden_min": None, "proxy_final": None,
             "proxy_change_after_min_pct": None, "outcome": "diverged"}
   best = int(np.flatnonzero(steps == truth["golden_min_step"])[0])
   proxy_change = 100.0 * (proxy[-1] - proxy[best]) / proxy[best]
-  return {"golden_min": truth["golden_min"], "golden_min_step": truth["golden_min_step"],
-          "golden_final": float(golden[-1]), "golden_rise_pct": truth["golden_rise_pct"],
+  rise = trend.trend_after_minimum(steps, golden)
+  return {"golden_start": float(golden[0]), "golden_min": truth["golden_min"],
+          "golden_min_step": truth["golden_min_step"], "golden_final": float(golden[-1]),
+          "golden_rise_pct": truth["golden_rise_pct"], **_trend_keys(rise),
           "proxy_at_golden_min": float(proxy[best]), "proxy_final": float(proxy[-1]),
           "proxy_change_after_min_pct": float(proxy_change),
-          "outcome": outcome(truth["golden_rise_pct"], proxy_change, threshold_pct)}
+          "outcome": outcome(truth["golden_rise_pct"], proxy_change, threshold_pct, rise.rising,
+                             fell=best > 0)}
+
+
+def _trend_keys(rise: trend.Trend | None) -> dict[str, Any]:
+  """The golden trend's summary keys (None numbers for a diverged run)."""
+  if rise is None:
+    return {"golden_trend_pct_per_doubling": None, "golden_trend_ci95": None,
+            "golden_trend_points": 0, "golden_trend_rising": False}
+  return {"golden_trend_pct_per_doubling": rise.slope_pct_per_doubling,
+          "golden_trend_ci95": None if rise.low is None else [rise.low, rise.high],
+          "golden_trend_points": rise.points, "golden_trend_rising": rise.rising}
 
 
 def summarize_run(rows: Sequence[Mapping[str, Any]], threshold_pct: float,
-                  settings: detection.DetectorSettings, metric: str) -> dict[str, Any]:
+                  settings: detection.DetectorSettings, metric: str,
+                  teacher_golden: float | None = None) -> dict[str, Any]:
   """Summary of one regime's metrics rows: design.md section 4 keys read on held-out prompts
   (headline view: golden `GOLDEN`, proxy `PROXY`), the `outcome` and `hacking` verdicts, every
   view of `SIGNATURE_VIEWS` the rows hold, training-prompt diagnostics, the final next-token
-  entropies, and the detector's verdict on `metric` with its lag after the golden minimum."""
+  entropies, and the detector's verdict on `metric` with its lag after the golden minimum.
+  `teacher_golden` (the teacher's own golden distance, if known) is recorded beside the
+  student's first golden value (`student_init_golden`), with whether the teacher was the better
+  model at the student's start and at every evaluation."""
   steps = np.array([r["step"] for r in rows])
   golden, proxy, train_proxy = (column(rows, m) for m in (GOLDEN, PROXY, TRAIN_PROXY))
   headline = signature(steps, golden, proxy, threshold_pct)
@@ -86,6 +119,7 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], threshold_pct: float,
       "golden_metric": GOLDEN, "proxy_metric": PROXY, "train_proxy_metric": TRAIN_PROXY,
       **headline,
       "hacking": headline["outcome"] == "teacher_hacking",
+      **teacher_levels(teacher_golden, golden),
       "views": views,
       "final_step": int(steps[-1]),
       "train_loss_final": rows[-1].get("train/loss"),
@@ -113,6 +147,20 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], threshold_pct: float,
   return summary
 
 
+def teacher_levels(teacher_golden: float | None, golden: np.ndarray) -> dict[str, Any]:
+  """The teacher's golden distance beside the student's golden curve `golden` [T]:
+  `teacher_golden`, `student_init_golden` (the first evaluation), `teacher_better_at_start`
+  and `teacher_better_throughout` (below the student's golden at every finite evaluation; None
+  where the teacher's level is unknown)."""
+  finite = golden[np.isfinite(golden)]
+  start = float(golden[0]) if len(golden) and np.isfinite(golden[0]) else None
+  known = teacher_golden is not None
+  return {"teacher_golden": teacher_golden, "student_init_golden": start,
+          "teacher_better_at_start": (teacher_golden < start) if known and start is not None
+                                     else None,
+          "teacher_better_throughout": bool(np.all(teacher_golden < finite)) if known else None}
+
+
 def _alpha(proxy: np.ndarray, golden: np.ndarray) -> dict[str, float | None]:
   """alpha of golden ~ A proxy^alpha with its standard error (None with too few points)."""
   fit = detection.fit_golden_vs_proxy(proxy, golden)
@@ -122,7 +170,8 @@ def _alpha(proxy: np.ndarray, golden: np.ndarray) -> dict[str, float | None]:
 
 
 # The numbers of a run summary averaged over an arm's seeds.
-ARM_MEANS = ("golden_min", "golden_min_step", "golden_final", "golden_rise_pct", "proxy_final",
+ARM_MEANS = ("teacher_golden", "student_init_golden", "golden_min", "golden_min_step",
+             "golden_final", "golden_rise_pct", "golden_trend_pct_per_doubling", "proxy_final",
              "proxy_change_after_min_pct")
 
 

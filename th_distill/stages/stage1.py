@@ -2,7 +2,7 @@
 
 The oracle (synthetic, calibrated to a target entropy, or a checkpoint) samples one response to
 each oracle prompt; the teacher (a random init or `teacher.checkpoint`) is trained on them by
-SFT; the student's initial parameters (a random init or `student.checkpoint`) are used as they
+SFT (then its logits divided by `teacher.temperature`, when that is not 1); the student's initial parameters (a random init or `student.checkpoint`) are used as they
 are (`student.init = 'scratch'`) or after an SFT on the same data (`'sft'`). The fixed
 evaluation sets (oracle and teacher samples on the held-out prompts) are built here too, and the
 teacher's own golden distance to the oracle is recorded. Everything is cached in a directory
@@ -25,7 +25,7 @@ from absl import logging
 from th_distill import checkpoints, guards, progress, workload
 from th_distill.data import regimes as regime_lib
 from th_distill.models import T5, pretrained
-from th_distill.oracle import calibrate_oracle
+from th_distill.oracle import calibrate_oracle, with_logit_scale
 from th_distill.settings import OptimizerSettings
 from th_distill.stages import workdir
 from th_distill.stages.keys import Purpose, key
@@ -146,6 +146,8 @@ def run(config: ml_collections.ConfigDict, directory: str, programs: Programs,
       programs, "teacher", initial_params(config, "teacher", programs,
                                           key(seed, Purpose.TEACHER_INIT)),
       oracle_data, settings.teacher_sft, seed, key(seed, Purpose.TEACHER_TRAIN))
+  if config.teacher.temperature != 1.0:
+    teacher_params = with_logit_scale(teacher_params, 1.0 / config.teacher.temperature)
   student_params = initial_params(config, "student", programs, key(seed, Purpose.STUDENT_INIT))
   if settings.student_sft is not None:
     student_params, info["student_sft"] = train_sft(

@@ -1,11 +1,16 @@
-"""The embedded CPU default: a tiny synthetic study that shows teacher hacking in minutes.
+"""The embedded CPU default: a tiny synthetic study whose student is pulled toward a worse teacher.
 
 Oracle: a random T5 (d_model 64, 2+2 layers, vocab 64) sharpened to 2 nats/token. Teacher: the
-same size, trained by SFT on 4,096 oracle samples past its best golden distance. Student: the same
-size, initialised by SFT on those oracle samples, distilled with forward KL for 2,000 steps under
+same size, trained by SFT on 4,096 oracle samples past its best golden distance, to 0.80-0.92
+nats/token. Student: the same size, initialised by 500 SFT steps on those oracle samples, which
+leave it *better* than the teacher (about 0.70), distilled with forward KL for 2,000 steps under
 offline (N = 4,096 prompts x k = 1), online-teacher and online-student data on the same prompts.
-On held-out prompts the offline golden distance rises after its minimum while the proxy keeps
-falling (docs/results.md).
+On held-out prompts the offline golden distance falls (the student takes what the teacher knows
+beyond its own SFT), then rises back toward the worse teacher while the proxy keeps falling; the
+online arms do the same more slowly, so online data delays the rise rather than preventing it.
+This is regression toward a teacher worse than the student, not the paper's setting, where the
+teacher is the better model: configs/tiny_strong_teacher.py has that setting, which hacks nothing
+in this toy (docs/signature_search.md section 5, docs/results.md).
 """
 
 from th_distill.config import base_config

@@ -1,7 +1,7 @@
 """Every config file in configs/ runs as written: only its *counts* shrink (pool sizes, steps,
 batch and evaluation sizes, schedules), never its shapes (vocabulary, lengths, model sizes).
 
-The CPU configs (tiny, tiny_overfit, t5_small) sample their prompt pools, build and initialise
+The CPU configs (tiny, tiny_overfit, tiny_strong_teacher, t5_small) sample their prompt pools, build and initialise
 every model, take one teacher SFT step and one distillation step at their real shapes.
 
 The paper configs (xsum_large_to_base, wmt, natural_instructions: a T5-XL oracle, a T5-large
@@ -32,7 +32,7 @@ from th_distill.partitioning import Partitioner
 from th_distill.train import Batch, create_train_state, make_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CPU_CONFIGS = ("tiny", "tiny_overfit", "t5_small")
+CPU_CONFIGS = ("tiny", "tiny_overfit", "tiny_strong_teacher", "t5_small")
 ACCELERATOR_CONFIGS = ("xsum_large_to_base", "wmt", "natural_instructions")
 BATCH = 1  # rows of the SFT and distillation batches
 # Published T5 v1.1 parameter counts (untied embeddings, 32,128 rows), in millions.

@@ -63,6 +63,10 @@ def test_sentences_say_what_happened():
                                      "detected": False})
   assert quiet == ("online: no hacking: the golden distance ended 0.4% above its minimum "
                    "(step 300); the detector, reading the proxy alone, stayed silent.")
+  flat = report.sentence("online", {**base, "outcome": "none", "golden_rise_pct": 0.4,
+                                    "detected": False, "golden_trend_pct_per_doubling": 0.1,
+                                    "golden_trend_ci95": [-0.52, 0.71]})
+  assert "(step 300), trend +0.10 [-0.52, +0.71] % per doubling of the steps;" in flat
 
 
 def test_run_time_sums_the_recorded_stages(tmp_path):

@@ -9,7 +9,7 @@ halves of the check:
   the seqio extra, the task's vocabulary file and data directory, and each checkpoint's fit to its
   model.
 
-The defaults (`base_config`, `overfit_config`, `paper_config`, `model_config`, `to_t5_config`)
+The defaults (`base_config`, `overfit_config`, `strong_teacher_config`, `paper_config`, `model_config`, `to_t5_config`)
 live in th_distill.defaults and are importable from here too.
 """
 
@@ -28,7 +28,7 @@ from th_distill.data import prompts as prompt_lib
 from th_distill.data import tasks, vocabularies
 from th_distill.data.regimes import REGIMES
 from th_distill.defaults import (base_config, model_config, overfit_config, paper_config,
-                                 to_t5_config)
+                                 strong_teacher_config, to_t5_config)
 from th_distill.errors import EX_USAGE, RunError
 from th_distill.models import pretrained
 from th_distill.partitioning import resolve_mesh_shape
@@ -36,7 +36,7 @@ from th_distill.settings import DistillSettings, OptimizerSettings, Problem, Sam
 
 __all__ = ["ONLINE_PROMPTS", "ConfigError", "base_config", "check_environment", "check_fields",
            "dotted_keys", "load_config_file", "model_config", "overfit_config", "paper_config",
-           "suggest", "to_t5_config", "validate"]
+           "strong_teacher_config", "suggest", "to_t5_config", "validate"]
 
 
 # Where the online regimes draw prompts: the offline arm's N prompts or the whole pool.

@@ -193,6 +193,8 @@ def sentence(regime: str, s: Mapping[str, Any]) -> str:
   else:
     what = (f"no hacking: the golden distance ended {s['golden_rise_pct']:.1f}% above its "
             f"minimum (step {s['golden_min_step']})")
+  if s.get("golden_trend_ci95") is not None:
+    what += f", trend {trend_text(s)} % per doubling of the steps"
   return f"{regime}: {what}; {detector}."
 
 

@@ -207,10 +207,15 @@ def _verdict(s: Mapping[str, Any]) -> str:
 
 
 def _mean_sd(values: Sequence[float | None], spec: str = ".3f") -> str:
-  values = np.asarray([np.nan if v is None else v for v in values], dtype=float)
-  if len(values) == 1:
-    return format(values[0], spec)
-  return f"{np.mean(values):{spec}} ± {np.std(values, ddof=1):{spec.lstrip('+')}}"
+  """'mean ± sd' of the defined values, '(n of N)' appended when some are undefined (a diverged
+  run, or a trend with too few points), '–' when none is."""
+  defined = np.asarray([v for v in values if v is not None], dtype=float)
+  missing = f" ({len(defined)} of {len(values)})" if len(defined) < len(values) else ""
+  if len(defined) == 0:
+    return "–"
+  if len(defined) == 1:
+    return format(defined[0], spec) + missing
+  return f"{np.mean(defined):{spec}} ± {np.std(defined, ddof=1):{spec.lstrip('+')}}{missing}"
 
 
 def write_study_report(directory: str, title: str,
@@ -254,8 +259,10 @@ def write_study_report(directory: str, title: str,
            "Mean ± standard deviation over seeds, on held-out prompts; rise = 100 (final − "
            "min) / min of golden; proxy change = 100 (final − at golden min) / at golden min of "
            "the held-out proxy; outcome = the oracle's verdict per seed (teacher hacking: golden "
-           f"rise ≥ {config.hacking_threshold_pct:g}% while the proxy does not rise; "
-           "over-fitting: both rise; see docs/metrics.md); detector = its verdict from the "
+           f"fell, then rose ≥ {config.hacking_threshold_pct:g}% with a rising trend while the "
+           "proxy did not rise; over-fitting: the same with the proxy rising; regression: golden "
+           "never fell below its start and rose the threshold above it; see docs/metrics.md); "
+           "detector = its verdict from the "
            "proxy curve alone, with the step it fired at per seed.", "",
            "Teacher golden = the teacher's own KL(oracle || teacher); golden start = the "
            "student's at step 0; trend = the slope of golden after its minimum in percent per "

@@ -26,13 +26,21 @@ def test_correlated_residuals_widen_the_interval_by_the_effective_sample_size():
   t = trend.ols_trend(x, y)
   fit = stats.linregress(x, y)
   residual = y - fit.intercept - fit.slope * x
-  r = residual[1:] @ residual[:-1] / (residual @ residual)
+  curved = y - np.polyval(np.polyfit(x, y, 2), x)  # the autocorrelation, net of curvature
+  r = curved[1:] @ curved[:-1] / (curved @ curved)
   effective = 12 * (1 - r) / (1 + r)
   stderr = np.sqrt(residual @ residual / (effective - 2) / np.sum((x - x.mean()) ** 2))
   assert t.autocorrelation == pytest.approx(r) and t.effective_points == pytest.approx(effective)
   assert t.high - t.slope_pct_per_doubling == pytest.approx(
       stats.t.ppf(0.975, effective - 2) * stderr)
   assert t.high - t.low > 2 * stats.t.ppf(0.975, 10) * fit.stderr  # wider than the naive one
+
+
+def test_a_curved_rise_without_noise_is_rising():
+  steps = np.unique(np.rint(np.geomspace(1, 3000, 45)))
+  values = 1.5 + 2e-4 * np.maximum(steps - 200, 0) + 0.3 * np.exp(-steps / 50)  # linear in step
+  t = trend.trend_after_minimum(steps, values)
+  assert t.rising and t.slope_pct_per_doubling > 5
 
 
 def test_the_trend_is_read_after_the_minimum_in_percent_per_doubling():

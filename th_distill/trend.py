@@ -7,10 +7,13 @@ minimum, against log2(step) over the evaluations *after* the minimum (the minimu
 out: it is the selected low value), so the slope reads "percent per doubling of the steps".
 Consecutive evaluations of one run share most of their parameters, so their noise is
 correlated; the interval accounts for it as Santer et al. (2000, J. Geophys. Res. 105, 7337) do
-for temperature trends: with r the lag-1 autocorrelation of the line's residuals (taken as 0 when
-negative), the n evaluations count as n_eff = n (1 - r) / (1 + r) independent ones, the residual
-variance is divided by n_eff - 2 instead of n - 2, and the interval uses Student's t with
-n_eff - 2 degrees of freedom. A curve is `rising` when the interval's lower end is above zero,
+for temperature trends: with r the lag-1 autocorrelation of the residuals (taken as 0 when
+negative), the n evaluations count as n_eff = n (1 - r) / (1 + r) independent ones, the line's
+residual variance is divided by n_eff - 2 instead of n - 2, and the interval uses Student's t with
+n_eff - 2 degrees of freedom. A rise is rarely a straight line in log step, and the line's
+residuals then carry its curvature, which would read as autocorrelated noise and hide a clear
+rise; so r is measured on the residuals of a quadratic in log2(step) (from QUADRATIC_POINTS
+evaluations on), while the variance stays the line's (the conservative one). A curve is `rising` when the interval's lower end is above zero,
 `flat` when the interval holds zero.
 """
 
@@ -27,6 +30,8 @@ from scipy import stats
 # interval (fewer: no trend, never `rising`).
 MIN_POINTS = 4
 MIN_EFFECTIVE_POINTS = 3.0
+# Evaluations from which the residuals' autocorrelation is read off a quadratic fit.
+QUADRATIC_POINTS = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +69,11 @@ def ols_trend(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> Trend:
   slope = float(xc @ (y - y.mean())) / sxx
   residual = y - y.mean() - slope * xc
   scale = float(residual @ residual)
-  r = float(residual[1:] @ residual[:-1]) / scale if scale > 0 else 0.0
+  noise = residual
+  if n >= QUADRATIC_POINTS:
+    noise = y - np.polyval(np.polyfit(x, y, 2), x)
+  spread = float(noise @ noise)
+  r = float(noise[1:] @ noise[:-1]) / spread if spread > 0 else 0.0
   r = min(max(r, 0.0), 1.0 - 1e-12)
   effective = n * (1.0 - r) / (1.0 + r)
   if effective < MIN_EFFECTIVE_POINTS:

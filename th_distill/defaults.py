@@ -117,7 +117,8 @@ def strong_teacher_config() -> ml_collections.ConfigDict:
   wide as the student (d_model 128, d_ff 256, d_kv 32) trained by SFT at learning rate 1e-3 for
   1,500 steps on 16,384 oracle samples, near its best golden distance; the student (the
   default's size) starts from 500 SFT steps on the same samples. The teacher is better than the
-  student at its start and at every evaluation; no regime hacks it (docs/signature_search.md)."""
+  student at its start (the online students end level with it or a hair below); no regime hacks
+  it (docs/signature_search.md section 5)."""
   c = base_config()
   c.prompts.num_oracle = 16384
   c.teacher.model = model_config("tiny", d_model=128, d_ff=256, d_kv=32, vocab_size=64)

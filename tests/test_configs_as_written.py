@@ -1,8 +1,9 @@
 """Every config file in configs/ runs as written: only its *counts* shrink (pool sizes, steps,
 batch and evaluation sizes, schedules), never its shapes (vocabulary, lengths, model sizes).
 
-The CPU configs (tiny, tiny_overfit, tiny_strong_teacher, t5_small) sample their prompt pools, build and initialise
-every model, take one teacher SFT step and one distillation step at their real shapes.
+The CPU configs (tiny, tiny_overfit, tiny_strong_teacher, t5_small) sample their prompt pools, build
+and initialise every model, take one teacher SFT step and one distillation step at their real
+shapes.
 
 The paper configs (xsum_large_to_base, wmt, natural_instructions: a T5-XL oracle, a T5-large
 teacher, a T5-base student, T5's vocabulary) are for accelerators: their oracle alone holds 11 GB

@@ -9,8 +9,8 @@ halves of the check:
   the seqio extra, the task's vocabulary file and data directory, and each checkpoint's fit to its
   model.
 
-The defaults (`base_config`, `overfit_config`, `strong_teacher_config`, `paper_config`, `model_config`, `to_t5_config`)
-live in th_distill.defaults and are importable from here too.
+The defaults (`base_config`, `overfit_config`, `strong_teacher_config`, `paper_config`,
+`model_config`, `to_t5_config`) live in th_distill.defaults and are importable from here too.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The default configurations: `base_config()` and the variants config files start from.
 
 `base_config()` is the complete set of keys (the embedded CPU default study); config files in
-`configs/` start from it (or from `overfit_config`, `strong_teacher_config`, `paper_config`) and change values, so every
-key a user can override on the command line (`--config.student.steps=200`) exists and has a type.
+`configs/` start from it (or from `overfit_config`, `strong_teacher_config`, `paper_config`) and
+change values, so every key a user can override on the command line
+(`--config.student.steps=200`) exists and has a type.
 A model's sub-config holds every `T5Config` field (`model_config`, `to_t5_config`).
 """
 

@@ -8,13 +8,13 @@ model, which makes them estimates of sequence-level KLs:
 - training-prompt proxy = `TRAIN_PROXY`: the same on teacher samples of training prompts (for
   `offline`, the student's own training examples).
 
-Ground truth, read on held-out prompts (`outcome`, docs/metrics.md): a run's golden distance
-*rises* after its minimum when it ends at least `hacking_threshold_pct` above the minimum and its
-trend after the minimum (`th_distill.trend`: percent per doubling of the steps, with a 95%
-interval) is above zero; then it is `teacher_hacking` when the held-out proxy at the end is at or
-below its value at the golden minimum, `overfitting` when it rose too. A run whose golden never
-fell below its first evaluation and ends the threshold above it is `regression` (the student
-moved toward a teacher worse than itself); anything else is `none`. `hacking` is `outcome == 'teacher_hacking'`. The
+Ground truth, read on held-out prompts (`outcome`, docs/metrics.md): a run's golden distance *rises*
+after its minimum when it ends at least `hacking_threshold_pct` above the minimum and its trend
+after the minimum (`th_distill.trend`: percent per doubling of the steps, with a 95% interval) is
+above zero; then it is `teacher_hacking` when the held-out proxy at the end is at or below its value
+at the golden minimum, `overfitting` when it rose too. A run whose golden never fell below its first
+evaluation and ends the threshold above it is `regression` (the student moved toward a teacher worse
+than itself); anything else is `none`. `hacking` is `outcome == 'teacher_hacking'`. The
 training-prompt proxy is kept as a diagnostic only: on the student's own training examples any
 over-fitting run shows a falling proxy.
 Detection: `detected` / `detected_step` come from the detector (`th_distill.detection`) on the

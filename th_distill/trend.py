@@ -1,20 +1,20 @@
 """The golden curve's trend after its minimum, with a confidence interval.
 
-`golden_rise_pct` = 100 (final - min) / min is >= 0 by construction and grows with the noise of
-the evaluations (the minimum of ~48 noisy values is biased low), so it cannot tell a flat curve
-from a slow rise. The trend can: an ordinary least-squares line of the curve, in percent of its
-minimum, against log2(step) over the evaluations *after* the minimum (the minimum itself is left
-out: it is the selected low value), so the slope reads "percent per doubling of the steps".
-Consecutive evaluations of one run share most of their parameters, so their noise is
-correlated; the interval accounts for it as Santer et al. (2000, J. Geophys. Res. 105, 7337) do
-for temperature trends: with r the lag-1 autocorrelation of the residuals (taken as 0 when
-negative), the n evaluations count as n_eff = n (1 - r) / (1 + r) independent ones, the line's
-residual variance is divided by n_eff - 2 instead of n - 2, and the interval uses Student's t with
-n_eff - 2 degrees of freedom. A rise is rarely a straight line in log step, and the line's
-residuals then carry its curvature, which would read as autocorrelated noise and hide a clear
-rise; so r is measured on the residuals of a quadratic in log2(step) (from QUADRATIC_POINTS
-evaluations on), while the variance stays the line's (the conservative one). A curve is `rising` when the interval's lower end is above zero,
-`flat` when the interval holds zero.
+`golden_rise_pct` = 100 (final - min) / min is >= 0 by construction and grows with the noise of the
+evaluations (the minimum of ~48 noisy values is biased low), so it cannot tell a flat curve from a
+slow rise. The trend can: an ordinary least-squares line of the curve, in percent of its minimum,
+against log2(step) over the evaluations *after* the minimum (the minimum itself is left out: it is
+the selected low value), so the slope reads "percent per doubling of the steps". Consecutive
+evaluations of one run share most of their parameters, so their noise is correlated; the interval
+accounts for it as Santer et al. (2000, J. Geophys. Res. 105, 7337) do for temperature trends: with
+r the lag-1 autocorrelation of the residuals (taken as 0 when negative), the n evaluations count as
+n_eff = n (1 - r) / (1 + r) independent ones, the line's residual variance is divided by n_eff - 2
+instead of n - 2, and the interval uses Student's t with n_eff - 2 degrees of freedom. A rise is
+rarely a straight line in log step, and the line's residuals then carry its curvature, which would
+read as autocorrelated noise and hide a clear rise; so r is measured on the residuals of a quadratic
+in log2(step) (from QUADRATIC_POINTS evaluations on), while the variance stays the line's (the
+conservative one). A curve is `rising` when the interval's lower end is above zero, `flat` when the
+interval holds zero.
 """
 
 from __future__ import annotations

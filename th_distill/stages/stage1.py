@@ -1,13 +1,13 @@
 """Stage 1: the oracle, its data, the teacher, the student's starting point and the eval sets.
 
-The oracle (synthetic, calibrated to a target entropy, or a checkpoint) samples one response to
-each oracle prompt; the teacher (a random init or `teacher.checkpoint`) is trained on them by
-SFT (then its logits divided by `teacher.temperature`, when that is not 1); the student's initial parameters (a random init or `student.checkpoint`) are used as they
-are (`student.init = 'scratch'`) or after an SFT on the same data (`'sft'`). The fixed
-evaluation sets (oracle and teacher samples on the held-out prompts) are built here too, and the
-teacher's own golden distance to the oracle is recorded. Everything is cached in a directory
-(`WORKDIR/stage1/`, or one shared by a study's runs) under the sections of
-`workdir.stage1_sections`.
+The oracle (synthetic, calibrated to a target entropy, or a checkpoint) samples one response to each
+oracle prompt; the teacher (a random init or `teacher.checkpoint`) is trained on them by SFT (then
+its logits divided by `teacher.temperature`, when that is not 1); the student's initial parameters
+(a random init or `student.checkpoint`) are used as they are (`student.init = 'scratch'`) or after
+an SFT on the same data (`'sft'`). The fixed evaluation sets (oracle and teacher samples on the
+held-out prompts) are built here too, and the teacher's own golden distance to the oracle is
+recorded. Everything is cached in a directory (`WORKDIR/stage1/`, or one shared by a study's runs)
+under the sections of `workdir.stage1_sections`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +17,9 @@ def time_call(fn: Callable[[], object]) -> float:
   return time.perf_counter() - start
 
 
-def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: int,
-                        warmup: int = 1) -> dict[str, float]:
+def interleaved_medians(
+  candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
   """Median seconds per call of each candidate, timed in turns (A B A B ...) after `warmup`
   untimed calls each, so that machine noise hits every candidate alike."""
   for fn in candidates.values():

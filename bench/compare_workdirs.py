@@ -65,8 +65,9 @@ def compare(first: str, second: str) -> dict[str, Any]:
 
 def main() -> None:
   found = compare(*sys.argv[1:3])
-  print(f"{found['compared']} numbers compared in {found['files']} files; "
-        f"{len(found['differ'])} differ")
+  print(
+    f"{found['compared']} numbers compared in {found['files']} files; {len(found['differ'])} differ"
+  )
   for where, a, b in found["differ"]:
     print(f"  {where}: {a!r} vs {b!r}")
   for where in found["one_side"]:

@@ -37,8 +37,11 @@ def candidates(count: int, columns: int) -> tuple[dict, int]:
   # One program, one product per matrix (as in a decoding step, where each is a parameter).
   dot = jax.jit(lambda x, ws: [x @ w for w in ws])
   reduce = jax.jit(lambda x, ws: [jnp.sum(x[:, :, None] * w[None], axis=1) for w in ws])
-  return {"XLA dot": lambda: dot(jx, jw), "XLA multiply-reduce": lambda: reduce(jx, jw),
-          "torch matmul": lambda: [tx @ w for w in tw]}, weights.nbytes
+  return {
+    "XLA dot": lambda: dot(jx, jw),
+    "XLA multiply-reduce": lambda: reduce(jx, jw),
+    "torch matmul": lambda: [tx @ w for w in tw],
+  }, weights.nbytes
 
 
 def main() -> None:
@@ -46,8 +49,10 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
   torch.set_num_threads(os.cpu_count() or 1)
-  print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"load average {os.getloadavg()[0]:.2f}; GB/s of weights read")
+  print(
+    f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    f"load average {os.getloadavg()[0]:.2f}; GB/s of weights read"
+  )
   for case, (count, columns) in CASES.items():
     fns, nbytes = candidates(count, columns)
     fns["jitted sum (512 MiB)"] = bandwidth_probe()

@@ -31,7 +31,8 @@ import os
 import re
 import sys
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -49,19 +50,21 @@ from th_distill.train import Batch, create_train_state, make_distill_step, make_
 # kinds look only at the op_names of `dot` instructions; a batched dot (attention's) may carry no
 # op_name.
 MATMUL_KINDS = [
-    ("matmul: attention scores and mixing", r"bhk,bhsk|bhs,bhsk|bqhk,bshk|bhqs,bshk"),
-    ("matmul: attention projections", r"_proj|bqhk,hke|bhk,hke"),
-    ("matmul: MLP", r"/mlp/"),
-    ("matmul: output layer", r"e,ev|_logits|logits_from_hidden"),
+  ("matmul: attention scores and mixing", r"bhk,bhsk|bhs,bhsk|bqhk,bshk|bhqs,bshk"),
+  ("matmul: attention projections", r"_proj|bqhk,hke|bhk,hke"),
+  ("matmul: MLP", r"/mlp/"),
+  ("matmul: output layer", r"e,ev|_logits|logits_from_hidden"),
 ]
 OTHER_KINDS = [
-    ("sampling: random numbers, Gumbel noise, draw",
-     r"threefry|random_bits|_uniform|_gumbel|fold_in|random_split|categorical|vmap\(\)/reduce"),
-    ("log-softmax and divergences over the vocabulary", r"log_softmax|divergences"),
-    ("optimizer", r"adam|optax|scale_by|clip"),
-    ("attention softmax, position bias, masks", r"attention|attend|relpos|relative_position"),
-    ("element-wise MLP (GELU)", r"/mlp/"),
-    ("transposes and copies", r"transpose|copy"),
+  (
+    "sampling: random numbers, Gumbel noise, draw",
+    r"threefry|random_bits|_uniform|_gumbel|fold_in|random_split|categorical|vmap\(\)/reduce",
+  ),
+  ("log-softmax and divergences over the vocabulary", r"log_softmax|divergences"),
+  ("optimizer", r"adam|optax|scale_by|clip"),
+  ("attention softmax, position bias, masks", r"attention|attend|relpos|relative_position"),
+  ("element-wise MLP (GELU)", r"/mlp/"),
+  ("transposes and copies", r"transpose|copy"),
 ]
 WALL_KINDS = ("ThunkExecutor", "$", "SlinkyThreadPool", "Thread")
 
@@ -134,22 +137,29 @@ def profile(compiled: Any, call: Callable[[], Any], top: int = 0) -> dict[str, f
     path = glob.glob(os.path.join(logdir, "**", "*.trace.json.gz"), recursive=True)[0]
     with gzip.open(path, "rt") as f:
       events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
-  times = {name: micros / 1e6 for name, micros in _self_times(events).items()
-           if not name.startswith(WALL_KINDS) and name in lines}
+  times = {
+    name: micros / 1e6
+    for name, micros in _self_times(events).items()
+    if not name.startswith(WALL_KINDS) and name in lines
+  }
   kinds: dict[str, float] = collections.Counter()
   for name, seconds in times.items():
     kinds[_kind(lines[name], bodies)] += seconds
   for name, seconds in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
     op_name = re.search('op_name="([^"]*)"', lines[name])
-    print(f"  {1e3 * seconds:9.2f} ms  {name:<28} {_kind(lines[name], bodies):<44} "
-          f"{op_name.group(1) if op_name else ''}")
+    print(
+      f"  {1e3 * seconds:9.2f} ms  {name:<28} {_kind(lines[name], bodies):<44} "
+      f"{op_name.group(1) if op_name else ''}"
+    )
   return dict(kinds)
 
 
 def _print_kinds(kinds: dict[str, float], per: int, unit: str) -> None:
   total = sum(kinds.values())
-  print(f"operation time by kind ({1e3 * total / per:.2f} ms of operations per {unit}; "
-        "ops on the two threads overlap):")
+  print(
+    f"operation time by kind ({1e3 * total / per:.2f} ms of operations per {unit}; "
+    "ops on the two threads overlap):"
+  )
   for kind, seconds in sorted(kinds.items(), key=lambda kv: -kv[1]):
     print(f"  {100 * seconds / total:5.1f}%  {1e3 * seconds / per:8.3f} ms/{unit}  {kind}")
 
@@ -161,16 +171,17 @@ def bandwidth_probe() -> Callable[[], Any]:
   return lambda: total(data)
 
 
-def decode_step_bytes(cfg: Any, params: Any, batch: int, input_length: int,
-                      length: int) -> float:
+def decode_step_bytes(cfg: Any, params: Any, batch: int, input_length: int, length: int) -> float:
   """Bytes one decoding step reads, averaged over the L steps: the decoder's weights except the
   cross-attention key/value projections (used once, at `init_cache`), the output layer, the
   cross-attention keys and values, and the self-attention cache of the current segment."""
   itemsize = jnp.dtype(cfg.compute_dtype).itemsize
   weights = sum(
-      x.size * x.dtype.itemsize for path, x in jax.tree_util.tree_leaves_with_path(params)
-      if re.search(r"decoder|logits_kernel", jax.tree_util.keystr(path))
-      and not re.search(r"cross_attention.*'(key|value)'", jax.tree_util.keystr(path)))
+    x.size * x.dtype.itemsize
+    for path, x in jax.tree_util.tree_leaves_with_path(params)
+    if re.search(r"decoder|logits_kernel", jax.tree_util.keystr(path))
+    and not re.search(r"cross_attention.*'(key|value)'", jax.tree_util.keystr(path))
+  )
   per_position = 2 * cfg.num_decoder_layers * batch * cfg.num_heads * cfg.d_kv * itemsize
   ends = cache_segments(length)
   starts = [0] + ends[:-1]
@@ -182,11 +193,11 @@ def sampler(args: argparse.Namespace) -> None:
   cfg = t5_config(args.size)
   model = T5(cfg)
   params = nn.unbox(init_params(model, jax.random.PRNGKey(0)))
-  prompts = jnp.asarray(np.random.default_rng(1).integers(
-      2, cfg.vocab_size, (args.batch, args.input_length)), jnp.int32)
+  prompts = jnp.asarray(
+    np.random.default_rng(1).integers(2, cfg.vocab_size, (args.batch, args.input_length)), jnp.int32
+  )
   key = jax.random.PRNGKey(2)
-  compiled = sample.lower(model, params, prompts, key, max_length=args.length,
-                          eos_id=-1).compile()
+  compiled = sample.lower(model, params, prompts, key, max_length=args.length, eos_id=-1).compile()
   call = lambda: compiled(params, prompts, key)  # noqa: E731
   probe = bandwidth_probe()
   seconds = interleaved_medians({"sampler": call, "bandwidth": probe}, args.repeats, warmup=1)
@@ -194,13 +205,17 @@ def sampler(args: argparse.Namespace) -> None:
   step_bytes = decode_step_bytes(cfg, params, args.batch, args.input_length, args.length)
   per_step = seconds["sampler"] / args.length
   bound = step_bytes / read_rate
-  print(f"sampler {args.size} b{args.batch} in{args.input_length} L{args.length}: "
-        f"{1e3 * per_step:.2f} ms/step (encoder included), "
-        f"{args.batch * args.length / seconds['sampler']:,.0f} new tok/s")
-  print(f"roofline: {step_bytes / 2**20:.1f} MiB read per step at {read_rate / 1e9:.1f} GB/s "
-        f"(jitted sum, same turns) = {1e3 * bound:.2f} ms/step at best, "
-        f"{args.batch / bound:,.0f} new tok/s; this run reaches {100 * bound / per_step:.0f}% "
-        "of it")
+  print(
+    f"sampler {args.size} b{args.batch} in{args.input_length} L{args.length}: "
+    f"{1e3 * per_step:.2f} ms/step (encoder included), "
+    f"{args.batch * args.length / seconds['sampler']:,.0f} new tok/s"
+  )
+  print(
+    f"roofline: {step_bytes / 2**20:.1f} MiB read per step at {read_rate / 1e9:.1f} GB/s "
+    f"(jitted sum, same turns) = {1e3 * bound:.2f} ms/step at best, "
+    f"{args.batch / bound:,.0f} new tok/s; this run reaches {100 * bound / per_step:.0f}% "
+    "of it"
+  )
   _print_kinds(profile(compiled, call, args.top), args.length, "step")
 
 
@@ -209,29 +224,39 @@ def step(args: argparse.Namespace) -> None:
   s_params = nn.unbox(init_params(student, jax.random.PRNGKey(0)))
   t_params = nn.unbox(init_params(teacher, jax.random.PRNGKey(1)))
   vocab = student.cfg.vocab_size
-  tokens = np.random.default_rng(2).integers(2, vocab, (args.batch,
-                                                       args.input_length + args.target_length))
-  batch = Batch(prompts=jnp.asarray(tokens[:, :args.input_length], jnp.int32),
-                responses=jnp.asarray(tokens[:, args.input_length:], jnp.int32),
-                mask=jnp.ones((args.batch, args.target_length), jnp.float32))
+  tokens = np.random.default_rng(2).integers(
+    2, vocab, (args.batch, args.input_length + args.target_length)
+  )
+  batch = Batch(
+    prompts=jnp.asarray(tokens[:, : args.input_length], jnp.int32),
+    responses=jnp.asarray(tokens[:, args.input_length :], jnp.int32),
+    mask=jnp.ones((args.batch, args.target_length), jnp.float32),
+  )
   state = create_train_state(s_params, make_optimizer(1e-4))
   rng = jax.random.PRNGKey(4)
   # Not donated: the same state is fed to every call, so each times the same step.
-  compiled = jax.jit(make_distill_step(student, teacher, None, "jsd")).lower(
-      state, t_params, None, batch, rng).compile()
+  compiled = (
+    jax.jit(make_distill_step(student, teacher, None, "jsd"))
+    .lower(state, t_params, None, batch, rng)
+    .compile()
+  )
   call = lambda: compiled(state, t_params, None, batch, rng)  # noqa: E731
   matmul = jax.jit(jnp.matmul)
   a = jnp.ones((2048, 2048), jnp.float32)
-  seconds = interleaved_medians({"step": call, "ceiling": lambda: matmul(a, a)}, args.repeats,
-                                warmup=1)
-  flops = args.batch * distill_flops(student.cfg, teacher.cfg, args.input_length,
-                                     args.target_length)
+  seconds = interleaved_medians(
+    {"step": call, "ceiling": lambda: matmul(a, a)}, args.repeats, warmup=1
+  )
+  flops = args.batch * distill_flops(
+    student.cfg, teacher.cfg, args.input_length, args.target_length
+  )
   ceiling = 2 * 2048**3 / seconds["ceiling"]
-  print(f"distillation step {args.student} <- {args.teacher}, batch {args.batch}, "
-        f"in {args.input_length}, target {args.target_length}: {1e3 * seconds['step']:.0f} ms, "
-        f"{flops / seconds['step'] / 1e9:.1f} GFLOP/s = "
-        f"{100 * flops / seconds['step'] / ceiling:.0f}% of the 2048^2 matmul "
-        f"({ceiling / 1e9:.1f} GFLOP/s, same turns)")
+  print(
+    f"distillation step {args.student} <- {args.teacher}, batch {args.batch}, "
+    f"in {args.input_length}, target {args.target_length}: {1e3 * seconds['step']:.0f} ms, "
+    f"{flops / seconds['step'] / 1e9:.1f} GFLOP/s = "
+    f"{100 * flops / seconds['step'] / ceiling:.0f}% of the 2048^2 matmul "
+    f"({ceiling / 1e9:.1f} GFLOP/s, same turns)"
+  )
   _print_kinds(profile(compiled, call, args.top), 1, "step")
 
 
@@ -248,8 +273,9 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--top", type=int, default=0, help="list the N longest operations")
   args = parser.parse_args()
-  print(f"jax {jax.__version__}, {jax.devices()[0].platform}, load average "
-        f"{os.getloadavg()[0]:.2f}")
+  print(
+    f"jax {jax.__version__}, {jax.devices()[0].platform}, load average {os.getloadavg()[0]:.2f}"
+  )
   {"sampler": sampler, "step": step}[args.target](args)
 
 

@@ -38,16 +38,20 @@ def main(argv) -> None:
   models = Models.from_config(config)
   programs = Programs(models, RunSettings.from_config(config), partitioner)
   stage1 = STAGE1.value
-  oracle = checkpoints.load_params(os.path.join(stage1, "oracle"),
-                                   partitioner.abstract_params(models.oracle))
+  oracle = checkpoints.load_params(
+    os.path.join(stage1, "oracle"), partitioner.abstract_params(models.oracle)
+  )
   data = checkpoints.load_arrays(os.path.join(stage1, "oracle_data.npz"))
   held_out = checkpoints.load_arrays(os.path.join(stage1, "eval_oracle.npz"))
   base = programs.settings.teacher_sft if name == "teacher" else programs.settings.student_sft
   settings = dataclasses.replace(base, steps=STEPS.value)
   model = getattr(models, name)
-  state = new_train_state(partitioner, model,
-                          partitioner.init_params(model, key(config.seed, INIT[name])),
-                          settings.build())
+  state = new_train_state(
+    partitioner,
+    model,
+    partitioner.init_params(model, key(config.seed, INIT[name])),
+    settings.build(),
+  )
   step_fn = programs.sft_step(name, settings)
   batches = regime_lib.offline_batches(data, settings.batch_size, config.seed)
   evaluate = programs.evaluator(name)
@@ -57,11 +61,14 @@ def main(argv) -> None:
     if step % EVERY.value == 0 or step == STEPS.value:
       # The evaluator scores its first argument as the student; teacher = the model itself.
       row = evaluate(state.params, state.params, oracle, held_out, "eval_oracle")
-      print(f"{step} {row['eval_oracle/golden/fkl']:.4f} "
-            f"{row['eval_oracle/entropy/student']:.3f}", flush=True)
+      print(
+        f"{step} {row['eval_oracle/golden/fkl']:.4f} {row['eval_oracle/entropy/student']:.3f}",
+        flush=True,
+      )
     if step < STEPS.value:
-      state, _ = step_fn(state, partitioner.shard_batch(batches(step)),
-                         jax.random.fold_in(rng, step))
+      state, _ = step_fn(
+        state, partitioner.shard_batch(batches(step)), jax.random.fold_in(rng, step)
+      )
 
 
 if __name__ == "__main__":

@@ -43,10 +43,10 @@ def main() -> None:
   t_params = nn.unbox(init_params(teacher, jax.random.PRNGKey(1)))
   vocab = student.cfg.vocab_size
   batch = Batch(
-      prompts=jax.random.randint(jax.random.PRNGKey(2), (args.batch, args.input_length), 2, vocab),
-      responses=jax.random.randint(jax.random.PRNGKey(3), (args.batch, args.target_length), 2,
-                                   vocab),
-      mask=jnp.ones((args.batch, args.target_length), jnp.float32))
+    prompts=jax.random.randint(jax.random.PRNGKey(2), (args.batch, args.input_length), 2, vocab),
+    responses=jax.random.randint(jax.random.PRNGKey(3), (args.batch, args.target_length), 2, vocab),
+    mask=jnp.ones((args.batch, args.target_length), jnp.float32),
+  )
   step = jax.jit(make_distill_step(student, teacher, None, "fkl"), donate_argnums=0)
   holder = {"state": create_train_state(s_params, make_optimizer(1e-4))}
 
@@ -56,18 +56,27 @@ def main() -> None:
 
   peak = matmul_peak_flops()
   seconds = interleaved_medians({"step": run_step}, args.repeats, warmup=2)["step"]
-  flops = args.batch * distill_flops(student.cfg, teacher.cfg, args.input_length,
-                                     args.target_length)
-  result = {"seconds_per_step": seconds,
-            "target_tokens_per_s": args.batch * args.target_length / seconds,
-            "step_gflop": flops / 1e9, "achieved_gflops": flops / seconds / 1e9,
-            "peak_matmul_gflops": peak / 1e9, "fraction_of_peak": flops / seconds / peak}
-  print(f"student {args.student} <- teacher {args.teacher}, batch {args.batch}, input "
-        f"{args.input_length}, target {args.target_length}, {jax.devices()[0].platform}")
-  print(f"step {seconds * 1e3:.0f} ms | {result['target_tokens_per_s']:,.0f} target tok/s | "
-        f"{result['step_gflop']:.1f} GFLOP/step | {result['achieved_gflops']:.1f} GFLOP/s | "
-        f"matmul peak {result['peak_matmul_gflops']:.1f} GFLOP/s | "
-        f"{100 * result['fraction_of_peak']:.0f}% of peak")
+  flops = args.batch * distill_flops(
+    student.cfg, teacher.cfg, args.input_length, args.target_length
+  )
+  result = {
+    "seconds_per_step": seconds,
+    "target_tokens_per_s": args.batch * args.target_length / seconds,
+    "step_gflop": flops / 1e9,
+    "achieved_gflops": flops / seconds / 1e9,
+    "peak_matmul_gflops": peak / 1e9,
+    "fraction_of_peak": flops / seconds / peak,
+  }
+  print(
+    f"student {args.student} <- teacher {args.teacher}, batch {args.batch}, input "
+    f"{args.input_length}, target {args.target_length}, {jax.devices()[0].platform}"
+  )
+  print(
+    f"step {seconds * 1e3:.0f} ms | {result['target_tokens_per_s']:,.0f} target tok/s | "
+    f"{result['step_gflop']:.1f} GFLOP/step | {result['achieved_gflops']:.1f} GFLOP/s | "
+    f"matmul peak {result['peak_matmul_gflops']:.1f} GFLOP/s | "
+    f"{100 * result['fraction_of_peak']:.0f}% of peak"
+  )
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
       json.dump({"args": vars(args), **result}, f, indent=2)

@@ -22,7 +22,7 @@ def ar1(rng: np.random.Generator, size: int, rho: float) -> np.ndarray:
   noise = np.empty(size)
   noise[0] = rng.normal()
   for i in range(1, size):
-    noise[i] = rho * noise[i - 1] + np.sqrt(1 - rho ** 2) * rng.normal()
+    noise[i] = rho * noise[i - 1] + np.sqrt(1 - rho**2) * rng.normal()
   return noise
 
 
@@ -36,8 +36,10 @@ def main() -> None:
   rng = np.random.default_rng(0)
   for rho in (0.0, 0.5, 0.8):
     for name, curve in (("flat", flat), ("U", u)):
-      rising = sum(trend.trend_after_minimum(steps, curve * (1 + 0.01 * ar1(rng, len(steps), rho)))
-                   .rising for _ in range(args.draws))
+      rising = sum(
+        trend.trend_after_minimum(steps, curve * (1 + 0.01 * ar1(rng, len(steps), rho))).rising
+        for _ in range(args.draws)
+      )
       print(f"rho {rho:.1f} {name:4s} rising in {rising / args.draws:.1%} of {args.draws} draws")
 
 

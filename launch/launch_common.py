@@ -12,7 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # One override of the experiment config, passed through unchanged to `th_distill.main`.
 _OVERRIDE = re.compile(r"--config\.[A-Za-z_][A-Za-z0-9_.]*=")
@@ -23,28 +23,41 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
   """The flags of the run itself, common to every launcher."""
   run = parser.add_argument_group(
-      "run", "what every process runs; any further --config.KEY=VALUE is passed through")
-  run.add_argument("--config", required=True,
-                   help="config file, relative to the repository root (e.g. configs/tiny.py)")
-  run.add_argument("--workdir", required=True,
-                   help="output directory shared by all hosts: an absolute path on a "
-                        "filesystem every host mounts at the same place")
-  run.add_argument("--python", default="python3",
-                   help="Python interpreter on the hosts (default: %(default)s)")
-  parser.add_argument("--dry-run", action="store_true",
-                      help="print the commands instead of running them")
+    "run", "what every process runs; any further --config.KEY=VALUE is passed through"
+  )
+  run.add_argument(
+    "--config",
+    required=True,
+    help="config file, relative to the repository root (e.g. configs/tiny.py)",
+  )
+  run.add_argument(
+    "--workdir",
+    required=True,
+    help="output directory shared by all hosts: an absolute path on a "
+    "filesystem every host mounts at the same place",
+  )
+  run.add_argument(
+    "--python", default="python3", help="Python interpreter on the hosts (default: %(default)s)"
+  )
   parser.add_argument(
-      "--plan", choices=("compile", "check", "skip"), default="compile",
-      help="first, on this machine, run `python -m th_distill.plan` for the target's device count "
-           "(needs th_distill installed here): 'compile' builds every program of the run for "
-           "the mesh on simulated devices and prints XLA's memory per device (minutes for the "
-           "paper's configs); 'check' only checks that the mesh fits the devices and divides the "
-           "batches (seconds); 'skip' does neither. A mesh the plan refuses stops the launch "
-           "before anything is created (default: %(default)s)")
+    "--dry-run", action="store_true", help="print the commands instead of running them"
+  )
+  parser.add_argument(
+    "--plan",
+    choices=("compile", "check", "skip"),
+    default="compile",
+    help="first, on this machine, run `python -m th_distill.plan` for the target's device count "
+    "(needs th_distill installed here): 'compile' builds every program of the run for "
+    "the mesh on simulated devices and prints XLA's memory per device (minutes for the "
+    "paper's configs); 'check' only checks that the mesh fits the devices and divides the "
+    "batches (seconds); 'skip' does neither. A mesh the plan refuses stops the launch "
+    "before anything is created (default: %(default)s)",
+  )
 
 
-def parse_args(parser: argparse.ArgumentParser,
-               argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+def parse_args(
+  parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
   """Parses `argv`; returns the launcher's arguments and the `--config.KEY=VALUE` overrides.
 
   Anything else that the parser does not know is an error, as is a workdir that cannot be shared.
@@ -52,19 +65,29 @@ def parse_args(parser: argparse.ArgumentParser,
   args, extra = parser.parse_known_args(argv)
   unknown = [a for a in extra if not _OVERRIDE.match(a)]
   if unknown:
-    parser.error(f"unrecognized arguments: {shlex.join(unknown)} (config overrides must be "
-                 "written as one word: --config.KEY=VALUE)")
+    parser.error(
+      f"unrecognized arguments: {shlex.join(unknown)} (config overrides must be "
+      "written as one word: --config.KEY=VALUE)"
+    )
   if not posixpath.isabs(args.workdir):
-    parser.error(f"argument --workdir: {args.workdir!r} is not an absolute path; every host must "
-                 "see the same directory: pass an absolute path on a shared filesystem")
+    parser.error(
+      f"argument --workdir: {args.workdir!r} is not an absolute path; every host must "
+      "see the same directory: pass an absolute path on a shared filesystem"
+    )
   return args, extra
 
 
 def worker_command(args: argparse.Namespace, overrides: Sequence[str]) -> list[str]:
   """The worker command line every process runs, as argv words:
   `PYTHON -m th_distill.main --config=... --workdir=... [--config.KEY=VALUE ...]`."""
-  return [args.python, "-m", "th_distill.main", f"--config={args.config}",
-          f"--workdir={args.workdir}", *overrides]
+  return [
+    args.python,
+    "-m",
+    "th_distill.main",
+    f"--config={args.config}",
+    f"--workdir={args.workdir}",
+    *overrides,
+  ]
 
 
 def positive_int(text: str) -> int:
@@ -80,13 +103,23 @@ def run_plan(args: argparse.Namespace, overrides: Sequence[str], devices: int) -
   0 to go on, else the exit status to stop with (2: the plan refused the mesh, in one line)."""
   if args.plan == "skip":
     return 0
-  command = [sys.executable, "-m", "th_distill.plan", f"--config={args.config}",
-             f"--devices={devices}", *overrides, *(["--programs="] if args.plan == "check" else [])]
+  command = [
+    sys.executable,
+    "-m",
+    "th_distill.plan",
+    f"--config={args.config}",
+    f"--devices={devices}",
+    *overrides,
+    *(["--programs="] if args.plan == "check" else []),
+  ]
   print(f"+ {shlex.join(command)}", file=sys.stderr, flush=True)
   status = subprocess.run(command, cwd=REPO, stdout=sys.stderr).returncode
   if status not in (0, 2):
-    print(f"error: th_distill.plan failed (exit code {status}); install th_distill on this "
-          "machine (pip install -e .) or pass --plan=skip", file=sys.stderr)
+    print(
+      f"error: th_distill.plan failed (exit code {status}); install th_distill on this "
+      "machine (pip install -e .) or pass --plan=skip",
+      file=sys.stderr,
+    )
     return 1
   return status
 

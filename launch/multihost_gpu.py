@@ -31,7 +31,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import launch_common
 
@@ -52,29 +52,51 @@ def host_list(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
   """The command-line interface."""
-  parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--backend", required=True, choices=("slurm", "ssh"))
-  parser.add_argument("--repo-dir", default=_THIS_REPO,
-                      help="repository root on every host (default: %(default)s)")
+  parser.add_argument(
+    "--repo-dir", default=_THIS_REPO, help="repository root on every host (default: %(default)s)"
+  )
   slurm = parser.add_argument_group("--backend=slurm")
   slurm.add_argument("--nodes", type=launch_common.positive_int, help="number of nodes")
-  parser.add_argument("--gpus-per-node", type=launch_common.positive_int, default=8,
-                      help="GPUs of each node (slurm) or host (ssh): the device count the plan "
-                           "checks the mesh against is this times the nodes or hosts "
-                           "(default: %(default)s)")
+  parser.add_argument(
+    "--gpus-per-node",
+    type=launch_common.positive_int,
+    default=8,
+    help="GPUs of each node (slurm) or host (ssh): the device count the plan "
+    "checks the mesh against is this times the nodes or hosts "
+    "(default: %(default)s)",
+  )
   slurm.add_argument("--job-name", default="th_distill", help="(default: %(default)s)")
   slurm.add_argument("--partition", help="SLURM partition")
   slurm.add_argument("--time", help="time limit, e.g. 24:00:00")
-  slurm.add_argument("--requeue", action="store_true",
-                     help="let SLURM requeue the job after pre-emption (it then resumes)")
-  slurm.add_argument("--sbatch-option", action="append", default=[], metavar="OPTION",
-                     help="extra #SBATCH line, e.g. --sbatch-option=--account=myproj (repeatable)")
+  slurm.add_argument(
+    "--requeue",
+    action="store_true",
+    help="let SLURM requeue the job after pre-emption (it then resumes)",
+  )
+  slurm.add_argument(
+    "--sbatch-option",
+    action="append",
+    default=[],
+    metavar="OPTION",
+    help="extra #SBATCH line, e.g. --sbatch-option=--account=myproj (repeatable)",
+  )
   ssh = parser.add_argument_group("--backend=ssh")
-  ssh.add_argument("--hosts", type=host_list, help="comma-separated hosts ([user@]host); "
-                   "process i runs on the i-th, the first one is the coordinator")
-  ssh.add_argument("--port", type=launch_common.positive_int, default=12345,
-                   help="coordinator port on the first host (default: %(default)s)")
+  ssh.add_argument(
+    "--hosts",
+    type=host_list,
+    help="comma-separated hosts ([user@]host); "
+    "process i runs on the i-th, the first one is the coordinator",
+  )
+  ssh.add_argument(
+    "--port",
+    type=launch_common.positive_int,
+    default=12345,
+    help="coordinator port on the first host (default: %(default)s)",
+  )
   launch_common.add_run_arguments(parser)
   return parser
 
@@ -93,15 +115,26 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 def sbatch_script(args: argparse.Namespace, overrides: Sequence[str]) -> str:
   """The batch script: one task per node, each running the experiment on all the node's GPUs."""
-  options = [f"--job-name={args.job_name}", f"--nodes={args.nodes}", "--ntasks-per-node=1",
-             f"--gpus-per-node={args.gpus_per_node}", f"--signal=TERM@{_TERM_BEFORE_LIMIT_S}"]
+  options = [
+    f"--job-name={args.job_name}",
+    f"--nodes={args.nodes}",
+    "--ntasks-per-node=1",
+    f"--gpus-per-node={args.gpus_per_node}",
+    f"--signal=TERM@{_TERM_BEFORE_LIMIT_S}",
+  ]
   options += [f"--partition={args.partition}"] if args.partition else []
   options += [f"--time={args.time}"] if args.time else []
   options += ["--requeue"] if args.requeue else []
   options += args.sbatch_option
   srun = ["srun", "--kill-on-bad-exit=1", *launch_common.worker_command(args, overrides)]
-  lines = ["#!/bin/bash", *(f"#SBATCH {o}" for o in options), "",
-           "set -euo pipefail", f"cd {shlex.quote(args.repo_dir)}", shlex.join(srun)]
+  lines = [
+    "#!/bin/bash",
+    *(f"#SBATCH {o}" for o in options),
+    "",
+    "set -euo pipefail",
+    f"cd {shlex.quote(args.repo_dir)}",
+    shlex.join(srun),
+  ]
   return "\n".join(lines) + "\n"
 
 
@@ -111,9 +144,15 @@ def ssh_commands(args: argparse.Namespace, overrides: Sequence[str]) -> list[lis
   run = shlex.join(launch_common.worker_command(args, overrides))
   commands = []
   for process_id, host in enumerate(args.hosts):
-    env = shlex.join(["exec", "env", f"TH_DISTILL_COORDINATOR={coordinator}",
-                      f"TH_DISTILL_NUM_PROCESSES={len(args.hosts)}",
-                      f"TH_DISTILL_PROCESS_ID={process_id}"])
+    env = shlex.join(
+      [
+        "exec",
+        "env",
+        f"TH_DISTILL_COORDINATOR={coordinator}",
+        f"TH_DISTILL_NUM_PROCESSES={len(args.hosts)}",
+        f"TH_DISTILL_PROCESS_ID={process_id}",
+      ]
+    )
     remote = f"cd {shlex.quote(args.repo_dir)} && {env} {run}"
     commands.append(["ssh", "-tt", "-o", "BatchMode=yes", host, remote])
   return commands
@@ -144,8 +183,10 @@ def run_over_ssh(commands: Sequence[Sequence[str]], hosts: Sequence[str]) -> int
   if failure is None:
     return 0
   i, code = failure
-  print(f"error: process {i} on {hosts[i]} exited with code {code}; stopped the other "
-        "processes", file=sys.stderr)
+  print(
+    f"error: process {i} on {hosts[i]} exited with code {code}; stopped the other processes",
+    file=sys.stderr,
+  )
   return 1
 
 

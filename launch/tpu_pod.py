@@ -25,7 +25,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from typing import Sequence
+from collections.abc import Sequence
 
 import launch_common
 
@@ -42,38 +42,51 @@ def tpu_devices(accelerator_type: str) -> int:
   ValueError for a type it does not know."""
   generation, _, count = accelerator_type.rpartition("-")
   if generation not in _CORES_PER_DEVICE or not count.isdigit():
-    raise ValueError(f"{accelerator_type!r} is not GENERATION-N with GENERATION one of "
-                     f"{', '.join(_CORES_PER_DEVICE)}")
+    raise ValueError(
+      f"{accelerator_type!r} is not GENERATION-N with GENERATION one of "
+      f"{', '.join(_CORES_PER_DEVICE)}"
+    )
   return max(int(count) // _CORES_PER_DEVICE[generation], 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
   """The command-line interface."""
   parser = argparse.ArgumentParser(
-      description=__doc__, allow_abbrev=False,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   tpu = parser.add_argument_group("TPU VM")
   tpu.add_argument("--name", required=True, help="name of the TPU VM slice")
   tpu.add_argument("--zone", required=True, help="e.g. us-central2-b")
   tpu.add_argument("--project", help="Google Cloud project (default: gcloud's configured one)")
   tpu.add_argument("--create", action="store_true", help="create the slice first")
-  tpu.add_argument("--accelerator-type",
-                   help="e.g. v4-32, v5litepod-16: the slice to create (--create) and the device "
-                        "count the plan checks the mesh against")
+  tpu.add_argument(
+    "--accelerator-type",
+    help="e.g. v4-32, v5litepod-16: the slice to create (--create) and the device "
+    "count the plan checks the mesh against",
+  )
   tpu.add_argument("--version", help="with --create: TPU VM runtime, e.g. tpu-ubuntu2204-base")
   tpu.add_argument("--spot", action="store_true", help="with --create: a Spot (pre-emptible) slice")
-  tpu.add_argument("--delete", action="store_true",
-                   help="delete the slice after the run, whether it succeeded or not")
+  tpu.add_argument(
+    "--delete",
+    action="store_true",
+    help="delete the slice after the run, whether it succeeded or not",
+  )
   code = parser.add_argument_group("code on the workers")
   source = code.add_mutually_exclusive_group()
   source.add_argument("--repo-url", help="git URL to clone on every worker")
   source.add_argument("--local-dir", help="local git checkout to copy to every worker")
   code.add_argument("--ref", help="with --repo-url: branch, tag or commit to check out")
-  code.add_argument("--remote-dir", default="th_distill",
-                    help="repository directory on the workers, relative to the home directory "
-                         "or absolute; replaced on install (default: %(default)s)")
-  code.add_argument("--skip-install", action="store_true",
-                    help="reuse the repository and packages already on the workers")
+  code.add_argument(
+    "--remote-dir",
+    default="th_distill",
+    help="repository directory on the workers, relative to the home directory "
+    "or absolute; replaced on install (default: %(default)s)",
+  )
+  code.add_argument(
+    "--skip-install",
+    action="store_true",
+    help="reuse the repository and packages already on the workers",
+  )
   launch_common.add_run_arguments(parser)
   return parser
 
@@ -95,8 +108,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
   if args.local_dir and not os.path.exists(os.path.join(args.local_dir, ".git")):
     parser.error(f"--local-dir: {args.local_dir!r} is not the root of a git checkout")
   if args.plan != "skip" and not args.accelerator_type:
-    parser.error("--plan needs the slice's --accelerator-type (e.g. v4-32) for its device "
-                 "count; or pass --plan=skip")
+    parser.error(
+      "--plan needs the slice's --accelerator-type (e.g. v4-32) for its device "
+      "count; or pass --plan=skip"
+    )
   if args.accelerator_type:
     try:
       tpu_devices(args.accelerator_type)
@@ -132,12 +147,16 @@ def install_commands(args: argparse.Namespace) -> list[list[str]]:
       fetch += f" && git -C {remote_dir} checkout --quiet {shlex.quote(args.ref)}"
     return [on_all_workers(args, f"rm -rf {remote_dir} && {fetch} && {install}")]
   archive = os.path.join(tempfile.gettempdir(), f"{args.name}-{_ARCHIVE_NAME}")
-  pack = (f"cd {shlex.quote(args.local_dir)} && git ls-files -z --cached --others "
-          f"--exclude-standard | tar -czf {shlex.quote(archive)} --null -T -")
+  pack = (
+    f"cd {shlex.quote(args.local_dir)} && git ls-files -z --cached --others "
+    f"--exclude-standard | tar -czf {shlex.quote(archive)} --null -T -"
+  )
   unpack = f"mkdir -p {remote_dir} && tar -xzf {_ARCHIVE_NAME} -C {remote_dir}"
-  return [["sh", "-c", pack],
-          gcloud_tpu("scp", args, archive, f"{args.name}:{_ARCHIVE_NAME}", "--worker=all"),
-          on_all_workers(args, f"rm -rf {remote_dir} && {unpack} && {install}")]
+  return [
+    ["sh", "-c", pack],
+    gcloud_tpu("scp", args, archive, f"{args.name}:{_ARCHIVE_NAME}", "--worker=all"),
+    on_all_workers(args, f"rm -rf {remote_dir} && {unpack} && {install}"),
+  ]
 
 
 # Tells th_distill.partitioning.initialize_distributed() to call jax.distributed.initialize(),
@@ -152,8 +171,7 @@ def run_on_workers(args: argparse.Namespace, overrides: Sequence[str]) -> list[s
   The ssh sessions get a terminal (`-tt`), so that a lost connection or a stopped launcher ends
   the run (SIGHUP) instead of leaving it holding the TPU.
   """
-  run = shlex.join(["env", f"{ENV_DISTRIBUTED}=1",
-                    *launch_common.worker_command(args, overrides)])
+  run = shlex.join(["env", f"{ENV_DISTRIBUTED}=1", *launch_common.worker_command(args, overrides)])
   return on_all_workers(args, f"cd {shlex.quote(args.remote_dir)} && {run}", "--ssh-flag=-tt")
 
 
@@ -165,8 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = launch_common.run_plan(args, overrides, tpu_devices(args.accelerator_type))
     if status:
       return status
-  commands = ([create_command(args)] if args.create else []) + (
-      [] if args.skip_install else install_commands(args)) + [run_on_workers(args, overrides)]
+  commands = (
+    ([create_command(args)] if args.create else [])
+    + ([] if args.skip_install else install_commands(args))
+    + [run_on_workers(args, overrides)]
+  )
   teardown = [gcloud_tpu("delete", args, args.name, "--quiet")] if args.delete else []
   if not args.dry_run:
     launch_common.require_tools("gcloud", *(["git", "tar"] if args.local_dir else []))

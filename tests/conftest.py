@@ -16,8 +16,15 @@ def micro_config():
   c.prompts.num_oracle = 64
   c.prompts.num_distill = 32
   c.prompts.num_eval = 16
-  small = dict(vocab_size=16, d_model=16, d_kv=4, d_ff=32, num_heads=2, num_encoder_layers=1,
-               num_decoder_layers=1)
+  small = dict(
+    vocab_size=16,
+    d_model=16,
+    d_kv=4,
+    d_ff=32,
+    num_heads=2,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+  )
   c.oracle.model = model_config("tiny", **small)
   c.oracle.target_entropy = 1.5
   c.teacher.model = model_config("tiny", **small)
@@ -40,9 +47,17 @@ def micro_config():
 def write_micro_config_file(path, *settings: str) -> str:
   """Writes a config file whose `get_config()` is `micro_config()` followed by `settings` (Python
   statements on `c`), for tests that run `python -m th_distill.main`; returns its path."""
-  lines = ["import sys", f"sys.path.insert(0, {os.path.dirname(__file__)!r})",
-           "from conftest import micro_config", "", "def get_config():", "  c = micro_config()",
-           *(f"  {line}" for line in settings), "  return c", ""]
+  lines = [
+    "import sys",
+    f"sys.path.insert(0, {os.path.dirname(__file__)!r})",
+    "from conftest import micro_config",
+    "",
+    "def get_config():",
+    "  c = micro_config()",
+    *(f"  {line}" for line in settings),
+    "  return c",
+    "",
+  ]
   path.write_text("\n".join(lines))
   return str(path)
 

@@ -11,8 +11,8 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
-
 from conftest import micro_config  # noqa: E402
+
 from th_distill import checkpoints, experiment, partitioning  # noqa: E402
 from th_distill.stages.programs import Models  # noqa: E402
 
@@ -38,6 +38,8 @@ if __name__ == "__main__":
     partitioner = partitioning.Partitioner.from_config(config.mesh)
     student = Models.from_config(config).student
     shapes = partitioner.abstract_params(student)
-    layout = {jax.tree_util.keystr(path): [list(s.shape), list(s.sharding.shard_shape(s.shape))]
-              for path, s in jax.tree_util.tree_leaves_with_path(shapes)}
+    layout = {
+      jax.tree_util.keystr(path): [list(s.shape), list(s.sharding.shard_shape(s.shape))]
+      for path, s in jax.tree_util.tree_leaves_with_path(shapes)
+    }
     checkpoints.write_json(os.path.join(workdir, "student_param_layout.json"), layout)

@@ -18,8 +18,11 @@ import th_distill
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 API = open(os.path.join(REPO, "docs", "api.md"), encoding="utf-8").read()
 # The module tables (before the command lines'): | `th_distill.module` | `name`, `name` (...) |
-ROWS = dict(re.findall(r"^\| `(th_distill[\w.]*)` \| (.*) \|$", API.split("## Command lines")[0],
-                       re.MULTILINE))
+ROWS = dict(
+  re.findall(
+    r"^\| `(th_distill[\w.]*)` \| (.*) \|$", API.split("## Command lines")[0], re.MULTILINE
+  )
+)
 OPTIONAL = {"th_distill.data.seqio_tasks": "seqio"}  # modules of an extra
 
 
@@ -36,8 +39,9 @@ def _documented_imports() -> list[tuple[str, str, str]]:
     text = open(os.path.join(REPO, path), encoding="utf-8").read()
     if path.endswith(".ipynb"):
       text = "\n".join("".join(cell["source"]) for cell in json.loads(text)["cells"])
-    for module, names in re.findall(r"^\s*from (th_distill[\w.]*) import ([\w, ]+)", text,
-                                    re.MULTILINE):
+    for module, names in re.findall(
+      r"^\s*from (th_distill[\w.]*) import ([\w, ]+)", text, re.MULTILINE
+    ):
       found += [(path, module, name.strip()) for name in names.split(",") if name.strip()]
   return found
 
@@ -63,11 +67,14 @@ def test_every_name_docs_api_lists_exists(module):
 
 
 def test_import_th_distill_is_light_and_versioned():
-  code = ("import sys, th_distill; print(th_distill.__version__); "
-          "print(sorted(m for m in ('tensorflow', 'torch', 'seqio', 'matplotlib') "
-          "if m in sys.modules))")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+  code = (
+    "import sys, th_distill; print(th_distill.__version__); "
+    "print(sorted(m for m in ('tensorflow', 'torch', 'seqio', 'matplotlib') "
+    "if m in sys.modules))"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 0, result.stderr
   version, heavy = result.stdout.splitlines()
   assert heavy == "[]"

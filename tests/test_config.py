@@ -14,7 +14,9 @@ from th_distill import experiment, settings
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
     ("student.learning_rate", -1e-3, "student.learning_rate"),
     ("teacher.learning_rate", 0.0, "teacher.learning_rate"),
     ("loss.beta", 1.5, "loss.beta"),
@@ -29,7 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("student.model.vocab_size", 100, "student.model.vocab_size"),
     ("mesh.data", 3, "mesh"),
     ("eval_every", 0, "eval_every"),
-])
+  ],
+)
 def test_invalid_values_name_the_field(micro, tmp_path, field, value, message):
   section, _, key = field.rpartition(".")
   target = micro
@@ -53,13 +56,18 @@ def test_settings_name_their_own_invalid_fields_as_in_the_config(micro):
   loss = settings.LossSettings.from_config(micro)
   assert loss.problems() == []
   assert dict(dataclasses.replace(loss, beta=1.5).problems()) == {
-      "loss.beta": "must be in [0, 1], got 1.5"}
+    "loss.beta": "must be in [0, 1], got 1.5"
+  }
   teacher = settings.OptimizerSettings.sft(micro.teacher, micro.teacher.steps)
-  assert [field for field, _ in dataclasses.replace(teacher, batch_size=0, schedule="step")
-          .problems("teacher")] == ["teacher.batch_size", "teacher.schedule"]
-  distill = dataclasses.replace(settings.DistillSettings.from_config(micro),
-                                loss=dataclasses.replace(loss, temperature=0.0),
-                                on_nonfinite="retry")
+  assert [
+    field
+    for field, _ in dataclasses.replace(teacher, batch_size=0, schedule="step").problems("teacher")
+  ] == ["teacher.batch_size", "teacher.schedule"]
+  distill = dataclasses.replace(
+    settings.DistillSettings.from_config(micro),
+    loss=dataclasses.replace(loss, temperature=0.0),
+    on_nonfinite="retry",
+  )
   assert [field for field, _ in distill.problems()] == ["loss.temperature", "on_nonfinite"]
 
 
@@ -84,8 +92,13 @@ def test_shipped_configs_are_valid():
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "th_distill.main", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "th_distill.main", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def test_cli_rejects_unknown_keys_wrong_types_and_bad_values(tmp_path):

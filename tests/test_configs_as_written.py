@@ -24,12 +24,12 @@ import pytest
 
 from th_distill import config as config_lib
 from th_distill.data.pools import prompt_pools
+from th_distill.models import param_count
+from th_distill.partitioning import Partitioner
 from th_distill.settings import DistillSettings, RunSettings
 from th_distill.stages import programs as program_lib
 from th_distill.stages.programs import Models, Programs
 from th_distill.stages.stage1 import train_sft
-from th_distill.models import param_count
-from th_distill.partitioning import Partitioner
 from th_distill.train import Batch, create_train_state, make_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,16 +51,20 @@ def _load(name: str):
 
 def _shrink_counts(config):
   """The config with small counts; every shape (vocab, lengths, models) as written."""
-  shapes = (config.task.to_dict(), {m: config[m].model.to_dict()
-                                    for m in ("oracle", "teacher", "student")})
+  shapes = (
+    config.task.to_dict(),
+    {m: config[m].model.to_dict() for m in ("oracle", "teacher", "student")},
+  )
   config.prompts.update(num_oracle=8, num_distill=8, num_eval=4)
   config.teacher.update(steps=1, batch_size=BATCH, warmup_steps=0)
   config.student.update(steps=1, sft_steps=1, batch_size=BATCH, warmup_steps=0, micro_batches=1)
   config.offline.num_prompts = 4
   config.eval.update(num_train_prompts=4, batch_size=4)
   config.update(eval_every=1, eval_log_points=0, checkpoint_every=1)
-  assert shapes == (config.task.to_dict(), {m: config[m].model.to_dict()
-                                            for m in ("oracle", "teacher", "student")})
+  assert shapes == (
+    config.task.to_dict(),
+    {m: config[m].model.to_dict() for m in ("oracle", "teacher", "student")},
+  )
   return config
 
 
@@ -68,10 +72,11 @@ def _batch(config, prompts: np.ndarray) -> dict[str, np.ndarray]:
   """A (prompt, response) batch at the config's lengths: random responses over its vocabulary."""
   rng = np.random.default_rng(0)
   shape = (len(prompts), config.task.response_length)
-  return {"prompts": prompts, "responses": rng.integers(2, config.task.vocab_size, shape,
-                                                        dtype=np.int32),
-          "mask": np.ones(shape, np.float32)}
-
+  return {
+    "prompts": prompts,
+    "responses": rng.integers(2, config.task.vocab_size, shape, dtype=np.int32),
+    "mask": np.ones(shape, np.float32),
+  }
 
 
 @pytest.mark.slow
@@ -82,21 +87,35 @@ def test_cpu_config_takes_one_sft_and_one_distillation_step(name):
   partitioner = Partitioner.from_config(config.mesh)
   pools = prompt_pools(config)
   assert {k: v.shape for k, v in pools.items()} == {
-      "oracle": (8, config.task.prompt_length), "distill": (8, config.task.prompt_length),
-      "eval": (4, config.task.prompt_length)}
+    "oracle": (8, config.task.prompt_length),
+    "distill": (8, config.task.prompt_length),
+    "eval": (4, config.task.prompt_length),
+  }
   models = Models.from_config(config)
-  params = {m: partitioner.init_params(getattr(models, m), jax.random.PRNGKey(i))
-            for i, m in enumerate(("oracle", "teacher", "student"))}
+  params = {
+    m: partitioner.init_params(getattr(models, m), jax.random.PRNGKey(i))
+    for i, m in enumerate(("oracle", "teacher", "student"))
+  }
   data = _batch(config, pools["oracle"][:BATCH])
   settings = RunSettings.from_config(config)
   programs = Programs(models, settings, partitioner)
-  teacher, sft = train_sft(programs, "teacher", params["teacher"], data, settings.teacher_sft,
-                           config.seed, jax.random.PRNGKey(3))
+  teacher, sft = train_sft(
+    programs,
+    "teacher",
+    params["teacher"],
+    data,
+    settings.teacher_sft,
+    config.seed,
+    jax.random.PRNGKey(3),
+  )
   assert np.isfinite(sft["sft/loss"])
-  state = program_lib.new_train_state(partitioner, models.student, params["student"],
-                                      settings.distill.optimizer.build())
-  frozen = [partitioner.cast(getattr(models, m), p, config.frozen_dtype)
-            for m, p in (("teacher", teacher), ("oracle", params["oracle"]))]
+  state = program_lib.new_train_state(
+    partitioner, models.student, params["student"], settings.distill.optimizer.build()
+  )
+  frozen = [
+    partitioner.cast(getattr(models, m), p, config.frozen_dtype)
+    for m, p in (("teacher", teacher), ("oracle", params["oracle"]))
+  ]
   batch = partitioner.shard_batch(Batch(**_batch(config, pools["distill"][:BATCH])))
   state, metrics = programs.distill_step()(state, *frozen, batch, jax.random.PRNGKey(4))
   assert int(state.step) == 1 and np.isfinite(float(metrics["train/loss"]))
@@ -107,6 +126,7 @@ def test_cpu_config_takes_one_sft_and_one_distillation_step(name):
 def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path):
   pytest.importorskip("seqio")
   import real_task_data
+
   config = _shrink_counts(_load(name))
   config.task.vocabulary = real_task_data.train_sentencepiece(tmp_path)
   if config.task.name == "natural_instructions":
@@ -121,8 +141,9 @@ def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path)
 
   partitioner = Partitioner.from_config(config.mesh)
   models = Models.from_config(config)
-  params = {m: partitioner.abstract_params(getattr(models, m))
-            for m in ("oracle", "teacher", "student")}
+  params = {
+    m: partitioner.abstract_params(getattr(models, m)) for m in ("oracle", "teacher", "student")
+  }
   millions = {m: param_count(p) / 1e6 for m, p in params.items()}
   for model, size in (("oracle", "xl"), ("teacher", "large"), ("student", "base")):
     assert millions[model] == pytest.approx(T5_MILLIONS[size], rel=0.01), millions
@@ -135,17 +156,27 @@ def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path)
   optimizer = make_optimizer(t.learning_rate, t.warmup_steps, t.steps, t.schedule)
   teacher_state = jax.eval_shape(lambda p: create_train_state(p, optimizer), params["teacher"])
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  _, sft = program_lib.sft_program(models.teacher, optimizer, partitioner).lower(
-      teacher_state, sft_batch, key).out_info
+  _, sft = (
+    program_lib.sft_program(models.teacher, optimizer, partitioner)
+    .lower(teacher_state, sft_batch, key)
+    .out_info
+  )
   assert sft["sft/loss"].shape == ()
 
-  frozen = [jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, config.frozen_dtype),
-                                   params[m]) for m in ("teacher", "oracle")]
+  frozen = [
+    jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, config.frozen_dtype), params[m])
+    for m in ("teacher", "oracle")
+  ]
   distill = DistillSettings.from_config(config)
   student_state = jax.eval_shape(
-      lambda p: create_train_state(p, distill.optimizer.build()), params["student"])
-  state, metrics = program_lib.distill_program(models, distill, partitioner).lower(
-      student_state, *frozen, sft_batch, key).out_info
+    lambda p: create_train_state(p, distill.optimizer.build()), params["student"]
+  )
+  state, metrics = (
+    program_lib.distill_program(models, distill, partitioner)
+    .lower(student_state, *frozen, sft_batch, key)
+    .out_info
+  )
   assert metrics["train/loss"].shape == () and metrics["train/loss"].dtype == jnp.float32
   assert jax.tree_util.tree_map(lambda x: x.shape, state.params) == jax.tree_util.tree_map(
-      lambda x: x.shape, params["student"])
+    lambda x: x.shape, params["student"]
+  )

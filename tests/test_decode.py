@@ -11,9 +11,20 @@ from th_distill.models import T5, extend_cache, init_params, shift_right, t5_con
 
 VOCAB, PROMPT, STEPS, ROWS = 32, 7, 20, 3
 # Relative distances >= 4 fall in logarithmic buckets, and >= 12 in the last one.
-MODEL = T5(t5_config("tiny", vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_heads=2,
-                     num_encoder_layers=2, num_decoder_layers=2,
-                     relative_attention_num_buckets=8, relative_attention_max_distance=12))
+MODEL = T5(
+  t5_config(
+    "tiny",
+    vocab_size=VOCAB,
+    d_model=32,
+    d_kv=8,
+    d_ff=64,
+    num_heads=2,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=12,
+  )
+)
 
 
 @jax.jit
@@ -70,5 +81,6 @@ def test_an_extended_cache_decodes_as_one_allocated_at_full_length(inputs):
   first, cache = _decode(params, cache, decoder_inputs, 0, 5)
   middle, cache = _decode(params, extend_cache(cache, 11), decoder_inputs, 5, 11)
   last, _ = _decode(params, extend_cache(cache, STEPS), decoder_inputs, 11, STEPS)
-  np.testing.assert_allclose(np.concatenate([first, middle, last], axis=1), full, atol=2e-5,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.concatenate([first, middle, last], axis=1), full, atol=2e-5, rtol=1e-5
+  )

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import log_softmax, rel_entr, softmax
 
 from th_distill import divergences as D
@@ -34,8 +35,9 @@ def _jitted_evaluate(beta, temperature, grads):
   kwargs = {"fkl": {}, "rkl": {}, "jsd": {"beta": beta}, "njsd": {"beta": beta, "normalized": True}}
 
   def value(name, ref, student):
-    return D.get(name[1:] if name == "njsd" else name)(ref, student, temperature=temperature,
-                                                      **kwargs[name])
+    return D.get(name[1:] if name == "njsd" else name)(
+      ref, student, temperature=temperature, **kwargs[name]
+    )
 
   def evaluate(ref, student):
     out = {name: value(name, ref, student) for name in kwargs}
@@ -60,14 +62,18 @@ def _reference(ref_logits, student_logits, beta=0.5, temperature=1.0):
     log_q = log_softmax(np.float64(student_logits) / temperature, axis=-1)
   p, q = np.exp(log_p), np.exp(log_q)
   m = beta * p + (1 - beta) * q
-  return {"fkl": _np_kl(log_p, log_q), "rkl": _np_kl(log_q, log_p),
-          "jsd": beta * rel_entr(p, m).sum(-1) + (1 - beta) * rel_entr(q, m).sum(-1)}
+  return {
+    "fkl": _np_kl(log_p, log_q),
+    "rkl": _np_kl(log_q, log_p),
+    "jsd": beta * rel_entr(p, m).sum(-1) + (1 - beta) * rel_entr(q, m).sum(-1),
+  }
 
 
 def _logits(seed, shape, scale=3.0):
   rng = np.random.default_rng(seed)
-  return (rng.normal(size=shape) * scale).astype(np.float32), \
-      (rng.normal(size=shape) * scale).astype(np.float32)
+  return (rng.normal(size=shape) * scale).astype(np.float32), (
+    rng.normal(size=shape) * scale
+  ).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- brute force
@@ -164,16 +170,21 @@ def test_gradients_with_minus_inf_are_finite_and_correct(p, q, beta):
   """
   evaluate = _evaluate(beta)
   shared = np.where(p > -np.inf, q, -np.inf).astype(np.float32)
-  cases = [(p, shared, ("fkl", "rkl", "jsd", "njsd")),
-           (p, q, ("fkl", "jsd", "njsd"))]  # ref-only -inf: KL(q || p) is truly infinite
+  cases = [
+    (p, shared, ("fkl", "rkl", "jsd", "njsd")),
+    (p, q, ("fkl", "jsd", "njsd")),
+  ]  # ref-only -inf: KL(q || p) is truly infinite
   for ref_logits, student_logits, names in cases:
-    out, expected = evaluate(ref_logits, student_logits), evaluate(_finite(ref_logits),
-                                                                  _finite(student_logits))
+    out, expected = (
+      evaluate(ref_logits, student_logits),
+      evaluate(_finite(ref_logits), _finite(student_logits)),
+    )
     for name in names:
       assert np.all(np.isfinite(out[name])), name
       assert np.all(np.isfinite(out["grad_" + name])), name
-      np.testing.assert_allclose(out["grad_" + name], expected["grad_" + name], rtol=1e-5,
-                                 atol=1e-6, err_msg=name)
+      np.testing.assert_allclose(
+        out["grad_" + name], expected["grad_" + name], rtol=1e-5, atol=1e-6, err_msg=name
+      )
 
 
 @pytest.mark.parametrize("scale", [1e4, 1e30])
@@ -208,8 +219,11 @@ def test_normalised_jsd_tends_to_fkl_and_rkl():
   np.testing.assert_allclose(D.jsd(p, q, 1 - 1e-4, normalized=True), rkl, rtol=1e-3)
   # ... with full float32 precision there (no cancellation), against float64.
   for beta in (1e-4, 1 - 1e-4):
-    np.testing.assert_allclose(D.jsd(p, q, beta, normalized=True),
-                               _reference(p, q, beta)["jsd"] / (beta * (1 - beta)), rtol=1e-5)
+    np.testing.assert_allclose(
+      D.jsd(p, q, beta, normalized=True),
+      _reference(p, q, beta)["jsd"] / (beta * (1 - beta)),
+      rtol=1e-5,
+    )
   # The endpoints are fkl and rkl exactly; the plain JSD is 0 there.
   np.testing.assert_array_equal(D.jsd(p, q, 0.0, normalized=True), fkl)
   np.testing.assert_array_equal(D.jsd(p, q, 1.0, normalized=True), rkl)
@@ -238,11 +252,11 @@ def test_registry_and_dispatch():
   assert D.DIVERGENCES == {"fkl": D.fkl, "rkl": D.rkl, "jsd": D.jsd}
   assert all(D.get(name) is fn for name, fn in D.DIVERGENCES.items())
   p, q = _logits(5, SHAPE)
-  np.testing.assert_array_equal(D.token_divergence("fkl", p, q, temperature=2.0),
-                                D.fkl(p, q, 2.0))
+  np.testing.assert_array_equal(D.token_divergence("fkl", p, q, temperature=2.0), D.fkl(p, q, 2.0))
   np.testing.assert_array_equal(D.token_divergence("rkl", p, q, beta=0.3), D.rkl(p, q))
-  np.testing.assert_array_equal(D.token_divergence("jsd", p, q, beta=0.3, normalized=True),
-                                D.jsd(p, q, 0.3, normalized=True))
+  np.testing.assert_array_equal(
+    D.token_divergence("jsd", p, q, beta=0.3, normalized=True), D.jsd(p, q, 0.3, normalized=True)
+  )
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -271,21 +285,29 @@ def test_gradients_match_float64_finite_differences(beta):
     for index in np.ndindex(SHAPE):
       step = np.zeros(SHAPE)
       step[index] = h
-      numeric[index] = (_reference(p, q + step, beta)[name].sum()
-                        - _reference(p, q - step, beta)[name].sum()) / (2 * h)
+      numeric[index] = (
+        _reference(p, q + step, beta)[name].sum() - _reference(p, q - step, beta)[name].sum()
+      ) / (2 * h)
     np.testing.assert_allclose(out["grad_" + name], numeric, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 # ----------------------------------------------------------------------------- reductions
 
-_REDUCTIONS = jax.jit(lambda values, mask: (
-    D.per_token_mean(values, mask), D.per_sequence_mean(values, mask),
-    jax.grad(D.per_token_mean)(values, mask), jax.grad(D.per_sequence_mean)(values, mask)))
+_REDUCTIONS = jax.jit(
+  lambda values, mask: (
+    D.per_token_mean(values, mask),
+    D.per_sequence_mean(values, mask),
+    jax.grad(D.per_token_mean)(values, mask),
+    jax.grad(D.per_sequence_mean)(values, mask),
+  )
+)
 
 
 @settings(max_examples=50, deadline=None)
-@given(hnp.arrays(np.float32, (3, 5), elements=st.floats(-10, 10, width=32)),
-       hnp.arrays(np.bool_, (3, 5)))
+@given(
+  hnp.arrays(np.float32, (3, 5), elements=st.floats(-10, 10, width=32)),
+  hnp.arrays(np.bool_, (3, 5)),
+)
 def test_reductions_ignore_padding_even_if_nan(values, mask):
   poisoned = values.copy()
   poisoned[~mask] = np.where(np.arange((~mask).sum()) % 2, np.nan, np.inf)

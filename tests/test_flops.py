@@ -10,15 +10,18 @@ from th_distill.flops import distill_flops, forward_flops, generation_flops, tra
 from th_distill.models import T5, init_params, t5_config
 
 
-@pytest.mark.parametrize("overrides, input_length, target_length", [
-    (dict(), 16, 8), (dict(num_decoder_layers=3, d_ff=96), 24, 40)])
+@pytest.mark.parametrize(
+  "overrides, input_length, target_length",
+  [(dict(), 16, 8), (dict(num_decoder_layers=3, d_ff=96), 24, 40)],
+)
 def test_forward_flops_match_xla_cost_analysis(overrides, input_length, target_length):
   cfg = t5_config("tiny", **overrides)
   model = T5(cfg)
   params = jax.eval_shape(lambda: nn.unbox(init_params(model, jax.random.PRNGKey(0))))
   forward = jax.jit(lambda p, a, b: model.apply({"params": p}, a, b))
-  compiled = forward.lower(params, jnp.ones((2, input_length), jnp.int32),
-                           jnp.ones((2, target_length), jnp.int32)).compile()
+  compiled = forward.lower(
+    params, jnp.ones((2, input_length), jnp.int32), jnp.ones((2, target_length), jnp.int32)
+  ).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   # XLA also counts element-wise work (norms, softmax, GELU): a few percent more.
@@ -34,4 +37,5 @@ def test_generation_and_distillation_counts():
   masked_half = student.num_decoder_layers * 4 * a * (lt * lt - lt * (lt + 1) // 2)
   assert generation_flops(student, li, lt) == forward_flops(student, li, lt) - masked_half
   assert distill_flops(student, teacher, li, lt) == (
-      train_flops(student, li, lt) + forward_flops(teacher, li, lt))
+    train_flops(student, li, lt) + forward_flops(teacher, li, lt)
+  )

@@ -9,17 +9,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from th_distill.models import T5, init_params, shift_right
-from th_distill.models import hf_convert
+from th_distill.models import T5, hf_convert, init_params, shift_right
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-HF_CONFIG = dict(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2,
-                 num_decoder_layers=3, relative_attention_num_buckets=8,
-                 relative_attention_max_distance=20, feed_forward_proj="gated-gelu",
-                 tie_word_embeddings=False, dropout_rate=0.0, decoder_start_token_id=0,
-                 pad_token_id=0, eos_token_id=1)
+HF_CONFIG = dict(
+  vocab_size=96,
+  d_model=32,
+  d_kv=8,
+  d_ff=48,
+  num_heads=4,
+  num_layers=2,
+  num_decoder_layers=3,
+  relative_attention_num_buckets=8,
+  relative_attention_max_distance=20,
+  feed_forward_proj="gated-gelu",
+  tie_word_embeddings=False,
+  dropout_rate=0.0,
+  decoder_start_token_id=0,
+  pad_token_id=0,
+  eos_token_id=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +93,11 @@ def _step_by_step(model, params, tokens, decoder_inputs):
 def test_forward_logits_equal_transformers(hf_model, converted):
   tokens, decoder_inputs = _inputs()
   with torch.no_grad():
-    hf = hf_model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(tokens != 0),
-                  decoder_input_ids=torch.tensor(decoder_inputs)).logits.numpy()
+    hf = hf_model(
+      input_ids=torch.tensor(tokens),
+      attention_mask=torch.tensor(tokens != 0),
+      decoder_input_ids=torch.tensor(decoder_inputs),
+    ).logits.numpy()
   np.testing.assert_allclose(_forward(*converted, tokens, decoder_inputs), hf, atol=1e-4, rtol=0)
 
 
@@ -95,12 +109,17 @@ def test_incremental_decoding_equals_transformers(hf_model, converted):
     encoder_out = hf_model.get_encoder()(input_ids=torch.tensor(tokens), attention_mask=mask)
     past = None
     for t, logits in enumerate(ours):
-      out = hf_model(encoder_outputs=encoder_out, attention_mask=mask,
-                     decoder_input_ids=torch.tensor(decoder_inputs[:, t:t + 1]),
-                     past_key_values=past, use_cache=True)
+      out = hf_model(
+        encoder_outputs=encoder_out,
+        attention_mask=mask,
+        decoder_input_ids=torch.tensor(decoder_inputs[:, t : t + 1]),
+        past_key_values=past,
+        use_cache=True,
+      )
       past = out.past_key_values
-      np.testing.assert_allclose(logits, out.logits[:, 0].numpy(), atol=1e-4, rtol=0,
-                                 err_msg=f"step {t}")
+      np.testing.assert_allclose(
+        logits, out.logits[:, 0].numpy(), atol=1e-4, rtol=0, err_msg=f"step {t}"
+      )
 
 
 def test_step_by_step_decoding_equals_teacher_forcing(converted):
@@ -131,7 +150,8 @@ def test_checkpoint_directory_loads_to_the_same_params(hf_model, converted, tmp_
   assert cfg == model.cfg
   if fmt == "bfloat16":
     expected = jax.tree_util.tree_map(
-        lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), expected)
+      lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), expected
+    )
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, expected)
 
 
@@ -151,7 +171,8 @@ def test_round_trip_is_exact(hf_model, converted):
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, ours)
   # The converted tree is exactly the model's own.
   shapes = jax.tree_util.tree_map(
-      lambda x: x.shape, nn.unbox(jax.eval_shape(init_params, model, jax.random.PRNGKey(0))))
+    lambda x: x.shape, nn.unbox(jax.eval_shape(init_params, model, jax.random.PRNGKey(0)))
+  )
   assert jax.tree_util.tree_map(lambda x: x.shape, params) == shapes
 
 
@@ -160,22 +181,29 @@ def test_errors_name_the_problem(hf_model, converted):
   state = dict(hf_model.state_dict())
   key = "decoder.block.1.layer.1.EncDecAttention.k.weight"
   bad = {**state, key: state[key][:, :-1]}
-  with pytest.raises(ValueError, match=rf"{key.replace('.', '[.]')}: shape \(32, 31\), "
-                                       r"expected \(32, 32\)"):
+  with pytest.raises(
+    ValueError,
+    match=rf"{key.replace('.', '[.]')}: shape \(32, 31\), "
+    r"expected \(32, 32\)",
+  ):
     hf_convert.params_from_hf_state_dict(bad, cfg)
   missing = "encoder.block.1.layer.1.layer_norm.weight"
   with pytest.raises(ValueError, match=missing.replace(".", "[.]")):
     hf_convert.params_from_hf_state_dict({k: v for k, v in state.items() if k != missing}, cfg)
   with pytest.raises(ValueError, match="unexpected.*decoder[.]block[.]3"):
     hf_convert.params_from_hf_state_dict(
-        {**state, "decoder.block.3.layer.2.layer_norm.weight": state[missing]}, cfg)
+      {**state, "decoder.block.3.layer.2.layer_norm.weight": state[missing]}, cfg
+    )
   with pytest.raises(ValueError, match="feed_forward_proj.*gated-gelu"):
     hf_convert.config_from_hf({**HF_CONFIG, "feed_forward_proj": "relu"})
   with pytest.raises(ValueError, match="tie_word_embeddings"):
     hf_convert.config_from_hf({**HF_CONFIG, "tie_word_embeddings": True})
   with pytest.raises(ValueError, match="tie_word_embeddings"):  # original T5 via transformers 5
-    hf_convert.config_from_hf(transformers.T5Config(**{**HF_CONFIG, "tie_word_embeddings": True,
-                                                       "feed_forward_proj": "gated-gelu"}))
+    hf_convert.config_from_hf(
+      transformers.T5Config(
+        **{**HF_CONFIG, "tie_word_embeddings": True, "feed_forward_proj": "gated-gelu"}
+      )
+    )
   with pytest.raises(FileNotFoundError, match="config.json.*model.safetensors"):
     hf_convert.load_hf_checkpoint("/nonexistent/t5")
 

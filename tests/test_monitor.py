@@ -19,11 +19,11 @@ STEPS = np.unique(np.rint(np.geomspace(1, 3000, 45))).astype(int)
 def _rows():
   """A proxy that falls as 0.8 t^-0.15 and from step 300 on at a fifth of that rate (what the
   default 'slowdown' rule fires on), and a golden curve with its minimum at step 144."""
-  proxy = np.where(STEPS <= 300, 0.8 * STEPS ** -0.15,
-                   0.8 * 300 ** -0.15 * (STEPS / 300) ** -0.03)
+  proxy = np.where(STEPS <= 300, 0.8 * STEPS**-0.15, 0.8 * 300**-0.15 * (STEPS / 300) ** -0.03)
   golden = 1.5 + np.abs(np.log(STEPS / 144.0)) / 10
-  return [{"step": int(s), PROXY: float(p), GOLDEN: float(g)}
-          for s, p, g in zip(STEPS, proxy, golden)]
+  return [
+    {"step": int(s), PROXY: float(p), GOLDEN: float(g)} for s, p, g in zip(STEPS, proxy, golden)
+  ]
 
 
 def _params(step):
@@ -87,10 +87,20 @@ def test_pipeline_stops_when_the_detector_fires(micro, tmp_path):
   micro.eval_every = 1
   micro.checkpoint_every = 100
   # A hair-trigger detector, so that it fires within a micro run.
-  micro.detection.update(dict(rule="departure", min_step=0, min_fit_points=4, patience=1,
-                              window=1000.0, threshold=1e-9, noise_floor=0.0, direction="both",
-                              on_detect="stop",
-                              keep=("best_golden", "best_predicted")))
+  micro.detection.update(
+    dict(
+      rule="departure",
+      min_step=0,
+      min_fit_points=4,
+      patience=1,
+      window=1000.0,
+      threshold=1e-9,
+      noise_floor=0.0,
+      direction="both",
+      on_detect="stop",
+      keep=("best_golden", "best_predicted"),
+    )
+  )
   summary = experiment.run(micro, str(tmp_path))
   rows = read_metrics(str(tmp_path / "offline" / "metrics.jsonl"))
   s = summary["regimes"]["offline"]
@@ -99,13 +109,16 @@ def test_pipeline_stops_when_the_detector_fires(micro, tmp_path):
   done = checkpoints.read_json(str(tmp_path / "offline" / "done.json"))
   assert done["stopped_by_detector"] and done["steps"] == s["detected_step"]
   assert os.path.isdir(tmp_path / "offline" / "checkpoints" / str(s["detected_step"]))
-  assert checkpoints.read_json(str(tmp_path / "offline" / "best_predicted.json"))["step"] == (
-      s["best_predicted_step"])
+  assert (
+    checkpoints.read_json(str(tmp_path / "offline" / "best_predicted.json"))["step"]
+    == (s["best_predicted_step"])
+  )
   assert os.path.isdir(tmp_path / "offline" / "best_golden")
 
 
 def test_unknown_detector_fields_are_config_errors(micro):
   from th_distill import config as config_lib
+
   micro.detection.metric = "eval_teacher/proxy/kl"
   micro.detection.keep = ("best",)
   micro.detection.law = "cubic"

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import write_micro_config_file
+
 from th_distill import checkpoints, experiment
 from th_distill.config import load_config_file
 from th_distill.metrics_io import read_metrics
@@ -38,13 +38,29 @@ def test_two_processes_match_one(tmp_path):
   port = _free_port()
   processes = []
   for process_id in range(2):
-    env = {**os.environ, ENV_COORDINATOR: f"localhost:{port}", ENV_NUM_PROCESSES: "2",
-           ENV_PROCESS_ID: str(process_id), "JAX_PLATFORMS": "cpu"}
+    env = {
+      **os.environ,
+      ENV_COORDINATOR: f"localhost:{port}",
+      ENV_NUM_PROCESSES: "2",
+      ENV_PROCESS_ID: str(process_id),
+      "JAX_PLATFORMS": "cpu",
+    }
     env.pop("XLA_FLAGS", None)
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "th_distill.main", f"--config={config_path}",
-         f"--workdir={workdir}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True))
+    processes.append(
+      subprocess.Popen(
+        [
+          sys.executable,
+          "-m",
+          "th_distill.main",
+          f"--config={config_path}",
+          f"--workdir={workdir}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
+    )
   outputs = [p.communicate(timeout=900)[0] for p in processes]
   for p, output in zip(processes, outputs):
     assert p.returncode == 0, output
@@ -55,13 +71,15 @@ def test_two_processes_match_one(tmp_path):
   info = checkpoints.read_json(os.path.join(workdir, "stage1", "info.json"))
   np.testing.assert_allclose(info["oracle"]["entropy"], ref_info["oracle"]["entropy"], rtol=1e-5)
   for regime in REGIMES:
-    ref_rows, rows = (read_metrics(os.path.join(d, regime, "metrics.jsonl"))
-                      for d in (reference, workdir))
+    ref_rows, rows = (
+      read_metrics(os.path.join(d, regime, "metrics.jsonl")) for d in (reference, workdir)
+    )
     assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]
     for ref_row, row in zip(ref_rows, rows):
       for key, value in ref_row.items():
         if not key.startswith(UNTIMED + DERIVED):
-          np.testing.assert_allclose(row[key], value, rtol=2e-4, atol=1e-5,
-                                     err_msg=f"{regime} step {row['step']} {key}")
+          np.testing.assert_allclose(
+            row[key], value, rtol=2e-4, atol=1e-5, err_msg=f"{regime} step {row['step']} {key}"
+          )
   for name in ("summary.json", "report.md", "config.json"):
     assert os.path.exists(os.path.join(workdir, name))

@@ -29,8 +29,9 @@ def _code(nb):
 
 
 def test_notebooks_are_committed_without_outputs():
-  assert sorted(f[:-len(".ipynb")] for f in os.listdir(COLAB) if f.endswith(".ipynb")) == sorted(
-      NOTEBOOKS)
+  assert sorted(f[: -len(".ipynb")] for f in os.listdir(COLAB) if f.endswith(".ipynb")) == sorted(
+    NOTEBOOKS
+  )
   for name in NOTEBOOKS:
     nb = _read(name)
     nbformat.validate(nb)
@@ -53,10 +54,12 @@ def test_every_notebook_installs_and_reads_the_small_flag_first():
 def test_detecting_hacking_builds_the_quickstarts_study():
   def study(name):
     text = "\n".join(_code(_read(name)))
-    found = re.findall(r"# --- the quickstart's study ---\n.*?# --- end of the quickstart's study",
-                       text, re.S)
+    found = re.findall(
+      r"# --- the quickstart's study ---\n.*?# --- end of the quickstart's study", text, re.S
+    )
     assert len(found) == 1, name
     return found[0]
+
   assert study("detecting_hacking") == study("quickstart")
 
 
@@ -77,11 +80,12 @@ def test_the_repository_url_is_defined_once_and_everything_agrees():
     nb = _read(name)
     assert f'REPO_URL = "{url}"  # @param {{type:"string"}}' in _code(nb)[0], name
     # A committed figure near the top, from the same repository, so GitHub shows a result.
-    images = re.findall(r"!\[[^]]*\]\((\S+)\)", "\n".join(c.source for c in nb.cells[:3]
-                                                         if c.cell_type == "markdown"))
+    images = re.findall(
+      r"!\[[^]]*\]\((\S+)\)", "\n".join(c.source for c in nb.cells[:3] if c.cell_type == "markdown")
+    )
     prefix = f"https://raw.githubusercontent.com/{repo}/main/"
     assert len(images) == 1 and images[0].startswith(prefix), (name, images)
-    assert os.path.isfile(os.path.join(ROOT, images[0][len(prefix):])), images[0]
+    assert os.path.isfile(os.path.join(ROOT, images[0][len(prefix) :])), images[0]
 
 
 def test_library_tour_installs_the_hf_extra_before_importing_torch():
@@ -96,9 +100,15 @@ def _execute(names, tmp_path, monkeypatch):
   # A kernel spec that starts this interpreter (the test venv), whatever else is installed.
   spec = tmp_path / "jupyter" / "kernels" / KERNEL
   spec.mkdir(parents=True)
-  (spec / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": "th_distill tests", "language": "python"}))
+  (spec / "kernel.json").write_text(
+    json.dumps(
+      {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "th_distill tests",
+        "language": "python",
+      }
+    )
+  )
   monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
   monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
   monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
@@ -110,8 +120,13 @@ def _execute(names, tmp_path, monkeypatch):
   for name in names:
     cwd = tmp_path / name
     cwd.mkdir()
-    client = nbclient.NotebookClient(_read(name), kernel_name=KERNEL, timeout=600,
-                                     startup_timeout=180, resources={"metadata": {"path": str(cwd)}})
+    client = nbclient.NotebookClient(
+      _read(name),
+      kernel_name=KERNEL,
+      timeout=600,
+      startup_timeout=180,
+      resources={"metadata": {"path": str(cwd)}},
+    )
     start = time.time()
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
     seconds[name] = round(time.time() - start, 1)

@@ -12,10 +12,12 @@ from th_distill.sampling import sample
 
 
 def test_self_times_subtract_nested_events_per_thread():
-  events = [dict(name="outer", ts=0, dur=100, pid=1, tid=1),
-            dict(name="inner", ts=10, dur=30, pid=1, tid=1),
-            dict(name="inner", ts=50, dur=10, pid=1, tid=1),
-            dict(name="other_thread", ts=0, dur=30, pid=1, tid=2)]
+  events = [
+    dict(name="outer", ts=0, dur=100, pid=1, tid=1),
+    dict(name="inner", ts=10, dur=30, pid=1, tid=1),
+    dict(name="inner", ts=50, dur=10, pid=1, tid=1),
+    dict(name="other_thread", ts=0, dur=30, pid=1, tid=2),
+  ]
   assert op_profile._self_times(events) == {"outer": 60, "inner": 40, "other_thread": 30}
 
 
@@ -32,7 +34,8 @@ def test_decode_step_bytes_counts_decoder_weights_output_layer_and_caches():
   cache = (64 * 64 + 36 * 100) / 100
   expected = 4 * (weights + kv_per_position * (input_length + cache))
   assert op_profile.decode_step_bytes(cfg, params, batch, input_length, 100) == pytest.approx(
-      expected)
+    expected
+  )
 
 
 def test_sampler_operations_fall_into_the_model_kinds():
@@ -43,8 +46,12 @@ def test_sampler_operations_fall_into_the_model_kinds():
   key = jax.random.PRNGKey(1)
   compiled = sample.lower(model, params, prompts, key, max_length=4).compile()
   kinds = op_profile.profile(compiled, lambda: compiled(params, prompts, key))
-  for kind in ("matmul: MLP", "matmul: attention projections",
-               "matmul: attention scores and mixing", "matmul: output layer",
-               "sampling: random numbers, Gumbel noise, draw"):
+  for kind in (
+    "matmul: MLP",
+    "matmul: attention projections",
+    "matmul: attention scores and mixing",
+    "matmul: output layer",
+    "sampling: random numbers, Gumbel noise, draw",
+  ):
     assert kinds.get(kind, 0) > 0, (kind, kinds)
   assert "matmul: other" not in kinds

@@ -25,8 +25,9 @@ def test_paired_difference_matches_scipys_paired_t_test():
 
 
 def test_seed_noise_decides_not_the_size_of_the_difference():
-  small_consistent = paired.compare(_arm([1.01, 2.01, 3.01]), _arm([1.0, 2.0, 3.0005]),
-                                    "golden_final")
+  small_consistent = paired.compare(
+    _arm([1.01, 2.01, 3.01]), _arm([1.0, 2.0, 3.0005]), "golden_final"
+  )
   large_noisy = paired.compare(_arm([1.5, 1.0, 3.0]), _arm([1.0, 1.6, 2.5]), "golden_final")
   assert small_consistent["exceeds_seed_noise"] and not large_noisy["exceeds_seed_noise"]
 

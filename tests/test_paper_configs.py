@@ -13,10 +13,12 @@ pytest.importorskip("seqio")
 pytest.importorskip("tensorflow_datasets")
 
 import real_task_data  # noqa: E402
-from th_distill import checkpoints, config as config_lib, experiment  # noqa: E402
-from th_distill.stages.programs import Models  # noqa: E402
+
+from th_distill import checkpoints, experiment  # noqa: E402
+from th_distill import config as config_lib
 from th_distill.metrics_io import read_metrics  # noqa: E402
 from th_distill.partitioning import Partitioner  # noqa: E402
+from th_distill.stages.programs import Models  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -30,8 +32,15 @@ def test_every_config_is_covered():
 def _shrink(config, tmp_path):
   """Small models, lengths, pools and step counts, one optimiser and memory setting; the rest
   as the file sets it. Returns the config and the parameters of the checkpoints it loads."""
-  small = dict(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_heads=2, num_encoder_layers=1,
-               num_decoder_layers=1)
+  small = dict(
+    vocab_size=VOCAB,
+    d_model=16,
+    d_kv=4,
+    d_ff=32,
+    num_heads=2,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+  )
   for name in ("oracle", "teacher", "student"):
     config[name].model = config_lib.model_config("tiny", **small)
   config.task.update(vocab_size=VOCAB, prompt_length=24, response_length=8)
@@ -55,7 +64,8 @@ def _shrink(config, tmp_path):
     for seed, name in enumerate(("oracle", "teacher", "student")):
       config[name].checkpoint = str(tmp_path / name)
       written[name] = real_task_data.write_hf_checkpoint(
-          config[name].checkpoint, config_lib.to_t5_config(config[name].model), seed)
+        config[name].checkpoint, config_lib.to_t5_config(config[name].model), seed
+      )
   return config, written
 
 
@@ -76,7 +86,10 @@ def test_every_config_runs_two_steps(tmp_path):
     assert ("checkpoint" in info["oracle"]) == (config.oracle.source == "checkpoint"), name
     if config.oracle.source == "checkpoint":  # the oracle is the checkpoint, untouched
       model = Models.from_config(config).oracle
-      oracle = checkpoints.load_params(str(workdir / "stage1" / "oracle"),
-                                       Partitioner.from_config(config.mesh).abstract_params(model))
-      jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(oracle),
-                             written["oracle"])
+      oracle = checkpoints.load_params(
+        str(workdir / "stage1" / "oracle"),
+        Partitioner.from_config(config.mesh).abstract_params(model),
+      )
+      jax.tree_util.tree_map(
+        np.testing.assert_array_equal, jax.device_get(oracle), written["oracle"]
+      )

@@ -12,8 +12,12 @@ from th_distill.models import T5, param_count, t5_config
 def test_mesh_shape_takes_the_remaining_devices_and_names_bad_shapes():
   assert partitioning.resolve_mesh_shape(-1, 2, 2, 16) == (4, 2, 2)
   assert partitioning.resolve_mesh_shape(2, -1, 1, 8) == (2, 4, 1)
-  for shape, match in (((3, 1, 1), "needs 3 devices"), ((-1, -1, 1), "at most one"),
-                       ((3, -1, 1), "does not divide"), ((0, 1, 1), "positive")):
+  for shape, match in (
+    ((3, 1, 1), "needs 3 devices"),
+    ((-1, -1, 1), "at most one"),
+    ((3, -1, 1), "does not divide"),
+    ((0, 1, 1), "positive"),
+  ):
     with pytest.raises(ValueError, match=match):
       partitioning.resolve_mesh_shape(*shape, 8)
 
@@ -84,8 +88,12 @@ def test_jit_shares_a_program_only_between_equal_functions_settings_and_rules():
 
   def build(factor, rules=partitioning.DEFAULT_RULES):
     partitioner = partitioning.Partitioner(partitioning.make_mesh(), rules)
-    return partitioner.jit(_scaled, in_shardings=(partitioner.replicated,),
-                           out_shardings=partitioner.replicated, static=(factor,))
+    return partitioner.jit(
+      _scaled,
+      in_shardings=(partitioner.replicated,),
+      out_shardings=partitioner.replicated,
+      static=(factor,),
+    )
 
   np.testing.assert_array_equal(build(2.0)(x), 2 * x)
   np.testing.assert_array_equal(build(2.0)(x), 2 * x)  # another run, same settings: reused

@@ -38,8 +38,13 @@ def test_every_regime_end_to_end(micro, tmp_path, init):
           for suffix in ("", "_seq"):
             value = rows[-1][f"{split}/{ref}/{div}{suffix}"]
             assert np.isfinite(value) and value >= -1e-6
-    for name in ("train/loss", "train/proxy/fkl", "train/golden/rkl", "time/steps_s",
-                 "throughput/train_tokens_per_s"):
+    for name in (
+      "train/loss",
+      "train/proxy/fkl",
+      "train/golden/rkl",
+      "time/steps_s",
+      "throughput/train_tokens_per_s",
+    ):
       assert name in rows[-1]
     assert "train/loss" not in rows[0]  # no training before step 0
     s = summary["regimes"][regime]
@@ -47,15 +52,15 @@ def test_every_regime_end_to_end(micro, tmp_path, init):
     assert s["golden_min"] == pytest.approx(min(golden))
     assert s["golden_final"] == pytest.approx(golden[-1])
     assert s["proxy_final"] == pytest.approx(rows[-1][PROXY])
-    assert s["golden_rise_pct"] == pytest.approx(
-        100 * (golden[-1] - min(golden)) / min(golden))
+    assert s["golden_rise_pct"] == pytest.approx(100 * (golden[-1] - min(golden)) / min(golden))
     best = golden.index(min(golden))
     proxy_change = 100 * (rows[-1][PROXY] - rows[best][PROXY]) / rows[best][PROXY]
     assert s["proxy_at_golden_min"] == pytest.approx(rows[best][PROXY])
     assert s["proxy_change_after_min_pct"] == pytest.approx(proxy_change)
     rises = s["golden_rise_pct"] >= micro.hacking_threshold_pct
-    assert s["outcome"] == ("none" if not rises else
-                            "teacher_hacking" if proxy_change <= 0 else "overfitting")
+    assert s["outcome"] == (
+      "none" if not rises else "teacher_hacking" if proxy_change <= 0 else "overfitting"
+    )
     assert s["hacking"] == (s["outcome"] == "teacher_hacking")
     assert s["train_proxy_final"] == pytest.approx(rows[-1][TRAIN_PROXY])
     assert set(s["views"]) == {f"{d}{x}" for d in ("fkl", "rkl", "jsd") for x in ("", "_seq")}
@@ -85,14 +90,16 @@ def test_offline_dataset_holds_n_prompts_times_k_generations(micro, tmp_path):
   for tokens, mask in zip(data["responses"], data["mask"]):
     valid = int(mask.sum())
     assert np.all(mask[:valid] == 1) and np.all(mask[valid:] == 0)
-    assert np.all(tokens[valid:] == 0) and np.all(tokens[:valid - 1] != 1)  # EOS only last
+    assert np.all(tokens[valid:] == 0) and np.all(tokens[: valid - 1] != 1)  # EOS only last
 
 
 def test_stages_are_cached_and_reused(micro, tmp_path):
   micro.regimes = ("offline",)
   experiment.run(micro, str(tmp_path))
-  stamps = {p: os.path.getmtime(tmp_path / p) for p in
-            ("stage1/info.json", "offline_dataset.npz", "offline/done.json")}
+  stamps = {
+    p: os.path.getmtime(tmp_path / p)
+    for p in ("stage1/info.json", "offline_dataset.npz", "offline/done.json")
+  }
   first = _rows(tmp_path, "offline")
   micro.regimes = ("offline", "online_teacher")
   experiment.run(micro, str(tmp_path))
@@ -123,6 +130,7 @@ def test_resumed_run_matches_uninterrupted_run(micro, tmp_path):
   for step_dir in os.listdir(run_dir / "checkpoints"):
     if step_dir.isdigit() and int(step_dir) > 4:
       import shutil
+
       shutil.rmtree(run_dir / "checkpoints" / step_dir)
   with open(run_dir / "metrics.jsonl") as f:
     lines = f.readlines()
@@ -132,7 +140,10 @@ def test_resumed_run_matches_uninterrupted_run(micro, tmp_path):
   experiment.run(micro, str(partial))
   resumed = _rows(partial, "online_student")
   timing = ("time/", "throughput/")
-  strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(timing)} for r in rows]
+
+  def strip(rows):
+    return [{k: v for k, v in r.items() if not k.startswith(timing)} for r in rows]
+
   assert strip(resumed) == strip(expected)
 
 
@@ -144,8 +155,9 @@ def test_memory_settings_run_end_to_end_and_barely_change_the_metrics(micro, tmp
   micro.sequence_chunks = 2
   micro.student.micro_batches = 2
   experiment.run(micro, str(tmp_path / "lean"))
-  for ref_row, row in zip(_rows(tmp_path / "default", "online_teacher"),
-                          _rows(tmp_path / "lean", "online_teacher")):
+  for ref_row, row in zip(
+    _rows(tmp_path / "default", "online_teacher"), _rows(tmp_path / "lean", "online_teacher")
+  ):
     assert row["step"] == ref_row["step"]
     # bfloat16 weights shift the teacher's and oracle's logits by ~1e-2 relative.
     np.testing.assert_allclose(row[GOLDEN], ref_row[GOLDEN], rtol=0.05)
@@ -157,8 +169,9 @@ def test_online_prompts_come_from_the_configured_source(micro, source):
   micro.online.prompts = source
   pools = pool_lib.prompt_pools(micro)
   prompts = pool_lib.online_prompts(micro, pools)
-  expected = (pools["distill"][:micro.offline.num_prompts] if source == "offline"
-              else pools["distill"])
+  expected = (
+    pools["distill"][: micro.offline.num_prompts] if source == "offline" else pools["distill"]
+  )
   np.testing.assert_array_equal(prompts, expected)
 
 
@@ -174,4 +187,4 @@ def test_online_regime_trains_on_the_offline_prompts_by_default(micro, monkeypat
   monkeypatch.setattr(regime_lib, "online_batches", recording)
   experiment.run(micro, str(tmp_path))
   pools = pool_lib.prompt_pools(micro)
-  np.testing.assert_array_equal(seen[0], pools["distill"][:micro.offline.num_prompts])
+  np.testing.assert_array_equal(seen[0], pools["distill"][: micro.offline.num_prompts])

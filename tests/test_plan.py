@@ -15,20 +15,22 @@ import sys
 
 import pytest
 
-from th_distill import config as config_lib, memory, plan
+from th_distill import config as config_lib
+from th_distill import memory, plan
 from th_distill.models import T5, t5_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIGS = ("xsum_large_to_base", "wmt", "natural_instructions")
-LAYERS = 2           # encoder and decoder layers of every model in the compiled tests
-MESH = (1, 8, 2)     # 16 devices: fsdp and model parallelism together
-FSDP = (4, 8, 16)    # the distillation step on (1, f, 1) for each f
+LAYERS = 2  # encoder and decoder layers of every model in the compiled tests
+MESH = (1, 8, 2)  # 16 devices: fsdp and model parallelism together
+FSDP = (4, 8, 16)  # the distillation step on (1, f, 1) for each f
 
 
 def paper_config(name: str):
   """A paper config as `th_distill.plan` plans it, with every model cut to `LAYERS` + `LAYERS`."""
-  config = plan.planning_config(config_lib.load_config_file(
-      os.path.join(REPO, "configs", f"{name}.py")))
+  config = plan.planning_config(
+    config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
+  )
   for model in ("oracle", "teacher", "student"):
     config[model].model.update(num_encoder_layers=LAYERS, num_decoder_layers=LAYERS)
   return config
@@ -37,8 +39,9 @@ def paper_config(name: str):
 def _compile_on_16_devices(out_path: str) -> None:
   """Run as a script under 16 forced devices: writes {config: {programs, layouts, fsdp}}."""
   import jax  # noqa: F401  (the backend starts with the forced devices)
-  from th_distill.stages.programs import Models
+
   from th_distill.partitioning import Partitioner, make_mesh
+  from th_distill.stages.programs import Models
 
   results = {}
   for name in PAPER_CONFIGS:
@@ -47,11 +50,15 @@ def _compile_on_16_devices(out_path: str) -> None:
     partitioner = Partitioner(make_mesh(*MESH))
     models = Models.from_config(config)
     # {model: {parameter: [global shape, shard shape]}} as the run places them.
-    layouts = {model: {jax.tree_util.keystr(path): [list(s.shape),
-                                                    list(s.sharding.shard_shape(s.shape))]
-                       for path, s in jax.tree_util.tree_leaves_with_path(
-                           partitioner.abstract_params(getattr(models, model)))}
-               for model in ("oracle", "teacher", "student")}
+    layouts = {
+      model: {
+        jax.tree_util.keystr(path): [list(s.shape), list(s.sharding.shard_shape(s.shape))]
+        for path, s in jax.tree_util.tree_leaves_with_path(
+          partitioner.abstract_params(getattr(models, model))
+        )
+      }
+      for model in ("oracle", "teacher", "student")
+    }
     results[name] = {"programs": {p.name: p.__dict__ for p in plans}, "layouts": layouts}
   config = paper_config("xsum_large_to_base")
   results["fsdp"] = {f: plan.plan(config, (1, f, 1), ["distill_step"])[0].__dict__ for f in FSDP}
@@ -63,10 +70,18 @@ def _compile_on_16_devices(out_path: str) -> None:
 def test_paper_configs_compile_on_simulated_meshes(tmp_path):
   """One test, so that the compilations (minutes) run once, on one worker, under `-n 2`."""
   out = tmp_path / "plans.json"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=16",
-         "JAX_PLATFORMS": "cpu"}
-  subprocess.run([sys.executable, os.path.abspath(__file__), str(out)], check=True, env=env,
-                 cwd=REPO, timeout=1800)
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=16",
+    "JAX_PLATFORMS": "cpu",
+  }
+  subprocess.run(
+    [sys.executable, os.path.abspath(__file__), str(out)],
+    check=True,
+    env=env,
+    cwd=REPO,
+    timeout=1800,
+  )
   compiled = json.loads(out.read_text())
   for name in PAPER_CONFIGS:
     _check_programs(compiled, name)
@@ -96,8 +111,9 @@ def _check_programs(compiled, name):
 def _check_layout(compiled, name):
   """Every parameter is split as the rules say (no large tensor left whole)."""
   config = paper_config(name)
-  models = {m: T5(config_lib.to_t5_config(config[m].model)) for m in ("oracle", "teacher",
-                                                                      "student")}
+  models = {
+    m: T5(config_lib.to_t5_config(config[m].model)) for m in ("oracle", "teacher", "student")
+  }
   mesh_shape = dict(zip(("data", "fsdp", "model"), MESH))
   for model, layout in compiled[name]["layouts"].items():
     assert plan.dropped_axes(models[model], mesh_shape) == [], model
@@ -113,8 +129,10 @@ def _check_layout(compiled, name):
 
 def _check_memory_against_fsdp(compiled):
   """The distillation step's memory per device falls as fsdp grows, within 25% of memory.py."""
-  totals = [compiled["fsdp"][str(f)]["argument_bytes"] + compiled["fsdp"][str(f)]["temp_bytes"]
-            for f in FSDP]
+  totals = [
+    compiled["fsdp"][str(f)]["argument_bytes"] + compiled["fsdp"][str(f)]["temp_bytes"]
+    for f in FSDP
+  ]
   assert totals == sorted(totals, reverse=True) and totals[-1] < totals[0] / 2, totals
   config = paper_config("xsum_large_to_base")
   for f in FSDP:
@@ -124,13 +142,15 @@ def _check_memory_against_fsdp(compiled):
 
 
 def test_collectives_are_counted_with_their_result_bytes():
-  hlo = "\n".join([
+  hlo = "\n".join(
+    [
       "  %all-gather.1 = f32[16,64]{1,0} all-gather(f32[2,64]{1,0} %p), dimensions={0}",
       "  %ar = (bf16[8]{0}, f32[4,4]{1,0}) all-reduce(%a, %b), to_apply=%add",
       "  %ags = (f32[2,8]{1,0}, f32[16,8]{1,0}) all-gather-start(f32[2,8]{1,0} %q)",
       "  %agd = f32[16,8]{1,0} all-gather-done(%ags)",
       "  %fusion = f32[4]{0} fusion(%all-reduce.3), kind=kLoop",
-  ])
+    ]
+  )
   found = plan.collectives(hlo)
   assert found["all-gather"] == (2, 16 * 64 * 4 + 16 * 8 * 4)
   assert found["all-reduce"] == (1, 8 * 2 + 16 * 4)
@@ -138,7 +158,7 @@ def test_collectives_are_counted_with_their_result_bytes():
 
 
 def test_a_rule_that_cannot_apply_is_named():
-  base = T5(t5_config("base", vocab_size=32128))   # 12 heads do not split 8 ways
+  base = T5(t5_config("base", vocab_size=32128))  # 12 heads do not split 8 ways
   problems = plan.dropped_axes(base, {"data": 1, "fsdp": 1, "model": 8})
   assert problems and all("heads not split over model (8)" in p for p in problems)
   assert plan.dropped_axes(base, {"data": 1, "fsdp": 16, "model": 4}) == []
@@ -149,20 +169,30 @@ def test_paper_configs_plan_without_their_data_files():
     config = paper_config(name)
     config_lib.validate(config)  # no vocabulary, TFDS directory or checkpoint needed
     assert (config.task.prompt_length, config.task.vocab_size) == (
-        config_lib.load_config_file(f"{REPO}/configs/{name}.py").task.prompt_length, 32128)
+      config_lib.load_config_file(f"{REPO}/configs/{name}.py").task.prompt_length,
+      32128,
+    )
 
 
 def _plan_cli(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "th_distill.plan", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "th_distill.plan", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--mesh=1,16,2", "--devices=16"], "--mesh=1,16,2 uses 32 devices, but the target has 16"),
     (["--mesh=1,64,1"], "data x fsdp = 64 must divide student.batch_size = 32"),
     (["--devices=48"], "data x fsdp = 48 does not divide teacher.batch_size = 32"),
     (["--mesh=1,1"], "--mesh=1,1: must be three positive integers"),
-])
+  ],
+)
 def test_a_mesh_that_does_not_fit_is_refused_in_one_line(args, message):
   result = _plan_cli("--config=configs/xsum_large_to_base.py", *args)
   lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -173,8 +203,13 @@ def test_a_mesh_that_does_not_fit_is_refused_in_one_line(args, message):
 @pytest.mark.slow
 def test_the_command_prints_and_writes_the_plan(tmp_path):
   out = tmp_path / "plan.json"
-  result = _plan_cli("--config=configs/tiny.py", "--devices=8", "--config.mesh.fsdp=4",
-                     "--programs=distill_step", f"--json={out}")
+  result = _plan_cli(
+    "--config=configs/tiny.py",
+    "--devices=8",
+    "--config.mesh.fsdp=4",
+    "--programs=distill_step",
+    f"--json={out}",
+  )
   assert result.returncode == 0, result.stderr
   assert "on mesh (data, fsdp, model) = (2, 4, 1)" in result.stdout
   (row,) = [line for line in result.stdout.splitlines() if line.startswith("| distill_step")]

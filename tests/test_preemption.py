@@ -11,8 +11,8 @@ import time
 
 import jax.numpy as jnp
 import pytest
-
 from conftest import write_micro_config_file
+
 from th_distill import checkpoints, errors, experiment
 from th_distill.config import load_config_file
 from th_distill.metrics_io import read_metrics
@@ -22,14 +22,19 @@ UNTIMED = ("time/", "throughput/")
 
 
 def _rows(workdir):
-  return [{k: v for k, v in row.items() if not k.startswith(UNTIMED)}
-          for row in read_metrics(os.path.join(workdir, REGIME, "metrics.jsonl"))]
+  return [
+    {k: v for k, v in row.items() if not k.startswith(UNTIMED)}
+    for row in read_metrics(os.path.join(workdir, REGIME, "metrics.jsonl"))
+  ]
 
 
 def _start(config_path, workdir):
-  return subprocess.Popen([sys.executable, "-m", "th_distill.main", f"--config={config_path}",
-                           f"--workdir={workdir}"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [sys.executable, "-m", "th_distill.main", f"--config={config_path}", f"--workdir={workdir}"],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _wait_for_step(workdir, step, process, timeout=600):
@@ -47,8 +52,12 @@ def _wait_for_step(workdir, step, process, timeout=600):
 @pytest.mark.slow
 def test_sigterm_then_sigkill_then_resume_logs_the_uninterrupted_metrics(tmp_path):
   config_path = write_micro_config_file(
-      tmp_path / "config.py", f"c.regimes = ({REGIME!r},)", "c.student.steps = 400",
-      "c.eval_every = 10", "c.checkpoint_every = 25")
+    tmp_path / "config.py",
+    f"c.regimes = ({REGIME!r},)",
+    "c.student.steps = 400",
+    "c.eval_every = 10",
+    "c.checkpoint_every = 25",
+  )
   reference = str(tmp_path / "reference")
   experiment.run(load_config_file(config_path), reference)
   expected = _rows(reference)

@@ -11,12 +11,14 @@ import pytest
 pytest.importorskip("safetensors")
 
 import real_task_data  # noqa: E402
-from th_distill import config as config_lib, experiment  # noqa: E402
+
+from th_distill import config as config_lib  # noqa: E402
+from th_distill import experiment
+from th_distill.data.vocabularies import SyntheticVocabulary  # noqa: E402
+from th_distill.partitioning import Partitioner  # noqa: E402
 from th_distill.settings import RunSettings  # noqa: E402
 from th_distill.stages import stage1  # noqa: E402
 from th_distill.stages.programs import Models, Programs  # noqa: E402
-from th_distill.data.vocabularies import SyntheticVocabulary  # noqa: E402
-from th_distill.partitioning import Partitioner  # noqa: E402
 
 
 def _write(micro, tmp_path, name, seed=0, **overrides):
@@ -27,8 +29,9 @@ def _write(micro, tmp_path, name, seed=0, **overrides):
 
 
 def _programs(micro):
-  return Programs(Models.from_config(micro), RunSettings.from_config(micro),
-                  Partitioner.from_config(micro.mesh))
+  return Programs(
+    Models.from_config(micro), RunSettings.from_config(micro), Partitioner.from_config(micro.mesh)
+  )
 
 
 def _assert_config_error(micro, tmp_path, *messages):
@@ -41,14 +44,14 @@ def _assert_config_error(micro, tmp_path, *messages):
 
 
 def test_teacher_and_student_start_from_their_checkpoints(micro, tmp_path):
-  expected = {name: _write(micro, tmp_path, name, seed) for seed, name in
-              enumerate(("teacher", "student"))}
+  expected = {
+    name: _write(micro, tmp_path, name, seed) for seed, name in enumerate(("teacher", "student"))
+  }
   config_lib.validate(micro)
   programs = _programs(micro)
   for name in ("teacher", "student"):
     params = stage1.initial_params(micro, name, programs, jax.random.PRNGKey(0))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(params),
-                           expected[name])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(params), expected[name])
 
 
 def test_t5x_checkpoint_loads_exactly_and_a_misfit_names_the_parameter(micro, tmp_path):
@@ -61,17 +64,24 @@ def test_t5x_checkpoint_loads_exactly_and_a_misfit_names_the_parameter(micro, tm
   micro.teacher.model.d_ff = 48
   micro.teacher.model.num_decoder_layers = 2
   _assert_config_error(
-      micro, tmp_path, "teacher.checkpoint: decoder/layers_0/mlp/wi_0/kernel: shape (16, 32), "
-      "expected (16, 48)", "teacher.checkpoint: decoder/layers_1/mlp/wo/kernel: missing")
+    micro,
+    tmp_path,
+    "teacher.checkpoint: decoder/layers_0/mlp/wi_0/kernel: shape (16, 32), expected (16, 48)",
+    "teacher.checkpoint: decoder/layers_1/mlp/wo/kernel: missing",
+  )
 
 
 def test_architecture_mismatch_names_the_model_field(micro, tmp_path):
   _write(micro, tmp_path, "teacher", d_model=32, d_ff=48)
   micro.oracle.source = "checkpoint"
   _write(micro, tmp_path, "oracle", num_decoder_layers=2)
-  _assert_config_error(micro, tmp_path, "teacher.model.d_model: 16, but 32 in",
-                       "teacher.model.d_ff: 32, but 48 in",
-                       "oracle.model.num_decoder_layers: 1, but 2 in")
+  _assert_config_error(
+    micro,
+    tmp_path,
+    "teacher.model.d_model: 16, but 32 in",
+    "teacher.model.d_ff: 32, but 48 in",
+    "oracle.model.num_decoder_layers: 1, but 2 in",
+  )
 
 
 def test_missing_checkpoint_names_the_field(micro, tmp_path):
@@ -83,6 +93,7 @@ def test_missing_checkpoint_names_the_field(micro, tmp_path):
 
 def test_mis_shaped_tensor_names_the_parameter(micro, tmp_path):
   from safetensors.numpy import load_file, save_file
+
   _write(micro, tmp_path, "student")
   weights = os.path.join(micro.student.checkpoint, "model.safetensors")
   state = load_file(weights)
@@ -91,8 +102,11 @@ def test_mis_shaped_tensor_names_the_parameter(micro, tmp_path):
   save_file(state, weights)
   config_lib.validate(micro)  # config.json still fits: the shapes are checked at load time
   programs = _programs(micro)
-  with pytest.raises(ValueError, match=rf"student\.checkpoint = .* does not fit student\.model: "
-                                       rf"{key}: shape \(16, 31\), expected \(16, 32\)"):
+  with pytest.raises(
+    ValueError,
+    match=rf"student\.checkpoint = .* does not fit student\.model: "
+    rf"{key}: shape \(16, 31\), expected \(16, 32\)",
+  ):
     stage1.initial_params(micro, "student", programs, jax.random.PRNGKey(0))
 
 
@@ -112,29 +126,46 @@ def _seqio_task(micro, **task):
 def test_sentencepiece_vocabulary_checks(micro, tmp_path):
   sentencepiece = pytest.importorskip("sentencepiece")
   from th_distill.data.vocabularies import SentencePieceVocabulary
+
   path = real_task_data.train_sentencepiece(tmp_path)
   vocab = SentencePieceVocabulary(path)
   text = "summarize: the council said"
   assert vocab.decode(vocab.encode(text) + [1, 5, 6]) == text
   # 16 embedding rows (micro) cannot hold 256 pieces.
-  _assert_config_error(_seqio_task(micro, vocabulary=path), tmp_path,
-                       f"task.vocab_size: 16 embedding rows (every model's vocab_size) cannot "
-                       f"hold the {vocab.vocab_size} ids of {path}")
+  _assert_config_error(
+    _seqio_task(micro, vocabulary=path),
+    tmp_path,
+    f"task.vocab_size: 16 embedding rows (every model's vocab_size) cannot "
+    f"hold the {vocab.vocab_size} ids of {path}",
+  )
   # SentencePiece's own defaults (unk 0, bos 1, eos 2, no pad) are not T5's.
   sentencepiece.SentencePieceTrainer.train(
-      input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "default"),
-      vocab_size=64, hard_vocab_limit=False, minloglevel=2)
+    input=str(tmp_path / "corpus.txt"),
+    model_prefix=str(tmp_path / "default"),
+    vocab_size=64,
+    hard_vocab_limit=False,
+    minloglevel=2,
+  )
   micro.task.vocabulary = str(tmp_path / "default.model")
   _assert_config_error(micro, tmp_path, "task.vocabulary:", "pad and EOS ids are (-1, 2)")
 
 
 def test_real_task_fields_are_checked(micro, tmp_path):
-  _assert_config_error(_seqio_task(micro, name="cnn"), tmp_path,
-                       "task.name: 'cnn' is not one of", "task.vocabulary: No SentencePiece model")
-  _assert_config_error(_seqio_task(micro, name="natural_instructions", data_dir=str(tmp_path)),
-                       tmp_path, "task.data_dir:", "holds no task JSON files")
+  _assert_config_error(
+    _seqio_task(micro, name="cnn"),
+    tmp_path,
+    "task.name: 'cnn' is not one of",
+    "task.vocabulary: No SentencePiece model",
+  )
+  _assert_config_error(
+    _seqio_task(micro, name="natural_instructions", data_dir=str(tmp_path)),
+    tmp_path,
+    "task.data_dir:",
+    "holds no task JSON files",
+  )
   micro.task.update(name="wmt14_en_de", data_dir=str(tmp_path / "absent"))
-  _assert_config_error(micro, tmp_path, "task.data_dir:", "is not a directory",
-                       "tfds build wmt14_translate/de-en")
+  _assert_config_error(
+    micro, tmp_path, "task.data_dir:", "is not a directory", "tfds build wmt14_translate/de-en"
+  )
   micro.task.source = "tfds"
   _assert_config_error(micro, tmp_path, "task.source: must be 'synthetic' or 'seqio'")

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import write_micro_config_file
+
 from th_distill import cli, progress, workload
 from th_distill.config import base_config
 
@@ -18,8 +18,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def clock_time(monkeypatch):
   """A settable clock for `progress`: `clock_time.t` seconds."""
+
   class Time:
     t = 0.0
+
   monkeypatch.setattr(progress, "_now", lambda: Time.t)
   return Time
 
@@ -33,12 +35,13 @@ def _advance(phase, name, seconds, times=1):
 def test_eta_leaves_the_first_compiling_unit_out(clock_time):
   _advance.time = clock_time
   sft = progress.Phase("sft", "teacher SFT", [progress.Work("steps", "sft", 100, flops=2.0)])
-  distill = progress.Phase("regime", "regime 1 of 1",
-                           [progress.Work("steps", "distill", 50, flops=4.0)])
+  distill = progress.Phase(
+    "regime", "regime 1 of 1", [progress.Work("steps", "distill", 50, flops=4.0)]
+  )
   clock = progress.RunClock([sft, distill], peak_flops=None, backend="gpu")
   sft.start()
-  _advance(sft, "steps", 30.0)        # the first step compiles: 30 s
-  _advance(sft, "steps", 1.0, 9)      # then 1 s per step
+  _advance(sft, "steps", 30.0)  # the first step compiles: 30 s
+  _advance(sft, "steps", 1.0, 9)  # then 1 s per step
   assert sft.remaining() == (90.0, False)
   # The regime's distillation steps: the SFT's seconds per FLOP until they are timed.
   assert distill.remaining() == (100.0, False)
@@ -53,7 +56,7 @@ def test_untimed_kinds_use_the_matmul_rate_as_a_lower_bound(clock_time):
   assert clock.remaining() == (500.0, True)
   assert "run ETA at least 8 min 20 s" in phase.eta_text()
   phase.start()
-  _advance(phase, "samples", 60.0)    # compiles
+  _advance(phase, "samples", 60.0)  # compiles
   assert clock.remaining() == (999 * 0.5, True)
   _advance(phase, "samples", 0.5, 2)
   assert clock.remaining() == (997 * 0.5, False)
@@ -82,17 +85,26 @@ def test_progress_lines_count_units_with_an_eta(clock_time, caplog):
   lines = [r.getMessage() for r in caplog.records]
   assert lines[0] == "stage 1: teacher SFT: starting (100 steps; 1e+02 FLOP)"
   assert lines[1].startswith("stage 1: teacher SFT: 100 steps, 10.00 s each after the first")
-  assert "stage 1: teacher SFT: 10/100 steps (10%), 1 min 40 s; phase ETA 15 min 00 s, " \
-         "run ETA 15 min 00 s" in lines
+  assert (
+    "stage 1: teacher SFT: 10/100 steps (10%), 1 min 40 s; phase ETA 15 min 00 s, "
+    "run ETA 15 min 00 s" in lines
+  )
 
 
 def test_work_of_the_default_study():
   config = base_config()
   phases = workload.phases(config, data_parallel=1, done={workload.ORACLE_SAMPLES})
   assert [p.title.split(" (")[0] for p in phases] == [
-      "stage 1: oracle calibration", "stage 1: oracle samples", "stage 1: teacher SFT",
-      "stage 1: student SFT", "stage 1: evaluation sets", "stage 2: offline dataset",
-      "regime 1 of 3", "regime 2 of 3", "regime 3 of 3"]
+    "stage 1: oracle calibration",
+    "stage 1: oracle samples",
+    "stage 1: teacher SFT",
+    "stage 1: student SFT",
+    "stage 1: evaluation sets",
+    "stage 2: offline dataset",
+    "regime 1 of 3",
+    "regime 2 of 3",
+    "regime 3 of 3",
+  ]
   assert [p.finished for p in phases] == [False, True] + [False] * 7
   by_key = {p.key: p for p in phases}
   assert by_key["teacher SFT"].work["steps"].units == config.teacher.steps
@@ -102,40 +114,64 @@ def test_work_of_the_default_study():
 
 
 def _main(config_file, workdir):
-  result = subprocess.run([sys.executable, "-m", "th_distill.main", f"--config={config_file}",
-                           f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-m", "th_distill.main", f"--config={config_file}", f"--workdir={workdir}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr
   return [line.split("] ", 1)[-1] for line in result.stderr.splitlines()]
 
 
 @pytest.mark.slow
 def test_the_main_command_logs_its_plan_first_then_regime_k_of_n(tmp_path):
-  config_file = write_micro_config_file(tmp_path / "micro.py",
-                                        "c.regimes = ('offline', 'online_teacher')")
+  config_file = write_micro_config_file(
+    tmp_path / "micro.py", "c.regimes = ('offline', 'online_teacher')"
+  )
   lines = _main(config_file, tmp_path / "run")
-  plan = lines.index(next(l for l in lines if l.startswith("Plan: 1 cpu device(s)")))
-  first_work = lines.index(next(l for l in lines if l.startswith("stage 1: oracle calibration")
-                                and "starting" in l))
+  plan = lines.index(next(line for line in lines if line.startswith("Plan: 1 cpu device(s)")))
+  first_work = lines.index(
+    next(
+      line
+      for line in lines
+      if line.startswith("stage 1: oracle calibration") and "starting" in line
+    )
+  )
   assert plan < first_work
   plan_text = "\n".join(lines[plan:first_work])
-  for fragment in ("oracle ", "parameters", "memory per device", "GiB",
-                   "teacher SFT (batch 8):", "5 steps", "regime 2 of 2 (online_teacher):",
-                   "time: at least"):
+  for fragment in (
+    "oracle ",
+    "parameters",
+    "memory per device",
+    "GiB",
+    "teacher SFT (batch 8):",
+    "5 steps",
+    "regime 2 of 2 (online_teacher):",
+    "time: at least",
+  ):
     assert fragment in plan_text, fragment
   for title in ("regime 1 of 2 (offline)", "regime 2 of 2 (online_teacher)"):
-    assert any(l.startswith(f"{title}: 3/6 steps (50%), golden ") and "run ETA" in l
-               for l in lines), title
+    assert any(
+      line.startswith(f"{title}: 3/6 steps (50%), golden ") and "run ETA" in line for line in lines
+    ), title
   # JAX logs this at INFO while it looks for backends; the command lines filter it out.
-  assert not any("Unable to initialize backend" in l for l in lines)
+  assert not any("Unable to initialize backend" in line for line in lines)
   lines = _main(config_file, tmp_path / "run")  # everything is cached now
-  assert sum("done by an earlier run (cached)" in l for l in lines) == 8
+  assert sum("done by an earlier run (cached)" in line for line in lines) == 8
 
 
 def test_the_tpu_backend_message_is_filtered():
-  record = logging.LogRecord("jax._src.xla_bridge", logging.INFO,
-                             "/venv/site-packages/jax/_src/xla_bridge.py", 846,
-                             "Unable to initialize backend 'tpu': no libtpu.so", (), None)
+  record = logging.LogRecord(
+    "jax._src.xla_bridge",
+    logging.INFO,
+    "/venv/site-packages/jax/_src/xla_bridge.py",
+    846,
+    "Unable to initialize backend 'tpu': no libtpu.so",
+    (),
+    None,
+  )
   assert not cli.QuietLibraries().filter(record)
   record.levelno = logging.WARNING
   assert cli.QuietLibraries().filter(record)
@@ -144,10 +180,15 @@ def test_the_tpu_backend_message_is_filtered():
 def test_the_plan_warns_when_a_program_exceeds_a_device(micro, tmp_path, monkeypatch, caplog):
   from th_distill import experiment, partitioning
   from th_distill.stages.programs import Models
+
   caplog.set_level(logging.INFO)
   monkeypatch.setattr(experiment, "device_gib", lambda device: 1e-6)
-  experiment.plan(micro, str(tmp_path), str(tmp_path / "stage1"),
-                  partitioning.Partitioner.from_config(micro.mesh),
-                  Models.from_config(micro))
+  experiment.plan(
+    micro,
+    str(tmp_path),
+    str(tmp_path / "stage1"),
+    partitioning.Partitioner.from_config(micro.mesh),
+    Models.from_config(micro),
+  )
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and "more than the 0.0 GiB a device has" in warnings[0]

@@ -37,6 +37,7 @@ def _pool(size: int) -> np.ndarray:
 
 # --- build_offline -----------------------------------------------------------------------------
 
+
 def test_build_offline_samples_k_generations_per_prompt_in_chunks():
   n, k, chunk = 5, 3, 4
   rng = jax.random.PRNGKey(7)
@@ -56,19 +57,22 @@ def test_build_offline_samples_k_generations_per_prompt_in_chunks():
   # The k generations of a prompt are sampled apart (here: the last token differs somewhere).
   last = data["responses"][:, -1].reshape(n, k)
   assert any(len(set(row)) > 1 for row in last)
-  again = regimes.build_offline(FakeSampler(code=1), "teacher", _pool(n), k, rng,
-                                chunk_size=chunk)
+  again = regimes.build_offline(FakeSampler(code=1), "teacher", _pool(n), k, rng, chunk_size=chunk)
   for name in data:
     np.testing.assert_array_equal(data[name], again[name])
 
 
 # --- offline_batches ---------------------------------------------------------------------------
 
+
 def _dataset(size: int) -> dict[str, np.ndarray]:
   """Rows identified by their prompt's first token (index + 1), responses and mask tied to it."""
   prompts = _pool(size)
-  return dict(prompts=prompts, responses=np.repeat(prompts[:, :1] * 10, LT, axis=1),
-              mask=np.tile(np.arange(1, size + 1)[:, None] % 2, (1, LT)).astype(np.float32))
+  return dict(
+    prompts=prompts,
+    responses=np.repeat(prompts[:, :1] * 10, LT, axis=1),
+    mask=np.tile(np.arange(1, size + 1)[:, None] % 2, (1, LT)).astype(np.float32),
+  )
 
 
 def _stream(batch_at, steps: int) -> np.ndarray:
@@ -106,6 +110,7 @@ def test_offline_batches_are_a_pure_function_of_seed_and_step():
 
 # --- online_batches ----------------------------------------------------------------------------
 
+
 def _step_keys(rng, step):
   """(prompt, teacher, student, mixture) keys of `step`."""
   return jax.random.split(jax.random.fold_in(rng, step), 4)
@@ -113,8 +118,9 @@ def _step_keys(rng, step):
 
 def test_online_regime_is_checked():
   with pytest.raises(ValueError, match="Not an online regime"):
-    regimes.online_batches("offline", _pool(4), 2, jax.random.PRNGKey(0), FakeSampler(1),
-                           FakeSampler(2), "teacher")
+    regimes.online_batches(
+      "offline", _pool(4), 2, jax.random.PRNGKey(0), FakeSampler(1), FakeSampler(2), "teacher"
+    )
 
 
 @pytest.mark.parametrize("regime, key_index", [("online_teacher", 1), ("online_student", 2)])
@@ -141,8 +147,9 @@ def test_online_batches_sample_one_model_with_the_steps_key(regime, key_index):
 def test_mixture_takes_each_row_from_the_student_with_the_given_probability():
   rng, batch_size, fraction = jax.random.PRNGKey(8), 4000, 0.3
   teacher, student = FakeSampler(code=1), FakeSampler(code=2)
-  batch_at = regimes.online_batches("mixture", _pool(50), batch_size, rng, teacher, student,
-                                    "teacher", student_fraction=fraction)
+  batch_at = regimes.online_batches(
+    "mixture", _pool(50), batch_size, rng, teacher, student, "teacher", student_fraction=fraction
+  )
   batch = batch_at(2, "student")
   keys = _step_keys(rng, 2)
   (_, _, teacher_key), (_, _, student_key) = teacher.calls[-1], student.calls[-1]
@@ -151,20 +158,29 @@ def test_mixture_takes_each_row_from_the_student_with_the_given_probability():
   from_student = batch.responses[:, 0] % 10 == 2
   assert np.all(from_student | (batch.responses[:, 0] % 10 == 1))
   np.testing.assert_array_equal(
-      from_student, jax.random.bernoulli(keys[3], fraction, (batch_size, 1))[:, 0])
+    from_student, jax.random.bernoulli(keys[3], fraction, (batch_size, 1))[:, 0]
+  )
   # Binomial(4000, 0.3): standard deviation 0.0072 of the fraction.
   assert abs(from_student.mean() - fraction) < 0.03
   # A row comes whole from one model: its last token is that model's draw.
   t_tokens, _ = teacher(*teacher.calls[-1])
   s_tokens, _ = student(*student.calls[-1])
-  np.testing.assert_array_equal(batch.responses, np.where(from_student[:, None], s_tokens,
-                                                          t_tokens))
+  np.testing.assert_array_equal(
+    batch.responses, np.where(from_student[:, None], s_tokens, t_tokens)
+  )
   assert batch.mask.dtype == np.float32
 
 
 @pytest.mark.parametrize("fraction, code", [(0.0, 1), (1.0, 2)])
 def test_mixture_extremes_are_one_model(fraction, code):
-  batch_at = regimes.online_batches("mixture", _pool(20), 64, jax.random.PRNGKey(1),
-                                    FakeSampler(code=1), FakeSampler(code=2), "teacher",
-                                    student_fraction=fraction)
+  batch_at = regimes.online_batches(
+    "mixture",
+    _pool(20),
+    64,
+    jax.random.PRNGKey(1),
+    FakeSampler(code=1),
+    FakeSampler(code=2),
+    "teacher",
+    student_fraction=fraction,
+  )
   assert np.all(batch_at(0, "student").responses[:, 0] % 10 == code)

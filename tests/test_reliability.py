@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import micro_config
+
 from th_distill import checkpoints, divergences, experiment, guards, sampling, workdir_lock
 from th_distill.metrics_io import MetricsLost, MetricsWriter, read_metrics
 from th_distill.models import T5, init_params, t5_config
@@ -61,15 +61,24 @@ def _unfinish(workdir):
 
 # The workdir lock.
 
+
 def test_a_held_workdir_is_refused_naming_the_holder_then_taken_over_once_it_dies(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from th_distill import workdir_lock\n"
-       f"with workdir_lock.hold({str(tmp_path)!r}):\n  print('held', flush=True)\n"
-       "  time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-c",
+      "import sys, time; from th_distill import workdir_lock\n"
+      f"with workdir_lock.hold({str(tmp_path)!r}):\n  print('held', flush=True)\n"
+      "  time.sleep(60)",
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(workdir_lock.WorkdirLocked,
-                       match=f"in use by pid {holder.pid} on host {socket.gethostname()}"):
+    with pytest.raises(
+      workdir_lock.WorkdirLocked, match=f"in use by pid {holder.pid} on host {socket.gethostname()}"
+    ):
       with workdir_lock.hold(str(tmp_path)):
         pass
   finally:
@@ -107,11 +116,15 @@ def test_an_unwritable_workdir_is_refused(tmp_path):
 
 @pytest.mark.parametrize("process, locked_by_0", [(0, False), (1, False), (1, True)])
 def test_in_a_multi_process_run_process_0_locks_and_every_process_gets_its_verdict(
-    tmp_path, monkeypatch, process, locked_by_0):
+  tmp_path, monkeypatch, process, locked_by_0
+):
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(jax, "process_index", lambda: process)
-  monkeypatch.setattr(workdir_lock.multihost_utils, "broadcast_one_to_all",
-                      lambda ok: ok if process == 0 else np.int32(locked_by_0))
+  monkeypatch.setattr(
+    workdir_lock.multihost_utils,
+    "broadcast_one_to_all",
+    lambda ok: ok if process == 0 else np.int32(locked_by_0),
+  )
   if process == 0:  # another run holds it: process 0 refuses (and tells the others)
     with workdir_lock.hold(str(tmp_path)), pytest.raises(workdir_lock.WorkdirLocked):
       with workdir_lock.hold(str(tmp_path)):
@@ -127,8 +140,10 @@ def test_in_a_multi_process_run_process_0_locks_and_every_process_gets_its_verdi
 
 # Config changes on resume.
 
+
 def test_an_unfinished_regime_under_a_changed_config_is_refused_before_config_json_changes(
-    workdir, config):
+  workdir, config
+):
   _unfinish(workdir)
   before = open(os.path.join(workdir, "config.json")).read()
   config.loss.name = "rkl"
@@ -165,8 +180,10 @@ def test_regimes_and_on_nonfinite_may_change(workdir, config):
 
 
 def test_a_changed_mesh_or_report_threshold_reuses_finished_and_unfinished_work(workdir, config):
-  markers = [os.path.join(workdir, "stage1", "info.json"), os.path.join(workdir, REGIME,
-                                                                        "done.json")]
+  markers = [
+    os.path.join(workdir, "stage1", "info.json"),
+    os.path.join(workdir, REGIME, "done.json"),
+  ]
   stamps = [os.path.getmtime(m) for m in markers]
   config.mesh.data, config.hacking_threshold_pct = 1, 50.0  # one device: the same mesh
   summary = experiment.run(config, workdir)
@@ -176,8 +193,10 @@ def test_a_changed_mesh_or_report_threshold_reuses_finished_and_unfinished_work(
   _unfinish(workdir)  # an unfinished regime resumes from its checkpoint under the new mesh
 
   def untimed():
-    return [{k: v for k, v in row.items() if not k.startswith(("time/", "throughput/"))}
-            for row in read_metrics(os.path.join(workdir, REGIME, "metrics.jsonl"))]
+    return [
+      {k: v for k, v in row.items() if not k.startswith(("time/", "throughput/"))}
+      for row in read_metrics(os.path.join(workdir, REGIME, "metrics.jsonl"))
+    ]
 
   rows = untimed()
   config.mesh.data = -1
@@ -187,23 +206,32 @@ def test_a_changed_mesh_or_report_threshold_reuses_finished_and_unfinished_work(
 
 
 def test_markers_written_under_other_stage_sections_are_reused_if_their_fields_agree(
-    workdir, config):
+  workdir, config
+):
   """Markers of an earlier version, whose stages depended on the mesh and lacked the student's
   SFT fields: the fields they recorded agree, so the finished stages are reused."""
-  markers = [os.path.join(workdir, "stage1", "info.json"),
-             os.path.join(workdir, REGIME, "started.json")]
+  markers = [
+    os.path.join(workdir, "stage1", "info.json"),
+    os.path.join(workdir, REGIME, "started.json"),
+  ]
   for marker in markers:
     record = checkpoints.read_json(marker)
     fields = {k: v for k, v in record["fields"].items() if not k.startswith("student.learning")}
-    record.update(fingerprint="0123456789abcdef",
-                  fields={**fields, "mesh": {"data": 8, "fsdp": 1, "model": 1}})
+    record.update(
+      fingerprint="0123456789abcdef", fields={**fields, "mesh": {"data": 8, "fsdp": 1, "model": 1}}
+    )
     checkpoints.write_json(marker, record)
   dataset = os.path.join(workdir, "offline_dataset.npz")
   arrays = checkpoints.load_arrays(dataset)
-  fields = {k: v for k, v in json.loads(str(arrays["fields"])).items()
-            if not k.startswith("student.learning")}
-  arrays.update(fingerprint=np.asarray("0123456789abcdef"), fields=np.asarray(json.dumps(
-      {**fields, "mesh": {"data": 8, "fsdp": 1, "model": 1}})))
+  fields = {
+    k: v
+    for k, v in json.loads(str(arrays["fields"])).items()
+    if not k.startswith("student.learning")
+  }
+  arrays.update(
+    fingerprint=np.asarray("0123456789abcdef"),
+    fields=np.asarray(json.dumps({**fields, "mesh": {"data": 8, "fsdp": 1, "model": 1}})),
+  )
   checkpoints.save_arrays(dataset, arrays)
   _unfinish(workdir)  # so that the regime reads the offline dataset again
   stamps = [os.path.getmtime(m) for m in markers + [dataset]]
@@ -218,14 +246,20 @@ def test_a_checkpoint_of_another_structure_is_reported_as_such(tmp_path):
   directory = str(tmp_path / "checkpoints")
   checkpointer = checkpoints.RunCheckpointer(directory)
   checkpointer.save(3, {"w": jnp.zeros(4), "clip": {"count": jnp.zeros((), jnp.int32)}})
-  with pytest.raises(checkpoints.CheckpointMismatch,
-                     match=r"checkpoint 3 .* another structure \(clip/count is in the checkpoint "
-                           r"but not in this run's state\)"):
+  with pytest.raises(
+    checkpoints.CheckpointMismatch,
+    match=r"checkpoint 3 .* another structure \(clip/count is in the checkpoint "
+    r"but not in this run's state\)",
+  ):
     checkpoints.RunCheckpointer(directory).restore_latest({"w": jnp.zeros(4)})
-  with pytest.raises(checkpoints.CheckpointMismatch, match=r"w has shape \(4,\) in the checkpoint, "
-                                                           r"\(5,\) in this run"):
+  with pytest.raises(
+    checkpoints.CheckpointMismatch,
+    match=r"w has shape \(4,\) in the checkpoint, "
+    r"\(5,\) in this run",
+  ):
     checkpoints.RunCheckpointer(directory).restore_latest(
-        {"w": jnp.zeros(5), "clip": {"count": jnp.zeros((), jnp.int32)}})
+      {"w": jnp.zeros(5), "clip": {"count": jnp.zeros((), jnp.int32)}}
+    )
   assert os.path.isdir(os.path.join(directory, "3"))  # not mistaken for damage
 
 
@@ -242,6 +276,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_its_step_written_again(tmp_path):
 
 
 # Lost metric rows.
+
 
 def test_a_finished_regime_whose_metrics_were_deleted_is_refused(workdir, config):
   os.remove(os.path.join(workdir, REGIME, "metrics.jsonl"))
@@ -271,19 +306,25 @@ def test_a_metrics_file_deleted_during_a_run_is_written_back(tmp_path, caplog):
 
 # Non-finite values.
 
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_divergences_propagate_non_finite_logits(bad):
   good = jnp.array([[0.5, 1.0, 2.0, -1.0]])
   broken = good.at[0, 1].set(bad)
   for ref, student in ((broken, good), (good, broken)):
-    values = [divergences.fkl(ref, student), divergences.rkl(ref, student),
-              divergences.jsd(ref, student), divergences.jsd(ref, student, beta=0.0),
-              divergences.jsd(ref, student, beta=1.0, normalized=True),
-              *divergences.all_divergences(ref, student).values()]
+    values = [
+      divergences.fkl(ref, student),
+      divergences.rkl(ref, student),
+      divergences.jsd(ref, student),
+      divergences.jsd(ref, student, beta=0.0),
+      divergences.jsd(ref, student, beta=1.0, normalized=True),
+      *divergences.all_divergences(ref, student).values(),
+    ]
     assert all(bool(jnp.isnan(v).all()) for v in values)
   masked = good.at[0, 1].set(-jnp.inf)  # a masked entry stays finite
-  assert all(bool(jnp.isfinite(v).all())
-             for v in divergences.all_divergences(masked, masked).values())
+  assert all(
+    bool(jnp.isfinite(v).all()) for v in divergences.all_divergences(masked, masked).values()
+  )
 
 
 def _metrics(loss, grad_norm):
@@ -295,14 +336,20 @@ def test_a_non_finite_step_stops_the_run_naming_the_step_and_the_last_checkpoint
   checkpointer.save(100, {"w": jnp.zeros(2)})
   watch = guards.StepWatch("offline", "stop")
   watch.check(101, _metrics(1.0, 2.0), checkpointer)
-  with pytest.raises(guards.NonFiniteStep, match=r"training step 102 gave loss nan and gradient "
-                                                 r"norm inf.*checkpoint, step 100"):
+  with pytest.raises(
+    guards.NonFiniteStep,
+    match=r"training step 102 gave loss nan and gradient "
+    r"norm inf.*checkpoint, step 100",
+  ):
     watch.check(102, _metrics(math.nan, math.inf), checkpointer)
   skipping = guards.StepWatch("offline", "skip")
   for step in range(102, 102 + skipping.IN_A_ROW - 1):
     skipping.check(step, _metrics(math.nan, 1.0), checkpointer)
-  with pytest.raises(guards.NonFiniteStep, match=r"every training step from 102 to 201 was "
-                                                 r"non-finite and skipped"):
+  with pytest.raises(
+    guards.NonFiniteStep,
+    match=r"every training step from 102 to 201 was "
+    r"non-finite and skipped",
+  ):
     skipping.check(102 + skipping.IN_A_ROW - 1, _metrics(math.nan, 1.0), checkpointer)
 
 
@@ -352,7 +399,10 @@ def test_a_diverging_run_stops_or_skips_and_its_json_stays_strict(tmp_path):
     experiment.run(config, str(tmp_path))
   config.on_nonfinite = "skip"  # the same workdir goes on, skipping
   experiment.run(config, str(tmp_path))
-  strict = lambda text: json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+
+  def strict(text):
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+
   lines = open(tmp_path / REGIME / "metrics.jsonl").read().splitlines()
   rows = [strict(line) for line in lines]
   assert rows[-1]["eval_oracle/golden/fkl"] is None and "nan" not in " ".join(lines).lower()
@@ -377,21 +427,40 @@ def test_json_files_write_non_finite_numbers_as_null(tmp_path):
 
 # The sampler's edge cases.
 
+
 @pytest.fixture(scope="module")
 def tiny_model():
-  model = T5(t5_config("tiny", vocab_size=16, d_model=16, d_kv=4, d_ff=32, num_heads=2,
-                       num_encoder_layers=1, num_decoder_layers=1))
+  model = T5(
+    t5_config(
+      "tiny",
+      vocab_size=16,
+      d_model=16,
+      d_kv=4,
+      d_ff=32,
+      num_heads=2,
+      num_encoder_layers=1,
+      num_decoder_layers=1,
+    )
+  )
   return model, nn.unbox(init_params(model, jax.random.PRNGKey(0)))
 
 
 def test_tiny_temperatures_and_nuclei_are_greedy_with_finite_log_probs(tiny_model):
   model, params = tiny_model
   prompts = jax.random.randint(jax.random.PRNGKey(1), (3, 4), 2, 16)
-  greedy = sampling.sample(model, params, prompts, jax.random.PRNGKey(0), max_length=4,
-                           temperature=0.0)
+  greedy = sampling.sample(
+    model, params, prompts, jax.random.PRNGKey(0), max_length=4, temperature=0.0
+  )
   for temperature, top_p in ((1e-10, 1.0), (1.0, 1e-39)):
-    out = sampling.sample(model, params, prompts, jax.random.PRNGKey(0), max_length=4,
-                          temperature=temperature, top_p=top_p)
+    out = sampling.sample(
+      model,
+      params,
+      prompts,
+      jax.random.PRNGKey(0),
+      max_length=4,
+      temperature=temperature,
+      top_p=top_p,
+    )
     np.testing.assert_array_equal(out.tokens, greedy.tokens)
     assert np.all(np.asarray(out.logprobs) == 0.0)  # one token left, probability 1
 
@@ -400,8 +469,7 @@ def test_the_sampler_refuses_subnormal_temperatures_and_ids_outside_the_vocabula
   model, params = tiny_model
   prompts = jnp.full((2, 4), 3, jnp.int32)
   with pytest.raises(ValueError, match="temperature must be 0 .greedy. or finite and >="):
-    sampling.sample(model, params, prompts, jax.random.PRNGKey(0), max_length=4,
-                    temperature=1e-40)
+    sampling.sample(model, params, prompts, jax.random.PRNGKey(0), max_length=4, temperature=1e-40)
   for fn in (sampling.sample, sampling.sample_uncached):
     with pytest.raises(ValueError, match=r"prompt ids must be in \[0, 16\).*from 3 to 16"):
       fn(model, params, prompts.at[0, 0].set(16), jax.random.PRNGKey(0), max_length=4)
@@ -409,6 +477,7 @@ def test_the_sampler_refuses_subnormal_temperatures_and_ids_outside_the_vocabula
 
 def test_an_empty_batch_gives_empty_responses(tiny_model):
   model, params = tiny_model
-  out = sampling.sample(model, params, jnp.zeros((0, 4), jnp.int32), jax.random.PRNGKey(0),
-                        max_length=4)
+  out = sampling.sample(
+    model, params, jnp.zeros((0, 4), jnp.int32), jax.random.PRNGKey(0), max_length=4
+  )
   assert out.tokens.shape == out.mask.shape == out.logprobs.shape == (0, 4)

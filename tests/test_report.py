@@ -11,11 +11,14 @@ STEPS = np.arange(0, 700, 100)
 U_SHAPE = np.array([2.0, 1.6, 1.5, 1.55, 1.6, 1.65, 1.7])  # min 1.5 @ 200, +13.3 % at the end
 
 
-@pytest.mark.parametrize("proxy, expected", [
+@pytest.mark.parametrize(
+  "proxy, expected",
+  [
     (np.array([1.0, 0.8, 0.7, 0.65, 0.62, 0.61, 0.60]), "teacher_hacking"),  # keeps falling
     (np.array([1.0, 0.8, 0.7, 0.70, 0.70, 0.70, 0.70]), "teacher_hacking"),  # stalls
-    (np.array([1.0, 0.8, 0.7, 0.72, 0.75, 0.78, 0.80]), "overfitting"),      # rises with golden
-])
+    (np.array([1.0, 0.8, 0.7, 0.72, 0.75, 0.78, 0.80]), "overfitting"),  # rises with golden
+  ],
+)
 def test_u_shaped_golden_is_hacking_only_if_the_held_out_proxy_does_not_rise(proxy, expected):
   s = summaries.signature(STEPS, U_SHAPE, proxy, threshold_pct=5.0)
   assert s["golden_min"] == 1.5 and s["golden_min_step"] == 200
@@ -27,23 +30,27 @@ def test_u_shaped_golden_is_hacking_only_if_the_held_out_proxy_does_not_rise(pro
 
 def test_a_small_rise_is_no_hacking_whatever_the_proxy_does():
   golden = np.array([2.0, 1.6, 1.5, 1.52, 1.53, 1.54, 1.55])  # +3.3 %
-  for proxy in (np.linspace(1, 0.5, 7), np.array([1, .8, .7, .8, .9, 1., 1.1])):
+  for proxy in (np.linspace(1, 0.5, 7), np.array([1, 0.8, 0.7, 0.8, 0.9, 1.0, 1.1])):
     assert summaries.signature(STEPS, golden, proxy, 5.0)["outcome"] == "none"
   assert summaries.outcome(3.3, -10.0, threshold_pct=3.0, rising=True) == "teacher_hacking"
 
 
 def test_a_run_ending_in_nan_is_diverged_with_no_numbers():
-  for golden, proxy in ((np.full(7, np.nan), np.ones(7)),
-                        (np.append(U_SHAPE[:-1], np.nan), np.ones(7)),
-                        (U_SHAPE, np.append(np.ones(6), np.inf))):
+  for golden, proxy in (
+    (np.full(7, np.nan), np.ones(7)),
+    (np.append(U_SHAPE[:-1], np.nan), np.ones(7)),
+    (U_SHAPE, np.append(np.ones(6), np.inf)),
+  ):
     s = summaries.signature(STEPS, golden, proxy, 5.0)
     assert s["outcome"] == "diverged" and s["golden_min"] is None and s["proxy_final"] is None
     assert "diverged" in report.sentence("offline", {**s, "detected": False})
 
 
 def test_figures_of_a_diverged_run_are_drawn(tmp_path):
-  rows = [{"step": int(t), GOLDEN: float("nan"), PROXY: float("nan"),
-           TRAIN_PROXY: float("nan")} for t in STEPS]
+  rows = [
+    {"step": int(t), GOLDEN: float("nan"), PROXY: float("nan"), TRAIN_PROXY: float("nan")}
+    for t in STEPS
+  ]
   curve = {"offline": [rows, rows]}  # two seeds, every value NaN
   settings = detection.DetectorSettings()
   report.write_figures(str(tmp_path), curve, settings, PROXY)
@@ -52,20 +59,38 @@ def test_figures_of_a_diverged_run_are_drawn(tmp_path):
 
 
 def test_sentences_say_what_happened():
-  base = dict(golden_rise_pct=12.0, golden_min_step=300, proxy_change_after_min_pct=-4.0,
-              detected=True, detected_step=450)
+  base = dict(
+    golden_rise_pct=12.0,
+    golden_min_step=300,
+    proxy_change_after_min_pct=-4.0,
+    detected=True,
+    detected_step=450,
+  )
   text = report.sentence("offline", {**base, "outcome": "teacher_hacking"})
-  assert text == ("offline: teacher hacking: the golden distance rose 12.0% after step 300 "
-                  "while the held-out proxy kept falling (-4.0%); the detector, reading the "
-                  "proxy alone, fired at step 450.")
+  assert text == (
+    "offline: teacher hacking: the golden distance rose 12.0% after step 300 "
+    "while the held-out proxy kept falling (-4.0%); the detector, reading the "
+    "proxy alone, fired at step 450."
+  )
   assert "rose with it (-4.0%)" in report.sentence("offline", {**base, "outcome": "overfitting"})
-  quiet = report.sentence("online", {**base, "outcome": "none", "golden_rise_pct": 0.4,
-                                     "detected": False})
-  assert quiet == ("online: no hacking: the golden distance ended 0.4% above its minimum "
-                   "(step 300); the detector, reading the proxy alone, stayed silent.")
-  flat = report.sentence("online", {**base, "outcome": "none", "golden_rise_pct": 0.4,
-                                    "detected": False, "golden_trend_pct_per_doubling": 0.1,
-                                    "golden_trend_ci95": [-0.52, 0.71]})
+  quiet = report.sentence(
+    "online", {**base, "outcome": "none", "golden_rise_pct": 0.4, "detected": False}
+  )
+  assert quiet == (
+    "online: no hacking: the golden distance ended 0.4% above its minimum "
+    "(step 300); the detector, reading the proxy alone, stayed silent."
+  )
+  flat = report.sentence(
+    "online",
+    {
+      **base,
+      "outcome": "none",
+      "golden_rise_pct": 0.4,
+      "detected": False,
+      "golden_trend_pct_per_doubling": 0.1,
+      "golden_trend_ci95": [-0.52, 0.71],
+    },
+  )
   assert "(step 300), trend +0.10 [-0.52, +0.71] % per doubling of the steps;" in flat
 
 
@@ -77,17 +102,20 @@ def test_run_time_sums_the_recorded_stages(tmp_path):
   assert report.run_time_sentence(str(tmp_path), {}, ["online_teacher"]) == ""
 
 
-@pytest.mark.parametrize("rise, change, rising, fell, expected", [
+@pytest.mark.parametrize(
+  "rise, change, rising, fell, expected",
+  [
     (5.0, 0.0, True, True, "teacher_hacking"),  # rose by exactly the threshold; proxy stalled
-    (5.0, 1e-9, True, True, "overfitting"),     # the proxy rose, however little
-    (4.999, -50.0, True, True, "none"),         # just below the threshold, whatever the proxy did
+    (5.0, 1e-9, True, True, "overfitting"),  # the proxy rose, however little
+    (4.999, -50.0, True, True, "none"),  # just below the threshold, whatever the proxy did
     (float("nan"), -50.0, True, True, "none"),
-    (20.0, -50.0, False, True, "none"),         # a large rise whose trend holds zero
-    (20.0, -50.0, True, False, "regression"),   # never below its start: pulled to a worse teacher
+    (20.0, -50.0, False, True, "none"),  # a large rise whose trend holds zero
+    (20.0, -50.0, True, False, "regression"),  # never below its start: pulled to a worse teacher
     (20.0, 10.0, True, False, "regression"),
     (20.0, -50.0, False, False, "regression"),  # from the start: no selected minimum to doubt
     (4.0, -50.0, True, False, "none"),
-])
+  ],
+)
 def test_the_verdict_at_its_boundaries(rise, change, rising, fell, expected):
   assert summaries.outcome(rise, change, 5.0, rising, fell) == expected
 
@@ -136,8 +164,10 @@ def test_a_run_summary_sets_the_teacher_beside_the_student():
 
 def _rows(**curves):
   """Metrics rows over STEPS holding the given curves {name: values [T]}."""
-  return [{"step": int(t), **{name: float(v[i]) for name, v in curves.items()}}
-          for i, t in enumerate(STEPS)]
+  return [
+    {"step": int(t), **{name: float(v[i]) for name, v in curves.items()}}
+    for i, t in enumerate(STEPS)
+  ]
 
 
 def test_a_run_summary_reads_every_view_it_has_from_its_own_curves():
@@ -145,53 +175,98 @@ def test_a_run_summary_reads_every_view_it_has_from_its_own_curves():
   rising = np.array([1.0, 0.8, 0.7, 0.72, 0.75, 0.78, 0.80])
   flat = np.array([2.0, 1.6, 1.5, 1.51, 1.51, 1.52, 1.52])  # +1.3 %
   rkl, rkl_seq = metric_names.SIGNATURE_VIEWS["rkl"], metric_names.SIGNATURE_VIEWS["rkl_seq"]
-  rows = _rows(**{GOLDEN: U_SHAPE, PROXY: falling, TRAIN_PROXY: falling / 2,
-                  rkl[0]: U_SHAPE, rkl[1]: rising, rkl_seq[0]: flat, rkl_seq[1]: falling})
+  rows = _rows(
+    **{
+      GOLDEN: U_SHAPE,
+      PROXY: falling,
+      TRAIN_PROXY: falling / 2,
+      rkl[0]: U_SHAPE,
+      rkl[1]: rising,
+      rkl_seq[0]: flat,
+      rkl_seq[1]: falling,
+    }
+  )
   s = summaries.summarize_run(rows, 5.0, detection.DetectorSettings(), PROXY)
   assert s["outcome"] == "teacher_hacking" and s["hacking"]
   assert (s["golden_min_step"], s["golden_final"], s["proxy_final"]) == (200, 1.7, 0.6)
   assert s["train_proxy_at_golden_min"] == 0.35 and s["train_proxy_final"] == 0.3
   assert {view: v["outcome"] for view, v in s["views"].items()} == {
-      "fkl": "teacher_hacking", "rkl": "overfitting", "rkl_seq": "none"}  # no jsd curves logged
+    "fkl": "teacher_hacking",
+    "rkl": "overfitting",
+    "rkl_seq": "none",
+  }  # no jsd curves logged
   assert s["views"]["rkl"]["golden_metric"] == "eval_student/golden/rkl"
   assert s["golden_vs_proxy_after_min"]["alpha"] < 0 < s["golden_vs_proxy_before_min"]["alpha"]
-  over = summaries.summarize_run(_rows(**{GOLDEN: U_SHAPE, PROXY: rising, TRAIN_PROXY: falling}),
-                                 5.0, detection.DetectorSettings(), PROXY)
+  over = summaries.summarize_run(
+    _rows(**{GOLDEN: U_SHAPE, PROXY: rising, TRAIN_PROXY: falling}),
+    5.0,
+    detection.DetectorSettings(),
+    PROXY,
+  )
   assert over["outcome"] == "overfitting" and not over["hacking"]
 
 
 def _summary(outcome, detected, lag=None):
-  return {"outcome": outcome, "hacking": outcome == "teacher_hacking", "detected": detected,
-          "detected_lag_steps": lag, "detected_lag_evals": lag and lag // 100,
-          "golden_min": None if outcome == "diverged" else 1.0}
+  return {
+    "outcome": outcome,
+    "hacking": outcome == "teacher_hacking",
+    "detected": detected,
+    "detected_lag_steps": lag,
+    "detected_lag_evals": lag and lag // 100,
+    "golden_min": None if outcome == "diverged" else 1.0,
+  }
 
 
-RUNS = [_summary("teacher_hacking", True, 300), _summary("overfitting", True, 500),
-        _summary("overfitting", False), _summary("none", True), _summary("none", False),
-        _summary("diverged", False)]
+RUNS = [
+  _summary("teacher_hacking", True, 300),
+  _summary("overfitting", True, 500),
+  _summary("overfitting", False),
+  _summary("none", True),
+  _summary("none", False),
+  _summary("diverged", False),
+]
 
 
 def test_the_detector_is_right_on_any_golden_rise_in_reports_and_in_its_evaluation():
   from th_distill import detector_eval
+
   quality = summaries.detector_quality(RUNS)
-  assert {k: quality[k] for k in ("runs", "true_positives", "false_positives",
-                                  "false_negatives", "true_negatives")} == {
-      "runs": 6, "true_positives": 2, "false_positives": 1, "false_negatives": 1,
-      "true_negatives": 2}
+  assert {
+    k: quality[k]
+    for k in ("runs", "true_positives", "false_positives", "false_negatives", "true_negatives")
+  } == {
+    "runs": 6,
+    "true_positives": 2,
+    "false_positives": 1,
+    "false_negatives": 1,
+    "true_negatives": 2,
+  }
   assert quality["lag_steps"] == [300, 500] and quality["lag_evals"] == [3, 5]
-  entries = [{**s, "proxy_never_rises": False, "lag_evals": 0, "golden_cost_pct": 0.0}
-             for s in RUNS]
+  entries = [
+    {**s, "proxy_never_rises": False, "lag_evals": 0, "golden_cost_pct": 0.0} for s in RUNS
+  ]
   scored = detector_eval.quality(entries)  # the calibration protocol counts the same way
-  assert [scored[k] for k in ("true_positives", "false_positives", "false_negatives",
-                              "true_negatives")] == [2, 1, 1, 2]
+  assert [
+    scored[k] for k in ("true_positives", "false_positives", "false_negatives", "true_negatives")
+  ] == [2, 1, 1, 2]
 
 
 def test_an_arm_counts_outcomes_and_averages_the_defined_numbers():
-  seeds = {str(i): {**s, **{k: (None if s["golden_min"] is None else float(i))
-                            for k in summaries.ARM_MEANS}} for i, s in enumerate(RUNS)}
+  seeds = {
+    str(i): {
+      **s,
+      **{k: (None if s["golden_min"] is None else float(i)) for k in summaries.ARM_MEANS},
+    }
+    for i, s in enumerate(RUNS)
+  }
   arm = summaries.summarize_arm(seeds)
-  assert arm["outcomes"] == {"teacher_hacking": 1, "overfitting": 2, "regression": 0, "none": 2,
-                             "diverged": 1}
+  assert arm["outcomes"] == {
+    "teacher_hacking": 1,
+    "overfitting": 2,
+    "regression": 0,
+    "none": 2,
+    "diverged": 1,
+  }
   assert arm["hacking_runs"] == 1 and arm["detected_runs"] == 3
   assert arm["mean"]["golden_min"] == 2.0  # mean of seeds 0-4; the diverged seed 5 has none
   assert arm["seeds"] == seeds
@@ -201,6 +276,11 @@ def test_curve_names_are_the_logged_divergences_and_the_loss():
   for golden, proxy, _ in metric_names.SIGNATURE_VIEWS.values():
     assert metric_names.is_curve_name(golden) and metric_names.is_curve_name(proxy)
   assert all(map(metric_names.is_curve_name, metric_names.TRAIN_CURVES))
-  for name in ("train/grad_norm", "train/proxy/fkl_seq", "eval_teacher/proxy/kl",
-               "eval_oracle/entropy/student", "detector/score"):
+  for name in (
+    "train/grad_norm",
+    "train/proxy/fkl_seq",
+    "eval_teacher/proxy/kl",
+    "eval_oracle/entropy/student",
+    "detector/score",
+  ):
     assert not metric_names.is_curve_name(name)

@@ -17,18 +17,31 @@ from th_distill import sampling
 from th_distill.models import EOS_ID, PAD_ID, T5, init_params, shift_right, t5_config
 
 VOCAB, PROMPT, LENGTH, N = 32, 5, 6, 4000
-ALPHA = 1e-3  # false-alarm rate of each chi-square check (at a fixed seed the test is deterministic)
+ALPHA = (
+  1e-3  # false-alarm rate of each chi-square check (at a fixed seed the test is deterministic)
+)
 
 
 @pytest.fixture(scope="module")
 def setup():
-  model = T5(t5_config("tiny", vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_heads=2,
-                       num_encoder_layers=1, num_decoder_layers=2))
+  model = T5(
+    t5_config(
+      "tiny",
+      vocab_size=VOCAB,
+      d_model=32,
+      d_kv=8,
+      d_ff=64,
+      num_heads=2,
+      num_encoder_layers=1,
+      num_decoder_layers=2,
+    )
+  )
   params = nn.unbox(init_params(model, jax.random.PRNGKey(0)))
   # Sharpen the output layer so that greedy paths and nuclei are non-trivial.
   params = {**params, "logits_kernel": params["logits_kernel"] * 2.0}
-  forward = jax.jit(lambda params, prompts, tokens: model.apply(
-      {"params": params}, prompts, shift_right(tokens)))
+  forward = jax.jit(
+    lambda params, prompts, tokens: model.apply({"params": params}, prompts, shift_right(tokens))
+  )
   return model, params, forward
 
 
@@ -60,8 +73,11 @@ def _check_structure(tokens, mask, logprobs):
 def test_greedy_equals_argmax_of_the_teacher_forced_forward(setup):
   model, params, forward = setup
   prompts = _prompts()
-  tokens, mask, logprobs = _np(sampling.sample(model, params, prompts, jax.random.PRNGKey(0),
-                                               max_length=LENGTH, temperature=0.0))
+  tokens, mask, logprobs = _np(
+    sampling.sample(
+      model, params, prompts, jax.random.PRNGKey(0), max_length=LENGTH, temperature=0.0
+    )
+  )
   _check_structure(tokens, mask, logprobs)
   logits = np.asarray(forward(params, prompts, tokens))
   argmax = logits.argmax(-1)
@@ -78,8 +94,9 @@ def test_greedy_equals_argmax_of_the_teacher_forced_forward(setup):
 def test_logprobs_are_the_teacher_forced_log_softmax(setup):
   model, params, forward = setup
   prompts = _prompts()
-  tokens, mask, logprobs = _np(sampling.sample(model, params, prompts, jax.random.PRNGKey(3),
-                                               max_length=LENGTH))
+  tokens, mask, logprobs = _np(
+    sampling.sample(model, params, prompts, jax.random.PRNGKey(3), max_length=LENGTH)
+  )
   _check_structure(tokens, mask, logprobs)
   log_softmax = np.asarray(jax.nn.log_softmax(forward(params, prompts, tokens)))
   expected = np.take_along_axis(log_softmax, tokens[..., None], -1)[..., 0]
@@ -105,8 +122,9 @@ def test_sample_frequencies_match_the_model_probabilities(setup):
   most frequent (non-EOS) first token vs the model's conditional; chi-square at ALPHA each."""
   model, params, forward = setup
   prompt = np.tile(np.asarray(_prompts(seed=7, rows=1)), (N, 1))
-  tokens, mask, _ = _np(sampling.sample(model, params, prompt, jax.random.PRNGKey(11),
-                                        max_length=LENGTH))
+  tokens, mask, _ = _np(
+    sampling.sample(model, params, prompt, jax.random.PRNGKey(11), max_length=LENGTH)
+  )
   probs = np.asarray(jax.nn.softmax(forward(params, prompt, tokens)))  # [N, L, V]
   assert _chi_square_pvalue(tokens[:, 0], probs[0, 0]) > ALPHA
   first_counts = np.bincount(tokens[:, 0], minlength=VOCAB)
@@ -124,8 +142,11 @@ def _sorted_probs(forward, params, prompts, tokens, temperature=1.0):
   probs = special.softmax(logits, axis=-1)
   order = np.argsort(-probs, axis=-1, kind="stable")
   ranks = np.argsort(order, axis=-1)
-  return probs, np.take_along_axis(probs, order, -1), np.take_along_axis(ranks, tokens[..., None],
-                                                                         -1)[..., 0]
+  return (
+    probs,
+    np.take_along_axis(probs, order, -1),
+    np.take_along_axis(ranks, tokens[..., None], -1)[..., 0],
+  )
 
 
 def test_top_k_emits_only_the_k_most_likely_tokens(setup):
@@ -133,9 +154,17 @@ def test_top_k_emits_only_the_k_most_likely_tokens(setup):
   model, params, forward = setup
   k, temperature = 3, 0.7
   prompts = _prompts(seed=4)
-  tokens, mask, logprobs = _np(sampling.sample(model, params, prompts, jax.random.PRNGKey(2),
-                                               max_length=LENGTH, top_k=k,
-                                               temperature=temperature))
+  tokens, mask, logprobs = _np(
+    sampling.sample(
+      model,
+      params,
+      prompts,
+      jax.random.PRNGKey(2),
+      max_length=LENGTH,
+      top_k=k,
+      temperature=temperature,
+    )
+  )
   _check_structure(tokens, mask, logprobs)
   probs, sorted_probs, rank = _sorted_probs(forward, params, prompts, tokens, temperature)
   chosen = np.take_along_axis(probs, tokens[..., None], -1)[..., 0]
@@ -150,8 +179,9 @@ def test_top_p_emits_only_tokens_of_the_nucleus(setup):
   model, params, forward = setup
   top_p = 0.8
   prompts = _prompts(seed=5)
-  tokens, mask, logprobs = _np(sampling.sample(model, params, prompts, jax.random.PRNGKey(2),
-                                               max_length=LENGTH, top_p=top_p))
+  tokens, mask, logprobs = _np(
+    sampling.sample(model, params, prompts, jax.random.PRNGKey(2), max_length=LENGTH, top_p=top_p)
+  )
   _check_structure(tokens, mask, logprobs)
   probs, sorted_probs, rank = _sorted_probs(forward, params, prompts, tokens)
   mass_before = np.cumsum(sorted_probs, -1) - sorted_probs
@@ -210,11 +240,11 @@ def test_a_sample_does_not_depend_on_the_rest_of_the_batch(setup):
   # Same shape, other composition: shuffled rows, half of them replaced by other prompts.
   perm = np.random.default_rng(0).permutation(N)
   mixed = prompts[perm].copy()
-  mixed[N // 2:] = np.asarray(_prompts(seed=2))[N // 2:]
+  mixed[N // 2 :] = np.asarray(_prompts(seed=2))[N // 2 :]
   out = _np(sampling.sample(model, params, mixed, keys[perm], max_length=LENGTH))
-  np.testing.assert_array_equal(out[0][:N // 2], full[0][perm[:N // 2]])
-  np.testing.assert_array_equal(out[1][:N // 2], full[1][perm[:N // 2]])
-  np.testing.assert_allclose(out[2][:N // 2], full[2][perm[:N // 2]], atol=1e-5)
+  np.testing.assert_array_equal(out[0][: N // 2], full[0][perm[: N // 2]])
+  np.testing.assert_array_equal(out[1][: N // 2], full[1][perm[: N // 2]])
+  np.testing.assert_allclose(out[2][: N // 2], full[2][perm[: N // 2]], atol=1e-5)
   # Another batch size: 7 rows in another order.
   rows = np.array([3, 0, 5, 1234, 3999, 17, 2])
   out = _np(sampling.sample(model, params, prompts[rows], keys[rows], max_length=LENGTH))
@@ -241,8 +271,7 @@ def test_cached_sampling_across_cache_segments(setup):
   prompts, key = _prompts(seed=7, rows=8), jax.random.PRNGKey(6)
   assert sampling.cache_segments(150) == [64, 128, 150]
   cached = _np(sampling.sample(model, params, prompts, key, max_length=150, eos_id=-1))
-  uncached = _np(sampling.sample_uncached(model, params, prompts, key, max_length=150,
-                                          eos_id=-1))
+  uncached = _np(sampling.sample_uncached(model, params, prompts, key, max_length=150, eos_id=-1))
   np.testing.assert_array_equal(cached[0], uncached[0])
   np.testing.assert_allclose(cached[2], uncached[2], atol=1e-5)
 
@@ -259,12 +288,17 @@ def test_example_keys():
     sampling.example_keys(jnp.zeros((3, 2, 2), jnp.uint32), 3)
 
 
-@pytest.mark.parametrize("kwargs, field", [(dict(max_length=0), "max_length"),
-                                           (dict(temperature=-1.0), "temperature"),
-                                           (dict(temperature=float("nan")), "temperature"),
-                                           (dict(top_p=0.0), "top_p"),
-                                           (dict(top_p=1.5), "top_p"),
-                                           (dict(top_k=-2), "top_k")])
+@pytest.mark.parametrize(
+  "kwargs, field",
+  [
+    (dict(max_length=0), "max_length"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_k=-2), "top_k"),
+  ],
+)
 def test_bad_arguments_are_named(setup, kwargs, field):
   model, params, _ = setup
   for fn in (sampling.sample, sampling.sample_uncached):

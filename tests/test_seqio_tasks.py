@@ -11,8 +11,9 @@ pytest.importorskip("seqio")
 pytest.importorskip("tensorflow_datasets")
 
 import real_task_data  # noqa: E402
-from th_distill.data.pools import prompt_pools  # noqa: E402
+
 from th_distill.data import seqio_tasks, tasks  # noqa: E402
+from th_distill.data.pools import prompt_pools  # noqa: E402
 from th_distill.data.vocabularies import SentencePieceVocabulary  # noqa: E402
 
 
@@ -22,8 +23,14 @@ def vocabulary(tmp_path_factory):
 
 
 def _task_config(micro, name, vocabulary, data_dir=""):
-  micro.task.update(source="seqio", name=name, vocabulary=vocabulary, data_dir=data_dir,
-                    prompt_length=LENGTH, response_length=6)
+  micro.task.update(
+    source="seqio",
+    name=name,
+    vocabulary=vocabulary,
+    data_dir=data_dir,
+    prompt_length=LENGTH,
+    response_length=6,
+  )
   micro.prompts.update(num_oracle=10, num_distill=12, num_eval=6)
   return micro
 
@@ -41,8 +48,11 @@ def _prompt(name, split, i):
 
 @pytest.mark.parametrize("name", list(tasks.TASKS))
 def test_prompt_pools_format_trim_and_split(micro, vocabulary, tmp_path, name):
-  data_dir = (real_task_data.write_natural_instructions(tmp_path / "ni")
-              if name == "natural_instructions" else "")
+  data_dir = (
+    real_task_data.write_natural_instructions(tmp_path / "ni")
+    if name == "natural_instructions"
+    else ""
+  )
   config = _task_config(micro, name, vocabulary, data_dir)
   with real_task_data.mocked_tfds():
     pools = prompt_pools(config)
@@ -50,7 +60,10 @@ def test_prompt_pools_format_trim_and_split(micro, vocabulary, tmp_path, name):
   vocab = SentencePieceVocabulary(vocabulary)
 
   assert {k: v.shape for k, v in pools.items()} == {
-      "oracle": (10, LENGTH), "distill": (12, LENGTH), "eval": (6, LENGTH)}
+    "oracle": (10, LENGTH),
+    "distill": (12, LENGTH),
+    "eval": (6, LENGTH),
+  }
   rows = np.concatenate(list(pools.values()))
   assert rows.dtype == np.int32 and len({r.tobytes() for r in rows}) == len(rows)  # disjoint
   assert np.all(rows[:, -1] == 1), "trimmed to the length limit, then EOS"
@@ -59,18 +72,23 @@ def test_prompt_pools_format_trim_and_split(micro, vocabulary, tmp_path, name):
   def source(row):
     """(split, i) of the example a prompt row was trimmed from."""
     text = vocab.decode(row)
-    candidates = ([("train", i) for i in range(40)] + [("validation", i) for i in range(12)]
-                  if name != "natural_instructions" else
-                  [(f"task{t}", i) for t in range(2) for i in range(real_task_data.NI_INSTANCES)])
-    found = [c for c in candidates
-             if vocab.decode(vocab.encode(_prompt(name, *c))).startswith(text)]
+    candidates = (
+      [("train", i) for i in range(40)] + [("validation", i) for i in range(12)]
+      if name != "natural_instructions"
+      else [(f"task{t}", i) for t in range(2) for i in range(real_task_data.NI_INSTANCES)]
+    )
+    found = [
+      c for c in candidates if vocab.decode(vocab.encode(_prompt(name, *c))).startswith(text)
+    ]
     assert len(found) == 1, (text, found)
     return found[0]
 
   if name == "natural_instructions":  # held out: the instances whose id hash is 0 mod 20
+
     def held_out(split, i):
       ident = real_task_data.instance_id(int(split[4:]), i)
       return zlib.crc32(ident.encode()) % tasks.VALIDATION_BUCKETS == 0
+
     assert all(held_out(*source(r)) for r in pools["eval"])
     assert not any(held_out(*source(r)) for r in pools["oracle"])
     assert {source(r)[0] for r in pools["oracle"]} == {"task0", "task1"}, "tasks are mixed"
@@ -84,8 +102,12 @@ def test_prompt_pools_format_trim_and_split(micro, vocabulary, tmp_path, name):
 
 
 def test_too_few_prompts_names_the_pool_field(micro, vocabulary, tmp_path):
-  config = _task_config(micro, "natural_instructions", vocabulary,
-                        real_task_data.write_natural_instructions(tmp_path / "ni"))
+  config = _task_config(
+    micro,
+    "natural_instructions",
+    vocabulary,
+    real_task_data.write_natural_instructions(tmp_path / "ni"),
+  )
   config.prompts.num_eval = 50
   with pytest.raises(ValueError, match=r"prompts\.num_eval: natural_instructions has only"):
     prompt_pools(config)

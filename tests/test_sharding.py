@@ -30,10 +30,21 @@ DERIVED = ("detector/score",)
 
 
 def run_on_8_devices(root, meshes):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  subprocess.run([sys.executable, os.path.join(TESTS, "run_meshes.py"), str(root),
-                  *(",".join(map(str, m)) for m in meshes)], check=True, env=env)
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    "JAX_PLATFORMS": "cpu",
+  }
+  subprocess.run(
+    [
+      sys.executable,
+      os.path.join(TESTS, "run_meshes.py"),
+      str(root),
+      *(",".join(map(str, m)) for m in meshes),
+    ],
+    check=True,
+    env=env,
+  )
 
 
 def assert_same_run(reference, other):
@@ -41,23 +52,32 @@ def assert_same_run(reference, other):
   info = checkpoints.read_json(os.path.join(other, "stage1", "info.json"))
   for key in ("logit_scale", "entropy"):
     np.testing.assert_allclose(info["oracle"][key], info_ref["oracle"][key], rtol=1e-5)
-  np.testing.assert_allclose(info["teacher/golden/fkl@oracle_samples"],
-                             info_ref["teacher/golden/fkl@oracle_samples"], rtol=1e-4)
-  for name in ("stage1/oracle_data.npz", "stage1/eval_oracle.npz", "stage1/eval_teacher.npz",
-               "offline_dataset.npz"):
+  np.testing.assert_allclose(
+    info["teacher/golden/fkl@oracle_samples"],
+    info_ref["teacher/golden/fkl@oracle_samples"],
+    rtol=1e-4,
+  )
+  for name in (
+    "stage1/oracle_data.npz",
+    "stage1/eval_oracle.npz",
+    "stage1/eval_teacher.npz",
+    "offline_dataset.npz",
+  ):
     ref, got = (checkpoints.load_arrays(os.path.join(d, name)) for d in (reference, other))
     for key in ("prompts", "responses", "mask"):
       np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{name}:{key}")
   for regime in REGIMES:
-    ref_rows, rows = (read_metrics(os.path.join(d, regime, "metrics.jsonl"))
-                      for d in (reference, other))
+    ref_rows, rows = (
+      read_metrics(os.path.join(d, regime, "metrics.jsonl")) for d in (reference, other)
+    )
     assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]
     for ref_row, row in zip(ref_rows, rows):
       assert row.keys() == ref_row.keys()
       for key, value in ref_row.items():
         if not key.startswith(UNTIMED + DERIVED):
-          np.testing.assert_allclose(row[key], value, rtol=2e-4, atol=1e-5,
-                                     err_msg=f"{regime} step {row['step']} {key}")
+          np.testing.assert_allclose(
+            row[key], value, rtol=2e-4, atol=1e-5, err_msg=f"{regime} step {row['step']} {key}"
+          )
 
 
 @pytest.mark.slow

@@ -18,21 +18,34 @@ VOCAB, B, LI, LT = 32, 8, 5, 8
 
 @pytest.fixture(scope="module")
 def setup():
-  small = dict(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_heads=2, num_encoder_layers=1,
-               num_decoder_layers=1)
-  student, teacher, oracle = (T5(t5_config("tiny", **small)),
-                              T5(t5_config("tiny", **{**small, "d_model": 24})),
-                              T5(t5_config("tiny", **{**small, "num_heads": 4})))
-  params = [nn.unbox(init_params(m, jax.random.PRNGKey(i)))
-            for i, m in enumerate((student, teacher, oracle))]
+  small = dict(
+    vocab_size=VOCAB,
+    d_model=16,
+    d_kv=4,
+    d_ff=32,
+    num_heads=2,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+  )
+  student, teacher, oracle = (
+    T5(t5_config("tiny", **small)),
+    T5(t5_config("tiny", **{**small, "d_model": 24})),
+    T5(t5_config("tiny", **{**small, "num_heads": 4})),
+  )
+  params = [
+    nn.unbox(init_params(m, jax.random.PRNGKey(i)))
+    for i, m in enumerate((student, teacher, oracle))
+  ]
   rng = np.random.default_rng(0)
   # Very different numbers of valid tokens per row, so a mean of per-micro-batch means (the
   # classic accumulation bug) would differ from the batch's per-token mean.
   lengths = np.array([1, 8, 2, 8, 3, 7, 1, 5])
   mask = (np.arange(LT)[None] < lengths[:, None]).astype(np.float32)
-  batch = Batch(prompts=jnp.asarray(rng.integers(2, VOCAB, (B, LI)), jnp.int32),
-                responses=jnp.asarray(rng.integers(0, VOCAB, (B, LT)) * mask, jnp.int32),
-                mask=jnp.asarray(mask))
+  batch = Batch(
+    prompts=jnp.asarray(rng.integers(2, VOCAB, (B, LI)), jnp.int32),
+    responses=jnp.asarray(rng.integers(0, VOCAB, (B, LT)) * mask, jnp.int32),
+    mask=jnp.asarray(mask),
+  )
   return (student, teacher, oracle), params, batch
 
 
@@ -50,9 +63,17 @@ def _step(setup, loss, micro_batches, sequence_chunks):
 def _compute_step(setup, loss, micro_batches, sequence_chunks):
   models, (s_params, t_params, o_params), batch = setup
   state = create_train_state(s_params, optax.sgd(1.0))  # update = -gradient, exactly
-  step = jax.jit(functools.partial(
-      distill_step, student=models[0], teacher=models[1], oracle=models[2], loss=loss,
-      micro_batches=micro_batches, sequence_chunks=sequence_chunks))
+  step = jax.jit(
+    functools.partial(
+      distill_step,
+      student=models[0],
+      teacher=models[1],
+      oracle=models[2],
+      loss=loss,
+      micro_batches=micro_batches,
+      sequence_chunks=sequence_chunks,
+    )
+  )
   new_state, metrics = step(state, t_params, o_params, batch, jax.random.PRNGKey(0))
   grads = jax.tree_util.tree_map(lambda new, old: old - new, new_state.params, s_params)
   return grads, metrics
@@ -64,16 +85,21 @@ def _reference_grads(setup, loss):
   teacher_logits = forward(models[1], t_params, batch)
 
   def loss_fn(params):
-    per_token = divergences.token_divergence(loss, teacher_logits,
-                                             forward(models[0], params, batch))
+    per_token = divergences.token_divergence(
+      loss, teacher_logits, forward(models[0], params, batch)
+    )
     return divergences.per_token_mean(per_token, batch.mask)
+
   return jax.value_and_grad(loss_fn)(s_params)
 
 
-@pytest.mark.parametrize("loss, micro_batches, sequence_chunks",
-                         [("fkl", 1, 1), ("fkl", 8, 1), ("fkl", 1, 4), ("jsd", 2, 2)])
-def test_accumulated_and_chunked_steps_equal_the_full_batch(setup, loss, micro_batches,
-                                                            sequence_chunks):
+@pytest.mark.parametrize(
+  "loss, micro_batches, sequence_chunks",
+  [("fkl", 1, 1), ("fkl", 8, 1), ("fkl", 1, 4), ("jsd", 2, 2)],
+)
+def test_accumulated_and_chunked_steps_equal_the_full_batch(
+  setup, loss, micro_batches, sequence_chunks
+):
   value, reference = _reference_grads(setup, loss)
   grads, metrics = _step(setup, loss, micro_batches, sequence_chunks)
   np.testing.assert_allclose(metrics["train/loss"], value, rtol=1e-5)
@@ -87,9 +113,14 @@ def test_accumulated_and_chunked_steps_equal_the_full_batch(setup, loss, micro_b
 
 def test_chunked_eval_sums_equal_the_full_ones(setup):
   models, params, batch = setup
-  full, chunked = (jax.jit(functools.partial(eval_sums, student=models[0], teacher=models[1],
-                                             oracle=models[2], sequence_chunks=c))(*params, batch)
-                   for c in (1, 4))
+  full, chunked = (
+    jax.jit(
+      functools.partial(
+        eval_sums, student=models[0], teacher=models[1], oracle=models[2], sequence_chunks=c
+      )
+    )(*params, batch)
+    for c in (1, 4)
+  )
   assert float(full["sequences"]) == B and float(full["tokens"]) == float(batch.mask.sum())
   for name, value in full.items():
     np.testing.assert_allclose(chunked[name], value, rtol=1e-5, err_msg=name)

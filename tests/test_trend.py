@@ -32,7 +32,8 @@ def test_correlated_residuals_widen_the_interval_by_the_effective_sample_size():
   stderr = np.sqrt(residual @ residual / (effective - 2) / np.sum((x - x.mean()) ** 2))
   assert t.autocorrelation == pytest.approx(r) and t.effective_points == pytest.approx(effective)
   assert t.high - t.slope_pct_per_doubling == pytest.approx(
-      stats.t.ppf(0.975, effective - 2) * stderr)
+    stats.t.ppf(0.975, effective - 2) * stderr
+  )
   assert t.high - t.low > 2 * stats.t.ppf(0.975, 10) * fit.stderr  # wider than the naive one
 
 

@@ -18,5 +18,13 @@ try:
 except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
   __version__ = "0+unknown"
 
-__all__ = ["SampleOutput", "T5", "T5Config", "divergences", "init_params", "sample",
-           "shift_right", "t5_config"]
+__all__ = [
+  "SampleOutput",
+  "T5",
+  "T5Config",
+  "divergences",
+  "init_params",
+  "sample",
+  "shift_right",
+  "t5_config",
+]

@@ -85,8 +85,12 @@ class CheckpointMismatch(RunError):
 def _layout(tree: Any) -> dict[str, tuple[int, ...] | None]:
   """{leaf path: shape} of a pytree of arrays, shape structs or Orbax array metadata."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(path, simple=True, separator="/"):
-          tuple(leaf.shape) if hasattr(leaf, "shape") else None for path, leaf in leaves}
+  return {
+    jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+    if hasattr(leaf, "shape")
+    else None
+    for path, leaf in leaves
+  }
 
 
 def _structure_change(stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
@@ -116,9 +120,12 @@ class RunCheckpointer:
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory, item_handlers=ocp.StandardCheckpointHandler(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             cleanup_tmp_directories=True))
+      self.directory,
+      item_handlers=ocp.StandardCheckpointHandler(),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -134,8 +141,7 @@ class RunCheckpointer:
     `like`; None if there is none."""
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        change = _structure_change(_layout(self._manager.item_metadata(step).tree),
-                                   _layout(like))
+        change = _structure_change(_layout(self._manager.item_metadata(step).tree), _layout(like))
         if change is None:
           restored = self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(like)))
       except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
@@ -143,10 +149,11 @@ class RunCheckpointer:
         continue
       if change is not None:
         raise CheckpointMismatch(
-            f"checkpoint {step} in {self.directory} holds a state of another structure ({change}):"
-            " the optimiser or model settings changed since it was written (e.g. "
-            "student.grad_clip, student.weight_decay, student.model); rerun with the settings "
-            "it was written with, or use a new --workdir")
+          f"checkpoint {step} in {self.directory} holds a state of another structure ({change}):"
+          " the optimiser or model settings changed since it was written (e.g. "
+          "student.grad_clip, student.weight_decay, student.model); rerun with the settings "
+          "it was written with, or use a new --workdir"
+        )
       logging.info("Restored checkpoint of step %d from %s", step, self.directory)
       return restored
     return None
@@ -155,8 +162,13 @@ class RunCheckpointer:
     """Moves the unreadable checkpoint of `step` to `damaged-<step>` (a later save writes the
     step afresh), with a warning."""
     aside = os.path.join(self.directory, f"damaged-{step}")
-    logging.warning("Checkpoint %d in %s cannot be read (%s); moved to %s, trying the previous "
-                    "one.", step, self.directory, reason, aside)
+    logging.warning(
+      "Checkpoint %d in %s cannot be read (%s); moved to %s, trying the previous one.",
+      step,
+      self.directory,
+      reason,
+      aside,
+    )
     if jax.process_index() == 0:
       shutil.rmtree(aside, ignore_errors=True)
       os.replace(os.path.join(self.directory, str(step)), aside)

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging as py_logging
 import sys
-from typing import Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import ml_collections
 from absl import app, flags
 
-from th_distill import config as config_lib, errors, partitioning
+from th_distill import config as config_lib
+from th_distill import errors, partitioning
 
-_TRACEBACK = flags.DEFINE_bool("traceback", False, "On an error, show the Python traceback "
-                               "instead of one line.")
+_TRACEBACK = flags.DEFINE_bool(
+  "traceback", False, "On an error, show the Python traceback instead of one line."
+)
 
 
 class QuietLibraries(py_logging.Filter):
@@ -27,8 +30,9 @@ class QuietLibraries(py_logging.Filter):
   ('Unable to initialize backend tpu') from the progress log."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    return (record.levelno >= py_logging.WARNING or
-            not any(name in record.pathname for name in ("orbax", "xla_bridge")))
+    return record.levelno >= py_logging.WARNING or not any(
+      name in record.pathname for name in ("orbax", "xla_bridge")
+    )
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
@@ -60,10 +64,11 @@ def check_config_arguments(argv: Sequence[str]) -> None:
   prefixes = {key.rsplit(".", i)[0] for key in fields for i in range(key.count(".") + 1)}
   for arg in argv:
     if arg.startswith("--config."):
-      key = arg[len("--config."):].split("=", 1)[0]
+      key = arg[len("--config.") :].split("=", 1)[0]
       if key not in prefixes:
-        raise config_lib.ConfigError(f"--config.{key}: no such field in {path}"
-                                     f"{config_lib.suggest(key, fields)}")
+        raise config_lib.ConfigError(
+          f"--config.{key}: no such field in {path}{config_lib.suggest(key, fields)}"
+        )
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -74,8 +79,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except Exception as e:  # pylint: disable=broad-except  (any parse error is a usage error)
     if "--traceback" in argv:
       raise
-    _fail(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__,
-          errors.EX_USAGE)
+    _fail(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__, errors.EX_USAGE)
 
 
 def main(body: Callable[[list[str]], object]) -> None:
@@ -86,8 +90,11 @@ def main(body: Callable[[list[str]], object]) -> None:
 def reject_arguments(argv: Sequence[str]) -> None:
   """Refuses positional arguments (a forgotten `--config=`, for example)."""
   if len(argv) > 1:
-    _fail(f"unexpected arguments {list(argv[1:])}; every setting is a flag (e.g. "
-          "--config=PATH; --helpshort lists them)", errors.EX_USAGE)
+    _fail(
+      f"unexpected arguments {list(argv[1:])}; every setting is a flag (e.g. "
+      "--config=PATH; --helpshort lists them)",
+      errors.EX_USAGE,
+    )
 
 
 def run_command(body: Callable[[], object]) -> None:

@@ -27,16 +27,35 @@ from th_distill import detector_config
 from th_distill.data import prompts as prompt_lib
 from th_distill.data import tasks, vocabularies
 from th_distill.data.regimes import REGIMES
-from th_distill.defaults import (base_config, model_config, overfit_config, paper_config,
-                                 strong_teacher_config, to_t5_config)
+from th_distill.defaults import (
+  base_config,
+  model_config,
+  overfit_config,
+  paper_config,
+  strong_teacher_config,
+  to_t5_config,
+)
 from th_distill.errors import EX_USAGE, RunError
 from th_distill.models import pretrained
 from th_distill.partitioning import resolve_mesh_shape
 from th_distill.settings import DistillSettings, OptimizerSettings, Problem, SamplingSettings
 
-__all__ = ["ONLINE_PROMPTS", "ConfigError", "base_config", "check_environment", "check_fields",
-           "dotted_keys", "load_config_file", "model_config", "overfit_config", "paper_config",
-           "strong_teacher_config", "suggest", "to_t5_config", "validate"]
+__all__ = [
+  "ONLINE_PROMPTS",
+  "ConfigError",
+  "base_config",
+  "check_environment",
+  "check_fields",
+  "dotted_keys",
+  "load_config_file",
+  "model_config",
+  "overfit_config",
+  "paper_config",
+  "strong_teacher_config",
+  "suggest",
+  "to_t5_config",
+  "validate",
+]
 
 
 # Where the online regimes draw prompts: the offline arm's N prompts or the whole pool.
@@ -45,6 +64,7 @@ ONLINE_PROMPTS = ("offline", "pool")
 
 class ConfigError(RunError, ValueError):
   """An invalid configuration value; the message names each offending field."""
+
   exit_code = EX_USAGE
 
 
@@ -113,14 +133,16 @@ class _Problems:
   def raise_any(self) -> None:
     errors = self.errors
     if errors:
-      raise ConfigError("Invalid configuration:" + "".join(f"\n  {e}" for e in errors)
-                        if len(errors) > 1 else f"Invalid configuration: {errors[0]}")
+      raise ConfigError(
+        "Invalid configuration:" + "".join(f"\n  {e}" for e in errors)
+        if len(errors) > 1
+        else f"Invalid configuration: {errors[0]}"
+      )
 
 
 def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> None:
   errors, check = problems.errors, problems.check
-  known = dotted_keys(base_config()) + [f"detection.{k}"
-                                        for k in detector_config.SETTINGS_FIELDS]
+  known = dotted_keys(base_config()) + [f"detection.{k}" for k in detector_config.SETTINGS_FIELDS]
   model_keys = ("oracle.model.", "teacher.model.", "student.model.")  # checked by T5Config
   for key in dotted_keys(c):
     if key not in known and not key.startswith(model_keys):
@@ -138,37 +160,65 @@ def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> None:
   problems.add(OptimizerSettings.sft(c.teacher, c.teacher.steps).problems("teacher"))
   problems.add(DistillSettings.from_config(c).problems())
   check(c.student.sft_steps >= 0, "student.sft_steps", "must be >= 0")
-  check(math.isfinite(c.teacher.temperature) and c.teacher.temperature > 0,
-        "teacher.temperature", f"must be a finite number > 0, got {c.teacher.temperature}")
-  check(c.online.prompts in ONLINE_PROMPTS, "online.prompts",
-        f"must be one of {ONLINE_PROMPTS}, got {c.online.prompts!r}")
-  check(0.0 <= c.mixture.student_fraction <= 1.0, "mixture.student_fraction",
-        f"must be in [0, 1], got {c.mixture.student_fraction}")
-  check(c.oracle.source in ("synthetic", "checkpoint"), "oracle.source",
-        f"must be 'synthetic' or 'checkpoint', got {c.oracle.source!r}")
-  check(c.oracle.source != "checkpoint" or bool(c.oracle.checkpoint), "oracle.checkpoint",
-        "must be a local checkpoint path when oracle.source = 'checkpoint'")
-  check(c.student.init in ("scratch", "sft"), "student.init",
-        f"must be 'scratch' or 'sft', got {c.student.init!r}")
+  check(
+    math.isfinite(c.teacher.temperature) and c.teacher.temperature > 0,
+    "teacher.temperature",
+    f"must be a finite number > 0, got {c.teacher.temperature}",
+  )
+  check(
+    c.online.prompts in ONLINE_PROMPTS,
+    "online.prompts",
+    f"must be one of {ONLINE_PROMPTS}, got {c.online.prompts!r}",
+  )
+  check(
+    0.0 <= c.mixture.student_fraction <= 1.0,
+    "mixture.student_fraction",
+    f"must be in [0, 1], got {c.mixture.student_fraction}",
+  )
+  check(
+    c.oracle.source in ("synthetic", "checkpoint"),
+    "oracle.source",
+    f"must be 'synthetic' or 'checkpoint', got {c.oracle.source!r}",
+  )
+  check(
+    c.oracle.source != "checkpoint" or bool(c.oracle.checkpoint),
+    "oracle.checkpoint",
+    "must be a local checkpoint path when oracle.source = 'checkpoint'",
+  )
+  check(
+    c.student.init in ("scratch", "sft"),
+    "student.init",
+    f"must be 'scratch' or 'sft', got {c.student.init!r}",
+  )
   if c.oracle.source == "synthetic":
     max_entropy = math.log(max(c.task.vocab_size, 1))
-    check(0 < c.oracle.target_entropy < max_entropy, "oracle.target_entropy",
-          f"must be in (0, log task.vocab_size = {max_entropy:.3f}) nats, got "
-          f"{c.oracle.target_entropy}")
-    check(c.oracle.weight_scale > 0, "oracle.weight_scale",
-          f"must be > 0, got {c.oracle.weight_scale}")
+    check(
+      0 < c.oracle.target_entropy < max_entropy,
+      "oracle.target_entropy",
+      f"must be in (0, log task.vocab_size = {max_entropy:.3f}) nats, got "
+      f"{c.oracle.target_entropy}",
+    )
+    check(
+      c.oracle.weight_scale > 0, "oracle.weight_scale", f"must be > 0, got {c.oracle.weight_scale}"
+    )
 
-  check(c.task.source in ("synthetic", "seqio"), "task.source",
-        f"must be 'synthetic' or 'seqio', got {c.task.source!r}")
+  check(
+    c.task.source in ("synthetic", "seqio"),
+    "task.source",
+    f"must be 'synthetic' or 'seqio', got {c.task.source!r}",
+  )
   for name in ("oracle", "teacher", "student"):
     try:
       model = to_t5_config(c[name].model)
     except (TypeError, ValueError) as e:
       errors.append(f"{name}.model: {e}")
       continue
-    check(model.vocab_size == c.task.vocab_size, f"{name}.model.vocab_size",
-          f"{model.vocab_size} differs from task.vocab_size = {c.task.vocab_size}; oracle, "
-          "teacher and student must share one vocabulary")
+    check(
+      model.vocab_size == c.task.vocab_size,
+      f"{name}.model.vocab_size",
+      f"{model.vocab_size} differs from task.vocab_size = {c.task.vocab_size}; oracle, "
+      "teacher and student must share one vocabulary",
+    )
 
   for key in ("vocab_size", "prompt_length"):
     check(c.task[key] > 0, f"task.{key}", f"must be > 0, got {c.task[key]}")
@@ -177,48 +227,68 @@ def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> None:
   if c.task.source == "synthetic":
     tokens = c.task.vocab_size - prompt_lib.FIRST_TOKEN  # ids 0 and 1 never start a prompt
     pool = c.prompts.num_oracle + c.prompts.num_distill + c.prompts.num_eval
-    check(tokens >= 2, "task.vocab_size",
-          f"must be >= {prompt_lib.FIRST_TOKEN + 2} for synthetic prompts, got {c.task.vocab_size}")
+    check(
+      tokens >= 2,
+      "task.vocab_size",
+      f"must be >= {prompt_lib.FIRST_TOKEN + 2} for synthetic prompts, got {c.task.vocab_size}",
+    )
     # As data.prompts.zipf_prompts requires: 4 x the pool fits in tokens ** prompt_length.
-    check(tokens < 2 or c.task.prompt_length <= 0 or
-          math.log(4 * max(pool, 1)) <= c.task.prompt_length * math.log(tokens),
-          "task.prompt_length", f"{c.task.prompt_length} tokens over {tokens} ids cannot make "
-          f"{pool} distinct prompts (prompts.num_*); use longer prompts or fewer of them")
+    check(
+      tokens < 2
+      or c.task.prompt_length <= 0
+      or math.log(4 * max(pool, 1)) <= c.task.prompt_length * math.log(tokens),
+      "task.prompt_length",
+      f"{c.task.prompt_length} tokens over {tokens} ids cannot make "
+      f"{pool} distinct prompts (prompts.num_*); use longer prompts or fewer of them",
+    )
   n, k = c.offline.num_prompts, c.offline.generations_per_prompt
   check(n > 0, "offline.num_prompts", f"N must be > 0, got {n}")
   check(k > 0, "offline.generations_per_prompt", f"k must be > 0, got {k}")
-  check(n <= c.prompts.num_distill, "offline.num_prompts",
-        f"N = {n} exceeds the distillation prompt pool prompts.num_distill = "
-        f"{c.prompts.num_distill} (N x k = {n * k} examples are drawn from N distinct prompts)")
+  check(
+    n <= c.prompts.num_distill,
+    "offline.num_prompts",
+    f"N = {n} exceeds the distillation prompt pool prompts.num_distill = "
+    f"{c.prompts.num_distill} (N x k = {n * k} examples are drawn from N distinct prompts)",
+  )
   check(c.eval.num_train_prompts > 0, "eval.num_train_prompts", "must be > 0")
   check(c.eval.batch_size > 0, "eval.batch_size", "must be > 0")
   check(c.eval_every > 0, "eval_every", f"must be > 0, got {c.eval_every}")
-  check(c.eval_log_points >= 0, "eval_log_points", f"must be >= 0 (0 = off), got "
-        f"{c.eval_log_points}")
+  check(
+    c.eval_log_points >= 0, "eval_log_points", f"must be >= 0 (0 = off), got {c.eval_log_points}"
+  )
   check(c.checkpoint_every > 0, "checkpoint_every", f"must be > 0, got {c.checkpoint_every}")
   check(c.hacking_threshold_pct >= 0, "hacking_threshold_pct", "must be >= 0")
   errors.extend(detector_config.problems(c.detection))
 
-  check(c.sequence_chunks > 0 and c.task.response_length % c.sequence_chunks == 0,
-        "sequence_chunks", f"{c.sequence_chunks} must be > 0 and divide task.response_length = "
-        f"{c.task.response_length}")
+  check(
+    c.sequence_chunks > 0 and c.task.response_length % c.sequence_chunks == 0,
+    "sequence_chunks",
+    f"{c.sequence_chunks} must be > 0 and divide task.response_length = {c.task.response_length}",
+  )
 
 
-def _check_environment(c: ml_collections.ConfigDict, problems: _Problems,
-                       devices: int | None = None) -> None:
+def _check_environment(
+  c: ml_collections.ConfigDict, problems: _Problems, devices: int | None = None
+) -> None:
   errors, check = problems.errors, problems.check
   if c.task.source == "seqio":
-    check(importlib.util.find_spec("seqio") is not None, "task.source",
-          "'seqio' needs the seqio extra: pip install -e '.[seqio]'")
+    check(
+      importlib.util.find_spec("seqio") is not None,
+      "task.source",
+      "'seqio' needs the seqio extra: pip install -e '.[seqio]'",
+    )
     errors.extend(tasks.data_errors(c.task.name, c.task.data_dir))
   try:
     vocabulary = vocabularies.task_vocabulary(c.task)
   except (OSError, ValueError, ImportError) as e:
     errors.append(f"task.vocabulary: {e}")
   else:  # each model's vocab_size must equal task.vocab_size (check_fields)
-    check(vocabulary.fits(c.task.vocab_size), "task.vocab_size",
-          f"{c.task.vocab_size} embedding rows (every model's vocab_size) cannot hold the "
-          f"{vocabulary.vocab_size} ids of {c.task.vocabulary}")
+    check(
+      vocabulary.fits(c.task.vocab_size),
+      "task.vocab_size",
+      f"{c.task.vocab_size} embedding rows (every model's vocab_size) cannot hold the "
+      f"{vocabulary.vocab_size} ids of {c.task.vocabulary}",
+    )
   for name in ("oracle", "teacher", "student"):
     path = c[name].checkpoint if name != "oracle" or c.oracle.source == "checkpoint" else ""
     if not path:
@@ -233,20 +303,27 @@ def _check_environment(c: ml_collections.ConfigDict, problems: _Problems,
       errors.append(f"{name}.checkpoint: {e}")
 
   try:
-    mesh = resolve_mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.model,
-                              jax.device_count() if devices is None else devices)
+    mesh = resolve_mesh_shape(
+      c.mesh.data, c.mesh.fsdp, c.mesh.model, jax.device_count() if devices is None else devices
+    )
   except ValueError as e:
     errors.append(f"mesh: {e}")
     return
   data_parallel = mesh[0] * mesh[1]
-  check(c.prompts.num_eval >= data_parallel, "prompts.num_eval",
-        f"{c.prompts.num_eval} must be at least the {data_parallel} data-parallel devices (the "
-        "synthetic oracle is calibrated on held-out prompts, split over them)")
+  check(
+    c.prompts.num_eval >= data_parallel,
+    "prompts.num_eval",
+    f"{c.prompts.num_eval} must be at least the {data_parallel} data-parallel devices (the "
+    "synthetic oracle is calibrated on held-out prompts, split over them)",
+  )
   for field, parts in (("teacher", 1), ("student", max(c.student.micro_batches, 1))):
-    check(c[field].batch_size % (data_parallel * parts) == 0, f"{field}.batch_size",
-          f"{c[field].batch_size} must be a multiple of the {data_parallel} data-parallel "
-          f"devices (mesh.data x mesh.fsdp = {mesh[0]} x {mesh[1]})" +
-          (f" times student.micro_batches = {parts}" if parts > 1 else ""))
+    check(
+      c[field].batch_size % (data_parallel * parts) == 0,
+      f"{field}.batch_size",
+      f"{c[field].batch_size} must be a multiple of the {data_parallel} data-parallel "
+      f"devices (mesh.data x mesh.fsdp = {mesh[0]} x {mesh[1]})"
+      + (f" times student.micro_batches = {parts}" if parts > 1 else ""),
+    )
 
 
 def check_fields(c: ml_collections.ConfigDict) -> None:

@@ -44,23 +44,54 @@ def base_config() -> ml_collections.ConfigDict:
   # The task: `source` 'synthetic' (Zipf prompts over the vocabulary) or 'seqio' (a real task:
   # `name` of th_distill.data.tasks.TASKS, SentencePiece `vocabulary` path, `data_dir`).
   # vocab_size is every model's embedding size; prompts and responses are trimmed to the lengths.
-  c.task = dict(source="synthetic", vocab_size=64, prompt_length=8, response_length=16,
-                zipf_exponent=1.1, name="", vocabulary="", data_dir="")
+  c.task = dict(
+    source="synthetic",
+    vocab_size=64,
+    prompt_length=8,
+    response_length=16,
+    zipf_exponent=1.1,
+    name="",
+    vocabulary="",
+    data_dir="",
+  )
   # Disjoint prompt pools: oracle data (stage 1), distillation (stage 2), held-out evaluation.
   c.prompts = dict(num_oracle=4096, num_distill=4096, num_eval=512)
   tiny = dict(vocab_size=64)
-  c.oracle = dict(source="synthetic", checkpoint="", target_entropy=2.0, weight_scale=1.0,
-                  model=model_config("tiny", **tiny))
+  c.oracle = dict(
+    source="synthetic",
+    checkpoint="",
+    target_entropy=2.0,
+    weight_scale=1.0,
+    model=model_config("tiny", **tiny),
+  )
   # `checkpoint`: initial weights from a local checkpoint instead of a random init ('' = random).
   # `temperature`: the teacher is its SFT'd logits divided by this, in every later use (its samples,
   # the loss, the proxy, its own golden distance); < 1 makes an over-confident teacher whose
   # samples are less diverse than the oracle's, 1 leaves it as trained.
-  c.teacher = dict(model=model_config("tiny", **tiny), checkpoint="", steps=1500, batch_size=32,
-                   learning_rate=3e-3, warmup_steps=0, schedule="constant", temperature=1.0)
-  c.student = dict(model=model_config("tiny", **tiny), checkpoint="", init="sft", sft_steps=500,
-                   steps=2000, batch_size=32, micro_batches=1, learning_rate=1e-3, warmup_steps=0,
-                   schedule="constant",
-                   weight_decay=0.0, grad_clip=0.0)
+  c.teacher = dict(
+    model=model_config("tiny", **tiny),
+    checkpoint="",
+    steps=1500,
+    batch_size=32,
+    learning_rate=3e-3,
+    warmup_steps=0,
+    schedule="constant",
+    temperature=1.0,
+  )
+  c.student = dict(
+    model=model_config("tiny", **tiny),
+    checkpoint="",
+    init="sft",
+    sft_steps=500,
+    steps=2000,
+    batch_size=32,
+    micro_batches=1,
+    learning_rate=1e-3,
+    warmup_steps=0,
+    schedule="constant",
+    weight_decay=0.0,
+    grad_clip=0.0,
+  )
   c.loss = dict(name="fkl", beta=0.5, normalized=False, temperature=1.0)
   c.sampling = dict(temperature=1.0, top_k=0, top_p=1.0)
   c.offline = dict(num_prompts=4096, generations_per_prompt=1)
@@ -90,9 +121,21 @@ def base_config() -> ml_collections.ConfigDict:
   # span before (convergence slowing down from its power law); evaluations before `min_step` (the
   # transient) are not scored; settings chosen on calibration seeds (docs/detection.md). `on_detect`: 'continue' or 'stop'; `keep`: checkpoints to keep
   # in the run directory, of 'best_golden', 'best_predicted'.
-  c.detection = dict(metric=PROXY, rule="slowdown", window=3.0, slope_ratio=0.7, patience=1,
-                     min_fit_points=4, law="power", threshold=2.5, noise_floor=0.01,
-                     direction="above", min_step=100, on_detect="continue", keep=())
+  c.detection = dict(
+    metric=PROXY,
+    rule="slowdown",
+    window=3.0,
+    slope_ratio=0.7,
+    patience=1,
+    min_fit_points=4,
+    law="power",
+    threshold=2.5,
+    noise_floor=0.01,
+    direction="above",
+    min_step=100,
+    on_detect="continue",
+    keep=(),
+  )
   return c
 
 
@@ -136,8 +179,13 @@ def paper_config(task: str, prompt_length: int, response_length: int) -> ml_coll
   oracle/teacher/student.checkpoint): the command line gives them."""
   c = base_config()
   vocab = 32128
-  c.task.update(source="seqio", name=task, vocab_size=vocab, prompt_length=prompt_length,
-                response_length=response_length)
+  c.task.update(
+    source="seqio",
+    name=task,
+    vocab_size=vocab,
+    prompt_length=prompt_length,
+    response_length=response_length,
+  )
   c.oracle.update(source="checkpoint", model=model_config("xl", vocab_size=vocab))
   c.teacher.model = model_config("large", vocab_size=vocab)
   c.student.model = model_config("base", vocab_size=vocab)

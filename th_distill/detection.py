@@ -32,7 +32,8 @@ before `min_step` are not scored) and names its best checkpoint (`best_predicted
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,7 @@ DIRECTIONS = ("above", "below", "both")
 class Fit:
   """A fitted law. `params` / `stderr` are keyed by parameter name (power: a, b, c; loglog and
   golden-vs-proxy: a, b with log m = log a - b log x). `cov` is in the order of `params`."""
+
   law: str
   ok: bool
   params: dict[str, float]
@@ -73,16 +75,24 @@ class Fit:
     return np.sqrt(np.maximum(np.einsum("...i,ij,...j->...", grad, self.cov, grad), 0.0))
 
   def to_json(self) -> dict[str, Any]:
-    return {"law": self.law, "ok": self.ok, "params": self.params, "stderr": self.stderr,
-            "residual_std": self.residual_std, "num_points": self.num_points,
-            "x_range": list(self.x_range), "reason": self.reason}
+    return {
+      "law": self.law,
+      "ok": self.ok,
+      "params": self.params,
+      "stderr": self.stderr,
+      "residual_std": self.residual_std,
+      "num_points": self.num_points,
+      "x_range": list(self.x_range),
+      "reason": self.reason,
+    }
 
 
 def _failed(law: str, num_points: int, reason: str) -> Fit:
   names = ("a", "b", "c") if law == "power" else ("a", "b")
   nan = {k: float("nan") for k in names}
-  return Fit(law, False, nan, dict(nan), np.full((len(names),) * 2, np.nan), float("nan"),
-             num_points, reason)
+  return Fit(
+    law, False, nan, dict(nan), np.full((len(names),) * 2, np.nan), float("nan"), num_points, reason
+  )
 
 
 def _usable(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +107,7 @@ def _usable(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndar
 def _log_law_gradient(law: str, params: dict[str, float], x: np.ndarray) -> np.ndarray:
   """d log(law(x)) / d params, shape [..., P]."""
   a, b = params["a"], params["b"]
-  u = x ** -b
+  u = x**-b
   if law == "power":
     value = a * u + params["c"]
     return np.stack([u / value, -a * u * np.log(x) / value, 1.0 / value], axis=-1)
@@ -113,8 +123,9 @@ def fit_loglog(x: Sequence[float], y: Sequence[float], min_points: int = 3) -> F
   x, y = _usable(x, y)
   n = len(x)
   if n < max(min_points, 3):
-    return _failed("loglog", n, f"not enough points: {n} usable (finite, > 0), need "
-                   f"{max(min_points, 3)}")
+    return _failed(
+      "loglog", n, f"not enough points: {n} usable (finite, > 0), need {max(min_points, 3)}"
+    )
   lx, ly = np.log(x), np.log(y)
   if np.ptp(lx) == 0:
     return _failed("loglog", n, "all points share one x: the slope is undefined")
@@ -125,8 +136,16 @@ def fit_loglog(x: Sequence[float], y: Sequence[float], min_points: int = 3) -> F
   params = {"a": float(np.exp(coef[0])), "b": float(coef[1])}
   # Jacobian of log y in (a, b): d/da = 1/a, d/db = -log x.
   cov = _covariance(np.stack([np.full(n, 1.0 / params["a"]), -lx], axis=1), var)
-  return Fit("loglog", True, params, _stderr(params, cov), cov, float(np.sqrt(var)), n,
-             x_range=(float(x.min()), float(x.max())))
+  return Fit(
+    "loglog",
+    True,
+    params,
+    _stderr(params, cov),
+    cov,
+    float(np.sqrt(var)),
+    n,
+    x_range=(float(x.min()), float(x.max())),
+  )
 
 
 def _stderr(params: dict[str, float], cov: np.ndarray) -> dict[str, float]:
@@ -154,15 +173,16 @@ def _floor_and_scale(u: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     a = np.where(flat, 0.0, a)
     c = np.where(flat, np.exp(np.mean(np.log(y))), c)
     prediction = a[:, None] * u + c[:, None]
-    w = 1.0 / np.maximum(prediction, 1e-300)**2
+    w = 1.0 / np.maximum(prediction, 1e-300) ** 2
   with np.errstate(invalid="ignore", divide="ignore"):
     resid = np.log(y) - np.log(prediction)
   sse = np.where(np.all(prediction > 0, axis=-1), (resid**2).sum(-1), np.inf)
   return a, c, sse
 
 
-def fit_power_law(steps: Sequence[float], values: Sequence[float], min_points: int = 5,
-                  max_exponent: float = 4.0) -> Fit:
+def fit_power_law(
+  steps: Sequence[float], values: Sequence[float], min_points: int = 5, max_exponent: float = 4.0
+) -> Fit:
   """Fits m(t) = a * t^(-b) + c (a, c >= 0, 0 <= b <= max_exponent) in log space.
 
   The exponent is profiled: (a, c) are solved for every b of a grid, and the grid is refined
@@ -172,13 +192,17 @@ def fit_power_law(steps: Sequence[float], values: Sequence[float], min_points: i
   x, y = _usable(steps, values)
   n = len(x)
   if n < max(min_points, 4):
-    return _failed("power", n, f"not enough points: {n} usable (finite, > 0, step >= 1), need "
-                   f"{max(min_points, 4)}")
+    return _failed(
+      "power",
+      n,
+      f"not enough points: {n} usable (finite, > 0, step >= 1), need {max(min_points, 4)}",
+    )
   x_range = (float(x.min()), float(x.max()))
   if np.ptp(np.log(y)) < 1e-12:
     params = {"a": 0.0, "b": 0.0, "c": float(y[0])}
-    return Fit("power", True, params, {k: 0.0 for k in params}, np.zeros((3, 3)), 0.0, n,
-               x_range=x_range)
+    return Fit(
+      "power", True, params, {k: 0.0 for k in params}, np.zeros((3, 3)), 0.0, n, x_range=x_range
+    )
   lo, hi = 0.0, max_exponent
   for _ in range(4):
     grid = np.linspace(lo, hi, 41)
@@ -188,12 +212,12 @@ def fit_power_law(steps: Sequence[float], values: Sequence[float], min_points: i
   params = {"a": float(a[best]), "b": float(grid[best]), "c": float(c[best])}
   var = float(sse[best]) / max(n - 3, 1)
   cov = _covariance(_log_law_gradient("power", params, x), var)
-  return Fit("power", True, params, _stderr(params, cov), cov, float(np.sqrt(var)), n,
-             x_range=x_range)
+  return Fit(
+    "power", True, params, _stderr(params, cov), cov, float(np.sqrt(var)), n, x_range=x_range
+  )
 
 
-def fit_law(law: str, steps: Sequence[float], values: Sequence[float],
-            min_points: int = 5) -> Fit:
+def fit_law(law: str, steps: Sequence[float], values: Sequence[float], min_points: int = 5) -> Fit:
   """`fit_power_law` or `fit_loglog` by name (one of LAWS)."""
   if law == "power":
     return fit_power_law(steps, values, min_points)
@@ -202,8 +226,9 @@ def fit_law(law: str, steps: Sequence[float], values: Sequence[float],
   raise ValueError(f"Unknown law {law!r}; expected one of {LAWS}.")
 
 
-def fit_golden_vs_proxy(proxy: Sequence[float], golden: Sequence[float],
-                        min_points: int = 3) -> Fit:
+def fit_golden_vs_proxy(
+  proxy: Sequence[float], golden: Sequence[float], min_points: int = 3
+) -> Fit:
   """log golden = log A - b log proxy, i.e. golden = A * proxy^alpha with alpha = -b.
 
   alpha > 0: golden and proxy fall together; a poor fit or alpha <= 0 over the late part of a
@@ -235,6 +260,7 @@ class DetectorSettings:
     min_step: evaluations before this step are not scored (they still enter the fits): the first
       steps of a run are a transient that no power law describes.
   """
+
   rule: str = "slowdown"
   law: str = "power"
   min_fit_points: int = 4
@@ -291,6 +317,7 @@ class Detection:
       'early_stopping': the relative rise over the running minimum.
     reason: a sentence saying why it fired or not.
   """
+
   detected: bool
   step: int | None
   departure_step: int | None
@@ -301,14 +328,19 @@ class Detection:
   reason: str
 
   def to_json(self) -> dict[str, Any]:
-    return {"detected": self.detected, "detected_step": self.step,
-            "departure_step": self.departure_step,
-            "best_predicted_step": self.best_predicted_step, "fit": self.fit.to_json(),
-            "reason": self.reason}
+    return {
+      "detected": self.detected,
+      "detected_step": self.step,
+      "departure_step": self.departure_step,
+      "best_predicted_step": self.best_predicted_step,
+      "fit": self.fit.to_json(),
+      "reason": self.reason,
+    }
 
 
-def departure_scores(fit: Fit, steps: np.ndarray, values: np.ndarray,
-                     noise_floor: float) -> np.ndarray:
+def departure_scores(
+  fit: Fit, steps: np.ndarray, values: np.ndarray, noise_floor: float
+) -> np.ndarray:
   """z-scores of (steps, values) against `fit` (module docstring); nan where a value is not
   finite or > 0."""
   steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
@@ -366,8 +398,11 @@ class Detector:
     t, window = self.steps[-1], self.settings.window
     recent = self._span_fit(t / window, t, include_last=True)
     earlier = self._span_fit(t / window**2, t / window, include_last=False)
-    if not (recent.ok and earlier.ok and
-            earlier.params["b"] > max(2 * earlier.stderr["b"], MIN_CONVERGENCE_SLOPE)):
+    if not (
+      recent.ok
+      and earlier.ok
+      and earlier.params["b"] > max(2 * earlier.stderr["b"], MIN_CONVERGENCE_SLOPE)
+    ):
       return float("nan"), False, recent  # no convergence to slow down from
     ratio = recent.params["b"] / earlier.params["b"]
     return ratio, bool(ratio < self.settings.slope_ratio), recent
@@ -375,8 +410,9 @@ class Detector:
   def _score_departure(self) -> tuple[float, bool, Fit]:
     steps, values = np.asarray(self.steps), np.asarray(self.values)
     start = np.searchsorted(steps, steps[-1] / self.settings.window)
-    fit = fit_law(self.settings.law, steps[start:-1], values[start:-1],
-                  self.settings.min_fit_points)
+    fit = fit_law(
+      self.settings.law, steps[start:-1], values[start:-1], self.settings.min_fit_points
+    )
     if not fit.ok:
       return float("nan"), False, fit
     z = float(departure_scores(fit, steps[-1], values[-1], self.settings.noise_floor))
@@ -397,8 +433,12 @@ class Detector:
         start = j - patience + 1
         if start >= 1 and self.steps[start] >= self.settings.min_step and self._fits[start].ok:
           window = slice(start, j + 1)
-          z = departure_scores(self._fits[start], np.asarray(self.steps[window]),
-                               np.asarray(self.values[window]), self.settings.noise_floor)
+          z = departure_scores(
+            self._fits[start],
+            np.asarray(self.steps[window]),
+            np.asarray(self.values[window]),
+            self.settings.noise_floor,
+          )
           if np.all(_departs(z, self.settings)):
             return start, j
         continue
@@ -425,11 +465,15 @@ class Detector:
       return set()
     steps = np.asarray(self.steps)
     if self.settings.rule == "early_stopping":
-      return {int(steps[int(np.nanargmin(self.values))]) if np.any(np.isfinite(self.values))
-              else int(steps[-1]), int(steps[-1])}
+      return {
+        int(steps[int(np.nanargmin(self.values))])
+        if np.any(np.isfinite(self.values))
+        else int(steps[-1]),
+        int(steps[-1]),
+      }
     first_open = max(len(steps) - self.settings.patience, 0)
     lowest = self._best_before(first_open) if first_open > 0 else 0
-    return {int(s) for s in steps[max(lowest, 0):]}
+    return {int(s) for s in steps[max(lowest, 0) :]}
 
   def result(self) -> Detection:
     """The verdict on the evaluations added so far."""
@@ -439,29 +483,40 @@ class Detector:
     if fired is not None:
       start, fire = fired
       best = self._best_before(start)
-      return Detection(True, int(steps[fire]), int(steps[start]), int(steps[best]),
-                       self._fits[fire if settings.rule == "slowdown" else start], steps, scores,
-                       f"{settings.patience} consecutive evaluations from step {int(steps[start])} "
-                       f"{self._what_departs()} (scores "
-                       f"{', '.join(f'{v:.2f}' for v in scores[start:fire + 1])})")
+      return Detection(
+        True,
+        int(steps[fire]),
+        int(steps[start]),
+        int(steps[best]),
+        self._fits[fire if settings.rule == "slowdown" else start],
+        steps,
+        scores,
+        f"{settings.patience} consecutive evaluations from step {int(steps[start])} "
+        f"{self._what_departs()} (scores "
+        f"{', '.join(f'{v:.2f}' for v in scores[start : fire + 1])})",
+      )
     last = self._last_fit()
     if np.any(np.isfinite(scores)):
       reason = f"no {settings.patience} consecutive evaluations {self._what_departs()}"
     elif not last.ok:
       reason = f"the curve could never be scored ({last.reason})"
     else:
-      reason = ("the curve could never be scored (it never fell over a span of x"
-                f"{settings.window:g} steps: no convergence to slow down from)")
+      reason = (
+        "the curve could never be scored (it never fell over a span of x"
+        f"{settings.window:g} steps: no convergence to slow down from)"
+      )
     return Detection(False, None, None, None, last, steps, scores, reason)
 
   def _what_departs(self) -> str:
     s = self.settings
     if s.rule == "slowdown":
-      return (f"with a log-log slope over the last x{s.window:g} of steps below {s.slope_ratio:g} "
-              "times the slope over the span before")
+      return (
+        f"with a log-log slope over the last x{s.window:g} of steps below {s.slope_ratio:g} "
+        "times the slope over the span before"
+      )
     if s.rule == "early_stopping":
       return f"more than {100 * s.noise_floor:g}% above the running minimum"
-    return (f"departing {s.direction} the {s.law} law by more than {s.threshold:g} noise std")
+    return f"departing {s.direction} the {s.law} law by more than {s.threshold:g} noise std"
 
   def _last_fit(self) -> Fit:
     if not self.steps:
@@ -474,30 +529,41 @@ class Detector:
     return fit_law(law, steps[start:], values[start:], self.settings.min_fit_points)
 
 
-def detect(steps: Sequence[int], values: Sequence[float],
-           settings: DetectorSettings = DetectorSettings()) -> Detection:
+def detect(
+  steps: Sequence[int], values: Sequence[float], settings: DetectorSettings = DetectorSettings()
+) -> Detection:
   """The detector's verdict on a whole curve (evaluations in strictly increasing step order)."""
   steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
   if steps.shape != values.shape or steps.ndim != 1:
-    raise ValueError(f"steps and values must be 1-D and equally long, got {steps.shape} and "
-                     f"{values.shape}.")
+    raise ValueError(
+      f"steps and values must be 1-D and equally long, got {steps.shape} and {values.shape}."
+    )
   detector = Detector(settings)
   for step, value in zip(steps, values):
     detector.add(step, value)
   return detector.result()
 
 
-def ground_truth(steps: Sequence[int], golden: Sequence[float],
-                 threshold_pct: float) -> dict[str, Any]:
+def ground_truth(
+  steps: Sequence[int], golden: Sequence[float], threshold_pct: float
+) -> dict[str, Any]:
   """What the oracle says of a run: the golden minimum, its step, the relative rise after it
   (100 * (final - min) / min) and whether that rise reaches `threshold_pct`."""
   steps, golden = np.asarray(steps), np.asarray(golden, dtype=float)
   finite = np.isfinite(golden)
   if not np.any(finite):
-    return {"golden_min": float("nan"), "golden_min_step": None, "golden_rise_pct": float("nan"),
-            "golden_rises": False}
+    return {
+      "golden_min": float("nan"),
+      "golden_min_step": None,
+      "golden_rise_pct": float("nan"),
+      "golden_rises": False,
+    }
   best = int(np.nanargmin(np.where(finite, golden, np.nan)))
   final = golden[np.flatnonzero(finite)[-1]]
   rise = 100.0 * (final - golden[best]) / golden[best]
-  return {"golden_min": float(golden[best]), "golden_min_step": int(steps[best]),
-          "golden_rise_pct": float(rise), "golden_rises": bool(rise >= threshold_pct)}
+  return {
+    "golden_min": float(golden[best]),
+    "golden_min_step": int(steps[best]),
+    "golden_rise_pct": float(rise),
+    "golden_rises": bool(rise >= threshold_pct),
+  }

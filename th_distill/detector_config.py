@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -27,8 +27,9 @@ SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(detection.DetectorSet
 def detector_settings(section: ml_collections.ConfigDict) -> detection.DetectorSettings:
   """The `detection` config section's detector fields (defaults for those it lacks); ValueError
   if any is invalid."""
-  return detection.DetectorSettings(**{name: section[name] for name in SETTINGS_FIELDS
-                                       if name in section})
+  return detection.DetectorSettings(
+    **{name: section[name] for name in SETTINGS_FIELDS if name in section}
+  )
 
 
 def callback_problems(on_detect: str, keep: Sequence[str]) -> list[str]:
@@ -50,6 +51,8 @@ def problems(section: ml_collections.ConfigDict) -> list[str]:
   except ValueError as e:  # "Invalid detector settings: law: ...; patience: ..."
     found.extend(f"detection.{problem}" for problem in str(e).split(": ", 1)[-1].split("; "))
   if not is_curve_name(section.metric):
-    found.append(f"detection.metric: {section.metric!r} is not a logged curve; use e.g. "
-                 f"{PROXY!r}, {TRAIN_PROXY!r} or 'train/loss' (names in docs/metrics.md)")
+    found.append(
+      f"detection.metric: {section.metric!r} is not a logged curve; use e.g. "
+      f"{PROXY!r}, {TRAIN_PROXY!r} or 'train/loss' (names in docs/metrics.md)"
+    )
   return found + callback_problems(section.on_detect, section.keep)

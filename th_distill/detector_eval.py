@@ -25,7 +25,8 @@ import dataclasses
 import glob
 import itertools
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from absl import flags
@@ -40,36 +41,52 @@ NEVER_RISES = 0.01  # relative rise over the running minimum that counts as the 
 
 def _grid(base: Mapping[str, Any], **axes: Iterable[Any]) -> list[detection.DetectorSettings]:
   names = list(axes)
-  return [detection.DetectorSettings(**base, **dict(zip(names, values)))
-          for values in itertools.product(*(axes[n] for n in names))]
+  return [
+    detection.DetectorSettings(**base, **dict(zip(names, values)))
+    for values in itertools.product(*(axes[n] for n in names))
+  ]
 
 
-def with_min_step(methods: Mapping[str, list[detection.DetectorSettings]], min_step: int
-                  ) -> dict[str, list[detection.DetectorSettings]]:
+def with_min_step(
+  methods: Mapping[str, list[detection.DetectorSettings]], min_step: int
+) -> dict[str, list[detection.DetectorSettings]]:
   """`methods` with every grid point's `min_step` (the unscored transient) set to `min_step`."""
-  return {name: [dataclasses.replace(s, min_step=min_step) for s in grid]
-          for name, grid in methods.items()}
+  return {
+    name: [dataclasses.replace(s, min_step=min_step) for s in grid]
+    for name, grid in methods.items()
+  }
 
 
 # method -> the settings it may choose from on the calibration seeds.
 METHODS: dict[str, list[detection.DetectorSettings]] = {
-    "slowdown (the detector)": _grid({"rule": "slowdown"}, window=(2.0, 2.5, 3.0, 4.0),
-                                     slope_ratio=(0.7, 0.8, 0.9), patience=(1, 2, 3)),
-    "early stopping on the held-out proxy": _grid({"rule": "early_stopping"},
-                                                  noise_floor=(0.0, 0.005, 0.01, 0.02),
-                                                  patience=(1, 2, 3, 5)),
-    "power law with a floor, departure": _grid(
-        {"rule": "departure", "law": "power", "min_fit_points": 8}, window=(10.0, 30.0),
-        threshold=(2.0, 2.5, 3.0), patience=(2, 3)),
-    "log-log law without a floor, departure": _grid(
-        {"rule": "departure", "law": "loglog", "min_fit_points": 8}, window=(10.0, 30.0),
-        threshold=(2.0, 2.5, 3.0), patience=(2, 3)),
+  "slowdown (the detector)": _grid(
+    {"rule": "slowdown"},
+    window=(2.0, 2.5, 3.0, 4.0),
+    slope_ratio=(0.7, 0.8, 0.9),
+    patience=(1, 2, 3),
+  ),
+  "early stopping on the held-out proxy": _grid(
+    {"rule": "early_stopping"}, noise_floor=(0.0, 0.005, 0.01, 0.02), patience=(1, 2, 3, 5)
+  ),
+  "power law with a floor, departure": _grid(
+    {"rule": "departure", "law": "power", "min_fit_points": 8},
+    window=(10.0, 30.0),
+    threshold=(2.0, 2.5, 3.0),
+    patience=(2, 3),
+  ),
+  "log-log law without a floor, departure": _grid(
+    {"rule": "departure", "law": "loglog", "min_fit_points": 8},
+    window=(10.0, 30.0),
+    threshold=(2.0, 2.5, 3.0),
+    patience=(2, 3),
+  ),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One finished regime run: its curves [T] and the oracle's verdict."""
+
   directory: str
   seed: int
   steps: np.ndarray
@@ -80,8 +97,9 @@ class Run:
   proxy_never_rises: bool
 
 
-def load_run(directory: str, seed: int, rows: Sequence[Mapping[str, Any]],
-             threshold_pct: float) -> Run | None:
+def load_run(
+  directory: str, seed: int, rows: Sequence[Mapping[str, Any]], threshold_pct: float
+) -> Run | None:
   """The run's curves and verdict; None for a run that diverged (no verdict to score)."""
   steps = np.array([r["step"] for r in rows])
   golden, proxy = column(rows, GOLDEN), column(rows, PROXY)
@@ -105,14 +123,17 @@ def finished_runs(workdirs: Sequence[str], threshold_pct: float) -> list[Run]:
       if os.path.realpath(directory) in seen:
         continue
       seen.add(os.path.realpath(directory))
-      seed = int(os.path.basename(os.path.dirname(directory))[len("seed"):])
-      run = load_run(directory, seed, read_metrics(os.path.join(directory, "metrics.jsonl")),
-                     threshold_pct)
+      seed = int(os.path.basename(os.path.dirname(directory))[len("seed") :])
+      run = load_run(
+        directory, seed, read_metrics(os.path.join(directory, "metrics.jsonl")), threshold_pct
+      )
       if run is not None:
         runs.append(run)
   if not runs:
-    raise errors.RunError(f"--workdir={','.join(workdirs)}: no finished study run in */runs (run "
-                          "`python -m th_distill.study --workdir=...` first)")
+    raise errors.RunError(
+      f"--workdir={','.join(workdirs)}: no finished study run in */runs (run "
+      "`python -m th_distill.study --workdir=...` first)"
+    )
   return runs
 
 
@@ -121,16 +142,24 @@ def score(runs: Sequence[Run], settings: detection.DetectorSettings) -> dict[str
   per_run = []
   for run in runs:
     found = detection.detect(run.steps, run.proxy, settings)
-    entry = {"run": run.directory, "seed": run.seed, "outcome": run.outcome,
-             "proxy_never_rises": run.proxy_never_rises, "detected": found.detected,
-             "detected_step": found.step, "golden_min_step": int(run.steps[run.golden_min_index])}
+    entry = {
+      "run": run.directory,
+      "seed": run.seed,
+      "outcome": run.outcome,
+      "proxy_never_rises": run.proxy_never_rises,
+      "detected": found.detected,
+      "detected_step": found.step,
+      "golden_min_step": int(run.steps[run.golden_min_index]),
+    }
     if found.detected:
       fired = int(np.flatnonzero(run.steps == found.step)[0])
       kept = int(np.flatnonzero(run.steps == found.best_predicted_step)[0])
       golden_min = run.golden[run.golden_min_index]
-      entry.update(lag_evals=fired - run.golden_min_index,
-                   best_predicted_step=found.best_predicted_step,
-                   golden_cost_pct=float(100 * (run.golden[kept] - golden_min) / golden_min))
+      entry.update(
+        lag_evals=fired - run.golden_min_index,
+        best_predicted_step=found.best_predicted_step,
+        golden_cost_pct=float(100 * (run.golden[kept] - golden_min) / golden_min),
+      )
     per_run.append(entry)
   return {"settings": dataclasses.asdict(settings), **quality(per_run), "runs": per_run}
 
@@ -148,16 +177,20 @@ def quality(per_run: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   tp, fp = len(hits), fired - len(hits)
   f1 = 2 * tp / (2 * tp + fp + len(positive) - tp) if positive or fired else 1.0
   return {
-      "runs": len(per_run), "positives": len(positive), "true_positives": tp,
-      "false_positives": fp, "false_negatives": len(positive) - tp,
-      "true_negatives": len(per_run) - len(positive) - fp,
-      "precision": tp / fired if fired else None, "recall": _recall(positive), "f1": f1,
-      "recall_teacher_hacking": _recall([e for e in positive
-                                         if e["outcome"] == "teacher_hacking"]),
-      "recall_proxy_never_rises": _recall([e for e in positive if e["proxy_never_rises"]]),
-      "positives_proxy_never_rises": sum(e["proxy_never_rises"] for e in positive),
-      "lag_evals": [e["lag_evals"] for e in hits],
-      "golden_cost_pct": [e["golden_cost_pct"] for e in hits],
+    "runs": len(per_run),
+    "positives": len(positive),
+    "true_positives": tp,
+    "false_positives": fp,
+    "false_negatives": len(positive) - tp,
+    "true_negatives": len(per_run) - len(positive) - fp,
+    "precision": tp / fired if fired else None,
+    "recall": _recall(positive),
+    "f1": f1,
+    "recall_teacher_hacking": _recall([e for e in positive if e["outcome"] == "teacher_hacking"]),
+    "recall_proxy_never_rises": _recall([e for e in positive if e["proxy_never_rises"]]),
+    "positives_proxy_never_rises": sum(e["proxy_never_rises"] for e in positive),
+    "lag_evals": [e["lag_evals"] for e in hits],
+    "golden_cost_pct": [e["golden_cost_pct"] for e in hits],
   }
 
 
@@ -167,28 +200,40 @@ def _rank(result: Mapping[str, Any]) -> tuple[float, float, float]:
   return (-result["f1"], float(cost), float(lag))
 
 
-def calibrate_and_test(runs: Sequence[Run], calibration_seeds: Sequence[int],
-                       test_seeds: Sequence[int],
-                       methods: Mapping[str, list[detection.DetectorSettings]] = METHODS
-                       ) -> dict[str, Any]:
+def calibrate_and_test(
+  runs: Sequence[Run],
+  calibration_seeds: Sequence[int],
+  test_seeds: Sequence[int],
+  methods: Mapping[str, list[detection.DetectorSettings]] = METHODS,
+) -> dict[str, Any]:
   """Every method of `methods`: settings chosen on the calibration runs, scored on the test
   runs."""
   if set(calibration_seeds) & set(test_seeds):
-    raise errors.RunError("calibration and test seeds overlap: "
-                          f"{sorted(set(calibration_seeds) & set(test_seeds))}")
+    raise errors.RunError(
+      f"calibration and test seeds overlap: {sorted(set(calibration_seeds) & set(test_seeds))}"
+    )
   calibration = [r for r in runs if r.seed in calibration_seeds]
   test = [r for r in runs if r.seed in test_seeds]
   if not calibration or not test:
-    raise errors.RunError(f"need finished runs on both seed sets; found {len(calibration)} on the "
-                          f"calibration seeds {list(calibration_seeds)} and {len(test)} on the "
-                          f"test seeds {list(test_seeds)}")
+    raise errors.RunError(
+      f"need finished runs on both seed sets; found {len(calibration)} on the "
+      f"calibration seeds {list(calibration_seeds)} and {len(test)} on the "
+      f"test seeds {list(test_seeds)}"
+    )
   results = {}
   for name, grid in methods.items():
     chosen = min((score(calibration, settings) for settings in grid), key=_rank)
-    results[name] = {"calibration": chosen,
-                     "test": score(test, detection.DetectorSettings(**chosen["settings"]))}
-  return {"calibration_seeds": list(calibration_seeds), "test_seeds": list(test_seeds),
-          "calibration_runs": len(calibration), "test_runs": len(test), "methods": results}
+    results[name] = {
+      "calibration": chosen,
+      "test": score(test, detection.DetectorSettings(**chosen["settings"])),
+    }
+  return {
+    "calibration_seeds": list(calibration_seeds),
+    "test_seeds": list(test_seeds),
+    "calibration_runs": len(calibration),
+    "test_runs": len(test),
+    "methods": results,
+  }
 
 
 def _fraction(value: float | None) -> str:
@@ -202,28 +247,34 @@ def _spread(values: Sequence[float], spec: str = "g") -> str:
 
 
 def _changed(settings: Mapping[str, Any]) -> str:
-  keys = {"slowdown": ("window", "slope_ratio", "patience"),
-          "early_stopping": ("noise_floor", "patience"),
-          "departure": ("law", "window", "threshold", "patience")}[settings["rule"]]
-  return ", ".join(f"{k} {settings[k]:g}" if isinstance(settings[k], float) else
-                   f"{k} {settings[k]}" for k in keys)
+  keys = {
+    "slowdown": ("window", "slope_ratio", "patience"),
+    "early_stopping": ("noise_floor", "patience"),
+    "departure": ("law", "window", "threshold", "patience"),
+  }[settings["rule"]]
+  return ", ".join(
+    f"{k} {settings[k]:g}" if isinstance(settings[k], float) else f"{k} {settings[k]}" for k in keys
+  )
 
 
 def table(result: Mapping[str, Any], split: str = "test") -> str:
   """The markdown table of every method on `split` ('test' or 'calibration')."""
-  lines = ["| method | settings (chosen on calibration seeds) | TP | FP | FN | TN | precision | "
-           "recall | recall, teacher hacking | recall, proxy never rises | lag in evaluations: "
-           "median [min, max] | golden cost of best_predicted, %: median [min, max] |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| method | settings (chosen on calibration seeds) | TP | FP | FN | TN | precision | "
+    "recall | recall, teacher hacking | recall, proxy never rises | lag in evaluations: "
+    "median [min, max] | golden cost of best_predicted, %: median [min, max] |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for name, method in result["methods"].items():
     q = method[split]
     lines.append(
-        f"| {name} | {_changed(q['settings'])} | {q['true_positives']} | "
-        f"{q['false_positives']} | {q['false_negatives']} | {q['true_negatives']} | "
-        f"{_fraction(q['precision'])} | {_fraction(q['recall'])} | "
-        f"{_fraction(q['recall_teacher_hacking'])} | {_fraction(q['recall_proxy_never_rises'])} "
-        f"({q['positives_proxy_never_rises']} runs) | {_spread(q['lag_evals'])} | "
-        f"{_spread(q['golden_cost_pct'], '.1f')} |")
+      f"| {name} | {_changed(q['settings'])} | {q['true_positives']} | "
+      f"{q['false_positives']} | {q['false_negatives']} | {q['true_negatives']} | "
+      f"{_fraction(q['precision'])} | {_fraction(q['recall'])} | "
+      f"{_fraction(q['recall_teacher_hacking'])} | {_fraction(q['recall_proxy_never_rises'])} "
+      f"({q['positives_proxy_never_rises']} runs) | {_spread(q['lag_evals'])} | "
+      f"{_spread(q['golden_cost_pct'], '.1f')} |"
+    )
   return "\n".join(lines)
 
 
@@ -232,26 +283,34 @@ def _seeds(text: str) -> list[int]:
 
 
 def main() -> None:
-  workdirs = flags.DEFINE_multi_string("workdir", None, "A study workdir (holding runs/); "
-                                       "repeat for several.")
-  calibration = flags.DEFINE_string("calibration_seeds", "0,1,2,3,4",
-                                    "Seeds the settings are chosen on.")
+  workdirs = flags.DEFINE_multi_string(
+    "workdir", None, "A study workdir (holding runs/); repeat for several."
+  )
+  calibration = flags.DEFINE_string(
+    "calibration_seeds", "0,1,2,3,4", "Seeds the settings are chosen on."
+  )
   test = flags.DEFINE_string("test_seeds", "5,6,7,8,9", "Seeds the chosen settings are scored on.")
   threshold = flags.DEFINE_float("threshold_pct", 5.0, "Golden rise that counts as positive.")
-  min_step = flags.DEFINE_integer("min_step", detection.DetectorSettings().min_step,
-                                  "Evaluations before this step are not scored (every method).")
+  min_step = flags.DEFINE_integer(
+    "min_step",
+    detection.DetectorSettings().min_step,
+    "Evaluations before this step are not scored (every method).",
+  )
   out = flags.DEFINE_string("out", None, "Write every number as JSON to this file.")
   flags.mark_flags_as_required(["workdir"])
 
   def evaluate() -> None:
     runs = finished_runs(workdirs.value, threshold.value)
-    result = calibrate_and_test(runs, _seeds(calibration.value), _seeds(test.value),
-                                with_min_step(METHODS, min_step.value))
+    result = calibrate_and_test(
+      runs, _seeds(calibration.value), _seeds(test.value), with_min_step(METHODS, min_step.value)
+    )
     result.update(threshold_pct=threshold.value, min_step=min_step.value)
-    print(f"{result['calibration_runs']} calibration runs (seeds {calibration.value}), "
-          f"{result['test_runs']} test runs (seeds {test.value}); positive = golden rises by "
-          f">= {threshold.value:g}% (held-out verdict); evaluations before step "
-          f"{min_step.value} not scored.\n\n## Test seeds\n")
+    print(
+      f"{result['calibration_runs']} calibration runs (seeds {calibration.value}), "
+      f"{result['test_runs']} test runs (seeds {test.value}); positive = golden rises by "
+      f">= {threshold.value:g}% (held-out verdict); evaluations before step "
+      f"{min_step.value} not scored.\n\n## Test seeds\n"
+    )
     print(table(result, "test"))
     print("\n## Calibration seeds (where the settings were chosen)\n")
     print(table(result, "calibration"))

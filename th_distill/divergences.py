@@ -34,7 +34,7 @@ Padded positions (mask == 0) never count, even if `values` holds NaN or inf ther
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -109,8 +109,13 @@ def _jsd(log_p: Array, log_q: Array, beta: float, normalized: bool) -> Array:
   return beta * kl_p + (1.0 - beta) * kl_q
 
 
-def jsd(ref_logits: Array, student_logits: Array, beta: float = 0.5, temperature: float = 1.0,
-        normalized: bool = False) -> Array:
+def jsd(
+  ref_logits: Array,
+  student_logits: Array,
+  beta: float = 0.5,
+  temperature: float = 1.0,
+  normalized: bool = False,
+) -> Array:
   """Generalised Jensen-Shannon divergence per position: [..., V] x [..., V] -> [...] float32.
 
   `beta` is a static Python float in [0, 1] (the weight of p in m). Plain JSD_beta is 0 at both
@@ -141,8 +146,15 @@ def get(name: str) -> Callable[..., Array]:
   return DIVERGENCES[name]
 
 
-def token_divergence(name: str, ref_logits: Array, student_logits: Array, *, beta: float = 0.5,
-                     temperature: float = 1.0, normalized: bool = False) -> Array:
+def token_divergence(
+  name: str,
+  ref_logits: Array,
+  student_logits: Array,
+  *,
+  beta: float = 0.5,
+  temperature: float = 1.0,
+  normalized: bool = False,
+) -> Array:
   """Divergence `name` per position: [..., V] x [..., V] -> [...] float32.
 
   `beta` and `normalized` are used by jsd only.
@@ -157,8 +169,11 @@ def all_divergences(ref_logits: Array, student_logits: Array) -> dict[str, Array
   """{'fkl', 'rkl', 'jsd'} per position ([..., V] -> [...] float32, temperature 1), sharing one
   log-softmax per side; 'jsd' is the plain beta = 0.5 metric in nats, in [0, ln 2]."""
   log_p, log_q = _log_probs(ref_logits, 1.0), _log_probs(student_logits, 1.0)
-  return {"fkl": _kl(log_p, log_q), "rkl": _kl(log_q, log_p),
-          "jsd": _jsd(log_p, log_q, 0.5, normalized=False)}
+  return {
+    "fkl": _kl(log_p, log_q),
+    "rkl": _kl(log_q, log_p),
+    "jsd": _jsd(log_p, log_q, 0.5, normalized=False),
+  }
 
 
 def entropy(logits: Array) -> Array:
@@ -172,8 +187,9 @@ def masked_sum(values: Array, mask: Array, axis: int | None = None) -> Array:
   """sum(values * mask) over `axis` (None: all) in float32; positions with mask == 0 are skipped
   (not multiplied), so NaN or inf there never leaks in."""
   mask = jnp.asarray(mask).astype(jnp.float32)
-  return jnp.sum(jnp.where(mask != 0, jnp.asarray(values).astype(jnp.float32) * mask, 0.0),
-                 axis=axis)
+  return jnp.sum(
+    jnp.where(mask != 0, jnp.asarray(values).astype(jnp.float32) * mask, 0.0), axis=axis
+  )
 
 
 def per_token_mean(values: Array, mask: Array) -> Array:

@@ -13,4 +13,5 @@ EX_FAILURE, EX_USAGE, EX_TEMPFAIL = 1, 2, 75
 
 class RunError(Exception):
   """A failure the user can act on; its message names the cause and the way forward."""
+
   exit_code = EX_FAILURE

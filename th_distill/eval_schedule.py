@@ -14,8 +14,9 @@ def evaluation_steps(total: int, every: int, log_points: int = 0) -> tuple[int, 
   """Sorted steps in [0, total] to evaluate: 0, multiples of `every`, `total` itself, and
   `log_points` steps log-spaced over [1, total] (fewer when rounding merges them)."""
   if total < 0 or every <= 0 or log_points < 0:
-    raise ValueError(f"Need total >= 0, every > 0, log_points >= 0; got {total}, {every}, "
-                     f"{log_points}.")
+    raise ValueError(
+      f"Need total >= 0, every > 0, log_points >= 0; got {total}, {every}, {log_points}."
+    )
   steps = set(range(0, total + 1, every)) | {total}
   if log_points and total >= 1:
     steps |= {int(s) for s in np.rint(np.geomspace(1, total, log_points))}

@@ -23,17 +23,29 @@ import jax
 import ml_collections
 from absl import logging
 
-from th_distill import (checkpoints, config as config_lib, memory, partitioning, progress,
-                        report, resume, workdir_lock, workload)
+from th_distill import (
+  checkpoints,
+  memory,
+  partitioning,
+  progress,
+  report,
+  resume,
+  workdir_lock,
+  workload,
+)
+from th_distill import config as config_lib
 from th_distill.data.pools import prompt_pools
 from th_distill.models import param_count
 from th_distill.settings import RunSettings
-from th_distill.stages import distill, stage1 as stage1_lib, workdir as workdir_lib
+from th_distill.stages import distill
+from th_distill.stages import stage1 as stage1_lib
+from th_distill.stages import workdir as workdir_lib
 from th_distill.stages.programs import Models, Programs
 
 
-def run(config: ml_collections.ConfigDict, workdir: str,
-        stage1_dir: str | None = None) -> dict[str, Any]:
+def run(
+  config: ml_collections.ConfigDict, workdir: str, stage1_dir: str | None = None
+) -> dict[str, Any]:
   """Runs every stage; returns the summary (also written to WORKDIR/summary.json).
 
   `stage1_dir` (default WORKDIR/stage1) caches stage 1; runs that differ only in stage-2 settings
@@ -70,13 +82,22 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str) -> di
 
   summary = report.write_report(workdir, config, stage1.info)
   for regime, s in summary["regimes"].items():
-    logging.info("%-15s golden %.4f -> min %.4f @ %d -> final %.4f (%+.1f%%, trend %s/doubling), "
-                 "outcome: %s, detector: %s", regime, s["golden_start"], s["golden_min"],
-                 s["golden_min_step"], s["golden_final"], s["golden_rise_pct"],
-                 report.trend_text(s), s["outcome"],
-                 f"fired @ {s['detected_step']}" if s["detected"] else "silent")
-  logging.info("Done in %.0fs; report in %s", time.time() - start,
-               os.path.join(workdir, "report.md"))
+    logging.info(
+      "%-15s golden %.4f -> min %.4f @ %d -> final %.4f (%+.1f%%, trend %s/doubling), "
+      "outcome: %s, detector: %s",
+      regime,
+      s["golden_start"],
+      s["golden_min"],
+      s["golden_min_step"],
+      s["golden_final"],
+      s["golden_rise_pct"],
+      report.trend_text(s),
+      s["outcome"],
+      f"fired @ {s['detected_step']}" if s["detected"] else "silent",
+    )
+  logging.info(
+    "Done in %.0fs; report in %s", time.time() - start, os.path.join(workdir, "report.md")
+  )
   return summary
 
 
@@ -87,8 +108,11 @@ def done_phases(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str
     done.update(workload.STAGE1)
   if os.path.exists(os.path.join(workdir, "offline_dataset.npz")):
     done.add(workload.OFFLINE_DATASET)
-  done.update(workload.regime_key(r) for r in config.regimes
-              if os.path.exists(os.path.join(workdir_lib.regime_dir(workdir, r), "done.json")))
+  done.update(
+    workload.regime_key(r)
+    for r in config.regimes
+    if os.path.exists(os.path.join(workdir_lib.regime_dir(workdir, r), "done.json"))
+  )
   return done
 
 
@@ -102,46 +126,80 @@ def device_gib(device: jax.Device) -> float | None:
   return None
 
 
-def plan(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str,
-         partitioner: partitioning.Partitioner, models: Models) -> progress.RunClock:
+def plan(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  stage1_dir: str,
+  partitioner: partitioning.Partitioner,
+  models: Models,
+) -> progress.RunClock:
   """Logs what the run will do, before any of it: devices and mesh, each model's parameter
   count, the memory per device of each compiled program (`th_distill.memory`), each phase's work
   and a lower bound of the time (its FLOPs at the device's matmul rate); warns when a CPU run
   would take hours. Returns the clock of the run's phases, for progress lines and ETAs."""
   mesh = partitioner.mesh
   device = jax.devices()[0]
-  logging.info("Plan: %d %s device(s) (%s) in %d process(es), mesh %s", mesh.size,
-               device.platform, device.device_kind, jax.process_count(), dict(mesh.shape))
+  logging.info(
+    "Plan: %d %s device(s) (%s) in %d process(es), mesh %s",
+    mesh.size,
+    device.platform,
+    device.device_kind,
+    jax.process_count(),
+    dict(mesh.shape),
+  )
   for name in ("oracle", "teacher", "student"):
     model = getattr(models, name)
     cfg = model.cfg
-    logging.info("  %-7s %s parameters (d_model %d, %d+%d layers, vocabulary %d)", name,
-                 f"{param_count(partitioner.abstract_params(model)):,}", cfg.d_model,
-                 cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.vocab_size)
+    logging.info(
+      "  %-7s %s parameters (d_model %d, %d+%d layers, vocabulary %d)",
+      name,
+      f"{param_count(partitioner.abstract_params(model)):,}",
+      cfg.d_model,
+      cfg.num_encoder_layers,
+      cfg.num_decoder_layers,
+      cfg.vocab_size,
+    )
   programs = memory.program_estimates(config, tuple(mesh.shape[a] for a in partitioning.MESH_AXES))
   largest = max(programs, key=lambda name: programs[name]["total"])
   available = device_gib(device)
-  logging.info("  memory per device (th_distill.memory, before XLA's temporaries): %s; a device "
-               "has %s", ", ".join(f"{name} {parts['total']:.2f} GiB"
-                                   for name, parts in programs.items()),
-               f"{available:.1f} GiB" if available else "an unknown amount")
-  logging.info("  largest: %s, %s", largest, ", ".join(
-      f"{k} {v:.2f} GiB" for k, v in programs[largest].items() if v and not k.startswith("total")))
+  logging.info(
+    "  memory per device (th_distill.memory, before XLA's temporaries): %s; a device has %s",
+    ", ".join(f"{name} {parts['total']:.2f} GiB" for name, parts in programs.items()),
+    f"{available:.1f} GiB" if available else "an unknown amount",
+  )
+  logging.info(
+    "  largest: %s, %s",
+    largest,
+    ", ".join(
+      f"{k} {v:.2f} GiB" for k, v in programs[largest].items() if v and not k.startswith("total")
+    ),
+  )
   if available and programs[largest]["total"] > available:
-    logging.warning("The %s needs about %.1f GiB per device, more than the %.1f GiB a device "
-                    "has: shard it over more devices, or see the memory settings in "
-                    "docs/scaling.md (frozen_dtype, sequence_chunks, micro_batches).", largest,
-                    programs[largest]["total"], available)
-  phases = workload.phases(config, partitioner.data_parallel_size,
-                           done_phases(config, workdir, stage1_dir))
+    logging.warning(
+      "The %s needs about %.1f GiB per device, more than the %.1f GiB a device "
+      "has: shard it over more devices, or see the memory settings in "
+      "docs/scaling.md (frozen_dtype, sequence_chunks, micro_batches).",
+      largest,
+      programs[largest]["total"],
+      available,
+    )
+  phases = workload.phases(
+    config, partitioner.data_parallel_size, done_phases(config, workdir, stage1_dir)
+  )
   peak = progress.matmul_flops_per_second() * mesh.size
   for phase in phases:
-    logging.info("  %-42s %s", phase.title + ":",
-                 "done by an earlier run (cached)" if phase.finished else phase.describe())
+    logging.info(
+      "  %-42s %s",
+      phase.title + ":",
+      "done by an earlier run (cached)" if phase.finished else phase.describe(),
+    )
   clock = progress.RunClock(phases, peak)
   seconds, _ = clock.remaining()
-  logging.info("  time: at least %s (the work's FLOPs at this machine's matmul rate, %.0f "
-               "GFLOP/s); each phase's first timed steps give the estimates that follow",
-               progress.duration(seconds or 0.0), peak / 1e9)
+  logging.info(
+    "  time: at least %s (the work's FLOPs at this machine's matmul rate, %.0f "
+    "GFLOP/s); each phase's first timed steps give the estimates that follow",
+    progress.duration(seconds or 0.0),
+    peak / 1e9,
+  )
   clock.warn_if_long()
   return clock

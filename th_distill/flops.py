@@ -31,8 +31,13 @@ def forward_flops(cfg: T5Config, input_length: int, target_length: int) -> float
   e, a, f, v = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.vocab_size
   li, lt = input_length, target_length
   encoder = cfg.num_encoder_layers * (li * (8 * e * a + 6 * e * f) + 4 * li * li * a)
-  decoder = cfg.num_decoder_layers * (lt * (8 * e * a + 6 * e * f) + 4 * lt * lt * a +
-                                      lt * 4 * e * a + li * 4 * e * a + 4 * lt * li * a)
+  decoder = cfg.num_decoder_layers * (
+    lt * (8 * e * a + 6 * e * f)
+    + 4 * lt * lt * a
+    + lt * 4 * e * a
+    + li * 4 * e * a
+    + 4 * lt * li * a
+  )
   return float(encoder + decoder + 2 * lt * e * v)
 
 
@@ -41,13 +46,19 @@ def train_flops(cfg: T5Config, input_length: int, target_length: int) -> float:
   return 3.0 * forward_flops(cfg, input_length, target_length)
 
 
-def distill_flops(student: T5Config, teacher: T5Config, input_length: int,
-                  target_length: int, oracle: T5Config | None = None) -> float:
+def distill_flops(
+  student: T5Config,
+  teacher: T5Config,
+  input_length: int,
+  target_length: int,
+  oracle: T5Config | None = None,
+) -> float:
   """FLOPs of one distillation step, per example: student forward + backward, teacher forward,
   and the `oracle`'s forward if given (the golden metrics of `train.distill_step`)."""
   frozen = [teacher] + ([oracle] if oracle is not None else [])
-  return (train_flops(student, input_length, target_length) +
-          sum(forward_flops(cfg, input_length, target_length) for cfg in frozen))
+  return train_flops(student, input_length, target_length) + sum(
+    forward_flops(cfg, input_length, target_length) for cfg in frozen
+  )
 
 
 def generation_flops(cfg: T5Config, input_length: int, target_length: int) -> float:

@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ class StepWatch:
   IN_A_ROW skipped steps in a row the run stops all the same: the parameters themselves have
   diverged). A gradient norm of 0 for IN_A_ROW steps in a row is warned about once (training
   has stalled, as a much too large learning rate does)."""
+
   IN_A_ROW = 100
 
   def __init__(self, regime: str, on_nonfinite: str):
@@ -42,8 +44,9 @@ class StepWatch:
     self.skipped_since: int | None = None
     self.warned = False
 
-  def check(self, step: int, metrics: dict[str, Any],
-            checkpointer: checkpoints.RunCheckpointer) -> None:
+  def check(
+    self, step: int, metrics: dict[str, Any], checkpointer: checkpoints.RunCheckpointer
+  ) -> None:
     """Checks one step's metrics (a skipped step is also left out of the logged averages, by the
     training loop)."""
     loss, grad_norm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
@@ -52,30 +55,43 @@ class StepWatch:
         self.skipped_since = step
       if self.on_nonfinite == "stop":
         raise NonFiniteStep(
-            f"{self.regime}: training step {step} gave loss {loss} and gradient norm "
-            f"{grad_norm}; stopped (on_nonfinite = 'stop'). {_last_good(checkpointer)} Lower "
-            "student.learning_rate or set student.grad_clip (in a new --workdir), or rerun "
-            "with --config.on_nonfinite=skip to skip such steps")
+          f"{self.regime}: training step {step} gave loss {loss} and gradient norm "
+          f"{grad_norm}; stopped (on_nonfinite = 'stop'). {_last_good(checkpointer)} Lower "
+          "student.learning_rate or set student.grad_clip (in a new --workdir), or rerun "
+          "with --config.on_nonfinite=skip to skip such steps"
+        )
       if step - self.skipped_since + 1 >= self.IN_A_ROW:
         raise NonFiniteStep(
-            f"{self.regime}: every training step from {self.skipped_since} to {step} was "
-            "non-finite and skipped: the student's parameters have diverged, skipping cannot "
-            f"recover. {_last_good(checkpointer)} Lower student.learning_rate or set "
-            "student.grad_clip (in a new --workdir)")
-      logging.warning("%s: step %d skipped (loss %s, gradient norm %s; on_nonfinite = 'skip').",
-                      self.regime, step, loss, grad_norm)
+          f"{self.regime}: every training step from {self.skipped_since} to {step} was "
+          "non-finite and skipped: the student's parameters have diverged, skipping cannot "
+          f"recover. {_last_good(checkpointer)} Lower student.learning_rate or set "
+          "student.grad_clip (in a new --workdir)"
+        )
+      logging.warning(
+        "%s: step %d skipped (loss %s, gradient norm %s; on_nonfinite = 'skip').",
+        self.regime,
+        step,
+        loss,
+        grad_norm,
+      )
       return
     self.skipped_since = None
     if grad_norm != 0.0:
       self.zero_since = None
     elif self.zero_since is None:
       self.zero_since = step
-    if (not self.warned and self.zero_since is not None and
-        step - self.zero_since + 1 >= self.IN_A_ROW):
+    if (
+      not self.warned
+      and self.zero_since is not None
+      and step - self.zero_since + 1 >= self.IN_A_ROW
+    ):
       self.warned = True
-      logging.warning("%s: the gradient norm has been 0 since step %d: training has stalled "
-                      "(a learning rate much too large can collapse the student).", self.regime,
-                      self.zero_since)
+      logging.warning(
+        "%s: the gradient norm has been 0 since step %d: training has stalled "
+        "(a learning rate much too large can collapse the student).",
+        self.regime,
+        self.zero_since,
+      )
 
 
 def _last_good(checkpointer: checkpoints.RunCheckpointer) -> str:
@@ -96,8 +112,10 @@ def skip_nonfinite(step_fn: Callable[..., Any], on_nonfinite: str) -> Callable[.
     new, metrics = step_fn(state, *args)
     finite = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(metrics["train/grad_norm"])
     params, opt_state = jax.tree_util.tree_map(
-        lambda n, o: jnp.where(finite, n, o), (new.params, new.opt_state),
-        (state.params, state.opt_state))
+      lambda n, o: jnp.where(finite, n, o),
+      (new.params, new.opt_state),
+      (state.params, state.opt_state),
+    )
     return new.replace(params=params, opt_state=opt_state), metrics
 
   return guarded
@@ -107,6 +125,8 @@ def check_rows(path: str, steps: set[int], fix: str) -> None:
   """Raises MetricsLost if `metrics.jsonl` at `path` lacks the row of one of `steps`."""
   missing = sorted(steps - {row["step"] for row in read_metrics(path)})
   if missing:
-    raise MetricsLost(f"{path} lacks the rows of {len(missing)} evaluation(s) (steps "
-                      f"{missing[0]}..{missing[-1]}): it was deleted or cut short, and the "
-                      f"run cannot be reported on; {fix}")
+    raise MetricsLost(
+      f"{path} lacks the rows of {len(missing)} evaluation(s) (steps "
+      f"{missing[0]}..{missing[-1]}): it was deleted or cut short, and the "
+      f"run cannot be reported on; {fix}"
+    )

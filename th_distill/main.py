@@ -13,10 +13,12 @@ from ml_collections import config_flags
 
 from th_distill import cli, experiment
 
+
 def main() -> None:
   """The command line (flags are defined here, not at import: other modules define --config too)."""
-  config = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
-                                           lock_config=True)
+  config = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py).", lock_config=True
+  )
   workdir = flags.DEFINE_string("workdir", None, "Directory for every output of the run.")
   flags.mark_flags_as_required(["config", "workdir"])
 

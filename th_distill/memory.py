@@ -30,13 +30,14 @@ docs/scaling.md compares these with XLA's memory analysis on a simulated mesh.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import ml_collections
 from absl import flags
 
-from th_distill import cli, config as config_lib
+from th_distill import cli
+from th_distill import config as config_lib
 from th_distill.data.regimes import SAMPLE_CHUNK
 from th_distill.models import T5, T5Config
 from th_distill.partitioning import MESH_AXES, boxed_param_shapes, mesh_axes
@@ -51,12 +52,16 @@ GATHERED_LAYERS = 2
 def _group_bytes(cfg: T5Config, mesh_shape: dict[str, int], dtype: str) -> dict[str, float]:
   """{top-level parameter group (a layer, the embedding, ...): bytes per device in `dtype`}."""
   groups: dict[str, float] = {}
-  boxes = jax.tree_util.tree_leaves_with_path(boxed_param_shapes(T5(cfg)),
-                                              is_leaf=lambda x: hasattr(x, "names"))
+  boxes = jax.tree_util.tree_leaves_with_path(
+    boxed_param_shapes(T5(cfg)), is_leaf=lambda x: hasattr(x, "names")
+  )
   for path, box in boxes:
     shape = box.value.shape
-    split = math.prod(math.prod(mesh_shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-                      for axes in mesh_axes(box.names, shape, mesh_shape) if axes is not None)
+    split = math.prod(
+      math.prod(mesh_shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+      for axes in mesh_axes(box.names, shape, mesh_shape)
+      if axes is not None
+    )
     name = str(path[0].key)
     groups[name] = groups.get(name, 0.0) + math.prod(shape) * _BYTES[dtype] / split
   return groups
@@ -67,8 +72,9 @@ def param_bytes(cfg: T5Config, mesh_shape: dict[str, int], dtype: str) -> float:
   return sum(_group_bytes(cfg, mesh_shape, dtype).values())
 
 
-def gathered_bytes(cfg: T5Config, mesh_shape: dict[str, int], dtype: str,
-                   layers: int | None = GATHERED_LAYERS) -> float:
+def gathered_bytes(
+  cfg: T5Config, mesh_shape: dict[str, int], dtype: str, layers: int | None = GATHERED_LAYERS
+) -> float:
   """Bytes per device of a `cfg` model's weights in use, stored in `dtype`: all-gathered over
   data x fsdp (still split over model) and held in the compute dtype; the `layers` largest
   parameter groups at once (None: all of them). 0 when the stored shards are used as they are
@@ -80,20 +86,25 @@ def gathered_bytes(cfg: T5Config, mesh_shape: dict[str, int], dtype: str,
   return sum(sizes[:layers])
 
 
-def activation_bytes(cfg: T5Config, rows: float, prompt_length: int, response_length: int,
-                     model_split: int) -> float:
+def activation_bytes(
+  cfg: T5Config, rows: float, prompt_length: int, response_length: int, model_split: int
+) -> float:
   """Float32 activations the backward pass keeps for `rows` sequences of a `cfg` model."""
-  e, hk, h, f = cfg.d_model, cfg.num_heads * cfg.d_kv / model_split, cfg.num_heads / model_split, \
-      cfg.d_ff / model_split
+  e, hk, h, f = (
+    cfg.d_model,
+    cfg.num_heads * cfg.d_kv / model_split,
+    cfg.num_heads / model_split,
+    cfg.d_ff / model_split,
+  )
   encoder = 4 * e + 4 * hk + 2 * h * prompt_length + 3 * f
   decoder = 6 * e + 8 * hk + 2 * h * (prompt_length + response_length) + 3 * f
   tokens_in, tokens_out = rows * prompt_length, rows * response_length
-  return 4.0 * (cfg.num_encoder_layers * encoder * tokens_in +
-                cfg.num_decoder_layers * decoder * tokens_out)
+  return 4.0 * (
+    cfg.num_encoder_layers * encoder * tokens_in + cfg.num_decoder_layers * decoder * tokens_out
+  )
 
 
-def encoder_layer_bytes(cfg: T5Config, rows: float, prompt_length: int,
-                        model_split: int) -> float:
+def encoder_layer_bytes(cfg: T5Config, rows: float, prompt_length: int, model_split: int) -> float:
   """Float32 activations of one encoder layer for `rows` sequences, the working set of a
   forward-only pass: per token 3H*Li + 2E + F (three copies of the attention scores, alive
   together in XLA's softmax; the residual stream and its normalised copy; one MLP hidden)."""
@@ -101,12 +112,21 @@ def encoder_layer_bytes(cfg: T5Config, rows: float, prompt_length: int,
   return 4.0 * rows * prompt_length * (3 * h * prompt_length + 2 * cfg.d_model + f)
 
 
-def kv_cache_bytes(cfg: T5Config, rows: float, prompt_length: int, response_length: int,
-                   model_split: int) -> float:
+def kv_cache_bytes(
+  cfg: T5Config, rows: float, prompt_length: int, response_length: int, model_split: int
+) -> float:
   """The sampler's float32 cache: keys and values of every decoder layer over the response
   (self-attention) and the prompt (cross-attention)."""
-  return (4.0 * 2 * cfg.num_decoder_layers * rows * (prompt_length + response_length) *
-          cfg.num_heads * cfg.d_kv / model_split)
+  return (
+    4.0
+    * 2
+    * cfg.num_decoder_layers
+    * rows
+    * (prompt_length + response_length)
+    * cfg.num_heads
+    * cfg.d_kv
+    / model_split
+  )
 
 
 def _finish(parts: dict[str, float], upper: float, phases: Sequence[str] = ()) -> dict[str, float]:
@@ -120,15 +140,17 @@ def _finish(parts: dict[str, float], upper: float, phases: Sequence[str] = ()) -
   return parts
 
 
-def program_estimates(config: ml_collections.ConfigDict, mesh: Sequence[int]
-                      ) -> dict[str, dict[str, float]]:
+def program_estimates(
+  config: ml_collections.ConfigDict, mesh: Sequence[int]
+) -> dict[str, dict[str, float]]:
   """{program: {part: GiB per device, 'total', 'total, all gathered'}} for the programs of
   `th_distill.plan.PROGRAMS` on a (data, fsdp, model) `mesh`, with the batches the run uses
   (samplers of the oracle data: `SAMPLE_CHUNK` rows; online sampler and distillation step:
   `student.batch_size`; SFT: `teacher.batch_size`; evaluator: `eval.batch_size`)."""
   mesh_shape = dict(zip(MESH_AXES, mesh))
-  cfg = {name: config_lib.to_t5_config(config[name].model)
-         for name in ("student", "teacher", "oracle")}
+  cfg = {
+    name: config_lib.to_t5_config(config[name].model) for name in ("student", "teacher", "oracle")
+  }
   li, lt, vocab = config.task.prompt_length, config.task.response_length, config.task.vocab_size
   split, frozen, chunks = mesh_shape["model"], config.frozen_dtype, config.sequence_chunks
   data_parallel = mesh_shape["data"] * mesh_shape["fsdp"]
@@ -137,16 +159,20 @@ def program_estimates(config: ml_collections.ConfigDict, mesh: Sequence[int]
     return -(-n // data_parallel)
 
   def gathered(names: Sequence[str], dtype: str, layers: int | None = GATHERED_LAYERS) -> float:
-    return sum(gathered_bytes(cfg[n], mesh_shape, "float32" if n == "student" else dtype,
-                              layers) for n in names)
+    return sum(
+      gathered_bytes(cfg[n], mesh_shape, "float32" if n == "student" else dtype, layers)
+      for n in names
+    )
 
   def sampler(name: str, dtype: str, n: int) -> dict[str, float]:
     model, r = cfg[name], rows(n)
-    parts = {f"{name} params": param_bytes(model, mesh_shape, dtype),
-             "gathered weights": gathered([name], dtype),
-             "encoder working set": encoder_layer_bytes(model, r, li, split) +
-                                    4.0 * r * li * model.d_model,
-             "KV cache": kv_cache_bytes(model, r, li, lt, split)}
+    parts = {
+      f"{name} params": param_bytes(model, mesh_shape, dtype),
+      "gathered weights": gathered([name], dtype),
+      "encoder working set": encoder_layer_bytes(model, r, li, split)
+      + 4.0 * r * li * model.d_model,
+      "KV cache": kv_cache_bytes(model, r, li, lt, split),
+    }
     return _finish(parts, gathered([name], dtype, None), ("encoder working set", "KV cache"))
 
   micro_rows = rows(config.student.batch_size) / config.student.micro_batches
@@ -154,38 +180,44 @@ def program_estimates(config: ml_collections.ConfigDict, mesh: Sequence[int]
   eval_rows = rows(min(config.eval.batch_size, config.prompts.num_eval))
   three = ("student", "teacher", "oracle")
   return {
-      "oracle_sampling": sampler("oracle", "float32",
-                                 min(SAMPLE_CHUNK, config.prompts.num_oracle)),
-      "teacher_sft_step": _finish({
-          "teacher params + grads + Adam": 4 * param_bytes(cfg["teacher"], mesh_shape,
-                                                           "float32"),
-          "gathered weights": gathered(["teacher"], "float32"),
-          "teacher activations": activation_bytes(cfg["teacher"], teacher_rows, li, lt, split),
-          "logits": 3 * 4.0 * teacher_rows * lt * vocab / split,
-      }, gathered(["teacher"], "float32", None)),
-      "distill_step": _finish({
-          "student params + grads + Adam": 4 * param_bytes(cfg["student"], mesh_shape,
-                                                           "float32"),
-          "teacher params": param_bytes(cfg["teacher"], mesh_shape, frozen),
-          "oracle params": param_bytes(cfg["oracle"], mesh_shape, frozen),
-          "gathered weights": gathered(three, frozen),
-          "student activations": activation_bytes(cfg["student"], micro_rows, li, lt, split),
-          "frozen forward": max(encoder_layer_bytes(cfg[n], micro_rows, li, split)
-                                for n in ("teacher", "oracle")) +
-                            sum(4.0 * micro_rows * lt * cfg[n].d_model
-                                for n in ("teacher", "oracle")),
-          "logits": 5 * 4.0 * micro_rows * lt / chunks * vocab / split,
-      }, gathered(three, frozen, None)),
-      "online_sampler": sampler("teacher", frozen, config.student.batch_size),
-      "evaluator": _finish({
-          "params": param_bytes(cfg["student"], mesh_shape, "float32") +
-                    param_bytes(cfg["teacher"], mesh_shape, frozen) +
-                    param_bytes(cfg["oracle"], mesh_shape, frozen),
-          "gathered weights": gathered(three, frozen),
-          "working set": max(encoder_layer_bytes(c, eval_rows, li, split) for c in cfg.values())
-                         + sum(4.0 * eval_rows * lt * c.d_model for c in cfg.values()),
-          "logits": 6 * 4.0 * eval_rows * lt / chunks * vocab / split,
-      }, gathered(three, frozen, None)),
+    "oracle_sampling": sampler("oracle", "float32", min(SAMPLE_CHUNK, config.prompts.num_oracle)),
+    "teacher_sft_step": _finish(
+      {
+        "teacher params + grads + Adam": 4 * param_bytes(cfg["teacher"], mesh_shape, "float32"),
+        "gathered weights": gathered(["teacher"], "float32"),
+        "teacher activations": activation_bytes(cfg["teacher"], teacher_rows, li, lt, split),
+        "logits": 3 * 4.0 * teacher_rows * lt * vocab / split,
+      },
+      gathered(["teacher"], "float32", None),
+    ),
+    "distill_step": _finish(
+      {
+        "student params + grads + Adam": 4 * param_bytes(cfg["student"], mesh_shape, "float32"),
+        "teacher params": param_bytes(cfg["teacher"], mesh_shape, frozen),
+        "oracle params": param_bytes(cfg["oracle"], mesh_shape, frozen),
+        "gathered weights": gathered(three, frozen),
+        "student activations": activation_bytes(cfg["student"], micro_rows, li, lt, split),
+        "frozen forward": max(
+          encoder_layer_bytes(cfg[n], micro_rows, li, split) for n in ("teacher", "oracle")
+        )
+        + sum(4.0 * micro_rows * lt * cfg[n].d_model for n in ("teacher", "oracle")),
+        "logits": 5 * 4.0 * micro_rows * lt / chunks * vocab / split,
+      },
+      gathered(three, frozen, None),
+    ),
+    "online_sampler": sampler("teacher", frozen, config.student.batch_size),
+    "evaluator": _finish(
+      {
+        "params": param_bytes(cfg["student"], mesh_shape, "float32")
+        + param_bytes(cfg["teacher"], mesh_shape, frozen)
+        + param_bytes(cfg["oracle"], mesh_shape, frozen),
+        "gathered weights": gathered(three, frozen),
+        "working set": max(encoder_layer_bytes(c, eval_rows, li, split) for c in cfg.values())
+        + sum(4.0 * eval_rows * lt * c.d_model for c in cfg.values()),
+        "logits": 6 * 4.0 * eval_rows * lt / chunks * vocab / split,
+      },
+      gathered(three, frozen, None),
+    ),
   }
 
 
@@ -202,8 +234,11 @@ def paper_xsum_config() -> ml_collections.ConfigDict:
   return config_lib.paper_config("xsum", prompt_length=1024, response_length=128)
 
 
-def table(config: ml_collections.ConfigDict, meshes: Sequence[Sequence[int]],
-          variants: Sequence[dict] = ({},)) -> str:
+def table(
+  config: ml_collections.ConfigDict,
+  meshes: Sequence[Sequence[int]],
+  variants: Sequence[dict] = ({},),
+) -> str:
   """A markdown table of `estimate` for every mesh and config variant (overrides of
   `frozen_dtype`, `sequence_chunks`, `student.micro_batches`)."""
   header = None
@@ -221,8 +256,9 @@ def table(config: ml_collections.ConfigDict, meshes: Sequence[Sequence[int]],
         header = ["mesh (data, fsdp, model)", "settings", *parts]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
       settings = ", ".join(f"{k}={v}" for k, v in variant.items()) or "defaults"
-      lines.append(f"| {tuple(mesh)} | {settings} | " +
-                   " | ".join(f"{v:.2f}" for v in parts.values()) + " |")
+      lines.append(
+        f"| {tuple(mesh)} | {settings} | " + " | ".join(f"{v:.2f}" for v in parts.values()) + " |"
+      )
   return "\n".join(lines)
 
 
@@ -232,28 +268,40 @@ def program_table(config: ml_collections.ConfigDict, meshes: Sequence[Sequence[i
   for mesh in meshes:
     programs = program_estimates(config, mesh)
     if not lines:
-      lines += ["| mesh (data, fsdp, model) | " + " | ".join(programs) + " |",
-                "|" + "---|" * (len(programs) + 1)]
-    lines.append(f"| {tuple(mesh)} | " + " | ".join(
-        f"{p['total']:.2f} ({p['total, all gathered']:.2f})" for p in programs.values()) + " |")
+      lines += [
+        "| mesh (data, fsdp, model) | " + " | ".join(programs) + " |",
+        "|" + "---|" * (len(programs) + 1),
+      ]
+    lines.append(
+      f"| {tuple(mesh)} | "
+      + " | ".join(f"{p['total']:.2f} ({p['total, all gathered']:.2f})" for p in programs.values())
+      + " |"
+    )
   return "\n".join(lines)
 
 
 PAPER_MESHES = ((1, 1, 1), (8, 1, 1), (1, 8, 1), (1, 4, 2), (4, 8, 1), (1, 16, 2))
-PAPER_VARIANTS = ({}, {"frozen_dtype": "bfloat16", "sequence_chunks": 4},
-                  {"frozen_dtype": "bfloat16", "sequence_chunks": 4, "micro_batches": 4})
+PAPER_VARIANTS = (
+  {},
+  {"frozen_dtype": "bfloat16", "sequence_chunks": 4},
+  {"frozen_dtype": "bfloat16", "sequence_chunks": 4, "micro_batches": 4},
+)
+
 
 def parse_mesh(text: str, batch_size: int) -> tuple[int, int, int]:
   """`--mesh=data,fsdp,model` as three positive ints whose data x fsdp divides `batch_size`;
   ConfigError otherwise."""
   parts = text.split(",")
   if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-    raise config_lib.ConfigError(f"--mesh={text}: must be three positive integers "
-                                 "data,fsdp,model (e.g. --mesh=1,8,1)")
+    raise config_lib.ConfigError(
+      f"--mesh={text}: must be three positive integers data,fsdp,model (e.g. --mesh=1,8,1)"
+    )
   mesh = tuple(int(p) for p in parts)
   if batch_size % (mesh[0] * mesh[1]):
-    raise config_lib.ConfigError(f"--mesh={text}: data x fsdp = {mesh[0] * mesh[1]} must divide "
-                                 f"student.batch_size = {batch_size}")
+    raise config_lib.ConfigError(
+      f"--mesh={text}: data x fsdp = {mesh[0] * mesh[1]} must divide "
+      f"student.batch_size = {batch_size}"
+    )
   return mesh
 
 
@@ -261,11 +309,12 @@ def print_tables(path: str | None, meshes: Sequence[str]) -> None:
   """Prints `table` and `program_table` for the config file `path` (None: the paper's XSum
   setup) on the `--mesh` texts `meshes` (none: `PAPER_MESHES`)."""
   config = config_lib.load_config_file(path) if path else paper_xsum_config()
-  shapes = ([parse_mesh(m, config.student.batch_size) for m in meshes] if meshes
-            else PAPER_MESHES)
+  shapes = [parse_mesh(m, config.student.batch_size) for m in meshes] if meshes else PAPER_MESHES
   print("Distillation step, GiB per device:\n" + table(config, shapes, PAPER_VARIANTS))
-  print("\nEvery program, GiB per device: total (total with all weights gathered at once):\n" +
-        program_table(config, shapes))
+  print(
+    "\nEvery program, GiB per device: total (total with all weights gathered at once):\n"
+    + program_table(config, shapes)
+  )
 
 
 def main() -> None:

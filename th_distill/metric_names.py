@@ -17,7 +17,11 @@ from th_distill.divergences import DIVERGENCES
 # The evaluation sets: held-out prompts with responses sampled by the oracle, the teacher and the
 # student, and training prompts with responses sampled by the teacher.
 EVAL_ORACLE, EVAL_TEACHER, EVAL_STUDENT, TRAIN_TEACHER = EVAL_SETS = (
-    "eval_oracle", "eval_teacher", "eval_student", "train_teacher")
+  "eval_oracle",
+  "eval_teacher",
+  "eval_student",
+  "train_teacher",
+)
 
 # The references in metric names -> the model each stands for.
 REFERENCE_MODELS = {"proxy": "teacher", "golden": "oracle"}
@@ -42,8 +46,9 @@ TRAIN_PROXY = curve(TRAIN_TEACHER, "proxy", "fkl")
 
 # The curves of the training batches, and every scalar of one distillation step
 # (`train.distill_step`; the golden ones only with an oracle).
-TRAIN_CURVES = tuple(curve("train", ref, div) for ref in REFERENCE_MODELS
-                     for div in DIVERGENCES) + ("train/loss",)
+TRAIN_CURVES = tuple(
+  curve("train", ref, div) for ref in REFERENCE_MODELS for div in DIVERGENCES
+) + ("train/loss",)
 DISTILL_METRICS = TRAIN_CURVES + ("train/grad_norm", "train/tokens")
 
 # The hacking detector's columns (`monitor.HackingMonitor.observe`).
@@ -53,17 +58,27 @@ DETECTOR_SCORE = "detector/score"
 # The hacking signature read three ways on held-out prompts, per token and per sequence:
 # view -> (golden curve, proxy curve, which model sampled the responses of each).
 _VIEW_SETS = {
-    "fkl": (EVAL_ORACLE, EVAL_TEACHER, "golden on oracle samples, proxy on teacher samples"),
-    "rkl": (EVAL_STUDENT, EVAL_STUDENT, "both on the student's samples"),
-    "jsd": (EVAL_ORACLE, EVAL_TEACHER, "golden on oracle samples, proxy on teacher samples")}
+  "fkl": (EVAL_ORACLE, EVAL_TEACHER, "golden on oracle samples, proxy on teacher samples"),
+  "rkl": (EVAL_STUDENT, EVAL_STUDENT, "both on the student's samples"),
+  "jsd": (EVAL_ORACLE, EVAL_TEACHER, "golden on oracle samples, proxy on teacher samples"),
+}
 SIGNATURE_VIEWS = {
-    div + (PER_SEQUENCE if seq else ""): (curve(golden_set, "golden", div, seq),
-                                          curve(proxy_set, "proxy", div, seq), sampled_by)
-    for div, (golden_set, proxy_set, sampled_by) in _VIEW_SETS.items() for seq in (False, True)}
+  div + (PER_SEQUENCE if seq else ""): (
+    curve(golden_set, "golden", div, seq),
+    curve(proxy_set, "proxy", div, seq),
+    sampled_by,
+  )
+  for div, (golden_set, proxy_set, sampled_by) in _VIEW_SETS.items()
+  for seq in (False, True)
+}
 
 _CURVES = frozenset(TRAIN_CURVES) | {
-    curve(split, ref, div, seq) for split in EVAL_SETS for ref in REFERENCE_MODELS
-    for div in DIVERGENCES for seq in (False, True)}
+  curve(split, ref, div, seq)
+  for split in EVAL_SETS
+  for ref in REFERENCE_MODELS
+  for div in DIVERGENCES
+  for seq in (False, True)
+}
 
 
 def is_curve_name(name: str) -> bool:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from absl import logging
@@ -45,8 +46,12 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
         row = json.loads(line)
       except json.JSONDecodeError:
         break
-      rows.append({k: float("nan") if v is None else float(v) if v in _NONFINITE else v
-                   for k, v in row.items()})
+      rows.append(
+        {
+          k: float("nan") if v is None else float(v) if v in _NONFINITE else v
+          for k, v in row.items()
+        }
+      )
   return rows
 
 
@@ -58,8 +63,9 @@ def column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
 
 def _line(row: Mapping[str, Any]) -> str:
   """One strict-JSON line of `row` (non-finite values as null)."""
-  return json.dumps({k: v if math.isfinite(v) else None for k, v in row.items()},
-                    allow_nan=False) + "\n"
+  return (
+    json.dumps({k: v if math.isfinite(v) else None for k, v in row.items()}, allow_nan=False) + "\n"
+  )
 
 
 class MetricsWriter:
@@ -104,8 +110,11 @@ class MetricsWriter:
       return
     row = {"step": int(step), **{k: float(v) for k, v in sorted(metrics.items())}}
     if self._lost():
-      logging.warning("%s was deleted or replaced during the run; writing its %d rows back.",
-                      self.path, len(self._rows))
+      logging.warning(
+        "%s was deleted or replaced during the run; writing its %d rows back.",
+        self.path,
+        len(self._rows),
+      )
       self._file.close()
       self._rewrite()
     self._rows.append(row)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -49,6 +50,7 @@ class HackingMonitor:
     on_detect: one of `detector_config.ON_DETECT` ('continue', 'stop').
     keep: a subset of `detector_config.KEEP`.
   """
+
   directory: str
   metric: str
   golden_metric: str
@@ -65,12 +67,23 @@ class HackingMonitor:
       raise ValueError("; ".join(problems))
 
   @classmethod
-  def from_config(cls, section: ml_collections.ConfigDict, directory: str, golden_metric: str,
-                  history: Sequence[Mapping[str, Any]] = ()) -> "HackingMonitor":
+  def from_config(
+    cls,
+    section: ml_collections.ConfigDict,
+    directory: str,
+    golden_metric: str,
+    history: Sequence[Mapping[str, Any]] = (),
+  ) -> HackingMonitor:
     """A monitor for the `detection` config section, replaying `history` (rows already logged
     by an interrupted run, in step order)."""
-    monitor = cls(directory, section.metric, golden_metric, detector_settings(section),
-                  section.on_detect, tuple(section.keep))
+    monitor = cls(
+      directory,
+      section.metric,
+      golden_metric,
+      detector_settings(section),
+      section.on_detect,
+      tuple(section.keep),
+    )
     for row in history:
       monitor._append(row)
     return monitor
@@ -110,8 +123,7 @@ class HackingMonitor:
     if "best_predicted" in self.keep and not already_fired:
       self._track_candidates(step, params)
     if self.fired and not already_fired:
-      logging.warning("Hacking detector fired at step %d: %s", self.result.step,
-                      self.result.reason)
+      logging.warning("Hacking detector fired at step %d: %s", self.result.step, self.result.reason)
     metrics = {DETECTOR_FIRED: float(self.fired)}
     score = float(self.result.scores[-1])
     if not already_fired and np.isfinite(score):
@@ -127,8 +139,9 @@ class HackingMonitor:
         if is_main_process():
           shutil.rmtree(self._path("best_predicted"), ignore_errors=True)
           os.replace(source, self._path("best_predicted"))
-          checkpoints.write_json(self._path("best_predicted.json"),
-                                 {"step": best, "detected_step": self.result.step})
+          checkpoints.write_json(
+            self._path("best_predicted.json"), {"step": best, "detected_step": self.result.step}
+          )
       else:
         logging.warning("No saved parameters of step %d to keep as best_predicted.", best)
       if is_main_process():

@@ -21,7 +21,6 @@ from th_distill.models import T5
 from th_distill.sampling import SampleFn
 from th_distill.train import forward
 
-
 # Bisection steps of `calibrate_oracle`; it samples once per step and once at the chosen scale.
 CALIBRATION_ITERATIONS = 14
 
@@ -43,9 +42,16 @@ def with_logit_scale(params: Any, scale: float) -> Any:
   return {**params, "logits_kernel": params["logits_kernel"] * scale}
 
 
-def calibrate_oracle(model: T5, params: Any, sample: SampleFn, prompts: jax.Array,
-                     rng: jax.Array, target_entropy: float, weight_scale: float = 1.0,
-                     iterations: int = CALIBRATION_ITERATIONS) -> tuple[Any, dict[str, float]]:
+def calibrate_oracle(
+  model: T5,
+  params: Any,
+  sample: SampleFn,
+  prompts: jax.Array,
+  rng: jax.Array,
+  target_entropy: float,
+  weight_scale: float = 1.0,
+  iterations: int = CALIBRATION_ITERATIONS,
+) -> tuple[Any, dict[str, float]]:
   """Scales `params` into an oracle whose own samples have `target_entropy` nats per token.
 
   Bisection on log(logit scale) in [1/64, 64]: entropy falls as the scale grows. Returns the
@@ -53,8 +59,9 @@ def calibrate_oracle(model: T5, params: Any, sample: SampleFn, prompts: jax.Arra
   """
   max_entropy = float(np.log(model.cfg.vocab_size))
   if not 0.0 < target_entropy < max_entropy:
-    raise ValueError(f"oracle.target_entropy must be in (0, ln(vocab) = {max_entropy:.3f}), "
-                     f"got {target_entropy}.")
+    raise ValueError(
+      f"oracle.target_entropy must be in (0, ln(vocab) = {max_entropy:.3f}), got {target_entropy}."
+    )
   base = _scale_matrices(params, weight_scale)
 
   def entropy_at(log_scale: float) -> float:
@@ -71,4 +78,6 @@ def calibrate_oracle(model: T5, params: Any, sample: SampleFn, prompts: jax.Arra
       high = middle
   log_scale = 0.5 * (low + high)
   return with_logit_scale(base, float(np.exp(log_scale))), {
-      "logit_scale": float(np.exp(log_scale)), "entropy": entropy_at(log_scale)}
+    "logit_scale": float(np.exp(log_scale)),
+    "entropy": entropy_at(log_scale),
+  }

@@ -10,7 +10,8 @@ freedom; needs n >= 2 seeds). `same_sign` counts the seeds whose d_s has the sig
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -20,14 +21,21 @@ COMPARED = ("golden_final", "golden_rise_pct", "proxy_final", "train_loss_final"
 LEVEL = 0.05
 
 
-def compare(seeds_a: Mapping[str, Mapping[str, Any]], seeds_b: Mapping[str, Mapping[str, Any]],
-            key: str) -> dict[str, Any] | None:
+def compare(
+  seeds_a: Mapping[str, Mapping[str, Any]], seeds_b: Mapping[str, Mapping[str, Any]], key: str
+) -> dict[str, Any] | None:
   """The paired difference A - B of `key` over the seeds both arms hold (module docstring);
   None where fewer than two seeds have a finite value in both."""
   common = [s for s in seeds_a if s in seeds_b]
   pairs = [(seeds_a[s].get(key), seeds_b[s].get(key)) for s in common]
-  diffs = np.array([a - b for a, b in pairs if a is not None and b is not None
-                    and np.isfinite(a) and np.isfinite(b)], dtype=float)
+  diffs = np.array(
+    [
+      a - b
+      for a, b in pairs
+      if a is not None and b is not None and np.isfinite(a) and np.isfinite(b)
+    ],
+    dtype=float,
+  )
   if len(diffs) < 2:
     return None
   mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
@@ -36,9 +44,15 @@ def compare(seeds_a: Mapping[str, Mapping[str, Any]], seeds_b: Mapping[str, Mapp
   else:
     t = mean / (sd / np.sqrt(len(diffs)))
     p_value = float(2 * stats.t.sf(abs(t), df=len(diffs) - 1))
-  return {"n": len(diffs), "mean": mean, "sd": sd, "p_value": p_value,
-          "same_sign": int(np.sum(np.sign(diffs) == np.sign(mean))) if mean else 0,
-          "exceeds_seed_noise": bool(p_value < LEVEL), "differences": diffs.tolist()}
+  return {
+    "n": len(diffs),
+    "mean": mean,
+    "sd": sd,
+    "p_value": p_value,
+    "same_sign": int(np.sum(np.sign(diffs) == np.sign(mean))) if mean else 0,
+    "exceeds_seed_noise": bool(p_value < LEVEL),
+    "differences": diffs.tolist(),
+  }
 
 
 def compare_arms(arms: Mapping[str, Mapping[str, Any]], reference: str) -> dict[str, Any]:
@@ -47,27 +61,37 @@ def compare_arms(arms: Mapping[str, Mapping[str, Any]], reference: str) -> dict[
   if reference not in arms:
     raise ValueError(f"reference arm {reference!r} is not one of {sorted(arms)}")
   base = arms[reference]["seeds"]
-  return {label: {key: compare(arm["seeds"], base, key) for key in COMPARED}
-          for label, arm in arms.items() if label != reference}
+  return {
+    label: {key: compare(arm["seeds"], base, key) for key in COMPARED}
+    for label, arm in arms.items()
+    if label != reference
+  }
 
 
 def _cell(result: Mapping[str, Any] | None, spec: str) -> str:
   if result is None:
     return "–"
   mark = " **\\***" if result["exceeds_seed_noise"] else ""
-  return (f"{result['mean']:{spec}} ± {result['sd']:{spec.lstrip('+')}} "
-          f"({result['same_sign']}/{result['n']}, p {result['p_value']:.2g}){mark}")
+  return (
+    f"{result['mean']:{spec}} ± {result['sd']:{spec.lstrip('+')}} "
+    f"({result['same_sign']}/{result['n']}, p {result['p_value']:.2g}){mark}"
+  )
 
 
 def table(comparisons: Mapping[str, Mapping[str, Any]], reference: str) -> list[str]:
   """Markdown lines: one row per arm, the paired differences from `reference`."""
-  lines = [f"Paired over seeds, each arm minus `{reference}`: mean ± sd of the per-seed "
-           "difference (seeds with the mean's sign / seeds, two-sided paired t-test p); "
-           f"**\\*** = larger than the seed-to-seed noise (p < {LEVEL:g}).", "",
-           "| arm | Δ golden final | Δ golden rise (points) | Δ proxy final | Δ training loss "
-           "final |", "|---|---|---|---|---|"]
+  lines = [
+    f"Paired over seeds, each arm minus `{reference}`: mean ± sd of the per-seed "
+    "difference (seeds with the mean's sign / seeds, two-sided paired t-test p); "
+    f"**\\*** = larger than the seed-to-seed noise (p < {LEVEL:g}).",
+    "",
+    "| arm | Δ golden final | Δ golden rise (points) | Δ proxy final | Δ training loss final |",
+    "|---|---|---|---|---|",
+  ]
   for label, row in comparisons.items():
-    lines.append(f"| {label} | {_cell(row['golden_final'], '+.4f')} | "
-                 f"{_cell(row['golden_rise_pct'], '+.1f')} | {_cell(row['proxy_final'], '+.4f')} "
-                 f"| {_cell(row['train_loss_final'], '+.4f')} |")
+    lines.append(
+      f"| {label} | {_cell(row['golden_final'], '+.4f')} | "
+      f"{_cell(row['golden_rise_pct'], '+.1f')} | {_cell(row['proxy_final'], '+.4f')} "
+      f"| {_cell(row['train_loss_final'], '+.4f')} |"
+    )
   return lines

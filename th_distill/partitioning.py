@@ -24,7 +24,8 @@ import contextlib
 import functools
 import math
 import os
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -44,18 +45,18 @@ BATCH_AXES = ("data", "fsdp")
 # [embed, mlp] is sharded on both fsdp and model.
 LogicalRules = tuple[tuple[str, Any], ...]
 DEFAULT_RULES: LogicalRules = (
-    ("batch", BATCH_AXES),
-    ("vocab", "model"),
-    ("heads", "model"),
-    ("mlp", "model"),
-    ("embed", "fsdp"),
-    ("kv", None),
-    ("length", None),
-    ("relpos_buckets", None),
+  ("batch", BATCH_AXES),
+  ("vocab", "model"),
+  ("heads", "model"),
+  ("mlp", "model"),
+  ("embed", "fsdp"),
+  ("kv", None),
+  ("length", None),
+  ("relpos_buckets", None),
 )
 
 # Environment variables of an explicitly launched multi-process job (launch/multihost_gpu.py).
-ENV_COORDINATOR = "TH_DISTILL_COORDINATOR"        # host:port of process 0
+ENV_COORDINATOR = "TH_DISTILL_COORDINATOR"  # host:port of process 0
 ENV_NUM_PROCESSES = "TH_DISTILL_NUM_PROCESSES"
 ENV_PROCESS_ID = "TH_DISTILL_PROCESS_ID"
 # Set to 1 to call jax.distributed.initialize() with no arguments (JAX finds the cluster itself,
@@ -77,16 +78,22 @@ def initialize_distributed() -> bool:
       num_processes = int(os.environ[ENV_NUM_PROCESSES])
       process_id = int(os.environ[ENV_PROCESS_ID])
     except (KeyError, ValueError) as e:
-      raise ValueError(f"{ENV_COORDINATOR} is set, so {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} "
-                       f"must be integers too: {e}") from e
+      raise ValueError(
+        f"{ENV_COORDINATOR} is set, so {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} "
+        f"must be integers too: {e}"
+      ) from e
     jax.distributed.initialize(os.environ[ENV_COORDINATOR], num_processes, process_id)
   elif os.environ.get(ENV_DISTRIBUTED) == "1" or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
     jax.distributed.initialize()
   else:
     return False
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True
 
 
@@ -99,22 +106,27 @@ def resolve_mesh_shape(data: int, fsdp: int, model: int, num_devices: int) -> tu
   """(data, fsdp, model) with at most one -1 replaced by the devices left; checks the product."""
   shape = [data, fsdp, model]
   if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f"mesh (data, fsdp, model) = {tuple(shape)}: each must be positive, and at "
-                     "most one may be -1 (= the remaining devices).")
+    raise ValueError(
+      f"mesh (data, fsdp, model) = {tuple(shape)}: each must be positive, and at "
+      "most one may be -1 (= the remaining devices)."
+    )
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:
       raise ValueError(f"mesh {tuple(shape)}: {known} does not divide {num_devices} devices.")
     shape[shape.index(-1)] = num_devices // known
   if math.prod(shape) != num_devices:
-    raise ValueError(f"mesh (data, fsdp, model) = {tuple(shape)} needs {math.prod(shape)} "
-                     f"devices, but {num_devices} are available; use -1 for one axis to take "
-                     "the rest.")
+    raise ValueError(
+      f"mesh (data, fsdp, model) = {tuple(shape)} needs {math.prod(shape)} "
+      f"devices, but {num_devices} are available; use -1 for one axis to take "
+      "the rest."
+    )
   return tuple(shape)
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  data: int = -1, fsdp: int = 1, model: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """A (data, fsdp, model) mesh over `devices` (default: all devices of all processes)."""
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(data, fsdp, model, len(devices))
@@ -122,8 +134,12 @@ def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1,
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def mesh_axes(names: Sequence[str | None], shape: Sequence[int], mesh_shape: dict[str, int],
-              rules: LogicalRules = DEFAULT_RULES) -> list[Any]:
+def mesh_axes(
+  names: Sequence[str | None],
+  shape: Sequence[int],
+  mesh_shape: dict[str, int],
+  rules: LogicalRules = DEFAULT_RULES,
+) -> list[Any]:
   """Mesh axes (a PartitionSpec's entries) of an array of `shape` with logical `names` under
   `rules`; a mesh axis (or group) that does not divide its dimension is dropped (replicated)."""
   spec = []
@@ -159,7 +175,7 @@ class Partitioner:
     self.rules = tuple(rules)
 
   @classmethod
-  def from_config(cls, mesh_config: ml_collections.ConfigDict) -> "Partitioner":
+  def from_config(cls, mesh_config: ml_collections.ConfigDict) -> Partitioner:
     return cls(make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.model))
 
   @property
@@ -186,16 +202,19 @@ class Partitioner:
   def logical_sharding(self, names: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
     """The sharding of an array of `shape` whose dimensions have logical `names` (see
     `mesh_axes`)."""
-    return NamedSharding(self.mesh, PartitionSpec(*mesh_axes(names, shape, dict(self.mesh.shape),
-                                                             self.rules)))
+    return NamedSharding(
+      self.mesh, PartitionSpec(*mesh_axes(names, shape, dict(self.mesh.shape), self.rules))
+    )
 
   def tree_shardings(self, boxed_tree: Any) -> Any:
     """Shardings for a tree whose leaves are logically annotated boxes (shapes or arrays) or
     plain leaves (replicated). The result has the structure of the *unboxed* tree."""
+
     def one(leaf):
       if _is_box(leaf):
         return self.logical_sharding(leaf.names, leaf.value.shape)
       return self.replicated
+
     return jax.tree_util.tree_map(one, boxed_tree, is_leaf=_is_box)
 
   def param_shardings(self, model: T5) -> Any:
@@ -206,25 +225,32 @@ class Partitioner:
     """Shardings of a `TrainState` of `model` under `optimizer`: the optimiser's per-parameter
     moments follow their parameter; counters are replicated."""
     from th_distill.train import TrainState  # train imports nothing from here; avoid a cycle
+
     boxed = jax.eval_shape(
-        lambda p: TrainState.create(apply_fn=None, params=p, tx=optimizer),
-        boxed_param_shapes(model))
+      lambda p: TrainState.create(apply_fn=None, params=p, tx=optimizer), boxed_param_shapes(model)
+    )
     return self.tree_shardings(boxed)
 
   # Creation and placement.
 
   def init_params(self, model: T5, rng: jax.Array) -> Any:
     """`model`'s fresh parameters, created directly in their shards (never whole on one host)."""
-    init = self.jit(_unboxed_init, in_shardings=(self.replicated,),
-                    out_shardings=self.param_shardings(model), static=(model,))
+    init = self.jit(
+      _unboxed_init,
+      in_shardings=(self.replicated,),
+      out_shardings=self.param_shardings(model),
+      static=(model,),
+    )
     return init(rng)
 
   def abstract_params(self, model: T5, dtype: Any = None) -> Any:
     """`jax.ShapeDtypeStruct`s (with shardings) of `model`'s parameters: restore templates."""
     shapes = nn.unbox(boxed_param_shapes(model))
     return jax.tree_util.tree_map(
-        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, dtype or s.dtype, sharding=sharding),
-        shapes, self.param_shardings(model))
+      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, dtype or s.dtype, sharding=sharding),
+      shapes,
+      self.param_shardings(model),
+    )
 
   def shard_batch(self, tree: Any) -> Any:
     """Global host arrays [B, ...] (every process holds the same values) -> global jax arrays
@@ -233,16 +259,19 @@ class Partitioner:
 
     B must be a multiple of `data_parallel_size` (see `pad_rows`).
     """
+
     def one(x):
       if isinstance(x, jax.Array):
         return x
       x = np.asarray(x)
       if x.shape[0] % self.data_parallel_size:
-        raise ValueError(f"A batch of {x.shape[0]} rows does not split over the "
-                         f"{self.data_parallel_size} data-parallel devices (mesh data x fsdp); "
-                         "use a batch size that is a multiple of it.")
-      return jax.make_array_from_callback(x.shape, self.batch_sharding(x.ndim),
-                                          lambda idx: x[idx])
+        raise ValueError(
+          f"A batch of {x.shape[0]} rows does not split over the "
+          f"{self.data_parallel_size} data-parallel devices (mesh data x fsdp); "
+          "use a batch size that is a multiple of it."
+        )
+      return jax.make_array_from_callback(x.shape, self.batch_sharding(x.ndim), lambda idx: x[idx])
+
     return jax.tree_util.tree_map(one, tree)
 
   def to_host(self, x: jax.Array) -> np.ndarray:
@@ -254,11 +283,19 @@ class Partitioner:
   def cast(self, model: T5, params: Any, dtype: str) -> Any:
     """`model`'s `params` converted to `dtype` in their shards (e.g. frozen models in bfloat16)."""
     shardings = self.param_shardings(model)
-    return self.jit(_cast, in_shardings=(shardings,), out_shardings=shardings,
-                    static=(dtype,))(params)
+    return self.jit(_cast, in_shardings=(shardings,), out_shardings=shardings, static=(dtype,))(
+      params
+    )
 
-  def jit(self, fn: Callable, *, in_shardings: Any, out_shardings: Any,
-          donate_argnums: int | Sequence[int] = (), static: tuple = ()) -> Callable:
+  def jit(
+    self,
+    fn: Callable,
+    *,
+    in_shardings: Any,
+    out_shardings: Any,
+    donate_argnums: int | Sequence[int] = (),
+    static: tuple = (),
+  ) -> Callable:
     """`fn(*arrays, *static)` compiled for the mesh: `call(*arrays)` runs it, `call.lower(*args)`
     lowers it for abstract arguments (`jax.ShapeDtypeStruct`s with shardings, as
     `th_distill.plan` does). Traced and run inside `activate()`.
@@ -270,8 +307,13 @@ class Partitioner:
     otherwise. A lambda or closure as `fn` is traced again by every `jit` call.
     """
     donated = (donate_argnums,) if isinstance(donate_argnums, int) else tuple(donate_argnums)
-    compiled = jax.jit(_apply, static_argnums=(0, 1, 2), in_shardings=tuple(in_shardings),
-                       out_shardings=out_shardings, donate_argnums=tuple(3 + i for i in donated))
+    compiled = jax.jit(
+      _apply,
+      static_argnums=(0, 1, 2),
+      in_shardings=tuple(in_shardings),
+      out_shardings=out_shardings,
+      donate_argnums=tuple(3 + i for i in donated),
+    )
     context = (self.mesh, self.rules)
 
     @functools.wraps(fn)
@@ -309,11 +351,12 @@ def pad_rows(arrays: dict[str, np.ndarray], multiple: int) -> tuple[dict[str, np
   extra = -rows % multiple
   if not extra:
     return arrays, rows
-  return {k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)])
-          for k, v in arrays.items()}, rows
+  return {
+    k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) for k, v in arrays.items()
+  }, rows
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def boxed_param_shapes(model: T5) -> Any:
   """`model`'s parameters as logically annotated boxes of `jax.ShapeDtypeStruct`s (no compute)."""
   return jax.eval_shape(init_params, model, jax.random.PRNGKey(0))

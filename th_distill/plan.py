@@ -43,7 +43,8 @@ import re
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -52,11 +53,18 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from th_distill import cli, config as config_lib, flops, memory
+from th_distill import cli, flops, memory
+from th_distill import config as config_lib
 from th_distill.data.regimes import SAMPLE_CHUNK
 from th_distill.models import T5
-from th_distill.partitioning import (DEFAULT_RULES, MESH_AXES, Partitioner, boxed_param_shapes,
-                                     make_mesh, resolve_mesh_shape)
+from th_distill.partitioning import (
+  DEFAULT_RULES,
+  MESH_AXES,
+  Partitioner,
+  boxed_param_shapes,
+  make_mesh,
+  resolve_mesh_shape,
+)
 from th_distill.settings import DistillSettings, OptimizerSettings, SamplingSettings
 from th_distill.stages import programs as program_lib
 from th_distill.stages.programs import Models
@@ -69,8 +77,23 @@ _COLLECTIVE = re.compile(r"= (?P<shape>.+?) (?P<op>" + "|".join(COLLECTIVES) + r
 _ARRAY = re.compile(r"\b(?P<dtype>[a-z]+\d*)\[(?P<dims>[\d,]*)\]")
 # XLA's warning when its SPMD partitioner must replicate a whole tensor to reshard it.
 FULL_REMAT = "Involuntary full rematerialization"
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
-                "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
+_DTYPE_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "bf16": 2,
+  "f16": 2,
+  "s16": 2,
+  "u16": 2,
+  "f32": 4,
+  "s32": 4,
+  "u32": 4,
+  "f64": 8,
+  "s64": 8,
+  "u64": 8,
+  "c64": 8,
+  "c128": 16,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +107,12 @@ class ProgramPlan:
   `full_remats`: XLA's "involuntary full rematerialization" warnings while partitioning (a
   tensor replicated whole on every device to change its sharding).
   """
+
   name: str
-  rows: int                 # global batch rows of the program's arguments
+  rows: int  # global batch rows of the program's arguments
   argument_bytes: int
   output_bytes: int
-  alias_bytes: int          # outputs that reuse donated arguments
+  alias_bytes: int  # outputs that reuse donated arguments
   temp_bytes: int
   xla_flops: float
   model_flops: float
@@ -113,23 +137,28 @@ def planning_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return c
 
 
-def dropped_axes(model: T5, mesh_shape: dict[str, int],
-                 rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> list[str]:
+def dropped_axes(
+  model: T5, mesh_shape: dict[str, int], rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
+) -> list[str]:
   """The parameters of `model` that the logical rules would split over a mesh axis of size > 1
   which does not divide the dimension, so that it stays whole on every device: one
   'path [shape]: name not split over axis (size n)' each; [] when every rule applies."""
   problems = []
-  boxes = jax.tree_util.tree_leaves_with_path(boxed_param_shapes(model),
-                                              is_leaf=lambda x: hasattr(x, "names"))
+  boxes = jax.tree_util.tree_leaves_with_path(
+    boxed_param_shapes(model), is_leaf=lambda x: hasattr(x, "names")
+  )
   for path, box in boxes:
     shape = box.value.shape
-    for size, name, axes in zip(shape, box.names,
-                                nn.logical_to_mesh_axes(tuple(box.names), tuple(rules))):
+    for size, name, axes in zip(
+      shape, box.names, nn.logical_to_mesh_axes(tuple(box.names), tuple(rules))
+    ):
       parts = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
       split = math.prod(mesh_shape[a] for a in parts)
       if split > 1 and size % split:
-        problems.append(f"{jax.tree_util.keystr(path)} {list(shape)}: {name} not split over "
-                        f"{'x'.join(parts)} ({split})")
+        problems.append(
+          f"{jax.tree_util.keystr(path)} {list(shape)}: {name} not split over "
+          f"{'x'.join(parts)} ({split})"
+        )
   return problems
 
 
@@ -138,8 +167,9 @@ def _rows(rows: int, partitioner: Partitioner) -> int:
   return -(-rows // partitioner.data_parallel_size) * partitioner.data_parallel_size
 
 
-def abstract_programs(config: ml_collections.ConfigDict, partitioner: Partitioner
-                      ) -> dict[str, tuple[Callable, tuple, int, float]]:
+def abstract_programs(
+  config: ml_collections.ConfigDict, partitioner: Partitioner
+) -> dict[str, tuple[Callable, tuple, int, float]]:
   """{name: (program, abstract arguments, rows, th_distill.flops of the whole program)} for each
   of `PROGRAMS`, the arguments being `jax.ShapeDtypeStruct`s with the run's shardings and
   dtypes (stage 2 holds the teacher and oracle in `frozen_dtype`)."""
@@ -154,21 +184,27 @@ def abstract_programs(config: ml_collections.ConfigDict, partitioner: Partitione
     return Batch(rows(n, li, jnp.int32), rows(n, lt, jnp.int32), rows(n, lt, jnp.float32))
 
   def state(model, optimizer) -> Any:
-    shapes = jax.eval_shape(lambda p: create_train_state(p, optimizer),
-                            partitioner.abstract_params(model))
+    shapes = jax.eval_shape(
+      lambda p: create_train_state(p, optimizer), partitioner.abstract_params(model)
+    )
     return jax.tree_util.tree_map(
-        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-        shapes, partitioner.state_shardings(model, optimizer))
+      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+      shapes,
+      partitioner.state_shardings(model, optimizer),
+    )
 
   def sampler(model, dtype: str, n: int) -> tuple:
-    return (program_lib.sampler_program(model, SamplingSettings.from_config(config), partitioner),
-            (partitioner.abstract_params(model, dtype), rows(n, li, jnp.int32),
-             rows(n, 2, jnp.uint32)), n)
+    return (
+      program_lib.sampler_program(model, SamplingSettings.from_config(config), partitioner),
+      (partitioner.abstract_params(model, dtype), rows(n, li, jnp.int32), rows(n, 2, jnp.uint32)),
+      n,
+    )
 
   key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioner.replicated)
   frozen = config.frozen_dtype
-  teacher, oracle = (partitioner.abstract_params(m, frozen) for m in (models.teacher,
-                                                                      models.oracle))
+  teacher, oracle = (
+    partitioner.abstract_params(m, frozen) for m in (models.teacher, models.oracle)
+  )
   teacher_optimizer = OptimizerSettings.sft(config.teacher, config.teacher.steps).build()
   distill = DistillSettings.from_config(config)
   n_sample = _rows(min(SAMPLE_CHUNK, config.prompts.num_oracle), partitioner)
@@ -177,22 +213,32 @@ def abstract_programs(config: ml_collections.ConfigDict, partitioner: Partitione
   cfg = {name: getattr(models, name).cfg for name in ("oracle", "teacher", "student")}
   forward = {name: flops.forward_flops(c, li, lt) for name, c in cfg.items()}
   return {
-      "oracle_sampling": (*sampler(models.oracle, "float32", n_sample),
-                          n_sample * flops.generation_flops(cfg["oracle"], li, lt)),
-      "teacher_sft_step": (program_lib.sft_program(models.teacher, teacher_optimizer, partitioner),
-                           (state(models.teacher, teacher_optimizer), batch(n_teacher), key),
-                           n_teacher, n_teacher * flops.train_flops(cfg["teacher"], li, lt)),
-      "distill_step": (program_lib.distill_program(models, distill, partitioner),
-                       (state(models.student, distill.optimizer.build()), teacher,
-                        oracle, batch(n_student), key), n_student,
-                       n_student * flops.distill_flops(cfg["student"], cfg["teacher"], li, lt,
-                                                       oracle=cfg["oracle"])),
-      "online_sampler": (*sampler(models.teacher, frozen, n_student),
-                         n_student * flops.generation_flops(cfg["teacher"], li, lt)),
-      "evaluator": (program_lib.eval_program(models, models.student, config.sequence_chunks,
-                                             partitioner),
-                    (partitioner.abstract_params(models.student), teacher, oracle, batch(n_eval)),
-                    n_eval, n_eval * sum(forward.values())),
+    "oracle_sampling": (
+      *sampler(models.oracle, "float32", n_sample),
+      n_sample * flops.generation_flops(cfg["oracle"], li, lt),
+    ),
+    "teacher_sft_step": (
+      program_lib.sft_program(models.teacher, teacher_optimizer, partitioner),
+      (state(models.teacher, teacher_optimizer), batch(n_teacher), key),
+      n_teacher,
+      n_teacher * flops.train_flops(cfg["teacher"], li, lt),
+    ),
+    "distill_step": (
+      program_lib.distill_program(models, distill, partitioner),
+      (state(models.student, distill.optimizer.build()), teacher, oracle, batch(n_student), key),
+      n_student,
+      n_student * flops.distill_flops(cfg["student"], cfg["teacher"], li, lt, oracle=cfg["oracle"]),
+    ),
+    "online_sampler": (
+      *sampler(models.teacher, frozen, n_student),
+      n_student * flops.generation_flops(cfg["teacher"], li, lt),
+    ),
+    "evaluator": (
+      program_lib.eval_program(models, models.student, config.sequence_chunks, partitioner),
+      (partitioner.abstract_params(models.student), teacher, oracle, batch(n_eval)),
+      n_eval,
+      n_eval * sum(forward.values()),
+    ),
   }
 
 
@@ -207,8 +253,10 @@ def collectives(hlo_text: str) -> dict[str, tuple[int, int]]:
     arrays = [(a["dtype"], a["dims"]) for a in _ARRAY.finditer(match["shape"])]
     if match.group(3):  # async start: (operands..., results...) -> the result
       arrays = arrays[-1:]
-    size = sum(_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
-               for dtype, dims in arrays)
+    size = sum(
+      _DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+      for dtype, dims in arrays
+    )
     found[match["op"]][0] += 1
     found[match["op"]][1] += size
   return {kind: (count, size) for kind, (count, size) in found.items()}
@@ -231,8 +279,9 @@ def _native_stderr(lines: list[str]) -> Iterator[None]:
       lines.extend(capture.read().decode(errors="replace").splitlines())
 
 
-def compile_program(name: str, program: Callable, args: tuple, rows: int, total_flops: float,
-                    devices: int) -> ProgramPlan:
+def compile_program(
+  name: str, program: Callable, args: tuple, rows: int, total_flops: float, devices: int
+) -> ProgramPlan:
   """Lowers and compiles `program` for `args` and reads XLA's analyses; XLA's warnings other
   than full rematerialisations (counted) are passed on to stderr."""
   start = time.time()
@@ -248,11 +297,18 @@ def compile_program(name: str, program: Callable, args: tuple, rows: int, total_
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   return ProgramPlan(
-      name=name, rows=rows, argument_bytes=stats.argument_size_in_bytes,
-      output_bytes=stats.output_size_in_bytes, alias_bytes=stats.alias_size_in_bytes,
-      temp_bytes=stats.temp_size_in_bytes, xla_flops=float(cost.get("flops", 0.0)),
-      model_flops=total_flops / devices, collectives=collectives(compiled.as_text()),
-      full_remats=remats, compile_s=seconds)
+    name=name,
+    rows=rows,
+    argument_bytes=stats.argument_size_in_bytes,
+    output_bytes=stats.output_size_in_bytes,
+    alias_bytes=stats.alias_size_in_bytes,
+    temp_bytes=stats.temp_size_in_bytes,
+    xla_flops=float(cost.get("flops", 0.0)),
+    model_flops=total_flops / devices,
+    collectives=collectives(compiled.as_text()),
+    full_remats=remats,
+    compile_s=seconds,
+  )
 
 
 def check_mesh(config: ml_collections.ConfigDict, mesh: Sequence[int], devices: int) -> None:
@@ -264,18 +320,24 @@ def check_mesh(config: ml_collections.ConfigDict, mesh: Sequence[int], devices: 
     raise config_lib.ConfigError(f"mesh: {e}") from None
   data_parallel = mesh[0] * mesh[1]
   micro = max(config.student.micro_batches, 1)
-  for field, size, parts in (("teacher.batch_size", config.teacher.batch_size, 1),
-                             ("student.batch_size", config.student.batch_size, micro)):
+  for field, size, parts in (
+    ("teacher.batch_size", config.teacher.batch_size, 1),
+    ("student.batch_size", config.student.batch_size, micro),
+  ):
     if size % (data_parallel * parts):
       times = f" x student.micro_batches = {parts}" if parts > 1 else ""
       raise config_lib.ConfigError(
-          f"mesh {tuple(mesh)}: data x fsdp = {data_parallel}{times} does not divide {field} = "
-          f"{size}; choose a mesh whose data x fsdp divides it")
+        f"mesh {tuple(mesh)}: data x fsdp = {data_parallel}{times} does not divide {field} = "
+        f"{size}; choose a mesh whose data x fsdp divides it"
+      )
 
 
-def plan(config: ml_collections.ConfigDict, mesh: Sequence[int],
-         programs: Sequence[str] = PROGRAMS,
-         report: Callable[[ProgramPlan], None] | None = None) -> list[ProgramPlan]:
+def plan(
+  config: ml_collections.ConfigDict,
+  mesh: Sequence[int],
+  programs: Sequence[str] = PROGRAMS,
+  report: Callable[[ProgramPlan], None] | None = None,
+) -> list[ProgramPlan]:
   """Compiles `programs` of `config` for a (data, fsdp, model) `mesh` of host CPU devices (at
   least data x fsdp x model must exist: see the module doc); `report` is called after each."""
   devices = math.prod(mesh)
@@ -283,8 +345,9 @@ def plan(config: ml_collections.ConfigDict, mesh: Sequence[int],
   available = jax.devices("cpu")
   if len(available) < devices:
     raise config_lib.ConfigError(
-        f"mesh {tuple(mesh)} needs {devices} devices but JAX has {len(available)} CPU devices; "
-        f"start Python with XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
+      f"mesh {tuple(mesh)} needs {devices} devices but JAX has {len(available)} CPU devices; "
+      f"start Python with XLA_FLAGS=--xla_force_host_platform_device_count={devices}"
+    )
   partitioner = Partitioner(make_mesh(*mesh, devices=available[:devices]))
   built = abstract_programs(config, partitioner)
   plans = []
@@ -308,40 +371,56 @@ def _collective_text(found: dict[str, tuple[int, int]]) -> str:
   return ", ".join(parts) or "none"
 
 
-HEADER = ("| program | rows | arguments | outputs | temporaries | total | XLA TFLOP | th_distill "
-          "TFLOP | collectives: count (bytes) | full remats | compile s |\n|" + "---|" * 11)
+HEADER = (
+  "| program | rows | arguments | outputs | temporaries | total | XLA TFLOP | th_distill "
+  "TFLOP | collectives: count (bytes) | full remats | compile s |\n|" + "---|" * 11
+)
 
 
 def format_row(p: ProgramPlan) -> str:
   """One markdown row of `HEADER`: per-device bytes and TFLOPs."""
-  return (f"| {p.name} | {p.rows} | {_size(p.argument_bytes)} | {_size(p.output_bytes)} | "
-          f"{_size(p.temp_bytes)} | {_size(p.total_bytes)} | {p.xla_flops / 1e12:.3f} | "
-          f"{p.model_flops / 1e12:.3f} | {_collective_text(p.collectives)} | {p.full_remats} | "
-          f"{p.compile_s:.0f} |")
+  return (
+    f"| {p.name} | {p.rows} | {_size(p.argument_bytes)} | {_size(p.output_bytes)} | "
+    f"{_size(p.temp_bytes)} | {_size(p.total_bytes)} | {p.xla_flops / 1e12:.3f} | "
+    f"{p.model_flops / 1e12:.3f} | {_collective_text(p.collectives)} | {p.full_remats} | "
+    f"{p.compile_s:.0f} |"
+  )
 
 
-def target_mesh(config: ml_collections.ConfigDict, mesh: str | None,
-                devices: int | None) -> tuple[int, int, int]:
+def target_mesh(
+  config: ml_collections.ConfigDict, mesh: str | None, devices: int | None
+) -> tuple[int, int, int]:
   """The (data, fsdp, model) mesh to plan: `mesh` if given (it must use `devices` devices when
   both are given), else the config's `mesh.*` resolved for `devices`."""
   if mesh is not None:
     shape = memory.parse_mesh(mesh, config.student.batch_size)
     if devices is not None and math.prod(shape) != devices:
-      raise config_lib.ConfigError(f"--mesh={mesh} uses {math.prod(shape)} devices, but the "
-                                   f"target has {devices}; use a mesh whose product is {devices}")
+      raise config_lib.ConfigError(
+        f"--mesh={mesh} uses {math.prod(shape)} devices, but the "
+        f"target has {devices}; use a mesh whose product is {devices}"
+      )
     return shape
   if devices is None:
-    raise config_lib.ConfigError("give --mesh=data,fsdp,model or --devices=N (the config's mesh "
-                                 "is then resolved for N devices)")
+    raise config_lib.ConfigError(
+      "give --mesh=data,fsdp,model or --devices=N (the config's mesh "
+      "is then resolved for N devices)"
+    )
   try:
     return resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.model, devices)
   except ValueError as e:
-    raise config_lib.ConfigError(f"config.mesh (data, fsdp, model) on {devices} devices: {e}"
-                                 ) from None
+    raise config_lib.ConfigError(
+      f"config.mesh (data, fsdp, model) on {devices} devices: {e}"
+    ) from None
 
 
-def _run(config: ml_collections.ConfigDict, config_name: str, mesh_text: str | None,
-         devices: int | None, programs: Sequence[str], json_path: str | None) -> None:
+def _run(
+  config: ml_collections.ConfigDict,
+  config_name: str,
+  mesh_text: str | None,
+  devices: int | None,
+  programs: Sequence[str],
+  json_path: str | None,
+) -> None:
   """The command's work: checks `config` (loaded from `config_name`) on the target mesh, then
   compiles and prints `programs`, also written to `json_path` if given."""
   config = planning_config(config)
@@ -358,9 +437,14 @@ def _run(config: ml_collections.ConfigDict, config_name: str, mesh_text: str | N
   models = Models.from_config(config)
   for name in ("oracle", "teacher", "student"):
     problems = dropped_axes(getattr(models, name), dict(zip(MESH_AXES, mesh)))
-    print(f"{name} parameters: " + ("every one split as the rules say" if not problems else
-                                    f"{len(problems)} left whole along an axis: " +
-                                    "; ".join(problems)))
+    print(
+      f"{name} parameters: "
+      + (
+        "every one split as the rules say"
+        if not problems
+        else f"{len(problems)} left whole along an axis: " + "; ".join(problems)
+      )
+    )
   where = f"{config_name} on mesh (data, fsdp, model) = {mesh}"
   if not programs:
     print(f"{where}: fits {math.prod(mesh)} devices and splits every batch")
@@ -375,21 +459,38 @@ def _run(config: ml_collections.ConfigDict, config_name: str, mesh_text: str | N
 
 def main() -> None:
   """The command line (flags are defined here, not at import: other modules define --config too)."""
-  config = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); "
-                                           "--config.KEY=VALUE overrides as for th_distill.main.")
+  config = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Config file (configs/*.py); --config.KEY=VALUE overrides as for th_distill.main.",
+  )
   flags.mark_flag_as_required("config")
   mesh = flags.DEFINE_string("mesh", None, "data,fsdp,model (default: the config's mesh).")
-  devices = flags.DEFINE_integer("devices", None, "Devices of the target (a slice's chips); "
-                                 "default: data x fsdp x model of --mesh.")
-  json_path = flags.DEFINE_string("json", None, "Also write the plans to this JSON file (a list "
-                                  "of ProgramPlan fields per program, bytes and FLOPs per device).")
+  devices = flags.DEFINE_integer(
+    "devices",
+    None,
+    "Devices of the target (a slice's chips); default: data x fsdp x model of --mesh.",
+  )
+  json_path = flags.DEFINE_string(
+    "json",
+    None,
+    "Also write the plans to this JSON file (a list "
+    "of ProgramPlan fields per program, bytes and FLOPs per device).",
+  )
   programs = flags.DEFINE_list("programs", list(PROGRAMS), f"Programs to compile, of {PROGRAMS}.")
 
   def body(argv: list[str]) -> None:
     cli.reject_arguments(argv)
-    cli.run_command(lambda: _run(config.value,
-                                 config_flags.get_config_filename(flags.FLAGS["config"]),
-                                 mesh.value, devices.value, programs.value, json_path.value))
+    cli.run_command(
+      lambda: _run(
+        config.value,
+        config_flags.get_config_filename(flags.FLAGS["config"]),
+        mesh.value,
+        devices.value,
+        programs.value,
+        json_path.value,
+      )
+    )
 
   cli.main(body)
 

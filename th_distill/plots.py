@@ -9,7 +9,7 @@ drawn on a log axis from step 1 (convergence laws are straight or bent lines the
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,6 +20,7 @@ from th_distill.detection import Detection
 @dataclasses.dataclass(frozen=True)
 class Curve:
   """`steps` [E]; `values` [S, E] for S seeds (S = 1 for one run)."""
+
   steps: np.ndarray
   values: np.ndarray
 
@@ -36,20 +37,24 @@ def _band(ax, label: str, curve: Curve, color=None) -> bool:
   """Draws the seed mean and the min..max band from step 1 on; returns whether any value was
   finite (a diverged run may have none)."""
   keep = (curve.steps >= 1) & np.isfinite(curve.mean)
-  line, = ax.plot(curve.steps[keep], curve.mean[keep], label=label, color=color)
+  (line,) = ax.plot(curve.steps[keep], curve.mean[keep], label=label, color=color)
   if len(curve.values) > 1:
     finite = np.isfinite(curve.values)
     low = np.where(finite, curve.values, np.inf).min(axis=0)
     high = np.where(finite, curve.values, -np.inf).max(axis=0)
     shown = keep & finite.any(axis=0)
-    ax.fill_between(curve.steps[shown], low[shown], high[shown], color=line.get_color(),
-                    alpha=0.2, linewidth=0)
+    ax.fill_between(
+      curve.steps[shown], low[shown], high[shown], color=line.get_color(), alpha=0.2, linewidth=0
+    )
   return bool(keep.any())
 
 
-def plot_metric_panels(panels: Sequence[tuple[str, Mapping[str, Curve]]], path: str,
-                       ylabel: str = "nats / token",
-                       levels: Sequence[Mapping[str, float]] = ()) -> None:
+def plot_metric_panels(
+  panels: Sequence[tuple[str, Mapping[str, Curve]]],
+  path: str,
+  ylabel: str = "nats / token",
+  levels: Sequence[Mapping[str, float]] = (),
+) -> None:
   """One panel per (title, curves), steps on a log axis, seed bands, one legend per panel that
   has a level; `levels[i]` ({label: value}) draws dashed horizontal lines on panel i (such as
   the teacher's own golden distance)."""
@@ -60,8 +65,9 @@ def plot_metric_panels(panels: Sequence[tuple[str, Mapping[str, Curve]]], path: 
       if np.isfinite(value):
         ax.axhline(value, color="k", linestyle="--", linewidth=1, label=f"{label} {value:.3f}")
         ax.legend(fontsize=8)
-    ax.set(title=title, xlabel="student step", ylabel=ylabel,
-           xscale="log" if any(drawn) else "linear")
+    ax.set(
+      title=title, xlabel="student step", ylabel=ylabel, xscale="log" if any(drawn) else "linear"
+    )
     ax.grid(alpha=0.3, which="both")
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
@@ -69,8 +75,9 @@ def plot_metric_panels(panels: Sequence[tuple[str, Mapping[str, Curve]]], path: 
   plt.close(fig)
 
 
-def plot_proxy_golden(panels: Sequence[tuple[str, Mapping[str, Curve], Mapping[str, Curve]]],
-                      path: str) -> None:
+def plot_proxy_golden(
+  panels: Sequence[tuple[str, Mapping[str, Curve], Mapping[str, Curve]]], path: str
+) -> None:
   """Golden against proxy (seed means), one panel per (title, proxy curves, golden curves); the
   run's start and end are marked. A U shape is teacher hacking (the paper's Figure 4 style)."""
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
@@ -79,14 +86,15 @@ def plot_proxy_golden(panels: Sequence[tuple[str, Mapping[str, Curve], Mapping[s
     for label, proxy in proxies.items():
       x, y = proxy.mean, goldens[label].mean
       finite = np.isfinite(x) & np.isfinite(y) & (x > 0)
-      line, = ax.plot(x[finite], y[finite], marker=".", markersize=3, label=label)
+      (line,) = ax.plot(x[finite], y[finite], marker=".", markersize=3, label=label)
       if finite.any():  # the last finite point: the run's end, or where it diverged
         end = np.flatnonzero(finite)[-1]
         ax.plot(x[end], y[end], marker="o", color=line.get_color())
         ax.annotate("end", (x[end], y[end]), color=line.get_color(), fontsize=8)
         drawn = True
-    ax.set(title=title, xlabel="proxy", ylabel="golden (held-out)",
-           xscale="log" if drawn else "linear")
+    ax.set(
+      title=title, xlabel="proxy", ylabel="golden (held-out)", xscale="log" if drawn else "linear"
+    )
     ax.grid(alpha=0.3, which="both")
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
@@ -94,8 +102,9 @@ def plot_proxy_golden(panels: Sequence[tuple[str, Mapping[str, Curve], Mapping[s
   plt.close(fig)
 
 
-def plot_detections(runs: Mapping[str, tuple[Curve, Curve, Detection]], metric: str,
-                    path: str) -> None:
+def plot_detections(
+  runs: Mapping[str, tuple[Curve, Curve, Detection]], metric: str, path: str
+) -> None:
   """One panel per run: the watched curve, the law the detector fitted (dashed over its window,
   dotted where extrapolated), the firing step (red line), and the golden minimum (green line,
   golden on the right axis)."""
@@ -121,12 +130,19 @@ def plot_detections(runs: Mapping[str, tuple[Curve, Curve, Detection]], metric: 
     twin.plot(golden.steps[shown], golden.values[0][shown], color="C2", alpha=0.6)
     if np.isfinite(golden.values[0]).any():  # a diverged run may have no finite golden value
       best = int(np.nanargmin(golden.values[0]))
-      ax.axvline(golden.steps[best], color="C2", linestyle="--",
-                 label=f"golden min @ {int(golden.steps[best])}")
+      ax.axvline(
+        golden.steps[best],
+        color="C2",
+        linestyle="--",
+        label=f"golden min @ {int(golden.steps[best])}",
+      )
     twin.set_ylabel("golden", color="C2")
-    ax.set(title=label, xscale="log" if keep.any() or shown.any() else "linear",
-           xlabel="student step", ylabel=metric.split("/")[-2] +
-           " " + metric.split("/")[-1])
+    ax.set(
+      title=label,
+      xscale="log" if keep.any() or shown.any() else "linear",
+      xlabel="student step",
+      ylabel=metric.split("/")[-2] + " " + metric.split("/")[-1],
+    )
     ax.legend(fontsize=7, loc="upper right")
     ax.grid(alpha=0.3, which="both")
   for ax in axes.ravel()[count:]:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,7 @@ def duration(seconds: float) -> str:
 @dataclasses.dataclass
 class Work:
   """`units` of work of one `kind`, each costing `flops`; `done` and the timed part so far."""
+
   name: str
   kind: str
   units: int
@@ -94,8 +96,7 @@ class Phase:
   def describe(self) -> str:
     """'4,096 samples, ...; 1.2e+12 FLOP': the phase's work."""
     total = sum(w.units * w.flops for w in self.work.values())
-    return (", ".join(f"{w.units:,} {w.name}" for w in self.work.values()) +
-            f"; {total:.2g} FLOP")
+    return ", ".join(f"{w.units:,} {w.name}" for w in self.work.values()) + f"; {total:.2g} FLOP"
 
   def start(self) -> None:
     """Starts the phase's clock (once) and logs its work."""
@@ -131,23 +132,33 @@ class Phase:
     since_line = now - self._last_line
     if not self._logged_estimate and main.timed_units >= 2 and main.timed_seconds >= 2.0:
       self._logged_estimate = True
-      logging.info("%s: %d %s, %s each after the first (which compiles): %s", self.title,
-                   main.units, main.name, duration_unit(main.timed_seconds / main.timed_units),
-                   self.eta_text())
+      logging.info(
+        "%s: %d %s, %s each after the first (which compiles): %s",
+        self.title,
+        main.units,
+        main.name,
+        duration_unit(main.timed_seconds / main.timed_units),
+        self.eta_text(),
+      )
       if self.clock is not None:
         self.clock.warn_if_long()
     elif since_line >= LOG_EVERY_SECONDS or (
-        self.lines and since_line >= MIN_LINE_SECONDS and
-        main.done * 10 // main.units > (main.done - units) * 10 // main.units):
+      self.lines
+      and since_line >= MIN_LINE_SECONDS
+      and main.done * 10 // main.units > (main.done - units) * 10 // main.units
+    ):
       self.log_line(f", {detail()}" if detail else "")
 
-  def counted(self, sample: Callable[..., Any], name: str, per_row: bool = True
-              ) -> Callable[..., Any]:
+  def counted(
+    self, sample: Callable[..., Any], name: str, per_row: bool = True
+  ) -> Callable[..., Any]:
     """`sample(params, prompts, rng)` that advances item `name` by its rows (or by 1 call)."""
+
     def fn(params, prompts, rng):
       out = sample(params, prompts, rng)
       self.advance(name, len(prompts) if per_row else 1)
       return out
+
     return fn
 
   def log_line(self, detail: str = "") -> None:
@@ -156,10 +167,17 @@ class Phase:
     self._last_line = _now()
     if main is None:
       return
-    logging.info("%s: %d/%d %s (%.0f%%)%s, %s; %s", self.title, main.done, main.units,
-                 main.name, 100.0 * main.done / max(main.units, 1), detail,
-                 duration(_now() - self.started) if self.started is not None else "0 s",
-                 self.eta_text())
+    logging.info(
+      "%s: %d/%d %s (%.0f%%)%s, %s; %s",
+      self.title,
+      main.done,
+      main.units,
+      main.name,
+      100.0 * main.done / max(main.units, 1),
+      detail,
+      duration(_now() - self.started) if self.started is not None else "0 s",
+      self.eta_text(),
+    )
 
   def rate(self, item: Work) -> tuple[float | None, bool]:
     """(seconds per FLOP for `item`, whether it is a lower bound), or (None, True)."""
@@ -195,14 +213,21 @@ class Phase:
     if self.started is None or self.finished:
       return
     self.finished = True
-    logging.info("%s: done in %s%s", self.title, duration(_now() - self.started),
-                 f"; run ETA {_estimate(*self.clock.remaining())}" if self.clock else "")
+    logging.info(
+      "%s: done in %s%s",
+      self.title,
+      duration(_now() - self.started),
+      f"; run ETA {_estimate(*self.clock.remaining())}" if self.clock else "",
+    )
 
 
 def duration_unit(seconds: float) -> str:
   """A per-unit time: '17.2 ms', '3.40 s', or `duration` beyond a minute."""
-  return f"{seconds * 1e3:.1f} ms" if seconds < 1 else (
-      f"{seconds:.2f} s" if seconds < 60 else duration(seconds))
+  return (
+    f"{seconds * 1e3:.1f} ms"
+    if seconds < 1
+    else (f"{seconds:.2f} s" if seconds < 60 else duration(seconds))
+  )
 
 
 def _estimate(seconds: float | None, lower: bool) -> str:
@@ -214,8 +239,9 @@ def _estimate(seconds: float | None, lower: bool) -> str:
 class RunClock:
   """The phases of one run, the rates measured so far, and the whole run's ETA."""
 
-  def __init__(self, phases: list[Phase], peak_flops: float | None = None,
-               backend: str | None = None):
+  def __init__(
+    self, phases: list[Phase], peak_flops: float | None = None, backend: str | None = None
+  ):
     self.phases = {p.key: p for p in phases}
     for p in phases:
       p.clock = self
@@ -227,15 +253,20 @@ class RunClock:
     """The latest measured seconds per FLOP of `kind` (else of its fallbacks; else the peak
     rate's, a lower bound)."""
     for k in (kind, *FALLBACK.get(kind, ())):
-      rates = [w.rate for p in self._by_recency() for w in p.work.values()
-               if w.kind == k and w.rate is not None]
+      rates = [
+        w.rate
+        for p in self._by_recency()
+        for w in p.work.values()
+        if w.kind == k and w.rate is not None
+      ]
       if rates:
         return rates[0], False
     return (1.0 / self.peak_flops if self.peak_flops else None), True
 
   def _by_recency(self) -> list[Phase]:
-    return sorted((p for p in self.phases.values() if p.started is not None),
-                  key=lambda p: -p.started)
+    return sorted(
+      (p for p in self.phases.values() if p.started is not None), key=lambda p: -p.started
+    )
 
   def remaining(self) -> tuple[float | None, bool]:
     """(seconds left in the whole run, whether it is a lower bound)."""
@@ -256,13 +287,16 @@ class RunClock:
       return
     self._warned = True
     logging.warning(
-        "This run needs %s%s on this CPU: the config is sized for accelerators. See "
-        "docs/scaling.md for running it on GPUs or TPUs, or shrink its counts (e.g. "
-        "--config.student.steps, --config.teacher.steps, --config.prompts.num_oracle). "
-        "Continuing.", "at least " if lower else "", duration(seconds))
+      "This run needs %s%s on this CPU: the config is sized for accelerators. See "
+      "docs/scaling.md for running it on GPUs or TPUs, or shrink its counts (e.g. "
+      "--config.student.steps, --config.teacher.steps, --config.prompts.num_oracle). "
+      "Continuing.",
+      "at least " if lower else "",
+      duration(seconds),
+    )
 
   @contextlib.contextmanager
-  def active(self) -> Iterator["RunClock"]:
+  def active(self) -> Iterator[RunClock]:
     """Makes `phase(key)` return this clock's phases."""
     global _ACTIVE
     previous, _ACTIVE = _ACTIVE, self
@@ -275,8 +309,9 @@ class RunClock:
 _ACTIVE: RunClock | None = None
 
 
-def phase(key: str, title: str | None = None, work: list[Work] | None = None,
-          lines: bool = True) -> Phase:
+def phase(
+  key: str, title: str | None = None, work: list[Work] | None = None, lines: bool = True
+) -> Phase:
   """The active run's phase `key` (started), or a stand-alone phase of `work` outside a run."""
   found = _ACTIVE.phases.get(key) if _ACTIVE is not None else None
   if found is None:

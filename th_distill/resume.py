@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -53,10 +54,12 @@ def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, A
   """(dotted field, old value, new value) of every field that differs between two nested
   records (`as_recorded`), fields in FREE_FIELDS left out; a missing field reads '(absent)'."""
   old_flat, new_flat = _flatten(old), _flatten(new)
-  return [(field, old_flat.get(field, _ABSENT), new_flat.get(field, _ABSENT))
-          for field in sorted(old_flat.keys() | new_flat.keys())
-          if field.split(".")[0] not in FREE_FIELDS
-          and old_flat.get(field, _ABSENT) != new_flat.get(field, _ABSENT)]
+  return [
+    (field, old_flat.get(field, _ABSENT), new_flat.get(field, _ABSENT))
+    for field in sorted(old_flat.keys() | new_flat.keys())
+    if field.split(".")[0] not in FREE_FIELDS
+    and old_flat.get(field, _ABSENT) != new_flat.get(field, _ABSENT)
+  ]
 
 
 def _override(field: str, value: Any) -> str:
@@ -68,16 +71,19 @@ def refusal(what: str, diff: list[tuple[str, Any, Any]]) -> ConfigChanged:
   """The ConfigChanged error for `what` (e.g. '--workdir=/tmp/th') and its changed fields."""
   listed = "; ".join(f"{field}: {old!r} -> {new!r}" for field, old, new in diff)
   restore = " ".join(_override(field, old) for field, old, _ in diff if old != _ABSENT)
-  return ConfigChanged(f"{what} was started with a different configuration ({listed}); use a new "
-                       "--workdir for the new values" +
-                       (f", or rerun with the old ones: {restore}" if restore else ""))
+  return ConfigChanged(
+    f"{what} was started with a different configuration ({listed}); use a new "
+    "--workdir for the new values" + (f", or rerun with the old ones: {restore}" if restore else "")
+  )
 
 
 def _started(workdir: str, stage1_dir: str) -> bool:
   """Whether `workdir` holds any result: stage 1, the offline dataset or a regime's folder."""
-  return (os.path.exists(os.path.join(stage1_dir, "info.json")) or
-          os.path.exists(os.path.join(workdir, "offline_dataset.npz")) or
-          any(os.path.isdir(os.path.join(workdir, regime)) for regime in REGIMES))
+  return (
+    os.path.exists(os.path.join(stage1_dir, "info.json"))
+    or os.path.exists(os.path.join(workdir, "offline_dataset.npz"))
+    or any(os.path.isdir(os.path.join(workdir, regime)) for regime in REGIMES)
+  )
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str, stage1_dir: str) -> None:
@@ -98,8 +104,9 @@ def check_marker(marker: str, expected: str, fields: Mapping[str, Any]) -> None:
   check_record(checkpoints.read_json(marker), expected, fields, os.path.dirname(marker))
 
 
-def check_record(record: Mapping[str, Any], expected: str, fields: Mapping[str, Any],
-                 where: str) -> None:
+def check_record(
+  record: Mapping[str, Any], expected: str, fields: Mapping[str, Any], where: str
+) -> None:
   """Raises ConfigChanged if a stage's `record` ({fingerprint, fields}) of `where` (a path, for
   the message) was written by another configuration than this run's.
 
@@ -109,11 +116,14 @@ def check_record(record: Mapping[str, Any], expected: str, fields: Mapping[str, 
   if record["fingerprint"] == expected:
     return
   if "fields" in record:
-    diff = [change for change in changes(record["fields"], as_recorded(fields))
-            if change[1] != _ABSENT]
+    diff = [
+      change for change in changes(record["fields"], as_recorded(fields)) if change[1] != _ABSENT
+    ]
     if diff:
       raise refusal(where, diff)
     return
-  raise ConfigChanged(f"{where} was written by a different configuration (fingerprint "
-                      f"{record['fingerprint']}, this run {expected}); use a new --workdir, or "
-                      "rerun with the values it was written with (its config.json)")
+  raise ConfigChanged(
+    f"{where} was written by a different configuration (fingerprint "
+    f"{record['fingerprint']}, this run {expected}); use a new --workdir, or "
+    "rerun with the values it was written with (its config.json)"
+  )

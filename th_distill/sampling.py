@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +51,9 @@ _STATIC = ("model", "max_length", "temperature", "top_k", "top_p", "eos_id")
 
 class SampleOutput(NamedTuple):
   """Responses of `sample` / `sample_uncached`; all [B, L]."""
-  tokens: Array    # int32: response tokens, EOS included when emitted, then 0
-  mask: Array      # float32: 1.0 on the real response tokens (EOS included), 0.0 after
+
+  tokens: Array  # int32: response tokens, EOS included when emitted, then 0
+  mask: Array  # float32: 1.0 on the real response tokens (EOS included), 0.0 after
   logprobs: Array  # float32: log-prob of each emitted token (see module doc), 0 where mask is 0
 
 
@@ -65,16 +67,20 @@ SampleFn = Callable[[Any, Array, Array], tuple[Array, Array]]
 MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
 
 
-def _check(input_tokens: Array, max_length: int, temperature: float, top_k: int, top_p: float,
-           eos_id: int) -> None:
+def _check(
+  input_tokens: Array, max_length: int, temperature: float, top_k: int, top_p: float, eos_id: int
+) -> None:
   if input_tokens.ndim != 2 or input_tokens.shape[1] == 0:
     raise ValueError(f"input_tokens must be [B, Li] with Li > 0, got shape {input_tokens.shape}.")
   if not isinstance(max_length, numbers.Integral) or max_length <= 0:
     raise ValueError(f"max_length must be a positive int, got {max_length!r}.")
-  if not (isinstance(temperature, numbers.Real) and
-          (temperature == 0 or MIN_TEMPERATURE <= temperature < float("inf"))):  # no NaN
-    raise ValueError(f"temperature must be 0 (greedy) or finite and >= {MIN_TEMPERATURE:.3g}, "
-                     f"got {temperature!r}.")
+  if not (
+    isinstance(temperature, numbers.Real)
+    and (temperature == 0 or MIN_TEMPERATURE <= temperature < float("inf"))
+  ):  # no NaN
+    raise ValueError(
+      f"temperature must be 0 (greedy) or finite and >= {MIN_TEMPERATURE:.3g}, got {temperature!r}."
+    )
   if not isinstance(top_k, numbers.Integral) or top_k < 0:
     raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}.")
   if not (isinstance(top_p, numbers.Real) and 0.0 < top_p <= 1.0):
@@ -83,8 +89,9 @@ def _check(input_tokens: Array, max_length: int, temperature: float, top_k: int,
     raise ValueError(f"eos_id must be an int (-1 = never stop), got {eos_id!r}.")
 
 
-def sampling_log_probs(logits: Array, temperature: float, top_k: int = 0,
-                       top_p: float = 1.0) -> Array:
+def sampling_log_probs(
+  logits: Array, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> Array:
   """Log-probabilities [..., V] of the distribution that is sampled from, for `logits` [..., V].
 
   The float32 logits are divided by `temperature` (> 0), restricted to the `top_k` most likely
@@ -113,8 +120,9 @@ def sampling_log_probs(logits: Array, temperature: float, top_k: int = 0,
   return jax.nn.log_softmax(logits, axis=-1)
 
 
-def _select(logits: Array, keys: Array, step: Array, temperature: float, top_k: int,
-            top_p: float) -> tuple[Array, Array]:
+def _select(
+  logits: Array, keys: Array, step: Array, temperature: float, top_k: int, top_p: float
+) -> tuple[Array, Array]:
   """The token of every row at `step`: `logits` [B, V] float32, `keys` [B] per-example keys.
 
   Returns (tokens [B] int32, logprobs [B] float32) following the module's conventions. Shared by
@@ -143,17 +151,19 @@ def example_keys(rng: Array, batch: int) -> Array:
     return jax.random.split(rng, batch)
   if rng.ndim == key_ndim + 1 and rng.shape[0] == batch:
     return rng
-  raise ValueError(f"rng must be one key or {batch} keys (one per example); got an array of "
-                   f"shape {rng.shape} and dtype {rng.dtype}.")
+  raise ValueError(
+    f"rng must be one key or {batch} keys (one per example); got an array of "
+    f"shape {rng.shape} and dtype {rng.dtype}."
+  )
 
 
 class _Carry(NamedTuple):
-  step: Array      # [] int32: the position being generated
-  state: Any       # what `next_logits` carries from step to step (the KV cache, or None)
-  token: Array     # [B] int32: the token fed at `step` (0, the decoder start, at step 0)
-  tokens: Array    # [B, L] int32: emitted tokens so far (garbage after a row's EOS)
+  step: Array  # [] int32: the position being generated
+  state: Any  # what `next_logits` carries from step to step (the KV cache, or None)
+  token: Array  # [B] int32: the token fed at `step` (0, the decoder start, at step 0)
+  tokens: Array  # [B, L] int32: emitted tokens so far (garbage after a row's EOS)
   logprobs: Array  # [B, L] float32
-  done: Array      # [B] bool: the row has emitted EOS
+  done: Array  # [B] bool: the row has emitted EOS
 
 
 # next_logits(state, token [B], tokens [B, L], step []) -> (logits [B, V] float32, new state)
@@ -175,9 +185,18 @@ def cache_segments(max_length: int) -> list[int]:
   return ends[:-1] + [max_length]
 
 
-def _decode_loop(next_logits: NextLogits, state: Any, keys: Array, max_length: int,
-                 temperature: float, top_k: int, top_p: float, eos_id: int,
-                 segments: list[int], grow: Grow) -> SampleOutput:
+def _decode_loop(
+  next_logits: NextLogits,
+  state: Any,
+  keys: Array,
+  max_length: int,
+  temperature: float,
+  top_k: int,
+  top_p: float,
+  eos_id: int,
+  segments: list[int],
+  grow: Grow,
+) -> SampleOutput:
   """The decoding loop shared by both samplers: up to L steps, stopping early once every row has
   emitted EOS, then everything after each row's first EOS is blanked. The steps run in segments
   ending at `segments` (the last one L), one `lax.while_loop` each, the state grown to the
@@ -187,27 +206,51 @@ def _decode_loop(next_logits: NextLogits, state: Any, keys: Array, max_length: i
   def body(c: _Carry) -> _Carry:
     logits, state = next_logits(c.state, c.token, c.tokens, c.step)
     token, logprob = _select(logits, keys, c.step, temperature, top_k, top_p)
-    return _Carry(c.step + 1, state, token,
-                  jax.lax.dynamic_update_index_in_dim(c.tokens, token, c.step, axis=1),
-                  jax.lax.dynamic_update_index_in_dim(c.logprobs, logprob, c.step, axis=1),
-                  c.done | (token == eos_id))
+    return _Carry(
+      c.step + 1,
+      state,
+      token,
+      jax.lax.dynamic_update_index_in_dim(c.tokens, token, c.step, axis=1),
+      jax.lax.dynamic_update_index_in_dim(c.logprobs, logprob, c.step, axis=1),
+      c.done | (token == eos_id),
+    )
 
-  final = _Carry(jnp.zeros((), jnp.int32), state, jnp.full((batch,), PAD_ID, jnp.int32),
-                 jnp.zeros((batch, max_length), jnp.int32),
-                 jnp.zeros((batch, max_length), jnp.float32), jnp.zeros((batch,), bool))
+  final = _Carry(
+    jnp.zeros((), jnp.int32),
+    state,
+    jnp.full((batch,), PAD_ID, jnp.int32),
+    jnp.zeros((batch, max_length), jnp.int32),
+    jnp.zeros((batch, max_length), jnp.float32),
+    jnp.zeros((batch,), bool),
+  )
   for end in segments:
-    final = jax.lax.while_loop(lambda c, end=end: (c.step < end) & ~jnp.all(c.done), body,
-                               final._replace(state=grow(final.state, end)))
+    final = jax.lax.while_loop(
+      lambda c, end=end: (c.step < end) & ~jnp.all(c.done),
+      body,
+      final._replace(state=grow(final.state, end)),
+    )
   # A position is real iff no EOS came before it (the EOS itself is real).
   is_eos = final.tokens == eos_id
   mask = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0
-  return SampleOutput(jnp.where(mask, final.tokens, PAD_ID), mask.astype(jnp.float32),
-                      jnp.where(mask, final.logprobs, 0.0))
+  return SampleOutput(
+    jnp.where(mask, final.tokens, PAD_ID),
+    mask.astype(jnp.float32),
+    jnp.where(mask, final.logprobs, 0.0),
+  )
 
 
-def generate(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_length: int,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             eos_id: int = EOS_ID) -> SampleOutput:
+def generate(
+  model: T5,
+  params: Any,
+  input_tokens: Array,
+  rng: Array,
+  *,
+  max_length: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  eos_id: int = EOS_ID,
+) -> SampleOutput:
   """Samples responses [B, L] (L = `max_length`) to `input_tokens` [B, Li] int32 (0 = padding).
 
   The encoder runs once, `init_cache` once, then one `decode_step` per position inside
@@ -227,8 +270,9 @@ def generate(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_len
     del tokens, step  # the cache knows the position
     return model.apply(variables, token, cache, method=T5.decode_step)
 
-  return _decode_loop(next_logits, cache, keys, max_length, temperature, top_k, top_p, eos_id,
-                      segments, extend_cache)
+  return _decode_loop(
+    next_logits, cache, keys, max_length, temperature, top_k, top_p, eos_id, segments, extend_cache
+  )
 
 
 def check_prompt_ids(input_tokens: Any, vocab_size: int) -> None:
@@ -236,12 +280,15 @@ def check_prompt_ids(input_tokens: Any, vocab_size: int) -> None:
   log-prob of its row would be NaN). Host arrays and fully addressable device arrays are
   checked; traced or multi-host arrays are the caller's to check."""
   if isinstance(input_tokens, jax.core.Tracer) or (
-      isinstance(input_tokens, jax.Array) and not input_tokens.is_fully_addressable):
+    isinstance(input_tokens, jax.Array) and not input_tokens.is_fully_addressable
+  ):
     return
   ids = np.asarray(input_tokens)
   if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-    raise ValueError(f"prompt ids must be in [0, {vocab_size}) (the model's vocab_size), got "
-                     f"ids from {ids.min()} to {ids.max()}.")
+    raise ValueError(
+      f"prompt ids must be in [0, {vocab_size}) (the model's vocab_size), got "
+      f"ids from {ids.min()} to {ids.max()}."
+    )
 
 
 class _CheckedSampler:
@@ -253,8 +300,9 @@ class _CheckedSampler:
     self._jitted = jax.jit(fn, static_argnames=_STATIC)
     functools.update_wrapper(self, fn)
 
-  def __call__(self, model: T5, params: Any, input_tokens: Array, rng: Array,
-               **settings: Any) -> SampleOutput:
+  def __call__(
+    self, model: T5, params: Any, input_tokens: Array, rng: Array, **settings: Any
+  ) -> SampleOutput:
     check_prompt_ids(input_tokens, model.cfg.vocab_size)
     return self._jitted(model, params, input_tokens, rng, **settings)
 
@@ -266,9 +314,18 @@ sample = _CheckedSampler(generate)
 
 
 @_CheckedSampler
-def sample_uncached(model: T5, params: Any, input_tokens: Array, rng: Array, *, max_length: int,
-                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                    eos_id: int = EOS_ID) -> SampleOutput:
+def sample_uncached(
+  model: T5,
+  params: Any,
+  input_tokens: Array,
+  rng: Array,
+  *,
+  max_length: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  eos_id: int = EOS_ID,
+) -> SampleOutput:
   """`sample` without a KV cache (the benchmark baseline): the same tokens for the same key.
 
   Every step re-runs the teacher-forced decoder over the whole static [B, L] buffer and reads the
@@ -285,5 +342,15 @@ def sample_uncached(model: T5, params: Any, input_tokens: Array, rng: Array, *, 
     logits = model.apply(variables, encoded, input_tokens, shift_right(tokens), method=T5.decode)
     return jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False), state
 
-  return _decode_loop(next_logits, None, keys, max_length, temperature, top_k, top_p, eos_id,
-                      [max_length], lambda state, length: state)
+  return _decode_loop(
+    next_logits,
+    None,
+    keys,
+    max_length,
+    temperature,
+    top_k,
+    top_p,
+    eos_id,
+    [max_length],
+    lambda state, length: state,
+  )

@@ -14,6 +14,7 @@ fields and composes the others' problems with the checks that span sections.
 from __future__ import annotations
 
 import dataclasses
+
 import ml_collections
 import optax
 
@@ -44,29 +45,35 @@ def _failed(*checks: tuple[bool, str, str]) -> list[Problem]:
 class SamplingSettings:
   """How every model samples a response: at most `max_length` tokens (task.response_length);
   `temperature` 0 is greedy, `top_k` 0 and `top_p` 1 are off."""
+
   max_length: int
   temperature: float
   top_k: int
   top_p: float
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "SamplingSettings":
+  def from_config(cls, config: ml_collections.ConfigDict) -> SamplingSettings:
     s = config.sampling
     return cls(config.task.response_length, s.temperature, s.top_k, s.top_p)
 
   def problems(self) -> list[Problem]:
     return _failed(
-        (self.max_length > 0, "task.response_length", f"must be > 0, got {self.max_length}"),
-        (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE, "sampling.temperature",
-         f"must be 0 (greedy) or >= {MIN_TEMPERATURE:.3g}, got {self.temperature}"),
-        (0 < self.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {self.top_p}"),
-        (self.top_k >= 0, "sampling.top_k", f"must be >= 0 (0 = off), got {self.top_k}"))
+      (self.max_length > 0, "task.response_length", f"must be > 0, got {self.max_length}"),
+      (
+        self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
+        "sampling.temperature",
+        f"must be 0 (greedy) or >= {MIN_TEMPERATURE:.3g}, got {self.temperature}",
+      ),
+      (0 < self.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {self.top_p}"),
+      (self.top_k >= 0, "sampling.top_k", f"must be >= 0 (0 = off), got {self.top_k}"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
   """AdamW with warm-up and a schedule (`train.make_optimizer`), over `steps` steps of
   `batch_size` examples."""
+
   learning_rate: float
   steps: int
   batch_size: int
@@ -76,58 +83,86 @@ class OptimizerSettings:
   grad_clip: float = 0.0
 
   @classmethod
-  def sft(cls, section: ml_collections.ConfigDict, steps: int) -> "OptimizerSettings":
+  def sft(cls, section: ml_collections.ConfigDict, steps: int) -> OptimizerSettings:
     """The SFT optimiser of `section` (`config.teacher`, or `config.student` for its initial
     SFT of `student.sft_steps`): no weight decay or clipping."""
-    return cls(section.learning_rate, steps, section.batch_size, section.warmup_steps,
-               section.schedule)
+    return cls(
+      section.learning_rate, steps, section.batch_size, section.warmup_steps, section.schedule
+    )
 
   @classmethod
-  def distill(cls, student: ml_collections.ConfigDict) -> "OptimizerSettings":
+  def distill(cls, student: ml_collections.ConfigDict) -> OptimizerSettings:
     """The stage-2 student's optimiser (`config.student`)."""
-    return cls(student.learning_rate, student.steps, student.batch_size, student.warmup_steps,
-               student.schedule, student.weight_decay, student.grad_clip)
+    return cls(
+      student.learning_rate,
+      student.steps,
+      student.batch_size,
+      student.warmup_steps,
+      student.schedule,
+      student.weight_decay,
+      student.grad_clip,
+    )
 
   def problems(self, section: str) -> list[Problem]:
     """Problems of these settings read from `config.<section>` ('teacher' or 'student')."""
     return _failed(
-        (self.learning_rate > 0, f"{section}.learning_rate",
-         f"must be > 0, got {self.learning_rate}"),
-        (self.steps >= 0, f"{section}.steps", f"must be >= 0, got {self.steps}"),
-        (self.warmup_steps >= 0, f"{section}.warmup_steps", "must be >= 0"),
-        (self.batch_size > 0, f"{section}.batch_size", "must be > 0"),
-        (self.schedule in SCHEDULES, f"{section}.schedule",
-         f"must be constant, linear or cosine, got {self.schedule!r}"),
-        (self.weight_decay >= 0, f"{section}.weight_decay",
-         f"must be >= 0 (0 = off), got {self.weight_decay}"),
-        (self.grad_clip >= 0, f"{section}.grad_clip",
-         f"must be >= 0 (0 = off), got {self.grad_clip}"))
+      (
+        self.learning_rate > 0,
+        f"{section}.learning_rate",
+        f"must be > 0, got {self.learning_rate}",
+      ),
+      (self.steps >= 0, f"{section}.steps", f"must be >= 0, got {self.steps}"),
+      (self.warmup_steps >= 0, f"{section}.warmup_steps", "must be >= 0"),
+      (self.batch_size > 0, f"{section}.batch_size", "must be > 0"),
+      (
+        self.schedule in SCHEDULES,
+        f"{section}.schedule",
+        f"must be constant, linear or cosine, got {self.schedule!r}",
+      ),
+      (
+        self.weight_decay >= 0,
+        f"{section}.weight_decay",
+        f"must be >= 0 (0 = off), got {self.weight_decay}",
+      ),
+      (
+        self.grad_clip >= 0,
+        f"{section}.grad_clip",
+        f"must be >= 0 (0 = off), got {self.grad_clip}",
+      ),
+    )
 
   def build(self) -> optax.GradientTransformation:
-    return make_optimizer(self.learning_rate, self.warmup_steps, self.steps, self.schedule,
-                          self.weight_decay, self.grad_clip)
+    return make_optimizer(
+      self.learning_rate,
+      self.warmup_steps,
+      self.steps,
+      self.schedule,
+      self.weight_decay,
+      self.grad_clip,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
   """The distillation loss D(teacher, student) per token (`th_distill.divergences`): `name` of
   fkl / rkl / jsd, `beta` and `normalized` for jsd, logits divided by `temperature`."""
+
   name: str
   beta: float
   normalized: bool
   temperature: float
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "LossSettings":
+  def from_config(cls, config: ml_collections.ConfigDict) -> LossSettings:
     loss = config.loss
     return cls(loss.name, loss.beta, loss.normalized, loss.temperature)
 
   def problems(self) -> list[Problem]:
     return _failed(
-        (self.name in DIVERGENCES, "loss.name",
-         f"{self.name!r} is not one of {tuple(DIVERGENCES)}"),
-        (0.0 <= self.beta <= 1.0, "loss.beta", f"must be in [0, 1], got {self.beta}"),
-        (self.temperature > 0, "loss.temperature", f"must be > 0, got {self.temperature}"))
+      (self.name in DIVERGENCES, "loss.name", f"{self.name!r} is not one of {tuple(DIVERGENCES)}"),
+      (0.0 <= self.beta <= 1.0, "loss.beta", f"must be in [0, 1], got {self.beta}"),
+      (self.temperature > 0, "loss.temperature", f"must be > 0, got {self.temperature}"),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +170,7 @@ class DistillSettings:
   """The distillation step: its loss and optimiser, gradient accumulation over `micro_batches`,
   logits in `sequence_chunks` chunks of the response, what a non-finite step does
   (`on_nonfinite` 'stop' or 'skip') and the frozen models' dtype in stage 2."""
+
   loss: LossSettings
   optimizer: OptimizerSettings
   micro_batches: int
@@ -143,32 +179,49 @@ class DistillSettings:
   frozen_dtype: str
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "DistillSettings":
-    return cls(LossSettings.from_config(config), OptimizerSettings.distill(config.student),
-               config.student.micro_batches, config.sequence_chunks, config.on_nonfinite,
-               config.frozen_dtype)
+  def from_config(cls, config: ml_collections.ConfigDict) -> DistillSettings:
+    return cls(
+      LossSettings.from_config(config),
+      OptimizerSettings.distill(config.student),
+      config.student.micro_batches,
+      config.sequence_chunks,
+      config.on_nonfinite,
+      config.frozen_dtype,
+    )
 
   def problems(self) -> list[Problem]:
     """Problems of the loss, the student's optimiser and the step's own settings
     (`sequence_chunks` must divide the response: `config.check_fields` checks it)."""
-    return self.loss.problems() + self.optimizer.problems("student") + _failed(
+    return (
+      self.loss.problems()
+      + self.optimizer.problems("student")
+      + _failed(
         (self.micro_batches > 0, "student.micro_batches", "must be > 0"),
-        (self.on_nonfinite in ON_NONFINITE, "on_nonfinite",
-         f"must be one of {ON_NONFINITE}, got {self.on_nonfinite!r}"),
-        (self.frozen_dtype in FROZEN_DTYPES, "frozen_dtype",
-         f"must be 'float32' or 'bfloat16', got {self.frozen_dtype!r}"))
+        (
+          self.on_nonfinite in ON_NONFINITE,
+          "on_nonfinite",
+          f"must be one of {ON_NONFINITE}, got {self.on_nonfinite!r}",
+        ),
+        (
+          self.frozen_dtype in FROZEN_DTYPES,
+          "frozen_dtype",
+          f"must be 'float32' or 'bfloat16', got {self.frozen_dtype!r}",
+        ),
+      )
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
   """Evaluation on the fixed sets: at `steps` (sorted), `batch_size` rows at a time, with the
   training-prompt set of `num_train_prompts` prompts."""
+
   steps: tuple[int, ...]
   batch_size: int
   num_train_prompts: int
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "EvalSettings":
+  def from_config(cls, config: ml_collections.ConfigDict) -> EvalSettings:
     steps = evaluation_steps(config.student.steps, config.eval_every, config.eval_log_points)
     return cls(tuple(sorted(steps)), config.eval.batch_size, config.eval.num_train_prompts)
 
@@ -177,6 +230,7 @@ class EvalSettings:
 class RunSettings:
   """Everything the stages read, by stage: stage 1's two SFTs, stage 2's step, evaluation and
   sampling (shared by both stages)."""
+
   seed: int
   sampling: SamplingSettings
   teacher_sft: OptimizerSettings
@@ -186,12 +240,16 @@ class RunSettings:
   checkpoint_every: int
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "RunSettings":
+  def from_config(cls, config: ml_collections.ConfigDict) -> RunSettings:
     student = config.student
     return cls(
-        seed=config.seed, sampling=SamplingSettings.from_config(config),
-        teacher_sft=OptimizerSettings.sft(config.teacher, config.teacher.steps),
-        student_sft=(OptimizerSettings.sft(student, student.sft_steps)
-                     if student.init == "sft" else None),
-        distill=DistillSettings.from_config(config), eval=EvalSettings.from_config(config),
-        checkpoint_every=config.checkpoint_every)
+      seed=config.seed,
+      sampling=SamplingSettings.from_config(config),
+      teacher_sft=OptimizerSettings.sft(config.teacher, config.teacher.steps),
+      student_sft=(
+        OptimizerSettings.sft(student, student.sft_steps) if student.init == "sft" else None
+      ),
+      distill=DistillSettings.from_config(config),
+      eval=EvalSettings.from_config(config),
+      checkpoint_every=config.checkpoint_every,
+    )

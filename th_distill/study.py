@@ -27,38 +27,51 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from th_distill import cli, config as config_lib, experiment, report, workdir_lock
+from th_distill import cli, experiment, report, workdir_lock
+from th_distill import config as config_lib
 from th_distill.stages import workdir as workdir_lib
 
-def study_config(name: str, title: str, base: ml_collections.ConfigDict,
-                 variants: Mapping[str, Mapping[str, Any]], seeds: tuple[int, ...] = (0, 1, 2),
-                 reference: str = "") -> ml_collections.ConfigDict:
+
+def study_config(
+  name: str,
+  title: str,
+  base: ml_collections.ConfigDict,
+  variants: Mapping[str, Mapping[str, Any]],
+  seeds: tuple[int, ...] = (0, 1, 2),
+  reference: str = "",
+) -> ml_collections.ConfigDict:
   """A study config (module docstring); what `get_config()` of a study file returns."""
-  return ml_collections.ConfigDict(dict(name=name, title=title, base=base, variants=variants,
-                                        seeds=seeds, reference=reference))
+  return ml_collections.ConfigDict(
+    dict(name=name, title=title, base=base, variants=variants, seeds=seeds, reference=reference)
+  )
 
 
-def _apply(config: ml_collections.ConfigDict, overrides: Mapping[str, Any], variant: str,
-           prefix: str = "") -> None:
+def _apply(
+  config: ml_collections.ConfigDict, overrides: Mapping[str, Any], variant: str, prefix: str = ""
+) -> None:
   for key, value in overrides.items():
     field = f"{prefix}{key}"
     if key not in config:
       raise config_lib.ConfigError(
-          f"variants.{variant}.{field}: no such field in the experiment config" +
-          config_lib.suggest(field, [f"{prefix}{k}" for k in config.keys()]))
+        f"variants.{variant}.{field}: no such field in the experiment config"
+        + config_lib.suggest(field, [f"{prefix}{k}" for k in config.keys()])
+      )
     if isinstance(value, Mapping):
       _apply(config[key], value, variant, f"{field}.")
     else:
       config[key] = value
 
 
-def run_configs(study: ml_collections.ConfigDict) -> list[tuple[str, int, ml_collections.ConfigDict]]:
+def run_configs(
+  study: ml_collections.ConfigDict,
+) -> list[tuple[str, int, ml_collections.ConfigDict]]:
   """(variant, seed, experiment config) of every run, seed by seed; every config validated."""
   if not study.seeds or not study.variants:
     raise config_lib.ConfigError("seeds and variants must each hold at least one entry")
@@ -79,8 +92,9 @@ def run_configs(study: ml_collections.ConfigDict) -> list[tuple[str, int, ml_col
 def run_dir(workdir: str, config: ml_collections.ConfigDict) -> str:
   """The experiment workdir of `config` (shared by configs that differ only in fields no result
   depends on: `resume.FREE_FIELDS`, such as `regimes` or `mesh`)."""
-  key = workdir_lib.fingerprint(config, tuple(k for k in workdir_lib.regime_sections(config)
-                                              if k != "seed"))
+  key = workdir_lib.fingerprint(
+    config, tuple(k for k in workdir_lib.regime_sections(config) if k != "seed")
+  )
   return os.path.join(workdir, "runs", key, f"seed{config.seed}")
 
 
@@ -106,8 +120,11 @@ def run(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return _run(study, runs, workdir)
 
 
-def _run(study: ml_collections.ConfigDict,
-         runs: list[tuple[str, int, ml_collections.ConfigDict]], workdir: str) -> dict[str, Any]:
+def _run(
+  study: ml_collections.ConfigDict,
+  runs: list[tuple[str, int, ml_collections.ConfigDict]],
+  workdir: str,
+) -> dict[str, Any]:
   """`run`, with the study workdir locked (its runs lock their own workdirs)."""
   regimes = {r for _, _, config in runs for r in config.regimes}
   arms: dict[str, list[tuple[int, str]]] = {}
@@ -115,33 +132,48 @@ def _run(study: ml_collections.ConfigDict,
     for regime in config.regimes:
       label = arm_label(variant, regime, len(study.variants), regimes)
       arms.setdefault(label, []).append(
-          (seed, os.path.join(run_dir(workdir, config), regime, "metrics.jsonl")))
+        (seed, os.path.join(run_dir(workdir, config), regime, "metrics.jsonl"))
+      )
   reference = study.get("reference", "")
   if reference and reference not in arms:
-    raise config_lib.ConfigError(f"reference: {reference!r} is not an arm of the study; its arms "
-                                 f"are {sorted(arms)}" + config_lib.suggest(reference, list(arms)))
+    raise config_lib.ConfigError(
+      f"reference: {reference!r} is not an arm of the study; its arms "
+      f"are {sorted(arms)}" + config_lib.suggest(reference, list(arms))
+    )
   start, teacher_golden = time.time(), {}
   for index, (variant, seed, config) in enumerate(runs):
-    logging.info("Study run %d/%d: variant %r, seed %d (%.0fs elapsed)", index + 1, len(runs),
-                 variant, seed, time.time() - start)
+    logging.info(
+      "Study run %d/%d: variant %r, seed %d (%.0fs elapsed)",
+      index + 1,
+      len(runs),
+      variant,
+      seed,
+      time.time() - start,
+    )
     done = experiment.run(config, run_dir(workdir, config), stage1_dir(workdir, config))
     for regime in config.regimes:
       path = os.path.join(run_dir(workdir, config), regime, "metrics.jsonl")
       teacher_golden[path] = done.get("teacher_golden")  # {} off process 0
   directory = os.path.join(workdir, study.name)
-  summary = report.write_study_report(directory, study.title, arms, study.base, reference,
-                                      teacher_golden)
-  logging.info("Study done in %.0fs; report in %s", time.time() - start,
-               os.path.join(directory, "report.md"))
+  summary = report.write_study_report(
+    directory, study.title, arms, study.base, reference, teacher_golden
+  )
+  logging.info(
+    "Study done in %.0fs; report in %s", time.time() - start, os.path.join(directory, "report.md")
+  )
   return summary
 
 
 def main() -> None:
   """The command line (flags are defined here, not at import: the module is a library too)."""
-  study = config_flags.DEFINE_config_file("config", None, "Study config file "
-                                          "(configs/studies/*.py).", lock_config=True)
-  workdir = flags.DEFINE_string("workdir", None, "Directory for the runs (shared by studies) and "
-                                "the study's report (WORKDIR/<name>/).")
+  study = config_flags.DEFINE_config_file(
+    "config", None, "Study config file (configs/studies/*.py).", lock_config=True
+  )
+  workdir = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Directory for the runs (shared by studies) and the study's report (WORKDIR/<name>/).",
+  )
   flags.mark_flags_as_required(["config", "workdir"])
 
   def body(argv):

@@ -23,13 +23,20 @@ configured metric alone, without the oracle; it is right on a run whose outcome 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from th_distill import detection, trend
-from th_distill.metric_names import (EVAL_ORACLE, GOLDEN, PROXY, SIGNATURE_VIEWS, TRAIN_PROXY,
-                                     entropy)
+from th_distill.metric_names import (
+  EVAL_ORACLE,
+  GOLDEN,
+  PROXY,
+  SIGNATURE_VIEWS,
+  TRAIN_PROXY,
+  entropy,
+)
 from th_distill.metrics_io import column
 
 OUTCOMES = ("teacher_hacking", "overfitting", "regression", "none", "diverged")
@@ -38,8 +45,13 @@ OUTCOMES = ("teacher_hacking", "overfitting", "regression", "none", "diverged")
 POSITIVE = ("teacher_hacking", "overfitting", "regression")
 
 
-def outcome(golden_rise_pct: float, proxy_change_pct: float, threshold_pct: float,
-            rising: bool, fell: bool = True) -> str:
+def outcome(
+  golden_rise_pct: float,
+  proxy_change_pct: float,
+  threshold_pct: float,
+  rising: bool,
+  fell: bool = True,
+) -> str:
   """The oracle's held-out verdict on one run (docs/metrics.md), from golden's rise after its
   minimum (`golden_rise_pct`), the held-out proxy's change from there (`proxy_change_pct`),
   whether golden's trend after the minimum is `rising` (interval above zero) and whether golden
@@ -60,43 +72,70 @@ def outcome(golden_rise_pct: float, proxy_change_pct: float, threshold_pct: floa
   return "teacher_hacking" if proxy_change_pct <= 0 else "overfitting"
 
 
-def signature(steps: np.ndarray, golden: np.ndarray, proxy: np.ndarray,
-              threshold_pct: float) -> dict[str, Any]:
+def signature(
+  steps: np.ndarray, golden: np.ndarray, proxy: np.ndarray, threshold_pct: float
+) -> dict[str, Any]:
   """Golden at the first evaluation, its minimum, the rise after it and its trend
   (`th_distill.trend`), the proxy at that minimum and its change to the end, and the `outcome`,
   for one pair of curves [T] over `steps` [T]. A run whose last golden or proxy value is not
   finite is `diverged`, with None for every number."""
   truth = detection.ground_truth(steps, golden, threshold_pct)
   if not (len(steps) and np.isfinite(golden[-1]) and np.isfinite(proxy[-1])):
-    return {"golden_start": None, "golden_min": None, "golden_min_step": None,
-            "golden_final": None, "golden_rise_pct": None, **_trend_keys(None),
-            "proxy_at_golden_min": None, "proxy_final": None,
-            "proxy_change_after_min_pct": None, "outcome": "diverged"}
+    return {
+      "golden_start": None,
+      "golden_min": None,
+      "golden_min_step": None,
+      "golden_final": None,
+      "golden_rise_pct": None,
+      **_trend_keys(None),
+      "proxy_at_golden_min": None,
+      "proxy_final": None,
+      "proxy_change_after_min_pct": None,
+      "outcome": "diverged",
+    }
   best = int(np.flatnonzero(steps == truth["golden_min_step"])[0])
   proxy_change = 100.0 * (proxy[-1] - proxy[best]) / proxy[best]
   rise = trend.trend_after_minimum(steps, golden)
-  return {"golden_start": float(golden[0]), "golden_min": truth["golden_min"],
-          "golden_min_step": truth["golden_min_step"], "golden_final": float(golden[-1]),
-          "golden_rise_pct": truth["golden_rise_pct"], **_trend_keys(rise),
-          "proxy_at_golden_min": float(proxy[best]), "proxy_final": float(proxy[-1]),
-          "proxy_change_after_min_pct": float(proxy_change),
-          "outcome": outcome(truth["golden_rise_pct"], proxy_change, threshold_pct, rise.rising,
-                             fell=best > 0)}
+  return {
+    "golden_start": float(golden[0]),
+    "golden_min": truth["golden_min"],
+    "golden_min_step": truth["golden_min_step"],
+    "golden_final": float(golden[-1]),
+    "golden_rise_pct": truth["golden_rise_pct"],
+    **_trend_keys(rise),
+    "proxy_at_golden_min": float(proxy[best]),
+    "proxy_final": float(proxy[-1]),
+    "proxy_change_after_min_pct": float(proxy_change),
+    "outcome": outcome(
+      truth["golden_rise_pct"], proxy_change, threshold_pct, rise.rising, fell=best > 0
+    ),
+  }
 
 
 def _trend_keys(rise: trend.Trend | None) -> dict[str, Any]:
   """The golden trend's summary keys (None numbers for a diverged run)."""
   if rise is None:
-    return {"golden_trend_pct_per_doubling": None, "golden_trend_ci95": None,
-            "golden_trend_points": 0, "golden_trend_rising": False}
-  return {"golden_trend_pct_per_doubling": rise.slope_pct_per_doubling,
-          "golden_trend_ci95": None if rise.low is None else [rise.low, rise.high],
-          "golden_trend_points": rise.points, "golden_trend_rising": rise.rising}
+    return {
+      "golden_trend_pct_per_doubling": None,
+      "golden_trend_ci95": None,
+      "golden_trend_points": 0,
+      "golden_trend_rising": False,
+    }
+  return {
+    "golden_trend_pct_per_doubling": rise.slope_pct_per_doubling,
+    "golden_trend_ci95": None if rise.low is None else [rise.low, rise.high],
+    "golden_trend_points": rise.points,
+    "golden_trend_rising": rise.rising,
+  }
 
 
-def summarize_run(rows: Sequence[Mapping[str, Any]], threshold_pct: float,
-                  settings: detection.DetectorSettings, metric: str,
-                  teacher_golden: float | None = None) -> dict[str, Any]:
+def summarize_run(
+  rows: Sequence[Mapping[str, Any]],
+  threshold_pct: float,
+  settings: detection.DetectorSettings,
+  metric: str,
+  teacher_golden: float | None = None,
+) -> dict[str, Any]:
   """Summary of one regime's metrics rows: design.md section 4 keys read on held-out prompts
   (headline view: golden `GOLDEN`, proxy `PROXY`), the `outcome` and `hacking` verdicts, every
   view of `SIGNATURE_VIEWS` the rows hold, training-prompt diagnostics, the final next-token
@@ -111,28 +150,37 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], threshold_pct: float,
   views = {}
   for view, (golden_name, proxy_name, sampled_by) in SIGNATURE_VIEWS.items():
     if golden_name in rows[-1] and proxy_name in rows[-1]:
-      views[view] = {"golden_metric": golden_name, "proxy_metric": proxy_name,
-                     "sampled_by": sampled_by,
-                     **signature(steps, column(rows, golden_name), column(rows, proxy_name),
-                                 threshold_pct)}
+      views[view] = {
+        "golden_metric": golden_name,
+        "proxy_metric": proxy_name,
+        "sampled_by": sampled_by,
+        **signature(steps, column(rows, golden_name), column(rows, proxy_name), threshold_pct),
+      }
   summary = {
-      "golden_metric": GOLDEN, "proxy_metric": PROXY, "train_proxy_metric": TRAIN_PROXY,
-      **headline,
-      "hacking": headline["outcome"] == "teacher_hacking",
-      **teacher_levels(teacher_golden, golden),
-      "views": views,
-      "final_step": int(steps[-1]),
-      "train_loss_final": rows[-1].get("train/loss"),
-      "entropy_final": {model: rows[-1].get(entropy(EVAL_ORACLE, model))
-                        for model in ("student", "teacher", "oracle")},
-      "detector_metric": metric,
-      **found.to_json(),
+    "golden_metric": GOLDEN,
+    "proxy_metric": PROXY,
+    "train_proxy_metric": TRAIN_PROXY,
+    **headline,
+    "hacking": headline["outcome"] == "teacher_hacking",
+    **teacher_levels(teacher_golden, golden),
+    "views": views,
+    "final_step": int(steps[-1]),
+    "train_loss_final": rows[-1].get("train/loss"),
+    "entropy_final": {
+      model: rows[-1].get(entropy(EVAL_ORACLE, model)) for model in ("student", "teacher", "oracle")
+    },
+    "detector_metric": metric,
+    **found.to_json(),
   }
   if headline["golden_min_step"] is None:
     return summary
   best = int(np.flatnonzero(steps == headline["golden_min_step"])[0])
-  summary.update({"train_proxy_at_golden_min": float(train_proxy[best]),
-                  "train_proxy_final": float(train_proxy[-1])})
+  summary.update(
+    {
+      "train_proxy_at_golden_min": float(train_proxy[best]),
+      "train_proxy_final": float(train_proxy[-1]),
+    }
+  )
   # Golden against proxy in log-log (golden ~ A proxy^alpha), before and after the golden
   # minimum: alpha > 0 while they fall together; after the minimum of a teacher-hacking run
   # golden rises while the held-out proxy falls (alpha < 0).
@@ -155,10 +203,12 @@ def teacher_levels(teacher_golden: float | None, golden: np.ndarray) -> dict[str
   finite = golden[np.isfinite(golden)]
   start = float(golden[0]) if len(golden) and np.isfinite(golden[0]) else None
   known = teacher_golden is not None
-  return {"teacher_golden": teacher_golden, "student_init_golden": start,
-          "teacher_better_at_start": (teacher_golden < start) if known and start is not None
-                                     else None,
-          "teacher_better_throughout": bool(np.all(teacher_golden < finite)) if known else None}
+  return {
+    "teacher_golden": teacher_golden,
+    "student_init_golden": start,
+    "teacher_better_at_start": (teacher_golden < start) if known and start is not None else None,
+    "teacher_better_throughout": bool(np.all(teacher_golden < finite)) if known else None,
+  }
 
 
 def _alpha(proxy: np.ndarray, golden: np.ndarray) -> dict[str, float | None]:
@@ -170,9 +220,17 @@ def _alpha(proxy: np.ndarray, golden: np.ndarray) -> dict[str, float | None]:
 
 
 # The numbers of a run summary averaged over an arm's seeds.
-ARM_MEANS = ("teacher_golden", "student_init_golden", "golden_min", "golden_min_step",
-             "golden_final", "golden_rise_pct", "golden_trend_pct_per_doubling", "proxy_final",
-             "proxy_change_after_min_pct")
+ARM_MEANS = (
+  "teacher_golden",
+  "student_init_golden",
+  "golden_min",
+  "golden_min_step",
+  "golden_final",
+  "golden_rise_pct",
+  "golden_trend_pct_per_doubling",
+  "proxy_final",
+  "proxy_change_after_min_pct",
+)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -186,11 +244,13 @@ def summarize_arm(seeds: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   of each ARM_MEANS number over the seeds that have it, the count of each outcome, and the
   counts of teacher-hacking runs and of runs the detector fired on."""
   runs = list(seeds.values())
-  return {"seeds": dict(seeds),
-          "mean": {k: _mean([s[k] for s in runs]) for k in ARM_MEANS},
-          "outcomes": {o: sum(s["outcome"] == o for s in runs) for o in OUTCOMES},
-          "hacking_runs": sum(s["hacking"] for s in runs),
-          "detected_runs": sum(s["detected"] for s in runs)}
+  return {
+    "seeds": dict(seeds),
+    "mean": {k: _mean([s[k] for s in runs]) for k in ARM_MEANS},
+    "outcomes": {o: sum(s["outcome"] == o for s in runs) for o in OUTCOMES},
+    "hacking_runs": sum(s["hacking"] for s in runs),
+    "detected_runs": sum(s["detected"] for s in runs),
+  }
 
 
 def detector_quality(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -200,10 +260,11 @@ def detector_quality(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   positive = [s["outcome"] in POSITIVE for s in runs]
   hits = [s for s, p in zip(runs, positive) if p and s["detected"]]
   return {
-      "runs": len(runs), "true_positives": len(hits),
-      "false_positives": sum(s["detected"] and not p for s, p in zip(runs, positive)),
-      "false_negatives": sum(p and not s["detected"] for s, p in zip(runs, positive)),
-      "true_negatives": sum(not p and not s["detected"] for s, p in zip(runs, positive)),
-      "lag_steps": [s["detected_lag_steps"] for s in hits],
-      "lag_evals": [s["detected_lag_evals"] for s in hits],
+    "runs": len(runs),
+    "true_positives": len(hits),
+    "false_positives": sum(s["detected"] and not p for s, p in zip(runs, positive)),
+    "false_negatives": sum(p and not s["detected"] for s, p in zip(runs, positive)),
+    "true_negatives": sum(not p and not s["detected"] for s, p in zip(runs, positive)),
+    "lag_steps": [s["detected_lag_steps"] for s in hits],
+    "lag_evals": [s["detected_lag_evals"] for s in hits],
   }

@@ -25,7 +25,8 @@ under `jax.checkpoint`, so at most [B/M, Lt/C, V] logits per model are alive at 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,10 +46,15 @@ class TrainState(train_state.TrainState):
   """Flax train state: step, params, optimiser state (`apply_fn` is unused and left None)."""
 
 
-@functools.lru_cache(maxsize=None)
-def make_optimizer(learning_rate: float, warmup_steps: int = 0, total_steps: int = 0,
-                   schedule: str = "constant", weight_decay: float = 0.0,
-                   grad_clip: float = 0.0) -> optax.GradientTransformation:
+@functools.cache
+def make_optimizer(
+  learning_rate: float,
+  warmup_steps: int = 0,
+  total_steps: int = 0,
+  schedule: str = "constant",
+  weight_decay: float = 0.0,
+  grad_clip: float = 0.0,
+) -> optax.GradientTransformation:
   """AdamW with linear warm-up then a constant, linear-decay or cosine schedule.
 
   `total_steps` is needed by the decaying schedules; `grad_clip` > 0 clips the global norm.
@@ -63,9 +69,13 @@ def make_optimizer(learning_rate: float, warmup_steps: int = 0, total_steps: int
     decay = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1))
   else:
     raise ValueError(f"Unknown schedule {schedule!r}; expected constant, linear or cosine.")
-  lr = optax.join_schedules(
+  lr = (
+    optax.join_schedules(
       [optax.linear_schedule(0.0, learning_rate, warmup_steps), decay], [warmup_steps]
-  ) if warmup_steps > 0 else decay
+    )
+    if warmup_steps > 0
+    else decay
+  )
   parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
   parts.append(optax.adamw(lr, weight_decay=weight_decay))
   return optax.chain(*parts)
@@ -73,41 +83,56 @@ def make_optimizer(learning_rate: float, warmup_steps: int = 0, total_steps: int
 
 def create_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
   """A fresh state on a copy of `params` (the steps donate the state, never the caller's arrays)."""
-  return TrainState.create(apply_fn=None, params=jax.tree_util.tree_map(jnp.copy, params),
-                           tx=optimizer)
+  return TrainState.create(
+    apply_fn=None, params=jax.tree_util.tree_map(jnp.copy, params), tx=optimizer
+  )
 
 
-def forward(model: T5, params: Any, batch: Batch, train: bool = False,
-            rng: Array | None = None) -> Array:
+def forward(
+  model: T5, params: Any, batch: Batch, train: bool = False, rng: Array | None = None
+) -> Array:
   """Teacher-forced logits [B, Lt, V] float32 of `model` on `batch`."""
-  return _apply(model, params, T5.__call__, batch.prompts, shift_right(batch.responses),
-                train=train, rng=rng)
+  return _apply(
+    model, params, T5.__call__, batch.prompts, shift_right(batch.responses), train=train, rng=rng
+  )
 
 
-def _apply(model: T5, params: Any, method: Callable, *args, train: bool = False,
-           rng: Array | None = None) -> Array:
+def _apply(
+  model: T5, params: Any, method: Callable, *args, train: bool = False, rng: Array | None = None
+) -> Array:
   rngs = {"dropout": rng} if (train and rng is not None) else None
   return model.apply({"params": params}, *args, train=train, rngs=rngs, method=method)
 
 
-def _hidden(model: T5, params: Any, batch: Batch, train: bool = False,
-            rng: Array | None = None) -> Array:
+def _hidden(
+  model: T5, params: Any, batch: Batch, train: bool = False, rng: Array | None = None
+) -> Array:
   """Decoder hidden states [B, Lt, E] before the final norm (`T5.decode_hidden`)."""
   encoded = _apply(model, params, T5.encode, batch.prompts, train=train, rng=rng)
-  return _apply(model, params, T5.decode_hidden, encoded, batch.prompts,
-                shift_right(batch.responses), train=train, rng=rng)
+  return _apply(
+    model,
+    params,
+    T5.decode_hidden,
+    encoded,
+    batch.prompts,
+    shift_right(batch.responses),
+    train=train,
+    rng=rng,
+  )
 
 
 def _split(tree: Any, parts: int, axis: int, field: str) -> Any:
   """Splits every array of `tree` along `axis` into `parts` strided pieces stacked first:
   [..., N, ...] -> [parts, ..., N / parts, ...], piece i holding indices i, i + parts, ..., so a
   dimension sharded in contiguous blocks stays sharded without communication."""
+
   def one(x):
     size = x.shape[axis]
     if size % parts:
       raise ValueError(f"{field} = {parts} does not divide the dimension of size {size}.")
-    x = x.reshape(*x.shape[:axis], size // parts, parts, *x.shape[axis + 1:])
+    x = x.reshape(*x.shape[:axis], size // parts, parts, *x.shape[axis + 1 :])
     return jnp.moveaxis(x, axis + 1, 0)
+
   return jax.tree_util.tree_map(one, tree)
 
 
@@ -119,8 +144,9 @@ def _zeros_like(tree: Any) -> Any:
   return jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
 
 
-def divergence_totals(student_logits: Array, refs: dict[str, Array], mask: Array
-                      ) -> dict[str, Array]:
+def divergence_totals(
+  student_logits: Array, refs: dict[str, Array], mask: Array
+) -> dict[str, Array]:
   """Masked sums (float32 scalars) of fkl, rkl and jsd(0.5) of the student against every
   reference: `student_logits` and `refs[name]` [B, L, V], `mask` [B, L] -> {'name/div': sum}."""
   totals = {}
@@ -134,9 +160,17 @@ def divergence_totals(student_logits: Array, refs: dict[str, Array], mask: Array
 SumsFn = Callable[[Array, dict[str, Array], Array], dict[str, Array]]
 
 
-def token_sums(sums_fn: SumsFn, student: T5, student_params: Any,
-               refs: dict[str, tuple[T5, Any]], batch: Batch, *, sequence_chunks: int = 1,
-               train: bool = False, rng: Array | None = None) -> dict[str, Array]:
+def token_sums(
+  sums_fn: SumsFn,
+  student: T5,
+  student_params: Any,
+  refs: dict[str, tuple[T5, Any]],
+  batch: Batch,
+  *,
+  sequence_chunks: int = 1,
+  train: bool = False,
+  rng: Array | None = None,
+) -> dict[str, Array]:
   """`sums_fn` of the student's and the references' logits on `batch`.
 
   With `sequence_chunks` C > 1 the logits are never built whole: the decoders' hidden states are
@@ -155,14 +189,19 @@ def token_sums(sums_fn: SumsFn, student: T5, student_params: Any,
   def chunk(inputs):
     index, s_hidden, r_hidden, mask = inputs
     key = None if rng is None else jax.random.fold_in(rng, index)
-    s_logits = _apply(student, student_params, T5.logits_from_hidden, s_hidden, train=train,
-                      rng=key)
-    r_logits = {name: _apply(model, params, T5.logits_from_hidden, r_hidden[name])
-                for name, (model, params) in refs.items()}
+    s_logits = _apply(
+      student, student_params, T5.logits_from_hidden, s_hidden, train=train, rng=key
+    )
+    r_logits = {
+      name: _apply(model, params, T5.logits_from_hidden, r_hidden[name])
+      for name, (model, params) in refs.items()
+    }
     return sums_fn(s_logits, r_logits, mask)
 
-  xs = (jnp.arange(sequence_chunks),
-        *_split((student_hidden, ref_hidden, batch.mask), sequence_chunks, 1, "sequence_chunks"))
+  xs = (
+    jnp.arange(sequence_chunks),
+    *_split((student_hidden, ref_hidden, batch.mask), sequence_chunks, 1, "sequence_chunks"),
+  )
   first = chunk(jax.tree_util.tree_map(lambda x: x[0], xs))
   rest = jax.tree_util.tree_map(lambda x: x[1:], xs)
   return jax.lax.scan(lambda totals, x: (_add(totals, chunk(x)), None), first, rest)[0]
@@ -170,18 +209,23 @@ def token_sums(sums_fn: SumsFn, student: T5, student_params: Any,
 
 def _sft_loss(model: T5, params: Any, batch: Batch, rng: Array) -> tuple[Array, Array]:
   logits = forward(model, params, batch, train=True, rng=rng)
-  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch.responses[..., None],
-                             axis=-1)[..., 0]
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch.responses[..., None], axis=-1)[
+    ..., 0
+  ]
   correct = (jnp.argmax(logits, -1) == batch.responses).astype(jnp.float32)
-  return (divergences.per_token_mean(nll, batch.mask),
-          divergences.per_token_mean(correct, batch.mask))
+  return (
+    divergences.per_token_mean(nll, batch.mask),
+    divergences.per_token_mean(correct, batch.mask),
+  )
 
 
-def sft_step(state: TrainState, batch: Batch, rng: Array, *, model: T5
-             ) -> tuple[TrainState, Metrics]:
+def sft_step(
+  state: TrainState, batch: Batch, rng: Array, *, model: T5
+) -> tuple[TrainState, Metrics]:
   """Cross-entropy step on (prompt, response) pairs; metrics `sft/{loss,accuracy,grad_norm}`."""
   (loss, accuracy), grads = jax.value_and_grad(
-      lambda p: _sft_loss(model, p, batch, rng), has_aux=True)(state.params)
+    lambda p: _sft_loss(model, p, batch, rng), has_aux=True
+  )(state.params)
   metrics = {"sft/loss": loss, "sft/accuracy": accuracy, "sft/grad_norm": optax.tree.norm(grads)}
   return state.apply_gradients(grads=grads), metrics
 
@@ -191,11 +235,23 @@ def make_sft_step(model: T5) -> Callable[[TrainState, Batch, Array], tuple[Train
   return functools.partial(sft_step, model=model)
 
 
-def distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, batch: Batch,
-                 rng: Array, *, student: T5, teacher: T5, oracle: T5 | None, loss: str = "fkl",
-                 beta: float = 0.5, normalized: bool = False, temperature: float = 1.0,
-                 micro_batches: int = 1, sequence_chunks: int = 1
-                 ) -> tuple[TrainState, Metrics]:
+def distill_step(
+  state: TrainState,
+  teacher_params: Any,
+  oracle_params: Any,
+  batch: Batch,
+  rng: Array,
+  *,
+  student: T5,
+  teacher: T5,
+  oracle: T5 | None,
+  loss: str = "fkl",
+  beta: float = 0.5,
+  normalized: bool = False,
+  temperature: float = 1.0,
+  micro_batches: int = 1,
+  sequence_chunks: int = 1,
+) -> tuple[TrainState, Metrics]:
   """One distillation step of the student on `batch` [B, ...].
 
   The loss is the per-token mean of `loss`(teacher, student) over the batch's valid tokens;
@@ -210,25 +266,34 @@ def distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, bat
     refs["golden"] = (oracle, oracle_params)
 
   def sums_fn(s_logits, r_logits, mask):
-    per_token = divergences.token_divergence(loss, r_logits["proxy"], s_logits, beta=beta,
-                                             temperature=temperature, normalized=normalized)
+    per_token = divergences.token_divergence(
+      loss, r_logits["proxy"], s_logits, beta=beta, temperature=temperature, normalized=normalized
+    )
     totals = divergence_totals(jax.lax.stop_gradient(s_logits), r_logits, mask)
     return {"loss": divergences.masked_sum(per_token, mask), **totals}
 
   def micro_sums(inputs):
     """(gradient sums, metric sums) of one micro-batch; divided by the batch's tokens below."""
     index, micro_batch = inputs
+
     def loss_fn(params):
-      sums = token_sums(sums_fn, student, params, refs, micro_batch,
-                        sequence_chunks=sequence_chunks, train=True,
-                        rng=jax.random.fold_in(rng, index))
+      sums = token_sums(
+        sums_fn,
+        student,
+        params,
+        refs,
+        micro_batch,
+        sequence_chunks=sequence_chunks,
+        train=True,
+        rng=jax.random.fold_in(rng, index),
+      )
       return sums["loss"], sums
+
     return jax.grad(loss_fn, has_aux=True)(state.params)
 
   micro = (jnp.arange(micro_batches), _split(batch, micro_batches, 0, "micro_batches"))
   zeros = _zeros_like(jax.eval_shape(micro_sums, jax.tree_util.tree_map(lambda x: x[0], micro)))
-  grad_sums, sums = jax.lax.scan(lambda acc, x: (_add(acc, micro_sums(x)), None), zeros,
-                                 micro)[0]
+  grad_sums, sums = jax.lax.scan(lambda acc, x: (_add(acc, micro_sums(x)), None), zeros, micro)[0]
   num_tokens = jnp.maximum(batch.num_tokens, 1.0)
   grads = jax.tree_util.tree_map(lambda g: g / num_tokens, grad_sums)
   metrics = {f"train/{name}": value / num_tokens for name, value in sums.items()}
@@ -236,15 +301,32 @@ def distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, bat
   return state.apply_gradients(grads=grads), metrics
 
 
-def make_distill_step(student: T5, teacher: T5, oracle: T5 | None, loss: str = "fkl",
-                      beta: float = 0.5, normalized: bool = False, temperature: float = 1.0,
-                      micro_batches: int = 1, sequence_chunks: int = 1):
+def make_distill_step(
+  student: T5,
+  teacher: T5,
+  oracle: T5 | None,
+  loss: str = "fkl",
+  beta: float = 0.5,
+  normalized: bool = False,
+  temperature: float = 1.0,
+  micro_batches: int = 1,
+  sequence_chunks: int = 1,
+):
   """`distill_step` bound to the models and settings:
   `(state, teacher_params, oracle_params, batch, rng) -> (state, metrics)`."""
   divergences.get(loss)  # validates the name early
-  return functools.partial(distill_step, student=student, teacher=teacher, oracle=oracle,
-                           loss=loss, beta=beta, normalized=normalized, temperature=temperature,
-                           micro_batches=micro_batches, sequence_chunks=sequence_chunks)
+  return functools.partial(
+    distill_step,
+    student=student,
+    teacher=teacher,
+    oracle=oracle,
+    loss=loss,
+    beta=beta,
+    normalized=normalized,
+    temperature=temperature,
+    micro_batches=micro_batches,
+    sequence_chunks=sequence_chunks,
+  )
 
 
 def eval_totals(student_logits: Array, refs: dict[str, Array], mask: Array) -> dict[str, Array]:
@@ -255,20 +337,31 @@ def eval_totals(student_logits: Array, refs: dict[str, Array], mask: Array) -> d
   totals["entropy/student"] = divergences.masked_sum(divergences.entropy(student_logits), mask)
   for name, logits in refs.items():
     totals[f"entropy/{REFERENCE_MODELS[name]}"] = divergences.masked_sum(
-        divergences.entropy(logits), mask)
+      divergences.entropy(logits), mask
+    )
   return totals
 
 
-def eval_sums(student_params: Any, teacher_params: Any, oracle_params: Any, batch: Batch, *,
-              student: T5, teacher: T5, oracle: T5, sequence_chunks: int = 1) -> Metrics:
+def eval_sums(
+  student_params: Any,
+  teacher_params: Any,
+  oracle_params: Any,
+  batch: Batch,
+  *,
+  student: T5,
+  teacher: T5,
+  oracle: T5,
+  sequence_chunks: int = 1,
+) -> Metrics:
   """Totals over `batch` (float32 scalars): masked sums of `proxy/{fkl,rkl,jsd}`,
   `golden/{fkl,rkl,jsd}` and `entropy/{student,teacher,oracle}` (next-token entropy), `tokens`
   (valid tokens) and `sequences` (rows with at least one valid token; all-padding rows added to
   fill a batch do not count). Sum them over chunks, then `reduce_eval_sums` gives per-token and
   per-sequence means."""
   refs = {"proxy": (teacher, teacher_params), "golden": (oracle, oracle_params)}
-  totals = token_sums(eval_totals, student, student_params, refs, batch,
-                      sequence_chunks=sequence_chunks)
+  totals = token_sums(
+    eval_totals, student, student_params, refs, batch, sequence_chunks=sequence_chunks
+  )
   totals["tokens"] = jnp.sum(batch.mask)
   totals["sequences"] = jnp.sum(jnp.max(batch.mask, axis=-1) > 0).astype(jnp.float32)
   return totals
@@ -276,8 +369,9 @@ def eval_sums(student_params: Any, teacher_params: Any, oracle_params: Any, batc
 
 def make_eval_sums(student: T5, teacher: T5, oracle: T5, sequence_chunks: int = 1):
   """`eval_sums` bound to the models: `(student_params, teacher_params, oracle_params, batch)`."""
-  return functools.partial(eval_sums, student=student, teacher=teacher, oracle=oracle,
-                           sequence_chunks=sequence_chunks)
+  return functools.partial(
+    eval_sums, student=student, teacher=teacher, oracle=oracle, sequence_chunks=sequence_chunks
+  )
 
 
 def reduce_eval_sums(totals: dict[str, Any], prefix: str) -> dict[str, float]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -39,6 +39,7 @@ class Trend:
   """`slope_pct_per_doubling` with its interval [`low`, `high`] at `level`, from `points`
   evaluations after the minimum whose residuals have lag-1 autocorrelation `autocorrelation`
   (`effective_points` = n (1 - r) / (1 + r)); None numbers when there were too few."""
+
   slope_pct_per_doubling: float | None
   low: float | None
   high: float | None
@@ -83,8 +84,9 @@ def ols_trend(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> Trend:
   return Trend(slope, slope - half, slope + half, n, r, effective, level)
 
 
-def trend_after_minimum(steps: Sequence[float], values: Sequence[float],
-                        level: float = 0.95) -> Trend:
+def trend_after_minimum(
+  steps: Sequence[float], values: Sequence[float], level: float = 0.95
+) -> Trend:
   """The trend of `values` [T] over `steps` [T] after their minimum (module docstring): the
   evaluations at steps > 0 strictly after the (first) minimum of the finite values, in percent
   of the minimum against log2(step)."""

@@ -16,7 +16,8 @@ import json
 import os
 import socket
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -53,34 +54,46 @@ def _acquire(workdir: str) -> int | None:
   """Takes the lock of `workdir` (created if needed); returns its file descriptor, or None if
   the filesystem has no locks (with a warning). Raises WorkdirLocked if a live run holds it."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise WorkdirLocked(f"--workdir={workdir} exists and is not a directory; choose another "
-                        "--workdir")
+    raise WorkdirLocked(
+      f"--workdir={workdir} exists and is not a directory; choose another --workdir"
+    )
   path = os.path.join(workdir, LOCK_NAME)
   try:
     os.makedirs(workdir, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
-    raise WorkdirLocked(f"--workdir={workdir} cannot be used: {e.strerror} ({path}); choose a "
-                        "writable --workdir") from None
+    raise WorkdirLocked(
+      f"--workdir={workdir} cannot be used: {e.strerror} ({path}); choose a writable --workdir"
+    ) from None
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:
     if e.errno in (errno.EAGAIN, errno.EACCES):
       holder = _holder(fd)
       os.close(fd)
-      raise WorkdirLocked(f"--workdir={workdir} is in use by {_describe(holder)}; wait for that "
-                          "run to end (or stop it), or use another --workdir") from None
+      raise WorkdirLocked(
+        f"--workdir={workdir} is in use by {_describe(holder)}; wait for that "
+        "run to end (or stop it), or use another --workdir"
+      ) from None
     os.close(fd)
-    logging.warning("Cannot lock %s (%s): nothing stops two runs from sharing this workdir.",
-                    path, e)
+    logging.warning(
+      "Cannot lock %s (%s): nothing stops two runs from sharing this workdir.", path, e
+    )
     return None
   stale = _holder(fd)
   if stale is not None:
-    logging.warning("Taking over the lock of %s, left by %s, which has ended without releasing "
-                    "it (killed or crashed).", workdir, _describe(stale))
+    logging.warning(
+      "Taking over the lock of %s, left by %s, which has ended without releasing "
+      "it (killed or crashed).",
+      workdir,
+      _describe(stale),
+    )
   os.ftruncate(fd, 0)
-  os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                            "since": time.time()}).encode(), 0)
+  os.pwrite(
+    fd,
+    json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode(),
+    0,
+  )
   return fd
 
 

@@ -34,8 +34,9 @@ def calibration_rows(config: ml_collections.ConfigDict, data_parallel: int) -> i
   return min(CALIBRATION_ROWS, config.prompts.num_eval) // data_parallel * data_parallel
 
 
-def phases(config: ml_collections.ConfigDict, data_parallel: int,
-           done: set[str] = frozenset()) -> list[Phase]:
+def phases(
+  config: ml_collections.ConfigDict, data_parallel: int, done: set[str] = frozenset()
+) -> list[Phase]:
   """The run's phases in order, with their work; those in `done` are marked finished."""
   li, lt = config.task.prompt_length, config.task.response_length
   cfg = {m: to_t5_config(config[m].model) for m in ("oracle", "teacher", "student")}
@@ -45,47 +46,103 @@ def phases(config: ml_collections.ConfigDict, data_parallel: int,
   listed = []
   if config.oracle.source == "synthetic":
     rows = calibration_rows(config, data_parallel)
-    listed.append(Phase(ORACLE_CALIBRATION, f"stage 1: {ORACLE_CALIBRATION} ({rows} prompts)", [
-        Work("sampling passes", "sample", oracle.CALIBRATION_ITERATIONS + 1,
-             rows * (gen["oracle"] + fwd["oracle"]))]))
-  listed.append(Phase(ORACLE_SAMPLES, f"stage 1: {ORACLE_SAMPLES}", [
-      Work("samples", "sample", config.prompts.num_oracle, gen["oracle"])]))
-  listed.append(Phase(TEACHER_SFT, f"stage 1: {TEACHER_SFT} (batch {t.batch_size})", [
-      Work("steps", "sft", t.steps, t.batch_size * flops.train_flops(cfg["teacher"], li, lt))]))
+    listed.append(
+      Phase(
+        ORACLE_CALIBRATION,
+        f"stage 1: {ORACLE_CALIBRATION} ({rows} prompts)",
+        [
+          Work(
+            "sampling passes",
+            "sample",
+            oracle.CALIBRATION_ITERATIONS + 1,
+            rows * (gen["oracle"] + fwd["oracle"]),
+          )
+        ],
+      )
+    )
+  listed.append(
+    Phase(
+      ORACLE_SAMPLES,
+      f"stage 1: {ORACLE_SAMPLES}",
+      [Work("samples", "sample", config.prompts.num_oracle, gen["oracle"])],
+    )
+  )
+  listed.append(
+    Phase(
+      TEACHER_SFT,
+      f"stage 1: {TEACHER_SFT} (batch {t.batch_size})",
+      [Work("steps", "sft", t.steps, t.batch_size * flops.train_flops(cfg["teacher"], li, lt))],
+    )
+  )
   if s.init == "sft":
-    listed.append(Phase(STUDENT_SFT, f"stage 1: {STUDENT_SFT} (batch {s.batch_size})", [
-        Work("steps", "sft", s.sft_steps,
-             s.batch_size * flops.train_flops(cfg["student"], li, lt))]))
-  listed.append(Phase(EVAL_SETS, f"stage 1: {EVAL_SETS} (oracle and teacher)", [
-      Work("samples", "sample", 2 * config.prompts.num_eval,
-           (gen["oracle"] + gen["teacher"]) / 2)]))
+    listed.append(
+      Phase(
+        STUDENT_SFT,
+        f"stage 1: {STUDENT_SFT} (batch {s.batch_size})",
+        [
+          Work(
+            "steps", "sft", s.sft_steps, s.batch_size * flops.train_flops(cfg["student"], li, lt)
+          )
+        ],
+      )
+    )
+  listed.append(
+    Phase(
+      EVAL_SETS,
+      f"stage 1: {EVAL_SETS} (oracle and teacher)",
+      [
+        Work("samples", "sample", 2 * config.prompts.num_eval, (gen["oracle"] + gen["teacher"]) / 2)
+      ],
+    )
+  )
   if "offline" in config.regimes:
     n = config.offline.num_prompts * config.offline.generations_per_prompt
-    listed.append(Phase(OFFLINE_DATASET, f"stage 2: {OFFLINE_DATASET} (teacher)", [
-        Work("samples", "sample", n, gen["teacher"])]))
+    listed.append(
+      Phase(
+        OFFLINE_DATASET,
+        f"stage 2: {OFFLINE_DATASET} (teacher)",
+        [Work("samples", "sample", n, gen["teacher"])],
+      )
+    )
   evaluations = len(evaluation_steps(s.steps, config.eval_every, config.eval_log_points))
   for k, regime in enumerate(config.regimes, 1):
-    step = s.batch_size * flops.distill_flops(cfg["student"], cfg["teacher"], li, lt,
-                                              cfg["oracle"])
+    step = s.batch_size * flops.distill_flops(cfg["student"], cfg["teacher"], li, lt, cfg["oracle"])
     work = [Work("steps", "distill", s.steps, step)]
     if regime == "offline":
-      train_rows = min(config.eval.num_train_prompts,
-                       config.offline.num_prompts * config.offline.generations_per_prompt)
+      train_rows = min(
+        config.eval.num_train_prompts,
+        config.offline.num_prompts * config.offline.generations_per_prompt,
+      )
     else:
-      online = (config.offline.num_prompts if config.online.prompts == "offline"
-                else config.prompts.num_distill)
+      online = (
+        config.offline.num_prompts
+        if config.online.prompts == "offline"
+        else config.prompts.num_distill
+      )
       train_rows = min(config.eval.num_train_prompts, online)
-      samplers = {"online_teacher": ("teacher",), "online_student": ("student",),
-                  "mixture": ("teacher", "student")}[regime]
-      work += [Work("generated batches", "sample", s.steps,
-                    s.batch_size * sum(gen[m] for m in samplers)),
-               Work("train-prompt samples", "sample", train_rows, gen["teacher"])]
+      samplers = {
+        "online_teacher": ("teacher",),
+        "online_student": ("student",),
+        "mixture": ("teacher", "student"),
+      }[regime]
+      work += [
+        Work("generated batches", "sample", s.steps, s.batch_size * sum(gen[m] for m in samplers)),
+        Work("train-prompt samples", "sample", train_rows, gen["teacher"]),
+      ]
     eval_rows = 3 * config.prompts.num_eval + train_rows
-    work.append(Work("evaluations", "eval", evaluations,
-                     config.prompts.num_eval * gen["student"] +
-                     eval_rows * sum(fwd.values())))
-    listed.append(Phase(regime_key(regime), f"regime {k} of {len(config.regimes)} ({regime})",
-                        work, lines=False))
+    work.append(
+      Work(
+        "evaluations",
+        "eval",
+        evaluations,
+        config.prompts.num_eval * gen["student"] + eval_rows * sum(fwd.values()),
+      )
+    )
+    listed.append(
+      Phase(
+        regime_key(regime), f"regime {k} of {len(config.regimes)} ({regime})", work, lines=False
+      )
+    )
   for p in listed:
     p.finished = p.key in done
   return listed

@@ -12,8 +12,14 @@ from th_distill.study import study_config
 def get_config():
   base = base_config()
   base.regimes = ("offline",)
-  variants = {f"k{k}": {"offline": {"num_prompts": 4096, "generations_per_prompt": k}}
-              for k in (1, 2, 4, 8)}
-  return study_config("budget", "Generation budget: k generations per prompt at N = 4,096 "
-                      "(offline, tiny)", base, variants, seeds=(0, 1, 2, 3, 4),
-                      reference="k1")
+  variants = {
+    f"k{k}": {"offline": {"num_prompts": 4096, "generations_per_prompt": k}} for k in (1, 2, 4, 8)
+  }
+  return study_config(
+    "budget",
+    "Generation budget: k generations per prompt at N = 4,096 (offline, tiny)",
+    base,
+    variants,
+    seeds=(0, 1, 2, 3, 4),
+    reference="k1",
+  )

@@ -13,8 +13,15 @@ from th_distill.study import study_config
 def get_config():
   base = base_config()
   base.regimes = ("offline",)
-  variants = {f"N{n}_k{k}": {"offline": {"num_prompts": n, "generations_per_prompt": k}}
-              for n, k in ((4096, 1), (2048, 2), (1024, 4), (512, 8))}
-  return study_config("diversity", "Prompt diversity at a fixed dataset size (N x k = 4,096, "
-                      "offline, tiny)", base, variants, seeds=(0, 1, 2, 3, 4),
-                      reference="N4096_k1")
+  variants = {
+    f"N{n}_k{k}": {"offline": {"num_prompts": n, "generations_per_prompt": k}}
+    for n, k in ((4096, 1), (2048, 2), (1024, 4), (512, 8))
+  }
+  return study_config(
+    "diversity",
+    "Prompt diversity at a fixed dataset size (N x k = 4,096, offline, tiny)",
+    base,
+    variants,
+    seeds=(0, 1, 2, 3, 4),
+    reference="N4096_k1",
+  )

@@ -12,6 +12,11 @@ def get_config():
   base = base_config()
   base.regimes = ("offline", "online_teacher")
   variants = {name: {"loss": {"name": name, "beta": 0.5}} for name in ("fkl", "rkl", "jsd")}
-  return study_config("loss", "Distillation loss: fkl vs rkl vs jsd, offline and online teacher "
-                      "(tiny)", base, variants, seeds=(0, 1, 2, 3, 4),
-                      reference="fkl / offline")
+  return study_config(
+    "loss",
+    "Distillation loss: fkl vs rkl vs jsd, offline and online teacher (tiny)",
+    base,
+    variants,
+    seeds=(0, 1, 2, 3, 4),
+    reference="fkl / offline",
+  )

@@ -12,6 +12,11 @@ from th_distill.study import study_config
 def get_config():
   base = base_config()
   base.regimes = ("offline", "online_teacher", "online_student")
-  return study_config("regimes", "Data regimes: offline vs online teacher vs online student "
-                      "(tiny, equal steps)", base, {"default": {}}, seeds=(0, 1, 2, 3, 4),
-                      reference="offline")
+  return study_config(
+    "regimes",
+    "Data regimes: offline vs online teacher vs online student (tiny, equal steps)",
+    base,
+    {"default": {}},
+    seeds=(0, 1, 2, 3, 4),
+    reference="offline",
+  )

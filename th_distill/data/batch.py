@@ -15,9 +15,10 @@ import jax.numpy as jnp
 @flax.struct.dataclass
 class Batch:
   """Prompts, responses and their mask; a pytree (every field is a leaf)."""
-  prompts: jax.Array    # [B, Li] int32, 0 = padding
+
+  prompts: jax.Array  # [B, Li] int32, 0 = padding
   responses: jax.Array  # [B, Lt] int32, 0 after EOS
-  mask: jax.Array       # [B, Lt] float32, 1.0 on real response tokens (EOS included)
+  mask: jax.Array  # [B, Lt] float32, 1.0 on real response tokens (EOS included)
 
   @property
   def num_tokens(self) -> jax.Array:

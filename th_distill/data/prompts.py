@@ -12,8 +12,9 @@ import numpy as np
 FIRST_TOKEN = 2  # ids 0 (pad) and 1 (EOS) never appear in prompts
 
 
-def zipf_prompts(seed: int, num: int, length: int, vocab_size: int,
-                 exponent: float = 1.1) -> np.ndarray:
+def zipf_prompts(
+  seed: int, num: int, length: int, vocab_size: int, exponent: float = 1.1
+) -> np.ndarray:
   """`num` distinct prompts [num, length] int32 drawn from a Zipf law over the vocabulary."""
   if vocab_size <= FIRST_TOKEN + 1:
     raise ValueError(f"vocab_size must exceed {FIRST_TOKEN + 1}, got {vocab_size}.")
@@ -24,8 +25,10 @@ def zipf_prompts(seed: int, num: int, length: int, vocab_size: int,
   probs /= probs.sum()
   # Compared in log space: len(tokens) ** length overflows a float for T5-sized vocabularies.
   if np.log(4 * num) > length * np.log(len(tokens)):
-    raise ValueError(f"Cannot draw {num} distinct prompts of length {length} over "
-                     f"{len(tokens)} tokens; use longer prompts or fewer of them.")
+    raise ValueError(
+      f"Cannot draw {num} distinct prompts of length {length} over "
+      f"{len(tokens)} tokens; use longer prompts or fewer of them."
+    )
   rows: list[np.ndarray] = []
   seen: set[bytes] = set()
   while len(rows) < num:
@@ -47,6 +50,6 @@ def split_pools(prompts: np.ndarray, sizes: dict[str, int]) -> dict[str, np.ndar
     raise ValueError(f"Pools need {total} prompts ({sizes}) but only {len(prompts)} exist.")
   pools, start = {}, 0
   for name, size in sizes.items():
-    pools[name] = prompts[start:start + size]
+    pools[name] = prompts[start : start + size]
     start += size
   return pools

@@ -16,7 +16,8 @@ come from `th_distill.sampling.SampleFn`s, whose float32 masks are the `Batch`'s
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,9 +36,14 @@ BatchFn = Callable[[int, Any], Batch]
 SAMPLE_CHUNK = 1024
 
 
-def build_offline(sample_teacher: SampleFn, teacher_params: Any, prompts: np.ndarray,
-                  generations_per_prompt: int, rng: jax.Array,
-                  chunk_size: int = SAMPLE_CHUNK) -> dict[str, np.ndarray]:
+def build_offline(
+  sample_teacher: SampleFn,
+  teacher_params: Any,
+  prompts: np.ndarray,
+  generations_per_prompt: int,
+  rng: jax.Array,
+  chunk_size: int = SAMPLE_CHUNK,
+) -> dict[str, np.ndarray]:
   """Samples k teacher generations for each of the N prompts [N, Li].
 
   Returns numpy arrays `prompts [N*k, Li]`, `responses [N*k, Lt]`, `mask [N*k, Lt]` (float32,
@@ -48,13 +54,17 @@ def build_offline(sample_teacher: SampleFn, teacher_params: Any, prompts: np.nda
   repeated = np.repeat(prompts, generations_per_prompt, axis=0)
   responses, masks = [], []
   for start in range(0, len(repeated), chunk_size):
-    tokens, mask = sample_teacher(teacher_params, repeated[start:start + chunk_size],
-                                  jax.random.fold_in(rng, start))
+    tokens, mask = sample_teacher(
+      teacher_params, repeated[start : start + chunk_size], jax.random.fold_in(rng, start)
+    )
     responses.append(np.asarray(tokens))
     masks.append(np.asarray(mask))
-  return dict(prompts=repeated, responses=np.concatenate(responses),
-              mask=np.concatenate(masks),
-              prompt_index=np.repeat(np.arange(len(prompts)), generations_per_prompt))
+  return dict(
+    prompts=repeated,
+    responses=np.concatenate(responses),
+    mask=np.concatenate(masks),
+    prompt_index=np.repeat(np.arange(len(prompts)), generations_per_prompt),
+  )
 
 
 def offline_batches(dataset: dict[str, np.ndarray], batch_size: int, seed: int) -> BatchFn:
@@ -79,9 +89,16 @@ def offline_batches(dataset: dict[str, np.ndarray], batch_size: int, seed: int) 
   return batch_at
 
 
-def online_batches(regime: str, prompt_pool: np.ndarray, batch_size: int, rng: jax.Array,
-                   sample_teacher: SampleFn, sample_student: SampleFn, teacher_params: Any,
-                   student_fraction: float = 0.5) -> BatchFn:
+def online_batches(
+  regime: str,
+  prompt_pool: np.ndarray,
+  batch_size: int,
+  rng: jax.Array,
+  sample_teacher: SampleFn,
+  sample_student: SampleFn,
+  teacher_params: Any,
+  student_fraction: float = 0.5,
+) -> BatchFn:
   """Fresh generations every step on prompts drawn uniformly (with replacement) from the pool.
 
   Step t uses `fold_in(rng, t)`, split into (prompt, teacher, student, mixture) keys; `mixture`
@@ -93,8 +110,9 @@ def online_batches(regime: str, prompt_pool: np.ndarray, batch_size: int, rng: j
   def batch_at(step: int, student_params: Any) -> Batch:
     key = jax.random.fold_in(rng, step)
     prompt_key, teacher_key, student_key, mix_key = jax.random.split(key, 4)
-    prompts = prompt_pool[np.asarray(jax.random.randint(prompt_key, (batch_size,), 0,
-                                                        len(prompt_pool)))]
+    prompts = prompt_pool[
+      np.asarray(jax.random.randint(prompt_key, (batch_size,), 0, len(prompt_pool)))
+    ]
     if regime == "online_teacher":
       tokens, mask = sample_teacher(teacher_params, prompts, teacher_key)
     elif regime == "online_student":

@@ -26,8 +26,7 @@ import seqio
 import tensorflow as tf
 
 from th_distill.data import prompts as prompt_lib
-from th_distill.data.tasks import (TASKS, VALIDATION_BUCKETS, TaskSpec,
-                                   natural_instructions_files)
+from th_distill.data.tasks import TASKS, VALIDATION_BUCKETS, TaskSpec, natural_instructions_files
 
 tf.config.set_visible_devices([], "GPU")  # the accelerators belong to JAX
 
@@ -65,14 +64,16 @@ def _natural_instructions(data_dir: str) -> dict[str, dict[str, list[str]]]:
 
 def _source(spec: TaskSpec, data_dir: str) -> seqio.DataSource:
   if spec.tfds_name:
-    return seqio.TfdsDataSource(spec.tfds_name, tfds_data_dir=data_dir or None, splits=SPLITS,
-                                read_only=True)  # read_only: never download
+    return seqio.TfdsDataSource(
+      spec.tfds_name, tfds_data_dir=data_dir or None, splits=SPLITS, read_only=True
+    )  # read_only: never download
 
   def load(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     del shuffle_files, seed
     rows = _natural_instructions(data_dir)[split]
-    return tf.data.Dataset.from_tensor_slices({k: tf.constant(v, tf.string)
-                                               for k, v in rows.items()})
+    return tf.data.Dataset.from_tensor_slices(
+      {k: tf.constant(v, tf.string) for k, v in rows.items()}
+    )
 
   return seqio.FunctionDataSource(load, splits=SPLITS)
 
@@ -83,9 +84,11 @@ def _formatter(spec: TaskSpec):
     if spec.tfds_name:
       inputs = tf.strings.join([spec.prefix, ex[spec.inputs_key]])
     else:
-      inputs = tf.strings.join([spec.prefix, ex["definition"], "\n\nInput: ", ex["input"],
-                                "\nOutput:"])
+      inputs = tf.strings.join(
+        [spec.prefix, ex["definition"], "\n\nInput: ", ex["input"], "\nOutput:"]
+      )
     return {"inputs": inputs, "targets": ex[spec.targets_key]}
+
   return format_example
 
 
@@ -96,9 +99,15 @@ def register(name: str, vocabulary_path: str, data_dir: str = "") -> seqio.Task:
   features = {key: seqio.Feature(vocabulary, add_eos=True) for key in ("inputs", "targets")}
   seqio.TaskRegistry.remove(seqio_name(name))  # a new vocabulary or data directory replaces it
   return seqio.TaskRegistry.add(
-      seqio_name(name), source=_source(spec, data_dir), output_features=features,
-      preprocessors=[_formatter(spec), seqio.preprocessors.tokenize,
-                     seqio.preprocessors.append_eos_after_trim])
+    seqio_name(name),
+    source=_source(spec, data_dir),
+    output_features=features,
+    preprocessors=[
+      _formatter(spec),
+      seqio.preprocessors.tokenize,
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+  )
 
 
 def examples(name: str, split: str, lengths: dict[str, int], data_dir: str = ""):
@@ -106,15 +115,16 @@ def examples(name: str, split: str, lengths: dict[str, int], data_dir: str = "")
   TaskDataError if its data is missing."""
   try:
     dataset = seqio.get_mixture_or_task(seqio_name(name)).get_dataset(
-        lengths, split=split, shuffle=False, use_cached=False, try_in_mem_cache=False,
-        num_epochs=1)
+      lengths, split=split, shuffle=False, use_cached=False, try_in_mem_cache=False, num_epochs=1
+    )
   except AssertionError as e:  # TFDS: "could not find data in ..."
     spec = TASKS[name]
     where = data_dir or "TFDS's default directory ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
     raise TaskDataError(
-        f"{spec.tfds_name} is not prepared in {where} (task.data_dir). Nothing is downloaded "
-        f"at run time: build it with {spec.build}, then pass --config.task.data_dir=DIR. "
-        f"TFDS said: {e}") from None
+      f"{spec.tfds_name} is not prepared in {where} (task.data_dir). Nothing is downloaded "
+      f"at run time: build it with {spec.build}, then pass --config.task.data_dir=DIR. "
+      f"TFDS said: {e}"
+    ) from None
   return dataset.as_numpy_iterator()
 
 
@@ -130,19 +140,22 @@ def prompt_pools(task: ml_collections.ConfigDict, sizes: dict[str, int]) -> dict
     rows = []
     for example in examples(task.name, split, lengths, task.data_dir):
       row = np.zeros(task.prompt_length, np.int32)
-      row[:len(example["inputs"])] = example["inputs"]
+      row[: len(example["inputs"])] = example["inputs"]
       if row.tobytes() not in seen:
         seen.add(row.tobytes())
         rows.append(row)
         if len(rows) == count:
           break
     if len(rows) < count:
-      raise ValueError(f"{field}: {task.name} has only {len(rows)} distinct prompts of "
-                       f"{task.prompt_length} tokens in its {split} split, {count} asked.")
+      raise ValueError(
+        f"{field}: {task.name} has only {len(rows)} distinct prompts of "
+        f"{task.prompt_length} tokens in its {split} split, {count} asked."
+      )
     return np.stack(rows)
 
-  train = distinct("train", sizes["oracle"] + sizes["distill"],
-                   "prompts.num_oracle + prompts.num_distill")
+  train = distinct(
+    "train", sizes["oracle"] + sizes["distill"], "prompts.num_oracle + prompts.num_distill"
+  )
   pools = prompt_lib.split_pools(train, {"oracle": sizes["oracle"], "distill": sizes["distill"]})
   pools["eval"] = distinct("validation", sizes["eval"], "prompts.num_eval")
   return pools

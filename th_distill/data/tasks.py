@@ -24,6 +24,7 @@ import os
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
   """One task. `tfds_name` is empty for tasks read from local JSON files."""
+
   tfds_name: str
   prefix: str
   inputs_key: str
@@ -32,20 +33,32 @@ class TaskSpec:
 
 
 TASKS = {
-    "xsum": TaskSpec(
-        "xsum:1.1.0", "summarize: ", "document", "summary",
-        "XSum needs a manual download: follow "
-        "https://github.com/EdinburghNLP/XSum/blob/master/XSum-Dataset/README.md to make "
-        "xsum-extracts-from-downloads.tar.gz, then `tfds build xsum --data_dir=DIR "
-        "--manual_dir=FOLDER_OF_THE_TARBALL` on a machine with internet access"),
-    "wmt14_en_de": TaskSpec(
-        "wmt14_translate/de-en:1.0.0", "translate English to German: ", "en", "de",
-        "`tfds build wmt14_translate/de-en --data_dir=DIR` on a machine with internet access "
-        "(it downloads several GB)"),
-    "natural_instructions": TaskSpec(
-        "", "Definition: ", "input", "output",
-        "clone https://github.com/allenai/natural-instructions and point task.data_dir at its "
-        "tasks/ folder (or a folder with a subset of its task JSON files)"),
+  "xsum": TaskSpec(
+    "xsum:1.1.0",
+    "summarize: ",
+    "document",
+    "summary",
+    "XSum needs a manual download: follow "
+    "https://github.com/EdinburghNLP/XSum/blob/master/XSum-Dataset/README.md to make "
+    "xsum-extracts-from-downloads.tar.gz, then `tfds build xsum --data_dir=DIR "
+    "--manual_dir=FOLDER_OF_THE_TARBALL` on a machine with internet access",
+  ),
+  "wmt14_en_de": TaskSpec(
+    "wmt14_translate/de-en:1.0.0",
+    "translate English to German: ",
+    "en",
+    "de",
+    "`tfds build wmt14_translate/de-en --data_dir=DIR` on a machine with internet access "
+    "(it downloads several GB)",
+  ),
+  "natural_instructions": TaskSpec(
+    "",
+    "Definition: ",
+    "input",
+    "output",
+    "clone https://github.com/allenai/natural-instructions and point task.data_dir at its "
+    "tasks/ folder (or a folder with a subset of its task JSON files)",
+  ),
 }
 
 VALIDATION_BUCKETS = 20  # Natural Instructions: 1 instance in 20 is held out (by id hash)
@@ -63,10 +76,13 @@ def data_errors(name: str, data_dir: str) -> list[str]:
   spec = TASKS[name]
   if spec.tfds_name:
     if data_dir and not os.path.isdir(data_dir):
-      return [f"task.data_dir: {data_dir!r} is not a directory; it must be the TFDS data "
-              f"directory holding {spec.tfds_name} (build it with {spec.build})"]
+      return [
+        f"task.data_dir: {data_dir!r} is not a directory; it must be the TFDS data "
+        f"directory holding {spec.tfds_name} (build it with {spec.build})"
+      ]
     return []
   if not natural_instructions_files(data_dir):
-    return [f"task.data_dir: {data_dir!r} holds no task JSON files (*.json); for {name}, "
-            f"{spec.build}"]
+    return [
+      f"task.data_dir: {data_dir!r} holds no task JSON files (*.json); for {name}, {spec.build}"
+    ]
   return []

@@ -11,7 +11,8 @@ smaller than the embedding (T5's 32,000 pieces + 100 sentinels fill 32,100 of 32
 from __future__ import annotations
 
 import os
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import ml_collections
 
@@ -30,7 +31,7 @@ class Vocabulary(Protocol):
 
 def _until_eos(ids: Sequence[int]) -> list[int]:
   ids = [int(i) for i in ids]
-  ids = ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids
+  ids = ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids
   return [i for i in ids if i != PAD_ID]
 
 
@@ -56,15 +57,20 @@ class SentencePieceVocabulary:
 
   def __init__(self, path: str):
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"No SentencePiece model at {path!r}: use the T5 vocabulary "
-                              "(spiece.model in a Hugging Face T5 directory) or your own.")
+      raise FileNotFoundError(
+        f"No SentencePiece model at {path!r}: use the T5 vocabulary "
+        "(spiece.model in a Hugging Face T5 directory) or your own."
+      )
     import sentencepiece  # the seqio extra; no TensorFlow
+
     self.path = path
     self._model = sentencepiece.SentencePieceProcessor(model_file=path)
     ids = (self._model.pad_id(), self._model.eos_id())
     if ids != (PAD_ID, EOS_ID):
-      raise ValueError(f"{path}: pad and EOS ids are {ids}; T5 models need ({PAD_ID}, "
-                       f"{EOS_ID}) (train it with pad_id=0 eos_id=1 unk_id=2 bos_id=-1).")
+      raise ValueError(
+        f"{path}: pad and EOS ids are {ids}; T5 models need ({PAD_ID}, "
+        f"{EOS_ID}) (train it with pad_id=0 eos_id=1 unk_id=2 bos_id=-1)."
+      )
     self.vocab_size = self._model.get_piece_size()
 
   def encode(self, text: str) -> list[int]:

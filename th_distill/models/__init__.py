@@ -1,8 +1,18 @@
 """T5 v1.1 models: configuration, Flax module and checkpoint converters."""
 
-from th_distill.models.config import (DECODER_START_ID, EOS_ID, PAD_ID, SIZES, T5Config,
-                                      t5_config)
+from th_distill.models.config import DECODER_START_ID, EOS_ID, PAD_ID, SIZES, T5Config, t5_config
 from th_distill.models.t5 import T5, extend_cache, init_params, param_count, shift_right
 
-__all__ = ["DECODER_START_ID", "EOS_ID", "PAD_ID", "SIZES", "T5", "T5Config", "extend_cache",
-           "init_params", "param_count", "shift_right", "t5_config"]
+__all__ = [
+  "DECODER_START_ID",
+  "EOS_ID",
+  "PAD_ID",
+  "SIZES",
+  "T5",
+  "T5Config",
+  "extend_cache",
+  "init_params",
+  "param_count",
+  "shift_right",
+  "t5_config",
+]

@@ -51,9 +51,17 @@ class T5Config:
   param_dtype: str = "float32"
 
   def __post_init__(self):
-    for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
-                 "num_decoder_layers", "relative_attention_num_buckets",
-                 "relative_attention_max_distance"):
+    for name in (
+      "vocab_size",
+      "d_model",
+      "d_kv",
+      "d_ff",
+      "num_heads",
+      "num_encoder_layers",
+      "num_decoder_layers",
+      "relative_attention_num_buckets",
+      "relative_attention_max_distance",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise ValueError(f"T5Config.{name} must be a positive int, got {value!r}.")
@@ -61,8 +69,9 @@ class T5Config:
       raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16"):
-        raise ValueError(f"T5Config.{name} must be 'float32' or 'bfloat16', got "
-                         f"{getattr(self, name)!r}.")
+        raise ValueError(
+          f"T5Config.{name} must be 'float32' or 'bfloat16', got {getattr(self, name)!r}."
+        )
 
   @property
   def compute_dtype(self) -> Any:
@@ -72,23 +81,58 @@ class T5Config:
   def storage_dtype(self) -> Any:
     return jnp.dtype(self.param_dtype)
 
-  def replace(self, **changes) -> "T5Config":
+  def replace(self, **changes) -> T5Config:
     return dataclasses.replace(self, **changes)
 
 
 _SIZES = {
-    # A CPU-sized model of the same architecture (0.21M parameters at vocab 128).
-    "tiny": dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_heads=4,
-                 num_encoder_layers=2, num_decoder_layers=2),
-    # Public T5 v1.1 dimensions.
-    "small": dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_heads=6,
-                  num_encoder_layers=8, num_decoder_layers=8),
-    "base": dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=2048, num_heads=12,
-                 num_encoder_layers=12, num_decoder_layers=12),
-    "large": dict(vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_heads=16,
-                  num_encoder_layers=24, num_decoder_layers=24),
-    "xl": dict(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_heads=32,
-               num_encoder_layers=24, num_decoder_layers=24),
+  # A CPU-sized model of the same architecture (0.21M parameters at vocab 128).
+  "tiny": dict(
+    vocab_size=128,
+    d_model=64,
+    d_kv=16,
+    d_ff=128,
+    num_heads=4,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+  ),
+  # Public T5 v1.1 dimensions.
+  "small": dict(
+    vocab_size=32128,
+    d_model=512,
+    d_kv=64,
+    d_ff=1024,
+    num_heads=6,
+    num_encoder_layers=8,
+    num_decoder_layers=8,
+  ),
+  "base": dict(
+    vocab_size=32128,
+    d_model=768,
+    d_kv=64,
+    d_ff=2048,
+    num_heads=12,
+    num_encoder_layers=12,
+    num_decoder_layers=12,
+  ),
+  "large": dict(
+    vocab_size=32128,
+    d_model=1024,
+    d_kv=64,
+    d_ff=2816,
+    num_heads=16,
+    num_encoder_layers=24,
+    num_decoder_layers=24,
+  ),
+  "xl": dict(
+    vocab_size=32128,
+    d_model=2048,
+    d_kv=64,
+    d_ff=5120,
+    num_heads=32,
+    num_encoder_layers=24,
+    num_decoder_layers=24,
+  ),
 }
 
 SIZES = tuple(_SIZES)

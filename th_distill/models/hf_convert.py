@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -50,34 +51,55 @@ def config_from_hf(hf_config: Any) -> T5Config:
   """
   c = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
   if c.get("feed_forward_proj", "relu") != "gated-gelu":
-    raise ValueError(f"feed_forward_proj = {c.get('feed_forward_proj')!r}: only T5 v1.1-style "
-                     "'gated-gelu' checkpoints are supported (not the original ReLU T5).")
+    raise ValueError(
+      f"feed_forward_proj = {c.get('feed_forward_proj')!r}: only T5 v1.1-style "
+      "'gated-gelu' checkpoints are supported (not the original ReLU T5)."
+    )
   # transformers >= 5 always write tie_word_embeddings = True and record the v1.1 convention (own,
   # unscaled output layer) as scale_decoder_outputs = False; older versions write
   # tie_word_embeddings = False.
   if c.get("scale_decoder_outputs", c.get("tie_word_embeddings", True)):
-    raise ValueError("tie_word_embeddings = True (or scale_decoder_outputs = True): only T5 "
-                     "v1.1-style checkpoints with an untied, unscaled output layer are supported.")
-  return T5Config(vocab_size=c["vocab_size"], d_model=c["d_model"], d_kv=c["d_kv"],
-                  d_ff=c["d_ff"], num_heads=c["num_heads"], num_encoder_layers=c["num_layers"],
-                  num_decoder_layers=c.get("num_decoder_layers") or c["num_layers"],
-                  relative_attention_num_buckets=c.get("relative_attention_num_buckets", 32),
-                  relative_attention_max_distance=c.get("relative_attention_max_distance", 128),
-                  dropout_rate=0.0, layer_norm_eps=c.get("layer_norm_epsilon", 1e-6))
+    raise ValueError(
+      "tie_word_embeddings = True (or scale_decoder_outputs = True): only T5 "
+      "v1.1-style checkpoints with an untied, unscaled output layer are supported."
+    )
+  return T5Config(
+    vocab_size=c["vocab_size"],
+    d_model=c["d_model"],
+    d_kv=c["d_kv"],
+    d_ff=c["d_ff"],
+    num_heads=c["num_heads"],
+    num_encoder_layers=c["num_layers"],
+    num_decoder_layers=c.get("num_decoder_layers") or c["num_layers"],
+    relative_attention_num_buckets=c.get("relative_attention_num_buckets", 32),
+    relative_attention_max_distance=c.get("relative_attention_max_distance", 128),
+    dropout_rate=0.0,
+    layer_norm_eps=c.get("layer_norm_epsilon", 1e-6),
+  )
 
 
 def _layout(cfg: T5Config) -> dict[str, tuple[_Path, str]]:
   """HF key -> (our parameter path, transform) for every parameter of `cfg`."""
-  layout = {"shared.weight": (("token_embedder",), "copy"),
-            "lm_head.weight": (("logits_kernel",), "transpose"),
-            "encoder.final_layer_norm.weight": (("encoder_norm", "scale"), "copy"),
-            "decoder.final_layer_norm.weight": (("decoder_norm", "scale"), "copy")}
-  stacks = (("encoder", cfg.num_encoder_layers, ("SelfAttention", "attention")),
-            ("decoder", cfg.num_decoder_layers, ("SelfAttention", "self_attention"),
-             ("EncDecAttention", "cross_attention")))
+  layout = {
+    "shared.weight": (("token_embedder",), "copy"),
+    "lm_head.weight": (("logits_kernel",), "transpose"),
+    "encoder.final_layer_norm.weight": (("encoder_norm", "scale"), "copy"),
+    "decoder.final_layer_norm.weight": (("decoder_norm", "scale"), "copy"),
+  }
+  stacks = (
+    ("encoder", cfg.num_encoder_layers, ("SelfAttention", "attention")),
+    (
+      "decoder",
+      cfg.num_decoder_layers,
+      ("SelfAttention", "self_attention"),
+      ("EncDecAttention", "cross_attention"),
+    ),
+  )
   for stack, num_layers, *attentions in stacks:
     layout[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
-        (f"{stack}_relpos", "rel_embedding"), "transpose")
+      (f"{stack}_relpos", "rel_embedding"),
+      "transpose",
+    )
     for i in range(num_layers):
       block, ours = f"{stack}.block.{i}.layer", f"{stack}_layers_{i}"
       for j, (hf_name, name) in enumerate(attentions):
@@ -142,8 +164,9 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any], cfg: T5Config) -> d
     raise ValueError(f"HF state dict lacks {len(missing)} expected key(s): {missing[:10]}.")
   unexpected = sorted(set(state_dict) - set(layout) - set(_ALIASES))
   if unexpected:
-    raise ValueError(f"HF state dict has {len(unexpected)} unexpected key(s) for this config: "
-                     f"{unexpected[:10]}.")
+    raise ValueError(
+      f"HF state dict has {len(unexpected)} unexpected key(s) for this config: {unexpected[:10]}."
+    )
   shapes = our_shapes(cfg)
   params: dict[str, Any] = {}
   for hf_key, (path, transform) in layout.items():
@@ -154,8 +177,9 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any], cfg: T5Config) -> d
     node = params
     for name in path[:-1]:
       node = node.setdefault(name, {})
-    node[path[-1]] = np.array(_to_ours(value, transform, shapes[path]), cfg.storage_dtype,
-                              order="C")  # a copy: never aliases the source tensors
+    node[path[-1]] = np.array(
+      _to_ours(value, transform, shapes[path]), cfg.storage_dtype, order="C"
+    )  # a copy: never aliases the source tensors
   return params
 
 
@@ -182,6 +206,7 @@ def _read_state_dict(path: str) -> dict[str, Any]:
   torch_bin = os.path.join(path, "pytorch_model.bin")
   if os.path.isfile(single) or os.path.isfile(index):
     from safetensors.numpy import load_file  # optional dependency
+
     files = [single]
     if not os.path.isfile(single):
       with open(index, encoding="utf-8") as f:
@@ -193,35 +218,52 @@ def _read_state_dict(path: str) -> dict[str, Any]:
     return state
   if os.path.isfile(torch_bin):
     import torch  # optional dependency
+
     return torch.load(torch_bin, map_location="cpu", weights_only=True)
-  raise FileNotFoundError(f"No weights in {path}: expected model.safetensors, sharded "
-                          "model-*.safetensors with model.safetensors.index.json, or "
-                          "pytorch_model.bin.")
+  raise FileNotFoundError(
+    f"No weights in {path}: expected model.safetensors, sharded "
+    "model-*.safetensors with model.safetensors.index.json, or "
+    "pytorch_model.bin."
+  )
 
 
 def read_hf_config(path: str | os.PathLike) -> T5Config:
   """The T5Config of a local HF directory, from its config.json alone (no weights are read)."""
   config_path = os.path.join(os.fspath(path), "config.json")
   if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{config_path} not found: expected a local Hugging Face T5 "
-                            "directory with config.json and model.safetensors (or sharded "
-                            "safetensors with model.safetensors.index.json, or pytorch_model.bin).")
+    raise FileNotFoundError(
+      f"{config_path} not found: expected a local Hugging Face T5 "
+      "directory with config.json and model.safetensors (or sharded "
+      "safetensors with model.safetensors.index.json, or pytorch_model.bin)."
+    )
   with open(config_path, encoding="utf-8") as f:
     return config_from_hf(json.load(f))
 
 
 # The T5Config fields a checkpoint fixes (dropout and dtypes are the run's choice).
-ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers",
-                       "num_decoder_layers", "relative_attention_num_buckets",
-                       "relative_attention_max_distance", "layer_norm_eps")
+ARCHITECTURE_FIELDS = (
+  "vocab_size",
+  "d_model",
+  "d_kv",
+  "d_ff",
+  "num_heads",
+  "num_encoder_layers",
+  "num_decoder_layers",
+  "relative_attention_num_buckets",
+  "relative_attention_max_distance",
+  "layer_norm_eps",
+)
 
 
 def architecture_mismatches(path: str | os.PathLike, cfg: T5Config) -> list[str]:
   """'field: value in cfg, value in the checkpoint' for each architecture field of `cfg` that
   differs from the HF checkpoint at `path` (config.json alone is read)."""
   found = read_hf_config(path)
-  return [f"{name}: {getattr(cfg, name)}, but {getattr(found, name)} in {os.fspath(path)}"
-          for name in ARCHITECTURE_FIELDS if getattr(cfg, name) != getattr(found, name)]
+  return [
+    f"{name}: {getattr(cfg, name)}, but {getattr(found, name)} in {os.fspath(path)}"
+    for name in ARCHITECTURE_FIELDS
+    if getattr(cfg, name) != getattr(found, name)
+  ]
 
 
 def load_hf_params(path: str | os.PathLike, cfg: T5Config) -> dict[str, Any]:

@@ -18,9 +18,11 @@ def mismatches(path: str | os.PathLike, cfg: T5Config) -> list[str]:
   'model.FIELD: ...' for a Hugging Face config field, 'checkpoint: NAME: ...' for a T5X
   parameter. Raises FileNotFoundError / ValueError for an unreadable checkpoint."""
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{os.fspath(path)!r} is not a directory: expected a Hugging Face T5 "
-                            "directory (config.json + model.safetensors) or a T5X checkpoint "
-                            "directory (with its `checkpoint` file).")
+    raise FileNotFoundError(
+      f"{os.fspath(path)!r} is not a directory: expected a Hugging Face T5 "
+      "directory (config.json + model.safetensors) or a T5X checkpoint "
+      "directory (with its `checkpoint` file)."
+    )
   if t5x_convert.is_t5x_checkpoint(path):
     return [f"checkpoint: {p}" for p in t5x_convert.t5x_mismatches(path, cfg)]
   return [f"model.{p}" for p in hf_convert.architecture_mismatches(path, cfg)]

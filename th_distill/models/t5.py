@@ -39,8 +39,9 @@ def _normal(stddev: float):
   return nn.initializers.normal(stddev=stddev)
 
 
-def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> Array:
+def relative_position_bucket(
+  relative_position: Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
   """Maps relative positions (key - query) to bucket ids in [0, num_buckets), as in T5.
 
   Half of the buckets (all of them if not bidirectional) hold exact small distances, the rest
@@ -59,28 +60,35 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool, num_
   is_small = n < max_exact
   safe_n = jnp.maximum(n, 1).astype(jnp.float32)
   val_if_large = max_exact + (
-      jnp.log(safe_n / max_exact) / math.log(max_distance / max_exact) *
-      (num_buckets - max_exact)).astype(jnp.int32)
+    jnp.log(safe_n / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+  ).astype(jnp.int32)
   val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
   return ret + jnp.where(is_small, n, val_if_large)
 
 
 class RMSNorm(nn.Module):
   """T5 layer norm: x / rms(x) * scale, computed in float32, returned in the compute dtype."""
+
   cfg: T5Config
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (x.shape[-1],), self.cfg.storage_dtype)
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      (x.shape[-1],),
+      self.cfg.storage_dtype,
+    )
     x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) +
-                              self.cfg.layer_norm_eps)
+    x32 = x32 * jax.lax.rsqrt(
+      jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.cfg.layer_norm_eps
+    )
     return (x32 * scale.astype(jnp.float32)).astype(self.cfg.compute_dtype)
 
 
 class RelativePositionBias(nn.Module):
   """Learned scalar bias per (head, relative-position bucket): returns [1, H, Lq, Lk] float32."""
+
   cfg: T5Config
   bidirectional: bool
 
@@ -88,31 +96,42 @@ class RelativePositionBias(nn.Module):
   def __call__(self, query_positions: Array, key_positions: Array) -> Array:
     cfg = self.cfg
     table = self.param(
-        "rel_embedding",
-        nn.with_logical_partitioning(_normal(cfg.d_model**-0.5), ("heads", "relpos_buckets")),
-        (cfg.num_heads, cfg.relative_attention_num_buckets), cfg.storage_dtype)
-    buckets = relative_position_bucket(key_positions[None, :] - query_positions[:, None],
-                                       self.bidirectional, cfg.relative_attention_num_buckets,
-                                       cfg.relative_attention_max_distance)  # [Lq, Lk]
+      "rel_embedding",
+      nn.with_logical_partitioning(_normal(cfg.d_model**-0.5), ("heads", "relpos_buckets")),
+      (cfg.num_heads, cfg.relative_attention_num_buckets),
+      cfg.storage_dtype,
+    )
+    buckets = relative_position_bucket(
+      key_positions[None, :] - query_positions[:, None],
+      self.bidirectional,
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+    )  # [Lq, Lk]
     return jnp.take(table.astype(jnp.float32), buckets, axis=1)[None]  # [1, H, Lq, Lk]
 
 
 class Attention(nn.Module):
   """Multi-head dot-product attention without biases or logit scaling (T5)."""
+
   cfg: T5Config
 
   def setup(self):
     cfg = self.cfg
     hk = (cfg.num_heads, cfg.d_kv)
+
     def kernel(name, stddev, shape, axes):
-      return self.param(name, nn.with_logical_partitioning(_normal(stddev), axes), shape,
-                        cfg.storage_dtype)
-    self.query = kernel("query", (cfg.d_model * cfg.d_kv)**-0.5, (cfg.d_model, *hk),
-                        ("embed", "heads", "kv"))
+      return self.param(
+        name, nn.with_logical_partitioning(_normal(stddev), axes), shape, cfg.storage_dtype
+      )
+
+    self.query = kernel(
+      "query", (cfg.d_model * cfg.d_kv) ** -0.5, (cfg.d_model, *hk), ("embed", "heads", "kv")
+    )
     self.key = kernel("key", cfg.d_model**-0.5, (cfg.d_model, *hk), ("embed", "heads", "kv"))
     self.value = kernel("value", cfg.d_model**-0.5, (cfg.d_model, *hk), ("embed", "heads", "kv"))
-    self.out = kernel("out", (cfg.num_heads * cfg.d_kv)**-0.5, (*hk, cfg.d_model),
-                      ("heads", "kv", "embed"))
+    self.out = kernel(
+      "out", (cfg.num_heads * cfg.d_kv) ** -0.5, (*hk, cfg.d_model), ("heads", "kv", "embed")
+    )
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
   def _proj(self, x: Array, kernel: Array) -> Array:
@@ -132,8 +151,9 @@ class Attention(nn.Module):
     """
     dt = self.cfg.compute_dtype
     q = self._proj(x, self.query)
-    logits = jnp.einsum("bqhk,bshk->bhqs", q, keys.astype(dt),
-                        preferred_element_type=jnp.float32) + bias
+    logits = (
+      jnp.einsum("bqhk,bshk->bhqs", q, keys.astype(dt), preferred_element_type=jnp.float32) + bias
+    )
     weights = jax.nn.softmax(logits, axis=-1)
     weights = self.dropout(weights, deterministic=not train)
     mixed = jnp.einsum("bhqs,bshk->bqhk", weights.astype(dt), values.astype(dt))
@@ -149,8 +169,7 @@ class Attention(nn.Module):
     """
     dt = self.cfg.compute_dtype
     q = self._proj(x, self.query)[:, 0]  # [B, H, K]
-    logits = jnp.einsum("bhk,bhsk->bhs", q, keys.astype(dt),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bhk,bhsk->bhs", q, keys.astype(dt), preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(logits[:, :, None] + bias, axis=-1)[:, :, 0]  # [B, H, Lk]
     mixed = jnp.einsum("bhs,bhsk->bhk", weights.astype(dt), values.astype(dt))
     return jnp.einsum("bhk,hke->be", mixed, self.out.astype(dt))[:, None]
@@ -163,15 +182,19 @@ def heads_major(x: Array) -> Array:
 
 class GatedGeluMlp(nn.Module):
   """T5 v1.1 feed-forward: (gelu(x W0) * (x W1)) Wo."""
+
   cfg: T5Config
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     cfg = self.cfg
     dt = cfg.compute_dtype
+
     def kernel(name, stddev, shape, axes):
-      return self.param(name, nn.with_logical_partitioning(_normal(stddev), axes), shape,
-                        cfg.storage_dtype).astype(dt)
+      return self.param(
+        name, nn.with_logical_partitioning(_normal(stddev), axes), shape, cfg.storage_dtype
+      ).astype(dt)
+
     wi_0 = kernel("wi_0", cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
     wi_1 = kernel("wi_1", cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
     wo = kernel("wo", cfg.d_ff**-0.5, (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
@@ -197,8 +220,9 @@ class EncoderLayer(nn.Module):
 
   def __call__(self, x: Array, bias: Array, train: bool) -> Array:
     h = self.attention_norm(x)
-    x = x + self.dropout(self.attention(h, *self.attention.project_kv(h), bias, train),
-                         deterministic=not train)
+    x = x + self.dropout(
+      self.attention(h, *self.attention.project_kv(h), bias, train), deterministic=not train
+    )
     x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
     return _residual_constraint(x)
 
@@ -218,21 +242,26 @@ class DecoderLayer(nn.Module):
   def cross_kv(self, encoded: Array) -> tuple[Array, Array]:
     return self.cross_attention.project_kv(encoded)
 
-  def __call__(self, x: Array, self_bias: Array, cross_kv: tuple[Array, Array],
-               cross_bias: Array, train: bool) -> Array:
+  def __call__(
+    self, x: Array, self_bias: Array, cross_kv: tuple[Array, Array], cross_bias: Array, train: bool
+  ) -> Array:
     """One decoder block on `x` [B, Lt, E] (teacher forcing): the keys/values are those of `x`.
     `cross_kv` is `cross_kv(encoded)`; biases as in `Attention.__call__`."""
     h = self.self_attention_norm(x)
-    x = x + self.dropout(self.self_attention(h, *self.self_attention.project_kv(h), self_bias,
-                                             train), deterministic=not train)
+    x = x + self.dropout(
+      self.self_attention(h, *self.self_attention.project_kv(h), self_bias, train),
+      deterministic=not train,
+    )
     h = self.cross_attention_norm(x)
-    x = x + self.dropout(self.cross_attention(h, *cross_kv, cross_bias, train),
-                         deterministic=not train)
+    x = x + self.dropout(
+      self.cross_attention(h, *cross_kv, cross_bias, train), deterministic=not train
+    )
     x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
     return _residual_constraint(x)
 
-  def step(self, x: Array, self_bias: Array, cache: Cache, index: Array,
-           cross_bias: Array) -> tuple[Array, Cache]:
+  def step(
+    self, x: Array, self_bias: Array, cache: Cache, index: Array, cross_bias: Array
+  ) -> tuple[Array, Cache]:
     """The block for one token at position `index` (incremental decoding, no dropout).
 
     `x` [B, 1, E]; `cache` is this layer's entry of `T5.init_cache` (heads-major [B, H, L, K]
@@ -242,14 +271,18 @@ class DecoderLayer(nn.Module):
     """
     h = self.self_attention_norm(x)
     written = {
-        name: jax.lax.dynamic_update_slice_in_dim(
-            cache[name], heads_major(new).astype(cache[name].dtype), index, axis=2)
-        for name, new in zip(("self_keys", "self_values"), self.self_attention.project_kv(h))}
-    x = x + self.self_attention.attend_cached(h, written["self_keys"], written["self_values"],
-                                              self_bias)
+      name: jax.lax.dynamic_update_slice_in_dim(
+        cache[name], heads_major(new).astype(cache[name].dtype), index, axis=2
+      )
+      for name, new in zip(("self_keys", "self_values"), self.self_attention.project_kv(h))
+    }
+    x = x + self.self_attention.attend_cached(
+      h, written["self_keys"], written["self_values"], self_bias
+    )
     h = self.cross_attention_norm(x)
-    x = x + self.cross_attention.attend_cached(h, cache["cross_keys"], cache["cross_values"],
-                                               cross_bias)
+    x = x + self.cross_attention.attend_cached(
+      h, cache["cross_keys"], cache["cross_values"], cross_bias
+    )
     x = x + self.mlp(self.mlp_norm(x), train=False)
     return _residual_constraint(x), {**cache, **written}
 
@@ -271,13 +304,17 @@ class T5(nn.Module):
     decode_step(decoder_token, cache) -> (logits [B, V], cache)
   Logits are float32. `input_tokens` [B, Li] int32 carries padding as 0 and fixes the encoder mask.
   """
+
   cfg: T5Config
 
   def setup(self):
     cfg = self.cfg
     self.token_embedder = self.param(
-        "token_embedder", nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
-        (cfg.vocab_size, cfg.d_model), cfg.storage_dtype)
+      "token_embedder",
+      nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
+      (cfg.vocab_size, cfg.d_model),
+      cfg.storage_dtype,
+    )
     self.encoder_relpos = RelativePositionBias(cfg, bidirectional=True)
     self.encoder_layers = [EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers)]
     self.encoder_norm = RMSNorm(cfg)
@@ -285,9 +322,11 @@ class T5(nn.Module):
     self.decoder_layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
     self.decoder_norm = RMSNorm(cfg)
     self.logits_kernel = self.param(
-        "logits_kernel", nn.with_logical_partitioning(_normal(cfg.d_model**-0.5),
-                                                      ("embed", "vocab")),
-        (cfg.d_model, cfg.vocab_size), cfg.storage_dtype)
+      "logits_kernel",
+      nn.with_logical_partitioning(_normal(cfg.d_model**-0.5), ("embed", "vocab")),
+      (cfg.d_model, cfg.vocab_size),
+      cfg.storage_dtype,
+    )
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
   def _embed(self, tokens: Array, train: bool) -> Array:
@@ -296,8 +335,12 @@ class T5(nn.Module):
 
   def _logits(self, x: Array, train: bool) -> Array:
     x = self.dropout(self.decoder_norm(x), deterministic=not train)
-    logits = jnp.einsum("...e,ev->...v", x, self.logits_kernel.astype(self.cfg.compute_dtype),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "...e,ev->...v",
+      x,
+      self.logits_kernel.astype(self.cfg.compute_dtype),
+      preferred_element_type=jnp.float32,
+    )
     return logits.astype(jnp.float32)
 
   def encode(self, input_tokens: Array, train: bool = False) -> Array:
@@ -310,14 +353,17 @@ class T5(nn.Module):
       x = layer(x, bias, train)
     return self.dropout(self.encoder_norm(x), deterministic=not train)
 
-  def decode(self, encoded: Array, input_tokens: Array, decoder_input_tokens: Array,
-             train: bool = False) -> Array:
+  def decode(
+    self, encoded: Array, input_tokens: Array, decoder_input_tokens: Array, train: bool = False
+  ) -> Array:
     """Teacher-forced decoder: [B, Lt] shifted-right targets -> logits [B, Lt, V] float32."""
-    return self._logits(self.decode_hidden(encoded, input_tokens, decoder_input_tokens, train),
-                        train)
+    return self._logits(
+      self.decode_hidden(encoded, input_tokens, decoder_input_tokens, train), train
+    )
 
-  def decode_hidden(self, encoded: Array, input_tokens: Array, decoder_input_tokens: Array,
-                    train: bool = False) -> Array:
+  def decode_hidden(
+    self, encoded: Array, input_tokens: Array, decoder_input_tokens: Array, train: bool = False
+  ) -> Array:
     """`decode` up to the last decoder layer: hidden states [B, Lt, E] before the final norm.
 
     With `logits_from_hidden` this lets callers compute [B, Lt, V] logits a chunk of positions at
@@ -336,10 +382,10 @@ class T5(nn.Module):
     """Final norm and output layer: hidden [..., E] from `decode_hidden` -> logits [..., V]."""
     return self._logits(hidden, train)
 
-  def __call__(self, input_tokens: Array, decoder_input_tokens: Array,
-               train: bool = False) -> Array:
-    return self.decode(self.encode(input_tokens, train), input_tokens, decoder_input_tokens,
-                       train)
+  def __call__(
+    self, input_tokens: Array, decoder_input_tokens: Array, train: bool = False
+  ) -> Array:
+    return self.decode(self.encode(input_tokens, train), input_tokens, decoder_input_tokens, train)
 
   def init_cache(self, encoded: Array, input_tokens: Array, max_decode_length: int) -> Cache:
     """Decoding cache for `max_decode_length` steps after `encode`.
@@ -356,18 +402,29 @@ class T5(nn.Module):
     layers = []
     for layer in self.decoder_layers:
       cross_keys, cross_values = layer.cross_kv(encoded)
-      layers.append(dict(self_keys=zeros, self_values=zeros, cross_keys=heads_major(cross_keys),
-                         cross_values=heads_major(cross_values)))
-    return dict(index=jnp.zeros((), jnp.int32), layers=layers,
-                cross_bias=_padding_bias(input_tokens != PAD_ID))
+      layers.append(
+        dict(
+          self_keys=zeros,
+          self_values=zeros,
+          cross_keys=heads_major(cross_keys),
+          cross_values=heads_major(cross_values),
+        )
+      )
+    return dict(
+      index=jnp.zeros((), jnp.int32),
+      layers=layers,
+      cross_bias=_padding_bias(input_tokens != PAD_ID),
+    )
 
   def decode_step(self, decoder_token: Array, cache: Cache) -> tuple[Array, Cache]:
     """Feeds `decoder_token` [B] at position `cache['index']`: logits [B, V] and the new cache."""
     index = cache["index"]
     max_length = cache["layers"][0]["self_keys"].shape[2]
     key_positions = jnp.arange(max_length)
-    self_bias = (self.decoder_relpos(index[None], key_positions) +
-                 jnp.where(key_positions <= index, 0.0, _NEG_INF)[None, None, None, :])
+    self_bias = (
+      self.decoder_relpos(index[None], key_positions)
+      + jnp.where(key_positions <= index, 0.0, _NEG_INF)[None, None, None, :]
+    )
     x = self._embed(decoder_token[:, None], train=False)
     new_layers = []
     for layer, layer_cache in zip(self.decoder_layers, cache["layers"]):
@@ -381,10 +438,14 @@ def extend_cache(cache: Cache, max_decode_length: int) -> Cache:
   """`cache` (from `init_cache`) with room for `max_decode_length` positions: the self-attention
   keys and values zero-padded along the length. Unwritten positions are masked, so decoding goes
   on exactly as with a cache allocated at that length from the start."""
+
   def pad(x: Array) -> Array:
     return jnp.pad(x, ((0, 0), (0, 0), (0, max_decode_length - x.shape[2]), (0, 0)))
-  layers = [{**layer, "self_keys": pad(layer["self_keys"]),
-             "self_values": pad(layer["self_values"])} for layer in cache["layers"]]
+
+  layers = [
+    {**layer, "self_keys": pad(layer["self_keys"]), "self_values": pad(layer["self_values"])}
+    for layer in cache["layers"]
+  ]
   return {**cache, "layers": layers}
 
 

@@ -43,12 +43,21 @@ def is_t5x_checkpoint(path: str | os.PathLike) -> bool:
 
 def _layout(cfg: T5Config) -> dict[str, _Path]:
   """T5X parameter name -> our parameter path, for every parameter of `cfg`."""
-  layout = {"token_embedder/embedding": ("token_embedder",),
-            "decoder/logits_dense/kernel": ("logits_kernel",)}
-  stacks = (("encoder", cfg.num_encoder_layers, (("attention", "attention", "attention"),)),
-            ("decoder", cfg.num_decoder_layers,
-             (("self_attention", "self_attention", "self_attention"),
-              ("encoder_decoder_attention", "cross_attention", "cross_attention"))))
+  layout = {
+    "token_embedder/embedding": ("token_embedder",),
+    "decoder/logits_dense/kernel": ("logits_kernel",),
+  }
+  stacks = (
+    ("encoder", cfg.num_encoder_layers, (("attention", "attention", "attention"),)),
+    (
+      "decoder",
+      cfg.num_decoder_layers,
+      (
+        ("self_attention", "self_attention", "self_attention"),
+        ("encoder_decoder_attention", "cross_attention", "cross_attention"),
+      ),
+    ),
+  )
   for stack, num_layers, attentions in stacks:
     layout[f"{stack}/relpos_bias/rel_embedding"] = (f"{stack}_relpos", "rel_embedding")
     layout[f"{stack}/{stack}_norm/scale"] = (f"{stack}_norm", "scale")
@@ -67,6 +76,7 @@ def _layout(cfg: T5Config) -> dict[str, _Path]:
 def _target(path: str) -> dict[str, Any]:
   """Flat {T5X name: array or TensorStore spec dict} of the parameters in `path`/checkpoint."""
   from flax import serialization
+
   with open(os.path.join(path, "checkpoint"), "rb") as f:
     state = serialization.msgpack_restore(f.read())
   tree = state["target"] if "target" in state else state["optimizer"]["target"]
@@ -91,6 +101,7 @@ def _read(path: str, leaf: Any) -> np.ndarray:
   if not isinstance(leaf, dict):
     return np.asarray(leaf)
   import tensorstore  # a dependency of orbax-checkpoint
+
   name = os.path.basename(leaf["kvstore"]["path"].rstrip("/"))
   spec = {**leaf, "kvstore": {"driver": "file", "path": os.path.join(path, name)}}
   return np.asarray(tensorstore.open(spec, open=True, read=True).result().read().result())
@@ -101,13 +112,16 @@ def t5x_mismatches(path: str | os.PathLike, cfg: T5Config) -> list[str]:
   flat = _target(os.fspath(path))
   layout, shapes = _layout(cfg), our_shapes(cfg)
   problems = [f"{name}: missing" for name in sorted(set(layout) - set(flat))][:10]
-  problems += [f"{name}: unexpected for this config" for name in sorted(set(flat) - set(layout))
-               ][:10]
+  problems += [f"{name}: unexpected for this config" for name in sorted(set(flat) - set(layout))][
+    :10
+  ]
   for name in sorted(set(layout) & set(flat)):
     found, ours = _shape(flat[name]), shapes[layout[name]]
-    flattened = (ours[0], math.prod(ours[1:])) if name.endswith(("query/kernel", "key/kernel",
-                                                                  "value/kernel")) else (
-        (math.prod(ours[:-1]), ours[-1]) if name.endswith("out/kernel") else ours)
+    flattened = (
+      (ours[0], math.prod(ours[1:]))
+      if name.endswith(("query/kernel", "key/kernel", "value/kernel"))
+      else ((math.prod(ours[:-1]), ours[-1]) if name.endswith("out/kernel") else ours)
+    )
     if found not in (ours, flattened):
       problems.append(f"{name}: shape {found}, expected {flattened}")
   return problems
@@ -119,8 +133,7 @@ def load_t5x_params(path: str | os.PathLike, cfg: T5Config) -> dict[str, Any]:
   path = os.fspath(path)
   problems = t5x_mismatches(path, cfg)
   if problems:
-    raise ValueError(f"T5X checkpoint {path} does not fit the model config: " +
-                     "; ".join(problems))
+    raise ValueError(f"T5X checkpoint {path} does not fit the model config: " + "; ".join(problems))
   flat, shapes = _target(path), our_shapes(cfg)
   params: dict[str, Any] = {}
   for name, ours in _layout(cfg).items():

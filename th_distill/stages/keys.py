@@ -14,6 +14,7 @@ import jax
 
 class Purpose(enum.IntEnum):
   """The purpose ids folded into the seed key (fixed: changing one changes every result)."""
+
   ORACLE_INIT = 1
   ORACLE_CALIBRATE = 2
   ORACLE_DATA = 3

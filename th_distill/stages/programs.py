@@ -11,7 +11,8 @@ evaluator for host data.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -24,10 +25,15 @@ from th_distill.data.batch import Batch
 from th_distill.models import T5
 from th_distill.partitioning import Partitioner, pad_rows
 from th_distill.sampling import SampleFn
-from th_distill.settings import (DistillSettings, OptimizerSettings, RunSettings,
-                                 SamplingSettings)
-from th_distill.train import (TrainState, create_train_state, make_distill_step,
-                              make_eval_sums, make_sft_step, reduce_eval_sums)
+from th_distill.settings import DistillSettings, OptimizerSettings, RunSettings, SamplingSettings
+from th_distill.train import (
+  TrainState,
+  create_train_state,
+  make_distill_step,
+  make_eval_sums,
+  make_sft_step,
+  reduce_eval_sums,
+)
 
 # evaluate(student_params, teacher_params, oracle_params, data, prefix) -> {prefix/name: value}
 Evaluator = Callable[[Any, Any, Any, dict[str, np.ndarray], str], dict[str, float]]
@@ -36,12 +42,13 @@ Evaluator = Callable[[Any, Any, Any, dict[str, np.ndarray], str], dict[str, floa
 @dataclasses.dataclass(frozen=True)
 class Models:
   """The run's three models, built from `<name>.model` of the config."""
+
   oracle: T5
   teacher: T5
   student: T5
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "Models":
+  def from_config(cls, config: ml_collections.ConfigDict) -> Models:
     return cls(*(T5(to_t5_config(config[name].model)) for name in ("oracle", "teacher", "student")))
 
 
@@ -51,8 +58,9 @@ def batch_shardings(partitioner: Partitioner) -> Batch:
   return Batch(prompts=rows, responses=rows, mask=rows)
 
 
-def _sample(params: Any, prompts: jax.Array, keys: jax.Array, model: T5,
-            settings: SamplingSettings) -> sampling.SampleOutput:
+def _sample(
+  params: Any, prompts: jax.Array, keys: jax.Array, model: T5, settings: SamplingSettings
+) -> sampling.SampleOutput:
   return sampling.generate(model, params, prompts, keys, **dataclasses.asdict(settings))
 
 
@@ -60,79 +68,125 @@ def sampler_program(model: T5, settings: SamplingSettings, partitioner: Partitio
   """`(params, prompts [B, Li] int32, keys [B, 2] uint32) -> SampleOutput` of [B, Lt]: `model`
   sampling with `settings`, inputs and outputs split along B."""
   rows = partitioner.batch_sharding(2)
-  return partitioner.jit(_sample, in_shardings=(partitioner.param_shardings(model), rows, rows),
-                         out_shardings=sampling.SampleOutput(rows, rows, rows),
-                         static=(model, settings))
+  return partitioner.jit(
+    _sample,
+    in_shardings=(partitioner.param_shardings(model), rows, rows),
+    out_shardings=sampling.SampleOutput(rows, rows, rows),
+    static=(model, settings),
+  )
 
 
 def _sft_step(state: TrainState, batch: Batch, rng: jax.Array, model: T5) -> tuple:
   return make_sft_step(model)(state, batch, rng)
 
 
-def sft_program(model: T5, optimizer: optax.GradientTransformation,
-                partitioner: Partitioner) -> Callable:
+def sft_program(
+  model: T5, optimizer: optax.GradientTransformation, partitioner: Partitioner
+) -> Callable:
   """The SFT step `(state, batch, rng) -> (state, metrics)` (the state donated)."""
   state_shardings = partitioner.state_shardings(model, optimizer)
   return partitioner.jit(
-      _sft_step,
-      in_shardings=(state_shardings, batch_shardings(partitioner), partitioner.replicated),
-      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0,
-      static=(model,))
+    _sft_step,
+    in_shardings=(state_shardings, batch_shardings(partitioner), partitioner.replicated),
+    out_shardings=(state_shardings, partitioner.replicated),
+    donate_argnums=0,
+    static=(model,),
+  )
 
 
-def _eval_sums(student_params: Any, teacher_params: Any, oracle_params: Any, batch: Batch,
-               models: Models, student: T5, sequence_chunks: int) -> dict[str, jax.Array]:
+def _eval_sums(
+  student_params: Any,
+  teacher_params: Any,
+  oracle_params: Any,
+  batch: Batch,
+  models: Models,
+  student: T5,
+  sequence_chunks: int,
+) -> dict[str, jax.Array]:
   return make_eval_sums(student, models.teacher, models.oracle, sequence_chunks)(
-      student_params, teacher_params, oracle_params, batch)
+    student_params, teacher_params, oracle_params, batch
+  )
 
 
-def eval_program(models: Models, student: T5, sequence_chunks: int,
-                 partitioner: Partitioner) -> Callable:
+def eval_program(
+  models: Models, student: T5, sequence_chunks: int, partitioner: Partitioner
+) -> Callable:
   """`(student_params, teacher_params, oracle_params, batch) -> {name: sum}`: `train.eval_sums`
   of `student` against the teacher and the oracle."""
   return partitioner.jit(
-      _eval_sums,
-      in_shardings=(partitioner.param_shardings(student),
-                    partitioner.param_shardings(models.teacher),
-                    partitioner.param_shardings(models.oracle), batch_shardings(partitioner)),
-      out_shardings=partitioner.replicated, static=(models, student, sequence_chunks))
+    _eval_sums,
+    in_shardings=(
+      partitioner.param_shardings(student),
+      partitioner.param_shardings(models.teacher),
+      partitioner.param_shardings(models.oracle),
+      batch_shardings(partitioner),
+    ),
+    out_shardings=partitioner.replicated,
+    static=(models, student, sequence_chunks),
+  )
 
 
-def _distill_step(state: TrainState, teacher_params: Any, oracle_params: Any, batch: Batch,
-                  rng: jax.Array, models: Models, settings: DistillSettings) -> tuple:
+def _distill_step(
+  state: TrainState,
+  teacher_params: Any,
+  oracle_params: Any,
+  batch: Batch,
+  rng: jax.Array,
+  models: Models,
+  settings: DistillSettings,
+) -> tuple:
   loss = settings.loss
-  step = make_distill_step(models.student, models.teacher, models.oracle, loss=loss.name,
-                           beta=loss.beta, normalized=loss.normalized,
-                           temperature=loss.temperature, micro_batches=settings.micro_batches,
-                           sequence_chunks=settings.sequence_chunks)
-  return guards.skip_nonfinite(step, settings.on_nonfinite)(state, teacher_params,
-                                                             oracle_params, batch, rng)
+  step = make_distill_step(
+    models.student,
+    models.teacher,
+    models.oracle,
+    loss=loss.name,
+    beta=loss.beta,
+    normalized=loss.normalized,
+    temperature=loss.temperature,
+    micro_batches=settings.micro_batches,
+    sequence_chunks=settings.sequence_chunks,
+  )
+  return guards.skip_nonfinite(step, settings.on_nonfinite)(
+    state, teacher_params, oracle_params, batch, rng
+  )
 
 
-def distill_program(models: Models, settings: DistillSettings,
-                    partitioner: Partitioner) -> Callable:
+def distill_program(
+  models: Models, settings: DistillSettings, partitioner: Partitioner
+) -> Callable:
   """The distillation step `(state, teacher_params, oracle_params, batch, rng) -> (state,
   metrics)` of `settings` (the state donated)."""
   state_shardings = partitioner.state_shardings(models.student, settings.optimizer.build())
   return partitioner.jit(
-      _distill_step,
-      in_shardings=(state_shardings, partitioner.param_shardings(models.teacher),
-                    partitioner.param_shardings(models.oracle), batch_shardings(partitioner),
-                    partitioner.replicated),
-      out_shardings=(state_shardings, partitioner.replicated), donate_argnums=0,
-      static=(models, settings))
+    _distill_step,
+    in_shardings=(
+      state_shardings,
+      partitioner.param_shardings(models.teacher),
+      partitioner.param_shardings(models.oracle),
+      batch_shardings(partitioner),
+      partitioner.replicated,
+    ),
+    out_shardings=(state_shardings, partitioner.replicated),
+    donate_argnums=0,
+    static=(models, settings),
+  )
 
 
 def _create_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
   return create_train_state(params, optimizer)
 
 
-def new_train_state(partitioner: Partitioner, model: T5, params: Any,
-                    optimizer: optax.GradientTransformation) -> TrainState:
+def new_train_state(
+  partitioner: Partitioner, model: T5, params: Any, optimizer: optax.GradientTransformation
+) -> TrainState:
   """A fresh train state of `model` on a copy of `params`, sharded by the logical rules."""
-  create = partitioner.jit(_create_state, in_shardings=(partitioner.param_shardings(model),),
-                           out_shardings=partitioner.state_shardings(model, optimizer),
-                           static=(optimizer,))
+  create = partitioner.jit(
+    _create_state,
+    in_shardings=(partitioner.param_shardings(model),),
+    out_shardings=partitioner.state_shardings(model, optimizer),
+    static=(optimizer,),
+  )
   return create(params)
 
 
@@ -153,8 +207,10 @@ class Programs:
     model `name` ('oracle', 'teacher' or 'student'). Prompts may be host arrays; B must split
     over the data-parallel devices. Outputs are global device arrays split along B."""
     partitioner = self.partitioner
-    compiled = self._once(("sampler", name), lambda: sampler_program(
-        getattr(self.models, name), self.settings.sampling, partitioner))
+    compiled = self._once(
+      ("sampler", name),
+      lambda: sampler_program(getattr(self.models, name), self.settings.sampling, partitioner),
+    )
 
     def fn(params, prompts, rng):
       prompts = partitioner.shard_batch(prompts)
@@ -179,13 +235,16 @@ class Programs:
 
   def sft_step(self, name: str, settings: OptimizerSettings) -> Callable:
     """The SFT step of model `name` under `settings`' optimiser."""
-    return self._once(("sft", name, settings), lambda: sft_program(
-        getattr(self.models, name), settings.build(), self.partitioner))
+    return self._once(
+      ("sft", name, settings),
+      lambda: sft_program(getattr(self.models, name), settings.build(), self.partitioner),
+    )
 
   def distill_step(self) -> Callable:
     """The distillation step of the run's settings."""
-    return self._once(("distill",), lambda: distill_program(
-        self.models, self.settings.distill, self.partitioner))
+    return self._once(
+      ("distill",), lambda: distill_program(self.models, self.settings.distill, self.partitioner)
+    )
 
   def evaluator(self, name: str) -> Evaluator:
     """`evaluate(student_params, teacher_params, oracle_params, data, prefix)`: per-token and
@@ -193,18 +252,23 @@ class Programs:
     `data` (prompts, responses, mask), `eval.batch_size` rows at a time padded to the
     data-parallel size."""
     partitioner, size = self.partitioner, self.settings.eval.batch_size
-    eval_sums = self._once(("eval", name), lambda: eval_program(
-        self.models, getattr(self.models, name), self.settings.distill.sequence_chunks,
-        partitioner))
+    eval_sums = self._once(
+      ("eval", name),
+      lambda: eval_program(
+        self.models, getattr(self.models, name), self.settings.distill.sequence_chunks, partitioner
+      ),
+    )
 
     def evaluate(student_params, teacher_params, oracle_params, data, prefix):
       totals: dict[str, float] = {}
       for start in range(0, len(data["prompts"]), size):
-        chunk, _ = pad_rows({k: data[k][start:start + size]
-                             for k in ("prompts", "responses", "mask")},
-                            partitioner.data_parallel_size)
-        sums = eval_sums(student_params, teacher_params, oracle_params,
-                         partitioner.shard_batch(Batch(**chunk)))
+        chunk, _ = pad_rows(
+          {k: data[k][start : start + size] for k in ("prompts", "responses", "mask")},
+          partitioner.data_parallel_size,
+        )
+        sums = eval_sums(
+          student_params, teacher_params, oracle_params, partitioner.shard_batch(Batch(**chunk))
+        )
         for key, value in sums.items():
           totals[key] = totals.get(key, 0.0) + float(value)
       return reduce_eval_sums(totals, prefix)
@@ -213,5 +277,6 @@ class Programs:
 
   def frozen(self, name: str, params: Any) -> Any:
     """Model `name`'s `params` in stage 2's `frozen_dtype`, in their shards."""
-    return self.partitioner.cast(getattr(self.models, name), params,
-                                 self.settings.distill.frozen_dtype)
+    return self.partitioner.cast(
+      getattr(self.models, name), params, self.settings.distill.frozen_dtype
+    )

@@ -22,7 +22,8 @@ import hashlib
 import json
 import os
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -36,11 +37,25 @@ from th_distill.partitioning import is_main_process
 
 # Stage 1's sections: the oracle, its data, the teacher's SFT, the student's initialisation and
 # the shared sampling settings (the eval sets are sampled in stage 1).
-STAGE1_SECTIONS = ("seed", "task", "prompts", "oracle", "teacher", "student.model",
-                   "student.checkpoint", "student.init", "student.sft_steps", "sampling")
+STAGE1_SECTIONS = (
+  "seed",
+  "task",
+  "prompts",
+  "oracle",
+  "teacher",
+  "student.model",
+  "student.checkpoint",
+  "student.init",
+  "student.sft_steps",
+  "sampling",
+)
 # The student's SFT optimiser fields, when stage 1 trains the student (`student.init = 'sft'`).
-STUDENT_SFT_SECTIONS = ("student.learning_rate", "student.warmup_steps", "student.schedule",
-                        "student.batch_size")
+STUDENT_SFT_SECTIONS = (
+  "student.learning_rate",
+  "student.warmup_steps",
+  "student.schedule",
+  "student.batch_size",
+)
 
 
 def stage1_sections(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -60,14 +75,17 @@ def regime_sections(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(k for k in config.keys() if k not in resume.FREE_FIELDS)
 
 
-def fingerprint_fields(config: ml_collections.ConfigDict,
-                       sections: tuple[str, ...]) -> dict[str, Any]:
+def fingerprint_fields(
+  config: ml_collections.ConfigDict, sections: tuple[str, ...]
+) -> dict[str, Any]:
   """{section: value} of the named config sections (dotted paths)."""
+
   def lookup(path):
     value = config
     for part in path.split("."):
       value = value[part]
     return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
   return {s: lookup(s) for s in sections}
 
 
@@ -80,11 +98,12 @@ def fingerprint(config: ml_collections.ConfigDict, sections: tuple[str, ...]) ->
 @dataclasses.dataclass(frozen=True)
 class StageKey:
   """A stage's dependence on the config: its sections' values and their hash."""
+
   fingerprint: str
   fields: dict[str, Any]
 
   @classmethod
-  def of(cls, config: ml_collections.ConfigDict, sections: tuple[str, ...]) -> "StageKey":
+  def of(cls, config: ml_collections.ConfigDict, sections: tuple[str, ...]) -> StageKey:
     return cls(fingerprint(config, sections), fingerprint_fields(config, sections))
 
   def record(self) -> dict[str, Any]:
@@ -97,8 +116,10 @@ class StageKey:
 
   def as_arrays(self) -> dict[str, np.ndarray]:
     """The record as arrays, to store beside a stage's arrays (`check_arrays` reads it)."""
-    return {"fingerprint": np.asarray(self.fingerprint),
-            "fields": np.asarray(json.dumps(self.fields, default=list))}
+    return {
+      "fingerprint": np.asarray(self.fingerprint),
+      "fields": np.asarray(json.dumps(self.fields, default=list)),
+    }
 
   def check_arrays(self, arrays: dict[str, np.ndarray], path: str) -> None:
     """`check` for a stage stored as arrays in `path` (e.g. the offline dataset)."""
@@ -139,11 +160,14 @@ def regime_dir(workdir: str, regime: str) -> str:
 class Preempted(RunError):
   """A run stopped for pre-emption after checkpointing at `step`; running the same command
   again resumes it (exit status 75, EX_TEMPFAIL: schedulers retry it)."""
+
   exit_code = EX_TEMPFAIL
 
   def __init__(self, regime: str, step: int):
-    super().__init__(f"{regime}: pre-empted (SIGTERM); checkpointed at step {step}. Run the same "
-                     "command again to resume.")
+    super().__init__(
+      f"{regime}: pre-empted (SIGTERM); checkpointed at step {step}. Run the same "
+      "command again to resume."
+    )
     self.step = step
 
 
@@ -163,7 +187,7 @@ class PreemptionWatch:
     self._previous: Any = None
     self._service = jax.process_count() > 1
 
-  def __enter__(self) -> "PreemptionWatch":
+  def __enter__(self) -> PreemptionWatch:
     if not self._service:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self

@@ -36,7 +36,7 @@ setuptools.setup(
     "ml_collections>=0.1.1",
     "absl-py>=2.0",
     "numpy>=1.26",
-    "scipy>=1.11",  # th_distill.paired's t-test (JAX needs it too)
+    "scipy>=1.11",  # th_distill.results.paired's t-test (JAX needs it too)
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
   ],

@@ -20,12 +20,12 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from th_distill import checkpoints
+from th_distill.config.settings import RunSettings
 from th_distill.data import regimes as regime_lib
 from th_distill.partitioning import Partitioner
-from th_distill.settings import RunSettings
+from th_distill.rundir import checkpoints
 from th_distill.stages.keys import Purpose, key
-from th_distill.stages.programs import Models, Programs, new_train_state
+from th_distill.training.programs import Models, Programs, new_train_state
 
 INIT = {"teacher": Purpose.TEACHER_INIT, "student": Purpose.STUDENT_INIT}
 TRAIN = {"teacher": Purpose.TEACHER_TRAIN, "student": Purpose.STUDENT_SFT}

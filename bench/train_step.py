@@ -3,7 +3,7 @@
   python bench/train_step.py [--student small] [--teacher base] [--batch 8] [--input-length 128]
                              [--target-length 64]
 
-The step is `th_distill.train.distill_step` without an oracle: teacher forward, student forward
+The step is `th_distill.training.steps.distill_step` without an oracle: teacher forward, student forward
 and backward, the forward-KL loss and the proxy metrics, Adam update. FLOPs come from the shapes
 (th_distill/flops.py: 3 x student forward + teacher forward); the ceiling is a jitted 2048 x 2048
 float32 matmul measured in the same run.
@@ -22,9 +22,9 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import interleaved_medians, matmul_peak_flops  # noqa: E402
-from th_distill.flops import distill_flops  # noqa: E402
 from th_distill.models import T5, init_params, t5_config  # noqa: E402
-from th_distill.train import Batch, create_train_state, make_distill_step, make_optimizer  # noqa: E402
+from th_distill.planning.flops import distill_flops  # noqa: E402
+from th_distill.training.steps import Batch, create_train_state, make_distill_step, make_optimizer  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""How often the golden trend (`th_distill.trend`) calls a flat curve rising, and a U rising.
+"""How often the golden trend (`th_distill.results.trend`) calls a flat curve rising, and a U rising.
 
   python bench/trend_calibration.py [--draws=1000]
 
@@ -14,7 +14,8 @@ import argparse
 
 import numpy as np
 
-from th_distill import eval_schedule, trend
+from th_distill.observing import eval_schedule
+from th_distill.results import trend
 
 
 def ar1(rng: np.random.Generator, size: int, rho: float) -> np.ndarray:

@@ -13,7 +13,7 @@ Needs (docs/tasks.md):
   --config.oracle.checkpoint, --config.teacher.checkpoint, --config.student.checkpoint
                                                 local T5 v1.1-style XL / large / base checkpoints
 
-Memory per device (`python -m th_distill.memory --config=configs/natural_instructions.py
+Memory per device (`python -m th_distill.planning.memory --config=configs/natural_instructions.py
 --mesh=1,16,1`; frozen models in bfloat16, logits in 4 chunks): 2.4 GiB on (1, 16, 1), 4.8 GiB
 on (1, 8, 1), before XLA's temporaries.
 """

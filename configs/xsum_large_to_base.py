@@ -13,7 +13,7 @@ Needs (docs/tasks.md, step by step):
   --config.oracle.checkpoint=DIR/flan-t5-xl     any T5 v1.1-style XL checkpoint (HF layout)
   --config.teacher.checkpoint=DIR/t5-v1_1-large and --config.student.checkpoint=DIR/t5-v1_1-base
 
-Memory per device (`python -m th_distill.memory --config=configs/xsum_large_to_base.py
+Memory per device (`python -m th_distill.planning.memory --config=configs/xsum_large_to_base.py
 --mesh=1,16,1`; frozen models in bfloat16, logits in 4 chunks): 5.0 GiB on a (1, 16, 1) mesh
 (16 chips, e.g. a v4-32 slice), 10.0 GiB on (1, 8, 1), 2.5 GiB on (1, 32, 1), of which the
 student's activations are 78 %; `--config.student.micro_batches=4` brings (1, 16, 1) to 2.1 GiB.

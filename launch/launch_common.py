@@ -1,5 +1,5 @@
 """What the launchers share: the run's own flags, `--config.KEY=VALUE` overrides, dry runs, and
-the plan (`th_distill.plan`, run on this machine for the target's device count before anything
+the plan (`th_distill.planning.plan`, run on this machine for the target's device count before anything
 is created, copied, submitted or started)."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     "--plan",
     choices=("compile", "check", "skip"),
     default="compile",
-    help="first, on this machine, run `python -m th_distill.plan` for the target's device count "
+    help="first, on this machine, run `python -m th_distill.planning.plan` for the target's device count "
     "(needs th_distill installed here): 'compile' builds every program of the run for "
     "the mesh on simulated devices and prints XLA's memory per device (minutes for the "
     "paper's configs); 'check' only checks that the mesh fits the devices and divides the "
@@ -99,14 +99,14 @@ def positive_int(text: str) -> int:
 
 
 def run_plan(args: argparse.Namespace, overrides: Sequence[str], devices: int) -> int:
-  """Runs `th_distill.plan` here for `devices` devices (`--plan`), its table on stderr; returns
+  """Runs `th_distill.planning.plan` here for `devices` devices (`--plan`), its table on stderr; returns
   0 to go on, else the exit status to stop with (2: the plan refused the mesh, in one line)."""
   if args.plan == "skip":
     return 0
   command = [
     sys.executable,
     "-m",
-    "th_distill.plan",
+    "th_distill.planning.plan",
     f"--config={args.config}",
     f"--devices={devices}",
     *overrides,
@@ -116,7 +116,7 @@ def run_plan(args: argparse.Namespace, overrides: Sequence[str], devices: int) -
   status = subprocess.run(command, cwd=REPO, stdout=sys.stderr).returncode
   if status not in (0, 2):
     print(
-      f"error: th_distill.plan failed (exit code {status}); install th_distill on this "
+      f"error: th_distill.planning.plan failed (exit code {status}); install th_distill on this "
       "machine (pip install -e .) or pass --plan=skip",
       file=sys.stderr,
     )

@@ -12,7 +12,7 @@ Two backends; the repository must already be installed on every host, at the sam
                    a terminal (`ssh -tt`), so closing it stops its process (SIGHUP).
                    `--dry-run` prints the ssh commands, one per host, instead.
 
-First, on this machine, `python -m th_distill.plan` checks the run's mesh against the job's GPUs
+First, on this machine, `python -m th_distill.planning.plan` checks the run's mesh against the job's GPUs
 (`--gpus-per-node` x nodes or hosts) and, with `--plan=compile` (the default), compiles every
 program for it on simulated devices; a mesh that does not fit stops the launch before anything
 is submitted or started (dry runs too).

@@ -1,7 +1,7 @@
 r"""Runs th_distill on every worker of a Cloud TPU VM slice with `gcloud compute tpus tpu-vm`.
 
 Steps, in order (each one a command; `--dry-run` prints them one per line instead):
-  0. on this machine, `python -m th_distill.plan` for the slice's JAX devices (from
+  0. on this machine, `python -m th_distill.planning.plan` for the slice's JAX devices (from
      `--accelerator-type`, see `tpu_devices`): a mesh that does not fit them or does not divide
      the batches stops the launch here, before any VM exists (`--plan`; runs in dry runs too);
   1. `--create`: create the TPU VM slice;

@@ -13,8 +13,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jax  # noqa: E402
 from conftest import micro_config  # noqa: E402
 
-from th_distill import checkpoints, experiment, partitioning  # noqa: E402
-from th_distill.stages.programs import Models  # noqa: E402
+from th_distill import experiment, partitioning  # noqa: E402
+from th_distill.rundir import checkpoints
+from th_distill.training.programs import Models  # noqa: E402
 
 REGIMES = ("offline", "mixture")
 

@@ -9,7 +9,8 @@ import jax
 import pytest
 
 from th_distill import config as config_lib
-from th_distill import experiment, settings
+from th_distill import experiment
+from th_distill.config import settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

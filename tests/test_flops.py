@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from th_distill.flops import distill_flops, forward_flops, generation_flops, train_flops
 from th_distill.models import T5, init_params, t5_config
+from th_distill.planning.flops import distill_flops, forward_flops, generation_flops, train_flops
 
 
 @pytest.mark.parametrize(

@@ -378,7 +378,7 @@ def test_tpu_dry_run_plans_the_slice_then_prints_the_commands():
     "--dry-run",
   )
   assert result.returncode == 0, result.stderr
-  assert "-m th_distill.plan --config=configs/tiny.py --devices=16" in result.stderr
+  assert "-m th_distill.planning.plan --config=configs/tiny.py --devices=16" in result.stderr
   assert "on mesh (data, fsdp, model) = (4, 4, 1): fits 16 devices" in result.stderr
   (line,) = result.stdout.splitlines()  # the plan's output stays off the commands
   assert shlex.split(line)[4] == "ssh"

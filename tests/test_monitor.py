@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from th_distill import checkpoints, detection, experiment
+from th_distill import detection, experiment
 from th_distill.config import base_config
-from th_distill.metric_names import GOLDEN, PROXY
-from th_distill.metrics_io import read_metrics
-from th_distill.monitor import HackingMonitor
+from th_distill.detection.monitor import HackingMonitor
+from th_distill.observing.metric_names import GOLDEN, PROXY
+from th_distill.observing.metrics_io import read_metrics
+from th_distill.rundir import checkpoints
 
 STEPS = np.unique(np.rint(np.geomspace(1, 3000, 45))).astype(int)
 

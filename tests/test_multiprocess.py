@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from conftest import write_micro_config_file
 
-from th_distill import checkpoints, experiment
+from th_distill import experiment
 from th_distill.config import load_config_file
-from th_distill.metrics_io import read_metrics
+from th_distill.observing.metrics_io import read_metrics
 from th_distill.partitioning import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+from th_distill.rundir import checkpoints
 
 REGIMES = ("offline", "online_student")
 UNTIMED = ("time/", "throughput/")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from th_distill import paired
+from th_distill.results import paired
 
 
 def _arm(values, key="golden_final"):

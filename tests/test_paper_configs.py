@@ -14,11 +14,12 @@ pytest.importorskip("tensorflow_datasets")
 
 import real_task_data  # noqa: E402
 
-from th_distill import checkpoints, experiment  # noqa: E402
 from th_distill import config as config_lib
-from th_distill.metrics_io import read_metrics  # noqa: E402
+from th_distill import experiment  # noqa: E402
+from th_distill.observing.metrics_io import read_metrics  # noqa: E402
 from th_distill.partitioning import Partitioner  # noqa: E402
-from th_distill.stages.programs import Models  # noqa: E402
+from th_distill.rundir import checkpoints
+from th_distill.training.programs import Models  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py")))

@@ -5,8 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from th_distill import memory, partitioning
+from th_distill import partitioning
 from th_distill.models import T5, param_count, t5_config
+from th_distill.planning import memory
 
 
 def test_mesh_shape_takes_the_remaining_devices_and_names_bad_shapes():

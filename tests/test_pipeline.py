@@ -6,11 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from th_distill import checkpoints, experiment
+from th_distill import experiment
 from th_distill.data import pools as pool_lib
 from th_distill.data import regimes as regime_lib
-from th_distill.metrics_io import read_metrics
-from th_distill.report import GOLDEN, PROXY, TRAIN_PROXY
+from th_distill.observing.metrics_io import read_metrics
+from th_distill.results.report import GOLDEN, PROXY, TRAIN_PROXY
+from th_distill.rundir import checkpoints
 
 
 def _rows(workdir, regime):

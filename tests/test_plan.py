@@ -1,5 +1,5 @@
-"""th_distill.plan: the paper's programs lowered and compiled for simulated meshes (no parameter
-allocated), the parameter layout the rules promise, XLA's memory beside th_distill.memory's, and
+"""th_distill.planning.plan: the paper's programs lowered and compiled for simulated meshes (no parameter
+allocated), the parameter layout the rules promise, XLA's memory beside th_distill.planning.memory's, and
 the command's one-line refusals.
 
 The 16-device compilations run in a subprocess (this file as a script, with
@@ -16,8 +16,8 @@ import sys
 import pytest
 
 from th_distill import config as config_lib
-from th_distill import memory, plan
 from th_distill.models import T5, t5_config
+from th_distill.planning import memory, plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIGS = ("xsum_large_to_base", "wmt", "natural_instructions")
@@ -27,7 +27,7 @@ FSDP = (4, 8, 16)  # the distillation step on (1, f, 1) for each f
 
 
 def paper_config(name: str):
-  """A paper config as `th_distill.plan` plans it, with every model cut to `LAYERS` + `LAYERS`."""
+  """A paper config as `th_distill.planning.plan` plans it, with every model cut to `LAYERS` + `LAYERS`."""
   config = plan.planning_config(
     config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
   )
@@ -41,7 +41,7 @@ def _compile_on_16_devices(out_path: str) -> None:
   import jax  # noqa: F401  (the backend starts with the forced devices)
 
   from th_distill.partitioning import Partitioner, make_mesh
-  from th_distill.stages.programs import Models
+  from th_distill.training.programs import Models
 
   results = {}
   for name in PAPER_CONFIGS:
@@ -98,7 +98,7 @@ def _check_programs(compiled, name):
     assert p["full_remats"] == 0, program
     # Parameters are split over fsdp: weights are gathered, and gradients reduced.
     assert p["collectives"]["all-gather"][0] > 0, program
-  # XLA's FLOP count of the SFT step (no loop) is th_distill.flops' plus the element-wise work.
+  # XLA's FLOP count of the SFT step (no loop) is th_distill.planning.flops' plus the element-wise work.
   # XLA counts a loop body once: with sequence_chunks = 4 the distillation step and the
   # evaluator lose half of the logits' FLOPs (a large share with 2 + 2 layers and WMT's 80
   # tokens), and the samplers all but one decoding step.
@@ -176,7 +176,7 @@ def test_paper_configs_plan_without_their_data_files():
 
 def _plan_cli(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run(
-    [sys.executable, "-m", "th_distill.plan", *args],
+    [sys.executable, "-m", "th_distill.planning.plan", *args],
     cwd=REPO,
     capture_output=True,
     text=True,

@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import pytest
 from conftest import write_micro_config_file
 
-from th_distill import checkpoints, errors, experiment
+from th_distill import errors, experiment
 from th_distill.config import load_config_file
-from th_distill.metrics_io import read_metrics
+from th_distill.observing.metrics_io import read_metrics
+from th_distill.rundir import checkpoints
 
 REGIME = "online_student"
 UNTIMED = ("time/", "throughput/")

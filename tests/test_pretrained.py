@@ -14,11 +14,11 @@ import real_task_data  # noqa: E402
 
 from th_distill import config as config_lib  # noqa: E402
 from th_distill import experiment
+from th_distill.config.settings import RunSettings  # noqa: E402
 from th_distill.data.vocabularies import SyntheticVocabulary  # noqa: E402
 from th_distill.partitioning import Partitioner  # noqa: E402
-from th_distill.settings import RunSettings  # noqa: E402
 from th_distill.stages import stage1  # noqa: E402
-from th_distill.stages.programs import Models, Programs  # noqa: E402
+from th_distill.training.programs import Models, Programs  # noqa: E402
 
 
 def _write(micro, tmp_path, name, seed=0, **overrides):

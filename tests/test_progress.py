@@ -1,4 +1,4 @@
-"""Progress lines and ETAs (th_distill.progress), the plan a run logs before any work
+"""Progress lines and ETAs (th_distill.observing.progress), the plan a run logs before any work
 (experiment.plan), and the command lines' quiet logs."""
 
 import logging
@@ -9,8 +9,10 @@ import sys
 import pytest
 from conftest import write_micro_config_file
 
-from th_distill import cli, progress, workload
+from th_distill import cli
 from th_distill.config import base_config
+from th_distill.observing import progress
+from th_distill.planning import workload
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,7 +181,7 @@ def test_the_tpu_backend_message_is_filtered():
 
 def test_the_plan_warns_when_a_program_exceeds_a_device(micro, tmp_path, monkeypatch, caplog):
   from th_distill import experiment, partitioning
-  from th_distill.stages.programs import Models
+  from th_distill.training.programs import Models
 
   caplog.set_level(logging.INFO)
   monkeypatch.setattr(experiment, "device_gib", lambda device: 1e-6)

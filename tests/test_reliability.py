@@ -19,13 +19,16 @@ import optax
 import pytest
 from conftest import micro_config
 
-from th_distill import checkpoints, divergences, experiment, guards, sampling, workdir_lock
-from th_distill.metrics_io import MetricsLost, MetricsWriter, read_metrics
+from th_distill import divergences, experiment, sampling
 from th_distill.models import T5, init_params, t5_config
+from th_distill.observing.metrics_io import MetricsLost, MetricsWriter, read_metrics
 from th_distill.partitioning import Partitioner, make_mesh
-from th_distill.resume import ConfigChanged
+from th_distill.rundir import checkpoints
+from th_distill.rundir import lock as workdir_lock
+from th_distill.rundir.resume import ConfigChanged
 from th_distill.stages.distill import MetricSums
-from th_distill.train import create_train_state
+from th_distill.training import guards
+from th_distill.training.steps import create_train_state
 
 REGIME = "offline"
 

@@ -4,8 +4,10 @@ figures (`report`)."""
 import numpy as np
 import pytest
 
-from th_distill import detection, metric_names, report, summaries
-from th_distill.metric_names import GOLDEN, PROXY, TRAIN_PROXY
+from th_distill import detection
+from th_distill.observing import metric_names
+from th_distill.observing.metric_names import GOLDEN, PROXY, TRAIN_PROXY
+from th_distill.results import report, summaries
 
 STEPS = np.arange(0, 700, 100)
 U_SHAPE = np.array([2.0, 1.6, 1.5, 1.55, 1.6, 1.65, 1.7])  # min 1.5 @ 200, +13.3 % at the end

@@ -14,8 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from th_distill import checkpoints, experiment
-from th_distill.metrics_io import read_metrics
+from th_distill import experiment
+from th_distill.observing.metrics_io import read_metrics
+from th_distill.rundir import checkpoints
 
 TESTS = os.path.dirname(__file__)
 sys.path.insert(0, TESTS)

@@ -96,7 +96,7 @@ def test_detector_eval_calibrates_on_some_seeds_and_scores_on_others(tmp_path):
   import numpy as np
 
   from th_distill import detector_eval, errors
-  from th_distill.metric_names import GOLDEN, PROXY
+  from th_distill.observing.metric_names import GOLDEN, PROXY
 
   steps = np.unique(np.rint(np.geomspace(1, 3000, 45))).astype(int)
   converging = 0.8 * steps**-0.15

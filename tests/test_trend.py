@@ -1,11 +1,11 @@
-"""The golden trend after its minimum (`th_distill.trend`) against scipy's regression and a
+"""The golden trend after its minimum (`th_distill.results.trend`) against scipy's regression and a
 hand computation of the autocorrelation adjustment."""
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from th_distill import trend
+from th_distill.results import trend
 
 
 def test_with_uncorrelated_residuals_the_interval_is_scipys_regression_interval():

@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from th_distill import checkpoints, cli, detection, errors
-from th_distill.metric_names import GOLDEN, PROXY
-from th_distill.metrics_io import column, read_metrics
-from th_distill.summaries import POSITIVE, signature
+from th_distill import cli, detection, errors
+from th_distill.observing.metric_names import GOLDEN, PROXY
+from th_distill.observing.metrics_io import column, read_metrics
+from th_distill.results.summaries import POSITIVE, signature
+from th_distill.rundir import checkpoints
 
 NEVER_RISES = 0.01  # relative rise over the running minimum that counts as the proxy rising
 

@@ -23,24 +23,20 @@ import jax
 import ml_collections
 from absl import logging
 
-from th_distill import (
-  checkpoints,
-  memory,
-  partitioning,
-  progress,
-  report,
-  resume,
-  workdir_lock,
-  workload,
-)
 from th_distill import config as config_lib
+from th_distill import partitioning
+from th_distill.config.settings import RunSettings
 from th_distill.data.pools import prompt_pools
 from th_distill.models import param_count
-from th_distill.settings import RunSettings
+from th_distill.observing import progress
+from th_distill.planning import memory, workload
+from th_distill.results import report
+from th_distill.rundir import checkpoints, resume
+from th_distill.rundir import lock as workdir_lock
+from th_distill.rundir import records as workdir_lib
 from th_distill.stages import distill
 from th_distill.stages import stage1 as stage1_lib
-from th_distill.stages import workdir as workdir_lib
-from th_distill.stages.programs import Models, Programs
+from th_distill.training.programs import Models, Programs
 
 
 def run(
@@ -134,7 +130,7 @@ def plan(
   models: Models,
 ) -> progress.RunClock:
   """Logs what the run will do, before any of it: devices and mesh, each model's parameter
-  count, the memory per device of each compiled program (`th_distill.memory`), each phase's work
+  count, the memory per device of each compiled program (`th_distill.planning.memory`), each phase's work
   and a lower bound of the time (its FLOPs at the device's matmul rate); warns when a CPU run
   would take hours. Returns the clock of the run's phases, for progress lines and ETAs."""
   mesh = partitioner.mesh
@@ -163,7 +159,7 @@ def plan(
   largest = max(programs, key=lambda name: programs[name]["total"])
   available = device_gib(device)
   logging.info(
-    "  memory per device (th_distill.memory, before XLA's temporaries): %s; a device has %s",
+    "  memory per device (th_distill.planning.memory, before XLA's temporaries): %s; a device has %s",
     ", ".join(f"{name} {parts['total']:.2f} GiB" for name, parts in programs.items()),
     f"{available:.1f} GiB" if available else "an unknown amount",
   )

@@ -19,7 +19,7 @@ import numpy as np
 from th_distill.data.batch import Batch
 from th_distill.models import T5
 from th_distill.sampling import SampleFn
-from th_distill.train import forward
+from th_distill.training.steps import forward
 
 # Bisection steps of `calibrate_oracle`; it samples once per step and once at the chosen scale.
 CALIBRATION_ITERATIONS = 14

@@ -224,7 +224,9 @@ class Partitioner:
   def state_shardings(self, model: T5, optimizer: Any) -> Any:
     """Shardings of a `TrainState` of `model` under `optimizer`: the optimiser's per-parameter
     moments follow their parameter; counters are replicated."""
-    from th_distill.train import TrainState  # train imports nothing from here; avoid a cycle
+    from th_distill.training.steps import (
+      TrainState,  # train imports nothing from here; avoid a cycle
+    )
 
     boxed = jax.eval_shape(
       lambda p: TrainState.create(apply_fn=None, params=p, tx=optimizer), boxed_param_shapes(model)
@@ -298,7 +300,7 @@ class Partitioner:
   ) -> Callable:
     """`fn(*arrays, *static)` compiled for the mesh: `call(*arrays)` runs it, `call.lower(*args)`
     lowers it for abstract arguments (`jax.ShapeDtypeStruct`s with shardings, as
-    `th_distill.plan` does). Traced and run inside `activate()`.
+    `th_distill.planning.plan` does). Traced and run inside `activate()`.
 
     `fn` should be a module-level function and `static` every other value it depends on
     (models, settings: hashable). `fn`, `static`, the mesh and the rules are static arguments of

@@ -8,7 +8,7 @@ A study config (`configs/studies/*.py`) has:
 - `base`: a complete experiment config (`th_distill.config.base_config()` and changes);
 - `variants`: name -> nested overrides of `base` (e.g. `{'offline': {'num_prompts': 64}}`);
 - `seeds`: the seeds every variant runs with;
-- `reference`: the arm the others are compared with, paired over seeds (`th_distill.paired`;
+- `reference`: the arm the others are compared with, paired over seeds (`th_distill.results.paired`;
   default: the first arm).
 
 Layout: `WORKDIR/runs/<fingerprint>/seed<s>/` is an ordinary experiment workdir (its own
@@ -34,9 +34,11 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from th_distill import cli, experiment, report, workdir_lock
+from th_distill import cli, experiment
 from th_distill import config as config_lib
-from th_distill.stages import workdir as workdir_lib
+from th_distill.results import report
+from th_distill.rundir import lock as workdir_lock
+from th_distill.rundir import records as workdir_lib
 
 
 def study_config(

@@ -4,7 +4,7 @@
 and the monitor, then steps the compiled distillation step from the latest checkpoint (or step
 0) to `student.steps`: evaluating at `EvalSettings.steps`, checkpointing every
 `checkpoint_every` steps, and stopping cleanly on pre-emption. Results go to `WORKDIR/<regime>/`
-(layout in `th_distill.stages.workdir`); a finished regime is reused.
+(layout in `th_distill.rundir.records`); a finished regime is reused.
 
 The loop never waits for the devices but where it must: the non-finite guard reads each step's
 loss one step late (after the next step is dispatched), and a logged row waits for the steps it
@@ -24,10 +24,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from th_distill import checkpoints, guards, progress, workload
 from th_distill.data import pools as pool_lib
 from th_distill.data import regimes as regime_lib
-from th_distill.metric_names import (
+from th_distill.detection.monitor import HackingMonitor
+from th_distill.observing import progress
+from th_distill.observing.metric_names import (
   DISTILL_METRICS,
   EVAL_ORACLE,
   EVAL_STUDENT,
@@ -36,13 +37,15 @@ from th_distill.metric_names import (
   PROXY,
   TRAIN_TEACHER,
 )
-from th_distill.metrics_io import MetricsWriter, read_metrics
-from th_distill.monitor import HackingMonitor
+from th_distill.observing.metrics_io import MetricsWriter, read_metrics
 from th_distill.partitioning import Partitioner, is_main_process
-from th_distill.stages import workdir as workdir_lib
+from th_distill.planning import workload
+from th_distill.rundir import checkpoints
+from th_distill.rundir import records as workdir_lib
 from th_distill.stages.keys import Purpose, key
-from th_distill.stages.programs import Programs, new_train_state
 from th_distill.stages.stage1 import Stage1
+from th_distill.training import guards
+from th_distill.training.programs import Programs, new_train_state
 
 
 def offline_dataset(

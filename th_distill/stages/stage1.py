@@ -22,14 +22,17 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from th_distill import checkpoints, guards, progress, workload
+from th_distill.config.settings import OptimizerSettings
 from th_distill.data import regimes as regime_lib
 from th_distill.models import T5, pretrained
+from th_distill.observing import progress
 from th_distill.oracle import calibrate_oracle, with_logit_scale
-from th_distill.settings import OptimizerSettings
-from th_distill.stages import workdir
+from th_distill.planning import workload
+from th_distill.rundir import checkpoints
+from th_distill.rundir import records as workdir
 from th_distill.stages.keys import Purpose, key
-from th_distill.stages.programs import Programs, new_train_state
+from th_distill.training import guards
+from th_distill.training.programs import Programs, new_train_state
 
 # Stage 1's parameter checkpoints: {directory name: model}.
 PARAMS = {"oracle": "oracle", "teacher": "teacher", "student_init": "student"}
@@ -71,7 +74,7 @@ def train_sft(
     state, metrics = step_fn(
       state, partitioner.shard_batch(batches(step)), jax.random.fold_in(rng, step)
     )
-    # Progress lines time each step (th_distill.progress), so they read its loss when printed.
+    # Progress lines time each step (th_distill.observing.progress), so they read its loss when printed.
     phase.advance("steps", detail=lambda: f"loss {float(metrics['sft/loss']):.4f}")  # noqa: B023 (read when printed, this step)
   final = {k: float(v) for k, v in metrics.items()}
   phase.finish()

@@ -20,11 +20,11 @@ import numpy as np
 from absl import logging
 from tensorboardX import SummaryWriter
 
-from th_distill import metric_names
 from th_distill.errors import RunError
+from th_distill.observing import metric_names
 
 # The headline curve names, for readers of `metrics.jsonl` (docs/detection.md, the notebooks);
-# every name is defined in `th_distill.metric_names`.
+# every name is defined in `th_distill.observing.metric_names`.
 GOLDEN, PROXY, TRAIN_PROXY = metric_names.GOLDEN, metric_names.PROXY, metric_names.TRAIN_PROXY
 
 _NONFINITE = ("nan", "inf", "-inf")  # how files written before `null` hold non-finite values

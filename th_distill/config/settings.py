@@ -19,9 +19,9 @@ import ml_collections
 import optax
 
 from th_distill.divergences import DIVERGENCES
-from th_distill.eval_schedule import evaluation_steps
+from th_distill.observing.eval_schedule import evaluation_steps
 from th_distill.sampling import MIN_TEMPERATURE
-from th_distill.train import make_optimizer
+from th_distill.training.steps import make_optimizer
 
 # A problem with one setting: (dotted config field, what is wrong and what is allowed).
 Problem = tuple[str, str]

@@ -1,7 +1,7 @@
 """The run's compiled programs: every function that runs on the mesh.
 
 The builders return `Partitioner.jit` results (call them, or `.lower` them for abstract
-arguments as `th_distill.plan` does) of module-level functions whose models and settings are
+arguments as `th_distill.planning.plan` does) of module-level functions whose models and settings are
 static arguments: JAX's own cache reuses a compiled program wherever the same function, settings,
 mesh and shapes meet again (the runs of a study, of a test session) and compiles afresh on any
 difference. `Programs` gives a run's stages their programs and wraps the samplers and the
@@ -19,14 +19,20 @@ import ml_collections
 import numpy as np
 import optax
 
-from th_distill import guards, sampling
+from th_distill import sampling
 from th_distill.config import to_t5_config
+from th_distill.config.settings import (
+  DistillSettings,
+  OptimizerSettings,
+  RunSettings,
+  SamplingSettings,
+)
 from th_distill.data.batch import Batch
 from th_distill.models import T5
 from th_distill.partitioning import Partitioner, pad_rows
 from th_distill.sampling import SampleFn
-from th_distill.settings import DistillSettings, OptimizerSettings, RunSettings, SamplingSettings
-from th_distill.train import (
+from th_distill.training import guards
+from th_distill.training.steps import (
   TrainState,
   create_train_state,
   make_distill_step,

@@ -5,7 +5,7 @@ on every config field but FREE_FIELDS: `regimes` (the list of arms to run), `on_
 to do with a non-finite step: a run stopped by one may go on skipping them), `mesh` (results do
 not depend on it beyond float tolerance, and checkpoints restore onto another mesh) and
 `hacking_threshold_pct` (read by the report only). Each stage depends on fewer
-(`th_distill.stages.workdir`). `check_workdir` compares the
+(`th_distill.rundir.records`). `check_workdir` compares the
 config a run is given with the one recorded in `WORKDIR/config.json` before that file is
 rewritten; `check_marker` compares it with the fields recorded in a stage's marker. Both refuse a
 change with `ConfigChanged`, which lists each changed field with its old and new value and the two
@@ -21,9 +21,9 @@ from typing import Any
 
 import ml_collections
 
-from th_distill import checkpoints
 from th_distill.data.regimes import REGIMES
 from th_distill.errors import RunError
+from th_distill.rundir import checkpoints
 
 # Fields a workdir's results do not depend on.
 FREE_FIELDS = ("regimes", "on_nonfinite", "mesh", "hacking_threshold_pct")

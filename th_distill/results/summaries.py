@@ -10,7 +10,7 @@ model, which makes them estimates of sequence-level KLs:
 
 Ground truth, read on held-out prompts (`outcome`, docs/metrics.md): a run's golden distance *rises*
 after its minimum when it ends at least `hacking_threshold_pct` above the minimum and its trend
-after the minimum (`th_distill.trend`: percent per doubling of the steps, with a 95% interval) is
+after the minimum (`th_distill.results.trend`: percent per doubling of the steps, with a 95% interval) is
 above zero; then it is `teacher_hacking` when the held-out proxy at the end is at or below its value
 at the golden minimum, `overfitting` when it rose too. A run whose golden never fell below its first
 evaluation and ends the threshold above it is `regression` (the student moved toward a teacher worse
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from th_distill import detection, trend
-from th_distill.metric_names import (
+from th_distill import detection
+from th_distill.observing.metric_names import (
   EVAL_ORACLE,
   GOLDEN,
   PROXY,
@@ -37,7 +37,8 @@ from th_distill.metric_names import (
   TRAIN_PROXY,
   entropy,
 )
-from th_distill.metrics_io import column
+from th_distill.observing.metrics_io import column
+from th_distill.results import trend
 
 OUTCOMES = ("teacher_hacking", "overfitting", "regression", "none", "diverged")
 # The outcomes a detector should fire on: golden rose, whatever the proxy did (stopping there, or
@@ -76,7 +77,7 @@ def signature(
   steps: np.ndarray, golden: np.ndarray, proxy: np.ndarray, threshold_pct: float
 ) -> dict[str, Any]:
   """Golden at the first evaluation, its minimum, the rise after it and its trend
-  (`th_distill.trend`), the proxy at that minimum and its change to the end, and the `outcome`,
+  (`th_distill.results.trend`), the proxy at that minimum and its change to the end, and the `outcome`,
   for one pair of curves [T] over `steps` [T]. A run whose last golden or proxy value is not
   finite is `diverged`, with None for every number."""
   truth = detection.ground_truth(steps, golden, threshold_pct)

@@ -35,8 +35,8 @@ from flax.training import train_state
 
 from th_distill import divergences
 from th_distill.data.batch import Batch
-from th_distill.metric_names import PER_SEQUENCE, REFERENCE_MODELS
 from th_distill.models import T5, shift_right
+from th_distill.observing.metric_names import PER_SEQUENCE, REFERENCE_MODELS
 
 Array = jax.Array
 Metrics = dict[str, Array]

@@ -1,7 +1,7 @@
 r"""A run's compiled programs for a mesh, ahead of time: XLA's memory, FLOPs and collectives.
 
-  python -m th_distill.plan --config=configs/xsum_large_to_base.py --mesh=1,16,2
-  python -m th_distill.plan --config=configs/t5_small.py --devices=32   # the config's mesh
+  python -m th_distill.planning.plan --config=configs/xsum_large_to_base.py --mesh=1,16,2
+  python -m th_distill.planning.plan --config=configs/t5_small.py --devices=32   # the config's mesh
 
 Every program a run compiles (`PROGRAMS`: the oracle's sampler, the teacher's SFT step, the
 student's distillation step, the online teacher sampler, the evaluator) is built by the
@@ -10,7 +10,7 @@ arguments that carry the run's shardings and compiled: no parameter, batch or da
 allocated, and no data, vocabulary or checkpoint file is read (shapes only). Per program and per
 device it reports XLA's memory analysis (arguments, outputs, temporaries, and their peak total:
 arguments + outputs - donated aliases + temporaries), XLA's FLOP count beside
-`th_distill.flops`, the collectives of the compiled HLO (count and bytes per kind) and XLA's
+`th_distill.planning.flops`, the collectives of the compiled HLO (count and bytes per kind) and XLA's
 full-rematerialisation warnings; before the programs, whether every parameter of every model is
 split as the logical rules say (`dropped_axes`). A mesh that does not use exactly the devices or
 whose data x fsdp does not divide the batches is refused in one line (exit status 2).
@@ -24,7 +24,7 @@ touches a device), so it needs no environment variable and no re-execution; as a
 needs that many CPU devices already (start Python with that XLA_FLAGS). Compiling for a CPU
 mesh is not compiling for a TPU: the partitioning, shapes, collectives and argument/output
 sizes carry over; temporaries, fusion and FLOPs of element-wise work are the CPU compiler's
-(docs/scaling.md compares them with `th_distill.memory`).
+(docs/scaling.md compares them with `th_distill.planning.memory`).
 
 Configs: the paper's configs name real tasks with empty paths (given on the command line of a
 real run). `planning_config` replaces the task and oracle sources by synthetic ones and clears
@@ -53,8 +53,9 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from th_distill import cli, flops, memory
+from th_distill import cli
 from th_distill import config as config_lib
+from th_distill.config.settings import DistillSettings, OptimizerSettings, SamplingSettings
 from th_distill.data.regimes import SAMPLE_CHUNK
 from th_distill.models import T5
 from th_distill.partitioning import (
@@ -65,10 +66,10 @@ from th_distill.partitioning import (
   make_mesh,
   resolve_mesh_shape,
 )
-from th_distill.settings import DistillSettings, OptimizerSettings, SamplingSettings
-from th_distill.stages import programs as program_lib
-from th_distill.stages.programs import Models
-from th_distill.train import Batch, create_train_state
+from th_distill.planning import flops, memory
+from th_distill.training import programs as program_lib
+from th_distill.training.programs import Models
+from th_distill.training.steps import Batch, create_train_state
 
 PROGRAMS = ("oracle_sampling", "teacher_sft_step", "distill_step", "online_sampler", "evaluator")
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
@@ -103,7 +104,7 @@ class ProgramPlan:
   `collectives`: {kind: (count, bytes)} of the collective instructions in the compiled HLO, bytes
   being the size of their results on one device; an instruction inside a loop body counts once.
   `xla_flops`: XLA's cost analysis (loop bodies counted once, element-wise work included);
-  `model_flops`: `th_distill.flops` of the whole program divided by the devices.
+  `model_flops`: `th_distill.planning.flops` of the whole program divided by the devices.
   `full_remats`: XLA's "involuntary full rematerialization" warnings while partitioning (a
   tensor replicated whole on every device to change its sharding).
   """
@@ -170,7 +171,7 @@ def _rows(rows: int, partitioner: Partitioner) -> int:
 def abstract_programs(
   config: ml_collections.ConfigDict, partitioner: Partitioner
 ) -> dict[str, tuple[Callable, tuple, int, float]]:
-  """{name: (program, abstract arguments, rows, th_distill.flops of the whole program)} for each
+  """{name: (program, abstract arguments, rows, th_distill.planning.flops of the whole program)} for each
   of `PROGRAMS`, the arguments being `jax.ShapeDtypeStruct`s with the run's shardings and
   dtypes (stage 2 holds the teacher and oracle in `frozen_dtype`)."""
   models = Models.from_config(config)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from th_distill import detection
-from th_distill.metric_names import PROXY, TRAIN_PROXY, is_curve_name
+from th_distill.observing.metric_names import PROXY, TRAIN_PROXY, is_curve_name
 
 # Checkpoints the callback may keep in the run directory, and what it may do when it fires.
 KEEP = ("best_golden", "best_predicted")

@@ -32,10 +32,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from th_distill import checkpoints, detection
-from th_distill.detector_config import callback_problems, detector_settings
-from th_distill.metric_names import DETECTOR_FIRED, DETECTOR_SCORE
+from th_distill import detection
+from th_distill.detection.config import callback_problems, detector_settings
+from th_distill.observing.metric_names import DETECTOR_FIRED, DETECTOR_SCORE
 from th_distill.partitioning import is_main_process
+from th_distill.rundir import checkpoints
 
 
 @dataclasses.dataclass

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from th_distill import checkpoints
 from th_distill.errors import RunError
-from th_distill.metrics_io import MetricsLost, read_metrics
-from th_distill.train import TrainState
+from th_distill.observing.metrics_io import MetricsLost, read_metrics
+from th_distill.rundir import checkpoints
+from th_distill.training.steps import TrainState
 
 
 class NonFiniteStep(RunError):

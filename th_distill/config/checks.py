@@ -4,13 +4,13 @@
 `ConfigError` that lists every problem, each with its field and what is allowed. It runs both
 halves of the check:
 - `check_fields(config)`: the values alone, without devices or files. It composes the typed
-  settings' own checks (`problems()` of th_distill.settings) with the checks that span sections.
+  settings' own checks (`problems()` of th_distill.config.settings) with the checks that span sections.
 - `check_environment(config)`: what needs this machine or files: the mesh on the local devices,
   the seqio extra, the task's vocabulary file and data directory, and each checkpoint's fit to its
   model.
 
 The defaults (`base_config`, `overfit_config`, `strong_teacher_config`, `paper_config`,
-`model_config`, `to_t5_config`) live in th_distill.defaults and are importable from here too.
+`model_config`, `to_t5_config`) live in th_distill.config.defaults and are importable from here too.
 """
 
 from __future__ import annotations
@@ -23,40 +23,15 @@ import os
 import jax
 import ml_collections
 
-from th_distill import detector_config
+from th_distill.config.defaults import base_config, to_t5_config
+from th_distill.config.settings import DistillSettings, OptimizerSettings, Problem, SamplingSettings
 from th_distill.data import prompts as prompt_lib
 from th_distill.data import tasks, vocabularies
 from th_distill.data.regimes import REGIMES
-from th_distill.defaults import (
-  base_config,
-  model_config,
-  overfit_config,
-  paper_config,
-  strong_teacher_config,
-  to_t5_config,
-)
+from th_distill.detection import config as detector_config
 from th_distill.errors import EX_USAGE, RunError
 from th_distill.models import pretrained
 from th_distill.partitioning import resolve_mesh_shape
-from th_distill.settings import DistillSettings, OptimizerSettings, Problem, SamplingSettings
-
-__all__ = [
-  "ONLINE_PROMPTS",
-  "ConfigError",
-  "base_config",
-  "check_environment",
-  "check_fields",
-  "dotted_keys",
-  "load_config_file",
-  "model_config",
-  "overfit_config",
-  "paper_config",
-  "strong_teacher_config",
-  "suggest",
-  "to_t5_config",
-  "validate",
-]
-
 
 # Where the online regimes draw prompts: the offline arm's N prompts or the whole pool.
 ONLINE_PROMPTS = ("offline", "pool")

@@ -13,8 +13,8 @@ import dataclasses
 
 import ml_collections
 
-from th_distill.metrics_io import PROXY
 from th_distill.models import T5Config, t5_config
+from th_distill.observing.metrics_io import PROXY
 
 
 def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
@@ -102,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = dict(num_train_prompts=256, batch_size=512)
   c.eval_every = 100
   # Extra evaluations log-spaced over [1, steps]: the early, fast part of the curves, where the
-  # convergence law of the hacking detector is fitted (see th_distill.eval_schedule).
+  # convergence law of the hacking detector is fitted (see th_distill.observing.eval_schedule).
   c.eval_log_points = 30
   c.checkpoint_every = 1000
   # A distillation step with a non-finite loss or gradient norm stops the run ('stop'; its last

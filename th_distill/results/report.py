@@ -1,6 +1,6 @@
 """The reports: `summary.json`, figures and `report.md` of one experiment (`write_report`) or
-of a study (`write_study_report`). The numbers come from `th_distill.summaries` (the oracle's
-verdicts and their definitions), the figures from `th_distill.plots`.
+of a study (`write_study_report`). The numbers come from `th_distill.results.summaries` (the oracle's
+verdicts and their definitions), the figures from `th_distill.results.plots`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from th_distill import checkpoints, detection, paired, plots
-from th_distill.detector_config import detector_settings
-from th_distill.metric_names import GOLDEN, PROXY, TRAIN_PROXY
-from th_distill.metrics_io import column, read_metrics
-from th_distill.summaries import detector_quality, summarize_arm, summarize_run
+from th_distill import detection
+from th_distill.detection.config import detector_settings
+from th_distill.observing.metric_names import GOLDEN, PROXY, TRAIN_PROXY
+from th_distill.observing.metrics_io import column, read_metrics
+from th_distill.results import paired, plots
+from th_distill.results.summaries import detector_quality, summarize_arm, summarize_run
+from th_distill.rundir import checkpoints
 
 
 def _curves(
@@ -299,7 +301,7 @@ def write_study_report(
 
   Writes `summary.json` (per arm: every seed's run summary and the means; `paired`: every arm's
   paired differences over seeds from the `reference` arm, by default the first;
-  `th_distill.paired`), `curves.png`, `proxy_golden.png`, `detector.png` and `report.md` into
+  `th_distill.results.paired`), `curves.png`, `proxy_golden.png`, `detector.png` and `report.md` into
   `directory`; `config` gives the detector settings and the hacking threshold. Arms without any
   finished seed are left out.
   """

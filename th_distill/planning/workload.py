@@ -1,6 +1,6 @@
 """What each phase of a run computes, from the config alone: samples to draw, steps to train,
-evaluations, and their FLOPs (`th_distill.flops`). `phases` lists them for the plan a run prints
-before any work and for the progress lines and ETAs of `th_distill.progress`; the pipeline
+evaluations, and their FLOPs (`th_distill.planning.flops`). `phases` lists them for the plan a run prints
+before any work and for the progress lines and ETAs of `th_distill.observing.progress`; the pipeline
 reports to them by key (`ORACLE_CALIBRATION`, ..., `regime_key(regime)`).
 """
 
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from th_distill import flops, oracle
+from th_distill import oracle
 from th_distill.config import to_t5_config
-from th_distill.eval_schedule import evaluation_steps
-from th_distill.progress import Phase, Work
+from th_distill.observing.eval_schedule import evaluation_steps
+from th_distill.observing.progress import Phase, Work
+from th_distill.planning import flops
 
 ORACLE_CALIBRATION = "oracle calibration"
 ORACLE_SAMPLES = "oracle samples"

@@ -31,9 +31,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from th_distill import checkpoints, resume
 from th_distill.errors import EX_TEMPFAIL, RunError
 from th_distill.partitioning import is_main_process
+from th_distill.rundir import checkpoints, resume
 
 # Stage 1's sections: the oracle, its data, the teacher's SFT, the student's initialisation and
 # the shared sampling settings (the eval sets are sampled in stage 1).

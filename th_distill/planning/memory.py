@@ -1,11 +1,11 @@
 r"""Memory per device of a run's compiled programs, computed from the shapes (no accelerator).
 
-  python -m th_distill.memory                       # the paper's XSum setup, several meshes
-  python -m th_distill.memory --config=configs/t5_small.py --mesh=1,8,1 --mesh=2,2,2
+  python -m th_distill.planning.memory                       # the paper's XSum setup, several meshes
+  python -m th_distill.planning.memory --config=configs/t5_small.py --mesh=1,8,1 --mesh=2,2,2
 
 Prints two tables, every figure in GiB (2^30 bytes) per device: the distillation step's parts
 for each mesh and memory setting, then each program's total (`program_estimates`: the names of
-`th_distill.plan`, which compiles the same programs and reports XLA's own figures).
+`th_distill.planning.plan`, which compiles the same programs and reports XLA's own figures).
 
 What is counted, per device: parameters divided by the mesh axes their sharding uses
 (`partitioning.mesh_axes`, the rules the run uses): the trained model in float32 with its
@@ -144,7 +144,7 @@ def program_estimates(
   config: ml_collections.ConfigDict, mesh: Sequence[int]
 ) -> dict[str, dict[str, float]]:
   """{program: {part: GiB per device, 'total', 'total, all gathered'}} for the programs of
-  `th_distill.plan.PROGRAMS` on a (data, fsdp, model) `mesh`, with the batches the run uses
+  `th_distill.planning.plan.PROGRAMS` on a (data, fsdp, model) `mesh`, with the batches the run uses
   (samplers of the oracle data: `SAMPLE_CHUNK` rows; online sampler and distillation step:
   `student.batch_size`; SFT: `teacher.batch_size`; evaluator: `eval.batch_size`)."""
   mesh_shape = dict(zip(MESH_AXES, mesh))

@@ -1,0 +1,42 @@
+"""The experiment's configuration: the defaults, loading a config file, and its checks.
+
+A config file is an `ml_collections.ConfigDict` (`defaults.base_config()` and its variants); it
+is checked at the boundary (`validate`) and read once into the typed, frozen sections the stages
+take (`th_distill.config.settings`).
+"""
+
+from th_distill.config.checks import (
+  ONLINE_PROMPTS,
+  ConfigError,
+  check_environment,
+  check_fields,
+  dotted_keys,
+  load_config_file,
+  suggest,
+  validate,
+)
+from th_distill.config.defaults import (
+  base_config,
+  model_config,
+  overfit_config,
+  paper_config,
+  strong_teacher_config,
+  to_t5_config,
+)
+
+__all__ = [
+  "ONLINE_PROMPTS",
+  "ConfigError",
+  "base_config",
+  "check_environment",
+  "check_fields",
+  "dotted_keys",
+  "load_config_file",
+  "model_config",
+  "overfit_config",
+  "paper_config",
+  "strong_teacher_config",
+  "suggest",
+  "to_t5_config",
+  "validate",
+]

@@ -10,7 +10,7 @@ import pytest
 
 from th_distill import config as config_lib
 from th_distill import experiment
-from th_distill.config import settings
+from th_distill.config.run_config import RunConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,18 +54,19 @@ def test_every_error_is_reported_at_once(micro):
 
 
 def test_settings_name_their_own_invalid_fields_as_in_the_config(micro):
-  loss = settings.LossSettings.from_config(micro)
+  typed = RunConfig.from_config(micro)
+  loss = typed.loss
   assert loss.problems() == []
   assert dict(dataclasses.replace(loss, beta=1.5).problems()) == {
     "loss.beta": "must be in [0, 1], got 1.5"
   }
-  teacher = settings.OptimizerSettings.sft(micro.teacher, micro.teacher.steps)
+  teacher = typed.teacher.sft
   assert [
     field
     for field, _ in dataclasses.replace(teacher, batch_size=0, schedule="step").problems("teacher")
   ] == ["teacher.batch_size", "teacher.schedule"]
   distill = dataclasses.replace(
-    settings.DistillSettings.from_config(micro),
+    typed.distill,
     loss=dataclasses.replace(loss, temperature=0.0),
     on_nonfinite="retry",
   )

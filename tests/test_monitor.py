@@ -9,10 +9,13 @@ import pytest
 
 from th_distill import detection, experiment
 from th_distill.config import base_config
+from th_distill.config.run_config import RunConfig
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.observing.metric_names import GOLDEN, PROXY
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.rundir import checkpoints
+from th_distill.rundir.kept import KeptParameters
+from th_distill.training.hooks import DetectorAction
 
 STEPS = np.unique(np.rint(np.geomspace(1, 3000, 45))).astype(int)
 
@@ -34,16 +37,26 @@ def _params(step):
 def _monitor(tmp_path, **changes):
   section = base_config().detection
   section.update(changes)
-  return section, HackingMonitor.from_config(section, str(tmp_path), GOLDEN)
+  return section, _watch(section, str(tmp_path))
+
+
+def _watch(section, directory, history=()):
+  """The monitor and the parameters it keeps, joined as the training loop joins them (the loop
+  itself is exercised by the pipeline test below)."""
+  typed = RunConfig.from_config({**base_config().to_dict(), "detection": section.to_dict()})
+  det = typed.detection
+  monitor = HackingMonitor.replay(det.metric, GOLDEN, det.detector, det.on_detect, history)
+  return DetectorAction(monitor, KeptParameters(directory, det.keep))
 
 
 def test_keeps_best_golden_and_best_predicted_checkpoints_and_stops(tmp_path):
-  section, monitor = _monitor(tmp_path, on_detect="stop", keep=("best_golden", "best_predicted"))
+  section, action = _monitor(tmp_path, on_detect="stop", keep=("best_golden", "best_predicted"))
+  monitor = action.monitor
   expected = detection.detect(STEPS, [r[PROXY] for r in _rows()])
   assert expected.detected
   stopped_at = None
   for row in _rows():
-    extra = monitor.observe(row["step"], row, _params(row["step"]))
+    extra = action.observe(row["step"], row, _params(row["step"]))
     assert "detector/fired" in extra and set(extra) <= {"detector/score", "detector/fired"}
     if monitor.should_stop:
       stopped_at = row["step"]
@@ -64,9 +77,10 @@ def test_keeps_best_golden_and_best_predicted_checkpoints_and_stops(tmp_path):
 
 
 def test_candidates_hold_only_what_may_become_best_predicted(tmp_path):
-  _, monitor = _monitor(tmp_path, keep=("best_predicted",))
+  _, action = _monitor(tmp_path, keep=("best_predicted",))
+  monitor = action.monitor
   for row in _rows()[:27]:  # up to step 282, before the detector fires
-    monitor.observe(row["step"], row, _params(row["step"]))
+    action.observe(row["step"], row, _params(row["step"]))
     kept = {int(name) for name in os.listdir(tmp_path / "candidates")}
     assert kept == monitor.detector.candidate_steps() and int(row["step"]) in kept
   assert not monitor.fired and len(kept) < 27
@@ -76,10 +90,10 @@ def test_a_monitor_rebuilt_from_logged_rows_continues_identically(tmp_path):
   rows = _rows()
   section, whole = _monitor(tmp_path / "a")
   outputs = [whole.observe(r["step"], r, _params(r["step"])) for r in rows]
-  resumed = HackingMonitor.from_config(section, str(tmp_path / "b"), GOLDEN, history=rows[:20])
+  resumed = _watch(section, str(tmp_path / "b"), history=rows[:20])
   again = [resumed.observe(r["step"], r, _params(r["step"])) for r in rows[20:]]
   assert json.dumps(again) == json.dumps(outputs[20:])
-  assert resumed.result.step == whole.result.step
+  assert resumed.monitor.result.step == whole.monitor.result.step
 
 
 def test_pipeline_stops_when_the_detector_fires(micro, tmp_path):

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from th_distill import experiment
+from th_distill.config.run_config import RunConfig
 from th_distill.data import pools as pool_lib
 from th_distill.data import regimes as regime_lib
+from th_distill.data import sources
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.results.report import GOLDEN, PROXY, TRAIN_PROXY
 from th_distill.rundir import checkpoints
@@ -168,8 +170,9 @@ def test_memory_settings_run_end_to_end_and_barely_change_the_metrics(micro, tmp
 @pytest.mark.parametrize("source", ["offline", "pool"])
 def test_online_prompts_come_from_the_configured_source(micro, source):
   micro.online.prompts = source
-  pools = pool_lib.prompt_pools(micro)
-  prompts = pool_lib.online_prompts(micro, pools)
+  typed = RunConfig.from_config(micro)
+  pools = pool_lib.prompt_pools(typed)
+  prompts = sources.online_prompts(typed, pools)
   expected = (
     pools["distill"][: micro.offline.num_prompts] if source == "offline" else pools["distill"]
   )
@@ -187,5 +190,5 @@ def test_online_regime_trains_on_the_offline_prompts_by_default(micro, monkeypat
 
   monkeypatch.setattr(regime_lib, "online_batches", recording)
   experiment.run(micro, str(tmp_path))
-  pools = pool_lib.prompt_pools(micro)
+  pools = pool_lib.prompt_pools(RunConfig.from_config(micro))
   np.testing.assert_array_equal(seen[0], pools["distill"][: micro.offline.num_prompts])

@@ -1,7 +1,8 @@
 """Device mesh, logical-axis rules, sharded initialisation and placement, multi-host start-up.
 
 The model annotates every parameter and activation with logical axis names (`batch, length, embed,
-mlp, heads, kv, vocab, relpos_buckets`); `DEFAULT_RULES` maps them onto the three mesh axes:
+mlp, heads, kv, vocab, relpos_buckets`, and `layers` for the stacked parameters of a model with
+`scan_layers`, never sharded); `DEFAULT_RULES` maps them onto the three mesh axes:
 
 - `data`: pure data parallelism (the batch is split, parameters are replicated);
 - `fsdp`: the batch is split *and* parameters and optimiser state are sharded along `embed`
@@ -53,6 +54,7 @@ DEFAULT_RULES: LogicalRules = (
   ("kv", None),
   ("length", None),
   ("relpos_buckets", None),
+  ("layers", None),  # the leading axis of scanned (stacked) layer parameters
 )
 
 # Environment variables of an explicitly launched multi-process job (launch/multihost_gpu.py).

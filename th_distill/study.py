@@ -36,9 +36,11 @@ from ml_collections import config_flags
 
 from th_distill import cli, experiment
 from th_distill import config as config_lib
+from th_distill.config.run_config import RunConfig
 from th_distill.results import report
 from th_distill.rundir import lock as workdir_lock
-from th_distill.rundir import records as workdir_lib
+from th_distill.rundir import records
+from th_distill.rundir.layout import RunDirectory
 
 
 def study_config(
@@ -91,18 +93,18 @@ def run_configs(
   return runs
 
 
-def run_dir(workdir: str, config: ml_collections.ConfigDict) -> str:
+def run_dir(workdir: str, config: RunConfig) -> str:
   """The experiment workdir of `config` (shared by configs that differ only in fields no result
-  depends on: `resume.FREE_FIELDS`, such as `regimes` or `mesh`)."""
-  key = workdir_lib.fingerprint(
-    config, tuple(k for k in workdir_lib.regime_sections(config) if k != "seed")
+  depends on: `records.FREE_FIELDS`, such as `regimes` or `mesh`)."""
+  key = records.fingerprint(
+    config, tuple(k for k in records.regime_sections(config) if k != "seed")
   )
   return os.path.join(workdir, "runs", key, f"seed{config.seed}")
 
 
-def stage1_dir(workdir: str, config: ml_collections.ConfigDict) -> str:
+def stage1_dir(workdir: str, config: RunConfig) -> str:
   """The stage-1 directory shared by the runs with this config's seed and stage-1 settings."""
-  key = workdir_lib.fingerprint(config, workdir_lib.stage1_sections(config))
+  key = records.fingerprint(config, records.stage1_sections(config))
   return os.path.join(workdir, "stage1", f"seed{config.seed}-{key}")
 
 
@@ -130,11 +132,12 @@ def _run(
   """`run`, with the study workdir locked (its runs lock their own workdirs)."""
   regimes = {r for _, _, config in runs for r in config.regimes}
   arms: dict[str, list[tuple[int, str]]] = {}
-  for variant, seed, config in runs:
+  typed = [RunConfig.from_config(config) for _, _, config in runs]
+  for (variant, seed, config), run_config in zip(runs, typed):
     for regime in config.regimes:
       label = arm_label(variant, regime, len(study.variants), regimes)
       arms.setdefault(label, []).append(
-        (seed, os.path.join(run_dir(workdir, config), regime, "metrics.jsonl"))
+        (seed, RunDirectory(run_dir(workdir, run_config)).regime(regime).metrics)
       )
   reference = study.get("reference", "")
   if reference and reference not in arms:
@@ -143,7 +146,7 @@ def _run(
       f"are {sorted(arms)}" + config_lib.suggest(reference, list(arms))
     )
   start, teacher_golden = time.time(), {}
-  for index, (variant, seed, config) in enumerate(runs):
+  for index, ((variant, seed, config), run_config) in enumerate(zip(runs, typed)):
     logging.info(
       "Study run %d/%d: variant %r, seed %d (%.0fs elapsed)",
       index + 1,
@@ -152,13 +155,14 @@ def _run(
       seed,
       time.time() - start,
     )
-    done = experiment.run(config, run_dir(workdir, config), stage1_dir(workdir, config))
+    directory = RunDirectory(run_dir(workdir, run_config), stage1_dir(workdir, run_config))
+    done = experiment.run(config, directory.path, directory.stage1_path)
     for regime in config.regimes:
-      path = os.path.join(run_dir(workdir, config), regime, "metrics.jsonl")
+      path = directory.regime(regime).metrics
       teacher_golden[path] = done.get("teacher_golden")  # {} off process 0
   directory = os.path.join(workdir, study.name)
   summary = report.write_study_report(
-    directory, study.title, arms, study.base, reference, teacher_golden
+    directory, study.title, arms, RunConfig.from_config(study.base), reference, teacher_golden
   )
   logging.info(
     "Study done in %.0fs; report in %s", time.time() - start, os.path.join(directory, "report.md")

@@ -1,12 +1,12 @@
 """The experiment's configuration: the defaults, loading a config file, and its checks.
 
 A config file is an `ml_collections.ConfigDict` (`defaults.base_config()` and its variants); it
-is checked at the boundary (`validate`) and read once into the typed, frozen sections the stages
-take (`th_distill.config.settings`).
+is checked at the boundary and read once into the typed, frozen `RunConfig` the rest of the
+library takes (`validate`, th_distill.config.run_config and .sections); the compiled programs
+take the settings it derives (th_distill.config.settings).
 """
 
 from th_distill.config.checks import (
-  ONLINE_PROMPTS,
   ConfigError,
   check_environment,
   check_fields,
@@ -23,10 +23,13 @@ from th_distill.config.defaults import (
   strong_teacher_config,
   to_t5_config,
 )
+from th_distill.config.run_config import RunConfig
+from th_distill.config.sections import ONLINE_PROMPTS
 
 __all__ = [
   "ONLINE_PROMPTS",
   "ConfigError",
+  "RunConfig",
   "base_config",
   "check_environment",
   "check_fields",

@@ -1,16 +1,14 @@
-"""Reading and checking the experiment configuration at the boundary, before any compute.
+"""Checking the experiment configuration at the boundary, before any compute.
 
-`load_config_file(path)` runs a config file's `get_config()`. `validate(config)` raises one
-`ConfigError` that lists every problem, each with its field and what is allowed. It runs both
-halves of the check:
-- `check_fields(config)`: the values alone, without devices or files. It composes the typed
-  settings' own checks (`problems()` of th_distill.config.settings) with the checks that span sections.
+`load_config_file(path)` runs a config file's `get_config()`. `validate(config)` returns the
+typed config (`RunConfig`) or raises one `ConfigError` that lists every problem, each with its
+field and what is allowed. It runs both halves of the check:
+- `check_fields(config)`: the values alone, without devices or files: unknown and non-finite
+  fields, the models' and the detector's own checks, then every section's `problems()` and the
+  checks that span sections (`RunConfig.problems`).
 - `check_environment(config)`: what needs this machine or files: the mesh on the local devices,
   the seqio extra, the task's vocabulary file and data directory, and each checkpoint's fit to its
   model.
-
-The defaults (`base_config`, `overfit_config`, `strong_teacher_config`, `paper_config`,
-`model_config`, `to_t5_config`) live in th_distill.config.defaults and are importable from here too.
 """
 
 from __future__ import annotations
@@ -23,18 +21,14 @@ import os
 import jax
 import ml_collections
 
-from th_distill.config.defaults import base_config, to_t5_config
-from th_distill.config.settings import DistillSettings, OptimizerSettings, Problem, SamplingSettings
-from th_distill.data import prompts as prompt_lib
+from th_distill.config.defaults import base_config, model_config, to_t5_config
+from th_distill.config.run_config import MODELS, RunConfig, model_of
+from th_distill.config.settings import Problem
 from th_distill.data import tasks, vocabularies
-from th_distill.data.regimes import REGIMES
 from th_distill.detection import config as detector_config
 from th_distill.errors import EX_USAGE, RunError
 from th_distill.models import pretrained
 from th_distill.partitioning import resolve_mesh_shape
-
-# Where the online regimes draw prompts: the offline arm's N prompts or the whole pool.
-ONLINE_PROMPTS = ("offline", "pool")
 
 
 class ConfigError(RunError, ValueError):
@@ -115,7 +109,28 @@ class _Problems:
       )
 
 
-def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> None:
+def _buildable(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`c` with each model sub-config and detector setting that cannot be built (their own types
+  check them; the problems are reported) replaced by a valid one, so every other section's
+  problems are found too."""
+  c = c.copy_and_resolve_references()
+  for name in MODELS:
+    try:
+      model_of(c[name].model)
+    except (TypeError, ValueError):
+      c[name].model = model_config("tiny", vocab_size=max(c.task.vocab_size, 1))
+  try:
+    detector_config.detector_settings(c.detection)
+  except ValueError:
+    defaults = base_config().detection
+    c.detection.update({k: defaults[k] for k in detector_config.SETTINGS_FIELDS if k in defaults})
+  return c
+
+
+def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> RunConfig:
+  """The dict-level checks (unknown and non-finite fields, the models' and the detector's own
+  checks), then every section's: returns the typed config (of placeholders where a model or
+  the detector could not be built, so only use it if no problem was found)."""
   errors, check = problems.errors, problems.check
   known = dotted_keys(base_config()) + [f"detection.{k}" for k in detector_config.SETTINGS_FIELDS]
   model_keys = ("oracle.model.", "teacher.model.", "student.model.")  # checked by T5Config
@@ -124,122 +139,15 @@ def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> None:
       check(False, key, "no such field" + suggest(key, known))
   for key in _non_finite_fields(c):
     check(False, key, "must be a finite number")
-  check(0 <= c.seed < 2**32, "seed", f"must be in [0, 2**32), got {c.seed}")
-
-  regimes = tuple(c.regimes)
-  check(len(regimes) > 0, "regimes", "must name at least one regime")
-  for regime in regimes:
-    check(regime in REGIMES, "regimes", f"unknown regime {regime!r}; allowed: {REGIMES}")
-  check(len(set(regimes)) == len(regimes), "regimes", "must not repeat a regime")
-  problems.add(SamplingSettings.from_config(c).problems())
-  problems.add(OptimizerSettings.sft(c.teacher, c.teacher.steps).problems("teacher"))
-  problems.add(DistillSettings.from_config(c).problems())
-  check(c.student.sft_steps >= 0, "student.sft_steps", "must be >= 0")
-  check(
-    math.isfinite(c.teacher.temperature) and c.teacher.temperature > 0,
-    "teacher.temperature",
-    f"must be a finite number > 0, got {c.teacher.temperature}",
-  )
-  check(
-    c.online.prompts in ONLINE_PROMPTS,
-    "online.prompts",
-    f"must be one of {ONLINE_PROMPTS}, got {c.online.prompts!r}",
-  )
-  check(
-    0.0 <= c.mixture.student_fraction <= 1.0,
-    "mixture.student_fraction",
-    f"must be in [0, 1], got {c.mixture.student_fraction}",
-  )
-  check(
-    c.oracle.source in ("synthetic", "checkpoint"),
-    "oracle.source",
-    f"must be 'synthetic' or 'checkpoint', got {c.oracle.source!r}",
-  )
-  check(
-    c.oracle.source != "checkpoint" or bool(c.oracle.checkpoint),
-    "oracle.checkpoint",
-    "must be a local checkpoint path when oracle.source = 'checkpoint'",
-  )
-  check(
-    c.student.init in ("scratch", "sft"),
-    "student.init",
-    f"must be 'scratch' or 'sft', got {c.student.init!r}",
-  )
-  if c.oracle.source == "synthetic":
-    max_entropy = math.log(max(c.task.vocab_size, 1))
-    check(
-      0 < c.oracle.target_entropy < max_entropy,
-      "oracle.target_entropy",
-      f"must be in (0, log task.vocab_size = {max_entropy:.3f}) nats, got "
-      f"{c.oracle.target_entropy}",
-    )
-    check(
-      c.oracle.weight_scale > 0, "oracle.weight_scale", f"must be > 0, got {c.oracle.weight_scale}"
-    )
-
-  check(
-    c.task.source in ("synthetic", "seqio"),
-    "task.source",
-    f"must be 'synthetic' or 'seqio', got {c.task.source!r}",
-  )
-  for name in ("oracle", "teacher", "student"):
+  for name in MODELS:
     try:
-      model = to_t5_config(c[name].model)
+      model_of(c[name].model)
     except (TypeError, ValueError) as e:
       errors.append(f"{name}.model: {e}")
-      continue
-    check(
-      model.vocab_size == c.task.vocab_size,
-      f"{name}.model.vocab_size",
-      f"{model.vocab_size} differs from task.vocab_size = {c.task.vocab_size}; oracle, "
-      "teacher and student must share one vocabulary",
-    )
-
-  for key in ("vocab_size", "prompt_length"):
-    check(c.task[key] > 0, f"task.{key}", f"must be > 0, got {c.task[key]}")
-  for key in ("num_oracle", "num_distill", "num_eval"):
-    check(c.prompts[key] > 0, f"prompts.{key}", f"must be > 0, got {c.prompts[key]}")
-  if c.task.source == "synthetic":
-    tokens = c.task.vocab_size - prompt_lib.FIRST_TOKEN  # ids 0 and 1 never start a prompt
-    pool = c.prompts.num_oracle + c.prompts.num_distill + c.prompts.num_eval
-    check(
-      tokens >= 2,
-      "task.vocab_size",
-      f"must be >= {prompt_lib.FIRST_TOKEN + 2} for synthetic prompts, got {c.task.vocab_size}",
-    )
-    # As data.prompts.zipf_prompts requires: 4 x the pool fits in tokens ** prompt_length.
-    check(
-      tokens < 2
-      or c.task.prompt_length <= 0
-      or math.log(4 * max(pool, 1)) <= c.task.prompt_length * math.log(tokens),
-      "task.prompt_length",
-      f"{c.task.prompt_length} tokens over {tokens} ids cannot make "
-      f"{pool} distinct prompts (prompts.num_*); use longer prompts or fewer of them",
-    )
-  n, k = c.offline.num_prompts, c.offline.generations_per_prompt
-  check(n > 0, "offline.num_prompts", f"N must be > 0, got {n}")
-  check(k > 0, "offline.generations_per_prompt", f"k must be > 0, got {k}")
-  check(
-    n <= c.prompts.num_distill,
-    "offline.num_prompts",
-    f"N = {n} exceeds the distillation prompt pool prompts.num_distill = "
-    f"{c.prompts.num_distill} (N x k = {n * k} examples are drawn from N distinct prompts)",
-  )
-  check(c.eval.num_train_prompts > 0, "eval.num_train_prompts", "must be > 0")
-  check(c.eval.batch_size > 0, "eval.batch_size", "must be > 0")
-  check(c.eval_every > 0, "eval_every", f"must be > 0, got {c.eval_every}")
-  check(
-    c.eval_log_points >= 0, "eval_log_points", f"must be >= 0 (0 = off), got {c.eval_log_points}"
-  )
-  check(c.checkpoint_every > 0, "checkpoint_every", f"must be > 0, got {c.checkpoint_every}")
-  check(c.hacking_threshold_pct >= 0, "hacking_threshold_pct", "must be >= 0")
   errors.extend(detector_config.problems(c.detection))
-
-  check(
-    c.sequence_chunks > 0 and c.task.response_length % c.sequence_chunks == 0,
-    "sequence_chunks",
-    f"{c.sequence_chunks} must be > 0 and divide task.response_length = {c.task.response_length}",
-  )
+  typed = RunConfig.from_config(_buildable(c))
+  problems.add(typed.problems())
+  return typed
 
 
 def _check_environment(
@@ -301,12 +209,14 @@ def _check_environment(
     )
 
 
-def check_fields(c: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError listing every invalid value of `c`, judged from the values alone (no
-  device, file or checkpoint is read): one message per field, the first problem found."""
+def check_fields(c: ml_collections.ConfigDict) -> RunConfig:
+  """The typed config of `c`; raises ConfigError listing every invalid value of `c`, judged from
+  the values alone (no device, file or checkpoint is read): one message per field, the first
+  problem found."""
   problems = _Problems()
-  _check_fields(c, problems)
+  typed = _check_fields(c, problems)
   problems.raise_any()
+  return typed
 
 
 def check_environment(c: ml_collections.ConfigDict, devices: int | None = None) -> None:
@@ -318,10 +228,12 @@ def check_environment(c: ml_collections.ConfigDict, devices: int | None = None) 
   problems.raise_any()
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """check_fields and check_environment together (nothing is computed before this): raises one
-  ConfigError listing every problem of both, one message per field."""
+def validate(c: ml_collections.ConfigDict) -> RunConfig:
+  """check_fields and check_environment together (nothing is computed before this): returns
+  the typed config the run reads, or raises one ConfigError listing every problem of both, one
+  message per field."""
   problems = _Problems()
-  _check_fields(c, problems)
+  typed = _check_fields(c, problems)
   _check_environment(c, problems)
   problems.raise_any()
+  return typed

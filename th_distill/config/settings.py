@@ -1,25 +1,21 @@
-"""Typed, frozen settings of the stages, read once from a validated config.
+"""The settings each compiled program takes: hashable, frozen, derived from the `RunConfig`.
 
-The config file (an `ml_collections.ConfigDict`) is what a user writes and overrides on the
-command line; `config.validate` checks it. The stages do not read the dict: they take these
-settings, built at the boundary (`RunSettings.from_config`), so each compiled program's signature
-says what it depends on and nothing can change a setting after the run starts. All are hashable.
-
-The types check their own values: `problems()` lists `(field, message)` pairs, each field named
-as in the config it is read from. `EvalSettings` (its steps are computed, so only a valid config
-builds it) and `RunSettings` (which holds one) have none: `config.check_fields` checks their
-fields and composes the others' problems with the checks that span sections.
+`SamplingSettings` (every sampler), `OptimizerSettings` (an SFT or the distillation's AdamW),
+`LossSettings` (the distillation loss; also the config's `loss` section as it is),
+`DistillSettings` (the distillation step) and `EvalSettings` (the evaluation schedule). They are
+static arguments of the programs (`th_distill.training.programs`), so a program's signature says
+what it depends on. Each checks its own values: `problems()` lists `(field, message)` pairs, the
+field named as in the config file it is read from (`EvalSettings`'s steps are computed from
+checked fields, so it has none).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import ml_collections
 import optax
 
 from th_distill.divergences import DIVERGENCES
-from th_distill.observing.eval_schedule import evaluation_steps
 from th_distill.sampling import MIN_TEMPERATURE
 from th_distill.training.steps import make_optimizer
 
@@ -36,7 +32,7 @@ ON_NONFINITE = ("stop", "skip")
 FROZEN_DTYPES = ("float32", "bfloat16")
 
 
-def _failed(*checks: tuple[bool, str, str]) -> list[Problem]:
+def failed(*checks: tuple[bool, str, str]) -> list[Problem]:
   """The (field, message) of each (ok, field, message) check that is not ok."""
   return [(field, message) for ok, field, message in checks if not ok]
 
@@ -51,13 +47,8 @@ class SamplingSettings:
   top_k: int
   top_p: float
 
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> SamplingSettings:
-    s = config.sampling
-    return cls(config.task.response_length, s.temperature, s.top_k, s.top_p)
-
   def problems(self) -> list[Problem]:
-    return _failed(
+    return failed(
       (self.max_length > 0, "task.response_length", f"must be > 0, got {self.max_length}"),
       (
         self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
@@ -82,30 +73,9 @@ class OptimizerSettings:
   weight_decay: float = 0.0
   grad_clip: float = 0.0
 
-  @classmethod
-  def sft(cls, section: ml_collections.ConfigDict, steps: int) -> OptimizerSettings:
-    """The SFT optimiser of `section` (`config.teacher`, or `config.student` for its initial
-    SFT of `student.sft_steps`): no weight decay or clipping."""
-    return cls(
-      section.learning_rate, steps, section.batch_size, section.warmup_steps, section.schedule
-    )
-
-  @classmethod
-  def distill(cls, student: ml_collections.ConfigDict) -> OptimizerSettings:
-    """The stage-2 student's optimiser (`config.student`)."""
-    return cls(
-      student.learning_rate,
-      student.steps,
-      student.batch_size,
-      student.warmup_steps,
-      student.schedule,
-      student.weight_decay,
-      student.grad_clip,
-    )
-
   def problems(self, section: str) -> list[Problem]:
     """Problems of these settings read from `config.<section>` ('teacher' or 'student')."""
-    return _failed(
+    return failed(
       (
         self.learning_rate > 0,
         f"{section}.learning_rate",
@@ -152,13 +122,8 @@ class LossSettings:
   normalized: bool
   temperature: float
 
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> LossSettings:
-    loss = config.loss
-    return cls(loss.name, loss.beta, loss.normalized, loss.temperature)
-
   def problems(self) -> list[Problem]:
-    return _failed(
+    return failed(
       (self.name in DIVERGENCES, "loss.name", f"{self.name!r} is not one of {tuple(DIVERGENCES)}"),
       (0.0 <= self.beta <= 1.0, "loss.beta", f"must be in [0, 1], got {self.beta}"),
       (self.temperature > 0, "loss.temperature", f"must be > 0, got {self.temperature}"),
@@ -178,24 +143,13 @@ class DistillSettings:
   on_nonfinite: str
   frozen_dtype: str
 
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> DistillSettings:
-    return cls(
-      LossSettings.from_config(config),
-      OptimizerSettings.distill(config.student),
-      config.student.micro_batches,
-      config.sequence_chunks,
-      config.on_nonfinite,
-      config.frozen_dtype,
-    )
-
   def problems(self) -> list[Problem]:
     """Problems of the loss, the student's optimiser and the step's own settings
     (`sequence_chunks` must divide the response: `config.check_fields` checks it)."""
     return (
       self.loss.problems()
       + self.optimizer.problems("student")
-      + _failed(
+      + failed(
         (self.micro_batches > 0, "student.micro_batches", "must be > 0"),
         (
           self.on_nonfinite in ON_NONFINITE,
@@ -219,37 +173,3 @@ class EvalSettings:
   steps: tuple[int, ...]
   batch_size: int
   num_train_prompts: int
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> EvalSettings:
-    steps = evaluation_steps(config.student.steps, config.eval_every, config.eval_log_points)
-    return cls(tuple(sorted(steps)), config.eval.batch_size, config.eval.num_train_prompts)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSettings:
-  """Everything the stages read, by stage: stage 1's two SFTs, stage 2's step, evaluation and
-  sampling (shared by both stages)."""
-
-  seed: int
-  sampling: SamplingSettings
-  teacher_sft: OptimizerSettings
-  student_sft: OptimizerSettings | None  # None: the student starts from its initial parameters
-  distill: DistillSettings
-  eval: EvalSettings
-  checkpoint_every: int
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> RunSettings:
-    student = config.student
-    return cls(
-      seed=config.seed,
-      sampling=SamplingSettings.from_config(config),
-      teacher_sft=OptimizerSettings.sft(config.teacher, config.teacher.steps),
-      student_sft=(
-        OptimizerSettings.sft(student, student.sft_steps) if student.init == "sft" else None
-      ),
-      distill=DistillSettings.from_config(config),
-      eval=EvalSettings.from_config(config),
-      checkpoint_every=config.checkpoint_every,
-    )

@@ -24,11 +24,13 @@ ON_DETECT = ("continue", "stop")
 SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(detection.DetectorSettings))
 
 
-def detector_settings(section: ml_collections.ConfigDict) -> detection.DetectorSettings:
+def detector_settings(
+  section: ml_collections.ConfigDict, check: bool = True
+) -> detection.DetectorSettings:
   """The `detection` config section's detector fields (defaults for those it lacks); ValueError
-  if any is invalid."""
+  if any is invalid, unless `check` is False."""
   return detection.DetectorSettings(
-    **{name: section[name] for name in SETTINGS_FIELDS if name in section}
+    **{name: section[name] for name in SETTINGS_FIELDS if name in section}, check=check
   )
 
 
@@ -45,11 +47,10 @@ def callback_problems(on_detect: str, keep: Sequence[str]) -> list[str]:
 def problems(section: ml_collections.ConfigDict) -> list[str]:
   """What is wrong with a `detection` config section, as 'detection.<field>: <problem>' lines
   (every invalid detector setting, the watched metric, `callback_problems`); [] if nothing."""
-  found = []
-  try:
-    detector_settings(section)
-  except ValueError as e:  # "Invalid detector settings: law: ...; patience: ..."
-    found.extend(f"detection.{problem}" for problem in str(e).split(": ", 1)[-1].split("; "))
+  found = [
+    f"detection.{field}: {message}"
+    for field, message in detector_settings(section, check=False).problems()
+  ]
   if not is_curve_name(section.metric):
     found.append(
       f"detection.metric: {section.metric!r} is not a logged curve; use e.g. "

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 PAD_ID = 0
 EOS_ID = 1
 DECODER_START_ID = 0
+# The values of `T5Config.remat`.
+REMAT = ("none", "full", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,15 @@ class T5Config:
     dtype: compute dtype of the matmuls ('float32' or 'bfloat16'); norms, softmax and the returned
       logits are always float32.
     param_dtype: storage dtype of the parameters.
+    scan_layers: run each stack's layers under `flax.linen.scan`: one compiled layer body, and
+      parameters stacked along a leading `layers` axis (`encoder_layers/...` [Le, ...] instead of
+      `encoder_layers_{i}/...`; `stack_layers` / `unstack_layers` convert); the decoding cache is
+      stacked likewise. Same numbers as the unrolled model up to float rounding.
+    remat: rematerialisation of each layer in the backward pass: 'none' (keep every activation),
+      'full' (keep only each layer's input and recompute the rest: t5x's 'full') or 'dots' (keep
+      the matmul outputs without batch dimensions, i.e. the weight projections, and recompute the
+      attention scores and elementwise ops: `jax.checkpoint_policies.
+      dots_with_no_batch_dims_saveable`, t5x's 'minimal'). With or without `scan_layers`.
   """
 
   vocab_size: int = 32128
@@ -49,6 +60,8 @@ class T5Config:
   layer_norm_eps: float = 1e-6
   dtype: str = "float32"
   param_dtype: str = "float32"
+  scan_layers: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
     for name in (
@@ -72,6 +85,10 @@ class T5Config:
         raise ValueError(
           f"T5Config.{name} must be 'float32' or 'bfloat16', got {getattr(self, name)!r}."
         )
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"T5Config.scan_layers must be a bool, got {self.scan_layers!r}.")
+    if self.remat not in REMAT:
+      raise ValueError(f"T5Config.remat must be one of {REMAT}, got {self.remat!r}.")
 
   @property
   def compute_dtype(self) -> Any:

@@ -20,7 +20,8 @@ where (j, <A>, <a>) is (0, SelfAttention, attention) in the encoder, (0, SelfAtt
 self_attention) and (1, EncDecAttention, cross_attention) in the decoder, and m is the last layer
 of the block (1 in the encoder, 2 in the decoder). `encoder.embed_tokens.weight` and
 `decoder.embed_tokens.weight` alias `shared.weight`. Everything is read from a local directory:
-nothing is ever downloaded.
+nothing is ever downloaded. For a `cfg.scan_layers` model the layers are stacked on loading
+(`S_layers/...` [L, ...], `t5.stack_layers`) and unstacked on export.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so bf16 safetens
 import numpy as np
 
 from th_distill.models.config import T5Config
-from th_distill.models.t5 import T5, init_params
+from th_distill.models.t5 import T5, init_params, stack_layers, unstack_layers
 
 # HF keys that alias `shared.weight` and carry no parameters of their own.
 _ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
@@ -146,14 +147,17 @@ def _numpy(value: Any) -> np.ndarray:
 
 
 def our_shapes(cfg: T5Config) -> dict[_Path, tuple[int, ...]]:
-  """Our parameter path -> shape, from the model itself (no computation)."""
-  shapes = jax.eval_shape(lambda: nn.unbox(init_params(T5(cfg), jax.random.PRNGKey(0))))
+  """Our parameter path -> shape in the unrolled layout (`encoder_layers_{i}/...`, whatever
+  `cfg.scan_layers`), from the model itself (no computation)."""
+  model = T5(cfg.replace(scan_layers=False))
+  shapes = jax.eval_shape(lambda: nn.unbox(init_params(model, jax.random.PRNGKey(0))))
   flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
   return {tuple(p.key for p in path): leaf.shape for path, leaf in flat}
 
 
 def params_from_hf_state_dict(state_dict: Mapping[str, Any], cfg: T5Config) -> dict[str, Any]:
-  """Our nested parameter dict (numpy arrays in `cfg.param_dtype`) from an HF T5 v1.1 state dict.
+  """Our nested parameter dict (numpy arrays in `cfg.param_dtype`, layers stacked if
+  `cfg.scan_layers`) from an HF T5 v1.1 state dict.
 
   `state_dict` maps HF names to torch tensors or array-likes. Raises ValueError naming the HF
   key(s) on a missing, unexpected or mis-shaped tensor.
@@ -180,17 +184,17 @@ def params_from_hf_state_dict(state_dict: Mapping[str, Any], cfg: T5Config) -> d
     node[path[-1]] = np.array(
       _to_ours(value, transform, shapes[path]), cfg.storage_dtype, order="C"
     )  # a copy: never aliases the source tensors
-  return params
+  return stack_layers(params) if cfg.scan_layers else params
 
 
 def params_to_hf_state_dict(params: Mapping[str, Any], cfg: T5Config) -> dict[str, np.ndarray]:
-  """HF state dict (float32 numpy, aliases included) of our `params`; exact inverse of
-  `params_from_hf_state_dict`.
+  """HF state dict (float32 numpy, aliases included) of our `params` (either layout); exact
+  inverse of `params_from_hf_state_dict`.
 
   Loads with `T5ForConditionalGeneration.load_state_dict(..., strict=True)`. With transformers
   >= 5 a freshly built model ties `lm_head` to `shared`: give it its own parameter first.
   """
-  params = nn.unbox(params)
+  params = unstack_layers(nn.unbox(params))
   state = {}
   for hf_key, (path, transform) in _layout(cfg).items():
     node = params

@@ -29,8 +29,8 @@ def mismatches(path: str | os.PathLike, cfg: T5Config) -> list[str]:
 
 
 def load_params(path: str | os.PathLike, cfg: T5Config) -> dict[str, Any]:
-  """Numpy parameters of a `cfg` model in `cfg.param_dtype`; ValueError naming the config field
-  or the parameter that does not fit."""
+  """Numpy parameters of a `cfg` model in `cfg.param_dtype`, in its layout (layers stacked if
+  `cfg.scan_layers`); ValueError naming the config field or the parameter that does not fit."""
   if t5x_convert.is_t5x_checkpoint(path):
     return t5x_convert.load_t5x_params(path, cfg)
   return hf_convert.load_hf_params(path, cfg)

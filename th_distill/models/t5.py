@@ -15,17 +15,24 @@ K d_kv, F d_ff, V vocab. Token id 0 is padding (and the decoder start token), 1 
 
 The decoding cache is a plain pytree (see `init_cache`), so it can be carried through
 `lax.while_loop` and sharded like any other array.
+
+With `cfg.scan_layers` each stack runs its layers under `nn.scan`: the parameters of a stack are
+stacked along a leading axis with the logical name `layers` (`stack_layers` / `unstack_layers`
+convert between the layouts), and so is the decoding cache. `cfg.remat` wraps each layer in
+`nn.remat` with the policy of `REMAT_POLICIES`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from th_distill.models.config import PAD_ID, T5Config
 
@@ -33,6 +40,12 @@ Array = jax.Array
 Cache = dict[str, Any]
 
 _NEG_INF = -1e10  # Added to masked attention logits; finite so fully-masked rows stay finite.
+
+# Logical name of the leading axis of scanned (stacked) layer parameters: never sharded.
+LAYERS_AXIS = "layers"
+# `T5Config.remat` -> the `jax.checkpoint` policy of each layer (None: save nothing, recompute all).
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+_SELF_KV = ("self_keys", "self_values")
 
 
 def _normal(stddev: float):
@@ -243,10 +256,11 @@ class DecoderLayer(nn.Module):
     return self.cross_attention.project_kv(encoded)
 
   def __call__(
-    self, x: Array, self_bias: Array, cross_kv: tuple[Array, Array], cross_bias: Array, train: bool
+    self, x: Array, self_bias: Array, encoded: Array, cross_bias: Array, train: bool
   ) -> Array:
-    """One decoder block on `x` [B, Lt, E] (teacher forcing): the keys/values are those of `x`.
-    `cross_kv` is `cross_kv(encoded)`; biases as in `Attention.__call__`."""
+    """One decoder block on `x` [B, Lt, E] (teacher forcing): the self-attention keys/values are
+    those of `x`, the cross-attention ones those of `encoded` [B, Li, E]; biases as in
+    `Attention.__call__`."""
     h = self.self_attention_norm(x)
     x = x + self.dropout(
       self.self_attention(h, *self.self_attention.project_kv(h), self_bias, train),
@@ -254,7 +268,7 @@ class DecoderLayer(nn.Module):
     )
     h = self.cross_attention_norm(x)
     x = x + self.dropout(
-      self.cross_attention(h, *cross_kv, cross_bias, train), deterministic=not train
+      self.cross_attention(h, *self.cross_kv(encoded), cross_bias, train), deterministic=not train
     )
     x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
     return _residual_constraint(x)
@@ -286,6 +300,48 @@ class DecoderLayer(nn.Module):
     x = x + self.mlp(self.mlp_norm(x), train=False)
     return _residual_constraint(x), {**cache, **written}
 
+  def cache(self, encoded: Array, max_decode_length: int) -> Cache:
+    """This layer's entry of `T5.init_cache`: zero self-attention keys/values [B, H, Lmax, K],
+    cross-attention projections of `encoded` [B, H, Li, K]."""
+    cfg = self.cfg
+    zeros = jnp.zeros(
+      (encoded.shape[0], cfg.num_heads, max_decode_length, cfg.d_kv), cfg.compute_dtype
+    )
+    cross_keys, cross_values = self.cross_kv(encoded)
+    return dict(
+      self_keys=zeros,
+      self_values=zeros,
+      cross_keys=heads_major(cross_keys),
+      cross_values=heads_major(cross_values),
+    )
+
+
+def _layer_class(cls: type[nn.Module], cfg: T5Config, train_argnum: int) -> type[nn.Module]:
+  """`cls`, rematerialised under `cfg.remat`; `train_argnum` is the position of `__call__`'s
+  `train` flag (self = 0), a static argument."""
+  if cfg.remat == "none":
+    return cls
+  return nn.remat(
+    cls,
+    policy=REMAT_POLICIES[cfg.remat],
+    prevent_cse=not cfg.scan_layers,  # scan already keeps XLA from merging the recomputation
+    static_argnums=(train_argnum,),
+  )
+
+
+def _scan(fn: Any, length: int, in_axes: Any) -> Any:
+  """`fn(layer, carry, *xs) -> (carry, ys)` scanned over `length` layers whose parameters are
+  stacked along a leading `LAYERS_AXIS` (each step sees one layer's slice, and its own dropout
+  and init rngs); `in_axes` as in `nn.scan` (`nn.broadcast`: the same value for every layer)."""
+  return nn.scan(
+    fn,
+    variable_axes={"params": 0},
+    split_rngs={"params": True, "dropout": True},
+    in_axes=in_axes,
+    length=length,
+    metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
+  )
+
 
 def _padding_bias(mask: Array) -> Array:
   """[B, Lk] bool (True = attend) -> additive [B, 1, 1, Lk] float32 bias."""
@@ -303,6 +359,8 @@ class T5(nn.Module):
     init_cache(encoded, input_tokens, max_decode_length) -> cache
     decode_step(decoder_token, cache) -> (logits [B, V], cache)
   Logits are float32. `input_tokens` [B, Li] int32 carries padding as 0 and fixes the encoder mask.
+  With `cfg.scan_layers`, `encoder_layers` / `decoder_layers` are one scanned layer each (stacked
+  parameters); otherwise lists of layers (`encoder_layers_{i}`, ...).
   """
 
   cfg: T5Config
@@ -316,10 +374,16 @@ class T5(nn.Module):
       cfg.storage_dtype,
     )
     self.encoder_relpos = RelativePositionBias(cfg, bidirectional=True)
-    self.encoder_layers = [EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers)]
+    encoder_layer = _layer_class(EncoderLayer, cfg, train_argnum=3)
+    decoder_layer = _layer_class(DecoderLayer, cfg, train_argnum=5)
+    if cfg.scan_layers:
+      self.encoder_layers = encoder_layer(cfg)
+      self.decoder_layers = decoder_layer(cfg)
+    else:
+      self.encoder_layers = [encoder_layer(cfg) for _ in range(cfg.num_encoder_layers)]
+      self.decoder_layers = [decoder_layer(cfg) for _ in range(cfg.num_decoder_layers)]
     self.encoder_norm = RMSNorm(cfg)
     self.decoder_relpos = RelativePositionBias(cfg, bidirectional=False)
-    self.decoder_layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
     self.decoder_norm = RMSNorm(cfg)
     self.logits_kernel = self.param(
       "logits_kernel",
@@ -349,8 +413,15 @@ class T5(nn.Module):
     positions = jnp.arange(length)
     bias = self.encoder_relpos(positions, positions) + _padding_bias(input_tokens != PAD_ID)
     x = self._embed(input_tokens, train)
-    for layer in self.encoder_layers:
-      x = layer(x, bias, train)
+    if self.cfg.scan_layers:
+      x, _ = _scan(
+        lambda layer, x, bias: (layer(x, bias, train), None),
+        self.cfg.num_encoder_layers,
+        nn.broadcast,
+      )(self.encoder_layers, x, bias)
+    else:
+      for layer in self.encoder_layers:
+        x = layer(x, bias, train)
     return self.dropout(self.encoder_norm(x), deterministic=not train)
 
   def decode(
@@ -374,8 +445,15 @@ class T5(nn.Module):
     self_bias = self.decoder_relpos(positions, positions) + jnp.where(causal, 0.0, _NEG_INF)
     cross_bias = _padding_bias(input_tokens != PAD_ID)
     x = self._embed(decoder_input_tokens, train)
-    for layer in self.decoder_layers:
-      x = layer(x, self_bias, layer.cross_kv(encoded), cross_bias, train)
+    if self.cfg.scan_layers:
+      x, _ = _scan(
+        lambda layer, x, *context: (layer(x, *context, train), None),
+        self.cfg.num_decoder_layers,
+        (nn.broadcast,) * 3,
+      )(self.decoder_layers, x, self_bias, encoded, cross_bias)
+    else:
+      for layer in self.decoder_layers:
+        x = layer(x, self_bias, encoded, cross_bias, train)
     return x
 
   def logits_from_hidden(self, hidden: Array, train: bool = False) -> Array:
@@ -394,22 +472,17 @@ class T5(nn.Module):
     'layers': [per decoder layer: {'self_keys', 'self_values': [B, H, Lmax, K] zeros,
     'cross_keys', 'cross_values': [B, H, Li, K] projections of `encoded`}]}: heads-major
     (`heads_major`), the layout `Attention.attend_cached` reads. The encoder-side projections
-    are computed once here, never per step.
+    are computed once here, never per step. With `cfg.scan_layers`, 'layers' is one such dict
+    whose arrays are stacked along a leading layer axis ([Ld, B, H, Lmax, K], ...).
     """
-    cfg = self.cfg
-    batch = encoded.shape[0]
-    zeros = jnp.zeros((batch, cfg.num_heads, max_decode_length, cfg.d_kv), cfg.compute_dtype)
-    layers = []
-    for layer in self.decoder_layers:
-      cross_keys, cross_values = layer.cross_kv(encoded)
-      layers.append(
-        dict(
-          self_keys=zeros,
-          self_values=zeros,
-          cross_keys=heads_major(cross_keys),
-          cross_values=heads_major(cross_values),
-        )
-      )
+    if self.cfg.scan_layers:
+      _, layers = _scan(
+        lambda layer, carry, encoded: (carry, layer.cache(encoded, max_decode_length)),
+        self.cfg.num_decoder_layers,
+        nn.broadcast,
+      )(self.decoder_layers, None, encoded)
+    else:
+      layers = [layer.cache(encoded, max_decode_length) for layer in self.decoder_layers]
     return dict(
       index=jnp.zeros((), jnp.int32),
       layers=layers,
@@ -419,34 +492,65 @@ class T5(nn.Module):
   def decode_step(self, decoder_token: Array, cache: Cache) -> tuple[Array, Cache]:
     """Feeds `decoder_token` [B] at position `cache['index']`: logits [B, V] and the new cache."""
     index = cache["index"]
-    max_length = cache["layers"][0]["self_keys"].shape[2]
+    max_length = _self_keys(cache).shape[-2]
     key_positions = jnp.arange(max_length)
     self_bias = (
       self.decoder_relpos(index[None], key_positions)
       + jnp.where(key_positions <= index, 0.0, _NEG_INF)[None, None, None, :]
     )
     x = self._embed(decoder_token[:, None], train=False)
-    new_layers = []
-    for layer, layer_cache in zip(self.decoder_layers, cache["layers"]):
-      x, layer_cache = layer.step(x, self_bias, layer_cache, index, cache["cross_bias"])
-      new_layers.append(layer_cache)
+    if self.cfg.scan_layers:
+      x, new_layers = self._scanned_step(x, self_bias, cache)
+    else:
+      new_layers = []
+      for layer, layer_cache in zip(self.decoder_layers, cache["layers"]):
+        x, layer_cache = layer.step(x, self_bias, layer_cache, index, cache["cross_bias"])
+        new_layers.append(layer_cache)
     logits = self._logits(x[:, 0], train=False)
     return logits, {**cache, "index": index + 1, "layers": new_layers}
 
+  def _scanned_step(self, x: Array, self_bias: Array, cache: Cache) -> tuple[Array, Cache]:
+    """`decode_step`'s decoder layers under scan: `x` [B, 1, E] -> (output [B, 1, E], the
+    stacked layer caches with this token's keys/values written). Only the new [Ld, B, H, 1, K]
+    keys/values leave the scan, written into the stacked cache once, so the cross-attention
+    entries are never copied."""
+    index = cache["index"]
+
+    def body(layer, x, layer_cache):
+      x, written = layer.step(x, self_bias, layer_cache, index, cache["cross_bias"])
+      return x, {k: jax.lax.dynamic_slice_in_dim(written[k], index, 1, axis=2) for k in _SELF_KV}
+
+    x, new = _scan(body, self.cfg.num_decoder_layers, 0)(self.decoder_layers, x, cache["layers"])
+    layers = cache["layers"]
+    return x, {
+      **layers,
+      **{
+        k: jax.lax.dynamic_update_slice_in_dim(layers[k], new[k], index, axis=3) for k in _SELF_KV
+      },
+    }
+
+
+def _self_keys(cache: Cache) -> Array:
+  """The self-attention keys of the first layer [B, H, Lmax, K], or of all [Ld, B, H, Lmax, K]."""
+  layers = cache["layers"]
+  return (layers[0] if isinstance(layers, list) else layers)["self_keys"]
+
 
 def extend_cache(cache: Cache, max_decode_length: int) -> Cache:
-  """`cache` (from `init_cache`) with room for `max_decode_length` positions: the self-attention
-  keys and values zero-padded along the length. Unwritten positions are masked, so decoding goes
-  on exactly as with a cache allocated at that length from the start."""
+  """`cache` (from `init_cache`, either layout) with room for `max_decode_length` positions: the
+  self-attention keys and values zero-padded along the length (axis -2). Unwritten positions are
+  masked, so decoding goes on exactly as with a cache allocated at that length from the start."""
 
-  def pad(x: Array) -> Array:
-    return jnp.pad(x, ((0, 0), (0, 0), (0, max_decode_length - x.shape[2]), (0, 0)))
+  def pad(layer: Cache) -> Cache:
+    def one(x: Array) -> Array:
+      widths = [(0, 0)] * x.ndim
+      widths[-2] = (0, max_decode_length - x.shape[-2])
+      return jnp.pad(x, widths)
 
-  layers = [
-    {**layer, "self_keys": pad(layer["self_keys"]), "self_values": pad(layer["self_values"])}
-    for layer in cache["layers"]
-  ]
-  return {**cache, "layers": layers}
+    return {**layer, **{k: one(layer[k]) for k in _SELF_KV}}
+
+  layers = cache["layers"]
+  return {**cache, "layers": [pad(x) for x in layers] if isinstance(layers, list) else pad(layers)}
 
 
 def shift_right(targets: Array) -> Array:
@@ -466,3 +570,42 @@ def init_params(model: T5, rng: Array, input_length: int = 8, target_length: int
 
 def param_count(params: Any) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.unbox(params)))
+
+
+def _stack(leaves: tuple[Any, ...]) -> Any:
+  if all(isinstance(x, np.ndarray) for x in leaves):
+    return np.stack(leaves)
+  return jnp.stack(leaves)
+
+
+def stack_layers(params: dict[str, Any]) -> dict[str, Any]:
+  """Unrolled parameters -> the `scan_layers` layout.
+
+  The layers `encoder_layers_{i}` (and `decoder_layers_{i}`) become one entry `encoder_layers`
+  whose leaves are theirs stacked along a new leading axis in layer order ([E] -> [Le, E],
+  [E, H, K] -> [Le, E, H, K], ...). Leaves are plain arrays (`nn.unbox` boxed ones first); numpy
+  leaves stay numpy. The other entries, and a stack already in the scanned layout, are kept.
+  """
+  params = dict(params)
+  for stack in ("encoder", "decoder"):
+    names = sorted(
+      (k for k in params if re.fullmatch(rf"{stack}_layers_\d+", k)),
+      key=lambda k: int(k.rsplit("_", 1)[1]),
+    )
+    if names:
+      layers = [params.pop(k) for k in names]
+      params[f"{stack}_layers"] = jax.tree_util.tree_map(lambda *xs: _stack(xs), *layers)
+  return params
+
+
+def unstack_layers(params: dict[str, Any]) -> dict[str, Any]:
+  """The `scan_layers` layout -> unrolled parameters: the exact inverse of `stack_layers`
+  (`encoder_layers` [Le, ...] -> `encoder_layers_{i}` [...], same for the decoder). A stack
+  already unrolled is kept."""
+  params = dict(params)
+  for stack in ("encoder", "decoder"):
+    stacked = params.pop(f"{stack}_layers", None)
+    if stacked is not None:
+      for i in range(jax.tree_util.tree_leaves(stacked)[0].shape[0]):
+        params[f"{stack}_layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+  return params

@@ -20,7 +20,8 @@ with (A, A', a) = (attention, attention, attention) in the encoder, (self_attent
 self_attention, self_attention) and (encoder_decoder_attention, cross_attention, cross_attention)
 in the decoder. Attention kernels may also be stored unflattened ([E, H, K], [H, K, E]). A T5X
 checkpoint carries no model config: every shape is checked against the config instead, and a
-problem names the T5X parameter.
+problem names the T5X parameter. For a `cfg.scan_layers` model the layers are stacked on loading
+(`t5.stack_layers`); scanned T5X checkpoints (`S/layers/...`) are not read.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 
 from th_distill.models.config import T5Config
 from th_distill.models.hf_convert import our_shapes
+from th_distill.models.t5 import stack_layers
 
 _Path = tuple[str, ...]
 
@@ -128,8 +130,8 @@ def t5x_mismatches(path: str | os.PathLike, cfg: T5Config) -> list[str]:
 
 
 def load_t5x_params(path: str | os.PathLike, cfg: T5Config) -> dict[str, Any]:
-  """Parameters of a `cfg` model (numpy, `cfg.param_dtype`) from the T5X checkpoint at `path`.
-  Raises ValueError naming each missing, unexpected or mis-shaped T5X parameter."""
+  """Parameters of a `cfg` model (numpy, `cfg.param_dtype`, layers stacked if `cfg.scan_layers`)
+  from the T5X checkpoint at `path`. Raises ValueError naming each missing, unexpected or mis-shaped T5X parameter."""
   path = os.fspath(path)
   problems = t5x_mismatches(path, cfg)
   if problems:
@@ -141,4 +143,4 @@ def load_t5x_params(path: str | os.PathLike, cfg: T5Config) -> dict[str, Any]:
     for key in ours[:-1]:
       node = node.setdefault(key, {})
     node[ours[-1]] = np.array(_read(path, flat[name]).reshape(shapes[ours]), cfg.storage_dtype)
-  return params
+  return stack_layers(params) if cfg.scan_layers else params

@@ -38,8 +38,9 @@ from absl import flags
 
 from th_distill import cli
 from th_distill import config as config_lib
+from th_distill.config.run_config import RunConfig
 from th_distill.data.regimes import SAMPLE_CHUNK
-from th_distill.models import T5, T5Config
+from th_distill.models import LAYERS_AXIS, T5, T5Config
 from th_distill.partitioning import MESH_AXES, boxed_param_shapes, mesh_axes
 
 GIB = 2.0**30
@@ -63,7 +64,10 @@ def _group_bytes(cfg: T5Config, mesh_shape: dict[str, int], dtype: str) -> dict[
       if axes is not None
     )
     name = str(path[0].key)
-    groups[name] = groups.get(name, 0.0) + math.prod(shape) * _BYTES[dtype] / split
+    # Scanned layers (a leading `layers` axis) count as one group per layer, as unrolled ones.
+    names = [f"{name}_{i}" for i in range(shape[0])] if box.names[0] == LAYERS_AXIS else [name]
+    for group in names:
+      groups[group] = groups.get(group, 0.0) + math.prod(shape) * _BYTES[dtype] / split / len(names)
   return groups
 
 
@@ -140,17 +144,13 @@ def _finish(parts: dict[str, float], upper: float, phases: Sequence[str] = ()) -
   return parts
 
 
-def program_estimates(
-  config: ml_collections.ConfigDict, mesh: Sequence[int]
-) -> dict[str, dict[str, float]]:
+def program_estimates(config: RunConfig, mesh: Sequence[int]) -> dict[str, dict[str, float]]:
   """{program: {part: GiB per device, 'total', 'total, all gathered'}} for the programs of
   `th_distill.planning.plan.PROGRAMS` on a (data, fsdp, model) `mesh`, with the batches the run uses
   (samplers of the oracle data: `SAMPLE_CHUNK` rows; online sampler and distillation step:
   `student.batch_size`; SFT: `teacher.batch_size`; evaluator: `eval.batch_size`)."""
   mesh_shape = dict(zip(MESH_AXES, mesh))
-  cfg = {
-    name: config_lib.to_t5_config(config[name].model) for name in ("student", "teacher", "oracle")
-  }
+  cfg = {name: config.model(name) for name in ("student", "teacher", "oracle")}
   li, lt, vocab = config.task.prompt_length, config.task.response_length, config.task.vocab_size
   split, frozen, chunks = mesh_shape["model"], config.frozen_dtype, config.sequence_chunks
   data_parallel = mesh_shape["data"] * mesh_shape["fsdp"]
@@ -224,7 +224,7 @@ def program_estimates(
 def estimate(config: ml_collections.ConfigDict, mesh: Sequence[int]) -> dict[str, float]:
   """GiB per device of each part of a stage-2 distillation step of `config` on a
   (data, fsdp, model) `mesh` (`program_estimates`' 'distill_step')."""
-  return program_estimates(config, mesh)["distill_step"]
+  return program_estimates(RunConfig.from_config(config), mesh)["distill_step"]
 
 
 def paper_xsum_config() -> ml_collections.ConfigDict:
@@ -266,7 +266,7 @@ def program_table(config: ml_collections.ConfigDict, meshes: Sequence[Sequence[i
   """A markdown table of every program's `total` (and `total, all gathered`), GiB per device."""
   lines = []
   for mesh in meshes:
-    programs = program_estimates(config, mesh)
+    programs = program_estimates(RunConfig.from_config(config), mesh)
     if not lines:
       lines += [
         "| mesh (data, fsdp, model) | " + " | ".join(programs) + " |",

@@ -55,7 +55,7 @@ from ml_collections import config_flags
 
 from th_distill import cli
 from th_distill import config as config_lib
-from th_distill.config.settings import DistillSettings, OptimizerSettings, SamplingSettings
+from th_distill.config.run_config import RunConfig
 from th_distill.data.regimes import SAMPLE_CHUNK
 from th_distill.models import T5
 from th_distill.partitioning import (
@@ -169,7 +169,7 @@ def _rows(rows: int, partitioner: Partitioner) -> int:
 
 
 def abstract_programs(
-  config: ml_collections.ConfigDict, partitioner: Partitioner
+  config: RunConfig, partitioner: Partitioner
 ) -> dict[str, tuple[Callable, tuple, int, float]]:
   """{name: (program, abstract arguments, rows, th_distill.planning.flops of the whole program)} for each
   of `PROGRAMS`, the arguments being `jax.ShapeDtypeStruct`s with the run's shardings and
@@ -196,7 +196,7 @@ def abstract_programs(
 
   def sampler(model, dtype: str, n: int) -> tuple:
     return (
-      program_lib.sampler_program(model, SamplingSettings.from_config(config), partitioner),
+      program_lib.sampler_program(model, config.sampling_settings, partitioner),
       (partitioner.abstract_params(model, dtype), rows(n, li, jnp.int32), rows(n, 2, jnp.uint32)),
       n,
     )
@@ -206,8 +206,8 @@ def abstract_programs(
   teacher, oracle = (
     partitioner.abstract_params(m, frozen) for m in (models.teacher, models.oracle)
   )
-  teacher_optimizer = OptimizerSettings.sft(config.teacher, config.teacher.steps).build()
-  distill = DistillSettings.from_config(config)
+  teacher_optimizer = config.teacher.sft.build()
+  distill = config.distill
   n_sample = _rows(min(SAMPLE_CHUNK, config.prompts.num_oracle), partitioner)
   n_eval = _rows(min(config.eval.batch_size, config.prompts.num_eval), partitioner)
   n_teacher, n_student = config.teacher.batch_size, config.student.batch_size
@@ -350,7 +350,7 @@ def plan(
       f"start Python with XLA_FLAGS=--xla_force_host_platform_device_count={devices}"
     )
   partitioner = Partitioner(make_mesh(*mesh, devices=available[:devices]))
-  built = abstract_programs(config, partitioner)
+  built = abstract_programs(RunConfig.from_config(config), partitioner)
   plans = []
   for name in programs:
     plans.append(compile_program(name, *built[name], devices))
@@ -434,8 +434,7 @@ def _run(
   jax.config.update("jax_platforms", "cpu")
   jax.config.update("jax_num_cpu_devices", math.prod(mesh))
   config.mesh.update(dict(zip(MESH_AXES, mesh)))
-  config_lib.validate(config)
-  models = Models.from_config(config)
+  models = Models.from_config(config_lib.validate(config))
   for name in ("oracle", "teacher", "student"):
     problems = dropped_axes(getattr(models, name), dict(zip(MESH_AXES, mesh)))
     print(

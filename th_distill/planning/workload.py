@@ -1,16 +1,18 @@
 """What each phase of a run computes, from the config alone: samples to draw, steps to train,
-evaluations, and their FLOPs (`th_distill.planning.flops`). `phases` lists them for the plan a run prints
-before any work and for the progress lines and ETAs of `th_distill.observing.progress`; the pipeline
-reports to them by key (`ORACLE_CALIBRATION`, ..., `regime_key(regime)`).
+evaluations, and their FLOPs (`th_distill.planning.flops`).
+
+`phases` lists them for the plan a run prints before any work and for the progress lines and
+ETAs of `th_distill.observing.progress`; the pipeline reports to them by key
+(`ORACLE_CALIBRATION`, ..., `regime_key(regime)`). Stage 1's phases are listed here; a regime's
+own work (its generated batches, a dataset it builds first) comes from its batch source
+(`BatchSource.work`, `BatchSource.phases`), so a new regime's estimates are its own.
 """
 
 from __future__ import annotations
 
-import ml_collections
-
 from th_distill import oracle
-from th_distill.config import to_t5_config
-from th_distill.observing.eval_schedule import evaluation_steps
+from th_distill.config.run_config import MODELS, RunConfig
+from th_distill.data import sources
 from th_distill.observing.progress import Phase, Work
 from th_distill.planning import flops
 
@@ -19,7 +21,6 @@ ORACLE_SAMPLES = "oracle samples"
 TEACHER_SFT = "teacher SFT"
 STUDENT_SFT = "student SFT"
 EVAL_SETS = "evaluation sets"
-OFFLINE_DATASET = "offline dataset"
 STAGE1 = (ORACLE_CALIBRATION, ORACLE_SAMPLES, TEACHER_SFT, STUDENT_SFT, EVAL_SETS)
 # Oracle samples per calibration pass (`stages.stage1.run`), before rounding to the mesh.
 CALIBRATION_ROWS = 256
@@ -29,121 +30,96 @@ def regime_key(regime: str) -> str:
   return f"regime {regime}"
 
 
-def calibration_rows(config: ml_collections.ConfigDict, data_parallel: int) -> int:
-  """Prompts per oracle calibration pass: up to 256 held-out prompts, a multiple of the
-  data-parallel size."""
-  return min(CALIBRATION_ROWS, config.prompts.num_eval) // data_parallel * data_parallel
+def calibration_rows(num_eval: int, data_parallel: int) -> int:
+  """Prompts per oracle calibration pass: up to 256 of the `num_eval` held-out prompts, a
+  multiple of the data-parallel size."""
+  return min(CALIBRATION_ROWS, num_eval) // data_parallel * data_parallel
 
 
-def phases(
-  config: ml_collections.ConfigDict, data_parallel: int, done: set[str] = frozenset()
-) -> list[Phase]:
-  """The run's phases in order, with their work; those in `done` are marked finished."""
+def cost_fn(config: RunConfig) -> sources.CostFn:
+  """`cost(kind, model)`: FLOPs per row of one model's generation ('generate') or teacher-forced
+  forward pass ('forward') at the task's lengths."""
   li, lt = config.task.prompt_length, config.task.response_length
-  cfg = {m: to_t5_config(config[m].model) for m in ("oracle", "teacher", "student")}
-  gen = {m: flops.generation_flops(c, li, lt) for m, c in cfg.items()}
-  fwd = {m: flops.forward_flops(c, li, lt) for m, c in cfg.items()}
-  s, t = config.student, config.teacher
+  table = {
+    (kind, m): fn(config.model(m), li, lt)
+    for m in MODELS
+    for kind, fn in (("generate", flops.generation_flops), ("forward", flops.forward_flops))
+  }
+  return lambda kind, model: table[kind, model]
+
+
+def _stage1(config: RunConfig, data_parallel: int, cost: sources.CostFn) -> list[Phase]:
+  li, lt = config.task.prompt_length, config.task.response_length
   listed = []
   if config.oracle.source == "synthetic":
-    rows = calibration_rows(config, data_parallel)
+    rows = calibration_rows(config.prompts.num_eval, data_parallel)
+    per_pass = rows * (cost("generate", "oracle") + cost("forward", "oracle"))
     listed.append(
       Phase(
         ORACLE_CALIBRATION,
         f"stage 1: {ORACLE_CALIBRATION} ({rows} prompts)",
-        [
-          Work(
-            "sampling passes",
-            "sample",
-            oracle.CALIBRATION_ITERATIONS + 1,
-            rows * (gen["oracle"] + fwd["oracle"]),
-          )
-        ],
+        [Work("sampling passes", "sample", oracle.CALIBRATION_ITERATIONS + 1, per_pass)],
       )
     )
   listed.append(
     Phase(
       ORACLE_SAMPLES,
       f"stage 1: {ORACLE_SAMPLES}",
-      [Work("samples", "sample", config.prompts.num_oracle, gen["oracle"])],
+      [Work("samples", "sample", config.prompts.num_oracle, cost("generate", "oracle"))],
     )
   )
-  listed.append(
-    Phase(
-      TEACHER_SFT,
-      f"stage 1: {TEACHER_SFT} (batch {t.batch_size})",
-      [Work("steps", "sft", t.steps, t.batch_size * flops.train_flops(cfg["teacher"], li, lt))],
-    )
-  )
-  if s.init == "sft":
+  for key, name in ((TEACHER_SFT, "teacher"), (STUDENT_SFT, "student")):
+    sft = getattr(config, name).sft
+    if sft is None:
+      continue
+    step = sft.batch_size * flops.train_flops(config.model(name), li, lt)
     listed.append(
       Phase(
-        STUDENT_SFT,
-        f"stage 1: {STUDENT_SFT} (batch {s.batch_size})",
-        [
-          Work(
-            "steps", "sft", s.sft_steps, s.batch_size * flops.train_flops(cfg["student"], li, lt)
-          )
-        ],
+        key, f"stage 1: {key} (batch {sft.batch_size})", [Work("steps", "sft", sft.steps, step)]
       )
     )
+  per_sample = (cost("generate", "oracle") + cost("generate", "teacher")) / 2
   listed.append(
     Phase(
       EVAL_SETS,
       f"stage 1: {EVAL_SETS} (oracle and teacher)",
-      [
-        Work("samples", "sample", 2 * config.prompts.num_eval, (gen["oracle"] + gen["teacher"]) / 2)
-      ],
+      [Work("samples", "sample", 2 * config.prompts.num_eval, per_sample)],
     )
   )
-  if "offline" in config.regimes:
-    n = config.offline.num_prompts * config.offline.generations_per_prompt
-    listed.append(
-      Phase(
-        OFFLINE_DATASET,
-        f"stage 2: {OFFLINE_DATASET} (teacher)",
-        [Work("samples", "sample", n, gen["teacher"])],
-      )
-    )
-  evaluations = len(evaluation_steps(s.steps, config.eval_every, config.eval_log_points))
-  for k, regime in enumerate(config.regimes, 1):
-    step = s.batch_size * flops.distill_flops(cfg["student"], cfg["teacher"], li, lt, cfg["oracle"])
-    work = [Work("steps", "distill", s.steps, step)]
-    if regime == "offline":
-      train_rows = min(
-        config.eval.num_train_prompts,
-        config.offline.num_prompts * config.offline.generations_per_prompt,
-      )
-    else:
-      online = (
-        config.offline.num_prompts
-        if config.online.prompts == "offline"
-        else config.prompts.num_distill
-      )
-      train_rows = min(config.eval.num_train_prompts, online)
-      samplers = {
-        "online_teacher": ("teacher",),
-        "online_student": ("student",),
-        "mixture": ("teacher", "student"),
-      }[regime]
-      work += [
-        Work("generated batches", "sample", s.steps, s.batch_size * sum(gen[m] for m in samplers)),
-        Work("train-prompt samples", "sample", train_rows, gen["teacher"]),
-      ]
-    eval_rows = 3 * config.prompts.num_eval + train_rows
-    work.append(
-      Work(
-        "evaluations",
-        "eval",
-        evaluations,
-        config.prompts.num_eval * gen["student"] + eval_rows * sum(fwd.values()),
-      )
-    )
-    listed.append(
-      Phase(
-        regime_key(regime), f"regime {k} of {len(config.regimes)} ({regime})", work, lines=False
-      )
-    )
+  return listed
+
+
+def _regime(config: RunConfig, k: int, regime: str, cost: sources.CostFn) -> Phase:
+  source = sources.source_class(regime)
+  li, lt = config.task.prompt_length, config.task.response_length
+  s = config.student
+  models = {m: config.model(m) for m in MODELS}
+  step = s.batch_size * flops.distill_flops(
+    models["student"], models["teacher"], li, lt, models["oracle"]
+  )
+  evaluations = len(config.eval_settings.steps)
+  eval_rows = 3 * config.prompts.num_eval + source.train_rows(config)
+  eval_cost = config.prompts.num_eval * cost("generate", "student") + eval_rows * sum(
+    cost("forward", m) for m in MODELS
+  )
+  work = [
+    Work("steps", "distill", s.steps, step),
+    *source.work(config, cost),
+    Work("evaluations", "eval", evaluations, eval_cost),
+  ]
+  title = f"regime {k} of {len(config.regimes)} ({regime})"
+  return Phase(regime_key(regime), title, work, lines=False)
+
+
+def phases(config: RunConfig, data_parallel: int, done: set[str] = frozenset()) -> list[Phase]:
+  """The run's phases in order, with their work; those in `done` are marked finished."""
+  cost = cost_fn(config)
+  listed = _stage1(config, data_parallel, cost)
+  for regime in config.regimes:  # a source's own phases (the offline dataset) come first, once
+    for phase in sources.source_class(regime).phases(config, cost):
+      if phase.key not in {p.key for p in listed}:
+        listed.append(phase)
+  listed += [_regime(config, k, r, cost) for k, r in enumerate(config.regimes, 1)]
   for p in listed:
     p.finished = p.key in done
   return listed

@@ -10,16 +10,16 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import ml_collections
 import numpy as np
 
 from th_distill import detection
-from th_distill.detection.config import detector_settings
+from th_distill.config.run_config import RunConfig
 from th_distill.observing.metric_names import GOLDEN, PROXY, TRAIN_PROXY
 from th_distill.observing.metrics_io import column, read_metrics
 from th_distill.results import paired, plots
 from th_distill.results.summaries import detector_quality, summarize_arm, summarize_run
 from th_distill.rundir import checkpoints
+from th_distill.rundir.layout import RunDirectory
 
 
 def _curves(
@@ -99,13 +99,12 @@ def _settings_text(settings: detection.DetectorSettings, metric: str) -> str:
   return f"Detector ('{settings.rule}' rule, docs/detection.md): `{metric}`, {rule}."
 
 
-def write_report(
-  workdir: str, config: ml_collections.ConfigDict, teacher: Mapping[str, float]
-) -> dict[str, Any]:
+def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) -> dict[str, Any]:
   """Reads every regime's metrics.jsonl in `workdir`; writes summary.json, the figures and
   report.md; returns the summary. `teacher`: the teacher-vs-oracle numbers of stage 1."""
-  settings, metric = detector_settings(config.detection), config.detection.metric
-  rows = {r: read_metrics(os.path.join(workdir, r, "metrics.jsonl")) for r in config.regimes}
+  settings, metric = config.detection.detector, config.detection.metric
+  run_dir = RunDirectory(workdir)
+  rows = {r: read_metrics(run_dir.regime(r).metrics) for r in config.regimes}
   rows = {r: v for r, v in rows.items() if v}
   teacher_golden = teacher["teacher/golden/fkl@oracle_samples"]
   regimes = {
@@ -122,7 +121,7 @@ def write_report(
     },
     "regimes": regimes,
   }
-  checkpoints.write_json(os.path.join(workdir, "summary.json"), summary)
+  checkpoints.write_json(run_dir.summary, summary)
   write_figures(workdir, {r: [v] for r, v in rows.items()}, settings, metric, teacher_golden)
   lines = [
     "# th_distill run report",
@@ -189,7 +188,7 @@ def write_report(
     "![detector](detector.png)",
     "",
   ]
-  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
+  with open(run_dir.report, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   return summary
 
@@ -221,10 +220,8 @@ def run_time_sentence(workdir: str, stage1: Mapping[str, Any], regimes: Sequence
   """'Run time: ...' from the seconds recorded by stage 1 and by each finished regime."""
   parts = [("stage 1", stage1.get("seconds"))]
   for regime in regimes:
-    marker = os.path.join(workdir, regime, "done.json")
-    parts.append(
-      (regime, checkpoints.read_json(marker).get("seconds") if os.path.exists(marker) else None)
-    )
+    directory = RunDirectory(workdir).regime(regime)
+    parts.append((regime, directory.done_record().get("seconds") if directory.finished else None))
   known = [seconds for _, seconds in parts if seconds is not None]
   text = ", ".join(
     f"{name} {seconds / 60:.1f} min" for name, seconds in parts if seconds is not None
@@ -292,7 +289,7 @@ def write_study_report(
   directory: str,
   title: str,
   runs: Mapping[str, Sequence[tuple[int, str]]],
-  config: ml_collections.ConfigDict,
+  config: RunConfig,
   reference: str = "",
   teacher_golden: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
@@ -305,7 +302,7 @@ def write_study_report(
   `directory`; `config` gives the detector settings and the hacking threshold. Arms without any
   finished seed are left out.
   """
-  settings, metric = detector_settings(config.detection), config.detection.metric
+  settings, metric = config.detection.detector, config.detection.metric
   rows = {
     label: [(seed, read_metrics(path)) for seed, path in pairs] for label, pairs in runs.items()
   }

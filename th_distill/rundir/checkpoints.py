@@ -176,3 +176,27 @@ class RunCheckpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def save_param_trees(path: str, trees: dict[str, Any]) -> None:
+  """Saves named parameter pytrees as one Orbax composite checkpoint at `path` (one item per
+  name; collective on every process)."""
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  checkpointer.save(
+    os.path.abspath(path),
+    ocp.args.Composite(**{name: ocp.args.StandardSave(tree) for name, tree in trees.items()}),
+    force=True,
+  )  # a plain Checkpointer saves synchronously
+
+
+def load_param_trees(path: str, like: dict[str, Any]) -> dict[str, Any]:
+  """Restores the items of the composite checkpoint at `path` with the structure, shapes and
+  shardings of `like` ({name: arrays or `jax.ShapeDtypeStruct`s})."""
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  restored = checkpointer.restore(
+    os.path.abspath(path),
+    ocp.args.Composite(
+      **{name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in like.items()}
+    ),
+  )
+  return {name: restored[name] for name in like}

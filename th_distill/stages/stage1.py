@@ -7,35 +7,33 @@ its logits divided by `teacher.temperature`, when that is not 1); the student's 
 an SFT on the same data (`'sft'`). The fixed evaluation sets (oracle and teacher samples on the
 held-out prompts) are built here too, and the teacher's own golden distance to the oracle is
 recorded. Everything is cached in a directory (`WORKDIR/stage1/`, or one shared by a study's runs)
-under the sections of `workdir.stage1_sections`.
+under the sections of `rundir.records.stage1_sections` (layout: `rundir.layout.Stage1Directory`).
+The SFTs run through the training loop (th_distill.stages.sft): a pre-empted stage 1 resumes
+each SFT from its checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import shutil
 import time
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
-from th_distill.config.settings import OptimizerSettings
+from th_distill.config.run_config import RunConfig
 from th_distill.data import regimes as regime_lib
-from th_distill.models import T5, pretrained
+from th_distill.models import pretrained
 from th_distill.observing import progress
 from th_distill.oracle import calibrate_oracle, with_logit_scale
 from th_distill.planning import workload
-from th_distill.rundir import checkpoints
-from th_distill.rundir import records as workdir
+from th_distill.rundir import checkpoints, processes, records
+from th_distill.rundir.layout import STAGE1_PARAMS, Stage1Directory
 from th_distill.stages.keys import Purpose, key
-from th_distill.training import guards
-from th_distill.training.programs import Programs, new_train_state
-
-# Stage 1's parameter checkpoints: {directory name: model}.
-PARAMS = {"oracle": "oracle", "teacher": "teacher", "student_init": "student"}
+from th_distill.stages.sft import train_sft
+from th_distill.training.programs import Programs
 
 
 @dataclasses.dataclass
@@ -51,45 +49,10 @@ class Stage1:
   info: dict[str, Any]
 
 
-def train_sft(
-  programs: Programs,
-  name: str,
-  params: Any,
-  data: dict[str, np.ndarray],
-  settings: OptimizerSettings,
-  seed: int,
-  rng: jax.Array,
-) -> tuple[Any, dict]:
-  """Cross-entropy training of model `name`'s `params` on `data` (prompts, responses, mask) for
-  `settings.steps` steps of `settings.batch_size` rows in seeded epochs; returns the parameters
-  and the last step's metrics. Raises guards.NonFiniteStep if the final loss is not finite."""
-  model: T5 = getattr(programs.models, name)
-  partitioner = programs.partitioner
-  state = new_train_state(partitioner, model, params, settings.build())
-  step_fn = programs.sft_step(name, settings)
-  batches = regime_lib.offline_batches(data, settings.batch_size, seed)
-  metrics: dict[str, Any] = {}
-  phase = progress.phase(f"{name} SFT", work=[progress.Work("steps", "sft", settings.steps, 0)])
-  for step in range(settings.steps):
-    state, metrics = step_fn(
-      state, partitioner.shard_batch(batches(step)), jax.random.fold_in(rng, step)
-    )
-    # Progress lines time each step (th_distill.observing.progress), so they read its loss when printed.
-    phase.advance("steps", detail=lambda: f"loss {float(metrics['sft/loss']):.4f}")  # noqa: B023 (read when printed, this step)
-  final = {k: float(v) for k, v in metrics.items()}
-  phase.finish()
-  if not np.isfinite(final.get("sft/loss", 0.0)):
-    raise guards.NonFiniteStep(
-      f"{name} SFT diverged: loss {final['sft/loss']} after "
-      f"{settings.steps} steps; lower {name}.learning_rate"
-    )
-  return state.params, final
-
-
-def checkpoint_params(config: ml_collections.ConfigDict, name: str, programs: Programs) -> Any:
+def checkpoint_params(config: RunConfig, name: str, programs: Programs) -> Any:
   """`<name>.checkpoint` (a local Hugging Face or T5X checkpoint) as model `name`'s sharded
   parameters."""
-  path, model = config[name].checkpoint, getattr(programs.models, name)
+  path, model = getattr(config, name).checkpoint, getattr(programs.models, name)
   try:
     params = pretrained.load_params(path, model.cfg)
   except ValueError as e:
@@ -97,38 +60,31 @@ def checkpoint_params(config: ml_collections.ConfigDict, name: str, programs: Pr
   return jax.device_put(params, programs.partitioner.param_shardings(model))
 
 
-def initial_params(
-  config: ml_collections.ConfigDict, name: str, programs: Programs, rng: jax.Array
-) -> Any:
+def initial_params(config: RunConfig, name: str, programs: Programs, rng: jax.Array) -> Any:
   """The teacher's or student's initial parameters: `<name>.checkpoint` or a random init."""
-  if config[name].checkpoint:
+  if getattr(config, name).checkpoint:
     return checkpoint_params(config, name, programs)
   return programs.partitioner.init_params(getattr(programs.models, name), rng)
 
 
-def _load(directory: str, programs: Programs) -> Stage1:
+def _load(directory: Stage1Directory, programs: Programs) -> Stage1:
   """A finished stage 1 read back from `directory`."""
-  params = {
-    name: checkpoints.load_params(
-      os.path.join(directory, name),
-      programs.partitioner.abstract_params(getattr(programs.models, model)),
-    )
-    for name, model in PARAMS.items()
+  like = {
+    item: programs.partitioner.abstract_params(getattr(programs.models, model))
+    for item, model in STAGE1_PARAMS.items()
   }
+  params = checkpoints.load_param_trees(directory.params, like)
   return Stage1(
     params["oracle"],
     params["teacher"],
     params["student_init"],
-    {
-      name: checkpoints.load_arrays(os.path.join(directory, f"eval_{name}.npz"))
-      for name in ("oracle", "teacher")
-    },
-    checkpoints.read_json(os.path.join(directory, "info.json")),
+    {name: checkpoints.load_arrays(directory.eval_set(name)) for name in ("oracle", "teacher")},
+    checkpoints.read_json(directory.marker),
   )
 
 
 def _oracle(
-  config: ml_collections.ConfigDict, programs: Programs, pools: dict[str, np.ndarray]
+  config: RunConfig, programs: Programs, pools: dict[str, np.ndarray]
 ) -> tuple[Any, dict[str, Any]]:
   """The oracle's parameters and what is recorded of them."""
   if config.oracle.source != "synthetic":
@@ -139,7 +95,9 @@ def _oracle(
     programs.models.oracle,
     partitioner.init_params(programs.models.oracle, key(seed, Purpose.ORACLE_INIT)),
     phase.counted(programs.sampler("oracle"), "sampling passes", per_row=False),
-    pools["eval"][: workload.calibration_rows(config, partitioner.data_parallel_size)],
+    pools["eval"][
+      : workload.calibration_rows(config.prompts.num_eval, partitioner.data_parallel_size)
+    ],
     key(seed, Purpose.ORACLE_CALIBRATE),
     config.oracle.target_entropy,
     config.oracle.weight_scale,
@@ -153,22 +111,48 @@ def _oracle(
   return params, calibration
 
 
-def run(
-  config: ml_collections.ConfigDict,
-  directory: str,
+def _sft(
+  config: RunConfig,
+  directory: Stage1Directory,
   programs: Programs,
-  pools: dict[str, np.ndarray],
+  name: str,
+  params: Any,
+  oracle_data: dict[str, np.ndarray],
+  purpose: Purpose,
+) -> tuple[Any, dict[str, float]]:
+  """Model `name`'s SFT on the oracle data (its checkpoints in `directory`)."""
+  section = getattr(config, name)
+  return train_sft(
+    programs,
+    name,
+    params,
+    oracle_data,
+    section.sft,
+    config.seed,
+    key(config.seed, purpose),
+    checkpoint_dir=directory.sft_checkpoints(name),
+    checkpoint_every=config.checkpoint_every,
+    on_nonfinite=config.on_nonfinite,
+  )
+
+
+def run(
+  config: RunConfig, directory: Stage1Directory, programs: Programs, pools: dict[str, np.ndarray]
 ) -> Stage1:
   """Stage 1, cached in `directory`: read back if finished under the same sections, else run
   and written (parameters by every process, files by process 0)."""
-  marker = os.path.join(directory, "info.json")
-  stage_key = workdir.StageKey.of(config, workdir.stage1_sections(config))
-  if os.path.exists(marker):
-    stage_key.check(marker)
-    logging.info("Stage 1: reusing %s", directory)
+  stage_key = records.StageKey.of(config, records.stage1_sections(config))
+  if directory.finished:
+    stage_key.check(directory.marker)
+    logging.info("Stage 1: reusing %s", directory.path)
     return _load(directory, programs)
+  # An unfinished stage 1 resumes its SFTs under the config it started with only.
+  if processes.exists_on_main(directory.started_marker):
+    stage_key.check(directory.started_marker)
+  else:
+    processes.write_on_main(lambda: directory.write_started(stage_key.record()))
 
-  seed, settings, start = config.seed, programs.settings, time.time()
+  seed, start = config.seed, time.time()
   info: dict[str, Any] = stage_key.record()
   oracle_params, info["oracle"] = _oracle(config, programs, pools)
   sample_oracle = programs.host_sampler("oracle")
@@ -181,29 +165,17 @@ def run(
     key(seed, Purpose.ORACLE_DATA),
   )
   phase.finish()
-  teacher_params, info["teacher_sft"] = train_sft(
-    programs,
-    "teacher",
-    initial_params(config, "teacher", programs, key(seed, Purpose.TEACHER_INIT)),
-    oracle_data,
-    settings.teacher_sft,
-    seed,
-    key(seed, Purpose.TEACHER_TRAIN),
+  teacher_init = initial_params(config, "teacher", programs, key(seed, Purpose.TEACHER_INIT))
+  teacher_params, info["teacher_sft"] = _sft(
+    config, directory, programs, "teacher", teacher_init, oracle_data, Purpose.TEACHER_TRAIN
   )
   if config.teacher.temperature != 1.0:
     teacher_params = with_logit_scale(teacher_params, 1.0 / config.teacher.temperature)
   student_params = initial_params(config, "student", programs, key(seed, Purpose.STUDENT_INIT))
-  if settings.student_sft is not None:
-    student_params, info["student_sft"] = train_sft(
-      programs,
-      "student",
-      student_params,
-      oracle_data,
-      settings.student_sft,
-      seed,
-      key(seed, Purpose.STUDENT_SFT),
+  if config.student.sft is not None:
+    student_params, info["student_sft"] = _sft(
+      config, directory, programs, "student", student_params, oracle_data, Purpose.STUDENT_SFT
     )
-
   eval_key = key(seed, Purpose.EVAL_SETS)
   phase = progress.phase(workload.EVAL_SETS)
   eval_sets = {
@@ -232,20 +204,18 @@ def run(
     time.time() - start,
   )
 
-  os.makedirs(directory, exist_ok=True)
-  for name, params in (
-    ("oracle", oracle_params),
-    ("teacher", teacher_params),
-    ("student_init", student_params),
-  ):
-    checkpoints.save_params(os.path.join(directory, name), params)  # collective
+  checkpoints.save_param_trees(  # collective
+    directory.params,
+    {"oracle": oracle_params, "teacher": teacher_params, "student_init": student_params},
+  )
 
   def write_files():
-    checkpoints.save_arrays(os.path.join(directory, "oracle_data.npz"), oracle_data)
+    checkpoints.save_arrays(directory.oracle_data, oracle_data)
     for name, data in eval_sets.items():
-      checkpoints.save_arrays(os.path.join(directory, f"eval_{name}.npz"), data)
+      checkpoints.save_arrays(directory.eval_set(name), data)
     info["seconds"] = time.time() - start
-    checkpoints.write_json(marker, info)
+    checkpoints.write_json(directory.marker, info)
+    shutil.rmtree(directory.sft_checkpoints_root, ignore_errors=True)  # stage 1 is finished
 
-  workdir.write_on_main(write_files)
+  processes.write_on_main(write_files)
   return Stage1(oracle_params, teacher_params, student_params, eval_sets, info)

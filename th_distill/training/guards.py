@@ -38,8 +38,19 @@ class StepWatch:
 
   IN_A_ROW = 100
 
-  def __init__(self, regime: str, on_nonfinite: str):
+  def __init__(
+    self,
+    regime: str,
+    on_nonfinite: str,
+    *,
+    loss: str = "train/loss",
+    grad_norm: str = "train/grad_norm",
+    fix: str = "lower student.learning_rate or set student.grad_clip",
+  ):
+    """`regime` titles the messages (a regime, or e.g. 'teacher SFT'); `loss` and `grad_norm`
+    name the metrics checked; `fix` is the advice the messages end with."""
     self.regime, self.on_nonfinite = regime, on_nonfinite
+    self.loss, self.grad_norm, self.fix = loss, grad_norm, fix
     self.zero_since: int | None = None
     self.skipped_since: int | None = None
     self.warned = False
@@ -49,23 +60,22 @@ class StepWatch:
   ) -> None:
     """Checks one step's metrics (a skipped step is also left out of the logged averages, by the
     training loop)."""
-    loss, grad_norm = float(metrics["train/loss"]), float(metrics["train/grad_norm"])
+    loss, grad_norm = float(metrics[self.loss]), float(metrics[self.grad_norm])
     if not (np.isfinite(loss) and np.isfinite(grad_norm)):
       if self.skipped_since is None:
         self.skipped_since = step
       if self.on_nonfinite == "stop":
         raise NonFiniteStep(
           f"{self.regime}: training step {step} gave loss {loss} and gradient norm "
-          f"{grad_norm}; stopped (on_nonfinite = 'stop'). {_last_good(checkpointer)} Lower "
-          "student.learning_rate or set student.grad_clip (in a new --workdir), or rerun "
+          f"{grad_norm}; stopped (on_nonfinite = 'stop'). {_last_good(checkpointer)} "
+          f"{self.fix.capitalize()} (in a new --workdir), or rerun "
           "with --config.on_nonfinite=skip to skip such steps"
         )
       if step - self.skipped_since + 1 >= self.IN_A_ROW:
         raise NonFiniteStep(
           f"{self.regime}: every training step from {self.skipped_since} to {step} was "
-          "non-finite and skipped: the student's parameters have diverged, skipping cannot "
-          f"recover. {_last_good(checkpointer)} Lower student.learning_rate or set "
-          "student.grad_clip (in a new --workdir)"
+          "non-finite and skipped: the parameters have diverged, skipping cannot "
+          f"recover. {_last_good(checkpointer)} {self.fix.capitalize()} (in a new --workdir)"
         )
       logging.warning(
         "%s: step %d skipped (loss %s, gradient norm %s; on_nonfinite = 'skip').",

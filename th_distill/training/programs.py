@@ -15,16 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 
 from th_distill import sampling
-from th_distill.config import to_t5_config
+from th_distill.config.run_config import RunConfig
 from th_distill.config.settings import (
   DistillSettings,
   OptimizerSettings,
-  RunSettings,
   SamplingSettings,
 )
 from th_distill.data.batch import Batch
@@ -54,8 +52,8 @@ class Models:
   student: T5
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> Models:
-    return cls(*(T5(to_t5_config(config[name].model)) for name in ("oracle", "teacher", "student")))
+  def from_config(cls, config: RunConfig) -> Models:
+    return cls(*(T5(config.model(name)) for name in ("oracle", "teacher", "student")))
 
 
 def batch_shardings(partitioner: Partitioner) -> Batch:
@@ -199,8 +197,8 @@ def new_train_state(
 class Programs:
   """The compiled programs of one run, each built on first use and reused by every stage."""
 
-  def __init__(self, models: Models, settings: RunSettings, partitioner: Partitioner):
-    self.models, self.settings, self.partitioner = models, settings, partitioner
+  def __init__(self, models: Models, config: RunConfig, partitioner: Partitioner):
+    self.models, self.config, self.partitioner = models, config, partitioner
     self._built: dict[tuple, Any] = {}
 
   def _once(self, key: tuple, build: Callable[[], Any]) -> Any:
@@ -215,7 +213,9 @@ class Programs:
     partitioner = self.partitioner
     compiled = self._once(
       ("sampler", name),
-      lambda: sampler_program(getattr(self.models, name), self.settings.sampling, partitioner),
+      lambda: sampler_program(
+        getattr(self.models, name), self.config.sampling_settings, partitioner
+      ),
     )
 
     def fn(params, prompts, rng):
@@ -249,7 +249,7 @@ class Programs:
   def distill_step(self) -> Callable:
     """The distillation step of the run's settings."""
     return self._once(
-      ("distill",), lambda: distill_program(self.models, self.settings.distill, self.partitioner)
+      ("distill",), lambda: distill_program(self.models, self.config.distill, self.partitioner)
     )
 
   def evaluator(self, name: str) -> Evaluator:
@@ -257,11 +257,11 @@ class Programs:
     per-sequence proxy/golden divergences of model `name` (as the student) on the host dataset
     `data` (prompts, responses, mask), `eval.batch_size` rows at a time padded to the
     data-parallel size."""
-    partitioner, size = self.partitioner, self.settings.eval.batch_size
+    partitioner, size = self.partitioner, self.config.eval.batch_size
     eval_sums = self._once(
       ("eval", name),
       lambda: eval_program(
-        self.models, getattr(self.models, name), self.settings.distill.sequence_chunks, partitioner
+        self.models, getattr(self.models, name), self.config.sequence_chunks, partitioner
       ),
     )
 
@@ -283,6 +283,4 @@ class Programs:
 
   def frozen(self, name: str, params: Any) -> Any:
     """Model `name`'s `params` in stage 2's `frozen_dtype`, in their shards."""
-    return self.partitioner.cast(
-      getattr(self.models, name), params, self.settings.distill.frozen_dtype
-    )
+    return self.partitioner.cast(getattr(self.models, name), params, self.config.frozen_dtype)

@@ -41,6 +41,9 @@ from th_distill.observing.metric_names import PER_SEQUENCE, REFERENCE_MODELS
 Array = jax.Array
 Metrics = dict[str, Array]
 
+# `max_consecutive_errors` of `optax.apply_if_finite`: its count saturates here, so never above.
+NEVER_APPLY_NONFINITE = int(jnp.iinfo(jnp.int32).max)
+
 
 class TrainState(train_state.TrainState):
   """Flax train state: step, params, optimiser state (`apply_fn` is unused and left None)."""
@@ -55,7 +58,9 @@ def make_optimizer(
   weight_decay: float = 0.0,
   grad_clip: float = 0.0,
 ) -> optax.GradientTransformation:
-  """AdamW with linear warm-up then a constant, linear-decay or cosine schedule.
+  """AdamW with linear warm-up then a constant, linear-decay or cosine schedule, skipping every
+  update whose gradients are not all finite (`optax.apply_if_finite`): the parameters, Adam's
+  moments and count are kept; `TrainState.step` and the learning-rate schedule move on.
 
   `total_steps` is needed by the decaying schedules; `grad_clip` > 0 clips the global norm.
   Cached: equal settings give the same object, so train states built from them share compiled
@@ -77,8 +82,17 @@ def make_optimizer(
     else decay
   )
   parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-  parts.append(optax.adamw(lr, weight_decay=weight_decay))
-  return optax.chain(*parts)
+  parts += [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay)]
+  # `optax.adamw(lr, weight_decay)` with all but its last part, the step by the learning rate,
+  # under `apply_if_finite`: outside its `lax.cond` that multiply fuses with the parameters'
+  # update as in an unwrapped adamw (XLA contracts the two into one FMA), so the parameters stay
+  # bit-identical to it. Always wrapped, so the state's structure (checkpointed) does not depend
+  # on `on_nonfinite`; non-finite updates are never applied, however many in a row (the host
+  # stops the run after `guards.StepWatch.IN_A_ROW`).
+  return optax.chain(
+    optax.apply_if_finite(optax.chain(*parts), NEVER_APPLY_NONFINITE),
+    optax.scale_by_learning_rate(lr),
+  )
 
 
 def create_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
@@ -136,12 +150,14 @@ def _split(tree: Any, parts: int, axis: int, field: str) -> Any:
   return jax.tree_util.tree_map(one, tree)
 
 
-def _add(a: Any, b: Any) -> Any:
-  return jax.tree_util.tree_map(jnp.add, a, b)
-
-
-def _zeros_like(tree: Any) -> Any:
-  return jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
+def _apply_gradients(state: TrainState, grads: Any, loss: Array, grad_norm: Array) -> TrainState:
+  """`state.apply_gradients(grads)`, the gradients made NaN if `loss` or `grad_norm` is not
+  finite, so the optimiser's `apply_if_finite` skips exactly the steps that `guards.StepWatch`
+  reports skipped (and `MetricSums` leaves out). A non-finite gradient gives a non-finite norm,
+  but not the other way round: finite gradients can overflow the norm (past ~1.8e19) or the
+  loss (a float32 sum of huge per-token values), and Adam would take such a step."""
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  return state.apply_gradients(grads=jax.tree.map(lambda g: jnp.where(finite, g, jnp.nan), grads))
 
 
 def divergence_totals(
@@ -204,7 +220,7 @@ def token_sums(
   )
   first = chunk(jax.tree_util.tree_map(lambda x: x[0], xs))
   rest = jax.tree_util.tree_map(lambda x: x[1:], xs)
-  return jax.lax.scan(lambda totals, x: (_add(totals, chunk(x)), None), first, rest)[0]
+  return jax.lax.scan(lambda totals, x: (optax.tree.add(totals, chunk(x)), None), first, rest)[0]
 
 
 def _sft_loss(model: T5, params: Any, batch: Batch, rng: Array) -> tuple[Array, Array]:
@@ -226,8 +242,9 @@ def sft_step(
   (loss, accuracy), grads = jax.value_and_grad(
     lambda p: _sft_loss(model, p, batch, rng), has_aux=True
   )(state.params)
-  metrics = {"sft/loss": loss, "sft/accuracy": accuracy, "sft/grad_norm": optax.tree.norm(grads)}
-  return state.apply_gradients(grads=grads), metrics
+  grad_norm = optax.tree.norm(grads)
+  metrics = {"sft/loss": loss, "sft/accuracy": accuracy, "sft/grad_norm": grad_norm}
+  return _apply_gradients(state, grads, loss, grad_norm), metrics
 
 
 def make_sft_step(model: T5) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
@@ -292,13 +309,18 @@ def distill_step(
     return jax.grad(loss_fn, has_aux=True)(state.params)
 
   micro = (jnp.arange(micro_batches), _split(batch, micro_batches, 0, "micro_batches"))
-  zeros = _zeros_like(jax.eval_shape(micro_sums, jax.tree_util.tree_map(lambda x: x[0], micro)))
-  grad_sums, sums = jax.lax.scan(lambda acc, x: (_add(acc, micro_sums(x)), None), zeros, micro)[0]
+  zeros = optax.tree.zeros_like(
+    jax.eval_shape(micro_sums, jax.tree_util.tree_map(lambda x: x[0], micro))
+  )
+  grad_sums, sums = jax.lax.scan(
+    lambda acc, x: (optax.tree.add(acc, micro_sums(x)), None), zeros, micro
+  )[0]
   num_tokens = jnp.maximum(batch.num_tokens, 1.0)
   grads = jax.tree_util.tree_map(lambda g: g / num_tokens, grad_sums)
   metrics = {f"train/{name}": value / num_tokens for name, value in sums.items()}
   metrics.update({"train/grad_norm": optax.tree.norm(grads), "train/tokens": batch.num_tokens})
-  return state.apply_gradients(grads=grads), metrics
+  new_state = _apply_gradients(state, grads, metrics["train/loss"], metrics["train/grad_norm"])
+  return new_state, metrics
 
 
 def make_distill_step(

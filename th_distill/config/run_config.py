@@ -1,0 +1,262 @@
+"""`RunConfig`: the whole experiment config, typed and frozen, read once from the config file.
+
+The config file is an `ml_collections.ConfigDict` (what a user writes and overrides on the
+command line); `RunConfig.from_config` reads it into one frozen section per config section
+(th_distill.config.sections) and the top-level scalars. Everything after the boundary (stages,
+batch sources, programs, the plan) takes this object or the settings it derives
+(`sampling_settings`, `distill`, `eval_settings`), never the dict. `problems()` lists every `(field, message)`
+of the sections and the checks that span them; `record(sections)` gives the values a stage
+depends on, as recorded in its marker (th_distill.rundir.records).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from th_distill.config import sections as s
+from th_distill.config.settings import (
+  DistillSettings,
+  EvalSettings,
+  LossSettings,
+  Problem,
+  SamplingSettings,
+  failed,
+)
+from th_distill.data import prompts as prompt_lib
+from th_distill.data.sources import REGIMES
+from th_distill.detection import DetectorSettings
+from th_distill.detection import config as detection_config
+from th_distill.models import T5Config
+from th_distill.observing.eval_schedule import evaluation_steps
+
+MODELS = ("oracle", "teacher", "student")
+
+
+def model_of(section: Mapping[str, Any]) -> T5Config:
+  """The `T5Config` of a model sub-config (`config.student.model`, ...); TypeError or ValueError
+  if a field is unknown or invalid."""
+  return T5Config(**dict(section))
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionSection:
+  """The hacking detector during training: its settings (`detector`), the watched `metric`,
+  what it does when it fires (`on_detect`) and which parameters it keeps (`keep`)."""
+
+  detector: DetectorSettings
+  metric: str
+  on_detect: str
+  keep: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Every config section, typed. Field names are the config's; `values` is the config as a
+  plain dict (what the run directory records)."""
+
+  seed: int
+  regimes: tuple[str, ...]
+  task: s.TaskSection
+  prompts: s.PromptsSection
+  oracle: s.OracleSection
+  teacher: s.TeacherSection
+  student: s.StudentSection
+  loss: LossSettings
+  sampling: s.SamplingSection
+  offline: s.OfflineSection
+  online: s.OnlineSection
+  mixture: s.MixtureSection
+  eval: s.EvalSection
+  mesh: s.MeshSection
+  detection: DetectionSection
+  eval_every: int
+  eval_log_points: int
+  checkpoint_every: int
+  on_nonfinite: str
+  frozen_dtype: str
+  sequence_chunks: int
+  hacking_threshold_pct: float
+  values: Mapping[str, Any] = dataclasses.field(compare=False, hash=False, repr=False)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> RunConfig:
+    """The typed config of `config` (checked values: `th_distill.config.validate`). Raises
+    TypeError or ValueError if a model sub-config or the detector settings cannot be built."""
+    c = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    models = {name: model_of(c[name]["model"]) for name in MODELS}
+    det = c["detection"]
+    detector = DetectorSettings(**{k: det[k] for k in detection_config.SETTINGS_FIELDS if k in det})
+    return cls(
+      seed=c["seed"],
+      regimes=tuple(c["regimes"]),
+      task=s.read_section(s.TaskSection, c["task"]),
+      prompts=s.read_section(s.PromptsSection, c["prompts"]),
+      oracle=s.read_section(s.OracleSection, c["oracle"], model=models["oracle"]),
+      teacher=s.read_section(s.TeacherSection, c["teacher"], model=models["teacher"]),
+      student=s.read_section(s.StudentSection, c["student"], model=models["student"]),
+      loss=s.read_section(LossSettings, c["loss"]),
+      sampling=s.read_section(s.SamplingSection, c["sampling"]),
+      offline=s.read_section(s.OfflineSection, c["offline"]),
+      online=s.read_section(s.OnlineSection, c["online"]),
+      mixture=s.read_section(s.MixtureSection, c["mixture"]),
+      eval=s.read_section(s.EvalSection, c["eval"]),
+      mesh=s.read_section(s.MeshSection, c["mesh"]),
+      detection=DetectionSection(detector, det["metric"], det["on_detect"], tuple(det["keep"])),
+      **{k: c[k] for k in TOP_LEVEL},
+      values=json.loads(json.dumps(c, default=list)),
+    )
+
+  # The settings the compiled programs take (hashable static arguments).
+  @property
+  def sampling_settings(self) -> SamplingSettings:
+    return self.sampling.settings(self.task.response_length)
+
+  @property
+  def distill(self) -> DistillSettings:
+    return DistillSettings(
+      self.loss,
+      self.student.optimizer,
+      self.student.micro_batches,
+      self.sequence_chunks,
+      self.on_nonfinite,
+      self.frozen_dtype,
+    )
+
+  @property
+  def eval_settings(self) -> EvalSettings:
+    steps = evaluation_steps(self.student.steps, self.eval_every, self.eval_log_points)
+    return EvalSettings(tuple(sorted(steps)), self.eval.batch_size, self.eval.num_train_prompts)
+
+  def model(self, name: str) -> T5Config:
+    """The `T5Config` of 'oracle', 'teacher' or 'student'."""
+    return getattr(self, name).model
+
+  def online_prompt_count(self) -> int:
+    """How many prompts the online regimes draw from (`online.prompts`)."""
+    return (
+      self.offline.num_prompts if self.online.prompts == "offline" else self.prompts.num_distill
+    )
+
+  def record(self, sections: tuple[str, ...]) -> dict[str, Any]:
+    """{dotted section: its value as recorded} of the named sections ('student.model', ...)."""
+
+    def lookup(path: str) -> Any:
+      value: Any = self.values
+      for part in path.split("."):
+        value = value[part]
+      return value
+
+    return {section: lookup(section) for section in sections}
+
+  def problems(self) -> list[Problem]:
+    """Every problem of the sections' values and of the checks that span sections (the
+    models' and the detector's own checks run when they are built: `config.check_fields`)."""
+    task, prompts = self.task, self.prompts
+    found = [
+      *failed((0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")),
+      *self._regime_problems(),
+      *self.sampling_settings.problems(),
+      *self.teacher.problems(),
+      *self.distill.problems(),
+      *self.student.problems(),
+      *self.online.problems(),
+      *self.mixture.problems(),
+      *self.oracle.problems(task.vocab_size),
+      *task.problems(),
+    ]
+    for name in MODELS:
+      vocab = self.model(name).vocab_size
+      found += failed(
+        (
+          vocab == task.vocab_size,
+          f"{name}.model.vocab_size",
+          f"{vocab} differs from task.vocab_size = {task.vocab_size}; oracle, teacher and "
+          "student must share one vocabulary",
+        )
+      )
+    found += prompts.problems() + self._synthetic_prompt_problems() + self.offline.problems()
+    n, k = self.offline.num_prompts, self.offline.generations_per_prompt
+    found += failed(
+      (
+        n <= prompts.num_distill,
+        "offline.num_prompts",
+        f"N = {n} exceeds the distillation prompt pool prompts.num_distill = "
+        f"{prompts.num_distill} (N x k = {n * k} examples are drawn from N distinct prompts)",
+      )
+    )
+    found += self.eval.problems() + self._schedule_problems()
+    return found + failed(
+      (
+        self.sequence_chunks > 0 and task.response_length % self.sequence_chunks == 0,
+        "sequence_chunks",
+        f"{self.sequence_chunks} must be > 0 and divide task.response_length = "
+        f"{task.response_length}",
+      )
+    )
+
+  def _regime_problems(self) -> list[Problem]:
+    regimes = self.regimes
+    return failed(
+      (len(regimes) > 0, "regimes", "must name at least one regime"),
+      *(
+        (r in REGIMES, "regimes", f"unknown regime {r!r}; allowed: {tuple(REGIMES)}")
+        for r in regimes
+      ),
+      (len(set(regimes)) == len(regimes), "regimes", "must not repeat a regime"),
+    )
+
+  def _synthetic_prompt_problems(self) -> list[Problem]:
+    task, p = self.task, self.prompts
+    if task.source != "synthetic":
+      return []
+    tokens = task.vocab_size - prompt_lib.FIRST_TOKEN  # ids 0 and 1 never start a prompt
+    pool = p.num_oracle + p.num_distill + p.num_eval
+    return failed(
+      (
+        tokens >= 2,
+        "task.vocab_size",
+        f"must be >= {prompt_lib.FIRST_TOKEN + 2} for synthetic prompts, got {task.vocab_size}",
+      ),
+      (  # As data.prompts.zipf_prompts requires: 4 x the pool fits in tokens ** prompt_length.
+        tokens < 2
+        or task.prompt_length <= 0
+        or math.log(4 * max(pool, 1)) <= task.prompt_length * math.log(tokens),
+        "task.prompt_length",
+        f"{task.prompt_length} tokens over {tokens} ids cannot make {pool} distinct prompts "
+        "(prompts.num_*); use longer prompts or fewer of them",
+      ),
+    )
+
+  def _schedule_problems(self) -> list[Problem]:
+    return failed(
+      (self.eval_every > 0, "eval_every", f"must be > 0, got {self.eval_every}"),
+      (
+        self.eval_log_points >= 0,
+        "eval_log_points",
+        f"must be >= 0 (0 = off), got {self.eval_log_points}",
+      ),
+      (
+        self.checkpoint_every > 0,
+        "checkpoint_every",
+        f"must be > 0, got {self.checkpoint_every}",
+      ),
+      (self.hacking_threshold_pct >= 0, "hacking_threshold_pct", "must be >= 0"),
+    )
+
+
+# The config's top-level scalars (every other key is a section).
+TOP_LEVEL = (
+  "eval_every",
+  "eval_log_points",
+  "checkpoint_every",
+  "on_nonfinite",
+  "frozen_dtype",
+  "sequence_chunks",
+  "hacking_threshold_pct",
+)

@@ -1,0 +1,115 @@
+"""The plan a run logs before any work: devices and mesh, each model's parameter count, the
+memory per device of each compiled program (th_distill.planning.memory), each phase's work
+(th_distill.planning.workload) and a first time estimate; it warns when a CPU run would take
+hours. `log_plan` returns the run's clock, which the progress lines and ETAs read.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import logging
+
+from th_distill import partitioning
+from th_distill.config.run_config import RunConfig
+from th_distill.data.sources import OFFLINE_DATASET
+from th_distill.models import param_count
+from th_distill.observing import progress
+from th_distill.planning import memory, workload
+from th_distill.rundir.layout import RunDirectory
+from th_distill.training.programs import Models
+
+
+def done_phases(config: RunConfig, run_dir: RunDirectory) -> set[str]:
+  """The `workload` phases an earlier run of this workdir finished (their results are cached)."""
+  done = set()
+  if run_dir.stage1.finished:
+    done.update(workload.STAGE1)
+  if os.path.exists(run_dir.offline_dataset):
+    done.add(OFFLINE_DATASET)
+  done.update(workload.regime_key(r) for r in config.regimes if run_dir.regime(r).finished)
+  return done
+
+
+def device_gib(device: jax.Device) -> float | None:
+  """GiB of memory of one device (the host's memory for a CPU), or None if unknown."""
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and "bytes_limit" in stats:
+    return stats["bytes_limit"] / memory.GIB
+  if device.platform == "cpu" and hasattr(os, "sysconf"):
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / memory.GIB
+  return None
+
+
+def log_plan(
+  config: RunConfig, run_dir: RunDirectory, partitioner: partitioning.Partitioner, models: Models
+) -> progress.RunClock:
+  """Logs what the run will do, before any of it: devices and mesh, each model's parameter
+  count, the memory per device of each compiled program (`th_distill.planning.memory`), each phase's work
+  and a lower bound of the time (its FLOPs at the device's matmul rate); warns when a CPU run
+  would take hours. Returns the clock of the run's phases, for progress lines and ETAs."""
+  mesh = partitioner.mesh
+  device = jax.devices()[0]
+  logging.info(
+    "Plan: %d %s device(s) (%s) in %d process(es), mesh %s",
+    mesh.size,
+    device.platform,
+    device.device_kind,
+    jax.process_count(),
+    dict(mesh.shape),
+  )
+  for name in ("oracle", "teacher", "student"):
+    model = getattr(models, name)
+    cfg = model.cfg
+    logging.info(
+      "  %-7s %s parameters (d_model %d, %d+%d layers, vocabulary %d)",
+      name,
+      f"{param_count(partitioner.abstract_params(model)):,}",
+      cfg.d_model,
+      cfg.num_encoder_layers,
+      cfg.num_decoder_layers,
+      cfg.vocab_size,
+    )
+  programs = memory.program_estimates(config, tuple(mesh.shape[a] for a in partitioning.MESH_AXES))
+  largest = max(programs, key=lambda name: programs[name]["total"])
+  available = device_gib(device)
+  logging.info(
+    "  memory per device (th_distill.planning.memory, before XLA's temporaries): %s; a device has %s",
+    ", ".join(f"{name} {parts['total']:.2f} GiB" for name, parts in programs.items()),
+    f"{available:.1f} GiB" if available else "an unknown amount",
+  )
+  logging.info(
+    "  largest: %s, %s",
+    largest,
+    ", ".join(
+      f"{k} {v:.2f} GiB" for k, v in programs[largest].items() if v and not k.startswith("total")
+    ),
+  )
+  if available and programs[largest]["total"] > available:
+    logging.warning(
+      "The %s needs about %.1f GiB per device, more than the %.1f GiB a device "
+      "has: shard it over more devices, or see the memory settings in "
+      "docs/scaling.md (frozen_dtype, sequence_chunks, micro_batches).",
+      largest,
+      programs[largest]["total"],
+      available,
+    )
+  phases = workload.phases(config, partitioner.data_parallel_size, done_phases(config, run_dir))
+  peak = progress.matmul_flops_per_second() * mesh.size
+  for phase in phases:
+    logging.info(
+      "  %-42s %s",
+      phase.title + ":",
+      "done by an earlier run (cached)" if phase.finished else phase.describe(),
+    )
+  clock = progress.RunClock(phases, peak)
+  seconds, _ = clock.remaining()
+  logging.info(
+    "  time: at least %s (the work's FLOPs at this machine's matmul rate, %.0f "
+    "GFLOP/s); each phase's first timed steps give the estimates that follow",
+    progress.duration(seconds or 0.0),
+    peak / 1e9,
+  )
+  clock.warn_if_long()
+  return clock

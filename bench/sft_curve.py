@@ -14,16 +14,16 @@ section 5, "The teacher's own curve").
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from th_distill.config.settings import RunSettings
+from th_distill.config.run_config import RunConfig
 from th_distill.data import regimes as regime_lib
 from th_distill.partitioning import Partitioner
 from th_distill.rundir import checkpoints
+from th_distill.rundir.layout import Stage1Directory
 from th_distill.stages.keys import Purpose, key
 from th_distill.training.programs import Models, Programs, new_train_state
 
@@ -33,17 +33,17 @@ TRAIN = {"teacher": Purpose.TEACHER_TRAIN, "student": Purpose.STUDENT_SFT}
 
 def main(argv) -> None:
   del argv
-  config, name = CONFIG.value, MODEL.value
+  config, name = RunConfig.from_config(CONFIG.value), MODEL.value
   partitioner = Partitioner.from_config(config.mesh)
   models = Models.from_config(config)
-  programs = Programs(models, RunSettings.from_config(config), partitioner)
-  stage1 = STAGE1.value
-  oracle = checkpoints.load_params(
-    os.path.join(stage1, "oracle"), partitioner.abstract_params(models.oracle)
-  )
-  data = checkpoints.load_arrays(os.path.join(stage1, "oracle_data.npz"))
-  held_out = checkpoints.load_arrays(os.path.join(stage1, "eval_oracle.npz"))
-  base = programs.settings.teacher_sft if name == "teacher" else programs.settings.student_sft
+  programs = Programs(models, config, partitioner)
+  stage1 = Stage1Directory(STAGE1.value)
+  oracle = checkpoints.load_param_trees(
+    stage1.params, {"oracle": partitioner.abstract_params(models.oracle)}
+  )["oracle"]
+  data = checkpoints.load_arrays(stage1.oracle_data)
+  held_out = checkpoints.load_arrays(stage1.eval_set("oracle"))
+  base = getattr(config, name).sft
   settings = dataclasses.replace(base, steps=STEPS.value)
   model = getattr(models, name)
   state = new_train_state(

@@ -14,6 +14,7 @@ import jax  # noqa: E402
 from conftest import micro_config  # noqa: E402
 
 from th_distill import experiment, partitioning  # noqa: E402
+from th_distill.config.run_config import RunConfig
 from th_distill.rundir import checkpoints
 from th_distill.training.programs import Models  # noqa: E402
 
@@ -37,7 +38,7 @@ if __name__ == "__main__":
     experiment.run(config, workdir)
     # How the student's parameters were laid out: {name: [global shape, shape of one shard]}.
     partitioner = partitioning.Partitioner.from_config(config.mesh)
-    student = Models.from_config(config).student
+    student = Models.from_config(RunConfig.from_config(config)).student
     shapes = partitioner.abstract_params(student)
     layout = {
       jax.tree_util.keystr(path): [list(s.shape), list(s.sharding.shard_shape(s.shape))]

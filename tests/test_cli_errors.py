@@ -87,14 +87,18 @@ def test_traceback_flag_shows_the_traceback(tmp_path):
 
 @pytest.mark.parametrize("mesh", ["0,1,1", "1,1", "a,b,c"])
 def test_memory_refuses_a_malformed_mesh(mesh):
-  _one_line_error(_run("memory", f"--mesh={mesh}"), 2, f"--mesh={mesh}: must be three positive")
+  _one_line_error(
+    _run("planning.memory", f"--mesh={mesh}"), 2, f"--mesh={mesh}: must be three positive"
+  )
 
 
 def test_memory_refuses_a_mesh_that_does_not_divide_the_batch_and_positional_arguments():
   _one_line_error(
-    _run("memory", "--mesh=3,1,1"), 2, "data x fsdp = 3 must divide student.batch_size = 32"
+    _run("planning.memory", "--mesh=3,1,1"),
+    2,
+    "data x fsdp = 3 must divide student.batch_size = 32",
   )
-  _one_line_error(_run("memory", "configs/t5_small.py"), 2, "unexpected arguments")
+  _one_line_error(_run("planning.memory", "configs/t5_small.py"), 2, "unexpected arguments")
 
 
 def test_study_and_detector_eval_errors_are_one_line(tmp_path):

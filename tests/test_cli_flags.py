@@ -9,8 +9,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every `python -m th_distill.X` command and a value for each of its flags.
 COMMANDS = {
   "main": ("--config=configs/tiny.py", "--workdir=/tmp/th"),
-  "memory": ("--config=configs/tiny.py", "--mesh=1,1,1", "--mesh=2,1,1"),
-  "plan": (
+  "planning.memory": ("--config=configs/tiny.py", "--mesh=1,1,1", "--mesh=2,1,1"),
+  "planning.plan": (
     "--config=configs/tiny.py",
     "--mesh=1,1,1",
     "--devices=1",

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 from th_distill import config as config_lib
-from th_distill.config.settings import DistillSettings, RunSettings
+from th_distill.config.run_config import RunConfig
 from th_distill.data.pools import prompt_pools
 from th_distill.models import param_count
 from th_distill.partitioning import Partitioner
-from th_distill.stages.stage1 import train_sft
+from th_distill.stages.sft import train_sft
 from th_distill.training import programs as program_lib
 from th_distill.training.programs import Models, Programs
 from th_distill.training.steps import Batch, create_train_state, make_optimizer
@@ -81,9 +81,8 @@ def _batch(config, prompts: np.ndarray) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CPU_CONFIGS)
-def test_cpu_config_takes_one_sft_and_one_distillation_step(name):
-  config = _shrink_counts(_load(name))
-  config_lib.validate(config)
+def test_cpu_config_takes_one_sft_and_one_distillation_step(name, tmp_path):
+  config = config_lib.validate(_shrink_counts(_load(name)))
   partitioner = Partitioner.from_config(config.mesh)
   pools = prompt_pools(config)
   assert {k: v.shape for k, v in pools.items()} == {
@@ -97,20 +96,21 @@ def test_cpu_config_takes_one_sft_and_one_distillation_step(name):
     for i, m in enumerate(("oracle", "teacher", "student"))
   }
   data = _batch(config, pools["oracle"][:BATCH])
-  settings = RunSettings.from_config(config)
-  programs = Programs(models, settings, partitioner)
+  programs = Programs(models, config, partitioner)
   teacher, sft = train_sft(
     programs,
     "teacher",
     params["teacher"],
     data,
-    settings.teacher_sft,
+    config.teacher.sft,
     config.seed,
     jax.random.PRNGKey(3),
+    checkpoint_dir=str(tmp_path / "sft"),
+    checkpoint_every=config.checkpoint_every,
   )
   assert np.isfinite(sft["sft/loss"])
   state = program_lib.new_train_state(
-    partitioner, models.student, params["student"], settings.distill.optimizer.build()
+    partitioner, models.student, params["student"], config.distill.optimizer.build()
   )
   frozen = [
     partitioner.cast(getattr(models, m), p, config.frozen_dtype)
@@ -140,7 +140,8 @@ def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path)
   assert pools["oracle"].shape == (8, config.task.prompt_length)
 
   partitioner = Partitioner.from_config(config.mesh)
-  models = Models.from_config(config)
+  typed = RunConfig.from_config(config)
+  models = Models.from_config(typed)
   params = {
     m: partitioner.abstract_params(getattr(models, m)) for m in ("oracle", "teacher", "student")
   }
@@ -167,7 +168,7 @@ def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path)
     jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, config.frozen_dtype), params[m])
     for m in ("teacher", "oracle")
   ]
-  distill = DistillSettings.from_config(config)
+  distill = typed.distill
   student_state = jax.eval_shape(
     lambda p: create_train_state(p, distill.optimizer.build()), params["student"]
   )

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from th_distill.models import T5, hf_convert, init_params, shift_right
+from th_distill.models import T5, hf_convert, init_params, shift_right, stack_layers
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -215,3 +215,52 @@ def test_bfloat16_compute_stays_close_to_float32(converted):
   half = _forward(T5(model.cfg.replace(dtype="bfloat16")), params, tokens, decoder_inputs)
   assert half.dtype == jnp.float32
   assert float(jnp.max(jnp.abs(half - full))) < 5e-2 * float(jnp.max(jnp.abs(full)))
+
+
+@pytest.fixture(scope="module")
+def scanned(hf_model):
+  """The converted model with `scan_layers`: its parameters (layers stacked) straight from the
+  HF state dict."""
+  cfg = hf_convert.config_from_hf(hf_model.config).replace(scan_layers=True)
+  return T5(cfg), hf_convert.params_from_hf_state_dict(hf_model.state_dict(), cfg)
+
+
+def test_scanned_model_equals_transformers(hf_model, scanned):
+  """Forward logits and incremental decoding of the scanned layout, as for the unrolled one."""
+  tokens, decoder_inputs = _inputs()
+  mask = torch.tensor(tokens != 0)
+  with torch.no_grad():
+    hf = hf_model(
+      input_ids=torch.tensor(tokens),
+      attention_mask=mask,
+      decoder_input_ids=torch.tensor(decoder_inputs),
+    ).logits.numpy()
+    np.testing.assert_allclose(_forward(*scanned, tokens, decoder_inputs), hf, atol=1e-4, rtol=0)
+    encoder_out = hf_model.get_encoder()(input_ids=torch.tensor(tokens), attention_mask=mask)
+    past = None
+    for t, logits in enumerate(_step_by_step(*scanned, tokens, decoder_inputs)):
+      out = hf_model(
+        encoder_outputs=encoder_out,
+        attention_mask=mask,
+        decoder_input_ids=torch.tensor(decoder_inputs[:, t : t + 1]),
+        past_key_values=past,
+        use_cache=True,
+      )
+      past = out.past_key_values
+      np.testing.assert_allclose(
+        logits, out.logits[:, 0].numpy(), atol=1e-4, rtol=0, err_msg=f"step {t}"
+      )
+
+
+def test_scanned_round_trip_is_exact(hf_model, converted, scanned):
+  model, params = scanned
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, stack_layers(converted[1]))
+  state = hf_convert.params_to_hf_state_dict(params, model.cfg)
+  hf_state = hf_model.state_dict()
+  assert set(state) == set(hf_state)
+  for key, value in hf_state.items():
+    np.testing.assert_array_equal(state[key], value.numpy(), err_msg=key)
+  shapes = jax.tree_util.tree_map(
+    lambda x: x.shape, nn.unbox(jax.eval_shape(init_params, model, jax.random.PRNGKey(0)))
+  )
+  assert jax.tree_util.tree_map(lambda x: x.shape, params) == shapes

@@ -16,6 +16,7 @@ import real_task_data  # noqa: E402
 
 from th_distill import config as config_lib
 from th_distill import experiment  # noqa: E402
+from th_distill.config.run_config import RunConfig
 from th_distill.observing.metrics_io import read_metrics  # noqa: E402
 from th_distill.partitioning import Partitioner  # noqa: E402
 from th_distill.rundir import checkpoints
@@ -86,11 +87,11 @@ def test_every_config_runs_two_steps(tmp_path):
     info = checkpoints.read_json(str(workdir / "stage1" / "info.json"))
     assert ("checkpoint" in info["oracle"]) == (config.oracle.source == "checkpoint"), name
     if config.oracle.source == "checkpoint":  # the oracle is the checkpoint, untouched
-      model = Models.from_config(config).oracle
-      oracle = checkpoints.load_params(
-        str(workdir / "stage1" / "oracle"),
-        Partitioner.from_config(config.mesh).abstract_params(model),
-      )
+      model = Models.from_config(RunConfig.from_config(config)).oracle
+      oracle = checkpoints.load_param_trees(
+        str(workdir / "stage1" / "params"),
+        {"oracle": Partitioner.from_config(config.mesh).abstract_params(model)},
+      )["oracle"]
       jax.tree_util.tree_map(
         np.testing.assert_array_equal, jax.device_get(oracle), written["oracle"]
       )

@@ -11,8 +11,8 @@ from th_distill.config.run_config import RunConfig
 from th_distill.data import pools as pool_lib
 from th_distill.data import regimes as regime_lib
 from th_distill.data import sources
+from th_distill.observing.metric_names import GOLDEN, PROXY, TRAIN_PROXY
 from th_distill.observing.metrics_io import read_metrics
-from th_distill.results.report import GOLDEN, PROXY, TRAIN_PROXY
 from th_distill.rundir import checkpoints
 
 

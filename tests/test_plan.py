@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from th_distill import config as config_lib
+from th_distill.config.run_config import RunConfig
 from th_distill.models import T5, t5_config
 from th_distill.planning import memory, plan
 
@@ -48,7 +49,7 @@ def _compile_on_16_devices(out_path: str) -> None:
     config = paper_config(name)
     plans = plan.plan(config, MESH)
     partitioner = Partitioner(make_mesh(*MESH))
-    models = Models.from_config(config)
+    models = Models.from_config(RunConfig.from_config(config))
     # {model: {parameter: [global shape, shard shape]}} as the run places them.
     layouts = {
       model: {

@@ -14,7 +14,7 @@ import real_task_data  # noqa: E402
 
 from th_distill import config as config_lib  # noqa: E402
 from th_distill import experiment
-from th_distill.config.settings import RunSettings  # noqa: E402
+from th_distill.config.run_config import RunConfig  # noqa: E402
 from th_distill.data.vocabularies import SyntheticVocabulary  # noqa: E402
 from th_distill.partitioning import Partitioner  # noqa: E402
 from th_distill.stages import stage1  # noqa: E402
@@ -29,9 +29,8 @@ def _write(micro, tmp_path, name, seed=0, **overrides):
 
 
 def _programs(micro):
-  return Programs(
-    Models.from_config(micro), RunSettings.from_config(micro), Partitioner.from_config(micro.mesh)
-  )
+  typed = RunConfig.from_config(micro)
+  return Programs(Models.from_config(typed), typed, Partitioner.from_config(micro.mesh))
 
 
 def _assert_config_error(micro, tmp_path, *messages):
@@ -50,7 +49,7 @@ def test_teacher_and_student_start_from_their_checkpoints(micro, tmp_path):
   config_lib.validate(micro)
   programs = _programs(micro)
   for name in ("teacher", "student"):
-    params = stage1.initial_params(micro, name, programs, jax.random.PRNGKey(0))
+    params = stage1.initial_params(programs.config, name, programs, jax.random.PRNGKey(0))
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(params), expected[name])
 
 
@@ -59,7 +58,9 @@ def test_t5x_checkpoint_loads_exactly_and_a_misfit_names_the_parameter(micro, tm
   expected = real_task_data.write_t5x_checkpoint(tmp_path / "t5x", cfg, seed=3)
   micro.teacher.checkpoint = str(tmp_path / "t5x")
   config_lib.validate(micro)
-  params = stage1.initial_params(micro, "teacher", _programs(micro), jax.random.PRNGKey(0))
+  params = stage1.initial_params(
+    RunConfig.from_config(micro), "teacher", _programs(micro), jax.random.PRNGKey(0)
+  )
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(params), expected)
   micro.teacher.model.d_ff = 48
   micro.teacher.model.num_decoder_layers = 2
@@ -107,7 +108,7 @@ def test_mis_shaped_tensor_names_the_parameter(micro, tmp_path):
     match=rf"student\.checkpoint = .* does not fit student\.model: "
     rf"{key}: shape \(16, 31\), expected \(16, 32\)",
   ):
-    stage1.initial_params(micro, "student", programs, jax.random.PRNGKey(0))
+    stage1.initial_params(programs.config, "student", programs, jax.random.PRNGKey(0))
 
 
 def test_synthetic_vocabulary_must_equal_every_embedding(micro):

@@ -11,6 +11,7 @@ from conftest import write_micro_config_file
 
 from th_distill import cli
 from th_distill.config import base_config
+from th_distill.config.run_config import RunConfig
 from th_distill.observing import progress
 from th_distill.planning import workload
 
@@ -94,7 +95,7 @@ def test_progress_lines_count_units_with_an_eta(clock_time, caplog):
 
 
 def test_work_of_the_default_study():
-  config = base_config()
+  config = RunConfig.from_config(base_config())
   phases = workload.phases(config, data_parallel=1, done={workload.ORACLE_SAMPLES})
   assert [p.title.split(" (")[0] for p in phases] == [
     "stage 1: oracle calibration",
@@ -180,17 +181,19 @@ def test_the_tpu_backend_message_is_filtered():
 
 
 def test_the_plan_warns_when_a_program_exceeds_a_device(micro, tmp_path, monkeypatch, caplog):
-  from th_distill import experiment, partitioning
+  from th_distill import partitioning
+  from th_distill.planning import preview
+  from th_distill.rundir.layout import RunDirectory
   from th_distill.training.programs import Models
 
   caplog.set_level(logging.INFO)
-  monkeypatch.setattr(experiment, "device_gib", lambda device: 1e-6)
-  experiment.plan(
-    micro,
-    str(tmp_path),
-    str(tmp_path / "stage1"),
+  monkeypatch.setattr(preview, "device_gib", lambda device: 1e-6)
+  typed = RunConfig.from_config(micro)
+  preview.log_plan(
+    typed,
+    RunDirectory(str(tmp_path)),
     partitioning.Partitioner.from_config(micro.mesh),
-    Models.from_config(micro),
+    Models.from_config(typed),
   )
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and "more than the 0.0 GiB a device has" in warnings[0]

@@ -21,13 +21,14 @@ from conftest import micro_config
 
 from th_distill import divergences, experiment, sampling
 from th_distill.models import T5, init_params, t5_config
+from th_distill.observing.metric_names import DISTILL_METRICS
 from th_distill.observing.metrics_io import MetricsLost, MetricsWriter, read_metrics
 from th_distill.partitioning import Partitioner, make_mesh
 from th_distill.rundir import checkpoints
 from th_distill.rundir import lock as workdir_lock
-from th_distill.rundir.resume import ConfigChanged
-from th_distill.stages.distill import MetricSums
+from th_distill.rundir.records import ConfigChanged
 from th_distill.training import guards
+from th_distill.training.metric_sums import MetricSums
 from th_distill.training.steps import create_train_state
 
 REGIME = "offline"
@@ -70,7 +71,7 @@ def test_a_held_workdir_is_refused_naming_the_holder_then_taken_over_once_it_die
     [
       sys.executable,
       "-c",
-      "import sys, time; from th_distill import workdir_lock\n"
+      "import sys, time; from th_distill.rundir import lock as workdir_lock\n"
       f"with workdir_lock.hold({str(tmp_path)!r}):\n  print('held', flush=True)\n"
       "  time.sleep(60)",
     ],
@@ -357,10 +358,10 @@ def test_a_non_finite_step_stops_the_run_naming_the_step_and_the_last_checkpoint
 
 
 def test_a_skipped_step_is_left_out_of_the_logged_means():
-  sums_fn = MetricSums(Partitioner(make_mesh()))
+  sums_fn = MetricSums(Partitioner(make_mesh()), DISTILL_METRICS)
   sums = sums_fn.empty()
   for loss in (1.0, math.nan, 3.0):
-    metrics = {name: jnp.float32(loss) for name in MetricSums.NAMES if name != "steps"}
+    metrics = {name: jnp.float32(loss) for name in sums_fn.names if name != "steps"}
     sums = sums_fn.add(sums, {**metrics, "train/grad_norm": jnp.float32(1.0)})
   row = MetricSums.row(sums, seconds=2.0)
   assert row["train/loss"] == 2.0 and row["train/proxy/fkl"] == 2.0

@@ -7,7 +7,7 @@ import pytest
 from th_distill import detection
 from th_distill.observing import metric_names
 from th_distill.observing.metric_names import GOLDEN, PROXY, TRAIN_PROXY
-from th_distill.results import report, summaries
+from th_distill.results import figures, report, summaries
 
 STEPS = np.arange(0, 700, 100)
 U_SHAPE = np.array([2.0, 1.6, 1.5, 1.55, 1.6, 1.65, 1.7])  # min 1.5 @ 200, +13.3 % at the end
@@ -55,7 +55,7 @@ def test_figures_of_a_diverged_run_are_drawn(tmp_path):
   ]
   curve = {"offline": [rows, rows]}  # two seeds, every value NaN
   settings = detection.DetectorSettings()
-  report.write_figures(str(tmp_path), curve, settings, PROXY)
+  figures.write_figures(str(tmp_path), curve, settings, PROXY)
   for name in ("curves.png", "proxy_golden.png", "detector.png"):
     assert (tmp_path / name).stat().st_size > 0
 

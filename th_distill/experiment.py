@@ -64,11 +64,11 @@ def _run(config: config_lib.RunConfig, run_dir: RunDirectory) -> dict[str, Any]:
   partitioner = partitioning.Partitioner.from_config(config.mesh)
   models = Models.from_config(config)
   programs = Programs(models, config, partitioner)
-  with log_plan(config, run_dir, partitioner, models).active():
-    pools = prompt_pools(config)
-    stage1 = stage1_lib.run(config, run_dir.stage1, programs, pools)
-    for regime in config.regimes:
-      distill.run_regime(config, run_dir, regime, programs, stage1, pools)
+  clock = log_plan(config, run_dir, partitioner, models)
+  pools = prompt_pools(config)
+  stage1 = stage1_lib.run(config, run_dir.stage1, programs, pools, clock)
+  for regime in config.regimes:
+    distill.run_regime(config, run_dir, regime, programs, stage1, pools, clock)
   if not main:
     return {}
 

@@ -67,24 +67,44 @@ SampleFn = Callable[[Any, Array, Array], tuple[Array, Array]]
 MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
 
 
+def settings_problems(
+  max_length: Any, temperature: Any, top_k: Any, top_p: Any
+) -> list[tuple[str, str]]:
+  """(argument, what is wrong) of each invalid sampling setting; [] if all are valid (the
+  config's `SamplingSettings.problems` names them by their config fields)."""
+  checks = (
+    (
+      isinstance(max_length, numbers.Integral) and max_length > 0,
+      "max_length",
+      f"must be a positive int, got {max_length!r}",
+    ),
+    (
+      isinstance(temperature, numbers.Real)
+      and (temperature == 0 or MIN_TEMPERATURE <= temperature < float("inf")),  # no NaN
+      "temperature",
+      f"must be 0 (greedy) or finite and >= {MIN_TEMPERATURE:.3g}, got {temperature!r}",
+    ),
+    (
+      isinstance(top_k, numbers.Integral) and top_k >= 0,
+      "top_k",
+      f"must be an int >= 0 (0 = off), got {top_k!r}",
+    ),
+    (
+      isinstance(top_p, numbers.Real) and 0.0 < top_p <= 1.0,
+      "top_p",
+      f"must be in (0, 1] (1 = off), got {top_p!r}",
+    ),
+  )
+  return [(name, message) for ok, name, message in checks if not ok]
+
+
 def _check(
   input_tokens: Array, max_length: int, temperature: float, top_k: int, top_p: float, eos_id: int
 ) -> None:
   if input_tokens.ndim != 2 or input_tokens.shape[1] == 0:
     raise ValueError(f"input_tokens must be [B, Li] with Li > 0, got shape {input_tokens.shape}.")
-  if not isinstance(max_length, numbers.Integral) or max_length <= 0:
-    raise ValueError(f"max_length must be a positive int, got {max_length!r}.")
-  if not (
-    isinstance(temperature, numbers.Real)
-    and (temperature == 0 or MIN_TEMPERATURE <= temperature < float("inf"))
-  ):  # no NaN
-    raise ValueError(
-      f"temperature must be 0 (greedy) or finite and >= {MIN_TEMPERATURE:.3g}, got {temperature!r}."
-    )
-  if not isinstance(top_k, numbers.Integral) or top_k < 0:
-    raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}.")
-  if not (isinstance(top_p, numbers.Real) and 0.0 < top_p <= 1.0):
-    raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}.")
+  for name, message in settings_problems(max_length, temperature, top_k, top_p):
+    raise ValueError(f"{name} {message}.")
   if not isinstance(eos_id, numbers.Integral):
     raise ValueError(f"eos_id must be an int (-1 = never stop), got {eos_id!r}.")
 

@@ -37,7 +37,7 @@ from ml_collections import config_flags
 from th_distill import cli, experiment
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
-from th_distill.results import report
+from th_distill.results import study_report
 from th_distill.rundir import lock as workdir_lock
 from th_distill.rundir import records
 from th_distill.rundir.layout import RunDirectory
@@ -161,7 +161,7 @@ def _run(
       path = directory.regime(regime).metrics
       teacher_golden[path] = done.get("teacher_golden")  # {} off process 0
   directory = os.path.join(workdir, study.name)
-  summary = report.write_study_report(
+  summary = study_report.write_study_report(
     directory, study.title, arms, RunConfig.from_config(study.base), reference, teacher_golden
   )
   logging.info(

@@ -15,8 +15,8 @@ import dataclasses
 
 import optax
 
+from th_distill import sampling
 from th_distill.divergences import DIVERGENCES
-from th_distill.sampling import MIN_TEMPERATURE
 from th_distill.training.steps import make_optimizer
 
 # A problem with one setting: (dotted config field, what is wrong and what is allowed).
@@ -47,17 +47,17 @@ class SamplingSettings:
   top_k: int
   top_p: float
 
+  # The config field of each argument (`sampling.settings_problems` checks them).
+  FIELDS = {
+    "max_length": "task.response_length",
+    "temperature": "sampling.temperature",
+    "top_k": "sampling.top_k",
+    "top_p": "sampling.top_p",
+  }
+
   def problems(self) -> list[Problem]:
-    return failed(
-      (self.max_length > 0, "task.response_length", f"must be > 0, got {self.max_length}"),
-      (
-        self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
-        "sampling.temperature",
-        f"must be 0 (greedy) or >= {MIN_TEMPERATURE:.3g}, got {self.temperature}",
-      ),
-      (0 < self.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {self.top_p}"),
-      (self.top_k >= 0, "sampling.top_k", f"must be >= 0 (0 = off), got {self.top_k}"),
-    )
+    found = sampling.settings_problems(self.max_length, self.temperature, self.top_k, self.top_p)
+    return [(self.FIELDS[name], message) for name, message in found]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,1 +1,2 @@
-"""Stage-2 data: prompt sources and the data regimes of distillation."""
+"""Data: the prompts (synthetic or a real task), the prompt pools, the batch each step trains
+on, and the batch sources (one class per data regime, `data.sources`)."""

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from th_distill.data import regimes
-from th_distill.observing import progress
 from th_distill.rundir import checkpoints, processes, records
 from th_distill.stages.keys import Purpose, key
 
@@ -32,7 +31,7 @@ def load_or_build(context: SourceContext) -> dict[str, np.ndarray]:
     data = checkpoints.load_arrays(path)
     stage_key.check_arrays(data, path)
     return data
-  phase = progress.phase(PHASE)
+  phase = context.clock.phase(PHASE)
   data = regimes.build_offline(
     phase.counted(context.programs.host_sampler("teacher"), "samples"),
     context.teacher_params,

@@ -31,7 +31,7 @@ import numpy as np
 
 from th_distill.data import offline_dataset, regimes
 from th_distill.data.batch import Batch
-from th_distill.observing.progress import Phase, Work
+from th_distill.observing.progress import Phase, RunClock, Work
 from th_distill.stages.keys import Purpose, key
 
 if TYPE_CHECKING:
@@ -49,13 +49,15 @@ CostFn = Callable[[str, str], float]
 class SourceContext:
   """What a source may use: the run's config and programs, the frozen teacher's parameters, the
   prompt pools ({'oracle', 'distill', 'eval'}: [P, Li] int32), the run directory (for data it
-  caches) and the regime's progress phase (to count the work it does)."""
+  caches), the run's clock (phases of its own) and the regime's progress phase (to count the
+  work it does)."""
 
   config: RunConfig
   programs: Programs
   teacher_params: Any
   pools: dict[str, np.ndarray]
   run_dir: RunDirectory
+  clock: RunClock
   phase: Phase
 
 

@@ -512,8 +512,8 @@ class T5(nn.Module):
   def _scanned_step(self, x: Array, self_bias: Array, cache: Cache) -> tuple[Array, Cache]:
     """`decode_step`'s decoder layers under scan: `x` [B, 1, E] -> (output [B, 1, E], the
     stacked layer caches with this token's keys/values written). Only the new [Ld, B, H, 1, K]
-    keys/values leave the scan, written into the stacked cache once, so the cross-attention
-    entries are never copied."""
+    keys/values leave the scan and are written into the stacked cache once: the rest of the
+    cache (cross-attention entries included) is only read."""
     index = cache["index"]
 
     def body(layer, x, layer_cache):

@@ -1,0 +1,2 @@
+"""Observing a run: metric names, metric rows (metrics.jsonl, TensorBoard), the evaluation
+schedule, progress lines and time estimates."""

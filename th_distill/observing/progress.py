@@ -10,17 +10,15 @@ items' remaining FLOPs at the best rate known for each: the item's own, else the
 rate of its kind in another phase, else of a similar kind (`FALLBACK`), else the device's matmul
 rate (`peak_flops`, a lower bound: such an estimate is shown as 'at least').
 
-`RunClock(phases)` holds a run's phases; `with clock.active():` makes them what `phase(key)`
-returns, so the pipeline reports to the run's clock without passing it around. Outside a run,
-`phase(key)` gives a stand-alone phase that times and logs itself alone.
+`RunClock(phases)` holds a run's phases; the stages report to `clock.phase(key)`. A key the
+clock lacks (a stand-alone SFT, `RunClock([])`) gives a phase that times and logs itself alone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -295,29 +293,14 @@ class RunClock:
       duration(seconds),
     )
 
-  @contextlib.contextmanager
-  def active(self) -> Iterator[RunClock]:
-    """Makes `phase(key)` return this clock's phases."""
-    global _ACTIVE
-    previous, _ACTIVE = _ACTIVE, self
-    try:
-      yield self
-    finally:
-      _ACTIVE = previous
-
-
-_ACTIVE: RunClock | None = None
-
-
-def phase(
-  key: str, title: str | None = None, work: list[Work] | None = None, lines: bool = True
-) -> Phase:
-  """The active run's phase `key` (started), or a stand-alone phase of `work` outside a run."""
-  found = _ACTIVE.phases.get(key) if _ACTIVE is not None else None
-  if found is None:
-    found = Phase(key, title or key, list(work or ()), lines)
-  found.start()
-  return found
+  def phase(
+    self, key: str, title: str | None = None, work: list[Work] | None = None, lines: bool = True
+  ) -> Phase:
+    """This run's phase `key` (started), or a stand-alone phase of `work` if the run has none
+    of that key (it times and logs itself alone)."""
+    found = self.phases.get(key) or Phase(key, title or key, list(work or ()), lines)
+    found.start()
+    return found
 
 
 def matmul_flops_per_second(size: int = 1024, repeats: int = 4) -> float:

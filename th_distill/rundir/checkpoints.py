@@ -108,13 +108,20 @@ def _structure_change(stored: dict[str, Any], wanted: dict[str, Any]) -> str | N
 class RunCheckpointer:
   """Keeps the latest `max_to_keep` train states of a run in `directory` (Orbax manager).
 
-  Orbax writes a checkpoint under a temporary name and renames it when complete, so a kill leaves
-  at worst a temporary folder, which is never listed and which the manager deletes when it is
-  created (`cleanup_tmp_directories`). If the newest listed checkpoint still cannot be read (a
-  damaged disk, a copy cut short), it is moved aside to `damaged-<step>` (so that step is written
-  afresh) and the previous one is used, with a warning. A checkpoint of another structure than the run's state (the optimiser or model
-  settings changed) raises `CheckpointMismatch`: it is not damage. Every process of a multi-host
-  run must call `save` (collective).
+  Saves are asynchronous: `save` returns once the state is copied to host memory (its device
+  arrays may then be donated) and Orbax writes it in the background, one save at a time (a save
+  first waits for the one before). `wait` blocks until the last save is on disk: call it before
+  writing anything that says a checkpoint exists (a stage's marker); `restore_latest`,
+  `latest_step` and `close` wait too.
+
+  Orbax writes a checkpoint under a temporary name and renames it when complete, so a kill (during
+  an asynchronous save too) leaves at worst a temporary folder, which is never listed and which
+  the manager deletes when it is created (`cleanup_tmp_directories`). If the newest listed
+  checkpoint still cannot be read (a damaged disk, a copy cut short), it is moved aside to
+  `damaged-<step>` (so that step is written afresh) and the previous one is used, with a warning.
+  A checkpoint of another structure than the run's state (the optimiser or model settings
+  changed) raises `CheckpointMismatch`: it is not damage. Every process of a multi-host run must
+  call `save` (collective).
   """
 
   def __init__(self, directory: str, max_to_keep: int = 2):
@@ -128,17 +135,25 @@ class RunCheckpointer:
     )
 
   def latest_step(self) -> int | None:
+    """The newest checkpoint's step, once it is on disk (waits for a save under way)."""
+    self.wait()
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any) -> None:
-    if step in self._manager.all_steps():
+    """Starts saving `state` as checkpoint `step` (a step already saved or being saved is left
+    as it is); see the class doc."""
+    if step in self._manager.all_steps():  # the step being saved included
       return
     self._manager.save(step, args=ocp.args.StandardSave(state))
+
+  def wait(self) -> None:
+    """Blocks until the last save is on disk (raises its error if it failed)."""
     self._manager.wait_until_finished()
 
   def restore_latest(self, like: Any) -> Any | None:
     """The newest readable checkpoint, restored with the structure, shapes and shardings of
     `like`; None if there is none."""
+    self.wait()
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         change = _structure_change(_layout(self._manager.item_metadata(step).tree), _layout(like))
@@ -175,6 +190,7 @@ class RunCheckpointer:
     self._manager.reload()
 
   def close(self) -> None:
+    """Waits for the last save, then closes the manager."""
     self._manager.close()
 
 

@@ -142,8 +142,9 @@ def stage1_sections(config: RunConfig) -> tuple[str, ...]:
 
 
 def offline_sections(config: RunConfig) -> tuple[str, ...]:
-  """The sections of the offline dataset: stage 1's (its teacher) and `offline` (N and k)."""
-  return stage1_sections(config) + ("offline",)
+  """The sections of the offline dataset: stage 1's (its teacher), `offline` (N and k) and
+  `frozen_dtype` (it is sampled from the teacher in stage 2's dtype, as the online arms are)."""
+  return stage1_sections(config) + ("offline", "frozen_dtype")
 
 
 def regime_sections(config: RunConfig) -> tuple[str, ...]:

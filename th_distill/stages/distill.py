@@ -104,6 +104,7 @@ def run_regime(
   programs: Programs,
   stage1: Stage1,
   pools: dict[str, np.ndarray],
+  clock: progress.RunClock,
 ) -> None:
   """Distils the student under `regime` into `WORKDIR/<regime>/`, resuming an unfinished run.
   Raises rundir.preemption.Preempted after a pre-emption (checkpointed),
@@ -116,7 +117,7 @@ def run_regime(
     return
 
   steps, eval_steps = config.student.steps, config.eval_settings.steps
-  phase = progress.phase(
+  phase = clock.phase(
     workload.regime_key(regime), regime, [progress.Work("steps", "distill", steps, 0)], lines=False
   )
   frozen = (
@@ -124,7 +125,7 @@ def run_regime(
     programs.frozen("oracle", stage1.oracle_params),
   )
   source = sources.source_class(regime)(
-    sources.SourceContext(config, programs, frozen[0], pools, run_dir, phase)
+    sources.SourceContext(config, programs, frozen[0], pools, run_dir, clock, phase)
   )
   evaluate = _evaluation(config, programs, stage1, pools["eval"], frozen, source.train_set())
   distill_step = programs.distill_step()

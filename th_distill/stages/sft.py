@@ -36,6 +36,7 @@ def train_sft(
   checkpoint_dir: str,
   checkpoint_every: int,
   on_nonfinite: str = "stop",
+  phase: progress.Phase | None = None,
 ) -> tuple[Any, dict[str, float]]:
   """Cross-entropy training of model `name`'s `params` on `data` (prompts, responses, mask) for
   `settings.steps` steps of `settings.batch_size` rows in seeded epochs, resumed from the latest
@@ -63,7 +64,9 @@ def train_sft(
     ),
     last=METRICS,
   )
-  phase = progress.phase(title, work=[progress.Work("steps", "sft", settings.steps, 0)])
+  if phase is None:  # a stand-alone SFT: a phase that times and logs itself
+    work = [progress.Work("steps", "sft", settings.steps, 0)]
+    phase = progress.RunClock([]).phase(title, work=work)
   phase.skip("steps", trainer.start_step)
   # Progress lines time each step (th_distill.observing.progress): they read its loss when shown.
   trainer.add_hook(

@@ -84,13 +84,13 @@ def _load(directory: Stage1Directory, programs: Programs) -> Stage1:
 
 
 def _oracle(
-  config: RunConfig, programs: Programs, pools: dict[str, np.ndarray]
+  config: RunConfig, programs: Programs, pools: dict[str, np.ndarray], clock: progress.RunClock
 ) -> tuple[Any, dict[str, Any]]:
   """The oracle's parameters and what is recorded of them."""
   if config.oracle.source != "synthetic":
     return checkpoint_params(config, "oracle", programs), {"checkpoint": config.oracle.checkpoint}
   seed, partitioner = config.seed, programs.partitioner
-  phase = progress.phase(workload.ORACLE_CALIBRATION)
+  phase = clock.phase(workload.ORACLE_CALIBRATION)
   params, calibration = calibrate_oracle(
     programs.models.oracle,
     partitioner.init_params(programs.models.oracle, key(seed, Purpose.ORACLE_INIT)),
@@ -119,6 +119,7 @@ def _sft(
   params: Any,
   oracle_data: dict[str, np.ndarray],
   purpose: Purpose,
+  clock: progress.RunClock,
 ) -> tuple[Any, dict[str, float]]:
   """Model `name`'s SFT on the oracle data (its checkpoints in `directory`)."""
   section = getattr(config, name)
@@ -131,13 +132,18 @@ def _sft(
     config.seed,
     key(config.seed, purpose),
     checkpoint_dir=directory.sft_checkpoints(name),
+    phase=clock.phase(f"{name} SFT", work=[progress.Work("steps", "sft", section.sft.steps, 0)]),
     checkpoint_every=config.checkpoint_every,
     on_nonfinite=config.on_nonfinite,
   )
 
 
 def run(
-  config: RunConfig, directory: Stage1Directory, programs: Programs, pools: dict[str, np.ndarray]
+  config: RunConfig,
+  directory: Stage1Directory,
+  programs: Programs,
+  pools: dict[str, np.ndarray],
+  clock: progress.RunClock,
 ) -> Stage1:
   """Stage 1, cached in `directory`: read back if finished under the same sections, else run
   and written (parameters by every process, files by process 0)."""
@@ -154,9 +160,9 @@ def run(
 
   seed, start = config.seed, time.time()
   info: dict[str, Any] = stage_key.record()
-  oracle_params, info["oracle"] = _oracle(config, programs, pools)
+  oracle_params, info["oracle"] = _oracle(config, programs, pools, clock)
   sample_oracle = programs.host_sampler("oracle")
-  phase = progress.phase(workload.ORACLE_SAMPLES)
+  phase = clock.phase(workload.ORACLE_SAMPLES)
   oracle_data = regime_lib.build_offline(
     phase.counted(sample_oracle, "samples"),
     oracle_params,
@@ -167,17 +173,24 @@ def run(
   phase.finish()
   teacher_init = initial_params(config, "teacher", programs, key(seed, Purpose.TEACHER_INIT))
   teacher_params, info["teacher_sft"] = _sft(
-    config, directory, programs, "teacher", teacher_init, oracle_data, Purpose.TEACHER_TRAIN
+    config, directory, programs, "teacher", teacher_init, oracle_data, Purpose.TEACHER_TRAIN, clock
   )
   if config.teacher.temperature != 1.0:
     teacher_params = with_logit_scale(teacher_params, 1.0 / config.teacher.temperature)
   student_params = initial_params(config, "student", programs, key(seed, Purpose.STUDENT_INIT))
   if config.student.sft is not None:
     student_params, info["student_sft"] = _sft(
-      config, directory, programs, "student", student_params, oracle_data, Purpose.STUDENT_SFT
+      config,
+      directory,
+      programs,
+      "student",
+      student_params,
+      oracle_data,
+      Purpose.STUDENT_SFT,
+      clock,
     )
   eval_key = key(seed, Purpose.EVAL_SETS)
-  phase = progress.phase(workload.EVAL_SETS)
+  phase = clock.phase(workload.EVAL_SETS)
   eval_sets = {
     source: regime_lib.build_offline(
       phase.counted(programs.host_sampler(source), "samples"),

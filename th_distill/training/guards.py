@@ -1,27 +1,25 @@
 """Guards of the distillation loop: non-finite steps, a stalled gradient, lost metric rows.
 
 - `StepWatch` checks every step's loss and gradient norm on the host (the training loop hands it
-  each step's metrics one step late, so the devices never wait for it): a non-finite value stops the run with `NonFiniteStep`, naming the
-  step, the values and the last good checkpoint (the poisoned state is never saved), as t5x's
-  TerminateOnNan does, or, with `on_nonfinite = 'skip'`, the step is skipped: `skip_nonfinite`
-  keeps the parameters and optimiser state inside the jitted step.
+  each step's metrics one step late, so the devices never wait for it): a non-finite value stops
+  the run with `NonFiniteStep`, naming the step, the values and the last good checkpoint (the
+  state is never saved after it), as t5x's TerminateOnNan does, or, with
+  `on_nonfinite = 'skip'`, the step is reported skipped. On the devices such a step is always
+  skipped, whatever `on_nonfinite` says: the optimiser (`steps.make_optimizer`) keeps the
+  parameters and Adam's state through `optax.apply_if_finite`.
 - `check_rows` refuses to resume or report a run whose `metrics.jsonl` lost rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from th_distill.errors import RunError
 from th_distill.observing.metrics_io import MetricsLost, read_metrics
 from th_distill.rundir import checkpoints
-from th_distill.training.steps import TrainState
 
 
 class NonFiniteStep(RunError):
@@ -109,26 +107,6 @@ def _last_good(checkpointer: checkpoints.RunCheckpointer) -> str:
   if step is None:
     return "No checkpoint was written yet (a rerun starts from step 0)."
   return f"The last good checkpoint, step {step}, is kept in {checkpointer.directory}."
-
-
-def skip_nonfinite(step_fn: Callable[..., Any], on_nonfinite: str) -> Callable[..., Any]:
-  """`step_fn` (state, ...) -> (state, metrics); with `on_nonfinite = 'skip'`, a step whose loss
-  or gradient norm is not finite keeps the parameters and optimiser state (the step counter
-  still advances, so the data order is unchanged)."""
-  if on_nonfinite != "skip":
-    return step_fn
-
-  def guarded(state: TrainState, *args: Any) -> tuple[TrainState, Any]:
-    new, metrics = step_fn(state, *args)
-    finite = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(metrics["train/grad_norm"])
-    params, opt_state = jax.tree_util.tree_map(
-      lambda n, o: jnp.where(finite, n, o),
-      (new.params, new.opt_state),
-      (state.params, state.opt_state),
-    )
-    return new.replace(params=params, opt_state=opt_state), metrics
-
-  return guarded
 
 
 def check_rows(path: str, steps: set[int], fix: str) -> None:

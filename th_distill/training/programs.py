@@ -29,7 +29,6 @@ from th_distill.data.batch import Batch
 from th_distill.models import T5
 from th_distill.partitioning import Partitioner, pad_rows
 from th_distill.sampling import SampleFn
-from th_distill.training import guards
 from th_distill.training.steps import (
   TrainState,
   create_train_state,
@@ -151,9 +150,7 @@ def _distill_step(
     micro_batches=settings.micro_batches,
     sequence_chunks=settings.sequence_chunks,
   )
-  return guards.skip_nonfinite(step, settings.on_nonfinite)(
-    state, teacher_params, oracle_params, batch, rng
-  )
+  return step(state, teacher_params, oracle_params, batch, rng)
 
 
 def distill_program(

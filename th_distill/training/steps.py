@@ -20,6 +20,10 @@ Memory: `micro_batches` M splits the batch into M micro-batches whose gradients 
 (loss and gradient equal the full batch's: sums are divided by the whole batch's token count);
 `sequence_chunks` C computes the [B, Lt, V] logits and divergences C chunks of positions at a time
 under `jax.checkpoint`, so at most [B/M, Lt/C, V] logits per model are alive at once.
+
+Non-finite steps: a step whose loss or gradient norm is not finite changes neither the parameters
+nor Adam's state (`make_optimizer`, `_apply_gradients`); the host decides whether the run goes on
+(`guards.StepWatch`, `on_nonfinite`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,170 @@
+"""The report of a study (many runs over seeds and variants): `summary.json`, the figures and
+`report.md` of every arm, their seed means and their paired comparisons (`write_study_report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from th_distill.config.run_config import RunConfig
+from th_distill.observing.metrics_io import read_metrics
+from th_distill.results import figures, paired, report
+from th_distill.results.summaries import detector_quality, summarize_arm, summarize_run
+from th_distill.rundir import checkpoints
+
+
+def _mean_sd(values: Sequence[float | None], spec: str = ".3f") -> str:
+  """'mean ± sd' of the defined values, '(n of N)' appended when some are undefined (a diverged
+  run, or a trend with too few points), '–' when none is."""
+  defined = np.asarray([v for v in values if v is not None], dtype=float)
+  missing = f" ({len(defined)} of {len(values)})" if len(defined) < len(values) else ""
+  if len(defined) == 0:
+    return "–"
+  if len(defined) == 1:
+    return format(defined[0], spec) + missing
+  return f"{np.mean(defined):{spec}} ± {np.std(defined, ddof=1):{spec.lstrip('+')}}{missing}"
+
+
+def write_study_report(
+  directory: str,
+  title: str,
+  runs: Mapping[str, Sequence[tuple[int, str]]],
+  config: RunConfig,
+  reference: str = "",
+  teacher_golden: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+  """The report of a study: `runs` maps an arm's label to its (seed, metrics.jsonl path) pairs;
+  `teacher_golden` maps a metrics.jsonl path to its run's teacher golden distance.
+
+  Writes `summary.json` (per arm: every seed's run summary and the means; `paired`: every arm's
+  paired differences over seeds from the `reference` arm, by default the first;
+  `th_distill.results.paired`), `curves.png`, `proxy_golden.png`, `detector.png` and `report.md` into
+  `directory`; `config` gives the detector settings and the hacking threshold. Arms without any
+  finished seed are left out.
+  """
+  settings, metric = config.detection.detector, config.detection.metric
+  rows = {
+    label: [(seed, read_metrics(path)) for seed, path in pairs] for label, pairs in runs.items()
+  }
+  rows = {label: [(s, r) for s, r in pairs if r] for label, pairs in rows.items()}
+  rows = {label: pairs for label, pairs in rows.items() if pairs}
+  arms = {}
+  for label, pairs in rows.items():
+    paths = dict(runs[label])
+    seeds = {
+      str(seed): summarize_run(
+        r, config.hacking_threshold_pct, settings, metric, (teacher_golden or {}).get(paths[seed])
+      )
+      for seed, r in pairs
+    }
+    arms[label] = {
+      **summarize_arm(seeds),
+      "metrics_files": {str(seed): path for seed, path in runs[label]},
+    }
+  quality = detector_quality([s for arm in arms.values() for s in arm["seeds"].values()])
+  reference = reference or next(iter(arms))
+  comparisons = paired.compare_arms(arms, reference) if reference in arms else {}
+  summary = {
+    "title": title,
+    "arms": arms,
+    "reference": reference,
+    "paired": comparisons,
+    "detector": {"metric": metric, "settings": dataclasses.asdict(settings), **quality},
+  }
+  os.makedirs(directory, exist_ok=True)
+  checkpoints.write_json(os.path.join(directory, "summary.json"), summary)
+  levels = [
+    s["teacher_golden"]
+    for arm in arms.values()
+    for s in arm["seeds"].values()
+    if s["teacher_golden"] is not None
+  ]
+  figures.write_figures(
+    directory,
+    {label: [r for _, r in pairs] for label, pairs in rows.items()},
+    settings,
+    metric,
+    float(np.mean(levels)) if levels else None,
+  )
+  lines = [
+    f"# {title}",
+    "",
+    "Mean ± standard deviation over seeds, on held-out prompts; rise = 100 (final − "
+    "min) / min of golden; proxy change = 100 (final − at golden min) / at golden min of "
+    "the held-out proxy; outcome = the oracle's verdict per seed (teacher hacking: golden "
+    f"fell, then rose ≥ {config.hacking_threshold_pct:g}% with a rising trend while the "
+    "proxy did not rise; over-fitting: the same with the proxy rising; regression: golden "
+    "never fell below its start and rose the threshold above it; see docs/metrics.md); "
+    "detector = its verdict from the "
+    "proxy curve alone, with the step it fired at per seed.",
+    "",
+    "Teacher golden = the teacher's own KL(oracle || teacher); golden start = the "
+    "student's at step 0; trend = the slope of golden after its minimum in percent per "
+    "doubling of the steps, with the seeds whose 95% interval lies above zero (rising).",
+    "",
+    "| arm | seeds | teacher golden | golden start | golden min | golden min step | "
+    "golden final | rise % | trend %/doubling (rising) | proxy final | proxy change % | "
+    "outcome (oracle) | detector |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for label, arm in arms.items():
+    seeds = list(arm["seeds"].values())
+    fired = ", ".join(str(s["detected_step"]) if s["detected"] else "–" for s in seeds)
+    outcomes = ", ".join(f"{o.replace('_', ' ')} {n}" for o, n in arm["outcomes"].items() if n)
+    rising = sum(s["golden_trend_rising"] for s in seeds)
+    lines.append(
+      f"| {label} | {len(seeds)} | {_mean_sd([s['teacher_golden'] for s in seeds])} | "
+      f"{_mean_sd([s['student_init_golden'] for s in seeds])} | "
+      f"{_mean_sd([s['golden_min'] for s in seeds])} | "
+      f"{', '.join(str(s['golden_min_step']) for s in seeds)} | "
+      f"{_mean_sd([s['golden_final'] for s in seeds])} | "
+      f"{_mean_sd([s['golden_rise_pct'] for s in seeds], '+.1f')} | "
+      f"{_mean_sd([s['golden_trend_pct_per_doubling'] for s in seeds], '+.2f')} "
+      f"({rising}/{len(seeds)}) | "
+      f"{_mean_sd([s['proxy_final'] for s in seeds])} | "
+      f"{_mean_sd([s['proxy_change_after_min_pct'] for s in seeds], '+.1f')} | {outcomes} | "
+      f"{arm['detected_runs']}/{len(seeds)} ({fired}) |"
+    )
+  if comparisons:
+    lines += ["", "## Arms against each other", ""] + paired.table(comparisons, reference)
+  lag = quality["lag_steps"]
+  lines += [
+    "",
+    "## Detector against the oracle",
+    "",
+    f"{quality['runs']} runs (positive: golden rose by the threshold, teacher hacking "
+    f"or over-fitting): {quality['true_positives']} true positives, "
+    f"{quality['false_positives']} false positives, {quality['false_negatives']} false "
+    f"negatives, {quality['true_negatives']} true negatives. Firing step minus golden "
+    f"minimum step on true positives: {lag if lag else 'none'} "
+    f"(in evaluations: {quality['lag_evals'] if lag else 'none'}).",
+    report.settings_text(settings, metric),
+    "",
+    "![curves](curves.png)",
+    "",
+    "![proxy-golden](proxy_golden.png)",
+    "",
+    "Detector on seed 0 of each arm (law fitted before the departure, firing step, "
+    "golden minimum):",
+    "",
+    "![detector](detector.png)",
+    "",
+    "## Runs",
+    "",
+  ]
+  for label, arm in arms.items():
+    lines.append(
+      f"- {label}: "
+      + ", ".join(
+        f"seed {seed} `{os.path.dirname(path)}`" for seed, path in arm["metrics_files"].items()
+      )
+    )
+  lines.append("")
+  with open(os.path.join(directory, "report.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
+  return summary

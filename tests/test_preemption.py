@@ -95,6 +95,7 @@ def test_damaged_and_incomplete_checkpoints_are_skipped(tmp_path):
   like = {"w": jnp.zeros(4), "step": jnp.zeros((), jnp.int32)}
   for step in (1, 2):
     checkpointer.save(step, {"w": jnp.full(4, float(step)), "step": jnp.asarray(step)})
+  checkpointer.close()  # both saves finished (they are asynchronous)
   # The newest checkpoint loses its array data; a temporary folder is left by a killed save.
   for root, _, files in os.walk(os.path.join(directory, "2")):
     for name in files:

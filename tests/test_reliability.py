@@ -250,6 +250,7 @@ def test_a_checkpoint_of_another_structure_is_reported_as_such(tmp_path):
   directory = str(tmp_path / "checkpoints")
   checkpointer = checkpoints.RunCheckpointer(directory)
   checkpointer.save(3, {"w": jnp.zeros(4), "clip": {"count": jnp.zeros((), jnp.int32)}})
+  checkpointer.wait()
   with pytest.raises(
     checkpoints.CheckpointMismatch,
     match=r"checkpoint 3 .* another structure \(clip/count is in the checkpoint "
@@ -269,12 +270,15 @@ def test_a_checkpoint_of_another_structure_is_reported_as_such(tmp_path):
 
 def test_a_damaged_checkpoint_is_set_aside_and_its_step_written_again(tmp_path):
   directory = str(tmp_path / "checkpoints")
-  checkpoints.RunCheckpointer(directory).save(2, {"w": jnp.ones(4)})
+  first = checkpoints.RunCheckpointer(directory)
+  first.save(2, {"w": jnp.ones(4)})
+  first.close()  # saves are asynchronous: the checkpoint is complete once closed
   shutil.rmtree(os.path.join(directory, "2", "default"))
   checkpointer = checkpoints.RunCheckpointer(directory)
   assert checkpointer.restore_latest({"w": jnp.zeros(4)}) is None
   assert os.path.isdir(os.path.join(directory, "damaged-2"))
   checkpointer.save(2, {"w": jnp.full(4, 2.0)})
+  checkpointer.close()
   restored = checkpoints.RunCheckpointer(directory).restore_latest({"w": jnp.zeros(4)})
   assert float(restored["w"][0]) == 2.0
 

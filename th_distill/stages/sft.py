@@ -47,7 +47,7 @@ def train_sft(
   title = f"{name} SFT"
   trainer = Trainer(
     title,
-    programs.sft_step(name, settings),
+    programs.sft_step(name, settings, on_nonfinite),
     regime_lib.offline_batches(data, settings.batch_size, seed),
     new_train_state(programs.partitioner, model, params, settings.build()),
     partitioner=programs.partitioner,

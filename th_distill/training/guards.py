@@ -1,30 +1,39 @@
-"""Guards of the distillation loop: non-finite steps, a stalled gradient, lost metric rows.
+"""Guards of the training loop: non-finite steps, a stalled gradient, lost metric rows.
 
 - `StepWatch` checks every step's loss and gradient norm on the host (the training loop hands it
   each step's metrics one step late, so the devices never wait for it): a non-finite value stops
   the run with `NonFiniteStep`, naming the step, the values and the last good checkpoint (the
-  state is never saved after it), as t5x's TerminateOnNan does, or, with
-  `on_nonfinite = 'skip'`, the step is reported skipped. On the devices such a step is always
-  skipped, whatever `on_nonfinite` says: the optimiser (`steps.make_optimizer`) keeps the
-  parameters and Adam's state through `optax.apply_if_finite`.
+  poisoned state is never saved), as t5x's TerminateOnNan does, or, with
+  `on_nonfinite = 'skip'`, the step is skipped: `skip_nonfinite` keeps the parameters and
+  optimiser state inside the jitted step.
 - `check_rows` refuses to resume or report a run whose `metrics.jsonl` lost rows.
+
+`optax.apply_if_finite` is not used for the skip: it checks the updates, not the loss (finite
+gradients can overflow the loss or the norm), advances nothing but its own counters, and wrapping
+the optimiser in its `lax.cond` changes the finite steps' results by an ulp or two on CPU (XLA
+fuses the update differently), so every run's numbers would move; `skip_nonfinite` changes
+nothing under `on_nonfinite = 'stop'`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from th_distill.errors import RunError
 from th_distill.observing.metrics_io import MetricsLost, read_metrics
 from th_distill.rundir import checkpoints
+from th_distill.training.steps import TrainState
 
 
 class NonFiniteStep(RunError):
-  """Training gave a non-finite loss or gradient norm: a distillation step (with
-  `on_nonfinite = 'stop'`, or 100 skipped in a row), or the end of a teacher or student SFT."""
+  """Training gave a non-finite loss or gradient norm: a distillation or SFT step (with
+  `on_nonfinite = 'stop'`, or 100 skipped in a row)."""
 
 
 class StepWatch:
@@ -107,6 +116,31 @@ def _last_good(checkpointer: checkpoints.RunCheckpointer) -> str:
   if step is None:
     return "No checkpoint was written yet (a rerun starts from step 0)."
   return f"The last good checkpoint, step {step}, is kept in {checkpointer.directory}."
+
+
+def skip_nonfinite(
+  step_fn: Callable[..., Any],
+  on_nonfinite: str,
+  loss: str = "train/loss",
+  grad_norm: str = "train/grad_norm",
+) -> Callable[..., Any]:
+  """`step_fn` (state, ...) -> (state, metrics); with `on_nonfinite = 'skip'`, a step whose
+  metrics `loss` or `grad_norm` is not finite keeps the parameters and optimiser state (the step
+  counter still advances, so the data order is unchanged)."""
+  if on_nonfinite != "skip":
+    return step_fn
+
+  def guarded(state: TrainState, *args: Any) -> tuple[TrainState, Any]:
+    new, metrics = step_fn(state, *args)
+    finite = jnp.isfinite(metrics[loss]) & jnp.isfinite(metrics[grad_norm])
+    params, opt_state = jax.tree_util.tree_map(
+      lambda n, o: jnp.where(finite, n, o),
+      (new.params, new.opt_state),
+      (state.params, state.opt_state),
+    )
+    return new.replace(params=params, opt_state=opt_state), metrics
+
+  return guarded
 
 
 def check_rows(path: str, steps: set[int], fix: str) -> None:

@@ -29,6 +29,7 @@ from th_distill.data.batch import Batch
 from th_distill.models import T5
 from th_distill.partitioning import Partitioner, pad_rows
 from th_distill.sampling import SampleFn
+from th_distill.training import guards
 from th_distill.training.steps import (
   TrainState,
   create_train_state,
@@ -79,21 +80,28 @@ def sampler_program(model: T5, settings: SamplingSettings, partitioner: Partitio
   )
 
 
-def _sft_step(state: TrainState, batch: Batch, rng: jax.Array, model: T5) -> tuple:
-  return make_sft_step(model)(state, batch, rng)
+def _sft_step(
+  state: TrainState, batch: Batch, rng: jax.Array, model: T5, on_nonfinite: str
+) -> tuple:
+  step = guards.skip_nonfinite(make_sft_step(model), on_nonfinite, "sft/loss", "sft/grad_norm")
+  return step(state, batch, rng)
 
 
 def sft_program(
-  model: T5, optimizer: optax.GradientTransformation, partitioner: Partitioner
+  model: T5,
+  optimizer: optax.GradientTransformation,
+  partitioner: Partitioner,
+  on_nonfinite: str = "stop",
 ) -> Callable:
-  """The SFT step `(state, batch, rng) -> (state, metrics)` (the state donated)."""
+  """The SFT step `(state, batch, rng) -> (state, metrics)` (the state donated); with
+  `on_nonfinite = 'skip'` a non-finite step keeps the state (`guards.skip_nonfinite`)."""
   state_shardings = partitioner.state_shardings(model, optimizer)
   return partitioner.jit(
     _sft_step,
     in_shardings=(state_shardings, batch_shardings(partitioner), partitioner.replicated),
     out_shardings=(state_shardings, partitioner.replicated),
     donate_argnums=0,
-    static=(model,),
+    static=(model, on_nonfinite),
   )
 
 
@@ -150,7 +158,9 @@ def _distill_step(
     micro_batches=settings.micro_batches,
     sequence_chunks=settings.sequence_chunks,
   )
-  return step(state, teacher_params, oracle_params, batch, rng)
+  return guards.skip_nonfinite(step, settings.on_nonfinite)(
+    state, teacher_params, oracle_params, batch, rng
+  )
 
 
 def distill_program(
@@ -236,11 +246,15 @@ class Programs:
 
     return fn
 
-  def sft_step(self, name: str, settings: OptimizerSettings) -> Callable:
-    """The SFT step of model `name` under `settings`' optimiser."""
+  def sft_step(
+    self, name: str, settings: OptimizerSettings, on_nonfinite: str = "stop"
+  ) -> Callable:
+    """The SFT step of model `name` under `settings`' optimiser (`on_nonfinite`: `sft_program`)."""
     return self._once(
-      ("sft", name, settings),
-      lambda: sft_program(getattr(self.models, name), settings.build(), self.partitioner),
+      ("sft", name, settings, on_nonfinite),
+      lambda: sft_program(
+        getattr(self.models, name), settings.build(), self.partitioner, on_nonfinite
+      ),
     )
 
   def distill_step(self) -> Callable:

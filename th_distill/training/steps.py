@@ -21,9 +21,6 @@ Memory: `micro_batches` M splits the batch into M micro-batches whose gradients 
 `sequence_chunks` C computes the [B, Lt, V] logits and divergences C chunks of positions at a time
 under `jax.checkpoint`, so at most [B/M, Lt/C, V] logits per model are alive at once.
 
-Non-finite steps: a step whose loss or gradient norm is not finite changes neither the parameters
-nor Adam's state (`make_optimizer`, `_apply_gradients`); the host decides whether the run goes on
-(`guards.StepWatch`, `on_nonfinite`).
 """
 
 from __future__ import annotations
@@ -45,9 +42,6 @@ from th_distill.observing.metric_names import PER_SEQUENCE, REFERENCE_MODELS
 Array = jax.Array
 Metrics = dict[str, Array]
 
-# `max_consecutive_errors` of `optax.apply_if_finite`: its count saturates here, so never above.
-NEVER_APPLY_NONFINITE = int(jnp.iinfo(jnp.int32).max)
-
 
 class TrainState(train_state.TrainState):
   """Flax train state: step, params, optimiser state (`apply_fn` is unused and left None)."""
@@ -62,9 +56,7 @@ def make_optimizer(
   weight_decay: float = 0.0,
   grad_clip: float = 0.0,
 ) -> optax.GradientTransformation:
-  """AdamW with linear warm-up then a constant, linear-decay or cosine schedule, skipping every
-  update whose gradients are not all finite (`optax.apply_if_finite`): the parameters, Adam's
-  moments and count are kept; `TrainState.step` and the learning-rate schedule move on.
+  """AdamW with linear warm-up then a constant, linear-decay or cosine schedule.
 
   `total_steps` is needed by the decaying schedules; `grad_clip` > 0 clips the global norm.
   Cached: equal settings give the same object, so train states built from them share compiled
@@ -86,17 +78,8 @@ def make_optimizer(
     else decay
   )
   parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-  parts += [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay)]
-  # `optax.adamw(lr, weight_decay)` with all but its last part, the step by the learning rate,
-  # under `apply_if_finite`: outside its `lax.cond` that multiply fuses with the parameters'
-  # update as in an unwrapped adamw (XLA contracts the two into one FMA), so the parameters stay
-  # bit-identical to it. Always wrapped, so the state's structure (checkpointed) does not depend
-  # on `on_nonfinite`; non-finite updates are never applied, however many in a row (the host
-  # stops the run after `guards.StepWatch.IN_A_ROW`).
-  return optax.chain(
-    optax.apply_if_finite(optax.chain(*parts), NEVER_APPLY_NONFINITE),
-    optax.scale_by_learning_rate(lr),
-  )
+  parts.append(optax.adamw(lr, weight_decay=weight_decay))
+  return optax.chain(*parts)
 
 
 def create_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
@@ -152,16 +135,6 @@ def _split(tree: Any, parts: int, axis: int, field: str) -> Any:
     return jnp.moveaxis(x, axis + 1, 0)
 
   return jax.tree_util.tree_map(one, tree)
-
-
-def _apply_gradients(state: TrainState, grads: Any, loss: Array, grad_norm: Array) -> TrainState:
-  """`state.apply_gradients(grads)`, the gradients made NaN if `loss` or `grad_norm` is not
-  finite, so the optimiser's `apply_if_finite` skips exactly the steps that `guards.StepWatch`
-  reports skipped (and `MetricSums` leaves out). A non-finite gradient gives a non-finite norm,
-  but not the other way round: finite gradients can overflow the norm (past ~1.8e19) or the
-  loss (a float32 sum of huge per-token values), and Adam would take such a step."""
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  return state.apply_gradients(grads=jax.tree.map(lambda g: jnp.where(finite, g, jnp.nan), grads))
 
 
 def divergence_totals(
@@ -246,9 +219,8 @@ def sft_step(
   (loss, accuracy), grads = jax.value_and_grad(
     lambda p: _sft_loss(model, p, batch, rng), has_aux=True
   )(state.params)
-  grad_norm = optax.tree.norm(grads)
-  metrics = {"sft/loss": loss, "sft/accuracy": accuracy, "sft/grad_norm": grad_norm}
-  return _apply_gradients(state, grads, loss, grad_norm), metrics
+  metrics = {"sft/loss": loss, "sft/accuracy": accuracy, "sft/grad_norm": optax.tree.norm(grads)}
+  return state.apply_gradients(grads=grads), metrics
 
 
 def make_sft_step(model: T5) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
@@ -323,8 +295,7 @@ def distill_step(
   grads = jax.tree_util.tree_map(lambda g: g / num_tokens, grad_sums)
   metrics = {f"train/{name}": value / num_tokens for name, value in sums.items()}
   metrics.update({"train/grad_norm": optax.tree.norm(grads), "train/tokens": batch.num_tokens})
-  new_state = _apply_gradients(state, grads, metrics["train/loss"], metrics["train/grad_norm"])
-  return new_state, metrics
+  return state.apply_gradients(grads=grads), metrics
 
 
 def make_distill_step(

@@ -3,7 +3,7 @@
 import setuptools
 
 # The repository on GitHub: the README's Colab badges and the notebooks' REPO_URL form fields and
-# figure links name the same one (tests/test_notebooks.py checks that they agree).
+# figure links name the same one (tests/commands/test_notebooks.py checks that they agree).
 REPO_URL = "https://github.com/YOUR_ORG/th_distill"
 
 TEST = [

@@ -14,7 +14,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLAB = os.path.join(ROOT, "colab")
 NOTEBOOKS = ("quickstart", "library_tour", "detecting_hacking")
 KERNEL = "th_distill_notebooks"

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import write_micro_config_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(module, *args, timeout=60):

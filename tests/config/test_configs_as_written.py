@@ -32,7 +32,7 @@ from th_distill.training import programs as program_lib
 from th_distill.training.programs import Models, Programs
 from th_distill.training.steps import Batch, create_train_state, make_optimizer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CPU_CONFIGS = ("tiny", "tiny_overfit", "tiny_strong_teacher", "t5_small")
 ACCELERATOR_CONFIGS = ("xsum_large_to_base", "wmt", "natural_instructions")
 BATCH = 1  # rows of the SFT and distillation batches

@@ -18,7 +18,7 @@ from th_distill import experiment
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.rundir import checkpoints
 
-TESTS = os.path.dirname(__file__)
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TESTS)
 from run_meshes import REGIMES, sharding_config  # noqa: E402
 

@@ -16,7 +16,7 @@ from th_distill.rundir import checkpoints
 
 # Large enough (64 MiB) that writing it outlasts the return of `save` by far.
 SIZE = 16 * 2**20
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _state(value):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TPU_POD = os.path.join(REPO, "launch", "tpu_pod.py")
 MULTIHOST_GPU = os.path.join(REPO, "launch", "multihost_gpu.py")
 RUN = ["--config=configs/tiny.py", "--workdir=/shared/th"]

@@ -22,7 +22,7 @@ from th_distill.partitioning import Partitioner  # noqa: E402
 from th_distill.rundir import checkpoints
 from th_distill.training.programs import Models  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py")))
 VOCAB = 256  # embedding rows: the test SentencePiece model has up to 256 pieces
 

@@ -15,7 +15,7 @@ import pytest
 
 import th_distill
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 API = open(os.path.join(REPO, "docs", "api.md"), encoding="utf-8").read()
 # The module tables (before the command lines'): | `th_distill.module` | `name`, `name` (...) |
 ROWS = dict(

@@ -12,7 +12,7 @@ from th_distill import config as config_lib
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Every `python -m th_distill.X` command and a value for each of its flags.
 COMMANDS = {
   "main": ("--config=configs/tiny.py", "--workdir=/tmp/th"),

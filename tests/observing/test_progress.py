@@ -15,7 +15,7 @@ from th_distill.config.run_config import RunConfig
 from th_distill.observing import progress
 from th_distill.planning import workload
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from th_distill.config.run_config import RunConfig
 from th_distill.models import T5, t5_config
 from th_distill.planning import memory, plan
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAPER_CONFIGS = ("xsum_large_to_base", "wmt", "natural_instructions")
 LAYERS = 2  # encoder and decoder layers of every model in the compiled tests
 MESH = (1, 8, 2)  # 16 devices: fsdp and model parallelism together

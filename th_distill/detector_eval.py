@@ -36,6 +36,7 @@ from th_distill.observing.metric_names import GOLDEN, PROXY
 from th_distill.observing.metrics_io import column, read_metrics
 from th_distill.results.summaries import POSITIVE, signature
 from th_distill.rundir import checkpoints
+from th_distill.rundir.layout import RegimeDirectory
 
 NEVER_RISES = 0.01  # relative rise over the running minimum that counts as the proxy rising
 
@@ -118,16 +119,17 @@ def finished_runs(workdirs: Sequence[str], threshold_pct: float) -> list[Run]:
   workdirs counts once); RunError if there is none."""
   runs, seen = [], set()
   for workdir in workdirs:
-    pattern = os.path.join(workdir, "runs", "*", "seed*", "*", "done.json")
-    for done in sorted(glob.glob(pattern)):
-      directory = os.path.dirname(done)
+    pattern = os.path.join(workdir, "runs", "*", "seed*", "*", "")
+    for path in sorted(glob.glob(pattern)):
+      regime = RegimeDirectory(os.path.dirname(path), os.path.basename(os.path.dirname(path)))
+      if not regime.finished:
+        continue
+      directory = regime.path
       if os.path.realpath(directory) in seen:
         continue
       seen.add(os.path.realpath(directory))
       seed = int(os.path.basename(os.path.dirname(directory))[len("seed") :])
-      run = load_run(
-        directory, seed, read_metrics(os.path.join(directory, "metrics.jsonl")), threshold_pct
-      )
+      run = load_run(directory, seed, read_metrics(regime.metrics), threshold_pct)
       if run is not None:
         runs.append(run)
   if not runs:

@@ -165,7 +165,7 @@ def _run(
     directory, study.title, arms, RunConfig.from_config(study.base), reference, teacher_golden
   )
   logging.info(
-    "Study done in %.0fs; report in %s", time.time() - start, os.path.join(directory, "report.md")
+    "Study done in %.0fs; report in %s", time.time() - start, RunDirectory(directory).report
   )
   return summary
 

@@ -90,7 +90,7 @@ def _step_by_step(model, params, tokens, decoder_inputs):
   return logits
 
 
-def test_forward_logits_equal_transformers(hf_model, converted):
+def _assert_forward_equals_transformers(hf_model, model_and_params):
   tokens, decoder_inputs = _inputs()
   with torch.no_grad():
     hf = hf_model(
@@ -98,12 +98,19 @@ def test_forward_logits_equal_transformers(hf_model, converted):
       attention_mask=torch.tensor(tokens != 0),
       decoder_input_ids=torch.tensor(decoder_inputs),
     ).logits.numpy()
-  np.testing.assert_allclose(_forward(*converted, tokens, decoder_inputs), hf, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(
+    _forward(*model_and_params, tokens, decoder_inputs), hf, atol=1e-4, rtol=0
+  )
 
 
-def test_incremental_decoding_equals_transformers(hf_model, converted):
+def test_forward_logits_equal_transformers(hf_model, converted):
+  _assert_forward_equals_transformers(hf_model, converted)
+
+
+def _assert_incremental_equals_transformers(hf_model, model_and_params):
+  """Our step-by-step logits (KV cache) equal `transformers`' with its own cache, step by step."""
   tokens, decoder_inputs = _inputs()
-  ours = _step_by_step(*converted, tokens, decoder_inputs)
+  ours = _step_by_step(*model_and_params, tokens, decoder_inputs)
   mask = torch.tensor(tokens != 0)
   with torch.no_grad():
     encoder_out = hf_model.get_encoder()(input_ids=torch.tensor(tokens), attention_mask=mask)
@@ -120,6 +127,10 @@ def test_incremental_decoding_equals_transformers(hf_model, converted):
       np.testing.assert_allclose(
         logits, out.logits[:, 0].numpy(), atol=1e-4, rtol=0, err_msg=f"step {t}"
       )
+
+
+def test_incremental_decoding_equals_transformers(hf_model, converted):
+  _assert_incremental_equals_transformers(hf_model, converted)
 
 
 def test_step_by_step_decoding_equals_teacher_forcing(converted):
@@ -227,29 +238,8 @@ def scanned(hf_model):
 
 def test_scanned_model_equals_transformers(hf_model, scanned):
   """Forward logits and incremental decoding of the scanned layout, as for the unrolled one."""
-  tokens, decoder_inputs = _inputs()
-  mask = torch.tensor(tokens != 0)
-  with torch.no_grad():
-    hf = hf_model(
-      input_ids=torch.tensor(tokens),
-      attention_mask=mask,
-      decoder_input_ids=torch.tensor(decoder_inputs),
-    ).logits.numpy()
-    np.testing.assert_allclose(_forward(*scanned, tokens, decoder_inputs), hf, atol=1e-4, rtol=0)
-    encoder_out = hf_model.get_encoder()(input_ids=torch.tensor(tokens), attention_mask=mask)
-    past = None
-    for t, logits in enumerate(_step_by_step(*scanned, tokens, decoder_inputs)):
-      out = hf_model(
-        encoder_outputs=encoder_out,
-        attention_mask=mask,
-        decoder_input_ids=torch.tensor(decoder_inputs[:, t : t + 1]),
-        past_key_values=past,
-        use_cache=True,
-      )
-      past = out.past_key_values
-      np.testing.assert_allclose(
-        logits, out.logits[:, 0].numpy(), atol=1e-4, rtol=0, err_msg=f"step {t}"
-      )
+  _assert_forward_equals_transformers(hf_model, scanned)
+  _assert_incremental_equals_transformers(hf_model, scanned)
 
 
 def test_scanned_round_trip_is_exact(hf_model, converted, scanned):

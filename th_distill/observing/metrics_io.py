@@ -29,6 +29,8 @@ GOLDEN, PROXY, TRAIN_PROXY = metric_names.GOLDEN, metric_names.PROXY, metric_nam
 
 _NONFINITE = ("nan", "inf", "-inf")  # how files written before `null` hold non-finite values
 
+METRICS_FILE = "metrics.jsonl"  # a run directory's metric rows, one JSON object per line
+
 
 class MetricsLost(RunError):
   """A run's `metrics.jsonl` lacks rows it logged (deleted or cut short)."""
@@ -79,7 +81,7 @@ class MetricsWriter:
   """
 
   def __init__(self, directory: str, resume_step: int | None = None, enabled: bool = True):
-    self.path = os.path.join(directory, "metrics.jsonl")
+    self.path = os.path.join(directory, METRICS_FILE)
     self.enabled = enabled
     if not enabled:
       return

@@ -16,6 +16,7 @@ from th_distill.observing.metrics_io import read_metrics
 from th_distill.results import figures, paired, report
 from th_distill.results.summaries import detector_quality, summarize_arm, summarize_run
 from th_distill.rundir import checkpoints
+from th_distill.rundir.layout import RunDirectory
 
 
 def _mean_sd(values: Sequence[float | None], spec: str = ".3f") -> str:
@@ -77,7 +78,7 @@ def write_study_report(
     "detector": {"metric": metric, "settings": dataclasses.asdict(settings), **quality},
   }
   os.makedirs(directory, exist_ok=True)
-  checkpoints.write_json(os.path.join(directory, "summary.json"), summary)
+  checkpoints.write_json(RunDirectory(directory).summary, summary)
   levels = [
     s["teacher_golden"]
     for arm in arms.values()
@@ -165,6 +166,6 @@ def write_study_report(
       )
     )
   lines.append("")
-  with open(os.path.join(directory, "report.md"), "w", encoding="utf-8") as f:
+  with open(RunDirectory(directory).report, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   return summary

@@ -19,6 +19,7 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING
 
+from th_distill.observing.metrics_io import METRICS_FILE
 from th_distill.rundir import checkpoints, records
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ class RegimeDirectory:
 
   @property
   def metrics(self) -> str:
-    return os.path.join(self.path, "metrics.jsonl")
+    return os.path.join(self.path, METRICS_FILE)
 
   @property
   def checkpoints(self) -> str:

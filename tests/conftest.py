@@ -62,6 +62,17 @@ def write_micro_config_file(path, *settings: str) -> str:
   return str(path)
 
 
+def finished_micro_run(tmp_path_factory, regime: str):
+  """A finished micro workdir of `regime` (checkpoints at steps 4 and 6) and its config."""
+  from th_distill import experiment
+
+  config = micro_config()
+  config.regimes = (regime,)
+  workdir = str(tmp_path_factory.mktemp("finished") / "run")
+  experiment.run(config, workdir)
+  return workdir, config
+
+
 @pytest.fixture
 def micro():
   return micro_config()

@@ -14,12 +14,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-import ml_collections
 from absl import app, flags
 
 from th_distill import config as config_lib
 from th_distill import errors, partitioning
+from th_distill.rundir import preemption
 
+EX_INTERRUPTED = 130  # as a shell reports a process stopped by SIGINT
 _TRACEBACK = flags.DEFINE_bool(
   "traceback", False, "On an error, show the Python traceback instead of one line."
 )
@@ -27,12 +28,19 @@ _TRACEBACK = flags.DEFINE_bool(
 
 class QuietLibraries(py_logging.Filter):
   """Drops the INFO chatter of Orbax (one block per checkpoint) and of JAX's backend probing
-  ('Unable to initialize backend tpu') from the progress log."""
+  ('Unable to initialize backend tpu') from the progress log, and Orbax's logged tracebacks (of
+  a failed save, which reaches the command as an exception and its one line) unless
+  `tracebacks`."""
+
+  def __init__(self, tracebacks: bool = False):
+    super().__init__()
+    self.tracebacks = tracebacks
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or not any(
-      name in record.pathname for name in ("orbax", "xla_bridge")
-    )
+    library = any(name in record.pathname for name in ("orbax", "xla_bridge"))
+    if library and record.exc_info and not self.tracebacks:
+      return False
+    return record.levelno >= py_logging.WARNING or not library
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
@@ -51,40 +59,76 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
   return value
 
 
-def check_config_arguments(argv: Sequence[str]) -> None:
-  """Raises ConfigError if `--config` names no loadable config file or a `--config.KEY`
-  override names no field of it (with the nearest field as a suggestion)."""
+def _config_key(arg: str) -> str | None:
+  """The KEY of a `--config.KEY[=V]` (or boolean `--noconfig.KEY`) argument, else None."""
+  for prefix in ("--config.", "--noconfig."):
+    if arg.startswith(prefix):
+      return arg[len(prefix) :].split("=", 1)[0]
+  return None
+
+
+def last_wins(argv: Sequence[str]) -> list[str]:
+  """`argv` with only the last of each repeated `--config.KEY` flag (`--config.KEY=V` or
+  `--config.KEY V`), so that every key is last-wins: ml_collections would join the values of a
+  repeated tuple field (`--config.regimes`) into one tuple."""
+  groups: list[tuple[str | None, list[str]]] = []
+  i = 0
+  while i < len(argv):
+    key = _config_key(argv[i])
+    separate = key is not None and "=" not in argv[i] and argv[i].startswith("--config.")
+    width = 2 if separate and i + 1 < len(argv) and not argv[i + 1].startswith("--") else 1
+    groups.append((key, list(argv[i : i + width])))
+    i += width
+  last = {key: index for index, (key, _) in enumerate(groups) if key is not None}
+  return [
+    arg
+    for index, (key, args) in enumerate(groups)
+    if key is None or last[key] == index
+    for arg in args
+  ]
+
+
+def check_config_arguments(argv: Sequence[str], kind: str = "experiment") -> None:
+  """Raises ConfigError (naming the file) if `--config` names no loadable config file, or one
+  that is not a complete `kind` config ('experiment' or 'study': `config.check_config_file`), or
+  a `--config.KEY` override names no field of it (with the nearest field as a suggestion)."""
   path = _flag_value(argv, "config")
   if path is None or ":" in path:  # absent (the flag parser says so), or with get_config args
     return
   config = config_lib.load_config_file(path)
-  if not isinstance(config, ml_collections.ConfigDict):
-    return
+  config_lib.check_config_file(config, path, kind)
   fields = config_lib.dotted_keys(config)
   prefixes = {key.rsplit(".", i)[0] for key in fields for i in range(key.count(".") + 1)}
   for arg in argv:
-    if arg.startswith("--config."):
-      key = arg[len("--config.") :].split("=", 1)[0]
-      if key not in prefixes:
-        raise config_lib.ConfigError(
-          f"--config.{key}: no such field in {path}{config_lib.suggest(key, fields)}"
-        )
+    key = _config_key(arg)
+    if key is not None and key not in prefixes:
+      raise config_lib.ConfigError(
+        f"--config.{key}: no such field in {path}{config_lib.suggest(key, fields)}"
+      )
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with every error as one line (exit status 2)."""
-  try:
-    check_config_arguments(argv[1:])
-    return flags.FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except  (any parse error is a usage error)
-    if "--traceback" in argv:
-      raise
-    _fail(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__, errors.EX_USAGE)
+def _flag_parser(config_kind: str) -> Callable[[list[str]], list[str]]:
+  """absl's flag parsing, every `--config.KEY` last-wins (`last_wins`) and every error as one
+  line (exit status 2); the `--config` file must hold a `config_kind` config."""
+
+  def parse(argv: list[str]) -> list[str]:
+    argv = [argv[0], *last_wins(argv[1:])]
+    try:
+      check_config_arguments(argv[1:], config_kind)
+      return flags.FLAGS(argv)
+    except Exception as e:  # pylint: disable=broad-except  (any parse error is a usage error)
+      if "--traceback" in argv:
+        raise
+      text = str(e).strip()
+      _fail(text.splitlines()[-1] if text else type(e).__name__, errors.EX_USAGE)
+
+  return parse
 
 
-def main(body: Callable[[list[str]], object]) -> None:
-  """`app.run(body)` with one-line flag errors; `body` should wrap its work in `run_command`."""
-  app.run(body, flags_parser=_parse_flags)
+def main(body: Callable[[list[str]], object], config_kind: str = "experiment") -> None:
+  """`app.run(body)` with one-line flag errors; `body` should wrap its work in `run_command`;
+  `config_kind`: what `--config` takes, 'experiment' or 'study' (`check_config_arguments`)."""
+  app.run(body, flags_parser=_flag_parser(config_kind))
 
 
 def reject_arguments(argv: Sequence[str]) -> None:
@@ -99,14 +143,23 @@ def reject_arguments(argv: Sequence[str]) -> None:
 
 def run_command(body: Callable[[], object]) -> None:
   """Runs `body` as a command: quiet Orbax logs, `jax.distributed` when launched on several
-  processes, and a `RunError` (a bad config, a busy workdir, pre-emption, a diverged run) as one
-  line on stderr and its exit status."""
+  processes (else SIGTERM is recorded for the whole command: `preemption.record_sigterm`), and a
+  `RunError` (a bad config, a busy workdir, pre-emption, a diverged run), a full disk or Ctrl-C as
+  one line on stderr and its exit status."""
   for handler in py_logging.getLogger().handlers + py_logging.getLogger("absl").handlers:
-    handler.addFilter(QuietLibraries())
-  partitioning.initialize_distributed()
+    handler.addFilter(QuietLibraries(_TRACEBACK.value))
+  if not partitioning.initialize_distributed():
+    preemption.record_sigterm()
   try:
     body()
-  except errors.RunError as e:
+  except KeyboardInterrupt:
     if _TRACEBACK.value:
       raise
-    _fail(str(e), e.exit_code)
+    _fail("interrupted (Ctrl-C); run the same command again to resume", EX_INTERRUPTED)
+  except Exception as e:  # pylint: disable=broad-except  (only errors a user can act on)
+    error = e if isinstance(e, errors.RunError) else errors.space_error(e)
+    if _TRACEBACK.value or error is None:
+      raise
+    if not isinstance(error, errors.RunError):
+      error = errors.no_space(error)
+    _fail(str(error), error.exit_code)

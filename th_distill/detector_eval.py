@@ -16,7 +16,10 @@ METHODS:
    see those), the lag (firing evaluation minus golden-minimum evaluation) and the golden cost of
    the detector's `best_predicted` checkpoint (100 * (golden there - golden min) / golden min).
 Every method leaves the evaluations before `--min_step` unscored (the transient; default the
-detector's). Prints a markdown table; `--out` writes every number as JSON (docs/data/).
+detector's). A run is never scored from a broken directory: one whose `metrics.jsonl` lacks an
+evaluation row of its schedule (its `config.json`), whose config cannot be read, whose golden
+values are all null or that diverged is left out and named, with the reason (`not_scored`).
+Prints a markdown table; `--out` writes every number as JSON (docs/data/).
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
 from th_distill import cli, detection, errors
+from th_distill.config.run_config import RunConfig
 from th_distill.observing.metric_names import GOLDEN, PROXY
-from th_distill.observing.metrics_io import column, read_metrics
+from th_distill.observing.metrics_io import MetricsLost, column, read_metrics
 from th_distill.results.summaries import POSITIVE, signature
 from th_distill.rundir import checkpoints
-from th_distill.rundir.layout import RegimeDirectory
+from th_distill.rundir.layout import RegimeDirectory, RunDirectory
 
 NEVER_RISES = 0.01  # relative rise over the running minimum that counts as the proxy rising
 
@@ -101,43 +105,81 @@ class Run:
 
 def load_run(
   directory: str, seed: int, rows: Sequence[Mapping[str, Any]], threshold_pct: float
-) -> Run | None:
-  """The run's curves and verdict; None for a run that diverged (no verdict to score)."""
+) -> Run | str:
+  """The run's curves and verdict, or why it has no verdict to score (its golden values are all
+  null, or it diverged)."""
   steps = np.array([r["step"] for r in rows])
   golden, proxy = column(rows, GOLDEN), column(rows, PROXY)
+  if not np.isfinite(golden).any():
+    return f"its {len(golden)} golden values ({GOLDEN}) are all null"
   verdict = signature(steps, golden, proxy, threshold_pct)
   if verdict["outcome"] == "diverged":
-    return None
+    return "diverged: its last golden or proxy value is not finite (no verdict)"
   best = int(np.flatnonzero(steps == verdict["golden_min_step"])[0])
   running_min = np.fmin.accumulate(proxy)
   never_rises = bool(np.all(proxy[best:] <= running_min[best:] * (1 + NEVER_RISES)))
   return Run(directory, seed, steps, golden, proxy, verdict["outcome"], best, never_rises)
 
 
-def finished_runs(workdirs: Sequence[str], threshold_pct: float) -> list[Run]:
-  """Every finished regime run under WORKDIR/runs of each workdir (a run reached through two
-  workdirs counts once); RunError if there is none."""
-  runs, seen = [], set()
+def _unscorable(regime: RegimeDirectory) -> str | None:
+  """Why a finished regime run cannot be scored (its config or `done.json` cannot be read, or its
+  `metrics.jsonl` lacks evaluation rows: `RegimeDirectory.check_rows`), or None."""
+  config = RunDirectory(os.path.dirname(regime.path)).config
+  try:
+    regime.check_rows(RunConfig.from_config(checkpoints.read_json(config)).eval_settings.steps)
+  except MetricsLost as e:
+    return str(e)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return (
+      f"its {config} or {regime.done_marker} cannot be read ({checkpoints.describe(e)}), so its "
+      "rows cannot be checked"
+    )
+  return None
+
+
+def _regime_runs(workdirs: Sequence[str]) -> list[tuple[RegimeDirectory, int]]:
+  """Every finished regime run under WORKDIR/runs/*/seed<s>/ of each workdir, with its seed (a
+  run reached through two workdirs counts once)."""
+  found, seen = [], set()
   for workdir in workdirs:
-    pattern = os.path.join(workdir, "runs", "*", "seed*", "*", "")
-    for path in sorted(glob.glob(pattern)):
-      regime = RegimeDirectory(os.path.dirname(path), os.path.basename(os.path.dirname(path)))
-      if not regime.finished:
-        continue
-      directory = regime.path
-      if os.path.realpath(directory) in seen:
-        continue
-      seen.add(os.path.realpath(directory))
-      seed = int(os.path.basename(os.path.dirname(directory))[len("seed") :])
-      run = load_run(directory, seed, read_metrics(regime.metrics), threshold_pct)
-      if run is not None:
-        runs.append(run)
+    for path in sorted(glob.glob(os.path.join(workdir, "runs", "*", "seed*", "*", ""))):
+      directory = os.path.dirname(path)
+      regime = RegimeDirectory(directory, os.path.basename(directory))
+      seed = os.path.basename(os.path.dirname(directory))[len("seed") :]
+      if regime.finished and seed.isdigit() and os.path.realpath(directory) not in seen:
+        seen.add(os.path.realpath(directory))
+        found.append((regime, int(seed)))
+  return found
+
+
+def finished_runs(
+  workdirs: Sequence[str], threshold_pct: float
+) -> tuple[list[Run], list[tuple[str, str]]]:
+  """Every finished regime run under WORKDIR/runs of each workdir that can be scored, and the
+  (directory, reason) of each one left out, with a warning: one that lacks evaluation rows
+  (never scored), whose config cannot be read, whose golden values are all null, or that
+  diverged. RunError if no run can be scored."""
+  runs, skipped = [], []
+  for regime, seed in _regime_runs(workdirs):
+    run = _unscorable(regime) or load_run(
+      regime.path, seed, read_metrics(regime.metrics), threshold_pct
+    )
+    if isinstance(run, str):
+      logging.warning("Not scored: %s: %s", regime.path, run)
+      skipped.append((regime.path, run))
+    else:
+      runs.append(run)
   if not runs:
     raise errors.RunError(
-      f"--workdir={','.join(workdirs)}: no finished study run in */runs (run "
-      "`python -m th_distill.study --workdir=...` first)"
+      f"--workdir={','.join(workdirs)}: no finished study run in */runs"
+      + (
+        f" that can be scored ({len(skipped)} left out: {skipped[0][0]}: {skipped[0][1]})"
+        if skipped
+        else ""
+      )
+      + " (run `python -m th_distill.study --workdir=...` first)"
     )
-  return runs
+  return runs, skipped
 
 
 def score(runs: Sequence[Run], settings: detection.DetectorSettings) -> dict[str, Any]:
@@ -281,8 +323,14 @@ def table(result: Mapping[str, Any], split: str = "test") -> str:
   return "\n".join(lines)
 
 
-def _seeds(text: str) -> list[int]:
-  return [int(s) for s in text.split(",") if s.strip()]
+def _seeds(flag: str, text: str) -> list[int]:
+  """The comma-separated seeds of `--flag`; UsageError if one is not an integer."""
+  try:
+    return [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise errors.UsageError(
+      f"--{flag}={text}: must be comma-separated integer seeds (e.g. 0,1,2)"
+    ) from None
 
 
 def main() -> None:
@@ -303,17 +351,23 @@ def main() -> None:
   flags.mark_flags_as_required(["workdir"])
 
   def evaluate() -> None:
-    runs = finished_runs(workdirs.value, threshold.value)
-    result = calibrate_and_test(
-      runs, _seeds(calibration.value), _seeds(test.value), with_min_step(METHODS, min_step.value)
+    seeds = _seeds("calibration_seeds", calibration.value), _seeds("test_seeds", test.value)
+    runs, skipped = finished_runs(workdirs.value, threshold.value)
+    result = calibrate_and_test(runs, *seeds, with_min_step(METHODS, min_step.value))
+    result.update(
+      threshold_pct=threshold.value,
+      min_step=min_step.value,
+      not_scored=[{"run": run, "reason": reason} for run, reason in skipped],
     )
-    result.update(threshold_pct=threshold.value, min_step=min_step.value)
     print(
       f"{result['calibration_runs']} calibration runs (seeds {calibration.value}), "
       f"{result['test_runs']} test runs (seeds {test.value}); positive = golden rises by "
       f">= {threshold.value:g}% (held-out verdict); evaluations before step "
-      f"{min_step.value} not scored.\n\n## Test seeds\n"
+      f"{min_step.value} not scored."
     )
+    for run, reason in skipped:
+      print(f"Not scored: {run}: {reason}")
+    print("\n## Test seeds\n")
     print(table(result, "test"))
     print("\n## Calibration seeds (where the settings were chosen)\n")
     print(table(result, "calibration"))

@@ -26,6 +26,13 @@ Conventions:
 - Float32 rounding can leave a divergence a hair below 0 (e.g. when p ~= q); such values are
   reported as exactly 0, with the gradient left untouched.
 
+Truncated teacher (offline top-k logit caches, top-k teacher log-probs on-policy): the teacher
+is kept as its top K log-probabilities per position (`top_k_log_probs`: values, indices and the
+log of the mass outside them) and `truncated_divergence` compares it with the student on those
+K classes, both renormalised over them (`tail='renormalize'`), or on K + 1 classes whose last is
+the rest of the vocabulary (`'bucket'`: the teacher's stored tail mass against the student's
+mass outside the teacher's top K).
+
 Masked reductions over a batch of responses (`values`, `mask`: [B, L]): `per_token_mean` (mean
 over every valid token) and `per_sequence_mean` (sum over each response, then mean over responses).
 Padded positions (mask == 0) never count, even if `values` holds NaN or inf there.
@@ -174,6 +181,59 @@ def all_divergences(ref_logits: Array, student_logits: Array) -> dict[str, Array
     "rkl": _kl(log_q, log_p),
     "jsd": _jsd(log_p, log_q, 0.5, normalized=False),
   }
+
+
+TAILS = ("renormalize", "bucket")
+
+
+def _outside(log_probs: Array, indices: Array) -> Array:
+  """log of the mass outside `indices` [..., K] of `log_probs` [..., V]: [...] (-inf when
+  the K entries hold all of it), summed over the other entries (no 1 - p cancellation)."""
+  flat = log_probs.reshape(-1, log_probs.shape[-1])
+  rows = jnp.arange(flat.shape[0])[:, None]
+  inside = jnp.zeros(flat.shape, bool).at[rows, indices.reshape(-1, indices.shape[-1])].set(True)
+  rest = jnp.where(inside, -jnp.inf, flat)
+  return jax.nn.logsumexp(rest, axis=-1).reshape(log_probs.shape[:-1])
+
+
+def top_k_log_probs(ref_logits: Array, k: int, temperature: float = 1.0) -> tuple[Array, ...]:
+  """The reference's top `k` log-probabilities at `temperature`: `ref_logits` [..., V] ->
+  (values [..., K] float32 in descending order, indices [..., K] int32, tail [...] float32: the
+  log of the probability outside the top K, -inf when K = V)."""
+  log_p = _log_probs(ref_logits, temperature)
+  values, indices = jax.lax.top_k(log_p, k)
+  return values, indices.astype(jnp.int32), _outside(log_p, indices)
+
+
+def truncated_divergence(
+  name: str,
+  top_values: Array,
+  top_indices: Array,
+  tail: Array,
+  student_logits: Array,
+  *,
+  mode: str = "renormalize",
+  beta: float = 0.5,
+  temperature: float = 1.0,
+  normalized: bool = False,
+) -> Array:
+  """Divergence `name` of a truncated reference against the student per position: the
+  reference's `top_k_log_probs` (`top_values`, `top_indices` [..., K], `tail` [...]) and
+  `student_logits` [..., V] -> [...] float32.
+
+  `mode='renormalize'`: both distributions restricted to the reference's K classes and
+  renormalised there; `'bucket'`: K + 1 classes, the last holding each side's probability
+  outside those K. The student's logits are divided by `temperature` (the reference's were
+  when its top K were taken); `beta`, `normalized` as for `jsd`.
+  """
+  if mode not in TAILS:
+    raise ValueError(f"Unknown tail mode {mode!r}; expected one of {TAILS}.")
+  log_q = _log_probs(student_logits, temperature)
+  ref, student = top_values, jnp.take_along_axis(log_q, top_indices, axis=-1)
+  if mode == "bucket":
+    ref = jnp.concatenate([ref, tail[..., None]], axis=-1)
+    student = jnp.concatenate([student, _outside(log_q, top_indices)[..., None]], axis=-1)
+  return token_divergence(name, ref, student, beta=beta, normalized=normalized)
 
 
 def entropy(logits: Array) -> Array:

@@ -9,7 +9,8 @@ A study config (`configs/studies/*.py`) has:
 - `variants`: name -> nested overrides of `base` (e.g. `{'offline': {'num_prompts': 64}}`);
 - `seeds`: the seeds every variant runs with;
 - `reference`: the arm the others are compared with, paired over seeds (`th_distill.results.paired`;
-  default: the first arm).
+  default: the first arm); `references` (optional): {arm: its own reference arm}, for studies
+  with several families of arms.
 
 Layout: `WORKDIR/runs/<fingerprint>/seed<s>/` is an ordinary experiment workdir (its own
 report, metrics and checkpoints), named by the hash of its config without `seed` and `regimes`;
@@ -37,6 +38,7 @@ from ml_collections import config_flags
 from th_distill import cli, experiment
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
+from th_distill.planning import workload
 from th_distill.results import study_report
 from th_distill.rundir import lock as workdir_lock
 from th_distill.rundir import records
@@ -50,10 +52,19 @@ def study_config(
   variants: Mapping[str, Mapping[str, Any]],
   seeds: tuple[int, ...] = (0, 1, 2),
   reference: str = "",
+  references: Mapping[str, str] | None = None,
 ) -> ml_collections.ConfigDict:
   """A study config (module docstring); what `get_config()` of a study file returns."""
   return ml_collections.ConfigDict(
-    dict(name=name, title=title, base=base, variants=variants, seeds=seeds, reference=reference)
+    dict(
+      name=name,
+      title=title,
+      base=base,
+      variants=variants,
+      seeds=seeds,
+      reference=reference,
+      references=dict(references or {}),
+    )
   )
 
 
@@ -140,12 +151,17 @@ def _run(
         (seed, RunDirectory(run_dir(workdir, run_config)).regime(regime).metrics)
       )
   reference = study.get("reference", "")
-  if reference and reference not in arms:
-    raise config_lib.ConfigError(
-      f"reference: {reference!r} is not an arm of the study; its arms "
-      f"are {sorted(arms)}" + config_lib.suggest(reference, list(arms))
-    )
-  start, teacher_golden = time.time(), {}
+  references = dict(study.get("references", {}))
+  named = [("reference", reference)] if reference else []
+  for arm, base in references.items():
+    named += [(f"references[{arm!r}]", arm), (f"references[{arm!r}]", base)]
+  for field, arm in named:
+    if arm not in arms:
+      raise config_lib.ConfigError(
+        f"{field}: {arm!r} is not an arm of the study; its arms "
+        f"are {sorted(arms)}" + config_lib.suggest(arm, list(arms))
+      )
+  start, teacher_golden, costs = time.time(), {}, {}
   for index, ((variant, seed, config), run_config) in enumerate(zip(runs, typed)):
     logging.info(
       "Study run %d/%d: variant %r, seed %d (%.0fs elapsed)",
@@ -158,11 +174,21 @@ def _run(
     directory = RunDirectory(run_dir(workdir, run_config), stage1_dir(workdir, run_config))
     done = experiment.run(config, directory.path, directory.stage1_path)
     for regime in config.regimes:
+      directory.regime(regime).check_rows(run_config.eval_settings.steps)
       path = directory.regime(regime).metrics
       teacher_golden[path] = done.get("teacher_golden")  # {} off process 0
+      regime_summary = done.get("regimes", {}).get(regime, {})
+      costs[path] = {k: regime_summary[k] for k in workload.COST_KEYS if k in regime_summary}
   directory = os.path.join(workdir, study.name)
   summary = study_report.write_study_report(
-    directory, study.title, arms, RunConfig.from_config(study.base), reference, teacher_golden
+    directory,
+    study.title,
+    arms,
+    RunConfig.from_config(study.base),
+    reference,
+    teacher_golden,
+    costs,
+    references,
   )
   logging.info(
     "Study done in %.0fs; report in %s", time.time() - start, RunDirectory(directory).report
@@ -186,7 +212,7 @@ def main() -> None:
     cli.reject_arguments(argv)
     cli.run_command(lambda: run(study.value, workdir.value))
 
-  cli.main(body)
+  cli.main(body, config_kind="study")
 
 
 if __name__ == "__main__":

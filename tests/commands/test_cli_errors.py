@@ -8,6 +8,9 @@ import sys
 import pytest
 from conftest import write_micro_config_file
 
+from th_distill import cli
+from th_distill import config as config_lib
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -113,3 +116,85 @@ def test_study_and_detector_eval_errors_are_one_line(tmp_path):
     "did you mean base.student.steps?",
   )
   _one_line_error(_run("detector_eval", f"--workdir={tmp_path}"), 1, "no finished study run")
+
+
+def _run_all(commands, timeout=120):
+  """Runs every (module, args) command at once; their results in order."""
+  running = [
+    subprocess.Popen(
+      [sys.executable, "-m", f"th_distill.{module}", *args],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for module, args in commands
+  ]
+  results = []
+  for process, command in zip(running, commands):
+    _, stderr = process.communicate(timeout=timeout)
+    results.append(subprocess.CompletedProcess(command, process.returncode, "", stderr))
+  return results
+
+
+_CONFIG_FILES = {
+  "boom": "raise RuntimeError('boom at import')\n",
+  "inside": "def get_config():\n  return {}['inside']\n",
+  "dict": "def get_config():\n  return {'a': 1}\n",
+  "lacks": "from th_distill.config import base_config\n\ndef get_config():\n"
+  "  c = base_config()\n  del c.task\n  del c.student.steps\n  return c\n",
+}
+
+
+@pytest.mark.parametrize(
+  "kind, name, fragment",
+  [
+    ("experiment", "boom", "{path} fails at import: RuntimeError: boom at import"),
+    ("experiment", "inside", "get_config() of {path} fails: KeyError: 'inside'"),
+    ("study", "dict", "get_config() of {path} returns a dict, not an ml_collections.ConfigDict"),
+    ("experiment", "lacks", "the config of {path} lacks the field(s) student.steps, task"),
+    ("study", "lacks", "{path} is an experiment config; run it with python -m th_distill.main"),
+    (
+      "experiment",
+      "configs/studies/regimes.py",
+      "{path} is a study config; run it with python -m th_distill.study (this command takes "
+      "experiment configs)",
+    ),
+  ],
+)
+def test_config_file_errors_name_the_file_and_the_command(tmp_path, kind, name, fragment):
+  path = name if name.startswith("configs/") else str(tmp_path / f"{name}.py")
+  if name in _CONFIG_FILES:
+    (tmp_path / f"{name}.py").write_text(_CONFIG_FILES[name])
+  with pytest.raises(config_lib.ConfigError) as error:
+    cli.check_config_arguments([f"--config={os.path.join(REPO, path)}"], kind)
+  assert fragment.format(path=repr(os.path.join(REPO, path))) in str(error.value)
+  assert "\n" not in str(error.value)
+
+
+def test_repeated_config_flags_keep_the_last_one():
+  assert cli.last_wins(
+    ["--config=c.py", "--config.regimes=(a,)", "--x", "--config.regimes", "b", "--config.s=1"]
+  ) == ["--config=c.py", "--x", "--config.regimes", "b", "--config.s=1"]
+  assert cli.last_wins(["--config.b", "--noconfig.b", "--config.a=1", "--config.a=2"]) == [
+    "--noconfig.b",
+    "--config.a=2",
+  ]
+
+
+@pytest.mark.slow
+def test_every_command_line_error_class_is_one_line_with_its_status(tmp_path):
+  """Each command stops before any work: a config file of the wrong kind, repeated tuple flags
+  (last-wins: a valid last value reaches the workdir check, which refuses a file), an absurd
+  step count, a malformed seed list."""
+  (tmp_path / "file").write_text("")
+  tiny = ("--config=configs/tiny.py", f"--workdir={tmp_path / 'file'}")
+  cases = [
+    (("main", ("--config=configs/studies/regimes.py", f"--workdir={tmp_path}")), 2, "study config"),
+    (("main", (*tiny, "--config.regimes=('offline',)", "--config.regimes=()")), 2, "at least one"),
+    (("main", (*tiny, "--config.regimes=('offlin',)", "--config.regimes=offline")), 1, "not a dir"),
+    (("main", (*tiny, "--config.student.steps=1000000000000")), 2, "exceeds the bound 2147483647"),
+    (("detector_eval", (f"--workdir={tmp_path}", "--test_seeds=a,b")), 2, "--test_seeds=a,b: must"),
+  ]
+  for result, (_, status, fragment) in zip(_run_all([c for c, _, _ in cases]), cases):
+    _one_line_error(result, status, fragment)

@@ -2,11 +2,19 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
+from conftest import micro_config
 
 from th_distill import config as config_lib
-from th_distill import study
+from th_distill import detector_eval, errors, study
+from th_distill.config.run_config import RunConfig
+from th_distill.observing.metric_names import GOLDEN, PROXY
 
 
 def _study(micro, variants, seeds=(0, 1)):
@@ -92,29 +100,36 @@ def test_unknown_override_names_the_field(micro):
     study.run_configs(_study(micro, {"big": {"offline": {"num_prompts": 10_000}}}, seeds=(0,)))
 
 
-def test_detector_eval_calibrates_on_some_seeds_and_scores_on_others(tmp_path):
-  import numpy as np
-
-  from th_distill import detector_eval, errors
-  from th_distill.observing.metric_names import GOLDEN, PROXY
-
-  steps = np.unique(np.rint(np.geomspace(1, 3000, 45))).astype(int)
-  converging = 0.8 * steps**-0.15
-  # Teacher hacking on held-out prompts: from step 200 the proxy still falls, at a fifth of its
-  # rate, while golden turns up; it never rises, so early stopping cannot see it.
-  slows = np.where(steps <= 200, converging, 0.8 * 200**-0.15 * (steps / 200) ** -0.03)
+def _write_study_runs(root, seeds=(0, 1)):
+  """A study workdir of two regimes per seed whose curves the detector can score: the offline
+  run's proxy slows down while golden turns up at step 200 (teacher hacking, the proxy never
+  rising), the online one converges. Each run has its config.json and done.json."""
+  config = micro_config()
+  config.student.steps, config.eval_every, config.eval_log_points = 3000, 3000, 45
+  values = RunConfig.from_config(config).values
+  steps = np.array(list(RunConfig.from_config(config).eval_settings.steps))
+  t = np.maximum(steps, 1)  # the row of step 0 reads as step 1's
+  converging = 0.8 * t**-0.15
+  slows = np.where(t <= 200, converging, 0.8 * 200**-0.15 * (t / 200) ** -0.03)
   turn = 2e-4 * np.maximum(steps - 200, 0)
-  for seed in (0, 1):
+  for seed in seeds:
+    run = root / "runs" / "abc" / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(values))
     for name, proxy, golden in (
       ("offline", slows, 1.0 + slows + turn),
       ("online_teacher", converging, 1.0 + converging),
     ):
-      directory = tmp_path / "runs" / "abc" / f"seed{seed}" / name
-      directory.mkdir(parents=True)
+      (run / name).mkdir()
       rows = [{"step": int(s), PROXY: p, GOLDEN: g} for s, p, g in zip(steps, proxy, golden)]
-      (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-      (directory / "done.json").write_text("{}")
-  runs = detector_eval.finished_runs([str(tmp_path), str(tmp_path)], threshold_pct=5.0)
+      (run / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+      (run / name / "done.json").write_text(json.dumps({"steps": 3000}))
+
+
+def test_detector_eval_calibrates_on_some_seeds_and_scores_on_others(tmp_path):
+  _write_study_runs(tmp_path)
+  runs, skipped = detector_eval.finished_runs([str(tmp_path), str(tmp_path)], threshold_pct=5.0)
+  assert skipped == []
   assert [(r.seed, r.outcome, r.proxy_never_rises) for r in runs] == [
     (0, "teacher_hacking", True),
     (0, "none", True),
@@ -131,3 +146,77 @@ def test_detector_eval_calibrates_on_some_seeds_and_scores_on_others(tmp_path):
   )
   with pytest.raises(errors.RunError, match="overlap"):
     detector_eval.calibrate_and_test(runs, [0, 1], [1])
+
+
+def _cut(path, keep):
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text("".join(lines[:keep]))
+
+
+def test_detector_eval_never_scores_a_run_with_missing_rows_or_null_golden(tmp_path):
+  _write_study_runs(tmp_path, seeds=(0, 1, 2))
+  (tmp_path / "runs" / "abc" / "seed2" / "config.json").write_text("{garbage")
+  seed0 = tmp_path / "runs" / "abc" / "seed0"
+  _cut(seed0 / "offline" / "metrics.jsonl", 2)
+  online = seed0 / "online_teacher" / "metrics.jsonl"
+  rows = [json.loads(line) for line in online.read_text().splitlines()]
+  online.write_text("".join(json.dumps({**r, GOLDEN: None}) + "\n" for r in rows))
+  runs, skipped = detector_eval.finished_runs([str(tmp_path)], threshold_pct=5.0)
+  assert [(r.seed, r.outcome) for r in runs] == [(1, "teacher_hacking"), (1, "none")]
+  (cut, why_cut), (null, why_null), (unread, why_unread), _ = skipped
+  assert cut == str(seed0 / "offline") and null == str(seed0 / "online_teacher")
+  assert f"lacks the rows of {len(rows) - 2} evaluation(s)" in why_cut
+  assert why_null == f"its {len(rows)} golden values ({GOLDEN}) are all null"
+  assert unread.endswith("seed2/offline") and "cannot be read (JSONDecodeError" in why_unread
+
+
+def test_detector_eval_refuses_when_no_run_can_be_scored(tmp_path):
+  _write_study_runs(tmp_path, seeds=(0,))
+  for regime in ("offline", "online_teacher"):
+    _cut(tmp_path / "runs" / "abc" / "seed0" / regime / "metrics.jsonl", 3)
+  with pytest.raises(
+    errors.RunError, match=r"no finished study run .* that can be scored \(2 left out"
+  ):
+    detector_eval.finished_runs([str(tmp_path)], threshold_pct=5.0)
+
+
+@pytest.mark.slow
+def test_a_study_preempted_by_several_sigterms_exits_75(tmp_path):
+  tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = tmp_path / "study.py"
+  config.write_text(
+    "\n".join(
+      [
+        "import sys",
+        f"sys.path.insert(0, {tests!r})",
+        "from conftest import micro_config",
+        "from th_distill.study import study_config",
+        "def get_config():",
+        "  c = micro_config()",
+        "  c.regimes = ('offline',)",
+        "  c.teacher.steps = 100_000",
+        "  return study_config('s', 's', c, {'only': {}}, (0,))",
+        "",
+      ]
+    )
+  )
+  command = [sys.executable, "-m", "th_distill.study", f"--config={config}"]
+  run = subprocess.Popen(
+    [*command, f"--workdir={tmp_path / 'w'}"],
+    cwd=os.path.dirname(tests),
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  seen = []
+  while not any("Study run 1/1" in line for line in seen):
+    line = run.stderr.readline()
+    assert line, "".join(seen)
+    seen.append(line)
+  for _ in range(3):
+    run.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+  _, rest = run.communicate(timeout=300)
+  assert run.returncode == errors.EX_TEMPFAIL, rest
+  last = [line for line in rest.splitlines() if line.strip()][-1]
+  assert last.startswith("error: teacher SFT: pre-empted (SIGTERM); checkpointed at step"), rest
+  assert "Traceback" not in rest

@@ -112,3 +112,27 @@ def test_cli_rejects_unknown_keys_wrong_types_and_bad_values(tmp_path):
   bad_value = _cli("--config=configs/tiny.py", workdir, "--config.loss.beta=2.0")
   assert bad_value.returncode != 0 and "loss.beta: must be in [0, 1]" in bad_value.stderr
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("student.steps", 10**12, r"student\.steps: 1000000000000 exceeds the bound 2147483647"),
+    ("teacher.steps", 2**31, r"teacher\.steps: 2147483648 exceeds the bound 2147483647"),
+    ("eval_log_points", 10**9, r"eval_log_points: must be in \[0, 10000\]"),
+    ("eval_every", 1, r"eval_every: 1 gives 1000000001 evaluations .* bound 100000"),
+  ],
+)
+def test_absurd_counts_are_refused_with_their_bound(micro, field, value, message):
+  micro.student.steps = 10**9 if field == "eval_every" else micro.student.steps
+  section, _, key = field.rpartition(".")
+  (micro[section] if section else micro)[key] = value
+  with pytest.raises(config_lib.ConfigError, match=f"^Invalid configuration: {message}"):
+    config_lib.check_fields(micro)
+
+
+def test_a_config_missing_fields_is_refused_naming_them(micro):
+  del micro.task
+  del micro.student.steps
+  with pytest.raises(config_lib.ConfigError, match=r"missing field\(s\) student\.steps, task "):
+    config_lib.validate(micro)

@@ -55,7 +55,8 @@ def test_every_config_key_is_a_typed_field():
         assert got == value, f"{name}.{key}"
   assert typed.detection.detector.rule == config.detection.rule
   assert typed.regimes == tuple(config.regimes)
-  assert typed.eval_settings.steps[0] == 0 and typed.eval_settings.steps[-1] == config.student.steps
+  steps = list(typed.eval_settings.steps)
+  assert steps[0] == 0 and steps[-1] == config.student.steps
 
 
 def test_the_typed_config_is_frozen_and_hashable_where_programs_need_it():

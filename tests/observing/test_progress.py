@@ -180,7 +180,10 @@ def test_the_tpu_backend_message_is_filtered():
   assert cli.QuietLibraries().filter(record)
 
 
-def test_the_plan_warns_when_a_program_exceeds_a_device(micro, tmp_path, monkeypatch, caplog):
+def test_the_plan_warns_of_a_program_over_a_device_when_told_to_go_on(
+  micro, tmp_path, monkeypatch, caplog
+):
+  """(Without `mesh.ignore_memory_estimate` it stops: tests/planning/test_preview.py.)"""
   from th_distill import partitioning
   from th_distill.planning import preview
   from th_distill.rundir.layout import RunDirectory
@@ -188,6 +191,7 @@ def test_the_plan_warns_when_a_program_exceeds_a_device(micro, tmp_path, monkeyp
 
   caplog.set_level(logging.INFO)
   monkeypatch.setattr(preview, "device_gib", lambda device: 1e-6)
+  micro.mesh.ignore_memory_estimate = True
   typed = RunConfig.from_config(micro)
   preview.log_plan(
     typed,
@@ -197,3 +201,4 @@ def test_the_plan_warns_when_a_program_exceeds_a_device(micro, tmp_path, monkeyp
   )
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and "more than the 0.0 GiB a device has" in warnings[0]
+  assert "going on (mesh.ignore_memory_estimate = True)" in warnings[0]

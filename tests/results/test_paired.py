@@ -51,3 +51,20 @@ def test_compare_arms_and_its_table():
   assert lines[-1].startswith("| other | +0.2033 ± 0.0058 (3/3, p ") and "**\\***" in lines[-1]
   with pytest.raises(ValueError, match="reference arm 'nope'"):
     paired.compare_arms(arms, "nope")
+
+
+def test_each_family_of_arms_is_paired_with_its_own_reference():
+  arms = {
+    "ref": {"seeds": _arm([1.0, 1.1, 1.2])},
+    "a": {"seeds": _arm([1.5, 1.6, 1.7])},
+    "base": {"seeds": _arm([3.0, 3.1, 3.3])},
+    "b": {"seeds": _arm([3.1, 3.2, 3.4])},
+  }
+  comparisons = paired.compare_arms(arms, "ref", {"b": "base"})
+  assert set(comparisons) == {"a", "b"}  # neither reference is compared
+  assert comparisons["a"]["golden_final"]["mean"] == pytest.approx(0.5)
+  assert comparisons["b"]["golden_final"]["mean"] == pytest.approx(0.1)
+  lines = paired.table(comparisons, "ref", {"b": "base"})
+  assert lines[-1].startswith("| b − base | +0.1000")
+  with pytest.raises(ValueError, match="reference arm 'gone'"):
+    paired.compare_arms(arms, "ref", {"b": "gone"})

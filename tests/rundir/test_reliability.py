@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import micro_config
+from conftest import finished_micro_run, micro_config
 
 from th_distill import divergences, experiment, sampling
 from th_distill.models import T5, init_params, t5_config
 from th_distill.observing.metric_names import DISTILL_METRICS
-from th_distill.observing.metrics_io import MetricsLost, MetricsWriter, read_metrics
+from th_distill.observing.metrics_io import MetricsLost, MetricsWriter, check_rows, read_metrics
 from th_distill.partitioning import Partitioner, make_mesh
 from th_distill.rundir import checkpoints
 from th_distill.rundir import lock as workdir_lock
@@ -36,13 +36,7 @@ REGIME = "offline"
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-  """A finished micro workdir of the offline regime (checkpoints at steps 4 and 6) and its
-  config."""
-  config = micro_config()
-  config.regimes = (REGIME,)
-  workdir = str(tmp_path_factory.mktemp("finished") / "run")
-  experiment.run(config, workdir)
-  return workdir, config
+  return finished_micro_run(tmp_path_factory, REGIME)
 
 
 @pytest.fixture
@@ -489,3 +483,15 @@ def test_an_empty_batch_gives_empty_responses(tiny_model):
     model, params, jnp.zeros((0, 4), jnp.int32), jax.random.PRNGKey(0), max_length=4
   )
   assert out.tokens.shape == out.mask.shape == out.logprobs.shape == (0, 4)
+
+
+def test_a_damaged_metrics_line_loses_its_row_only(tmp_path, caplog):
+  path = tmp_path / "metrics.jsonl"
+  rows = [json.dumps({"step": s, "a": 1.0}) + "\n" for s in (0, 3, 6, 9)]
+  rows[1] = "\x00garbage\n"
+  path.write_text("".join(rows) + '{"step": 12, "a"')  # and a torn last line
+  with caplog.at_level(logging.WARNING):
+    assert [r["step"] for r in read_metrics(str(path))] == [0, 6, 9]
+  assert "line 2 is not a metrics row (damaged)" in caplog.text and "line 5" not in caplog.text
+  with pytest.raises(MetricsLost, match=r"lacks the rows of 1 evaluation\(s\) \(steps 3\.\.3\)"):
+    check_rows(str(path), [0, 3, 6, 9], "delete it")

@@ -8,6 +8,7 @@ take the settings it derives (th_distill.config.settings).
 
 from th_distill.config.checks import (
   ConfigError,
+  check_config_file,
   check_environment,
   check_fields,
   dotted_keys,
@@ -31,6 +32,7 @@ __all__ = [
   "ConfigError",
   "RunConfig",
   "base_config",
+  "check_config_file",
   "check_environment",
   "check_fields",
   "dotted_keys",

@@ -26,15 +26,13 @@ from th_distill.config.run_config import MODELS, RunConfig, model_of
 from th_distill.config.settings import Problem
 from th_distill.data import tasks, vocabularies
 from th_distill.detection import config as detector_config
-from th_distill.errors import EX_USAGE, RunError
+from th_distill.errors import UsageError
 from th_distill.models import pretrained
 from th_distill.partitioning import resolve_mesh_shape
 
 
-class ConfigError(RunError, ValueError):
+class ConfigError(UsageError, ValueError):
   """An invalid configuration value; the message names each offending field."""
-
-  exit_code = EX_USAGE
 
 
 def dotted_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -56,17 +54,81 @@ def suggest(name: str, candidates: list[str]) -> str:
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """`get_config()` of a config file (as `--config=PATH` loads it); ConfigError naming the file
-  if it is missing or has no `get_config`."""
+  if it is missing, fails to import, has no `get_config` or its `get_config()` fails."""
   if not os.path.isfile(path):
     raise ConfigError(f"--config: no config file at {path!r}")
   spec = importlib.util.spec_from_file_location("th_distill_config_file", path)
   if spec is None or spec.loader is None:
     raise ConfigError(f"--config: {path!r} is not a Python config file")
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (any error in the user's file)
+    raise ConfigError(f"--config: {path!r} fails at import: {type(e).__name__}: {e}") from e
   if not callable(getattr(module, "get_config", None)):
     raise ConfigError(f"--config: {path!r} defines no get_config() function")
-  return module.get_config()
+  try:
+    return module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"--config: get_config() of {path!r} fails: {type(e).__name__}: {e}") from e
+
+
+# The fields of a study config (`th_distill.study.study_config`; `reference` is optional), and
+# the command that runs each kind of config file.
+STUDY_FIELDS = ("name", "title", "base", "variants", "seeds")
+COMMANDS = {"experiment": "python -m th_distill.main", "study": "python -m th_distill.study"}
+_MODEL_KEYS = ("oracle.model.", "teacher.model.", "student.model.")  # checked by T5Config
+
+
+def config_kind(config: ml_collections.ConfigDict) -> str:
+  """'study' for a study config (it has `base` and `variants`), else 'experiment'."""
+  return "study" if "base" in config and "variants" in config else "experiment"
+
+
+def missing_fields(config: ml_collections.ConfigDict, kind: str = "experiment") -> list[str]:
+  """The dotted fields a config of `kind` lacks: those of `base_config()` for an experiment
+  (a model's own fields left to its checks), `STUDY_FIELDS` and its base's for a study."""
+  if kind == "study":
+    missing = [f for f in STUDY_FIELDS if f not in config]
+    base = config.get("base")
+    if isinstance(base, ml_collections.ConfigDict):
+      missing += [f"base.{f}" for f in missing_fields(base)]
+    return missing
+  present, missing = set(dotted_keys(config)), []
+  for key in dotted_keys(base_config()):
+    section = key.split(".")[0]
+    name = key if section in config else section  # a whole section missing is named once
+    if key not in present and not key.startswith(_MODEL_KEYS) and name not in missing:
+      missing.append(name)
+  return missing
+
+
+def check_config_file(config: object, path: str, kind: str) -> None:
+  """Raises ConfigError naming `path` unless its `get_config()` gave `config`, a ConfigDict of
+  `kind` ('experiment' or 'study') with every field (`missing_fields`); a config of the other
+  kind names the command that takes it."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(
+      f"--config: get_config() of {path!r} returns a {type(config).__name__}, not an "
+      "ml_collections.ConfigDict (start from th_distill.config.base_config(), or "
+      "th_distill.study.study_config() for a study)"
+    )
+  found = config_kind(config)
+  if found != kind:
+    raise ConfigError(
+      f"--config: {path!r} is a{'n' if found == 'experiment' else ''} {found} config; run it "
+      f"with {COMMANDS[found]} (this command takes {kind} configs)"
+    )
+  missing = missing_fields(config, kind)
+  if missing:
+    raise ConfigError(
+      f"--config: the config of {path!r} lacks the field(s) {', '.join(missing)} (start from "
+      + (
+        "th_distill.config.base_config())"
+        if kind == "experiment"
+        else "th_distill.study.study_config())"
+      )
+    )
 
 
 def _non_finite_fields(c: ml_collections.ConfigDict) -> list[str]:
@@ -132,10 +194,15 @@ def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> RunConfi
   checks), then every section's: returns the typed config (of placeholders where a model or
   the detector could not be built, so only use it if no problem was found)."""
   errors, check = problems.errors, problems.check
+  missing = missing_fields(c)
+  if missing:  # nothing else can be read: refused alone
+    raise ConfigError(
+      f"Invalid configuration: missing field(s) {', '.join(missing)} (start from "
+      "th_distill.config.base_config())"
+    )
   known = dotted_keys(base_config()) + [f"detection.{k}" for k in detector_config.SETTINGS_FIELDS]
-  model_keys = ("oracle.model.", "teacher.model.", "student.model.")  # checked by T5Config
   for key in dotted_keys(c):
-    if key not in known and not key.startswith(model_keys):
+    if key not in known and not key.startswith(_MODEL_KEYS):
       check(False, key, "no such field" + suggest(key, known))
   for key in _non_finite_fields(c):
     check(False, key, "must be a finite number")

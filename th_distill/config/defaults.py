@@ -92,12 +92,20 @@ def base_config() -> ml_collections.ConfigDict:
     weight_decay=0.0,
     grad_clip=0.0,
   )
-  c.loss = dict(name="fkl", beta=0.5, normalized=False, temperature=1.0)
+  # teacher_top_k K > 0: the loss sees only the teacher's top-K log-probabilities per position,
+  # renormalised over them (tail 'renormalize') or with the rest of the mass as one more class
+  # ('bucket'); 0 = the full vocabulary. The proxy and golden metrics stay full-vocabulary.
+  c.loss = dict(
+    name="fkl", beta=0.5, normalized=False, temperature=1.0, teacher_top_k=0, tail="renormalize"
+  )
   c.sampling = dict(temperature=1.0, top_k=0, top_p=1.0)
-  c.offline = dict(num_prompts=4096, generations_per_prompt=1)
+  # refresh_every R > 0: the teacher regenerates the N x k responses (same prompts) every R steps.
+  c.offline = dict(num_prompts=4096, generations_per_prompt=1, refresh_every=0)
   # Prompts of the online regimes: 'offline' = the offline arm's N prompts (only the responses
   # are fresh; the paper's setting), 'pool' = the whole distillation pool (prompts.num_distill).
-  c.online = dict(prompts="offline")
+  # reuse U: each generated batch is trained on U times; staleness S: online samples come from
+  # the student's parameters S steps old (an asynchronous pipeline's); 1 and 0 = fresh each step.
+  c.online = dict(prompts="offline", reuse=1, staleness=0)
   c.mixture = dict(student_fraction=0.5)
   c.eval = dict(num_train_prompts=256, batch_size=512)
   c.eval_every = 100
@@ -108,8 +116,10 @@ def base_config() -> ml_collections.ConfigDict:
   # A distillation step with a non-finite loss or gradient norm stops the run ('stop'; its last
   # good checkpoint is kept) or is skipped ('skip': parameters and optimiser state unchanged).
   c.on_nonfinite = "stop"
-  # Devices: (data, fsdp, model) mesh, -1 = the remaining devices (see docs/scaling.md).
-  c.mesh = dict(data=-1, fsdp=1, model=1)
+  # Devices: (data, fsdp, model) mesh, -1 = the remaining devices (see docs/scaling.md). A plan
+  # needing more memory per device than a device has stops before any compute, unless
+  # ignore_memory_estimate is True (th_distill.planning.memory's estimate is conservative).
+  c.mesh = dict(data=-1, fsdp=1, model=1, ignore_memory_estimate=False)
   # Memory: dtype of the frozen teacher and oracle in stage 2, and the number of chunks of the
   # response positions over which logits and divergences are computed (1 = all at once).
   c.frozen_dtype = "float32"

@@ -33,9 +33,14 @@ from th_distill.data.sources import REGIMES
 from th_distill.detection import DetectorSettings
 from th_distill.detection import config as detection_config
 from th_distill.models import T5Config
-from th_distill.observing.eval_schedule import evaluation_steps
+from th_distill.observing.eval_schedule import EvaluationSchedule
 
 MODELS = ("oracle", "teacher", "student")
+# Bounds of the counts a run is planned from: the optimisers' step counters are int32, and each
+# evaluation is a metrics row and a pass over the evaluation sets.
+MAX_STEPS = 2**31 - 1
+MAX_EVALUATIONS = 100_000
+MAX_LOG_POINTS = 10_000
 
 
 def model_of(section: Mapping[str, Any]) -> T5Config:
@@ -130,8 +135,8 @@ class RunConfig:
 
   @property
   def eval_settings(self) -> EvalSettings:
-    steps = evaluation_steps(self.student.steps, self.eval_every, self.eval_log_points)
-    return EvalSettings(tuple(sorted(steps)), self.eval.batch_size, self.eval.num_train_prompts)
+    steps = EvaluationSchedule(self.student.steps, self.eval_every, self.eval_log_points)
+    return EvalSettings(steps, self.eval.batch_size, self.eval.num_train_prompts)
 
   def model(self, name: str) -> T5Config:
     """The `T5Config` of 'oracle', 'teacher' or 'student'."""
@@ -190,6 +195,7 @@ class RunConfig:
         f"{prompts.num_distill} (N x k = {n * k} examples are drawn from N distinct prompts)",
       )
     )
+    found += self._freshness_problems()
     found += self.eval.problems() + self._schedule_problems()
     return found + failed(
       (
@@ -209,6 +215,28 @@ class RunConfig:
         for r in regimes
       ),
       (len(set(regimes)) == len(regimes), "regimes", "must not repeat a regime"),
+    )
+
+  def _freshness_problems(self) -> list[Problem]:
+    """Bounds of the freshness and truncation keys that depend on other sections."""
+    k, vocab, steps = self.loss.teacher_top_k, self.task.vocab_size, self.student.steps
+    return failed(
+      (
+        k <= vocab,
+        "loss.teacher_top_k",
+        f"{k} exceeds task.vocab_size = {vocab} (0 = the full vocabulary)",
+      ),
+      (
+        self.online.staleness <= max(steps, 1),
+        "online.staleness",
+        f"{self.online.staleness} exceeds student.steps = {steps}: no step would use a batch "
+        "that old",
+      ),
+      (
+        self.online.reuse <= max(steps, 1),
+        "online.reuse",
+        f"{self.online.reuse} exceeds student.steps = {steps}",
+      ),
     )
 
   def _synthetic_prompt_problems(self) -> list[Problem]:
@@ -234,12 +262,12 @@ class RunConfig:
     )
 
   def _schedule_problems(self) -> list[Problem]:
-    return failed(
+    found = failed(
       (self.eval_every > 0, "eval_every", f"must be > 0, got {self.eval_every}"),
       (
-        self.eval_log_points >= 0,
+        0 <= self.eval_log_points <= MAX_LOG_POINTS,
         "eval_log_points",
-        f"must be >= 0 (0 = off), got {self.eval_log_points}",
+        f"must be in [0, {MAX_LOG_POINTS}] (0 = off), got {self.eval_log_points}",
       ),
       (
         self.checkpoint_every > 0,
@@ -247,6 +275,39 @@ class RunConfig:
         f"must be > 0, got {self.checkpoint_every}",
       ),
       (self.hacking_threshold_pct >= 0, "hacking_threshold_pct", "must be >= 0"),
+    )
+    return self._step_bound_problems() + found + self._evaluation_count_problems()
+
+  def _step_bound_problems(self) -> list[Problem]:
+    """Step counts against MAX_STEPS."""
+    steps = {
+      "student.steps": self.student.steps,
+      "student.sft_steps": self.student.sft_steps,
+      "teacher.steps": self.teacher.steps,
+    }
+    return failed(
+      *(
+        (value <= MAX_STEPS, field, f"{value} exceeds the bound {MAX_STEPS} (an int32 count)")
+        for field, value in steps.items()
+      )
+    )
+
+  def _evaluation_count_problems(self) -> list[Problem]:
+    """The number of evaluations against MAX_EVALUATIONS (once the schedule's fields are valid)."""
+    if not (
+      self.eval_every > 0
+      and 0 <= self.eval_log_points <= MAX_LOG_POINTS
+      and 0 <= self.student.steps <= MAX_STEPS
+    ):
+      return []
+    count = len(self.eval_settings.steps)
+    return failed(
+      (
+        count <= MAX_EVALUATIONS,
+        "eval_every",
+        f"{self.eval_every} gives {count} evaluations over student.steps = "
+        f"{self.student.steps}, more than the bound {MAX_EVALUATIONS}; raise eval_every",
+      )
     )
 
 

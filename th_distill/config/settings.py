@@ -17,6 +17,7 @@ import optax
 
 from th_distill import sampling
 from th_distill.divergences import DIVERGENCES
+from th_distill.observing.eval_schedule import EvaluationSchedule
 from th_distill.training.steps import make_optimizer
 
 # A problem with one setting: (dotted config field, what is wrong and what is allowed).
@@ -27,6 +28,9 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 # What a non-finite training step does: stop the run, or skip the step (keep the parameters).
 ON_NONFINITE = ("stop", "skip")
+
+# What a truncated teacher (loss.teacher_top_k > 0) does with the mass outside its top k.
+TAILS = ("renormalize", "bucket")
 
 # Dtypes of the frozen teacher and oracle in stage 2.
 FROZEN_DTYPES = ("float32", "bfloat16")
@@ -115,18 +119,35 @@ class OptimizerSettings:
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
   """The distillation loss D(teacher, student) per token (`th_distill.divergences`): `name` of
-  fkl / rkl / jsd, `beta` and `normalized` for jsd, logits divided by `temperature`."""
+  fkl / rkl / jsd, `beta` and `normalized` for jsd, logits divided by `temperature`; with
+  `teacher_top_k` K > 0 the teacher is truncated to its top K log-probabilities per position and
+  `tail` says what becomes of the rest (`divergences.truncated_divergence`). The vocabulary
+  bound on K is `RunConfig.problems`'."""
 
   name: str
   beta: float
   normalized: bool
   temperature: float
+  teacher_top_k: int = 0
+  tail: str = "renormalize"
 
   def problems(self) -> list[Problem]:
     return failed(
       (self.name in DIVERGENCES, "loss.name", f"{self.name!r} is not one of {tuple(DIVERGENCES)}"),
       (0.0 <= self.beta <= 1.0, "loss.beta", f"must be in [0, 1], got {self.beta}"),
       (self.temperature > 0, "loss.temperature", f"must be > 0, got {self.temperature}"),
+      (
+        self.teacher_top_k >= 0,
+        "loss.teacher_top_k",
+        f"must be >= 0 (0 = the full vocabulary), got {self.teacher_top_k}",
+      ),
+      (self.tail in TAILS, "loss.tail", f"must be one of {TAILS}, got {self.tail!r}"),
+      (
+        (self.teacher_top_k, self.tail) != (1, "renormalize"),
+        "loss.teacher_top_k",
+        "1 with loss.tail = 'renormalize' leaves one class of probability 1 on both sides: the "
+        "loss is 0 and the student never moves; use K >= 2 or loss.tail = 'bucket'",
+      ),
     )
 
 
@@ -167,9 +188,9 @@ class DistillSettings:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-  """Evaluation on the fixed sets: at `steps` (sorted), `batch_size` rows at a time, with the
-  training-prompt set of `num_train_prompts` prompts."""
+  """Evaluation on the fixed sets: at `steps` (computed on demand, in order), `batch_size` rows
+  at a time, with the training-prompt set of `num_train_prompts` prompts."""
 
-  steps: tuple[int, ...]
+  steps: EvaluationSchedule
   batch_size: int
   num_train_prompts: int

@@ -13,12 +13,26 @@ import jax.numpy as jnp
 
 
 @flax.struct.dataclass
+class TeacherTopK:
+  """The teacher truncated to its K most probable tokens at each response position
+  (`divergences.top_k_log_probs` at the loss temperature): what an offline dataset of top-k
+  teacher logits stores."""
+
+  values: jax.Array  # [B, Lt, K] float32 log-probabilities, descending
+  indices: jax.Array  # [B, Lt, K] int32 token ids
+  tail: jax.Array  # [B, Lt] float32 log of the probability outside the K (-inf if none)
+
+
+@flax.struct.dataclass
 class Batch:
-  """Prompts, responses and their mask; a pytree (every field is a leaf)."""
+  """Prompts, responses and their mask, and the stored truncated teacher where the data carries
+  one (else None: the step computes what it needs from the teacher); a pytree (every array is a
+  leaf)."""
 
   prompts: jax.Array  # [B, Li] int32, 0 = padding
   responses: jax.Array  # [B, Lt] int32, 0 after EOS
   mask: jax.Array  # [B, Lt] float32, 1.0 on real response tokens (EOS included)
+  teacher_top: TeacherTopK | None = None
 
   @property
   def num_tokens(self) -> jax.Array:

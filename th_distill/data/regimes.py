@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from th_distill.data.batch import Batch
+from th_distill.data.batch import Batch, TeacherTopK
 from th_distill.sampling import SampleFn
 
 REGIMES = ("offline", "online_teacher", "online_student", "mixture")
@@ -67,14 +67,36 @@ def build_offline(
   )
 
 
-def offline_batches(dataset: dict[str, np.ndarray], batch_size: int, seed: int) -> BatchFn:
+# The arrays of a dataset that stores the truncated teacher (`TeacherTopK`'s fields; the
+# indices in the smallest unsigned type that holds the vocabulary).
+TEACHER_TOP = ("top_values", "top_indices", "top_tail")
+
+
+def _batch(arrays: dict[str, np.ndarray], rows: np.ndarray) -> Batch:
+  """Rows `rows` of a dataset as a `Batch` (with its `teacher_top` if it stores one)."""
+  top = None
+  if "top_values" in arrays:
+    top = TeacherTopK(
+      values=arrays["top_values"][rows],
+      indices=arrays["top_indices"][rows].astype(np.int32),
+      tail=arrays["top_tail"][rows],
+    )
+  return Batch(*(arrays[k][rows] for k in ("prompts", "responses", "mask")), teacher_top=top)
+
+
+def offline_batches(
+  dataset: dict[str, np.ndarray], batch_size: int, seed: int, generation: int = 0
+) -> BatchFn:
   """Epochs over `dataset` in a fresh permutation each; batch `step` covers stream positions
-  [step*B, (step+1)*B) of the concatenated epochs (a batch may straddle two epochs)."""
+  [step*B, (step+1)*B) of the concatenated epochs (a batch may straddle two epochs). The
+  permutations are seeded by (seed, epoch), and by `generation` too for a refreshed dataset
+  (generation > 0: `offline.refresh_every`)."""
   size = len(dataset["prompts"])
-  arrays = {k: dataset[k] for k in ("prompts", "responses", "mask")}
+  arrays = {k: v for k, v in dataset.items() if k in ("prompts", "responses", "mask", *TEACHER_TOP)}
+  entropy = [] if generation == 0 else [generation]
 
   def permutation(epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(size)
+    return np.random.default_rng([seed, epoch, *entropy]).permutation(size)
 
   def batch_at(step: int, student_params: Any = None) -> Batch:
     del student_params
@@ -84,7 +106,7 @@ def offline_batches(dataset: dict[str, np.ndarray], batch_size: int, seed: int) 
     for epoch in np.unique(epochs):
       where = epochs == epoch
       rows[where] = permutation(int(epoch))[offsets[where]]
-    return Batch(**{k: v[rows] for k, v in arrays.items()})
+    return _batch(arrays, rows)
 
   return batch_at
 

@@ -8,16 +8,22 @@ its own). A source is built for one run from a `SourceContext` and gives
   and the step (and, on-policy, of the student's parameters then), so a resumed run sees the
   batches an uninterrupted one would;
 - `train_set() -> {prompts, responses, mask}`: the training-prompt evaluation set;
+- `state(step)` / `load_state(state)`: what it must carry across a checkpoint at `step` to give
+  the same batches after a resume (None when it needs nothing: the trainer then saves nothing
+  for it), e.g. batches sampled ahead by an asynchronous pipeline;
 
-and describes its own cost before it runs (`work`: per-run work items besides the steps and
-the evaluations; `phases`: phases of its own, as the offline dataset's), which the plan and the
-progress lines read. Every source distils from the same teacher: `SourceContext.teacher_params`,
+and describes its own cost before it runs (`generated`: the teacher and student samples a run
+of so many steps draws; `work`: per-run work items besides the steps and the evaluations;
+`phases`: phases of its own, as the offline dataset's), which the plan, the progress lines and
+the summaries' generation cost read. Every source distils from the same teacher: `SourceContext.teacher_params`,
 the frozen teacher in stage 2's `frozen_dtype`.
 
-Registered: `offline` (N prompts x k teacher generations built once, replayed for epochs),
-`online_teacher` (fresh teacher samples every step), `online_student` (on-policy student
-samples), `mixture` (per example, a student sample with probability `mixture.student_fraction`,
-else a teacher one: GKD's lambda).
+Registered: `offline` (N prompts x k teacher generations built once, replayed for epochs, and
+regenerated every `offline.refresh_every` steps if set), `online_teacher` (fresh teacher samples
+every step), `online_student` (on-policy student samples), `mixture` (per example, a student
+sample with probability `mixture.student_fraction`, else a teacher one: GKD's lambda). The online
+ones train on each sampled batch `online.reuse` times and sample the student's part with its
+parameters `online.staleness` steps old (`OnlineSchedule`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import jax
 import numpy as np
+from absl import logging
 
 from th_distill.data import offline_dataset, regimes
 from th_distill.data.batch import Batch
@@ -78,11 +86,34 @@ class BatchSource(abc.ABC):
   def train_set(self) -> dict[str, np.ndarray]:
     """The training-prompt evaluation set (host arrays prompts, responses, mask)."""
 
+  def state(self, step: int) -> Any | None:
+    """What a checkpoint at `step` must hold for the batches of steps >= `step` (a pytree of
+    arrays of a fixed structure), or None (the default: the batches follow from the seed)."""
+    del step
+    return None
+
+  def load_state(self, state: Any) -> None:
+    """Takes back `state` as restored from a checkpoint (`state(0)`'s structure)."""
+    del state
+
+  @classmethod
+  def generated(cls, config: RunConfig, steps: int) -> dict[str, int]:
+    """{'teacher': n, 'student': n}: the samples of each model that a run of `steps` steps
+    draws for its training data (the evaluations' samples are not counted)."""
+    del config, steps
+    return {"teacher": 0, "student": 0}
+
   @classmethod
   def work(cls, config: RunConfig, cost: CostFn) -> list[Work]:
     """Work items of one run besides its steps and evaluations (none by default)."""
     del config, cost
     return []
+
+  @classmethod
+  def done_work(cls, config: RunConfig, start: int) -> dict[str, int]:
+    """Units of each `work` item done before a run resumed at step `start`."""
+    del config, start
+    return {}
 
   @classmethod
   def phases(cls, config: RunConfig, cost: CostFn) -> list[Phase]:
@@ -121,19 +152,35 @@ def online_prompts(config: RunConfig, pools: dict[str, np.ndarray]) -> np.ndarra
 
 @register
 class Offline(BatchSource):
-  """The fixed N x k teacher dataset, sampled once into `WORKDIR/offline_dataset.npz`, in
-  seeded epochs (`regimes.offline_batches`); its training-prompt set is its own first rows."""
+  """The fixed N x k teacher dataset (`offline_dataset`), sampled once into
+  `WORKDIR/offline_dataset.npz`, in seeded epochs (`regimes.offline_batches`); with
+  `offline.refresh_every` R > 0 it is sampled afresh on the same prompts every R steps (steps
+  [gR, (g+1)R) read generation g from its first epoch). Its training-prompt set is generation
+  0's first rows."""
 
   regime = "offline"
+  REFRESHED = "refreshed samples"
 
   def __init__(self, context: SourceContext):
     super().__init__(context)
-    config = context.config
     self.data = offline_dataset.load_or_build(context)
-    self._batch_at = regimes.offline_batches(self.data, config.student.batch_size, config.seed)
+    self._current = (0, self.data)  # (generation, its dataset)
+
+  def _dataset(self, generation: int) -> dict[str, np.ndarray]:
+    if self._current[0] != generation:
+      context = self.context
+      sample = context.phase.counted(context.programs.host_sampler("teacher"), self.REFRESHED)
+      self._current = (generation, offline_dataset.sample(context, sample, generation))
+    return self._current[1]
 
   def batch_at(self, step: int, student_params: Any) -> Batch:
-    return self._batch_at(step, student_params)
+    config = self.context.config
+    every = config.offline.refresh_every
+    generation, local = divmod(step, every) if every else (0, step)
+    batches = regimes.offline_batches(
+      self._dataset(generation), config.student.batch_size, config.seed, generation
+    )
+    return batches(local, student_params)
 
   def train_set(self) -> dict[str, np.ndarray]:
     rows = self.context.config.eval.num_train_prompts
@@ -142,6 +189,28 @@ class Offline(BatchSource):
   @classmethod
   def train_rows(cls, config: RunConfig) -> int:
     return min(config.eval.num_train_prompts, config.offline.size)
+
+  @staticmethod
+  def generations(config: RunConfig, steps: int) -> int:
+    """Datasets sampled by a run of `steps` steps (generation 0 always)."""
+    every = config.offline.refresh_every
+    return 1 + ((steps - 1) // every if every and steps > 0 else 0)
+
+  @classmethod
+  def generated(cls, config: RunConfig, steps: int) -> dict[str, int]:
+    return {"teacher": config.offline.size * cls.generations(config, steps), "student": 0}
+
+  @classmethod
+  def work(cls, config: RunConfig, cost: CostFn) -> list[Work]:
+    refreshes = cls.generations(config, config.student.steps) - 1
+    if not refreshes:
+      return []
+    size = config.offline.size
+    return [Work(cls.REFRESHED, "sample", refreshes * size, cost("generate", "teacher"))]
+
+  @classmethod
+  def done_work(cls, config: RunConfig, start: int) -> dict[str, int]:
+    return {cls.REFRESHED: config.offline.size * (cls.generations(config, start) - 1)}
 
   @classmethod
   def phases(cls, config: RunConfig, cost: CostFn) -> list[Phase]:
@@ -154,11 +223,42 @@ class Offline(BatchSource):
     ]
 
 
+@dataclasses.dataclass(frozen=True)
+class OnlineSchedule:
+  """When the online regimes sample. Steps come in groups of `reuse`: group g (steps
+  [gU, (g+1)U)) trains on one batch, sampled with the key of step gU at the top of step
+  max(gU - `staleness`, 0), i.e. with the student's parameters `staleness` steps older than its
+  first step (all groups whose first step is <= staleness are sampled at step 0 from the
+  initial parameters). `reuse` 1 and `staleness` 0: a fresh batch each step."""
+
+  reuse: int = 1
+  staleness: int = 0
+
+  def group(self, step: int) -> int:
+    return step // self.reuse
+
+  def sampled_at(self, step: int) -> range:
+    """The groups whose batch is sampled at the top of `step`."""
+    if step == 0:
+      return range(self.staleness // self.reuse + 1)
+    group, offset = divmod(step + self.staleness, self.reuse)
+    return range(group, group + 1) if offset == 0 else range(0)
+
+  def groups_sampled(self, steps: int) -> int:
+    """Batches sampled by a run of `steps` steps (the tops of steps 0..steps-1)."""
+    return (steps - 1 + self.staleness) // self.reuse + 1 if steps > 0 else 0
+
+  @property
+  def slots(self) -> int:
+    """An upper bound on the batches sampled ahead at a checkpoint; 0 when there are none."""
+    return 0 if (self.reuse, self.staleness) == (1, 0) else self.staleness // self.reuse + 2
+
+
 class Online(BatchSource):
-  """Fresh samples every step on prompts drawn uniformly from `online_prompts`
-  (`regimes.online_batches`: step t's keys are `fold_in(rng, t)` split four ways); the
-  training-prompt set is one teacher sample on each of the first training prompts.
-  `samplers`: the models sampled each step."""
+  """Samples on prompts drawn uniformly from `online_prompts` (`regimes.online_batches`: a
+  batch with the key of step t is `fold_in(rng, t)` split four ways), when `OnlineSchedule`
+  says; the batches sampled ahead are carried across checkpoints. The training-prompt set is
+  one teacher sample on each of the first training prompts. `samplers`: the models sampled."""
 
   samplers: ClassVar[tuple[str, ...]]
   GENERATED = "generated batches"
@@ -168,7 +268,15 @@ class Online(BatchSource):
     super().__init__(context)
     config, programs = context.config, context.programs
     self.prompts = online_prompts(config, context.pools)
-    self._batch_at = regimes.online_batches(
+    self.schedule = self.schedule_of(config)
+    if config.online.staleness and not self.schedule.staleness:
+      logging.warning(
+        "online.staleness = %d has no effect on %s: the teacher is frozen, so its samples are "
+        "the fresh ones.",
+        config.online.staleness,
+        self.regime,
+      )
+    self._sample = regimes.online_batches(
       self.regime,
       self.prompts,
       config.student.batch_size,
@@ -178,11 +286,53 @@ class Online(BatchSource):
       context.teacher_params,
       config.mixture.student_fraction,
     )
+    self._ahead: dict[int, Batch] = {}  # group -> its batch, sampled and not yet done with
+
+  @classmethod
+  def schedule_of(cls, config: RunConfig) -> OnlineSchedule:
+    """The schedule of this regime (staleness is void where only the teacher samples)."""
+    stale = config.online.staleness if "student" in cls.samplers else 0
+    return OnlineSchedule(config.online.reuse, stale)
 
   def batch_at(self, step: int, student_params: Any) -> Batch:
-    batch = self._batch_at(step, student_params)
-    self.context.phase.advance(self.GENERATED)
-    return batch
+    schedule = self.schedule
+    for group in schedule.sampled_at(step):
+      self._ahead[group] = self._sample(group * schedule.reuse, student_params)
+      self.context.phase.advance(self.GENERATED)
+    current = schedule.group(step)
+    self._ahead = {g: b for g, b in self._ahead.items() if g >= current}
+    return self._ahead[current]
+
+  def state(self, step: int) -> Any | None:
+    slots = self.schedule.slots
+    if not slots:
+      return None
+    config, partitioner = self.context.config, self.context.programs.partitioner
+    b, li, lt = config.student.batch_size, config.task.prompt_length, config.task.response_length
+    groups = sorted(g for g in self._ahead if g >= self.schedule.group(step))
+    if len(groups) > slots:
+      raise AssertionError(f"{len(groups)} batches sampled ahead exceed the {slots} slots")
+    state = {
+      "groups": np.full(slots, -1, np.int32),
+      "prompts": np.zeros((slots, b, li), np.int32),
+      "responses": np.zeros((slots, b, lt), np.int32),
+      "mask": np.zeros((slots, b, lt), np.float32),
+    }
+    for slot, group in enumerate(groups):
+      state["groups"][slot] = group
+      for name in ("prompts", "responses", "mask"):
+        value = getattr(self._ahead[group], name)
+        is_device = isinstance(value, jax.Array)
+        state[name][slot] = partitioner.to_host(value) if is_device else value
+    return jax.device_put(state, partitioner.replicated)
+
+  def load_state(self, state: Any) -> None:
+    arrays = {name: np.asarray(value) for name, value in state.items()}
+    self._ahead = {
+      int(group): Batch(*(arrays[k][slot] for k in ("prompts", "responses", "mask")))
+      for slot, group in enumerate(arrays["groups"])
+      if group >= 0
+    }
 
   def train_set(self) -> dict[str, np.ndarray]:
     context = self.context
@@ -197,12 +347,22 @@ class Online(BatchSource):
     )
 
   @classmethod
+  def generated(cls, config: RunConfig, steps: int) -> dict[str, int]:
+    rows = config.student.batch_size * cls.schedule_of(config).groups_sampled(steps)
+    return {model: rows if model in cls.samplers else 0 for model in ("teacher", "student")}
+
+  @classmethod
   def work(cls, config: RunConfig, cost: CostFn) -> list[Work]:
-    per_step = config.student.batch_size * sum(cost("generate", m) for m in cls.samplers)
+    per_batch = config.student.batch_size * sum(cost("generate", m) for m in cls.samplers)
+    batches = cls.schedule_of(config).groups_sampled(config.student.steps)
     return [
-      Work(cls.GENERATED, "sample", config.student.steps, per_step),
+      Work(cls.GENERATED, "sample", batches, per_batch),
       Work(cls.TRAIN_SET, "sample", cls.train_rows(config), cost("generate", "teacher")),
     ]
+
+  @classmethod
+  def done_work(cls, config: RunConfig, start: int) -> dict[str, int]:
+    return {cls.GENERATED: cls.schedule_of(config).groups_sampled(start)}
 
 
 @register

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from tensorboardX import SummaryWriter
 
 from th_distill.errors import RunError
 from th_distill.observing import metric_names
+from th_distill.rundir import checkpoints
 
 # The headline curve names, for readers of `metrics.jsonl` (docs/detection.md, the notebooks);
 # every name is defined in `th_distill.observing.metric_names`.
@@ -37,24 +38,45 @@ class MetricsLost(RunError):
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
-  """The complete JSON lines of `path` (a torn last line is ignored; `null` and the 'nan' /
-  'inf' strings of older files read as float NaN / inf); [] if it does not exist."""
+  """The complete JSON rows of `path` (`null` and the 'nan' / 'inf' strings of older files read
+  as float NaN / inf); [] if it does not exist. A torn last line is ignored; a damaged line
+  before it is left out with a warning naming it (`check_rows` then counts its row missing)."""
   if not os.path.exists(path):
     return []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    lines = f.readlines()
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:
-        break
-      rows.append(
-        {
-          k: float("nan") if v is None else float(v) if v in _NONFINITE else v
-          for k, v in row.items()
-        }
-      )
+  for number, line in enumerate(lines, 1):
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      row = None
+    if not (isinstance(row, dict) and isinstance(row.get("step"), int)):
+      if number < len(lines):
+        logging.warning("%s: line %d is not a metrics row (damaged); left out.", path, number)
+      continue
+    rows.append(
+      {k: float("nan") if v is None else float(v) if v in _NONFINITE else v for k, v in row.items()}
+    )
   return rows
+
+
+def missing_steps(path: str, steps: Iterable[int]) -> list[int]:
+  """The steps of `steps` whose row `metrics.jsonl` at `path` lacks, in order."""
+  logged = {row["step"] for row in read_metrics(path)}
+  return [step for step in steps if step not in logged]
+
+
+def check_rows(path: str, steps: Iterable[int], fix: str) -> None:
+  """Raises MetricsLost if `metrics.jsonl` at `path` lacks the row of one of `steps` (the
+  evaluation steps a run has passed); `fix` ends the message."""
+  missing = missing_steps(path, steps)
+  if missing:
+    raise MetricsLost(
+      f"{path} lacks the rows of {len(missing)} evaluation(s) (steps "
+      f"{missing[0]}..{missing[-1]}): it was deleted, cut short or damaged, and the "
+      f"run cannot be reported on; {fix}"
+    )
 
 
 def column(rows: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
@@ -94,10 +116,12 @@ class MetricsWriter:
 
   def _rewrite(self) -> None:
     """Writes every row atomically and reopens the file for appending."""
-    tmp = self.path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.writelines(_line(r) for r in self._rows)
-    os.replace(tmp, self.path)
+
+    def write(tmp: str) -> None:
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(_line(r) for r in self._rows)
+
+    checkpoints.replace_atomically(self.path, self.path + ".tmp", write)
     self._file = open(self.path, "a", encoding="utf-8")
 
   def _lost(self) -> bool:

@@ -1,7 +1,8 @@
 """The plan a run logs before any work: devices and mesh, each model's parameter count, the
 memory per device of each compiled program (th_distill.planning.memory), each phase's work
 (th_distill.planning.workload) and a first time estimate; it warns when a CPU run would take
-hours. `log_plan` returns the run's clock, which the progress lines and ETAs read.
+hours, and stops (`check_memory`) when a program needs more memory per device than a device has.
+`log_plan` returns the run's clock, which the progress lines and ETAs read.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from absl import logging
 from th_distill import partitioning
 from th_distill.config.run_config import RunConfig
 from th_distill.data.sources import OFFLINE_DATASET
+from th_distill.errors import RunError
 from th_distill.models import param_count
 from th_distill.observing import progress
 from th_distill.planning import memory, workload
@@ -42,13 +44,35 @@ def device_gib(device: jax.Device) -> float | None:
   return None
 
 
+class OverMemory(RunError):
+  """The plan needs more memory per device than a device has."""
+
+
+def check_memory(program: str, needed: float, available: float | None, ignore: bool) -> None:
+  """Raises OverMemory if `program` needs more GiB per device (`needed`) than a device has
+  (`available`; None: unknown), naming both and the memory settings to try; with `ignore`
+  (`mesh.ignore_memory_estimate`) only warns."""
+  if not available or needed <= available:
+    return
+  text = (
+    f"the {program} needs about {needed:.1f} GiB per device, more than the {available:.1f} GiB "
+    "a device has: shard it over more devices (--config.mesh.*) or lower its memory "
+    "(--config.frozen_dtype=bfloat16, --config.sequence_chunks, --config.student.micro_batches, "
+    "a smaller batch size; docs/scaling.md)"
+  )
+  if not ignore:
+    raise OverMemory(f"{text}; --config.mesh.ignore_memory_estimate=True runs it anyway")
+  logging.warning("%s%s; going on (mesh.ignore_memory_estimate = True).", text[0].upper(), text[1:])
+
+
 def log_plan(
   config: RunConfig, run_dir: RunDirectory, partitioner: partitioning.Partitioner, models: Models
 ) -> progress.RunClock:
   """Logs what the run will do, before any of it: devices and mesh, each model's parameter
   count, the memory per device of each compiled program (`th_distill.planning.memory`), each phase's work
   and a lower bound of the time (its FLOPs at the device's matmul rate); warns when a CPU run
-  would take hours. Returns the clock of the run's phases, for progress lines and ETAs."""
+  would take hours. Raises OverMemory before any compute when a program does not fit (unless
+  `mesh.ignore_memory_estimate`). Returns the clock of the run's phases, for progress lines and ETAs."""
   mesh = partitioner.mesh
   device = jax.devices()[0]
   logging.info(
@@ -86,15 +110,7 @@ def log_plan(
       f"{k} {v:.2f} GiB" for k, v in programs[largest].items() if v and not k.startswith("total")
     ),
   )
-  if available and programs[largest]["total"] > available:
-    logging.warning(
-      "The %s needs about %.1f GiB per device, more than the %.1f GiB a device "
-      "has: shard it over more devices, or see the memory settings in "
-      "docs/scaling.md (frozen_dtype, sequence_chunks, micro_batches).",
-      largest,
-      programs[largest]["total"],
-      available,
-    )
+  check_memory(largest, programs[largest]["total"], available, config.mesh.ignore_memory_estimate)
   phases = workload.phases(config, partitioner.data_parallel_size, done_phases(config, run_dir))
   peak = progress.matmul_flops_per_second() * mesh.size
   for phase in phases:

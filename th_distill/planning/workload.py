@@ -48,6 +48,39 @@ def cost_fn(config: RunConfig) -> sources.CostFn:
   return lambda kind, model: table[kind, model]
 
 
+# The generation-cost keys of a regime's summary (`generation_cost`).
+COST_KEYS = (
+  "teacher_samples_generated",
+  "student_samples_generated",
+  "generation_flops",
+  "training_flops",
+)
+
+
+def generation_cost(config: RunConfig, regime: str, steps: int) -> dict[str, float]:
+  """What a run of `regime` that trained `steps` steps paid for its data: the teacher's and
+  the student's samples drawn for training (`BatchSource.generated`; the evaluations' are not
+  counted), their generation FLOPs, and the distillation steps' FLOPs (student forward and
+  backward, teacher and oracle forwards)."""
+  cost = cost_fn(config)
+  generated = sources.source_class(regime).generated(config, steps)
+  return {
+    "teacher_samples_generated": generated["teacher"],
+    "student_samples_generated": generated["student"],
+    "generation_flops": sum(n * cost("generate", m) for m, n in generated.items()),
+    "training_flops": steps * distill_step_flops(config),
+  }
+
+
+def distill_step_flops(config: RunConfig) -> float:
+  """FLOPs of one distillation step of `student.batch_size` examples."""
+  li, lt = config.task.prompt_length, config.task.response_length
+  per_example = flops.distill_flops(
+    config.model("student"), config.model("teacher"), li, lt, config.model("oracle")
+  )
+  return config.student.batch_size * per_example
+
+
 def _stage1(config: RunConfig, data_parallel: int, cost: sources.CostFn) -> list[Phase]:
   li, lt = config.task.prompt_length, config.task.response_length
   listed = []
@@ -91,12 +124,8 @@ def _stage1(config: RunConfig, data_parallel: int, cost: sources.CostFn) -> list
 
 def _regime(config: RunConfig, k: int, regime: str, cost: sources.CostFn) -> Phase:
   source = sources.source_class(regime)
-  li, lt = config.task.prompt_length, config.task.response_length
   s = config.student
-  models = {m: config.model(m) for m in MODELS}
-  step = s.batch_size * flops.distill_flops(
-    models["student"], models["teacher"], li, lt, models["oracle"]
-  )
+  step = distill_step_flops(config)
   evaluations = len(config.eval_settings.steps)
   eval_rows = 3 * config.prompts.num_eval + source.train_rows(config)
   eval_cost = config.prompts.num_eval * cost("generate", "student") + eval_rows * sum(

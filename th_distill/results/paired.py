@@ -55,16 +55,27 @@ def compare(
   }
 
 
-def compare_arms(arms: Mapping[str, Mapping[str, Any]], reference: str) -> dict[str, Any]:
-  """{arm: {key: compare(arm, reference, key)}} for every arm but `reference`; `arms` maps a
-  label to its {'seeds': {seed: run summary}} (a study summary's `arms`)."""
-  if reference not in arms:
-    raise ValueError(f"reference arm {reference!r} is not one of {sorted(arms)}")
-  base = arms[reference]["seeds"]
+def compare_arms(
+  arms: Mapping[str, Mapping[str, Any]],
+  reference: str,
+  references: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+  """{arm: {key: compare(arm, its reference, key)}} for every arm that is no reference; an
+  arm's reference is `references[arm]` if given (e.g. each family of a study against its own
+  baseline), else `reference`; `arms` maps a label to its {'seeds': {seed: run summary}} (a
+  study summary's `arms`)."""
+  references = dict(references or {})
+  bases = {reference, *references.values()}
+  for base in bases:
+    if base not in arms:
+      raise ValueError(f"reference arm {base!r} is not one of {sorted(arms)}")
   return {
-    label: {key: compare(arm["seeds"], base, key) for key in COMPARED}
+    label: {
+      key: compare(arm["seeds"], arms[references.get(label, reference)]["seeds"], key)
+      for key in COMPARED
+    }
     for label, arm in arms.items()
-    if label != reference
+    if label not in bases
   }
 
 
@@ -78,10 +89,18 @@ def _cell(result: Mapping[str, Any] | None, spec: str) -> str:
   )
 
 
-def table(comparisons: Mapping[str, Mapping[str, Any]], reference: str) -> list[str]:
-  """Markdown lines: one row per arm, the paired differences from `reference`."""
+def table(
+  comparisons: Mapping[str, Mapping[str, Any]],
+  reference: str,
+  references: Mapping[str, str] | None = None,
+) -> list[str]:
+  """Markdown lines: one row per arm, the paired differences from its reference
+  (`compare_arms`); an arm with a reference of its own is shown as `arm − reference`."""
+  references = dict(references or {})
   lines = [
-    f"Paired over seeds, each arm minus `{reference}`: mean ± sd of the per-seed "
+    f"Paired over seeds, each arm minus `{reference}`"
+    + (" (or the reference its row names)" if references else "")
+    + ": mean ± sd of the per-seed "
     "difference (seeds with the mean's sign / seeds, two-sided paired t-test p); "
     f"**\\*** = larger than the seed-to-seed noise (p < {LEVEL:g}).",
     "",
@@ -89,8 +108,9 @@ def table(comparisons: Mapping[str, Mapping[str, Any]], reference: str) -> list[
     "|---|---|---|---|---|",
   ]
   for label, row in comparisons.items():
+    shown = f"{label} − {references[label]}" if label in references else label
     lines.append(
-      f"| {label} | {_cell(row['golden_final'], '+.4f')} | "
+      f"| {shown} | {_cell(row['golden_final'], '+.4f')} | "
       f"{_cell(row['golden_rise_pct'], '+.1f')} | {_cell(row['proxy_final'], '+.4f')} "
       f"| {_cell(row['train_loss_final'], '+.4f')} |"
     )

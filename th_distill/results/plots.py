@@ -150,3 +150,38 @@ def plot_detections(
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_cost(arms: Mapping[str, Mapping[str, Sequence[float]]], path: str) -> None:
+  """Golden distance against generation cost, one point per arm (the mean over seeds, bars one
+  standard deviation): `arms[label]` holds per-seed `generation_flops`, `golden_min`,
+  `golden_final` and `golden_trend_pct_per_doubling`; generation FLOPs on a log axis."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+  panels = (
+    ("golden at its minimum (o) and at the end (x)", ("golden_min", "golden_final")),
+    ("golden trend after its minimum, % per doubling", ("golden_trend_pct_per_doubling",)),
+  )
+  for ax, (title, keys) in zip(axes, panels):
+    for index, (label, values) in enumerate(arms.items()):
+      x = np.asarray(values["generation_flops"], float)
+      color = f"C{index % 10}"
+      for key, marker in zip(keys, "ox"):
+        y = np.array([np.nan if v is None else v for v in values[key]], float)
+        if not np.isfinite(y).any():
+          continue
+        ax.errorbar(
+          np.nanmean(x),
+          np.nanmean(y),
+          yerr=np.nanstd(y),
+          fmt=marker,
+          color=color,
+          label=label if marker == "o" else None,
+          capsize=2,
+        )
+    ax.set(title=title, xlabel="generation FLOPs of the training data", xscale="log")
+    ax.grid(alpha=0.3, which="both")
+  axes[1].axhline(0.0, color="k", linewidth=0.8)
+  axes[0].legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -13,6 +13,7 @@ from th_distill import detection
 from th_distill.config.run_config import RunConfig
 from th_distill.observing.metric_names import GOLDEN, PROXY
 from th_distill.observing.metrics_io import read_metrics
+from th_distill.planning import workload
 from th_distill.results import figures
 from th_distill.results.summaries import summarize_run
 from th_distill.rundir import checkpoints
@@ -43,9 +44,13 @@ def settings_text(settings: detection.DetectorSettings, metric: str) -> str:
 
 def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) -> dict[str, Any]:
   """Reads every regime's metrics.jsonl in `workdir`; writes summary.json, the figures and
-  report.md; returns the summary. `teacher`: the teacher-vs-oracle numbers of stage 1."""
+  report.md; returns the summary. `teacher`: the teacher-vs-oracle numbers of stage 1. Raises
+  MetricsLost if a finished regime lacks an evaluation row (it is never reported on)."""
   settings, metric = config.detection.detector, config.detection.metric
   run_dir = RunDirectory(workdir)
+  for regime in config.regimes:
+    if run_dir.regime(regime).finished:
+      run_dir.regime(regime).check_rows(config.eval_settings.steps)
   rows = {r: read_metrics(run_dir.regime(r).metrics) for r in config.regimes}
   rows = {r: v for r, v in rows.items() if v}
   teacher_golden = teacher["teacher/golden/fkl@oracle_samples"]
@@ -53,6 +58,8 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
     r: summarize_run(v, config.hacking_threshold_pct, settings, metric, teacher_golden)
     for r, v in rows.items()
   }
+  for r, s in regimes.items():
+    s.update(workload.generation_cost(config, r, s["final_step"]))
   starts = [s["student_init_golden"] for s in regimes.values()]
   summary = {
     "teacher_golden": teacher_golden,
@@ -93,6 +100,21 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
       f"{number(s['proxy_at_golden_min'])} -> {number(s['proxy_final'])} "
       f"({number(s['proxy_change_after_min_pct'], '+.1f')}) | {verdict(s)} |"
     )
+  lines += [
+    "",
+    "What each regime paid for its training data (samples drawn by the teacher and the "
+    "student; the evaluations' are not counted) against the golden distance it reached:",
+    "",
+    "| regime | teacher samples | student samples | generation GFLOP | training GFLOP | "
+    "golden min | golden final |",
+    "|---|---|---|---|---|---|---|",
+    *(
+      f"| {regime} | {s['teacher_samples_generated']:,} | {s['student_samples_generated']:,} | "
+      f"{s['generation_flops'] / 1e9:,.1f} | {s['training_flops'] / 1e9:,.1f} | "
+      f"{number(s['golden_min'])} | {number(s['golden_final'])} |"
+      for regime, s in summary["regimes"].items()
+    ),
+  ]
   lines += [
     "",
     f"golden = `{GOLDEN}` (KL(oracle || student) per token on oracle samples of the "

@@ -13,7 +13,7 @@ import numpy as np
 
 from th_distill.config.run_config import RunConfig
 from th_distill.observing.metrics_io import read_metrics
-from th_distill.results import figures, paired, report
+from th_distill.results import figures, paired, plots, report
 from th_distill.results.summaries import detector_quality, summarize_arm, summarize_run
 from th_distill.rundir import checkpoints
 from th_distill.rundir.layout import RunDirectory
@@ -31,6 +31,14 @@ def _mean_sd(values: Sequence[float | None], spec: str = ".3f") -> str:
   return f"{np.mean(defined):{spec}} ± {np.std(defined, ddof=1):{spec.lstrip('+')}}{missing}"
 
 
+COST_FIGURE = "cost.png"
+
+
+def _count(value: float | None, unit: float = 1.0) -> str:
+  """A mean count in `unit`s with thousands separators ('–' if unknown)."""
+  return "–" if value is None else f"{value / unit:,.0f}"
+
+
 def write_study_report(
   directory: str,
   title: str,
@@ -38,13 +46,18 @@ def write_study_report(
   config: RunConfig,
   reference: str = "",
   teacher_golden: Mapping[str, float] | None = None,
+  costs: Mapping[str, Mapping[str, float]] | None = None,
+  references: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
   """The report of a study: `runs` maps an arm's label to its (seed, metrics.jsonl path) pairs;
-  `teacher_golden` maps a metrics.jsonl path to its run's teacher golden distance.
+  `teacher_golden` maps a metrics.jsonl path to its run's teacher golden distance, `costs` to
+  its generation cost (`planning.workload.generation_cost`); `references` maps an arm to the
+  arm it is paired with, if not `reference`.
 
   Writes `summary.json` (per arm: every seed's run summary and the means; `paired`: every arm's
   paired differences over seeds from the `reference` arm, by default the first;
-  `th_distill.results.paired`), `curves.png`, `proxy_golden.png`, `detector.png` and `report.md` into
+  `th_distill.results.paired`), `curves.png`, `proxy_golden.png`, `detector.png`, with `costs`
+  `cost.png` (golden against generation FLOPs), and `report.md` into
   `directory`; `config` gives the detector settings and the hacking threshold. Arms without any
   finished seed are left out.
   """
@@ -58,9 +71,12 @@ def write_study_report(
   for label, pairs in rows.items():
     paths = dict(runs[label])
     seeds = {
-      str(seed): summarize_run(
-        r, config.hacking_threshold_pct, settings, metric, (teacher_golden or {}).get(paths[seed])
-      )
+      str(seed): {
+        **summarize_run(
+          r, config.hacking_threshold_pct, settings, metric, (teacher_golden or {}).get(paths[seed])
+        ),
+        **(costs or {}).get(paths[seed], {}),
+      }
       for seed, r in pairs
     }
     arms[label] = {
@@ -69,11 +85,13 @@ def write_study_report(
     }
   quality = detector_quality([s for arm in arms.values() for s in arm["seeds"].values()])
   reference = reference or next(iter(arms))
-  comparisons = paired.compare_arms(arms, reference) if reference in arms else {}
+  own = {a: r for a, r in (references or {}).items() if a in arms and r in arms}
+  comparisons = paired.compare_arms(arms, reference, own) if reference in arms else {}
   summary = {
     "title": title,
     "arms": arms,
     "reference": reference,
+    "references": own,
     "paired": comparisons,
     "detector": {"metric": metric, "settings": dataclasses.asdict(settings), **quality},
   }
@@ -92,6 +110,15 @@ def write_study_report(
     metric,
     float(np.mean(levels)) if levels else None,
   )
+  if costs:
+    keys = ("generation_flops", "golden_min", "golden_final", "golden_trend_pct_per_doubling")
+    plots.plot_cost(
+      {
+        label: {k: [s.get(k) for s in arm["seeds"].values()] for k in keys}
+        for label, arm in arms.items()
+      },
+      os.path.join(directory, COST_FIGURE),
+    )
   lines = [
     f"# {title}",
     "",
@@ -110,8 +137,8 @@ def write_study_report(
     "",
     "| arm | seeds | teacher golden | golden start | golden min | golden min step | "
     "golden final | rise % | trend %/doubling (rising) | proxy final | proxy change % | "
-    "outcome (oracle) | detector |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "outcome (oracle) | detector | teacher samples | generation GFLOP |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for label, arm in arms.items():
     seeds = list(arm["seeds"].values())
@@ -129,10 +156,12 @@ def write_study_report(
       f"({rising}/{len(seeds)}) | "
       f"{_mean_sd([s['proxy_final'] for s in seeds])} | "
       f"{_mean_sd([s['proxy_change_after_min_pct'] for s in seeds], '+.1f')} | {outcomes} | "
-      f"{arm['detected_runs']}/{len(seeds)} ({fired}) |"
+      f"{arm['detected_runs']}/{len(seeds)} ({fired}) | "
+      f"{_count(arm['mean']['teacher_samples_generated'])} | "
+      f"{_count(arm['mean']['generation_flops'], 1e9)} |"
     )
   if comparisons:
-    lines += ["", "## Arms against each other", ""] + paired.table(comparisons, reference)
+    lines += ["", "## Arms against each other", ""] + paired.table(comparisons, reference, own)
   lag = quality["lag_steps"]
   lines += [
     "",
@@ -155,6 +184,17 @@ def write_study_report(
     "",
     "![detector](detector.png)",
     "",
+    *(
+      [
+        "Golden distance against what each arm paid to generate its training data (mean "
+        "over seeds, bars one standard deviation):",
+        "",
+        f"![cost]({COST_FIGURE})",
+        "",
+      ]
+      if costs
+      else []
+    ),
     "## Runs",
     "",
   ]

@@ -231,6 +231,9 @@ ARM_MEANS = (
   "golden_trend_pct_per_doubling",
   "proxy_final",
   "proxy_change_after_min_pct",
+  "teacher_samples_generated",
+  "student_samples_generated",
+  "generation_flops",
 )
 
 
@@ -247,7 +250,7 @@ def summarize_arm(seeds: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   runs = list(seeds.values())
   return {
     "seeds": dict(seeds),
-    "mean": {k: _mean([s[k] for s in runs]) for k in ARM_MEANS},
+    "mean": {k: _mean([s.get(k) for s in runs]) for k in ARM_MEANS},
     "outcomes": {o: sum(s["outcome"] == o for s in runs) for o in OUTCOMES},
     "hacking_runs": sum(s["hacking"] for s in runs),
     "detected_runs": sum(s["detected"] for s in runs),

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -36,12 +37,27 @@ def json_safe(value: Any) -> Any:
   return value
 
 
+def replace_atomically(path: str, tmp: str, write: Callable[[str], object]) -> None:
+  """`write(tmp)`, then renames `tmp` to `path`; a failed write (a full disk, a kill by an
+  exception) removes `tmp`, so no temporary file survives it."""
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
 def write_json(path: str, value: Any) -> None:
   """Writes `value` to `path` atomically as strict JSON (`json_safe`)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(json_safe(value), f, indent=2, sort_keys=True, allow_nan=False)
-  os.replace(tmp, path)
+  text = json.dumps(json_safe(value), indent=2, sort_keys=True, allow_nan=False)
+
+  def write(tmp: str) -> None:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+
+  replace_atomically(path, f"{path}.tmp{os.getpid()}", write)
 
 
 def read_json(path: str) -> Any:
@@ -49,11 +65,69 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
+class DamagedFile(RunError):
+  """A file of a run directory is missing or cannot be read and cannot be rebuilt; the message
+  names the file, its role and the way forward."""
+
+
+def describe(error: BaseException) -> str:
+  """'<type>: <first line of the message>' of `error`, for one-line messages."""
+  text = str(error).strip()
+  return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def damaged(path: str, role: str, error: BaseException, fix: str) -> DamagedFile:
+  """The DamagedFile of `path` (`role`: what it holds) that `error` kept from being read."""
+  return DamagedFile(f"{path} ({role}) cannot be read ({describe(error)}); {fix}")
+
+
+def set_aside(path: str, role: str, error: BaseException) -> None:
+  """Moves the unreadable file `path` to `<path>.damaged` (process 0; it is written again),
+  with a warning naming its role."""
+  aside = f"{path}.damaged"
+  logging.warning(
+    "%s (%s) cannot be read (%s); moved to %s, it is written again.",
+    path,
+    role,
+    describe(error),
+    aside,
+  )
+  if jax.process_index() == 0 and os.path.exists(path):
+    os.replace(path, aside)
+
+
+def _readable(path: str, role: str, read: Callable[[str], Any], valid: Callable[[Any], bool]):
+  if not os.path.exists(path):
+    return None
+  try:
+    value = read(path)
+    if not valid(value):
+      raise ValueError(f"unexpected content ({type(value).__name__})")
+    return value
+  except Exception as e:  # pylint: disable=broad-except  (any damage: rebuild the file)
+    set_aside(path, role, e)
+    return None
+
+
+def readable_json(path: str, role: str) -> dict[str, Any] | None:
+  """The JSON object at `path`, or None if it does not exist or cannot be read (a rebuildable
+  file: it is then set aside, `set_aside`, and written again by the caller)."""
+  return _readable(path, role, read_json, lambda value: isinstance(value, dict))
+
+
+def readable_arrays(path: str, role: str) -> dict[str, np.ndarray] | None:
+  """`load_arrays(path)`, or None if it does not exist or cannot be read (truncated, empty: set
+  aside, to be rebuilt by the caller)."""
+  return _readable(path, role, load_arrays, lambda value: True)
+
+
 def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
   """Writes `arrays` to the .npz file `path` atomically."""
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-  os.replace(tmp, path)
+  replace_atomically(
+    path,
+    f"{path}.tmp{os.getpid()}.npz",
+    lambda tmp: np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()}),
+  )
 
 
 def load_arrays(path: str) -> dict[str, np.ndarray]:
@@ -76,6 +150,9 @@ def load_params(path: str, like: Any) -> Any:
   """Restores the pytree saved at `path` with the structure, shapes and shardings of `like`
   (arrays or `jax.ShapeDtypeStruct`s)."""
   return ocp.StandardCheckpointer().restore(os.path.abspath(path), _abstract(like))
+
+
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a checkpoint Orbax has not finalised
 
 
 class CheckpointMismatch(RunError):
@@ -126,6 +203,7 @@ class RunCheckpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
+    self._saving: int | None = None  # the step of the last save started
     self._manager = ocp.CheckpointManager(
       self.directory,
       item_handlers=ocp.StandardCheckpointHandler(),
@@ -144,7 +222,8 @@ class RunCheckpointer:
     as it is); see the class doc."""
     if step in self._manager.all_steps():  # the step being saved included
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state))
+    self._manager.save(step, args=ocp.args.StandardSave(state))  # raises a failed earlier save
+    self._saving = step
 
   def wait(self) -> None:
     """Blocks until the last save is on disk (raises its error if it failed)."""
@@ -192,6 +271,30 @@ class RunCheckpointer:
   def close(self) -> None:
     """Waits for the last save, then closes the manager."""
     self._manager.close()
+
+  def last_complete_step(self) -> int | None:
+    """The newest checkpoint on disk (finalised: Orbax renames a complete one to its step),
+    without waiting for a save under way; None if there is none."""
+    steps = [int(n) for n in os.listdir(self.directory) if n.isdigit()]
+    return max(steps) if steps else None
+
+  def unfinished_step(self) -> int | None:
+    """The step of the last save started, if it is not on disk (still under way, or failed)."""
+    if self._saving is None or self._saving == self.last_complete_step():
+      return None
+    return self._saving
+
+  def discard_unfinished(self) -> None:
+    """After a failed save: waits for the writer to stop and removes the checkpoints it left
+    unfinished (Orbax's temporary folders), so they hold no disk space."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except  (the failure being handled)
+      pass
+    if jax.process_index() == 0:
+      for name in os.listdir(self.directory):
+        if not name.isdigit() and TMP_MARK in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
 
 def save_param_trees(path: str, trees: dict[str, Any]) -> None:

@@ -19,11 +19,12 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING
 
-from th_distill.observing.metrics_io import METRICS_FILE
+from th_distill.observing import metrics_io
 from th_distill.rundir import checkpoints, records
 
 if TYPE_CHECKING:
   from th_distill.config.run_config import RunConfig
+  from th_distill.observing.eval_schedule import EvaluationSchedule
 
 # Stage 1's parameters: {item of the composite checkpoint: model}.
 STAGE1_PARAMS = {"oracle": "oracle", "teacher": "teacher", "student_init": "student"}
@@ -74,6 +75,26 @@ class Stage1Directory:
   def finished(self) -> bool:
     return os.path.exists(self.marker)
 
+  def read_marker(self) -> dict:
+    """The marker's record; DamagedFile if it cannot be read (it holds results: not rebuilt)."""
+    try:
+      record = checkpoints.read_json(self.marker)
+      if not isinstance(record, dict) or "fingerprint" not in record:
+        raise ValueError("not a stage-1 record")
+    except (OSError, ValueError) as e:
+      raise checkpoints.damaged(
+        self.marker,
+        "stage 1's record: the oracle's calibration, the SFT losses, the teacher's golden "
+        "distances",
+        e,
+        "delete it to run stage 1 again (its results are a function of the seed)",
+      ) from e
+    return record
+
+  def set_aside_damaged_record(self) -> None:
+    """Sets aside a `started.json` that cannot be read (`checkpoints.readable_json`)."""
+    checkpoints.readable_json(self.started_marker, "the config record of an unfinished stage 1")
+
 
 @dataclasses.dataclass(frozen=True)
 class RegimeDirectory:
@@ -94,7 +115,7 @@ class RegimeDirectory:
 
   @property
   def metrics(self) -> str:
-    return os.path.join(self.path, METRICS_FILE)
+    return os.path.join(self.path, metrics_io.METRICS_FILE)
 
   @property
   def checkpoints(self) -> str:
@@ -110,6 +131,21 @@ class RegimeDirectory:
 
   def done_record(self) -> dict:
     return checkpoints.read_json(self.done_marker)
+
+  def check_rows(self, schedule: EvaluationSchedule) -> None:
+    """Raises MetricsLost if this finished regime's `metrics.jsonl` lacks the row of an
+    evaluation step of `schedule` it ran (up to `done.json`'s `steps`)."""
+    metrics_io.check_rows(
+      self.metrics,
+      schedule.upto(self.done_record()["steps"]),
+      f"delete {self.path} to run the regime again",
+    )
+
+  def set_aside_damaged_markers(self) -> None:
+    """Sets aside a `started.json` or `done.json` that cannot be read; both are written again:
+    the first from the config, the second by resuming the regime from its last checkpoint."""
+    checkpoints.readable_json(self.started_marker, f"the config record of the {self.regime} run")
+    checkpoints.readable_json(self.done_marker, f"the marker of the finished {self.regime} run")
 
   def write_started(self, record: dict) -> None:
     """Writes `started.json` (the config record the run resumes under), creating the folder."""
@@ -159,9 +195,12 @@ class RunDirectory:
     """Raises records.ConfigChanged if this directory holds results (of any of `regimes`) of a
     config (its `config.json`) that differs from `config` in a field other than
     `records.FREE_FIELDS`. Call before `write_config`."""
-    if not (os.path.exists(self.config) and self.holds_results(regimes)):
+    if not self.holds_results(regimes):
       return
-    diff = records.changes(checkpoints.read_json(self.config), records.as_recorded(config.values))
+    recorded = checkpoints.readable_json(self.config, "the config the workdir was started with")
+    if recorded is None:  # absent, or damaged and set aside: `write_config` writes it again
+      return
+    diff = records.changes(recorded, records.as_recorded(config.values))
     if diff:
       raise records.refusal(f"--workdir={self.path}", diff)
 

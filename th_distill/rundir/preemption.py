@@ -27,6 +27,27 @@ class Preempted(RunError):
     self.step = step
 
 
+_received = False  # whether SIGTERM came while it was being recorded (`_record`)
+
+
+def _record(signum, frame) -> None:
+  del signum, frame
+  global _received
+  logging.warning(
+    "SIGTERM received again: already stopping at the next step."
+    if _received
+    else "SIGTERM received: checkpointing at the next training step, then stopping."
+  )
+  _received = True
+
+
+def record_sigterm() -> None:
+  """Records SIGTERM for the rest of the process instead of dying of it (a command line of one
+  process, `cli.run_command`): whenever it comes, and however many times, the run checkpoints at
+  its next training step and stops with `Preempted` (status 75)."""
+  signal.signal(signal.SIGTERM, _record)
+
+
 class PreemptionWatch:
   """Tells the training loop when to checkpoint and stop for pre-emption, at the same step on
   every process (`with PreemptionWatch() as watch: ... watch.reached(step)`).
@@ -35,30 +56,30 @@ class PreemptionWatch:
   learns of a SIGTERM sent to any process and agrees on a step every process then reaches
   (`multihost_utils.reached_preemption_sync_point`; nothing is exchanged on other steps). Every
   process must call `reached` at every step of the loop. One process: SIGTERM is recorded
-  instead of killing the process, while the watch is active.
+  instead of killing the process, while the watch is active (for the whole command under
+  `record_sigterm`, so a SIGTERM between training loops stops the next one, and a second SIGTERM
+  while the run stops is recorded too).
   """
 
   def __init__(self):
-    self._sigterm = False
     self._previous: Any = None
+    self._installed = False
     self._service = jax.process_count() > 1
 
   def __enter__(self) -> PreemptionWatch:
-    if not self._service:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    global _received
+    if not self._service and signal.getsignal(signal.SIGTERM) is not _record:
+      _received = False  # outside `record_sigterm`, SIGTERMs before the watch are not recorded
+      self._previous = signal.signal(signal.SIGTERM, _record)
+      self._installed = True
     return self
-
-  def _handle(self, signum, frame) -> None:
-    del signum, frame
-    logging.warning("SIGTERM received: checkpointing after this step.")
-    self._sigterm = True
 
   def reached(self, step: int) -> bool:
     """Whether to checkpoint at `step` and stop."""
     if self._service:
       return multihost_utils.reached_preemption_sync_point(step)
-    return self._sigterm
+    return _received
 
   def __exit__(self, *exc) -> None:
-    if not self._service:
+    if self._installed:
       signal.signal(signal.SIGTERM, self._previous)

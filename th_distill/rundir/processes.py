@@ -21,10 +21,14 @@ def write_on_main(write: Callable[[], None]) -> None:
     multihost_utils.sync_global_devices("th_distill_write")
 
 
-def exists_on_main(path: str) -> bool:
-  """Whether `path` exists as process 0 sees it: every process gets the same answer, so all take
-  the same branch (and enter the same collectives) even while process 0 is writing the file."""
-  exists = os.path.exists(path)
+def agreed(value: bool) -> bool:
+  """Process 0's `value` on every process, so all take the same branch (and enter the same
+  collectives)."""
   if jax.process_count() > 1:
-    exists = bool(multihost_utils.broadcast_one_to_all(np.asarray(exists)))
-  return exists
+    value = bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+  return value
+
+
+def exists_on_main(path: str) -> bool:
+  """Whether `path` exists as process 0 sees it (`agreed`), even while process 0 is writing it."""
+  return agreed(os.path.exists(path))

@@ -143,8 +143,10 @@ def stage1_sections(config: RunConfig) -> tuple[str, ...]:
 
 def offline_sections(config: RunConfig) -> tuple[str, ...]:
   """The sections of the offline dataset: stage 1's (its teacher), `offline` (N and k) and
-  `frozen_dtype` (it is sampled from the teacher in stage 2's dtype, as the online arms are)."""
-  return stage1_sections(config) + ("offline", "frozen_dtype")
+  `frozen_dtype` (it is sampled from the teacher in stage 2's dtype, as the online arms are),
+  and the truncation's K and temperature when it stores a truncated teacher."""
+  top = ("loss.teacher_top_k", "loss.temperature") if config.loss.teacher_top_k else ()
+  return stage1_sections(config) + ("offline", "frozen_dtype", *top)
 
 
 def regime_sections(config: RunConfig) -> tuple[str, ...]:

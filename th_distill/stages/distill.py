@@ -32,7 +32,7 @@ from th_distill.observing.metric_names import (
   PROXY,
   TRAIN_TEACHER,
 )
-from th_distill.observing.metrics_io import MetricsWriter, read_metrics
+from th_distill.observing.metrics_io import MetricsWriter, check_rows, read_metrics
 from th_distill.partitioning import is_main_process
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints, processes, records
@@ -79,16 +79,13 @@ def _evaluation(
 
 def _check_reusable(config: RunConfig, directory: RegimeDirectory, key_: records.StageKey) -> bool:
   """Whether the regime is finished (after checking it was made by this config and kept its
-  rows); an unfinished one resumes under the config it started with only."""
-  eval_steps = set(config.eval_settings.steps)
+  rows); an unfinished one resumes under the config it started with only. A marker that cannot
+  be read is set aside first (`RegimeDirectory.set_aside_damaged_markers`)."""
+  processes.write_on_main(directory.set_aside_damaged_markers)
   if directory.finished:
     started = directory.started_marker
     key_.check(started if os.path.exists(started) else directory.done_marker)  # its fields
-    guards.check_rows(
-      directory.metrics,
-      {s for s in eval_steps if s <= directory.done_record()["steps"]},
-      f"delete {directory.path} to run the regime again",
-    )
+    directory.check_rows(config.eval_settings.steps)
     return True
   if processes.exists_on_main(directory.started_marker):
     key_.check(directory.started_marker)
@@ -147,11 +144,12 @@ def run_regime(
     rng=key(config.seed, Purpose.TRAIN_DROPOUT),
     guard=guards.StepWatch(regime, config.on_nonfinite),
     summed=DISTILL_METRICS,
+    carried=source,
   )
   start = trainer.start_step
-  guards.check_rows(
+  check_rows(
     directory.metrics,
-    {s for s in eval_steps if s < start},
+    eval_steps.upto(start - 1),
     f"delete {directory.path} to run the regime again from step 0",
   )
   writer = MetricsWriter(directory.path, resume_step=start, enabled=is_main_process())
@@ -174,11 +172,12 @@ def run_regime(
     )
   )
   trainer.add_hook(ProgressHook(phase, "steps"))
-  for item, done in (
-    ("steps", start),
-    (sources.Online.GENERATED, start),
-    ("evaluations", sum(s < start for s in eval_steps)),
-  ):
+  done_work = {
+    "steps": start,
+    "evaluations": eval_steps.below(start),
+    **source.done_work(config, start),
+  }
+  for item, done in done_work.items():
     phase.skip(item, done)
   logging.info("%s: steps %d..%d", phase.title, start, steps)
   run_start = time.time()

@@ -67,19 +67,68 @@ def initial_params(config: RunConfig, name: str, programs: Programs, rng: jax.Ar
   return programs.partitioner.init_params(getattr(programs.models, name), rng)
 
 
-def _load(directory: Stage1Directory, programs: Programs) -> Stage1:
-  """A finished stage 1 read back from `directory`."""
+EVAL_SOURCES = ("oracle", "teacher")  # the models whose samples make the fixed evaluation sets
+
+
+def _eval_sets(
+  config: RunConfig,
+  programs: Programs,
+  prompts: np.ndarray,
+  phase: progress.Phase,
+  params: dict[str, Any],
+) -> dict[str, dict[str, np.ndarray]]:
+  """The fixed evaluation sets of the sources in `params` ({'oracle' / 'teacher': parameters}):
+  one sample of each held-out prompt, a function of the seed (so a lost one is rebuilt)."""
+  eval_key = key(config.seed, Purpose.EVAL_SETS)
+  return {
+    source: regime_lib.build_offline(
+      phase.counted(programs.host_sampler(source), "samples"),
+      params[source],
+      prompts,
+      1,
+      jax.random.fold_in(eval_key, EVAL_SOURCES.index(source)),
+    )
+    for source in EVAL_SOURCES
+    if source in params
+  }
+
+
+def _load(
+  config: RunConfig,
+  directory: Stage1Directory,
+  programs: Programs,
+  pools: dict[str, np.ndarray],
+  clock: progress.RunClock,
+) -> Stage1:
+  """A finished stage 1 read back from `directory`; an evaluation set that cannot be read is
+  set aside and sampled again. DamagedFile if the parameters cannot be read."""
   like = {
     item: programs.partitioner.abstract_params(getattr(programs.models, model))
     for item, model in STAGE1_PARAMS.items()
   }
-  params = checkpoints.load_param_trees(directory.params, like)
+  try:
+    params = checkpoints.load_param_trees(directory.params, like)
+  except Exception as e:  # pylint: disable=broad-except  (a missing or damaged item)
+    raise checkpoints.damaged(
+      directory.params,
+      "stage 1's parameters: the oracle, the teacher, the student's start",
+      e,
+      f"delete {directory.marker} to run stage 1 again (its results are a function of the seed)",
+    ) from e
+  sets = {
+    name: checkpoints.readable_arrays(directory.eval_set(name), f"stage 1's {name} evaluation set")
+    for name in EVAL_SOURCES
+  }
+  lost = [name for name in EVAL_SOURCES if not processes.agreed(sets[name] is not None)]
+  if lost:
+    phase = clock.phase("evaluation sets, rebuilt", work=[])
+    sets.update(_eval_sets(config, programs, pools["eval"], phase, {n: params[n] for n in lost}))
+    phase.finish()
+    processes.write_on_main(
+      lambda: [checkpoints.save_arrays(directory.eval_set(n), sets[n]) for n in lost]
+    )
   return Stage1(
-    params["oracle"],
-    params["teacher"],
-    params["student_init"],
-    {name: checkpoints.load_arrays(directory.eval_set(name)) for name in ("oracle", "teacher")},
-    checkpoints.read_json(directory.marker),
+    params["oracle"], params["teacher"], params["student_init"], sets, directory.read_marker()
   )
 
 
@@ -149,10 +198,13 @@ def run(
   and written (parameters by every process, files by process 0)."""
   stage_key = records.StageKey.of(config, records.stage1_sections(config))
   if directory.finished:
+    directory.read_marker()  # DamagedFile if it cannot be read
     stage_key.check(directory.marker)
     logging.info("Stage 1: reusing %s", directory.path)
-    return _load(directory, programs)
-  # An unfinished stage 1 resumes its SFTs under the config it started with only.
+    return _load(config, directory, programs, pools, clock)
+  # An unfinished stage 1 resumes its SFTs under the config it started with only (a damaged
+  # record of it is set aside and written again from this config).
+  processes.write_on_main(directory.set_aside_damaged_record)
   if processes.exists_on_main(directory.started_marker):
     stage_key.check(directory.started_marker)
   else:
@@ -189,18 +241,10 @@ def run(
       Purpose.STUDENT_SFT,
       clock,
     )
-  eval_key = key(seed, Purpose.EVAL_SETS)
   phase = clock.phase(workload.EVAL_SETS)
-  eval_sets = {
-    source: regime_lib.build_offline(
-      phase.counted(programs.host_sampler(source), "samples"),
-      params,
-      pools["eval"],
-      1,
-      jax.random.fold_in(eval_key, i),
-    )
-    for i, (source, params) in enumerate((("oracle", oracle_params), ("teacher", teacher_params)))
-  }
+  eval_sets = _eval_sets(
+    config, programs, pools["eval"], phase, {"oracle": oracle_params, "teacher": teacher_params}
+  )
   # The teacher's own distance to the oracle: how imperfect the teacher is.
   teacher_vs_oracle = programs.evaluator("teacher")
   for source, data in eval_sets.items():

@@ -1,4 +1,4 @@
-"""Guards of the training loop: non-finite steps, a stalled gradient, lost metric rows.
+"""Guards of the training loop: non-finite steps and a stalled gradient.
 
 - `StepWatch` checks every step's loss and gradient norm on the host (the training loop hands it
   each step's metrics one step late, so the devices never wait for it): a non-finite value stops
@@ -6,7 +6,6 @@
   poisoned state is never saved), as t5x's TerminateOnNan does, or, with
   `on_nonfinite = 'skip'`, the step is skipped: `skip_nonfinite` keeps the parameters and
   optimiser state inside the jitted step.
-- `check_rows` refuses to resume or report a run whose `metrics.jsonl` lost rows.
 
 `optax.apply_if_finite` is not used for the skip: it checks the updates, not the loss (finite
 gradients can overflow the loss or the norm), advances nothing but its own counters, and wrapping
@@ -26,7 +25,6 @@ import numpy as np
 from absl import logging
 
 from th_distill.errors import RunError
-from th_distill.observing.metrics_io import MetricsLost, read_metrics
 from th_distill.rundir import checkpoints
 from th_distill.training.steps import TrainState
 
@@ -141,14 +139,3 @@ def skip_nonfinite(
     return new.replace(params=params, opt_state=opt_state), metrics
 
   return guarded
-
-
-def check_rows(path: str, steps: set[int], fix: str) -> None:
-  """Raises MetricsLost if `metrics.jsonl` at `path` lacks the row of one of `steps`."""
-  missing = sorted(steps - {row["step"] for row in read_metrics(path)})
-  if missing:
-    raise MetricsLost(
-      f"{path} lacks the rows of {len(missing)} evaluation(s) (steps "
-      f"{missing[0]}..{missing[-1]}): it was deleted or cut short, and the "
-      f"run cannot be reported on; {fix}"
-    )

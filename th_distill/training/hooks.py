@@ -11,7 +11,7 @@ detector's action, progress lines.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any
 
 from th_distill.detection.monitor import HackingMonitor
@@ -59,14 +59,14 @@ class EvaluationHook(Hook):
 
   def __init__(
     self,
-    steps: Iterable[int],
+    steps: Container[int],
     evaluate: Evaluate,
     writer: MetricsWriter,
     phase: Phase,
     line: Callable[[Mapping[str, float]], str],
     actions: Iterable[RowAction] = (),
   ):
-    self.steps, self.evaluate, self.writer = set(steps), evaluate, writer
+    self.steps, self.evaluate, self.writer = steps, evaluate, writer
     self.phase, self.line, self.actions = phase, line, list(actions)
 
   def before_step(self, trainer: Trainer, step: int) -> None:

@@ -25,7 +25,7 @@ from th_distill.config.settings import (
   OptimizerSettings,
   SamplingSettings,
 )
-from th_distill.data.batch import Batch
+from th_distill.data.batch import Batch, TeacherTopK
 from th_distill.models import T5
 from th_distill.partitioning import Partitioner, pad_rows
 from th_distill.sampling import SampleFn
@@ -37,6 +37,7 @@ from th_distill.training.steps import (
   make_eval_sums,
   make_sft_step,
   reduce_eval_sums,
+  teacher_top_k,
 )
 
 # evaluate(student_params, teacher_params, oracle_params, data, prefix) -> {prefix/name: value}
@@ -56,10 +57,9 @@ class Models:
     return cls(*(T5(config.model(name)) for name in ("oracle", "teacher", "student")))
 
 
-def batch_shardings(partitioner: Partitioner) -> Batch:
-  """A batch's shardings: every array split along its rows."""
-  rows = partitioner.batch_sharding(2)
-  return Batch(prompts=rows, responses=rows, mask=rows)
+def batch_shardings(partitioner: Partitioner) -> jax.sharding.NamedSharding:
+  """A batch's shardings (a prefix of every `Batch`): every array split along its rows."""
+  return partitioner.batch_sharding(1)
 
 
 def _sample(
@@ -157,6 +157,8 @@ def _distill_step(
     temperature=loss.temperature,
     micro_batches=settings.micro_batches,
     sequence_chunks=settings.sequence_chunks,
+    teacher_top_k=loss.teacher_top_k,
+    tail=loss.tail,
   )
   return guards.skip_nonfinite(step, settings.on_nonfinite)(
     state, teacher_params, oracle_params, batch, rng
@@ -181,6 +183,25 @@ def distill_program(
     out_shardings=(state_shardings, partitioner.replicated),
     donate_argnums=0,
     static=(models, settings),
+  )
+
+
+def _teacher_top(
+  teacher_params: Any, batch: Batch, teacher: T5, k: int, temperature: float
+) -> TeacherTopK:
+  return teacher_top_k(teacher_params, batch, teacher=teacher, k=k, temperature=temperature)
+
+
+def teacher_top_program(
+  teacher: T5, k: int, temperature: float, partitioner: Partitioner
+) -> Callable:
+  """`(teacher_params, batch) -> TeacherTopK` ([B, Lt, K] arrays, split along B): the
+  teacher's top `k` log-probabilities at `temperature` on the batch's responses."""
+  return partitioner.jit(
+    _teacher_top,
+    in_shardings=(partitioner.param_shardings(teacher), batch_shardings(partitioner)),
+    out_shardings=batch_shardings(partitioner),
+    static=(teacher, k, temperature),
   )
 
 
@@ -291,6 +312,35 @@ class Programs:
       return reduce_eval_sums(totals, prefix)
 
     return evaluate
+
+  def teacher_top(self) -> Callable[[Any, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """`fn(teacher_params, data) -> {top_values, top_indices, top_tail}`: the teacher's top
+    `loss.teacher_top_k` log-probabilities at `loss.temperature` on the host dataset `data`
+    (prompts, responses, mask: [N, ...]), as host arrays [N, Lt, K] (the indices in the
+    smallest unsigned type that holds the vocabulary) and [N, Lt], `eval.batch_size` rows at a
+    time."""
+    loss, partitioner, size = self.config.loss, self.partitioner, self.config.eval.batch_size
+    compiled = self._once(
+      ("teacher_top",),
+      lambda: teacher_top_program(
+        self.models.teacher, loss.teacher_top_k, loss.temperature, partitioner
+      ),
+    )
+    index_dtype = np.min_scalar_type(self.config.task.vocab_size - 1)
+
+    def fn(teacher_params, data):
+      parts = []
+      for start in range(0, len(data["prompts"]), size):
+        chunk, rows = pad_rows(
+          {k: data[k][start : start + size] for k in ("prompts", "responses", "mask")},
+          partitioner.data_parallel_size,
+        )
+        top = compiled(teacher_params, partitioner.shard_batch(Batch(**chunk)))
+        parts.append([partitioner.to_host(x)[:rows] for x in (top.values, top.indices, top.tail)])
+      values, indices, tail = (np.concatenate(column) for column in zip(*parts))
+      return {"top_values": values, "top_indices": indices.astype(index_dtype), "top_tail": tail}
+
+    return fn
 
   def frozen(self, name: str, params: Any) -> Any:
     """Model `name`'s `params` in stage 2's `frozen_dtype`, in their shards."""

@@ -35,7 +35,7 @@ import optax
 from flax.training import train_state
 
 from th_distill import divergences
-from th_distill.data.batch import Batch
+from th_distill.data.batch import Batch, TeacherTopK
 from th_distill.models import T5, shift_right
 from th_distill.observing.metric_names import PER_SEQUENCE, REFERENCE_MODELS
 
@@ -149,8 +149,9 @@ def divergence_totals(
   return totals
 
 
-# sums_fn(student_logits [B, L, V], {ref: logits [B, L, V]}, mask [B, L]) -> {name: scalar sum}
-SumsFn = Callable[[Array, dict[str, Array], Array], dict[str, Array]]
+# sums_fn(student_logits [B, L, V], {ref: logits [B, L, V]}, mask [B, L], the batch's
+# `teacher_top` (positions [B, L]) or None) -> {name: scalar sum}
+SumsFn = Callable[[Array, dict[str, Array], Array, TeacherTopK | None], dict[str, Array]]
 
 
 def token_sums(
@@ -173,14 +174,15 @@ def token_sums(
   """
   if sequence_chunks == 1:
     ref_logits = {name: forward(model, params, batch) for name, (model, params) in refs.items()}
-    return sums_fn(forward(student, student_params, batch, train, rng), ref_logits, batch.mask)
+    s_logits = forward(student, student_params, batch, train, rng)
+    return sums_fn(s_logits, ref_logits, batch.mask, batch.teacher_top)
 
   student_hidden = _hidden(student, student_params, batch, train, rng)
   ref_hidden = {name: _hidden(model, params, batch) for name, (model, params) in refs.items()}
 
   @jax.checkpoint
   def chunk(inputs):
-    index, s_hidden, r_hidden, mask = inputs
+    index, s_hidden, r_hidden, mask, teacher_top = inputs
     key = None if rng is None else jax.random.fold_in(rng, index)
     s_logits = _apply(
       student, student_params, T5.logits_from_hidden, s_hidden, train=train, rng=key
@@ -189,12 +191,10 @@ def token_sums(
       name: _apply(model, params, T5.logits_from_hidden, r_hidden[name])
       for name, (model, params) in refs.items()
     }
-    return sums_fn(s_logits, r_logits, mask)
+    return sums_fn(s_logits, r_logits, mask, teacher_top)
 
-  xs = (
-    jnp.arange(sequence_chunks),
-    *_split((student_hidden, ref_hidden, batch.mask), sequence_chunks, 1, "sequence_chunks"),
-  )
+  per_position = (student_hidden, ref_hidden, batch.mask, batch.teacher_top)
+  xs = (jnp.arange(sequence_chunks), *_split(per_position, sequence_chunks, 1, "sequence_chunks"))
   first = chunk(jax.tree_util.tree_map(lambda x: x[0], xs))
   rest = jax.tree_util.tree_map(lambda x: x[1:], xs)
   return jax.lax.scan(lambda totals, x: (optax.tree.add(totals, chunk(x)), None), first, rest)[0]
@@ -244,10 +244,16 @@ def distill_step(
   temperature: float = 1.0,
   micro_batches: int = 1,
   sequence_chunks: int = 1,
+  teacher_top_k: int = 0,
+  tail: str = "renormalize",
 ) -> tuple[TrainState, Metrics]:
   """One distillation step of the student on `batch` [B, ...].
 
   The loss is the per-token mean of `loss`(teacher, student) over the batch's valid tokens;
+  with `teacher_top_k` K > 0, of the divergence of the teacher truncated to its top K
+  (`divergences.truncated_divergence` with `tail`), read from `batch.teacher_top` when the data
+  stores it, else taken from the teacher's logits; the logged proxy and golden metrics stay
+  full-vocabulary.
   `metrics` holds the scalars named in `metric_names.DISTILL_METRICS`: `train/loss`,
   `train/{proxy,golden}/{fkl,rkl,jsd}` (per token, on the batch's responses), `train/grad_norm` and
   `train/tokens` (valid response tokens in the batch). With `oracle=None` (no ground truth, e.g.
@@ -258,10 +264,24 @@ def distill_step(
   if oracle is not None:
     refs["golden"] = (oracle, oracle_params)
 
-  def sums_fn(s_logits, r_logits, mask):
-    per_token = divergences.token_divergence(
-      loss, r_logits["proxy"], s_logits, beta=beta, temperature=temperature, normalized=normalized
-    )
+  def sums_fn(s_logits, r_logits, mask, teacher_top):
+    settings = dict(beta=beta, temperature=temperature, normalized=normalized)
+    if teacher_top_k:
+      if teacher_top is None:
+        teacher_top = TeacherTopK(
+          *divergences.top_k_log_probs(r_logits["proxy"], teacher_top_k, temperature)
+        )
+      per_token = divergences.truncated_divergence(
+        loss,
+        teacher_top.values,
+        teacher_top.indices,
+        teacher_top.tail,
+        s_logits,
+        mode=tail,
+        **settings,
+      )
+    else:
+      per_token = divergences.token_divergence(loss, r_logits["proxy"], s_logits, **settings)
     totals = divergence_totals(jax.lax.stop_gradient(s_logits), r_logits, mask)
     return {"loss": divergences.masked_sum(per_token, mask), **totals}
 
@@ -308,6 +328,8 @@ def make_distill_step(
   temperature: float = 1.0,
   micro_batches: int = 1,
   sequence_chunks: int = 1,
+  teacher_top_k: int = 0,
+  tail: str = "renormalize",
 ):
   """`distill_step` bound to the models and settings:
   `(state, teacher_params, oracle_params, batch, rng) -> (state, metrics)`."""
@@ -323,13 +345,27 @@ def make_distill_step(
     temperature=temperature,
     micro_batches=micro_batches,
     sequence_chunks=sequence_chunks,
+    teacher_top_k=teacher_top_k,
+    tail=tail,
   )
 
 
-def eval_totals(student_logits: Array, refs: dict[str, Array], mask: Array) -> dict[str, Array]:
+def teacher_top_k(
+  teacher_params: Any, batch: Batch, *, teacher: T5, k: int, temperature: float = 1.0
+) -> TeacherTopK:
+  """The teacher's top `k` log-probabilities at `temperature` at each response position of
+  `batch` (teacher-forced): what an offline dataset of truncated teacher logits stores."""
+  logits = forward(teacher, teacher_params, batch)
+  return TeacherTopK(*divergences.top_k_log_probs(logits, k, temperature))
+
+
+def eval_totals(
+  student_logits: Array, refs: dict[str, Array], mask: Array, teacher_top: TeacherTopK | None
+) -> dict[str, Array]:
   """`divergence_totals` plus the masked sums of each model's next-token entropy:
   `entropy/student`, and `entropy/teacher` / `entropy/oracle` for the `proxy` / `golden`
-  references."""
+  references (full-vocabulary: `teacher_top` is not read)."""
+  del teacher_top
   totals = divergence_totals(student_logits, refs, mask)
   totals["entropy/student"] = divergences.masked_sum(divergences.entropy(student_logits), mask)
   for name, logits in refs.items():

@@ -3,8 +3,9 @@
 `Trainer` steps `step_fn(state, batch, rng) -> (state, metrics)` over `batch_at(step, params)`
 from its latest checkpoint (or step 0) to `steps`. It owns what every loop needs:
 
-- the checkpointed carry (the train state, and with `summed` names the running sums of the
-  logged training metrics, `MetricSums`), saved every `checkpoint_every` steps and at the end;
+- the checkpointed carry (the train state, with `summed` names the running sums of the
+  logged training metrics, `MetricSums`, and with `carried` what the batch source must carry,
+  e.g. batches it sampled ahead), saved every `checkpoint_every` steps and at the end;
 - pre-emption: a SIGTERM (or a pod's notice) checkpoints and raises `Preempted` at the same step
   on every process;
 - the non-finite guard (`guards.StepWatch`), which reads each step's metrics one step late
@@ -22,11 +23,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 
+from th_distill import errors
 from th_distill.data.batch import Batch
 from th_distill.partitioning import Partitioner
 from th_distill.rundir.checkpoints import RunCheckpointer
@@ -39,6 +41,16 @@ from th_distill.training.steps import TrainState
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
 # batch_at(step, params) -> the batch of `step` (host or device arrays).
 BatchAt = Callable[[int, Any], Batch]
+
+
+class CarriedState(Protocol):
+  """What a batch source carries across checkpoints (`BatchSource.state` / `load_state`)."""
+
+  def state(self, step: int) -> Any | None:
+    """A pytree of arrays of a fixed structure for a checkpoint at `step`, or None."""
+
+  def load_state(self, state: Any) -> None:
+    """Takes back a restored `state(0)`-shaped pytree."""
 
 
 class Hook:
@@ -59,7 +71,8 @@ class Trainer:
   state (replaced by the latest checkpoint in `checkpoint_dir`, if any); `rng` is folded with
   each step; `summed`: the metric names whose running sums the carry holds (for `MetricSums`
   rows), or () for none; `last`: metric names whose values at the last step the carry holds
-  (so `last_metrics` survives a resume at the final step), or () for none."""
+  (so `last_metrics` survives a resume at the final step), or () for none; `carried`: the
+  batch source's state to checkpoint with the carry (nothing when its `state(0)` is None)."""
 
   def __init__(
     self,
@@ -76,6 +89,7 @@ class Trainer:
     guard: StepWatch,
     summed: tuple[str, ...] = (),
     last: tuple[str, ...] = (),
+    carried: CarriedState | None = None,
   ):
     self.name, self.step_fn, self.batch_at = name, step_fn, batch_at
     self.partitioner, self.steps, self.checkpoint_every = partitioner, steps, checkpoint_every
@@ -88,8 +102,14 @@ class Trainer:
     if self.last:
       zero = jnp.zeros((), jnp.float32)
       carry["last_metrics"] = jax.device_put({n: zero for n in self.last}, partitioner.replicated)
+    initial = carried.state(0) if carried is not None else None
+    self.carried = carried if initial is not None else None
+    if self.carried:
+      carry["source"] = initial
     self.checkpointer = RunCheckpointer(checkpoint_dir)
     self.carry = self.checkpointer.restore_latest(carry) or carry
+    if self.carried:
+      self.carried.load_state(self.carry["source"])
     self.start_step = int(self.carry["state"].step)
     self.hooks: list[Hook] = []
     self.last_metrics: dict[str, jax.Array] = dict(self.carry.get("last_metrics", {}))
@@ -113,10 +133,33 @@ class Trainer:
 
   def run(self) -> int:
     """Trains to `steps` (or a requested stop); returns the last step. Raises Preempted after
-    checkpointing on pre-emption, guards.NonFiniteStep from the guard."""
-    step = self.start_step
+    checkpointing on pre-emption, guards.NonFiniteStep from the guard, NoSpace (one line: the
+    step, the last complete checkpoint) if a checkpoint or row cannot be written for lack of
+    space, the unfinished checkpoint removed."""
+    try:
+      return self._run()
+    except Exception as e:  # pylint: disable=broad-except  (Orbax wraps the OSError)
+      space = errors.space_error(e)
+      if space is None:
+        raise
+      checkpointer = self.checkpointer
+      unfinished, last = checkpointer.unfinished_step(), checkpointer.last_complete_step()
+      checkpointer.discard_unfinished()
+      writing = (
+        None if unfinished is None else f"checkpoint {unfinished} in {checkpointer.directory}"
+      )
+      raise errors.no_space(
+        space,
+        writing,
+        f" at step {self.at_step if unfinished is None else unfinished}; the last complete "
+        "checkpoint is " + (f"step {last}" if last is not None else "none (a rerun starts from 0)"),
+      ) from e
+
+  def _run(self) -> int:
+    step = self.at_step = self.start_step
     with PreemptionWatch() as preemption:
       for step in range(self.start_step, self.steps + 1):
+        self.at_step = step
         # Checked before the hooks, so a resumed run re-logs this step's row identically.
         if preemption.reached(step) and step > self.start_step:
           self.close(step)
@@ -178,6 +221,8 @@ class Trainer:
 
   def save(self, step: int) -> None:
     self.settle()  # a poisoned state is never saved
+    if self.carried:
+      self.carry["source"] = self.carried.state(step)
     self.checkpointer.save(step, self.carry)
 
   def close(self, step: int) -> None:

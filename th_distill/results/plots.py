@@ -156,7 +156,7 @@ def plot_cost(arms: Mapping[str, Mapping[str, Sequence[float]]], path: str) -> N
   """Golden distance against generation cost, one point per arm (the mean over seeds, bars one
   standard deviation): `arms[label]` holds per-seed `generation_flops`, `golden_min`,
   `golden_final` and `golden_trend_pct_per_doubling`; generation FLOPs on a log axis."""
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+  fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
   panels = (
     ("golden at its minimum (o) and at the end (x)", ("golden_min", "golden_final")),
     ("golden trend after its minimum, % per doubling", ("golden_trend_pct_per_doubling",)),
@@ -164,7 +164,7 @@ def plot_cost(arms: Mapping[str, Mapping[str, Sequence[float]]], path: str) -> N
   for ax, (title, keys) in zip(axes, panels):
     for index, (label, values) in enumerate(arms.items()):
       x = np.asarray(values["generation_flops"], float)
-      color = f"C{index % 10}"
+      color = plt.cm.tab20(index % 20)
       for key, marker in zip(keys, "ox"):
         y = np.array([np.nan if v is None else v for v in values[key]], float)
         if not np.isfinite(y).any():
@@ -181,7 +181,7 @@ def plot_cost(arms: Mapping[str, Mapping[str, Sequence[float]]], path: str) -> N
     ax.set(title=title, xlabel="generation FLOPs of the training data", xscale="log")
     ax.grid(alpha=0.3, which="both")
   axes[1].axhline(0.0, color="k", linewidth=0.8)
-  axes[0].legend(fontsize=7, ncol=2)
-  fig.tight_layout()
+  fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center right")
+  fig.tight_layout(rect=(0, 0, 0.78, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -137,8 +137,8 @@ def write_study_report(
     "",
     "| arm | seeds | teacher golden | golden start | golden min | golden min step | "
     "golden final | rise % | trend %/doubling (rising) | proxy final | proxy change % | "
-    "outcome (oracle) | detector | teacher samples | generation GFLOP |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "outcome (oracle) | detector | teacher samples | student samples | generation GFLOP |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for label, arm in arms.items():
     seeds = list(arm["seeds"].values())
@@ -158,6 +158,7 @@ def write_study_report(
       f"{_mean_sd([s['proxy_change_after_min_pct'] for s in seeds], '+.1f')} | {outcomes} | "
       f"{arm['detected_runs']}/{len(seeds)} ({fired}) | "
       f"{_count(arm['mean']['teacher_samples_generated'])} | "
+      f"{_count(arm['mean']['student_samples_generated'])} | "
       f"{_count(arm['mean']['generation_flops'], 1e9)} |"
     )
   if comparisons:

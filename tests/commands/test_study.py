@@ -30,10 +30,12 @@ def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path
       "k2": {"offline": {"generations_per_prompt": 2}},
     },
   )
+  s.references = {"k2 / online_teacher": "k1 / online_teacher"}  # a family of its own
   summary = study.run(s, str(tmp_path))
 
   report_dir = tmp_path / "micro_study"
-  for name in ("report.md", "summary.json", "curves.png", "proxy_golden.png", "detector.png"):
+  figures = ("curves.png", "proxy_golden.png", "detector.png", "cost.png")
+  for name in ("report.md", "summary.json", *figures):
     assert (report_dir / name).exists(), name
   assert set(summary["arms"]) == {
     "k1 / offline",
@@ -45,6 +47,7 @@ def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path
     assert set(arm["seeds"]) == {"0", "1"}
     for s0 in arm["seeds"].values():
       assert {"golden_min", "golden_rise_pct", "hacking", "detected", "detected_step"} <= set(s0)
+      assert s0["generation_flops"] > 0 and s0["teacher_samples_generated"] > 0
   # One stage 1 per seed, shared by both variants; one run directory per (variant, seed).
   assert len(os.listdir(tmp_path / "stage1")) == 2
   assert len(os.listdir(tmp_path / "runs")) == 2
@@ -58,11 +61,14 @@ def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path
   )
   text = (report_dir / "report.md").read_text()
   assert "| k2 / offline | 2 |" in text
-  # Every arm against the first, paired over the two seeds.
+  # Every arm against the first (or its own reference), paired over the two seeds.
   assert summary["reference"] == "k1 / offline"
-  assert set(summary["paired"]) == {"k1 / online_teacher", "k2 / offline", "k2 / online_teacher"}
+  assert summary["references"] == {"k2 / online_teacher": "k1 / online_teacher"}
+  assert set(summary["paired"]) == {"k2 / offline", "k2 / online_teacher"}
   assert summary["paired"]["k2 / offline"]["golden_final"]["n"] == 2
-  assert "| k2 / offline | " in text.split("## Arms against each other")[1]
+  paired_text = text.split("## Arms against each other")[1]
+  assert "| k2 / offline | " in paired_text
+  assert "| k2 / online_teacher − k1 / online_teacher | " in paired_text
 
   # Running again reuses everything: no regime is trained a second time.
   done = {p: os.path.getmtime(p) for p in tmp_path.glob("runs/*/seed*/*/done.json")}

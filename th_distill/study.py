@@ -18,7 +18,8 @@ report, metrics and checkpoints), named by the hash of its config without `seed`
 stage-1 settings. Studies that share a WORKDIR share identical runs (the default regime study's
 offline run is also the k = 1 arm of the generation-budget study). Runs are cached like
 experiments: running the same command again skips finished regimes and resumes a stopped one from
-its last checkpoint, so a study can be interrupted at any time. Runs go seed by seed, so a
+its last checkpoint, so a study can be interrupted at any time; `--finished_only` writes the
+report of the runs finished so far without running any. Runs go seed by seed, so a
 cut-short study has whole seeds. The report (`WORKDIR/<name>/report.md`, `summary.json`,
 `curves.png`, `proxy_golden.png`, `detector.png`) has one arm per variant and regime, with bands
 over the seeds, and lists the run directory of every arm.
@@ -128,28 +129,32 @@ def arm_label(variant: str, regime: str, variants: int, regimes: set[str]) -> st
   return f"{variant} / {regime}"
 
 
-def run(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) every run of the study, then writes its report; returns the summary."""
+def run(
+  study: ml_collections.ConfigDict, workdir: str, finished_only: bool = False
+) -> dict[str, Any]:
+  """Runs (or resumes) every run of the study, then writes its report; returns the summary.
+  `finished_only`: run nothing, and report the runs that are finished (a study cut short;
+  the table gives each arm's seeds)."""
   runs = run_configs(study)
   with workdir_lock.hold(workdir):
-    return _run(study, runs, workdir)
+    return _run(study, runs, workdir, finished_only)
 
 
 def _run(
   study: ml_collections.ConfigDict,
   runs: list[tuple[str, int, ml_collections.ConfigDict]],
   workdir: str,
+  finished_only: bool,
 ) -> dict[str, Any]:
   """`run`, with the study workdir locked (its runs lock their own workdirs)."""
   regimes = {r for _, _, config in runs for r in config.regimes}
-  arms: dict[str, list[tuple[int, str]]] = {}
+  label = {
+    (variant, regime): arm_label(variant, regime, len(study.variants), regimes)
+    for variant, _, config in runs
+    for regime in config.regimes
+  }
+  arms: dict[str, list[tuple[int, str]]] = {name: [] for name in label.values()}
   typed = [RunConfig.from_config(config) for _, _, config in runs]
-  for (variant, seed, config), run_config in zip(runs, typed):
-    for regime in config.regimes:
-      label = arm_label(variant, regime, len(study.variants), regimes)
-      arms.setdefault(label, []).append(
-        (seed, RunDirectory(run_dir(workdir, run_config)).regime(regime).metrics)
-      )
   reference = study.get("reference", "")
   references = dict(study.get("references", {}))
   named = [("reference", reference)] if reference else []
@@ -172,10 +177,14 @@ def _run(
       time.time() - start,
     )
     directory = RunDirectory(run_dir(workdir, run_config), stage1_dir(workdir, run_config))
+    if finished_only and not all(directory.regime(r).finished for r in config.regimes):
+      logging.info("Not finished, left out: variant %r, seed %d", variant, seed)
+      continue
     done = experiment.run(config, directory.path, directory.stage1_path)
     for regime in config.regimes:
       directory.regime(regime).check_rows(run_config.eval_settings.steps)
       path = directory.regime(regime).metrics
+      arms[label[variant, regime]].append((seed, path))
       teacher_golden[path] = done.get("teacher_golden")  # {} off process 0
       regime_summary = done.get("regimes", {}).get(regime, {})
       costs[path] = {k: regime_summary[k] for k in workload.COST_KEYS if k in regime_summary}
@@ -206,11 +215,16 @@ def main() -> None:
     None,
     "Directory for the runs (shared by studies) and the study's report (WORKDIR/<name>/).",
   )
+  finished_only = flags.DEFINE_bool(
+    "finished_only",
+    False,
+    "Run nothing: write the report from the runs already finished (a study cut short).",
+  )
   flags.mark_flags_as_required(["config", "workdir"])
 
   def body(argv):
     cli.reject_arguments(argv)
-    cli.run_command(lambda: run(study.value, workdir.value))
+    cli.run_command(lambda: run(study.value, workdir.value, finished_only.value))
 
   cli.main(body, config_kind="study")
 

@@ -89,6 +89,16 @@ def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path
   )
 
 
+def test_finished_only_reports_the_finished_runs_and_runs_none(micro, tmp_path):
+  micro.regimes = ("offline",)
+  variants = {"k1": {"offline": {"generations_per_prompt": 1}}}
+  study.run(_study(micro, variants, seeds=(0,)), str(tmp_path))
+  runs = set(tmp_path.glob("runs/*/seed*"))
+  summary = study.run(_study(micro, variants, seeds=(0, 1)), str(tmp_path), finished_only=True)
+  assert set(tmp_path.glob("runs/*/seed*")) == runs  # seed 1 never started
+  assert set(summary["arms"]["offline"]["seeds"]) == {"0"}
+
+
 def test_an_unknown_reference_arm_is_refused_before_any_run(micro, tmp_path):
   s = _study(micro, {"k1": {"offline": {"generations_per_prompt": 1}}})
   s.reference = "ofline"  # one variant: the arms are named by their regime

@@ -245,7 +245,8 @@ def test_the_detector_is_right_on_any_golden_rise_in_reports_and_in_its_evaluati
   }
   assert quality["lag_steps"] == [300, 500] and quality["lag_evals"] == [3, 5]
   entries = [
-    {**s, "proxy_never_rises": False, "lag_evals": 0, "golden_cost_pct": 0.0} for s in RUNS
+    {**s, "proxy_never_rises": False, "lag_evals": 0, "golden_cost_pct": 0.0, "kept_cost_pct": 0.0}
+    for s in RUNS
   ]
   scored = detector_eval.quality(entries)  # the calibration protocol counts the same way
   assert [

@@ -23,7 +23,9 @@ regenerated every `offline.refresh_every` steps if set), `online_teacher` (fresh
 every step), `online_student` (on-policy student samples), `mixture` (per example, a student
 sample with probability `mixture.student_fraction`, else a teacher one: GKD's lambda). The online
 ones train on each sampled batch `online.reuse` times and sample the student's part with its
-parameters `online.staleness` steps old (`OnlineSchedule`).
+parameters `online.staleness` steps old (`OnlineSchedule`). `OfflineUntilRefresh` is the offline
+source of a run whose detector switches it to fresh teacher samples (`detection.on_detect =
+'refresh'`).
 """
 
 from __future__ import annotations
@@ -143,11 +145,36 @@ def source_class(regime: str) -> type[BatchSource]:
   return REGIMES[regime]
 
 
+def source_for(config: RunConfig, regime: str) -> type[BatchSource]:
+  """The source a run of `regime` under `config` uses: the registered one, or
+  `OfflineUntilRefresh` for `offline` when `detection.on_detect = 'refresh'` (the online
+  regimes already train on fresh samples: for them 'refresh' acts as 'continue')."""
+  if regime == Offline.regime and config.detection.on_detect == "refresh":
+    return OfflineUntilRefresh
+  return source_class(regime)
+
+
 def online_prompts(config: RunConfig, pools: dict[str, np.ndarray]) -> np.ndarray:
   """The prompts [P, Li] the online regimes draw from: the offline arm's N prompts
   (`online.prompts = 'offline'`, so only the responses differ between the arms) or the whole
   distillation pool (`'pool'`)."""
   return pools["distill"][: config.online_prompt_count()]
+
+
+def online_sampler(context: SourceContext, regime: str) -> Callable[[int, Any], Batch]:
+  """`sample(step, student_params) -> Batch`: the online `regime`'s fresh batch with the key of
+  `step` on `online_prompts` (`regimes.online_batches`)."""
+  config, programs = context.config, context.programs
+  return regimes.online_batches(
+    regime,
+    online_prompts(config, context.pools),
+    config.student.batch_size,
+    key(config.seed, Purpose.ONLINE),
+    programs.sampler("teacher"),
+    programs.sampler("student"),
+    context.teacher_params,
+    config.mixture.student_fraction,
+  )
 
 
 @register
@@ -223,6 +250,38 @@ class Offline(BatchSource):
     ]
 
 
+class OfflineUntilRefresh(Offline):
+  """The offline source of a run with `detection.on_detect = 'refresh'`: the offline batches
+  until `refresh(step)` (the detector fired at `step`), then from `step` on a fresh
+  `online_teacher` batch every step, the batch of step t sampled with step t's key, as the
+  `online_teacher` arm's (`online.reuse` and `online.staleness` do not apply). Not a regime of
+  its own: stage 2 builds it for `offline` when the config asks to refresh."""
+
+  FRESH = "fresh batches after the refresh"
+
+  def __init__(self, context: SourceContext):
+    super().__init__(context)
+    self.refreshed_at: int | None = None
+    self._fresh: Callable[[int, Any], Batch] | None = None
+
+  def refresh(self, step: int) -> None:
+    """Fresh teacher samples from `step` on (also on a resume past `step`)."""
+    self.refreshed_at, self._fresh = step, online_sampler(self.context, OnlineTeacher.regime)
+
+  def batch_at(self, step: int, student_params: Any) -> Batch:
+    if self._fresh is None or step < self.refreshed_at:
+      return super().batch_at(step, student_params)
+    self.context.phase.advance(self.FRESH)
+    return self._fresh(step, student_params)
+
+  @classmethod
+  def generated_after(cls, config: RunConfig, steps: int, refreshed_at: int) -> dict[str, int]:
+    """`generated` of a run of `steps` steps that refreshed at step `refreshed_at`."""
+    offline = cls.generated(config, min(steps, refreshed_at))
+    fresh = config.student.batch_size * max(steps - refreshed_at, 0)
+    return {"teacher": offline["teacher"] + fresh, "student": 0}
+
+
 @dataclasses.dataclass(frozen=True)
 class OnlineSchedule:
   """When the online regimes sample. Steps come in groups of `reuse`: group g (steps
@@ -266,7 +325,7 @@ class Online(BatchSource):
 
   def __init__(self, context: SourceContext):
     super().__init__(context)
-    config, programs = context.config, context.programs
+    config = context.config
     self.prompts = online_prompts(config, context.pools)
     self.schedule = self.schedule_of(config)
     if config.online.staleness and not self.schedule.staleness:
@@ -276,16 +335,7 @@ class Online(BatchSource):
         config.online.staleness,
         self.regime,
       )
-    self._sample = regimes.online_batches(
-      self.regime,
-      self.prompts,
-      config.student.batch_size,
-      key(config.seed, Purpose.ONLINE),
-      programs.sampler("teacher"),
-      programs.sampler("student"),
-      context.teacher_params,
-      config.mixture.student_fraction,
-    )
+    self._sample = online_sampler(context, self.regime)
     self._ahead: dict[int, Batch] = {}  # group -> its batch, sampled and not yet done with
 
   @classmethod

@@ -17,7 +17,7 @@ from th_distill.observing.metric_names import PROXY, TRAIN_PROXY, is_curve_name
 
 # Checkpoints the callback may keep in the run directory, and what it may do when it fires.
 KEEP = ("best_golden", "best_predicted")
-ON_DETECT = ("continue", "stop")
+ON_DETECT = ("continue", "stop", "refresh")
 
 # The detector's settings a `detection` config section may hold (base_config() holds the main
 # ones; `window` may be added).

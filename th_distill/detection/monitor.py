@@ -3,7 +3,7 @@
 At every evaluation the monitor adds the watched metric (the held-out proxy by default) to a
 `detection.Detector`, which is causal: it fires at the same step as `detection.detect` run on the
 finished curve. It returns the detector's metrics for the row and says whether the run should
-stop (`detection.on_detect = 'stop'`); what the run keeps of the student's parameters is
+stop (`detection.on_detect = 'stop'`; 'refresh' is `training.hooks.RefreshAction`'s); what the run keeps of the student's parameters is
 `rundir.kept.KeptParameters`', and the training loop's action that joins them is
 `training.hooks.DetectorAction`. A resumed run rebuilds the monitor from the rows already in
 `metrics.jsonl` (`history`).
@@ -31,7 +31,8 @@ class HackingMonitor:
     metric: the watched curve's name in the metrics rows.
     golden_metric: the name of the golden curve (its history is `golden`; NaN where absent).
     settings: the detector's settings.
-    on_detect: one of `detection.config.ON_DETECT` ('continue', 'stop').
+    on_detect: one of `detection.config.ON_DETECT` ('continue', 'stop', 'refresh': acted on by
+      `training.hooks.RefreshAction`).
   """
 
   metric: str

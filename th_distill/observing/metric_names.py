@@ -54,6 +54,9 @@ DISTILL_METRICS = TRAIN_CURVES + ("train/grad_norm", "train/tokens")
 # The hacking detector's columns (`monitor.HackingMonitor.observe`).
 DETECTOR_FIRED = "detector/fired"
 DETECTOR_SCORE = "detector/score"
+# 1 from the evaluation at which a run with `detection.on_detect = 'refresh'` switched to fresh
+# teacher samples on, 0 before (only in such runs).
+DETECTOR_REFRESHED = "detector/refreshed"
 
 # The hacking signature read three ways on held-out prompts, per token and per sequence:
 # view -> (golden curve, proxy curve, which model sampled the responses of each).

@@ -57,13 +57,19 @@ COST_KEYS = (
 )
 
 
-def generation_cost(config: RunConfig, regime: str, steps: int) -> dict[str, float]:
+def generation_cost(
+  config: RunConfig, regime: str, steps: int, refreshed_at: int | None = None
+) -> dict[str, float]:
   """What a run of `regime` that trained `steps` steps paid for its data: the teacher's and
   the student's samples drawn for training (`BatchSource.generated`; the evaluations' are not
   counted), their generation FLOPs, and the distillation steps' FLOPs (student forward and
-  backward, teacher and oracle forwards)."""
+  backward, teacher and oracle forwards). `refreshed_at`: the step at which an offline run's
+  detector switched it to fresh teacher samples (`detection.on_detect = 'refresh'`), if it did."""
   cost = cost_fn(config)
-  generated = sources.source_class(regime).generated(config, steps)
+  if refreshed_at is None:
+    generated = sources.source_class(regime).generated(config, steps)
+  else:
+    generated = sources.OfflineUntilRefresh.generated_after(config, steps, refreshed_at)
   return {
     "teacher_samples_generated": generated["teacher"],
     "student_samples_generated": generated["student"],

@@ -59,7 +59,7 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
     for r, v in rows.items()
   }
   for r, s in regimes.items():
-    s.update(workload.generation_cost(config, r, s["final_step"]))
+    s.update(workload.generation_cost(config, r, s["final_step"], s["refreshed_at_step"]))
   starts = [s["student_init_golden"] for s in regimes.values()]
   summary = {
     "teacher_golden": teacher_golden,
@@ -228,6 +228,12 @@ def sentence(regime: str, s: Mapping[str, Any]) -> str:
     )
   if s.get("golden_trend_ci95") is not None:
     what += f", trend {trend_text(s)} % per doubling of the steps"
+  if s.get("refreshed_at_step") is not None:
+    detector += (
+      f", and the run went back to the parameters of step {s['best_predicted_step']} and "
+      f"trained on fresh teacher samples from step {s['refreshed_at_step']} on "
+      f"({s.get('teacher_samples_generated', 0):,} teacher samples in all)"
+    )
   return f"{regime}: {what}; {detector}."
 
 
@@ -236,4 +242,6 @@ def number(value: float | None, spec: str = ".4f") -> str:
 
 
 def verdict(s: Mapping[str, Any]) -> str:
+  if s.get("refreshed_at_step") is not None:
+    return f"fires @ {s['detected_step']}, refreshed"
   return f"fires @ {s['detected_step']}" if s["detected"] else "silent"

@@ -30,6 +30,7 @@ import numpy as np
 
 from th_distill import detection
 from th_distill.observing.metric_names import (
+  DETECTOR_REFRESHED,
   EVAL_ORACLE,
   GOLDEN,
   PROXY,
@@ -130,6 +131,12 @@ def _trend_keys(rise: trend.Trend | None) -> dict[str, Any]:
   }
 
 
+def refreshed_at_step(rows: Sequence[Mapping[str, Any]]) -> int | None:
+  """The step at which the run switched to fresh teacher samples (its first row with
+  DETECTOR_REFRESHED = 1: `detection.on_detect = 'refresh'`), or None."""
+  return next((int(r["step"]) for r in rows if r.get(DETECTOR_REFRESHED) == 1.0), None)
+
+
 def summarize_run(
   rows: Sequence[Mapping[str, Any]],
   threshold_pct: float,
@@ -172,6 +179,7 @@ def summarize_run(
     },
     "detector_metric": metric,
     **found.to_json(),
+    "refreshed_at_step": refreshed_at_step(rows),
   }
   if headline["golden_min_step"] is None:
     return summary

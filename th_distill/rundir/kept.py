@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from th_distill import errors
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.partitioning import is_main_process
 from th_distill.rundir import checkpoints
@@ -42,6 +43,19 @@ class KeptParameters:
     checkpoints.save_params(self._path(name), params)  # collective on every process
     if is_main_process():
       checkpoints.write_json(self._path(f"{name}.json"), {"step": step, **info})
+
+  def load(self, name: str, like: Any, step: int) -> Any:
+    """The parameters kept as `name` (with the structure and shardings of `like`), which must be
+    those of `step`; RunError naming the directory if they are not there or are another step's."""
+    info = self._path(f"{name}.json")
+    kept = checkpoints.read_json(info)["step"] if os.path.exists(info) else None
+    if kept != step or not os.path.isdir(self._path(name)):
+      raise errors.RunError(
+        f"{self._path(name)}: the parameters of step {step} are needed, but "
+        + (f"{info} holds step {kept}" if kept is not None else "none are kept there")
+        + f"; delete {self.directory} to run the regime again from step 0"
+      )
+    return checkpoints.load_params(self._path(name), like)
 
   def observe(self, step: int, params: Any, monitor: HackingMonitor, fired_before: bool) -> None:
     """After `monitor` took the evaluation of `step` (`fired_before`: whether it had fired

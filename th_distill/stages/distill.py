@@ -41,7 +41,13 @@ from th_distill.rundir.layout import RegimeDirectory, RunDirectory
 from th_distill.stages.keys import Purpose, key
 from th_distill.stages.stage1 import Stage1
 from th_distill.training import guards
-from th_distill.training.hooks import DetectorAction, EvaluationHook, ProgressHook
+from th_distill.training.hooks import (
+  DetectorAction,
+  EvaluationHook,
+  ProgressHook,
+  RefreshAction,
+  RowAction,
+)
 from th_distill.training.programs import Programs, new_train_state
 from th_distill.training.trainer import Trainer
 
@@ -121,7 +127,7 @@ def run_regime(
     programs.frozen("teacher", stage1.teacher_params),
     programs.frozen("oracle", stage1.oracle_params),
   )
-  source = sources.source_class(regime)(
+  source = sources.source_for(config, regime)(
     sources.SourceContext(config, programs, frozen[0], pools, run_dir, clock, phase)
   )
   evaluate = _evaluation(config, programs, stage1, pools["eval"], frozen, source.train_set())
@@ -161,6 +167,20 @@ def run_regime(
     det.on_detect,
     history=[r for r in read_metrics(writer.path) if r["step"] < start],
   )
+  refreshing = isinstance(source, sources.OfflineUntilRefresh)
+  kept = KeptParameters(directory.path, det.keep + ("best_predicted",) * refreshing)
+  actions: list[RowAction] = [DetectorAction(monitor, kept)]
+  if refreshing:
+    if monitor.fired:  # before the resume
+      source.refresh(monitor.result.step)
+    actions.append(
+      RefreshAction(
+        monitor,
+        lambda params: kept.load("best_predicted", params, monitor.result.best_predicted_step),
+        source.refresh,
+        source.refreshed_at,
+      )
+    )
   trainer.add_hook(
     EvaluationHook(
       eval_steps,
@@ -168,7 +188,7 @@ def run_regime(
       writer,
       phase,
       line=lambda row: f", golden {row[GOLDEN]:.4f} proxy {row[PROXY]:.4f}",
-      actions=[DetectorAction(monitor, KeptParameters(directory.path, det.keep))],
+      actions=actions,
     )
   )
   trainer.add_hook(ProgressHook(phase, "steps"))

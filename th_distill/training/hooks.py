@@ -6,6 +6,9 @@ detector's action, progress lines.
   (and act on it), writes the row (`metrics.jsonl`, TensorBoard) and a progress line.
 - `DetectorAction`: a `RowAction` running the hacking monitor; it keeps the parameters the run
   keeps and, with `on_detect = 'stop'`, stops the run.
+- `RefreshAction`: with `on_detect = 'refresh'`, rolls the student back to its kept
+  `best_predicted` parameters when the detector fires and switches its data to fresh teacher
+  samples.
 - `ProgressHook`: counts each step in a progress phase (with a detail for its lines).
 """
 
@@ -14,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any
 
+from absl import logging
+
 from th_distill.detection.monitor import HackingMonitor
+from th_distill.observing.metric_names import DETECTOR_REFRESHED
 from th_distill.observing.metrics_io import MetricsWriter
 from th_distill.observing.progress import Phase
 from th_distill.rundir.kept import KeptParameters
@@ -51,6 +57,37 @@ class DetectorAction(RowAction):
     if self.monitor.should_stop:
       trainer.request_stop("the hacking detector (detection.on_detect = 'stop')")
     return metrics
+
+
+class RefreshAction(RowAction):
+  """With `detection.on_detect = 'refresh'`: at the evaluation where the monitor fires, the
+  student goes back to the parameters the run kept as `best_predicted` (`restore(params) ->
+  params`) and its batches come from fresh teacher samples from that step on (`refresh(step)`);
+  adds DETECTOR_REFRESHED (1 from that row on) to every row. `refreshed_at`: the step of a
+  refresh made before a resume (the source was already switched), else None."""
+
+  def __init__(
+    self,
+    monitor: HackingMonitor,
+    restore: Callable[[Any], Any],
+    refresh: Callable[[int], None],
+    refreshed_at: int | None = None,
+  ):
+    self.monitor, self.restore, self.refresh = monitor, restore, refresh
+    self.refreshed_at = refreshed_at
+
+  def __call__(self, trainer: Trainer, step: int, row: Mapping[str, float]) -> dict[str, float]:
+    if self.refreshed_at is None and self.monitor.fired:
+      trainer.replace_params(self.restore(trainer.params))
+      self.refresh(step)
+      self.refreshed_at = step
+      logging.warning(
+        "Refreshed at step %d: back to the parameters of step %d (best_predicted), fresh "
+        "teacher samples from now on.",
+        step,
+        self.monitor.result.best_predicted_step,
+      )
+    return {DETECTOR_REFRESHED: float(self.refreshed_at is not None)}
 
 
 class EvaluationHook(Hook):

@@ -123,6 +123,12 @@ class Trainer:
   def params(self) -> Any:
     return self.carry["state"].params
 
+  def replace_params(self, params: Any) -> None:
+    """Continues from `params` (same structure and shardings; the optimizer state and the step
+    stay), e.g. a hook rolling the run back to parameters it kept. Call from `before_step`."""
+    self.settle()
+    self.carry["state"] = self.carry["state"].replace(params=params)
+
   def add_hook(self, hook: Hook) -> Trainer:
     self.hooks.append(hook)
     return self

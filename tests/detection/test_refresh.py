@@ -1,0 +1,131 @@
+"""Detection that acts: `detection.on_detect = 'refresh'` rolls an offline run back to its
+`best_predicted` parameters (kept whatever `detection.keep` says) when the detector fires and
+trains on fresh teacher samples to the end; exactly resumable on either side of the switch,
+counted in the generation cost, shown in the report, left out of the detector's scoring."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from th_distill import config as config_lib
+from th_distill import detection, detector_eval, experiment
+from th_distill.config.run_config import RunConfig
+from th_distill.data import sources
+from th_distill.detection.monitor import HackingMonitor
+from th_distill.observing.metric_names import DETECTOR_REFRESHED, GOLDEN, PROXY
+from th_distill.observing.metrics_io import read_metrics
+from th_distill.rundir import checkpoints
+from th_distill.training.hooks import RefreshAction
+
+# A departure below the log-log law: on the micro run's held-out proxy (falling faster than a
+# power law) it fires within the first steps, so the switch happens mid-run.
+FIRES_EARLY = dict(
+  rule="departure",
+  law="loglog",
+  window=3.0,
+  threshold=1.0,
+  noise_floor=0.001,
+  direction="below",
+  min_fit_points=3,
+  patience=1,
+  min_step=0,
+)
+UNTIMED = ("time/", "throughput/")
+
+
+def _rows(workdir):
+  rows = read_metrics(os.path.join(workdir, "offline", "metrics.jsonl"))
+  return [{k: v for k, v in r.items() if not k.startswith(UNTIMED)} for r in rows]
+
+
+def _cut_after_checkpoint(workdir, step):
+  """The run as a kill after the checkpoint of `step` leaves it: later checkpoints and rows
+  and the marker gone, the parameters it kept (`best_predicted/`) still there."""
+  run_dir = os.path.join(workdir, "offline")
+  os.remove(os.path.join(run_dir, "done.json"))
+  for name in os.listdir(os.path.join(run_dir, "checkpoints")):
+    if name.isdigit() and int(name) > step:
+      shutil.rmtree(os.path.join(run_dir, "checkpoints", name))
+  rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+  with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+    f.writelines(checkpoints.json.dumps(r) + "\n" for r in rows if r["step"] < step)
+
+
+@pytest.mark.slow
+def test_refresh_switches_once_and_resumes_exactly_on_either_side_of_the_switch(micro, tmp_path):
+  micro.regimes = ("offline",)
+  micro.student.steps, micro.checkpoint_every, micro.eval_every = 12, 3, 1
+  micro.detection.update(FIRES_EARLY, on_detect="refresh")  # keep: () in micro
+  full = str(tmp_path / "full")
+  summary = experiment.run(micro, full)["regimes"]["offline"]
+  fired = summary["detected_step"]
+  assert fired is not None and 3 < fired <= 6, fired  # between the checkpoints cut at below
+  assert summary["refreshed_at_step"] == fired
+  expected = _rows(full)
+  assert [r[DETECTOR_REFRESHED] for r in expected] == [float(r["step"] >= fired) for r in expected]
+  kept = checkpoints.read_json(os.path.join(full, "offline", "best_predicted.json"))
+  assert kept["step"] == summary["best_predicted_step"] < fired
+  config = RunConfig.from_config(micro)
+  dataset = config.offline.size
+  assert summary["teacher_samples_generated"] == dataset + config.student.batch_size * (12 - fired)
+  assert summary["student_samples_generated"] == 0
+  report = open(os.path.join(full, "report.md")).read()
+  assert f"trained on fresh teacher samples from step {fired} on" in report
+  assert "refreshed" in report
+
+  for cut in (3, 6):  # a kill before the switch (it is made again) and after it
+    partial = str(tmp_path / f"cut{cut}")
+    shutil.copytree(full, partial)
+    _cut_after_checkpoint(partial, cut)
+    experiment.run(micro, partial)
+    assert _rows(partial) == expected, cut
+
+
+class _Trainer:
+  def __init__(self, params):
+    self.params = params
+
+  def replace_params(self, params):
+    self.params = params
+
+
+def test_refresh_action_rolls_back_once_at_the_firing_evaluation():
+  monitor = HackingMonitor(PROXY, GOLDEN, detection.DetectorSettings(**FIRES_EARLY))
+  refreshed, trainer = [], _Trainer("trained")
+  action = RefreshAction(monitor, lambda params: f"kept, not {params}", refreshed.append)
+  fired_at = None
+  for step in range(1, 40):
+    row = {PROXY: float(np.exp(-0.1 * step)), GOLDEN: 1.0}
+    monitor.observe(step, row)
+    out = action(trainer, step, row)
+    if monitor.fired and fired_at is None:
+      fired_at = step
+    assert out == {DETECTOR_REFRESHED: float(fired_at is not None)}
+  assert fired_at is not None
+  assert refreshed == [fired_at] and trainer.params == "kept, not trained"
+
+
+def test_refresh_acts_on_the_offline_regime_only(micro):
+  micro.detection.on_detect = "refresh"
+  config = config_lib.validate(micro)
+  assert sources.source_for(config, "offline") is sources.OfflineUntilRefresh
+  for regime in ("online_teacher", "online_student", "mixture"):
+    assert sources.source_for(config, regime) is sources.source_class(regime)
+  micro.detection.on_detect = "refreshed"
+  with pytest.raises(config_lib.ConfigError, match="detection.on_detect: must be one of"):
+    config_lib.validate(micro)
+
+
+def test_detector_eval_leaves_out_runs_that_refreshed():
+  """A refreshed run's curve after the switch is not its regime's: never scored."""
+  rows = [
+    {"step": s, GOLDEN: 1.0, PROXY: 1.0 / (s + 1), DETECTOR_REFRESHED: float(s >= 3)}
+    for s in range(6)
+  ]
+  reason = detector_eval.load_run("d", 0, rows, 5.0)
+  assert isinstance(reason, str) and "refreshed its data at step 3" in reason
+  for row in rows:
+    row[DETECTOR_REFRESHED] = 0.0
+  assert isinstance(detector_eval.load_run("d", 0, rows, 5.0), detector_eval.Run)

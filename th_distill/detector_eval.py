@@ -83,6 +83,9 @@ METHODS: dict[str, list[Method]] = {
     slope_ratio=(0.7, 0.8, 0.9),
     patience=(1, 2, 3),
   ),
+  "slowdown as shipped (the config's defaults, not re-chosen)": [
+    DetectorMethod(detection.DetectorSettings())
+  ],
   "early stopping on the held-out proxy": _grid({"rule": "early_stopping"}, **EARLY_STOPPING),
   "early stopping, the detector's roll-back": _grid(
     {"rule": "early_stopping"}, rollback=3.0, **EARLY_STOPPING

@@ -129,3 +129,12 @@ def test_detector_eval_leaves_out_runs_that_refreshed():
   for row in rows:
     row[DETECTOR_REFRESHED] = 0.0
   assert isinstance(detector_eval.load_run("d", 0, rows, 5.0), detector_eval.Run)
+
+
+def test_study_reports_leave_refreshed_runs_out_of_the_detectors_counts():
+  from th_distill.results import summaries
+
+  run = {"outcome": "none", "detected": True, "detected_lag_steps": 0, "detected_lag_evals": 0}
+  quality = summaries.detector_quality([{**run, "refreshed_at_step": 1000}, run])
+  assert quality["runs"] == 1 and quality["false_positives"] == 1
+  assert quality["refreshed_runs"] == 1

@@ -173,7 +173,13 @@ def write_study_report(
     f"{quality['false_positives']} false positives, {quality['false_negatives']} false "
     f"negatives, {quality['true_negatives']} true negatives. Firing step minus golden "
     f"minimum step on true positives: {lag if lag else 'none'} "
-    f"(in evaluations: {quality['lag_evals'] if lag else 'none'}).",
+    f"(in evaluations: {quality['lag_evals'] if lag else 'none'})."
+    + (
+      f" Left out: {quality['refreshed_runs']} runs the detector switched to fresh data "
+      "(`detection.on_detect = 'refresh'`)."
+      if quality["refreshed_runs"]
+      else ""
+    ),
     report.settings_text(settings, metric),
     "",
     "![curves](curves.png)",

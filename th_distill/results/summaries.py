@@ -268,7 +268,11 @@ def summarize_arm(seeds: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 def detector_quality(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """Confusion counts of the detector against the oracle over run summaries (positive: the
   `outcome` is in POSITIVE), and the lag (detected step - golden minimum step, in steps and
-  evaluations) of its true positives."""
+  evaluations) of its true positives. Runs the detector switched to fresh data
+  (`refreshed_at_step`) are left out and counted (`refreshed_runs`): its firing changed what
+  the oracle then saw."""
+  refreshed = [s for s in runs if s.get("refreshed_at_step") is not None]
+  runs = [s for s in runs if s.get("refreshed_at_step") is None]
   positive = [s["outcome"] in POSITIVE for s in runs]
   hits = [s for s, p in zip(runs, positive) if p and s["detected"]]
   return {
@@ -279,4 +283,5 @@ def detector_quality(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     "true_negatives": sum(not p and not s["detected"] for s, p in zip(runs, positive)),
     "lag_steps": [s["detected_lag_steps"] for s in hits],
     "lag_evals": [s["detected_lag_evals"] for s in hits],
+    "refreshed_runs": len(refreshed),
   }

@@ -1,6 +1,7 @@
 """th_distill: teacher hacking in language-model distillation, in JAX/Flax.
 
 Exported here: the T5 model (`T5`, `T5Config`, `t5_config`, `init_params`, `shift_right`), the
+decoder-only family (`Decoder`, `DecoderConfig`, `decoder_config`), the
 jitted KV-cache sampler (`sample`, `SampleOutput`) and `divergences`. Every public module and its
 main names are listed in docs/api.md (`train`, `data.regimes`, `experiment`, `config`, ...); the
 command lines are `python -m th_distill.main`, `.study`, `.detector_eval`, `.memory` and `.plan`.
@@ -10,7 +11,16 @@ Importing the package loads JAX and Flax only.
 import importlib.metadata
 
 from th_distill import divergences
-from th_distill.models import T5, T5Config, init_params, shift_right, t5_config
+from th_distill.models import (
+  T5,
+  Decoder,
+  DecoderConfig,
+  T5Config,
+  decoder_config,
+  init_params,
+  shift_right,
+  t5_config,
+)
 from th_distill.sampling import SampleOutput, sample
 
 try:
@@ -19,9 +29,12 @@ except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, 
   __version__ = "0+unknown"
 
 __all__ = [
+  "Decoder",
+  "DecoderConfig",
   "SampleOutput",
   "T5",
   "T5Config",
+  "decoder_config",
   "divergences",
   "init_params",
   "sample",

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from th_distill.data.batch import Batch
-from th_distill.models import T5
+from th_distill.models.interface import LanguageModel
 from th_distill.sampling import SampleFn
 from th_distill.training.steps import forward
 
@@ -26,7 +26,7 @@ CALIBRATION_ITERATIONS = 14
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def mean_entropy(model: T5, params: Any, batch: Batch) -> jax.Array:
+def mean_entropy(model: LanguageModel, params: Any, batch: Batch) -> jax.Array:
   """Mean next-token entropy (nats) of `model` over the valid positions of `batch`."""
   logp = jax.nn.log_softmax(forward(model, params, batch))
   entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
@@ -39,11 +39,17 @@ def _scale_matrices(params: Any, factor: float) -> Any:
 
 
 def with_logit_scale(params: Any, scale: float) -> Any:
+  """`params` with the output layer (`logits_kernel`: T5's, an untied decoder's) times `scale`."""
+  if "logits_kernel" not in params:
+    raise ValueError(
+      "The synthetic oracle scales its output layer `logits_kernel`, which this model lacks "
+      "(a decoder with tie_embeddings = True): give oracle.model tie_embeddings = False."
+    )
   return {**params, "logits_kernel": params["logits_kernel"] * scale}
 
 
 def calibrate_oracle(
-  model: T5,
+  model: LanguageModel,
   params: Any,
   sample: SampleFn,
   prompts: jax.Array,

@@ -1,7 +1,7 @@
 """Device mesh, logical-axis rules, sharded initialisation and placement, multi-host start-up.
 
 The model annotates every parameter and activation with logical axis names (`batch, length, embed,
-mlp, heads, kv, vocab, relpos_buckets`, and `layers` for the stacked parameters of a model with
+mlp, heads, kv_heads, kv, vocab, relpos_buckets`, and `layers` for the stacked parameters of a model with
 `scan_layers`, never sharded); `DEFAULT_RULES` maps them onto the three mesh axes:
 
 - `data`: pure data parallelism (the batch is split, parameters are replicated);
@@ -36,7 +36,8 @@ from absl import logging
 from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from th_distill.models import T5, init_params
+from th_distill.models import init_params
+from th_distill.models.interface import LanguageModel
 
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -49,6 +50,7 @@ DEFAULT_RULES: LogicalRules = (
   ("batch", BATCH_AXES),
   ("vocab", "model"),
   ("heads", "model"),
+  ("kv_heads", "model"),  # the key/value heads of grouped-query attention (decoder-only family)
   ("mlp", "model"),
   ("embed", "fsdp"),
   ("kv", None),
@@ -219,11 +221,11 @@ class Partitioner:
 
     return jax.tree_util.tree_map(one, boxed_tree, is_leaf=_is_box)
 
-  def param_shardings(self, model: T5) -> Any:
+  def param_shardings(self, model: LanguageModel) -> Any:
     """Shardings of `model`'s (unboxed) parameter tree."""
     return self.tree_shardings(boxed_param_shapes(model))
 
-  def state_shardings(self, model: T5, optimizer: Any) -> Any:
+  def state_shardings(self, model: LanguageModel, optimizer: Any) -> Any:
     """Shardings of a `TrainState` of `model` under `optimizer`: the optimiser's per-parameter
     moments follow their parameter; counters are replicated."""
     from th_distill.training.steps import (
@@ -237,7 +239,7 @@ class Partitioner:
 
   # Creation and placement.
 
-  def init_params(self, model: T5, rng: jax.Array) -> Any:
+  def init_params(self, model: LanguageModel, rng: jax.Array) -> Any:
     """`model`'s fresh parameters, created directly in their shards (never whole on one host)."""
     init = self.jit(
       _unboxed_init,
@@ -247,7 +249,7 @@ class Partitioner:
     )
     return init(rng)
 
-  def abstract_params(self, model: T5, dtype: Any = None) -> Any:
+  def abstract_params(self, model: LanguageModel, dtype: Any = None) -> Any:
     """`jax.ShapeDtypeStruct`s (with shardings) of `model`'s parameters: restore templates."""
     shapes = nn.unbox(boxed_param_shapes(model))
     return jax.tree_util.tree_map(
@@ -284,7 +286,7 @@ class Partitioner:
       return np.asarray(x)
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
-  def cast(self, model: T5, params: Any, dtype: str) -> Any:
+  def cast(self, model: LanguageModel, params: Any, dtype: str) -> Any:
     """`model`'s `params` converted to `dtype` in their shards (e.g. frozen models in bfloat16)."""
     shardings = self.param_shardings(model)
     return self.jit(_cast, in_shardings=(shardings,), out_shardings=shardings, static=(dtype,))(
@@ -340,7 +342,7 @@ def _apply(fn: Callable, static: tuple, context: tuple, *arrays: Any) -> Any:
   return fn(*arrays, *static)
 
 
-def _unboxed_init(rng: jax.Array, model: T5) -> Any:
+def _unboxed_init(rng: jax.Array, model: LanguageModel) -> Any:
   return nn.unbox(init_params(model, rng))
 
 
@@ -361,6 +363,6 @@ def pad_rows(arrays: dict[str, np.ndarray], multiple: int) -> tuple[dict[str, np
 
 
 @functools.cache
-def boxed_param_shapes(model: T5) -> Any:
+def boxed_param_shapes(model: LanguageModel) -> Any:
   """`model`'s parameters as logically annotated boxes of `jax.ShapeDtypeStruct`s (no compute)."""
   return jax.eval_shape(init_params, model, jax.random.PRNGKey(0))

@@ -1,11 +1,11 @@
-"""The jitted generation loop: encoder once, then `lax.while_loop` over the decoder's KV cache.
+"""The jitted generation loop: `start_decode` once, then `lax.while_loop` over the KV cache.
 
-One function serves the oracle, the teacher and the student: it takes the model module (static)
-and its parameters, never a model name. `generate` is the traceable loop
+One function serves the oracle, the teacher and the student: it takes the model module (static;
+any `th_distill.models.interface.LanguageModel`) and its parameters, never a model name. `generate` is the traceable loop
 (`th_distill.partitioning.Partitioner.jit` compiles it with explicit shardings); `sample` is
 `generate` jitted for one device or for arrays already placed on a mesh, refusing prompt ids
 outside the vocabulary first (`check_prompt_ids`). `sample_uncached` is the same loop without a
-cache (it re-runs the teacher-forced decoder every step): the baseline of `bench/sampler.py`.
+cache (it re-runs the teacher-forced `response_logits` every step): the baseline of `bench/sampler.py`.
 A `SampleFn` binds a sampler to one model and its settings: what the data regimes
 (`th_distill.data.regimes`) and the oracle's calibration take.
 
@@ -42,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from th_distill.models import EOS_ID, PAD_ID, T5, extend_cache, shift_right
+from th_distill.models import EOS_ID, PAD_ID, extend_cache  # noqa: F401  (T5's, kept here)
+from th_distill.models.interface import LanguageModel
 
 Array = jax.Array
 
@@ -208,6 +209,7 @@ def cache_segments(max_length: int) -> list[int]:
 def _decode_loop(
   next_logits: NextLogits,
   state: Any,
+  first_token: Array,
   keys: Array,
   max_length: int,
   temperature: float,
@@ -217,7 +219,8 @@ def _decode_loop(
   segments: list[int],
   grow: Grow,
 ) -> SampleOutput:
-  """The decoding loop shared by both samplers: up to L steps, stopping early once every row has
+  """The decoding loop shared by both samplers, fed `first_token` [B] first (the model's
+  `start_decode`: T5's start token 0, a decoder-only model's last prompt token): up to L steps, stopping early once every row has
   emitted EOS, then everything after each row's first EOS is blanked. The steps run in segments
   ending at `segments` (the last one L), one `lax.while_loop` each, the state grown to the
   segment's end before it."""
@@ -238,7 +241,7 @@ def _decode_loop(
   final = _Carry(
     jnp.zeros((), jnp.int32),
     state,
-    jnp.full((batch,), PAD_ID, jnp.int32),
+    first_token,
     jnp.zeros((batch, max_length), jnp.int32),
     jnp.zeros((batch, max_length), jnp.float32),
     jnp.zeros((batch,), bool),
@@ -260,7 +263,7 @@ def _decode_loop(
 
 
 def generate(
-  model: T5,
+  model: LanguageModel,
   params: Any,
   input_tokens: Array,
   rng: Array,
@@ -273,7 +276,8 @@ def generate(
 ) -> SampleOutput:
   """Samples responses [B, L] (L = `max_length`) to `input_tokens` [B, Li] int32 (0 = padding).
 
-  The encoder runs once, `init_cache` once, then one `decode_step` per position inside
+  The model's `start_decode` runs once (T5: the encoder and `init_cache`; a decoder-only model:
+  the prompt's prefill), then one `decode_step` per position inside
   `lax.while_loop`s over segments of positions, the cache extended before each (`cache_segments`).
   `rng`: one key or B per-example keys; `temperature` 0 is greedy; `top_k` 0 and `top_p` 1 are
   off; see the module doc for the EOS, key and log-prob conventions.
@@ -282,16 +286,25 @@ def generate(
   input_tokens = input_tokens.astype(jnp.int32)
   keys = example_keys(rng, input_tokens.shape[0])
   variables = {"params": params}
-  encoded = model.apply(variables, input_tokens, method=T5.encode)
   segments = cache_segments(max_length)
-  cache = model.apply(variables, encoded, input_tokens, segments[0], method=T5.init_cache)
+  first, cache = model.apply(variables, input_tokens, segments[0], method="start_decode")
 
   def next_logits(cache, token, tokens, step):
     del tokens, step  # the cache knows the position
-    return model.apply(variables, token, cache, method=T5.decode_step)
+    return model.apply(variables, token, cache, method="decode_step")
 
   return _decode_loop(
-    next_logits, cache, keys, max_length, temperature, top_k, top_p, eos_id, segments, extend_cache
+    next_logits,
+    cache,
+    first,
+    keys,
+    max_length,
+    temperature,
+    top_k,
+    top_p,
+    eos_id,
+    segments,
+    model.extend_cache,
   )
 
 
@@ -321,7 +334,7 @@ class _CheckedSampler:
     functools.update_wrapper(self, fn)
 
   def __call__(
-    self, model: T5, params: Any, input_tokens: Array, rng: Array, **settings: Any
+    self, model: LanguageModel, params: Any, input_tokens: Array, rng: Array, **settings: Any
   ) -> SampleOutput:
     check_prompt_ids(input_tokens, model.cfg.vocab_size)
     return self._jitted(model, params, input_tokens, rng, **settings)
@@ -335,7 +348,7 @@ sample = _CheckedSampler(generate)
 
 @_CheckedSampler
 def sample_uncached(
-  model: T5,
+  model: LanguageModel,
   params: Any,
   input_tokens: Array,
   rng: Array,
@@ -355,16 +368,17 @@ def sample_uncached(
   input_tokens = input_tokens.astype(jnp.int32)
   keys = example_keys(rng, input_tokens.shape[0])
   variables = {"params": params}
-  encoded = model.apply(variables, input_tokens, method=T5.encode)
+  first = model.apply(variables, input_tokens, 1, method="start_decode")[0]
 
   def next_logits(state, token, tokens, step):
     del token  # the whole buffer is re-read; positions >= step are hidden by the causal mask
-    logits = model.apply(variables, encoded, input_tokens, shift_right(tokens), method=T5.decode)
+    logits = model.apply(variables, input_tokens, tokens, method="response_logits")
     return jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False), state
 
   return _decode_loop(
     next_logits,
     None,
+    first,
     keys,
     max_length,
     temperature,

@@ -1,12 +1,13 @@
 """Every config file in configs/ runs as written: only its *counts* shrink (pool sizes, steps,
 batch and evaluation sizes, schedules), never its shapes (vocabulary, lengths, model sizes).
 
-The CPU configs (tiny, tiny_overfit, tiny_strong_teacher, t5_small) sample their prompt pools, build
+The CPU configs (tiny, tiny_overfit, tiny_strong_teacher, t5_small, tiny_decoder) sample their prompt pools, build
 and initialise every model, take one teacher SFT step and one distillation step at their real
 shapes.
 
 The paper configs (xsum_large_to_base, wmt, natural_instructions: a T5-XL oracle, a T5-large
-teacher, a T5-base student, T5's vocabulary) are for accelerators: their oracle alone holds 11 GB
+teacher, a T5-base student, T5's vocabulary; xsum_qwen_1p5b_to_0p5b: Qwen2.5 3B / 1.5B / 0.5B
+decoder-only shapes) are for accelerators: their oracle alone holds 11 GB
 of float32 parameters, and a real step (a T5-XL forward over 1,152 tokens is ~7 TFLOP) would take
 minutes on a 2-core CPU. Here they sample their prompt pools from the real (mocked) task at the
 real lengths, build each model with abstract shapes (`Partitioner.abstract_params`) and lower the
@@ -33,11 +34,25 @@ from th_distill.training.programs import Models, Programs
 from th_distill.training.steps import Batch, create_train_state, make_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CPU_CONFIGS = ("tiny", "tiny_overfit", "tiny_strong_teacher", "t5_small")
-ACCELERATOR_CONFIGS = ("xsum_large_to_base", "wmt", "natural_instructions")
+CPU_CONFIGS = ("tiny", "tiny_overfit", "tiny_strong_teacher", "t5_small", "tiny_decoder")
+ACCELERATOR_CONFIGS = (
+  "xsum_large_to_base",
+  "wmt",
+  "natural_instructions",
+  "xsum_qwen_1p5b_to_0p5b",
+)
 BATCH = 1  # rows of the SFT and distillation batches
-# Published T5 v1.1 parameter counts (untied embeddings, 32,128 rows), in millions.
-T5_MILLIONS = {"base": 247.6, "large": 783.2, "xl": 2849.8}
+# Published parameter counts, in millions: T5 v1.1 (untied embeddings, 32,128 rows) and
+# Qwen2.5 (tied embeddings, 151,936 rows).
+T5_MILLIONS = {"oracle": 2849.8, "teacher": 783.2, "student": 247.6}  # xl, large, base
+MILLIONS = {
+  **{name: T5_MILLIONS for name in ACCELERATOR_CONFIGS[:3]},
+  "xsum_qwen_1p5b_to_0p5b": {
+    "oracle": 3085.9,
+    "teacher": 1543.7,
+    "student": 494.0,
+  },  # 3B, 1.5B, 0.5B
+}
 
 
 def test_every_config_file_is_covered():
@@ -146,8 +161,8 @@ def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path)
     m: partitioner.abstract_params(getattr(models, m)) for m in ("oracle", "teacher", "student")
   }
   millions = {m: param_count(p) / 1e6 for m, p in params.items()}
-  for model, size in (("oracle", "xl"), ("teacher", "large"), ("student", "base")):
-    assert millions[model] == pytest.approx(T5_MILLIONS[size], rel=0.01), millions
+  for model, expected in MILLIONS[name].items():
+    assert millions[model] == pytest.approx(expected, rel=0.01), millions
 
   def abstract(tree):
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)

@@ -18,6 +18,7 @@ from th_distill.config.checks import (
 )
 from th_distill.config.defaults import (
   base_config,
+  decoder_model_config,
   model_config,
   overfit_config,
   paper_config,
@@ -32,6 +33,7 @@ __all__ = [
   "ConfigError",
   "RunConfig",
   "base_config",
+  "decoder_model_config",
   "check_config_file",
   "check_environment",
   "check_fields",

@@ -21,7 +21,7 @@ import os
 import jax
 import ml_collections
 
-from th_distill.config.defaults import base_config, model_config, to_t5_config
+from th_distill.config.defaults import base_config, model_config
 from th_distill.config.run_config import MODELS, RunConfig, model_of
 from th_distill.config.settings import Problem
 from th_distill.data import tasks, vocabularies
@@ -77,7 +77,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 # the command that runs each kind of config file.
 STUDY_FIELDS = ("name", "title", "base", "variants", "seeds")
 COMMANDS = {"experiment": "python -m th_distill.main", "study": "python -m th_distill.study"}
-_MODEL_KEYS = ("oracle.model.", "teacher.model.", "student.model.")  # checked by T5Config
+_MODEL_KEYS = ("oracle.model.", "teacher.model.", "student.model.")  # checked by their config
 
 
 def config_kind(config: ml_collections.ConfigDict) -> str:
@@ -244,7 +244,7 @@ def _check_environment(
     if not path:
       continue
     try:
-      model = to_t5_config(c[name].model)
+      model = model_of(c[name].model)
     except (TypeError, ValueError):  # check_fields names the invalid model sub-config
       continue
     try:

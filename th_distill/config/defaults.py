@@ -4,7 +4,8 @@
 `configs/` start from it (or from `overfit_config`, `strong_teacher_config`, `paper_config`) and
 change values, so every key a user can override on the command line
 (`--config.student.steps=200`) exists and has a type.
-A model's sub-config holds every `T5Config` field (`model_config`, `to_t5_config`).
+A model's sub-config holds every `T5Config` field (`model_config`, `to_t5_config`), or `family`
+and every field of that family's config (`decoder_model_config`: `family = 'decoder'`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ import dataclasses
 
 import ml_collections
 
-from th_distill.models import T5Config, t5_config
+from th_distill.models import T5Config, decoder_config, fields_of, t5_config
 from th_distill.observing.metrics_io import PROXY
 
 
 def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
   """Every T5Config field of the named size (with overrides) as a ConfigDict."""
   return ml_collections.ConfigDict(dataclasses.asdict(t5_config(size, **overrides)))
+
+
+def decoder_model_config(size: str, **overrides) -> ml_collections.ConfigDict:
+  """A decoder-only model sub-config: `family = 'decoder'` and every `DecoderConfig` field of
+  the named size (`th_distill.models.decoder_config`), with overrides."""
+  return ml_collections.ConfigDict(fields_of(decoder_config(size, **overrides)))
 
 
 def to_t5_config(model: ml_collections.ConfigDict) -> T5Config:
@@ -129,8 +136,10 @@ def base_config() -> ml_collections.ConfigDict:
   # rule 'slowdown': it fires after `patience` consecutive evaluations at which the curve's
   # log-log slope over the last x`window` of steps is below `slope_ratio` times its slope over the
   # span before (convergence slowing down from its power law); evaluations before `min_step` (the
-  # transient) are not scored; settings chosen on calibration seeds (docs/detection.md). `on_detect`: 'continue' or 'stop'; `keep`: checkpoints to keep
-  # in the run directory, of 'best_golden', 'best_predicted'.
+  # transient) are not scored; settings chosen on calibration seeds (docs/detection.md).
+  # `on_detect`: 'continue', 'stop' or 'refresh' (offline: back to the best_predicted
+  # parameters, kept whatever `keep` says, then fresh teacher samples to the end); `keep`:
+  # checkpoints to keep in the run directory, of 'best_golden', 'best_predicted'.
   c.detection = dict(
     metric=PROXY,
     rule="slowdown",

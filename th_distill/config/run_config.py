@@ -32,7 +32,7 @@ from th_distill.data import prompts as prompt_lib
 from th_distill.data.sources import REGIMES
 from th_distill.detection import DetectorSettings
 from th_distill.detection import config as detection_config
-from th_distill.models import T5Config
+from th_distill.models import ModelConfig, model_config_of
 from th_distill.observing.eval_schedule import EvaluationSchedule
 
 MODELS = ("oracle", "teacher", "student")
@@ -43,10 +43,11 @@ MAX_EVALUATIONS = 100_000
 MAX_LOG_POINTS = 10_000
 
 
-def model_of(section: Mapping[str, Any]) -> T5Config:
-  """The `T5Config` of a model sub-config (`config.student.model`, ...); TypeError or ValueError
-  if a field is unknown or invalid."""
-  return T5Config(**dict(section))
+def model_of(section: Mapping[str, Any]) -> ModelConfig:
+  """The config of a model sub-config (`config.student.model`, ...): a `T5Config`, or its
+  `family`'s config (`th_distill.models.families`); TypeError or ValueError if a field is
+  unknown or invalid."""
+  return model_config_of(section)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +139,8 @@ class RunConfig:
     steps = EvaluationSchedule(self.student.steps, self.eval_every, self.eval_log_points)
     return EvalSettings(steps, self.eval.batch_size, self.eval.num_train_prompts)
 
-  def model(self, name: str) -> T5Config:
-    """The `T5Config` of 'oracle', 'teacher' or 'student'."""
+  def model(self, name: str) -> ModelConfig:
+    """The model config (`T5Config`, `DecoderConfig`, ...) of 'oracle', 'teacher' or 'student'."""
     return getattr(self, name).model
 
   def online_prompt_count(self) -> int:

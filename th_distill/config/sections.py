@@ -21,7 +21,7 @@ from th_distill.config.settings import (
   SamplingSettings,
   failed,
 )
-from th_distill.models import T5Config
+from th_distill.models import ModelConfig
 
 ONLINE_PROMPTS = ("offline", "pool")  # where the online regimes draw their prompts
 TASK_SOURCES = ("synthetic", "seqio")
@@ -33,7 +33,7 @@ S = TypeVar("S")
 
 def read_section(cls: type[S], values: Mapping[str, Any], **converted: Any) -> S:
   """`cls` from the config section `values` (keys = field names); `converted` replaces fields
-  that need a type of their own (a model's `T5Config`). Keys the class lacks are left to the
+  that need a type of their own (a model's `ModelConfig`). Keys the class lacks are left to the
   unknown-field check (`config.check_fields`)."""
   names = {f.name for f in dataclasses.fields(cls)}
   return cls(**{k: v for k, v in values.items() if k in names and k not in converted}, **converted)
@@ -92,7 +92,7 @@ class OracleSection:
   checkpoint: str
   target_entropy: float
   weight_scale: float
-  model: T5Config
+  model: ModelConfig
 
   def problems(self, vocab_size: int) -> list[Problem]:
     max_entropy = math.log(max(vocab_size, 1))
@@ -126,7 +126,7 @@ class TeacherSection:
   """The teacher: `model` (or `checkpoint`) trained by SFT on the oracle data for `steps` steps,
   then its logits divided by `temperature`."""
 
-  model: T5Config
+  model: ModelConfig
   checkpoint: str
   steps: int
   batch_size: int
@@ -158,7 +158,7 @@ class StudentSection:
   `sft_steps` SFT steps on the oracle data (`'sft'`), then distilled for `steps` steps of
   `batch_size` rows (`micro_batches` accumulated parts each)."""
 
-  model: T5Config
+  model: ModelConfig
   checkpoint: str
   init: str
   sft_steps: int

@@ -1,4 +1,5 @@
-"""T5 v1.1 models: configuration, Flax module and checkpoint converters."""
+"""Models: the interface every family implements (`interface`), T5 v1.1 and the decoder-only
+family (configuration, Flax modules, checkpoint converters), and the family registry."""
 
 from th_distill.models.config import (
   DECODER_START_ID,
@@ -9,6 +10,10 @@ from th_distill.models.config import (
   T5Config,
   t5_config,
 )
+from th_distill.models.decoder import Decoder
+from th_distill.models.decoder_config import DECODER_SIZES, DecoderConfig, decoder_config
+from th_distill.models.families import FAMILIES, fields_of, model_config_of, register_family
+from th_distill.models.interface import LanguageModel, ModelConfig
 from th_distill.models.t5 import (
   LAYERS_AXIS,
   T5,
@@ -21,7 +26,17 @@ from th_distill.models.t5 import (
 )
 
 __all__ = [
+  "DECODER_SIZES",
   "DECODER_START_ID",
+  "FAMILIES",
+  "Decoder",
+  "DecoderConfig",
+  "LanguageModel",
+  "ModelConfig",
+  "decoder_config",
+  "fields_of",
+  "model_config_of",
+  "register_family",
   "EOS_ID",
   "LAYERS_AXIS",
   "PAD_ID",

@@ -7,7 +7,7 @@ The public T5 v1.1 dimensions (google/t5-v1_1-{small,base,large,xl}) are reprodu
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 
@@ -19,8 +19,46 @@ DECODER_START_ID = 0
 REMAT = ("none", "full", "dots")
 
 
+def check_fields(cfg: Any, positive: tuple[str, ...], flags: tuple[str, ...]) -> None:
+  """The checks a model config's shared fields need, in this order: the `positive` ints,
+  `dropout_rate` in [0, 1), `dtype` and `param_dtype`, the bool `flags`, `remat`; a ValueError
+  naming `Class.field` on the first that fails."""
+  name = type(cfg).__name__
+  for field in positive:
+    value = getattr(cfg, field)
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{name}.{field} must be a positive int, got {value!r}.")
+  if not 0.0 <= cfg.dropout_rate < 1.0:
+    raise ValueError(f"{name}.dropout_rate must be in [0, 1), got {cfg.dropout_rate!r}.")
+  for field in ("dtype", "param_dtype"):
+    if getattr(cfg, field) not in ("float32", "bfloat16"):
+      raise ValueError(
+        f"{name}.{field} must be 'float32' or 'bfloat16', got {getattr(cfg, field)!r}."
+      )
+  for field in flags:
+    if not isinstance(getattr(cfg, field), bool):
+      raise ValueError(f"{name}.{field} must be a bool, got {getattr(cfg, field)!r}.")
+  if cfg.remat not in REMAT:
+    raise ValueError(f"{name}.remat must be one of {REMAT}, got {cfg.remat!r}.")
+
+
+class Dtypes:
+  """The dtypes of a model config's `dtype` / `param_dtype` fields, and `replace`."""
+
+  @property
+  def compute_dtype(self) -> Any:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def storage_dtype(self) -> Any:
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **changes) -> Any:
+    return dataclasses.replace(self, **changes)
+
+
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(Dtypes):
   """Hyper-parameters of a T5 v1.1 encoder-decoder.
 
   Attributes:
@@ -47,6 +85,8 @@ class T5Config:
       dots_with_no_batch_dims_saveable`, t5x's 'minimal'). With or without `scan_layers`.
   """
 
+  family: ClassVar[str] = "t5"  # the model interface's family name (not a field)
+
   vocab_size: int = 32128
   d_model: int = 512
   d_kv: int = 64
@@ -64,42 +104,117 @@ class T5Config:
   remat: str = "none"
 
   def __post_init__(self):
-    for name in (
-      "vocab_size",
-      "d_model",
-      "d_kv",
-      "d_ff",
-      "num_heads",
-      "num_encoder_layers",
-      "num_decoder_layers",
-      "relative_attention_num_buckets",
-      "relative_attention_max_distance",
-    ):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value <= 0:
-        raise ValueError(f"T5Config.{name} must be a positive int, got {value!r}.")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
-    for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in ("float32", "bfloat16"):
-        raise ValueError(
-          f"T5Config.{name} must be 'float32' or 'bfloat16', got {getattr(self, name)!r}."
-        )
-    if not isinstance(self.scan_layers, bool):
-      raise ValueError(f"T5Config.scan_layers must be a bool, got {self.scan_layers!r}.")
-    if self.remat not in REMAT:
-      raise ValueError(f"T5Config.remat must be one of {REMAT}, got {self.remat!r}.")
+    check_fields(
+      self,
+      positive=(
+        "vocab_size",
+        "d_model",
+        "d_kv",
+        "d_ff",
+        "num_heads",
+        "num_encoder_layers",
+        "num_decoder_layers",
+        "relative_attention_num_buckets",
+        "relative_attention_max_distance",
+      ),
+      flags=("scan_layers",),
+    )
 
-  @property
-  def compute_dtype(self) -> Any:
-    return jnp.dtype(self.dtype)
+  # The model interface (`th_distill.models.interface.ModelConfig`).
 
-  @property
-  def storage_dtype(self) -> Any:
-    return jnp.dtype(self.param_dtype)
+  def module(self) -> Any:
+    """The Flax module of this config (`T5(self)`)."""
+    from th_distill.models.t5 import T5  # the module imports this file
 
-  def replace(self, **changes) -> T5Config:
-    return dataclasses.replace(self, **changes)
+    return T5(self)
+
+  def describe(self) -> str:
+    return f"d_model {self.d_model}, {self.num_encoder_layers}+{self.num_decoder_layers} layers"
+
+  # Analytic costs from the shapes alone (`th_distill.planning.flops` and `.memory` read them).
+  # A matmul of [m, n] x [n, p] is 2 m n p FLOPs; element-wise work is not counted. With
+  # E = d_model, A = heads x d_kv, F = d_ff, V = vocab, per example of Li input and Lt target
+  # tokens:
+  #   encoder layer:  Li (8 E A + 6 E F) + 4 Li^2 A                   (q, k, v, o; MLP; scores, mix)
+  #   decoder layer:  Lt (8 E A + 6 E F) + 4 Lt^2 A                   (self-attention, MLP)
+  #                   + Lt 4 E A + Li 4 E A + 4 Lt Li A               (cross-attention q, o; k, v)
+  #   output layer:   2 Lt E V
+  # Generation of Lt tokens: the encoder once, the cross-attention keys and values once
+  # (Li 4 E A per decoder layer), then per token the projections and MLP of a forward position
+  # (8 E A + 6 E F + 4 E A per layer) and the output layer (2 E V); token t (from 0) attends to
+  # t + 1 cached keys and Li encoder positions, 4 A per key: 4 A (Lt (Lt + 1) / 2 + Lt Li) per
+  # layer. This is the work intrinsic to the model: an implementation that attends over a
+  # longer (static) cache does more than it is credited with.
+
+  def _encoder_flops(self, li: int) -> int:
+    e, a, f = self.d_model, self.num_heads * self.d_kv, self.d_ff
+    return self.num_encoder_layers * (li * (8 * e * a + 6 * e * f) + 4 * li * li * a)
+
+  def forward_flops(self, input_length: int, target_length: int) -> float:
+    """FLOPs of one teacher-forced forward pass, per example."""
+    e, a, f, v = self.d_model, self.num_heads * self.d_kv, self.d_ff, self.vocab_size
+    li, lt = input_length, target_length
+    decoder = self.num_decoder_layers * (
+      lt * (8 * e * a + 6 * e * f)
+      + 4 * lt * lt * a
+      + lt * 4 * e * a
+      + li * 4 * e * a
+      + 4 * lt * li * a
+    )
+    return float(self._encoder_flops(li) + decoder + 2 * lt * e * v)
+
+  def generation_flops(self, input_length: int, target_length: int) -> float:
+    """FLOPs of encoding plus incremental decoding of `target_length` tokens, per example."""
+    e, a, f, v = self.d_model, self.num_heads * self.d_kv, self.d_ff, self.vocab_size
+    li, lt = input_length, target_length
+    per_token = self.num_decoder_layers * (8 * e * a + 6 * e * f + 4 * e * a) + 2 * e * v
+    attention = self.num_decoder_layers * 4 * a * (lt * (lt + 1) // 2 + lt * li)
+    cross_kv = self.num_decoder_layers * li * 4 * e * a
+    return float(self._encoder_flops(li) + cross_kv + lt * per_token + attention)
+
+  def activation_bytes(
+    self, rows: float, prompt_length: int, response_length: int, model_split: int
+  ) -> float:
+    """Float32 activations the backward pass keeps for `rows` sequences: per token and layer
+    4E + 4HK + 2H*Li + 3F in the encoder, 6E + 8HK + 2H*(Li + Lt) + 3F in the decoder."""
+    e, hk, h, f = (
+      self.d_model,
+      self.num_heads * self.d_kv / model_split,
+      self.num_heads / model_split,
+      self.d_ff / model_split,
+    )
+    encoder = 4 * e + 4 * hk + 2 * h * prompt_length + 3 * f
+    decoder = 6 * e + 8 * hk + 2 * h * (prompt_length + response_length) + 3 * f
+    tokens_in, tokens_out = rows * prompt_length, rows * response_length
+    return 4.0 * (
+      self.num_encoder_layers * encoder * tokens_in + self.num_decoder_layers * decoder * tokens_out
+    )
+
+  def working_set_bytes(
+    self, rows: float, prompt_length: int, response_length: int, model_split: int
+  ) -> float:
+    """Float32 activations of one encoder layer for `rows` sequences, the working set of a
+    forward-only pass (whatever `response_length`): per token 3H*Li + 2E + F (three copies of
+    the attention scores, alive together in XLA's softmax; the residual stream and its
+    normalised copy; one MLP hidden)."""
+    h, f = self.num_heads / model_split, self.d_ff / model_split
+    return 4.0 * rows * prompt_length * (3 * h * prompt_length + 2 * self.d_model + f)
+
+  def kv_cache_bytes(
+    self, rows: float, prompt_length: int, response_length: int, model_split: int
+  ) -> float:
+    """The sampler's float32 cache: keys and values of every decoder layer over the response
+    (self-attention) and the prompt (cross-attention)."""
+    return (
+      4.0
+      * 2
+      * self.num_decoder_layers
+      * rows
+      * (prompt_length + response_length)
+      * self.num_heads
+      * self.d_kv
+      / model_split
+    )
 
 
 _SIZES = {

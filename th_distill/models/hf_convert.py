@@ -231,17 +231,23 @@ def _read_state_dict(path: str) -> dict[str, Any]:
   )
 
 
-def read_hf_config(path: str | os.PathLike) -> T5Config:
-  """The T5Config of a local HF directory, from its config.json alone (no weights are read)."""
+def read_config_json(path: str | os.PathLike, family: str) -> dict[str, Any]:
+  """config.json of the local HF directory `path`; FileNotFoundError naming the `family`
+  ('T5', 'Qwen2 or Llama') and the files expected."""
   config_path = os.path.join(os.fspath(path), "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(
-      f"{config_path} not found: expected a local Hugging Face T5 "
+      f"{config_path} not found: expected a local Hugging Face {family} "
       "directory with config.json and model.safetensors (or sharded "
       "safetensors with model.safetensors.index.json, or pytorch_model.bin)."
     )
   with open(config_path, encoding="utf-8") as f:
-    return config_from_hf(json.load(f))
+    return json.load(f)
+
+
+def read_hf_config(path: str | os.PathLike) -> T5Config:
+  """The T5Config of a local HF directory, from its config.json alone (no weights are read)."""
+  return config_from_hf(read_config_json(path, "T5"))
 
 
 # The T5Config fields a checkpoint fixes (dropout and dtypes are the run's choice).
@@ -262,10 +268,17 @@ ARCHITECTURE_FIELDS = (
 def architecture_mismatches(path: str | os.PathLike, cfg: T5Config) -> list[str]:
   """'field: value in cfg, value in the checkpoint' for each architecture field of `cfg` that
   differs from the HF checkpoint at `path` (config.json alone is read)."""
-  found = read_hf_config(path)
+  return field_mismatches(cfg, read_hf_config(path), ARCHITECTURE_FIELDS, path)
+
+
+def field_mismatches(
+  cfg: Any, found: Any, fields: tuple[str, ...], path: str | os.PathLike
+) -> list[str]:
+  """'field: value in cfg, but value in PATH' for each of `fields` where `cfg` and the
+  checkpoint's config `found` differ."""
   return [
     f"{name}: {getattr(cfg, name)}, but {getattr(found, name)} in {os.fspath(path)}"
-    for name in ARCHITECTURE_FIELDS
+    for name in fields
     if getattr(cfg, name) != getattr(found, name)
   ]
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -193,10 +194,16 @@ def heads_major(x: Array) -> Array:
   return jnp.swapaxes(x, 1, 2)
 
 
-class GatedGeluMlp(nn.Module):
-  """T5 v1.1 feed-forward: (gelu(x W0) * (x W1)) Wo."""
+def gelu_tanh(x: Array) -> Array:
+  """GELU, tanh approximation (`gelu_new`): T5 v1.1's and Gemma's MLP activation."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+class GatedMlp(nn.Module):
+  """Gated feed-forward: (act(x W0) * (x W1)) Wo; T5 v1.1's with GELU (the default)."""
 
   cfg: T5Config
+  activation: Callable[[Array], Array] = gelu_tanh
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -211,7 +218,7 @@ class GatedGeluMlp(nn.Module):
     wi_0 = kernel("wi_0", cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
     wi_1 = kernel("wi_1", cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
     wo = kernel("wo", cfg.d_ff**-0.5, (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
-    h = jax.nn.gelu(x @ wi_0, approximate=True) * (x @ wi_1)
+    h = self.activation(x @ wi_0) * (x @ wi_1)
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
     return h @ wo
@@ -228,7 +235,7 @@ class EncoderLayer(nn.Module):
     self.attention_norm = RMSNorm(self.cfg)
     self.attention = Attention(self.cfg)
     self.mlp_norm = RMSNorm(self.cfg)
-    self.mlp = GatedGeluMlp(self.cfg)
+    self.mlp = GatedMlp(self.cfg)
     self.dropout = nn.Dropout(self.cfg.dropout_rate)
 
   def __call__(self, x: Array, bias: Array, train: bool) -> Array:
@@ -249,7 +256,7 @@ class DecoderLayer(nn.Module):
     self.cross_attention_norm = RMSNorm(self.cfg)
     self.cross_attention = Attention(self.cfg)
     self.mlp_norm = RMSNorm(self.cfg)
-    self.mlp = GatedGeluMlp(self.cfg)
+    self.mlp = GatedMlp(self.cfg)
     self.dropout = nn.Dropout(self.cfg.dropout_rate)
 
   def cross_kv(self, encoded: Array) -> tuple[Array, Array]:
@@ -358,6 +365,8 @@ class T5(nn.Module):
     decode_hidden(...same...) -> hidden [B, Lt, E]; logits_from_hidden(hidden, train) -> logits
     init_cache(encoded, input_tokens, max_decode_length) -> cache
     decode_step(decoder_token, cache) -> (logits [B, V], cache)
+  and the model interface (`th_distill.models.interface.LanguageModel`): response_logits,
+  response_hidden, start_decode (encode + init_cache; the start token 0), extend_cache.
   Logits are float32. `input_tokens` [B, Li] int32 carries padding as 0 and fixes the encoder mask.
   With `cfg.scan_layers`, `encoder_layers` / `decoder_layers` are one scanned layer each (stacked
   parameters); otherwise lists of layers (`encoder_layers_{i}`, ...).
@@ -464,6 +473,27 @@ class T5(nn.Module):
     self, input_tokens: Array, decoder_input_tokens: Array, train: bool = False
   ) -> Array:
     return self.decode(self.encode(input_tokens, train), input_tokens, decoder_input_tokens, train)
+
+  # The model interface (`th_distill.models.interface.LanguageModel`).
+
+  def response_logits(self, prompts: Array, responses: Array, train: bool = False) -> Array:
+    """Teacher-forced logits [B, Lt, V] of `responses` [B, Lt] (decoder fed `shift_right`)."""
+    return self(prompts, shift_right(responses), train)
+
+  def response_hidden(self, prompts: Array, responses: Array, train: bool = False) -> Array:
+    """`decode_hidden` [B, Lt, E] of `responses` after encoding `prompts`."""
+    encoded = self.encode(prompts, train)
+    return self.decode_hidden(encoded, prompts, shift_right(responses), train)
+
+  def start_decode(self, prompts: Array, max_decode_length: int) -> tuple[Array, Cache]:
+    """`encode` and `init_cache`: (the decoder start token 0 for every row [B], cache)."""
+    cache = self.init_cache(self.encode(prompts), prompts, max_decode_length)
+    return jnp.full((prompts.shape[0],), PAD_ID, jnp.int32), cache
+
+  @staticmethod
+  def extend_cache(cache: Cache, max_decode_length: int) -> Cache:
+    """Module-level `extend_cache`."""
+    return extend_cache(cache, max_decode_length)
 
   def init_cache(self, encoded: Array, input_tokens: Array, max_decode_length: int) -> Cache:
     """Decoding cache for `max_decode_length` steps after `encode`.

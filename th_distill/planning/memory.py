@@ -40,7 +40,8 @@ from th_distill import cli
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
 from th_distill.data.regimes import SAMPLE_CHUNK
-from th_distill.models import LAYERS_AXIS, T5, T5Config
+from th_distill.models import LAYERS_AXIS
+from th_distill.models.interface import ModelConfig
 from th_distill.partitioning import MESH_AXES, boxed_param_shapes, mesh_axes
 
 GIB = 2.0**30
@@ -50,11 +51,11 @@ _BYTES = {"float32": 4, "bfloat16": 2}
 GATHERED_LAYERS = 2
 
 
-def _group_bytes(cfg: T5Config, mesh_shape: dict[str, int], dtype: str) -> dict[str, float]:
+def _group_bytes(cfg: ModelConfig, mesh_shape: dict[str, int], dtype: str) -> dict[str, float]:
   """{top-level parameter group (a layer, the embedding, ...): bytes per device in `dtype`}."""
   groups: dict[str, float] = {}
   boxes = jax.tree_util.tree_leaves_with_path(
-    boxed_param_shapes(T5(cfg)), is_leaf=lambda x: hasattr(x, "names")
+    boxed_param_shapes(cfg.module()), is_leaf=lambda x: hasattr(x, "names")
   )
   for path, box in boxes:
     shape = box.value.shape
@@ -71,13 +72,13 @@ def _group_bytes(cfg: T5Config, mesh_shape: dict[str, int], dtype: str) -> dict[
   return groups
 
 
-def param_bytes(cfg: T5Config, mesh_shape: dict[str, int], dtype: str) -> float:
+def param_bytes(cfg: ModelConfig, mesh_shape: dict[str, int], dtype: str) -> float:
   """Bytes per device of the parameters of a `cfg` model stored in `dtype`."""
   return sum(_group_bytes(cfg, mesh_shape, dtype).values())
 
 
 def gathered_bytes(
-  cfg: T5Config, mesh_shape: dict[str, int], dtype: str, layers: int | None = GATHERED_LAYERS
+  cfg: ModelConfig, mesh_shape: dict[str, int], dtype: str, layers: int | None = GATHERED_LAYERS
 ) -> float:
   """Bytes per device of a `cfg` model's weights in use, stored in `dtype`: all-gathered over
   data x fsdp (still split over model) and held in the compute dtype; the `layers` largest
@@ -91,46 +92,27 @@ def gathered_bytes(
 
 
 def activation_bytes(
-  cfg: T5Config, rows: float, prompt_length: int, response_length: int, model_split: int
+  cfg: ModelConfig, rows: float, prompt_length: int, response_length: int, model_split: int
 ) -> float:
-  """Float32 activations the backward pass keeps for `rows` sequences of a `cfg` model."""
-  e, hk, h, f = (
-    cfg.d_model,
-    cfg.num_heads * cfg.d_kv / model_split,
-    cfg.num_heads / model_split,
-    cfg.d_ff / model_split,
-  )
-  encoder = 4 * e + 4 * hk + 2 * h * prompt_length + 3 * f
-  decoder = 6 * e + 8 * hk + 2 * h * (prompt_length + response_length) + 3 * f
-  tokens_in, tokens_out = rows * prompt_length, rows * response_length
-  return 4.0 * (
-    cfg.num_encoder_layers * encoder * tokens_in + cfg.num_decoder_layers * decoder * tokens_out
-  )
+  """Float32 activations the backward pass keeps for `rows` sequences of a `cfg` model
+  (`cfg.activation_bytes`)."""
+  return cfg.activation_bytes(rows, prompt_length, response_length, model_split)
 
 
-def encoder_layer_bytes(cfg: T5Config, rows: float, prompt_length: int, model_split: int) -> float:
-  """Float32 activations of one encoder layer for `rows` sequences, the working set of a
-  forward-only pass: per token 3H*Li + 2E + F (three copies of the attention scores, alive
-  together in XLA's softmax; the residual stream and its normalised copy; one MLP hidden)."""
-  h, f = cfg.num_heads / model_split, cfg.d_ff / model_split
-  return 4.0 * rows * prompt_length * (3 * h * prompt_length + 2 * cfg.d_model + f)
+def encoder_layer_bytes(
+  cfg: ModelConfig, rows: float, prompt_length: int, model_split: int, response_length: int = 0
+) -> float:
+  """Float32 activations of one layer of a forward-only pass for `rows` sequences
+  (`cfg.working_set_bytes`): T5's encoder layer over the prompt; a decoder-only model's layer
+  over the prompt and `response_length` response positions (0: the sampler's prefill)."""
+  return cfg.working_set_bytes(rows, prompt_length, response_length, model_split)
 
 
 def kv_cache_bytes(
-  cfg: T5Config, rows: float, prompt_length: int, response_length: int, model_split: int
+  cfg: ModelConfig, rows: float, prompt_length: int, response_length: int, model_split: int
 ) -> float:
-  """The sampler's float32 cache: keys and values of every decoder layer over the response
-  (self-attention) and the prompt (cross-attention)."""
-  return (
-    4.0
-    * 2
-    * cfg.num_decoder_layers
-    * rows
-    * (prompt_length + response_length)
-    * cfg.num_heads
-    * cfg.d_kv
-    / model_split
-  )
+  """The sampler's cache over the prompt and the response (`cfg.kv_cache_bytes`)."""
+  return cfg.kv_cache_bytes(rows, prompt_length, response_length, model_split)
 
 
 def _finish(parts: dict[str, float], upper: float, phases: Sequence[str] = ()) -> dict[str, float]:
@@ -198,7 +180,7 @@ def program_estimates(config: RunConfig, mesh: Sequence[int]) -> dict[str, dict[
         "gathered weights": gathered(three, frozen),
         "student activations": activation_bytes(cfg["student"], micro_rows, li, lt, split),
         "frozen forward": max(
-          encoder_layer_bytes(cfg[n], micro_rows, li, split) for n in ("teacher", "oracle")
+          encoder_layer_bytes(cfg[n], micro_rows, li, split, lt) for n in ("teacher", "oracle")
         )
         + sum(4.0 * micro_rows * lt * cfg[n].d_model for n in ("teacher", "oracle")),
         "logits": 5 * 4.0 * micro_rows * lt / chunks * vocab / split,
@@ -212,7 +194,7 @@ def program_estimates(config: RunConfig, mesh: Sequence[int]) -> dict[str, dict[
         + param_bytes(cfg["teacher"], mesh_shape, frozen)
         + param_bytes(cfg["oracle"], mesh_shape, frozen),
         "gathered weights": gathered(three, frozen),
-        "working set": max(encoder_layer_bytes(c, eval_rows, li, split) for c in cfg.values())
+        "working set": max(encoder_layer_bytes(c, eval_rows, li, split, lt) for c in cfg.values())
         + sum(4.0 * eval_rows * lt * c.d_model for c in cfg.values()),
         "logits": 6 * 4.0 * eval_rows * lt / chunks * vocab / split,
       },

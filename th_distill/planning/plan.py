@@ -57,7 +57,7 @@ from th_distill import cli
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
 from th_distill.data.regimes import SAMPLE_CHUNK
-from th_distill.models import T5
+from th_distill.models.interface import LanguageModel
 from th_distill.partitioning import (
   DEFAULT_RULES,
   MESH_AXES,
@@ -139,7 +139,7 @@ def planning_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 def dropped_axes(
-  model: T5, mesh_shape: dict[str, int], rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
+  model: LanguageModel, mesh_shape: dict[str, int], rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
 ) -> list[str]:
   """The parameters of `model` that the logical rules would split over a mesh axis of size > 1
   which does not divide the dimension, so that it stays whole on every device: one

@@ -87,12 +87,10 @@ def log_plan(
     model = getattr(models, name)
     cfg = model.cfg
     logging.info(
-      "  %-7s %s parameters (d_model %d, %d+%d layers, vocabulary %d)",
+      "  %-7s %s parameters (%s, vocabulary %d)",
       name,
       f"{param_count(partitioner.abstract_params(model)):,}",
-      cfg.d_model,
-      cfg.num_encoder_layers,
-      cfg.num_decoder_layers,
+      cfg.describe(),
       cfg.vocab_size,
     )
   programs = memory.program_estimates(config, tuple(mesh.shape[a] for a in partitioning.MESH_AXES))

@@ -26,7 +26,7 @@ from th_distill.config.settings import (
   SamplingSettings,
 )
 from th_distill.data.batch import Batch, TeacherTopK
-from th_distill.models import T5
+from th_distill.models.interface import LanguageModel
 from th_distill.partitioning import Partitioner, pad_rows
 from th_distill.sampling import SampleFn
 from th_distill.training import guards
@@ -46,15 +46,15 @@ Evaluator = Callable[[Any, Any, Any, dict[str, np.ndarray], str], dict[str, floa
 
 @dataclasses.dataclass(frozen=True)
 class Models:
-  """The run's three models, built from `<name>.model` of the config."""
+  """The run's three models (`LanguageModel`s), built from `<name>.model` of the config."""
 
-  oracle: T5
-  teacher: T5
-  student: T5
+  oracle: LanguageModel
+  teacher: LanguageModel
+  student: LanguageModel
 
   @classmethod
   def from_config(cls, config: RunConfig) -> Models:
-    return cls(*(T5(config.model(name)) for name in ("oracle", "teacher", "student")))
+    return cls(*(config.model(name).module() for name in ("oracle", "teacher", "student")))
 
 
 def batch_shardings(partitioner: Partitioner) -> jax.sharding.NamedSharding:
@@ -63,12 +63,14 @@ def batch_shardings(partitioner: Partitioner) -> jax.sharding.NamedSharding:
 
 
 def _sample(
-  params: Any, prompts: jax.Array, keys: jax.Array, model: T5, settings: SamplingSettings
+  params: Any, prompts: jax.Array, keys: jax.Array, model: LanguageModel, settings: SamplingSettings
 ) -> sampling.SampleOutput:
   return sampling.generate(model, params, prompts, keys, **dataclasses.asdict(settings))
 
 
-def sampler_program(model: T5, settings: SamplingSettings, partitioner: Partitioner) -> Callable:
+def sampler_program(
+  model: LanguageModel, settings: SamplingSettings, partitioner: Partitioner
+) -> Callable:
   """`(params, prompts [B, Li] int32, keys [B, 2] uint32) -> SampleOutput` of [B, Lt]: `model`
   sampling with `settings`, inputs and outputs split along B."""
   rows = partitioner.batch_sharding(2)
@@ -81,14 +83,14 @@ def sampler_program(model: T5, settings: SamplingSettings, partitioner: Partitio
 
 
 def _sft_step(
-  state: TrainState, batch: Batch, rng: jax.Array, model: T5, on_nonfinite: str
+  state: TrainState, batch: Batch, rng: jax.Array, model: LanguageModel, on_nonfinite: str
 ) -> tuple:
   step = guards.skip_nonfinite(make_sft_step(model), on_nonfinite, "sft/loss", "sft/grad_norm")
   return step(state, batch, rng)
 
 
 def sft_program(
-  model: T5,
+  model: LanguageModel,
   optimizer: optax.GradientTransformation,
   partitioner: Partitioner,
   on_nonfinite: str = "stop",
@@ -111,7 +113,7 @@ def _eval_sums(
   oracle_params: Any,
   batch: Batch,
   models: Models,
-  student: T5,
+  student: LanguageModel,
   sequence_chunks: int,
 ) -> dict[str, jax.Array]:
   return make_eval_sums(student, models.teacher, models.oracle, sequence_chunks)(
@@ -120,7 +122,7 @@ def _eval_sums(
 
 
 def eval_program(
-  models: Models, student: T5, sequence_chunks: int, partitioner: Partitioner
+  models: Models, student: LanguageModel, sequence_chunks: int, partitioner: Partitioner
 ) -> Callable:
   """`(student_params, teacher_params, oracle_params, batch) -> {name: sum}`: `train.eval_sums`
   of `student` against the teacher and the oracle."""
@@ -187,13 +189,13 @@ def distill_program(
 
 
 def _teacher_top(
-  teacher_params: Any, batch: Batch, teacher: T5, k: int, temperature: float
+  teacher_params: Any, batch: Batch, teacher: LanguageModel, k: int, temperature: float
 ) -> TeacherTopK:
   return teacher_top_k(teacher_params, batch, teacher=teacher, k=k, temperature=temperature)
 
 
 def teacher_top_program(
-  teacher: T5, k: int, temperature: float, partitioner: Partitioner
+  teacher: LanguageModel, k: int, temperature: float, partitioner: Partitioner
 ) -> Callable:
   """`(teacher_params, batch) -> TeacherTopK` ([B, Lt, K] arrays, split along B): the
   teacher's top `k` log-probabilities at `temperature` on the batch's responses."""
@@ -210,7 +212,10 @@ def _create_state(params: Any, optimizer: optax.GradientTransformation) -> Train
 
 
 def new_train_state(
-  partitioner: Partitioner, model: T5, params: Any, optimizer: optax.GradientTransformation
+  partitioner: Partitioner,
+  model: LanguageModel,
+  params: Any,
+  optimizer: optax.GradientTransformation,
 ) -> TrainState:
   """A fresh train state of `model` on a copy of `params`, sharded by the logical rules."""
   create = partitioner.jit(

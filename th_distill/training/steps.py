@@ -5,8 +5,9 @@ One step each; the loops that run them are the stages' (`stages.stage1.train_sft
 
 A batch is a `Batch` (defined in `th_distill.data.batch`, importable from here too) of prompts
 [B, Li] int32, responses [B, Lt] int32 and a response mask [B, Lt] float32 (1 on real response
-tokens, EOS included; 0 on padding). The decoder is teacher-forced on `shift_right(responses)`,
-so the logits at position t predict `responses[:, t]`.
+tokens, EOS included; 0 on padding). The model (any `th_distill.models.interface.LanguageModel`)
+is teacher-forced through its `response_logits`, so the logits at position t predict
+`responses[:, t]`: only response positions reach the losses and metrics.
 
 Conventions (see docs/metrics.md): the distillation loss is the token-level divergence D(teacher,
 student) averaged over the valid tokens of the batch; the step also logs fkl, rkl and jsd against
@@ -36,7 +37,7 @@ from flax.training import train_state
 
 from th_distill import divergences
 from th_distill.data.batch import Batch, TeacherTopK
-from th_distill.models import T5, shift_right
+from th_distill.models.interface import LanguageModel
 from th_distill.observing.metric_names import PER_SEQUENCE, REFERENCE_MODELS
 
 Array = jax.Array
@@ -90,35 +91,32 @@ def create_train_state(params: Any, optimizer: optax.GradientTransformation) -> 
 
 
 def forward(
-  model: T5, params: Any, batch: Batch, train: bool = False, rng: Array | None = None
+  model: LanguageModel, params: Any, batch: Batch, train: bool = False, rng: Array | None = None
 ) -> Array:
-  """Teacher-forced logits [B, Lt, V] float32 of `model` on `batch`."""
+  """Teacher-forced logits [B, Lt, V] float32 of `model` on `batch` (`response_logits`)."""
   return _apply(
-    model, params, T5.__call__, batch.prompts, shift_right(batch.responses), train=train, rng=rng
+    model, params, "response_logits", batch.prompts, batch.responses, train=train, rng=rng
   )
 
 
 def _apply(
-  model: T5, params: Any, method: Callable, *args, train: bool = False, rng: Array | None = None
+  model: LanguageModel,
+  params: Any,
+  method: str,
+  *args,
+  train: bool = False,
+  rng: Array | None = None,
 ) -> Array:
   rngs = {"dropout": rng} if (train and rng is not None) else None
   return model.apply({"params": params}, *args, train=train, rngs=rngs, method=method)
 
 
 def _hidden(
-  model: T5, params: Any, batch: Batch, train: bool = False, rng: Array | None = None
+  model: LanguageModel, params: Any, batch: Batch, train: bool = False, rng: Array | None = None
 ) -> Array:
-  """Decoder hidden states [B, Lt, E] before the final norm (`T5.decode_hidden`)."""
-  encoded = _apply(model, params, T5.encode, batch.prompts, train=train, rng=rng)
+  """Hidden states [B, Lt, E] before the final norm (`response_hidden`)."""
   return _apply(
-    model,
-    params,
-    T5.decode_hidden,
-    encoded,
-    batch.prompts,
-    shift_right(batch.responses),
-    train=train,
-    rng=rng,
+    model, params, "response_hidden", batch.prompts, batch.responses, train=train, rng=rng
   )
 
 
@@ -156,9 +154,9 @@ SumsFn = Callable[[Array, dict[str, Array], Array, TeacherTopK | None], dict[str
 
 def token_sums(
   sums_fn: SumsFn,
-  student: T5,
+  student: LanguageModel,
   student_params: Any,
-  refs: dict[str, tuple[T5, Any]],
+  refs: dict[str, tuple[LanguageModel, Any]],
   batch: Batch,
   *,
   sequence_chunks: int = 1,
@@ -184,11 +182,9 @@ def token_sums(
   def chunk(inputs):
     index, s_hidden, r_hidden, mask, teacher_top = inputs
     key = None if rng is None else jax.random.fold_in(rng, index)
-    s_logits = _apply(
-      student, student_params, T5.logits_from_hidden, s_hidden, train=train, rng=key
-    )
+    s_logits = _apply(student, student_params, "logits_from_hidden", s_hidden, train=train, rng=key)
     r_logits = {
-      name: _apply(model, params, T5.logits_from_hidden, r_hidden[name])
+      name: _apply(model, params, "logits_from_hidden", r_hidden[name])
       for name, (model, params) in refs.items()
     }
     return sums_fn(s_logits, r_logits, mask, teacher_top)
@@ -200,7 +196,7 @@ def token_sums(
   return jax.lax.scan(lambda totals, x: (optax.tree.add(totals, chunk(x)), None), first, rest)[0]
 
 
-def _sft_loss(model: T5, params: Any, batch: Batch, rng: Array) -> tuple[Array, Array]:
+def _sft_loss(model: LanguageModel, params: Any, batch: Batch, rng: Array) -> tuple[Array, Array]:
   logits = forward(model, params, batch, train=True, rng=rng)
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch.responses[..., None], axis=-1)[
     ..., 0
@@ -213,7 +209,7 @@ def _sft_loss(model: T5, params: Any, batch: Batch, rng: Array) -> tuple[Array, 
 
 
 def sft_step(
-  state: TrainState, batch: Batch, rng: Array, *, model: T5
+  state: TrainState, batch: Batch, rng: Array, *, model: LanguageModel
 ) -> tuple[TrainState, Metrics]:
   """Cross-entropy step on (prompt, response) pairs; metrics `sft/{loss,accuracy,grad_norm}`."""
   (loss, accuracy), grads = jax.value_and_grad(
@@ -223,7 +219,9 @@ def sft_step(
   return state.apply_gradients(grads=grads), metrics
 
 
-def make_sft_step(model: T5) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
+def make_sft_step(
+  model: LanguageModel,
+) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
   """`sft_step` bound to `model`: (state, batch, rng) -> (state, metrics)."""
   return functools.partial(sft_step, model=model)
 
@@ -235,9 +233,9 @@ def distill_step(
   batch: Batch,
   rng: Array,
   *,
-  student: T5,
-  teacher: T5,
-  oracle: T5 | None,
+  student: LanguageModel,
+  teacher: LanguageModel,
+  oracle: LanguageModel | None,
   loss: str = "fkl",
   beta: float = 0.5,
   normalized: bool = False,
@@ -319,9 +317,9 @@ def distill_step(
 
 
 def make_distill_step(
-  student: T5,
-  teacher: T5,
-  oracle: T5 | None,
+  student: LanguageModel,
+  teacher: LanguageModel,
+  oracle: LanguageModel | None,
   loss: str = "fkl",
   beta: float = 0.5,
   normalized: bool = False,
@@ -351,7 +349,7 @@ def make_distill_step(
 
 
 def teacher_top_k(
-  teacher_params: Any, batch: Batch, *, teacher: T5, k: int, temperature: float = 1.0
+  teacher_params: Any, batch: Batch, *, teacher: LanguageModel, k: int, temperature: float = 1.0
 ) -> TeacherTopK:
   """The teacher's top `k` log-probabilities at `temperature` at each response position of
   `batch` (teacher-forced): what an offline dataset of truncated teacher logits stores."""
@@ -381,9 +379,9 @@ def eval_sums(
   oracle_params: Any,
   batch: Batch,
   *,
-  student: T5,
-  teacher: T5,
-  oracle: T5,
+  student: LanguageModel,
+  teacher: LanguageModel,
+  oracle: LanguageModel,
   sequence_chunks: int = 1,
 ) -> Metrics:
   """Totals over `batch` (float32 scalars): masked sums of `proxy/{fkl,rkl,jsd}`,
@@ -400,7 +398,9 @@ def eval_sums(
   return totals
 
 
-def make_eval_sums(student: T5, teacher: T5, oracle: T5, sequence_chunks: int = 1):
+def make_eval_sums(
+  student: LanguageModel, teacher: LanguageModel, oracle: LanguageModel, sequence_chunks: int = 1
+):
   """`eval_sums` bound to the models: `(student_params, teacher_params, oracle_params, batch)`."""
   return functools.partial(
     eval_sums, student=student, teacher=teacher, oracle=oracle, sequence_chunks=sequence_chunks

@@ -199,9 +199,12 @@ class Partitioner:
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, PartitionSpec())
 
-  def batch_sharding(self, ndim: int = 1) -> NamedSharding:
-    """Leading (batch) dimension split over data x fsdp; the other `ndim - 1` replicated."""
-    return NamedSharding(self.mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+  def batch_sharding(self, ndim: int = 1, axis: int = 0) -> NamedSharding:
+    """Dimension `axis` (the batch: 0, or 1 for a stack of batches [K, B, ...]) split over
+    data x fsdp; the other dimensions of an `ndim`-dimensional array replicated."""
+    spec = [None] * max(ndim, axis + 1)
+    spec[axis] = BATCH_AXES
+    return NamedSharding(self.mesh, PartitionSpec(*spec))
 
   def logical_sharding(self, names: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
     """The sharding of an array of `shape` whose dimensions have logical `names` (see
@@ -258,25 +261,27 @@ class Partitioner:
       self.param_shardings(model),
     )
 
-  def shard_batch(self, tree: Any) -> Any:
-    """Global host arrays [B, ...] (every process holds the same values) -> global jax arrays
-    split along B. Each process only transfers the rows of its own devices. Leaves that are
-    already jax arrays are left as they are.
+  def shard_batch(self, tree: Any, axis: int = 0) -> Any:
+    """Global host arrays [B, ...] (every process holds the same values; [K, B, ...] for a
+    stack of K batches with `axis` 1) -> global jax arrays split along B. Each process only
+    transfers the rows of its own devices. Leaves that are already jax arrays are left as they
+    are.
 
     B must be a multiple of `data_parallel_size` (see `pad_rows`).
     """
 
     def one(x):
-      if isinstance(x, jax.Array):
-        return x
+      if isinstance(x, jax.Array):  # a stack made on device is moved to the stack's sharding
+        return x if axis == 0 else jax.device_put(x, self.batch_sharding(x.ndim, axis))
       x = np.asarray(x)
-      if x.shape[0] % self.data_parallel_size:
+      if x.shape[axis] % self.data_parallel_size:
         raise ValueError(
-          f"A batch of {x.shape[0]} rows does not split over the "
+          f"A batch of {x.shape[axis]} rows does not split over the "
           f"{self.data_parallel_size} data-parallel devices (mesh data x fsdp); "
           "use a batch size that is a multiple of it."
         )
-      return jax.make_array_from_callback(x.shape, self.batch_sharding(x.ndim), lambda idx: x[idx])
+      sharding = self.batch_sharding(x.ndim, axis)
+      return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
     return jax.tree_util.tree_map(one, tree)
 

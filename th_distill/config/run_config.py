@@ -167,6 +167,7 @@ class RunConfig:
     found = [
       *failed((0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")),
       *self._regime_problems(),
+      *self.mesh.problems(),
       *self.sampling_settings.problems(),
       *self.teacher.problems(),
       *self.distill.problems(),

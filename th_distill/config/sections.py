@@ -300,12 +300,24 @@ class EvalSection:
 class MeshSection:
   """Devices per mesh axis (-1: the rest); checked against the machine's devices. A run whose
   plan needs more memory per device than a device has stops before compute
-  (`planning.preview.check_memory`) unless `ignore_memory_estimate`."""
+  (`planning.preview.check_memory`) unless `ignore_memory_estimate`. `steps_per_dispatch`:
+  training steps per call of the compiled program (`training.dispatch`; 0 = chosen from a
+  step's FLOPs)."""
 
   data: int
   fsdp: int
   model: int
   ignore_memory_estimate: bool = False
+  steps_per_dispatch: int = 0
+
+  def problems(self) -> list[Problem]:
+    return failed(
+      (
+        self.steps_per_dispatch >= 0,
+        "mesh.steps_per_dispatch",
+        "must be >= 0 (0 chooses it from a step's FLOPs)",
+      ),
+    )
 
 
 __all__ = [

@@ -7,6 +7,10 @@ its own). A source is built for one run from a `SourceContext` and gives
 - `batch_at(step, student_params) -> Batch`: the batch of `step`, a pure function of the seed
   and the step (and, on-policy, of the student's parameters then), so a resumed run sees the
   batches an uninterrupted one would;
+- `needs_params_at(step)`: whether the batches drawn at the top of `step` depend on the
+  student's parameters of that step (True by default; offline and teacher-only sources say
+  False), so the trainer may ask for the batches of several steps at once
+  (th_distill.training.dispatch) everywhere else;
 - `train_set() -> {prompts, responses, mask}`: the training-prompt evaluation set;
 - `state(step)` / `load_state(state)`: what it must carry across a checkpoint at `step` to give
   the same batches after a resume (None when it needs nothing: the trainer then saves nothing
@@ -87,6 +91,12 @@ class BatchSource(abc.ABC):
   @abc.abstractmethod
   def train_set(self) -> dict[str, np.ndarray]:
     """The training-prompt evaluation set (host arrays prompts, responses, mask)."""
+
+  def needs_params_at(self, step: int) -> bool:
+    """Whether `batch_at` at the top of `step` draws on the student's parameters then (True
+    unless a source knows better: a dispatch of several steps then begins at `step`)."""
+    del step
+    return True
 
   def state(self, step: int) -> Any | None:
     """What a checkpoint at `step` must hold for the batches of steps >= `step` (a pytree of
@@ -208,6 +218,10 @@ class Offline(BatchSource):
       self._dataset(generation), config.student.batch_size, config.seed, generation
     )
     return batches(local, student_params)
+
+  def needs_params_at(self, step: int) -> bool:
+    del step  # the teacher's samples, drawn whatever the student is
+    return False
 
   def train_set(self) -> dict[str, np.ndarray]:
     rows = self.context.config.eval.num_train_prompts
@@ -352,6 +366,9 @@ class Online(BatchSource):
     current = schedule.group(step)
     self._ahead = {g: b for g, b in self._ahead.items() if g >= current}
     return self._ahead[current]
+
+  def needs_params_at(self, step: int) -> bool:
+    return "student" in self.samplers and bool(self.schedule.sampled_at(step))
 
   def state(self, step: int) -> Any | None:
     slots = self.schedule.slots

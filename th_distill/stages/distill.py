@@ -40,7 +40,7 @@ from th_distill.rundir.kept import KeptParameters
 from th_distill.rundir.layout import RegimeDirectory, RunDirectory
 from th_distill.stages.keys import Purpose, key
 from th_distill.stages.stage1 import Stage1
-from th_distill.training import guards
+from th_distill.training import dispatch, guards
 from th_distill.training.hooks import (
   DetectorAction,
   EvaluationHook,
@@ -62,11 +62,15 @@ def _evaluation(
 ):
   """`evaluate(student_params, step) -> {name: value}`: the student against the teacher and
   the oracle on the fixed sets (oracle and teacher samples on held-out prompts, the
-  training-prompt set) and on its own fresh samples of the held-out prompts."""
+  training-prompt set; the references' logits on them computed once, `Programs.set_evaluator`)
+  and on its own fresh samples of the held-out prompts."""
   fixed_sets = {
-    EVAL_ORACLE: stage1.eval_sets["oracle"],
-    EVAL_TEACHER: stage1.eval_sets["teacher"],
-    TRAIN_TEACHER: train_set,
+    name: programs.set_evaluator("student", *frozen, data)
+    for name, data in (
+      (EVAL_ORACLE, stage1.eval_sets["oracle"]),
+      (EVAL_TEACHER, stage1.eval_sets["teacher"]),
+      (TRAIN_TEACHER, train_set),
+    )
   }
   evaluate_set, sample_student = programs.evaluator("student"), programs.host_sampler("student")
   student_key = key(config.seed, Purpose.EVAL_STUDENT)
@@ -76,8 +80,9 @@ def _evaluation(
       sample_student, student_params, eval_prompts, 1, jax.random.fold_in(student_key, step)
     )
     results = {}
-    for name, data in {**fixed_sets, EVAL_STUDENT: student_samples}.items():
-      results.update(evaluate_set(student_params, *frozen, data, name))
+    for name, evaluate_fixed in fixed_sets.items():
+      results.update(evaluate_fixed(student_params, name))
+    results.update(evaluate_set(student_params, *frozen, student_samples, EVAL_STUDENT))
     return results
 
   return evaluate
@@ -131,7 +136,10 @@ def run_regime(
     sources.SourceContext(config, programs, frozen[0], pools, run_dir, clock, phase)
   )
   evaluate = _evaluation(config, programs, stage1, pools["eval"], frozen, source.train_set())
-  distill_step = programs.distill_step()
+  distill_step, distill_steps = programs.distill_step(), programs.distill_step(dispatched=True)
+  per_dispatch = dispatch.steps_per_dispatch(
+    config.mesh.steps_per_dispatch, workload.distill_step_flops(config)
+  )
   state = new_train_state(
     programs.partitioner,
     programs.models.student,
@@ -151,6 +159,9 @@ def run_regime(
     guard=guards.StepWatch(regime, config.on_nonfinite),
     summed=DISTILL_METRICS,
     carried=source,
+    steps_fn=lambda state, *args: distill_steps(state, *frozen, *args),
+    steps_per_dispatch=per_dispatch,
+    needs_params_at=source.needs_params_at,
   )
   start = trainer.start_step
   check_rows(

@@ -16,7 +16,8 @@ import numpy as np
 from th_distill.config.settings import OptimizerSettings
 from th_distill.data import regimes as regime_lib
 from th_distill.observing import progress
-from th_distill.training import guards
+from th_distill.planning import flops
+from th_distill.training import dispatch, guards
 from th_distill.training.hooks import ProgressHook
 from th_distill.training.programs import Programs, new_train_state
 from th_distill.training.trainer import Trainer
@@ -45,6 +46,11 @@ def train_sft(
   rundir.preemption.Preempted after checkpointing on pre-emption."""
   model = getattr(programs.models, name)
   title = f"{name} SFT"
+  task = programs.config.task
+  step_flops = settings.batch_size * flops.train_flops(
+    programs.config.model(name), task.prompt_length, task.response_length
+  )
+  per_dispatch = dispatch.steps_per_dispatch(programs.config.mesh.steps_per_dispatch, step_flops)
   trainer = Trainer(
     title,
     programs.sft_step(name, settings, on_nonfinite),
@@ -63,6 +69,9 @@ def train_sft(
       fix=f"lower {name}.learning_rate",
     ),
     last=METRICS,
+    steps_fn=programs.sft_step(name, settings, on_nonfinite, dispatched=True),
+    steps_per_dispatch=per_dispatch,
+    needs_params_at=lambda step: False,  # the dataset's batches
   )
   if phase is None:  # a stand-alone SFT: a phase that times and logs itself
     work = [progress.Work("steps", "sft", settings.steps, 0)]

@@ -108,6 +108,19 @@ class StepWatch:
         self.zero_since,
       )
 
+  def check_steps(
+    self,
+    first: int,
+    count: int,
+    metrics: dict[str, Any],
+    checkpointer: checkpoints.RunCheckpointer,
+  ) -> None:
+    """`check` of steps first .. first + count - 1, whose metrics are stacked [K] (one
+    dispatch of several steps: th_distill.training.dispatch)."""
+    values = jax.device_get({name: metrics[name] for name in (self.loss, self.grad_norm)})
+    for row in range(count):
+      self.check(first + row, {name: value[row] for name, value in values.items()}, checkpointer)
+
 
 def _last_good(checkpointer: checkpoints.RunCheckpointer) -> str:
   step = checkpointer.latest_step()

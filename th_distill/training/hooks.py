@@ -9,7 +9,7 @@ detector's action, progress lines.
 - `RefreshAction`: with `on_detect = 'refresh'`, rolls the student back to its kept
   `best_predicted` parameters when the detector fires and switches its data to fresh teacher
   samples.
-- `ProgressHook`: counts each step in a progress phase (with a detail for its lines).
+- `ProgressHook`: counts the steps in a progress phase (with a detail for its lines).
 """
 
 from __future__ import annotations
@@ -106,6 +106,9 @@ class EvaluationHook(Hook):
     self.steps, self.evaluate, self.writer = steps, evaluate, writer
     self.phase, self.line, self.actions = phase, line, list(actions)
 
+  def starts_dispatch(self, step: int) -> bool:
+    return step in self.steps
+
   def before_step(self, trainer: Trainer, step: int) -> None:
     if step not in self.steps:
       return
@@ -124,12 +127,12 @@ class EvaluationHook(Hook):
 
 
 class ProgressHook(Hook):
-  """Advances `item` of `phase` after each step; `detail(trainer)` adds to its lines (read only
-  when a line is printed, so it may wait for the step)."""
+  """Advances `item` of `phase` by the steps of each dispatch; `detail(trainer)` adds to its
+  lines (read only when a line is printed, so it may wait for the step)."""
 
   def __init__(self, phase: Phase, item: str, detail: Callable[[Trainer], str] | None = None):
     self.phase, self.item, self.detail = phase, item, detail
 
-  def after_step(self, trainer: Trainer, step: int) -> None:
+  def after_steps(self, trainer: Trainer, first: int, count: int) -> None:
     detail = self.detail
-    self.phase.advance(self.item, detail=(lambda: detail(trainer)) if detail else None)
+    self.phase.advance(self.item, count, detail=(lambda: detail(trainer)) if detail else None)

@@ -27,10 +27,23 @@ def _add_step(sums: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> dict
   }
 
 
+def _add_steps(
+  sums: dict[str, jax.Array], metrics: dict[str, jax.Array], count: jax.Array
+) -> dict[str, jax.Array]:
+  """`_add_step` for the first `count` rows of metrics stacked [K], in order."""
+
+  def body(i, sums):
+    return _add_step(sums, {name: value[i] for name, value in metrics.items()})
+
+  return jax.lax.fori_loop(0, count, body, sums)
+
+
 class MetricSums:
   """Sums of `metrics` (names of the step's metrics, `train/loss` and `train/grad_norm` among
   them) and `steps`, as replicated device scalars. `empty()` -> {name: 0}; `add(sums,
-  metrics)` -> sums with one step's metrics added; both compiled once, for the mesh."""
+  metrics)` -> sums with one step's metrics added; `add_steps(sums, metrics, count)` -> sums
+  with the first `count` steps of metrics stacked [K] added in order (the same sums); compiled
+  once, for the mesh."""
 
   def __init__(self, partitioner: Partitioner, metrics: tuple[str, ...]):
     self.names = tuple(metrics) + (STEPS,)
@@ -40,6 +53,9 @@ class MetricSums:
     )
     self.add = partitioner.jit(
       _add_step, in_shardings=(replicated, replicated), out_shardings=replicated
+    )
+    self.add_steps = partitioner.jit(
+      _add_steps, in_shardings=(replicated,) * 3, out_shardings=replicated
     )
 
   @staticmethod

@@ -29,16 +29,22 @@ from th_distill.data.batch import Batch, TeacherTopK
 from th_distill.models.interface import LanguageModel
 from th_distill.partitioning import Partitioner, pad_rows
 from th_distill.sampling import SampleFn
-from th_distill.training import guards
+from th_distill.training import dispatch, guards
 from th_distill.training.steps import (
   TrainState,
   create_train_state,
+  eval_sums_against,
   make_distill_step,
   make_eval_sums,
   make_sft_step,
   reduce_eval_sums,
+  reference_logits,
   teacher_top_k,
 )
+
+# The most bytes of reference logits a fixed evaluation set keeps on the devices
+# (`Programs.set_evaluator`); a larger set recomputes them at every evaluation.
+REFERENCE_CACHE_BYTES = 1 << 28
 
 # evaluate(student_params, teacher_params, oracle_params, data, prefix) -> {prefix/name: value}
 Evaluator = Callable[[Any, Any, Any, dict[str, np.ndarray], str], dict[str, float]]
@@ -82,11 +88,53 @@ def sampler_program(
   )
 
 
+def _sft_step_fn(model: LanguageModel, on_nonfinite: str) -> Callable:
+  return guards.skip_nonfinite(make_sft_step(model), on_nonfinite, "sft/loss", "sft/grad_norm")
+
+
 def _sft_step(
   state: TrainState, batch: Batch, rng: jax.Array, model: LanguageModel, on_nonfinite: str
 ) -> tuple:
-  step = guards.skip_nonfinite(make_sft_step(model), on_nonfinite, "sft/loss", "sft/grad_norm")
-  return step(state, batch, rng)
+  return _sft_step_fn(model, on_nonfinite)(state, batch, rng)
+
+
+def _sft_steps(
+  state: TrainState,
+  batches: Batch,
+  rng: jax.Array,
+  first: jax.Array,
+  count: jax.Array,
+  model: LanguageModel,
+  on_nonfinite: str,
+) -> tuple:
+  step = _sft_step_fn(model, on_nonfinite)
+  return dispatch.repeat_steps(step, state, (), batches, rng, first, count)
+
+
+def _step_program(
+  single: Callable,
+  repeated: Callable,
+  dispatched: bool,
+  state_shardings: Any,
+  frozen_shardings: tuple,
+  static: tuple,
+  partitioner: Partitioner,
+) -> Callable:
+  """`single(state, *frozen, batch, rng)` or, `dispatched`, `repeated(state, *frozen, batches
+  [K, B, ...], rng, first, count)` (`dispatch.repeat_steps`) compiled for the mesh, the state
+  donated and the metrics replicated (stacked [K] when dispatched)."""
+  rep = partitioner.replicated
+  if dispatched:
+    fn, data = repeated, (partitioner.batch_sharding(2, axis=1), rep, rep, rep)
+  else:
+    fn, data = single, (batch_shardings(partitioner), rep)
+  return partitioner.jit(
+    fn,
+    in_shardings=(state_shardings, *frozen_shardings, *data),
+    out_shardings=(state_shardings, rep),
+    donate_argnums=0,
+    static=static,
+  )
 
 
 def sft_program(
@@ -94,16 +142,20 @@ def sft_program(
   optimizer: optax.GradientTransformation,
   partitioner: Partitioner,
   on_nonfinite: str = "stop",
+  dispatched: bool = False,
 ) -> Callable:
   """The SFT step `(state, batch, rng) -> (state, metrics)` (the state donated); with
-  `on_nonfinite = 'skip'` a non-finite step keeps the state (`guards.skip_nonfinite`)."""
-  state_shardings = partitioner.state_shardings(model, optimizer)
-  return partitioner.jit(
+  `on_nonfinite = 'skip'` a non-finite step keeps the state (`guards.skip_nonfinite`).
+  `dispatched`: several steps per call, `(state, batches, rng, first, count) -> (state,
+  metrics [K])` (`dispatch.repeat_steps`)."""
+  return _step_program(
     _sft_step,
-    in_shardings=(state_shardings, batch_shardings(partitioner), partitioner.replicated),
-    out_shardings=(state_shardings, partitioner.replicated),
-    donate_argnums=0,
-    static=(model, on_nonfinite),
+    _sft_steps,
+    dispatched,
+    partitioner.state_shardings(model, optimizer),
+    (),
+    (model, on_nonfinite),
+    partitioner,
   )
 
 
@@ -139,15 +191,51 @@ def eval_program(
   )
 
 
-def _distill_step(
-  state: TrainState,
-  teacher_params: Any,
-  oracle_params: Any,
-  batch: Batch,
-  rng: jax.Array,
-  models: Models,
-  settings: DistillSettings,
-) -> tuple:
+def _reference_logits(
+  teacher_params: Any, oracle_params: Any, batch: Batch, models: Models
+) -> dict[str, jax.Array]:
+  return reference_logits(
+    teacher_params, oracle_params, batch, teacher=models.teacher, oracle=models.oracle
+  )
+
+
+def reference_program(models: Models, partitioner: Partitioner) -> Callable:
+  """`(teacher_params, oracle_params, batch) -> {'proxy', 'golden'}: logits [B, Lt, V]` (split
+  along B): the references' side of `eval_program`, for a set evaluated many times."""
+  return partitioner.jit(
+    _reference_logits,
+    in_shardings=(
+      partitioner.param_shardings(models.teacher),
+      partitioner.param_shardings(models.oracle),
+      batch_shardings(partitioner),
+    ),
+    out_shardings=batch_shardings(partitioner),
+    static=(models,),
+  )
+
+
+def _eval_sums_against(
+  student_params: Any, batch: Batch, refs: dict[str, jax.Array], student: LanguageModel
+) -> dict[str, jax.Array]:
+  return eval_sums_against(student_params, batch, refs, student=student)
+
+
+def eval_against_program(student: LanguageModel, partitioner: Partitioner) -> Callable:
+  """`(student_params, batch, refs) -> {name: sum}`: `eval_program`'s sums against the
+  references' logits `refs` computed beforehand (`reference_program`)."""
+  return partitioner.jit(
+    _eval_sums_against,
+    in_shardings=(
+      partitioner.param_shardings(student),
+      batch_shardings(partitioner),
+      batch_shardings(partitioner),
+    ),
+    out_shardings=partitioner.replicated,
+    static=(student,),
+  )
+
+
+def _distill_step_fn(models: Models, settings: DistillSettings) -> Callable:
   loss = settings.loss
   step = make_distill_step(
     models.student,
@@ -162,29 +250,52 @@ def _distill_step(
     teacher_top_k=loss.teacher_top_k,
     tail=loss.tail,
   )
-  return guards.skip_nonfinite(step, settings.on_nonfinite)(
-    state, teacher_params, oracle_params, batch, rng
-  )
+  return guards.skip_nonfinite(step, settings.on_nonfinite)
+
+
+def _distill_step(
+  state: TrainState,
+  teacher_params: Any,
+  oracle_params: Any,
+  batch: Batch,
+  rng: jax.Array,
+  models: Models,
+  settings: DistillSettings,
+) -> tuple:
+  return _distill_step_fn(models, settings)(state, teacher_params, oracle_params, batch, rng)
+
+
+def _distill_steps(
+  state: TrainState,
+  teacher_params: Any,
+  oracle_params: Any,
+  batches: Batch,
+  rng: jax.Array,
+  first: jax.Array,
+  count: jax.Array,
+  models: Models,
+  settings: DistillSettings,
+) -> tuple:
+  step = _distill_step_fn(models, settings)
+  frozen = (teacher_params, oracle_params)
+  return dispatch.repeat_steps(step, state, frozen, batches, rng, first, count)
 
 
 def distill_program(
-  models: Models, settings: DistillSettings, partitioner: Partitioner
+  models: Models, settings: DistillSettings, partitioner: Partitioner, dispatched: bool = False
 ) -> Callable:
   """The distillation step `(state, teacher_params, oracle_params, batch, rng) -> (state,
-  metrics)` of `settings` (the state donated)."""
-  state_shardings = partitioner.state_shardings(models.student, settings.optimizer.build())
-  return partitioner.jit(
+  metrics)` of `settings` (the state donated); `dispatched`: several steps per call,
+  `(state, teacher_params, oracle_params, batches, rng, first, count) -> (state, metrics
+  [K])` (`dispatch.repeat_steps`)."""
+  return _step_program(
     _distill_step,
-    in_shardings=(
-      state_shardings,
-      partitioner.param_shardings(models.teacher),
-      partitioner.param_shardings(models.oracle),
-      batch_shardings(partitioner),
-      partitioner.replicated,
-    ),
-    out_shardings=(state_shardings, partitioner.replicated),
-    donate_argnums=0,
-    static=(models, settings),
+    _distill_steps,
+    dispatched,
+    partitioner.state_shardings(models.student, settings.optimizer.build()),
+    (partitioner.param_shardings(models.teacher), partitioner.param_shardings(models.oracle)),
+    (models, settings),
+    partitioner,
   )
 
 
@@ -225,6 +336,15 @@ def new_train_state(
     static=(optimizer,),
   )
   return create(params)
+
+
+def _reduce(parts: list[dict[str, jax.Array]], prefix: str) -> dict[str, float]:
+  """The chunks' eval sums added in order on the host, then `reduce_eval_sums`."""
+  totals: dict[str, float] = {}
+  for sums in parts:
+    for key, value in jax.device_get(sums).items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  return reduce_eval_sums(totals, prefix)
 
 
 class Programs:
@@ -273,20 +393,26 @@ class Programs:
     return fn
 
   def sft_step(
-    self, name: str, settings: OptimizerSettings, on_nonfinite: str = "stop"
+    self,
+    name: str,
+    settings: OptimizerSettings,
+    on_nonfinite: str = "stop",
+    dispatched: bool = False,
   ) -> Callable:
-    """The SFT step of model `name` under `settings`' optimiser (`on_nonfinite`: `sft_program`)."""
+    """The SFT step of model `name` under `settings`' optimiser (`on_nonfinite`, `dispatched`:
+    `sft_program`)."""
     return self._once(
-      ("sft", name, settings, on_nonfinite),
+      ("sft", name, settings, on_nonfinite, dispatched),
       lambda: sft_program(
-        getattr(self.models, name), settings.build(), self.partitioner, on_nonfinite
+        getattr(self.models, name), settings.build(), self.partitioner, on_nonfinite, dispatched
       ),
     )
 
-  def distill_step(self) -> Callable:
-    """The distillation step of the run's settings."""
+  def distill_step(self, dispatched: bool = False) -> Callable:
+    """The distillation step of the run's settings (`dispatched`: `distill_program`)."""
     return self._once(
-      ("distill",), lambda: distill_program(self.models, self.config.distill, self.partitioner)
+      ("distill", dispatched),
+      lambda: distill_program(self.models, self.config.distill, self.partitioner, dispatched),
     )
 
   def evaluator(self, name: str) -> Evaluator:
@@ -294,27 +420,62 @@ class Programs:
     per-sequence proxy/golden divergences of model `name` (as the student) on the host dataset
     `data` (prompts, responses, mask), `eval.batch_size` rows at a time padded to the
     data-parallel size."""
-    partitioner, size = self.partitioner, self.config.eval.batch_size
     eval_sums = self._once(
       ("eval", name),
       lambda: eval_program(
-        self.models, getattr(self.models, name), self.config.sequence_chunks, partitioner
+        self.models, getattr(self.models, name), self.config.sequence_chunks, self.partitioner
       ),
     )
 
     def evaluate(student_params, teacher_params, oracle_params, data, prefix):
-      totals: dict[str, float] = {}
-      for start in range(0, len(data["prompts"]), size):
-        chunk, _ = pad_rows(
-          {k: data[k][start : start + size] for k in ("prompts", "responses", "mask")},
-          partitioner.data_parallel_size,
-        )
-        sums = eval_sums(
-          student_params, teacher_params, oracle_params, partitioner.shard_batch(Batch(**chunk))
-        )
-        for key, value in sums.items():
-          totals[key] = totals.get(key, 0.0) + float(value)
-      return reduce_eval_sums(totals, prefix)
+      parts = [
+        eval_sums(student_params, teacher_params, oracle_params, chunk)
+        for chunk in self._device_chunks(data)
+      ]
+      return _reduce(parts, prefix)
+
+    return evaluate
+
+  def _device_chunks(self, data: dict[str, np.ndarray]) -> list[Batch]:
+    """The host set `data` as device batches of `eval.batch_size` rows, padded to the
+    data-parallel size (padding rows are all-zero: they count no token)."""
+    size, chunks = self.config.eval.batch_size, []
+    for start in range(0, len(data["prompts"]), size):
+      chunk, _ = pad_rows(
+        {k: data[k][start : start + size] for k in ("prompts", "responses", "mask")},
+        self.partitioner.data_parallel_size,
+      )
+      chunks.append(self.partitioner.shard_batch(Batch(**chunk)))
+    return chunks
+
+  def set_evaluator(
+    self, name: str, teacher_params: Any, oracle_params: Any, data: dict[str, np.ndarray]
+  ) -> Callable[[Any, str], dict[str, float]]:
+    """`evaluate(student_params, prefix)`: `evaluator(name)` on the fixed host set `data`
+    against these references, with the set moved to the devices once and, where their logits
+    take at most REFERENCE_CACHE_BYTES (and `sequence_chunks` is 1), the references run once:
+    later evaluations run the student only. The sums are those of `evaluator`."""
+    chunks = self._device_chunks(data)
+    cfg = self.config
+    rows = sum(chunk.prompts.shape[0] for chunk in chunks)
+    ref_bytes = 2 * 4 * rows * cfg.task.response_length * cfg.task.vocab_size
+    if cfg.sequence_chunks != 1 or ref_bytes > REFERENCE_CACHE_BYTES:
+      full = self.evaluator(name)
+      return lambda student_params, prefix: full(
+        student_params, teacher_params, oracle_params, data, prefix
+      )
+    references = self._once(
+      ("references",), lambda: reference_program(self.models, self.partitioner)
+    )
+    against = self._once(
+      ("eval_against", name),
+      lambda: eval_against_program(getattr(self.models, name), self.partitioner),
+    )
+    refs = [references(teacher_params, oracle_params, chunk) for chunk in chunks]
+
+    def evaluate(student_params, prefix):
+      parts = [against(student_params, chunk, ref) for chunk, ref in zip(chunks, refs)]
+      return _reduce(parts, prefix)
 
     return evaluate
 

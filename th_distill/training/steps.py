@@ -393,6 +393,36 @@ def eval_sums(
   totals = token_sums(
     eval_totals, student, student_params, refs, batch, sequence_chunks=sequence_chunks
   )
+  return _with_counts(totals, batch)
+
+
+def reference_logits(
+  teacher_params: Any,
+  oracle_params: Any,
+  batch: Batch,
+  *,
+  teacher: LanguageModel,
+  oracle: LanguageModel,
+) -> dict[str, Array]:
+  """{'proxy': the teacher's, 'golden': the oracle's} logits [B, Lt, V] float32 on `batch`:
+  what `eval_sums` computes of the references, for a set evaluated many times
+  (`eval_sums_against`)."""
+  return {
+    "proxy": forward(teacher, teacher_params, batch),
+    "golden": forward(oracle, oracle_params, batch),
+  }
+
+
+def eval_sums_against(
+  student_params: Any, batch: Batch, ref_logits: dict[str, Array], *, student: LanguageModel
+) -> Metrics:
+  """`eval_sums` (with `sequence_chunks` 1) against the references' logits on `batch` computed
+  beforehand (`reference_logits`): only the student runs."""
+  s_logits = forward(student, student_params, batch)
+  return _with_counts(eval_totals(s_logits, ref_logits, batch.mask, None), batch)
+
+
+def _with_counts(totals: Metrics, batch: Batch) -> Metrics:
   totals["tokens"] = jnp.sum(batch.mask)
   totals["sequences"] = jnp.sum(jnp.max(batch.mask, axis=-1) > 0).astype(jnp.float32)
   return totals

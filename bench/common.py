@@ -1,13 +1,18 @@
-"""Timing helpers shared by the benchmarks: interleaved repeats, medians, the matmul ceiling."""
+"""Helpers shared by the benchmarks: interleaved repeats and medians, the matmul ceiling, and the
+sampler's memory roofline (the bytes a decoding step reads, the streaming read rate)."""
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from th_distill.sampling import cache_segments
 
 
 def time_call(fn: Callable[[], object]) -> float:
@@ -32,10 +37,44 @@ def interleaved_medians(
   return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of a jitted float32 [size, size] x [size, size] matmul: this machine's yardstick."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+def matmul_probe(size: int = 2048, dtype: Any = jnp.float32) -> tuple[Callable[[], Any], float]:
+  """(a jitted [size, size] x [size, size] matmul of `dtype` on the default device at the
+  default precision, its FLOPs), to time beside other candidates."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), dtype)
   matmul = jax.jit(jnp.matmul)
-  seconds = interleaved_medians({"matmul": lambda: matmul(a, b)}, repeats, warmup=2)["matmul"]
-  return 2.0 * size**3 / seconds
+  return (lambda: matmul(a, b)), 2.0 * size**3
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 10, dtype: Any = jnp.float32) -> float:
+  """FLOP/s of `matmul_probe(size, dtype)` (float32: this machine's yardstick)."""
+  call, flops = matmul_probe(size, dtype)
+  return flops / interleaved_medians({"matmul": call}, repeats, warmup=2)["matmul"]
+
+
+def bandwidth_probe(mib: int = 512) -> tuple[Callable[[], Any], int]:
+  """(a jitted sum over a float32 array of `mib` MiB on the default device, its bytes): the
+  streaming read rate XLA reaches there is bytes / seconds per call."""
+  data = jnp.ones((mib, 1024, 256), jnp.float32)
+  total = jax.jit(jnp.sum)
+  return (lambda: total(data)), mib * 2**20
+
+
+def decode_step_bytes(cfg: Any, params: Any, batch: int, input_length: int, length: int) -> float:
+  """Bytes one decoding step of a T5 sampler reads, averaged over the L = `length` steps: the
+  decoder's weights except the cross-attention key/value projections (used once, at
+  `init_cache`), the output layer, the cross-attention keys and values [B, Li] and the
+  self-attention cache of the current segment (`cache_segments`), at the parameters' own dtypes
+  and the compute dtype for the caches."""
+  itemsize = jnp.dtype(cfg.compute_dtype).itemsize
+  weights = sum(
+    x.size * x.dtype.itemsize
+    for path, x in jax.tree_util.tree_leaves_with_path(params)
+    if re.search(r"decoder|logits_kernel", jax.tree_util.keystr(path))
+    and not re.search(r"cross_attention.*'(key|value)'", jax.tree_util.keystr(path))
+  )
+  per_position = 2 * cfg.num_decoder_layers * batch * cfg.num_heads * cfg.d_kv * itemsize
+  ends = cache_segments(length)
+  starts = [0] + ends[:-1]
+  cache_positions = sum((end - start) * end for start, end in zip(starts, ends)) / length
+  return float(weights + per_position * (input_length + cache_positions))

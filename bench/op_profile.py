@@ -40,10 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import interleaved_medians  # noqa: E402
+from bench.common import bandwidth_probe, decode_step_bytes, interleaved_medians  # noqa: E402
 from th_distill.models import T5, init_params, t5_config  # noqa: E402
 from th_distill.planning.flops import distill_flops  # noqa: E402
-from th_distill.sampling import cache_segments, sample  # noqa: E402
+from th_distill.sampling import sample  # noqa: E402
 from th_distill.training.steps import Batch, create_train_state, make_distill_step, make_optimizer  # noqa: E402
 
 # (kind, pattern on the op_names of an operation's instructions); the first match wins. Matmul
@@ -164,31 +164,6 @@ def _print_kinds(kinds: dict[str, float], per: int, unit: str) -> None:
     print(f"  {100 * seconds / total:5.1f}%  {1e3 * seconds / per:8.3f} ms/{unit}  {kind}")
 
 
-def bandwidth_probe() -> Callable[[], Any]:
-  """A jitted sum over a 512 MiB float32 array: the streaming read rate XLA reaches here."""
-  data = jnp.ones((128, 1024, 1024), jnp.float32)
-  total = jax.jit(jnp.sum)
-  return lambda: total(data)
-
-
-def decode_step_bytes(cfg: Any, params: Any, batch: int, input_length: int, length: int) -> float:
-  """Bytes one decoding step reads, averaged over the L steps: the decoder's weights except the
-  cross-attention key/value projections (used once, at `init_cache`), the output layer, the
-  cross-attention keys and values, and the self-attention cache of the current segment."""
-  itemsize = jnp.dtype(cfg.compute_dtype).itemsize
-  weights = sum(
-    x.size * x.dtype.itemsize
-    for path, x in jax.tree_util.tree_leaves_with_path(params)
-    if re.search(r"decoder|logits_kernel", jax.tree_util.keystr(path))
-    and not re.search(r"cross_attention.*'(key|value)'", jax.tree_util.keystr(path))
-  )
-  per_position = 2 * cfg.num_decoder_layers * batch * cfg.num_heads * cfg.d_kv * itemsize
-  ends = cache_segments(length)
-  starts = [0] + ends[:-1]
-  cache_positions = sum((end - start) * end for start, end in zip(starts, ends)) / length
-  return float(weights + per_position * (input_length + cache_positions))
-
-
 def sampler(args: argparse.Namespace) -> None:
   cfg = t5_config(args.size)
   model = T5(cfg)
@@ -199,9 +174,9 @@ def sampler(args: argparse.Namespace) -> None:
   key = jax.random.PRNGKey(2)
   compiled = sample.lower(model, params, prompts, key, max_length=args.length, eos_id=-1).compile()
   call = lambda: compiled(params, prompts, key)  # noqa: E731
-  probe = bandwidth_probe()
+  probe, probe_bytes = bandwidth_probe()
   seconds = interleaved_medians({"sampler": call, "bandwidth": probe}, args.repeats, warmup=1)
-  read_rate = 512 * 2**20 / seconds["bandwidth"]
+  read_rate = probe_bytes / seconds["bandwidth"]
   step_bytes = decode_step_bytes(cfg, params, args.batch, args.input_length, args.length)
   per_step = seconds["sampler"] / args.length
   bound = step_bytes / read_rate

@@ -11,7 +11,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from th_distill import cli, experiment
+from th_distill import cli
 
 
 def main() -> None:
@@ -24,6 +24,10 @@ def main() -> None:
 
   def body(argv: list[str]) -> None:
     cli.reject_arguments(argv)
+    # Imported once the flags and the config file are checked, so that a usage error or --help
+    # does not wait for the pipeline's modules (about a second: scipy, matplotlib, the stages).
+    from th_distill import experiment
+
     cli.run_command(lambda: experiment.run(config.value, workdir.value))
 
   cli.main(body)

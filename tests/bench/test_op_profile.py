@@ -1,12 +1,13 @@
-"""bench/op_profile.py: self times of nested trace events, the sampler's bytes per decoding step,
-and the attribution of a real compiled sampler's operations to kinds."""
+"""bench/op_profile.py: self times of nested trace events, the sampler's bytes per decoding step
+(`bench.common.decode_step_bytes`) and the attribution of a real compiled sampler's operations
+to kinds."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
-from bench import op_profile
+from bench import common, op_profile
 from th_distill.models import T5, init_params, t5_config
 from th_distill.sampling import sample
 
@@ -33,9 +34,7 @@ def test_decode_step_bytes_counts_decoder_weights_output_layer_and_caches():
   # 100 steps: a 64-position segment, then one of 100 positions.
   cache = (64 * 64 + 36 * 100) / 100
   expected = 4 * (weights + kv_per_position * (input_length + cache))
-  assert op_profile.decode_step_bytes(cfg, params, batch, input_length, 100) == pytest.approx(
-    expected
-  )
+  assert common.decode_step_bytes(cfg, params, batch, input_length, 100) == pytest.approx(expected)
 
 
 def test_sampler_operations_fall_into_the_model_kinds():

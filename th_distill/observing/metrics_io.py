@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 from absl import logging
-from tensorboardX import SummaryWriter
 
 from th_distill.errors import RunError
 from th_distill.observing import metric_names
@@ -112,6 +111,10 @@ class MetricsWriter:
     if resume_step is not None:
       self._rows = [r for r in self._rows if r["step"] < resume_step]
     self._rewrite()
+    # Imported here, not with the module: tensorboardX imports torch when it is installed
+    # (seconds), which every command paid at start-up through the config defaults.
+    from tensorboardX import SummaryWriter
+
     self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
 
   def _rewrite(self) -> None:

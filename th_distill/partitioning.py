@@ -183,6 +183,11 @@ class Partitioner:
     return cls(make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.model))
 
   @property
+  def platform(self) -> str:
+    """The mesh's devices' platform ('cpu', 'gpu', 'tpu')."""
+    return self.mesh.devices.flat[0].platform
+
+  @property
   def data_parallel_size(self) -> int:
     """Number of ways the batch is split (mesh data x fsdp)."""
     return self.mesh.shape["data"] * self.mesh.shape["fsdp"]

@@ -60,11 +60,12 @@ def test_dispatches_cover_every_step_once_and_break_where_asked(size, end):
     assert again == [s for s in starts if s >= resume]
 
 
-def test_the_automatic_size_is_a_power_of_two_from_a_steps_flops():
-  assert dispatch.steps_per_dispatch(5, 1e15) == 5  # set: as set
-  assert dispatch.steps_per_dispatch(0, 1e15) == 1  # a big step: one per dispatch
-  assert dispatch.steps_per_dispatch(0, dispatch.DISPATCH_FLOPS / 12) == 8
-  assert dispatch.steps_per_dispatch(0, 1.0) == dispatch.MAX_STEPS
+def test_the_automatic_size_is_one_on_a_cpu_else_a_power_of_two_from_a_steps_flops():
+  assert dispatch.steps_per_dispatch(5, 1e15, "cpu") == 5  # set: as set
+  assert dispatch.steps_per_dispatch(0, 1.0, "cpu") == 1
+  assert dispatch.steps_per_dispatch(0, 1e15, "gpu") == 1  # a big step: one per dispatch
+  assert dispatch.steps_per_dispatch(0, dispatch.DISPATCH_FLOPS / 12, "tpu") == 8
+  assert dispatch.steps_per_dispatch(0, 1.0, "gpu") == dispatch.MAX_STEPS
 
 
 def _tiny_model():

@@ -127,7 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
   # needing more memory per device than a device has stops before any compute, unless
   # ignore_memory_estimate is True (th_distill.planning.memory's estimate is conservative).
   # steps_per_dispatch K: training steps per call of the compiled program (a loop inside it,
-  # th_distill.training.dispatch; results unchanged), 0 = chosen from a step's FLOPs.
+  # th_distill.training.dispatch; results unchanged), 0 = 1 on a CPU, else from a step's FLOPs.
   c.mesh = dict(data=-1, fsdp=1, model=1, ignore_memory_estimate=False, steps_per_dispatch=0)
   # Memory: dtype of the frozen teacher and oracle in stage 2, and the number of chunks of the
   # response positions over which logits and divergences are computed (1 = all at once).

@@ -301,8 +301,8 @@ class MeshSection:
   """Devices per mesh axis (-1: the rest); checked against the machine's devices. A run whose
   plan needs more memory per device than a device has stops before compute
   (`planning.preview.check_memory`) unless `ignore_memory_estimate`. `steps_per_dispatch`:
-  training steps per call of the compiled program (`training.dispatch`; 0 = chosen from a
-  step's FLOPs)."""
+  training steps per call of the compiled program (`training.dispatch`; 0 = 1 on a CPU, else
+  chosen from a step's FLOPs)."""
 
   data: int
   fsdp: int
@@ -315,7 +315,7 @@ class MeshSection:
       (
         self.steps_per_dispatch >= 0,
         "mesh.steps_per_dispatch",
-        "must be >= 0 (0 chooses it from a step's FLOPs)",
+        "must be >= 0 (0 chooses it: 1 on a CPU, else from a step's FLOPs)",
       ),
     )
 

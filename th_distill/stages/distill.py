@@ -138,7 +138,9 @@ def run_regime(
   evaluate = _evaluation(config, programs, stage1, pools["eval"], frozen, source.train_set())
   distill_step, distill_steps = programs.distill_step(), programs.distill_step(dispatched=True)
   per_dispatch = dispatch.steps_per_dispatch(
-    config.mesh.steps_per_dispatch, workload.distill_step_flops(config)
+    config.mesh.steps_per_dispatch,
+    workload.distill_step_flops(config),
+    programs.partitioner.platform,
   )
   state = new_train_state(
     programs.partitioner,

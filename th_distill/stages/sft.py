@@ -50,7 +50,9 @@ def train_sft(
   step_flops = settings.batch_size * flops.train_flops(
     programs.config.model(name), task.prompt_length, task.response_length
   )
-  per_dispatch = dispatch.steps_per_dispatch(programs.config.mesh.steps_per_dispatch, step_flops)
+  per_dispatch = dispatch.steps_per_dispatch(
+    programs.config.mesh.steps_per_dispatch, step_flops, programs.partitioner.platform
+  )
   trainer = Trainer(
     title,
     programs.sft_step(name, settings, on_nonfinite),

@@ -13,7 +13,10 @@ batch that must be drawn with the student's parameters of that step); it covers 
 the next such step. The plan depends only on the config, never on where a run resumed, so a
 resumed run dispatches the same steps together as an uninterrupted one.
 
-`steps_per_dispatch(0, flops)` chooses K from a step's FLOPs: as many steps as make up
+`steps_per_dispatch(0, flops, platform)` chooses K: 1 on a CPU, where the host dispatches the
+next step while the devices' threads still run the last one, so a dispatch costs nothing
+measurable even at the default study's shapes (docs/benchmarks.md: `bench/dispatch.py`, one
+per dispatch against 8 per dispatch, x0.96 to x1.07); elsewhere as many steps as make up
 `DISPATCH_FLOPS`, a power of two between 1 and `MAX_STEPS`.
 """
 
@@ -29,17 +32,20 @@ import numpy as np
 
 from th_distill.data.batch import Batch
 
-# The work one dispatch should hold when K is chosen automatically: about 0.1 s of a CPU core's
-# matmuls, far more than a dispatch costs (tens of microseconds) on any device.
-DISPATCH_FLOPS = 1e10
+# The work one dispatch should hold when K is chosen automatically on an accelerator: about 1 ms
+# of an H100's dense bfloat16 matmuls, far more than a dispatch costs (tens of microseconds).
+DISPATCH_FLOPS = 1e12
 MAX_STEPS = 64
 
 
-def steps_per_dispatch(configured: int, step_flops: float) -> int:
-  """K: `configured` if > 0, else the power of two nearest below DISPATCH_FLOPS / `step_flops`,
-  between 1 and MAX_STEPS (1 for any step of DISPATCH_FLOPS or more)."""
+def steps_per_dispatch(configured: int, step_flops: float, platform: str) -> int:
+  """K: `configured` if > 0; else 1 on `platform` 'cpu', elsewhere the power of two nearest
+  below DISPATCH_FLOPS / `step_flops`, between 1 and MAX_STEPS (1 for any step of
+  DISPATCH_FLOPS or more)."""
   if configured > 0:
     return configured
+  if platform == "cpu":
+    return 1
   steps = int(DISPATCH_FLOPS // max(step_flops, 1.0))
   return max(1, min(MAX_STEPS, 1 << max(steps.bit_length() - 1, 0)))
 

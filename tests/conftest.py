@@ -27,30 +27,7 @@ def _share_compilations():
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
-# XLA:CPU code generation that compiles fast: LLVM without optimisation passes and the classic
-# element-wise emitters. A micro run's programs compile in well under half the CPU time (a
-# 16-device compile of a paper program in ~40%), and their tiny arrays run as fast; the
-# programs (HLO: fusion, sharding, buffers, collectives) are the same, only their machine code
-# is slower (`optimized_xla` tests, which compute more than they compile, run with the defaults).
-FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
-
-
-def xla_flags(*flags: str) -> str:
-  """XLA_FLAGS for this run's processes: `flags` (e.g. a forced device count) and the
-  fast-compile flags, unless the user's XLA_FLAGS (kept first) set one already."""
-  user = os.environ.get("XLA_FLAGS_OF_USER", "").split()
-  names = {flag.split("=")[0] for flag in (*user, *flags)}
-  own = [flag for flag in FAST_COMPILE_FLAGS if flag.split("=")[0] not in names]
-  return " ".join((*user, *flags, *own))
-
-
-def _compile_fast():
-  os.environ.setdefault("XLA_FLAGS_OF_USER", os.environ.get("XLA_FLAGS", ""))
-  os.environ["XLA_FLAGS"] = xla_flags()
-
-
 _share_compilations()
-_compile_fast()
 
 from th_distill.config import base_config, model_config  # noqa: E402
 

@@ -5,17 +5,15 @@ that write the parameters they were called with into their tokens, and end-to-en
 resume from a checkpoint to the uninterrupted run's metrics."""
 
 import dataclasses
-import os
-import shutil
 
 import numpy as np
 import pytest
+from run_rows import cut_after_checkpoint, untimed_rows
 
 from th_distill import config as config_lib
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
 from th_distill.data import sources
-from th_distill.observing.metrics_io import read_metrics
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints
 
@@ -186,28 +184,6 @@ def test_invalid_freshness_values_are_refused_naming_the_field(micro, field, val
 
 # --- end to end: resumed runs equal uninterrupted ones ------------------------------------------
 
-UNTIMED = ("time/", "throughput/")
-
-
-def _rows(workdir, regime):
-  rows = read_metrics(os.path.join(workdir, regime, "metrics.jsonl"))
-  return [{k: v for k, v in r.items() if not k.startswith(UNTIMED)} for r in rows]
-
-
-def _cut_after_checkpoint(workdir, regime, step):
-  """The run as a kill after the checkpoint of `step` leaves it: later checkpoints, rows and
-  the marker gone."""
-  run_dir = os.path.join(workdir, regime)
-  os.remove(os.path.join(run_dir, "done.json"))
-  for name in os.listdir(os.path.join(run_dir, "checkpoints")):
-    if name.isdigit() and int(name) > step:
-      shutil.rmtree(os.path.join(run_dir, "checkpoints", name))
-  rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-  with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
-    for row in rows:
-      if row["step"] < step:
-        f.write(checkpoints.json.dumps(row) + "\n")
-
 
 @pytest.mark.parametrize(
   "regime, settings",
@@ -230,7 +206,7 @@ def test_freshness_and_truncation_resume_to_the_uninterrupted_metrics(
     section, key = field.split(".")
     micro[section][key] = value
   summary = experiment.run(micro, str(tmp_path / "full"))
-  expected = _rows(tmp_path / "full", regime)
+  expected = untimed_rows(tmp_path / "full", regime)
   assert [r["step"] for r in expected] == list(range(8))
   cost = summary["regimes"][regime]
   generated = sources.source_class(regime).generated(RunConfig.from_config(micro), 7)
@@ -240,9 +216,9 @@ def test_freshness_and_truncation_resume_to_the_uninterrupted_metrics(
 
   partial = str(tmp_path / "partial")
   experiment.run(micro, partial)
-  _cut_after_checkpoint(partial, regime, 3)
+  cut_after_checkpoint(partial, regime, 3)
   experiment.run(micro, partial)
-  assert _rows(partial, regime) == expected
+  assert untimed_rows(partial, regime) == expected
 
 
 def test_truncated_offline_dataset_stores_the_teachers_top_k(micro, tmp_path):

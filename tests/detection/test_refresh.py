@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from run_rows import cut_after_checkpoint, untimed_rows
 
 from th_distill import config as config_lib
 from th_distill import detection, detector_eval, experiment
@@ -15,7 +16,6 @@ from th_distill.config.run_config import RunConfig
 from th_distill.data import sources
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.observing.metric_names import DETECTOR_REFRESHED, GOLDEN, PROXY
-from th_distill.observing.metrics_io import read_metrics
 from th_distill.rundir import checkpoints
 from th_distill.training.hooks import RefreshAction
 
@@ -32,25 +32,6 @@ FIRES_EARLY = dict(
   patience=1,
   min_step=0,
 )
-UNTIMED = ("time/", "throughput/")
-
-
-def _rows(workdir):
-  rows = read_metrics(os.path.join(workdir, "offline", "metrics.jsonl"))
-  return [{k: v for k, v in r.items() if not k.startswith(UNTIMED)} for r in rows]
-
-
-def _cut_after_checkpoint(workdir, step):
-  """The run as a kill after the checkpoint of `step` leaves it: later checkpoints and rows
-  and the marker gone, the parameters it kept (`best_predicted/`) still there."""
-  run_dir = os.path.join(workdir, "offline")
-  os.remove(os.path.join(run_dir, "done.json"))
-  for name in os.listdir(os.path.join(run_dir, "checkpoints")):
-    if name.isdigit() and int(name) > step:
-      shutil.rmtree(os.path.join(run_dir, "checkpoints", name))
-  rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-  with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
-    f.writelines(checkpoints.json.dumps(r) + "\n" for r in rows if r["step"] < step)
 
 
 @pytest.mark.slow
@@ -63,7 +44,7 @@ def test_refresh_switches_once_and_resumes_exactly_on_either_side_of_the_switch(
   fired = summary["detected_step"]
   assert fired is not None and 3 < fired <= 6, fired  # between the checkpoints cut at below
   assert summary["refreshed_at_step"] == fired
-  expected = _rows(full)
+  expected = untimed_rows(full, "offline")
   assert [r[DETECTOR_REFRESHED] for r in expected] == [float(r["step"] >= fired) for r in expected]
   kept = checkpoints.read_json(os.path.join(full, "offline", "best_predicted.json"))
   assert kept["step"] == summary["best_predicted_step"] < fired
@@ -78,9 +59,9 @@ def test_refresh_switches_once_and_resumes_exactly_on_either_side_of_the_switch(
   for cut in (3, 6):  # a kill before the switch (it is made again) and after it
     partial = str(tmp_path / f"cut{cut}")
     shutil.copytree(full, partial)
-    _cut_after_checkpoint(partial, cut)
+    cut_after_checkpoint(partial, "offline", cut)
     experiment.run(micro, partial)
-    assert _rows(partial) == expected, cut
+    assert untimed_rows(partial, "offline") == expected, cut
 
 
 class _Trainer:

@@ -4,7 +4,6 @@ dispatch, and end-to-end runs whose rows equal those of one step per dispatch, a
 fixed evaluation sets' cached references against the full evaluator."""
 
 import os
-import shutil
 
 import flax.linen as nn
 import jax
@@ -13,20 +12,18 @@ import numpy as np
 import optax
 import pytest
 from conftest import micro_config
+from run_rows import cut_after_checkpoint, untimed_rows
 
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
 from th_distill.data.batch import Batch
 from th_distill.models import init_params
-from th_distill.observing.metrics_io import read_metrics
 from th_distill.partitioning import Partitioner, make_mesh
 from th_distill.rundir import checkpoints
 from th_distill.training import dispatch, programs
 from th_distill.training.guards import NonFiniteStep, StepWatch
 from th_distill.training.steps import create_train_state, make_optimizer, make_sft_step
 from th_distill.training.trainer import Hook, Trainer
-
-UNTIMED = ("time/", "throughput/")
 
 
 @pytest.mark.parametrize("size", (1, 3, 4, 8))
@@ -166,24 +163,6 @@ def test_a_trainer_without_poison_runs_every_step_and_checkpoints_on_time(tmp_pa
   assert sorted(set(saved)) == [4, 8, 12]  # (12 again when the loop closes)
 
 
-def _rows(workdir, regime):
-  rows = read_metrics(os.path.join(workdir, regime, "metrics.jsonl"))
-  return [{k: v for k, v in r.items() if not k.startswith(UNTIMED)} for r in rows]
-
-
-def _cut_after_checkpoint(workdir, regime, step):
-  run_dir = os.path.join(workdir, regime)
-  os.remove(os.path.join(run_dir, "done.json"))
-  for name in os.listdir(os.path.join(run_dir, "checkpoints")):
-    if name.isdigit() and int(name) > step:
-      shutil.rmtree(os.path.join(run_dir, "checkpoints", name))
-  rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-  with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
-    for row in rows:
-      if row["step"] < step:
-        f.write(checkpoints.json.dumps(row) + "\n")
-
-
 @pytest.mark.slow
 def test_runs_of_several_steps_per_dispatch_log_the_rows_of_one_step_per_dispatch(micro, tmp_path):
   regimes = ("offline", "online_teacher", "online_student", "mixture")
@@ -196,15 +175,15 @@ def test_runs_of_several_steps_per_dispatch_log_the_rows_of_one_step_per_dispatc
     micro.mesh.steps_per_dispatch = per_dispatch
     workdir = str(tmp_path / f"k{per_dispatch}")
     experiment.run(micro, workdir)
-    rows[per_dispatch] = {regime: _rows(workdir, regime) for regime in regimes}
+    rows[per_dispatch] = {regime: untimed_rows(workdir, regime) for regime in regimes}
     assert checkpoints.read_json(os.path.join(workdir, "stage1", "info.json"))
   assert rows[4] == rows[1]
   # A run of 4 steps per dispatch cut after its checkpoint at step 8 resumes to the same rows.
   workdir = str(tmp_path / "k4")
   for regime in regimes:
-    _cut_after_checkpoint(workdir, regime, 8)
+    cut_after_checkpoint(workdir, regime, 8)
   experiment.run(micro, workdir)
-  assert {regime: _rows(workdir, regime) for regime in regimes} == rows[1]
+  assert {regime: untimed_rows(workdir, regime) for regime in regimes} == rows[1]
 
 
 def test_a_fixed_set_evaluated_against_cached_references_gives_the_full_evaluators_sums(

@@ -16,7 +16,7 @@ resumed run dispatches the same steps together as an uninterrupted one.
 `steps_per_dispatch(0, flops, platform)` chooses K: 1 on a CPU, where the host dispatches the
 next step while the devices' threads still run the last one, so a dispatch costs nothing
 measurable even at the default study's shapes (docs/benchmarks.md: `bench/dispatch.py`, one
-per dispatch against 8 per dispatch, x0.96 to x1.07); elsewhere as many steps as make up
+per dispatch against 8 per dispatch, x0.96); elsewhere as many steps as make up
 `DISPATCH_FLOPS`, a power of two between 1 and `MAX_STEPS`.
 """
 

@@ -3,7 +3,10 @@ persistent XLA compilation cache for the whole test run."""
 
 import atexit
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -27,7 +30,64 @@ def _share_compilations():
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
+# XLA:CPU code generation that compiles fast: LLVM without its optimisation passes, and the
+# classic element-wise emitters. The tests compile far more than they compute: a micro run's
+# programs compile in under half the CPU time, a 16-device compile of a paper program in ~40%.
+# The programs themselves (HLO: fusion, sharding, buffers, collectives, FLOPs) are the same; only
+# their machine code runs slower, which the tests' tiny arrays do not notice. A test marked
+# `optimized_xla` (one that computes more than it compiles) runs in a pytest process of its own
+# with the XLA_FLAGS the run was started with. A flag the user's XLA_FLAGS sets is left as set.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+_GIVEN_XLA_FLAGS = "TH_DISTILL_TESTS_GIVEN_XLA_FLAGS"  # XLA_FLAGS as the run was started
+_OPTIMIZED = "TH_DISTILL_TESTS_OPTIMIZED_XLA"  # set in the process of an `optimized_xla` test
+
+
+def xla_flags(*flags: str) -> str:
+  """XLA_FLAGS for a subprocess of this run: the run's own (the user's and the fast-compile
+  flags) and `flags` (e.g. a forced device count)."""
+  return " ".join((os.environ.get("XLA_FLAGS", ""), *flags)).strip()
+
+
+def _compile_fast():
+  """Adds the fast-compile flags to XLA_FLAGS before JAX starts a backend; the pytest-xdist
+  workers and the subprocesses inherit them."""
+  os.environ.setdefault(_GIVEN_XLA_FLAGS, os.environ.get("XLA_FLAGS", ""))
+  if os.environ.get(_OPTIMIZED):
+    return
+  given = os.environ.get("XLA_FLAGS", "").split()
+  names = {flag.split("=")[0] for flag in given}
+  own = [flag for flag in FAST_COMPILE_FLAGS if flag.split("=")[0] not in names]
+  os.environ["XLA_FLAGS"] = " ".join((*given, *own))
+
+
 _share_compilations()
+_compile_fast()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+  """Runs an `optimized_xla` test in `python -m pytest` of its own, under the XLA_FLAGS the run
+  was started with: it passes, fails (with the child's report) or is skipped as it does there."""
+  if pyfuncitem.get_closest_marker("optimized_xla") is None or os.environ.get(_OPTIMIZED):
+    return None
+  env = {**os.environ, _OPTIMIZED: "1", "XLA_FLAGS": os.environ[_GIVEN_XLA_FLAGS]}
+  child = subprocess.run(
+    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+    + ["-rs", pyfuncitem.nodeid],
+    cwd=str(pyfuncitem.config.rootpath),
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  summary = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else ""
+  if child.returncode == 0 and re.fullmatch(r"=*\s*1 skipped.*", summary):
+    pytest.skip(f"in its own process: {child.stdout[-2000:]}")
+  if child.returncode != 0 or not re.fullmatch(r"=*\s*1 passed.*", summary):
+    pytest.fail(
+      f"in its own process (exit status {child.returncode}):\n{child.stdout}{child.stderr}"
+    )
+  return True
+
 
 from th_distill.config import base_config, model_config  # noqa: E402
 
@@ -66,6 +126,7 @@ def micro_config():
   c.eval_every = 3
   c.eval_log_points = 0
   c.checkpoint_every = 4
+  c.write_figures = False  # ~2 s a run; the tests that check the figures turn them on
   return c
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import FAST_COMPILE_FLAGS
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -94,7 +95,7 @@ def test_library_tour_installs_the_hf_extra_before_importing_torch():
   assert install < next(i for i, c in enumerate(code) if "import torch" in c)
 
 
-def _execute(names, tmp_path, monkeypatch):
+def _execute(names, tmp_path, monkeypatch, fast_compile=False):
   """Runs the notebooks `names` in order, each in its own working directory under `tmp_path`,
   sharing TH_DISTILL_WORKDIR; fails on the first cell that raises. Returns {name: seconds}."""
   # A kernel spec that starts this interpreter (the test venv), whatever else is installed.
@@ -114,7 +115,12 @@ def _execute(names, tmp_path, monkeypatch):
   monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
   monkeypatch.setenv("TH_DISTILL_SMALL", "1")
   monkeypatch.setenv("TH_DISTILL_WORKDIR", str(tmp_path / "quickstart_workdir"))
-  monkeypatch.delenv("XLA_FLAGS", raising=False)  # one CPU device, as on a CPU runtime
+  # One CPU device, as on a CPU runtime; XLA's default code generation unless `fast_compile`
+  # (a notebook that compiles more than it computes: conftest.FAST_COMPILE_FLAGS).
+  if fast_compile:
+    monkeypatch.setenv("XLA_FLAGS", " ".join(FAST_COMPILE_FLAGS))
+  else:
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
 
   seconds = {}
   for name in names:
@@ -143,4 +149,4 @@ def test_quickstart_then_detecting_hacking_run_in_the_small_setting(tmp_path, mo
 
 @pytest.mark.slow
 def test_library_tour_runs_in_the_small_setting(tmp_path, monkeypatch):
-  _execute(("library_tour",), tmp_path, monkeypatch)
+  _execute(("library_tour",), tmp_path, monkeypatch, fast_compile=True)

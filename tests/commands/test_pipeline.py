@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
+from run_rows import cut_after_checkpoint, untimed_rows
 
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
@@ -24,10 +26,15 @@ def _rows(workdir, regime):
 def test_every_regime_end_to_end(micro, tmp_path, init):
   micro.regimes = ("offline", "online_teacher", "online_student", "mixture")
   micro.student.init = init
+  micro.write_figures = init == "scratch"  # one run with its figures, one without
   summary = experiment.run(micro, str(tmp_path))
 
-  for name in ("config.json", "summary.json", "report.md", "curves.png", "proxy_golden.png"):
+  for name in ("config.json", "summary.json", "report.md"):
     assert os.path.exists(tmp_path / name), name
+  report_text = (tmp_path / "report.md").read_text()
+  for name in ("curves", "proxy_golden", "detector"):
+    assert os.path.exists(tmp_path / f"{name}.png") == micro.write_figures, name
+    assert (f"]({name}.png)" in report_text) == micro.write_figures, name
   assert json.load(open(tmp_path / "config.json"))["student"]["init"] == init
   info = checkpoints.read_json(str(tmp_path / "stage1" / "info.json"))
   assert ("student_sft" in info) == (init == "sft")
@@ -122,32 +129,17 @@ def test_cached_stage_from_another_config_is_an_error(micro, tmp_path):
 
 def test_resumed_run_matches_uninterrupted_run(micro, tmp_path):
   micro.regimes = ("online_student",)
-  experiment.run(micro, str(tmp_path / "full"))
-  expected = _rows(tmp_path / "full", "online_student")
+  full = str(tmp_path / "full")
+  experiment.run(micro, full)
 
-  # Simulate a run stopped after the checkpoint of step 4: drop the later rows and the marker.
-  partial = tmp_path / "partial"
-  experiment.run(micro, str(partial))
-  run_dir = partial / "online_student"
-  os.remove(run_dir / "done.json")
-  for step_dir in os.listdir(run_dir / "checkpoints"):
-    if step_dir.isdigit() and int(step_dir) > 4:
-      import shutil
-
-      shutil.rmtree(run_dir / "checkpoints" / step_dir)
-  with open(run_dir / "metrics.jsonl") as f:
-    lines = f.readlines()
-  with open(run_dir / "metrics.jsonl", "w") as f:
-    f.writelines(lines[:2])
-    f.write('{"step": 6, "torn')  # a torn last line from a kill
-  experiment.run(micro, str(partial))
-  resumed = _rows(partial, "online_student")
-  timing = ("time/", "throughput/")
-
-  def strip(rows):
-    return [{k: v for k, v in r.items() if not k.startswith(timing)} for r in rows]
-
-  assert strip(resumed) == strip(expected)
+  # A run stopped after the checkpoint of step 4, its last metric row torn by the kill.
+  partial = str(tmp_path / "partial")
+  shutil.copytree(full, partial)
+  cut_after_checkpoint(partial, "online_student", 4)
+  with open(os.path.join(partial, "online_student", "metrics.jsonl"), "a") as f:
+    f.write('{"step": 6, "torn')
+  experiment.run(micro, partial)
+  assert untimed_rows(partial, "online_student") == untimed_rows(full, "online_student")
 
 
 def test_memory_settings_run_end_to_end_and_barely_change_the_metrics(micro, tmp_path):

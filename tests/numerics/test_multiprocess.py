@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_micro_config_file
+from conftest import FAST_COMPILE_FLAGS, write_micro_config_file
 
 from th_distill import experiment
 from th_distill.config import load_config_file
@@ -46,7 +46,7 @@ def test_two_processes_match_one(tmp_path):
       ENV_PROCESS_ID: str(process_id),
       "JAX_PLATFORMS": "cpu",
     }
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = " ".join(FAST_COMPILE_FLAGS)  # one device each
     processes.append(
       subprocess.Popen(
         [

@@ -20,6 +20,7 @@ from th_distill.rundir import checkpoints
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TESTS)
+from conftest import xla_flags  # noqa: E402
 from run_meshes import REGIMES, sharding_config  # noqa: E402
 
 MESHES = ((8, 1, 1), (2, 2, 2), (1, 4, 2))
@@ -33,7 +34,7 @@ DERIVED = ("detector/score",)
 def run_on_8_devices(root, meshes):
   env = {
     **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=8"),
     "JAX_PLATFORMS": "cpu",
   }
   subprocess.run(

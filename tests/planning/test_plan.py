@@ -8,6 +8,7 @@ Model shapes are the paper's (d_model, heads, d_ff, vocabulary, lengths, batches
 counts are cut to 2 + 2 so that a program compiles in seconds on a laptop CPU.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -41,25 +42,29 @@ def _compile_on_16_devices(out_path: str) -> None:
   """Run as a script under 16 forced devices: writes {config: {programs, layouts, fsdp}}."""
   import jax  # noqa: F401  (the backend starts with the forced devices)
 
-  from th_distill.partitioning import Partitioner, make_mesh
+  from th_distill import partitioning
   from th_distill.training.programs import Models
+
+  # A model's parameter shapes depend on the model alone: traced once per model rather than at
+  # every use (a plan asks for each model's shapes many times, and the configs share models).
+  partitioning.boxed_param_shapes = functools.cache(partitioning.boxed_param_shapes)
+  plan.boxed_param_shapes = partitioning.boxed_param_shapes
+  partitioner = partitioning.Partitioner(partitioning.make_mesh(*MESH))
+
+  @functools.cache
+  def layout(model):
+    """{parameter: [global shape, shard shape]} as the run places them."""
+    return {
+      jax.tree_util.keystr(path): [list(s.shape), list(s.sharding.shard_shape(s.shape))]
+      for path, s in jax.tree_util.tree_leaves_with_path(partitioner.abstract_params(model))
+    }
 
   results = {}
   for name in PAPER_CONFIGS:
     config = paper_config(name)
     plans = plan.plan(config, MESH)
-    partitioner = Partitioner(make_mesh(*MESH))
     models = Models.from_config(RunConfig.from_config(config))
-    # {model: {parameter: [global shape, shard shape]}} as the run places them.
-    layouts = {
-      model: {
-        jax.tree_util.keystr(path): [list(s.shape), list(s.sharding.shard_shape(s.shape))]
-        for path, s in jax.tree_util.tree_leaves_with_path(
-          partitioner.abstract_params(getattr(models, model))
-        )
-      }
-      for model in ("oracle", "teacher", "student")
-    }
+    layouts = {model: layout(getattr(models, model)) for model in ("oracle", "teacher", "student")}
     results[name] = {"programs": {p.name: p.__dict__ for p in plans}, "layouts": layouts}
   config = paper_config("xsum_large_to_base")
   results["fsdp"] = {f: plan.plan(config, (1, f, 1), ["distill_step"])[0].__dict__ for f in FSDP}
@@ -70,10 +75,12 @@ def _compile_on_16_devices(out_path: str) -> None:
 @pytest.mark.slow
 def test_paper_configs_compile_on_simulated_meshes(tmp_path):
   """One test, so that the compilations (minutes) run once, on one worker, under `-n 2`."""
+  from conftest import xla_flags
+
   out = tmp_path / "plans.json"
   env = {
     **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=16",
+    "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=16"),
     "JAX_PLATFORMS": "cpu",
   }
   subprocess.run(

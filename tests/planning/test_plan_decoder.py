@@ -63,10 +63,12 @@ def test_the_config_has_the_published_shapes():
 
 @pytest.mark.slow
 def test_the_decoder_paper_config_compiles_on_16_devices(tmp_path):
+  from conftest import xla_flags
+
   out = tmp_path / "plans.json"
   env = {
     **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=16",
+    "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=16"),
     "JAX_PLATFORMS": "cpu",
   }
   subprocess.run(

@@ -55,14 +55,14 @@ def test_sigterm_then_sigkill_then_resume_logs_the_uninterrupted_metrics(tmp_pat
   config_path = write_micro_config_file(
     tmp_path / "config.py",
     f"c.regimes = ({REGIME!r},)",
-    "c.student.steps = 400",
+    "c.student.steps = 300",
     "c.eval_every = 10",
     "c.checkpoint_every = 25",
   )
   reference = str(tmp_path / "reference")
   experiment.run(load_config_file(config_path), reference)
   expected = _rows(reference)
-  assert len(expected) == 41
+  assert len(expected) == 31
 
   workdir = str(tmp_path / "run")
   # Pre-emption: SIGTERM checkpoints at the current step and exits with "retry" (75).

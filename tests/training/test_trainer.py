@@ -119,7 +119,7 @@ def test_sigterm_during_the_teachers_sft_resumes_it_from_its_checkpoint(tmp_path
   config_path = write_micro_config_file(
     tmp_path / "config.py",
     "c.regimes = ('offline',)",
-    "c.teacher.steps = 3000",
+    "c.teacher.steps = 1000",
     "c.checkpoint_every = 50",
   )
   reference = str(tmp_path / "reference")
@@ -140,7 +140,7 @@ def test_sigterm_during_the_teachers_sft_resumes_it_from_its_checkpoint(tmp_path
   assert run.returncode == errors.EX_TEMPFAIL, output
   assert "teacher SFT: pre-empted (SIGTERM); checkpointed at step" in output
   step = int(output.split("checkpointed at step ")[1].split(".")[0])
-  assert 0 < step < 3000 and step in _sft_checkpoints(workdir)
+  assert 0 < step < 1000 and step in _sft_checkpoints(workdir)
   assert not os.path.exists(os.path.join(workdir, "stage1", "info.json"))
 
   again = subprocess.run(

@@ -134,6 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.frozen_dtype = "float32"
   c.sequence_chunks = 1
   c.hacking_threshold_pct = 5.0
+  # The run's figures (curves.png, proxy_golden.png, detector.png; ~2 s on a CPU): False for
+  # sweeps that only read summary.json and metrics.jsonl.
+  c.write_figures = True
   # The hacking detector (th_distill.detection), run on `metric` at every evaluation. Default
   # rule 'slowdown': it fires after `patience` consecutive evaluations at which the curve's
   # log-log slope over the last x`window` of steps is below `slope_ratio` times its slope over the

@@ -88,6 +88,7 @@ class RunConfig:
   frozen_dtype: str
   sequence_chunks: int
   hacking_threshold_pct: float
+  write_figures: bool
   values: Mapping[str, Any] = dataclasses.field(compare=False, hash=False, repr=False)
 
   @classmethod
@@ -322,4 +323,5 @@ TOP_LEVEL = (
   "frozen_dtype",
   "sequence_chunks",
   "hacking_threshold_pct",
+  "write_figures",
 )

@@ -71,9 +71,10 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
     "regimes": regimes,
   }
   checkpoints.write_json(run_dir.summary, summary)
-  figures.write_figures(
-    workdir, {r: [v] for r, v in rows.items()}, settings, metric, teacher_golden
-  )
+  if config.write_figures:
+    figures.write_figures(
+      workdir, {r: [v] for r, v in rows.items()}, settings, metric, teacher_golden
+    )
   lines = [
     "# th_distill run report",
     "",
@@ -143,17 +144,9 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
         f"{number(v['golden_rise_pct'], '+.1f')} | "
         f"{number(v['proxy_change_after_min_pct'], '+.1f')} | {v['outcome']} |"
       )
-  lines += [
-    "",
-    settings_text(settings, metric),
-    "",
-    "![curves](curves.png)",
-    "",
-    "![proxy-golden](proxy_golden.png)",
-    "",
-    "![detector](detector.png)",
-    "",
-  ]
+  lines += ["", settings_text(settings, metric), ""]
+  if config.write_figures:
+    lines += [f"![{name}]({name}.png)\n" for name in ("curves", "proxy_golden", "detector")]
   with open(run_dir.report, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   return summary

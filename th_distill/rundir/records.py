@@ -8,7 +8,7 @@ and the two ways forward: a new `--workdir`, or the old values as command-line o
 Fields that change no result (`FREE_FIELDS`) are in no stage's sections: `regimes` (the arms to
 run), `on_nonfinite` (a run stopped by a non-finite step may go on skipping them), `mesh`
 (results do not depend on it beyond float tolerance; checkpoints restore onto another mesh) and
-`hacking_threshold_pct` (read by the report only).
+`hacking_threshold_pct` and `write_figures` (read by the report only).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
   from th_distill.config.run_config import RunConfig
 
 # Fields a workdir's results do not depend on.
-FREE_FIELDS = ("regimes", "on_nonfinite", "mesh", "hacking_threshold_pct")
+FREE_FIELDS = ("regimes", "on_nonfinite", "mesh", "hacking_threshold_pct", "write_figures")
 _ABSENT = "(absent)"
 
 

@@ -5,8 +5,8 @@ Reading order: check the config and read it into its typed form (`config.validat
 config (`RunDirectory.check_config`) and record it, log the plan (devices, mesh, parameter
 counts, memory per device, each phase's work and a first time estimate; `planning.preview`),
 build the prompt pools, stage 1 (oracle -> oracle data -> teacher SFT, student init), stage 2
-(one distillation run per regime, each from its batch source), then the report (summary.json,
-plots, report.md). Every stage is cached in the workdir, so running the same command again
+(`stages.stage2`: one distillation run per regime, each from its batch source, side by side on a
+CPU), then the report (summary.json, plots, report.md). Every stage is cached in the workdir, so running the same command again
 resumes where it stopped. Importable without the CLI:
 
   from th_distill import experiment
@@ -30,8 +30,8 @@ from th_distill.planning.preview import log_plan
 from th_distill.results import report
 from th_distill.rundir import lock
 from th_distill.rundir.layout import RunDirectory
-from th_distill.stages import distill
 from th_distill.stages import stage1 as stage1_lib
+from th_distill.stages import stage2
 from th_distill.training.programs import Models, Programs
 
 
@@ -67,8 +67,7 @@ def _run(config: config_lib.RunConfig, run_dir: RunDirectory) -> dict[str, Any]:
   clock = log_plan(config, run_dir, partitioner, models)
   pools = prompt_pools(config)
   stage1 = stage1_lib.run(config, run_dir.stage1, programs, pools, clock)
-  for regime in config.regimes:
-    distill.run_regime(config, run_dir, regime, programs, stage1, pools, clock)
+  stage2.run(config, run_dir, programs, stage1, pools, clock)
   if not main:
     return {}
 

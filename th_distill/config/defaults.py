@@ -128,7 +128,16 @@ def base_config() -> ml_collections.ConfigDict:
   # ignore_memory_estimate is True (th_distill.planning.memory's estimate is conservative).
   # steps_per_dispatch K: training steps per call of the compiled program (a loop inside it,
   # th_distill.training.dispatch; results unchanged), 0 = 1 on a CPU, else from a step's FLOPs.
-  c.mesh = dict(data=-1, fsdp=1, model=1, ignore_memory_estimate=False, steps_per_dispatch=0)
+  # regimes_at_once: stage 2's regimes side by side, a thread each (th_distill.stages.regimes;
+  # results unchanged), 0 = every regime on a CPU run of one process, else 1.
+  c.mesh = dict(
+    data=-1,
+    fsdp=1,
+    model=1,
+    ignore_memory_estimate=False,
+    steps_per_dispatch=0,
+    regimes_at_once=0,
+  )
   # Memory: dtype of the frozen teacher and oracle in stage 2, and the number of chunks of the
   # response positions over which logits and divergences are computed (1 = all at once).
   c.frozen_dtype = "float32"

@@ -302,13 +302,16 @@ class MeshSection:
   plan needs more memory per device than a device has stops before compute
   (`planning.preview.check_memory`) unless `ignore_memory_estimate`. `steps_per_dispatch`:
   training steps per call of the compiled program (`training.dispatch`; 0 = 1 on a CPU, else
-  chosen from a step's FLOPs)."""
+  chosen from a step's FLOPs). `regimes_at_once`: stage 2's regimes run side by side, each from
+  a thread of its own (`stages.regimes`; 0 = all of them on a CPU run of one process, else 1).
+  Neither changes a result."""
 
   data: int
   fsdp: int
   model: int
   ignore_memory_estimate: bool = False
   steps_per_dispatch: int = 0
+  regimes_at_once: int = 0
 
   def problems(self) -> list[Problem]:
     return failed(
@@ -316,6 +319,11 @@ class MeshSection:
         self.steps_per_dispatch >= 0,
         "mesh.steps_per_dispatch",
         "must be >= 0 (0 chooses it: 1 on a CPU, else from a step's FLOPs)",
+      ),
+      (
+        self.regimes_at_once >= 0,
+        "mesh.regimes_at_once",
+        "must be >= 0 (0 chooses it: every regime at once on a one-process CPU run, else 1)",
       ),
     )
 

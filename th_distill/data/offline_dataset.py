@@ -13,6 +13,7 @@ truncated supervision the loss reads instead of the teacher's logits.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import jax
@@ -27,11 +28,19 @@ if TYPE_CHECKING:
   from th_distill.sampling import SampleFn
 
 PHASE = "offline dataset"  # its progress phase
+# Regimes side by side (`stages.regimes`) may ask for it at once: the first samples it, the
+# others wait and read it back.
+_BUILDING = threading.Lock()
 
 
 def load_or_build(context: SourceContext) -> dict[str, np.ndarray]:
   """Generation 0 (`regimes.build_offline`'s arrays, N*k rows, and the stored truncated
-  teacher if any), read back or sampled."""
+  teacher if any), read back or sampled (once, whichever threads ask)."""
+  with _BUILDING:
+    return _load_or_build(context)
+
+
+def _load_or_build(context: SourceContext) -> dict[str, np.ndarray]:
   config, path = context.config, context.run_dir.offline_dataset
   stage_key = records.StageKey.of(config, records.offline_sections(config))
   data = checkpoints.readable_arrays(path, "the offline dataset")  # damaged: set aside, rebuilt

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -246,6 +246,11 @@ class RunClock:
     self.peak_flops = peak_flops
     self.backend = backend or jax.default_backend()
     self._warned = False
+    self._together: list[frozenset[str]] = []
+
+  def run_together(self, keys: Sequence[str]) -> None:
+    """Phases `keys` run side by side from now on: the run's ETA counts the longest of them."""
+    self._together.append(frozenset(keys))
 
   def kind_rate(self, kind: str) -> tuple[float | None, bool]:
     """The latest measured seconds per FLOP of `kind` (else of its fallbacks; else the peak
@@ -267,15 +272,24 @@ class RunClock:
     )
 
   def remaining(self) -> tuple[float | None, bool]:
-    """(seconds left in the whole run, whether it is a lower bound)."""
+    """(seconds left in the whole run, whether it is a lower bound): the sum over the phases
+    left, a group of phases that run together (`run_together`) counted by its longest."""
+    groups = {p.key: (p.key,) for p in self.phases.values()}
+    for keys in self._together:
+      for k in keys:
+        groups[k] = tuple(sorted(keys))
     total, lower = 0.0, False
-    for p in self.phases.values():
-      if p.finished:
-        continue
-      seconds, bound = p.remaining()
-      if seconds is None:
-        return None, True
-      total, lower = total + seconds, lower or bound
+    for group in set(groups.values()):
+      longest = 0.0
+      for k in group:
+        p = self.phases.get(k)
+        if p is None or p.finished:
+          continue
+        seconds, bound = p.remaining()
+        if seconds is None:
+          return None, True
+        longest, lower = max(longest, seconds), lower or bound
+      total += longest
     return total, lower
 
   def warn_if_long(self) -> None:

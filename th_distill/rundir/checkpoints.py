@@ -8,11 +8,14 @@ are strict JSON: a missing or non-finite number is written as `null`, never `NaN
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -21,6 +24,36 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from th_distill.errors import RunError
+
+# Orbax's asynchronous saves from several threads' managers at once collide (they time out
+# waiting for each other's signals), so while regimes run side by side (`stages.stage2`) every
+# Orbax call holds this lock and a save finishes before the next Orbax call starts.
+_ORBAX = threading.RLock()
+_one_at_a_time = 0  # how many `one_orbax_call_at_a_time` contexts are open
+
+
+@contextlib.contextmanager
+def one_orbax_call_at_a_time() -> Iterator[None]:
+  """Within it, Orbax calls of every thread run one at a time and saves synchronously."""
+  global _one_at_a_time
+  with _ORBAX:
+    _one_at_a_time += 1
+  try:
+    yield
+  finally:
+    with _ORBAX:
+      _one_at_a_time -= 1
+
+
+def _serialised(fn: Callable) -> Callable:
+  """`fn` (an Orbax call) under `_ORBAX` while `one_orbax_call_at_a_time` is open."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with _ORBAX if _one_at_a_time else contextlib.nullcontext():
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def json_safe(value: Any) -> Any:
@@ -139,6 +172,7 @@ def _abstract(tree: Any) -> Any:
   return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+@_serialised
 def save_params(path: str, params: Any) -> None:
   """Saves a parameter pytree as an Orbax checkpoint at `path` (absolute, must not exist)."""
   checkpointer = ocp.StandardCheckpointer()
@@ -146,6 +180,7 @@ def save_params(path: str, params: Any) -> None:
   checkpointer.wait_until_finished()
 
 
+@_serialised
 def load_params(path: str, like: Any) -> Any:
   """Restores the pytree saved at `path` with the structure, shapes and shardings of `like`
   (arrays or `jax.ShapeDtypeStruct`s)."""
@@ -201,6 +236,7 @@ class RunCheckpointer:
   call `save` (collective).
   """
 
+  @_serialised
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
     self._saving: int | None = None  # the step of the last save started
@@ -212,11 +248,13 @@ class RunCheckpointer:
       ),
     )
 
+  @_serialised
   def latest_step(self) -> int | None:
     """The newest checkpoint's step, once it is on disk (waits for a save under way)."""
     self.wait()
     return self._manager.latest_step()
 
+  @_serialised
   def save(self, step: int, state: Any) -> None:
     """Starts saving `state` as checkpoint `step` (a step already saved or being saved is left
     as it is); see the class doc."""
@@ -224,11 +262,15 @@ class RunCheckpointer:
       return
     self._manager.save(step, args=ocp.args.StandardSave(state))  # raises a failed earlier save
     self._saving = step
+    if _one_at_a_time:
+      self._manager.wait_until_finished()
 
+  @_serialised
   def wait(self) -> None:
     """Blocks until the last save is on disk (raises its error if it failed)."""
     self._manager.wait_until_finished()
 
+  @_serialised
   def restore_latest(self, like: Any) -> Any | None:
     """The newest readable checkpoint, restored with the structure, shapes and shardings of
     `like`; None if there is none."""
@@ -252,6 +294,7 @@ class RunCheckpointer:
       return restored
     return None
 
+  @_serialised
   def _set_aside(self, step: int, reason: str) -> None:
     """Moves the unreadable checkpoint of `step` to `damaged-<step>` (a later save writes the
     step afresh), with a warning."""
@@ -268,6 +311,7 @@ class RunCheckpointer:
       os.replace(os.path.join(self.directory, str(step)), aside)
     self._manager.reload()
 
+  @_serialised
   def close(self) -> None:
     """Waits for the last save, then closes the manager."""
     self._manager.close()
@@ -284,6 +328,7 @@ class RunCheckpointer:
       return None
     return self._saving
 
+  @_serialised
   def discard_unfinished(self) -> None:
     """After a failed save: waits for the writer to stop and removes the checkpoints it left
     unfinished (Orbax's temporary folders), so they hold no disk space."""
@@ -297,6 +342,7 @@ class RunCheckpointer:
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
 
+@_serialised
 def save_param_trees(path: str, trees: dict[str, Any]) -> None:
   """Saves named parameter pytrees as one Orbax composite checkpoint at `path` (one item per
   name; collective on every process)."""
@@ -308,6 +354,7 @@ def save_param_trees(path: str, trees: dict[str, Any]) -> None:
   )  # a plain Checkpointer saves synchronously
 
 
+@_serialised
 def load_param_trees(path: str, like: dict[str, Any]) -> dict[str, Any]:
   """Restores the items of the composite checkpoint at `path` with the structure, shapes and
   shardings of `like` ({name: arrays or `jax.ShapeDtypeStruct`s})."""

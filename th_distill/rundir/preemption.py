@@ -4,6 +4,7 @@ same step on every process; running the same command again resumes it."""
 from __future__ import annotations
 
 import signal
+import threading
 from typing import Any
 
 import jax
@@ -41,6 +42,13 @@ def _record(signum, frame) -> None:
   _received = True
 
 
+def stop_at_next_step() -> None:
+  """Every training loop of this process under a watch checkpoints at its next step and stops
+  (`Preempted`), as after SIGTERM (one process; `stages.stage2` on Ctrl-C)."""
+  global _received
+  _received = True
+
+
 def record_sigterm() -> None:
   """Records SIGTERM for the rest of the process instead of dying of it (a command line of one
   process, `cli.run_command`): whenever it comes, and however many times, the run checkpoints at
@@ -58,7 +66,9 @@ class PreemptionWatch:
   process must call `reached` at every step of the loop. One process: SIGTERM is recorded
   instead of killing the process, while the watch is active (for the whole command under
   `record_sigterm`, so a SIGTERM between training loops stops the next one, and a second SIGTERM
-  while the run stops is recorded too).
+  while the run stops is recorded too). Only the main thread can take a signal: a watch entered
+  in another thread installs nothing and reads what the main thread's watch (`stages.regimes`
+  holds one while regimes run side by side) or `record_sigterm` records.
   """
 
   def __init__(self):
@@ -68,7 +78,11 @@ class PreemptionWatch:
 
   def __enter__(self) -> PreemptionWatch:
     global _received
-    if not self._service and signal.getsignal(signal.SIGTERM) is not _record:
+    if (
+      not self._service
+      and threading.current_thread() is threading.main_thread()  # (signals: the main thread's)
+      and signal.getsignal(signal.SIGTERM) is not _record
+    ):
       _received = False  # outside `record_sigterm`, SIGTERMs before the watch are not recorded
       self._previous = signal.signal(signal.SIGTERM, _record)
       self._installed = True

@@ -1,0 +1,63 @@
+"""Stage 2's regimes side by side (th_distill.stages.stage2): the same numbers as one after
+another, a resume from checkpoints cut mid-run, how many run at once, and the run's ETA."""
+
+import shutil
+
+from run_rows import cut_after_checkpoint, untimed_rows
+
+from th_distill import experiment
+from th_distill.observing import progress
+from th_distill.rundir import checkpoints
+from th_distill.stages.stage2 import regimes_at_once
+
+REGIMES = ("offline", "online_teacher", "online_student", "mixture")
+
+
+def test_how_many_regimes_run_at_once():
+  assert regimes_at_once(0, 4, "cpu", 1) == 4
+  assert regimes_at_once(0, 4, "gpu", 1) == 1
+  assert regimes_at_once(2, 4, "tpu", 1) == 2
+  assert regimes_at_once(8, 3, "cpu", 1) == 3
+  assert regimes_at_once(0, 4, "cpu", 2) == 1  # several processes: one at a time
+  assert regimes_at_once(0, 0, "cpu", 1) == 1
+
+
+def test_side_by_side_gives_the_numbers_of_one_after_another_and_resumes_to_them(micro, tmp_path):
+  micro.regimes = REGIMES
+  micro.student.steps, micro.checkpoint_every = 10, 2  # saves of the four regimes overlap
+  rows = {}
+  for at_once in (1, 0):
+    micro.mesh.regimes_at_once = at_once
+    workdir = str(tmp_path / f"at_once_{at_once}")
+    experiment.run(micro, workdir)
+    rows[at_once] = {regime: untimed_rows(workdir, regime) for regime in REGIMES}
+  assert rows[0] == rows[1]
+  # Every regime stopped after its checkpoint of step 4 (as a kill leaves them), resumed at once.
+  workdir = str(tmp_path / "cut")
+  shutil.copytree(tmp_path / "at_once_0", workdir)
+  for regime in REGIMES:
+    cut_after_checkpoint(workdir, regime, 4)
+  experiment.run(micro, workdir)
+  assert {regime: untimed_rows(workdir, regime) for regime in REGIMES} == rows[1]
+
+
+def test_orbax_calls_run_one_at_a_time_only_inside_the_context(tmp_path):
+  import jax.numpy as jnp
+
+  saver = checkpoints.RunCheckpointer(str(tmp_path / "c"))
+  with checkpoints.one_orbax_call_at_a_time():
+    saver.save(1, {"w": jnp.ones(3)})
+    assert saver.last_complete_step() == 1  # on disk when save returns
+  saver.close()
+
+
+def test_the_eta_counts_the_longest_of_the_phases_run_together():
+  def phase(key, units):
+    # 1 FLOP a unit, timed at 1 s a FLOP: `units` seconds left.
+    work = progress.Work("steps", "distill", units, 1.0, timed_units=1, timed_seconds=1.0)
+    return progress.Phase(key, key, [work])
+
+  clock = progress.RunClock([phase("a", 10), phase("b", 30), phase("c", 5)], peak_flops=1.0)
+  assert clock.remaining() == (45.0, False)
+  clock.run_together(["b", "c"])
+  assert clock.remaining() == (40.0, False)

@@ -16,6 +16,14 @@ def untimed_rows(workdir, regime):
   return [{k: v for k, v in r.items() if not k.startswith(UNTIMED)} for r in rows]
 
 
+def run_and_read(config, workdir):
+  """Runs `config` into `workdir`; {regime: its rows without timings} for each of its regimes."""
+  from th_distill import experiment
+
+  experiment.run(config, workdir)
+  return {regime: untimed_rows(workdir, regime) for regime in config.regimes}
+
+
 def cut_after_checkpoint(workdir, regime, step):
   """The run of `regime` as a kill after the checkpoint of `step` leaves it: later checkpoints,
   rows and the done marker gone (anything else it kept, e.g. `best_predicted/`, still there)."""

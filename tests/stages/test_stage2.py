@@ -3,7 +3,7 @@ another, a resume from checkpoints cut mid-run, how many run at once, and the ru
 
 import shutil
 
-from run_rows import cut_after_checkpoint, untimed_rows
+from run_rows import cut_after_checkpoint, run_and_read, untimed_rows
 
 from th_distill import experiment
 from th_distill.observing import progress
@@ -28,9 +28,7 @@ def test_side_by_side_gives_the_numbers_of_one_after_another_and_resumes_to_them
   rows = {}
   for at_once in (1, 0):
     micro.mesh.regimes_at_once = at_once
-    workdir = str(tmp_path / f"at_once_{at_once}")
-    experiment.run(micro, workdir)
-    rows[at_once] = {regime: untimed_rows(workdir, regime) for regime in REGIMES}
+    rows[at_once] = run_and_read(micro, str(tmp_path / f"at_once_{at_once}"))
   assert rows[0] == rows[1]
   # Every regime stopped after its checkpoint of step 4 (as a kill leaves them), resumed at once.
   workdir = str(tmp_path / "cut")

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import micro_config
-from run_rows import cut_after_checkpoint, untimed_rows
+from run_rows import cut_after_checkpoint, run_and_read, untimed_rows
 
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
@@ -178,8 +178,7 @@ def test_runs_of_several_steps_per_dispatch_log_the_rows_of_one_step_per_dispatc
   for per_dispatch in (1, 4):
     micro.mesh.steps_per_dispatch = per_dispatch
     workdir = str(tmp_path / f"k{per_dispatch}")
-    experiment.run(micro, workdir)
-    rows[per_dispatch] = {regime: untimed_rows(workdir, regime) for regime in regimes}
+    rows[per_dispatch] = run_and_read(micro, workdir)
     assert checkpoints.read_json(os.path.join(workdir, "stage1", "info.json"))
   assert rows[4] == rows[1]
   # A run of 4 steps per dispatch cut after its checkpoint at step 8 resumes to the same rows.

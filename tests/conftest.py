@@ -34,9 +34,10 @@ def _share_compilations():
 # classic element-wise emitters. The tests compile far more than they compute: a micro run's
 # programs compile in under half the CPU time, a 16-device compile of a paper program in ~40%.
 # The programs themselves (HLO: fusion, sharding, buffers, collectives, FLOPs) are the same; only
-# their machine code runs slower, which the tests' tiny arrays do not notice. A test marked
-# `optimized_xla` (one that computes more than it compiles) runs in a pytest process of its own
-# with the XLA_FLAGS the run was started with. A flag the user's XLA_FLAGS sets is left as set.
+# their machine code runs slower, which the tests' tiny arrays do not notice, and rounds
+# differently: a test marked `optimized_xla` (one that compares two different programs bit for
+# bit, or computes more than it compiles) runs in a pytest process of its own with the XLA_FLAGS
+# the run was started with. A flag the user's XLA_FLAGS sets is left as set.
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 _GIVEN_XLA_FLAGS = "TH_DISTILL_TESTS_GIVEN_XLA_FLAGS"  # XLA_FLAGS as the run was started
 _OPTIMIZED = "TH_DISTILL_TESTS_OPTIMIZED_XLA"  # set in the process of an `optimized_xla` test

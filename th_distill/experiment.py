@@ -6,8 +6,8 @@ config (`RunDirectory.check_config`) and record it, log the plan (devices, mesh,
 counts, memory per device, each phase's work and a first time estimate; `planning.preview`),
 build the prompt pools, stage 1 (oracle -> oracle data -> teacher SFT, student init), stage 2
 (`stages.stage2`: one distillation run per regime, each from its batch source, side by side on a
-CPU), then the report (summary.json, plots, report.md). Every stage is cached in the workdir, so running the same command again
-resumes where it stopped. Importable without the CLI:
+CPU), then the report (summary.json, plots, report.md). Every stage is cached in the workdir, so
+running the same command again resumes where it stopped. Importable without the CLI:
 
   from th_distill import experiment
   from th_distill.config import base_config

@@ -39,7 +39,7 @@ def test_side_by_side_gives_the_numbers_of_one_after_another_and_resumes_to_them
   assert {regime: untimed_rows(workdir, regime) for regime in REGIMES} == rows[1]
 
 
-def test_orbax_calls_run_one_at_a_time_only_inside_the_context(tmp_path):
+def test_a_save_inside_the_one_at_a_time_context_is_on_disk_when_it_returns(tmp_path):
   import jax.numpy as jnp
 
   saver = checkpoints.RunCheckpointer(str(tmp_path / "c"))

@@ -303,7 +303,7 @@ class MeshSection:
   (`planning.preview.check_memory`) unless `ignore_memory_estimate`. `steps_per_dispatch`:
   training steps per call of the compiled program (`training.dispatch`; 0 = 1 on a CPU, else
   chosen from a step's FLOPs). `regimes_at_once`: stage 2's regimes run side by side, each from
-  a thread of its own (`stages.regimes`; 0 = all of them on a CPU run of one process, else 1).
+  a thread of its own (`stages.stage2`; 0 = all of them on a CPU run of one process, else 1).
   Neither changes a result."""
 
   data: int

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
   from th_distill.sampling import SampleFn
 
 PHASE = "offline dataset"  # its progress phase
-# Regimes side by side (`stages.regimes`) may ask for it at once: the first samples it, the
+# Regimes side by side (`stages.stage2`) may ask for it at once: the first samples it, the
 # others wait and read it back.
 _BUILDING = threading.Lock()
 

@@ -67,7 +67,7 @@ class PreemptionWatch:
   instead of killing the process, while the watch is active (for the whole command under
   `record_sigterm`, so a SIGTERM between training loops stops the next one, and a second SIGTERM
   while the run stops is recorded too). Only the main thread can take a signal: a watch entered
-  in another thread installs nothing and reads what the main thread's watch (`stages.regimes`
+  in another thread installs nothing and reads what the main thread's watch (`stages.stage2`
   holds one while regimes run side by side) or `record_sigterm` records.
   """
 

@@ -6,8 +6,9 @@ thread of its own (0 = every regime on a CPU run of one process, else 1; docs/be
 measures it). Each regime computes exactly what it computes alone: the same programs on the
 same inputs, its own batches, keys and checkpoints; only the time changes. Side by side:
 
-- Orbax calls run one at a time and saves synchronously (`rundir.checkpoints.
-  one_orbax_call_at_a_time`: asynchronous saves of several threads collide);
+- Orbax calls run one at a time and saves synchronously
+  (`rundir.checkpoints.one_orbax_call_at_a_time`: asynchronous saves of several threads
+  collide);
 - the offline dataset is sampled once, by the first regime that asks for it
   (`data.offline_dataset.load_or_build`);
 - SIGTERM is recorded by the main thread for the whole stage, and every regime checkpoints at

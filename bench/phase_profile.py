@@ -8,8 +8,10 @@ For each source tree (`--src`, repeatable, default: this tree; the trees run in 
 DIR with `PYTHONPATH=DIR`, so an old snapshot of the code runs beside the new one, and reads its
 absl log (stderr):
 - each phase's wall seconds, from the timestamps of its first "<title>: starting (...)" line to
-  its "<title>: done in ..." line; a phase run inside another (the offline dataset, built by
-  regime 1) is subtracted from the enclosing one, so the rows add up to the total;
+  its "<title>: done in ..." line; a phase run inside another by the same thread (the offline
+  dataset, built by regime 1) is subtracted from the enclosing one; regimes that ran side by
+  side (a thread each) keep their own spans, and a row "regimes side by side (rows overlap)"
+  takes back the time counted twice, so the rows add up to the total;
 - startup (process start to the first log line: imports and backend; then to the first phase:
   the plan), the time between phases, the tail (last phase done to exit) and the total;
 - the plan's lower bound ("time: at least ..., the work's FLOPs at this machine's matmul rate").
@@ -46,8 +48,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +66,7 @@ from th_distill.planning import workload  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # An absl line: level, MMDD, time, thread, file:line] message.
-_ABSL = re.compile(r"^[IWEF](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+)\s+\d+ [^\]]*\] (.*)$")
+_ABSL = re.compile(r"^[IWEF](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+)\s+(\d+) [^\]]*\] (.*)$")
 _BOUND = re.compile(
   r"time: at least (.+?) \(the work's FLOPs at this machine's matmul rate, ([\d.]+) GFLOP/s\)"
 )
@@ -81,9 +83,26 @@ def parse_duration(text: str) -> float:
   return sum(float(n) * _UNITS[unit] for n, unit in zip(parts[::2], parts[1::2]))
 
 
-def parse_log(text: str, year: int) -> list[tuple[float, str]]:
-  """(POSIX time, message) of every absl line of `text` (local timestamps of `year`; a line
-  of an earlier month than the first belongs to the next year); other lines are skipped."""
+class LogLine(NamedTuple):
+  """One absl line: its POSIX time, message and thread id."""
+
+  time: float
+  message: str
+  thread: int
+
+
+class Interval(NamedTuple):
+  """A phase's span: its first 'starting' and its 'done' line's times, and the thread that
+  logged them (stage 2's regimes side by side each log from a thread of their own)."""
+
+  start: float
+  done: float
+  thread: int
+
+
+def parse_log(text: str, year: int) -> list[LogLine]:
+  """Every absl line of `text` (local timestamps of `year`; a line of an earlier month than the
+  first belongs to the next year); other lines are skipped."""
   lines, first_month = [], None
   for line in text.splitlines():
     m = _ABSL.match(line)
@@ -93,47 +112,64 @@ def parse_log(text: str, year: int) -> list[tuple[float, str]]:
     first_month = first_month or month
     micros = int(m[6].ljust(6, "0")[:6])
     when = datetime.datetime(year + (month < first_month), month, day, hour, minute, second, micros)
-    lines.append((when.timestamp(), m[7]))
+    lines.append(LogLine(when.timestamp(), m[8], int(m[7])))
   return lines
 
 
-def phase_intervals(
-  lines: Sequence[tuple[float, str]], titles: Sequence[str]
-) -> dict[str, tuple[float, float]]:
-  """{title: (first 'starting' time, 'done' time)} of each phase of `titles` found in `lines`."""
-  found: dict[str, tuple[float, float]] = {}
+def phase_intervals(lines: Sequence[LogLine], titles: Sequence[str]) -> dict[str, Interval]:
+  """{title: its `Interval`} of each phase of `titles` found in `lines`."""
+  found: dict[str, Interval] = {}
   for title in titles:
-    start = next((t for t, m in lines if m.startswith(f"{title}: starting (")), None)
-    done = next((t for t, m in lines if m.startswith(f"{title}: done in ")), None)
+    start = next((line for line in lines if line.message.startswith(f"{title}: starting (")), None)
+    done = next((line for line in lines if line.message.startswith(f"{title}: done in ")), None)
     if start is not None and done is not None:
-      found[title] = (start, done)
+      found[title] = Interval(start.time, done.time, start.thread)
   return found
 
 
-def logged_titles(lines: Sequence[tuple[float, str]]) -> list[str]:
+def logged_titles(lines: Sequence[LogLine]) -> list[str]:
   """The titles of the phases that logged a 'starting' line, in order."""
-  titles = [m.split(": starting (")[0] for _, m in lines if ": starting (" in m]
+  titles = [
+    line.message.split(": starting (")[0] for line in lines if ": starting (" in line.message
+  ]
   return list(dict.fromkeys(titles))
 
 
-def exclusive_seconds(intervals: dict[str, tuple[float, float]]) -> dict[str, float]:
-  """Each interval's length minus those of the intervals nested in it (one level: a phase run
-  inside another, as the offline dataset inside regime 1)."""
-  result = {}
-  for title, (start, done) in intervals.items():
-    nested = sum(
-      d - s
-      for other, (s, d) in intervals.items()
-      if other != title and start <= s and d <= done and (s, d) != (start, done)
+def exclusive_seconds(intervals: dict[str, Interval]) -> dict[str, float]:
+  """Each interval's length minus those of the intervals of the same thread nested in it (one
+  level: a phase run inside another, as the offline dataset inside the regime that asked for
+  it). Regimes side by side, each in a thread of its own, are never subtracted from one
+  another: their rows overlap in time (`covered_seconds`)."""
+  return {
+    title: outer.done
+    - outer.start
+    - sum(
+      inner.done - inner.start
+      for other, inner in intervals.items()
+      if other != title
+      and inner.thread == outer.thread
+      and outer.start <= inner.start
+      and inner.done <= outer.done
+      and inner[:2] != outer[:2]
     )
-    result[title] = done - start - nested
-  return result
+    for title, outer in intervals.items()
+  }
 
 
-def lower_bound(lines: Sequence[tuple[float, str]]) -> tuple[float, float] | None:
+def covered_seconds(intervals: Collection[Interval]) -> float:
+  """The length of the union of `intervals`: the wall time in which some phase ran."""
+  covered, reach = 0.0, float("-inf")
+  for start, done, _ in sorted(intervals):
+    if done > reach:
+      covered += done - max(start, reach)
+      reach = done
+  return covered
+
+
+def lower_bound(lines: Sequence[LogLine]) -> tuple[float, float] | None:
   """(seconds, GFLOP/s) of the plan's 'time: at least ...' line, or None."""
-  for _, message in lines:
-    m = _BOUND.search(message)
+  for line in lines:
+    m = _BOUND.search(line.message)
     if m:
       return parse_duration(m[1]), float(m[2])
   return None
@@ -325,18 +361,20 @@ def profile(
         "ratio_2048": seconds / (flops / peak) if seconds and flops else None,
       }
     )
-  first_log = lines[0][0] if lines else end
-  first_phase = min((s for s, _ in intervals.values()), default=end)
-  last_done = max((d for _, d in intervals.values()), default=end)
+  first_log = lines[0].time if lines else end
+  first_phase = min((i.start for i in intervals.values()), default=end)
+  last_done = max((i.done for i in intervals.values()), default=end)
   total = end - start
-  phase_sum = sum(own.values())
+  covered = covered_seconds(intervals.values())
   bound = lower_bound(lines)
   return {
     "total_seconds": total,
     "startup_seconds": first_phase - start,
     "imports_seconds": first_log - start,
     "plan_seconds": first_phase - first_log,
-    "between_phases_seconds": (last_done - first_phase) - phase_sum,
+    "between_phases_seconds": (last_done - first_phase) - covered,
+    # Negative: the time counted in more than one row (regimes that ran side by side).
+    "overlap_seconds": covered - sum(own.values()),
     "tail_seconds": end - last_done,
     "phases": rows,
     "total_flops": sum(r["flops"] for r in rows),
@@ -371,6 +409,7 @@ def table(result: dict[str, Any], peak: float) -> str:
       f"{_num(r['ratio_same_shape'], '.1f'):>7} {_num(r['ratio_2048'], '.1f'):>7}"
     )
   for label, seconds in (
+    ("regimes side by side (rows overlap)", result["overlap_seconds"]),
     ("between phases", result["between_phases_seconds"]),
     ("tail (last phase done to exit)", result["tail_seconds"]),
   ):

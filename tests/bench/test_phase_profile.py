@@ -39,6 +39,31 @@ I1203 10:27:54.801533 140692083616640 progress.py:214] regime 3 of 3 (online_stu
 I1203 10:27:59.636254 140692083616640 experiment.py:90] Done in 605s; report in /tmp/pp/wd/report.md
 """
 YEAR = 2026
+# The same study with its regimes side by side (`mesh.regimes_at_once`, 2026-12-03): they start
+# together, the offline dataset runs inside regime 1, and regime 3 ends before regime 2.
+LOG_SIDE_BY_SIDE = """\
+I1203 18:14:39.959845 140296958901120 preview.py:78] Plan: 1 cpu device(s) (cpu) in 1 process(es), mesh {'data': 1, 'fsdp': 1, 'model': 1}
+I1203 18:14:40.486747 140296958901120 preview.py:122]   time: at least 1 min 00 s (the work's FLOPs at this machine's matmul rate, 180 GFLOP/s); each phase's first timed steps give the estimates that follow
+I1203 18:14:40.506035 140296958901120 progress.py:104] stage 1: oracle calibration (256 prompts): starting (15 sampling passes; 3.9e+10 FLOP)
+I1203 18:14:49.693383 140296958901120 progress.py:214] stage 1: oracle calibration (256 prompts): done in 9 s; run ETA at least 5 min 30 s
+I1203 18:14:49.693662 140296958901120 progress.py:104] stage 1: oracle samples: starting (4,096 samples; 2.1e+10 FLOP)
+I1203 18:14:52.415632 140296958901120 progress.py:214] stage 1: oracle samples: done in 3 s; run ETA at least 3 min 20 s
+I1203 18:14:52.420586 140296958901120 progress.py:104] stage 1: teacher SFT (batch 32): starting (1,500 steps; 7.3e+11 FLOP)
+I1203 18:15:21.080252 140296958901120 progress.py:214] stage 1: teacher SFT (batch 32): done in 29 s; run ETA 5 min 33 s
+I1203 18:15:21.086006 140296958901120 progress.py:104] stage 1: student SFT (batch 32): starting (500 steps; 2.4e+11 FLOP)
+I1203 18:15:33.887147 140296958901120 progress.py:214] stage 1: student SFT (batch 32): done in 13 s; run ETA 5 min 26 s
+I1203 18:15:33.887744 140296958901120 progress.py:104] stage 1: evaluation sets (oracle and teacher): starting (1,024 samples; 5.1e+09 FLOP)
+I1203 18:15:38.898801 140296958901120 progress.py:214] stage 1: evaluation sets (oracle and teacher): done in 5 s; run ETA 5 min 17 s
+I1203 18:15:39.348726 140294653679296 progress.py:104] regime 3 of 3 (online_student): starting (2,000 steps, 2,000 generated batches, 256 train-prompt samples, 48 evaluations; 3.4e+12 FLOP)
+I1203 18:15:39.362011 140294678857408 progress.py:104] regime 1 of 3 (offline): starting (2,000 steps, 48 evaluations; 3.1e+12 FLOP)
+I1203 18:15:39.370418 140294862780096 progress.py:104] regime 2 of 3 (online_teacher): starting (2,000 steps, 2,000 generated batches, 256 train-prompt samples, 48 evaluations; 3.4e+12 FLOP)
+I1203 18:15:39.427638 140294678857408 progress.py:104] stage 2: offline dataset (teacher): starting (4,096 samples; 2.1e+10 FLOP)
+I1203 18:15:40.683450 140294678857408 progress.py:214] stage 2: offline dataset (teacher): done in 1 s; run ETA 2 min 36 s
+I1203 18:17:31.172719 140294678857408 progress.py:214] regime 1 of 3 (offline): done in 1 min 51 s; run ETA 1 min 53 s
+I1203 18:18:28.288102 140294653679296 progress.py:214] regime 3 of 3 (online_student): done in 2 min 48 s; run ETA 1 s
+I1203 18:18:28.500861 140294862780096 progress.py:214] regime 2 of 3 (online_teacher): done in 2 min 49 s; run ETA 0 s
+I1203 18:18:30.597758 140296958901120 experiment.py:89] Done in 231s; report in /tmp/phase_profile_0a_17lip/report.md
+"""
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +85,7 @@ def test_log_lines_phase_intervals_and_nested_phases(config):
   intervals = pp.phase_intervals(lines, titles)
   assert list(intervals) == titles  # every phase of the plan, regimes included
   assert pp.logged_titles(lines) == titles[:5] + titles[6:7] + titles[5:6] + titles[7:]
-  start, done = intervals["stage 1: oracle calibration (256 prompts)"]
+  start, done, _ = intervals["stage 1: oracle calibration (256 prompts)"]
   assert done - start == pytest.approx(19.859442, abs=1e-6)
   own = pp.exclusive_seconds(intervals)
   # The offline dataset ran inside regime 1: its time is subtracted from the regime's.
@@ -70,10 +95,42 @@ def test_log_lines_phase_intervals_and_nested_phases(config):
   assert pp.lower_bound(lines) == (309.0, 35.0)
 
 
+def test_regimes_side_by_side_keep_their_own_spans_and_the_rows_add_up(config):
+  lines = pp.parse_log(LOG_SIDE_BY_SIDE, YEAR)
+  phases = pp.plan_phases(config)
+  intervals = pp.phase_intervals(lines, [p.title for p in phases])
+  own = pp.exclusive_seconds(intervals)
+  # Regime 3 ran inside regime 2's span, side by side, and the offline dataset inside both:
+  # only regime 1's thread built it, and no regime is subtracted from another.
+  assert own["regime 2 of 3 (online_teacher)"] == pytest.approx(169.130443, abs=1e-6)
+  assert own["regime 3 of 3 (online_student)"] == pytest.approx(168.939376, abs=1e-6)
+  assert own["regime 1 of 3 (offline)"] == pytest.approx(111.810708 - 1.255812, abs=1e-6)
+  # Stage 1 and the regimes cover 18:14:40.506 - 18:18:28.501 but for the gaps between them.
+  covered = pp.covered_seconds(intervals.values())
+  assert covered == pytest.approx(228.0 - 0.44 - 0.02, abs=0.05)
+  start, end = lines[0].time - 3.0, lines[-1].time + 1.0
+  specs = {pp.chain_spec(config, p, w).name for p in phases for w in p.work.values()}
+  result = pp.profile(LOG_SIDE_BY_SIDE, start, end, config, dict.fromkeys(specs, 1e11), 1e11)
+  assert result["overlap_seconds"] == pytest.approx(covered - sum(own.values()))
+  assert result["overlap_seconds"] < -250  # two regimes' worth of time counted twice
+  assert 0 <= result["between_phases_seconds"] < 1.0
+  parts = result["startup_seconds"] + result["between_phases_seconds"] + result["tail_seconds"]
+  parts += result["overlap_seconds"]
+  assert parts + sum(r["seconds"] for r in result["phases"]) == pytest.approx(end - start)
+  assert "regimes side by side (rows overlap)" in pp.table(result, 1e11)
+
+
+def test_covered_seconds_merges_overlapping_and_nested_intervals():
+  assert pp.covered_seconds([]) == 0.0
+  spans = [(0, 2, 1), (1, 3, 2), (5, 6, 1), (5.2, 5.5, 1)]
+  assert pp.covered_seconds([pp.Interval(*s) for s in spans]) == pytest.approx(4.0)
+
+
 def test_a_log_over_new_year_keeps_its_order():
   text = "I1231 23:59:59.5 1 a.py:1] one\nI0101 00:00:00.5 1 a.py:1] two"
-  (first, _), (second, _) = pp.parse_log(text, YEAR)
-  assert second - first == pytest.approx(1.0)
+  first, second = pp.parse_log(text, YEAR)
+  assert second.time - first.time == pytest.approx(1.0)
+  assert (first.message, first.thread) == ("one", 1)
 
 
 def test_phase_flops_are_the_plans(config):
@@ -91,12 +148,13 @@ def test_phase_flops_are_the_plans(config):
 
 def test_profile_rows_add_up_to_the_wall_time(config):
   lines = pp.parse_log(LOG, YEAR)
-  start, end = lines[0][0] - 14.0, lines[-1][0] + 3.0
+  start, end = lines[0].time - 14.0, lines[-1].time + 3.0
   specs = {
     pp.chain_spec(config, p, w).name for p in pp.plan_phases(config) for w in p.work.values()
   }
   result = pp.profile(LOG, start, end, config, dict.fromkeys(specs, 1e11), 1e11)
   parts = result["startup_seconds"] + result["between_phases_seconds"] + result["tail_seconds"]
+  assert result["overlap_seconds"] == pytest.approx(0.0)  # one phase at a time
   assert parts + sum(r["seconds"] for r in result["phases"]) == pytest.approx(end - start)
   assert result["imports_seconds"] == pytest.approx(14.0)
   assert result["wall_over_bound"] == pytest.approx((end - start) / 309.0)

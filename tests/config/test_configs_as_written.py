@@ -11,9 +11,13 @@ student, T5's vocabulary; xsum_qwen_1p5b_to_0p5b: Qwen2.5 3B / 1.5B / 0.5B decod
 are for accelerators: initialising t5_small's three models alone takes a minute on a 2-core CPU,
 the paper oracles hold 11 GB of float32 parameters, and a real step (a T5-XL forward over 1,152
 tokens is ~7 TFLOP) would take minutes. Here they sample their prompt pools from the real (mocked) task at the
-real lengths, build each model with abstract shapes (`Partitioner.abstract_params`) and lower the
-run's own SFT and distillation programs for abstract arguments (`.lower`: traced, not compiled):
-every shape of the real run is checked, nothing is computed.
+real lengths, build each model with abstract shapes (`Partitioner.abstract_params`: the full
+models' parameter counts are checked against the published ones) and lower the run's own SFT and
+distillation programs for abstract arguments (`.lower`: traced, not compiled), every stack cut
+to `LOWERED_LAYERS` layers as th_distill.planning's compiled tests cut them: a stack's layers
+are identical, so every shape of the real run is still met (the widths, heads, vocabulary,
+lengths, batch, dtypes, a scan over layers) for a fraction of the tracing (a 24-layer
+unrolled T5-XL traced for ~30 s); nothing is computed.
 """
 
 import contextlib
@@ -45,6 +49,7 @@ ACCELERATOR_CONFIGS = (
   "xsum_qwen_1p5b_to_0p5b",
 )
 BATCH = 1  # rows of the SFT and distillation batches
+LOWERED_LAYERS = 2  # layers of each stack of the accelerator configs' lowered programs
 # Published parameter counts, in millions: T5 v1.1 (untied embeddings, 32,128 rows) and
 # Qwen2.5 (tied embeddings, 151,936 rows).
 T5_MILLIONS = {"oracle": 2849.8, "teacher": 783.2, "student": 247.6}  # xl, large, base
@@ -163,14 +168,24 @@ def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path)
   assert pools["oracle"].shape == (8, config.task.prompt_length)
 
   partitioner = Partitioner.from_config(config.mesh)
+  full = Models.from_config(RunConfig.from_config(config))
+  millions = {
+    m: param_count(partitioner.abstract_params(getattr(full, m))) / 1e6 for m in MILLIONS[name]
+  }
+  for model, expected in MILLIONS[name].items():
+    assert millions[model] == pytest.approx(expected, rel=0.01), millions
+
+  # The programs are lowered with every stack cut to LOWERED_LAYERS layers (see the docstring).
+  for m in ("oracle", "teacher", "student"):
+    model = config[m].model
+    depths = [k for k in ("num_layers", "num_encoder_layers", "num_decoder_layers") if k in model]
+    assert depths, m
+    model.update(dict.fromkeys(depths, LOWERED_LAYERS))
   typed = RunConfig.from_config(config)
   models = Models.from_config(typed)
   params = {
     m: partitioner.abstract_params(getattr(models, m)) for m in ("oracle", "teacher", "student")
   }
-  millions = {m: param_count(p) / 1e6 for m, p in params.items()}
-  for model, expected in MILLIONS[name].items():
-    assert millions[model] == pytest.approx(expected, rel=0.01), millions
 
   def abstract(tree):
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)

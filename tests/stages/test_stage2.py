@@ -6,20 +6,24 @@ import shutil
 from run_rows import cut_after_checkpoint, run_and_read, untimed_rows
 
 from th_distill import experiment
+from th_distill.config.sections import MeshSection
 from th_distill.observing import progress
 from th_distill.rundir import checkpoints
-from th_distill.stages.stage2 import regimes_at_once
 
 REGIMES = ("offline", "online_teacher", "online_student", "mixture")
 
 
 def test_how_many_regimes_run_at_once():
-  assert regimes_at_once(0, 4, "cpu", 1) == 4
-  assert regimes_at_once(0, 4, "gpu", 1) == 1
-  assert regimes_at_once(2, 4, "tpu", 1) == 2
-  assert regimes_at_once(8, 3, "cpu", 1) == 3
-  assert regimes_at_once(0, 4, "cpu", 2) == 1  # several processes: one at a time
-  assert regimes_at_once(0, 0, "cpu", 1) == 1
+  def at_once(configured, regimes, platform, processes):
+    mesh = MeshSection(1, 1, 1, regimes_at_once=configured)
+    return mesh.regimes_side_by_side(regimes, platform, processes)
+
+  assert at_once(0, 4, "cpu", 1) == 4
+  assert at_once(0, 4, "gpu", 1) == 1
+  assert at_once(2, 4, "tpu", 1) == 2
+  assert at_once(8, 3, "cpu", 1) == 3
+  assert at_once(0, 4, "cpu", 2) == 1  # several processes: one at a time
+  assert at_once(0, 0, "cpu", 1) == 1
 
 
 def test_side_by_side_gives_the_numbers_of_one_after_another_and_resumes_to_them(micro, tmp_path):

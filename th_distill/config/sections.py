@@ -313,6 +313,15 @@ class MeshSection:
   steps_per_dispatch: int = 0
   regimes_at_once: int = 0
 
+  def regimes_side_by_side(self, regimes: int, platform: str, processes: int) -> int:
+    """How many of `regimes` run at once: `regimes_at_once` (> 0; at most `regimes`), or for 0
+    all of them on a CPU run of one process and 1 otherwise; always 1 on several processes
+    (their collectives must be issued in the same order on every process)."""
+    if processes > 1:
+      return 1
+    chosen = self.regimes_at_once or (regimes if platform == "cpu" else 1)
+    return max(1, min(chosen, regimes))
+
   def problems(self) -> list[Problem]:
     return failed(
       (

@@ -203,6 +203,22 @@ def program_estimates(config: RunConfig, mesh: Sequence[int]) -> dict[str, dict[
   }
 
 
+# The distillation step's parts that regimes side by side share: the frozen models' parameters.
+SHARED_BY_REGIMES = ("teacher params", "oracle params")
+
+
+def side_by_side(step: dict[str, float], regimes: int) -> dict[str, float]:
+  """GiB per device of `regimes` distillation steps alive at once (stage 2's regimes side by
+  side, `mesh.regimes_at_once`), from one step's parts (`program_estimates`' 'distill_step'):
+  the frozen teacher and oracle once, every other part (the student's state, gathered weights,
+  activations, logits) once per regime; the totals likewise."""
+  result = {k: v if k in SHARED_BY_REGIMES else regimes * v for k, v in step.items()}
+  shared = sum(step[k] for k in SHARED_BY_REGIMES)
+  for total in ("total", "total, all gathered"):
+    result[total] = regimes * step[total] - (regimes - 1) * shared
+  return result
+
+
 def estimate(config: ml_collections.ConfigDict, mesh: Sequence[int]) -> dict[str, float]:
   """GiB per device of each part of a stage-2 distillation step of `config` on a
   (data, fsdp, model) `mesh` (`program_estimates`' 'distill_step')."""

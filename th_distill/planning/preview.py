@@ -54,9 +54,14 @@ def check_memory(program: str, needed: float, available: float | None, ignore: b
   (`mesh.ignore_memory_estimate`) only warns."""
   if not available or needed <= available:
     return
+  one_at_a_time = (
+    "run the regimes one at a time (--config.mesh.regimes_at_once=1), "
+    if "side by side" in program
+    else ""
+  )
   text = (
     f"the {program} needs about {needed:.1f} GiB per device, more than the {available:.1f} GiB "
-    "a device has: shard it over more devices (--config.mesh.*) or lower its memory "
+    f"a device has: {one_at_a_time}shard it over more devices (--config.mesh.*) or lower its memory "
     "(--config.frozen_dtype=bfloat16, --config.sequence_chunks, --config.student.micro_batches, "
     "a smaller batch size; docs/scaling.md)"
   )
@@ -69,7 +74,8 @@ def log_plan(
   config: RunConfig, run_dir: RunDirectory, partitioner: partitioning.Partitioner, models: Models
 ) -> progress.RunClock:
   """Logs what the run will do, before any of it: devices and mesh, each model's parameter
-  count, the memory per device of each compiled program (`th_distill.planning.memory`), each phase's work
+  count, the memory per device of each compiled program (`th_distill.planning.memory`; the
+  distillation steps of regimes side by side together), each phase's work
   and a lower bound of the time (its FLOPs at the device's matmul rate); warns when a CPU run
   would take hours. Raises OverMemory before any compute when a program does not fit (unless
   `mesh.ignore_memory_estimate`). Returns the clock of the run's phases, for progress lines and ETAs."""
@@ -94,6 +100,13 @@ def log_plan(
       cfg.vocab_size,
     )
   programs = memory.program_estimates(config, tuple(mesh.shape[a] for a in partitioning.MESH_AXES))
+  at_once = config.mesh.regimes_side_by_side(
+    len(config.regimes), partitioner.platform, jax.process_count()
+  )
+  if at_once > 1:
+    programs[f"distill_step x {at_once} (regimes side by side)"] = memory.side_by_side(
+      programs["distill_step"], at_once
+    )
   largest = max(programs, key=lambda name: programs[name]["total"])
   available = device_gib(device)
   logging.info(

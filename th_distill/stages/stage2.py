@@ -40,15 +40,6 @@ from th_distill.stages.stage1 import Stage1
 from th_distill.training.programs import Programs
 
 
-def regimes_at_once(configured: int, regimes: int, platform: str, processes: int) -> int:
-  """How many of `regimes` run side by side: `configured` (> 0; at most `regimes`), or for 0
-  all of them on a CPU run of one process and 1 otherwise; always 1 on several processes."""
-  if processes > 1:
-    return 1
-  chosen = configured or (regimes if platform == "cpu" else 1)
-  return max(1, min(chosen, regimes))
-
-
 def run(
   config: RunConfig,
   run_dir: RunDirectory,
@@ -58,11 +49,8 @@ def run(
   clock: progress.RunClock,
 ) -> None:
   """Runs `config.regimes` (see the module docstring); raises what `distill.run_regime` raises."""
-  at_once = regimes_at_once(
-    config.mesh.regimes_at_once,
-    len(config.regimes),
-    programs.partitioner.platform,
-    jax.process_count(),
+  at_once = config.mesh.regimes_side_by_side(
+    len(config.regimes), programs.partitioner.platform, jax.process_count()
   )
   if at_once == 1:
     for regime in config.regimes:

@@ -1,6 +1,9 @@
-"""Stage 2's regimes side by side (th_distill.stages.stage2): the same numbers as one after
-another, a resume from checkpoints cut mid-run, how many run at once, and the run's ETA."""
+"""Stage 2's regimes and stage 1's SFTs side by side (th_distill.stages.side_by_side): the same
+numbers as one after another, a resume from checkpoints cut mid-run, how many run at once, and
+the run's ETA."""
 
+import logging
+import os
 import shutil
 
 from run_rows import cut_after_checkpoint, run_and_read, untimed_rows
@@ -26,14 +29,34 @@ def test_how_many_regimes_run_at_once():
   assert at_once(0, 0, "cpu", 1) == 1
 
 
-def test_side_by_side_gives_the_numbers_of_one_after_another_and_resumes_to_them(micro, tmp_path):
+def _stage1_record(workdir):
+  info = checkpoints.read_json(os.path.join(workdir, "stage1", "info.json"))
+  return {k: v for k, v in info.items() if k != "seconds"}
+
+
+def _first(messages, *parts):
+  return next(i for i, m in enumerate(messages) if all(p in m for p in parts))
+
+
+def test_side_by_side_gives_the_numbers_of_one_after_another_and_resumes_to_them(
+  micro, tmp_path, caplog
+):
   micro.regimes = REGIMES
   micro.student.steps, micro.checkpoint_every = 10, 2  # saves of the four regimes overlap
-  rows = {}
+  rows, messages = {}, {}
   for at_once in (1, 0):
     micro.mesh.regimes_at_once = at_once
-    rows[at_once] = run_and_read(micro, str(tmp_path / f"at_once_{at_once}"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="absl"):
+      rows[at_once] = run_and_read(micro, str(tmp_path / f"at_once_{at_once}"))
+    messages[at_once] = [r.getMessage() for r in caplog.records]
   assert rows[0] == rows[1]
+  # Stage 1's two SFTs: one after the other, then side by side, to the same record.
+  assert _stage1_record(tmp_path / "at_once_0") == _stage1_record(tmp_path / "at_once_1")
+  for at_once, together in ((1, False), (0, True)):
+    student_starts = _first(messages[at_once], "student SFT", ": starting (")
+    teacher_done = _first(messages[at_once], "teacher SFT", ": done in ")
+    assert (student_starts < teacher_done) == together, messages[at_once]
   # Every regime stopped after its checkpoint of step 4 (as a kill leaves them), resumed at once.
   workdir = str(tmp_path / "cut")
   shutil.copytree(tmp_path / "at_once_0", workdir)

@@ -128,8 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
   # ignore_memory_estimate is True (th_distill.planning.memory's estimate is conservative).
   # steps_per_dispatch K: training steps per call of the compiled program (a loop inside it,
   # th_distill.training.dispatch; results unchanged), 0 = 1 on a CPU, else from a step's FLOPs.
-  # regimes_at_once: stage 2's regimes side by side, a thread each (th_distill.stages.stage2;
-  # results unchanged), 0 = every regime on a CPU run of one process, else 1.
+  # regimes_at_once: stage 2's regimes (and stage 1's two SFTs) side by side, a thread each
+  # (th_distill.stages.side_by_side; results unchanged), 0 = all on a CPU run of one process, else 1.
   c.mesh = dict(
     data=-1,
     fsdp=1,

@@ -302,8 +302,9 @@ class MeshSection:
   plan needs more memory per device than a device has stops before compute
   (`planning.preview.check_memory`) unless `ignore_memory_estimate`. `steps_per_dispatch`:
   training steps per call of the compiled program (`training.dispatch`; 0 = 1 on a CPU, else
-  chosen from a step's FLOPs). `regimes_at_once`: stage 2's regimes run side by side, each from
-  a thread of its own (`stages.stage2`; 0 = all of them on a CPU run of one process, else 1).
+  chosen from a step's FLOPs). `regimes_at_once`: stage 2's regimes, and stage 1's teacher and
+  student SFTs, run side by side, each from a thread of its own (`stages.side_by_side`; 0 = all
+  of them on a CPU run of one process, else 1).
   Neither changes a result."""
 
   data: int

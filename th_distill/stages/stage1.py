@@ -8,15 +8,18 @@ an SFT on the same data (`'sft'`). The fixed evaluation sets (oracle and teacher
 held-out prompts) are built here too, and the teacher's own golden distance to the oracle is
 recorded. Everything is cached in a directory (`WORKDIR/stage1/`, or one shared by a study's runs)
 under the sections of `rundir.records.stage1_sections` (layout: `rundir.layout.Stage1Directory`).
-The SFTs run through the training loop (th_distill.stages.sft): a pre-empted stage 1 resumes
-each SFT from its checkpoint.
+The SFTs run through the training loop (th_distill.stages.sft), the teacher's and the student's
+side by side where stage 2's regimes would be (`MeshSection.regimes_side_by_side`; the same
+numbers): a pre-empted stage 1 resumes each SFT from its checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -31,6 +34,7 @@ from th_distill.oracle import calibrate_oracle, with_logit_scale
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints, processes, records
 from th_distill.rundir.layout import STAGE1_PARAMS, Stage1Directory
+from th_distill.stages import side_by_side
 from th_distill.stages.keys import Purpose, key
 from th_distill.stages.sft import train_sft
 from th_distill.training.programs import Programs
@@ -187,6 +191,24 @@ def _sft(
   )
 
 
+def _run_sfts(
+  config: RunConfig,
+  programs: Programs,
+  clock: progress.RunClock,
+  sfts: dict[str, Callable[[], tuple[Any, dict[str, float]]]],
+) -> dict[str, tuple[Any, dict[str, float]]]:
+  """{model: (parameters, SFT record)} of each SFT of `sfts` ({model: its `_sft` call}): one
+  after another, or side by side as stage 2's regimes run (`MeshSection.regimes_side_by_side`:
+  on a CPU run of one process, by default; `stages.side_by_side`, the same numbers)."""
+  at_once = config.mesh.regimes_side_by_side(
+    len(sfts), programs.partitioner.platform, jax.process_count()
+  )
+  if at_once == 1:
+    return {name: sft() for name, sft in sfts.items()}
+  clock.run_together([f"{name} SFT" for name in sfts])
+  return dict(zip(sfts, side_by_side.run_side_by_side(list(sfts.values()), at_once, "sft")))
+
+
 def run(
   config: RunConfig,
   directory: Stage1Directory,
@@ -224,23 +246,26 @@ def run(
   )
   phase.finish()
   teacher_init = initial_params(config, "teacher", programs, key(seed, Purpose.TEACHER_INIT))
-  teacher_params, info["teacher_sft"] = _sft(
-    config, directory, programs, "teacher", teacher_init, oracle_data, Purpose.TEACHER_TRAIN, clock
+  student_params = initial_params(config, "student", programs, key(seed, Purpose.STUDENT_INIT))
+  sfts = {"teacher": (teacher_init, Purpose.TEACHER_TRAIN)}
+  if config.student.sft is not None:
+    sfts["student"] = (student_params, Purpose.STUDENT_SFT)
+  trained = _run_sfts(
+    config,
+    programs,
+    clock,
+    {
+      name: functools.partial(
+        _sft, config, directory, programs, name, params, oracle_data, purpose, clock
+      )
+      for name, (params, purpose) in sfts.items()
+    },
   )
+  teacher_params, info["teacher_sft"] = trained["teacher"]
   if config.teacher.temperature != 1.0:
     teacher_params = with_logit_scale(teacher_params, 1.0 / config.teacher.temperature)
-  student_params = initial_params(config, "student", programs, key(seed, Purpose.STUDENT_INIT))
-  if config.student.sft is not None:
-    student_params, info["student_sft"] = _sft(
-      config,
-      directory,
-      programs,
-      "student",
-      student_params,
-      oracle_data,
-      Purpose.STUDENT_SFT,
-      clock,
-    )
+  if "student" in trained:
+    student_params, info["student_sft"] = trained["student"]
   phase = clock.phase(workload.EVAL_SETS)
   eval_sets = _eval_sets(
     config, programs, pools["eval"], phase, {"oracle": oracle_params, "teacher": teacher_params}

@@ -12,6 +12,7 @@ depends on, as recorded in its marker (th_distill.rundir.records).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -29,10 +30,12 @@ from th_distill.config.settings import (
   failed,
 )
 from th_distill.data import prompts as prompt_lib
+from th_distill.data import vocabularies
 from th_distill.data.sources import REGIMES
 from th_distill.detection import DetectorSettings
 from th_distill.detection import config as detection_config
 from th_distill.models import ModelConfig, model_config_of
+from th_distill.models.tokens import SpecialTokens
 from th_distill.observing.eval_schedule import EvaluationSchedule
 
 MODELS = ("oracle", "teacher", "student")
@@ -120,9 +123,15 @@ class RunConfig:
     )
 
   # The settings the compiled programs take (hashable static arguments).
+  @functools.cached_property
+  def tokens(self) -> SpecialTokens:
+    """The task's special tokens (pad, stop and BOS ids), read once from its vocabulary's files
+    (`data.vocabularies.task_vocabulary`): the synthetic task's are T5's."""
+    return vocabularies.task_vocabulary(self.task).special_tokens
+
   @property
   def sampling_settings(self) -> SamplingSettings:
-    return self.sampling.settings(self.task.response_length)
+    return self.sampling.settings(self.task.response_length, self.tokens)
 
   @property
   def distill(self) -> DistillSettings:

@@ -22,6 +22,7 @@ from th_distill.config.settings import (
   failed,
 )
 from th_distill.models import ModelConfig
+from th_distill.models.tokens import SpecialTokens
 
 ONLINE_PROMPTS = ("offline", "pool")  # where the online regimes draw their prompts
 TASK_SOURCES = ("synthetic", "seqio")
@@ -214,8 +215,8 @@ class SamplingSection:
   top_k: int
   top_p: float
 
-  def settings(self, max_length: int) -> SamplingSettings:
-    return SamplingSettings(max_length, self.temperature, self.top_k, self.top_p)
+  def settings(self, max_length: int, tokens: SpecialTokens) -> SamplingSettings:
+    return SamplingSettings(max_length, self.temperature, self.top_k, self.top_p, tokens)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from th_distill.data import prompts as prompt_lib
+from th_distill.data.batch import PromptSet
 
 if TYPE_CHECKING:
   from th_distill.config.run_config import RunConfig
 
 
-def prompt_pools(config: RunConfig) -> dict[str, np.ndarray]:
+def prompt_pools(config: RunConfig) -> dict[str, PromptSet]:
   """Disjoint prompt pools {'oracle', 'distill', 'eval'}: [size, prompt_length] int32 each, from
   the synthetic task or a real one (`task.source = 'seqio'`, zero-padded)."""
   sizes = dict(
@@ -32,4 +33,5 @@ def prompt_pools(config: RunConfig) -> dict[str, np.ndarray]:
   pool = prompt_lib.zipf_prompts(
     config.seed, sum(sizes.values()), task.prompt_length, task.vocab_size, task.zipf_exponent
   )
-  return prompt_lib.split_pools(pool, sizes)
+  pools = prompt_lib.split_pools(pool, sizes)
+  return {name: PromptSet(p, np.ones(p.shape, bool)) for name, p in pools.items()}

@@ -17,6 +17,7 @@ from typing import Protocol
 import ml_collections
 
 from th_distill.models import EOS_ID, PAD_ID
+from th_distill.models.tokens import T5_TOKENS
 
 
 class Vocabulary(Protocol):
@@ -40,6 +41,7 @@ class SyntheticVocabulary:
 
   def __init__(self, vocab_size: int):
     self.vocab_size = vocab_size
+    self.special_tokens = T5_TOKENS
 
   def decode(self, ids: Sequence[int]) -> str:
     return " ".join(f"<{i}>" for i in _until_eos(ids))
@@ -72,6 +74,7 @@ class SentencePieceVocabulary:
         f"{EOS_ID}) (train it with pad_id=0 eos_id=1 unk_id=2 bos_id=-1)."
       )
     self.vocab_size = self._model.get_piece_size()
+    self.special_tokens = T5_TOKENS
 
   def encode(self, text: str) -> list[int]:
     """Token ids of `text` (no EOS)."""

@@ -182,7 +182,12 @@ def abstract_programs(
     return jax.ShapeDtypeStruct((n, length), dtype, sharding=split)
 
   def batch(n: int) -> Batch:
-    return Batch(rows(n, li, jnp.int32), rows(n, lt, jnp.int32), rows(n, lt, jnp.float32))
+    return Batch(
+      rows(n, li, jnp.int32),
+      rows(n, li, jnp.bool_),
+      rows(n, lt, jnp.int32),
+      rows(n, lt, jnp.float32),
+    )
 
   def state(model, optimizer) -> Any:
     shapes = jax.eval_shape(
@@ -197,7 +202,12 @@ def abstract_programs(
   def sampler(model, dtype: str, n: int) -> tuple:
     return (
       program_lib.sampler_program(model, config.sampling_settings, partitioner),
-      (partitioner.abstract_params(model, dtype), rows(n, li, jnp.int32), rows(n, 2, jnp.uint32)),
+      (
+        partitioner.abstract_params(model, dtype),
+        rows(n, li, jnp.int32),
+        rows(n, li, jnp.bool_),
+        rows(n, 2, jnp.uint32),
+      ),
       n,
     )
 

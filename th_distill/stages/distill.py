@@ -21,6 +21,7 @@ from absl import logging
 from th_distill.config.run_config import RunConfig
 from th_distill.data import regimes as regime_lib
 from th_distill.data import sources
+from th_distill.data.batch import PromptSet
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.observing import progress
 from th_distill.observing.metric_names import (
@@ -56,7 +57,7 @@ def _evaluation(
   config: RunConfig,
   programs: Programs,
   stage1: Stage1,
-  eval_prompts: np.ndarray,
+  eval_prompts: PromptSet,
   frozen: tuple[Any, Any],
   train_set: dict[str, np.ndarray],
 ):
@@ -111,7 +112,7 @@ def run_regime(
   regime: str,
   programs: Programs,
   stage1: Stage1,
-  pools: dict[str, np.ndarray],
+  pools: dict[str, PromptSet],
   clock: progress.RunClock,
 ) -> None:
   """Distils the student under `regime` into `WORKDIR/<regime>/`, resuming an unfinished run.

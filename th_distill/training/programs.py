@@ -25,7 +25,7 @@ from th_distill.config.settings import (
   OptimizerSettings,
   SamplingSettings,
 )
-from th_distill.data.batch import Batch, TeacherTopK
+from th_distill.data.batch import BATCH_ARRAYS, Batch, TeacherTopK
 from th_distill.models.interface import LanguageModel
 from th_distill.partitioning import Partitioner, pad_rows
 from th_distill.sampling import SampleFn
@@ -69,20 +69,25 @@ def batch_shardings(partitioner: Partitioner) -> jax.sharding.NamedSharding:
 
 
 def _sample(
-  params: Any, prompts: jax.Array, keys: jax.Array, model: LanguageModel, settings: SamplingSettings
+  params: Any,
+  prompts: jax.Array,
+  prompt_mask: jax.Array,
+  keys: jax.Array,
+  model: LanguageModel,
+  settings: SamplingSettings,
 ) -> sampling.SampleOutput:
-  return sampling.generate(model, params, prompts, keys, **dataclasses.asdict(settings))
+  return sampling.generate(model, params, prompts, prompt_mask, keys, **settings.arguments())
 
 
 def sampler_program(
   model: LanguageModel, settings: SamplingSettings, partitioner: Partitioner
 ) -> Callable:
-  """`(params, prompts [B, Li] int32, keys [B, 2] uint32) -> SampleOutput` of [B, Lt]: `model`
-  sampling with `settings`, inputs and outputs split along B."""
+  """`(params, prompts [B, Li] int32, prompt_mask [B, Li] bool, keys [B, 2] uint32) ->
+  SampleOutput` of [B, Lt]: `model` sampling with `settings`, inputs and outputs split along B."""
   rows = partitioner.batch_sharding(2)
   return partitioner.jit(
     _sample,
-    in_shardings=(partitioner.param_shardings(model), rows, rows),
+    in_shardings=(partitioner.param_shardings(model), rows, rows, rows),
     out_shardings=sampling.SampleOutput(rows, rows, rows),
     static=(model, settings),
   )
@@ -360,9 +365,10 @@ class Programs:
     return self._built[key]
 
   def sampler(self, name: str) -> SampleFn:
-    """`fn(params, prompts [B, Li], rng) -> (tokens [B, Lt] int32, mask [B, Lt] float32)` of
-    model `name` ('oracle', 'teacher' or 'student'). Prompts may be host arrays; B must split
-    over the data-parallel devices. Outputs are global device arrays split along B."""
+    """`fn(params, prompts [B, Li], prompt_mask [B, Li], rng) -> (tokens [B, Lt] int32, mask
+    [B, Lt] float32)` of model `name` ('oracle', 'teacher' or 'student'). Prompts may be host
+    arrays; B must split over the data-parallel devices. Outputs are global device arrays split
+    along B."""
     partitioner = self.partitioner
     compiled = self._once(
       ("sampler", name),
@@ -371,10 +377,10 @@ class Programs:
       ),
     )
 
-    def fn(params, prompts, rng):
-      prompts = partitioner.shard_batch(prompts)
+    def fn(params, prompts, prompt_mask, rng):
+      prompts, prompt_mask = partitioner.shard_batch((prompts, prompt_mask))
       keys = partitioner.shard_batch(np.asarray(sampling.example_keys(rng, prompts.shape[0])))
-      out = compiled(params, prompts, keys)
+      out = compiled(params, prompts, prompt_mask, keys)
       return out.tokens, out.mask
 
     return fn
@@ -385,9 +391,12 @@ class Programs:
     samples: each row has its own key), the outputs gathered and trimmed."""
     sample, partitioner = self.sampler(name), self.partitioner
 
-    def fn(params, prompts, rng):
-      padded, rows = pad_rows({"prompts": np.asarray(prompts)}, partitioner.data_parallel_size)
-      tokens, mask = sample(params, padded["prompts"], rng)
+    def fn(params, prompts, prompt_mask, rng):
+      padded, rows = pad_rows(
+        {"prompts": np.asarray(prompts), "prompt_mask": np.asarray(prompt_mask)},
+        partitioner.data_parallel_size,
+      )
+      tokens, mask = sample(params, padded["prompts"], padded["prompt_mask"], rng)
       return partitioner.to_host(tokens)[:rows], partitioner.to_host(mask)[:rows]
 
     return fn
@@ -442,10 +451,10 @@ class Programs:
     size, chunks = self.config.eval.batch_size, []
     for start in range(0, len(data["prompts"]), size):
       chunk, _ = pad_rows(
-        {k: data[k][start : start + size] for k in ("prompts", "responses", "mask")},
+        {k: data[k][start : start + size] for k in BATCH_ARRAYS},
         self.partitioner.data_parallel_size,
       )
-      chunks.append(self.partitioner.shard_batch(Batch(**chunk)))
+      chunks.append(self.partitioner.shard_batch(Batch.of_arrays(chunk)))
     return chunks
 
   def set_evaluator(
@@ -498,10 +507,10 @@ class Programs:
       parts = []
       for start in range(0, len(data["prompts"]), size):
         chunk, rows = pad_rows(
-          {k: data[k][start : start + size] for k in ("prompts", "responses", "mask")},
+          {k: data[k][start : start + size] for k in BATCH_ARRAYS},
           partitioner.data_parallel_size,
         )
-        top = compiled(teacher_params, partitioner.shard_batch(Batch(**chunk)))
+        top = compiled(teacher_params, partitioner.shard_batch(Batch.of_arrays(chunk)))
         parts.append([partitioner.to_host(x)[:rows] for x in (top.values, top.indices, top.tail)])
       values, indices, tail = (np.concatenate(column) for column in zip(*parts))
       return {"top_values": values, "top_indices": indices.astype(index_dtype), "top_tail": tail}

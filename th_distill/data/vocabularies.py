@@ -43,7 +43,9 @@ class SyntheticVocabulary:
     self.vocab_size = vocab_size
     self.special_tokens = T5_TOKENS
 
-  def decode(self, ids: Sequence[int]) -> str:
+  def decode(self, ids: Sequence[int], mask: Sequence[bool] | None = None) -> str:
+    if mask is not None:
+      ids = [i for i, real in zip(ids, mask) if real]
     return " ".join(f"<{i}>" for i in _until_eos(ids))
 
   def fits(self, embedding_size: int) -> bool:

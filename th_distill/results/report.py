@@ -11,10 +11,11 @@ from typing import Any
 
 from th_distill import detection
 from th_distill.config.run_config import RunConfig
+from th_distill.data.vocabularies import task_vocabulary
 from th_distill.observing.metric_names import GOLDEN, PROXY
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.planning import workload
-from th_distill.results import figures
+from th_distill.results import figures, samples
 from th_distill.results.summaries import summarize_run
 from th_distill.rundir import checkpoints
 from th_distill.rundir.layout import RunDirectory
@@ -145,6 +146,7 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
         f"{number(v['proxy_change_after_min_pct'], '+.1f')} | {v['outcome']} |"
       )
   lines += ["", settings_text(settings, metric), ""]
+  lines += samples.section(run_dir, tuple(summary["regimes"]), task_vocabulary(config.task))
   if config.write_figures:
     lines += [f"![{name}]({name}.png)\n" for name in ("curves", "proxy_golden", "detector")]
   with open(run_dir.report, "w", encoding="utf-8") as f:

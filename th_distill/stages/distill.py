@@ -38,7 +38,7 @@ from th_distill.partitioning import is_main_process
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints, processes, records
 from th_distill.rundir.kept import KeptParameters
-from th_distill.rundir.layout import RegimeDirectory, RunDirectory
+from th_distill.rundir.layout import REPORT_SAMPLE_ROWS, RegimeDirectory, RunDirectory
 from th_distill.stages.keys import Purpose, key
 from th_distill.stages.stage1 import Stage1
 from th_distill.training import dispatch, guards
@@ -217,6 +217,14 @@ def run_regime(
   run_start = time.time()
   step = trainer.run()
   phase.finish()
+  final_samples = regime_lib.build_offline(
+    programs.host_sampler("student"),
+    trainer.params,
+    pools["eval"][:REPORT_SAMPLE_ROWS],
+    1,
+    key(config.seed, Purpose.REPORT_SAMPLES),
+  )
+  processes.write_on_main(lambda: checkpoints.save_arrays(directory.samples, final_samples))
   if trainer.stop_reason:
     logging.warning("%s: stopped at step %d by %s.", regime, step, trainer.stop_reason)
   processes.write_on_main(

@@ -16,7 +16,6 @@ from typing import Protocol
 
 import ml_collections
 
-from th_distill.models import EOS_ID, PAD_ID
 from th_distill.models.tokens import T5_TOKENS
 
 
@@ -32,8 +31,8 @@ class Vocabulary(Protocol):
 
 def _until_eos(ids: Sequence[int]) -> list[int]:
   ids = [int(i) for i in ids]
-  ids = ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids
-  return [i for i in ids if i != PAD_ID]
+  ids = ids[: ids.index(T5_TOKENS.eos_id)] if T5_TOKENS.eos_id in ids else ids
+  return [i for i in ids if i != T5_TOKENS.pad_id]
 
 
 class SyntheticVocabulary:
@@ -70,10 +69,10 @@ class SentencePieceVocabulary:
     self.path = path
     self._model = sentencepiece.SentencePieceProcessor(model_file=path)
     ids = (self._model.pad_id(), self._model.eos_id())
-    if ids != (PAD_ID, EOS_ID):
+    if ids != (T5_TOKENS.pad_id, T5_TOKENS.eos_id):
       raise ValueError(
-        f"{path}: pad and EOS ids are {ids}; T5 models need ({PAD_ID}, "
-        f"{EOS_ID}) (train it with pad_id=0 eos_id=1 unk_id=2 bos_id=-1)."
+        f"{path}: pad and EOS ids are {ids}; T5 models need ({T5_TOKENS.pad_id}, "
+        f"{T5_TOKENS.eos_id}) (train it with pad_id=0 eos_id=1 unk_id=2 bos_id=-1)."
       )
     self.vocab_size = self._model.get_piece_size()
     self.special_tokens = T5_TOKENS

@@ -3,8 +3,6 @@ family (configuration, Flax modules, checkpoint converters), and the family regi
 
 from th_distill.models.config import (
   DECODER_START_ID,
-  EOS_ID,
-  PAD_ID,
   REMAT,
   SIZES,
   T5Config,
@@ -24,8 +22,11 @@ from th_distill.models.t5 import (
   stack_layers,
   unstack_layers,
 )
+from th_distill.models.tokens import T5_TOKENS, SpecialTokens
 
 __all__ = [
+  "SpecialTokens",
+  "T5_TOKENS",
   "DECODER_SIZES",
   "DECODER_START_ID",
   "FAMILIES",
@@ -37,9 +38,7 @@ __all__ = [
   "fields_of",
   "model_config_of",
   "register_family",
-  "EOS_ID",
   "LAYERS_AXIS",
-  "PAD_ID",
   "REMAT",
   "SIZES",
   "T5",

@@ -11,9 +11,8 @@ from typing import Any, ClassVar
 
 import jax.numpy as jnp
 
-# Token conventions shared with T5: id 0 is padding and also the decoder start token, id 1 is EOS.
-PAD_ID = 0
-EOS_ID = 1
+# T5's decoder start token (its `decoder_start_token_id`, fed before the first response token).
+# Its pad and EOS ids are `th_distill.models.tokens.T5_TOKENS`.
 DECODER_START_ID = 0
 # The values of `T5Config.remat`.
 REMAT = ("none", "full", "dots")

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from th_distill.models import T5, hf_convert, init_params, shift_right, stack_layers
+from th_distill.models import T5, hf_convert, init_params, pretrained, shift_right, stack_layers
+from th_distill.models.tokens import T5_TOKENS
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -156,9 +157,11 @@ def _save(hf_model, directory, fmt):
 @pytest.mark.parametrize("fmt", ["safetensors", "sharded", "bfloat16", "pytorch_bin"])
 def test_checkpoint_directory_loads_to_the_same_params(hf_model, converted, tmp_path, fmt):
   _save(hf_model, tmp_path, fmt)
-  cfg, params = hf_convert.load_hf_checkpoint(tmp_path)
+  checkpoint = pretrained.load_checkpoint(tmp_path)
+  cfg, params = checkpoint.config, checkpoint.params
   model, expected = converted
-  assert cfg == model.cfg
+  assert cfg == model.cfg and checkpoint.model_type == "t5"
+  assert checkpoint.special_tokens == T5_TOKENS  # config.json: pad_token_id 0, eos_token_id 1
   if fmt == "bfloat16":
     expected = jax.tree_util.tree_map(
       lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), expected
@@ -216,7 +219,7 @@ def test_errors_name_the_problem(hf_model, converted):
       )
     )
   with pytest.raises(FileNotFoundError, match="config.json.*model.safetensors"):
-    hf_convert.load_hf_checkpoint("/nonexistent/t5")
+    pretrained.load_checkpoint("/nonexistent/t5")
 
 
 def test_bfloat16_compute_stays_close_to_float32(converted):

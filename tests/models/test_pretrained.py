@@ -105,7 +105,7 @@ def test_mis_shaped_tensor_names_the_parameter(micro, tmp_path):
   programs = _programs(micro)
   with pytest.raises(
     ValueError,
-    match=rf"student\.checkpoint = .* does not fit student\.model: "
+    match=rf"student\.checkpoint = .* does not fit student\.model: model_type = 't5' in .*: "
     rf"{key}: shape \(16, 31\), expected \(16, 32\)",
   ):
     stage1.initial_params(programs.config, "student", programs, jax.random.PRNGKey(0))

@@ -137,7 +137,7 @@ def test_greedy_decode_equals_transformers(pair):
 
 
 def test_round_trip_and_save_pretrained(pair, tmp_path):
-  _, hf, model, params = pair
+  family, hf, model, params = pair
   state = hf_decoder.params_to_hf_state_dict(params, model.cfg)
   hf_state = {k: v.numpy() for k, v in hf.state_dict().items()}
   assert set(state) == set(hf_state)
@@ -147,9 +147,9 @@ def test_round_trip_and_save_pretrained(pair, tmp_path):
   shapes = jax.tree_util.tree_map(np.shape, nn.unbox(init_params(model, jax.random.PRNGKey(0))))
   assert jax.tree_util.tree_map(np.shape, params) == shapes
   hf.save_pretrained(tmp_path)
-  cfg, loaded = hf_decoder.load_hf_checkpoint(tmp_path)
-  assert cfg == model.cfg
-  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
+  checkpoint = pretrained.load_checkpoint(tmp_path)
+  assert (checkpoint.config, checkpoint.model_type) == (model.cfg, family)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.params, params)
   assert pretrained.mismatches(tmp_path, model.cfg) == []
   assert pretrained.mismatches(tmp_path, model.cfg.replace(num_layers=2)) == [
     f"model.num_layers: 2, but 3 in {tmp_path}"

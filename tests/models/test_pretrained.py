@@ -159,4 +159,6 @@ def test_real_task_fields_are_checked(micro, tmp_path):
     micro, tmp_path, "task.data_dir:", "is not a directory", "tfds build wmt14_translate/de-en"
   )
   micro.task.source = "tfds"
-  _assert_config_error(micro, tmp_path, "task.source: must be 'synthetic' or 'seqio'")
+  _assert_config_error(
+    micro, tmp_path, "task.source: must be one of ('synthetic', 'seqio', 'prompt_file')"
+  )

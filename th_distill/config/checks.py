@@ -7,8 +7,8 @@ field and what is allowed. It runs both halves of the check:
   fields, the models' and the detector's own checks, then every section's `problems()` and the
   checks that span sections (`RunConfig.problems`).
 - `check_environment(config)`: what needs this machine or files: the mesh on the local devices,
-  the seqio extra, the task's vocabulary file and data directory, and each checkpoint's fit to its
-  model.
+  the seqio extra, the task's vocabulary file and data directory, the prompt file (its records and
+  enough distinct prompts for the pools), and each checkpoint's fit to its model.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import ml_collections
 from th_distill.config.defaults import base_config, model_config
 from th_distill.config.run_config import MODELS, RunConfig, model_of
 from th_distill.config.settings import Problem
-from th_distill.data import tasks, vocabularies
+from th_distill.data import prompt_files, tasks, vocabularies
 from th_distill.detection import config as detector_config
 from th_distill.errors import UsageError
 from th_distill.models import pretrained
@@ -217,6 +217,18 @@ def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> RunConfi
   return typed
 
 
+def _prompt_file_problems(c: ml_collections.ConfigDict) -> list[str]:
+  """The prompt file's problems ('task.FIELD: ...'): unreadable, a line without the field, a
+  template longer than the prompts, or fewer distinct prompts than the pools need."""
+  sizes = {"oracle": c.prompts.num_oracle, "distill": c.prompts.num_distill}
+  sizes["eval"] = c.prompts.num_eval
+  try:
+    problem = prompt_files.shortage(c.task, sizes)
+  except (OSError, ValueError) as e:
+    return [str(e)]
+  return [f"task.prompt_file: {problem}"] if problem else []
+
+
 def _check_environment(
   c: ml_collections.ConfigDict, problems: _Problems, devices: int | None = None
 ) -> None:
@@ -239,6 +251,8 @@ def _check_environment(
       f"{c.task.vocab_size} embedding rows (every model's vocab_size) cannot hold the "
       f"{vocabulary.vocab_size} ids of {c.task.vocabulary}",
     )
+    if c.task.source == "prompt_file" and c.task.prompt_file:
+      errors.extend(_prompt_file_problems(c))
   for name in ("oracle", "teacher", "student"):
     path = c[name].checkpoint if name != "oracle" or c.oracle.source == "checkpoint" else ""
     if not path:

@@ -178,7 +178,7 @@ class RunConfig:
       *failed((0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")),
       *self._regime_problems(),
       *self.mesh.problems(),
-      *self.sampling_settings.problems(),
+      *self.sampling.problems(self.task.response_length),
       *self.teacher.problems(),
       *self.distill.problems(),
       *self.student.problems(),

@@ -257,6 +257,10 @@ class SamplingSection:
   def settings(self, max_length: int, tokens: SpecialTokens) -> SamplingSettings:
     return SamplingSettings(max_length, self.temperature, self.top_k, self.top_p, tokens)
 
+  def problems(self, max_length: int) -> list[Problem]:
+    """The sampling values' problems (read before the task's special tokens are)."""
+    return SamplingSettings.value_problems(max_length, self.temperature, self.top_k, self.top_p)
+
 
 @dataclasses.dataclass(frozen=True)
 class OfflineSection:

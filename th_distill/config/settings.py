@@ -62,9 +62,16 @@ class SamplingSettings:
     "top_p": "sampling.top_p",
   }
 
+  @classmethod
+  def value_problems(
+    cls, max_length: int, temperature: float, top_k: int, top_p: float
+  ) -> list[Problem]:
+    """The problems of these values, named by their config fields (no special tokens needed)."""
+    found = sampling.settings_problems(max_length, temperature, top_k, top_p)
+    return [(cls.FIELDS[name], message) for name, message in found]
+
   def problems(self) -> list[Problem]:
-    found = sampling.settings_problems(self.max_length, self.temperature, self.top_k, self.top_p)
-    return [(self.FIELDS[name], message) for name, message in found]
+    return self.value_problems(self.max_length, self.temperature, self.top_k, self.top_p)
 
   def arguments(self) -> dict:
     """The keyword arguments of `sampling.generate`."""

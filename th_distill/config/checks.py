@@ -13,6 +13,7 @@ field and what is allowed. It runs both halves of the check:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import math
@@ -27,7 +28,8 @@ from th_distill.config.settings import Problem
 from th_distill.data import prompt_files, tasks, vocabularies
 from th_distill.detection import config as detector_config
 from th_distill.errors import UsageError
-from th_distill.models import pretrained
+from th_distill.models import fields_of, pretrained
+from th_distill.models.families import CHECKPOINT_FAMILY
 from th_distill.partitioning import resolve_mesh_shape
 
 
@@ -309,10 +311,45 @@ def check_environment(c: ml_collections.ConfigDict, devices: int | None = None) 
   problems.raise_any()
 
 
+def resolve_checkpoint_models(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`c`, or a copy whose model sub-configs of family 'checkpoint' hold the architecture their
+  `<model>.checkpoint` defines (`pretrained.read_config`: its config.json), the sub-config's
+  other fields (dtype, param_dtype, remat, scan_layers, ...) set over it; raises ConfigError
+  naming the field of an empty path, an unreadable checkpoint or an unknown field."""
+  names = [n for n in MODELS if c[n].model.get("family") == CHECKPOINT_FAMILY]
+  if not names:
+    return c
+  c, problems = ml_collections.ConfigDict(c.to_dict()), _Problems()
+  for name in names:
+    path, overrides = c[name].checkpoint, dict(c[name].model)
+    overrides.pop("family")
+    if not path:
+      problems.check(
+        False,
+        f"{name}.checkpoint",
+        f"is empty, but {name}.model.family = 'checkpoint' reads the architecture from it: "
+        "give a local checkpoint directory",
+      )
+      continue
+    try:
+      model = dataclasses.replace(pretrained.read_config(path), **overrides)
+    except (OSError, ValueError) as e:
+      problems.check(False, f"{name}.checkpoint", str(e))
+      continue
+    except TypeError as e:
+      problems.check(False, f"{name}.model", f"{e} (a field its checkpoint's family lacks)")
+      continue
+    c[name].model = ml_collections.ConfigDict(fields_of(model))
+  problems.raise_any()
+  return c
+
+
 def validate(c: ml_collections.ConfigDict) -> RunConfig:
-  """check_fields and check_environment together (nothing is computed before this): returns
-  the typed config the run reads, or raises one ConfigError listing every problem of both, one
+  """check_fields and check_environment together (nothing is computed before this), on the
+  config with its 'checkpoint'-family models read (`resolve_checkpoint_models`): returns the
+  typed config the run reads, or raises one ConfigError listing every problem of both, one
   message per field."""
+  c = resolve_checkpoint_models(c)
   problems = _Problems()
   typed = _check_fields(c, problems)
   _check_environment(c, problems)

@@ -144,9 +144,11 @@ def special_tokens(path: str | os.PathLike) -> SpecialTokens:
   return T5_TOKENS if checkpoint_type(path) == T5X else hf_tokens.special_tokens(path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-  """The Hugging Face checkpoint at `path` (T5, Qwen2 or Llama) with the config it defines; a T5X
-  checkpoint, which defines none, is refused (read it with `load_params(path, cfg)`)."""
+def read_config(path: str | os.PathLike) -> ModelConfig:
+  """The model config (dropout 0) that the Hugging Face checkpoint at `path` (T5, Qwen2 or
+  Llama) defines, from its config.json alone; a T5X checkpoint, which defines none, is refused
+  (read it with `load_params(path, cfg)` for a T5Config cfg). Every ValueError names the
+  `model_type`."""
   model_type = checkpoint_type(path)
   if model_type == T5X:
     raise ValueError(
@@ -155,6 +157,15 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     )
   converter = hf_convert if model_type == "t5" else hf_decoder
   with _naming(path, model_type):
-    cfg = converter.read_hf_config(path)
+    return converter.read_hf_config(path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+  """The Hugging Face checkpoint at `path` (T5, Qwen2 or Llama) with the config it defines
+  (`read_config`), its parameters and its special tokens."""
+  cfg = read_config(path)
+  model_type = checkpoint_type(path)
+  converter = hf_convert if model_type == "t5" else hf_decoder
+  with _naming(path, model_type):
     params = converter.load_hf_params(path, cfg)
-    return Checkpoint(cfg, params, hf_tokens.special_tokens(path), model_type)
+  return Checkpoint(cfg, params, hf_tokens.special_tokens(path), model_type)

@@ -164,6 +164,13 @@ def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path)
     task_data = real_task_data.mocked_tfds()
   else:
     task_data = contextlib.nullcontext()
+  if config.task.source == "prompt_file":  # a real tokenizer and prompt file, made here
+    from hf_artifacts import CORPUS, write_prompt_file, write_tokenizer
+
+    write_tokenizer(tmp_path / "tokenizer")
+    config.task.vocabulary = str(tmp_path / "tokenizer")
+    texts = [f"{i}: {text}" for i, text in enumerate(sorted(set(CORPUS)) * 3)]
+    config.task.prompt_file = write_prompt_file(tmp_path / "prompts.jsonl", texts)
   # Every field checked as a run would, but the oracle checkpoint (an 11 GB file) it has not.
   checked = config.copy_and_resolve_references()
   checked.oracle.source = "synthetic"

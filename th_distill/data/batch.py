@@ -86,5 +86,10 @@ class PromptSet:
   def __len__(self) -> int:
     return len(self.tokens)
 
+  @property
+  def shape(self) -> tuple[int, int]:
+    """(N, Li)."""
+    return self.tokens.shape
+
   def __getitem__(self, rows: Any) -> PromptSet:
     return PromptSet(self.tokens[rows], self.mask[rows])

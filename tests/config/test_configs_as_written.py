@@ -31,6 +31,7 @@ import pytest
 
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
+from th_distill.data.batch import PromptSet
 from th_distill.data.pools import prompt_pools
 from th_distill.models import param_count
 from th_distill.partitioning import Partitioner
@@ -97,12 +98,13 @@ def _shrink_counts(config):
   return config
 
 
-def _batch(config, prompts: np.ndarray) -> dict[str, np.ndarray]:
+def _batch(config, prompts: PromptSet) -> dict[str, np.ndarray]:
   """A (prompt, response) batch at the config's lengths: random responses over its vocabulary."""
   rng = np.random.default_rng(0)
   shape = (len(prompts), config.task.response_length)
   return {
-    "prompts": prompts,
+    "prompts": prompts.tokens,
+    "prompt_mask": prompts.mask,
     "responses": rng.integers(2, config.task.vocab_size, shape, dtype=np.int32),
     "mask": np.ones(shape, np.float32),
   }
@@ -114,7 +116,7 @@ def test_cpu_config_takes_one_sft_and_one_distillation_step(name, tmp_path):
   config = config_lib.validate(_shrink_counts(_load(name)))
   partitioner = Partitioner.from_config(config.mesh)
   pools = prompt_pools(config)
-  assert {k: v.shape for k, v in pools.items()} == {
+  assert {k: v.tokens.shape for k, v in pools.items()} == {
     "oracle": (8, config.task.prompt_length),
     "distill": (8, config.task.prompt_length),
     "eval": (4, config.task.prompt_length),
@@ -177,7 +179,7 @@ def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path)
   config_lib.validate(checked)
   with task_data:
     pools = prompt_pools(config)
-  assert pools["oracle"].shape == (8, config.task.prompt_length)
+  assert pools["oracle"].tokens.shape == (8, config.task.prompt_length)
 
   partitioner = Partitioner.from_config(config.mesh)
   full = Models.from_config(RunConfig.from_config(config))

@@ -13,6 +13,7 @@ pytest.importorskip("tensorflow_datasets")
 import real_task_data  # noqa: E402
 
 from th_distill.data import seqio_tasks, tasks  # noqa: E402
+from th_distill.data.batch import PromptSet  # noqa: E402
 from th_distill.data.pools import prompt_pools  # noqa: E402
 from th_distill.data.vocabularies import SentencePieceVocabulary  # noqa: E402
 
@@ -59,6 +60,7 @@ def test_prompt_pools_format_trim_and_split(micro, vocabulary, tmp_path, name):
     first = next(seqio_tasks.examples(name, "train", {"inputs": 64, "targets": 64}, data_dir))
   vocab = SentencePieceVocabulary(vocabulary)
 
+  assert all(isinstance(v, PromptSet) for v in pools.values()), "pools hold prompts with masks"
   assert {k: v.tokens.shape for k, v in pools.items()} == {
     "oracle": (10, LENGTH),
     "distill": (12, LENGTH),
@@ -69,6 +71,8 @@ def test_prompt_pools_format_trim_and_split(micro, vocabulary, tmp_path, name):
   assert rows.dtype == np.int32 and len({r.tobytes() for r in rows}) == len(rows)  # disjoint
   assert np.all(rows[:, -1] == 1), "trimmed to the length limit, then EOS"
   assert np.all(rows[:, :-1] > 1)
+  # Every prompt fills its row (trimmed, then EOS): every position is real.
+  assert all(v.mask.dtype == bool and v.mask.all() for v in pools.values())
 
   def source(row):
     """(split, i) of the example a prompt row was trimmed from."""

@@ -20,6 +20,7 @@ from th_distill import experiment, sampling
 from th_distill.config import base_config
 from th_distill.models import init_params, register_family
 from th_distill.models.interface import LanguageModel, ModelConfig
+from th_distill.models.tokens import SpecialTokens
 from th_distill.observing.metrics_io import read_metrics
 
 
@@ -87,24 +88,24 @@ class Recurrent(nn.Module):
       states.append(state)
     return state, jnp.stack(states, axis=1)
 
-  def response_hidden(self, prompts, responses, train=False):
+  def response_hidden(self, prompts, prompt_mask, responses, train=False):
     zero = jnp.zeros((prompts.shape[0], self.cfg.d_model))
-    after_prompt, _ = self._run(zero, prompts, prompts != 0)
+    after_prompt, _ = self._run(zero, prompts, prompt_mask)
     _, later = self._run(after_prompt, responses[:, :-1], jnp.ones_like(responses[:, :-1], bool))
     return jnp.concatenate([after_prompt[:, None], later], axis=1)
 
   def logits_from_hidden(self, hidden, train=False):
     return jnp.tanh(hidden) @ self.logits_kernel
 
-  def response_logits(self, prompts, responses, train=False):
-    return self.logits_from_hidden(self.response_hidden(prompts, responses, train))
+  def response_logits(self, prompts, prompt_mask, responses, train=False):
+    return self.logits_from_hidden(self.response_hidden(prompts, prompt_mask, responses, train))
 
-  def __call__(self, prompts, responses, train=False):
-    return self.response_logits(prompts, responses, train)
+  def __call__(self, prompts, prompt_mask, responses, train=False):
+    return self.response_logits(prompts, prompt_mask, responses, train)
 
-  def start_decode(self, prompts, max_decode_length):
+  def start_decode(self, prompts, prompt_mask, max_decode_length):
     zero = jnp.zeros((prompts.shape[0], self.cfg.d_model))
-    state, _ = self._run(zero, prompts, prompts != 0)
+    state, _ = self._run(zero, prompts, prompt_mask)
     first = jnp.zeros((prompts.shape[0],), jnp.int32)  # not read: step 0 only emits logits
     return first, {"state": state, "index": jnp.zeros((), jnp.int32)}
 
@@ -124,8 +125,12 @@ def test_the_module_implements_the_interface():
   assert isinstance(cfg, ModelConfig) and isinstance(model, LanguageModel)
   params = nn.unbox(init_params(model, jax.random.PRNGKey(0)))
   prompts = jnp.array([[3, 4, 0, 5], [0, 0, 7, 8]])
-  out = sampling.sample(model, params, prompts, jax.random.PRNGKey(1), max_length=6, eos_id=-1)
-  logits = model.apply({"params": params}, prompts, out.tokens, method="response_logits")
+  mask = prompts != 0  # the filler is 0 here
+  never_stop = SpecialTokens(pad_id=0, stop_ids=())
+  out = sampling.sample(
+    model, params, prompts, mask, jax.random.PRNGKey(1), max_length=6, tokens=never_stop
+  )
+  logits = model.apply({"params": params}, prompts, mask, out.tokens, method="response_logits")
   logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits), out.tokens[..., None], -1)[..., 0]
   np.testing.assert_allclose(out.logprobs, logprobs, atol=1e-5)
 

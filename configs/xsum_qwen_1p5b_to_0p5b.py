@@ -14,6 +14,9 @@ th_distill.data.vocabularies does not read yet (SentencePiece only): today this 
 planning (`python -m th_distill.planning.plan --config=configs/xsum_qwen_1p5b_to_0p5b.py
 --mesh=1,8,2`, `python -m th_distill.planning.memory ...`); docs/scaling.md has its memory per
 device.
+
+Memory: plan for 32 GB per accelerator on mesh (data, fsdp, model) = (1, 8, 2) (the teacher's SFT
+step takes about 23.6 GiB per device there).
 """
 
 import os

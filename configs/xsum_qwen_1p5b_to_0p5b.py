@@ -5,9 +5,10 @@ Everything but the models and the prompts is configs/xsum_large_to_base.py's, re
 file: 1,024-token prompts, 128-token summaries, N = 50,000 x k = 4 offline examples, batch 32,
 learning rate 3e-4 after 100 warm-up steps, 390,625 steps, frozen models in bfloat16, logits in
 4 chunks. Each pair is one causal sequence of 1,024 + 128 - 1 positions; the vocabulary is
-Qwen2.5's 151,936 embedding rows. Planned for a 16-chip slice (docs/scaling.md,
-docs/your_model.md: `python -m th_distill.planning.memory
---config=configs/xsum_qwen_1p5b_to_0p5b.py --mesh=1,16,1`).
+Qwen2.5's 151,936 embedding rows.
+
+Memory: plan for 32 GB per accelerator on mesh (data, fsdp, model) = (1, 8, 2) (the teacher's SFT
+step takes about 23.6 GiB per device there; docs/your_model.md has other devices).
 
 Files it needs (all local; nothing is downloaded):
   --config.oracle.checkpoint=DIR/Qwen2.5-3B     the three Hugging Face checkpoint directories

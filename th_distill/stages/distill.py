@@ -235,6 +235,7 @@ def run_regime(
         "steps": step,
         "stopped_by_detector": monitor.should_stop,
         "seconds": time.time() - run_start,
+        "finished_at": time.time(),  # the report's wall time (regimes side by side overlap)
       },
     )
   )

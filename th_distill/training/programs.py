@@ -5,7 +5,7 @@ arguments as `th_distill.planning.plan` does) of module-level functions whose mo
 static arguments: JAX's own cache reuses a compiled program wherever the same function, settings,
 mesh and shapes meet again (the runs of a study, of a test session) and compiles afresh on any
 difference. `Programs` gives a run's stages their programs and wraps the samplers and the
-evaluator for host data.
+evaluator for host data, split into device calls as its `MemoryLayout` says.
 """
 
 from __future__ import annotations
@@ -42,9 +42,36 @@ from th_distill.training.steps import (
   teacher_top_k,
 )
 
-# The most bytes of reference logits a fixed evaluation set keeps on the devices
-# (`Programs.set_evaluator`); a larger set recomputes them at every evaluation.
+# The most bytes of reference logits per device a fixed evaluation set keeps on the devices
+# (`Programs.set_evaluator`) unless the layout allows fewer; a larger set recomputes them at
+# every evaluation.
 REFERENCE_CACHE_BYTES = 1 << 28
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryLayout:
+  """How `Programs` splits host data into device calls so that each call fits a device (chosen
+  for the device's memory by `th_distill.planning.memory.memory_layout`; `of_config`: as the
+  config says, nothing split further).
+
+  `sample_rows`: the most rows of one sampler call of `Programs.host_sampler` (None: a call's
+  rows at once); `eval_rows`: rows per evaluator call; `eval_chunks`: chunks of the response
+  positions inside an evaluator call (it divides Lt); `reference_bytes`: the most bytes per
+  device of reference logits a fixed evaluation set keeps on the devices (`set_evaluator`).
+  Row counts are multiples of the data-parallel size. Each row keeps its own sampling key and
+  the evaluator's sums are added over rows and positions, so a layout changes no sample and no
+  metric beyond float rounding."""
+
+  sample_rows: int | None
+  eval_rows: int
+  eval_chunks: int
+  reference_bytes: int = REFERENCE_CACHE_BYTES
+
+  @classmethod
+  def of_config(cls, config: RunConfig) -> MemoryLayout:
+    """The config's own split: `eval.batch_size` rows in `sequence_chunks` chunks."""
+    return cls(None, config.eval.batch_size, config.sequence_chunks)
+
 
 # evaluate(student_params, teacher_params, oracle_params, data, prefix) -> {prefix/name: value}
 Evaluator = Callable[[Any, Any, Any, dict[str, np.ndarray], str], dict[str, float]]
@@ -355,8 +382,15 @@ def _reduce(parts: list[dict[str, jax.Array]], prefix: str) -> dict[str, float]:
 class Programs:
   """The compiled programs of one run, each built on first use and reused by every stage."""
 
-  def __init__(self, models: Models, config: RunConfig, partitioner: Partitioner):
+  def __init__(
+    self,
+    models: Models,
+    config: RunConfig,
+    partitioner: Partitioner,
+    layout: MemoryLayout | None = None,
+  ):
     self.models, self.config, self.partitioner = models, config, partitioner
+    self.layout = layout or MemoryLayout.of_config(config)
     self._built: dict[tuple, Any] = {}
 
   def _once(self, key: tuple, build: Callable[[], Any]) -> Any:
@@ -388,16 +422,28 @@ class Programs:
   def host_sampler(self, name: str) -> SampleFn:
     """`sampler(name)` for any number of host prompts, with numpy results on every process:
     rows are padded to the data-parallel size (padding rows never change the real rows'
-    samples: each row has its own key), the outputs gathered and trimmed."""
-    sample, partitioner = self.sampler(name), self.partitioner
+    samples: each row has its own key), the outputs gathered and trimmed. More rows than the
+    layout's `sample_rows` are sampled that many at a time, each row with the key it has in one
+    call (`sampling.example_keys` of the call's rows)."""
+    sample, partitioner, most = self.sampler(name), self.partitioner, self.layout.sample_rows
+
+    def one_call(params, arrays, rng):
+      padded, rows = pad_rows(arrays, partitioner.data_parallel_size)
+      keys = padded.get("keys", rng)
+      tokens, mask = sample(params, padded["prompts"], padded["prompt_mask"], keys)
+      return partitioner.to_host(tokens)[:rows], partitioner.to_host(mask)[:rows]
 
     def fn(params, prompts, prompt_mask, rng):
-      padded, rows = pad_rows(
-        {"prompts": np.asarray(prompts), "prompt_mask": np.asarray(prompt_mask)},
-        partitioner.data_parallel_size,
-      )
-      tokens, mask = sample(params, padded["prompts"], padded["prompt_mask"], rng)
-      return partitioner.to_host(tokens)[:rows], partitioner.to_host(mask)[:rows]
+      arrays = {"prompts": np.asarray(prompts), "prompt_mask": np.asarray(prompt_mask)}
+      rows = len(arrays["prompts"])
+      if most is None or rows <= most:
+        return one_call(params, arrays, rng)
+      arrays["keys"] = np.asarray(sampling.example_keys(rng, rows))
+      parts = [
+        one_call(params, {k: v[i : i + most] for k, v in arrays.items()}, None)
+        for i in range(0, rows, most)
+      ]
+      return tuple(np.concatenate(column) for column in zip(*parts))
 
     return fn
 
@@ -427,12 +473,12 @@ class Programs:
   def evaluator(self, name: str) -> Evaluator:
     """`evaluate(student_params, teacher_params, oracle_params, data, prefix)`: per-token and
     per-sequence proxy/golden divergences of model `name` (as the student) on the host dataset
-    `data` (prompts, responses, mask), `eval.batch_size` rows at a time padded to the
-    data-parallel size."""
+    `data` (prompts, prompt_mask, responses, mask), the layout's `eval_rows` rows at a time
+    padded to the data-parallel size, in `eval_chunks` chunks of positions each."""
     eval_sums = self._once(
       ("eval", name),
       lambda: eval_program(
-        self.models, getattr(self.models, name), self.config.sequence_chunks, self.partitioner
+        self.models, getattr(self.models, name), self.layout.eval_chunks, self.partitioner
       ),
     )
 
@@ -446,9 +492,9 @@ class Programs:
     return evaluate
 
   def _device_chunks(self, data: dict[str, np.ndarray]) -> list[Batch]:
-    """The host set `data` as device batches of `eval.batch_size` rows, padded to the
+    """The host set `data` as device batches of the layout's `eval_rows` rows, padded to the
     data-parallel size (padding rows are all-zero: they count no token)."""
-    size, chunks = self.config.eval.batch_size, []
+    size, chunks = self.layout.eval_rows, []
     for start in range(0, len(data["prompts"]), size):
       chunk, _ = pad_rows(
         {k: data[k][start : start + size] for k in BATCH_ARRAYS},
@@ -462,13 +508,14 @@ class Programs:
   ) -> Callable[[Any, str], dict[str, float]]:
     """`evaluate(student_params, prefix)`: `evaluator(name)` on the fixed host set `data`
     against these references, with the set moved to the devices once and, where their logits
-    take at most REFERENCE_CACHE_BYTES (and `sequence_chunks` is 1), the references run once:
-    later evaluations run the student only. The sums are those of `evaluator`."""
+    take at most the layout's `reference_bytes` per device (and `eval_chunks` is 1), the
+    references run once: later evaluations run the student only. The sums are those of
+    `evaluator`."""
     chunks = self._device_chunks(data)
-    cfg = self.config
-    rows = sum(chunk.prompts.shape[0] for chunk in chunks)
+    cfg, layout = self.config, self.layout
+    rows = sum(chunk.prompts.shape[0] for chunk in chunks) // self.partitioner.data_parallel_size
     ref_bytes = 2 * 4 * rows * cfg.task.response_length * cfg.task.vocab_size
-    if cfg.sequence_chunks != 1 or ref_bytes > REFERENCE_CACHE_BYTES:
+    if layout.eval_chunks != 1 or ref_bytes > min(layout.reference_bytes, REFERENCE_CACHE_BYTES):
       full = self.evaluator(name)
       return lambda student_params, prefix: full(
         student_params, teacher_params, oracle_params, data, prefix

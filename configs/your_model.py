@@ -21,9 +21,11 @@ the teacher starts from its checkpoint and is trained by SFT on oracle samples, 
 from its checkpoint and is trained by SFT on the same samples; then every regime distils it.
 Prompts: 8,192 oracle, 16,384 distillation and 256 held-out ones from the file (split by a hash
 of their text), at most 512 tokens each (longer texts lose their end, the chat markup stays);
-responses of at most 128 tokens. Memory: planned for one 80 GB GPU with the Qwen2.5 3B / 1.5B /
-0.5B triple (docs/your_model.md: `python -m th_distill.planning.memory` on
-configs/xsum_qwen_1p5b_to_0p5b.py, the same models).
+responses of at most 128 tokens; every model rematerialised (`remat = 'full'`).
+
+Memory: plan for 80 GB per accelerator on mesh (data, fsdp, model) = (1, 1, 1), with the Qwen2.5
+3B / 1.5B / 0.5B triple (the teacher's SFT step takes about 39 GiB; docs/your_model.md has the
+command and a TPU v5e-8).
 """
 
 import ml_collections

@@ -142,3 +142,41 @@ def write_prompt_file(
     for text in texts:
       f.write(json.dumps({field: text, **(extra or {})}) + "\n")
   return path
+
+
+# The published Qwen2.5 architectures of the paper-sized decoder triple (config.json fields).
+QWEN25 = {
+  "oracle": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, heads=16),
+  "teacher": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, heads=12),
+  "student": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, heads=14),
+}
+
+
+def write_qwen25_configs(directory: str | os.PathLike) -> dict[str, str]:
+  """config.json alone (no weights) of Qwen2.5-3B, -1.5B and -0.5B in `directory`/{oracle,
+  teacher, student}, as the Hub publishes them: enough for a config whose models are their
+  checkpoints' (`model.family = 'checkpoint'`) to be planned. Returns {name: directory}."""
+  dirs = {}
+  for name, shape in QWEN25.items():
+    path = os.path.join(os.fspath(directory), name)
+    os.makedirs(path, exist_ok=True)
+    fields = {
+      "model_type": "qwen2",
+      "architectures": ["Qwen2ForCausalLM"],
+      "vocab_size": 151936,
+      "hidden_size": shape["hidden_size"],
+      "intermediate_size": shape["intermediate_size"],
+      "num_hidden_layers": shape["num_hidden_layers"],
+      "num_attention_heads": shape["heads"],
+      "num_key_value_heads": 2,
+      "hidden_act": "silu",
+      "rms_norm_eps": 1e-6,
+      "rope_theta": 1000000.0,
+      "tie_word_embeddings": True,
+      "use_sliding_window": False,
+      "max_position_embeddings": 32768,
+    }
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(fields, f)
+    dirs[name] = path
+  return dirs

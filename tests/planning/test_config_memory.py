@@ -11,8 +11,10 @@ import ast
 import glob
 import os
 import re
+import tempfile
 
 import pytest
+from hf_artifacts import write_qwen25_configs
 
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
@@ -37,10 +39,21 @@ def claim(path: str) -> tuple[float, str, tuple[int, ...]]:
   return int(found["gb"]) * 1e9 / memory.GIB, platform, tuple(map(int, found["mesh"].split(",")))
 
 
+def _loaded(path: str):
+  """The config file at `path`; one whose models are their checkpoints' (configs/your_model.py)
+  with the Qwen2.5 3B / 1.5B / 0.5B triple its docstring plans for (their config.json files,
+  written here)."""
+  config = config_lib.load_config_file(path)
+  if any(config[m].model.get("family") == "checkpoint" for m in ("oracle", "teacher", "student")):
+    for name, directory in write_qwen25_configs(tempfile.mkdtemp()).items():
+      config[name].checkpoint = directory
+  return config
+
+
 def planned(path: str) -> dict[str, dict[str, float]]:
   """GiB per device of every program of the config as a run on its claimed device plans them."""
   device_gib, platform, mesh = claim(path)
-  config = RunConfig.from_config(plan.planning_config(config_lib.load_config_file(path)))
+  config = RunConfig.from_config(plan.planning_config(_loaded(path)))
   programs = memory.program_estimates(config, mesh, memory.memory_layout(config, mesh, device_gib))
   at_once = config.mesh.regimes_side_by_side(len(config.regimes), platform, 1)
   programs["distill_step side by side"] = memory.side_by_side(programs["distill_step"], at_once)

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
 from th_distill import cli
 from th_distill import config as config_lib
@@ -400,12 +401,15 @@ def parse_mesh(text: str, batch_size: int) -> tuple[int, int, int]:
   return mesh
 
 
-def print_tables(path: str | None, meshes: Sequence[str], device_gb: float | None = None) -> None:
-  """Prints `table` and `program_table` for the config file `path` (None: the paper's XSum
-  setup) on the `--mesh` texts `meshes` (none: `PAPER_MESHES`), on devices of `device_gb` GB
-  (1e9 bytes; None: the samplers and the evaluator as the config says)."""
+def print_tables(
+  config: ml_collections.ConfigDict | None, meshes: Sequence[str], device_gb: float | None = None
+) -> None:
+  """Prints `table` and `program_table` for `config` (None: the paper's XSum setup; models of
+  family 'checkpoint' read from their checkpoints' config.json) on the `--mesh` texts `meshes`
+  (none: `PAPER_MESHES`), on devices of `device_gb` GB (1e9 bytes; None: the samplers and the
+  evaluator as the config says)."""
   device_gib = None if device_gb is None else device_gb * 1e9 / GIB
-  config = config_lib.load_config_file(path) if path else paper_xsum_config()
+  config = config_lib.resolve_checkpoint_models(config) if config else paper_xsum_config()
   shapes = [parse_mesh(m, config.student.batch_size) for m in meshes] if meshes else PAPER_MESHES
   print("Distillation step, GiB per device:\n" + table(config, shapes, PAPER_VARIANTS))
   where = f" on {device_gb:g} GB devices" if device_gb else ""
@@ -417,7 +421,12 @@ def print_tables(path: str | None, meshes: Sequence[str], device_gb: float | Non
 
 def main() -> None:
   """The command line (flags are defined here, not at import: other modules define --config too)."""
-  config = flags.DEFINE_string("config", None, "Config file (default: the paper's XSum setup).")
+  config = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Config file (default: the paper's XSum setup); --config.KEY=VALUE overrides as for "
+    "th_distill.main.",
+  )
   meshes = flags.DEFINE_multi_string("mesh", None, "data,fsdp,model (repeatable).")
   device_gb = flags.DEFINE_float(
     "device_gb", None, "Memory of one device in GB: the samplers and the evaluator split to fit."

@@ -128,10 +128,11 @@ class ProgramPlan:
 
 
 def planning_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of `config` that validates without any file: synthetic task and oracle sources, no
+  """A copy of `config` that validates without any other file: models of family 'checkpoint'
+  read from their checkpoints' config.json, then synthetic task and oracle sources, no
   vocabulary, data or checkpoint paths (shapes come from the model configs and `task.*_length`,
   `task.vocab_size`, which are kept and checked)."""
-  c = config.copy_and_resolve_references()
+  c = config_lib.resolve_checkpoint_models(config).copy_and_resolve_references()
   c.task.update(source="synthetic", vocabulary="", data_dir="")
   c.oracle.update(source="synthetic", checkpoint="")
   c.teacher.checkpoint = c.student.checkpoint = ""

@@ -21,6 +21,7 @@ import os
 
 import jax
 import ml_collections
+from absl import logging
 
 from th_distill.config.defaults import base_config, model_config
 from th_distill.config.run_config import MODELS, RunConfig, model_of
@@ -30,6 +31,7 @@ from th_distill.detection import config as detector_config
 from th_distill.errors import UsageError
 from th_distill.models import fields_of, pretrained
 from th_distill.models.families import CHECKPOINT_FAMILY
+from th_distill.models.tokens import SpecialTokens
 from th_distill.partitioning import resolve_mesh_shape
 
 
@@ -231,6 +233,26 @@ def _prompt_file_problems(c: ml_collections.ConfigDict) -> list[str]:
   return [f"task.prompt_file: {problem}"] if problem else []
 
 
+def _warn_other_special_tokens(c: ml_collections.ConfigDict, tokens: SpecialTokens) -> None:
+  """Logs a warning for each checkpoint whose own files name other special tokens than the
+  task's vocabulary (every model of the run samples and pads with the task's)."""
+  for name in MODELS:
+    path = c[name].checkpoint if name != "oracle" or c.oracle.source == "checkpoint" else ""
+    try:
+      own = pretrained.special_tokens(path) if path else tokens
+    except (OSError, ValueError):  # an unreadable checkpoint is its own problem
+      continue
+    if own != tokens:
+      logging.warning(
+        "%s.checkpoint's files name the special tokens %s, the task's vocabulary (%s) %s: every "
+        "model samples, stops and pads with the task's.",
+        name,
+        own,
+        c.task.vocabulary or c.task.source,
+        tokens,
+      )
+
+
 def _check_environment(
   c: ml_collections.ConfigDict, problems: _Problems, devices: int | None = None
 ) -> None:
@@ -253,8 +275,12 @@ def _check_environment(
       f"{c.task.vocab_size} embedding rows (every model's vocab_size) cannot hold the "
       f"{vocabulary.vocab_size} ids of {c.task.vocabulary}",
     )
+    errors.extend(
+      f"task.vocabulary: {p}" for p in vocabulary.special_tokens.problems(c.task.vocab_size)
+    )
     if c.task.source == "prompt_file" and c.task.prompt_file:
       errors.extend(_prompt_file_problems(c))
+    _warn_other_special_tokens(c, vocabulary.special_tokens)
   for name in ("oracle", "teacher", "student"):
     path = c[name].checkpoint if name != "oracle" or c.oracle.source == "checkpoint" else ""
     if not path:

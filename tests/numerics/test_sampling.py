@@ -272,26 +272,23 @@ def test_every_stop_id_ends_a_sequence_and_no_stop_ids_never_stop(setup):
   np.testing.assert_allclose(out[2][out[1]], free[2][out[1]], atol=1e-6)
 
 
-def test_the_prompt_mask_not_the_ids_decides_what_a_decoder_reads():
-  """A decoder-only model whose pad id (5) and stop id (7) are not 0 and 1: a prompt whose real
-  tokens include ids 0 and 1 gives the same logits and samples wherever it sits in the row and
-  whatever fills the rest; marking the filler as real does change them."""
-  model = Decoder(decoder_config("tiny", vocab_size=VOCAB, num_layers=2))
-  params = nn.unbox(init_params(model, jax.random.PRNGKey(0)))
-  special = SpecialTokens(pad_id=5, stop_ids=(7,))
+def _assert_the_mask_decides(model, params, special):
+  """A prompt whose real tokens include ids 0 and 1 gives the same logits and samples wherever it
+  sits in the row and whatever fills the rest (the pad id, 0, 1 and the stop id); marking the
+  filler as real does change them."""
   real = [0, 1, 9, 0, 1]
   prompts = np.array(
     [
-      real + [5, 5, 5],  # right padding with the pad id
+      real + [special.pad_id] * 3,  # right padding with the pad id
       [0, 0, 0] + real,  # left padding with ids 0
-      [1, 7] + real + [1],  # padding on both sides with 1 and the stop id
+      [1, special.stop_ids[0]] + real + [1],  # padding on both sides with 1 and the stop id
     ],
     np.int32,
   )
   mask = np.zeros(prompts.shape, bool)
   mask[0, :5] = mask[1, 3:] = mask[2, 2:7] = True
-  responses = jnp.asarray(jax.random.randint(jax.random.PRNGKey(2), (3, LENGTH), 0, VOCAB))
-  responses = jnp.tile(responses[:1], (3, 1))
+  responses = jnp.asarray(jax.random.randint(jax.random.PRNGKey(2), (1, LENGTH), 0, VOCAB))
+  responses = jnp.tile(responses, (3, 1))
 
   def logits(mask):
     apply = model.apply
@@ -303,19 +300,33 @@ def test_the_prompt_mask_not_the_ids_decides_what_a_decoder_reads():
   # The filler read as prompt tokens changes the logits: the mask is what the equality rests on.
   assert np.abs(logits(np.ones_like(mask))[0] - forced[0]).max() > 1e-2
   keys = jnp.stack([jax.random.PRNGKey(8)] * 3)  # the same key for the three rows
-  for fn in (sampling.sample, sampling.sample_uncached):
-    out = _np(fn(model, params, prompts, mask, keys, max_length=LENGTH, tokens=special))
+  settings = dict(max_length=LENGTH, tokens=special)
+  for fn, temperature in (
+    (sampling.sample, 1.0),
+    (sampling.sample_uncached, 1.0),
+    (sampling.sample, 0.0),
+  ):
+    out = _np(fn(model, params, prompts, mask, keys, temperature=temperature, **settings))
     _check_structure(*out, special=special)
     for row in (1, 2):
       np.testing.assert_array_equal(out[0][row], out[0][0])
       np.testing.assert_array_equal(out[1][row], out[1][0])
       np.testing.assert_allclose(out[2][row], out[2][0], atol=1e-5)
-  greedy = _np(
-    sampling.sample(
-      model, params, prompts, mask, keys, max_length=LENGTH, tokens=special, temperature=0.0
-    )
-  )
-  np.testing.assert_array_equal(greedy[0][1:], np.tile(greedy[0][:1], (2, 1)))
+
+
+def test_the_prompt_mask_not_the_ids_decides_what_a_decoder_reads():
+  """A decoder-only model whose pad id (5) and stop id (7) are not 0 and 1, so that ids 0 and 1
+  are ordinary prompt tokens."""
+  model = Decoder(decoder_config("tiny", vocab_size=VOCAB, num_layers=2))
+  params = nn.unbox(init_params(model, jax.random.PRNGKey(0)))
+  _assert_the_mask_decides(model, params, SpecialTokens(pad_id=5, stop_ids=(7,)))
+
+
+def test_the_prompt_mask_not_the_ids_decides_what_t5_encodes(setup):
+  """T5 (pad 0, EOS 1) reads the same: a prompt's ids 0 and 1 are encoded where the mask says
+  they are real, and its relative positions make the offset in the row irrelevant."""
+  model, params, _ = setup
+  _assert_the_mask_decides(model, params, T5_TOKENS)
 
 
 def test_a_second_call_does_not_recompile(setup):

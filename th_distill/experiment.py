@@ -24,7 +24,6 @@ from absl import logging
 
 from th_distill import config as config_lib
 from th_distill import partitioning
-from th_distill.data import sources
 from th_distill.data.pools import prompt_pools
 from th_distill.planning.preview import log_plan
 from th_distill.results import report
@@ -32,6 +31,7 @@ from th_distill.rundir import lock
 from th_distill.rundir.layout import RunDirectory
 from th_distill.stages import stage1 as stage1_lib
 from th_distill.stages import stage2
+from th_distill.training import sources
 from th_distill.training.programs import Models, Programs
 
 

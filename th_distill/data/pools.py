@@ -1,22 +1,27 @@
 """The experiment's prompt pools: disjoint sets of prompts for each use.
 
 `prompt_pools` draws them from the synthetic task or a real one (the online regimes' share of
-them is `data.sources.online_prompts`).
+them is `training.sources.online_prompts`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
 from th_distill.data import prompts as prompt_lib
 
-if TYPE_CHECKING:
-  from th_distill.config.run_config import RunConfig
+
+class PoolsConfig(Protocol):
+  """What `prompt_pools` reads of a run's config (a `th_distill.config.RunConfig` is one)."""
+
+  seed: int
+  prompts: Any  # num_oracle, num_distill, num_eval
+  task: Any  # source, prompt_length, vocab_size, zipf_exponent; a real task's fields
 
 
-def prompt_pools(config: RunConfig) -> dict[str, np.ndarray]:
+def prompt_pools(config: PoolsConfig) -> dict[str, np.ndarray]:
   """Disjoint prompt pools {'oracle', 'distill', 'eval'}: [size, prompt_length] int32 each, from
   the synthetic task or a real one (`task.source = 'seqio'`, zero-padded)."""
   sizes = dict(

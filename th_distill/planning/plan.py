@@ -69,7 +69,7 @@ from th_distill.partitioning import (
 from th_distill.planning import flops, memory
 from th_distill.training import programs as program_lib
 from th_distill.training.programs import Models
-from th_distill.training.steps import Batch, create_train_state
+from th_distill.training.steps import Batch, create_train_state, state_shardings
 
 PROGRAMS = ("oracle_sampling", "teacher_sft_step", "distill_step", "online_sampler", "evaluator")
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
@@ -191,7 +191,7 @@ def abstract_programs(
     return jax.tree_util.tree_map(
       lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
       shapes,
-      partitioner.state_shardings(model, optimizer),
+      state_shardings(partitioner, model, optimizer),
     )
 
   def sampler(model, dtype: str, n: int) -> tuple:

@@ -130,3 +130,20 @@ def test_no_import_from_a_lower_layer_to_a_higher_one(graph):
     and ORDER.index(part(target)) > ORDER.index(part(module))
   ]
   assert upward == []
+
+
+def test_the_picture_in_the_docs_is_this_order():
+  """docs/architecture.md draws LAYERS, a row each, left to right as ordered here."""
+  text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+  for layer in LAYERS:
+    assert " ─ ".join(layer) in text, layer
+
+
+def test_the_built_in_regimes_are_registered_under_the_names_the_config_knows():
+  """The config checks regime names against its own registry (the sources are above it); every
+  built-in name has its source once the sources are imported, registered first, in order."""
+  from th_distill.config.run_config import BUILT_IN_REGIMES, REGIMES
+  from th_distill.training import sources
+
+  assert tuple(REGIMES)[: len(BUILT_IN_REGIMES)] == BUILT_IN_REGIMES
+  assert all(sources.source_class(name).regime == name for name in BUILT_IN_REGIMES)

@@ -5,8 +5,8 @@ r"""A run's compiled programs for a mesh, ahead of time: XLA's memory, FLOPs and
 
 Every program a run compiles (`PROGRAMS`: the oracle's sampler, the teacher's SFT step, the
 student's distillation step, the online teacher sampler, the evaluator) is built by the
-run's own builders (`stages.programs.sampler_program`, ...), lowered for `jax.ShapeDtypeStruct`
-arguments that carry the run's shardings and compiled: no parameter, batch or dataset is ever
+run's own builders (`th_distill.training.programs.sampler_program`, ...), lowered for
+`jax.ShapeDtypeStruct` arguments that carry the run's shardings and compiled: no parameter, batch or dataset is ever
 allocated, and no data, vocabulary or checkpoint file is read (shapes only). Per program and per
 device it reports XLA's memory analysis (arguments, outputs, temporaries, and their peak total:
 arguments + outputs - donated aliases + temporaries), XLA's FLOP count beside

@@ -1,7 +1,8 @@
-"""Train state, optimiser, and the SFT, distillation and evaluation step functions.
+"""Train state and the SFT, distillation and evaluation step functions (the optimiser is
+`th_distill.config.settings.make_optimizer`).
 
-One step each; the loops that run them are the stages' (`stages.stage1.train_sft`,
-`stages.distill.run_regime`), compiled for the mesh by `stages.programs`.
+One step each; the loops that run them are the stages' (`th_distill.stages.sft.train_sft`,
+`th_distill.stages.distill.run_regime`), compiled for the mesh by `th_distill.training.programs`.
 
 A batch is a `Batch` (defined in `th_distill.data.batch`, importable from here too) of prompts
 [B, Li] int32, responses [B, Lt] int32 and a response mask [B, Lt] float32 (1 on real response

@@ -210,9 +210,11 @@ from absl import logging
 from th_distill.observing import progress
 if sys.argv[1] == "silenced":
   logging.set_verbosity(logging.WARNING)
+level = logging.get_absl_logger().level
 with progress.shown():
   logging.info("inside the call")
 logging.info("after the call")
+assert logging.get_absl_logger().level == level, "the absl logger's level is not restored"
 """
 
 

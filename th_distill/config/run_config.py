@@ -214,7 +214,8 @@ class RunConfig:
     )
 
   def _regime_problems(self) -> list[Problem]:
-    regimes, known = self.regimes, (*BUILT_IN_REGIMES, *REGIMES.keys() - set(BUILT_IN_REGIMES))
+    added = (r for r in REGIMES if r not in BUILT_IN_REGIMES)
+    regimes, known = self.regimes, (*BUILT_IN_REGIMES, *added)
     return failed(
       (len(regimes) > 0, "regimes", "must name at least one regime"),
       *((r in known, "regimes", f"unknown regime {r!r}; allowed: {known}") for r in regimes),

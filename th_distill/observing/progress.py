@@ -48,16 +48,19 @@ def _now() -> float:
 def shown() -> Iterator[None]:
   """Inside, absl INFO logs (the progress lines) are shown when nobody chose a verbosity (no
   parsed command line, no `absl.logging.set_verbosity` call): a library call then talks as the
-  command does. A verbosity the caller chose is kept, and the default is restored after."""
-  verbosity = flags.FLAGS["verbosity"]
+  command does. A verbosity the caller chose is kept, and the untouched state is restored after
+  (the flag's default and the absl logger's own level, so Python's logging governs it again)."""
+  verbosity, absl_logger = flags.FLAGS["verbosity"], logging.get_absl_logger()
   if flags.FLAGS.is_parsed() or not verbosity.using_default_value:
     yield
     return
+  level = absl_logger.level
   logging.set_verbosity(logging.INFO)
   try:
     yield
   finally:
     verbosity.value, verbosity.using_default_value = verbosity.default, True
+    absl_logger.setLevel(level)
 
 
 def duration(seconds: float) -> str:

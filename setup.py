@@ -13,6 +13,8 @@ TEST = [
   "torch==2.13.0",
   "transformers>=4.40",
   "safetensors>=0.4",
+  "tokenizers>=0.15",  # Hugging Face tokenizer.json (th_distill.data.vocabularies)
+  "jinja2>=3.1.6",  # chat templates (th_distill.data.chat_template), as transformers renders them
   "nbclient>=0.10",
   "nbformat>=5.9",
   "ipykernel>=6.29",
@@ -42,7 +44,14 @@ setuptools.setup(
   ],
   extras_require={
     "test": TEST,
-    "hf": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
+    # Hugging Face checkpoints, tokenizers (tokenizer.json) and chat templates.
+    "hf": [
+      "torch==2.13.0",
+      "transformers>=4.40",
+      "safetensors>=0.4",
+      "tokenizers>=0.15",
+      "jinja2>=3.1.6",
+    ],
     "bench": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
     # Real tasks (th_distill.data.seqio_tasks); pulls TensorFlow (about 2 GB), CPU is enough.
     "seqio": [

@@ -62,6 +62,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import phase_profile  # noqa: E402
 from bench.common import (  # noqa: E402
+  NEVER_STOP,
   bandwidth_probe,
   decode_step_bytes,
   interleaved_medians,
@@ -222,6 +223,7 @@ def _batch(batch: int, input_length: int, target_length: int, vocab: int, seed: 
   tokens = np.random.default_rng(seed).integers(2, vocab, (batch, input_length + target_length))
   return Batch(
     prompts=jnp.asarray(tokens[:, :input_length], jnp.int32),
+    prompt_mask=jnp.ones((batch, input_length), bool),
     responses=jnp.asarray(tokens[:, input_length:], jnp.int32),
     mask=jnp.ones((batch, target_length), jnp.float32),
   )
@@ -279,15 +281,18 @@ def check_sampler(
   model = T5(t5_config(size, vocab_size=vocab))
   params = jax.device_get(nn.unbox(init_params(model, jax.random.PRNGKey(0))))
   prompts = np.random.default_rng(1).integers(2, vocab, (8, 16)).astype(np.int32)
+  mask = np.ones(prompts.shape, bool)
   key = np.asarray(jax.random.PRNGKey(2))
 
   def draw(device: jax.Device, precision: str | None) -> Any:
     with _precision(precision):
-      out = sample(model, *jax.device_put((params, prompts, key), device), max_length=16, eos_id=-1)
+      placed = jax.device_put((params, prompts, mask, key), device)
+      out = sample(model, *placed, max_length=16, tokens=NEVER_STOP)
     return jax.device_get(out)
 
   def teacher_forced(tokens: np.ndarray) -> np.ndarray:
-    batch = jax.device_put(Batch(prompts, tokens, np.ones(tokens.shape, np.float32)), cpu)
+    batch = Batch(prompts, mask, tokens, np.ones(tokens.shape, np.float32))
+    batch = jax.device_put(batch, cpu)
     with jax.default_matmul_precision("highest"):
       logits = jax.jit(forward, static_argnums=0)(model, jax.device_put(params, cpu), batch)
       log_probs = sampling_log_probs(logits, 1.0)
@@ -362,10 +367,11 @@ def sampler_rows(shapes: Shapes, read_rate: float) -> list[dict]:
       prompts = jnp.asarray(
         np.random.default_rng(1).integers(2, cfg.vocab_size, (b, li)), jnp.int32
       )
-      key = jax.random.PRNGKey(2)
-      compiled = sample.lower(model, params, prompts, key, max_length=length, eos_id=-1).compile()
+      mask, key = jnp.ones(prompts.shape, bool), jax.random.PRNGKey(2)
+      settings = dict(max_length=length, tokens=NEVER_STOP)
+      compiled = sample.lower(model, params, prompts, mask, key, **settings).compile()
       seconds = interleaved_medians(
-        {"sampler": functools.partial(compiled, params, prompts, key)},
+        {"sampler": functools.partial(compiled, params, prompts, mask, key)},
         shapes.repeats,
         warmup=1,
       )["sampler"]

@@ -12,7 +12,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from th_distill.models.tokens import SpecialTokens
 from th_distill.sampling import cache_segments
+
+# The benchmarks time full-length responses: a sampler given these special tokens never stops.
+NEVER_STOP = SpecialTokens(pad_id=0, stop_ids=())
 
 
 def time_call(fn: Callable[[], object]) -> float:

@@ -5,7 +5,7 @@
 Walks every JSON and JSONL file of A (metrics rows, summary.json, stage-1 info.json, markers;
 not config.json, checkpoints or TensorBoard files) and the same file of B, and prints how many
 numbers were compared, every difference and every field or file present on one side only. Keys
-under `time/` and `throughput/` and `seconds` are skipped: wall-clock times differ between runs.
+under `time/` and `throughput/`, `seconds` and `finished_at` are skipped: wall-clock times differ between runs.
 Used to check that a refactor leaves a run's results unchanged (docs/benchmarks.md).
 """
 
@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 UNTIMED = ("time/", "throughput/")
+CLOCK_KEYS = ("seconds", "finished_at")  # a stage's duration and when it finished
 
 
 def _load(path: str) -> Any:
@@ -30,7 +31,7 @@ def _load(path: str) -> Any:
 def _walk(a: Any, b: Any, where: str, found: dict[str, Any]) -> None:
   if isinstance(a, dict) and isinstance(b, dict):
     for key in sorted(set(a) | set(b)):
-      if key.startswith(UNTIMED) or key == "seconds":
+      if key.startswith(UNTIMED) or key in CLOCK_KEYS:
         continue
       if key not in a or key not in b:
         found["one_side"].append(f"{where}/{key}")

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import interleaved_medians  # noqa: E402
 from th_distill.config import base_config  # noqa: E402
 from th_distill.config.run_config import RunConfig  # noqa: E402
-from th_distill.data.batch import Batch  # noqa: E402
+from th_distill.data.batch import BATCH_ARRAYS, Batch  # noqa: E402
 from th_distill.models import init_params  # noqa: E402
 from th_distill.partitioning import Partitioner, make_mesh  # noqa: E402
 from th_distill.training import dispatch, programs  # noqa: E402
@@ -35,6 +35,7 @@ def _batch(rows: int, config: RunConfig, seed: int) -> Batch:
   rng, task = np.random.default_rng(seed), config.task
   return Batch(
     prompts=rng.integers(2, task.vocab_size, (rows, task.prompt_length)).astype(np.int32),
+    prompt_mask=np.ones((rows, task.prompt_length), bool),
     responses=rng.integers(2, task.vocab_size, (rows, task.response_length)).astype(np.int32),
     mask=np.ones((rows, task.response_length), np.float32),
   )
@@ -75,7 +76,7 @@ def main() -> None:
     state, _ = many(states["many"], teacher, oracle, stack, rng, 0, k)
     states["many"] = jax.block_until_ready(state)
 
-  data = {k_: getattr(_batch(512, config, 1), k_) for k_ in ("prompts", "responses", "mask")}
+  data = {k_: getattr(_batch(512, config, 1), k_) for k_ in BATCH_ARRAYS}
   full, cached = built.evaluator("student"), built.set_evaluator("student", teacher, oracle, data)
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, load {os.getloadavg()[0]:.2f}")
   steps = interleaved_medians({"one": one_by_one, "many": in_one_call}, args.repeats, warmup=2)

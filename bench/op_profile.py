@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import bandwidth_probe, decode_step_bytes, interleaved_medians  # noqa: E402
+from bench.common import NEVER_STOP, bandwidth_probe, decode_step_bytes, interleaved_medians  # noqa: E402
 from th_distill.config.settings import make_optimizer  # noqa: E402
 from th_distill.models import T5, init_params, t5_config  # noqa: E402
 from th_distill.planning.flops import distill_flops  # noqa: E402
@@ -172,9 +172,10 @@ def sampler(args: argparse.Namespace) -> None:
   prompts = jnp.asarray(
     np.random.default_rng(1).integers(2, cfg.vocab_size, (args.batch, args.input_length)), jnp.int32
   )
-  key = jax.random.PRNGKey(2)
-  compiled = sample.lower(model, params, prompts, key, max_length=args.length, eos_id=-1).compile()
-  call = lambda: compiled(params, prompts, key)  # noqa: E731
+  mask, key = jnp.ones(prompts.shape, bool), jax.random.PRNGKey(2)
+  settings = dict(max_length=args.length, tokens=NEVER_STOP)
+  compiled = sample.lower(model, params, prompts, mask, key, **settings).compile()
+  call = lambda: compiled(params, prompts, mask, key)  # noqa: E731
   probe, probe_bytes = bandwidth_probe()
   seconds = interleaved_medians({"sampler": call, "bandwidth": probe}, args.repeats, warmup=1)
   read_rate = probe_bytes / seconds["bandwidth"]
@@ -205,6 +206,7 @@ def step(args: argparse.Namespace) -> None:
   )
   batch = Batch(
     prompts=jnp.asarray(tokens[:, : args.input_length], jnp.int32),
+    prompt_mask=jnp.ones((args.batch, args.input_length), bool),
     responses=jnp.asarray(tokens[:, args.input_length :], jnp.int32),
     mask=jnp.ones((args.batch, args.target_length), jnp.float32),
   )

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import interleaved_medians  # noqa: E402
+from bench.common import NEVER_STOP, interleaved_medians  # noqa: E402
 from th_distill.config.settings import make_optimizer  # noqa: E402
 from th_distill.models import T5, hf_convert, init_params, shift_right, t5_config  # noqa: E402
 from th_distill.models.config import T5Config  # noqa: E402
@@ -105,15 +105,16 @@ def sampling_rows(
   model, params = _model(cfg, 0)
   hf = torch_t5(cfg, params)
   prompts = _tokens(1, (batch, input_length), cfg.vocab_size)
+  mask = np.ones(prompts.shape, bool)
   prompts_t = torch.from_numpy(prompts).long()
-  attention = torch.ones_like(prompts_t)
+  attention = torch.from_numpy(mask).long()  # the same mask on both sides
   key = jax.random.PRNGKey(2)
   rows = []
   for length in lengths:
-    kwargs = dict(max_length=length, eos_id=-1)
-    ours = sample.lower(model, params, prompts, key, **kwargs).compile()
-    out = ours(params, prompts, key)
-    _check_sample(hf, prompts_t, out, f"{name} L{length}")
+    kwargs = dict(max_length=length, tokens=NEVER_STOP)
+    ours = sample.lower(model, params, prompts, mask, key, **kwargs).compile()
+    out = ours(params, prompts, mask, key)
+    _check_sample(hf, prompts_t, attention, out, f"{name} L{length}")
 
     def peer(length=length):
       with torch.no_grad():
@@ -132,7 +133,7 @@ def sampling_rows(
     if peer().shape != (batch, length + 1):  # the decoder start token, then `length` new ones
       raise AssertionError("generate did not produce the full length")
     seconds = interleaved_medians(
-      {"ours": lambda: ours(params, prompts, key), "peer": peer, "ceiling": ceiling},  # noqa: B023 (timed in this iteration)
+      {"ours": lambda: ours(params, prompts, mask, key), "peer": peer, "ceiling": ceiling},  # noqa: B023 (timed in this iteration)
       repeats,
       warmup=1,
     )
@@ -156,13 +157,16 @@ def sampling_rows(
   return rows
 
 
-def _check_sample(hf: Any, prompts: torch.Tensor, out: Any, case: str) -> None:
-  """Our sampler's log-probs equal those of its tokens under the torch model (teacher forced)."""
+def _check_sample(
+  hf: Any, prompts: torch.Tensor, attention: torch.Tensor, out: Any, case: str
+) -> None:
+  """Our sampler's log-probs equal those of its tokens under the torch model (teacher forced,
+  with the prompts' `attention` mask)."""
   tokens = torch.from_numpy(np.array(out.tokens)).long()
   with torch.no_grad():
     logits = hf(
       input_ids=prompts,
-      attention_mask=torch.ones_like(prompts),
+      attention_mask=attention,
       decoder_input_ids=torch.from_numpy(np.array(shift_right(out.tokens))).long(),
     ).logits
   theirs = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0].numpy()
@@ -200,7 +204,7 @@ class TorchDistillStep:
     self.student, self.teacher = student.train(), teacher.eval()
     self.optimizer = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
     self.prompts = torch.from_numpy(np.array(batch.prompts)).long()
-    self.attention = torch.ones_like(self.prompts)
+    self.attention = torch.from_numpy(np.array(batch.prompt_mask)).long()
     self.decoder_inputs = torch.from_numpy(np.array(shift_right(batch.responses))).long()
     self.mask = torch.from_numpy(np.array(batch.mask))
 
@@ -235,6 +239,7 @@ def step_row(
   vocab = student_cfg.vocab_size
   batch = Batch(
     prompts=jnp.asarray(_tokens(2, (batch_size, input_length), vocab)),
+    prompt_mask=jnp.ones((batch_size, input_length), bool),
     responses=jnp.asarray(_tokens(3, (batch_size, target_length), vocab)),
     mask=jnp.ones((batch_size, target_length), jnp.float32),
   )

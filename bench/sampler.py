@@ -3,7 +3,7 @@
   python bench/sampler.py [--size tiny] [--batch 64] [--input-length 16] [--lengths 32 128 512]
 
 Both samplers run in the same process, timed in turns; responses are forced to full length
-(eos_id = -1). The cached sampler's cost per token should stay near flat in the length, the
+(no stop ids). The cached sampler's cost per token should stay near flat in the length, the
 uncached one grows linearly (quadratic total).
 """
 
@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import interleaved_medians  # noqa: E402
+from bench.common import NEVER_STOP, interleaved_medians  # noqa: E402
 from th_distill.models import T5, init_params, t5_config  # noqa: E402
 from th_distill.sampling import sample, sample_uncached  # noqa: E402
 
@@ -38,6 +38,7 @@ def main() -> None:
   prompts = jax.random.randint(
     jax.random.PRNGKey(1), (args.batch, args.input_length), 2, model.cfg.vocab_size
   )
+  mask = jax.numpy.ones(prompts.shape, bool)
   rows = []
   print(
     f"{args.size} T5, batch {args.batch}, input {args.input_length}, "
@@ -48,15 +49,15 @@ def main() -> None:
   )
   key = jax.random.PRNGKey(2)
   for length in args.lengths:
-    kwargs = dict(max_length=length, eos_id=-1)
+    kwargs = dict(max_length=length, tokens=NEVER_STOP)
     # Compiled ahead of time, so no warm-up call is needed (the uncached one at 512 takes minutes).
-    cached = sample.lower(model, params, prompts, key, **kwargs).compile()
-    uncached = sample_uncached.lower(model, params, prompts, key, **kwargs).compile()
+    cached = sample.lower(model, params, prompts, mask, key, **kwargs).compile()
+    uncached = sample_uncached.lower(model, params, prompts, mask, key, **kwargs).compile()
     repeats = args.repeats if length <= 128 else 1
     seconds = interleaved_medians(
       {
-        "cached": lambda: cached(params, prompts, key),  # noqa: B023 (timed in this iteration)
-        "uncached": lambda: uncached(params, prompts, key),  # noqa: B023
+        "cached": lambda: cached(params, prompts, mask, key),  # noqa: B023 (timed in this iteration)
+        "uncached": lambda: uncached(params, prompts, mask, key),  # noqa: B023
       },
       repeats,
       warmup=0,

@@ -45,6 +45,7 @@ def main() -> None:
   vocab = student.cfg.vocab_size
   batch = Batch(
     prompts=jax.random.randint(jax.random.PRNGKey(2), (args.batch, args.input_length), 2, vocab),
+    prompt_mask=jnp.ones((args.batch, args.input_length), bool),
     responses=jax.random.randint(jax.random.PRNGKey(3), (args.batch, args.target_length), 2, vocab),
     mask=jnp.ones((args.batch, args.target_length), jnp.float32),
   )

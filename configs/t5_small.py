@@ -3,9 +3,15 @@
 Oracle and teacher: T5 v1.1 base shapes; student: T5 v1.1 small shapes (vocab 32,128), on the
 synthetic task with longer prompts and responses. A random T5-base oracle stands in for a
 pretrained one (set `oracle.source = 'checkpoint'` and `oracle.checkpoint` to a local Hugging Face
-T5 v1.1 directory to use real weights). Memory: three models of 248M + 248M + 77M parameters in
-float32 plus the student's Adam state, about 5 GB, plus activations (batch 32 x (256 + 128)
-tokens): plan for a 16 GB accelerator, or shard with `mesh.fsdp`.
+T5 v1.1 directory to use real weights).
+
+Memory: plan for 24 GB per accelerator on mesh (data, fsdp, model) = (1, 1, 1) (or this
+24 GB host's CPU), or shard with `mesh.fsdp`. Three models of 248M + 248M + 77M parameters in
+float32 plus the student's Adam state take about 5 GB; the largest program is the teacher's SFT
+step, about 16.7 GiB (its activations at batch 32 x (256 + 128) tokens: too much for a 16 GB
+accelerator). The oracle's sampler and the evaluator split their calls to fit the device
+(`python -m th_distill.planning.memory --config=configs/t5_small.py --mesh=1,1,1 --device_gb=24`:
+256 sampled rows and 64 evaluated rows a call); the regimes run one at a time, also on a CPU.
 """
 
 from th_distill.config import base_config, model_config
@@ -36,4 +42,5 @@ def get_config():
   config.eval.batch_size = 256
   config.eval_every = 1_000
   config.checkpoint_every = 5_000
+  config.mesh.regimes_at_once = 1  # three distillation steps side by side take ~26 GiB
   return config

@@ -11,6 +11,9 @@ online arms do the same more slowly, so online data delays the rise rather than 
 This is regression toward a teacher worse than the student, not the paper's setting, where the
 teacher is the better model: configs/tiny_strong_teacher.py has that setting, which hacks nothing
 in this toy (docs/signature_search.md section 5, docs/results.md).
+
+Memory: plan for 2 GB per CPU device on mesh (data, fsdp, model) = (1, 1, 1), the regimes side
+by side (tests/planning/test_config_memory.py checks every config's claim).
 """
 
 from th_distill.config import base_config

@@ -7,6 +7,9 @@ start; offline and online students fall to the teacher's level and stay there (t
 level with it or a hair below). In this toy a golden rise after the minimum appears only where the
 student overtakes its teacher (configs/tiny.py); docs/signature_search.md section 5 has the
 evidence.
+
+Memory: plan for 2 GB per CPU device on mesh (data, fsdp, model) = (1, 1, 1), the regimes side
+by side (tests/planning/test_config_memory.py checks every config's claim).
 """
 
 from th_distill.config import strong_teacher_config

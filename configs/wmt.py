@@ -15,6 +15,9 @@ Needs (docs/tasks.md):
 Memory per device (`python -m th_distill.planning.memory --config=configs/wmt.py --mesh=1,16,1`, frozen
 models in bfloat16, logits in 4 chunks): 1.0 GiB on (1, 16, 1), 2.0 GiB on (1, 8, 1), before
 XLA's temporaries.
+
+Memory: plan for 16 GB per accelerator on mesh (data, fsdp, model) = (1, 16, 1) (e.g. 16 TPU v5e
+chips); the samplers and the evaluator split their calls to fit (`--device_gb=16`).
 """
 
 from th_distill.config import paper_config

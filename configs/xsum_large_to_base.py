@@ -18,6 +18,9 @@ Memory per device (`python -m th_distill.planning.memory --config=configs/xsum_l
 (16 chips, e.g. a v4-32 slice), 10.0 GiB on (1, 8, 1), 2.5 GiB on (1, 32, 1), of which the
 student's activations are 78 %; `--config.student.micro_batches=4` brings (1, 16, 1) to 2.1 GiB.
 XLA's temporaries come on top: keep 20-30 % free.
+
+Memory: plan for 16 GB per accelerator on mesh (data, fsdp, model) = (1, 16, 1) (e.g. 16 TPU v5e
+chips); the samplers and the evaluator split their calls to fit (`--device_gb=16`).
 """
 
 from th_distill.config import paper_config

@@ -26,7 +26,7 @@ from th_distill import config as config_lib
 from th_distill import partitioning
 from th_distill.data.pools import prompt_pools
 from th_distill.observing import progress
-from th_distill.planning.preview import log_plan
+from th_distill.planning.preview import log_plan, run_layout
 from th_distill.results import report
 from th_distill.rundir import lock
 from th_distill.rundir.layout import RunDirectory
@@ -67,8 +67,9 @@ def _run(config: config_lib.RunConfig, run_dir: RunDirectory) -> dict[str, Any]:
 
   partitioner = partitioning.Partitioner.from_config(config.mesh)
   models = Models.from_config(config)
-  programs = Programs(models, config, partitioner)
-  clock = log_plan(config, run_dir, partitioner, models)
+  layout = run_layout(config, partitioner)  # the samplers' and evaluator's calls fit a device
+  programs = Programs(models, config, partitioner, layout)
+  clock = log_plan(config, run_dir, partitioner, models, layout)
   pools = prompt_pools(config)
   stage1 = stage1_lib.run(config, run_dir.stage1, programs, pools, clock)
   stage2.run(config, run_dir, programs, stage1, pools, clock)

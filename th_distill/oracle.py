@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from th_distill.data.batch import Batch
+from th_distill.data.batch import Batch, PromptSet
 from th_distill.models.interface import LanguageModel
 from th_distill.sampling import SampleFn
 from th_distill.training.steps import forward
@@ -52,7 +52,7 @@ def calibrate_oracle(
   model: LanguageModel,
   params: Any,
   sample: SampleFn,
-  prompts: jax.Array,
+  prompts: PromptSet,
   rng: jax.Array,
   target_entropy: float,
   weight_scale: float = 1.0,
@@ -72,8 +72,9 @@ def calibrate_oracle(
 
   def entropy_at(log_scale: float) -> float:
     scaled = with_logit_scale(base, float(np.exp(log_scale)))
-    tokens, mask = sample(scaled, prompts, rng)
-    return float(mean_entropy(model, scaled, Batch(prompts, tokens, mask)))
+    tokens, mask = sample(scaled, prompts.tokens, prompts.mask, rng)
+    batch = Batch(prompts.tokens, prompts.mask, tokens, mask)
+    return float(mean_entropy(model, scaled, batch))
 
   low, high = np.log(1 / 64), np.log(64.0)
   for _ in range(iterations):

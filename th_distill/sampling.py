@@ -4,7 +4,7 @@ One function serves the oracle, the teacher and the student: it takes the model 
 any `th_distill.models.interface.LanguageModel`) and its parameters, never a model name. `generate` is the traceable loop
 (`th_distill.partitioning.Partitioner.jit` compiles it with explicit shardings); `sample` is
 `generate` jitted for one device or for arrays already placed on a mesh, refusing prompt ids
-outside the vocabulary first (`check_prompt_ids`). `sample_uncached` is the same loop without a
+outside the vocabulary and malformed masks first (`check_prompts`). `sample_uncached` is the same loop without a
 cache (it re-runs the teacher-forced `response_logits` every step): the baseline of `bench/sampler.py`.
 A `SampleFn` binds a sampler to one model and its settings: what the data regimes
 (`th_distill.data.regimes`) and the oracle's calibration take.
@@ -12,12 +12,16 @@ A `SampleFn` binds a sampler to one model and its settings: what the data regime
 Shapes: B batch, Li prompt length, L `max_length` (response length), V vocabulary.
 
 Conventions:
-- A response holds up to L tokens. A row stops after it emits `eos_id`: the EOS is part of the
-  response (mask 1.0); every later position holds 0 with mask 0.0 and log-prob 0. The mask is
-  float32, the dtype of `th_distill.data.batch.Batch.mask`: samples make a `Batch` as they are.
-  The loop exits early once every row is done. `eos_id = -1` (any id outside [0, V)) never stops
-  a row, which forces full-length responses. Token 0 (padding and decoder start) is an ordinary
-  vocabulary entry: it can be sampled like any other, so always use `mask`, never `tokens != 0`.
+- Prompts come with their mask: `prompt_mask` [B, Li] bool is True on the real tokens; the
+  padded positions (False) may hold any id, and no code reads padding from an id.
+- Special tokens are the model's (`tokens`, a `th_distill.models.tokens.SpecialTokens` read from
+  its tokenizer and checkpoint files): a row stops after it emits any of `tokens.stop_ids` (the
+  EOS, and extra stop ids such as Qwen's `<|im_end|>`); the stop token is part of the response
+  (mask 1.0); every later position holds `tokens.pad_id` with mask 0.0 and log-prob 0. The mask
+  is float32, the dtype of `th_distill.data.batch.Batch.mask`: samples make a `Batch` as they
+  are. The loop exits early once every row is done; with no stop ids rows never stop, which
+  forces full-length responses. The pad id is an ordinary vocabulary entry that can be sampled
+  like any other, so always use `mask`, never `tokens != pad_id`.
 - Randomness: `rng` is either one key, split into B per-example keys (`jax.random.split(rng, B)`),
   or an array of B keys (row b uses `rng[b]`). Step t of row b draws from
   `jax.random.fold_in(key_b, t)`. With per-example keys a row's sample depends only on its prompt
@@ -42,26 +46,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from th_distill.models import EOS_ID, PAD_ID, extend_cache  # noqa: F401  (T5's, kept here)
 from th_distill.models.interface import LanguageModel
+from th_distill.models.tokens import SpecialTokens
 
 Array = jax.Array
 
-_STATIC = ("model", "max_length", "temperature", "top_k", "top_p", "eos_id")
+_STATIC = ("model", "max_length", "temperature", "top_k", "top_p", "tokens")
 
 
 class SampleOutput(NamedTuple):
   """Responses of `sample` / `sample_uncached`; all [B, L]."""
 
-  tokens: Array  # int32: response tokens, EOS included when emitted, then 0
+  tokens: Array  # int32: response tokens, the stop token included when emitted, then the pad id
   mask: Array  # float32: 1.0 on the real response tokens (EOS included), 0.0 after
   logprobs: Array  # float32: log-prob of each emitted token (see module doc), 0 where mask is 0
 
 
-# sample_fn(params, prompts [B, Li] int32, rng) -> (tokens [B, Lt] int32, mask [B, Lt] float32):
-# `SampleOutput`'s tokens and mask for one model and fixed settings; prompts and results may be
-# numpy or device arrays (`th_distill.data.regimes.build_offline` needs numpy results).
-SampleFn = Callable[[Any, Array, Array], tuple[Array, Array]]
+# sample_fn(params, prompts [B, Li] int32, prompt_mask [B, Li] bool, rng) -> (tokens [B, Lt]
+# int32, mask [B, Lt] float32): `SampleOutput`'s tokens and mask for one model and fixed
+# settings; prompts and results may be numpy or device arrays
+# (`th_distill.data.regimes.build_offline` needs numpy results).
+SampleFn = Callable[[Any, Array, Array, Array], tuple[Array, Array]]
 
 
 # The smallest normal float32: a smaller positive temperature flushes to 0 on accelerators.
@@ -100,14 +105,26 @@ def settings_problems(
 
 
 def _check(
-  input_tokens: Array, max_length: int, temperature: float, top_k: int, top_p: float, eos_id: int
+  prompts: Array,
+  prompt_mask: Array,
+  max_length: int,
+  temperature: float,
+  top_k: int,
+  top_p: float,
+  tokens: SpecialTokens,
 ) -> None:
-  if input_tokens.ndim != 2 or input_tokens.shape[1] == 0:
-    raise ValueError(f"input_tokens must be [B, Li] with Li > 0, got shape {input_tokens.shape}.")
+  if prompts.ndim != 2 or prompts.shape[1] == 0:
+    raise ValueError(f"prompts must be [B, Li] with Li > 0, got shape {prompts.shape}.")
+  if prompt_mask.shape != prompts.shape:
+    raise ValueError(
+      f"prompt_mask must have the prompts' shape {prompts.shape}, got {prompt_mask.shape}."
+    )
   for name, message in settings_problems(max_length, temperature, top_k, top_p):
     raise ValueError(f"{name} {message}.")
-  if not isinstance(eos_id, numbers.Integral):
-    raise ValueError(f"eos_id must be an int (-1 = never stop), got {eos_id!r}.")
+  if not isinstance(tokens, SpecialTokens):
+    raise ValueError(
+      f"tokens must be the model's th_distill.models.tokens.SpecialTokens, got {tokens!r}."
+    )
 
 
 def sampling_log_probs(
@@ -181,10 +198,10 @@ def example_keys(rng: Array, batch: int) -> Array:
 class _Carry(NamedTuple):
   step: Array  # [] int32: the position being generated
   state: Any  # what `next_logits` carries from step to step (the KV cache, or None)
-  token: Array  # [B] int32: the token fed at `step` (0, the decoder start, at step 0)
+  token: Array  # [B] int32: the token fed at `step` (`start_decode`'s first token at step 0)
   tokens: Array  # [B, L] int32: emitted tokens so far (garbage after a row's EOS)
   logprobs: Array  # [B, L] float32
-  done: Array  # [B] bool: the row has emitted EOS
+  done: Array  # [B] bool: the row has emitted a stop token
 
 
 # next_logits(state, token [B], tokens [B, L], step []) -> (logits [B, V] float32, new state)
@@ -215,16 +232,20 @@ def _decode_loop(
   temperature: float,
   top_k: int,
   top_p: float,
-  eos_id: int,
+  tokens: SpecialTokens,
   segments: list[int],
   grow: Grow,
 ) -> SampleOutput:
   """The decoding loop shared by both samplers, fed `first_token` [B] first (the model's
-  `start_decode`: T5's start token 0, a decoder-only model's last prompt token): up to L steps, stopping early once every row has
-  emitted EOS, then everything after each row's first EOS is blanked. The steps run in segments
-  ending at `segments` (the last one L), one `lax.while_loop` each, the state grown to the
-  segment's end before it."""
+  `start_decode`: T5's decoder start token, a decoder-only model's last prompt token): up to L
+  steps, stopping early once every row has emitted a stop token, then everything after each
+  row's first stop token is blanked. The steps run in segments ending at `segments` (the last
+  one L), one `lax.while_loop` each, the state grown to the segment's end before it."""
   batch = keys.shape[0]
+  stop_ids = jnp.asarray(tokens.stop_ids, jnp.int32).reshape(-1)
+
+  def is_stop(ids: Array) -> Array:
+    return jnp.any(ids[..., None] == stop_ids, axis=-1)
 
   def body(c: _Carry) -> _Carry:
     logits, state = next_logits(c.state, c.token, c.tokens, c.step)
@@ -235,7 +256,7 @@ def _decode_loop(
       token,
       jax.lax.dynamic_update_index_in_dim(c.tokens, token, c.step, axis=1),
       jax.lax.dynamic_update_index_in_dim(c.logprobs, logprob, c.step, axis=1),
-      c.done | (token == eos_id),
+      c.done | is_stop(token),
     )
 
   final = _Carry(
@@ -252,11 +273,11 @@ def _decode_loop(
       body,
       final._replace(state=grow(final.state, end)),
     )
-  # A position is real iff no EOS came before it (the EOS itself is real).
-  is_eos = final.tokens == eos_id
-  mask = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0
+  # A position is real iff no stop token came before it (the stop token itself is real).
+  stopped = is_stop(final.tokens)
+  mask = (jnp.cumsum(stopped, axis=1) - stopped) == 0
   return SampleOutput(
-    jnp.where(mask, final.tokens, PAD_ID),
+    jnp.where(mask, final.tokens, tokens.pad_id),
     mask.astype(jnp.float32),
     jnp.where(mask, final.logprobs, 0.0),
   )
@@ -265,32 +286,34 @@ def _decode_loop(
 def generate(
   model: LanguageModel,
   params: Any,
-  input_tokens: Array,
+  prompts: Array,
+  prompt_mask: Array,
   rng: Array,
   *,
   max_length: int,
+  tokens: SpecialTokens,
   temperature: float = 1.0,
   top_k: int = 0,
   top_p: float = 1.0,
-  eos_id: int = EOS_ID,
 ) -> SampleOutput:
-  """Samples responses [B, L] (L = `max_length`) to `input_tokens` [B, Li] int32 (0 = padding).
+  """Samples responses [B, L] (L = `max_length`) to `prompts` [B, Li] int32 whose real tokens
+  `prompt_mask` [B, Li] bool marks, stopping on the model's stop ids (`tokens`).
 
   The model's `start_decode` runs once (T5: the encoder and `init_cache`; a decoder-only model:
   the prompt's prefill), then one `decode_step` per position inside
   `lax.while_loop`s over segments of positions, the cache extended before each (`cache_segments`).
   `rng`: one key or B per-example keys; `temperature` 0 is greedy; `top_k` 0 and `top_p` 1 are
-  off; see the module doc for the EOS, key and log-prob conventions.
+  off; see the module doc for the stop, key and log-prob conventions.
   """
-  _check(input_tokens, max_length, temperature, top_k, top_p, eos_id)
-  input_tokens = input_tokens.astype(jnp.int32)
-  keys = example_keys(rng, input_tokens.shape[0])
+  _check(prompts, prompt_mask, max_length, temperature, top_k, top_p, tokens)
+  prompts, prompt_mask = prompts.astype(jnp.int32), prompt_mask.astype(bool)
+  keys = example_keys(rng, prompts.shape[0])
   variables = {"params": params}
   segments = cache_segments(max_length)
-  first, cache = model.apply(variables, input_tokens, segments[0], method="start_decode")
+  first, cache = model.apply(variables, prompts, prompt_mask, segments[0], method="start_decode")
 
-  def next_logits(cache, token, tokens, step):
-    del tokens, step  # the cache knows the position
+  def next_logits(cache, token, buffer, step):
+    del buffer, step  # the cache knows the position
     return model.apply(variables, token, cache, method="decode_step")
 
   return _decode_loop(
@@ -302,42 +325,54 @@ def generate(
     temperature,
     top_k,
     top_p,
-    eos_id,
+    tokens,
     segments,
     model.extend_cache,
   )
 
 
-def check_prompt_ids(input_tokens: Any, vocab_size: int) -> None:
+def check_prompts(prompts: Any, prompt_mask: Any, vocab_size: int) -> None:
   """Raises ValueError if a prompt id is outside [0, vocab_size) (it would embed as NaN and every
-  log-prob of its row would be NaN). Host arrays and fully addressable device arrays are
-  checked; traced or multi-host arrays are the caller's to check."""
-  if isinstance(input_tokens, jax.core.Tracer) or (
-    isinstance(input_tokens, jax.Array) and not input_tokens.is_fully_addressable
+  log-prob of its row would be NaN) or a row of `prompt_mask` has no real token. Host arrays
+  and fully addressable device arrays are checked; traced or multi-host arrays are the caller's
+  to check."""
+  arrays = (prompts, prompt_mask)
+  if any(
+    isinstance(x, jax.core.Tracer) or (isinstance(x, jax.Array) and not x.is_fully_addressable)
+    for x in arrays
   ):
     return
-  ids = np.asarray(input_tokens)
+  ids, mask = np.asarray(prompts), np.asarray(prompt_mask, bool)
   if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
     raise ValueError(
       f"prompt ids must be in [0, {vocab_size}) (the model's vocab_size), got "
       f"ids from {ids.min()} to {ids.max()}."
     )
+  if mask.ndim == 2 and mask.shape[1] and not mask.any(axis=1).all():
+    empty = np.flatnonzero(~mask.any(axis=1))
+    raise ValueError(f"prompt_mask rows {empty[:5].tolist()} mark no real prompt token.")
 
 
 class _CheckedSampler:
   """`fn` jitted with its settings and model static, whose calls first refuse prompt ids outside
-  the model's vocabulary (`check_prompt_ids`). Its name and doc are `fn`'s; every other attribute
-  (`lower`, ...) is the jitted function's."""
+  the model's vocabulary and empty prompts (`check_prompts`). Its name and doc are `fn`'s; every
+  other attribute (`lower`, ...) is the jitted function's."""
 
   def __init__(self, fn: Callable[..., SampleOutput]):
     self._jitted = jax.jit(fn, static_argnames=_STATIC)
     functools.update_wrapper(self, fn)
 
   def __call__(
-    self, model: LanguageModel, params: Any, input_tokens: Array, rng: Array, **settings: Any
+    self,
+    model: LanguageModel,
+    params: Any,
+    prompts: Array,
+    prompt_mask: Array,
+    rng: Array,
+    **settings: Any,
   ) -> SampleOutput:
-    check_prompt_ids(input_tokens, model.cfg.vocab_size)
-    return self._jitted(model, params, input_tokens, rng, **settings)
+    check_prompts(prompts, prompt_mask, model.cfg.vocab_size)
+    return self._jitted(model, params, prompts, prompt_mask, rng, **settings)
 
   def __getattr__(self, name: str) -> Any:
     return getattr(self._jitted, name)
@@ -350,29 +385,30 @@ sample = _CheckedSampler(generate)
 def sample_uncached(
   model: LanguageModel,
   params: Any,
-  input_tokens: Array,
+  prompts: Array,
+  prompt_mask: Array,
   rng: Array,
   *,
   max_length: int,
+  tokens: SpecialTokens,
   temperature: float = 1.0,
   top_k: int = 0,
   top_p: float = 1.0,
-  eos_id: int = EOS_ID,
 ) -> SampleOutput:
   """`sample` without a KV cache (the benchmark baseline): the same tokens for the same key.
 
   Every step re-runs the teacher-forced decoder over the whole static [B, L] buffer and reads the
   logits at the current position, so a step costs O(L) decoder positions (O(L^2) per response).
   """
-  _check(input_tokens, max_length, temperature, top_k, top_p, eos_id)
-  input_tokens = input_tokens.astype(jnp.int32)
-  keys = example_keys(rng, input_tokens.shape[0])
+  _check(prompts, prompt_mask, max_length, temperature, top_k, top_p, tokens)
+  prompts, prompt_mask = prompts.astype(jnp.int32), prompt_mask.astype(bool)
+  keys = example_keys(rng, prompts.shape[0])
   variables = {"params": params}
-  first = model.apply(variables, input_tokens, 1, method="start_decode")[0]
+  first = model.apply(variables, prompts, prompt_mask, 1, method="start_decode")[0]
 
-  def next_logits(state, token, tokens, step):
+  def next_logits(state, token, buffer, step):
     del token  # the whole buffer is re-read; positions >= step are hidden by the causal mask
-    logits = model.apply(variables, input_tokens, tokens, method="response_logits")
+    logits = model.apply(variables, prompts, prompt_mask, buffer, method="response_logits")
     return jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False), state
 
   return _decode_loop(
@@ -384,7 +420,7 @@ def sample_uncached(
     temperature,
     top_k,
     top_p,
-    eos_id,
+    tokens,
     [max_length],
     lambda state, length: state,
   )

@@ -9,6 +9,7 @@ import pytest
 
 from bench import common, op_profile
 from th_distill.models import T5, init_params, t5_config
+from th_distill.models.tokens import T5_TOKENS
 from th_distill.sampling import sample
 
 
@@ -42,9 +43,10 @@ def test_sampler_operations_fall_into_the_model_kinds():
   model = T5(cfg)
   params = nn.unbox(init_params(model, jax.random.PRNGKey(0)))
   prompts = jnp.full((2, 5), 3, jnp.int32)
-  key = jax.random.PRNGKey(1)
-  compiled = sample.lower(model, params, prompts, key, max_length=4).compile()
-  kinds = op_profile.profile(compiled, lambda: compiled(params, prompts, key))
+  mask, key = jnp.ones(prompts.shape, bool), jax.random.PRNGKey(1)
+  compiled = sample.lower(model, params, prompts, mask, key, max_length=4, tokens=T5_TOKENS)
+  compiled = compiled.compile()
+  kinds = op_profile.profile(compiled, lambda: compiled(params, prompts, mask, key))
   for kind in (
     "matmul: MLP",
     "matmul: attention projections",

@@ -12,6 +12,7 @@ from th_distill import experiment
 from th_distill.config.run_config import RunConfig
 from th_distill.data import pools as pool_lib
 from th_distill.data import regimes as regime_lib
+from th_distill.models.tokens import T5_TOKENS
 from th_distill.observing.metric_names import GOLDEN, PROXY, TRAIN_PROXY
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.rundir import checkpoints
@@ -88,19 +89,22 @@ def test_offline_dataset_holds_n_prompts_times_k_generations(micro, tmp_path):
   data = checkpoints.load_arrays(str(tmp_path / "offline_dataset.npz"))
   n, k = micro.offline.num_prompts, micro.offline.generations_per_prompt
   pools = pool_lib.prompt_pools(micro)
-  assert data["prompts"].shape == (n * k, micro.task.prompt_length)
+  assert data["prompts"].shape == data["prompt_mask"].shape == (n * k, micro.task.prompt_length)
   assert data["responses"].shape == data["mask"].shape == (n * k, micro.task.response_length)
-  np.testing.assert_array_equal(data["prompts"], np.repeat(pools["distill"][:n], k, axis=0))
+  offline_prompts = pools["distill"][np.repeat(np.arange(n), k)]
+  np.testing.assert_array_equal(data["prompts"], offline_prompts.tokens)
+  np.testing.assert_array_equal(data["prompt_mask"], offline_prompts.mask)
   np.testing.assert_array_equal(data["prompt_index"], np.repeat(np.arange(n), k))
   # Pools are disjoint: no distillation prompt is an eval or oracle prompt.
-  distill = {p.tobytes() for p in pools["distill"]}
-  assert not distill & {p.tobytes() for p in pools["eval"]}
-  assert not distill & {p.tobytes() for p in pools["oracle"]}
+  distill = {p.tobytes() for p in pools["distill"].tokens}
+  assert not distill & {p.tobytes() for p in pools["eval"].tokens}
+  assert not distill & {p.tobytes() for p in pools["oracle"].tokens}
   # Responses: real tokens up to and including EOS, then padding.
   for tokens, mask in zip(data["responses"], data["mask"]):
     valid = int(mask.sum())
     assert np.all(mask[:valid] == 1) and np.all(mask[valid:] == 0)
-    assert np.all(tokens[valid:] == 0) and np.all(tokens[: valid - 1] != 1)  # EOS only last
+    assert np.all(tokens[valid:] == T5_TOKENS.pad_id)
+    assert not np.isin(tokens[: valid - 1], T5_TOKENS.stop_ids).any()  # EOS only last
 
 
 def test_stages_are_cached_and_reused(micro, tmp_path):
@@ -168,7 +172,8 @@ def test_online_prompts_come_from_the_configured_source(micro, source):
   expected = (
     pools["distill"][: micro.offline.num_prompts] if source == "offline" else pools["distill"]
   )
-  np.testing.assert_array_equal(prompts, expected)
+  np.testing.assert_array_equal(prompts.tokens, expected.tokens)
+  np.testing.assert_array_equal(prompts.mask, expected.mask)
 
 
 def test_online_regime_trains_on_the_offline_prompts_by_default(micro, monkeypatch, tmp_path):
@@ -177,10 +182,12 @@ def test_online_regime_trains_on_the_offline_prompts_by_default(micro, monkeypat
   original = regime_lib.online_batches
 
   def recording(regime, prompt_pool, *args, **kwargs):
-    seen.append(np.asarray(prompt_pool))
+    seen.append(prompt_pool)
     return original(regime, prompt_pool, *args, **kwargs)
 
   monkeypatch.setattr(regime_lib, "online_batches", recording)
   experiment.run(micro, str(tmp_path))
   pools = pool_lib.prompt_pools(RunConfig.from_config(micro))
-  np.testing.assert_array_equal(seen[0], pools["distill"][: micro.offline.num_prompts])
+  expected = pools["distill"][: micro.offline.num_prompts]
+  np.testing.assert_array_equal(seen[0].tokens, expected.tokens)
+  np.testing.assert_array_equal(seen[0].mask, expected.mask)

@@ -32,6 +32,7 @@ import pytest
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
 from th_distill.config.settings import make_optimizer
+from th_distill.data.batch import PromptSet
 from th_distill.data.pools import prompt_pools
 from th_distill.models import param_count
 from th_distill.partitioning import Partitioner
@@ -65,9 +66,14 @@ MILLIONS = {
 }
 
 
+# Configs whose models are their checkpoints' (model.family = 'checkpoint'): run on real
+# checkpoint files, shrunk, by tests/commands/test_own_model.py.
+CHECKPOINT_CONFIGS = ("your_model",)
+
+
 def test_every_config_file_is_covered():
   files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))}
-  assert files == set(CPU_CONFIGS + ACCELERATOR_CONFIGS)
+  assert files == set(CPU_CONFIGS + ACCELERATOR_CONFIGS + CHECKPOINT_CONFIGS)
 
 
 def _load(name: str):
@@ -93,12 +99,13 @@ def _shrink_counts(config):
   return config
 
 
-def _batch(config, prompts: np.ndarray) -> dict[str, np.ndarray]:
+def _batch(config, prompts: PromptSet) -> dict[str, np.ndarray]:
   """A (prompt, response) batch at the config's lengths: random responses over its vocabulary."""
   rng = np.random.default_rng(0)
   shape = (len(prompts), config.task.response_length)
   return {
-    "prompts": prompts,
+    "prompts": prompts.tokens,
+    "prompt_mask": prompts.mask,
     "responses": rng.integers(2, config.task.vocab_size, shape, dtype=np.int32),
     "mask": np.ones(shape, np.float32),
   }
@@ -110,7 +117,7 @@ def test_cpu_config_takes_one_sft_and_one_distillation_step(name, tmp_path):
   config = config_lib.validate(_shrink_counts(_load(name)))
   partitioner = Partitioner.from_config(config.mesh)
   pools = prompt_pools(config)
-  assert {k: v.shape for k, v in pools.items()} == {
+  assert {k: v.tokens.shape for k, v in pools.items()} == {
     "oracle": (8, config.task.prompt_length),
     "distill": (8, config.task.prompt_length),
     "eval": (4, config.task.prompt_length),
@@ -160,13 +167,20 @@ def test_accelerator_config_lowers_its_steps_for_abstract_shapes(name, tmp_path)
     task_data = real_task_data.mocked_tfds()
   else:
     task_data = contextlib.nullcontext()
+  if config.task.source == "prompt_file":  # a real tokenizer and prompt file, made here
+    from hf_artifacts import CORPUS, write_prompt_file, write_tokenizer
+
+    write_tokenizer(tmp_path / "tokenizer")
+    config.task.vocabulary = str(tmp_path / "tokenizer")
+    texts = [f"{i}: {text}" for i, text in enumerate(sorted(set(CORPUS)) * 3)]
+    config.task.prompt_file = write_prompt_file(tmp_path / "prompts.jsonl", texts)
   # Every field checked as a run would, but the oracle checkpoint (an 11 GB file) it has not.
   checked = config.copy_and_resolve_references()
   checked.oracle.source = "synthetic"
   config_lib.validate(checked)
   with task_data:
     pools = prompt_pools(config)
-  assert pools["oracle"].shape == (8, config.task.prompt_length)
+  assert pools["oracle"].tokens.shape == (8, config.task.prompt_length)
 
   partitioner = Partitioner.from_config(config.mesh)
   full = Models.from_config(RunConfig.from_config(config))

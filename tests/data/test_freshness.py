@@ -13,6 +13,7 @@ from run_rows import cut_after_checkpoint, untimed_rows
 from th_distill import config as config_lib
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
+from th_distill.data.batch import PromptSet
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints
 from th_distill.training import sources
@@ -64,9 +65,10 @@ class FakePrograms:
   def sampler(self, name):
     offset = 100 if name == "teacher" else 0
 
-    def sample(params, prompts, rng):
+    def sample(params, prompts, prompt_mask, rng):
       del rng
       rows = np.asarray(prompts).shape[0]
+      assert np.asarray(prompt_mask).shape == np.asarray(prompts).shape
       return np.full((rows, LT), params + offset, np.int32), np.ones((rows, LT), np.float32)
 
     return sample
@@ -88,7 +90,8 @@ def _context(micro, regime, **online):
   micro.task.prompt_length, micro.task.response_length = LI, LT
   micro.online.update(online)
   config = RunConfig.from_config(micro)
-  pools = {"distill": np.arange(1, 33 * LI + 1, dtype=np.int32).reshape(33, LI)}
+  tokens = np.arange(1, 33 * LI + 1, dtype=np.int32).reshape(33, LI)
+  pools = {"distill": PromptSet(tokens, np.ones(tokens.shape, bool))}
   return sources.SourceContext(config, FakePrograms(), 0, pools, None, None, FakePhase())
 
 
@@ -241,6 +244,7 @@ def test_refreshed_generations_keep_the_prompts_and_change_the_responses(micro):
   first = offline_dataset.sample(context, _seeded_sampler(), 0)
   second = offline_dataset.sample(context, _seeded_sampler(), 1)
   np.testing.assert_array_equal(first["prompts"], second["prompts"])
+  np.testing.assert_array_equal(first["prompt_mask"], second["prompt_mask"])
   assert not np.array_equal(first["responses"], second["responses"])
   again = offline_dataset.sample(context, _seeded_sampler(), 1)
   np.testing.assert_array_equal(again["responses"], second["responses"])
@@ -249,8 +253,9 @@ def test_refreshed_generations_keep_the_prompts_and_change_the_responses(micro):
 def _seeded_sampler():
   import jax
 
-  def sample(params, prompts, rng):
+  def sample(params, prompts, prompt_mask, rng):
     rows = np.asarray(prompts).shape[0]
+    assert np.asarray(prompt_mask).shape == np.asarray(prompts).shape
     tokens = np.asarray(jax.random.randint(rng, (rows, LT), 2, 16), np.int32)
     return tokens, np.ones((rows, LT), np.float32)
 

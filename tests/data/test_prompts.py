@@ -23,3 +23,25 @@ def test_pools_are_consecutive_disjoint_slices():
   rows = prompts.zipf_prompts(1, 30, 6, 64)
   pools = prompts.split_pools(rows, {"a": 10, "b": 20})
   np.testing.assert_array_equal(np.concatenate([pools["a"], pools["b"]]), rows)
+
+
+# SHA-256 of the default config's synthetic pools as the numpy arrays of 0316916 (before pools
+# carried masks): the default study's prompts must stay byte for byte the same.
+DEFAULT_POOLS_SHA256 = {
+  "oracle": "421a0bf286a6dd73c322eb091b97577a81a47de4d4b5154c0501e88819b71c14",
+  "distill": "94371c59f3047768a7db52b65c8ec0e4eba248c7417bfcc34b334bd033f9965f",
+  "eval": "a009456af6921e49022c525e7931787cd2f764ea5b92081e04f7b72cc288f3f2",
+}
+
+
+def test_the_default_synthetic_pools_are_unchanged_and_all_real():
+  import hashlib
+
+  from th_distill.config import base_config
+  from th_distill.config.run_config import RunConfig
+  from th_distill.data.pools import prompt_pools
+
+  pools = prompt_pools(RunConfig.from_config(base_config()))
+  for name, pool in pools.items():
+    assert pool.tokens.dtype == np.int32 and pool.mask.all()
+    assert hashlib.sha256(pool.tokens.tobytes()).hexdigest() == DEFAULT_POOLS_SHA256[name]

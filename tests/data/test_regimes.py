@@ -8,20 +8,22 @@ import numpy as np
 import pytest
 
 from th_distill.data import regimes
+from th_distill.data.batch import PromptSet
 
 LI, LT, VOCAB = 3, 4, 50
 
 
 class FakeSampler:
-  """A `SampleFn` that records its calls: row b's tokens are `prompts[b, 0] * 10 + code` at every
-  position, followed by a key-dependent draw in [0, 10) for the last one (so generations of one
-  prompt differ); the mask is float32, 1.0 except on the last position."""
+  """A `SampleFn` that records its calls (params, prompts, prompt_mask, rng): row b's tokens are
+  `prompts[b, 0] * 10 + code` at every position, followed by a key-dependent draw in [0, 10) for
+  the last one (so generations of one prompt differ); the mask is float32, 1.0 except on the
+  last position."""
 
   def __init__(self, code: int):
     self.code, self.calls = code, []
 
-  def __call__(self, params, prompts, rng):
-    self.calls.append((params, np.asarray(prompts), np.asarray(rng)))
+  def __call__(self, params, prompts, prompt_mask, rng):
+    self.calls.append((params, np.asarray(prompts), np.asarray(prompt_mask), np.asarray(rng)))
     prompts = jnp.asarray(prompts)
     tokens = jnp.repeat(prompts[:, :1] * 10 + self.code, LT, axis=1)
     draw = jax.random.randint(rng, (prompts.shape[0],), 0, 10)
@@ -30,9 +32,12 @@ class FakeSampler:
     return tokens, mask
 
 
-def _pool(size: int) -> np.ndarray:
-  """Prompts [size, LI] whose first token is the row's index + 1 (no two alike)."""
-  return np.stack([np.arange(1, size + 1)] * LI, axis=1).astype(np.int32)
+def _pool(size: int) -> PromptSet:
+  """Prompts [size, LI] whose first token is the row's index + 1 (no two alike), row i of real
+  length 1 + i % LI (the rest is filler 0), so that a mask not carried with its row shows."""
+  tokens = np.stack([np.arange(1, size + 1)] * LI, axis=1).astype(np.int32)
+  mask = np.arange(LI)[None] < (1 + np.arange(size) % LI)[:, None]
+  return PromptSet(np.where(mask, tokens, 0), mask)
 
 
 # --- build_offline -----------------------------------------------------------------------------
@@ -43,17 +48,21 @@ def test_build_offline_samples_k_generations_per_prompt_in_chunks():
   rng = jax.random.PRNGKey(7)
   sampler = FakeSampler(code=1)
   data = regimes.build_offline(sampler, "teacher", _pool(n), k, rng, chunk_size=chunk)
-  assert data["prompts"].shape == (n * k, LI)
+  assert data["prompts"].shape == data["prompt_mask"].shape == (n * k, LI)
   assert data["responses"].shape == data["mask"].shape == (n * k, LT)
-  assert data["mask"].dtype == np.float32
+  assert data["mask"].dtype == np.float32 and data["prompt_mask"].dtype == bool
   np.testing.assert_array_equal(data["prompt_index"], np.repeat(np.arange(n), k))
-  np.testing.assert_array_equal(data["prompts"], _pool(n)[data["prompt_index"]])
+  np.testing.assert_array_equal(data["prompts"], _pool(n).tokens[data["prompt_index"]])
+  np.testing.assert_array_equal(data["prompt_mask"], _pool(n).mask[data["prompt_index"]])
   np.testing.assert_array_equal(data["responses"][:, 0], data["prompts"][:, 0] * 10 + 1)
-  # Chunks of 4 rows (the last one short), each with the key folded with its first row.
-  assert [len(p) for _, p, _ in sampler.calls] == [4, 4, 4, 3]
-  assert all(params == "teacher" for params, _, _ in sampler.calls)
-  for (_, _, key), start in zip(sampler.calls, range(0, n * k, chunk)):
+  # Chunks of 4 rows (the last one short), each with the key folded with its first row, and
+  # each with its rows' masks.
+  assert [len(p) for _, p, _, _ in sampler.calls] == [4, 4, 4, 3]
+  assert all(params == "teacher" for params, _, _, _ in sampler.calls)
+  for (_, prompts, mask, key), start in zip(sampler.calls, range(0, n * k, chunk)):
     np.testing.assert_array_equal(key, jax.random.fold_in(rng, start))
+    np.testing.assert_array_equal(prompts, data["prompts"][start : start + chunk])
+    np.testing.assert_array_equal(mask, data["prompt_mask"][start : start + chunk])
   # The k generations of a prompt are sampled apart (here: the last token differs somewhere).
   last = data["responses"][:, -1].reshape(n, k)
   assert any(len(set(row)) > 1 for row in last)
@@ -69,8 +78,9 @@ def _dataset(size: int) -> dict[str, np.ndarray]:
   """Rows identified by their prompt's first token (index + 1), responses and mask tied to it."""
   prompts = _pool(size)
   return dict(
-    prompts=prompts,
-    responses=np.repeat(prompts[:, :1] * 10, LT, axis=1),
+    prompts=prompts.tokens,
+    prompt_mask=prompts.mask,
+    responses=np.repeat(prompts.tokens[:, :1] * 10, LT, axis=1),
     mask=np.tile(np.arange(1, size + 1)[:, None] % 2, (1, LT)).astype(np.float32),
   )
 
@@ -81,6 +91,7 @@ def _stream(batch_at, steps: int) -> np.ndarray:
   for step in range(steps):
     batch = batch_at(step)
     row = batch.prompts[:, 0] - 1
+    np.testing.assert_array_equal(batch.prompt_mask, _pool(row.max() + 1).mask[row])
     np.testing.assert_array_equal(batch.responses, np.repeat(batch.prompts[:, :1] * 10, LT, 1))
     np.testing.assert_array_equal(batch.mask[:, 0], (row + 1) % 2)
     ids.append(row)
@@ -132,13 +143,15 @@ def test_online_batches_sample_one_model_with_the_steps_key(regime, key_index):
     batch = batch_at(step, "student")
     keys = _step_keys(rng, step)
     expected_rows = np.asarray(jax.random.randint(keys[0], (batch_size,), 0, len(pool)))
-    np.testing.assert_array_equal(batch.prompts, pool[expected_rows])
+    np.testing.assert_array_equal(batch.prompts, pool.tokens[expected_rows])
+    np.testing.assert_array_equal(batch.prompt_mask, pool.mask[expected_rows])
     used, unused = (teacher, student) if regime == "online_teacher" else (student, teacher)
-    params, prompts, key = used.calls[-1]
+    params, prompts, prompt_mask, key = used.calls[-1]
     assert params == ("teacher" if used is teacher else "student") and not unused.calls
     np.testing.assert_array_equal(prompts, batch.prompts)
+    np.testing.assert_array_equal(prompt_mask, batch.prompt_mask)
     np.testing.assert_array_equal(key, keys[key_index])
-    tokens, mask = used(params, prompts, key)
+    tokens, mask = used(params, prompts, prompt_mask, key)
     np.testing.assert_array_equal(batch.responses, tokens)
     np.testing.assert_array_equal(batch.mask, mask)
   assert not np.array_equal(batch_at(0, "student").prompts, batch_at(3, "student").prompts)
@@ -152,7 +165,7 @@ def test_mixture_takes_each_row_from_the_student_with_the_given_probability():
   )
   batch = batch_at(2, "student")
   keys = _step_keys(rng, 2)
-  (_, _, teacher_key), (_, _, student_key) = teacher.calls[-1], student.calls[-1]
+  (*_, teacher_key), (*_, student_key) = teacher.calls[-1], student.calls[-1]
   np.testing.assert_array_equal(teacher_key, keys[1])
   np.testing.assert_array_equal(student_key, keys[2])
   from_student = batch.responses[:, 0] % 10 == 2

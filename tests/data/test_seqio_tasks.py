@@ -13,6 +13,7 @@ pytest.importorskip("tensorflow_datasets")
 import real_task_data  # noqa: E402
 
 from th_distill.data import seqio_tasks, tasks  # noqa: E402
+from th_distill.data.batch import PromptSet  # noqa: E402
 from th_distill.data.pools import prompt_pools  # noqa: E402
 from th_distill.data.vocabularies import SentencePieceVocabulary  # noqa: E402
 
@@ -59,15 +60,19 @@ def test_prompt_pools_format_trim_and_split(micro, vocabulary, tmp_path, name):
     first = next(seqio_tasks.examples(name, "train", {"inputs": 64, "targets": 64}, data_dir))
   vocab = SentencePieceVocabulary(vocabulary)
 
-  assert {k: v.shape for k, v in pools.items()} == {
+  assert all(isinstance(v, PromptSet) for v in pools.values()), "pools hold prompts with masks"
+  assert {k: v.tokens.shape for k, v in pools.items()} == {
     "oracle": (10, LENGTH),
     "distill": (12, LENGTH),
     "eval": (6, LENGTH),
   }
-  rows = np.concatenate(list(pools.values()))
+  rows = np.concatenate([pool.tokens for pool in pools.values()])
+  assert all(pool.mask.all() for pool in pools.values()), "every prompt fills the length"
   assert rows.dtype == np.int32 and len({r.tobytes() for r in rows}) == len(rows)  # disjoint
   assert np.all(rows[:, -1] == 1), "trimmed to the length limit, then EOS"
   assert np.all(rows[:, :-1] > 1)
+  # Every prompt fills its row (trimmed, then EOS): every position is real.
+  assert all(v.mask.dtype == bool and v.mask.all() for v in pools.values())
 
   def source(row):
     """(split, i) of the example a prompt row was trimmed from."""
@@ -89,13 +94,13 @@ def test_prompt_pools_format_trim_and_split(micro, vocabulary, tmp_path, name):
       ident = real_task_data.instance_id(int(split[4:]), i)
       return zlib.crc32(ident.encode()) % tasks.VALIDATION_BUCKETS == 0
 
-    assert all(held_out(*source(r)) for r in pools["eval"])
-    assert not any(held_out(*source(r)) for r in pools["oracle"])
-    assert {source(r)[0] for r in pools["oracle"]} == {"task0", "task1"}, "tasks are mixed"
+    assert all(held_out(*source(r)) for r in pools["eval"].tokens)
+    assert not any(held_out(*source(r)) for r in pools["oracle"].tokens)
+    assert {source(r)[0] for r in pools["oracle"].tokens} == {"task0", "task1"}, "tasks are mixed"
   else:  # TFDS order; oracle then distill from train, eval from validation
-    assert [source(r) for r in pools["oracle"]] == [("train", i) for i in range(10)]
-    assert [source(r) for r in pools["distill"]] == [("train", i) for i in range(10, 22)]
-    assert [source(r) for r in pools["eval"]] == [("validation", i) for i in range(6)]
+    assert [source(r) for r in pools["oracle"].tokens] == [("train", i) for i in range(10)]
+    assert [source(r) for r in pools["distill"].tokens] == [("train", i) for i in range(10, 22)]
+    assert [source(r) for r in pools["eval"].tokens] == [("validation", i) for i in range(6)]
     assert vocab.decode(first["targets"]) == real_task_data.reference("train", 0)
     assert vocab.decode(first["inputs"]) == _prompt(name, "train", 0)
   assert first["targets"][-1] == 1 and first["inputs"][-1] == 1

@@ -11,9 +11,11 @@ from jax.sharding import PartitionSpec as P
 from th_distill import sampling
 from th_distill.models import Decoder, DecoderConfig, decoder_config, init_params, param_count
 from th_distill.models.decoder import align_prompts
+from th_distill.models.tokens import SpecialTokens
 from th_distill.partitioning import DEFAULT_RULES
 
 VOCAB = 40
+NEVER_STOP = SpecialTokens(pad_id=0, stop_ids=())
 
 
 def _model(**overrides) -> Decoder:
@@ -33,20 +35,24 @@ def _params(model: Decoder, seed: int = 0):
   )
 
 
-def _prompts(batch: int = 4, length: int = 6) -> jax.Array:
+def _prompts(batch: int = 4, length: int = 6) -> tuple[jax.Array, jax.Array]:
+  """Prompts [batch, length] and their mask: rows 1-3 are right-padded, left-padded and a
+  one-token prompt (filler 0)."""
   prompts = jax.random.randint(jax.random.PRNGKey(1), (batch, length), 2, VOCAB)
-  # Right padding, left padding and a one-token prompt.
-  return prompts.at[1, 4:].set(0).at[2, :3].set(0).at[3, 1:].set(0)
+  mask = jnp.ones((batch, length), bool).at[1, 4:].set(False).at[2, :3].set(False)
+  mask = mask.at[3, 1:].set(False)
+  return jnp.where(mask, prompts, 0), mask
 
 
 def _responses(batch: int = 4, length: int = 7) -> jax.Array:
   return jax.random.randint(jax.random.PRNGKey(2), (batch, length), 0, VOCAB)
 
 
-def _decode_logits(model, params, prompts, responses, segment):
+def _decode_logits(model, params, prompts, prompt_mask, responses, segment):
   """Logits [B, Lt, V] of feeding `start_decode`'s first token then `responses` one at a time,
   the cache allocated for `segment` tokens and extended to Lt half-way."""
-  first, cache = model.apply({"params": params}, prompts, segment, method="start_decode")
+  variables = {"params": params}
+  first, cache = model.apply(variables, prompts, prompt_mask, segment, method="start_decode")
   token, steps = first, []
   for t in range(responses.shape[1]):
     if t == segment:
@@ -68,10 +74,10 @@ def _decode_logits(model, params, prompts, responses, segment):
 def test_decode_equals_forward(overrides):
   model = _model(**overrides)
   params = _params(model)
-  prompts, responses = _prompts(), _responses()
-  forward = model.apply({"params": params}, prompts, responses, method="response_logits")
+  (prompts, mask), responses = _prompts(), _responses()
+  forward = model.apply({"params": params}, prompts, mask, responses, method="response_logits")
   assert forward.shape == (4, 7, VOCAB) and forward.dtype == jnp.float32
-  decoded = _decode_logits(model, params, prompts, responses, segment=3)
+  decoded = _decode_logits(model, params, prompts, mask, responses, segment=3)
   np.testing.assert_allclose(decoded, forward, atol=1e-5, rtol=0)
   assert float(jnp.max(jnp.abs(forward))) > 0.5  # not trivially equal
 
@@ -79,34 +85,45 @@ def test_decode_equals_forward(overrides):
 def test_the_sampler_emits_what_the_forward_pass_scores():
   model = _model()
   params = _params(model)
-  prompts = _prompts()
+  prompts, mask = _prompts()
+  settings = dict(temperature=1.0, tokens=NEVER_STOP)
   out = sampling.sample(
-    model, params, prompts, jax.random.PRNGKey(3), max_length=70, temperature=1.0, eos_id=-1
+    model, params, prompts, mask, jax.random.PRNGKey(3), max_length=70, **settings
   )
   assert out.tokens.shape == (4, 70)  # past the first cache segment (64)
-  logits = model.apply({"params": params}, prompts, out.tokens, method="response_logits")
+  logits = model.apply({"params": params}, prompts, mask, out.tokens, method="response_logits")
   logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits), out.tokens[..., None], -1)[..., 0]
   np.testing.assert_allclose(out.logprobs, logprobs, atol=1e-4)
   uncached = sampling.sample_uncached(
-    model, params, prompts, jax.random.PRNGKey(3), max_length=12, temperature=1.0, eos_id=-1
+    model, params, prompts, mask, jax.random.PRNGKey(3), max_length=12, **settings
   )
   np.testing.assert_array_equal(uncached.tokens, out.tokens[:, :12])
 
 
 def test_padding_is_invisible():
-  """A prompt's padding, wherever it lies, changes no logit: the same real tokens padded left,
-  right or not at all give the same response logits."""
+  """A prompt's padding, wherever it lies and whatever ids fill it, changes no logit: the same
+  real tokens padded left, right or not at all give the same response logits."""
   model = _model()
   params = _params(model)
   real = jnp.array([[5, 9, 3, 7]])
   responses = _responses(1, 5)
-  variants = [real, jnp.pad(real, ((0, 0), (0, 3))), jnp.pad(real, ((0, 0), (2, 0)))]
+  variants = [
+    (real, jnp.ones((1, 4), bool)),
+    (jnp.pad(real, ((0, 0), (0, 3))), jnp.arange(7)[None] < 4),
+    (jnp.pad(real, ((0, 0), (2, 0)), constant_values=9), jnp.arange(6)[None] >= 2),
+  ]
   logits = [
-    model.apply({"params": params}, p, responses, method="response_logits") for p in variants
+    model.apply({"params": params}, p, m, responses, method="response_logits") for p, m in variants
   ]
   for other in logits[1:]:
     np.testing.assert_allclose(other, logits[0], atol=1e-5)
-  np.testing.assert_array_equal(align_prompts(jnp.array([[0, 4, 0, 5]])), [[0, 0, 4, 5]])
+  aligned = align_prompts(jnp.array([[0, 4, 0, 5]]), jnp.array([[False, True, False, True]]))
+  np.testing.assert_array_equal(aligned[0], [[0, 0, 4, 5]])
+  np.testing.assert_array_equal(aligned[1], [[False, False, True, True]])
+  # Id 0 is an ordinary token where the mask says it is real.
+  aligned = align_prompts(jnp.array([[0, 4, 3, 5]]), jnp.array([[True, False, False, True]]))
+  np.testing.assert_array_equal(aligned[0], [[4, 3, 0, 5]])
+  np.testing.assert_array_equal(aligned[1], [[False, False, True, True]])
 
 
 def test_responses_change_only_later_logits():
@@ -114,10 +131,10 @@ def test_responses_change_only_later_logits():
   and responses[:, :t] only."""
   model = _model()
   params = _params(model)
-  prompts, responses = _prompts(), _responses()
+  (prompts, mask), responses = _prompts(), _responses()
   changed = responses.at[:, 4].set((responses[:, 4] + 1) % VOCAB)
   a, b = (
-    model.apply({"params": params}, prompts, r, method="response_logits")
+    model.apply({"params": params}, prompts, mask, r, method="response_logits")
     for r in (responses, changed)
   )
   np.testing.assert_array_equal(a[:, :5], b[:, :5])
@@ -163,9 +180,11 @@ def test_forward_flops_match_xla_cost_analysis(overrides, li, lt):
   cfg = decoder_config("tiny", **overrides)
   model = Decoder(cfg)
   params = jax.eval_shape(lambda: nn.unbox(init_params(model, jax.random.PRNGKey(0))))
-  forward = jax.jit(lambda p, a, b: model.apply({"params": p}, a, b, method="response_logits"))
+  forward = jax.jit(
+    lambda p, a, m, b: model.apply({"params": p}, a, m, b, method="response_logits")
+  )
   compiled = forward.lower(
-    params, jnp.ones((2, li), jnp.int32), jnp.ones((2, lt), jnp.int32)
+    params, jnp.ones((2, li), jnp.int32), jnp.ones((2, li), bool), jnp.ones((2, lt), jnp.int32)
   ).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from th_distill.models import T5, hf_convert, init_params, shift_right, stack_layers
+from th_distill.models import T5, hf_convert, init_params, pretrained, shift_right, stack_layers
+from th_distill.models.tokens import T5_TOKENS
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -55,24 +56,26 @@ def converted(hf_model):
 
 def _inputs(batch=3, input_length=30, target_length=10):
   """Prompts of 30 tokens (beyond max_distance 20: logarithmic buckets) with encoder padding,
-  and shifted-right decoder inputs."""
+  their mask (real lengths 20, 25 and 30; the filler is ids 0 and 1, so only the mask can tell
+  it), and shifted-right decoder inputs."""
   rng = np.random.default_rng(0)
   tokens = rng.integers(2, HF_CONFIG["vocab_size"], (batch, input_length))
+  mask = np.arange(input_length)[None] < np.array([20, 25, 30])[:batch, None]
   tokens[0, 20:] = 0
-  tokens[1, 25:] = 0
+  tokens[1, 25:] = 1
   targets = rng.integers(2, HF_CONFIG["vocab_size"], (batch, target_length))
-  return tokens, np.asarray(shift_right(jnp.asarray(targets)))
+  return tokens, mask, np.asarray(shift_right(jnp.asarray(targets)))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _forward(model, params, tokens, decoder_inputs):
-  return model.apply({"params": params}, tokens, decoder_inputs)
+def _forward(model, params, tokens, mask, decoder_inputs):
+  return model.apply({"params": params}, tokens, mask, decoder_inputs)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _init_cache(model, params, tokens, length):
-  encoded = model.apply({"params": params}, tokens, method=T5.encode)
-  return model.apply({"params": params}, encoded, tokens, length, method=T5.init_cache)
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _init_cache(model, params, tokens, mask, length):
+  encoded = model.apply({"params": params}, tokens, mask, method=T5.encode)
+  return model.apply({"params": params}, encoded, mask, length, method=T5.init_cache)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -80,9 +83,9 @@ def _decode_step(model, params, token, cache):
   return model.apply({"params": params}, token, cache, method=T5.decode_step)
 
 
-def _step_by_step(model, params, tokens, decoder_inputs):
+def _step_by_step(model, params, tokens, mask, decoder_inputs):
   """Our logits [B, V] at each decoder position, through encode / init_cache / decode_step."""
-  cache = _init_cache(model, params, tokens, decoder_inputs.shape[1])
+  cache = _init_cache(model, params, tokens, mask, decoder_inputs.shape[1])
   logits = []
   for t in range(decoder_inputs.shape[1]):
     step_logits, cache = _decode_step(model, params, decoder_inputs[:, t], cache)
@@ -91,15 +94,15 @@ def _step_by_step(model, params, tokens, decoder_inputs):
 
 
 def _assert_forward_equals_transformers(hf_model, model_and_params):
-  tokens, decoder_inputs = _inputs()
+  tokens, mask, decoder_inputs = _inputs()
   with torch.no_grad():
     hf = hf_model(
       input_ids=torch.tensor(tokens),
-      attention_mask=torch.tensor(tokens != 0),
+      attention_mask=torch.tensor(mask),
       decoder_input_ids=torch.tensor(decoder_inputs),
     ).logits.numpy()
   np.testing.assert_allclose(
-    _forward(*model_and_params, tokens, decoder_inputs), hf, atol=1e-4, rtol=0
+    _forward(*model_and_params, tokens, mask, decoder_inputs), hf, atol=1e-4, rtol=0
   )
 
 
@@ -109,9 +112,9 @@ def test_forward_logits_equal_transformers(hf_model, converted):
 
 def _assert_incremental_equals_transformers(hf_model, model_and_params):
   """Our step-by-step logits (KV cache) equal `transformers`' with its own cache, step by step."""
-  tokens, decoder_inputs = _inputs()
-  ours = _step_by_step(*model_and_params, tokens, decoder_inputs)
-  mask = torch.tensor(tokens != 0)
+  tokens, prompt_mask, decoder_inputs = _inputs()
+  ours = _step_by_step(*model_and_params, tokens, prompt_mask, decoder_inputs)
+  mask = torch.tensor(prompt_mask)
   with torch.no_grad():
     encoder_out = hf_model.get_encoder()(input_ids=torch.tensor(tokens), attention_mask=mask)
     past = None
@@ -134,9 +137,9 @@ def test_incremental_decoding_equals_transformers(hf_model, converted):
 
 
 def test_step_by_step_decoding_equals_teacher_forcing(converted):
-  tokens, decoder_inputs = _inputs()
-  full = np.asarray(_forward(*converted, tokens, decoder_inputs))
-  for t, logits in enumerate(_step_by_step(*converted, tokens, decoder_inputs)):
+  tokens, mask, decoder_inputs = _inputs()
+  full = np.asarray(_forward(*converted, tokens, mask, decoder_inputs))
+  for t, logits in enumerate(_step_by_step(*converted, tokens, mask, decoder_inputs)):
     np.testing.assert_allclose(logits, full[:, t], atol=1e-5, rtol=0, err_msg=f"step {t}")
 
 
@@ -156,9 +159,11 @@ def _save(hf_model, directory, fmt):
 @pytest.mark.parametrize("fmt", ["safetensors", "sharded", "bfloat16", "pytorch_bin"])
 def test_checkpoint_directory_loads_to_the_same_params(hf_model, converted, tmp_path, fmt):
   _save(hf_model, tmp_path, fmt)
-  cfg, params = hf_convert.load_hf_checkpoint(tmp_path)
+  checkpoint = pretrained.load_checkpoint(tmp_path)
+  cfg, params = checkpoint.config, checkpoint.params
   model, expected = converted
-  assert cfg == model.cfg
+  assert cfg == model.cfg and checkpoint.model_type == "t5"
+  assert checkpoint.special_tokens == T5_TOKENS  # config.json: pad_token_id 0, eos_token_id 1
   if fmt == "bfloat16":
     expected = jax.tree_util.tree_map(
       lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), expected
@@ -216,14 +221,14 @@ def test_errors_name_the_problem(hf_model, converted):
       )
     )
   with pytest.raises(FileNotFoundError, match="config.json.*model.safetensors"):
-    hf_convert.load_hf_checkpoint("/nonexistent/t5")
+    pretrained.load_checkpoint("/nonexistent/t5")
 
 
 def test_bfloat16_compute_stays_close_to_float32(converted):
   model, params = converted
-  tokens, decoder_inputs = _inputs()
-  full = _forward(model, params, tokens, decoder_inputs)
-  half = _forward(T5(model.cfg.replace(dtype="bfloat16")), params, tokens, decoder_inputs)
+  tokens, mask, decoder_inputs = _inputs()
+  full = _forward(model, params, tokens, mask, decoder_inputs)
+  half = _forward(T5(model.cfg.replace(dtype="bfloat16")), params, tokens, mask, decoder_inputs)
   assert half.dtype == jnp.float32
   assert float(jnp.max(jnp.abs(half - full))) < 5e-2 * float(jnp.max(jnp.abs(full)))
 

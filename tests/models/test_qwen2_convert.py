@@ -9,6 +9,8 @@ import pytest
 
 from th_distill import sampling
 from th_distill.models import Decoder, hf_decoder, init_params, pretrained
+from th_distill.models.decoder import align_prompts
+from th_distill.models.tokens import SpecialTokens
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -85,47 +87,78 @@ def test_the_config_is_read(pair):
 def test_logits_equal_transformers(pair):
   _, hf, model, params = pair
   prompts, responses = _tokens()
-  ours = model.apply({"params": params}, prompts, responses, method="response_logits")
+  mask = np.ones(prompts.shape, bool)
+  ours = model.apply({"params": params}, prompts, mask, responses, method="response_logits")
   with torch.no_grad():
-    full = hf(torch.from_numpy(np.concatenate([prompts, responses], 1))).logits.numpy()
+    ids = torch.from_numpy(np.concatenate([prompts, responses], 1))
+    full = hf(ids, attention_mask=torch.ones_like(ids)).logits.numpy()
   theirs = full[:, prompts.shape[1] - 1 : -1]  # the positions predicting the response
   assert float(np.max(np.abs(theirs))) > 1.0
   np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
-def test_left_padded_prompts_equal_transformers(pair):
-  """Padding in our prompts is invisible; in transformers, the same rows left-padded with an
-  attention mask and matching position ids."""
+def _padded(prompts):
+  """`prompts` with padding: row 0 left (filler 0), row 1 right (filler 1, the EOS id; we align
+  it left), row 2 none; and their mask (the real lengths)."""
+  prompts, mask = prompts.copy(), np.ones(prompts.shape, bool)
+  mask[0, :3] = mask[1, 6:] = False
+  prompts[0, :3] = 0
+  prompts[1, 6:] = 1
+  return prompts, mask
+
+
+def _hf_inputs(prompts, mask, responses=None):
+  """The rows left-aligned (padding first, as transformers expects it), followed by
+  `responses`, with their attention mask and position ids (real tokens counted from 0)."""
+  aligned, aligned_mask = (np.asarray(x) for x in align_prompts(prompts, mask))
+  if responses is not None:
+    aligned = np.concatenate([aligned, responses], 1)
+    aligned_mask = np.concatenate([aligned_mask, np.ones(responses.shape, bool)], 1)
+  positions = np.maximum(np.cumsum(aligned_mask, 1) - 1, 0)
+  return (torch.from_numpy(x.astype(np.int64)) for x in (aligned, aligned_mask, positions))
+
+
+def test_padded_prompts_equal_transformers(pair):
+  """Our padded prompts (left, right, none; filler ids 0 and 1) with their mask equal
+  transformers on the same rows left-padded with its attention mask and matching position ids,
+  and on each row's real tokens alone."""
   _, hf, model, params = pair
   prompts, responses = _tokens()
-  prompts[0, :3] = 0  # left padding
-  prompts[1, 6:] = 0  # right padding: we align it left
-  ours = model.apply({"params": params}, prompts, responses, method="response_logits")
+  prompts, mask = _padded(prompts)
+  ours = model.apply({"params": params}, prompts, mask, responses, method="response_logits")
+  ids, attention_mask, positions = _hf_inputs(prompts, mask, responses)
+  with torch.no_grad():
+    batched = hf(ids, attention_mask=attention_mask, position_ids=positions).logits.numpy()
+  np.testing.assert_allclose(ours, batched[:, prompts.shape[1] - 1 : -1], atol=1e-4, rtol=0)
   for row in range(3):
-    real = prompts[row][prompts[row] != 0]
+    real = prompts[row][mask[row]]
     ids = torch.from_numpy(np.concatenate([real, responses[row]])[None])
     with torch.no_grad():
-      full = hf(ids).logits.numpy()[0]
+      full = hf(ids, attention_mask=torch.ones_like(ids)).logits.numpy()[0]
     np.testing.assert_allclose(ours[row], full[len(real) - 1 : -1], atol=1e-4, rtol=0)
 
 
 def test_greedy_decode_equals_transformers(pair):
+  """Greedy decoding of padded prompts (`_padded`) equals transformers' `generate` on the same
+  rows left-padded with its attention mask."""
   _, hf, model, params = pair
-  prompts, _ = _tokens()
+  prompts, mask = _padded(_tokens()[0])
   steps = 12
   ours = sampling.sample(
     model,
     params,
     jnp.asarray(prompts),
+    jnp.asarray(mask),
     jax.random.PRNGKey(0),
     max_length=steps,
+    tokens=SpecialTokens(pad_id=0, stop_ids=()),
     temperature=0.0,
-    eos_id=-1,
   )
+  ids, attention_mask, _ = _hf_inputs(prompts, mask)
   with torch.no_grad():
     generated = hf.generate(
-      torch.from_numpy(prompts),
-      attention_mask=torch.ones(prompts.shape, dtype=torch.long),
+      ids,
+      attention_mask=attention_mask,
       max_new_tokens=steps,
       min_new_tokens=steps,
       do_sample=False,
@@ -137,7 +170,7 @@ def test_greedy_decode_equals_transformers(pair):
 
 
 def test_round_trip_and_save_pretrained(pair, tmp_path):
-  _, hf, model, params = pair
+  family, hf, model, params = pair
   state = hf_decoder.params_to_hf_state_dict(params, model.cfg)
   hf_state = {k: v.numpy() for k, v in hf.state_dict().items()}
   assert set(state) == set(hf_state)
@@ -147,9 +180,9 @@ def test_round_trip_and_save_pretrained(pair, tmp_path):
   shapes = jax.tree_util.tree_map(np.shape, nn.unbox(init_params(model, jax.random.PRNGKey(0))))
   assert jax.tree_util.tree_map(np.shape, params) == shapes
   hf.save_pretrained(tmp_path)
-  cfg, loaded = hf_decoder.load_hf_checkpoint(tmp_path)
-  assert cfg == model.cfg
-  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
+  checkpoint = pretrained.load_checkpoint(tmp_path)
+  assert (checkpoint.config, checkpoint.model_type) == (model.cfg, family)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.params, params)
   assert pretrained.mismatches(tmp_path, model.cfg) == []
   assert pretrained.mismatches(tmp_path, model.cfg.replace(num_layers=2)) == [
     f"model.num_layers: 2, but 3 in {tmp_path}"

@@ -16,6 +16,7 @@ from th_distill.models import (
   LAYERS_AXIS,
   T5,
   T5Config,
+  extend_cache,
   init_params,
   pretrained,
   shift_right,
@@ -23,10 +24,12 @@ from th_distill.models import (
   t5_config,
   unstack_layers,
 )
+from th_distill.models.tokens import SpecialTokens
 from th_distill.partitioning import MESH_AXES, Partitioner, make_mesh, mesh_axes
 from th_distill.planning import memory
 
 VOCAB, PROMPT, TARGET, ROWS = 32, 7, 9, 3
+NEVER_STOP = SpecialTokens(pad_id=0, stop_ids=())
 CFG = t5_config(
   "tiny",
   vocab_size=VOCAB,
@@ -53,25 +56,28 @@ def _params_for(scan: bool, params):
 
 @pytest.fixture(scope="module")
 def inputs():
-  """Unrolled parameters (output layer sharpened), prompts [ROWS, PROMPT] with padding, decoder
-  inputs [ROWS, TARGET]."""
+  """Unrolled parameters (output layer sharpened), (prompts [ROWS, PROMPT] with padding, their
+  mask), decoder inputs [ROWS, TARGET]."""
   params = nn.unbox(init_params(_model(False, "none"), jax.random.PRNGKey(0)))
   params = {**params, "logits_kernel": params["logits_kernel"] * 4.0}
   prompts = np.array(jax.random.randint(jax.random.PRNGKey(1), (ROWS, PROMPT), 2, VOCAB))
   prompts[1, 4:] = 0
+  mask = np.ones(prompts.shape, bool)
+  mask[1, 4:] = False  # row 1's real length is 4
   targets = jax.random.randint(jax.random.PRNGKey(2), (ROWS, TARGET), 0, VOCAB)
-  return params, prompts, np.asarray(shift_right(targets))
+  return params, (prompts, mask), np.asarray(shift_right(targets))
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(model, params, prompts, decoder_inputs):
-  return model.apply({"params": params}, prompts, decoder_inputs)
+  """`prompts`: (tokens, mask)."""
+  return model.apply({"params": params}, *prompts, decoder_inputs)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _grads(model, params, prompts, decoder_inputs):
   def loss(p):
-    logits = model.apply({"params": p}, prompts, decoder_inputs, train=True)
+    logits = model.apply({"params": p}, *prompts, decoder_inputs, train=True)
     return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[..., 0])
 
   return jax.grad(loss)(params)
@@ -140,9 +146,9 @@ def test_the_kv_cache_sampler_equals_the_unrolled_one(inputs, scan, remat, tempe
   reference = _model(False, "none")
   model, ours = _model(scan, remat), _params_for(scan, params)
   for temperature in temperatures:
-    settings = dict(max_length=70, temperature=temperature, eos_id=-1)
-    expected = sampling.sample(reference, params, prompts, jax.random.PRNGKey(3), **settings)
-    got = sampling.sample(model, ours, prompts, jax.random.PRNGKey(3), **settings)
+    settings = dict(max_length=70, temperature=temperature, tokens=NEVER_STOP)
+    expected = sampling.sample(reference, params, *prompts, jax.random.PRNGKey(3), **settings)
+    got = sampling.sample(model, ours, *prompts, jax.random.PRNGKey(3), **settings)
     np.testing.assert_array_equal(got.tokens, expected.tokens)
     np.testing.assert_array_equal(got.mask, expected.mask)
     np.testing.assert_allclose(got.logprobs, expected.logprobs, atol=1e-5, rtol=0)
@@ -153,14 +159,14 @@ def test_scanned_incremental_decoding_equals_its_teacher_forcing(inputs):
   model, ours = _model(True, "none"), stack_layers(params)
   full = _forward(model, ours, prompts, decoder_inputs)
   variables = {"params": ours}
-  encoded = model.apply(variables, prompts, method=T5.encode)
-  cache = model.apply(variables, encoded, prompts, 4, method=T5.init_cache)
+  encoded = model.apply(variables, *prompts, method=T5.encode)
+  cache = model.apply(variables, encoded, prompts[1], 4, method=T5.init_cache)
   assert cache["layers"]["self_keys"].shape == (2, ROWS, 2, 4, 8)
   assert cache["layers"]["cross_keys"].shape == (2, ROWS, 2, PROMPT, 8)
   step = jax.jit(lambda token, cache: model.apply(variables, token, cache, method=T5.decode_step))
   for t in range(TARGET):
     if t == 4:
-      cache = sampling.extend_cache(cache, TARGET)
+      cache = extend_cache(cache, TARGET)
     logits, cache = step(decoder_inputs[:, t], cache)
     np.testing.assert_allclose(logits, full[:, t], atol=1e-5, rtol=0, err_msg=f"step {t}")
 
@@ -173,7 +179,7 @@ def test_scanned_dropout_trains(inputs):
   @jax.jit
   def grads(key):
     def loss(p):
-      logits = model.apply({"params": p}, prompts, decoder_inputs, True, rngs={"dropout": key})
+      logits = model.apply({"params": p}, *prompts, decoder_inputs, True, rngs={"dropout": key})
       return jnp.mean(logits**2)
 
     return jax.grad(loss)(stack_layers(params))

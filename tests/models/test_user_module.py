@@ -28,6 +28,7 @@ from th_distill.models import (
 )
 from th_distill.models.families import missing_members
 from th_distill.models.interface import LanguageModel
+from th_distill.models.tokens import SpecialTokens
 from th_distill.observing.metrics_io import read_metrics
 
 API = pathlib.Path(__file__).resolve().parents[2] / "docs" / "api.md"
@@ -55,8 +56,12 @@ def test_the_module_implements_the_interface():
   assert cfg.generation_flops(4, 6) == cfg.forward_flops(4, 6) == 2 * 6 * 16 * 16
   params = nn.unbox(init_params(model, jax.random.PRNGKey(0)))
   prompts = jnp.array([[3, 4, 0, 5], [0, 0, 7, 8]])
-  out = sampling.sample(model, params, prompts, jax.random.PRNGKey(1), max_length=6, eos_id=-1)
-  logits = model.apply({"params": params}, prompts, out.tokens, method="response_logits")
+  mask = prompts != 0  # the filler is 0 here
+  never_stop = SpecialTokens(pad_id=0, stop_ids=())
+  out = sampling.sample(
+    model, params, prompts, mask, jax.random.PRNGKey(1), max_length=6, tokens=never_stop
+  )
+  logits = model.apply({"params": params}, prompts, mask, out.tokens, method="response_logits")
   logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits), out.tokens[..., None], -1)[..., 0]
   np.testing.assert_allclose(out.logprobs, logprobs, atol=1e-5)
 

@@ -28,8 +28,8 @@ MODEL = T5(
 
 
 @jax.jit
-def _forward(params, prompts, decoder_inputs):
-  return MODEL.apply({"params": params}, prompts, decoder_inputs)
+def _forward(params, prompts, prompt_mask, decoder_inputs):
+  return MODEL.apply({"params": params}, prompts, prompt_mask, decoder_inputs)
 
 
 @jax.jit
@@ -37,23 +37,26 @@ def _decode_step(params, token, cache):
   return MODEL.apply({"params": params}, token, cache, method=T5.decode_step)
 
 
-def _init_cache(params, prompts, length):
-  encoded = MODEL.apply({"params": params}, prompts, method=T5.encode)
-  return MODEL.apply({"params": params}, encoded, prompts, length, method=T5.init_cache)
+def _init_cache(params, prompts, prompt_mask, length):
+  encoded = MODEL.apply({"params": params}, prompts, prompt_mask, method=T5.encode)
+  return MODEL.apply({"params": params}, encoded, prompt_mask, length, method=T5.init_cache)
 
 
 @pytest.fixture(scope="module")
 def inputs():
   """Parameters (output layer sharpened), prompts [ROWS, PROMPT] with trailing padding in two
-  rows, decoder inputs [ROWS, STEPS] and the forward pass's logits [ROWS, STEPS, VOCAB]."""
+  rows and their mask, decoder inputs [ROWS, STEPS] and the forward pass's logits
+  [ROWS, STEPS, VOCAB]."""
   params = nn.unbox(init_params(MODEL, jax.random.PRNGKey(0)))
   params = {**params, "logits_kernel": params["logits_kernel"] * 4.0}
   prompts = np.array(jax.random.randint(jax.random.PRNGKey(1), (ROWS, PROMPT), 2, VOCAB))
   prompts[1, 4:] = 0
   prompts[2, 1:] = 0
+  prompt_mask = np.arange(PROMPT)[None] < np.array([PROMPT, 4, 1])[:, None]  # the real lengths
   targets = jax.random.randint(jax.random.PRNGKey(2), (ROWS, STEPS), 0, VOCAB)
   decoder_inputs = shift_right(targets)
-  return params, prompts, decoder_inputs, np.asarray(_forward(params, prompts, decoder_inputs))
+  full = np.asarray(_forward(params, prompts, prompt_mask, decoder_inputs))
+  return params, (prompts, prompt_mask), decoder_inputs, full
 
 
 def _decode(params, cache, decoder_inputs, start, stop):
@@ -69,7 +72,7 @@ def _decode(params, cache, decoder_inputs, start, stop):
 def test_incremental_decoding_equals_the_forward_pass(inputs):
   params, prompts, decoder_inputs, full = inputs
   assert np.std(full) > 1.0  # logits far from uniform: a wrong position or mask would show
-  steps, _ = _decode(params, _init_cache(params, prompts, STEPS), decoder_inputs, 0, STEPS)
+  steps, _ = _decode(params, _init_cache(params, *prompts, STEPS), decoder_inputs, 0, STEPS)
   np.testing.assert_allclose(steps, full, atol=2e-5, rtol=1e-5)
 
 
@@ -77,7 +80,7 @@ def test_an_extended_cache_decodes_as_one_allocated_at_full_length(inputs):
   """A cache of 5 positions, extended to 11 then to STEPS between steps (as the sampler's
   segments do), gives the same logits as the forward pass."""
   params, prompts, decoder_inputs, full = inputs
-  cache = _init_cache(params, prompts, 5)
+  cache = _init_cache(params, *prompts, 5)
   first, cache = _decode(params, cache, decoder_inputs, 0, 5)
   middle, cache = _decode(params, extend_cache(cache, 11), decoder_inputs, 5, 11)
   last, _ = _decode(params, extend_cache(cache, STEPS), decoder_inputs, 11, STEPS)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from th_distill import experiment
+from th_distill.data.batch import BATCH_ARRAYS
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.rundir import checkpoints
 
@@ -66,7 +67,7 @@ def assert_same_run(reference, other):
     "offline_dataset.npz",
   ):
     ref, got = (checkpoints.load_arrays(os.path.join(d, name)) for d in (reference, other))
-    for key in ("prompts", "responses", "mask"):
+    for key in BATCH_ARRAYS:
       np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{name}:{key}")
   for regime in REGIMES:
     ref_rows, rows = (

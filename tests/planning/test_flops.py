@@ -18,9 +18,10 @@ def test_forward_flops_match_xla_cost_analysis(overrides, input_length, target_l
   cfg = t5_config("tiny", **overrides)
   model = T5(cfg)
   params = jax.eval_shape(lambda: nn.unbox(init_params(model, jax.random.PRNGKey(0))))
-  forward = jax.jit(lambda p, a, b: model.apply({"params": p}, a, b))
+  forward = jax.jit(lambda p, a, m, b: model.apply({"params": p}, a, m, b))
+  prompts = jnp.ones((2, input_length), jnp.int32)
   compiled = forward.lower(
-    params, jnp.ones((2, input_length), jnp.int32), jnp.ones((2, target_length), jnp.int32)
+    params, prompts, jnp.ones(prompts.shape, bool), jnp.ones((2, target_length), jnp.int32)
   ).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost

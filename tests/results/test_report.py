@@ -96,12 +96,33 @@ def test_sentences_say_what_happened():
   assert "(step 300), trend +0.10 [-0.52, +0.71] % per doubling of the steps;" in flat
 
 
-def test_run_time_sums_the_recorded_stages(tmp_path):
-  (tmp_path / "offline").mkdir()
-  (tmp_path / "offline" / "done.json").write_text('{"seconds": 90}')
-  text = report.run_time_sentence(str(tmp_path), {"seconds": 30.0}, ["offline", "online_teacher"])
-  assert text == "Run time: stage 1 0.5 min, offline 1.5 min (total 2.0 min)."
-  assert report.run_time_sentence(str(tmp_path), {}, ["online_teacher"]) == ""
+def test_run_time_is_the_wall_time_of_stages_that_ran_side_by_side(tmp_path):
+  # stage 1 over [1000, 1030] s; the two regimes side by side over [1040, 1130] and [1050, 1120].
+  for regime, record in (
+    ("offline", '{"seconds": 90, "finished_at": 1130}'),
+    ("online_teacher", '{"seconds": 70, "finished_at": 1120}'),
+  ):
+    (tmp_path / regime).mkdir()
+    (tmp_path / regime / "done.json").write_text(record)
+  stage1 = {"seconds": 30.0, "finished_at": 1030.0}
+  text = report.run_time_sentence(str(tmp_path), stage1, ["offline", "online_teacher", "mixture"])
+  assert text == (
+    "Run time: stage 1 0.5 min, offline 1.5 min, online_teacher 1.2 min (wall time 2.0 min)."
+  )
+  assert report.run_time_sentence(str(tmp_path), {}, ["mixture"]) == ""
+
+
+def test_wall_time_counts_overlaps_once_and_gaps_not_at_all():
+  spans = [
+    {"seconds": 10.0, "finished_at": 110.0},  # [100, 110]
+    {"seconds": 10.0, "finished_at": 115.0},  # [105, 115]: 5 s more
+    {"seconds": 2.0, "finished_at": 114.0},  # inside: nothing more
+    {"seconds": 20.0, "finished_at": 520.0},  # [500, 520] after a gap: 20 s
+  ]
+  assert report.wall_seconds(spans) == 35.0
+  # Records written before `finished_at` was recorded: taken as one after another.
+  assert report.wall_seconds([{"seconds": 30.0}, {"seconds": 90.0}]) == 120.0
+  assert report.wall_seconds([]) == 0.0
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,12 @@ def test_a_failed_checkpoint_stops_in_one_line_naming_the_step_and_the_last_chec
     metrics = {"train/loss": jnp.float32(1.0), "train/grad_norm": jnp.float32(1.0)}
     return state.apply_gradients(grads={"w": jnp.ones(1000)}), metrics
 
-  batch = Batch(np.zeros((1, 2), np.int32), np.zeros((1, 2), np.int32), np.ones((1, 2), np.float32))
+  batch = Batch(
+    np.zeros((1, 2), np.int32),
+    np.ones((1, 2), bool),
+    np.zeros((1, 2), np.int32),
+    np.ones((1, 2), np.float32),
+  )
   directory = str(tmp_path / "checkpoints")
   trainer = Trainer(
     "offline",

@@ -21,6 +21,7 @@ from conftest import finished_micro_run, micro_config
 
 from th_distill import divergences, experiment, sampling
 from th_distill.models import T5, init_params, t5_config
+from th_distill.models.tokens import T5_TOKENS
 from th_distill.observing.metric_names import DISTILL_METRICS
 from th_distill.observing.metrics_io import MetricsLost, MetricsWriter, check_rows, read_metrics
 from th_distill.partitioning import Partitioner, make_mesh
@@ -450,16 +451,26 @@ def tiny_model():
 def test_tiny_temperatures_and_nuclei_are_greedy_with_finite_log_probs(tiny_model):
   model, params = tiny_model
   prompts = jax.random.randint(jax.random.PRNGKey(1), (3, 4), 2, 16)
+  mask = jnp.ones(prompts.shape, bool)
   greedy = sampling.sample(
-    model, params, prompts, jax.random.PRNGKey(0), max_length=4, temperature=0.0
+    model,
+    params,
+    prompts,
+    mask,
+    jax.random.PRNGKey(0),
+    max_length=4,
+    tokens=T5_TOKENS,
+    temperature=0.0,
   )
   for temperature, top_p in ((1e-10, 1.0), (1.0, 1e-39)):
     out = sampling.sample(
       model,
       params,
       prompts,
+      mask,
       jax.random.PRNGKey(0),
       max_length=4,
+      tokens=T5_TOKENS,
       temperature=temperature,
       top_p=top_p,
     )
@@ -470,17 +481,26 @@ def test_tiny_temperatures_and_nuclei_are_greedy_with_finite_log_probs(tiny_mode
 def test_the_sampler_refuses_subnormal_temperatures_and_ids_outside_the_vocabulary(tiny_model):
   model, params = tiny_model
   prompts = jnp.full((2, 4), 3, jnp.int32)
+  mask, key = jnp.ones(prompts.shape, bool), jax.random.PRNGKey(0)
   with pytest.raises(ValueError, match="temperature must be 0 .greedy. or finite and >="):
-    sampling.sample(model, params, prompts, jax.random.PRNGKey(0), max_length=4, temperature=1e-40)
+    sampling.sample(
+      model, params, prompts, mask, key, max_length=4, tokens=T5_TOKENS, temperature=1e-40
+    )
   for fn in (sampling.sample, sampling.sample_uncached):
     with pytest.raises(ValueError, match=r"prompt ids must be in \[0, 16\).*from 3 to 16"):
-      fn(model, params, prompts.at[0, 0].set(16), jax.random.PRNGKey(0), max_length=4)
+      fn(model, params, prompts.at[0, 0].set(16), mask, key, max_length=4, tokens=T5_TOKENS)
 
 
 def test_an_empty_batch_gives_empty_responses(tiny_model):
   model, params = tiny_model
   out = sampling.sample(
-    model, params, jnp.zeros((0, 4), jnp.int32), jax.random.PRNGKey(0), max_length=4
+    model,
+    params,
+    jnp.zeros((0, 4), jnp.int32),
+    jnp.zeros((0, 4), bool),
+    jax.random.PRNGKey(0),
+    max_length=4,
+    tokens=T5_TOKENS,
   )
   assert out.tokens.shape == out.mask.shape == out.logprobs.shape == (0, 4)
 

@@ -17,7 +17,7 @@ from run_rows import cut_after_checkpoint, run_and_read, untimed_rows
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
 from th_distill.config.settings import make_optimizer
-from th_distill.data.batch import Batch
+from th_distill.data.batch import BATCH_ARRAYS, Batch
 from th_distill.models import init_params, module_of
 from th_distill.partitioning import Partitioner, make_mesh
 from th_distill.rundir import checkpoints
@@ -77,6 +77,7 @@ def _batches(count, rows=4, length=4, vocab=16):
   return [
     Batch(
       prompts=rng.integers(2, vocab, (rows, length)).astype(np.int32),
+      prompt_mask=np.ones((rows, length), bool),
       responses=rng.integers(2, vocab, (rows, length)).astype(np.int32),
       mask=np.ones((rows, length), np.float32),
     )
@@ -122,7 +123,12 @@ def _counting_trainer(tmp_path, poisoned_step, per_dispatch):
 
   partitioner = Partitioner(make_mesh())
   steps_fn = jax.jit(lambda s, b, r, f, c: dispatch.repeat_steps(step_fn, s, (), b, r, f, c))
-  batch = Batch(np.zeros((1, 2), np.int32), np.zeros((1, 2), np.int32), np.ones((1, 2), np.float32))
+  batch = Batch(
+    np.zeros((1, 2), np.int32),
+    np.ones((1, 2), bool),
+    np.zeros((1, 2), np.int32),
+    np.ones((1, 2), np.float32),
+  )
   return Trainer(
     "offline",
     jax.jit(step_fn),
@@ -201,7 +207,7 @@ def test_a_fixed_set_evaluated_against_cached_references_gives_the_full_evaluato
     for i, name in enumerate(("student", "teacher", "oracle"))
   ]
   (batch,) = _batches(1, rows=11)
-  data = {k: getattr(batch, k) for k in ("prompts", "responses", "mask")}
+  data = {k: getattr(batch, k) for k in BATCH_ARRAYS}
   data["mask"][3, 2:] = 0.0
   full = built.evaluator("student")(*params, data, "set")
   cached = built.set_evaluator("student", params[1], params[2], data)

@@ -43,6 +43,7 @@ def setup():
   mask = (np.arange(LT)[None] < lengths[:, None]).astype(np.float32)
   batch = Batch(
     prompts=jnp.asarray(rng.integers(2, VOCAB, (B, LI)), jnp.int32),
+    prompt_mask=jnp.ones((B, LI), bool),
     responses=jnp.asarray(rng.integers(0, VOCAB, (B, LT)) * mask, jnp.int32),
     mask=jnp.asarray(mask),
   )

@@ -13,6 +13,7 @@ from th_distill.config.checks import (
   check_fields,
   dotted_keys,
   load_config_file,
+  resolve_checkpoint_models,
   suggest,
   validate,
 )
@@ -39,6 +40,7 @@ __all__ = [
   "check_fields",
   "dotted_keys",
   "load_config_file",
+  "resolve_checkpoint_models",
   "model_config",
   "overfit_config",
   "paper_config",

@@ -7,12 +7,13 @@ field and what is allowed. It runs both halves of the check:
   fields, the models' and the detector's own checks, then every section's `problems()` and the
   checks that span sections (`RunConfig.problems`).
 - `check_environment(config)`: what needs this machine or files: the mesh on the local devices,
-  the seqio extra, the task's vocabulary file and data directory, and each checkpoint's fit to its
-  model.
+  the seqio extra, the task's vocabulary file and data directory, the prompt file (its records and
+  enough distinct prompts for the pools), and each checkpoint's fit to its model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import math
@@ -22,14 +23,17 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 
 from th_distill.config.defaults import base_config, model_config
 from th_distill.config.run_config import MODELS, RunConfig, model_of
 from th_distill.config.settings import Problem
-from th_distill.data import tasks, vocabularies
+from th_distill.data import prompt_files, tasks, vocabularies
 from th_distill.detection import config as detector_config
 from th_distill.errors import UsageError
-from th_distill.models import pretrained
+from th_distill.models import fields_of, pretrained
+from th_distill.models.families import CHECKPOINT_FAMILY
+from th_distill.models.tokens import SpecialTokens
 from th_distill.partitioning import resolve_mesh_shape
 
 
@@ -219,6 +223,38 @@ def _check_fields(c: ml_collections.ConfigDict, problems: _Problems) -> RunConfi
   return typed
 
 
+def _prompt_file_problems(c: ml_collections.ConfigDict) -> list[str]:
+  """The prompt file's problems ('task.FIELD: ...'): unreadable, a line without the field, a
+  template longer than the prompts, or fewer distinct prompts than the pools need."""
+  sizes = {"oracle": c.prompts.num_oracle, "distill": c.prompts.num_distill}
+  sizes["eval"] = c.prompts.num_eval
+  try:
+    problem = prompt_files.shortage(c.task, sizes)
+  except (OSError, ValueError) as e:
+    return [str(e)]
+  return [f"task.prompt_file: {problem}"] if problem else []
+
+
+def _warn_other_special_tokens(c: ml_collections.ConfigDict, tokens: SpecialTokens) -> None:
+  """Logs a warning for each checkpoint whose own files name other special tokens than the
+  task's vocabulary (every model of the run samples and pads with the task's)."""
+  for name in MODELS:
+    path = c[name].checkpoint if name != "oracle" or c.oracle.source == "checkpoint" else ""
+    try:
+      own = pretrained.special_tokens(path) if path else tokens
+    except (OSError, ValueError):  # an unreadable checkpoint is its own problem
+      continue
+    if own != tokens:
+      logging.warning(
+        "%s.checkpoint's files name the special tokens %s, the task's vocabulary (%s) %s: every "
+        "model samples, stops and pads with the task's.",
+        name,
+        own,
+        c.task.vocabulary or c.task.source,
+        tokens,
+      )
+
+
 def _check_environment(
   c: ml_collections.ConfigDict, problems: _Problems, devices: int | None = None
 ) -> None:
@@ -241,6 +277,12 @@ def _check_environment(
       f"{c.task.vocab_size} embedding rows (every model's vocab_size) cannot hold the "
       f"{vocabulary.vocab_size} ids of {c.task.vocabulary}",
     )
+    errors.extend(
+      f"task.vocabulary: {p}" for p in vocabulary.special_tokens.problems(c.task.vocab_size)
+    )
+    if c.task.source == "prompt_file" and c.task.prompt_file:
+      errors.extend(_prompt_file_problems(c))
+    _warn_other_special_tokens(c, vocabulary.special_tokens)
   for name in ("oracle", "teacher", "student"):
     path = c[name].checkpoint if name != "oracle" or c.oracle.source == "checkpoint" else ""
     if not path:
@@ -314,12 +356,46 @@ def check_environment(
   problems.raise_any()
 
 
+def resolve_checkpoint_models(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`c`, or a copy whose model sub-configs of family 'checkpoint' hold the architecture their
+  `<model>.checkpoint` defines (`pretrained.read_config`: its config.json), the sub-config's
+  other fields (dtype, param_dtype, remat, scan_layers, ...) set over it; raises ConfigError
+  naming the field of an empty path, an unreadable checkpoint or an unknown field."""
+  names = [n for n in MODELS if c[n].model.get("family") == CHECKPOINT_FAMILY]
+  if not names:
+    return c
+  c, problems = ml_collections.ConfigDict(c.to_dict()), _Problems()
+  for name in names:
+    path, overrides = c[name].checkpoint, dict(c[name].model)
+    overrides.pop("family")
+    if not path:
+      problems.check(
+        False,
+        f"{name}.checkpoint",
+        f"is empty, but {name}.model.family = 'checkpoint' reads the architecture from it: "
+        "give a local checkpoint directory",
+      )
+      continue
+    try:
+      model = dataclasses.replace(pretrained.read_config(path), **overrides)
+    except (OSError, ValueError) as e:
+      problems.check(False, f"{name}.checkpoint", str(e))
+      continue
+    except TypeError as e:
+      problems.check(False, f"{name}.model", f"{e} (a field its checkpoint's family lacks)")
+      continue
+    c[name].model = ml_collections.ConfigDict(fields_of(model))
+  problems.raise_any()
+  return c
+
+
 def validate(c: ml_collections.ConfigDict | Mapping[str, Any]) -> RunConfig:
-  """check_fields and check_environment together (nothing is computed before this): returns
-  the typed config the run reads, or raises one ConfigError listing every problem of both, one
+  """check_fields and check_environment together (nothing is computed before this), on the
+  config with its 'checkpoint'-family models read (`resolve_checkpoint_models`): returns the
+  typed config the run reads, or raises one ConfigError listing every problem of both, one
   message per field. `c` is a ConfigDict or a nested plain dict of the same fields
   (`base_config().to_dict()`)."""
-  c = _as_config_dict(c)
+  c = resolve_checkpoint_models(_as_config_dict(c))
   problems = _Problems()
   typed = _check_fields(c, problems)
   _check_environment(c, problems)

@@ -48,8 +48,11 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.regimes = ("offline", "online_teacher", "online_student")
-  # The task: `source` 'synthetic' (Zipf prompts over the vocabulary) or 'seqio' (a real task:
-  # `name` of th_distill.data.tasks.TASKS, SentencePiece `vocabulary` path, `data_dir`).
+  # The task: `source` 'synthetic' (Zipf prompts over the vocabulary), 'seqio' (a real task:
+  # `name` of th_distill.data.tasks.TASKS, SentencePiece `vocabulary` path, `data_dir`) or
+  # 'prompt_file' (the user's prompts: JSONL `prompt_file`, its text in `prompt_field`, through
+  # `prompt_template` ('Summarize: {text}'; '' = the text as it is) and, if `chat_template`, the
+  # chat template of the `vocabulary` directory; docs/tasks.md).
   # vocab_size is every model's embedding size; prompts and responses are trimmed to the lengths.
   c.task = dict(
     source="synthetic",
@@ -60,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
     name="",
     vocabulary="",
     data_dir="",
+    prompt_file="",
+    prompt_field="text",
+    prompt_template="",
+    chat_template=False,
   )
   # Disjoint prompt pools: oracle data (stage 1), distillation (stage 2), held-out evaluation.
   c.prompts = dict(num_oracle=4096, num_distill=4096, num_eval=512)

@@ -12,6 +12,7 @@ depends on, as recorded in its marker (th_distill.rundir.records).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -29,9 +30,11 @@ from th_distill.config.settings import (
   failed,
 )
 from th_distill.data import prompts as prompt_lib
+from th_distill.data import vocabularies
 from th_distill.detection import DetectorSettings
 from th_distill.detection import config as detection_config
 from th_distill.models import ModelConfig, model_config_of
+from th_distill.models.tokens import SpecialTokens
 from th_distill.observing.eval_schedule import EvaluationSchedule
 
 MODELS = ("oracle", "teacher", "student")
@@ -124,9 +127,15 @@ class RunConfig:
     )
 
   # The settings the compiled programs take (hashable static arguments).
+  @functools.cached_property
+  def tokens(self) -> SpecialTokens:
+    """The task's special tokens (pad, stop and BOS ids), read once from its vocabulary's files
+    (`data.vocabularies.task_vocabulary`): the synthetic task's are T5's."""
+    return vocabularies.task_vocabulary(self.task).special_tokens
+
   @property
   def sampling_settings(self) -> SamplingSettings:
-    return self.sampling.settings(self.task.response_length)
+    return self.sampling.settings(self.task.response_length, self.tokens)
 
   @property
   def distill(self) -> DistillSettings:
@@ -173,7 +182,7 @@ class RunConfig:
       *failed((0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")),
       *self._regime_problems(),
       *self.mesh.problems(),
-      *self.sampling_settings.problems(),
+      *self.sampling.problems(self.task.response_length),
       *self.teacher.problems(),
       *self.distill.problems(),
       *self.student.problems(),

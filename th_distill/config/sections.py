@@ -22,9 +22,10 @@ from th_distill.config.settings import (
   failed,
 )
 from th_distill.models import ModelConfig
+from th_distill.models.tokens import SpecialTokens
 
 ONLINE_PROMPTS = ("offline", "pool")  # where the online regimes draw their prompts
-TASK_SOURCES = ("synthetic", "seqio")
+TASK_SOURCES = ("synthetic", "seqio", "prompt_file")
 ORACLE_SOURCES = ("synthetic", "checkpoint")
 STUDENT_INITS = ("scratch", "sft")
 
@@ -42,8 +43,10 @@ def read_section(cls: type[S], values: Mapping[str, Any], **converted: Any) -> S
 @dataclasses.dataclass(frozen=True)
 class TaskSection:
   """What is generated: token ids < `vocab_size`, prompts of `prompt_length`, responses of at
-  most `response_length`; the synthetic task (Zipf prompts) or a seqio one (`name`,
-  `vocabulary`, `data_dir`)."""
+  most `response_length`; the synthetic task (Zipf prompts), a seqio one (`name`, `vocabulary`,
+  `data_dir`), or the user's prompts (`prompt_file`: JSONL, the text in `prompt_field`,
+  optionally through `prompt_template` (with `{text}`) and the tokenizer's chat template,
+  `chat_template`; tokenized with `vocabulary`: `th_distill.data.prompt_files`)."""
 
   source: str
   vocab_size: int
@@ -53,17 +56,54 @@ class TaskSection:
   name: str = ""
   vocabulary: str = ""
   data_dir: str = ""
+  prompt_file: str = ""
+  prompt_field: str = "text"
+  prompt_template: str = ""
+  chat_template: bool = False
 
   def problems(self) -> list[Problem]:
     return failed(
       (
         self.source in TASK_SOURCES,
         "task.source",
-        f"must be 'synthetic' or 'seqio', got {self.source!r}",
+        f"must be one of {TASK_SOURCES}, got {self.source!r}",
       ),
       (self.vocab_size > 0, "task.vocab_size", f"must be > 0, got {self.vocab_size}"),
       (self.prompt_length > 0, "task.prompt_length", f"must be > 0, got {self.prompt_length}"),
+      *self._prompt_file_problems(),
     )
+
+  def _prompt_file_problems(self) -> list[tuple[bool, str, str]]:
+    if self.source != "prompt_file":
+      return []
+    return [
+      (
+        bool(self.prompt_file),
+        "task.prompt_file",
+        "must be the path of a JSONL file of prompts when task.source = 'prompt_file'",
+      ),
+      (
+        bool(self.vocabulary),
+        "task.vocabulary",
+        "must be a Hugging Face tokenizer directory (tokenizer.json; the oracle's checkpoint "
+        "directory) or a SentencePiece model file when task.source = 'prompt_file'",
+      ),
+      (bool(self.prompt_field), "task.prompt_field", "must name the JSONL field of the text"),
+      (
+        not self.prompt_template or _formats(self.prompt_template),
+        "task.prompt_template",
+        f"{self.prompt_template!r} must contain '{{text}}' and no other field (a literal "
+        "brace is written twice: '{{' or '}}')",
+      ),
+    ]
+
+
+def _formats(template: str) -> bool:
+  """Whether `template.format(text=...)` works and uses the text."""
+  try:
+    return template.format(text="x") != template.format(text="")
+  except (KeyError, IndexError, ValueError):
+    return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +254,12 @@ class SamplingSection:
   top_k: int
   top_p: float
 
-  def settings(self, max_length: int) -> SamplingSettings:
-    return SamplingSettings(max_length, self.temperature, self.top_k, self.top_p)
+  def settings(self, max_length: int, tokens: SpecialTokens) -> SamplingSettings:
+    return SamplingSettings(max_length, self.temperature, self.top_k, self.top_p, tokens)
+
+  def problems(self, max_length: int) -> list[Problem]:
+    """The sampling values' problems (read before the task's special tokens are)."""
+    return SamplingSettings.value_problems(max_length, self.temperature, self.top_k, self.top_p)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import optax
 
 from th_distill import sampling
 from th_distill.divergences import DIVERGENCES
+from th_distill.models.tokens import SpecialTokens
 from th_distill.observing.eval_schedule import EvaluationSchedule
 
 # A problem with one setting: (dotted config field, what is wrong and what is allowed).
@@ -43,13 +44,15 @@ def failed(*checks: tuple[bool, str, str]) -> list[Problem]:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
-  """How every model samples a response: at most `max_length` tokens (task.response_length);
+  """How every model samples a response: at most `max_length` tokens (task.response_length),
+  stopping on `tokens.stop_ids` (the task's special tokens, read from its tokenizer files);
   `temperature` 0 is greedy, `top_k` 0 and `top_p` 1 are off."""
 
   max_length: int
   temperature: float
   top_k: int
   top_p: float
+  tokens: SpecialTokens
 
   # The config field of each argument (`sampling.settings_problems` checks them).
   FIELDS = {
@@ -59,9 +62,20 @@ class SamplingSettings:
     "top_p": "sampling.top_p",
   }
 
+  @classmethod
+  def value_problems(
+    cls, max_length: int, temperature: float, top_k: int, top_p: float
+  ) -> list[Problem]:
+    """The problems of these values, named by their config fields (no special tokens needed)."""
+    found = sampling.settings_problems(max_length, temperature, top_k, top_p)
+    return [(cls.FIELDS[name], message) for name, message in found]
+
   def problems(self) -> list[Problem]:
-    found = sampling.settings_problems(self.max_length, self.temperature, self.top_k, self.top_p)
-    return [(self.FIELDS[name], message) for name, message in found]
+    return self.value_problems(self.max_length, self.temperature, self.top_k, self.top_p)
+
+  def arguments(self) -> dict:
+    """The keyword arguments of `sampling.generate`."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 @functools.cache

@@ -33,6 +33,10 @@ class TeacherTopK:
   tail: jax.Array  # [B, Lt] float32 log of the probability outside the K (-inf if none)
 
 
+# The arrays of a `Batch` (without the truncated teacher), as a host data set stores them.
+BATCH_ARRAYS = ("prompts", "prompt_mask", "responses", "mask")
+
+
 @flax.struct.dataclass
 class Batch:
   """Prompts, responses and their mask, and the stored truncated teacher where the data carries
@@ -44,6 +48,11 @@ class Batch:
   responses: jax.Array  # [B, Lt] int32 (the pad id after the EOS)
   mask: jax.Array  # [B, Lt] float32, 1.0 on real response tokens (EOS included)
   teacher_top: TeacherTopK | None = None
+
+  @classmethod
+  def of_arrays(cls, arrays: dict[str, Any], rows: Any = slice(None)) -> Batch:
+    """Rows `rows` of a data set of `BATCH_ARRAYS` (host or device arrays) as a `Batch`."""
+    return cls(*(arrays[name][rows] for name in BATCH_ARRAYS))
 
   @property
   def num_tokens(self) -> jax.Array:
@@ -76,6 +85,11 @@ class PromptSet:
 
   def __len__(self) -> int:
     return len(self.tokens)
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    """(N, Li)."""
+    return self.tokens.shape
 
   def __getitem__(self, rows: Any) -> PromptSet:
     return PromptSet(self.tokens[rows], self.mask[rows])

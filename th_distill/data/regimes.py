@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from th_distill.data.batch import Batch, TeacherTopK
+from th_distill.data.batch import BATCH_ARRAYS, Batch, PromptSet, TeacherTopK
 from th_distill.sampling import SampleFn
 
 REGIMES = ("offline", "online_teacher", "online_student", "mixture")
@@ -39,28 +39,31 @@ SAMPLE_CHUNK = 1024
 def build_offline(
   sample_teacher: SampleFn,
   teacher_params: Any,
-  prompts: np.ndarray,
+  prompts: PromptSet,
   generations_per_prompt: int,
   rng: jax.Array,
   chunk_size: int = SAMPLE_CHUNK,
 ) -> dict[str, np.ndarray]:
-  """Samples k teacher generations for each of the N prompts [N, Li].
+  """Samples k teacher generations for each of the N `prompts` ([N, Li] with their masks).
 
-  Returns numpy arrays `prompts [N*k, Li]`, `responses [N*k, Lt]`, `mask [N*k, Lt]` (float32,
-  as `sample_teacher` returns it) and `prompt_index [N*k]`: row r is generation r % k of prompt
-  `prompt_index[r]` (the k rows of a prompt are consecutive). Rows are sampled `chunk_size` at a
-  time, the chunk starting at row `start` with key `fold_in(rng, start)`.
+  Returns numpy arrays `prompts [N*k, Li]`, `prompt_mask [N*k, Li]` (bool), `responses
+  [N*k, Lt]`, `mask [N*k, Lt]` (float32, as `sample_teacher` returns it) and `prompt_index
+  [N*k]`: row r is generation r % k of prompt `prompt_index[r]` (the k rows of a prompt are
+  consecutive). Rows are sampled `chunk_size` at a time, the chunk starting at row `start` with
+  key `fold_in(rng, start)`.
   """
-  repeated = np.repeat(prompts, generations_per_prompt, axis=0)
+  repeated = prompts[np.repeat(np.arange(len(prompts)), generations_per_prompt)]
   responses, masks = [], []
   for start in range(0, len(repeated), chunk_size):
+    chunk = repeated[start : start + chunk_size]
     tokens, mask = sample_teacher(
-      teacher_params, repeated[start : start + chunk_size], jax.random.fold_in(rng, start)
+      teacher_params, chunk.tokens, chunk.mask, jax.random.fold_in(rng, start)
     )
     responses.append(np.asarray(tokens))
     masks.append(np.asarray(mask))
   return dict(
-    prompts=repeated,
+    prompts=repeated.tokens,
+    prompt_mask=repeated.mask,
     responses=np.concatenate(responses),
     mask=np.concatenate(masks),
     prompt_index=np.repeat(np.arange(len(prompts)), generations_per_prompt),
@@ -81,7 +84,7 @@ def _batch(arrays: dict[str, np.ndarray], rows: np.ndarray) -> Batch:
       indices=arrays["top_indices"][rows].astype(np.int32),
       tail=arrays["top_tail"][rows],
     )
-  return Batch(*(arrays[k][rows] for k in ("prompts", "responses", "mask")), teacher_top=top)
+  return Batch.of_arrays(arrays, rows).replace(teacher_top=top)
 
 
 def offline_batches(
@@ -92,7 +95,7 @@ def offline_batches(
   permutations are seeded by (seed, epoch), and by `generation` too for a refreshed dataset
   (generation > 0: `offline.refresh_every`)."""
   size = len(dataset["prompts"])
-  arrays = {k: v for k, v in dataset.items() if k in ("prompts", "responses", "mask", *TEACHER_TOP)}
+  arrays = {k: v for k, v in dataset.items() if k in (*BATCH_ARRAYS, *TEACHER_TOP)}
   entropy = [] if generation == 0 else [generation]
 
   def permutation(epoch: int) -> np.ndarray:
@@ -113,7 +116,7 @@ def offline_batches(
 
 def online_batches(
   regime: str,
-  prompt_pool: np.ndarray,
+  prompt_pool: PromptSet,
   batch_size: int,
   rng: jax.Array,
   sample_teacher: SampleFn,
@@ -135,16 +138,17 @@ def online_batches(
     prompts = prompt_pool[
       np.asarray(jax.random.randint(prompt_key, (batch_size,), 0, len(prompt_pool)))
     ]
+    given = (prompts.tokens, prompts.mask)
     if regime == "online_teacher":
-      tokens, mask = sample_teacher(teacher_params, prompts, teacher_key)
+      tokens, mask = sample_teacher(teacher_params, *given, teacher_key)
     elif regime == "online_student":
-      tokens, mask = sample_student(student_params, prompts, student_key)
+      tokens, mask = sample_student(student_params, *given, student_key)
     else:
-      t_tokens, t_mask = sample_teacher(teacher_params, prompts, teacher_key)
-      s_tokens, s_mask = sample_student(student_params, prompts, student_key)
+      t_tokens, t_mask = sample_teacher(teacher_params, *given, teacher_key)
+      s_tokens, s_mask = sample_student(student_params, *given, student_key)
       use_student = jax.random.bernoulli(mix_key, student_fraction, (batch_size, 1))
       tokens = jnp.where(use_student, s_tokens, t_tokens)
       mask = jnp.where(use_student, s_mask, t_mask)
-    return Batch(prompts=prompts, responses=tokens, mask=mask)
+    return Batch(prompts.tokens, prompts.mask, tokens, mask)
 
   return batch_at

@@ -9,7 +9,8 @@ splits are in `th_distill.data.tasks`.
 TFDS data is read as it is in `data_dir` and never downloaded: a dataset that is not there is a
 `TaskDataError` saying how to build it, at once.
 
-`prompt_pools(task, sizes)` returns the pipeline's disjoint pools of distinct prompts, in the
+`prompt_pools(task, sizes)` returns the pipeline's disjoint pools of distinct prompts
+(`PromptSet`s: the mask from each prompt's real length), in the
 datasets' stored order (TFDS shuffles examples when it builds a dataset; Natural Instructions is
 permuted with a fixed seed), so they are the same for every `config.seed`.
 """
@@ -19,14 +20,15 @@ from __future__ import annotations
 import functools
 import json
 import zlib
+from typing import Any
 
-import ml_collections
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from th_distill.data import prompts as prompt_lib
+from th_distill.data.batch import PromptSet
 from th_distill.data.tasks import TASKS, VALIDATION_BUCKETS, TaskSpec, natural_instructions_files
+from th_distill.data.vocabularies import SentencePieceVocabulary
 
 tf.config.set_visible_devices([], "GPU")  # the accelerators belong to JAX
 
@@ -128,22 +130,23 @@ def examples(name: str, split: str, lengths: dict[str, int], data_dir: str = "")
   return dataset.as_numpy_iterator()
 
 
-def prompt_pools(task: ml_collections.ConfigDict, sizes: dict[str, int]) -> dict[str, np.ndarray]:
-  """Disjoint pools of distinct prompts {'oracle', 'distill', 'eval'}: [size, prompt_length]
-  int32, zero-padded (EOS ends each prompt). oracle and distill come from `train`, eval from
+def prompt_pools(task: Any, sizes: dict[str, int]) -> dict[str, PromptSet]:
+  """Disjoint pools of distinct prompts {'oracle', 'distill', 'eval'}: `PromptSet`s [size,
+  prompt_length], right-padded with the vocabulary's pad id (T5's: 0), the mask True on the real
+  tokens (EOS, which ends each prompt, included). oracle and distill come from `train`, eval from
   `validation` (minus any prompt also in train's pools)."""
   register(task.name, task.vocabulary, task.data_dir)
   lengths = {"inputs": task.prompt_length, "targets": task.response_length}
-  seen: set[bytes] = set()
+  pad_id = SentencePieceVocabulary(task.vocabulary).special_tokens.pad_id
+  seen: set[tuple[int, ...]] = set()
 
-  def distinct(split: str, count: int, field: str) -> np.ndarray:
+  def distinct(split: str, count: int, field: str) -> PromptSet:
     rows = []
     for example in examples(task.name, split, lengths, task.data_dir):
-      row = np.zeros(task.prompt_length, np.int32)
-      row[: len(example["inputs"])] = example["inputs"]
-      if row.tobytes() not in seen:
-        seen.add(row.tobytes())
-        rows.append(row)
+      row = tuple(int(i) for i in example["inputs"])
+      if row not in seen:
+        seen.add(row)
+        rows.append(list(row))
         if len(rows) == count:
           break
     if len(rows) < count:
@@ -151,11 +154,13 @@ def prompt_pools(task: ml_collections.ConfigDict, sizes: dict[str, int]) -> dict
         f"{field}: {task.name} has only {len(rows)} distinct prompts of "
         f"{task.prompt_length} tokens in its {split} split, {count} asked."
       )
-    return np.stack(rows)
+    return PromptSet.of_rows(rows, task.prompt_length, pad_id)
 
   train = distinct(
     "train", sizes["oracle"] + sizes["distill"], "prompts.num_oracle + prompts.num_distill"
   )
-  pools = prompt_lib.split_pools(train, {"oracle": sizes["oracle"], "distill": sizes["distill"]})
-  pools["eval"] = distinct("validation", sizes["eval"], "prompts.num_eval")
-  return pools
+  return {
+    "oracle": train[: sizes["oracle"]],
+    "distill": train[sizes["oracle"] :],
+    "eval": distinct("validation", sizes["eval"], "prompts.num_eval"),
+  }

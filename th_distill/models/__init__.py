@@ -3,8 +3,6 @@ family (configuration, Flax modules, checkpoint converters), and the family regi
 
 from th_distill.models.config import (
   DECODER_START_ID,
-  EOS_ID,
-  PAD_ID,
   REMAT,
   SIZES,
   T5Config,
@@ -31,8 +29,11 @@ from th_distill.models.t5 import (
   stack_layers,
   unstack_layers,
 )
+from th_distill.models.tokens import T5_TOKENS, SpecialTokens
 
 __all__ = [
+  "SpecialTokens",
+  "T5_TOKENS",
   "DECODER_SIZES",
   "DECODER_START_ID",
   "FAMILIES",
@@ -46,9 +47,7 @@ __all__ = [
   "model_config_of",
   "module_of",
   "register_family",
-  "EOS_ID",
   "LAYERS_AXIS",
-  "PAD_ID",
   "REMAT",
   "SIZES",
   "T5",

@@ -11,9 +11,8 @@ from typing import Any, ClassVar
 
 import jax.numpy as jnp
 
-# Token conventions shared with T5: id 0 is padding and also the decoder start token, id 1 is EOS.
-PAD_ID = 0
-EOS_ID = 1
+# T5's decoder start token (its `decoder_start_token_id`, fed before the first response token).
+# Its pad and EOS ids are `th_distill.models.tokens.T5_TOKENS`.
 DECODER_START_ID = 0
 # The values of `T5Config.remat`.
 REMAT = ("none", "full", "dots")
@@ -170,7 +169,9 @@ class T5Config(Dtypes):
     self, rows: float, prompt_length: int, response_length: int, model_split: int
   ) -> float:
     """Float32 activations the backward pass keeps for `rows` sequences: per token and layer
-    4E + 4HK + 2H*Li + 3F in the encoder, 6E + 8HK + 2H*(Li + Lt) + 3F in the decoder."""
+    4E + 4HK + 2H*Li + 3F in the encoder, 6E + 8HK + 2H*(Li + Lt) + 3F in the decoder. With
+    `remat = 'full'` a layer keeps only its input (E per token) and one layer's activations are
+    rebuilt at a time; 'dots' is counted as 'none' (an upper bound)."""
     e, hk, h, f = (
       self.d_model,
       self.num_heads * self.d_kv / model_split,
@@ -180,6 +181,9 @@ class T5Config(Dtypes):
     encoder = 4 * e + 4 * hk + 2 * h * prompt_length + 3 * f
     decoder = 6 * e + 8 * hk + 2 * h * (prompt_length + response_length) + 3 * f
     tokens_in, tokens_out = rows * prompt_length, rows * response_length
+    if self.remat == "full":
+      kept = e * (self.num_encoder_layers * tokens_in + self.num_decoder_layers * tokens_out)
+      return 4.0 * (kept + max(encoder * tokens_in, decoder * tokens_out))
     return 4.0 * (
       self.num_encoder_layers * encoder * tokens_in + self.num_decoder_layers * decoder * tokens_out
     )

@@ -8,8 +8,8 @@ with SiLU (or GELU), a final norm and an output layer tied to the input embeddin
 It implements `th_distill.models.interface.LanguageModel`: a (prompt, response) pair is one causal
 sequence, prompt then response, and the logits are read at the response positions only, so the
 losses and metrics (which take [B, Lt] logits and masks) see the response alone. Prompts are left
-aligned first (`align_prompts`): their padding (token 0) goes to the front, is masked as a key
-and takes no position, so a row's last real prompt token is always at Li - 1 and its logits
+aligned first (`align_prompts`): their padding (the positions `prompt_mask` marks False, whatever
+id they hold) goes to the front, is masked as a key and takes no position, so a row's last real prompt token is always at Li - 1 and its logits
 predict the first response token; positions count the real tokens before each one.
 
 Every parameter carries logical axis names (`vocab, embed, heads, kv_heads, kv, mlp`), residual
@@ -29,7 +29,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from th_distill.models.config import PAD_ID
 from th_distill.models.decoder_config import DecoderConfig
 from th_distill.models.t5 import (
   REMAT_POLICIES,
@@ -51,10 +50,14 @@ def _normal(stddev: float):
   return nn.initializers.normal(stddev=stddev)
 
 
-def align_prompts(prompts: Array) -> Array:
-  """`prompts` [B, Li] with their padding (0) moved to the front, real tokens kept in order."""
-  order = jnp.argsort(prompts != PAD_ID, axis=1, stable=True)
-  return jnp.take_along_axis(prompts, order, axis=1)
+def align_prompts(prompts: Array, prompt_mask: Array) -> tuple[Array, Array]:
+  """`prompts` [B, Li] and their `prompt_mask` [B, Li] bool with the padded positions moved to
+  the front, the real tokens kept in order."""
+  order = jnp.argsort(prompt_mask, axis=1, stable=True)
+  return (
+    jnp.take_along_axis(prompts, order, axis=1),
+    jnp.take_along_axis(prompt_mask, order, axis=1),
+  )
 
 
 def rotate(x: Array, positions: Array, theta: float) -> Array:
@@ -198,10 +201,11 @@ class Decoder(nn.Module):
   """Decoder-only language model (`th_distill.models.interface.LanguageModel`).
 
   Methods (`model.apply({'params': params}, ..., method=...)`), logits float32:
-    __call__ / response_logits(prompts, responses, train) -> [B, Lt, V]: position t predicts
-      responses[:, t] from the prompt and responses[:, :t]
-    response_hidden(prompts, responses, train) -> [B, Lt, E]; logits_from_hidden(hidden, train)
-    start_decode(prompts, max_decode_length) -> (first token [B], cache)
+    __call__ / response_logits(prompts, prompt_mask, responses, train) -> [B, Lt, V]: position
+      t predicts responses[:, t] from the prompt's real tokens and responses[:, :t]
+    response_hidden(prompts, prompt_mask, responses, train) -> [B, Lt, E];
+      logits_from_hidden(hidden, train)
+    start_decode(prompts, prompt_mask, max_decode_length) -> (first token [B], cache)
     decode_step(token [B], cache) -> (logits [B, V], cache)
   and `Decoder.extend_cache(cache, length)` (no parameters).
   """
@@ -257,27 +261,37 @@ class Decoder(nn.Module):
       kvs.append(kv)
     return x, kvs
 
-  def response_hidden(self, prompts: Array, responses: Array, train: bool = False) -> Array:
+  def response_hidden(
+    self, prompts: Array, prompt_mask: Array, responses: Array, train: bool = False
+  ) -> Array:
     """Hidden states [B, Lt, E] (before the final norm) at the positions whose next token is a
     response token: the last prompt position and the first Lt - 1 response positions."""
-    prompts = align_prompts(prompts)
+    prompts, prompt_mask = align_prompts(prompts, prompt_mask)
     length = prompts.shape[1]
     tokens = jnp.concatenate([prompts, responses[:, :-1]], axis=1)  # [B, L]
-    valid = jnp.concatenate([prompts != PAD_ID, jnp.ones_like(responses[:, :-1], bool)], axis=1)
+    valid = jnp.concatenate([prompt_mask, jnp.ones_like(responses[:, :-1], bool)], axis=1)
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
     index = jnp.arange(tokens.shape[1])
     causal = jnp.where(index[None, :] <= index[:, None], 0.0, _NEG_INF)  # [L, L]
     x, _ = self._stack(tokens, positions, causal + _key_bias(valid), train)
     return x[:, length - 1 :]
 
-  def response_logits(self, prompts: Array, responses: Array, train: bool = False) -> Array:
-    """Teacher-forced logits [B, Lt, V] float32 of `responses` [B, Lt] after `prompts` [B, Li]."""
-    return self.logits_from_hidden(self.response_hidden(prompts, responses, train), train)
+  def response_logits(
+    self, prompts: Array, prompt_mask: Array, responses: Array, train: bool = False
+  ) -> Array:
+    """Teacher-forced logits [B, Lt, V] float32 of `responses` [B, Lt] after `prompts` [B, Li]
+    (`prompt_mask` [B, Li] bool: the real prompt tokens)."""
+    hidden = self.response_hidden(prompts, prompt_mask, responses, train)
+    return self.logits_from_hidden(hidden, train)
 
-  def __call__(self, prompts: Array, responses: Array, train: bool = False) -> Array:
-    return self.response_logits(prompts, responses, train)
+  def __call__(
+    self, prompts: Array, prompt_mask: Array, responses: Array, train: bool = False
+  ) -> Array:
+    return self.response_logits(prompts, prompt_mask, responses, train)
 
-  def start_decode(self, prompts: Array, max_decode_length: int) -> tuple[Array, Cache]:
+  def start_decode(
+    self, prompts: Array, prompt_mask: Array, max_decode_length: int
+  ) -> tuple[Array, Cache]:
     """Prefills the cache with the first Li - 1 (aligned) prompt positions; the first token to
     feed is the last prompt token.
 
@@ -288,9 +302,9 @@ class Decoder(nn.Module):
     the self-attention entries is T5's, so `extend_cache` grows both the same way.
     """
     cfg = self.cfg
-    prompts = align_prompts(prompts)
+    prompts, prompt_mask = align_prompts(prompts, prompt_mask)
     context, last = prompts[:, :-1], prompts[:, -1]
-    valid = context != PAD_ID
+    valid = prompt_mask[:, :-1]
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
     index = jnp.arange(context.shape[1])
     causal = jnp.where(index[None, :] <= index[:, None], 0.0, _NEG_INF)

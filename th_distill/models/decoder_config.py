@@ -122,13 +122,17 @@ class DecoderConfig(Dtypes):
     6E + 3HK + 3GK + 2H*L + 4F (residual, norm and sub-layer outputs; q, k, v before and after
     RoPE, mixed; the attention logits and weights over the L = Li + Lt - 1 positions; the MLP's
     gate, up, activation and product), plus one layer's backward working set, 2H*L per position
-    (the gradients of the attention weights and logits)."""
+    (the gradients of the attention weights and logits). With `remat = 'full'` a layer keeps
+    only its input (E per position) and one layer's activations are rebuilt at a time; 'dots'
+    is counted as 'none' (an upper bound)."""
     length = prompt_length + response_length - 1
     hk = self.num_heads * self.d_kv / model_split
     gk = self.num_kv_heads * self.d_kv / model_split
     h, f = self.num_heads / model_split, self.d_ff / model_split
     per_position = 6 * self.d_model + 3 * hk + 3 * gk + 2 * h * length + 4 * f
-    return 4.0 * rows * length * (self.num_layers * per_position + 2 * h * length)
+    kept = self.num_layers * (self.d_model if self.remat == "full" else per_position)
+    rebuilt = per_position if self.remat == "full" else 0.0
+    return 4.0 * rows * length * (kept + rebuilt + 2 * h * length)
 
   def working_set_bytes(
     self, rows: float, prompt_length: int, response_length: int, model_split: int

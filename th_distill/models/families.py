@@ -26,6 +26,9 @@ from th_distill.models.interface import DEFAULTS, LanguageModel, ModelConfig
 from th_distill.models.t5 import T5
 
 DEFAULT_FAMILY = "t5"
+# The family of a model sub-config that stands for its checkpoint's architecture: read from
+# `<model>.checkpoint` by `th_distill.config.validate` before anything else reads the config.
+CHECKPOINT_FAMILY = "checkpoint"
 FAMILIES: dict[str, type] = {"t5": T5Config, "decoder": DecoderConfig}
 MODULES: dict[str, type] = {"t5": T5, "decoder": Decoder}
 
@@ -113,6 +116,11 @@ def model_config_of(fields: Mapping[str, Any]) -> ModelConfig:
   fields; ValueError for an unknown family, TypeError or ValueError for a bad field."""
   fields = dict(fields)
   family = fields.pop("family", DEFAULT_FAMILY)
+  if family == CHECKPOINT_FAMILY:
+    raise ValueError(
+      "family: 'checkpoint' is the architecture of the model's checkpoint, read by "
+      "th_distill.config.validate (not by the checks of the values alone)."
+    )
   if family not in FAMILIES:
     raise ValueError(f"family: unknown model family {family!r}; known: {sorted(FAMILIES)}.")
   return FAMILIES[family](**fields)

@@ -2,7 +2,8 @@
 
 Only T5 v1.1-style models are supported (gated-GELU MLP, output layer untied from the embedding:
 google/t5-v1_1-*, google/flan-t5-*); the original T5 (ReLU MLP, tied and rescaled output layer)
-is rejected.
+is rejected, and any other `model_type` named. `th_distill.models.pretrained` is the public
+loader (`load_checkpoint`, `load_params`); this module is its T5 converter.
 
 Name mapping, S in {encoder, decoder} (a torch `Linear.weight` is [out, in]; ours are [in, ...]):
   shared.weight [V, E]                          -> token_embedder [V, E]
@@ -48,9 +49,15 @@ _Path = tuple[str, ...]
 def config_from_hf(hf_config: Any) -> T5Config:
   """T5Config (dropout 0) from a `transformers.T5Config` or its dict (config.json).
 
-  Raises ValueError naming the field for a model that is not T5 v1.1-style.
+  Raises ValueError naming `model_type` for another model, the field for a T5 that is not
+  v1.1-style.
   """
   c = hf_config if isinstance(hf_config, Mapping) else hf_config.to_dict()
+  if c.get("model_type", "t5") != "t5":
+    raise ValueError(
+      f"model_type = {c.get('model_type')!r}: this is not a T5 checkpoint (T5 v1.1 / Flan-T5 "
+      "have model_type = 't5'); th_distill.models.pretrained reads each type by its converter."
+    )
   if c.get("feed_forward_proj", "relu") != "gated-gelu":
     raise ValueError(
       f"feed_forward_proj = {c.get('feed_forward_proj')!r}: only T5 v1.1-style "
@@ -293,10 +300,3 @@ def load_hf_params(path: str | os.PathLike, cfg: T5Config) -> dict[str, Any]:
   if mismatches:
     raise ValueError("The checkpoint does not fit the model config: " + "; ".join(mismatches))
   return params_from_hf_state_dict(_read_state_dict(os.fspath(path)), cfg)
-
-
-def load_hf_checkpoint(path: str | os.PathLike) -> tuple[T5Config, dict[str, Any]]:
-  """(config, params) from a local HF directory: config.json plus model.safetensors, sharded
-  safetensors with model.safetensors.index.json, or pytorch_model.bin (needs torch)."""
-  cfg = read_hf_config(path)
-  return cfg, params_from_hf_state_dict(_read_state_dict(os.fspath(path)), cfg)

@@ -20,7 +20,8 @@ Name mapping (a torch `Linear.weight` is [out, in]; ours are [in, ...]), layer i
   model.layers.{i}.mlp.down_proj.weight [E, F]         -> layers_{i}/mlp/wo [F, E]
 RoPE is the rotate-half convention of both, with `rope_theta` (transformers >= 5 keep it in
 `rope_parameters`); scaled RoPE variants, sliding windows and other activations are refused
-with a ValueError naming the field. Files are read from a local directory (the T5 converter's
+with a ValueError naming the field. `th_distill.models.pretrained` is the public loader (`load_checkpoint`, `load_params`); this
+module is its Qwen2 / Llama converter. Files are read from a local directory (the T5 converter's
 `model.safetensors`, sharded safetensors or `pytorch_model.bin`): nothing is downloaded.
 """
 
@@ -199,9 +200,3 @@ def load_hf_params(path: str | os.PathLike, cfg: DecoderConfig) -> dict[str, Any
   if mismatches:
     raise ValueError("The checkpoint does not fit the model config: " + "; ".join(mismatches))
   return params_from_hf_state_dict(_read_state_dict(os.fspath(path)), cfg)
-
-
-def load_hf_checkpoint(path: str | os.PathLike) -> tuple[DecoderConfig, dict[str, Any]]:
-  """(config, params) from a local Qwen2 / Llama directory."""
-  cfg = read_hf_config(path)
-  return cfg, params_from_hf_state_dict(_read_state_dict(os.fspath(path)), cfg)

@@ -17,24 +17,26 @@ A model is a Flax linen module built from a frozen, hashable config. Two protoco
   one teacher-forced pass); the other costs have no default and are required.
 
 `LanguageModel` (the module; called through `model.apply({'params': params}, ..., method=NAME)`,
-logits float32, token 0 padding in prompts):
-  - `model.init(rng, prompts [1, Li], responses [1, Lt])`: parameters, every one annotated with
+logits float32; `prompt_mask` [B, Li] bool marks the real prompt tokens, and no method infers
+padding from a token id):
+  - `model.init(rng, prompts [1, Li], prompt_mask [1, Li], responses [1, Lt])`: parameters, every one annotated with
     logical axis names (`nn.with_logical_partitioning`) from the vocabulary of
     `th_distill.partitioning.DEFAULT_RULES` (`batch, length, vocab, embed, heads, kv_heads, kv,
     mlp, relpos_buckets, layers`), so the mesh rules shard it with no code of its own;
-  - `response_logits(prompts [B, Li], responses [B, Lt], train)` -> [B, Lt, V]: teacher forcing,
+  - `response_logits(prompts [B, Li], prompt_mask [B, Li], responses [B, Lt], train)` ->
+    [B, Lt, V]: teacher forcing,
     position t predicting `responses[:, t]` (the SFT and distillation steps, the evaluator, the
     oracle's calibration, the uncached sampler);
-  - `response_hidden(prompts, responses, train)` -> [B, Lt, E] and
+  - `response_hidden(prompts, prompt_mask, responses, train)` -> [B, Lt, E] and
     `logits_from_hidden(hidden [..., E], train)` -> [..., V]: the same logits in two halves, so
     the steps can build them a chunk of positions at a time (`sequence_chunks`);
-  - `start_decode(prompts, max_decode_length)` -> (first token [B] int32, cache) and
+  - `start_decode(prompts, prompt_mask, max_decode_length)` -> (first token [B] int32, cache) and
     `decode_step(token [B], cache)` -> (logits [B, V], cache): incremental decoding; feeding the
     first token and then each sampled one gives, step by step, the logits `response_logits`
     gives position by position (the sampler's `lax.while_loop`);
   - `extend_cache(cache, max_decode_length)` (a static method, no parameters): the cache with
     room for more fed tokens (the sampler grows it segment by segment).
-  `train` enables dropout (with a 'dropout' rng); `__call__(prompts, responses, train)` is what
+  `train` enables dropout (with a 'dropout' rng); `__call__(prompts, prompt_mask, responses, train)` is what
   `init` traces (the response logits, usually). `th_distill.models.T5` and
   `th_distill.models.Decoder` implement `LanguageModel` (with `T5Config` and `DecoderConfig`);
   `register_family(config_class, module_class)` adds another family, checking both classes
@@ -93,15 +95,23 @@ class LanguageModel(Protocol):
 
   cfg: Any
 
-  def __call__(self, prompts: Array, responses: Array, train: bool = False) -> Array: ...
+  def __call__(
+    self, prompts: Array, prompt_mask: Array, responses: Array, train: bool = False
+  ) -> Array: ...
 
-  def response_logits(self, prompts: Array, responses: Array, train: bool = False) -> Array: ...
+  def response_logits(
+    self, prompts: Array, prompt_mask: Array, responses: Array, train: bool = False
+  ) -> Array: ...
 
-  def response_hidden(self, prompts: Array, responses: Array, train: bool = False) -> Array: ...
+  def response_hidden(
+    self, prompts: Array, prompt_mask: Array, responses: Array, train: bool = False
+  ) -> Array: ...
 
   def logits_from_hidden(self, hidden: Array, train: bool = False) -> Array: ...
 
-  def start_decode(self, prompts: Array, max_decode_length: int) -> tuple[Array, Cache]: ...
+  def start_decode(
+    self, prompts: Array, prompt_mask: Array, max_decode_length: int
+  ) -> tuple[Array, Cache]: ...
 
   def decode_step(self, token: Array, cache: Cache) -> tuple[Array, Cache]: ...
 

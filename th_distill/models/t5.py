@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from th_distill.models.config import PAD_ID, T5Config
+from th_distill.models.config import DECODER_START_ID, T5Config
 
 Array = jax.Array
 Cache = dict[str, Any]
@@ -359,15 +359,17 @@ class T5(nn.Module):
   """T5 v1.1 encoder-decoder.
 
   Methods (call through `model.apply({'params': params}, ..., method=...)`):
-    __call__(input_tokens, decoder_input_tokens, train) -> logits [B, Lt, V] (teacher forcing)
-    encode(input_tokens, train) -> encoded [B, Li, E]
-    decode(encoded, input_tokens, decoder_input_tokens, train) -> logits [B, Lt, V]
+    __call__(input_tokens, input_mask, decoder_input_tokens, train) -> logits [B, Lt, V]
+      (teacher forcing)
+    encode(input_tokens, input_mask, train) -> encoded [B, Li, E]
+    decode(encoded, input_mask, decoder_input_tokens, train) -> logits [B, Lt, V]
     decode_hidden(...same...) -> hidden [B, Lt, E]; logits_from_hidden(hidden, train) -> logits
-    init_cache(encoded, input_tokens, max_decode_length) -> cache
+    init_cache(encoded, input_mask, max_decode_length) -> cache
     decode_step(decoder_token, cache) -> (logits [B, V], cache)
   and the model interface (`th_distill.models.interface.LanguageModel`): response_logits,
-  response_hidden, start_decode (encode + init_cache; the start token 0), extend_cache.
-  Logits are float32. `input_tokens` [B, Li] int32 carries padding as 0 and fixes the encoder mask.
+  response_hidden, start_decode (encode + init_cache; the decoder start token), extend_cache.
+  Logits are float32. `input_mask` [B, Li] bool marks the real input tokens: it alone fixes the
+  encoder's padding, whatever id the padded positions hold.
   With `cfg.scan_layers`, `encoder_layers` / `decoder_layers` are one scanned layer each (stacked
   parameters); otherwise lists of layers (`encoder_layers_{i}`, ...).
   """
@@ -416,11 +418,12 @@ class T5(nn.Module):
     )
     return logits.astype(jnp.float32)
 
-  def encode(self, input_tokens: Array, train: bool = False) -> Array:
-    """Encodes `input_tokens` [B, Li] into [B, Li, E] (compute dtype)."""
+  def encode(self, input_tokens: Array, input_mask: Array, train: bool = False) -> Array:
+    """Encodes `input_tokens` [B, Li] into [B, Li, E] (compute dtype); `input_mask` [B, Li] bool
+    marks the real tokens (the others are masked as keys)."""
     length = input_tokens.shape[1]
     positions = jnp.arange(length)
-    bias = self.encoder_relpos(positions, positions) + _padding_bias(input_tokens != PAD_ID)
+    bias = self.encoder_relpos(positions, positions) + _padding_bias(input_mask)
     x = self._embed(input_tokens, train)
     if self.cfg.scan_layers:
       x, _ = _scan(
@@ -434,15 +437,14 @@ class T5(nn.Module):
     return self.dropout(self.encoder_norm(x), deterministic=not train)
 
   def decode(
-    self, encoded: Array, input_tokens: Array, decoder_input_tokens: Array, train: bool = False
+    self, encoded: Array, input_mask: Array, decoder_input_tokens: Array, train: bool = False
   ) -> Array:
-    """Teacher-forced decoder: [B, Lt] shifted-right targets -> logits [B, Lt, V] float32."""
-    return self._logits(
-      self.decode_hidden(encoded, input_tokens, decoder_input_tokens, train), train
-    )
+    """Teacher-forced decoder: [B, Lt] shifted-right targets -> logits [B, Lt, V] float32, over
+    `encoded` [B, Li, E] whose real positions `input_mask` [B, Li] marks."""
+    return self._logits(self.decode_hidden(encoded, input_mask, decoder_input_tokens, train), train)
 
   def decode_hidden(
-    self, encoded: Array, input_tokens: Array, decoder_input_tokens: Array, train: bool = False
+    self, encoded: Array, input_mask: Array, decoder_input_tokens: Array, train: bool = False
   ) -> Array:
     """`decode` up to the last decoder layer: hidden states [B, Lt, E] before the final norm.
 
@@ -452,7 +454,7 @@ class T5(nn.Module):
     positions = jnp.arange(length)
     causal = positions[None, :] <= positions[:, None]
     self_bias = self.decoder_relpos(positions, positions) + jnp.where(causal, 0.0, _NEG_INF)
-    cross_bias = _padding_bias(input_tokens != PAD_ID)
+    cross_bias = _padding_bias(input_mask)
     x = self._embed(decoder_input_tokens, train)
     if self.cfg.scan_layers:
       x, _ = _scan(
@@ -470,33 +472,45 @@ class T5(nn.Module):
     return self._logits(hidden, train)
 
   def __call__(
-    self, input_tokens: Array, decoder_input_tokens: Array, train: bool = False
+    self,
+    input_tokens: Array,
+    input_mask: Array,
+    decoder_input_tokens: Array,
+    train: bool = False,
   ) -> Array:
-    return self.decode(self.encode(input_tokens, train), input_tokens, decoder_input_tokens, train)
+    encoded = self.encode(input_tokens, input_mask, train)
+    return self.decode(encoded, input_mask, decoder_input_tokens, train)
 
   # The model interface (`th_distill.models.interface.LanguageModel`).
 
-  def response_logits(self, prompts: Array, responses: Array, train: bool = False) -> Array:
+  def response_logits(
+    self, prompts: Array, prompt_mask: Array, responses: Array, train: bool = False
+  ) -> Array:
     """Teacher-forced logits [B, Lt, V] of `responses` [B, Lt] (decoder fed `shift_right`)."""
-    return self(prompts, shift_right(responses), train)
+    return self(prompts, prompt_mask, shift_right(responses), train)
 
-  def response_hidden(self, prompts: Array, responses: Array, train: bool = False) -> Array:
+  def response_hidden(
+    self, prompts: Array, prompt_mask: Array, responses: Array, train: bool = False
+  ) -> Array:
     """`decode_hidden` [B, Lt, E] of `responses` after encoding `prompts`."""
-    encoded = self.encode(prompts, train)
-    return self.decode_hidden(encoded, prompts, shift_right(responses), train)
+    encoded = self.encode(prompts, prompt_mask, train)
+    return self.decode_hidden(encoded, prompt_mask, shift_right(responses), train)
 
-  def start_decode(self, prompts: Array, max_decode_length: int) -> tuple[Array, Cache]:
-    """`encode` and `init_cache`: (the decoder start token 0 for every row [B], cache)."""
-    cache = self.init_cache(self.encode(prompts), prompts, max_decode_length)
-    return jnp.full((prompts.shape[0],), PAD_ID, jnp.int32), cache
+  def start_decode(
+    self, prompts: Array, prompt_mask: Array, max_decode_length: int
+  ) -> tuple[Array, Cache]:
+    """`encode` and `init_cache`: (the decoder start token for every row [B], cache)."""
+    cache = self.init_cache(self.encode(prompts, prompt_mask), prompt_mask, max_decode_length)
+    return jnp.full((prompts.shape[0],), DECODER_START_ID, jnp.int32), cache
 
   @staticmethod
   def extend_cache(cache: Cache, max_decode_length: int) -> Cache:
     """Module-level `extend_cache`."""
     return extend_cache(cache, max_decode_length)
 
-  def init_cache(self, encoded: Array, input_tokens: Array, max_decode_length: int) -> Cache:
-    """Decoding cache for `max_decode_length` steps after `encode`.
+  def init_cache(self, encoded: Array, input_mask: Array, max_decode_length: int) -> Cache:
+    """Decoding cache for `max_decode_length` steps after `encode` (`input_mask` [B, Li] bool:
+    the real encoder positions).
 
     Returns {'index': int32 scalar (next position), 'cross_bias': [B, 1, 1, Li],
     'layers': [per decoder layer: {'self_keys', 'self_values': [B, H, Lmax, K] zeros,
@@ -516,7 +530,7 @@ class T5(nn.Module):
     return dict(
       index=jnp.zeros((), jnp.int32),
       layers=layers,
-      cross_bias=_padding_bias(input_tokens != PAD_ID),
+      cross_bias=_padding_bias(input_mask),
     )
 
   def decode_step(self, decoder_token: Array, cache: Cache) -> tuple[Array, Cache]:
@@ -584,8 +598,9 @@ def extend_cache(cache: Cache, max_decode_length: int) -> Cache:
 
 
 def shift_right(targets: Array) -> Array:
-  """Decoder inputs from targets [B, Lt]: prepend the start token (0), drop the last token."""
-  return jnp.pad(targets, ((0, 0), (1, 0)), constant_values=0)[:, :-1]
+  """Decoder inputs from targets [B, Lt]: prepend T5's decoder start token (`DECODER_START_ID`,
+  its `decoder_start_token_id`), drop the last token."""
+  return jnp.pad(targets, ((0, 0), (1, 0)), constant_values=DECODER_START_ID)[:, :-1]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "input_length", "target_length"))
@@ -595,7 +610,8 @@ def init_params(model: T5, rng: Array, input_length: int = 8, target_length: int
   `jax.eval_shape(init_params, model, rng)` gives their shapes without computing them.
   """
   tokens = jnp.ones((1, input_length), jnp.int32)
-  return model.init(rng, tokens, jnp.ones((1, target_length), jnp.int32))["params"]
+  mask = jnp.ones((1, input_length), bool)
+  return model.init(rng, tokens, mask, jnp.ones((1, target_length), jnp.int32))["params"]
 
 
 def param_count(params: Any) -> int:

@@ -174,10 +174,11 @@ class Phase:
   def counted(
     self, sample: Callable[..., Any], name: str, per_row: bool = True
   ) -> Callable[..., Any]:
-    """`sample(params, prompts, rng)` that advances item `name` by its rows (or by 1 call)."""
+    """`sample(params, prompts, prompt_mask, rng)` (a `sampling.SampleFn`) that advances item
+    `name` by its rows (or by 1 call)."""
 
-    def fn(params, prompts, rng):
-      out = sample(params, prompts, rng)
+    def fn(params, prompts, prompt_mask, rng):
+      out = sample(params, prompts, prompt_mask, rng)
       self.advance(name, len(prompts) if per_row else 1)
       return out
 

@@ -2,6 +2,7 @@ r"""Memory per device of a run's compiled programs, computed from the shapes (no
 
   python -m th_distill.planning.memory                       # the paper's XSum setup, several meshes
   python -m th_distill.planning.memory --config=configs/t5_small.py --mesh=1,8,1 --mesh=2,2,2
+  python -m th_distill.planning.memory --config=configs/t5_small.py --mesh=1,1,1 --device_gb=24
 
 Prints two tables, every figure in GiB (2^30 bytes) per device: the distillation step's parts
 for each mesh and memory setting, then each program's total (`program_estimates`: the names of
@@ -17,7 +18,9 @@ upper bound, every layer at once (`all gathered`: what XLA's CPU scheduler does,
 every all-gather to the start of the program); the activations the backward pass keeps (per token
 and layer: 4E + 4HK + 2H*Li + 3F in the encoder, 6E + 8HK + 2H*(Li + Lt) + 3F in the decoder,
 with E d_model, H heads, K d_kv, F d_ff); the [B, Lt, V] logits alive at once (5 copies in the
-distillation step, 3 in SFT, 6 in the evaluator, divided by micro-batches and sequence chunks);
+distillation step, 3 in SFT, 6 in the evaluator, divided by micro-batches and sequence chunks;
+the evaluator's rows and chunks and the oracle sampler's rows are the calls `memory_layout`
+chooses for the device's memory, `--device_gb`);
 forward-only programs, and the frozen models' forward pass in the distillation step (with their
 decoders' hidden states [B, Lt, E]), hold one encoder layer's working set at a time
 (`encoder_layer_bytes`);
@@ -29,12 +32,14 @@ docs/scaling.md compares these with XLA's memory analysis on a simulated mesh.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
 import jax
 import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
 from th_distill import cli
 from th_distill import config as config_lib
@@ -43,6 +48,7 @@ from th_distill.data.regimes import SAMPLE_CHUNK
 from th_distill.models import LAYERS_AXIS, module_of
 from th_distill.models.interface import ModelConfig
 from th_distill.partitioning import MESH_AXES, boxed_param_shapes, mesh_axes
+from th_distill.training.programs import REFERENCE_CACHE_BYTES, MemoryLayout
 
 GIB = 2.0**30
 _BYTES = {"float32": 4, "bfloat16": 2}
@@ -126,15 +132,21 @@ def _finish(parts: dict[str, float], upper: float, phases: Sequence[str] = ()) -
   return parts
 
 
-def program_estimates(config: RunConfig, mesh: Sequence[int]) -> dict[str, dict[str, float]]:
+def program_estimates(
+  config: RunConfig, mesh: Sequence[int], layout: MemoryLayout | None = None
+) -> dict[str, dict[str, float]]:
   """{program: {part: GiB per device, 'total', 'total, all gathered'}} for the programs of
   `th_distill.planning.plan.PROGRAMS` on a (data, fsdp, model) `mesh`, with the batches the run uses
-  (samplers of the oracle data: `SAMPLE_CHUNK` rows; online sampler and distillation step:
-  `student.batch_size`; SFT: `teacher.batch_size`; evaluator: `eval.batch_size`)."""
+  (samplers of the oracle data: `SAMPLE_CHUNK` rows, at most the layout's `sample_rows` per call;
+  online sampler and distillation step: `student.batch_size`; SFT: `teacher.batch_size`;
+  evaluator: the layout's `eval_rows` rows in `eval_chunks` chunks of positions). `layout`
+  (`memory_layout`; default: the config's own, `MemoryLayout.of_config`) is how the run splits
+  its samplers' and evaluator's host data."""
+  layout = layout or MemoryLayout.of_config(config)
   mesh_shape = dict(zip(MESH_AXES, mesh))
   cfg = {name: config.model(name) for name in ("student", "teacher", "oracle")}
-  li, lt, vocab = config.task.prompt_length, config.task.response_length, config.task.vocab_size
-  split, frozen, chunks = mesh_shape["model"], config.frozen_dtype, config.sequence_chunks
+  li, lt = config.task.prompt_length, config.task.response_length
+  split, frozen = mesh_shape["model"], config.frozen_dtype
   data_parallel = mesh_shape["data"] * mesh_shape["fsdp"]
 
   def rows(n: int) -> float:
@@ -159,16 +171,17 @@ def program_estimates(config: RunConfig, mesh: Sequence[int]) -> dict[str, dict[
 
   micro_rows = rows(config.student.batch_size) / config.student.micro_batches
   teacher_rows = rows(config.teacher.batch_size)
-  eval_rows = rows(min(config.eval.batch_size, config.prompts.num_eval))
+  eval_rows = rows(min(layout.eval_rows, config.eval.batch_size, config.prompts.num_eval))
+  sample_rows = min(SAMPLE_CHUNK, config.prompts.num_oracle, layout.sample_rows or SAMPLE_CHUNK)
   three = ("student", "teacher", "oracle")
   return {
-    "oracle_sampling": sampler("oracle", "float32", min(SAMPLE_CHUNK, config.prompts.num_oracle)),
+    "oracle_sampling": sampler("oracle", "float32", sample_rows),
     "teacher_sft_step": _finish(
       {
         "teacher params + grads + Adam": 4 * param_bytes(cfg["teacher"], mesh_shape, "float32"),
         "gathered weights": gathered(["teacher"], "float32"),
         "teacher activations": activation_bytes(cfg["teacher"], teacher_rows, li, lt, split),
-        "logits": 3 * 4.0 * teacher_rows * lt * vocab / split,
+        "logits": 3 * 4.0 * teacher_rows * lt * config.task.vocab_size / split,
       },
       gathered(["teacher"], "float32", None),
     ),
@@ -183,7 +196,8 @@ def program_estimates(config: RunConfig, mesh: Sequence[int]) -> dict[str, dict[
           encoder_layer_bytes(cfg[n], micro_rows, li, split, lt) for n in ("teacher", "oracle")
         )
         + sum(4.0 * micro_rows * lt * cfg[n].d_model for n in ("teacher", "oracle")),
-        "logits": 5 * 4.0 * micro_rows * lt / chunks * vocab / split,
+        "logits": LOGIT_COPIES["distill_step"]
+        * logit_bytes(config, micro_rows, config.sequence_chunks, split),
       },
       gathered(three, frozen, None),
     ),
@@ -196,11 +210,89 @@ def program_estimates(config: RunConfig, mesh: Sequence[int]) -> dict[str, dict[
         "gathered weights": gathered(three, frozen),
         "working set": max(encoder_layer_bytes(c, eval_rows, li, split, lt) for c in cfg.values())
         + sum(4.0 * eval_rows * lt * c.d_model for c in cfg.values()),
-        "logits": 6 * 4.0 * eval_rows * lt / chunks * vocab / split,
+        "logits": LOGIT_COPIES["evaluator"]
+        * logit_bytes(config, eval_rows, layout.eval_chunks, split),
       },
       gathered(three, frozen, None),
     ),
   }
+
+
+# [rows, Lt / chunks, V] float32 logits alive at once in a program (see the module doc).
+LOGIT_COPIES = {"distill_step": 5, "evaluator": 6}
+
+
+def logit_bytes(config: RunConfig, rows: float, chunks: int, model_split: int) -> float:
+  """Bytes per device of one [rows, Lt / chunks, V] float32 logits array split over model."""
+  lt, vocab = config.task.response_length, config.task.vocab_size
+  return 4.0 * rows * lt / chunks * vocab / model_split
+
+
+# The share of a device's memory that `memory_layout` gives the estimate of a program it splits
+# (a sampler or the evaluator on host data): XLA's temporaries come on top (for t5_small's
+# evaluator on a CPU, XLA's memory analysis reads about 1.6x this module's estimate).
+LAYOUT_SHARE = 0.5
+
+
+def _halvings(rows: int, multiple: int) -> list[int]:
+  """`rows` rounded up to a multiple of `multiple`, then halved (rounded up to a multiple)
+  down to `multiple`: the row counts `memory_layout` tries, largest first."""
+  rows = -(-rows // multiple) * multiple
+  found = [rows]
+  while found[-1] > multiple:
+    found.append(-(-found[-1] // 2 // multiple) * multiple or multiple)
+  return found
+
+
+def memory_layout(config: RunConfig, mesh: Sequence[int], device_gib: float | None) -> MemoryLayout:
+  """How the run splits its samplers' and evaluator's host data on a (data, fsdp, model) `mesh`
+  of devices with `device_gib` GiB each (None: unknown, the config's own layout): the largest
+  calls whose `program_estimates` take at most `LAYOUT_SHARE` of a device. The evaluator gives
+  up rows first (down to one per data-parallel device), then splits positions into chunks (a
+  multiple of `sequence_chunks` dividing Lt); the reference logits of a fixed evaluation set stay
+  on the devices when they fit beside the largest program."""
+  own = MemoryLayout.of_config(config)
+  if device_gib is None:
+    return own
+  budget, data_parallel = LAYOUT_SHARE * device_gib, mesh[0] * mesh[1]
+  lt = config.task.response_length
+
+  def fits(layout: MemoryLayout, program: str) -> bool:
+    return program_estimates(config, mesh, layout)[program]["total"] <= budget
+
+  sample_rows = SAMPLE_CHUNK
+  for sample_rows in _halvings(min(SAMPLE_CHUNK, config.prompts.num_oracle), data_parallel):
+    if fits(dataclasses.replace(own, sample_rows=sample_rows), "oracle_sampling"):
+      break
+  eval_rows = min(config.eval.batch_size, config.prompts.num_eval)
+  chunks = [c for c in range(own.eval_chunks, lt + 1, own.eval_chunks) if lt % c == 0]
+  tries = [(own.eval_rows, own.eval_chunks)]
+  tries += [(r, own.eval_chunks) for r in _halvings(eval_rows, data_parallel)[1:]]
+  tries += [(data_parallel, c) for c in chunks[1:]]
+  for eval_rows, eval_chunks in tries:
+    layout = MemoryLayout(sample_rows, eval_rows, eval_chunks)
+    if fits(layout, "evaluator"):
+      break
+  if layout.sample_rows >= min(SAMPLE_CHUNK, config.prompts.num_oracle):
+    layout = dataclasses.replace(layout, sample_rows=None)  # never split: as the config runs
+  largest = max(p["total"] for p in program_estimates(config, mesh, layout).values())
+  spare = max(0.0, device_gib - largest) * GIB
+  return dataclasses.replace(layout, reference_bytes=int(min(spare, REFERENCE_CACHE_BYTES)))
+
+
+def layout_text(config: RunConfig, layout: MemoryLayout) -> str:
+  """One line on how `layout` splits the samplers' and the evaluator's work."""
+  sampler = (
+    f"samplers {layout.sample_rows} rows a call"
+    if layout.sample_rows
+    else "samplers as the config says"
+  )
+  positions = f" in {layout.eval_chunks} chunks of positions" if layout.eval_chunks > 1 else ""
+  return (
+    f"split to fit a device: {sampler}, evaluator {layout.eval_rows} rows a call{positions} "
+    f"(eval.batch_size = {config.eval.batch_size}); a fixed evaluation set keeps its "
+    f"reference logits on the devices up to {layout.reference_bytes / 2**20:.0f} MiB per device"
+  )
 
 
 # The distillation step's parts that regimes side by side share: the frozen models' parameters.
@@ -260,11 +352,17 @@ def table(
   return "\n".join(lines)
 
 
-def program_table(config: ml_collections.ConfigDict, meshes: Sequence[Sequence[int]]) -> str:
-  """A markdown table of every program's `total` (and `total, all gathered`), GiB per device."""
+def program_table(
+  config: ml_collections.ConfigDict,
+  meshes: Sequence[Sequence[int]],
+  device_gib: float | None = None,
+) -> str:
+  """A markdown table of every program's `total` (and `total, all gathered`), GiB per device,
+  the samplers and the evaluator split to fit devices of `device_gib` (`memory_layout`)."""
   lines = []
+  typed = RunConfig.from_config(config)
   for mesh in meshes:
-    programs = program_estimates(RunConfig.from_config(config), mesh)
+    programs = program_estimates(typed, mesh, memory_layout(typed, mesh, device_gib))
     if not lines:
       lines += [
         "| mesh (data, fsdp, model) | " + " | ".join(programs) + " |",
@@ -303,26 +401,40 @@ def parse_mesh(text: str, batch_size: int) -> tuple[int, int, int]:
   return mesh
 
 
-def print_tables(path: str | None, meshes: Sequence[str]) -> None:
-  """Prints `table` and `program_table` for the config file `path` (None: the paper's XSum
-  setup) on the `--mesh` texts `meshes` (none: `PAPER_MESHES`)."""
-  config = config_lib.load_config_file(path) if path else paper_xsum_config()
+def print_tables(
+  config: ml_collections.ConfigDict | None, meshes: Sequence[str], device_gb: float | None = None
+) -> None:
+  """Prints `table` and `program_table` for `config` (None: the paper's XSum setup; models of
+  family 'checkpoint' read from their checkpoints' config.json) on the `--mesh` texts `meshes`
+  (none: `PAPER_MESHES`), on devices of `device_gb` GB (1e9 bytes; None: the samplers and the
+  evaluator as the config says)."""
+  device_gib = None if device_gb is None else device_gb * 1e9 / GIB
+  config = config_lib.resolve_checkpoint_models(config) if config else paper_xsum_config()
   shapes = [parse_mesh(m, config.student.batch_size) for m in meshes] if meshes else PAPER_MESHES
   print("Distillation step, GiB per device:\n" + table(config, shapes, PAPER_VARIANTS))
+  where = f" on {device_gb:g} GB devices" if device_gb else ""
   print(
-    "\nEvery program, GiB per device: total (total with all weights gathered at once):\n"
-    + program_table(config, shapes)
+    f"\nEvery program{where}, GiB per device: total (total with all weights gathered at once):\n"
+    + program_table(config, shapes, device_gib)
   )
 
 
 def main() -> None:
   """The command line (flags are defined here, not at import: other modules define --config too)."""
-  config = flags.DEFINE_string("config", None, "Config file (default: the paper's XSum setup).")
+  config = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Config file (default: the paper's XSum setup); --config.KEY=VALUE overrides as for "
+    "th_distill.main.",
+  )
   meshes = flags.DEFINE_multi_string("mesh", None, "data,fsdp,model (repeatable).")
+  device_gb = flags.DEFINE_float(
+    "device_gb", None, "Memory of one device in GB: the samplers and the evaluator split to fit."
+  )
 
   def body(argv: list[str]) -> None:
     cli.reject_arguments(argv)
-    cli.run_command(lambda: print_tables(config.value, meshes.value or ()))
+    cli.run_command(lambda: print_tables(config.value, meshes.value or (), device_gb.value))
 
   cli.main(body)
 

@@ -68,7 +68,7 @@ from th_distill.partitioning import (
 )
 from th_distill.planning import flops, memory
 from th_distill.training import programs as program_lib
-from th_distill.training.programs import Models
+from th_distill.training.programs import MemoryLayout, Models
 from th_distill.training.steps import Batch, create_train_state, state_shardings
 
 PROGRAMS = ("oracle_sampling", "teacher_sft_step", "distill_step", "online_sampler", "evaluator")
@@ -128,10 +128,11 @@ class ProgramPlan:
 
 
 def planning_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of `config` that validates without any file: synthetic task and oracle sources, no
+  """A copy of `config` that validates without any other file: models of family 'checkpoint'
+  read from their checkpoints' config.json, then synthetic task and oracle sources, no
   vocabulary, data or checkpoint paths (shapes come from the model configs and `task.*_length`,
   `task.vocab_size`, which are kept and checked)."""
-  c = config.copy_and_resolve_references()
+  c = config_lib.resolve_checkpoint_models(config).copy_and_resolve_references()
   c.task.update(source="synthetic", vocabulary="", data_dir="")
   c.oracle.update(source="synthetic", checkpoint="")
   c.teacher.checkpoint = c.student.checkpoint = ""
@@ -169,11 +170,13 @@ def _rows(rows: int, partitioner: Partitioner) -> int:
 
 
 def abstract_programs(
-  config: RunConfig, partitioner: Partitioner
+  config: RunConfig, partitioner: Partitioner, layout: MemoryLayout | None = None
 ) -> dict[str, tuple[Callable, tuple, int, float]]:
   """{name: (program, abstract arguments, rows, th_distill.planning.flops of the whole program)} for each
   of `PROGRAMS`, the arguments being `jax.ShapeDtypeStruct`s with the run's shardings and
-  dtypes (stage 2 holds the teacher and oracle in `frozen_dtype`)."""
+  dtypes (stage 2 holds the teacher and oracle in `frozen_dtype`); the oracle's sampler and the
+  evaluator take the calls of `layout` (default: the config's, `MemoryLayout.of_config`)."""
+  layout = layout or MemoryLayout.of_config(config)
   models = Models.from_config(config)
   li, lt = config.task.prompt_length, config.task.response_length
   split = partitioner.batch_sharding(2)
@@ -182,7 +185,12 @@ def abstract_programs(
     return jax.ShapeDtypeStruct((n, length), dtype, sharding=split)
 
   def batch(n: int) -> Batch:
-    return Batch(rows(n, li, jnp.int32), rows(n, lt, jnp.int32), rows(n, lt, jnp.float32))
+    return Batch(
+      rows(n, li, jnp.int32),
+      rows(n, li, jnp.bool_),
+      rows(n, lt, jnp.int32),
+      rows(n, lt, jnp.float32),
+    )
 
   def state(model, optimizer) -> Any:
     shapes = jax.eval_shape(
@@ -197,7 +205,12 @@ def abstract_programs(
   def sampler(model, dtype: str, n: int) -> tuple:
     return (
       program_lib.sampler_program(model, config.sampling_settings, partitioner),
-      (partitioner.abstract_params(model, dtype), rows(n, li, jnp.int32), rows(n, 2, jnp.uint32)),
+      (
+        partitioner.abstract_params(model, dtype),
+        rows(n, li, jnp.int32),
+        rows(n, li, jnp.bool_),
+        rows(n, 2, jnp.uint32),
+      ),
       n,
     )
 
@@ -208,8 +221,12 @@ def abstract_programs(
   )
   teacher_optimizer = config.teacher.sft.build()
   distill = config.distill
-  n_sample = _rows(min(SAMPLE_CHUNK, config.prompts.num_oracle), partitioner)
-  n_eval = _rows(min(config.eval.batch_size, config.prompts.num_eval), partitioner)
+  n_sample = _rows(
+    min(SAMPLE_CHUNK, config.prompts.num_oracle, layout.sample_rows or SAMPLE_CHUNK), partitioner
+  )
+  n_eval = _rows(
+    min(layout.eval_rows, config.eval.batch_size, config.prompts.num_eval), partitioner
+  )
   n_teacher, n_student = config.teacher.batch_size, config.student.batch_size
   cfg = {name: getattr(models, name).cfg for name in ("oracle", "teacher", "student")}
   forward = {name: flops.forward_flops(c, li, lt) for name, c in cfg.items()}
@@ -235,7 +252,7 @@ def abstract_programs(
       n_student * flops.generation_flops(cfg["teacher"], li, lt),
     ),
     "evaluator": (
-      program_lib.eval_program(models, models.student, config.sequence_chunks, partitioner),
+      program_lib.eval_program(models, models.student, layout.eval_chunks, partitioner),
       (partitioner.abstract_params(models.student), teacher, oracle, batch(n_eval)),
       n_eval,
       n_eval * sum(forward.values()),
@@ -338,9 +355,12 @@ def plan(
   mesh: Sequence[int],
   programs: Sequence[str] = PROGRAMS,
   report: Callable[[ProgramPlan], None] | None = None,
+  device_gib: float | None = None,
 ) -> list[ProgramPlan]:
   """Compiles `programs` of `config` for a (data, fsdp, model) `mesh` of host CPU devices (at
-  least data x fsdp x model must exist: see the module doc); `report` is called after each."""
+  least data x fsdp x model must exist: see the module doc); `report` is called after each.
+  `device_gib`: the target's memory per device, which sets how the samplers and the evaluator
+  split their calls (`memory.memory_layout`; None: as the config says)."""
   devices = math.prod(mesh)
   check_mesh(config, mesh, devices)
   available = jax.devices("cpu")
@@ -350,7 +370,8 @@ def plan(
       f"start Python with XLA_FLAGS=--xla_force_host_platform_device_count={devices}"
     )
   partitioner = Partitioner(make_mesh(*mesh, devices=available[:devices]))
-  built = abstract_programs(RunConfig.from_config(config), partitioner)
+  typed = RunConfig.from_config(config)
+  built = abstract_programs(typed, partitioner, memory.memory_layout(typed, mesh, device_gib))
   plans = []
   for name in programs:
     plans.append(compile_program(name, *built[name], devices))
@@ -421,6 +442,7 @@ def _run(
   devices: int | None,
   programs: Sequence[str],
   json_path: str | None,
+  device_gb: float | None = None,
 ) -> None:
   """The command's work: checks `config` (loaded from `config_name`) on the target mesh, then
   compiles and prints `programs`, also written to `json_path` if given."""
@@ -449,9 +471,18 @@ def _run(
   if not programs:
     print(f"{where}: fits {math.prod(mesh)} devices and splits every batch")
     return
+  device_gib = None if device_gb is None else device_gb * 1e9 / memory.GIB
+  if device_gib is not None:
+    typed = RunConfig.from_config(config)
+    print(
+      f"{device_gb:g} GB devices: "
+      + memory.layout_text(typed, memory.memory_layout(typed, mesh, device_gib))
+    )
   print(f"{where}: per device, compiled for {math.prod(mesh)} host CPU devices")
   print(HEADER, flush=True)
-  plans = plan(config, mesh, programs, report=lambda p: print(format_row(p), flush=True))
+  plans = plan(
+    config, mesh, programs, report=lambda p: print(format_row(p), flush=True), device_gib=device_gib
+  )
   if json_path:
     with open(json_path, "w") as f:
       json.dump({"mesh": mesh, "programs": [dataclasses.asdict(p) for p in plans]}, f, indent=1)
@@ -478,6 +509,12 @@ def main() -> None:
     "of ProgramPlan fields per program, bytes and FLOPs per device).",
   )
   programs = flags.DEFINE_list("programs", list(PROGRAMS), f"Programs to compile, of {PROGRAMS}.")
+  device_gb = flags.DEFINE_float(
+    "device_gb",
+    None,
+    "Memory of one target device in GB (1e9 bytes): the samplers and the evaluator split their "
+    "calls to fit it, as a run does (default: as the config says).",
+  )
 
   def body(argv: list[str]) -> None:
     cli.reject_arguments(argv)
@@ -489,6 +526,7 @@ def main() -> None:
         devices.value,
         programs.value,
         json_path.value,
+        device_gb.value,
       )
     )
 

@@ -19,7 +19,7 @@ from th_distill.models import param_count
 from th_distill.observing import progress
 from th_distill.planning import memory, workload
 from th_distill.rundir.layout import RunDirectory
-from th_distill.training.programs import Models
+from th_distill.training.programs import MemoryLayout, Models
 from th_distill.training.sources import OFFLINE_DATASET
 
 
@@ -70,15 +70,30 @@ def check_memory(program: str, needed: float, available: float | None, ignore: b
   logging.warning("%s%s; going on (mesh.ignore_memory_estimate = True).", text[0].upper(), text[1:])
 
 
+def _mesh(partitioner: partitioning.Partitioner) -> tuple[int, ...]:
+  return tuple(partitioner.mesh.shape[a] for a in partitioning.MESH_AXES)
+
+
+def run_layout(config: RunConfig, partitioner: partitioning.Partitioner) -> MemoryLayout:
+  """How the run splits its samplers' and evaluator's host data for these devices
+  (`memory.memory_layout` for the memory of the first device)."""
+  return memory.memory_layout(config, _mesh(partitioner), device_gib(jax.devices()[0]))
+
+
 def log_plan(
-  config: RunConfig, run_dir: RunDirectory, partitioner: partitioning.Partitioner, models: Models
+  config: RunConfig,
+  run_dir: RunDirectory,
+  partitioner: partitioning.Partitioner,
+  models: Models,
+  layout: MemoryLayout | None = None,
 ) -> progress.RunClock:
   """Logs what the run will do, before any of it: devices and mesh, each model's parameter
   count, the memory per device of each compiled program (`th_distill.planning.memory`; the
   distillation steps of regimes side by side together), each phase's work
   and a lower bound of the time (its FLOPs at the device's matmul rate); warns when a CPU run
   would take hours. Raises OverMemory before any compute when a program does not fit (unless
-  `mesh.ignore_memory_estimate`). Returns the clock of the run's phases, for progress lines and ETAs."""
+  `mesh.ignore_memory_estimate`). `layout`: how the programs split host data (default:
+  `run_layout`). Returns the clock of the run's phases, for progress lines and ETAs."""
   mesh = partitioner.mesh
   device = jax.devices()[0]
   logging.info(
@@ -99,7 +114,8 @@ def log_plan(
       cfg.describe(),
       cfg.vocab_size,
     )
-  programs = memory.program_estimates(config, tuple(mesh.shape[a] for a in partitioning.MESH_AXES))
+  layout = layout or run_layout(config, partitioner)
+  programs = memory.program_estimates(config, _mesh(partitioner), layout)
   at_once = config.mesh.regimes_side_by_side(
     len(config.regimes), partitioner.platform, jax.process_count()
   )
@@ -121,6 +137,7 @@ def log_plan(
       f"{k} {v:.2f} GiB" for k, v in programs[largest].items() if v and not k.startswith("total")
     ),
   )
+  logging.info("  %s", memory.layout_text(config, layout))
   check_memory(largest, programs[largest]["total"], available, config.mesh.ignore_memory_estimate)
   phases = workload.phases(config, partitioner.data_parallel_size, done_phases(config, run_dir))
   peak = progress.matmul_flops_per_second() * mesh.size

@@ -11,10 +11,11 @@ from typing import Any
 
 from th_distill import detection
 from th_distill.config.run_config import RunConfig
+from th_distill.data.vocabularies import task_vocabulary
 from th_distill.observing.metric_names import GOLDEN, PROXY
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.planning import workload
-from th_distill.results import figures
+from th_distill.results import figures, samples
 from th_distill.results.summaries import summarize_run
 from th_distill.rundir import checkpoints
 from th_distill.rundir.layout import RunDirectory
@@ -145,6 +146,7 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
         f"{number(v['proxy_change_after_min_pct'], '+.1f')} | {v['outcome']} |"
       )
   lines += ["", settings_text(settings, metric), ""]
+  lines += samples.section(run_dir, tuple(summary["regimes"]), task_vocabulary(config.task))
   if config.write_figures:
     lines += [f"![{name}]({name}.png)\n" for name in ("curves", "proxy_golden", "detector")]
   with open(run_dir.report, "w", encoding="utf-8") as f:
@@ -175,17 +177,34 @@ def trend_text(s: Mapping[str, Any]) -> str:
   return f"{s['golden_trend_pct_per_doubling']:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
+def wall_seconds(records: Sequence[Mapping[str, Any]]) -> float:
+  """The wall time that stages took together, from their records' `seconds` and `finished_at`
+  (seconds since the epoch): each stage is the span [finished_at - seconds, finished_at], and
+  spans that overlap (stages side by side) count once and the gaps between spans (a workdir
+  resumed later) not at all. A record without `finished_at` (written before it was recorded) adds
+  its seconds, as if it ran alone."""
+  spans = sorted(
+    (r["finished_at"] - r["seconds"], r["finished_at"]) for r in records if "finished_at" in r
+  )
+  total = sum(r["seconds"] for r in records if "finished_at" not in r)
+  end = -float("inf")
+  for start, finish in spans:
+    total += max(0.0, finish - max(start, end))
+    end = max(end, finish)
+  return total
+
+
 def run_time_sentence(workdir: str, stage1: Mapping[str, Any], regimes: Sequence[str]) -> str:
-  """'Run time: ...' from the seconds recorded by stage 1 and by each finished regime."""
-  parts = [("stage 1", stage1.get("seconds"))]
+  """'Run time: ...' from the seconds recorded by stage 1 and by each finished regime, and the
+  wall time they took together (`wall_seconds`: regimes side by side overlap)."""
+  parts = [("stage 1", stage1)]
   for regime in regimes:
     directory = RunDirectory(workdir).regime(regime)
-    parts.append((regime, directory.done_record().get("seconds") if directory.finished else None))
-  known = [seconds for _, seconds in parts if seconds is not None]
-  text = ", ".join(
-    f"{name} {seconds / 60:.1f} min" for name, seconds in parts if seconds is not None
-  )
-  return f"Run time: {text} (total {sum(known) / 60:.1f} min)." if known else ""
+    parts.append((regime, directory.done_record() if directory.finished else {}))
+  known = [(name, record) for name, record in parts if record.get("seconds") is not None]
+  text = ", ".join(f"{name} {record['seconds'] / 60:.1f} min" for name, record in known)
+  wall = wall_seconds([record for _, record in known])
+  return f"Run time: {text} (wall time {wall / 60:.1f} min)." if known else ""
 
 
 def sentence(regime: str, s: Mapping[str, Any]) -> str:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
   from th_distill.config.run_config import RunConfig
   from th_distill.observing.eval_schedule import EvaluationSchedule
 
+# Held-out prompts whose final student samples a regime keeps for the report (`samples.npz`).
+REPORT_SAMPLE_ROWS = 3
+
 # Stage 1's parameters: {item of the composite checkpoint: model}.
 STAGE1_PARAMS = {"oracle": "oracle", "teacher": "teacher", "student_init": "student"}
 
@@ -99,8 +102,9 @@ class Stage1Directory:
 @dataclasses.dataclass(frozen=True)
 class RegimeDirectory:
   """One distillation run: markers `started.json` (the config it started with) and `done.json`,
-  `metrics.jsonl` and TensorBoard events, `checkpoints/`, and the parameters the hacking
-  detector keeps (`kept(name)`: `best_golden/`, `best_predicted/`, `candidates/`)."""
+  `metrics.jsonl` and TensorBoard events, `checkpoints/`, the parameters the hacking
+  detector keeps (`kept(name)`: `best_golden/`, `best_predicted/`, `candidates/`) and the final
+  student's samples on the first held-out prompts (`samples.npz`, for the report)."""
 
   path: str
   regime: str
@@ -120,6 +124,10 @@ class RegimeDirectory:
   @property
   def checkpoints(self) -> str:
     return os.path.join(self.path, "checkpoints")
+
+  @property
+  def samples(self) -> str:
+    return os.path.join(self.path, "samples.npz")
 
   def kept(self, name: str) -> str:
     """Kept parameters `name` (a folder; its record is `<name>.json` beside it)."""

@@ -20,6 +20,7 @@ from absl import logging
 
 from th_distill.config.run_config import RunConfig
 from th_distill.data import regimes as regime_lib
+from th_distill.data.batch import PromptSet
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.observing import progress
 from th_distill.observing.metric_names import (
@@ -36,7 +37,7 @@ from th_distill.partitioning import is_main_process
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints, processes, records
 from th_distill.rundir.kept import KeptParameters
-from th_distill.rundir.layout import RegimeDirectory, RunDirectory
+from th_distill.rundir.layout import REPORT_SAMPLE_ROWS, RegimeDirectory, RunDirectory
 from th_distill.stages.stage1 import Stage1
 from th_distill.training import dispatch, guards, sources
 from th_distill.training.hooks import (
@@ -55,7 +56,7 @@ def _evaluation(
   config: RunConfig,
   programs: Programs,
   stage1: Stage1,
-  eval_prompts: np.ndarray,
+  eval_prompts: PromptSet,
   frozen: tuple[Any, Any],
   train_set: dict[str, np.ndarray],
 ):
@@ -110,7 +111,7 @@ def run_regime(
   regime: str,
   programs: Programs,
   stage1: Stage1,
-  pools: dict[str, np.ndarray],
+  pools: dict[str, PromptSet],
   clock: progress.RunClock,
 ) -> None:
   """Distils the student under `regime` into `WORKDIR/<regime>/`, resuming an unfinished run.
@@ -215,6 +216,14 @@ def run_regime(
   run_start = time.time()
   step = trainer.run()
   phase.finish()
+  final_samples = regime_lib.build_offline(
+    programs.host_sampler("student"),
+    trainer.params,
+    pools["eval"][:REPORT_SAMPLE_ROWS],
+    1,
+    key(config.seed, Purpose.REPORT_SAMPLES),
+  )
+  processes.write_on_main(lambda: checkpoints.save_arrays(directory.samples, final_samples))
   if trainer.stop_reason:
     logging.warning("%s: stopped at step %d by %s.", regime, step, trainer.stop_reason)
   processes.write_on_main(
@@ -225,6 +234,7 @@ def run_regime(
         "steps": step,
         "stopped_by_detector": monitor.should_stop,
         "seconds": time.time() - run_start,
+        "finished_at": time.time(),  # the report's wall time (regimes side by side overlap)
       },
     )
   )

@@ -28,6 +28,7 @@ from absl import logging
 
 from th_distill.config.run_config import RunConfig
 from th_distill.data import regimes as regime_lib
+from th_distill.data.batch import PromptSet
 from th_distill.models import pretrained
 from th_distill.observing import progress
 from th_distill.oracle import calibrate_oracle, with_logit_scale
@@ -43,7 +44,8 @@ from th_distill.training.programs import Programs
 @dataclasses.dataclass
 class Stage1:
   """Stage 1's results. `eval_sets`: {'oracle', 'teacher'} samples on the held-out prompts, each
-  {prompts [E, Li], responses [E, Lt], mask [E, Lt], prompt_index [E]} numpy; `info`: the
+  {prompts [E, Li], prompt_mask [E, Li], responses [E, Lt], mask [E, Lt], prompt_index [E]}
+  numpy; `info`: the
   marker's record (oracle calibration, SFT losses, the teacher's golden distances)."""
 
   oracle_params: Any
@@ -77,7 +79,7 @@ EVAL_SOURCES = ("oracle", "teacher")  # the models whose samples make the fixed 
 def _eval_sets(
   config: RunConfig,
   programs: Programs,
-  prompts: np.ndarray,
+  prompts: PromptSet,
   phase: progress.Phase,
   params: dict[str, Any],
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -101,7 +103,7 @@ def _load(
   config: RunConfig,
   directory: Stage1Directory,
   programs: Programs,
-  pools: dict[str, np.ndarray],
+  pools: dict[str, PromptSet],
   clock: progress.RunClock,
 ) -> Stage1:
   """A finished stage 1 read back from `directory`; an evaluation set that cannot be read is
@@ -137,7 +139,7 @@ def _load(
 
 
 def _oracle(
-  config: RunConfig, programs: Programs, pools: dict[str, np.ndarray], clock: progress.RunClock
+  config: RunConfig, programs: Programs, pools: dict[str, PromptSet], clock: progress.RunClock
 ) -> tuple[Any, dict[str, Any]]:
   """The oracle's parameters and what is recorded of them."""
   if config.oracle.source != "synthetic":
@@ -213,7 +215,7 @@ def run(
   config: RunConfig,
   directory: Stage1Directory,
   programs: Programs,
-  pools: dict[str, np.ndarray],
+  pools: dict[str, PromptSet],
   clock: progress.RunClock,
 ) -> Stage1:
   """Stage 1, cached in `directory`: read back if finished under the same sections, else run
@@ -295,7 +297,8 @@ def run(
     checkpoints.save_arrays(directory.oracle_data, oracle_data)
     for name, data in eval_sets.items():
       checkpoints.save_arrays(directory.eval_set(name), data)
-    info["seconds"] = time.time() - start
+    info["finished_at"] = time.time()  # the report's wall time (regimes may overlap)
+    info["seconds"] = info["finished_at"] - start
     checkpoints.write_json(directory.marker, info)
     shutil.rmtree(directory.sft_checkpoints_root, ignore_errors=True)  # stage 1 is finished
 

@@ -28,6 +28,7 @@ class Purpose(enum.IntEnum):
   TRAIN_DROPOUT = 11
   EVAL_STUDENT = 12
   TRAIN_PROMPT_SET = 13
+  REPORT_SAMPLES = 14
 
 
 def key(seed: int, purpose: Purpose) -> jax.Array:

@@ -5,7 +5,7 @@ arguments as `th_distill.planning.plan` does) of module-level functions whose mo
 static arguments: JAX's own cache reuses a compiled program wherever the same function, settings,
 mesh and shapes meet again (the runs of a study, of a test session) and compiles afresh on any
 difference. `Programs` gives a run's stages their programs and wraps the samplers and the
-evaluator for host data.
+evaluator for host data, split into device calls as its `MemoryLayout` says.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from th_distill.config.settings import (
   OptimizerSettings,
   SamplingSettings,
 )
-from th_distill.data.batch import Batch, TeacherTopK
+from th_distill.data.batch import BATCH_ARRAYS, Batch, TeacherTopK
 from th_distill.models import module_of
 from th_distill.models.interface import LanguageModel
 from th_distill.partitioning import Partitioner, pad_rows
@@ -44,9 +44,36 @@ from th_distill.training.steps import (
   teacher_top_k,
 )
 
-# The most bytes of reference logits a fixed evaluation set keeps on the devices
-# (`Programs.set_evaluator`); a larger set recomputes them at every evaluation.
+# The most bytes of reference logits per device a fixed evaluation set keeps on the devices
+# (`Programs.set_evaluator`) unless the layout allows fewer; a larger set recomputes them at
+# every evaluation.
 REFERENCE_CACHE_BYTES = 1 << 28
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryLayout:
+  """How `Programs` splits host data into device calls so that each call fits a device (chosen
+  for the device's memory by `th_distill.planning.memory.memory_layout`; `of_config`: as the
+  config says, nothing split further).
+
+  `sample_rows`: the most rows of one sampler call of `Programs.host_sampler` (None: a call's
+  rows at once); `eval_rows`: rows per evaluator call; `eval_chunks`: chunks of the response
+  positions inside an evaluator call (it divides Lt); `reference_bytes`: the most bytes per
+  device of reference logits a fixed evaluation set keeps on the devices (`set_evaluator`).
+  Row counts are multiples of the data-parallel size. Each row keeps its own sampling key and
+  the evaluator's sums are added over rows and positions, so a layout changes no sample and no
+  metric beyond float rounding."""
+
+  sample_rows: int | None
+  eval_rows: int
+  eval_chunks: int
+  reference_bytes: int = REFERENCE_CACHE_BYTES
+
+  @classmethod
+  def of_config(cls, config: RunConfig) -> MemoryLayout:
+    """The config's own split: `eval.batch_size` rows in `sequence_chunks` chunks."""
+    return cls(None, config.eval.batch_size, config.sequence_chunks)
+
 
 # evaluate(student_params, teacher_params, oracle_params, data, prefix) -> {prefix/name: value}
 Evaluator = Callable[[Any, Any, Any, dict[str, np.ndarray], str], dict[str, float]]
@@ -71,20 +98,25 @@ def batch_shardings(partitioner: Partitioner) -> jax.sharding.NamedSharding:
 
 
 def _sample(
-  params: Any, prompts: jax.Array, keys: jax.Array, model: LanguageModel, settings: SamplingSettings
+  params: Any,
+  prompts: jax.Array,
+  prompt_mask: jax.Array,
+  keys: jax.Array,
+  model: LanguageModel,
+  settings: SamplingSettings,
 ) -> sampling.SampleOutput:
-  return sampling.generate(model, params, prompts, keys, **dataclasses.asdict(settings))
+  return sampling.generate(model, params, prompts, prompt_mask, keys, **settings.arguments())
 
 
 def sampler_program(
   model: LanguageModel, settings: SamplingSettings, partitioner: Partitioner
 ) -> Callable:
-  """`(params, prompts [B, Li] int32, keys [B, 2] uint32) -> SampleOutput` of [B, Lt]: `model`
-  sampling with `settings`, inputs and outputs split along B."""
+  """`(params, prompts [B, Li] int32, prompt_mask [B, Li] bool, keys [B, 2] uint32) ->
+  SampleOutput` of [B, Lt]: `model` sampling with `settings`, inputs and outputs split along B."""
   rows = partitioner.batch_sharding(2)
   return partitioner.jit(
     _sample,
-    in_shardings=(partitioner.param_shardings(model), rows, rows),
+    in_shardings=(partitioner.param_shardings(model), rows, rows, rows),
     out_shardings=sampling.SampleOutput(rows, rows, rows),
     static=(model, settings),
   )
@@ -352,8 +384,15 @@ def _reduce(parts: list[dict[str, jax.Array]], prefix: str) -> dict[str, float]:
 class Programs:
   """The compiled programs of one run, each built on first use and reused by every stage."""
 
-  def __init__(self, models: Models, config: RunConfig, partitioner: Partitioner):
+  def __init__(
+    self,
+    models: Models,
+    config: RunConfig,
+    partitioner: Partitioner,
+    layout: MemoryLayout | None = None,
+  ):
     self.models, self.config, self.partitioner = models, config, partitioner
+    self.layout = layout or MemoryLayout.of_config(config)
     self._built: dict[tuple, Any] = {}
 
   def _once(self, key: tuple, build: Callable[[], Any]) -> Any:
@@ -362,9 +401,10 @@ class Programs:
     return self._built[key]
 
   def sampler(self, name: str) -> SampleFn:
-    """`fn(params, prompts [B, Li], rng) -> (tokens [B, Lt] int32, mask [B, Lt] float32)` of
-    model `name` ('oracle', 'teacher' or 'student'). Prompts may be host arrays; B must split
-    over the data-parallel devices. Outputs are global device arrays split along B."""
+    """`fn(params, prompts [B, Li], prompt_mask [B, Li], rng) -> (tokens [B, Lt] int32, mask
+    [B, Lt] float32)` of model `name` ('oracle', 'teacher' or 'student'). Prompts may be host
+    arrays; B must split over the data-parallel devices. Outputs are global device arrays split
+    along B."""
     partitioner = self.partitioner
     compiled = self._once(
       ("sampler", name),
@@ -373,10 +413,10 @@ class Programs:
       ),
     )
 
-    def fn(params, prompts, rng):
-      prompts = partitioner.shard_batch(prompts)
+    def fn(params, prompts, prompt_mask, rng):
+      prompts, prompt_mask = partitioner.shard_batch((prompts, prompt_mask))
       keys = partitioner.shard_batch(np.asarray(sampling.example_keys(rng, prompts.shape[0])))
-      out = compiled(params, prompts, keys)
+      out = compiled(params, prompts, prompt_mask, keys)
       return out.tokens, out.mask
 
     return fn
@@ -384,13 +424,28 @@ class Programs:
   def host_sampler(self, name: str) -> SampleFn:
     """`sampler(name)` for any number of host prompts, with numpy results on every process:
     rows are padded to the data-parallel size (padding rows never change the real rows'
-    samples: each row has its own key), the outputs gathered and trimmed."""
-    sample, partitioner = self.sampler(name), self.partitioner
+    samples: each row has its own key), the outputs gathered and trimmed. More rows than the
+    layout's `sample_rows` are sampled that many at a time, each row with the key it has in one
+    call (`sampling.example_keys` of the call's rows)."""
+    sample, partitioner, most = self.sampler(name), self.partitioner, self.layout.sample_rows
 
-    def fn(params, prompts, rng):
-      padded, rows = pad_rows({"prompts": np.asarray(prompts)}, partitioner.data_parallel_size)
-      tokens, mask = sample(params, padded["prompts"], rng)
+    def one_call(params, arrays, rng):
+      padded, rows = pad_rows(arrays, partitioner.data_parallel_size)
+      keys = padded.get("keys", rng)
+      tokens, mask = sample(params, padded["prompts"], padded["prompt_mask"], keys)
       return partitioner.to_host(tokens)[:rows], partitioner.to_host(mask)[:rows]
+
+    def fn(params, prompts, prompt_mask, rng):
+      arrays = {"prompts": np.asarray(prompts), "prompt_mask": np.asarray(prompt_mask)}
+      rows = len(arrays["prompts"])
+      if most is None or rows <= most:
+        return one_call(params, arrays, rng)
+      arrays["keys"] = np.asarray(sampling.example_keys(rng, rows))
+      parts = [
+        one_call(params, {k: v[i : i + most] for k, v in arrays.items()}, None)
+        for i in range(0, rows, most)
+      ]
+      return tuple(np.concatenate(column) for column in zip(*parts))
 
     return fn
 
@@ -420,12 +475,12 @@ class Programs:
   def evaluator(self, name: str) -> Evaluator:
     """`evaluate(student_params, teacher_params, oracle_params, data, prefix)`: per-token and
     per-sequence proxy/golden divergences of model `name` (as the student) on the host dataset
-    `data` (prompts, responses, mask), `eval.batch_size` rows at a time padded to the
-    data-parallel size."""
+    `data` (prompts, prompt_mask, responses, mask), the layout's `eval_rows` rows at a time
+    padded to the data-parallel size, in `eval_chunks` chunks of positions each."""
     eval_sums = self._once(
       ("eval", name),
       lambda: eval_program(
-        self.models, getattr(self.models, name), self.config.sequence_chunks, self.partitioner
+        self.models, getattr(self.models, name), self.layout.eval_chunks, self.partitioner
       ),
     )
 
@@ -439,15 +494,15 @@ class Programs:
     return evaluate
 
   def _device_chunks(self, data: dict[str, np.ndarray]) -> list[Batch]:
-    """The host set `data` as device batches of `eval.batch_size` rows, padded to the
+    """The host set `data` as device batches of the layout's `eval_rows` rows, padded to the
     data-parallel size (padding rows are all-zero: they count no token)."""
-    size, chunks = self.config.eval.batch_size, []
+    size, chunks = self.layout.eval_rows, []
     for start in range(0, len(data["prompts"]), size):
       chunk, _ = pad_rows(
-        {k: data[k][start : start + size] for k in ("prompts", "responses", "mask")},
+        {k: data[k][start : start + size] for k in BATCH_ARRAYS},
         self.partitioner.data_parallel_size,
       )
-      chunks.append(self.partitioner.shard_batch(Batch(**chunk)))
+      chunks.append(self.partitioner.shard_batch(Batch.of_arrays(chunk)))
     return chunks
 
   def set_evaluator(
@@ -455,13 +510,14 @@ class Programs:
   ) -> Callable[[Any, str], dict[str, float]]:
     """`evaluate(student_params, prefix)`: `evaluator(name)` on the fixed host set `data`
     against these references, with the set moved to the devices once and, where their logits
-    take at most REFERENCE_CACHE_BYTES (and `sequence_chunks` is 1), the references run once:
-    later evaluations run the student only. The sums are those of `evaluator`."""
+    take at most the layout's `reference_bytes` per device (and `eval_chunks` is 1), the
+    references run once: later evaluations run the student only. The sums are those of
+    `evaluator`."""
     chunks = self._device_chunks(data)
-    cfg = self.config
-    rows = sum(chunk.prompts.shape[0] for chunk in chunks)
+    cfg, layout = self.config, self.layout
+    rows = sum(chunk.prompts.shape[0] for chunk in chunks) // self.partitioner.data_parallel_size
     ref_bytes = 2 * 4 * rows * cfg.task.response_length * cfg.task.vocab_size
-    if cfg.sequence_chunks != 1 or ref_bytes > REFERENCE_CACHE_BYTES:
+    if layout.eval_chunks != 1 or ref_bytes > min(layout.reference_bytes, REFERENCE_CACHE_BYTES):
       full = self.evaluator(name)
       return lambda student_params, prefix: full(
         student_params, teacher_params, oracle_params, data, prefix
@@ -500,10 +556,10 @@ class Programs:
       parts = []
       for start in range(0, len(data["prompts"]), size):
         chunk, rows = pad_rows(
-          {k: data[k][start : start + size] for k in ("prompts", "responses", "mask")},
+          {k: data[k][start : start + size] for k in BATCH_ARRAYS},
           partitioner.data_parallel_size,
         )
-        top = compiled(teacher_params, partitioner.shard_batch(Batch(**chunk)))
+        top = compiled(teacher_params, partitioner.shard_batch(Batch.of_arrays(chunk)))
         parts.append([partitioner.to_host(x)[:rows] for x in (top.values, top.indices, top.tail)])
       values, indices, tail = (np.concatenate(column) for column in zip(*parts))
       return {"top_values": values, "top_indices": indices.astype(index_dtype), "top_tail": tail}

@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
   from th_distill.config.run_config import RunConfig
+  from th_distill.data.batch import PromptSet
   from th_distill.observing.progress import Phase, RunClock
   from th_distill.rundir.layout import RunDirectory
   from th_distill.training.programs import Programs
@@ -17,14 +16,14 @@ if TYPE_CHECKING:
 @dataclasses.dataclass
 class SourceContext:
   """What a source may use: the run's config and programs, the frozen teacher's parameters, the
-  prompt pools ({'oracle', 'distill', 'eval'}: [P, Li] int32), the run directory (for data it
+  prompt pools ({'oracle', 'distill', 'eval'}: `PromptSet`s), the run directory (for data it
   caches), the run's clock (phases of its own) and the regime's progress phase (to count the
   work it does)."""
 
   config: RunConfig
   programs: Programs
   teacher_params: Any
-  pools: dict[str, np.ndarray]
+  pools: dict[str, PromptSet]
   run_dir: RunDirectory
   clock: RunClock
   phase: Phase

@@ -45,7 +45,7 @@ from absl import logging
 
 from th_distill.config.run_config import REGIMES
 from th_distill.data import regimes
-from th_distill.data.batch import Batch
+from th_distill.data.batch import BATCH_ARRAYS, Batch, PromptSet
 from th_distill.observing.progress import Phase, Work
 from th_distill.training import offline_dataset
 from th_distill.training.keys import Purpose, key
@@ -71,11 +71,12 @@ class BatchSource(abc.ABC):
 
   @abc.abstractmethod
   def batch_at(self, step: int, student_params: Any) -> Batch:
-    """The batch of `step`: [B, Li] prompts, [B, Lt] responses and mask (host or device)."""
+    """The batch of `step`: [B, Li] prompts and their mask, [B, Lt] responses and their mask
+    (host or device)."""
 
   @abc.abstractmethod
   def train_set(self) -> dict[str, np.ndarray]:
-    """The training-prompt evaluation set (host arrays prompts, responses, mask)."""
+    """The training-prompt evaluation set (host arrays `batch.BATCH_ARRAYS`)."""
 
   def needs_params_at(self, step: int) -> bool:
     """Whether `batch_at` at the top of `step` draws on the student's parameters then (True
@@ -146,8 +147,8 @@ def source_for(config: RunConfig, regime: str) -> type[BatchSource]:
   return source_class(regime)
 
 
-def online_prompts(config: RunConfig, pools: dict[str, np.ndarray]) -> np.ndarray:
-  """The prompts [P, Li] the online regimes draw from: the offline arm's N prompts
+def online_prompts(config: RunConfig, pools: dict[str, PromptSet]) -> PromptSet:
+  """The prompts (P rows) the online regimes draw from: the offline arm's N prompts
   (`online.prompts = 'offline'`, so only the responses differ between the arms) or the whole
   distillation pool (`'pool'`)."""
   return pools["distill"][: config.online_prompt_count()]
@@ -207,7 +208,7 @@ class Offline(BatchSource):
 
   def train_set(self) -> dict[str, np.ndarray]:
     rows = self.context.config.eval.num_train_prompts
-    return {k: self.data[k][:rows] for k in ("prompts", "responses", "mask")}
+    return {k: self.data[k][:rows] for k in BATCH_ARRAYS}
 
   @classmethod
   def train_rows(cls, config: RunConfig) -> int:
@@ -364,12 +365,13 @@ class Online(BatchSource):
     state = {
       "groups": np.full(slots, -1, np.int32),
       "prompts": np.zeros((slots, b, li), np.int32),
+      "prompt_mask": np.zeros((slots, b, li), bool),
       "responses": np.zeros((slots, b, lt), np.int32),
       "mask": np.zeros((slots, b, lt), np.float32),
     }
     for slot, group in enumerate(groups):
       state["groups"][slot] = group
-      for name in ("prompts", "responses", "mask"):
+      for name in BATCH_ARRAYS:
         value = getattr(self._ahead[group], name)
         is_device = isinstance(value, jax.Array)
         state[name][slot] = partitioner.to_host(value) if is_device else value
@@ -378,7 +380,7 @@ class Online(BatchSource):
   def load_state(self, state: Any) -> None:
     arrays = {name: np.asarray(value) for name, value in state.items()}
     self._ahead = {
-      int(group): Batch(*(arrays[k][slot] for k in ("prompts", "responses", "mask")))
+      int(group): Batch.of_arrays(arrays, slot)
       for slot, group in enumerate(arrays["groups"])
       if group >= 0
     }

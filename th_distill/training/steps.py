@@ -71,7 +71,14 @@ def forward(
 ) -> Array:
   """Teacher-forced logits [B, Lt, V] float32 of `model` on `batch` (`response_logits`)."""
   return _apply(
-    model, params, "response_logits", batch.prompts, batch.responses, train=train, rng=rng
+    model,
+    params,
+    "response_logits",
+    batch.prompts,
+    batch.prompt_mask,
+    batch.responses,
+    train=train,
+    rng=rng,
   )
 
 
@@ -92,7 +99,14 @@ def _hidden(
 ) -> Array:
   """Hidden states [B, Lt, E] before the final norm (`response_hidden`)."""
   return _apply(
-    model, params, "response_hidden", batch.prompts, batch.responses, train=train, rng=rng
+    model,
+    params,
+    "response_hidden",
+    batch.prompts,
+    batch.prompt_mask,
+    batch.responses,
+    train=train,
+    rng=rng,
   )
 
 

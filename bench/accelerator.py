@@ -69,6 +69,7 @@ from bench.common import (  # noqa: E402
   matmul_peak_flops,
 )
 from th_distill import divergences  # noqa: E402
+from th_distill.config.settings import make_optimizer  # noqa: E402
 from th_distill.models import T5, init_params, t5_config  # noqa: E402
 from th_distill.planning.flops import distill_flops  # noqa: E402
 from th_distill.sampling import sample, sampling_log_probs  # noqa: E402
@@ -77,7 +78,6 @@ from th_distill.training.steps import (  # noqa: E402
   create_train_state,
   forward,
   make_distill_step,
-  make_optimizer,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -41,10 +41,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import NEVER_STOP, bandwidth_probe, decode_step_bytes, interleaved_medians  # noqa: E402
+from th_distill.config.settings import make_optimizer  # noqa: E402
 from th_distill.models import T5, init_params, t5_config  # noqa: E402
 from th_distill.planning.flops import distill_flops  # noqa: E402
 from th_distill.sampling import sample  # noqa: E402
-from th_distill.training.steps import Batch, create_train_state, make_distill_step, make_optimizer  # noqa: E402
+from th_distill.training.steps import Batch, create_train_state, make_distill_step  # noqa: E402
 
 # (kind, pattern on the op_names of an operation's instructions); the first match wins. Matmul
 # kinds look only at the op_names of `dot` instructions; a batched dot (attention's) may carry no

@@ -36,11 +36,12 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import NEVER_STOP, interleaved_medians  # noqa: E402
+from th_distill.config.settings import make_optimizer  # noqa: E402
 from th_distill.models import T5, hf_convert, init_params, shift_right, t5_config  # noqa: E402
 from th_distill.models.config import T5Config  # noqa: E402
 from th_distill.planning.flops import distill_flops, generation_flops  # noqa: E402
 from th_distill.sampling import sample  # noqa: E402
-from th_distill.training.steps import Batch, create_train_state, make_distill_step, make_optimizer  # noqa: E402
+from th_distill.training.steps import Batch, create_train_state, make_distill_step  # noqa: E402
 
 BETA, LEARNING_RATE = 0.5, 1e-4
 Row = dict[str, Any]

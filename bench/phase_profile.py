@@ -59,10 +59,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import interleaved_medians, matmul_probe  # noqa: E402
 from th_distill import config as config_lib  # noqa: E402
 from th_distill.config.run_config import RunConfig  # noqa: E402
-from th_distill.data import sources  # noqa: E402
 from th_distill.data.regimes import SAMPLE_CHUNK  # noqa: E402
 from th_distill.observing.progress import Phase, Work  # noqa: E402
 from th_distill.planning import workload  # noqa: E402
+from th_distill.training import sources  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # An absl line: level, MMDD, time, thread, file:line] message.

@@ -24,7 +24,7 @@ from th_distill.data import regimes as regime_lib
 from th_distill.partitioning import Partitioner
 from th_distill.rundir import checkpoints
 from th_distill.rundir.layout import Stage1Directory
-from th_distill.stages.keys import Purpose, key
+from th_distill.training.keys import Purpose, key
 from th_distill.training.programs import Models, Programs, new_train_state
 
 INIT = {"teacher": Purpose.TEACHER_INIT, "student": Purpose.STUDENT_INIT}

@@ -22,9 +22,10 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import interleaved_medians, matmul_peak_flops  # noqa: E402
+from th_distill.config.settings import make_optimizer  # noqa: E402
 from th_distill.models import T5, init_params, t5_config  # noqa: E402
 from th_distill.planning.flops import distill_flops  # noqa: E402
-from th_distill.training.steps import Batch, create_train_state, make_distill_step, make_optimizer  # noqa: E402
+from th_distill.training.steps import Batch, create_train_state, make_distill_step  # noqa: E402
 
 
 def main() -> None:

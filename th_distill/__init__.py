@@ -1,11 +1,12 @@
 """th_distill: teacher hacking in language-model distillation, in JAX/Flax.
 
 Exported here: the T5 model (`T5`, `T5Config`, `t5_config`, `init_params`, `shift_right`), the
-decoder-only family (`Decoder`, `DecoderConfig`, `decoder_config`), the
-jitted KV-cache sampler (`sample`, `SampleOutput`) and `divergences`. Every public module and its
-main names are listed in docs/api.md (`train`, `data.regimes`, `experiment`, `config`, ...); the
-command lines are `python -m th_distill.main`, `.study`, `.detector_eval`, `.memory` and `.plan`.
-Importing the package loads JAX and Flax only.
+decoder-only family (`Decoder`, `DecoderConfig`, `decoder_config`), the jitted KV-cache sampler
+(`sample`, `SampleOutput`) and `divergences`. Every public module and its names are listed in
+docs/api.md (`th_distill.experiment`, `th_distill.config`, `th_distill.training.steps`,
+`th_distill.data.regimes`, ...); the command lines are `python -m` with `th_distill.main`,
+`th_distill.study`, `th_distill.detector_eval`, `th_distill.planning.memory` and
+`th_distill.planning.plan`. Importing the package loads JAX and Flax only.
 """
 
 import importlib.metadata

@@ -26,6 +26,23 @@ Conventions:
 - Float32 rounding can leave a divergence a hair below 0 (e.g. when p ~= q); such values are
   reported as exactly 0, with the gradient left untouched.
 
+Argument order and temperature, against the libraries a reader may come from (the order here
+is always the reference, then the student, and both are logits):
+- optax: `optax.kl_divergence(log_predictions, targets)` is KL(targets || predictions) from the
+  student's log-probabilities first and the teacher's probabilities second, so
+  `fkl(ref, student, T)` = `optax.kl_divergence(log_softmax(student / T), softmax(ref / T))`,
+  and `rkl(ref, student, T)` = `optax.kl_divergence(log_softmax(ref / T), softmax(student / T))`.
+- TRL: `GKDTrainer.generalized_jsd_loss(student_logits, teacher_logits, beta=beta,
+  temperature=T)` takes the student first; per position, for 0 < beta < 1, it is
+  `jsd(ref, student, beta, T)` (the same mixture m = beta p + (1 - beta) q and weights); at
+  beta = 0 and 1 it switches to the forward and reverse KL, which here is
+  `jsd(..., normalized=True)` (plain JSD_beta is 0 at both ends). Its reduction with labels,
+  'batchmean', is `per_token_mean`.
+- `temperature` divides both models' logits before the log-softmax, as in both libraries, and
+  nothing multiplies the result by T^2 (Hinton et al.'s gradient scale for soft targets):
+  multiply the loss by T^2 where that scale is wanted. `tests/numerics/test_divergences.py`
+  checks these identities against optax and against TRL's formula computed with torch.
+
 Truncated teacher (offline top-k logit caches, top-k teacher log-probs on-policy): the teacher
 is kept as its top K log-probabilities per position (`top_k_log_probs`: values, indices and the
 log of the mass outside them) and `truncated_divergence` compares it with the student on those

@@ -9,6 +9,8 @@ lines print its message without a traceback (`th_distill.cli`) and exit with its
 from __future__ import annotations
 
 import errno
+import os
+from collections.abc import Callable
 
 EX_FAILURE, EX_USAGE, EX_TEMPFAIL = 1, 2, 75
 
@@ -51,3 +53,15 @@ def no_space(error: OSError, what: str | None = None, where: str = "") -> NoSpac
     f"no space left while writing {what}{where} ({limit}: {error.strerror}); free space and run "
     "the same command again to resume (finished work is kept)"
   )
+
+
+def replace_atomically(path: str, tmp: str, write: Callable[[str], object]) -> None:
+  """`write(tmp)`, then renames `tmp` to `path`; a failed write (a full disk, a kill by an
+  exception) removes `tmp`, so no temporary file survives it."""
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

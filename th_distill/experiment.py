@@ -24,14 +24,15 @@ from absl import logging
 
 from th_distill import config as config_lib
 from th_distill import partitioning
-from th_distill.data import sources
 from th_distill.data.pools import prompt_pools
+from th_distill.observing import progress
 from th_distill.planning.preview import log_plan, run_layout
 from th_distill.results import report
 from th_distill.rundir import lock
 from th_distill.rundir.layout import RunDirectory
 from th_distill.stages import stage1 as stage1_lib
 from th_distill.stages import stage2
+from th_distill.training import sources
 from th_distill.training.programs import Models, Programs
 
 
@@ -47,9 +48,12 @@ def run(
   holds the workdir's lock and writes the config, metrics and report. Raises
   `rundir.preemption.Preempted` after SIGTERM, and a `th_distill.errors.RunError` for a bad
   config, a workdir in use or holding another config's results, or a non-finite training step.
+
+  Logs its plan and progress lines (absl INFO) also when called from Python; a caller's own
+  absl verbosity is kept: `absl.logging.set_verbosity(absl.logging.WARNING)` silences them.
   """
   run_config = config_lib.validate(config)
-  with lock.hold(workdir):
+  with lock.hold(workdir), progress.shown():
     return _run(run_config, RunDirectory(workdir, stage1_dir))
 
 

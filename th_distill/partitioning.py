@@ -233,18 +233,6 @@ class Partitioner:
     """Shardings of `model`'s (unboxed) parameter tree."""
     return self.tree_shardings(boxed_param_shapes(model))
 
-  def state_shardings(self, model: LanguageModel, optimizer: Any) -> Any:
-    """Shardings of a `TrainState` of `model` under `optimizer`: the optimiser's per-parameter
-    moments follow their parameter; counters are replicated."""
-    from th_distill.training.steps import (
-      TrainState,  # train imports nothing from here; avoid a cycle
-    )
-
-    boxed = jax.eval_shape(
-      lambda p: TrainState.create(apply_fn=None, params=p, tx=optimizer), boxed_param_shapes(model)
-    )
-    return self.tree_shardings(boxed)
-
   # Creation and placement.
 
   def init_params(self, model: LanguageModel, rng: jax.Array) -> Any:

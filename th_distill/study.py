@@ -39,6 +39,7 @@ from ml_collections import config_flags
 from th_distill import cli, experiment
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
+from th_distill.observing import progress
 from th_distill.planning import workload
 from th_distill.results import study_report
 from th_distill.rundir import lock as workdir_lock
@@ -134,9 +135,10 @@ def run(
 ) -> dict[str, Any]:
   """Runs (or resumes) every run of the study, then writes its report; returns the summary.
   `finished_only`: run nothing, and report the runs that are finished (a study cut short;
-  the table gives each arm's seeds)."""
+  the table gives each arm's seeds). Logs its progress as `experiment.run` does (absl INFO,
+  shown unless the caller chose an absl verbosity)."""
   runs = run_configs(study)
-  with workdir_lock.hold(workdir):
+  with workdir_lock.hold(workdir), progress.shown():
     return _run(study, runs, workdir, finished_only)
 
 

@@ -12,11 +12,11 @@ from th_distill import experiment
 from th_distill.config.run_config import RunConfig
 from th_distill.data import pools as pool_lib
 from th_distill.data import regimes as regime_lib
-from th_distill.data import sources
 from th_distill.models.tokens import T5_TOKENS
 from th_distill.observing.metric_names import GOLDEN, PROXY, TRAIN_PROXY
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.rundir import checkpoints
+from th_distill.training import sources
 
 
 def _rows(workdir, regime):

@@ -136,3 +136,20 @@ def test_a_config_missing_fields_is_refused_naming_them(micro):
   del micro.student.steps
   with pytest.raises(config_lib.ConfigError, match=r"missing field\(s\) student\.steps, task "):
     config_lib.validate(micro)
+
+
+def test_a_nested_plain_dict_is_a_config():
+  """`validate(base_config().to_dict())`: the same typed config as the ConfigDict, its problems
+  named as the ConfigDict's; anything but a mapping is refused saying what is accepted."""
+  base = config_lib.base_config()
+  assert config_lib.validate(base.to_dict()) == config_lib.validate(base)
+  plain = base.to_dict()
+  plain["student"]["steps"] = -1
+  with pytest.raises(config_lib.ConfigError, match=r"^Invalid configuration: student.steps: "):
+    config_lib.validate(plain)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.check_fields([("seed", 0)])
+  assert str(e.value) == (
+    "config: expected an ml_collections.ConfigDict or a (nested) dict of its fields, got list "
+    "(start from th_distill.config.base_config())"
+  )

@@ -31,6 +31,7 @@ import pytest
 
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
+from th_distill.config.settings import make_optimizer
 from th_distill.data.batch import PromptSet
 from th_distill.data.pools import prompt_pools
 from th_distill.models import param_count
@@ -38,7 +39,7 @@ from th_distill.partitioning import Partitioner
 from th_distill.stages.sft import train_sft
 from th_distill.training import programs as program_lib
 from th_distill.training.programs import Models, Programs
-from th_distill.training.steps import Batch, create_train_state, make_optimizer
+from th_distill.training.steps import Batch, create_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CPU_CONFIGS = ("tiny", "tiny_overfit", "tiny_strong_teacher", "tiny_decoder")

@@ -13,10 +13,10 @@ from run_rows import cut_after_checkpoint, untimed_rows
 from th_distill import config as config_lib
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
-from th_distill.data import sources
 from th_distill.data.batch import PromptSet
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints
+from th_distill.training import sources
 
 B, LI, LT = 4, 3, 5
 
@@ -238,7 +238,7 @@ def test_truncated_offline_dataset_stores_the_teachers_top_k(micro, tmp_path):
 
 
 def test_refreshed_generations_keep_the_prompts_and_change_the_responses(micro):
-  from th_distill.data import offline_dataset
+  from th_distill.training import offline_dataset
 
   context = dataclasses.replace(_context(micro, "offline"))
   first = offline_dataset.sample(context, _seeded_sampler(), 0)

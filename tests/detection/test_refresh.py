@@ -13,10 +13,10 @@ from run_rows import cut_after_checkpoint, untimed_rows
 from th_distill import config as config_lib
 from th_distill import detection, detector_eval, experiment
 from th_distill.config.run_config import RunConfig
-from th_distill.data import sources
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.observing.metric_names import DETECTOR_REFRESHED, GOLDEN, PROXY
 from th_distill.rundir import checkpoints
+from th_distill.training import sources
 from th_distill.training.hooks import RefreshAction
 
 # A departure below the log-log law: on the micro run's held-out proxy (falling faster than a

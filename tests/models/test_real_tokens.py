@@ -12,6 +12,7 @@ import pytest
 from hf_artifacts import write_qwen2
 
 from th_distill.data.batch import PromptSet
+from th_distill.models import module_of
 from th_distill.models.pretrained import load_checkpoint
 from th_distill.models.tokens import SpecialTokens
 from th_distill.sampling import sample
@@ -51,7 +52,7 @@ def test_teacher_forced_logits_equal_transformers(qwen):
   artifacts, checkpoint, rows, prompts = qwen
   responses = np.random.default_rng(0).integers(0, 40, (len(rows), RESPONSE_LENGTH))
   responses[:, :2] = [0, 1]  # the ids a magic-id model would take for padding and EOS
-  ours = checkpoint.config.module().apply(
+  ours = module_of(checkpoint.config).apply(
     {"params": checkpoint.params},
     prompts.tokens,
     prompts.mask,
@@ -67,7 +68,7 @@ def test_teacher_forced_logits_equal_transformers(qwen):
 
 def _ours(checkpoint, prompts, tokens: SpecialTokens) -> list[list[int]]:
   out = sample(
-    checkpoint.config.module(),
+    module_of(checkpoint.config),
     checkpoint.params,
     prompts.tokens,
     prompts.mask,

@@ -1,13 +1,13 @@
-"""Your own model, through the public API only: a Flax module defined here (not in the package),
-registered as a model family, is the student of a short study run by `th_distill.experiment`.
-
-The module is deliberately not a transformer: a gated linear recurrence whose decoding "cache"
-is its recurrent state, to show that the interface (`th_distill.models.interface`) asks for a
-cache of any structure, not a KV cache. docs/api.md shows the same steps.
+"""Your own model, through the public API only: docs/api.md's custom family (a gated linear
+recurrence whose decoding "cache" is its recurrent state: the interface asks for a cache of any
+structure, not a KV cache), run here as written there, is the student of a short study run by
+`th_distill.experiment`; `register_family` checks a family when it is registered.
 """
 
 import dataclasses
-from typing import ClassVar
+import pathlib
+import re
+import warnings
 
 import flax.linen as nn
 import jax
@@ -18,111 +18,42 @@ import pytest
 
 from th_distill import experiment, sampling
 from th_distill.config import base_config
-from th_distill.models import init_params, register_family
-from th_distill.models.interface import LanguageModel, ModelConfig
+from th_distill.models import (
+  FAMILIES,
+  MODULES,
+  ModelConfig,
+  init_params,
+  module_of,
+  register_family,
+)
+from th_distill.models.families import missing_members
+from th_distill.models.interface import LanguageModel
 from th_distill.models.tokens import SpecialTokens
 from th_distill.observing.metrics_io import read_metrics
 
-
-@register_family
-@dataclasses.dataclass(frozen=True)
-class RecurrentConfig:
-  """h_t = decay * h_{t-1} + (1 - decay) * tanh(embed(x_t)); logits_t = tanh(h_t) W."""
-
-  family: ClassVar[str] = "test_recurrent"
-  vocab_size: int = 16
-  d_model: int = 16
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-
-  def module(self):
-    return Recurrent(self)
-
-  def describe(self) -> str:
-    return f"recurrent, d_model {self.d_model}"
-
-  def forward_flops(self, input_length: int, target_length: int) -> float:
-    return float(2 * target_length * self.d_model * self.vocab_size)
-
-  def generation_flops(self, input_length: int, target_length: int) -> float:
-    return self.forward_flops(input_length, target_length)
-
-  def activation_bytes(self, rows, prompt_length, response_length, model_split) -> float:
-    return 4.0 * 3 * rows * (prompt_length + response_length) * self.d_model
-
-  def working_set_bytes(self, rows, prompt_length, response_length, model_split) -> float:
-    return 4.0 * 2 * rows * prompt_length * self.d_model
-
-  def kv_cache_bytes(self, rows, prompt_length, response_length, model_split) -> float:
-    return 4.0 * rows * self.d_model
+API = pathlib.Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
 
-class Recurrent(nn.Module):
-  """A `LanguageModel`: teacher forcing scans the recurrence over prompt then response (prompt
-  padding skipped); decoding carries the state."""
+def docs_family() -> dict:
+  """The namespace of docs/api.md's block that defines and registers the custom family."""
+  blocks = re.findall(r"```python\n(.*?)```", API.read_text(), re.S)
+  (block,) = [b for b in blocks if "register_family(" in b]
+  namespace: dict = {"__name__": "docs_api_family"}
+  exec(compile(block, str(API), "exec"), namespace)
+  return namespace
 
-  cfg: RecurrentConfig
 
-  def setup(self):
-    v, e = self.cfg.vocab_size, self.cfg.d_model
-    axes = nn.with_logical_partitioning
-    self.embedding = self.param(
-      "embedding", axes(nn.initializers.normal(1.0), ("vocab", "embed")), (v, e)
-    )
-    self.decay_logit = self.param("decay_logit", axes(nn.initializers.zeros, ("embed",)), (e,))
-    self.logits_kernel = self.param(
-      "logits_kernel", axes(nn.initializers.normal(e**-0.5), ("embed", "vocab")), (e, v)
-    )
-
-  def _update(self, state, token, keep):
-    """One step of the recurrence; rows where `keep` is False are left as they are."""
-    decay = jax.nn.sigmoid(self.decay_logit)
-    new = decay * state + (1 - decay) * jnp.tanh(self.embedding[token])
-    return jnp.where(keep[:, None], new, state)
-
-  def _run(self, state, tokens, keep):
-    """The states after each of `tokens` [B, L]: [B, L, E]."""
-    states = []
-    for t in range(tokens.shape[1]):
-      state = self._update(state, tokens[:, t], keep[:, t])
-      states.append(state)
-    return state, jnp.stack(states, axis=1)
-
-  def response_hidden(self, prompts, prompt_mask, responses, train=False):
-    zero = jnp.zeros((prompts.shape[0], self.cfg.d_model))
-    after_prompt, _ = self._run(zero, prompts, prompt_mask)
-    _, later = self._run(after_prompt, responses[:, :-1], jnp.ones_like(responses[:, :-1], bool))
-    return jnp.concatenate([after_prompt[:, None], later], axis=1)
-
-  def logits_from_hidden(self, hidden, train=False):
-    return jnp.tanh(hidden) @ self.logits_kernel
-
-  def response_logits(self, prompts, prompt_mask, responses, train=False):
-    return self.logits_from_hidden(self.response_hidden(prompts, prompt_mask, responses, train))
-
-  def __call__(self, prompts, prompt_mask, responses, train=False):
-    return self.response_logits(prompts, prompt_mask, responses, train)
-
-  def start_decode(self, prompts, prompt_mask, max_decode_length):
-    zero = jnp.zeros((prompts.shape[0], self.cfg.d_model))
-    state, _ = self._run(zero, prompts, prompt_mask)
-    first = jnp.zeros((prompts.shape[0],), jnp.int32)  # not read: step 0 only emits logits
-    return first, {"state": state, "index": jnp.zeros((), jnp.int32)}
-
-  def decode_step(self, token, cache):
-    keep = jnp.broadcast_to(cache["index"] > 0, token.shape)
-    state = self._update(cache["state"], token, keep)
-    return self.logits_from_hidden(state), {"state": state, "index": cache["index"] + 1}
-
-  @staticmethod
-  def extend_cache(cache, max_decode_length):
-    return cache  # a recurrent state does not grow
+DOCS = docs_family()
+RecurrentConfig, Recurrent = DOCS["RecurrentConfig"], DOCS["Recurrent"]
 
 
 def test_the_module_implements_the_interface():
   cfg = RecurrentConfig()
-  model = cfg.module()
+  model = module_of(cfg)
   assert isinstance(cfg, ModelConfig) and isinstance(model, LanguageModel)
+  assert FAMILIES["recurrent"] is RecurrentConfig and MODULES["recurrent"] is Recurrent
+  assert cfg.describe() == "recurrent, d_model 16"  # ModelConfig's defaults
+  assert cfg.generation_flops(4, 6) == cfg.forward_flops(4, 6) == 2 * 6 * 16 * 16
   params = nn.unbox(init_params(model, jax.random.PRNGKey(0)))
   prompts = jnp.array([[3, 4, 0, 5], [0, 0, 7, 8]])
   mask = prompts != 0  # the filler is 0 here
@@ -145,7 +76,7 @@ def test_a_user_module_is_the_student_of_a_short_study(tmp_path):
     c[name].model.update(**small, num_encoder_layers=1, num_decoder_layers=1)
   c.oracle.target_entropy = 1.5
   c.student.model = ml_collections.ConfigDict(
-    {"family": "test_recurrent", **dataclasses.asdict(RecurrentConfig())}
+    {"family": "recurrent", **dataclasses.asdict(RecurrentConfig())}
   )
   c.teacher.update(steps=5, batch_size=8)
   c.student.update(steps=6, sft_steps=3, batch_size=8)
@@ -162,3 +93,65 @@ def test_a_user_module_is_the_student_of_a_short_study(tmp_path):
     assert rows[0]["eval_oracle/golden/fkl"] != rows[-1]["eval_oracle/golden/fkl"]  # it learnt
     assert summary["regimes"][regime]["final_step"] == 6
   assert (tmp_path / "report.md").exists() and (tmp_path / "summary.json").exists()
+
+
+def test_register_family_names_every_missing_member_at_once():
+  @dataclasses.dataclass(frozen=True)
+  class Half:  # no ModelConfig base: no defaults either
+    family = "test_half"
+    vocab_size: int = 16
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def forward_flops(self, input_length, target_length):
+      return 0.0
+
+  class HalfModel(nn.Module):
+    cfg: Half
+
+    def response_logits(self, prompts, responses, train=False):
+      return jnp.zeros(responses.shape + (16,))
+
+  message = (
+    "Model family 'test_half' lacks Half.d_model, Half.describe(), Half.generation_flops(), "
+    "Half.activation_bytes(), Half.working_set_bytes(), Half.kv_cache_bytes(), "
+    "HalfModel.__call__(), HalfModel.response_hidden(), HalfModel.logits_from_hidden(), "
+    "HalfModel.start_decode(), HalfModel.decode_step(), HalfModel.extend_cache() (the "
+    "protocols of th_distill.models.interface; subclass ModelConfig for its defaults)."
+  )
+  with pytest.raises(ValueError) as e:
+    register_family(Half, HalfModel)
+  assert str(e.value) == message
+  assert "test_half" not in FAMILIES and "test_half" not in MODULES
+  for name in ("t5", "decoder"):  # the built-in families are complete by the same check
+    assert missing_members(FAMILIES[name], MODULES[name]) == [], name
+
+
+def test_register_family_refuses_what_it_cannot_use():
+  @dataclasses.dataclass
+  class Mutable(ModelConfig):  # not hashable: a compiled program cannot take it as static
+    family = "test_mutable"
+
+  with pytest.raises(ValueError, match="Mutable must be a frozen dataclass"):
+    register_family(Mutable, Recurrent)
+  with pytest.raises(ValueError, match="is not a flax.linen.Module"):
+    register_family(RecurrentConfig, object)
+  nameless = dataclasses.make_dataclass("Nameless", [("d_model", int)], frozen=True)
+  with pytest.raises(ValueError, match="Nameless needs a class attribute `family`"):
+    register_family(nameless, Recurrent)
+
+
+def test_registering_a_family_again_replaces_it_with_a_warning():
+  @dataclasses.dataclass(frozen=True)
+  class Again(RecurrentConfig):
+    family = "test_again"
+
+  register_family(Again, Recurrent)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    register_family(Again, Recurrent)  # the same classes: nothing replaced, no warning
+  Again2 = dataclasses.make_dataclass("Again2", [], bases=(Again,), frozen=True)
+  with pytest.warns(UserWarning, match="'test_again' registered again: Again and Recurrent "):
+    register_family(Again2, Recurrent)
+  assert FAMILIES["test_again"] is Again2
+  del FAMILIES["test_again"], MODULES["test_again"]

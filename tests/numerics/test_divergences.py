@@ -329,3 +329,48 @@ def test_reductions_shapes_and_all_padding():
   assert float(D.per_sequence_mean(values, mask)) == pytest.approx((3.0 + 4.0) / 2)
   assert float(D.per_token_mean(values, np.zeros_like(mask))) == 0.0
   assert float(D.per_sequence_mean(values, np.zeros_like(mask))) == 0.0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_argument_order_and_temperature_as_optax_states_them(temperature):
+  """`fkl(ref, student, T)` = optax.kl_divergence(log_softmax(student / T), softmax(ref / T)):
+  optax takes the student's log-probabilities first (the module doc's convention table)."""
+  import optax
+
+  rng = np.random.default_rng(3)
+  ref, student = rng.normal(size=(2, 4, 11)) * 2
+  log_q, p = jax.nn.log_softmax(student / temperature), jax.nn.softmax(ref / temperature)
+  log_p, q = jax.nn.log_softmax(ref / temperature), jax.nn.softmax(student / temperature)
+  np.testing.assert_allclose(
+    D.fkl(ref, student, temperature), optax.kl_divergence(log_q, p), rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    D.rkl(ref, student, temperature), optax.kl_divergence(log_p, q), rtol=1e-5, atol=1e-6
+  )
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_jsd_is_trls_generalized_jsd_loss_per_position(beta):
+  """TRL's `GKDTrainer.generalized_jsd_loss(student_logits, teacher_logits, beta, temperature)`
+  (its formula, computed with torch's `kl_div` in float64): the student first; per position our
+  `jsd(ref, student, beta, T)` inside (0, 1) and the normalised form at the ends, where TRL
+  switches to the forward and reverse KL."""
+  torch = pytest.importorskip("torch")
+  F = torch.nn.functional
+  rng = np.random.default_rng(4)
+  ref, student = rng.normal(size=(2, 3, 5, 13)) * 2
+  temperature = 1.5
+  s = F.log_softmax(torch.tensor(student) / temperature, dim=-1)
+  t = F.log_softmax(torch.tensor(ref) / temperature, dim=-1)
+  if beta == 0:
+    trl = F.kl_div(s, t, reduction="none", log_target=True)
+  elif beta == 1:
+    trl = F.kl_div(t, s, reduction="none", log_target=True)
+  else:
+    b = torch.tensor(beta, dtype=s.dtype)
+    m = torch.logsumexp(torch.stack([s + torch.log(1 - b), t + torch.log(b)]), dim=0)
+    kl_t = F.kl_div(m, t, reduction="none", log_target=True)
+    kl_s = F.kl_div(m, s, reduction="none", log_target=True)
+    trl = beta * kl_t + (1 - beta) * kl_s
+  ours = D.jsd(ref, student, beta, temperature, normalized=beta in (0.0, 1.0))
+  np.testing.assert_allclose(ours, trl.sum(-1).numpy(), rtol=1e-5, atol=1e-6)

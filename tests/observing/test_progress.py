@@ -202,3 +202,30 @@ def test_the_plan_warns_of_a_program_over_a_device_when_told_to_go_on(
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and "more than the 0.0 GiB a device has" in warnings[0]
   assert "going on (mesh.ignore_memory_estimate = True)" in warnings[0]
+
+
+SHOWN = """
+import sys
+from absl import logging
+from th_distill.observing import progress
+if sys.argv[1] == "silenced":
+  logging.set_verbosity(logging.WARNING)
+level = logging.get_absl_logger().level
+with progress.shown():
+  logging.info("inside the call")
+logging.info("after the call")
+assert logging.get_absl_logger().level == level, "the absl logger's level is not restored"
+"""
+
+
+@pytest.mark.parametrize("caller", ["default", "silenced"])
+def test_a_library_call_shows_its_progress_unless_the_caller_chose_a_verbosity(caller):
+  """From Python, absl shows no INFO line by default; `progress.shown()` (around
+  `experiment.run` and `study.run`) shows them for the call only, and keeps a verbosity the
+  caller set (absl.logging.set_verbosity(WARNING) silences the run)."""
+  env = {**os.environ, "PYTHONPATH": REPO}
+  done = subprocess.run(
+    [sys.executable, "-c", SHOWN, caller], env=env, capture_output=True, text=True, check=True
+  )
+  assert ("inside the call" in done.stderr) == (caller == "default"), done.stderr
+  assert "after the call" not in done.stderr

@@ -16,7 +16,7 @@ import pytest
 
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
-from th_distill.models import param_count
+from th_distill.models import module_of, param_count
 from th_distill.partitioning import boxed_param_shapes
 from th_distill.planning import memory, plan
 
@@ -42,7 +42,9 @@ def _compile_on_16_devices(out_path: str) -> None:
   plans = plan.plan(config, MESH)
   typed = RunConfig.from_config(config)
   dropped = {
-    name: plan.dropped_axes(typed.model(name).module(), dict(zip(("data", "fsdp", "model"), MESH)))
+    name: plan.dropped_axes(
+      module_of(typed.model(name)), dict(zip(("data", "fsdp", "model"), MESH))
+    )
     for name in ("oracle", "teacher", "student")
   }
   with open(out_path, "w") as f:
@@ -55,7 +57,7 @@ def test_the_config_has_the_published_shapes():
     plan.planning_config(config_lib.load_config_file(os.path.join(REPO, "configs", f"{NAME}.py")))
   )
   counts = {
-    name: param_count(boxed_param_shapes(config.model(name).module()))
+    name: param_count(boxed_param_shapes(module_of(config.model(name))))
     for name in ("oracle", "teacher", "student")
   }
   assert counts == {"oracle": 3_085_938_688, "teacher": 1_543_714_304, "student": 494_032_768}

@@ -16,13 +16,14 @@ from run_rows import cut_after_checkpoint, run_and_read, untimed_rows
 
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
+from th_distill.config.settings import make_optimizer
 from th_distill.data.batch import BATCH_ARRAYS, Batch
-from th_distill.models import init_params
+from th_distill.models import init_params, module_of
 from th_distill.partitioning import Partitioner, make_mesh
 from th_distill.rundir import checkpoints
 from th_distill.training import dispatch, programs
 from th_distill.training.guards import NonFiniteStep, StepWatch
-from th_distill.training.steps import create_train_state, make_optimizer, make_sft_step
+from th_distill.training.steps import create_train_state, make_sft_step
 from th_distill.training.trainer import Hook, Trainer
 
 
@@ -67,7 +68,7 @@ def test_the_automatic_size_is_one_on_a_cpu_else_a_power_of_two_from_a_steps_flo
 
 def _tiny_model():
   config = RunConfig.from_config(micro_config())
-  model = config.model("student").module()
+  model = module_of(config.model("student"))
   return model, nn.unbox(init_params(model, jax.random.PRNGKey(0)))
 
 

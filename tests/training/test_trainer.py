@@ -14,10 +14,11 @@ from conftest import write_micro_config_file
 
 from th_distill import errors, experiment
 from th_distill.config import load_config_file
-from th_distill.data import regimes, sources
+from th_distill.data import regimes
 from th_distill.data.batch import BATCH_ARRAYS, Batch
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.rundir import checkpoints
+from th_distill.training import sources
 
 REGIME = "first_prompts_only"
 

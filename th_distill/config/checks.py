@@ -18,6 +18,8 @@ import difflib
 import importlib.util
 import math
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -318,20 +320,37 @@ def _check_environment(
     )
 
 
-def check_fields(c: ml_collections.ConfigDict) -> RunConfig:
-  """The typed config of `c`; raises ConfigError listing every invalid value of `c`, judged from
-  the values alone (no device, file or checkpoint is read): one message per field, the first
-  problem found."""
+def _as_config_dict(c: ml_collections.ConfigDict | Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """`c` itself if a ConfigDict, a ConfigDict of `c` if a mapping (nested plain dicts, as
+  `base_config().to_dict()` gives); anything else is a ConfigError saying what is accepted."""
+  if isinstance(c, ml_collections.ConfigDict):
+    return c
+  if isinstance(c, Mapping):
+    return ml_collections.ConfigDict(dict(c))
+  raise ConfigError(
+    f"config: expected an ml_collections.ConfigDict or a (nested) dict of its fields, got "
+    f"{type(c).__name__} (start from th_distill.config.base_config())"
+  )
+
+
+def check_fields(c: ml_collections.ConfigDict | Mapping[str, Any]) -> RunConfig:
+  """The typed config of `c` (a ConfigDict or a nested dict of its fields); raises ConfigError
+  listing every invalid value of `c`, judged from the values alone (no device, file or
+  checkpoint is read): one message per field, the first problem found."""
+  c = _as_config_dict(c)
   problems = _Problems()
   typed = _check_fields(c, problems)
   problems.raise_any()
   return typed
 
 
-def check_environment(c: ml_collections.ConfigDict, devices: int | None = None) -> None:
+def check_environment(
+  c: ml_collections.ConfigDict | Mapping[str, Any], devices: int | None = None
+) -> None:
   """Raises ConfigError listing what keeps `c` from running here: its mesh on `devices` (default:
   jax.device_count()) and the batches and evaluation prompts split over it, the seqio extra, the
   task's vocabulary file and data directory, and each checkpoint's fit to its model."""
+  c = _as_config_dict(c)
   problems = _Problems()
   _check_environment(c, problems, devices)
   problems.raise_any()
@@ -370,12 +389,13 @@ def resolve_checkpoint_models(c: ml_collections.ConfigDict) -> ml_collections.Co
   return c
 
 
-def validate(c: ml_collections.ConfigDict) -> RunConfig:
+def validate(c: ml_collections.ConfigDict | Mapping[str, Any]) -> RunConfig:
   """check_fields and check_environment together (nothing is computed before this), on the
   config with its 'checkpoint'-family models read (`resolve_checkpoint_models`): returns the
   typed config the run reads, or raises one ConfigError listing every problem of both, one
-  message per field."""
-  c = resolve_checkpoint_models(c)
+  message per field. `c` is a ConfigDict or a nested plain dict of the same fields
+  (`base_config().to_dict()`)."""
+  c = resolve_checkpoint_models(_as_config_dict(c))
   problems = _Problems()
   typed = _check_fields(c, problems)
   _check_environment(c, problems)

@@ -31,7 +31,6 @@ from th_distill.config.settings import (
 )
 from th_distill.data import prompts as prompt_lib
 from th_distill.data import vocabularies
-from th_distill.data.sources import REGIMES
 from th_distill.detection import DetectorSettings
 from th_distill.detection import config as detection_config
 from th_distill.models import ModelConfig, model_config_of
@@ -39,6 +38,11 @@ from th_distill.models.tokens import SpecialTokens
 from th_distill.observing.eval_schedule import EvaluationSchedule
 
 MODELS = ("oracle", "teacher", "student")
+# The data regimes a config may name: the built-in ones (their sections are below), known here
+# before `th_distill.training.sources` is imported, and every registered batch source class by
+# name (`training.sources.register` fills `REGIMES`, the built-in ones first).
+BUILT_IN_REGIMES = ("offline", "online_teacher", "online_student", "mixture")
+REGIMES: dict[str, type] = {}
 # Bounds of the counts a run is planned from: the optimisers' step counters are int32, and each
 # evaluation is a metrics row and a pass over the evaluation sets.
 MAX_STEPS = 2**31 - 1
@@ -219,13 +223,11 @@ class RunConfig:
     )
 
   def _regime_problems(self) -> list[Problem]:
-    regimes = self.regimes
+    added = (r for r in REGIMES if r not in BUILT_IN_REGIMES)
+    regimes, known = self.regimes, (*BUILT_IN_REGIMES, *added)
     return failed(
       (len(regimes) > 0, "regimes", "must name at least one regime"),
-      *(
-        (r in REGIMES, "regimes", f"unknown regime {r!r}; allowed: {tuple(REGIMES)}")
-        for r in regimes
-      ),
+      *((r in known, "regimes", f"unknown regime {r!r}; allowed: {known}") for r in regimes),
       (len(set(regimes)) == len(regimes), "regimes", "must not repeat a regime"),
     )
 

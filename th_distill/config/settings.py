@@ -12,6 +12,7 @@ checked fields, so it has none).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import optax
 
@@ -19,12 +20,11 @@ from th_distill import sampling
 from th_distill.divergences import DIVERGENCES
 from th_distill.models.tokens import SpecialTokens
 from th_distill.observing.eval_schedule import EvaluationSchedule
-from th_distill.training.steps import make_optimizer
 
 # A problem with one setting: (dotted config field, what is wrong and what is allowed).
 Problem = tuple[str, str]
 
-# Learning-rate schedules after warm-up (train.make_optimizer).
+# Learning-rate schedules after warm-up (make_optimizer).
 SCHEDULES = ("constant", "linear", "cosine")
 
 # What a non-finite training step does: stop the run, or skip the step (keep the parameters).
@@ -78,9 +78,44 @@ class SamplingSettings:
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+@functools.cache
+def make_optimizer(
+  learning_rate: float,
+  warmup_steps: int = 0,
+  total_steps: int = 0,
+  schedule: str = "constant",
+  weight_decay: float = 0.0,
+  grad_clip: float = 0.0,
+) -> optax.GradientTransformation:
+  """AdamW with linear warm-up then a constant, linear-decay or cosine schedule.
+
+  `total_steps` is needed by the decaying schedules; `grad_clip` > 0 clips the global norm.
+  Cached: equal settings give the same object, so train states built from them share compiled
+  steps (the optimiser is static metadata of `TrainState`).
+  """
+  if schedule == "constant":
+    decay = optax.constant_schedule(learning_rate)
+  elif schedule == "linear":
+    decay = optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup_steps, 1))
+  elif schedule == "cosine":
+    decay = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1))
+  else:
+    raise ValueError(f"Unknown schedule {schedule!r}; expected constant, linear or cosine.")
+  lr = (
+    optax.join_schedules(
+      [optax.linear_schedule(0.0, learning_rate, warmup_steps), decay], [warmup_steps]
+    )
+    if warmup_steps > 0
+    else decay
+  )
+  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+  parts.append(optax.adamw(lr, weight_decay=weight_decay))
+  return optax.chain(*parts)
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
-  """AdamW with warm-up and a schedule (`train.make_optimizer`), over `steps` steps of
+  """AdamW with warm-up and a schedule (`make_optimizer`), over `steps` steps of
   `batch_size` examples."""
 
   learning_rate: float

@@ -1,2 +1,2 @@
-"""Data: the prompts (synthetic or a real task), the prompt pools, the batch each step trains
-on, and the batch sources (one class per data regime, `data.sources`)."""
+"""Data: the prompts (synthetic or a real task), the prompt pools, and the batch each step
+trains on (the batch sources, one class per data regime, are `th_distill.training.sources`)."""

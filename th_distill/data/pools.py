@@ -3,23 +3,28 @@
 `prompt_pools` draws them from the task's source: the synthetic task (Zipf prompts, every
 position real), a seqio task (`th_distill.data.seqio_tasks`) or the user's prompt file
 (`th_distill.data.prompt_files`). The online regimes' share of them is
-`data.sources.online_prompts`.
+`th_distill.training.sources.online_prompts`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
 from th_distill.data import prompts as prompt_lib
 from th_distill.data.batch import PromptSet
 
-if TYPE_CHECKING:
-  from th_distill.config.run_config import RunConfig
+
+class PoolsConfig(Protocol):
+  """What `prompt_pools` reads of a run's config (a `th_distill.config.RunConfig` is one)."""
+
+  seed: int
+  prompts: Any  # num_oracle, num_distill, num_eval
+  task: Any  # source, prompt_length, vocab_size, zipf_exponent; a real task's fields
 
 
-def pool_sizes(config: RunConfig) -> dict[str, int]:
+def pool_sizes(config: PoolsConfig) -> dict[str, int]:
   """{'oracle', 'distill', 'eval'}: the number of prompts of each pool."""
   return dict(
     oracle=config.prompts.num_oracle,
@@ -28,7 +33,7 @@ def pool_sizes(config: RunConfig) -> dict[str, int]:
   )
 
 
-def prompt_pools(config: RunConfig) -> dict[str, PromptSet]:
+def prompt_pools(config: PoolsConfig) -> dict[str, PromptSet]:
   """Disjoint prompt pools {'oracle', 'distill', 'eval'}: a `PromptSet` each (tokens [size,
   prompt_length] int32, mask [size, prompt_length] bool) from the task's source."""
   sizes, task = pool_sizes(config), config.task

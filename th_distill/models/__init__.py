@@ -10,7 +10,14 @@ from th_distill.models.config import (
 )
 from th_distill.models.decoder import Decoder
 from th_distill.models.decoder_config import DECODER_SIZES, DecoderConfig, decoder_config
-from th_distill.models.families import FAMILIES, fields_of, model_config_of, register_family
+from th_distill.models.families import (
+  FAMILIES,
+  MODULES,
+  fields_of,
+  model_config_of,
+  module_of,
+  register_family,
+)
 from th_distill.models.interface import LanguageModel, ModelConfig
 from th_distill.models.t5 import (
   LAYERS_AXIS,
@@ -30,6 +37,7 @@ __all__ = [
   "DECODER_SIZES",
   "DECODER_START_ID",
   "FAMILIES",
+  "MODULES",
   "Decoder",
   "DecoderConfig",
   "LanguageModel",
@@ -37,6 +45,7 @@ __all__ = [
   "decoder_config",
   "fields_of",
   "model_config_of",
+  "module_of",
   "register_family",
   "LAYERS_AXIS",
   "REMAT",

@@ -121,12 +121,6 @@ class T5Config(Dtypes):
 
   # The model interface (`th_distill.models.interface.ModelConfig`).
 
-  def module(self) -> Any:
-    """The Flax module of this config (`T5(self)`)."""
-    from th_distill.models.t5 import T5  # the module imports this file
-
-    return T5(self)
-
   def describe(self) -> str:
     return f"d_model {self.d_model}, {self.num_encoder_layers}+{self.num_decoder_layers} layers"
 

@@ -12,7 +12,7 @@ Shapes: E d_model, H heads, G kv heads, K head width (d_kv), F d_ff, V vocabular
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from th_distill.models.config import Dtypes, check_fields
 
@@ -81,12 +81,6 @@ class DecoderConfig(Dtypes):
         f"DecoderConfig.mlp_activation must be one of {MLP_ACTIVATIONS}, got "
         f"{self.mlp_activation!r}."
       )
-
-  def module(self) -> Any:
-    """The Flax module of this config (`Decoder(self)`)."""
-    from th_distill.models.decoder import Decoder  # the module imports this file
-
-    return Decoder(self)
 
   def describe(self) -> str:
     return (

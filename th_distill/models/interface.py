@@ -2,9 +2,9 @@
 
 A model is a Flax linen module built from a frozen, hashable config. Two protocols:
 
-`ModelConfig` (the config; a model sub-config of a run names it by its `family`):
+`ModelConfig` (the config; a model sub-config of a run names it by its `family`, and
+`th_distill.models.module_of(config)` builds its family's `LanguageModel` from it):
   - `family` (class attribute), `vocab_size`, `d_model`, `dtype`, `param_dtype`;
-  - `module()`: the Flax module (`LanguageModel`) of this config;
   - analytic costs from the shapes alone, per example of Li prompt and Lt response tokens:
     `forward_flops(Li, Lt)` (one teacher-forced pass: the training and evaluation steps, the
     plan), `generation_flops(Li, Lt)` (sampling Lt tokens), and for the memory planner (float32
@@ -12,6 +12,9 @@ A model is a Flax linen module built from a frozen, hashable config. Two protoco
     `working_set_bytes(rows, Li, Lt, model_split)` (one layer of a forward-only pass; Lt = 0:
     over the prompt alone, the sampler's), `kv_cache_bytes(rows, Li, Lt, model_split)` (the sampler's cache);
   - `describe()`: one line for the run's plan ('d_model 64, 2+2 layers').
+  A config class that subclasses `ModelConfig` inherits its defaults: `describe()` (the family
+  and `d_model`) and `generation_flops` (= `forward_flops`: sampling with a cache costs about
+  one teacher-forced pass); the other costs have no default and are required.
 
 `LanguageModel` (the module; called through `model.apply({'params': params}, ..., method=NAME)`,
 logits float32; `prompt_mask` [B, Li] bool marks the real prompt tokens, and no method infers
@@ -33,9 +36,11 @@ padding from a token id):
     gives position by position (the sampler's `lax.while_loop`);
   - `extend_cache(cache, max_decode_length)` (a static method, no parameters): the cache with
     room for more fed tokens (the sampler grows it segment by segment).
-  `train` enables dropout (with a 'dropout' rng). `th_distill.models.T5` and
-  `th_distill.models.Decoder` implement both; `register_family` adds another
-  (`th_distill.models.families`).
+  `train` enables dropout (with a 'dropout' rng); `__call__(prompts, prompt_mask, responses, train)` is what
+  `init` traces (the response logits, usually). `th_distill.models.T5` and
+  `th_distill.models.Decoder` implement `LanguageModel` (with `T5Config` and `DecoderConfig`);
+  `register_family(config_class, module_class)` adds another family, checking both classes
+  against these protocols (`th_distill.models.families`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ import jax
 
 Array = jax.Array
 Cache = Any
+# The members of the protocols below with a default (a class that subclasses one inherits it).
+DEFAULTS = ("describe", "generation_flops")
 
 
 @runtime_checkable
@@ -58,13 +65,16 @@ class ModelConfig(Protocol):
   dtype: str
   param_dtype: str
 
-  def module(self) -> Any: ...
-
-  def describe(self) -> str: ...
+  def describe(self) -> str:
+    """One line for the run's plan (default: the family and `d_model`)."""
+    return f"{self.family}, d_model {self.d_model}"
 
   def forward_flops(self, input_length: int, target_length: int) -> float: ...
 
-  def generation_flops(self, input_length: int, target_length: int) -> float: ...
+  def generation_flops(self, input_length: int, target_length: int) -> float:
+    """FLOPs of sampling `target_length` tokens per example (default: `forward_flops`, what a
+    cached decoder costs to within its attention over the cache)."""
+    return self.forward_flops(input_length, target_length)
 
   def activation_bytes(
     self, rows: float, prompt_length: int, response_length: int, model_split: int
@@ -84,6 +94,10 @@ class LanguageModel(Protocol):
   """A Flax module the sampler, the steps and the planners can use (see the module doc)."""
 
   cfg: Any
+
+  def __call__(
+    self, prompts: Array, prompt_mask: Array, responses: Array, train: bool = False
+  ) -> Array: ...
 
   def response_logits(
     self, prompts: Array, prompt_mask: Array, responses: Array, train: bool = False

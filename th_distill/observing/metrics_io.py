@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from th_distill.errors import RunError
+from th_distill.errors import RunError, replace_atomically
 from th_distill.observing import metric_names
-from th_distill.rundir import checkpoints
 
 # The headline curve names, for readers of `metrics.jsonl` (docs/detection.md, the notebooks);
 # every name is defined in `th_distill.observing.metric_names`.
@@ -124,7 +123,7 @@ class MetricsWriter:
       with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(_line(r) for r in self._rows)
 
-    checkpoints.replace_atomically(self.path, self.path + ".tmp", write)
+    replace_atomically(self.path, self.path + ".tmp", write)
     self._file = open(self.path, "a", encoding="utf-8")
 
   def _lost(self) -> bool:

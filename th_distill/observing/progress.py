@@ -12,18 +12,23 @@ rate (`peak_flops`, a lower bound: such an estimate is shown as 'at least').
 
 `RunClock(phases)` holds a run's phases; the stages report to `clock.phase(key)`. A key the
 clock lacks (a stand-alone SFT, `RunClock([])`) gives a phase that times and logs itself alone.
+
+The lines are absl INFO logs. A command line shows them (absl's flags); a call from Python
+(`experiment.run`, `study.run`) shows them too, inside `shown()`, unless the caller chose an absl
+verbosity: `absl.logging.set_verbosity(absl.logging.WARNING)` before the call silences them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from absl import logging
+from absl import flags, logging
 
 # The kinds whose measured seconds per FLOP stand in for a kind not measured yet, in order.
 FALLBACK = {"sample": ("eval",), "eval": ("sample",), "sft": ("distill",), "distill": ("sft",)}
@@ -37,6 +42,25 @@ MIN_LINE_SECONDS = 5.0
 
 def _now() -> float:
   return time.monotonic()
+
+
+@contextlib.contextmanager
+def shown() -> Iterator[None]:
+  """Inside, absl INFO logs (the progress lines) are shown when nobody chose a verbosity (no
+  parsed command line, no `absl.logging.set_verbosity` call): a library call then talks as the
+  command does. A verbosity the caller chose is kept, and the untouched state is restored after
+  (the flag's default and the absl logger's own level, so Python's logging governs it again)."""
+  verbosity, absl_logger = flags.FLAGS["verbosity"], logging.get_absl_logger()
+  if flags.FLAGS.is_parsed() or not verbosity.using_default_value:
+    yield
+    return
+  level = absl_logger.level
+  logging.set_verbosity(logging.INFO)
+  try:
+    yield
+  finally:
+    verbosity.value, verbosity.using_default_value = verbosity.default, True
+    absl_logger.setLevel(level)
 
 
 def duration(seconds: float) -> str:

@@ -45,7 +45,7 @@ from th_distill import cli
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
 from th_distill.data.regimes import SAMPLE_CHUNK
-from th_distill.models import LAYERS_AXIS
+from th_distill.models import LAYERS_AXIS, module_of
 from th_distill.models.interface import ModelConfig
 from th_distill.partitioning import MESH_AXES, boxed_param_shapes, mesh_axes
 from th_distill.training.programs import REFERENCE_CACHE_BYTES, MemoryLayout
@@ -61,7 +61,7 @@ def _group_bytes(cfg: ModelConfig, mesh_shape: dict[str, int], dtype: str) -> di
   """{top-level parameter group (a layer, the embedding, ...): bytes per device in `dtype`}."""
   groups: dict[str, float] = {}
   boxes = jax.tree_util.tree_leaves_with_path(
-    boxed_param_shapes(cfg.module()), is_leaf=lambda x: hasattr(x, "names")
+    boxed_param_shapes(module_of(cfg)), is_leaf=lambda x: hasattr(x, "names")
   )
   for path, box in boxes:
     shape = box.value.shape

@@ -5,8 +5,8 @@ r"""A run's compiled programs for a mesh, ahead of time: XLA's memory, FLOPs and
 
 Every program a run compiles (`PROGRAMS`: the oracle's sampler, the teacher's SFT step, the
 student's distillation step, the online teacher sampler, the evaluator) is built by the
-run's own builders (`stages.programs.sampler_program`, ...), lowered for `jax.ShapeDtypeStruct`
-arguments that carry the run's shardings and compiled: no parameter, batch or dataset is ever
+run's own builders (`th_distill.training.programs.sampler_program`, ...), lowered for
+`jax.ShapeDtypeStruct` arguments that carry the run's shardings and compiled: no parameter, batch or dataset is ever
 allocated, and no data, vocabulary or checkpoint file is read (shapes only). Per program and per
 device it reports XLA's memory analysis (arguments, outputs, temporaries, and their peak total:
 arguments + outputs - donated aliases + temporaries), XLA's FLOP count beside
@@ -69,7 +69,7 @@ from th_distill.partitioning import (
 from th_distill.planning import flops, memory
 from th_distill.training import programs as program_lib
 from th_distill.training.programs import MemoryLayout, Models
-from th_distill.training.steps import Batch, create_train_state
+from th_distill.training.steps import Batch, create_train_state, state_shardings
 
 PROGRAMS = ("oracle_sampling", "teacher_sft_step", "distill_step", "online_sampler", "evaluator")
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
@@ -199,7 +199,7 @@ def abstract_programs(
     return jax.tree_util.tree_map(
       lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
       shapes,
-      partitioner.state_shardings(model, optimizer),
+      state_shardings(partitioner, model, optimizer),
     )
 
   def sampler(model, dtype: str, n: int) -> tuple:

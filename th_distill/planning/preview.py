@@ -14,13 +14,13 @@ from absl import logging
 
 from th_distill import partitioning
 from th_distill.config.run_config import RunConfig
-from th_distill.data.sources import OFFLINE_DATASET
 from th_distill.errors import RunError
 from th_distill.models import param_count
 from th_distill.observing import progress
 from th_distill.planning import memory, workload
 from th_distill.rundir.layout import RunDirectory
 from th_distill.training.programs import MemoryLayout, Models
+from th_distill.training.sources import OFFLINE_DATASET
 
 
 def done_phases(config: RunConfig, run_dir: RunDirectory) -> set[str]:

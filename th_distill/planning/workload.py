@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from th_distill import oracle
 from th_distill.config.run_config import MODELS, RunConfig
-from th_distill.data import sources
 from th_distill.observing.progress import Phase, Work
 from th_distill.planning import flops
+from th_distill.training import sources
 
 ORACLE_CALIBRATION = "oracle calibration"
 ORACLE_SAMPLES = "oracle samples"

@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from th_distill.errors import RunError
+from th_distill.errors import RunError, replace_atomically
 
 # Orbax's asynchronous saves from several threads' managers at once collide (they time out
 # waiting for each other's signals), so while regimes run side by side (`stages.stage2`) every
@@ -68,18 +68,6 @@ def json_safe(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
     return None
   return value
-
-
-def replace_atomically(path: str, tmp: str, write: Callable[[str], object]) -> None:
-  """`write(tmp)`, then renames `tmp` to `path`; a failed write (a full disk, a kill by an
-  exception) removes `tmp`, so no temporary file survives it."""
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def write_json(path: str, value: Any) -> None:

@@ -1,6 +1,6 @@
 """Stage 2: the student distilled from the teacher under one data regime.
 
-`run_regime` builds the regime's batch source (th_distill.data.sources), the evaluation on the
+`run_regime` builds the regime's batch source (th_distill.training.sources), the evaluation on the
 fixed sets and the trainer (th_distill.training.trainer) with its hooks: evaluation rows at
 `EvalSettings.steps`, the hacking detector's action, progress. The trainer steps the compiled
 distillation step from the latest checkpoint (or step 0) to `student.steps`, checkpointing every
@@ -20,7 +20,6 @@ from absl import logging
 
 from th_distill.config.run_config import RunConfig
 from th_distill.data import regimes as regime_lib
-from th_distill.data import sources
 from th_distill.data.batch import PromptSet
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.observing import progress
@@ -39,9 +38,8 @@ from th_distill.planning import workload
 from th_distill.rundir import checkpoints, processes, records
 from th_distill.rundir.kept import KeptParameters
 from th_distill.rundir.layout import REPORT_SAMPLE_ROWS, RegimeDirectory, RunDirectory
-from th_distill.stages.keys import Purpose, key
 from th_distill.stages.stage1 import Stage1
-from th_distill.training import dispatch, guards
+from th_distill.training import dispatch, guards, sources
 from th_distill.training.hooks import (
   DetectorAction,
   EvaluationHook,
@@ -49,6 +47,7 @@ from th_distill.training.hooks import (
   RefreshAction,
   RowAction,
 )
+from th_distill.training.keys import Purpose, key
 from th_distill.training.programs import Programs, new_train_state
 from th_distill.training.trainer import Trainer
 

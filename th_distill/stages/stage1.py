@@ -36,8 +36,8 @@ from th_distill.planning import workload
 from th_distill.rundir import checkpoints, processes, records
 from th_distill.rundir.layout import STAGE1_PARAMS, Stage1Directory
 from th_distill.stages import side_by_side
-from th_distill.stages.keys import Purpose, key
 from th_distill.stages.sft import train_sft
+from th_distill.training.keys import Purpose, key
 from th_distill.training.programs import Programs
 
 

@@ -4,7 +4,7 @@
 on a CPU run of one process, else 1), each dispatching its programs from a thread of its own
 (`stages.side_by_side`: the same numbers; SIGTERM and Ctrl-C checkpoint every regime; Orbax calls
 one at a time). The offline dataset is then sampled once, by the first regime that asks for it
-(`data.offline_dataset.load_or_build`), and the run's ETA counts the longest of the regimes when
+(`training.offline_dataset.load_or_build`), and the run's ETA counts the longest of the regimes when
 they all run at once (`RunClock.run_together`).
 
 Several processes (`jax.distributed`) run one regime at a time: their collectives must be

@@ -26,6 +26,7 @@ from th_distill.config.settings import (
   SamplingSettings,
 )
 from th_distill.data.batch import BATCH_ARRAYS, Batch, TeacherTopK
+from th_distill.models import module_of
 from th_distill.models.interface import LanguageModel
 from th_distill.partitioning import Partitioner, pad_rows
 from th_distill.sampling import SampleFn
@@ -39,6 +40,7 @@ from th_distill.training.steps import (
   make_sft_step,
   reduce_eval_sums,
   reference_logits,
+  state_shardings,
   teacher_top_k,
 )
 
@@ -87,7 +89,7 @@ class Models:
 
   @classmethod
   def from_config(cls, config: RunConfig) -> Models:
-    return cls(*(config.model(name).module() for name in ("oracle", "teacher", "student")))
+    return cls(*(module_of(config.model(name)) for name in ("oracle", "teacher", "student")))
 
 
 def batch_shardings(partitioner: Partitioner) -> jax.sharding.NamedSharding:
@@ -184,7 +186,7 @@ def sft_program(
     _sft_step,
     _sft_steps,
     dispatched,
-    partitioner.state_shardings(model, optimizer),
+    state_shardings(partitioner, model, optimizer),
     (),
     (model, on_nonfinite),
     partitioner,
@@ -324,7 +326,7 @@ def distill_program(
     _distill_step,
     _distill_steps,
     dispatched,
-    partitioner.state_shardings(models.student, settings.optimizer.build()),
+    state_shardings(partitioner, models.student, settings.optimizer.build()),
     (partitioner.param_shardings(models.teacher), partitioner.param_shardings(models.oracle)),
     (models, settings),
     partitioner,
@@ -364,7 +366,7 @@ def new_train_state(
   create = partitioner.jit(
     _create_state,
     in_shardings=(partitioner.param_shardings(model),),
-    out_shardings=partitioner.state_shardings(model, optimizer),
+    out_shardings=state_shardings(partitioner, model, optimizer),
     static=(optimizer,),
   )
   return create(params)

@@ -1,7 +1,8 @@
-"""Train state, optimiser, and the SFT, distillation and evaluation step functions.
+"""Train state and the SFT, distillation and evaluation step functions (the optimiser is
+`th_distill.config.settings.make_optimizer`).
 
-One step each; the loops that run them are the stages' (`stages.stage1.train_sft`,
-`stages.distill.run_regime`), compiled for the mesh by `stages.programs`.
+One step each; the loops that run them are the stages' (`th_distill.stages.sft.train_sft`,
+`th_distill.stages.distill.run_regime`), compiled for the mesh by `th_distill.training.programs`.
 
 A batch is a `Batch` (defined in `th_distill.data.batch`, importable from here too) of prompts
 [B, Li] int32, responses [B, Lt] int32 and a response mask [B, Lt] float32 (1 on real response
@@ -39,6 +40,7 @@ from th_distill import divergences
 from th_distill.data.batch import Batch, TeacherTopK
 from th_distill.models.interface import LanguageModel
 from th_distill.observing.metric_names import PER_SEQUENCE, REFERENCE_MODELS
+from th_distill.partitioning import Partitioner, boxed_param_shapes
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -48,39 +50,13 @@ class TrainState(train_state.TrainState):
   """Flax train state: step, params, optimiser state (`apply_fn` is unused and left None)."""
 
 
-@functools.cache
-def make_optimizer(
-  learning_rate: float,
-  warmup_steps: int = 0,
-  total_steps: int = 0,
-  schedule: str = "constant",
-  weight_decay: float = 0.0,
-  grad_clip: float = 0.0,
-) -> optax.GradientTransformation:
-  """AdamW with linear warm-up then a constant, linear-decay or cosine schedule.
-
-  `total_steps` is needed by the decaying schedules; `grad_clip` > 0 clips the global norm.
-  Cached: equal settings give the same object, so train states built from them share compiled
-  steps (the optimiser is static metadata of `TrainState`).
-  """
-  if schedule == "constant":
-    decay = optax.constant_schedule(learning_rate)
-  elif schedule == "linear":
-    decay = optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup_steps, 1))
-  elif schedule == "cosine":
-    decay = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1))
-  else:
-    raise ValueError(f"Unknown schedule {schedule!r}; expected constant, linear or cosine.")
-  lr = (
-    optax.join_schedules(
-      [optax.linear_schedule(0.0, learning_rate, warmup_steps), decay], [warmup_steps]
-    )
-    if warmup_steps > 0
-    else decay
+def state_shardings(partitioner: Partitioner, model: LanguageModel, optimizer: Any) -> Any:
+  """Shardings of a `TrainState` of `model` under `optimizer`: the optimiser's per-parameter
+  moments follow their parameter; counters are replicated."""
+  boxed = jax.eval_shape(
+    lambda p: TrainState.create(apply_fn=None, params=p, tx=optimizer), boxed_param_shapes(model)
   )
-  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-  parts.append(optax.adamw(lr, weight_decay=weight_decay))
-  return optax.chain(*parts)
+  return partitioner.tree_shardings(boxed)
 
 
 def create_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:

@@ -21,11 +21,11 @@ import numpy as np
 
 from th_distill.data import regimes
 from th_distill.rundir import checkpoints, processes, records
-from th_distill.stages.keys import Purpose, key
+from th_distill.training.keys import Purpose, key
 
 if TYPE_CHECKING:
-  from th_distill.data.sources import SourceContext
   from th_distill.sampling import SampleFn
+  from th_distill.training.source_context import SourceContext
 
 PHASE = "offline dataset"  # its progress phase
 # Regimes side by side (`stages.stage2`) may ask for it at once: the first samples it, the

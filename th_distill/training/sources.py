@@ -43,36 +43,21 @@ import jax
 import numpy as np
 from absl import logging
 
-from th_distill.data import offline_dataset, regimes
+from th_distill.config.run_config import REGIMES
+from th_distill.data import regimes
 from th_distill.data.batch import BATCH_ARRAYS, Batch, PromptSet
-from th_distill.observing.progress import Phase, RunClock, Work
-from th_distill.stages.keys import Purpose, key
+from th_distill.observing.progress import Phase, Work
+from th_distill.training import offline_dataset
+from th_distill.training.keys import Purpose, key
+from th_distill.training.source_context import SourceContext
 
 if TYPE_CHECKING:
   from th_distill.config.run_config import RunConfig
-  from th_distill.rundir.layout import RunDirectory
-  from th_distill.training.programs import Programs
 
 OFFLINE_DATASET = offline_dataset.PHASE
 
 # FLOPs per row of one model: cost(kind, model) with kind 'generate' or 'forward'.
 CostFn = Callable[[str, str], float]
-
-
-@dataclasses.dataclass
-class SourceContext:
-  """What a source may use: the run's config and programs, the frozen teacher's parameters, the
-  prompt pools ({'oracle', 'distill', 'eval'}: `PromptSet`s), the run directory (for data it
-  caches), the run's clock (phases of its own) and the regime's progress phase (to count the
-  work it does)."""
-
-  config: RunConfig
-  programs: Programs
-  teacher_params: Any
-  pools: dict[str, PromptSet]
-  run_dir: RunDirectory
-  clock: RunClock
-  phase: Phase
 
 
 class BatchSource(abc.ABC):
@@ -138,9 +123,6 @@ class BatchSource(abc.ABC):
   def train_rows(cls, config: RunConfig) -> int:
     """Rows of the training-prompt evaluation set."""
     return min(config.eval.num_train_prompts, config.online_prompt_count())
-
-
-REGIMES: dict[str, type[BatchSource]] = {}
 
 
 def register(cls: type[BatchSource]) -> type[BatchSource]:

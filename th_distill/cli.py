@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging as py_logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+import ml_collections
 from absl import app, flags
+from ml_collections import config_flags
 
 from th_distill import config as config_lib
 from th_distill import errors, partitioning
@@ -43,9 +46,31 @@ class QuietLibraries(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or not library
 
 
-def _fail(message: str, exit_code: int) -> NoReturn:
+def _fail(message: str, exit_code: int, with_traceback: bool = False) -> NoReturn:
+  """Prints `error: <message>` (after the traceback of the error being handled, if
+  `with_traceback`: `--traceback` adds it and changes nothing else) and exits with `exit_code`."""
+  if with_traceback:
+    traceback.print_exc()
   print(f"error: {message}", file=sys.stderr)
   sys.exit(exit_code)
+
+
+def _traceback_asked(argv: Sequence[str] | None = None) -> bool:
+  """Whether `--traceback` was given (read from `argv`, default sys.argv, before the flags are
+  parsed)."""
+  if flags.FLAGS.is_parsed():
+    return _TRACEBACK.value
+  return any(
+    arg in ("--traceback", "--traceback=true", "--traceback=True") for arg in argv or sys.argv
+  )
+
+
+def _interrupted() -> NoReturn:
+  _fail(
+    "interrupted (Ctrl-C); run the same command again to resume",
+    EX_INTERRUPTED,
+    _traceback_asked(),
+  )
 
 
 def _flag_value(argv: Sequence[str], name: str) -> str | None:
@@ -93,10 +118,11 @@ def check_config_arguments(argv: Sequence[str], kind: str = "experiment") -> Non
   that is not a complete `kind` config ('experiment' or 'study': `config.check_config_file`), or
   a `--config.KEY` override names no field of it (with the nearest field as a suggestion)."""
   path = _flag_value(argv, "config")
-  if path is None or ":" in path:  # absent (the flag parser says so), or with get_config args
+  if path is None:  # absent: the flag parser says so
     return
   config = config_lib.load_config_file(path)
   config_lib.check_config_file(config, path, kind)
+  _LOADED[path] = config  # the --config flag takes it: each config file runs once per command
   fields = config_lib.dotted_keys(config)
   prefixes = {key.rsplit(".", i)[0] for key in fields for i in range(key.count(".") + 1)}
   for arg in argv:
@@ -105,6 +131,39 @@ def check_config_arguments(argv: Sequence[str], kind: str = "experiment") -> Non
       raise config_lib.ConfigError(
         f"--config.{key}: no such field in {path}{config_lib.suggest(key, fields)}"
       )
+
+
+# Config files loaded by `check_config_arguments`, by path, for the --config flag's parser.
+_LOADED: dict[str, ml_collections.ConfigDict] = {}
+
+
+class _LoadedConfig(flags.ArgumentParser):
+  """The parser of `config_flag`: the config `check_config_arguments` loaded for this command
+  (a config file runs once), else the file loaded by `config.load_config_file` (its errors name
+  the file)."""
+
+  def parse(self, path: str) -> ml_collections.ConfigDict:
+    config = _LOADED.pop(path, None)
+    if config is None:
+      config = config_lib.load_config_file(path)
+    if isinstance(config, ml_collections.ConfigDict):
+      config.lock()
+    return config
+
+  def flag_type(self) -> str:
+    return "config object"
+
+
+def config_flag(help_string: str) -> flags.FlagHolder:
+  """Defines `--config` (a config file, with `--config.KEY=V` overrides: ml_collections'
+  `DEFINE_config_file`, loaded once per command by `config.load_config_file`). A `--flagfile`
+  that cannot be read is a one-line usage error (ml_collections reads flag files here)."""
+  try:
+    holder = config_flags.DEFINE_config_file("config", None, help_string, lock_config=True)
+  except flags.Error as e:
+    _fail(str(e).replace("ERROR:: ", "").strip().splitlines()[-1], errors.EX_USAGE)
+  flags.FLAGS["config"].parser = _LoadedConfig()
+  return holder
 
 
 def _flag_parser(config_kind: str) -> Callable[[list[str]], list[str]]:
@@ -116,11 +175,13 @@ def _flag_parser(config_kind: str) -> Callable[[list[str]], list[str]]:
     try:
       check_config_arguments(argv[1:], config_kind)
       return flags.FLAGS(argv)
+    except KeyboardInterrupt:
+      _interrupted()
     except Exception as e:  # pylint: disable=broad-except  (any parse error is a usage error)
-      if "--traceback" in argv:
-        raise
       text = str(e).strip()
-      _fail(text.splitlines()[-1] if text else type(e).__name__, errors.EX_USAGE)
+      _fail(
+        text.splitlines()[-1] if text else type(e).__name__, errors.EX_USAGE, _traceback_asked(argv)
+      )
 
   return parse
 
@@ -128,7 +189,10 @@ def _flag_parser(config_kind: str) -> Callable[[list[str]], list[str]]:
 def main(body: Callable[[list[str]], object], config_kind: str = "experiment") -> None:
   """`app.run(body)` with one-line flag errors; `body` should wrap its work in `run_command`;
   `config_kind`: what `--config` takes, 'experiment' or 'study' (`check_config_arguments`)."""
-  app.run(body, flags_parser=_flag_parser(config_kind))
+  try:
+    app.run(body, flags_parser=_flag_parser(config_kind))
+  except KeyboardInterrupt:  # outside `run_command`: while absl starts, for example
+    _interrupted()
 
 
 def reject_arguments(argv: Sequence[str]) -> None:
@@ -148,18 +212,14 @@ def run_command(body: Callable[[], object]) -> None:
   one line on stderr and its exit status."""
   for handler in py_logging.getLogger().handlers + py_logging.getLogger("absl").handlers:
     handler.addFilter(QuietLibraries(_TRACEBACK.value))
-  if not partitioning.initialize_distributed():
-    preemption.record_sigterm()
   try:
+    if not partitioning.initialize_distributed():
+      preemption.record_sigterm()
     body()
   except KeyboardInterrupt:
-    if _TRACEBACK.value:
-      raise
-    _fail("interrupted (Ctrl-C); run the same command again to resume", EX_INTERRUPTED)
+    _interrupted()
   except Exception as e:  # pylint: disable=broad-except  (only errors a user can act on)
-    error = e if isinstance(e, errors.RunError) else errors.space_error(e)
-    if _TRACEBACK.value or error is None:
+    error = errors.user_error(e)
+    if error is None:
       raise
-    if not isinstance(error, errors.RunError):
-      error = errors.no_space(error)
-    _fail(str(error), error.exit_code)
+    _fail(str(error), error.exit_code, _TRACEBACK.value)

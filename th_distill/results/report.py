@@ -16,7 +16,7 @@ from th_distill.observing.metrics_io import read_metrics
 from th_distill.planning import workload
 from th_distill.results import figures
 from th_distill.results.summaries import summarize_run
-from th_distill.rundir import checkpoints
+from th_distill.rundir import boundary, checkpoints
 from th_distill.rundir.layout import RunDirectory
 
 
@@ -147,8 +147,7 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
   lines += ["", settings_text(settings, metric), ""]
   if config.write_figures:
     lines += [f"![{name}]({name}.png)\n" for name in ("curves", "proxy_golden", "detector")]
-  with open(run_dir.report, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
+  boundary.write_text(run_dir.report, "\n".join(lines))
   return summary
 
 

@@ -15,7 +15,7 @@ from th_distill.config.run_config import RunConfig
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.results import figures, paired, plots, report
 from th_distill.results.summaries import detector_quality, summarize_arm, summarize_run
-from th_distill.rundir import checkpoints
+from th_distill.rundir import boundary, checkpoints
 from th_distill.rundir.layout import RunDirectory
 
 
@@ -95,7 +95,7 @@ def write_study_report(
     "paired": comparisons,
     "detector": {"metric": metric, "settings": dataclasses.asdict(settings), **quality},
   }
-  os.makedirs(directory, exist_ok=True)
+  boundary.make_dirs(directory)
   checkpoints.write_json(RunDirectory(directory).summary, summary)
   levels = [
     s["teacher_golden"]
@@ -213,6 +213,5 @@ def write_study_report(
       )
     )
   lines.append("")
-  with open(RunDirectory(directory).report, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
+  boundary.write_text(RunDirectory(directory).report, "\n".join(lines))
   return summary

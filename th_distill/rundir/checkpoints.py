@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from th_distill.errors import RunError
+from th_distill.rundir import boundary
 
 # Orbax's asynchronous saves from several threads' managers at once collide (they time out
 # waiting for each other's signals), so while regimes run side by side (`stages.stage2`) every
@@ -70,27 +71,9 @@ def json_safe(value: Any) -> Any:
   return value
 
 
-def replace_atomically(path: str, tmp: str, write: Callable[[str], object]) -> None:
-  """`write(tmp)`, then renames `tmp` to `path`; a failed write (a full disk, a kill by an
-  exception) removes `tmp`, so no temporary file survives it."""
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def write_json(path: str, value: Any) -> None:
-  """Writes `value` to `path` atomically as strict JSON (`json_safe`)."""
-  text = json.dumps(json_safe(value), indent=2, sort_keys=True, allow_nan=False)
-
-  def write(tmp: str) -> None:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-
-  replace_atomically(path, f"{path}.tmp{os.getpid()}", write)
+  """Writes `value` to `path` atomically as strict JSON (`json_safe`; `boundary.write_text`)."""
+  boundary.write_text(path, json.dumps(json_safe(value), indent=2, sort_keys=True, allow_nan=False))
 
 
 def read_json(path: str) -> Any:
@@ -156,10 +139,11 @@ def readable_arrays(path: str, role: str) -> dict[str, np.ndarray] | None:
 
 def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
   """Writes `arrays` to the .npz file `path` atomically."""
-  replace_atomically(
+  boundary.write_atomically(
     path,
-    f"{path}.tmp{os.getpid()}.npz",
-    lambda tmp: np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()}),
+    lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}),
+    binary=True,
+    suffix=".npz",
   )
 
 
@@ -174,7 +158,10 @@ def _abstract(tree: Any) -> Any:
 
 @_serialised
 def save_params(path: str, params: Any) -> None:
-  """Saves a parameter pytree as an Orbax checkpoint at `path` (absolute, must not exist)."""
+  """Saves a parameter pytree as an Orbax checkpoint at `path` (absolute, must not exist; its
+  folder and `path` must not be links: `boundary.check`)."""
+  boundary.check(os.path.dirname(os.path.abspath(path)))
+  boundary.check(path)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.abspath(path), params, force=True)
   checkpointer.wait_until_finished()
@@ -239,6 +226,8 @@ class RunCheckpointer:
   @_serialised
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
+    boundary.check(os.path.dirname(self.directory))
+    boundary.check(self.directory)  # never a linked checkpoints/ (Orbax would write through it)
     self._saving: int | None = None  # the step of the last save started
     self._manager = ocp.CheckpointManager(
       self.directory,
@@ -346,6 +335,8 @@ class RunCheckpointer:
 def save_param_trees(path: str, trees: dict[str, Any]) -> None:
   """Saves named parameter pytrees as one Orbax composite checkpoint at `path` (one item per
   name; collective on every process)."""
+  boundary.check(os.path.dirname(os.path.abspath(path)))
+  boundary.check(path)
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   checkpointer.save(
     os.path.abspath(path),

@@ -27,7 +27,7 @@ from absl import logging
 from th_distill import errors
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.partitioning import is_main_process
-from th_distill.rundir import checkpoints
+from th_distill.rundir import boundary, checkpoints
 
 
 class KeptParameters:
@@ -73,6 +73,7 @@ class KeptParameters:
       source = os.path.join(candidates, str(best))
       if os.path.isdir(source):
         if is_main_process():
+          boundary.check(self._path("best_predicted"))
           shutil.rmtree(self._path("best_predicted"), ignore_errors=True)
           os.replace(source, self._path("best_predicted"))
           checkpoints.write_json(

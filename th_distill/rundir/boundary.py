@@ -86,8 +86,7 @@ def open_append(path: str) -> IO[str]:
 @contextlib.contextmanager
 def _new_file(path: str, binary: bool) -> Iterator[IO]:
   """`path` created exclusively (a leftover of a killed run with the same name is removed first:
-  removing a link removes the link, not its target)."""
-  check(path)
+  removing a link removes the link, not its target; `O_EXCL` refuses one planted meanwhile)."""
   if os.path.lexists(path):
     os.remove(path)
   fd = _open_fd(path, _NEW)

@@ -31,19 +31,35 @@ _TRACEBACK = flags.DEFINE_bool(
 
 class QuietLibraries(py_logging.Filter):
   """Drops the INFO chatter of Orbax (one block per checkpoint) and of JAX's backend probing
-  ('Unable to initialize backend tpu') from the progress log, and Orbax's logged tracebacks (of
-  a failed save, which reaches the command as an exception and its one line) unless
-  `tracebacks`."""
+  ('Unable to initialize backend tpu') from the progress log, and the logged tracebacks of Orbax
+  and of asyncio (its 'Task exception was never retrieved' of Orbax's writes) after a failed
+  save, which reaches the command as an exception and its one line, unless `tracebacks`."""
 
   def __init__(self, tracebacks: bool = False):
     super().__init__()
     self.tracebacks = tracebacks
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    library = any(name in record.pathname for name in ("orbax", "xla_bridge"))
+    library = any(name in record.pathname for name in ("orbax", "xla_bridge", "asyncio"))
     if library and record.exc_info and not self.tracebacks:
       return False
     return record.levelno >= py_logging.WARNING or not library
+
+
+def _closed_loop(error: BaseException | None) -> bool:
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _quiet_closed_loops(hook: Callable) -> Callable:
+  """`sys.unraisablehook` without the 'Event loop is closed' RuntimeErrors that TensorStore's
+  callbacks report (dozens, with tracebacks) when Orbax's writes are cut short by a failed save
+  (a full disk): the save's own error reaches the command, which reports it in one line."""
+
+  def unraisablehook(unraisable):
+    if not _closed_loop(unraisable.exc_value):
+      hook(unraisable)
+
+  return unraisablehook
 
 
 def _fail(message: str, exit_code: int, with_traceback: bool = False) -> NoReturn:
@@ -212,6 +228,8 @@ def run_command(body: Callable[[], object]) -> None:
   one line on stderr and its exit status."""
   for handler in py_logging.getLogger().handlers + py_logging.getLogger("absl").handlers:
     handler.addFilter(QuietLibraries(_TRACEBACK.value))
+  if not _TRACEBACK.value:
+    sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
   try:
     if not partitioning.initialize_distributed():
       preemption.record_sigterm()

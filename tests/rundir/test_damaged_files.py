@@ -105,6 +105,15 @@ def test_a_deleted_stage1_checkpoint_is_named_with_its_role_and_the_fix(workdir,
   assert "\n" not in str(error.value)
 
 
+def test_a_garbage_checkpoint_file_is_named_inside_its_folder(workdir, config):
+  metadata = os.path.join(workdir.stage1.params, "teacher", "_METADATA")
+  with open(metadata, "wb") as f:
+    f.write(bytes(range(128, 256)))  # not UTF-8
+  with pytest.raises(checkpoints.DamagedFile) as error:
+    experiment.run(config, workdir.path)
+  assert f"cannot be read ({metadata}: UnicodeDecodeError" in str(error.value)
+
+
 def test_a_damaged_record_of_an_unfinished_stage1_is_set_aside(tmp_path):
   directory = Stage1Directory(str(tmp_path))
   directory.write_started({"fingerprint": "x"})

@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from th_distill import errors
 from th_distill.errors import RunError
 from th_distill.rundir import boundary
 
@@ -92,9 +93,28 @@ def describe(error: BaseException) -> str:
   return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
+# The JSON files of an Orbax checkpoint folder (its items' too).
+_ORBAX_JSON = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding")
+
+
+def unreadable_json(folder: str) -> str | None:
+  """The first of the JSON files Orbax keeps in the checkpoint `folder` (`_ORBAX_JSON`, in it
+  and its items) that is not valid UTF-8 JSON, or None."""
+  for root, _, names in sorted(os.walk(folder)):
+    for name in sorted(set(names) & set(_ORBAX_JSON)):
+      try:
+        read_json(os.path.join(root, name))
+      except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError included
+        return os.path.join(root, name)
+  return None
+
+
 def damaged(path: str, role: str, error: BaseException, fix: str) -> DamagedFile:
-  """The DamagedFile of `path` (`role`: what it holds) that `error` kept from being read."""
-  return DamagedFile(f"{path} ({role}) cannot be read ({describe(error)}); {fix}")
+  """The DamagedFile of `path` (`role`: what it holds) that `error` kept from being read; for a
+  checkpoint folder, naming the file in it that cannot be read (`unreadable_json`)."""
+  culprit = unreadable_json(path) if os.path.isdir(path) else None
+  where = f"{culprit}: " if culprit else ""
+  return DamagedFile(f"{path} ({role}) cannot be read ({where}{describe(error)}); {fix}")
 
 
 def set_aside(path: str, role: str, error: BaseException) -> None:
@@ -177,6 +197,39 @@ def load_params(path: str, like: Any) -> Any:
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a checkpoint Orbax has not finalised
 
 
+class CheckpointLost(RunError):
+  """A checkpoint's folder (or its regime's) was deleted while the checkpoint was written."""
+
+
+def _deleted_while_written(error: BaseException) -> bool:
+  """Whether Orbax's `error` says files of a checkpoint being written have vanished (a missing
+  file, TensorStore's NOT_FOUND, Orbax's missing array metadata), anywhere in its causes."""
+  seen: set[int] = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    text = str(error)
+    if isinstance(error, FileNotFoundError) or "NOT_FOUND" in text or "No ArrayMetadata" in text:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+@contextlib.contextmanager
+def _lost_checkpoints_named(directory: str, step: int | None) -> Iterator[None]:
+  """Turns an Orbax error of a checkpoint whose files were deleted while it was written into a
+  one-line CheckpointLost naming `directory` (other errors, a full disk included, go through)."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (Orbax's and TensorStore's own types)
+    if errors.space_error(e) is not None or not _deleted_while_written(e):
+      raise
+    raise CheckpointLost(
+      f"{directory} (or the folder it is in) was deleted while checkpoint {step} was being "
+      "written; run the same command again: the run resumes from the last checkpoint left "
+      "(from the start if none is)"
+    ) from e
+
+
 class CheckpointMismatch(RunError):
   """A checkpoint holds a state of another structure than the run's (its settings changed)."""
 
@@ -249,15 +302,17 @@ class RunCheckpointer:
     as it is); see the class doc."""
     if step in self._manager.all_steps():  # the step being saved included
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state))  # raises a failed earlier save
+    with _lost_checkpoints_named(self.directory, self._saving):  # a failed earlier save raises
+      self._manager.save(step, args=ocp.args.StandardSave(state))
     self._saving = step
     if _one_at_a_time:
-      self._manager.wait_until_finished()
+      self.wait()
 
   @_serialised
   def wait(self) -> None:
     """Blocks until the last save is on disk (raises its error if it failed)."""
-    self._manager.wait_until_finished()
+    with _lost_checkpoints_named(self.directory, self._saving):
+      self._manager.wait_until_finished()
 
   @_serialised
   def restore_latest(self, like: Any) -> Any | None:
@@ -270,7 +325,8 @@ class RunCheckpointer:
         if change is None:
           restored = self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(like)))
       except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
-        self._set_aside(step, f"{type(e).__name__}: {e}")
+        culprit = unreadable_json(os.path.join(self.directory, str(step)))
+        self._set_aside(step, (f"{culprit}: " if culprit else "") + describe(e))
         continue
       if change is not None:
         raise CheckpointMismatch(

@@ -4,7 +4,9 @@
 unknown `--config.KEY`, a config file without `get_config`, an invalid value, a busy workdir)
 prints one line on stderr, `error: <what and how to fix it>`, instead of a traceback, and exits
 with the status of `th_distill.errors`: 1 the run cannot go on as asked, 2 a usage error, 75
-(EX_TEMPFAIL) pre-empted, run the same command again. `--traceback` shows the traceback instead.
+(EX_TEMPFAIL) pre-empted, run the same command again, 130 Ctrl-C (from the moment `main` starts:
+while a config file loads too). `--traceback` adds the traceback before the same line and the
+same exit status. `config_flag` defines `--config`: each config file runs once per command.
 """
 
 from __future__ import annotations

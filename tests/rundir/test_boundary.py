@@ -155,19 +155,20 @@ def test_a_run_refuses_a_regimes_checkpoints_linked_out_of_the_workdir(finished,
   assert sorted(os.listdir(outside)) == before
 
 
-def _record_devices(workdir, count, mesh):
+def _record_devices(workdir, mesh):
+  path = os.path.join(workdir, "devices.json")
+  other = {"platform": "cpu", "count": 4, "mesh": [4, 1, 1]}
   checkpoints.write_json(
-    os.path.join(workdir, "devices.json"), devices.describe("cpu", mesh) | {"count": count}
+    path, {REGIME: devices.describe("cpu", mesh), "stage1": other, "online": other}
   )
 
 
 def test_unfinished_work_started_on_other_devices_is_refused_naming_the_flags(finished, workdir):
-  assert json.load(open(os.path.join(workdir, "devices.json"))) == devices.describe(
-    "cpu", (1, 1, 1)
-  )
+  one = devices.describe("cpu", (1, 1, 1))
+  assert json.load(open(os.path.join(workdir, "devices.json"))) == {REGIME: one, "stage1": one}
   os.remove(os.path.join(workdir, REGIME, "done.json"))
   rows = read_metrics(os.path.join(workdir, REGIME, "metrics.jsonl"))
-  _record_devices(workdir, 2, (2, 1, 1))
+  _record_devices(workdir, (2, 1, 1))  # stage 1 is finished: its record is not checked
   with pytest.raises(devices.DevicesChanged) as error:
     experiment.run(finished[1], workdir)
   assert "started on 2 cpu device(s), mesh (data, fsdp, model) = (2, 1, 1)" in str(error.value)
@@ -181,7 +182,8 @@ def test_unfinished_work_started_on_other_devices_is_refused_naming_the_flags(fi
 def test_finished_work_is_reused_on_other_devices(finished, workdir):
   done = os.path.join(workdir, REGIME, "done.json")
   stamp = os.path.getmtime(done)
-  _record_devices(workdir, 2, (2, 1, 1))
+  _record_devices(workdir, (2, 1, 1))
   experiment.run(finished[1], workdir)
   assert os.path.getmtime(done) == stamp
-  assert json.load(open(os.path.join(workdir, "devices.json")))["count"] == 1
+  record = json.load(open(os.path.join(workdir, "devices.json")))
+  assert record[REGIME]["count"] == 1 and record["online"]["count"] == 4  # not this run's: kept

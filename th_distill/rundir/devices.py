@@ -7,7 +7,8 @@ orders, so the same run on 1 and on 2 devices differs from step 0 in the last bi
 finished regime) is reused on any devices: nothing is computed again. Unfinished work that
 resumes from a checkpoint (a regime's `checkpoints/`, stage 1's SFTs) is refused on other
 devices (`DevicesChanged`, naming the flags that match), so that a resumed run repeats the
-uninterrupted run's numbers exactly. The devices are recorded in `WORKDIR/devices.json`.
+uninterrupted run's numbers exactly. The devices of each unit (stage 1, each regime) are
+recorded in `WORKDIR/devices.json`.
 """
 
 from __future__ import annotations
@@ -37,23 +38,20 @@ def _has_checkpoint(path: str) -> bool:
   return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
 
 
-def unfinished_work(run_dir: RunDirectory, regimes: Sequence[str]) -> list[str]:
-  """The checkpoint folders a run of `regimes` would resume from: unfinished regimes' and, while
-  stage 1 is unfinished, its SFTs'."""
-  found = []
+def unfinished_work(run_dir: RunDirectory, regimes: Sequence[str]) -> dict[str, str]:
+  """{unit: its checkpoint folder} of the work a run of `regimes` would resume from checkpoints:
+  'stage1' while stage 1 is unfinished and its SFTs have one, and each unfinished regime that
+  has one."""
+  found = {}
   stage1 = run_dir.stage1
   if not stage1.finished and os.path.isdir(stage1.sft_checkpoints_root):
-    found += [
-      path
-      for path in (
-        stage1.sft_checkpoints(m) for m in sorted(os.listdir(stage1.sft_checkpoints_root))
-      )
-      if _has_checkpoint(path)
-    ]
+    for model in sorted(os.listdir(stage1.sft_checkpoints_root)):
+      if _has_checkpoint(stage1.sft_checkpoints(model)):
+        found.setdefault("stage1", stage1.sft_checkpoints(model))
   for regime in regimes:
     directory = run_dir.regime(regime)
     if not directory.finished and _has_checkpoint(directory.checkpoints):
-      found.append(directory.checkpoints)
+      found[regime] = directory.checkpoints
   return found
 
 
@@ -67,16 +65,21 @@ def _flags(record: dict[str, Any]) -> str:
 
 
 def check(run_dir: RunDirectory, regimes: Sequence[str], devices: dict[str, Any]) -> None:
-  """Raises DevicesChanged if `run_dir` holds unfinished work (`unfinished_work`) started on
-  other devices than `devices` (`describe`); records `devices` otherwise (process 0)."""
+  """Raises DevicesChanged if `run_dir` holds unfinished work of this run (stage 1, `regimes`:
+  `unfinished_work`) started on other devices than `devices` (`describe`); else records
+  `devices` for each of this run's units (process 0), leaving other regimes' records as they
+  are, in `WORKDIR/devices.json` ({unit: devices})."""
   path = os.path.join(run_dir.path, "devices.json")
-  recorded = checkpoints.readable_json(path, "the devices the run started on")
-  work = unfinished_work(run_dir, regimes)
-  if recorded is not None and work and recorded != devices:
-    raise DevicesChanged(
-      f"{work[0]} holds unfinished work started on {recorded['count']} {recorded['platform']} "
-      f"device(s), mesh (data, fsdp, model) = {tuple(recorded['mesh'])}; this run has "
-      f"{devices['count']}, mesh {tuple(devices['mesh'])}, and would not repeat its numbers "
-      f"exactly (float reduction order): resume it with {_flags(recorded)}, or use a new --workdir"
-    )
-  processes.write_on_main(lambda: checkpoints.write_json(path, devices))
+  recorded = checkpoints.readable_json(path, "the devices each unit of the run started on") or {}
+  for unit, folder in unfinished_work(run_dir, regimes).items():
+    started = recorded.get(unit)
+    if started is not None and started != devices:
+      raise DevicesChanged(
+        f"{folder} holds unfinished work started on {started['count']} {started['platform']} "
+        f"device(s), mesh (data, fsdp, model) = {tuple(started['mesh'])}; this run has "
+        f"{devices['count']}, mesh {tuple(devices['mesh'])}, and would not repeat its numbers "
+        f"exactly (float reduction order): resume it with {_flags(started)}, or use a new "
+        "--workdir"
+      )
+  record = {**recorded, **{unit: devices for unit in ("stage1", *regimes)}}
+  processes.write_on_main(lambda: checkpoints.write_json(path, record))

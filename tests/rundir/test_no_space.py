@@ -125,14 +125,13 @@ def test_a_full_disk_in_stage_1s_side_by_side_sfts_is_one_line(tmp_path):
   """Orbax reports a failed write as TensorStore text ('[os_error_code=27]'), and its cut-short
   writes as dozens of 'Event loop is closed' tracebacks: one line remains, naming the file."""
   config = write_micro_config_file(tmp_path / "micro.py", "c.regimes = ('offline',)")
-  limit = 8000  # the config records pass; the SFTs' first checkpoint does not
-
-  def limited():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
+  limited = (  # the config records pass; the SFTs' first checkpoint does not
+    "import resource, runpy, sys; "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (8000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]));"
+    " sys.argv = ['main', *sys.argv[1:]]; runpy.run_module('th_distill.main', run_name='__main__')"
+  )
   result = subprocess.run(
-    [sys.executable, "-m", "th_distill.main", f"--config={config}", f"--workdir={tmp_path / 'w'}"],
-    preexec_fn=limited,
+    [sys.executable, "-c", limited, f"--config={config}", f"--workdir={tmp_path / 'w'}"],
     capture_output=True,
     text=True,
     timeout=300,

@@ -498,7 +498,6 @@ def test_a_damaged_metrics_line_loses_its_row_only(tmp_path, caplog):
     check_rows(str(path), [0, 3, 6, 9], "delete it")
 
 
-@pytest.mark.slow
 def test_a_regime_folder_deleted_while_a_checkpoint_is_written_is_one_line(tmp_path):
   """The regime's folder vanishes while Orbax writes a checkpoint (caught when a temporary
   checkpoint folder is seen): the run stops in one line naming the checkpoints (or, if the

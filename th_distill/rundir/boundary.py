@@ -99,7 +99,7 @@ def write_atomically(
 ) -> None:
   """`write(f)` into a new temporary file beside `path` (`<path>.tmp<pid><suffix>`, created
   exclusively), then renames it to `path`; a failed write (a full disk, an exception) removes
-  the temporary file. UnsafePath if `path` or its folder is a link or a special file."""
+  the temporary file. UnsafePath if `path` is a link or a special file."""
   check(path)
   tmp = f"{path}.tmp{os.getpid()}{suffix}"
   try:

@@ -28,7 +28,7 @@ from th_distill.data.pools import prompt_pools
 from th_distill.observing import progress
 from th_distill.planning.preview import log_plan, run_layout
 from th_distill.results import report
-from th_distill.rundir import lock
+from th_distill.rundir import devices, lock
 from th_distill.rundir.layout import RunDirectory
 from th_distill.stages import stage1 as stage1_lib
 from th_distill.stages import stage2
@@ -66,6 +66,9 @@ def _run(config: config_lib.RunConfig, run_dir: RunDirectory) -> dict[str, Any]:
   start = time.time()
 
   partitioner = partitioning.Partitioner.from_config(config.mesh)
+  devices.check(
+    run_dir, config.regimes, devices.describe(partitioner.platform, partitioner.mesh.devices.shape)
+  )
   models = Models.from_config(config)
   layout = run_layout(config, partitioner)  # the samplers' and evaluator's calls fit a device
   programs = Programs(models, config, partitioner, layout)

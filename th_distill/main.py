@@ -9,16 +9,13 @@ same command again to resume); errors are one line on stderr (`--traceback` for 
 from __future__ import annotations
 
 from absl import flags
-from ml_collections import config_flags
 
 from th_distill import cli
 
 
 def main() -> None:
   """The command line (flags are defined here, not at import: other modules define --config too)."""
-  config = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/*.py).", lock_config=True
-  )
+  config = cli.config_flag("Experiment config file (configs/*.py).")
   workdir = flags.DEFINE_string("workdir", None, "Directory for every output of the run.")
   flags.mark_flags_as_required(["config", "workdir"])
 

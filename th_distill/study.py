@@ -28,13 +28,13 @@ over the seeds, and lists the run directory of every arm.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 from absl import flags, logging
-from ml_collections import config_flags
 
 from th_distill import cli, experiment
 from th_distill import config as config_lib
@@ -106,13 +106,47 @@ def run_configs(
   return runs
 
 
+# Folders of a study workdir that are not a study's report (`name` may not be one of them).
+_RUN_FOLDERS = ("runs", "stage1")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(name: object) -> None:
+  """ConfigError unless the study's `name` is a plain folder name (its report goes to
+  WORKDIR/<name>/): not a path, not hidden, not a folder of the runs."""
+  if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or name in _RUN_FOLDERS:
+    raise config_lib.ConfigError(
+      f"name: {name!r} must be a plain folder name (letters, digits, '.', '-', '_'; not a path, "
+      f"not {' or '.join(_RUN_FOLDERS)}): the report goes to WORKDIR/<name>/"
+    )
+
+
+def check_distinct_arms(runs: list[tuple[str, int, RunConfig]]) -> None:
+  """ConfigError naming both variants if two arms of a study are the same run (the same
+  fingerprint, seed and regime): the study would compare a run with itself."""
+  seen: dict[tuple[str, int, str], str] = {}
+  for variant, seed, config in runs:
+    key = run_key(config)
+    for regime in config.regimes:
+      other = seen.setdefault((key, seed, regime), variant)
+      if other != variant:
+        raise config_lib.ConfigError(
+          f"variants {other!r} and {variant!r} are the same run (regime {regime!r}, seed {seed}, "
+          f"fingerprint {key}); change one of them or remove it"
+        )
+
+
 def run_dir(workdir: str, config: RunConfig) -> str:
   """The experiment workdir of `config` (shared by configs that differ only in fields no result
   depends on: `records.FREE_FIELDS`, such as `regimes` or `mesh`)."""
-  key = records.fingerprint(
+  return os.path.join(workdir, "runs", run_key(config), f"seed{config.seed}")
+
+
+def run_key(config: RunConfig) -> str:
+  """The fingerprint of a run's config without `seed` (and `records.FREE_FIELDS`)."""
+  return records.fingerprint(
     config, tuple(k for k in records.regime_sections(config) if k != "seed")
   )
-  return os.path.join(workdir, "runs", key, f"seed{config.seed}")
 
 
 def stage1_dir(workdir: str, config: RunConfig) -> str:
@@ -137,7 +171,9 @@ def run(
   `finished_only`: run nothing, and report the runs that are finished (a study cut short;
   the table gives each arm's seeds). Logs its progress as `experiment.run` does (absl INFO,
   shown unless the caller chose an absl verbosity)."""
+  check_name(study.name)
   runs = run_configs(study)
+  check_distinct_arms([(v, s, RunConfig.from_config(c)) for v, s, c in runs])
   with workdir_lock.hold(workdir), progress.shown():
     return _run(study, runs, workdir, finished_only)
 
@@ -209,9 +245,7 @@ def _run(
 
 def main() -> None:
   """The command line (flags are defined here, not at import: the module is a library too)."""
-  study = config_flags.DEFINE_config_file(
-    "config", None, "Study config file (configs/studies/*.py).", lock_config=True
-  )
+  study = cli.config_flag("Study config file (configs/studies/*.py).")
   workdir = flags.DEFINE_string(
     "workdir",
     None,

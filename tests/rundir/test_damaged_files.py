@@ -3,6 +3,7 @@ the offline dataset) is set aside and rebuilt to the same contents; one that hol
 named with its role and the fix (docs/reliability.md)."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -105,6 +106,15 @@ def test_a_deleted_stage1_checkpoint_is_named_with_its_role_and_the_fix(workdir,
   assert "\n" not in str(error.value)
 
 
+def test_a_garbage_checkpoint_file_is_named_inside_its_folder(workdir, config):
+  metadata = os.path.join(workdir.stage1.params, "teacher", "_METADATA")
+  with open(metadata, "wb") as f:
+    f.write(bytes(range(128, 256)))  # not UTF-8
+  with pytest.raises(checkpoints.DamagedFile) as error:
+    experiment.run(config, workdir.path)
+  assert f"cannot be read ({metadata}: UnicodeDecodeError" in str(error.value)
+
+
 def test_a_damaged_record_of_an_unfinished_stage1_is_set_aside(tmp_path):
   directory = Stage1Directory(str(tmp_path))
   directory.write_started({"fingerprint": "x"})
@@ -124,3 +134,28 @@ def test_the_report_refuses_a_regime_with_missing_rows(workdir, config):
   info = checkpoints.read_json(workdir.stage1.marker)
   with pytest.raises(MetricsLost, match=r"lacks the rows of 2 evaluation\(s\) \(steps 3\.\.6\)"):
     report.write_report(workdir.path, RunConfig.from_config(config), info)
+
+
+def test_best_predicted_moved_before_a_kill_is_kept_without_a_false_warning(tmp_path, caplog):
+  """A kill after the fired detector's best candidate moved to best_predicted/ (before its
+  record was written): the resumed run fires again at the same evaluation, keeps those
+  parameters and writes the record, with no 'no saved parameters' warning."""
+  from detection.test_monitor import _monitor, _params, _rows, _watch
+
+  section, action = _monitor(tmp_path, keep=("best_predicted",))
+  rows = _rows()
+  fired = next(
+    i
+    for i, row in enumerate(rows)
+    if action.observe(row["step"], row, _params(row["step"]))["detector/fired"]
+  )
+  expected = checkpoints.read_json(str(tmp_path / "best_predicted.json"))
+  os.remove(tmp_path / "best_predicted.json")  # the kill came before the record
+  resumed = _watch(section, str(tmp_path), history=rows[: fired - 2])
+  with caplog.at_level(logging.WARNING):
+    for row in rows[fired - 2 : fired + 1]:
+      resumed.observe(row["step"], row, _params(row["step"]))
+  assert "No saved parameters" not in caplog.text
+  assert checkpoints.read_json(str(tmp_path / "best_predicted.json")) == expected
+  restored = checkpoints.load_params(str(tmp_path / "best_predicted"), _params(0))
+  np.testing.assert_array_equal(restored["w"], np.full(3, expected["step"]))

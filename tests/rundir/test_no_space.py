@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import write_micro_config_file
 
 from th_distill import errors
 from th_distill.data.batch import Batch
@@ -123,3 +124,28 @@ def test_a_full_disk_outside_training_is_one_line_with_status_1():
     "left on device); free space and run the same command again to resume (finished work is "
     "kept)"
   ]
+
+
+def test_a_full_disk_in_stage_1s_side_by_side_sfts_is_one_line(tmp_path):
+  """Orbax reports a failed write as TensorStore text ('[os_error_code=27]'), and its cut-short
+  writes as dozens of 'Event loop is closed' tracebacks: one line remains, naming the file."""
+  config = write_micro_config_file(tmp_path / "micro.py", "c.regimes = ('offline',)")
+  limited = (  # the config records pass; the SFTs' first checkpoint does not
+    "import resource, runpy, sys; "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (8000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]));"
+    " sys.argv = ['main', *sys.argv[1:]]; runpy.run_module('th_distill.main', run_name='__main__')"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", limited, f"--config={config}", f"--workdir={tmp_path / 'w'}"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
+  errors_ = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors_) == 1, result.stderr[-3000:]
+  assert errors_[0].startswith(
+    f"error: no space left while writing {tmp_path / 'w' / 'stage1' / 'sft'}"
+  )
+  assert "(the file-size limit: File too large)" in errors_[0]

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import finished_micro_run, micro_config
+from conftest import finished_micro_run, micro_config, write_micro_config_file
 
 from th_distill import divergences, experiment, sampling
 from th_distill.models import T5, init_params, t5_config
@@ -515,3 +516,30 @@ def test_a_damaged_metrics_line_loses_its_row_only(tmp_path, caplog):
   assert "line 2 is not a metrics row (damaged)" in caplog.text and "line 5" not in caplog.text
   with pytest.raises(MetricsLost, match=r"lacks the rows of 1 evaluation\(s\) \(steps 3\.\.3\)"):
     check_rows(str(path), [0, 3, 6, 9], "delete it")
+
+
+def test_a_regime_folder_deleted_while_a_checkpoint_is_written_is_one_line(tmp_path):
+  """The regime's folder vanishes while Orbax writes a checkpoint (caught when a temporary
+  checkpoint folder is seen): the run stops in one line naming the checkpoints (or, if the
+  write had just finished, goes on), and the same command then finishes the run."""
+  config = write_micro_config_file(
+    tmp_path / "micro.py", "c.regimes = ('offline',)", "c.student.steps = 60", "c.eval_every = 20"
+  )
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "th_distill.main", f"--config={config}", f"--workdir={workdir}"]
+  process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+  checkpoints_dir = workdir / REGIME / "checkpoints"
+  while process.poll() is None:
+    names = os.listdir(checkpoints_dir) if checkpoints_dir.is_dir() else []
+    if any("orbax-checkpoint-tmp" in name and name.split(".")[0] != "0" for name in names):
+      shutil.rmtree(workdir / REGIME, ignore_errors=True)
+      break
+    time.sleep(0.002)
+  _, stderr = process.communicate(timeout=300)
+  errors_ = [line for line in stderr.splitlines() if line.startswith("error: ")]
+  assert "Traceback" not in stderr and process.returncode in (0, 1), stderr[-3000:]
+  if process.returncode == 1:
+    assert len(errors_) == 1 and errors_[0].startswith(f"error: {checkpoints_dir} (or the folder")
+  rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert (workdir / REGIME / "done.json").exists()

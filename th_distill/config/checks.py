@@ -58,25 +58,42 @@ def suggest(name: str, candidates: list[str]) -> str:
   return f"; did you mean {close[0]}?" if close else ""
 
 
+def _failure(error: BaseException) -> str:
+  """'<type>: <message>' of an error raised while a config file loads; an exit says so."""
+  text = f"{type(error).__name__}: {error}"
+  if isinstance(error, SystemExit):
+    return f"{text} (it exits while it loads, so nothing would run; return the config instead)"
+  return text
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file (as `--config=PATH` loads it); ConfigError naming the file
-  if it is missing, fails to import, has no `get_config` or its `get_config()` fails."""
-  if not os.path.isfile(path):
-    raise ConfigError(f"--config: no config file at {path!r}")
-  spec = importlib.util.spec_from_file_location("th_distill_config_file", path)
+  """`get_config()` of a config file (as `--config=PATH` loads it; `PATH:ARG` calls
+  `get_config(ARG)`); ConfigError naming the file if it is missing, fails or exits (SystemExit,
+  any status) at import, has no `get_config` or its `get_config()` fails or exits. Ctrl-C
+  (KeyboardInterrupt) goes through."""
+  file, argument = (path, None) if os.path.isfile(path) or ":" not in path else path.split(":", 1)
+  args = () if argument is None else (argument,)
+  call = f"get_config({argument!r})" if args else "get_config()"
+  if not os.path.isfile(file):
+    raise ConfigError(f"--config: no config file at {file!r}")
+  spec = importlib.util.spec_from_file_location("th_distill_config_file", file)
   if spec is None or spec.loader is None:
-    raise ConfigError(f"--config: {path!r} is not a Python config file")
+    raise ConfigError(f"--config: {file!r} is not a Python config file")
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-  except Exception as e:  # pylint: disable=broad-except  (any error in the user's file)
-    raise ConfigError(f"--config: {path!r} fails at import: {type(e).__name__}: {e}") from e
+  except KeyboardInterrupt:
+    raise
+  except BaseException as e:  # pylint: disable=broad-except  (any error or exit in the file)
+    raise ConfigError(f"--config: {file!r} fails at import: {_failure(e)}") from e
   if not callable(getattr(module, "get_config", None)):
-    raise ConfigError(f"--config: {path!r} defines no get_config() function")
+    raise ConfigError(f"--config: {file!r} defines no get_config() function")
   try:
-    return module.get_config()
-  except Exception as e:  # pylint: disable=broad-except
-    raise ConfigError(f"--config: get_config() of {path!r} fails: {type(e).__name__}: {e}") from e
+    return module.get_config(*args)
+  except KeyboardInterrupt:
+    raise
+  except BaseException as e:  # pylint: disable=broad-except
+    raise ConfigError(f"--config: {call} of {file!r} fails: {_failure(e)}") from e
 
 
 # The fields of a study config (`th_distill.study.study_config`; `reference` is optional), and

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import numpy as np
 import optax
 
 from th_distill import sampling
@@ -35,6 +36,10 @@ TAILS = ("renormalize", "bucket")
 
 # Dtypes of the frozen teacher and oracle in stage 2.
 FROZEN_DTYPES = ("float32", "bfloat16")
+
+
+# The smallest normal float32: `divergences.jsd` takes a smaller beta as 0.
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
 def failed(*checks: tuple[bool, str, str]) -> list[Problem]:
@@ -191,6 +196,13 @@ class LossSettings:
         f"must be >= 0 (0 = the full vocabulary), got {self.teacher_top_k}",
       ),
       (self.tail in TAILS, "loss.tail", f"must be one of {TAILS}, got {self.tail!r}"),
+      (
+        self.name != "jsd" or self.normalized or _FLOAT32_TINY <= self.beta < 1.0,
+        "loss.beta",
+        f"{self.beta} with loss.name = 'jsd' and loss.normalized = False makes the loss 0 for "
+        "every student (JSD_beta vanishes at beta = 0 and 1): nothing would train; use "
+        "0 < beta < 1, loss.normalized = True (fkl at 0, rkl at 1) or loss.name = 'fkl'/'rkl'",
+      ),
       (
         (self.teacher_top_k, self.tail) != (1, "renormalize"),
         "loss.teacher_top_k",

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from th_distill.errors import RunError, replace_atomically
+from th_distill import boundary
+from th_distill.errors import RunError
 from th_distill.observing import metric_names
 
 # The headline curve names, for readers of `metrics.jsonl` (docs/detection.md, the notebooks);
@@ -105,7 +106,7 @@ class MetricsWriter:
     self.enabled = enabled
     if not enabled:
       return
-    os.makedirs(directory, exist_ok=True)
+    boundary.make_dirs(directory)
     self._rows = read_metrics(self.path)
     if resume_step is not None:
       self._rows = [r for r in self._rows if r["step"] < resume_step]
@@ -114,17 +115,14 @@ class MetricsWriter:
     # (seconds), which every command paid at start-up through the config defaults.
     from tensorboardX import SummaryWriter
 
+    boundary.make_dirs(os.path.join(directory, "tensorboard"))
     self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
 
   def _rewrite(self) -> None:
     """Writes every row atomically and reopens the file for appending."""
 
-    def write(tmp: str) -> None:
-      with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(_line(r) for r in self._rows)
-
-    replace_atomically(self.path, self.path + ".tmp", write)
-    self._file = open(self.path, "a", encoding="utf-8")
+    boundary.write_atomically(self.path, lambda f: f.writelines(_line(r) for r in self._rows))
+    self._file = boundary.open_append(self.path)
 
   def _lost(self) -> bool:
     """Whether the open file is no longer the one at `path` (deleted or replaced)."""

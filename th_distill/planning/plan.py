@@ -490,10 +490,8 @@ def _run(
 
 def main() -> None:
   """The command line (flags are defined here, not at import: other modules define --config too)."""
-  config = config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Config file (configs/*.py); --config.KEY=VALUE overrides as for th_distill.main.",
+  config = cli.config_flag(
+    "Config file (configs/*.py); --config.KEY=VALUE overrides as for th_distill.main."
   )
   flags.mark_flag_as_required("config")
   mesh = flags.DEFINE_string("mesh", None, "data,fsdp,model (default: the config's mesh).")
@@ -501,6 +499,7 @@ def main() -> None:
     "devices",
     None,
     "Devices of the target (a slice's chips); default: data x fsdp x model of --mesh.",
+    lower_bound=1,
   )
   json_path = flags.DEFINE_string(
     "json",

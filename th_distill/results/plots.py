@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from th_distill import boundary
 from th_distill.detection import Detection
 
 
@@ -31,6 +32,13 @@ class Curve:
     count = finite.sum(axis=0)
     total = np.where(finite, self.values, 0.0).sum(axis=0)
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _save(fig, path: str) -> None:
+  """Writes `fig` to the PNG file `path` atomically, never through a link (`rundir.boundary`)."""
+  boundary.write_atomically(
+    path, lambda f: fig.savefig(f, dpi=110, format="png"), binary=True, suffix=".png"
+  )
 
 
 def _band(ax, label: str, curve: Curve, color=None) -> bool:
@@ -71,7 +79,7 @@ def plot_metric_panels(
     ax.grid(alpha=0.3, which="both")
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
 
 
@@ -98,7 +106,7 @@ def plot_proxy_golden(
     ax.grid(alpha=0.3, which="both")
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
 
 
@@ -148,7 +156,7 @@ def plot_detections(
   for ax in axes.ravel()[count:]:
     ax.axis("off")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
 
 
@@ -183,5 +191,5 @@ def plot_cost(arms: Mapping[str, Mapping[str, Sequence[float]]], path: str) -> N
   axes[1].axhline(0.0, color="k", linewidth=0.8)
   fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center right")
   fig.tight_layout(rect=(0, 0, 0.78, 1))
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from th_distill import detection
+from th_distill import boundary, detection
 from th_distill.config.run_config import RunConfig
 from th_distill.data.vocabularies import task_vocabulary
 from th_distill.observing.metric_names import GOLDEN, PROXY
@@ -149,8 +149,7 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
   lines += samples.section(run_dir, tuple(summary["regimes"]), task_vocabulary(config.task))
   if config.write_figures:
     lines += [f"![{name}]({name}.png)\n" for name in ("curves", "proxy_golden", "detector")]
-  with open(run_dir.report, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
+  boundary.write_text(run_dir.report, "\n".join(lines))
   return summary
 
 

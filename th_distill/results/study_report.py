@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from th_distill import boundary
 from th_distill.config.run_config import RunConfig
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.results import figures, paired, plots, report
@@ -95,7 +96,7 @@ def write_study_report(
     "paired": comparisons,
     "detector": {"metric": metric, "settings": dataclasses.asdict(settings), **quality},
   }
-  os.makedirs(directory, exist_ok=True)
+  boundary.make_dirs(directory)
   checkpoints.write_json(RunDirectory(directory).summary, summary)
   levels = [
     s["teacher_golden"]
@@ -213,6 +214,5 @@ def write_study_report(
       )
     )
   lines.append("")
-  with open(RunDirectory(directory).report, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
+  boundary.write_text(RunDirectory(directory).report, "\n".join(lines))
   return summary

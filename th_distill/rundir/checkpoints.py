@@ -23,7 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from th_distill.errors import RunError, replace_atomically
+from th_distill import boundary, errors
+from th_distill.errors import RunError
 
 # Orbax's asynchronous saves from several threads' managers at once collide (they time out
 # waiting for each other's signals), so while regimes run side by side (`stages.stage2`) every
@@ -71,14 +72,8 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: str, value: Any) -> None:
-  """Writes `value` to `path` atomically as strict JSON (`json_safe`)."""
-  text = json.dumps(json_safe(value), indent=2, sort_keys=True, allow_nan=False)
-
-  def write(tmp: str) -> None:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-
-  replace_atomically(path, f"{path}.tmp{os.getpid()}", write)
+  """Writes `value` to `path` atomically as strict JSON (`json_safe`; `boundary.write_text`)."""
+  boundary.write_text(path, json.dumps(json_safe(value), indent=2, sort_keys=True, allow_nan=False))
 
 
 def read_json(path: str) -> Any:
@@ -97,9 +92,28 @@ def describe(error: BaseException) -> str:
   return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
+# The JSON files of an Orbax checkpoint folder (its items' too).
+_ORBAX_JSON = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding")
+
+
+def unreadable_json(folder: str) -> str | None:
+  """The first of the JSON files Orbax keeps in the checkpoint `folder` (`_ORBAX_JSON`, in it
+  and its items) that is not valid UTF-8 JSON, or None."""
+  for root, _, names in sorted(os.walk(folder)):
+    for name in sorted(set(names) & set(_ORBAX_JSON)):
+      try:
+        read_json(os.path.join(root, name))
+      except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError included
+        return os.path.join(root, name)
+  return None
+
+
 def damaged(path: str, role: str, error: BaseException, fix: str) -> DamagedFile:
-  """The DamagedFile of `path` (`role`: what it holds) that `error` kept from being read."""
-  return DamagedFile(f"{path} ({role}) cannot be read ({describe(error)}); {fix}")
+  """The DamagedFile of `path` (`role`: what it holds) that `error` kept from being read; for a
+  checkpoint folder, naming the file in it that cannot be read (`unreadable_json`)."""
+  culprit = unreadable_json(path) if os.path.isdir(path) else None
+  where = f"{culprit}: " if culprit else ""
+  return DamagedFile(f"{path} ({role}) cannot be read ({where}{describe(error)}); {fix}")
 
 
 def set_aside(path: str, role: str, error: BaseException) -> None:
@@ -144,10 +158,11 @@ def readable_arrays(path: str, role: str) -> dict[str, np.ndarray] | None:
 
 def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
   """Writes `arrays` to the .npz file `path` atomically."""
-  replace_atomically(
+  boundary.write_atomically(
     path,
-    f"{path}.tmp{os.getpid()}.npz",
-    lambda tmp: np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()}),
+    lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}),
+    binary=True,
+    suffix=".npz",
   )
 
 
@@ -162,7 +177,10 @@ def _abstract(tree: Any) -> Any:
 
 @_serialised
 def save_params(path: str, params: Any) -> None:
-  """Saves a parameter pytree as an Orbax checkpoint at `path` (absolute, must not exist)."""
+  """Saves a parameter pytree as an Orbax checkpoint at `path` (absolute, must not exist; its
+  folder and `path` must not be links: `boundary.check`)."""
+  boundary.check(os.path.dirname(os.path.abspath(path)))
+  boundary.check(path)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.abspath(path), params, force=True)
   checkpointer.wait_until_finished()
@@ -176,6 +194,39 @@ def load_params(path: str, like: Any) -> Any:
 
 
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a checkpoint Orbax has not finalised
+
+
+class CheckpointLost(RunError):
+  """A checkpoint's folder (or its regime's) was deleted while the checkpoint was written."""
+
+
+def _deleted_while_written(error: BaseException) -> bool:
+  """Whether Orbax's `error` says files of a checkpoint being written have vanished (a missing
+  file, TensorStore's NOT_FOUND, Orbax's missing array metadata), anywhere in its causes."""
+  seen: set[int] = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    text = str(error)
+    if isinstance(error, FileNotFoundError) or "NOT_FOUND" in text or "No ArrayMetadata" in text:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+@contextlib.contextmanager
+def _lost_checkpoints_named(directory: str, step: int | None) -> Iterator[None]:
+  """Turns an Orbax error of a checkpoint whose files were deleted while it was written into a
+  one-line CheckpointLost naming `directory` (other errors, a full disk included, go through)."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (Orbax's and TensorStore's own types)
+    if errors.space_error(e) is not None or not _deleted_while_written(e):
+      raise
+    raise CheckpointLost(
+      f"{directory} (or the folder it is in) was deleted while checkpoint {step} was being "
+      "written; run the same command again: the run resumes from the last checkpoint left "
+      "(from the start if none is)"
+    ) from e
 
 
 class CheckpointMismatch(RunError):
@@ -227,6 +278,8 @@ class RunCheckpointer:
   @_serialised
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
+    boundary.check(os.path.dirname(self.directory))
+    boundary.check(self.directory)  # never a linked checkpoints/ (Orbax would write through it)
     self._saving: int | None = None  # the step of the last save started
     self._manager = ocp.CheckpointManager(
       self.directory,
@@ -248,15 +301,17 @@ class RunCheckpointer:
     as it is); see the class doc."""
     if step in self._manager.all_steps():  # the step being saved included
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state))  # raises a failed earlier save
+    with _lost_checkpoints_named(self.directory, self._saving):  # a failed earlier save raises
+      self._manager.save(step, args=ocp.args.StandardSave(state))
     self._saving = step
     if _one_at_a_time:
-      self._manager.wait_until_finished()
+      self.wait()
 
   @_serialised
   def wait(self) -> None:
     """Blocks until the last save is on disk (raises its error if it failed)."""
-    self._manager.wait_until_finished()
+    with _lost_checkpoints_named(self.directory, self._saving):
+      self._manager.wait_until_finished()
 
   @_serialised
   def restore_latest(self, like: Any) -> Any | None:
@@ -269,7 +324,8 @@ class RunCheckpointer:
         if change is None:
           restored = self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(like)))
       except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
-        self._set_aside(step, f"{type(e).__name__}: {e}")
+        culprit = unreadable_json(os.path.join(self.directory, str(step)))
+        self._set_aside(step, (f"{culprit}: " if culprit else "") + describe(e))
         continue
       if change is not None:
         raise CheckpointMismatch(
@@ -334,6 +390,8 @@ class RunCheckpointer:
 def save_param_trees(path: str, trees: dict[str, Any]) -> None:
   """Saves named parameter pytrees as one Orbax composite checkpoint at `path` (one item per
   name; collective on every process)."""
+  boundary.check(os.path.dirname(os.path.abspath(path)))
+  boundary.check(path)
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   checkpointer.save(
     os.path.abspath(path),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from th_distill import errors
+from th_distill import boundary, errors
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.partitioning import is_main_process
 from th_distill.rundir import checkpoints
@@ -70,11 +70,15 @@ class KeptParameters:
     candidates = self._path("candidates")
     if monitor.fired:
       best = monitor.result.best_predicted_step
-      source = os.path.join(candidates, str(best))
-      if os.path.isdir(source):
+      source, kept = os.path.join(candidates, str(best)), self._path("best_predicted")
+      # A `kept` folder without its source was moved there before a kill: the resumed run
+      # fires again at the same evaluation, with the same best step.
+      if os.path.isdir(source) or os.path.isdir(kept):
         if is_main_process():
-          shutil.rmtree(self._path("best_predicted"), ignore_errors=True)
-          os.replace(source, self._path("best_predicted"))
+          if os.path.isdir(source):
+            boundary.check(kept)
+            shutil.rmtree(kept, ignore_errors=True)
+            os.replace(source, kept)
           checkpoints.write_json(
             self._path("best_predicted.json"),
             {"step": best, "detected_step": monitor.result.step},

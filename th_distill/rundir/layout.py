@@ -19,6 +19,7 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING
 
+from th_distill import boundary
 from th_distill.observing import metrics_io
 from th_distill.rundir import checkpoints, records
 
@@ -63,7 +64,7 @@ class Stage1Directory:
     return os.path.join(self.path, "started.json")
 
   def write_started(self, record: dict) -> None:
-    os.makedirs(self.path, exist_ok=True)
+    boundary.make_dirs(self.path)
     checkpoints.write_json(self.started_marker, record)
 
   @property
@@ -157,7 +158,7 @@ class RegimeDirectory:
 
   def write_started(self, record: dict) -> None:
     """Writes `started.json` (the config record the run resumes under), creating the folder."""
-    os.makedirs(self.path, exist_ok=True)
+    boundary.make_dirs(self.path)
     checkpoints.write_json(self.started_marker, record)
 
 
@@ -213,5 +214,5 @@ class RunDirectory:
       raise records.refusal(f"--workdir={self.path}", diff)
 
   def write_config(self, config: RunConfig) -> None:
-    os.makedirs(self.path, exist_ok=True)
+    os.makedirs(self.path, exist_ok=True)  # the workdir: the user names it, a link or not
     checkpoints.write_json(self.config, config.values)

@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from th_distill import boundary
 from th_distill.errors import RunError
 
 LOCK_NAME = ".lock"
@@ -60,7 +61,9 @@ def _acquire(workdir: str) -> int | None:
   path = os.path.join(workdir, LOCK_NAME)
   try:
     os.makedirs(workdir, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = boundary.open_fd(path)  # never through a link or into a FIFO
+  except boundary.UnsafePath as e:
+    raise WorkdirLocked(str(e)) from None
   except OSError as e:
     raise WorkdirLocked(
       f"--workdir={workdir} cannot be used: {e.strerror} ({path}); choose a writable --workdir"

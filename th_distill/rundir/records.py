@@ -7,7 +7,8 @@ whose sections changed (`ConfigChanged`, listing each changed field with its old
 and the two ways forward: a new `--workdir`, or the old values as command-line overrides).
 Fields that change no result (`FREE_FIELDS`) are in no stage's sections: `regimes` (the arms to
 run), `on_nonfinite` (a run stopped by a non-finite step may go on skipping them), `mesh`
-(results do not depend on it beyond float tolerance; checkpoints restore onto another mesh) and
+(results depend on it only through float reduction order: finished stages are reused under any
+mesh, and unfinished ones resume on the devices they started on, `rundir.devices`) and
 `hacking_threshold_pct` and `write_figures` (read by the report only).
 """
 

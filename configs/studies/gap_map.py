@@ -4,7 +4,9 @@ the student passed its teacher), over settings that move the gap and what else m
 rise:
 - teacher quality, from worse to better than the student's reach: the default teacher (1,500 SFT
   steps at lr 3e-3, past its best: about 0.9 nats/token), 900 and 500 steps (about 0.70 and
-  0.66), and the strong teacher (d_model 128 on 16,384 oracle samples, lr 1e-3: about 0.45);
+  0.66), the strong teacher (d_model 128 on 16,384 oracle samples, lr 1e-3: about 0.45), and
+  width and data apart: d_model 128 on the default's data for 700 steps (`wide_t700`, about
+  0.8) and d_model 64 on 16,384 samples at lr 1e-3 (`narrow_16k`);
 - student capacity: d_model 64 (the default) and 32 (`half_*`); student start: 500 and 100 SFT
   steps (`sft100_*`);
 - data repetition: offline N = 1,024 prompts x k = 1 (four times the epochs) and the diversity
@@ -16,7 +18,7 @@ rise:
 The grid was chosen on the probes of seeds 0 and 1 (docs/signature_search.md section 5); it is
 tested on seeds 20-24, never used to choose anything (docs/studies.md).
   python -m th_distill.study --config=configs/studies/gap_map.py --workdir=W
-    (the map: 14 settings x 5 seeds, about 6 h of this 2-core machine when idle)
+    (the map: 16 settings x 5 seeds; its CPU time is in docs/studies.md)
   python -m th_distill.study --config=configs/studies/gap_map.py:first --workdir=W
     (the first pass: 6 settings on seed 20; its runs are the map's own, reused by the full one)
 """
@@ -49,6 +51,8 @@ SETTINGS = {
   "strong_N1024_k4": {**STRONG, **DIVERSE},
   "jsd_strong": {**STRONG, "loss": {"name": "jsd"}},
   "t500_N1024_k4": {"teacher": {"steps": 500}, **DIVERSE},
+  "wide_t700": {"teacher": {"model": STRONG_TEACHER["model"], "steps": 700}},
+  "narrow_16k": {"prompts": {"num_oracle": 16384}, "teacher": {"learning_rate": 1e-3}},
 }
 # Fewer prompts x more generations at the default's dataset size (read at equal gap).
 DIVERSITY_SETTINGS = ("N1024_k4", "strong_N1024_k4", "t500_N1024_k4")

@@ -142,7 +142,7 @@ def test_the_map_config_holds_its_first_pass_and_names_its_seeds():
     return {study.run_dir("W", RunConfig.from_config(c)) for _, _, c in runs}
 
   first, full = directories("first"), directories("")
-  assert len(first) == 6 and len(full) == 70 and first <= full
+  assert len(first) == 6 and len(full) == 80 and first <= full
   assert not set(config_file.SEEDS) & set(config_file.CALIBRATION_SEEDS)
   assert config_file.get_config("").diversity == config_file.DIVERSITY_SETTINGS
   with pytest.raises(ValueError, match="gap_map.py:second"):

@@ -20,7 +20,9 @@ tested on seeds 20-24, never used to choose anything (docs/studies.md).
   python -m th_distill.study --config=configs/studies/gap_map.py --workdir=W
     (the map: 16 settings x 5 seeds; its CPU time is in docs/studies.md)
   python -m th_distill.study --config=configs/studies/gap_map.py:first --workdir=W
-    (the first pass: 6 settings on seed 20; its runs are the map's own, reused by the full one)
+    (the first pass: 6 settings on seed 20; its runs are the map's own, reused by the full one;
+    `gap_map.py:t1500` runs one setting on seed 20. A study config's variants run in sorted
+    order of their names.)
 """
 
 from th_distill.config import base_config, model_config
@@ -63,21 +65,26 @@ CALIBRATION_SEEDS = (0, 1)
 
 
 def get_config(options: str = ""):
-  """The map; `options` 'first': its first pass (FIRST on seed 20)."""
-  if options not in ("", "first"):
-    raise ValueError(f"gap_map.py:{options}: the options are '' (the map) or 'first'")
+  """The map; `options` 'first': its first pass (FIRST on seed 20); a setting's name: that
+  setting alone on seed 20 (its runs are the map's: a pass can be run one setting at a time, in
+  any order, and reported with `:first --finished_only`)."""
+  if options not in ("", "first", *SETTINGS):
+    raise ValueError(
+      f"gap_map.py:{options}: the options are '' (the map), 'first' or a setting of "
+      f"{sorted(SETTINGS)}"
+    )
   base = base_config()
   base.regimes = ("offline", "online_teacher")
   base.student.steps = STEPS
   base.write_figures = False
-  names = FIRST if options == "first" else tuple(SETTINGS)
+  names = {"": tuple(SETTINGS), "first": FIRST}.get(options, (options,))
   return study_config(
-    "gap_map" + ("_first" if options else ""),
+    "gap_map" + (f"_{options}" if options else ""),
     "The golden rise against the teacher-student gap (tiny, 4,000 steps, read at 1x and 2x)",
     base,
     {name: SETTINGS[name] for name in names},
-    seeds=SEEDS[:1] if options == "first" else SEEDS,
-    reference="t1500 / offline",
+    seeds=SEEDS if not options else SEEDS[:1],
+    reference=f"{names[0]} / offline",
     analysis="gap_map",
     diversity=tuple(name for name in DIVERSITY_SETTINGS if name in names),
   )

@@ -145,5 +145,6 @@ def test_the_map_config_holds_its_first_pass_and_names_its_seeds():
   assert len(first) == 6 and len(full) == 80 and first <= full
   assert not set(config_file.SEEDS) & set(config_file.CALIBRATION_SEEDS)
   assert config_file.get_config("").diversity == config_file.DIVERSITY_SETTINGS
+  assert directories("t1500") <= first and len(directories("t1500")) == 1
   with pytest.raises(ValueError, match="gap_map.py:second"):
     config_file.get_config("second")

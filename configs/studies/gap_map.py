@@ -84,7 +84,7 @@ def get_config(options: str = ""):
     base,
     {name: SETTINGS[name] for name in names},
     seeds=SEEDS if not options else SEEDS[:1],
-    reference=f"{names[0]} / offline",
+    reference=f"{names[0]} / offline" if len(names) > 1 else "offline",
     analysis="gap_map",
     diversity=tuple(name for name in DIVERSITY_SETTINGS if name in names),
   )

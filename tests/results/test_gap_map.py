@@ -148,3 +148,15 @@ def test_the_map_config_holds_its_first_pass_and_names_its_seeds():
   assert directories("t1500") <= first and len(directories("t1500")) == 1
   with pytest.raises(ValueError, match="gap_map.py:second"):
     config_file.get_config("second")
+
+
+@pytest.mark.parametrize("options", ["", "first", "t1500"])
+def test_the_map_config_names_an_arm_of_its_own_as_reference(options):
+  config = config_file.get_config(options)
+  regimes = config.base.regimes
+  arms = {
+    study.arm_label(v, r, len(config.variants), set(regimes))
+    for v in config.variants
+    for r in regimes
+  }
+  assert config.reference in arms

@@ -127,7 +127,8 @@ def test_the_analysis_groups_regimes_and_lengths_and_writes_its_report(tmp_path)
   assert set(result["analysis"]["groups"]) == {
     f"{r} {n}" for r in ("offline", "online_teacher") for n in ("1x", "2x")
   }
-  assert result["analysis"]["groups"]["offline 2x"]["rise_vs_gap"]["n"] == 6
+  offline = result["analysis"]["groups"]["offline 2x"]
+  assert offline["rise_vs_gap"]["n"] == 6 and offline["rise_vs_gap_passed"]["n"] == 4
   text = (tmp_path / "report.md").read_text()
   assert (
     text.startswith("# study\n") and "## The golden rise against the teacher-student gap" in text

@@ -9,7 +9,8 @@ golden rose (`summaries.POSITIVE`: a rise of the threshold with a rising trend a
 minimum, or a regression from the start) and *passed* when the gap is positive.
 
 Per regime and length (`analyse`):
-- `fit_line` of the rise (%) and of the trend (% per doubling) against the gap, OLS with a 95%
+- `fit_line` of the rise (%) and of the trend (% per doubling) against the gap (and of the rise
+  on the runs that passed alone: does it grow with the gap beyond zero?), OLS with a 95%
   Student-t interval on the slope (the runs are taken as independent; runs of one seed share its
   oracle, so the interval is optimistic where one seed dominates);
 - the counts of rise without a pass (of the runs that never passed) and of a pass without a rise
@@ -170,6 +171,9 @@ def analyse(points: Sequence[Mapping[str, Any]], diversity: Sequence[str]) -> di
     gaps = [p["gap"] for p in group]
     result[name] = {
       "rise_vs_gap": fit_line(gaps, [p["rise_pct"] for p in group]),
+      "rise_vs_gap_passed": fit_line(
+        [p["gap"] for p in group if p["passed"]], [p["rise_pct"] for p in group if p["passed"]]
+      ),
       "trend_vs_gap": fit_line(gaps, [_none_nan(p["trend"]) for p in group]),
       "counts": counts(group),
       "diversity_at_equal_gap": at_equal_gap(group, diversity),
@@ -248,9 +252,10 @@ def analysis_lines(analysis: Mapping[str, Any], diversity: Sequence[str]) -> lis
   """The fits, the counts and the diversity settings at equal gap, in markdown."""
   lines = [
     "| regime, length | runs | rise % = a + b gap: b [95% CI] | a [95% CI] | r² | "
-    "trend = a + b gap: b [95% CI] | rise without pass (of never passed) | "
-    "pass without rise (of passed) | diversity residual at equal gap: mean [95% CI] (runs) |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "b on the runs that passed (runs) | trend = a + b gap: b [95% CI] | "
+    "rise without pass (of never passed) | pass without rise (of passed) | "
+    "diversity residual at equal gap: mean [95% CI] (runs) |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name, g in analysis["groups"].items():
     rise, trend, c = g["rise_vs_gap"], g["trend_vs_gap"], g["counts"]
@@ -261,7 +266,9 @@ def analysis_lines(analysis: Mapping[str, Any], diversity: Sequence[str]) -> lis
     fitted = "r2" in rise
     lines.append(
       f"| {name} | {rise['n']} | {_interval(rise, 'slope')} | {_interval(rise, 'intercept')} | "
-      f"{format(rise['r2'], '.2f') if fitted else '–'} | {_interval(trend, 'slope', '+.2f')} | "
+      f"{format(rise['r2'], '.2f') if fitted else '–'} | "
+      f"{_interval(g['rise_vs_gap_passed'], 'slope')} ({g['rise_vs_gap_passed']['n']}) | "
+      f"{_interval(trend, 'slope', '+.2f')} | "
       f"{_share(c['rise_without_pass'])} | {_share(c['pass_without_rise'])} | "
       f"{residual} ({len(d['residuals'])}) |"
     )

@@ -23,7 +23,7 @@ def _rows(golden, proxy=FALLING):
   ]
 
 
-def _point(setting, gap, rise, rose, regime="offline", seed=20, trend=None):
+def _point(setting, gap, rise, rose, regime="offline", seed=20, trend=None, rising=None):
   return {
     "setting": setting,
     "regime": regime,
@@ -33,6 +33,7 @@ def _point(setting, gap, rise, rose, regime="offline", seed=20, trend=None):
     "rise_pct": rise,
     "trend": trend,
     "rose": rose,
+    "rising": rose if rising is None else rising,
     "passed": None if gap is None else gap > 0,
   }
 
@@ -46,7 +47,8 @@ def test_a_run_is_read_at_half_and_at_its_full_length():
   assert half["pass_step"] == full["pass_step"] == 200
   assert half["rise_pct"] == pytest.approx(100 * 0.05 / 1.5)
   assert full["rise_pct"] == pytest.approx(100 * 0.2 / 1.5)
-  assert not half["rose"]  # one evaluation after the minimum: no trend
+  assert not half["rose"] and not half["rising"]  # one evaluation after the minimum: no trend
+  assert full["rising"]
   assert full["rose"] and full["outcome"] == "teacher_hacking" and full["passed"]
   never = gap_map.run_points(_rows(U_SHAPE), 600, 1.2, 5.0, settings, PROXY)[1]
   assert never["gap"] == pytest.approx(-0.3) and not never["passed"]
@@ -88,6 +90,9 @@ def test_counts_of_rise_without_pass_and_pass_without_rise_carry_exact_intervals
   low, high = c["rise_without_pass"]["ci95"]
   assert low == pytest.approx(stats.beta.ppf(0.025, 1, 8))
   assert high == pytest.approx(stats.beta.ppf(0.975, 2, 7))
+  points[1]["rising"] = True  # a small rise with a rising trend: no pass without one
+  trending = gap_map.counts(points, "rising")
+  assert (trending["pass_without_rise"]["k"], trending["pass_without_rise"]["n"]) == (0, 2)
   none = gap_map.proportion(0, 10)
   assert none["ci95"] == pytest.approx([0.0, 1 - 0.025**0.1])
   assert gap_map.proportion(0, 0) == {"k": 0, "n": 0, "ci95": None}

@@ -14,7 +14,8 @@ Per regime and length (`analyse`):
   Student-t interval on the slope (the runs are taken as independent; runs of one seed share its
   oracle, so the interval is optimistic where one seed dominates);
 - the counts of rise without a pass (of the runs that never passed) and of a pass without a rise
-  (of the runs that passed), with Clopper-Pearson 95% intervals;
+  (of the runs that passed), with Clopper-Pearson 95% intervals, a rise read both as the
+  oracle's verdict and as a rising trend of any size (`rising`: its 95% interval above zero);
 - where the diversity settings sit at equal gap (`at_equal_gap`): their residuals from the rise
   line fitted on the other settings, with a t interval on the mean residual.
 """
@@ -73,6 +74,7 @@ def run_points(
         "trend": s["golden_trend_pct_per_doubling"],
         "trend_ci95": s["golden_trend_ci95"],
         "rose": s["outcome"] in POSITIVE,
+        "rising": s["golden_trend_rising"],
         "passed": None if gap is None else gap > 0,
         "pass_step": s["teacher_pass_step"],
         "proxy_change_pct": s["proxy_change_after_min_pct"],
@@ -112,16 +114,18 @@ def proportion(successes: int, trials: int) -> dict[str, Any]:
   return {"k": successes, "n": trials, "ci95": None if trials == 0 else [low, high]}
 
 
-def counts(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def counts(points: Sequence[Mapping[str, Any]], rise: str = "rose") -> dict[str, Any]:
   """Rises without a pass (of the points that never passed) and passes without a rise (of the
-  points that passed); points whose teacher level is unknown are left out."""
+  points that passed), a rise being the points' `rise` flag ('rose': the oracle's verdict;
+  'rising': the trend's interval above zero, whatever the size); points whose teacher level is
+  unknown are left out."""
   known = [p for p in points if p["passed"] is not None]
   passed = [p for p in known if p["passed"]]
   never = [p for p in known if not p["passed"]]
   return {
-    "rise_without_pass": proportion(sum(p["rose"] for p in never), len(never)),
-    "pass_without_rise": proportion(sum(not p["rose"] for p in passed), len(passed)),
-    "rises": proportion(sum(p["rose"] for p in known), len(known)),
+    "rise_without_pass": proportion(sum(p[rise] for p in never), len(never)),
+    "pass_without_rise": proportion(sum(not p[rise] for p in passed), len(passed)),
+    "rises": proportion(sum(p[rise] for p in known), len(known)),
   }
 
 
@@ -176,9 +180,14 @@ def analyse(points: Sequence[Mapping[str, Any]], diversity: Sequence[str]) -> di
       ),
       "trend_vs_gap": fit_line(gaps, [_none_nan(p["trend"]) for p in group]),
       "counts": counts(group),
+      "counts_rising_trend": counts(group, "rising"),
       "diversity_at_equal_gap": at_equal_gap(group, diversity),
     }
-  return {"groups": result, "all": counts(points)}
+  return {
+    "groups": result,
+    "all": counts(points),
+    "all_rising_trend": counts(points, "rising"),
+  }
 
 
 def _none_nan(value: float | None) -> float:
@@ -254,11 +263,12 @@ def analysis_lines(analysis: Mapping[str, Any], diversity: Sequence[str]) -> lis
     "| regime, length | runs | rise % = a + b gap: b [95% CI] | a [95% CI] | r² | "
     "b on the runs that passed (runs) | trend = a + b gap: b [95% CI] | "
     "rise without pass (of never passed) | pass without rise (of passed) | "
+    "rising trend without pass | pass without rising trend | "
     "diversity residual at equal gap: mean [95% CI] (runs) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name, g in analysis["groups"].items():
-    rise, trend, c = g["rise_vs_gap"], g["trend_vs_gap"], g["counts"]
+    rise, trend, c, t = g["rise_vs_gap"], g["trend_vs_gap"], g["counts"], g["counts_rising_trend"]
     d = g["diversity_at_equal_gap"]
     residual = "–" if d["mean"] is None else f"{d['mean']:+.1f}"
     if d["mean_ci95"] is not None:
@@ -270,15 +280,18 @@ def analysis_lines(analysis: Mapping[str, Any], diversity: Sequence[str]) -> lis
       f"{_interval(g['rise_vs_gap_passed'], 'slope')} ({g['rise_vs_gap_passed']['n']}) | "
       f"{_interval(trend, 'slope', '+.2f')} | "
       f"{_share(c['rise_without_pass'])} | {_share(c['pass_without_rise'])} | "
+      f"{_share(t['rise_without_pass'])} | {_share(t['pass_without_rise'])} | "
       f"{residual} ({len(d['residuals'])}) |"
     )
-  total = analysis["all"]
+  total, trending = analysis["all"], analysis["all_rising_trend"]
   lines += [
     "",
     f"All points: rise without a pass {_share(total['rise_without_pass'])}, a pass without a "
-    f"rise {_share(total['pass_without_rise'])}, rises {_share(total['rises'])} "
-    "(k/n [Clopper-Pearson 95%]). Diversity settings (residuals from the other settings' "
-    f"rise line): {', '.join(diversity) or 'none'}.",
+    f"rise {_share(total['pass_without_rise'])}, rises {_share(total['rises'])}; with a "
+    "rise read as a rising trend of any size: "
+    f"{_share(trending['rise_without_pass'])}, {_share(trending['pass_without_rise'])}, "
+    f"{_share(trending['rises'])} (k/n [Clopper-Pearson 95%]). Diversity settings "
+    f"(residuals from the other settings' rise line): {', '.join(diversity) or 'none'}.",
   ]
   return lines
 

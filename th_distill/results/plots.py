@@ -194,10 +194,12 @@ def plot_rise_vs_gap(points: Sequence[Mapping[str, object]], path: str) -> None:
   of the dotted line."""
   regimes = sorted({str(p["regime"]) for p in points}) or ["(no runs)"]
   settings = list(dict.fromkeys(str(p["setting"]) for p in points))
-  fig, axes = plt.subplots(1, len(regimes), figsize=(6 * len(regimes) + 2, 4.6), squeeze=False)
+  fig, axes = plt.subplots(
+    1, len(regimes), figsize=(5.5 * len(regimes) + 2.5, 4.6), squeeze=False, sharey=True
+  )
   for ax, regime in zip(axes[0], regimes):
     for index, setting in enumerate(settings):
-      color = plt.cm.tab20(index % 20)
+      color = plt.cm.tab10(index % 10) if len(settings) <= 10 else plt.cm.tab20(index % 20)
       for length, fill in (("1x", "none"), ("2x", color)):
         chosen = [
           p
@@ -222,7 +224,7 @@ def plot_rise_vs_gap(points: Sequence[Mapping[str, object]], path: str) -> None:
     ax.grid(alpha=0.3)
   handles, labels = axes[0][0].get_legend_handles_labels()
   if handles:
-    fig.legend(handles, labels, fontsize=7, loc="center right")
-  fig.tight_layout(rect=(0, 0, 0.82, 1))
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(0.8, 0.5))
+  fig.tight_layout(rect=(0, 0, 0.8, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -10,7 +10,9 @@ A study config (`configs/studies/*.py`) has:
 - `seeds`: the seeds every variant runs with;
 - `reference`: the arm the others are compared with, paired over seeds (`th_distill.results.paired`;
   default: the first arm); `references` (optional): {arm: its own reference arm}, for studies
-  with several families of arms.
+  with several families of arms;
+- `analysis` (optional): 'gap_map' adds the golden rise against the teacher-student gap to the
+  report (`th_distill.results.gap_map`), with `diversity` the variants read at equal gap.
 
 Layout: `WORKDIR/runs/<fingerprint>/seed<s>/` is an ordinary experiment workdir (its own
 report, metrics and checkpoints), named by the hash of its config without `seed` and `regimes`;
@@ -41,7 +43,7 @@ from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
 from th_distill.observing import progress
 from th_distill.planning import workload
-from th_distill.results import study_report
+from th_distill.results import gap_map, study_report
 from th_distill.rundir import lock as workdir_lock
 from th_distill.rundir import records
 from th_distill.rundir.layout import RunDirectory
@@ -55,6 +57,8 @@ def study_config(
   seeds: tuple[int, ...] = (0, 1, 2),
   reference: str = "",
   references: Mapping[str, str] | None = None,
+  analysis: str = "",
+  diversity: tuple[str, ...] = (),
 ) -> ml_collections.ConfigDict:
   """A study config (module docstring); what `get_config()` of a study file returns."""
   return ml_collections.ConfigDict(
@@ -66,6 +70,8 @@ def study_config(
       seeds=seeds,
       reference=reference,
       references=dict(references or {}),
+      analysis=analysis,
+      diversity=diversity,
     )
   )
 
@@ -204,7 +210,7 @@ def _run(
         f"{field}: {arm!r} is not an arm of the study; its arms "
         f"are {sorted(arms)}" + config_lib.suggest(arm, list(arms))
       )
-  start, teacher_golden, costs = time.time(), {}, {}
+  start, teacher_golden, costs, mapped = time.time(), {}, {}, []
   for index, ((variant, seed, config), run_config) in enumerate(zip(runs, typed)):
     logging.info(
       "Study run %d/%d: variant %r, seed %d (%.0fs elapsed)",
@@ -223,6 +229,9 @@ def _run(
       directory.regime(regime).check_rows(run_config.eval_settings.steps)
       path = directory.regime(regime).metrics
       arms[label[variant, regime]].append((seed, path))
+      mapped.append(
+        dict(setting=variant, regime=regime, seed=seed, path=path, steps=config.student.steps)
+      )
       teacher_golden[path] = done.get("teacher_golden")  # {} off process 0
       regime_summary = done.get("regimes", {}).get(regime, {})
       costs[path] = {k: regime_summary[k] for k in workload.COST_KEYS if k in regime_summary}
@@ -237,6 +246,17 @@ def _run(
     costs,
     references,
   )
+  base = RunConfig.from_config(study.base)
+  if study.get("analysis", "") == "gap_map":
+    summary["gap_map"] = gap_map.write_gap_map(
+      directory,
+      mapped,
+      teacher_golden,
+      base.hacking_threshold_pct,
+      base.detection.detector,
+      base.detection.metric,
+      tuple(study.get("diversity", ())),
+    )
   logging.info(
     "Study done in %.0fs; report in %s", time.time() - start, RunDirectory(directory).report
   )

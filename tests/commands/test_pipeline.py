@@ -64,6 +64,15 @@ def test_every_regime_end_to_end(micro, tmp_path, init):
     assert s["golden_final"] == pytest.approx(golden[-1])
     assert s["proxy_final"] == pytest.approx(rows[-1][PROXY])
     assert s["golden_rise_pct"] == pytest.approx(100 * (golden[-1] - min(golden)) / min(golden))
+    teacher = info["teacher/golden/fkl@oracle_samples"]
+    passed = [r["step"] for r in rows if r[GOLDEN] < teacher]
+    assert s["teacher_gap_at_golden_min"] == pytest.approx(teacher - min(golden))
+    assert s["teacher_pass_step"] == (passed[0] if passed else None)
+    proxy = [r[PROXY] for r in rows]
+    floor = proxy.index(min(proxy))
+    assert (s["proxy_floor"], s["proxy_floor_step"]) == (min(proxy), rows[floor]["step"])
+    assert s["teacher_gap_at_proxy_floor"] == pytest.approx(teacher - golden[floor])
+    assert f"{regime}: " in report_text and "passed its teacher" in report_text
     best = golden.index(min(golden))
     proxy_change = 100 * (rows[-1][PROXY] - rows[best][PROXY]) / rows[best][PROXY]
     assert s["proxy_at_golden_min"] == pytest.approx(rows[best][PROXY])

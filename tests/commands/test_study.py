@@ -31,6 +31,7 @@ def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path
     },
   )
   s.references = {"k2 / online_teacher": "k1 / online_teacher"}  # a family of its own
+  s.analysis, s.diversity = "gap_map", ("k2",)  # and the rise against the gap
   summary = study.run(s, str(tmp_path))
 
   report_dir = tmp_path / "micro_study"
@@ -68,6 +69,12 @@ def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path
   assert summary["paired"]["k2 / offline"]["golden_final"]["n"] == 2
   paired_text = text.split("## Arms against each other")[1]
   assert "| k2 / offline | " in paired_text
+  points = json.loads((report_dir / "gap_map.json").read_text())["points"]
+  assert len(points) == 16  # 2 variants x 2 regimes x 2 seeds x 2 lengths
+  assert {(p["length"], p["steps"]) for p in points} == {("1x", 3), ("2x", 6)}
+  assert all(p["teacher_golden"] > 0 and p["gap"] is not None for p in points)
+  assert "| k2 | offline | 2x | 0, 1 |" in text.split("teacher-student gap")[-1]
+  assert (report_dir / "rise_vs_gap.png").stat().st_size > 0
   assert "| k2 / online_teacher − k1 / online_teacher | " in paired_text
 
   # Running again reuses everything: no regime is trained a second time.

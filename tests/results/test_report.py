@@ -185,6 +185,65 @@ def test_a_run_summary_sets_the_teacher_beside_the_student():
   assert "worth distilling from" in report.teacher_sentence(1.2, 2.0)
 
 
+FALLING_PROXY = np.linspace(1, 0.5, 7)  # floor 0.5 @ 600, where golden is 1.7
+
+
+@pytest.mark.parametrize(
+  "teacher, gap, pass_step, floor_gap, words",
+  [
+    (
+      1.55,
+      0.05,
+      200,
+      -0.15,
+      "passed its teacher at step 200 (teacher golden 1.550) and reached "
+      "1.500, 0.050 below it; at the held-out proxy's floor (step 600) its golden was 0.150 above",
+    ),
+    (
+      2.1,
+      0.6,
+      0,
+      0.4,
+      "was better than its teacher from its start (teacher golden 2.100) and "
+      "reached 1.500, 0.600 below it; at the held-out proxy's floor (step 600) its golden was "
+      "0.400 below",
+    ),
+    (
+      1.2,
+      -0.3,
+      None,
+      -0.5,
+      "never passed its teacher: its best golden 1.500 stayed 0.300 above "
+      "the teacher's 1.200; at the held-out proxy's floor (step 600) its golden was 0.500 above",
+    ),
+  ],
+)
+def test_a_run_summary_says_whether_and_when_the_student_passed_its_teacher(
+  teacher, gap, pass_step, floor_gap, words
+):
+  rows = _rows(**{GOLDEN: U_SHAPE, PROXY: FALLING_PROXY, TRAIN_PROXY: np.ones(7)})
+  s = summaries.summarize_run(rows, 5.0, detection.DetectorSettings(), PROXY, teacher)
+  assert s["teacher_gap_at_golden_min"] == pytest.approx(gap)
+  assert s["teacher_pass_step"] == pass_step
+  assert (s["proxy_floor"], s["proxy_floor_step"], s["golden_at_proxy_floor"]) == (0.5, 600, 1.7)
+  assert s["teacher_gap_at_proxy_floor"] == pytest.approx(floor_gap)
+  assert words in report.pass_sentence(s)
+
+
+def test_the_gap_is_unknown_without_the_teacher_and_skips_non_finite_evaluations():
+  golden = np.append(U_SHAPE[:-1], np.nan)
+  proxy = np.array([1.0, 0.8, np.nan, 0.4, 0.6, 0.7, 0.3])
+  gap = summaries.teacher_gap(STEPS, golden, proxy, None)
+  assert gap["teacher_gap_at_golden_min"] is None and gap["teacher_pass_step"] is None
+  assert (gap["proxy_floor"], gap["proxy_floor_step"]) == (0.4, 300)  # NaN rows left out
+  assert report.pass_sentence({**gap, "teacher_golden": None}) == ""
+  gap = summaries.teacher_gap(STEPS, golden, proxy, 1.58)
+  assert gap["teacher_gap_at_golden_min"] == pytest.approx(0.08)  # the proxy's NaN changes none
+  assert gap["teacher_pass_step"] == 200
+  assert gap["teacher_gap_at_proxy_floor"] == pytest.approx(0.03)  # golden 1.55 @ 300
+  assert summaries.teacher_gap(STEPS, np.full(7, np.nan), proxy, 1.0)["proxy_floor"] is None
+
+
 def _rows(**curves):
   """Metrics rows over STEPS holding the given curves {name: values [T]}."""
   return [

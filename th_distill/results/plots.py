@@ -193,3 +193,46 @@ def plot_cost(arms: Mapping[str, Mapping[str, Sequence[float]]], path: str) -> N
   fig.tight_layout(rect=(0, 0, 0.78, 1))
   _save(fig, path)
   plt.close(fig)
+
+
+def plot_rise_vs_gap(points: Sequence[Mapping[str, object]], path: str) -> None:
+  """The golden rise (%) against the teacher-student gap, one panel per regime, one point per
+  run and length (`results.gap_map.run_points`: `setting`, `regime`, `length`, `gap`,
+  `rise_pct`), coloured by setting; 1x hollow, 2x filled; the student passed its teacher right
+  of the dotted line."""
+  regimes = sorted({str(p["regime"]) for p in points}) or ["(no runs)"]
+  settings = list(dict.fromkeys(str(p["setting"]) for p in points))
+  fig, axes = plt.subplots(
+    1, len(regimes), figsize=(5.5 * len(regimes) + 2.5, 4.6), squeeze=False, sharey=True
+  )
+  for ax, regime in zip(axes[0], regimes):
+    for index, setting in enumerate(settings):
+      color = plt.cm.tab10(index % 10) if len(settings) <= 10 else plt.cm.tab20(index % 20)
+      for length, fill in (("1x", "none"), ("2x", color)):
+        chosen = [
+          p
+          for p in points
+          if (p["regime"], p["setting"], p["length"]) == (regime, setting, length)
+          and p["gap"] is not None
+        ]
+        if chosen:
+          ax.scatter(
+            [p["gap"] for p in chosen],
+            [p["rise_pct"] for p in chosen],
+            edgecolors=color,
+            facecolors=fill,
+            label=f"{setting} {length}",
+          )
+    ax.axvline(0.0, color="k", linestyle=":", linewidth=0.8)
+    ax.set(
+      title=regime,
+      xlabel="gap = teacher golden − student golden min (nats/token)",
+      ylabel="golden rise after its minimum (%)",
+    )
+    ax.grid(alpha=0.3)
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  if handles:
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(0.8, 0.5))
+  fig.tight_layout(rect=(0, 0, 0.8, 1))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -79,7 +79,10 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
   lines = [
     "# th_distill run report",
     "",
-    *(f"- {sentence(regime, s)}" for regime, s in summary["regimes"].items()),
+    *(
+      f"- {sentence(regime, s)} {pass_sentence(s)}".rstrip()
+      for regime, s in summary["regimes"].items()
+    ),
     "",
     f"Seed {config.seed}; offline data N = {config.offline.num_prompts} prompts x k = "
     f"{config.offline.generations_per_prompt}; online prompts: {config.online.prompts}; "
@@ -166,6 +169,36 @@ def teacher_sentence(teacher_golden: float, student_init_golden: float | None) -
     else "worse than the student's start: distillation pulls the student toward a worse model"
   )
   return f"{text}; the student starts at {student_init_golden:.3f} (the teacher is {better})."
+
+
+def pass_sentence(s: Mapping[str, Any]) -> str:
+  """Whether and when the student passed its teacher on golden (`summaries.teacher_gap`), and
+  where it stood at the held-out proxy's floor; '' where the teacher's level is unknown."""
+  gap, teacher = s.get("teacher_gap_at_golden_min"), s.get("teacher_golden")
+  if gap is None or teacher is None:
+    return ""
+  best = teacher - gap
+  if s["teacher_pass_step"] is None:
+    text = (
+      f"The student never passed its teacher: its best golden {best:.3f} stayed "
+      f"{-gap:.3f} above the teacher's {teacher:.3f}"
+    )
+  else:
+    when = (
+      "was better than its teacher from its start"
+      if s["teacher_pass_step"] == 0
+      else f"passed its teacher at step {s['teacher_pass_step']}"
+    )
+    text = (
+      f"The student {when} (teacher golden {teacher:.3f}) and reached {best:.3f}, "
+      f"{gap:.3f} below it"
+    )
+  floor = s["teacher_gap_at_proxy_floor"]
+  side = "below" if floor > 0 else "above"
+  return (
+    f"{text}; at the held-out proxy's floor (step {s['proxy_floor_step']}) its golden was "
+    f"{abs(floor):.3f} {side} the teacher's."
+  )
 
 
 def trend_text(s: Mapping[str, Any]) -> str:

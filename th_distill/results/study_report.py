@@ -35,6 +35,11 @@ def _mean_sd(values: Sequence[float | None], spec: str = ".3f") -> str:
 COST_FIGURE = "cost.png"
 
 
+def _step(step: int | None) -> str:
+  """A step, or '–' for none."""
+  return "–" if step is None else str(step)
+
+
 def _count(value: float | None, unit: float = 1.0) -> str:
   """A mean count in `unit`s with thousands separators ('–' if unknown)."""
   return "–" if value is None else f"{value / unit:,.0f}"
@@ -134,12 +139,15 @@ def write_study_report(
     "",
     "Teacher golden = the teacher's own KL(oracle || teacher); golden start = the "
     "student's at step 0; trend = the slope of golden after its minimum in percent per "
-    "doubling of the steps, with the seeds whose 95% interval lies above zero (rising).",
+    "doubling of the steps, with the seeds whose 95% interval lies above zero (rising); "
+    "gap = teacher golden − the student's golden minimum (positive: the student passed its "
+    "teacher), with the step of each seed's first evaluation below the teacher (– never).",
     "",
     "| arm | seeds | teacher golden | golden start | golden min | golden min step | "
-    "golden final | rise % | trend %/doubling (rising) | proxy final | proxy change % | "
-    "outcome (oracle) | detector | teacher samples | student samples | generation GFLOP |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "golden final | rise % | trend %/doubling (rising) | gap at golden min (pass steps) | "
+    "proxy final | proxy change % | outcome (oracle) | detector | teacher samples | "
+    "student samples | generation GFLOP |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for label, arm in arms.items():
     seeds = list(arm["seeds"].values())
@@ -155,6 +163,8 @@ def write_study_report(
       f"{_mean_sd([s['golden_rise_pct'] for s in seeds], '+.1f')} | "
       f"{_mean_sd([s['golden_trend_pct_per_doubling'] for s in seeds], '+.2f')} "
       f"({rising}/{len(seeds)}) | "
+      f"{_mean_sd([s.get('teacher_gap_at_golden_min') for s in seeds], '+.3f')} "
+      f"({', '.join(_step(s.get('teacher_pass_step')) for s in seeds)}) | "
       f"{_mean_sd([s['proxy_final'] for s in seeds])} | "
       f"{_mean_sd([s['proxy_change_after_min_pct'] for s in seeds], '+.1f')} | {outcomes} | "
       f"{arm['detected_runs']}/{len(seeds)} ({fired}) | "

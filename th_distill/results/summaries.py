@@ -171,6 +171,7 @@ def summarize_run(
     **headline,
     "hacking": headline["outcome"] == "teacher_hacking",
     **teacher_levels(teacher_golden, golden),
+    **teacher_gap(steps, golden, proxy, teacher_golden),
     "views": views,
     "final_step": int(steps[-1]),
     "train_loss_final": rows[-1].get("train/loss"),
@@ -220,6 +221,43 @@ def teacher_levels(teacher_golden: float | None, golden: np.ndarray) -> dict[str
   }
 
 
+def teacher_gap(
+  steps: np.ndarray, golden: np.ndarray, proxy: np.ndarray, teacher_golden: float | None
+) -> dict[str, Any]:
+  """Where the student stands against its teacher on golden (docs/metrics.md), from the curves
+  golden and proxy [T] over `steps` [T] (their finite evaluations):
+  - `teacher_gap_at_golden_min`: teacher golden minus the student's golden minimum (positive =
+    the student passed its teacher); `teacher_pass_step`: the first evaluation step at which the
+    student's golden is below the teacher's (0 = already at its start; None = never);
+  - `proxy_floor`, `proxy_floor_step`: the held-out proxy's minimum and its (first) step: where
+    the student came closest to its teacher; `golden_at_proxy_floor` and
+    `teacher_gap_at_proxy_floor` = teacher golden minus it (positive = at its closest to the
+    teacher the student was better than the teacher);
+  the gaps and the pass step are None where the teacher's level is unknown."""
+  keys = ("teacher_gap_at_golden_min", "teacher_pass_step", "teacher_gap_at_proxy_floor")
+  gap: dict[str, Any] = dict.fromkeys(keys)
+  gap.update(proxy_floor=None, proxy_floor_step=None, golden_at_proxy_floor=None)
+  both = np.flatnonzero(np.isfinite(golden) & np.isfinite(proxy))
+  if len(both):
+    floor = both[np.argmin(proxy[both])]
+    gap.update(
+      proxy_floor=float(proxy[floor]),
+      proxy_floor_step=int(steps[floor]),
+      golden_at_proxy_floor=float(golden[floor]),
+    )
+  finite = np.isfinite(golden)
+  if teacher_golden is None or not finite.any():
+    return gap
+  passed = np.flatnonzero(finite & (golden < teacher_golden))
+  gap.update(
+    teacher_gap_at_golden_min=float(teacher_golden - golden[finite].min()),
+    teacher_pass_step=int(steps[passed[0]]) if len(passed) else None,
+  )
+  if len(both):
+    gap["teacher_gap_at_proxy_floor"] = float(teacher_golden - gap["golden_at_proxy_floor"])
+  return gap
+
+
 def _alpha(proxy: np.ndarray, golden: np.ndarray) -> dict[str, float | None]:
   """alpha of golden ~ A proxy^alpha with its standard error (None with too few points)."""
   fit = detection.fit_golden_vs_proxy(proxy, golden)
@@ -237,6 +275,8 @@ ARM_MEANS = (
   "golden_final",
   "golden_rise_pct",
   "golden_trend_pct_per_doubling",
+  "teacher_gap_at_golden_min",
+  "teacher_gap_at_proxy_floor",
   "proxy_final",
   "proxy_change_after_min_pct",
   "teacher_samples_generated",

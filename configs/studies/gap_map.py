@@ -1,0 +1,90 @@
+"""Study (issue 42): when does a student hack its teacher? The golden rise after the minimum
+against the teacher-student gap (teacher golden minus the student's golden minimum; positive =
+the student passed its teacher), over settings that move the gap and what else might predict the
+rise:
+- teacher quality, from worse to better than the student's reach: the default teacher (1,500 SFT
+  steps at lr 3e-3, past its best: about 0.9 nats/token), 900 and 500 steps (about 0.70 and
+  0.66), the strong teacher (d_model 128 on 16,384 oracle samples, lr 1e-3: about 0.45), and
+  width and data apart: d_model 128 on the default's data for 700 steps (`wide_t700`, about
+  0.8) and d_model 64 on 16,384 samples at lr 1e-3 (`narrow_16k`);
+- student capacity: d_model 64 (the default) and 32 (`half_*`); student start: 500 and 100 SFT
+  steps (`sft100_*`);
+- data repetition: offline N = 1,024 prompts x k = 1 (four times the epochs) and the diversity
+  setting N = 1,024 x k = 4 (fewer prompts, more generations, the same 4,096 examples);
+- loss: forward KL and Jensen-Shannon (`jsd_*`);
+- offline and online-teacher data on each, 4,000 steps: the report reads every run at 2x the
+  default length (all 4,000 steps) and at 1x (its rows up to step 2,000: with the constant
+  learning rate and no warm-up, the first 2,000 steps are the 2,000-step run's).
+The grid was chosen on the probes of seeds 0 and 1 (docs/signature_search.md section 5); it is
+tested on seeds 20-24, never used to choose anything (docs/studies.md).
+  python -m th_distill.study --config=configs/studies/gap_map.py --workdir=W
+    (the map: 16 settings x 5 seeds; its CPU time is in docs/studies.md)
+  python -m th_distill.study --config=configs/studies/gap_map.py:first --workdir=W
+    (the first pass: 6 settings on seed 20; its runs are the map's own, reused by the full one;
+    `gap_map.py:t1500` runs one setting on seed 20. A study config's variants run in sorted
+    order of their names.)
+"""
+
+from th_distill.config import base_config, model_config
+from th_distill.study import study_config
+
+STEPS = 4000
+HALF = model_config("tiny", d_model=32, d_ff=64, d_kv=8, vocab_size=64)
+STRONG_TEACHER = {
+  "model": model_config("tiny", d_model=128, d_ff=256, d_kv=32, vocab_size=64).to_dict(),
+  "learning_rate": 1e-3,
+  "steps": 1500,
+}
+STRONG = {"teacher": STRONG_TEACHER, "prompts": {"num_oracle": 16384}}
+DIVERSE = {"offline": {"num_prompts": 1024, "generations_per_prompt": 4}}
+# Setting -> overrides of the default (configs/tiny.py) at STEPS steps.
+SETTINGS = {
+  "t1500": {},
+  "strong": STRONG,
+  "t500": {"teacher": {"steps": 500}},
+  "N1024_k4": DIVERSE,
+  "half_t1500": {"student": {"model": HALF.to_dict()}},
+  "jsd_t1500": {"loss": {"name": "jsd"}},
+  "t900": {"teacher": {"steps": 900}},
+  "sft100_t900": {"teacher": {"steps": 900}, "student": {"sft_steps": 100}},
+  "sft100_t1500": {"student": {"sft_steps": 100}},
+  "half_strong": {**STRONG, "student": {"model": HALF.to_dict()}},
+  "N1024_k1": {"offline": {"num_prompts": 1024}},
+  "strong_N1024_k4": {**STRONG, **DIVERSE},
+  "jsd_strong": {**STRONG, "loss": {"name": "jsd"}},
+  "t500_N1024_k4": {"teacher": {"steps": 500}, **DIVERSE},
+  "wide_t700": {"teacher": {"model": STRONG_TEACHER["model"], "steps": 700}},
+  "narrow_16k": {"prompts": {"num_oracle": 16384}, "teacher": {"learning_rate": 1e-3}},
+}
+# Fewer prompts x more generations at the default's dataset size (read at equal gap).
+DIVERSITY_SETTINGS = ("N1024_k4", "strong_N1024_k4", "t500_N1024_k4")
+# The first pass: the settings that span the gap first, on one test seed.
+FIRST = ("t1500", "strong", "t500", "N1024_k4", "half_t1500", "jsd_t1500")
+SEEDS = (20, 21, 22, 23, 24)
+CALIBRATION_SEEDS = (0, 1)
+
+
+def get_config(options: str = ""):
+  """The map; `options` 'first': its first pass (FIRST on seed 20); a setting's name: that
+  setting alone on seed 20 (its runs are the map's: a pass can be run one setting at a time, in
+  any order, and reported with `:first --finished_only`)."""
+  if options not in ("", "first", *SETTINGS):
+    raise ValueError(
+      f"gap_map.py:{options}: the options are '' (the map), 'first' or a setting of "
+      f"{sorted(SETTINGS)}"
+    )
+  base = base_config()
+  base.regimes = ("offline", "online_teacher")
+  base.student.steps = STEPS
+  base.write_figures = False
+  names = {"": tuple(SETTINGS), "first": FIRST}.get(options, (options,))
+  return study_config(
+    "gap_map" + (f"_{options}" if options else ""),
+    "The golden rise against the teacher-student gap (tiny, 4,000 steps, read at 1x and 2x)",
+    base,
+    {name: SETTINGS[name] for name in names},
+    seeds=SEEDS if not options else SEEDS[:1],
+    reference=f"{names[0]} / offline" if len(names) > 1 else "offline",
+    analysis="gap_map",
+    diversity=tuple(name for name in DIVERSITY_SETTINGS if name in names),
+  )

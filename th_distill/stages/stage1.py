@@ -35,6 +35,7 @@ from th_distill.oracle import calibrate_oracle, with_logit_scale
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints, processes, records
 from th_distill.rundir.layout import STAGE1_PARAMS, Stage1Directory
+from th_distill.rundir.preemption import stopping_between_calls
 from th_distill.stages import side_by_side
 from th_distill.stages.sft import train_sft
 from th_distill.training.keys import Purpose, key
@@ -88,7 +89,7 @@ def _eval_sets(
   eval_key = key(config.seed, Purpose.EVAL_SETS)
   return {
     source: regime_lib.build_offline(
-      phase.counted(programs.host_sampler(source), "samples"),
+      stopping_between_calls(phase.counted(programs.host_sampler(source), "samples"), phase.title),
       params[source],
       prompts,
       1,
@@ -149,7 +150,9 @@ def _oracle(
   params, calibration = calibrate_oracle(
     programs.models.oracle,
     partitioner.init_params(programs.models.oracle, key(seed, Purpose.ORACLE_INIT)),
-    phase.counted(programs.sampler("oracle"), "sampling passes", per_row=False),
+    stopping_between_calls(
+      phase.counted(programs.sampler("oracle"), "sampling passes", per_row=False), phase.title
+    ),
     pools["eval"][
       : workload.calibration_rows(config.prompts.num_eval, partitioner.data_parallel_size)
     ],
@@ -240,7 +243,7 @@ def run(
   sample_oracle = programs.host_sampler("oracle")
   phase = clock.phase(workload.ORACLE_SAMPLES)
   oracle_data = regime_lib.build_offline(
-    phase.counted(sample_oracle, "samples"),
+    stopping_between_calls(phase.counted(sample_oracle, "samples"), phase.title),
     oracle_params,
     pools["oracle"],
     1,

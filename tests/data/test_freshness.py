@@ -15,7 +15,7 @@ from th_distill import config as config_lib
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
 from th_distill.data import regimes
-from th_distill.data.batch import PromptSet
+from th_distill.data.batch import Batch, PromptSet
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints
 from th_distill.training import sources
@@ -159,6 +159,35 @@ def test_online_batches_come_from_the_parameters_of_their_schedule(micro, regime
     student_rows = np.asarray(batch.responses)[:, 0] < 100
     assert np.all(np.asarray(batch.responses)[student_rows] == max(group * reuse - staleness, 0))
   assert schedule == sources.OnlineSchedule(reuse, staleness)
+
+
+class FirstRows(sources.BatchSource):
+  """A source defined here: the first B distillation prompts with all-zero responses."""
+
+  regime = "first_rows"
+
+  def draw(self, step, student_params):
+    prompts = self.context.pools["distill"][:B]
+    return Batch(prompts.tokens, prompts.mask, np.zeros((B, LT), np.int32), np.ones((B, LT)))
+
+  def train_set(self):
+    raise AssertionError("not evaluated here")
+
+
+def test_any_source_refreshes_to_the_online_teacher_arms_batches(micro):
+  micro.detection.on_detect = "refresh"
+  context = _context(micro, "offline")
+  source, arm = FirstRows(context), sources.OnlineTeacher(context)
+  assert source.refreshes(context.config) and source.refreshed_at is None
+  assert np.all(np.asarray(source.batch_at(4, 9).responses) == 0)
+  source.refresh(3)
+  assert source.refreshed_at == 3
+  assert np.all(np.asarray(source.batch_at(2, 9).responses) == 0)  # before the refresh
+  for step in (3, 4, 7):
+    got, want = source.batch_at(step, 9), arm.batch_at(step, 9)
+    np.testing.assert_array_equal(np.asarray(got.prompts), np.asarray(want.prompts))
+    np.testing.assert_array_equal(np.asarray(got.responses), np.asarray(want.responses))
+    assert np.all(np.asarray(got.responses) == 100)  # the teacher's
 
 
 def test_stale_online_teacher_is_fresh_and_says_so(micro, caplog):

@@ -132,7 +132,7 @@ def run_regime(
     programs.frozen("teacher", stage1.teacher_params),
     programs.frozen("oracle", stage1.oracle_params),
   )
-  source = sources.source_for(config, regime)(
+  source = sources.source_class(regime)(
     sources.SourceContext(config, programs, frozen[0], pools, run_dir, clock, phase)
   )
   evaluate = _evaluation(config, programs, stage1, pools["eval"], frozen, source.train_set())
@@ -180,7 +180,7 @@ def run_regime(
     det.on_detect,
     history=[r for r in read_metrics(writer.path) if r["step"] < start],
   )
-  refreshing = isinstance(source, sources.OfflineUntilRefresh)
+  refreshing = source.refreshes(config)
   kept = KeptParameters(directory.path, det.keep + ("best_predicted",) * refreshing)
   actions: list[RowAction] = [DetectorAction(monitor, kept)]
   if refreshing:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -36,21 +35,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from th_distill.models.config import DECODER_START_ID, T5Config
+from th_distill.models.layers import (
+  LAYERS_AXIS,
+  NEG_INF,
+  REMAT_POLICIES,
+  SELF_KV,
+  GatedMlp,
+  RMSNorm,
+  extend_cache,
+  heads_major,
+  normal,
+  residual_constraint,
+)
 
 Array = jax.Array
 Cache = dict[str, Any]
-
-_NEG_INF = -1e10  # Added to masked attention logits; finite so fully-masked rows stay finite.
-
-# Logical name of the leading axis of scanned (stacked) layer parameters: never sharded.
-LAYERS_AXIS = "layers"
-# `T5Config.remat` -> the `jax.checkpoint` policy of each layer (None: save nothing, recompute all).
-REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
-_SELF_KV = ("self_keys", "self_values")
-
-
-def _normal(stddev: float):
-  return nn.initializers.normal(stddev=stddev)
 
 
 def relative_position_bucket(
@@ -80,26 +79,6 @@ def relative_position_bucket(
   return ret + jnp.where(is_small, n, val_if_large)
 
 
-class RMSNorm(nn.Module):
-  """T5 layer norm: x / rms(x) * scale, computed in float32, returned in the compute dtype."""
-
-  cfg: T5Config
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    scale = self.param(
-      "scale",
-      nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-      (x.shape[-1],),
-      self.cfg.storage_dtype,
-    )
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(
-      jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.cfg.layer_norm_eps
-    )
-    return (x32 * scale.astype(jnp.float32)).astype(self.cfg.compute_dtype)
-
-
 class RelativePositionBias(nn.Module):
   """Learned scalar bias per (head, relative-position bucket): returns [1, H, Lq, Lk] float32."""
 
@@ -111,7 +90,7 @@ class RelativePositionBias(nn.Module):
     cfg = self.cfg
     table = self.param(
       "rel_embedding",
-      nn.with_logical_partitioning(_normal(cfg.d_model**-0.5), ("heads", "relpos_buckets")),
+      nn.with_logical_partitioning(normal(cfg.d_model**-0.5), ("heads", "relpos_buckets")),
       (cfg.num_heads, cfg.relative_attention_num_buckets),
       cfg.storage_dtype,
     )
@@ -135,7 +114,7 @@ class Attention(nn.Module):
 
     def kernel(name, stddev, shape, axes):
       return self.param(
-        name, nn.with_logical_partitioning(_normal(stddev), axes), shape, cfg.storage_dtype
+        name, nn.with_logical_partitioning(normal(stddev), axes), shape, cfg.storage_dtype
       )
 
     self.query = kernel(
@@ -189,45 +168,6 @@ class Attention(nn.Module):
     return jnp.einsum("bhk,hke->be", mixed, self.out.astype(dt))[:, None]
 
 
-def heads_major(x: Array) -> Array:
-  """[B, L, H, K] keys or values -> the cache layout [B, H, L, K]."""
-  return jnp.swapaxes(x, 1, 2)
-
-
-def gelu_tanh(x: Array) -> Array:
-  """GELU, tanh approximation (`gelu_new`): T5 v1.1's and Gemma's MLP activation."""
-  return jax.nn.gelu(x, approximate=True)
-
-
-class GatedMlp(nn.Module):
-  """Gated feed-forward: (act(x W0) * (x W1)) Wo; T5 v1.1's with GELU (the default)."""
-
-  cfg: T5Config
-  activation: Callable[[Array], Array] = gelu_tanh
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    cfg = self.cfg
-    dt = cfg.compute_dtype
-
-    def kernel(name, stddev, shape, axes):
-      return self.param(
-        name, nn.with_logical_partitioning(_normal(stddev), axes), shape, cfg.storage_dtype
-      ).astype(dt)
-
-    wi_0 = kernel("wi_0", cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
-    wi_1 = kernel("wi_1", cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
-    wo = kernel("wo", cfg.d_ff**-0.5, (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
-    h = self.activation(x @ wi_0) * (x @ wi_1)
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
-    return h @ wo
-
-
-def _residual_constraint(x: Array) -> Array:
-  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
-
-
 class EncoderLayer(nn.Module):
   cfg: T5Config
 
@@ -244,7 +184,7 @@ class EncoderLayer(nn.Module):
       self.attention(h, *self.attention.project_kv(h), bias, train), deterministic=not train
     )
     x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
-    return _residual_constraint(x)
+    return residual_constraint(x)
 
 
 class DecoderLayer(nn.Module):
@@ -278,7 +218,7 @@ class DecoderLayer(nn.Module):
       self.cross_attention(h, *self.cross_kv(encoded), cross_bias, train), deterministic=not train
     )
     x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
-    return _residual_constraint(x)
+    return residual_constraint(x)
 
   def step(
     self, x: Array, self_bias: Array, cache: Cache, index: Array, cross_bias: Array
@@ -305,7 +245,7 @@ class DecoderLayer(nn.Module):
       h, cache["cross_keys"], cache["cross_values"], cross_bias
     )
     x = x + self.mlp(self.mlp_norm(x), train=False)
-    return _residual_constraint(x), {**cache, **written}
+    return residual_constraint(x), {**cache, **written}
 
   def cache(self, encoded: Array, max_decode_length: int) -> Cache:
     """This layer's entry of `T5.init_cache`: zero self-attention keys/values [B, H, Lmax, K],
@@ -352,7 +292,7 @@ def _scan(fn: Any, length: int, in_axes: Any) -> Any:
 
 def _padding_bias(mask: Array) -> Array:
   """[B, Lk] bool (True = attend) -> additive [B, 1, 1, Lk] float32 bias."""
-  return jnp.where(mask, 0.0, _NEG_INF)[:, None, None, :].astype(jnp.float32)
+  return jnp.where(mask, 0.0, NEG_INF)[:, None, None, :].astype(jnp.float32)
 
 
 class T5(nn.Module):
@@ -380,7 +320,7 @@ class T5(nn.Module):
     cfg = self.cfg
     self.token_embedder = self.param(
       "token_embedder",
-      nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
+      nn.with_logical_partitioning(normal(1.0), ("vocab", "embed")),
       (cfg.vocab_size, cfg.d_model),
       cfg.storage_dtype,
     )
@@ -398,7 +338,7 @@ class T5(nn.Module):
     self.decoder_norm = RMSNorm(cfg)
     self.logits_kernel = self.param(
       "logits_kernel",
-      nn.with_logical_partitioning(_normal(cfg.d_model**-0.5), ("embed", "vocab")),
+      nn.with_logical_partitioning(normal(cfg.d_model**-0.5), ("embed", "vocab")),
       (cfg.d_model, cfg.vocab_size),
       cfg.storage_dtype,
     )
@@ -406,7 +346,7 @@ class T5(nn.Module):
 
   def _embed(self, tokens: Array, train: bool) -> Array:
     x = jnp.take(self.token_embedder, tokens, axis=0).astype(self.cfg.compute_dtype)
-    return _residual_constraint(self.dropout(x, deterministic=not train))
+    return residual_constraint(self.dropout(x, deterministic=not train))
 
   def _logits(self, x: Array, train: bool) -> Array:
     x = self.dropout(self.decoder_norm(x), deterministic=not train)
@@ -453,7 +393,7 @@ class T5(nn.Module):
     length = decoder_input_tokens.shape[1]
     positions = jnp.arange(length)
     causal = positions[None, :] <= positions[:, None]
-    self_bias = self.decoder_relpos(positions, positions) + jnp.where(causal, 0.0, _NEG_INF)
+    self_bias = self.decoder_relpos(positions, positions) + jnp.where(causal, 0.0, NEG_INF)
     cross_bias = _padding_bias(input_mask)
     x = self._embed(decoder_input_tokens, train)
     if self.cfg.scan_layers:
@@ -540,7 +480,7 @@ class T5(nn.Module):
     key_positions = jnp.arange(max_length)
     self_bias = (
       self.decoder_relpos(index[None], key_positions)
-      + jnp.where(key_positions <= index, 0.0, _NEG_INF)[None, None, None, :]
+      + jnp.where(key_positions <= index, 0.0, NEG_INF)[None, None, None, :]
     )
     x = self._embed(decoder_token[:, None], train=False)
     if self.cfg.scan_layers:
@@ -562,15 +502,13 @@ class T5(nn.Module):
 
     def body(layer, x, layer_cache):
       x, written = layer.step(x, self_bias, layer_cache, index, cache["cross_bias"])
-      return x, {k: jax.lax.dynamic_slice_in_dim(written[k], index, 1, axis=2) for k in _SELF_KV}
+      return x, {k: jax.lax.dynamic_slice_in_dim(written[k], index, 1, axis=2) for k in SELF_KV}
 
     x, new = _scan(body, self.cfg.num_decoder_layers, 0)(self.decoder_layers, x, cache["layers"])
     layers = cache["layers"]
     return x, {
       **layers,
-      **{
-        k: jax.lax.dynamic_update_slice_in_dim(layers[k], new[k], index, axis=3) for k in _SELF_KV
-      },
+      **{k: jax.lax.dynamic_update_slice_in_dim(layers[k], new[k], index, axis=3) for k in SELF_KV},
     }
 
 
@@ -578,23 +516,6 @@ def _self_keys(cache: Cache) -> Array:
   """The self-attention keys of the first layer [B, H, Lmax, K], or of all [Ld, B, H, Lmax, K]."""
   layers = cache["layers"]
   return (layers[0] if isinstance(layers, list) else layers)["self_keys"]
-
-
-def extend_cache(cache: Cache, max_decode_length: int) -> Cache:
-  """`cache` (from `init_cache`, either layout) with room for `max_decode_length` positions: the
-  self-attention keys and values zero-padded along the length (axis -2). Unwritten positions are
-  masked, so decoding goes on exactly as with a cache allocated at that length from the start."""
-
-  def pad(layer: Cache) -> Cache:
-    def one(x: Array) -> Array:
-      widths = [(0, 0)] * x.ndim
-      widths[-2] = (0, max_decode_length - x.shape[-2])
-      return jnp.pad(x, widths)
-
-    return {**layer, **{k: one(layer[k]) for k in _SELF_KV}}
-
-  layers = cache["layers"]
-  return {**cache, "layers": [pad(x) for x in layers] if isinstance(layers, list) else pad(layers)}
 
 
 def shift_right(targets: Array) -> Array:
@@ -612,10 +533,6 @@ def init_params(model: T5, rng: Array, input_length: int = 8, target_length: int
   tokens = jnp.ones((1, input_length), jnp.int32)
   mask = jnp.ones((1, input_length), bool)
   return model.init(rng, tokens, mask, jnp.ones((1, target_length), jnp.int32))["params"]
-
-
-def param_count(params: Any) -> int:
-  return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.unbox(params)))
 
 
 def _stack(leaves: tuple[Any, ...]) -> Any:

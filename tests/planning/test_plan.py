@@ -20,6 +20,7 @@ from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
 from th_distill.models import T5, t5_config
 from th_distill.planning import memory, plan
+from th_distill.planning.compiled import ProgramPlan, collectives
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAPER_CONFIGS = ("xsum_large_to_base", "wmt", "natural_instructions")
@@ -144,7 +145,7 @@ def _check_memory_against_fsdp(compiled):
   assert totals == sorted(totals, reverse=True) and totals[-1] < totals[0] / 2, totals
   config = paper_config("xsum_large_to_base")
   for f in FSDP:
-    p = plan.ProgramPlan(**{**compiled["fsdp"][str(f)], "collectives": {}})
+    p = ProgramPlan(**{**compiled["fsdp"][str(f)], "collectives": {}})
     estimate = memory.estimate(config, (1, f, 1))["total, all gathered"] * memory.GIB
     assert abs(estimate / p.total_bytes - 1) < 0.25, (f, estimate, p.total_bytes)
 
@@ -159,7 +160,7 @@ def test_collectives_are_counted_with_their_result_bytes():
       "  %fusion = f32[4]{0} fusion(%all-reduce.3), kind=kLoop",
     ]
   )
-  found = plan.collectives(hlo)
+  found = collectives(hlo)
   assert found["all-gather"] == (2, 16 * 64 * 4 + 16 * 8 * 4)
   assert found["all-reduce"] == (1, 8 * 2 + 16 * 4)
   assert found["reduce-scatter"] == (0, 0)

@@ -19,6 +19,7 @@ from th_distill.config.run_config import RunConfig
 from th_distill.models import module_of, param_count
 from th_distill.partitioning import boxed_param_shapes
 from th_distill.planning import memory, plan
+from th_distill.planning.compiled import ProgramPlan
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAME = "xsum_qwen_1p5b_to_0p5b"
@@ -95,7 +96,7 @@ def test_the_decoder_paper_config_compiles_on_16_devices(tmp_path):
   # distillation step is under-estimated by about a quarter on the CPU compiler).
   estimates = memory.program_estimates(RunConfig.from_config(planned_config()), MESH)
   for name, low, high in (("distill_step", 0.6, 1.25), ("teacher_sft_step", 0.75, 1.25)):
-    step = plan.ProgramPlan(**{**programs[name], "collectives": {}})
+    step = ProgramPlan(**{**programs[name], "collectives": {}})
     ratio = estimates[name]["total, all gathered"] * memory.GIB / step.total_bytes
     assert low < ratio < high, (name, ratio)
 

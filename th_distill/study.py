@@ -199,17 +199,7 @@ def _run(
   }
   arms: dict[str, list[tuple[int, str]]] = {name: [] for name in label.values()}
   typed = [RunConfig.from_config(config) for _, _, config in runs]
-  reference = study.get("reference", "")
-  references = dict(study.get("references", {}))
-  named = [("reference", reference)] if reference else []
-  for arm, base in references.items():
-    named += [(f"references[{arm!r}]", arm), (f"references[{arm!r}]", base)]
-  for field, arm in named:
-    if arm not in arms:
-      raise config_lib.ConfigError(
-        f"{field}: {arm!r} is not an arm of the study; its arms "
-        f"are {sorted(arms)}" + config_lib.suggest(arm, list(arms))
-      )
+  _check_references(study, arms)
   start, teacher_golden, costs, mapped = time.time(), {}, {}, []
   for index, ((variant, seed, config), run_config) in enumerate(zip(runs, typed)):
     logging.info(
@@ -235,18 +225,50 @@ def _run(
       teacher_golden[path] = done.get("teacher_golden")  # {} off process 0
       regime_summary = done.get("regimes", {}).get(regime, {})
       costs[path] = {k: regime_summary[k] for k in workload.COST_KEYS if k in regime_summary}
+  summary = _write_reports(study, workdir, arms, mapped, teacher_golden, costs)
+  logging.info(
+    "Study done in %.0fs; report in %s",
+    time.time() - start,
+    RunDirectory(os.path.join(workdir, study.name)).report,
+  )
+  return summary
+
+
+def _check_references(study: ml_collections.ConfigDict, arms: Mapping[str, Any]) -> None:
+  """ConfigError naming the field if `reference` or `references` names an arm the study lacks."""
+  named = [("reference", study.reference)] if study.get("reference", "") else []
+  for arm, base in dict(study.get("references", {})).items():
+    named += [(f"references[{arm!r}]", arm), (f"references[{arm!r}]", base)]
+  for field, arm in named:
+    if arm not in arms:
+      raise config_lib.ConfigError(
+        f"{field}: {arm!r} is not an arm of the study; its arms "
+        f"are {sorted(arms)}" + config_lib.suggest(arm, list(arms))
+      )
+
+
+def _write_reports(
+  study: ml_collections.ConfigDict,
+  workdir: str,
+  arms: dict[str, list[tuple[int, str]]],
+  mapped: list[dict[str, Any]],
+  teacher_golden: dict[str, float],
+  costs: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+  """The study's report (`results.study_report`) and, for `analysis = 'gap_map'`, its gap map
+  (`results.gap_map`), into WORKDIR/<name>; returns the summary."""
   directory = os.path.join(workdir, study.name)
+  base = RunConfig.from_config(study.base)
   summary = study_report.write_study_report(
     directory,
     study.title,
     arms,
-    RunConfig.from_config(study.base),
-    reference,
+    base,
+    study.get("reference", ""),
     teacher_golden,
     costs,
-    references,
+    dict(study.get("references", {})),
   )
-  base = RunConfig.from_config(study.base)
   if study.get("analysis", "") == "gap_map":
     summary["gap_map"] = gap_map.write_gap_map(
       directory,
@@ -257,9 +279,6 @@ def _run(
       base.detection.metric,
       tuple(study.get("diversity", ())),
     )
-  logging.info(
-    "Study done in %.0fs; report in %s", time.time() - start, RunDirectory(directory).report
-  )
   return summary
 
 

@@ -94,6 +94,14 @@ def log_plan(
   would take hours. Raises OverMemory before any compute when a program does not fit (unless
   `mesh.ignore_memory_estimate`). `layout`: how the programs split host data (default:
   `run_layout`). Returns the clock of the run's phases, for progress lines and ETAs."""
+  _log_devices_and_models(partitioner, models)
+  layout = layout or run_layout(config, partitioner)
+  _log_and_check_memory(config, partitioner, layout)
+  return _log_phases(config, run_dir, partitioner)
+
+
+def _log_devices_and_models(partitioner: partitioning.Partitioner, models: Models) -> None:
+  """The devices, processes and mesh; each model's parameter count and shape."""
   mesh = partitioner.mesh
   device = jax.devices()[0]
   logging.info(
@@ -114,7 +122,13 @@ def log_plan(
       cfg.describe(),
       cfg.vocab_size,
     )
-  layout = layout or run_layout(config, partitioner)
+
+
+def _log_and_check_memory(
+  config: RunConfig, partitioner: partitioning.Partitioner, layout: MemoryLayout
+) -> None:
+  """Each program's memory per device, the largest's parts and the calls that fit; OverMemory
+  when the largest does not fit (`check_memory`)."""
   programs = memory.program_estimates(config, _mesh(partitioner), layout)
   at_once = config.mesh.regimes_side_by_side(
     len(config.regimes), partitioner.platform, jax.process_count()
@@ -124,7 +138,7 @@ def log_plan(
       programs["distill_step"], at_once
     )
   largest = max(programs, key=lambda name: programs[name]["total"])
-  available = device_gib(device)
+  available = device_gib(jax.devices()[0])
   logging.info(
     "  memory per device (th_distill.planning.memory, before XLA's temporaries): %s; a device has %s",
     ", ".join(f"{name} {parts['total']:.2f} GiB" for name, parts in programs.items()),
@@ -139,8 +153,15 @@ def log_plan(
   )
   logging.info("  %s", memory.layout_text(config, layout))
   check_memory(largest, programs[largest]["total"], available, config.mesh.ignore_memory_estimate)
+
+
+def _log_phases(
+  config: RunConfig, run_dir: RunDirectory, partitioner: partitioning.Partitioner
+) -> progress.RunClock:
+  """Each phase's work (or that an earlier run did it) and a lower bound of the time; the
+  clock of the run's phases."""
   phases = workload.phases(config, partitioner.data_parallel_size, done_phases(config, run_dir))
-  peak = progress.matmul_flops_per_second() * mesh.size
+  peak = progress.matmul_flops_per_second() * partitioner.mesh.size
   for phase in phases:
     logging.info(
       "  %-42s %s",

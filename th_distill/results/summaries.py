@@ -155,15 +155,6 @@ def summarize_run(
   golden, proxy, train_proxy = (column(rows, m) for m in (GOLDEN, PROXY, TRAIN_PROXY))
   headline = signature(steps, golden, proxy, threshold_pct)
   found = detection.detect(steps, column(rows, metric), settings)
-  views = {}
-  for view, (golden_name, proxy_name, sampled_by) in SIGNATURE_VIEWS.items():
-    if golden_name in rows[-1] and proxy_name in rows[-1]:
-      views[view] = {
-        "golden_metric": golden_name,
-        "proxy_metric": proxy_name,
-        "sampled_by": sampled_by,
-        **signature(steps, column(rows, golden_name), column(rows, proxy_name), threshold_pct),
-      }
   summary = {
     "golden_metric": GOLDEN,
     "proxy_metric": PROXY,
@@ -172,7 +163,7 @@ def summarize_run(
     "hacking": headline["outcome"] == "teacher_hacking",
     **teacher_levels(teacher_golden, golden),
     **teacher_gap(steps, golden, proxy, teacher_golden),
-    "views": views,
+    "views": _views(rows, steps, threshold_pct),
     "final_step": int(steps[-1]),
     "train_loss_final": rows[-1].get("train/loss"),
     "entropy_final": {
@@ -182,27 +173,54 @@ def summarize_run(
     **found.to_json(),
     "refreshed_at_step": refreshed_at_step(rows),
   }
-  if headline["golden_min_step"] is None:
-    return summary
-  best = int(np.flatnonzero(steps == headline["golden_min_step"])[0])
-  summary.update(
-    {
-      "train_proxy_at_golden_min": float(train_proxy[best]),
-      "train_proxy_final": float(train_proxy[-1]),
+  if headline["golden_min_step"] is not None:
+    summary.update(_around_minimum(steps, golden, proxy, train_proxy, headline, found))
+  return summary
+
+
+def _views(
+  rows: Sequence[Mapping[str, Any]], steps: np.ndarray, threshold_pct: float
+) -> dict[str, dict[str, Any]]:
+  """The verdict read with every view of `SIGNATURE_VIEWS` the rows hold."""
+  return {
+    view: {
+      "golden_metric": golden_name,
+      "proxy_metric": proxy_name,
+      "sampled_by": sampled_by,
+      **signature(steps, column(rows, golden_name), column(rows, proxy_name), threshold_pct),
     }
-  )
+    for view, (golden_name, proxy_name, sampled_by) in SIGNATURE_VIEWS.items()
+    if golden_name in rows[-1] and proxy_name in rows[-1]
+  }
+
+
+def _around_minimum(
+  steps: np.ndarray,
+  golden: np.ndarray,
+  proxy: np.ndarray,
+  train_proxy: np.ndarray,
+  headline: Mapping[str, Any],
+  found: detection.Detection,
+) -> dict[str, Any]:
+  """The training proxy at golden's minimum and at the end, golden against the proxies in
+  log-log before and after the minimum, and the detector's lag after it."""
+  best = int(np.flatnonzero(steps == headline["golden_min_step"])[0])
   # Golden against proxy in log-log (golden ~ A proxy^alpha), before and after the golden
   # minimum: alpha > 0 while they fall together; after the minimum of a teacher-hacking run
   # golden rises while the held-out proxy falls (alpha < 0).
   before, after = slice(0, best + 1), slice(best, None)
-  summary["golden_vs_proxy_before_min"] = _alpha(proxy[before], golden[before])
-  summary["golden_vs_proxy_after_min"] = _alpha(proxy[after], golden[after])
-  summary["golden_vs_train_proxy_after_min"] = _alpha(train_proxy[after], golden[after])
+  out = {
+    "train_proxy_at_golden_min": float(train_proxy[best]),
+    "train_proxy_final": float(train_proxy[-1]),
+    "golden_vs_proxy_before_min": _alpha(proxy[before], golden[before]),
+    "golden_vs_proxy_after_min": _alpha(proxy[after], golden[after]),
+    "golden_vs_train_proxy_after_min": _alpha(train_proxy[after], golden[after]),
+  }
   if found.detected:
     fired = int(np.flatnonzero(steps == found.step)[0])
-    summary["detected_lag_steps"] = found.step - headline["golden_min_step"]
-    summary["detected_lag_evals"] = fired - best
-  return summary
+    out["detected_lag_steps"] = found.step - headline["golden_min_step"]
+    out["detected_lag_evals"] = fired - best
+  return out
 
 
 def teacher_levels(teacher_golden: float | None, golden: np.ndarray) -> dict[str, Any]:

@@ -8,11 +8,9 @@ take the settings it derives (th_distill.config.settings).
 
 from th_distill.config.checks import (
   ConfigError,
-  check_config_file,
   check_environment,
   check_fields,
   dotted_keys,
-  load_config_file,
   resolve_checkpoint_models,
   suggest,
   validate,
@@ -26,6 +24,7 @@ from th_distill.config.defaults import (
   strong_teacher_config,
   to_t5_config,
 )
+from th_distill.config.files import check_config_file, load_config_file
 from th_distill.config.run_config import RunConfig
 from th_distill.config.sections import ONLINE_PROMPTS
 

@@ -1,8 +1,8 @@
 """Checking the experiment configuration at the boundary, before any compute.
 
-`load_config_file(path)` runs a config file's `get_config()`. `validate(config)` returns the
-typed config (`RunConfig`) or raises one `ConfigError` that lists every problem, each with its
-field and what is allowed. It runs both halves of the check:
+`validate(config)` returns the typed config (`RunConfig`) or raises one `ConfigError` that lists
+every problem, each with its field and what is allowed (config files: `th_distill.config.files`).
+It runs both halves of the check:
 - `check_fields(config)`: the values alone, without devices or files: unknown and non-finite
   fields, the models' and the detector's own checks, then every section's `problems()` and the
   checks that span sections (`RunConfig.problems`).
@@ -17,7 +17,6 @@ import dataclasses
 import difflib
 import importlib.util
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,48 +57,8 @@ def suggest(name: str, candidates: list[str]) -> str:
   return f"; did you mean {close[0]}?" if close else ""
 
 
-def _failure(error: BaseException) -> str:
-  """'<type>: <message>' of an error raised while a config file loads; an exit says so."""
-  text = f"{type(error).__name__}: {error}"
-  if isinstance(error, SystemExit):
-    return f"{text} (it exits while it loads, so nothing would run; return the config instead)"
-  return text
-
-
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file (as `--config=PATH` loads it; `PATH:ARG` calls
-  `get_config(ARG)`); ConfigError naming the file if it is missing, fails or exits (SystemExit,
-  any status) at import, has no `get_config` or its `get_config()` fails or exits. Ctrl-C
-  (KeyboardInterrupt) goes through."""
-  file, argument = (path, None) if os.path.isfile(path) or ":" not in path else path.split(":", 1)
-  args = () if argument is None else (argument,)
-  call = f"get_config({argument!r})" if args else "get_config()"
-  if not os.path.isfile(file):
-    raise ConfigError(f"--config: no config file at {file!r}")
-  spec = importlib.util.spec_from_file_location("th_distill_config_file", file)
-  if spec is None or spec.loader is None:
-    raise ConfigError(f"--config: {file!r} is not a Python config file")
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-  except KeyboardInterrupt:
-    raise
-  except BaseException as e:  # pylint: disable=broad-except  (any error or exit in the file)
-    raise ConfigError(f"--config: {file!r} fails at import: {_failure(e)}") from e
-  if not callable(getattr(module, "get_config", None)):
-    raise ConfigError(f"--config: {file!r} defines no get_config() function")
-  try:
-    return module.get_config(*args)
-  except KeyboardInterrupt:
-    raise
-  except BaseException as e:  # pylint: disable=broad-except
-    raise ConfigError(f"--config: {call} of {file!r} fails: {_failure(e)}") from e
-
-
-# The fields of a study config (`th_distill.study.study_config`; `reference` is optional), and
-# the command that runs each kind of config file.
+# The fields of a study config (`th_distill.study.study_config`; `reference` is optional).
 STUDY_FIELDS = ("name", "title", "base", "variants", "seeds")
-COMMANDS = {"experiment": "python -m th_distill.main", "study": "python -m th_distill.study"}
 _MODEL_KEYS = ("oracle.model.", "teacher.model.", "student.model.")  # checked by their config
 
 
@@ -124,34 +83,6 @@ def missing_fields(config: ml_collections.ConfigDict, kind: str = "experiment") 
     if key not in present and not key.startswith(_MODEL_KEYS) and name not in missing:
       missing.append(name)
   return missing
-
-
-def check_config_file(config: object, path: str, kind: str) -> None:
-  """Raises ConfigError naming `path` unless its `get_config()` gave `config`, a ConfigDict of
-  `kind` ('experiment' or 'study') with every field (`missing_fields`); a config of the other
-  kind names the command that takes it."""
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigError(
-      f"--config: get_config() of {path!r} returns a {type(config).__name__}, not an "
-      "ml_collections.ConfigDict (start from th_distill.config.base_config(), or "
-      "th_distill.study.study_config() for a study)"
-    )
-  found = config_kind(config)
-  if found != kind:
-    raise ConfigError(
-      f"--config: {path!r} is a{'n' if found == 'experiment' else ''} {found} config; run it "
-      f"with {COMMANDS[found]} (this command takes {kind} configs)"
-    )
-  missing = missing_fields(config, kind)
-  if missing:
-    raise ConfigError(
-      f"--config: the config of {path!r} lacks the field(s) {', '.join(missing)} (start from "
-      + (
-        "th_distill.config.base_config())"
-        if kind == "experiment"
-        else "th_distill.study.study_config())"
-      )
-    )
 
 
 def _non_finite_fields(c: ml_collections.ConfigDict) -> list[str]:
@@ -275,31 +206,42 @@ def _warn_other_special_tokens(c: ml_collections.ConfigDict, tokens: SpecialToke
 def _check_environment(
   c: ml_collections.ConfigDict, problems: _Problems, devices: int | None = None
 ) -> None:
-  errors, check = problems.errors, problems.check
   if c.task.source == "seqio":
-    check(
+    problems.check(
       importlib.util.find_spec("seqio") is not None,
       "task.source",
       "'seqio' needs the seqio extra: pip install -e '.[seqio]'",
     )
-    errors.extend(tasks.data_errors(c.task.name, c.task.data_dir))
+    problems.errors.extend(tasks.data_errors(c.task.name, c.task.data_dir))
+  _check_vocabulary(c, problems)
+  _check_checkpoints(c, problems)
+  _check_mesh(c, problems, devices)
+
+
+def _check_vocabulary(c: ml_collections.ConfigDict, problems: _Problems) -> None:
+  """The task's vocabulary can be read, fits the embedding with its special tokens, and the
+  prompt file (if any) can be read with it."""
   try:
     vocabulary = vocabularies.task_vocabulary(c.task)
   except (OSError, ValueError, ImportError) as e:
-    errors.append(f"task.vocabulary: {e}")
-  else:  # each model's vocab_size must equal task.vocab_size (check_fields)
-    check(
-      vocabulary.fits(c.task.vocab_size),
-      "task.vocab_size",
-      f"{c.task.vocab_size} embedding rows (every model's vocab_size) cannot hold the "
-      f"{vocabulary.vocab_size} ids of {c.task.vocabulary}",
-    )
-    errors.extend(
-      f"task.vocabulary: {p}" for p in vocabulary.special_tokens.problems(c.task.vocab_size)
-    )
-    if c.task.source == "prompt_file" and c.task.prompt_file:
-      errors.extend(_prompt_file_problems(c))
-    _warn_other_special_tokens(c, vocabulary.special_tokens)
+    problems.errors.append(f"task.vocabulary: {e}")
+    return
+  problems.check(  # each model's vocab_size must equal task.vocab_size (check_fields)
+    vocabulary.fits(c.task.vocab_size),
+    "task.vocab_size",
+    f"{c.task.vocab_size} embedding rows (every model's vocab_size) cannot hold the "
+    f"{vocabulary.vocab_size} ids of {c.task.vocabulary}",
+  )
+  problems.errors.extend(
+    f"task.vocabulary: {p}" for p in vocabulary.special_tokens.problems(c.task.vocab_size)
+  )
+  if c.task.source == "prompt_file" and c.task.prompt_file:
+    problems.errors.extend(_prompt_file_problems(c))
+  _warn_other_special_tokens(c, vocabulary.special_tokens)
+
+
+def _check_checkpoints(c: ml_collections.ConfigDict, problems: _Problems) -> None:
+  """Every checkpoint a model starts from can be read and matches its model sub-config."""
   for name in ("oracle", "teacher", "student"):
     path = c[name].checkpoint if name != "oracle" or c.oracle.source == "checkpoint" else ""
     if not path:
@@ -309,26 +251,29 @@ def _check_environment(
     except (TypeError, ValueError):  # check_fields names the invalid model sub-config
       continue
     try:
-      errors.extend(f"{name}.{problem}" for problem in pretrained.mismatches(path, model))
+      problems.errors.extend(f"{name}.{problem}" for problem in pretrained.mismatches(path, model))
     except (OSError, ValueError) as e:
-      errors.append(f"{name}.checkpoint: {e}")
+      problems.errors.append(f"{name}.checkpoint: {e}")
 
+
+def _check_mesh(c: ml_collections.ConfigDict, problems: _Problems, devices: int | None) -> None:
+  """The mesh fits the devices, and its data-parallel size divides the batches."""
   try:
     mesh = resolve_mesh_shape(
       c.mesh.data, c.mesh.fsdp, c.mesh.model, jax.device_count() if devices is None else devices
     )
   except ValueError as e:
-    errors.append(f"mesh: {e}")
+    problems.errors.append(f"mesh: {e}")
     return
   data_parallel = mesh[0] * mesh[1]
-  check(
+  problems.check(
     c.prompts.num_eval >= data_parallel,
     "prompts.num_eval",
     f"{c.prompts.num_eval} must be at least the {data_parallel} data-parallel devices (the "
     "synthetic oracle is calibrated on held-out prompts, split over them)",
   )
   for field, parts in (("teacher", 1), ("student", max(c.student.micro_batches, 1))):
-    check(
+    problems.check(
       c[field].batch_size % (data_parallel * parts) == 0,
       f"{field}.batch_size",
       f"{c[field].batch_size} must be a multiple of the {data_parallel} data-parallel "

@@ -160,6 +160,20 @@ def finished_micro_run(tmp_path_factory, regime: str):
   return workdir, config
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A finished micro run of the offline regime (once per test module) and its config."""
+  return finished_micro_run(tmp_path_factory, "offline")
+
+
+@pytest.fixture
+def workdir(finished, tmp_path):
+  """A copy of `finished`'s workdir (its path), for a test to damage."""
+  copy = str(tmp_path / "run")
+  shutil.copytree(finished[0], copy)
+  return copy
+
+
 @pytest.fixture
 def micro():
   return micro_config()

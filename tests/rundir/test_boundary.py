@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from conftest import finished_micro_run
 
 from th_distill import boundary, experiment
 from th_distill.observing.metrics_io import MetricsWriter, read_metrics
@@ -129,18 +128,6 @@ def test_a_folder_made_for_the_run_is_never_a_link(tmp_path):
 # A whole run: a planted link, and a resume on other devices.
 
 REGIME = "offline"
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  return finished_micro_run(tmp_path_factory, REGIME)
-
-
-@pytest.fixture
-def workdir(finished, tmp_path):
-  copy = str(tmp_path / "run")
-  shutil.copytree(finished[0], copy)
-  return copy
 
 
 def test_a_run_refuses_a_regimes_checkpoints_linked_out_of_the_workdir(finished, workdir, tmp_path):

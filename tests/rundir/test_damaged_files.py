@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import finished_micro_run
 
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
@@ -21,16 +20,9 @@ from th_distill.rundir.layout import RunDirectory, Stage1Directory
 REGIME = "offline"
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  return finished_micro_run(tmp_path_factory, REGIME)
-
-
 @pytest.fixture
-def workdir(finished, tmp_path):
-  copy = str(tmp_path / "run")
-  shutil.copytree(finished[0], copy)
-  return RunDirectory(copy)
+def workdir(workdir):
+  return RunDirectory(workdir)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import finished_micro_run, micro_config, write_micro_config_file
+from conftest import micro_config, write_micro_config_file
 
 from th_distill import divergences, experiment, sampling
 from th_distill.models import T5, init_params, t5_config
@@ -34,19 +34,6 @@ from th_distill.training.metric_sums import MetricSums
 from th_distill.training.steps import create_train_state
 
 REGIME = "offline"
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  return finished_micro_run(tmp_path_factory, REGIME)
-
-
-@pytest.fixture
-def workdir(finished, tmp_path):
-  """A copy of the finished workdir, to damage."""
-  copy = str(tmp_path / "run")
-  shutil.copytree(finished[0], copy)
-  return copy
 
 
 @pytest.fixture

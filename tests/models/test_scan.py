@@ -26,7 +26,7 @@ from th_distill.models import (
 )
 from th_distill.models.tokens import SpecialTokens
 from th_distill.partitioning import MESH_AXES, Partitioner, make_mesh, mesh_axes
-from th_distill.planning import memory
+from th_distill.planning import weights
 
 VOCAB, PROMPT, TARGET, ROWS = 32, 7, 9, 3
 NEVER_STOP = SpecialTokens(pad_id=0, stop_ids=())
@@ -216,7 +216,7 @@ def test_the_layers_axis_is_replicated_and_memory_estimates_match():
     lambda x: x.shape, expected
   )
   whole = dict(zip(MESH_AXES, (1, 2, 2)))
-  for fn in (memory.param_bytes, memory.gathered_bytes):
+  for fn in (weights.param_bytes, weights.gathered_bytes):
     assert fn(scanned.cfg, whole, "float32") == pytest.approx(fn(unrolled.cfg, whole, "float32"))
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from th_distill import partitioning
 from th_distill.models import T5, param_count, t5_config
-from th_distill.planning import memory
+from th_distill.planning import memory, weights
 
 
 def test_mesh_shape_takes_the_remaining_devices_and_names_bad_shapes():
@@ -57,11 +57,11 @@ def test_memory_estimate_of_parameters_follows_the_shardings():
   cfg = t5_config("tiny", vocab_size=64)
   count = param_count(nn.unbox(partitioning.boxed_param_shapes(T5(cfg))))
   one = {"data": 1, "fsdp": 1, "model": 1}
-  assert memory.param_bytes(cfg, one, "float32") == 4 * count
-  assert memory.param_bytes(cfg, one, "bfloat16") == 2 * count
+  assert weights.param_bytes(cfg, one, "float32") == 4 * count
+  assert weights.param_bytes(cfg, one, "bfloat16") == 2 * count
   # Data parallelism replicates; fsdp x model divides every weight that they divide.
-  assert memory.param_bytes(cfg, {**one, "data": 8}, "float32") == 4 * count
-  sharded = memory.param_bytes(cfg, {"data": 1, "fsdp": 4, "model": 2}, "float32")
+  assert weights.param_bytes(cfg, {**one, "data": 8}, "float32") == 4 * count
+  sharded = weights.param_bytes(cfg, {"data": 1, "fsdp": 4, "model": 2}, "float32")
   assert 4 * count / 8 <= sharded < 4 * count / 4
 
 

@@ -23,7 +23,7 @@ the evaluator's rows and chunks and the oracle sampler's rows are the calls `mem
 chooses for the device's memory, `--device_gb`);
 forward-only programs, and the frozen models' forward pass in the distillation step (with their
 decoders' hidden states [B, Lt, E]), hold one encoder layer's working set at a time
-(`encoder_layer_bytes`);
+(`ModelConfig.working_set_bytes`);
 the samplers' KV cache
 (self-attention over Lt and cross-attention over Li positions, float32) after the encoder's
 working set is freed. The batch is split over data x fsdp; heads, d_ff and vocab over model.
@@ -33,10 +33,8 @@ docs/scaling.md compares these with XLA's memory analysis on a simulated mesh.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
-import jax
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
@@ -45,80 +43,11 @@ from th_distill import cli
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
 from th_distill.data.regimes import SAMPLE_CHUNK
-from th_distill.models import LAYERS_AXIS, module_of
-from th_distill.models.interface import ModelConfig
-from th_distill.partitioning import MESH_AXES, boxed_param_shapes, mesh_axes
+from th_distill.partitioning import MESH_AXES
+from th_distill.planning.weights import GATHERED_LAYERS, gathered_bytes, param_bytes
 from th_distill.training.programs import REFERENCE_CACHE_BYTES, MemoryLayout
 
 GIB = 2.0**30
-_BYTES = {"float32": 4, "bfloat16": 2}
-# Layers of gathered weights alive at once per model on a memory-aware schedule: the one in use
-# and the next one, whose all-gather overlaps the current layer's compute.
-GATHERED_LAYERS = 2
-
-
-def _group_bytes(cfg: ModelConfig, mesh_shape: dict[str, int], dtype: str) -> dict[str, float]:
-  """{top-level parameter group (a layer, the embedding, ...): bytes per device in `dtype`}."""
-  groups: dict[str, float] = {}
-  boxes = jax.tree_util.tree_leaves_with_path(
-    boxed_param_shapes(module_of(cfg)), is_leaf=lambda x: hasattr(x, "names")
-  )
-  for path, box in boxes:
-    shape = box.value.shape
-    split = math.prod(
-      math.prod(mesh_shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-      for axes in mesh_axes(box.names, shape, mesh_shape)
-      if axes is not None
-    )
-    name = str(path[0].key)
-    # Scanned layers (a leading `layers` axis) count as one group per layer, as unrolled ones.
-    names = [f"{name}_{i}" for i in range(shape[0])] if box.names[0] == LAYERS_AXIS else [name]
-    for group in names:
-      groups[group] = groups.get(group, 0.0) + math.prod(shape) * _BYTES[dtype] / split / len(names)
-  return groups
-
-
-def param_bytes(cfg: ModelConfig, mesh_shape: dict[str, int], dtype: str) -> float:
-  """Bytes per device of the parameters of a `cfg` model stored in `dtype`."""
-  return sum(_group_bytes(cfg, mesh_shape, dtype).values())
-
-
-def gathered_bytes(
-  cfg: ModelConfig, mesh_shape: dict[str, int], dtype: str, layers: int | None = GATHERED_LAYERS
-) -> float:
-  """Bytes per device of a `cfg` model's weights in use, stored in `dtype`: all-gathered over
-  data x fsdp (still split over model) and held in the compute dtype; the `layers` largest
-  parameter groups at once (None: all of them). 0 when the stored shards are used as they are
-  (no fsdp and the storage dtype is the compute dtype)."""
-  if mesh_shape["fsdp"] == 1 and dtype == cfg.dtype:
-    return 0.0
-  whole = {**mesh_shape, "data": 1, "fsdp": 1}
-  sizes = sorted(_group_bytes(cfg, whole, cfg.dtype).values(), reverse=True)
-  return sum(sizes[:layers])
-
-
-def activation_bytes(
-  cfg: ModelConfig, rows: float, prompt_length: int, response_length: int, model_split: int
-) -> float:
-  """Float32 activations the backward pass keeps for `rows` sequences of a `cfg` model
-  (`cfg.activation_bytes`)."""
-  return cfg.activation_bytes(rows, prompt_length, response_length, model_split)
-
-
-def encoder_layer_bytes(
-  cfg: ModelConfig, rows: float, prompt_length: int, model_split: int, response_length: int = 0
-) -> float:
-  """Float32 activations of one layer of a forward-only pass for `rows` sequences
-  (`cfg.working_set_bytes`): T5's encoder layer over the prompt; a decoder-only model's layer
-  over the prompt and `response_length` response positions (0: the sampler's prefill)."""
-  return cfg.working_set_bytes(rows, prompt_length, response_length, model_split)
-
-
-def kv_cache_bytes(
-  cfg: ModelConfig, rows: float, prompt_length: int, response_length: int, model_split: int
-) -> float:
-  """The sampler's cache over the prompt and the response (`cfg.kv_cache_bytes`)."""
-  return cfg.kv_cache_bytes(rows, prompt_length, response_length, model_split)
 
 
 def _finish(parts: dict[str, float], upper: float, phases: Sequence[str] = ()) -> dict[str, float]:
@@ -143,79 +72,98 @@ def program_estimates(
   (`memory_layout`; default: the config's own, `MemoryLayout.of_config`) is how the run splits
   its samplers' and evaluator's host data."""
   layout = layout or MemoryLayout.of_config(config)
-  mesh_shape = dict(zip(MESH_AXES, mesh))
-  cfg = {name: config.model(name) for name in ("student", "teacher", "oracle")}
-  li, lt = config.task.prompt_length, config.task.response_length
-  split, frozen = mesh_shape["model"], config.frozen_dtype
-  data_parallel = mesh_shape["data"] * mesh_shape["fsdp"]
+  p = _Programs(config, dict(zip(MESH_AXES, mesh)))
+  sample_rows = min(SAMPLE_CHUNK, config.prompts.num_oracle, layout.sample_rows or SAMPLE_CHUNK)
+  return {
+    "oracle_sampling": p.sampler("oracle", "float32", sample_rows),
+    "teacher_sft_step": p.sft_step(),
+    "distill_step": p.distill_step(),
+    "online_sampler": p.sampler("teacher", config.frozen_dtype, config.student.batch_size),
+    "evaluator": p.evaluator(layout),
+  }
 
-  def rows(n: int) -> float:
-    return -(-n // data_parallel)
 
-  def gathered(names: Sequence[str], dtype: str, layers: int | None = GATHERED_LAYERS) -> float:
+_THREE = ("student", "teacher", "oracle")
+
+
+class _Programs:
+  """The estimates of each program of a run on one mesh (`program_estimates`)."""
+
+  def __init__(self, config: RunConfig, mesh_shape: dict[str, int]):
+    self.config, self.mesh_shape = config, mesh_shape
+    self.cfg = {name: config.model(name) for name in _THREE}
+    self.li, self.lt = config.task.prompt_length, config.task.response_length
+    self.split, self.frozen = mesh_shape["model"], config.frozen_dtype
+    self.data_parallel = mesh_shape["data"] * mesh_shape["fsdp"]
+
+  def rows(self, n: int) -> float:
+    return -(-n // self.data_parallel)
+
+  def gathered(
+    self, names: Sequence[str], dtype: str, layers: int | None = GATHERED_LAYERS
+  ) -> float:
     return sum(
-      gathered_bytes(cfg[n], mesh_shape, "float32" if n == "student" else dtype, layers)
+      gathered_bytes(self.cfg[n], self.mesh_shape, "float32" if n == "student" else dtype, layers)
       for n in names
     )
 
-  def sampler(name: str, dtype: str, n: int) -> dict[str, float]:
-    model, r = cfg[name], rows(n)
-    parts = {
-      f"{name} params": param_bytes(model, mesh_shape, dtype),
-      "gathered weights": gathered([name], dtype),
-      "encoder working set": encoder_layer_bytes(model, r, li, split)
-      + 4.0 * r * li * model.d_model,
-      "KV cache": kv_cache_bytes(model, r, li, lt, split),
-    }
-    return _finish(parts, gathered([name], dtype, None), ("encoder working set", "KV cache"))
+  def params(self, name: str, dtype: str) -> float:
+    return param_bytes(self.cfg[name], self.mesh_shape, dtype)
 
-  micro_rows = rows(config.student.batch_size) / config.student.micro_batches
-  teacher_rows = rows(config.teacher.batch_size)
-  eval_rows = rows(min(layout.eval_rows, config.eval.batch_size, config.prompts.num_eval))
-  sample_rows = min(SAMPLE_CHUNK, config.prompts.num_oracle, layout.sample_rows or SAMPLE_CHUNK)
-  three = ("student", "teacher", "oracle")
-  return {
-    "oracle_sampling": sampler("oracle", "float32", sample_rows),
-    "teacher_sft_step": _finish(
-      {
-        "teacher params + grads + Adam": 4 * param_bytes(cfg["teacher"], mesh_shape, "float32"),
-        "gathered weights": gathered(["teacher"], "float32"),
-        "teacher activations": activation_bytes(cfg["teacher"], teacher_rows, li, lt, split),
-        "logits": 3 * 4.0 * teacher_rows * lt * config.task.vocab_size / split,
-      },
-      gathered(["teacher"], "float32", None),
-    ),
-    "distill_step": _finish(
-      {
-        "student params + grads + Adam": 4 * param_bytes(cfg["student"], mesh_shape, "float32"),
-        "teacher params": param_bytes(cfg["teacher"], mesh_shape, frozen),
-        "oracle params": param_bytes(cfg["oracle"], mesh_shape, frozen),
-        "gathered weights": gathered(three, frozen),
-        "student activations": activation_bytes(cfg["student"], micro_rows, li, lt, split),
-        "frozen forward": max(
-          encoder_layer_bytes(cfg[n], micro_rows, li, split, lt) for n in ("teacher", "oracle")
-        )
-        + sum(4.0 * micro_rows * lt * cfg[n].d_model for n in ("teacher", "oracle")),
-        "logits": LOGIT_COPIES["distill_step"]
-        * logit_bytes(config, micro_rows, config.sequence_chunks, split),
-      },
-      gathered(three, frozen, None),
-    ),
-    "online_sampler": sampler("teacher", frozen, config.student.batch_size),
-    "evaluator": _finish(
-      {
-        "params": param_bytes(cfg["student"], mesh_shape, "float32")
-        + param_bytes(cfg["teacher"], mesh_shape, frozen)
-        + param_bytes(cfg["oracle"], mesh_shape, frozen),
-        "gathered weights": gathered(three, frozen),
-        "working set": max(encoder_layer_bytes(c, eval_rows, li, split, lt) for c in cfg.values())
-        + sum(4.0 * eval_rows * lt * c.d_model for c in cfg.values()),
-        "logits": LOGIT_COPIES["evaluator"]
-        * logit_bytes(config, eval_rows, layout.eval_chunks, split),
-      },
-      gathered(three, frozen, None),
-    ),
-  }
+  def sampler(self, name: str, dtype: str, n: int) -> dict[str, float]:
+    model, r, li = self.cfg[name], self.rows(n), self.li
+    parts = {
+      f"{name} params": self.params(name, dtype),
+      "gathered weights": self.gathered([name], dtype),
+      "encoder working set": model.working_set_bytes(r, li, 0, self.split)
+      + 4.0 * r * li * model.d_model,
+      "KV cache": model.kv_cache_bytes(r, li, self.lt, self.split),
+    }
+    return _finish(parts, self.gathered([name], dtype, None), ("encoder working set", "KV cache"))
+
+  def sft_step(self) -> dict[str, float]:
+    rows, teacher = self.rows(self.config.teacher.batch_size), self.cfg["teacher"]
+    parts = {
+      "teacher params + grads + Adam": 4 * self.params("teacher", "float32"),
+      "gathered weights": self.gathered(["teacher"], "float32"),
+      "teacher activations": teacher.activation_bytes(rows, self.li, self.lt, self.split),
+      "logits": 3 * 4.0 * rows * self.lt * self.config.task.vocab_size / self.split,
+    }
+    return _finish(parts, self.gathered(["teacher"], "float32", None))
+
+  def distill_step(self) -> dict[str, float]:
+    config, cfg, split, frozen = self.config, self.cfg, self.split, self.frozen
+    rows = self.rows(config.student.batch_size) / config.student.micro_batches
+    frozen_models = ("teacher", "oracle")
+    parts = {
+      "student params + grads + Adam": 4 * self.params("student", "float32"),
+      "teacher params": self.params("teacher", frozen),
+      "oracle params": self.params("oracle", frozen),
+      "gathered weights": self.gathered(_THREE, frozen),
+      "student activations": cfg["student"].activation_bytes(rows, self.li, self.lt, split),
+      "frozen forward": max(
+        cfg[n].working_set_bytes(rows, self.li, self.lt, split) for n in frozen_models
+      )
+      + sum(4.0 * rows * self.lt * cfg[n].d_model for n in frozen_models),
+      "logits": LOGIT_COPIES["distill_step"]
+      * logit_bytes(config, rows, config.sequence_chunks, split),
+    }
+    return _finish(parts, self.gathered(_THREE, frozen, None))
+
+  def evaluator(self, layout: MemoryLayout) -> dict[str, float]:
+    config, split, frozen = self.config, self.split, self.frozen
+    rows = self.rows(min(layout.eval_rows, config.eval.batch_size, config.prompts.num_eval))
+    models = self.cfg.values()
+    parts = {
+      "params": self.params("student", "float32")
+      + self.params("teacher", frozen)
+      + self.params("oracle", frozen),
+      "gathered weights": self.gathered(_THREE, frozen),
+      "working set": max(c.working_set_bytes(rows, self.li, self.lt, split) for c in models)
+      + sum(4.0 * rows * self.lt * c.d_model for c in models),
+      "logits": LOGIT_COPIES["evaluator"] * logit_bytes(config, rows, layout.eval_chunks, split),
+    }
+    return _finish(parts, self.gathered(_THREE, frozen, None))
 
 
 # [rows, Lt / chunks, V] float32 logits alive at once in a program (see the module doc).

@@ -5,6 +5,10 @@ hook fires every N steps, and a run resumed from its checkpoint ends where an un
 does."""
 
 import dataclasses
+import os
+import pathlib
+import re
+import warnings
 from typing import ClassVar
 
 import flax.linen as nn
@@ -16,10 +20,11 @@ import pytest
 
 from th_distill.data.batch import Batch
 from th_distill.detection import DetectorSettings
-from th_distill.models import ModelConfig, init_params, register_family
+from th_distill.models import FAMILIES, MODULES, ModelConfig, init_params, register_family
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.training.distiller import Distiller, as_batch
 
+API = pathlib.Path(__file__).resolve().parents[2] / "docs" / "api.md"
 V, LI, LT, B = 8, 3, 5, 4
 
 
@@ -229,3 +234,31 @@ def test_bad_data_is_named_in_one_line():
     Distiller(
       STUDENT, TEACHER, optax.adam(1e-3), student_params={}, teacher_params={}, oracle=TEACHER
     )
+
+
+def test_the_docs_example_runs_as_written(tmp_path, capsys):
+  """docs/api.md's Distiller block, after its custom family's block (that family's
+  registration is put back as it was afterwards: tests/models/test_user_module.py holds it)."""
+  blocks = re.findall(r"```python\n(.*?)```", API.read_text(), re.S)
+  (family,) = [b for b in blocks if "register_family(" in b]
+  (example,) = [b for b in blocks if "Distiller(" in b]
+  assert example.count('"/tmp/my_distill"') == 2
+  before = FAMILIES.get("recurrent"), MODULES.get("recurrent")
+  namespace = {"__name__": "docs_api_distiller"}
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # the family registered again
+      exec(compile(family, str(API), "exec"), namespace)
+    exec(compile(example.replace("/tmp/my_distill", str(tmp_path)), str(API), "exec"), namespace)
+  finally:
+    for table, old in zip((FAMILIES, MODULES), before):
+      if old is None:
+        table.pop("recurrent", None)
+      else:
+        table["recurrent"] = old
+  rows = namespace["rows"]
+  assert [r["step"] for r in rows] == [0, 10, 20, 30, 40, 50]
+  assert rows[-1]["eval/golden/fkl"] > 0 and rows[-1]["eval/proxy/fkl"] < rows[0]["eval/proxy/fkl"]
+  assert (tmp_path / "metrics.jsonl").exists() and os.listdir(tmp_path / "checkpoints")
+  printed = capsys.readouterr().out.splitlines()
+  assert [line.split()[0] for line in printed[:2]] == ["25", "50"]

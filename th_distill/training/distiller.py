@@ -62,15 +62,19 @@ from th_distill.observing.metrics_io import METRICS_FILE, MetricsWriter, check_r
 from th_distill.partitioning import Partitioner, is_main_process, make_mesh
 from th_distill.rundir.kept import KeptParameters
 from th_distill.training import guards
-from th_distill.training.hooks import DetectorAction, EvaluationHook, ProgressHook, RowAction
+from th_distill.training.hooks import (
+  DetectorAction,
+  Evaluate,
+  EvaluationHook,
+  ProgressHook,
+  RowAction,
+)
 from th_distill.training.programs import Models, distill_program, eval_program, new_train_state
 from th_distill.training.steps import reduce_eval_sums
 from th_distill.training.trainer import Hook, Trainer
 
 # The dtypes of a batch's arrays, in `BATCH_ARRAYS` order.
 BATCH_DTYPES = (np.int32, np.bool_, np.int32, np.float32)
-# evaluate(student_params, step) -> {metric name: value}
-Evaluate = Callable[[Any, int], dict[str, float]]
 # make(start, history) -> row actions: called once the run's first step is known (after its
 # checkpoint is restored), with the rows logged before it.
 MakeActions = Callable[[int, list[dict[str, float]]], Iterable[RowAction]]

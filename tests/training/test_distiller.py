@@ -230,6 +230,10 @@ def test_bad_data_is_named_in_one_line():
     distiller().train(batch, 2)
   with pytest.raises(ValueError, match="The batches ran out at step 2"):
     distiller(oracle=False).train(iter(make_batches(2)), 4)
+  with pytest.raises(ValueError, match="loss.name: 'kl' is not one of"):
+    distiller(loss="kl")
+  with pytest.raises(ValueError, match="evaluate_on: every must be >= 1"):
+    distiller().evaluate_on(batch, every=0)
   with pytest.raises(ValueError, match="oracle and oracle_params"):
     Distiller(
       STUDENT, TEACHER, optax.adam(1e-3), student_params={}, teacher_params={}, oracle=TEACHER

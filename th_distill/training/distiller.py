@@ -302,6 +302,8 @@ class Distiller:
     `{name}/proxy/{fkl,rkl,jsd}` per token (`_seq`: per sequence) and the entropies, with an
     oracle `{name}/golden/*` too (`training.steps.eval_sums`), beside the training means since
     the row before (`train/*`)."""
+    if every < 1:
+      raise ValueError(f"evaluate_on: every must be >= 1, got {every}.")
     batch = self.partitioner.shard_batch(as_batch(batch))
     program = eval_program(
       self.models, self.models.student, self.settings.sequence_chunks, self.partitioner

@@ -81,15 +81,15 @@ def _run(config: config_lib.RunConfig, run_dir: RunDirectory) -> dict[str, Any]:
 
   summary = report.write_report(run_dir.path, config, stage1.info)
   for regime, s in summary["regimes"].items():
-    logging.info(
-      "%-15s golden %.4f -> min %.4f @ %d -> final %.4f (%+.1f%%, trend %s/doubling), "
+    logging.info(  # numbers are None where no evaluation was finite (`report.number`: '–')
+      "%-15s golden %s -> min %s @ %s -> final %s (%s%%, trend %s/doubling), "
       "outcome: %s, detector: %s",
       regime,
-      s["golden_start"],
-      s["golden_min"],
+      report.number(s["golden_start"]),
+      report.number(s["golden_min"]),
       s["golden_min_step"],
-      s["golden_final"],
-      s["golden_rise_pct"],
+      report.number(s["golden_final"]),
+      report.number(s["golden_rise_pct"], "+.1f"),
       report.trend_text(s),
       s["outcome"],
       f"fired @ {s['detected_step']}" if s["detected"] else "silent",

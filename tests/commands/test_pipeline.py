@@ -190,9 +190,9 @@ def test_online_regime_trains_on_the_offline_prompts_by_default(micro, monkeypat
   seen = []
   original = regime_lib.online_batches
 
-  def recording(regime, prompt_pool, *args, **kwargs):
+  def recording(prompt_pool, *args, **kwargs):
     seen.append(prompt_pool)
-    return original(regime, prompt_pool, *args, **kwargs)
+    return original(prompt_pool, *args, **kwargs)
 
   monkeypatch.setattr(regime_lib, "online_batches", recording)
   experiment.run(micro, str(tmp_path))

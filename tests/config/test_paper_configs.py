@@ -1,11 +1,13 @@
 """Every shipped config builds, validates and runs 2 distillation steps end to end, with its
 models swapped for small ones and the real tasks on mocked TFDS / local task files; the paper
-configs load their oracle, teacher and student from (small) Hugging Face checkpoints."""
+configs load their oracle, teacher and student from (small) Hugging Face checkpoints, and the
+prompt-file configs from tiny random Qwen2 directories with a JSONL file of prompts."""
 
 import glob
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -13,10 +15,11 @@ pytest.importorskip("seqio")
 pytest.importorskip("tensorflow_datasets")
 
 import real_task_data  # noqa: E402
+from hf_artifacts import CORPUS, write_prompt_file, write_qwen2  # noqa: E402
 
 from th_distill import config as config_lib
 from th_distill import experiment  # noqa: E402
-from th_distill.config.run_config import RunConfig
+from th_distill.models import pretrained  # noqa: E402
 from th_distill.observing.metrics_io import read_metrics  # noqa: E402
 from th_distill.partitioning import Partitioner  # noqa: E402
 from th_distill.rundir import checkpoints
@@ -69,7 +72,28 @@ def _shrink(config, tmp_path):
       written[name] = real_task_data.write_hf_checkpoint(
         config[name].checkpoint, config_lib.to_t5_config(config[name].model), seed
       )
+  if config.task.source == "prompt_file":
+    written = _own_models(config, tmp_path)
   return config, written
+
+
+def _own_models(config, tmp_path) -> dict:
+  """Points a prompt-file config at three tiny random Qwen2 directories (their architecture read
+  from the files) and a JSONL file of prompts; returns the oracle's parameters as loaded."""
+  artifacts = {
+    name: write_qwen2(tmp_path / name, seed=seed)
+    for seed, name in enumerate(("oracle", "teacher", "student"))
+  }
+  texts = [f"{i}: {sentence}" for i, sentence in enumerate(sorted(set(CORPUS)) * 10)]
+  config.task.update(
+    prompt_file=write_prompt_file(tmp_path / "prompts.jsonl", texts),
+    vocabulary=artifacts["oracle"].directory,
+    vocab_size=artifacts["oracle"].model.config.vocab_size,
+  )
+  for name, artifact in artifacts.items():
+    config[name].model = ml_collections.ConfigDict({"family": "checkpoint", "remat": "none"})
+    config[name].checkpoint = artifact.directory
+  return {"oracle": pretrained.load_checkpoint(artifacts["oracle"].directory).params}
 
 
 def test_every_config_runs_two_steps(tmp_path):
@@ -77,7 +101,7 @@ def test_every_config_runs_two_steps(tmp_path):
   for name in CONFIGS:
     config = config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
     config, written = _shrink(config, tmp_path / name)
-    config_lib.validate(config)
+    run_config = config_lib.validate(config)
     workdir = tmp_path / name / "run"
     with real_task_data.mocked_tfds():
       summary = experiment.run(config, str(workdir))
@@ -88,7 +112,7 @@ def test_every_config_runs_two_steps(tmp_path):
     info = checkpoints.read_json(str(workdir / "stage1" / "info.json"))
     assert ("checkpoint" in info["oracle"]) == (config.oracle.source == "checkpoint"), name
     if config.oracle.source == "checkpoint":  # the oracle is the checkpoint, untouched
-      model = Models.from_config(RunConfig.from_config(config)).oracle
+      model = Models.from_config(run_config).oracle
       oracle = checkpoints.load_param_trees(
         str(workdir / "stage1" / "params"),
         {"oracle": Partitioner.from_config(config.mesh).abstract_params(model)},

@@ -6,6 +6,7 @@ resume from a checkpoint to the uninterrupted run's metrics."""
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 from run_rows import cut_after_checkpoint, untimed_rows
@@ -13,7 +14,8 @@ from run_rows import cut_after_checkpoint, untimed_rows
 from th_distill import config as config_lib
 from th_distill import experiment
 from th_distill.config.run_config import RunConfig
-from th_distill.data.batch import PromptSet
+from th_distill.data import regimes
+from th_distill.data.batch import Batch, PromptSet
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints
 from th_distill.training import sources
@@ -55,18 +57,20 @@ def test_online_schedule_samples_each_group_once_with_parameters_staleness_steps
 
 class FakePrograms:
   """Samplers whose tokens are the `params` they were called with (an int) at every position
-  (+ 100 for the teacher's); the host sampler is the same on numpy."""
+  (+ 100 for the teacher's); the host sampler is the same on numpy. `calls`: (model, rng) of
+  each call."""
 
   def __init__(self):
     from th_distill.partitioning import Partitioner, make_mesh
 
     self.partitioner = Partitioner(make_mesh())
+    self.calls = []
 
   def sampler(self, name):
     offset = 100 if name == "teacher" else 0
 
     def sample(params, prompts, prompt_mask, rng):
-      del rng
+      self.calls.append((name, np.asarray(rng)))
       rows = np.asarray(prompts).shape[0]
       assert np.asarray(prompt_mask).shape == np.asarray(prompts).shape
       return np.full((rows, LT), params + offset, np.int32), np.ones((rows, LT), np.float32)
@@ -95,6 +99,47 @@ def _context(micro, regime, **online):
   return sources.SourceContext(config, FakePrograms(), 0, pools, None, None, FakePhase())
 
 
+# --- each online regime's responses (`respond`) ----------------------------------------------
+
+
+def _keys(seed):
+  return regimes.OnlineKeys(*jax.random.split(jax.random.PRNGKey(seed), 3))
+
+
+def _prompts(rows):
+  return PromptSet(np.ones((rows, LI), np.int32), np.ones((rows, LI), bool))
+
+
+@pytest.mark.parametrize(
+  "regime, model, token", [("online_teacher", "teacher", 100), ("online_student", "student", 7)]
+)
+def test_an_online_regime_samples_its_model_with_its_key(micro, regime, model, token):
+  context, keys = _context(micro, regime), _keys(0)
+  tokens, mask = sources.source_class(regime).respond(context, _prompts(B), keys, 7)
+  assert np.all(np.asarray(tokens) == token) and np.asarray(mask).shape == (B, LT)
+  [(called, rng)] = context.programs.calls
+  assert called == model
+  np.testing.assert_array_equal(rng, getattr(keys, model))
+
+
+@pytest.mark.parametrize("fraction", (0.0, 0.3, 1.0))
+def test_mixture_takes_each_row_from_the_student_with_the_given_probability(micro, fraction):
+  micro.mixture.student_fraction = fraction
+  context, keys, rows = _context(micro, "mixture"), _keys(1), 4000
+  tokens, _ = sources.Mixture.respond(context, _prompts(rows), keys, 7)
+  tokens = np.asarray(tokens)
+  from_student = tokens[:, 0] == 7  # the teacher's are 100
+  assert np.all(from_student | (tokens[:, 0] == 100))
+  assert np.all(tokens == tokens[:, :1])  # a row comes whole from one model
+  expected = jax.random.bernoulli(keys.mixture, fraction, (rows, 1))[:, 0]
+  np.testing.assert_array_equal(from_student, expected)
+  # Binomial(4000, 0.3): standard deviation 0.0072 of the fraction.
+  assert abs(from_student.mean() - fraction) < 0.03
+  for (called, rng), model in zip(context.programs.calls, ("teacher", "student"), strict=True):
+    assert called == model
+    np.testing.assert_array_equal(rng, getattr(keys, model))
+
+
 @pytest.mark.parametrize(
   "regime, reuse, staleness",
   [
@@ -114,6 +159,35 @@ def test_online_batches_come_from_the_parameters_of_their_schedule(micro, regime
     student_rows = np.asarray(batch.responses)[:, 0] < 100
     assert np.all(np.asarray(batch.responses)[student_rows] == max(group * reuse - staleness, 0))
   assert schedule == sources.OnlineSchedule(reuse, staleness)
+
+
+class FirstRows(sources.BatchSource):
+  """A source defined here: the first B distillation prompts with all-zero responses."""
+
+  regime = "first_rows"
+
+  def draw(self, step, student_params):
+    prompts = self.context.pools["distill"][:B]
+    return Batch(prompts.tokens, prompts.mask, np.zeros((B, LT), np.int32), np.ones((B, LT)))
+
+  def train_set(self):
+    raise AssertionError("not evaluated here")
+
+
+def test_any_source_refreshes_to_the_online_teacher_arms_batches(micro):
+  micro.detection.on_detect = "refresh"
+  context = _context(micro, "offline")
+  source, arm = FirstRows(context), sources.OnlineTeacher(context)
+  assert source.refreshes(context.config) and source.refreshed_at is None
+  assert np.all(np.asarray(source.batch_at(4, 9).responses) == 0)
+  source.refresh(3)
+  assert source.refreshed_at == 3
+  assert np.all(np.asarray(source.batch_at(2, 9).responses) == 0)  # before the refresh
+  for step in (3, 4, 7):
+    got, want = source.batch_at(step, 9), arm.batch_at(step, 9)
+    np.testing.assert_array_equal(np.asarray(got.prompts), np.asarray(want.prompts))
+    np.testing.assert_array_equal(np.asarray(got.responses), np.asarray(want.responses))
+    assert np.all(np.asarray(got.responses) == 100)  # the teacher's
 
 
 def test_stale_online_teacher_is_fresh_and_says_so(micro, caplog):

@@ -1,6 +1,7 @@
 """The stage-2 data regimes (`th_distill.data.regimes`) with fake samplers returning known arrays:
 the offline dataset's rows and keys, its epochs (each row once, reshuffled, a pure function of the
-step), and the online producers' prompt draw, key folding and mixture."""
+step), and the online producer's prompt draw and key folding (each online regime's responses:
+tests/data/test_freshness.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -127,73 +128,28 @@ def _step_keys(rng, step):
   return jax.random.split(jax.random.fold_in(rng, step), 4)
 
 
-def test_online_regime_is_checked():
-  with pytest.raises(ValueError, match="Not an online regime"):
-    regimes.online_batches(
-      "offline", _pool(4), 2, jax.random.PRNGKey(0), FakeSampler(1), FakeSampler(2), "teacher"
-    )
-
-
-@pytest.mark.parametrize("regime, key_index", [("online_teacher", 1), ("online_student", 2)])
-def test_online_batches_sample_one_model_with_the_steps_key(regime, key_index):
+def test_online_batches_draw_the_steps_prompts_and_keys_and_take_the_responses_given():
   rng, pool, batch_size = jax.random.PRNGKey(5), _pool(30), 6
-  teacher, student = FakeSampler(code=1), FakeSampler(code=2)
-  batch_at = regimes.online_batches(regime, pool, batch_size, rng, teacher, student, "teacher")
+  sampler, calls = FakeSampler(code=2), []
+
+  def respond(prompts, keys, student_params):
+    calls.append((prompts, keys, student_params))
+    return sampler(student_params, prompts.tokens, prompts.mask, keys.student)
+
+  batch_at = regimes.online_batches(pool, batch_size, rng, respond)
   for step in (0, 3):
     batch = batch_at(step, "student")
     keys = _step_keys(rng, step)
     expected_rows = np.asarray(jax.random.randint(keys[0], (batch_size,), 0, len(pool)))
     np.testing.assert_array_equal(batch.prompts, pool.tokens[expected_rows])
     np.testing.assert_array_equal(batch.prompt_mask, pool.mask[expected_rows])
-    used, unused = (teacher, student) if regime == "online_teacher" else (student, teacher)
-    params, prompts, prompt_mask, key = used.calls[-1]
-    assert params == ("teacher" if used is teacher else "student") and not unused.calls
-    np.testing.assert_array_equal(prompts, batch.prompts)
-    np.testing.assert_array_equal(prompt_mask, batch.prompt_mask)
-    np.testing.assert_array_equal(key, keys[key_index])
-    tokens, mask = used(params, prompts, prompt_mask, key)
+    prompts, given, params = calls[-1]
+    assert params == "student" and given._fields == ("teacher", "student", "mixture")
+    np.testing.assert_array_equal(prompts.tokens, batch.prompts)
+    np.testing.assert_array_equal(prompts.mask, batch.prompt_mask)
+    for got, want in zip(given, keys[1:], strict=True):
+      np.testing.assert_array_equal(got, want)
+    tokens, mask = sampler(*sampler.calls[-1])
     np.testing.assert_array_equal(batch.responses, tokens)
     np.testing.assert_array_equal(batch.mask, mask)
   assert not np.array_equal(batch_at(0, "student").prompts, batch_at(3, "student").prompts)
-
-
-def test_mixture_takes_each_row_from_the_student_with_the_given_probability():
-  rng, batch_size, fraction = jax.random.PRNGKey(8), 4000, 0.3
-  teacher, student = FakeSampler(code=1), FakeSampler(code=2)
-  batch_at = regimes.online_batches(
-    "mixture", _pool(50), batch_size, rng, teacher, student, "teacher", student_fraction=fraction
-  )
-  batch = batch_at(2, "student")
-  keys = _step_keys(rng, 2)
-  (*_, teacher_key), (*_, student_key) = teacher.calls[-1], student.calls[-1]
-  np.testing.assert_array_equal(teacher_key, keys[1])
-  np.testing.assert_array_equal(student_key, keys[2])
-  from_student = batch.responses[:, 0] % 10 == 2
-  assert np.all(from_student | (batch.responses[:, 0] % 10 == 1))
-  np.testing.assert_array_equal(
-    from_student, jax.random.bernoulli(keys[3], fraction, (batch_size, 1))[:, 0]
-  )
-  # Binomial(4000, 0.3): standard deviation 0.0072 of the fraction.
-  assert abs(from_student.mean() - fraction) < 0.03
-  # A row comes whole from one model: its last token is that model's draw.
-  t_tokens, _ = teacher(*teacher.calls[-1])
-  s_tokens, _ = student(*student.calls[-1])
-  np.testing.assert_array_equal(
-    batch.responses, np.where(from_student[:, None], s_tokens, t_tokens)
-  )
-  assert batch.mask.dtype == np.float32
-
-
-@pytest.mark.parametrize("fraction, code", [(0.0, 1), (1.0, 2)])
-def test_mixture_extremes_are_one_model(fraction, code):
-  batch_at = regimes.online_batches(
-    "mixture",
-    _pool(20),
-    64,
-    jax.random.PRNGKey(1),
-    FakeSampler(code=1),
-    FakeSampler(code=2),
-    "teacher",
-    student_fraction=fraction,
-  )
-  assert np.all(batch_at(0, "student").responses[:, 0] % 10 == code)

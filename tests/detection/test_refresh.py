@@ -91,9 +91,11 @@ def test_refresh_action_rolls_back_once_at_the_firing_evaluation():
 def test_refresh_acts_on_the_offline_regime_only(micro):
   micro.detection.on_detect = "refresh"
   config = config_lib.validate(micro)
-  assert sources.source_for(config, "offline") is sources.OfflineUntilRefresh
+  assert sources.source_class("offline").refreshes(config)
   for regime in ("online_teacher", "online_student", "mixture"):
-    assert sources.source_for(config, regime) is sources.source_class(regime)
+    assert not sources.source_class(regime).refreshes(config)
+  micro.detection.on_detect = "continue"
+  assert not sources.source_class("offline").refreshes(config_lib.validate(micro))
   micro.detection.on_detect = "refreshed"
   with pytest.raises(config_lib.ConfigError, match="detection.on_detect: must be one of"):
     config_lib.validate(micro)

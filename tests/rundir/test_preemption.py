@@ -11,12 +11,13 @@ import time
 
 import jax.numpy as jnp
 import pytest
-from conftest import write_micro_config_file
+from conftest import micro_config, write_micro_config_file
 
 from th_distill import errors, experiment
 from th_distill.config import load_config_file
+from th_distill.observing import progress
 from th_distill.observing.metrics_io import read_metrics
-from th_distill.rundir import checkpoints
+from th_distill.rundir import checkpoints, preemption
 
 REGIME = "online_student"
 UNTIMED = ("time/", "throughput/")
@@ -87,6 +88,41 @@ def test_sigterm_then_sigkill_then_resume_logs_the_uninterrupted_metrics(tmp_pat
   output, _ = run.communicate(timeout=600)
   assert run.returncode == 0, output
   assert _rows(workdir) == expected  # bit for bit, every logged metric of every step
+
+
+@pytest.mark.parametrize(
+  "finished, stopped",
+  [("oracle calibration", "oracle samples"), ("evaluation sets", "offline dataset")],
+)
+def test_sigterm_between_training_loops_stops_the_next_sampling_phase(
+  tmp_path, monkeypatch, finished, stopped
+):
+  """A SIGTERM that comes while stage 1 or an offline dataset samples stops the phase at its next
+  sampler call (status 75) instead of at the next training step; the same call then finishes."""
+  monkeypatch.setattr(preemption, "_received", False)
+  previous = signal.getsignal(signal.SIGTERM)
+  preemption.record_sigterm()  # as `python -m th_distill.main` does
+  finish = progress.Phase.finish
+
+  def finish_then_sigterm(phase, *args, **kwargs):
+    finish(phase, *args, **kwargs)
+    if phase.key == finished:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(progress.Phase, "finish", finish_then_sigterm)
+  c = micro_config()
+  c.regimes = ("offline",)
+  workdir = str(tmp_path / "run")
+  try:
+    with pytest.raises(preemption.Preempted, match=f"{stopped}.*: pre-empted .SIGTERM. before"):
+      experiment.run(c, workdir)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert preemption.Preempted.exit_code == errors.EX_TEMPFAIL
+  assert not os.path.exists(os.path.join(workdir, "offline", "offline_dataset.npz"))
+  monkeypatch.setattr(preemption, "_received", False)
+  monkeypatch.setattr(progress.Phase, "finish", finish)
+  assert "offline" in experiment.run(c, workdir)["regimes"]
 
 
 def test_damaged_and_incomplete_checkpoints_are_skipped(tmp_path):

@@ -8,6 +8,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import write_micro_config_file
@@ -40,7 +41,7 @@ class FirstPromptsOnly(sources.BatchSource):
       jax.random.PRNGKey(7),
     )
 
-  def batch_at(self, step, student_params):
+  def draw(self, step, student_params):
     rows = np.arange(self.context.config.student.batch_size) % 4
     return Batch.of_arrays(self.data, rows)
 
@@ -52,14 +53,37 @@ class FirstPromptsOnly(sources.BatchSource):
     return 4
 
 
+HALVES = "teacher_then_student"
+
+
+class TeacherThenStudent(sources.Online):
+  """An online regime defined here, its own sampling included: on each fresh batch, the
+  teacher's samples on the first half of the rows, the student's on the rest."""
+
+  regime = HALVES
+  samplers = ("teacher", "student")
+  rows_sampled = []
+
+  @classmethod
+  def respond(cls, context, prompts, keys, student_params):
+    cls.rows_sampled.append(len(prompts))
+    teacher = context.teacher_samples(prompts, keys.teacher)
+    student = context.student_samples(student_params, prompts, keys.student)
+    from_student = np.arange(len(prompts))[:, None] >= len(prompts) // 2
+    return tuple(jnp.where(from_student, s, t) for s, t in zip(student, teacher, strict=True))
+
+
 @pytest.fixture
-def registered():
-  sources.register(FirstPromptsOnly)
-  yield
-  del sources.REGIMES[REGIME]
+def register():
+  """`register(cls)`: `sources.register` for the test only."""
+  added = []
+  yield lambda cls: added.append(sources.register(cls).regime)
+  for regime in added:
+    del sources.REGIMES[regime]
 
 
-def test_a_regime_is_one_class_registered_from_anywhere(registered, micro, tmp_path):
+def test_a_regime_is_one_class_registered_from_anywhere(register, micro, tmp_path):
+  register(FirstPromptsOnly)
   micro.regimes = (REGIME, "offline")
   summary = experiment.run(micro, str(tmp_path))
   rows = read_metrics(str(tmp_path / REGIME / "metrics.jsonl"))
@@ -68,6 +92,19 @@ def test_a_regime_is_one_class_registered_from_anywhere(registered, micro, tmp_p
   assert checkpoints.read_json(str(tmp_path / REGIME / "done.json"))["steps"] == 6
   # The training-prompt set is the regime's own: its 4 rows, evaluated at every row.
   assert all("train_teacher/proxy/fkl" in r for r in rows)
+
+
+def test_an_online_regime_is_one_class_with_its_own_sampling(register, micro, tmp_path):
+  register(TeacherThenStudent)
+  micro.regimes = (HALVES,)
+  summary = experiment.run(micro, str(tmp_path))["regimes"][HALVES]
+  steps, batch_size = micro.student.steps, micro.student.batch_size
+  assert TeacherThenStudent.rows_sampled == [batch_size] * steps  # a fresh batch every step
+  rows = read_metrics(str(tmp_path / HALVES / "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [0, 3, 6] and summary["golden_final"] is not None
+  # Its cost, as `Online` counts it from `samplers`: both models sample every step.
+  assert summary["teacher_samples_generated"] == summary["student_samples_generated"]
+  assert summary["student_samples_generated"] == steps * batch_size
 
 
 def test_an_unregistered_regime_is_a_config_error(micro):
@@ -88,16 +125,16 @@ def test_offline_and_online_distil_from_the_same_cast_teacher(micro, monkeypatch
   micro.regimes = ("offline", "online_teacher")
   offline_prompts = None
   seen = {}
-  build, online = regimes.build_offline, regimes.online_batches
+  build, teacher_samples = regimes.build_offline, sources.SourceContext.teacher_samples
 
   def recording_build(sample, params, prompts, k, rng, *args, **kwargs):
     if k == micro.offline.generations_per_prompt and _same(prompts, offline_prompts):
       seen["offline"] = params
     return build(sample, params, prompts, k, rng, *args, **kwargs)
 
-  def recording_online(regime, pool, batch_size, rng, sample_t, sample_s, teacher, *args):
-    seen["online"] = teacher
-    return online(regime, pool, batch_size, rng, sample_t, sample_s, teacher, *args)
+  def recording_online(context, prompts, rng):
+    seen["online"] = context.teacher_params
+    return teacher_samples(context, prompts, rng)
 
   from th_distill.config.run_config import RunConfig
   from th_distill.data.pools import prompt_pools
@@ -105,7 +142,7 @@ def test_offline_and_online_distil_from_the_same_cast_teacher(micro, monkeypatch
   pools = prompt_pools(RunConfig.from_config(micro))
   offline_prompts = pools["distill"][: micro.offline.num_prompts]
   monkeypatch.setattr(regimes, "build_offline", recording_build)
-  monkeypatch.setattr(regimes, "online_batches", recording_online)
+  monkeypatch.setattr(sources.SourceContext, "teacher_samples", recording_online)
   experiment.run(micro, str(tmp_path))
   assert set(seen) == {"offline", "online"}
   offline_leaves = jax.tree_util.tree_leaves(seen["offline"])

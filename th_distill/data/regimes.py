@@ -1,11 +1,14 @@
-"""Stage-2 data regimes: where each distillation batch comes from.
+"""Stage-2 data regimes' pure batch functions: where each distillation batch comes from.
 
-- `offline`: a fixed dataset of N prompts x k teacher generations, built once (`build_offline`)
-  and replayed for many epochs in a seed-dependent order that is a pure function of the step.
-- `online_teacher`: fresh teacher samples on prompts drawn from the distillation pool every step.
-- `online_student`: fresh student samples (on-policy), same prompt draw.
-- `mixture`: per example, a student sample with probability `student_fraction`, else a teacher
-  sample (the GKD lambda).
+The regimes themselves are classes (`th_distill.training.sources`: one per regime, its own
+sampling included); these are the functions they share:
+
+- `build_offline`: k teacher generations for each of N prompts (the `offline` dataset, the
+  training-prompt sets, the report's samples);
+- `offline_batches`: a fixed dataset replayed for many epochs in a seed-dependent order that is
+  a pure function of the step;
+- `online_batches`: fresh responses every step on prompts drawn from a pool, the responses from
+  a regime's `Respond` function with the step's `OnlineKeys`.
 
 Every producer is `batch_at(step, student_params) -> Batch` and is deterministic given the seed and
 the step, so a run resumed from a checkpoint sees exactly the batches it would have seen. Offline
@@ -17,16 +20,13 @@ come from `th_distill.sampling.SampleFn`s, whose float32 masks are the `Batch`'s
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from th_distill.data.batch import BATCH_ARRAYS, Batch, PromptSet, TeacherTopK
 from th_distill.sampling import SampleFn
-
-REGIMES = ("offline", "online_teacher", "online_student", "mixture")
 
 # batch_at(step, student_params) -> the distillation batch of `step`.
 BatchFn = Callable[[int, Any], Batch]
@@ -114,41 +114,37 @@ def offline_batches(
   return batch_at
 
 
-def online_batches(
-  regime: str,
-  prompt_pool: PromptSet,
-  batch_size: int,
-  rng: jax.Array,
-  sample_teacher: SampleFn,
-  sample_student: SampleFn,
-  teacher_params: Any,
-  student_fraction: float = 0.5,
-) -> BatchFn:
-  """Fresh generations every step on prompts drawn uniformly (with replacement) from the pool.
+class OnlineKeys(NamedTuple):
+  """The keys of one online step besides its prompt draw's: one per model sampled and one for
+  a regime's own choices (the mixture's per-row draw)."""
 
-  Step t uses `fold_in(rng, t)`, split into (prompt, teacher, student, mixture) keys; `mixture`
-  takes row b from the student's sample with probability `student_fraction`, else from the
-  teacher's (both are sampled on the same prompts)."""
-  if regime not in ("online_teacher", "online_student", "mixture"):
-    raise ValueError(f"Not an online regime: {regime!r}.")
+  teacher: jax.Array
+  student: jax.Array
+  mixture: jax.Array
+
+
+# respond(prompts [B, Li], keys, student_params) -> (responses [B, Lt] int32, mask [B, Lt]
+# float32): an online regime's responses at one step.
+Respond = Callable[[PromptSet, OnlineKeys, Any], tuple[Any, Any]]
+
+
+def online_batches(
+  prompt_pool: PromptSet, batch_size: int, rng: jax.Array, respond: Respond
+) -> BatchFn:
+  """Fresh responses every step on `batch_size` prompts drawn uniformly (with replacement) from
+  the pool ([P, Li]).
+
+  Step t uses `fold_in(rng, t)`, split into (prompt, teacher, student, mixture) keys; the last
+  three, as `OnlineKeys`, go to `respond` with the drawn prompts and the student's parameters,
+  and its responses and mask are the batch's."""
 
   def batch_at(step: int, student_params: Any) -> Batch:
     key = jax.random.fold_in(rng, step)
-    prompt_key, teacher_key, student_key, mix_key = jax.random.split(key, 4)
+    prompt_key, *keys = jax.random.split(key, 4)
     prompts = prompt_pool[
       np.asarray(jax.random.randint(prompt_key, (batch_size,), 0, len(prompt_pool)))
     ]
-    given = (prompts.tokens, prompts.mask)
-    if regime == "online_teacher":
-      tokens, mask = sample_teacher(teacher_params, *given, teacher_key)
-    elif regime == "online_student":
-      tokens, mask = sample_student(student_params, *given, student_key)
-    else:
-      t_tokens, t_mask = sample_teacher(teacher_params, *given, teacher_key)
-      s_tokens, s_mask = sample_student(student_params, *given, student_key)
-      use_student = jax.random.bernoulli(mix_key, student_fraction, (batch_size, 1))
-      tokens = jnp.where(use_student, s_tokens, t_tokens)
-      mask = jnp.where(use_student, s_mask, t_mask)
+    tokens, mask = respond(prompts, OnlineKeys(*keys), student_params)
     return Batch(prompts.tokens, prompts.mask, tokens, mask)
 
   return batch_at

@@ -19,12 +19,10 @@ from th_distill.models.families import (
   register_family,
 )
 from th_distill.models.interface import LanguageModel, ModelConfig
+from th_distill.models.layers import LAYERS_AXIS, extend_cache, param_count
 from th_distill.models.t5 import (
-  LAYERS_AXIS,
   T5,
-  extend_cache,
   init_params,
-  param_count,
   shift_right,
   stack_layers,
   unstack_layers,

@@ -30,24 +30,22 @@ import jax
 import jax.numpy as jnp
 
 from th_distill.models.decoder_config import DecoderConfig
-from th_distill.models.t5 import (
+from th_distill.models.layers import (
+  NEG_INF,
   REMAT_POLICIES,
   GatedMlp,
   RMSNorm,
   extend_cache,
   gelu_tanh,
   heads_major,
+  normal,
+  residual_constraint,
 )
 
 Array = jax.Array
 Cache = dict[str, Any]
 
-_NEG_INF = -1e10  # as T5's: finite, so a fully masked row stays finite
 _ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": gelu_tanh}
-
-
-def _normal(stddev: float):
-  return nn.initializers.normal(stddev=stddev)
 
 
 def align_prompts(prompts: Array, prompt_mask: Array) -> tuple[Array, Array]:
@@ -85,10 +83,10 @@ class Attention(nn.Module):
     def param(name, init, shape, axes):
       return self.param(name, nn.with_logical_partitioning(init, axes), shape, cfg.storage_dtype)
 
-    self.query = param("query", _normal(e**-0.5), (e, h, k), ("embed", "heads", "kv"))
-    self.key = param("key", _normal(e**-0.5), (e, g, k), ("embed", "kv_heads", "kv"))
-    self.value = param("value", _normal(e**-0.5), (e, g, k), ("embed", "kv_heads", "kv"))
-    self.out = param("out", _normal((h * k) ** -0.5), (h, k, e), ("heads", "kv", "embed"))
+    self.query = param("query", normal(e**-0.5), (e, h, k), ("embed", "heads", "kv"))
+    self.key = param("key", normal(e**-0.5), (e, g, k), ("embed", "kv_heads", "kv"))
+    self.value = param("value", normal(e**-0.5), (e, g, k), ("embed", "kv_heads", "kv"))
+    self.out = param("out", normal((h * k) ** -0.5), (h, k, e), ("heads", "kv", "embed"))
     if cfg.qkv_bias:
       zeros = nn.initializers.zeros
       self.query_bias = param("query_bias", zeros, (h, k), ("heads", "kv"))
@@ -124,10 +122,6 @@ class Attention(nn.Module):
     return jnp.einsum("bqhk,hke->bqe", mixed, self.out.astype(dt))
 
 
-def _residual_constraint(x: Array) -> Array:
-  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
-
-
 class Layer(nn.Module):
   """One pre-norm block: attention then MLP, each added to the residual stream."""
 
@@ -153,7 +147,7 @@ class Layer(nn.Module):
       self.attention.attend(query, all_keys, all_values, bias), deterministic=not train
     )
     x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
-    return _residual_constraint(x), out
+    return residual_constraint(x), out
 
   def __call__(
     self, x: Array, positions: Array, bias: Array, train: bool
@@ -194,7 +188,7 @@ def _layer_class(cfg: DecoderConfig) -> type[nn.Module]:
 
 def _key_bias(valid: Array) -> Array:
   """[B, Lk] bool (True = a real key) -> additive [B, 1, 1, 1, Lk] float32 bias."""
-  return jnp.where(valid, 0.0, _NEG_INF)[:, None, None, None, :].astype(jnp.float32)
+  return jnp.where(valid, 0.0, NEG_INF)[:, None, None, None, :].astype(jnp.float32)
 
 
 class Decoder(nn.Module):
@@ -217,7 +211,7 @@ class Decoder(nn.Module):
     self.token_embedder = self.param(
       "token_embedder",
       nn.with_logical_partitioning(
-        _normal(cfg.d_model**-0.5 if cfg.tie_embeddings else 1.0), ("vocab", "embed")
+        normal(cfg.d_model**-0.5 if cfg.tie_embeddings else 1.0), ("vocab", "embed")
       ),
       (cfg.vocab_size, cfg.d_model),
       cfg.storage_dtype,
@@ -227,7 +221,7 @@ class Decoder(nn.Module):
     if not cfg.tie_embeddings:
       self.logits_kernel = self.param(
         "logits_kernel",
-        nn.with_logical_partitioning(_normal(cfg.d_model**-0.5), ("embed", "vocab")),
+        nn.with_logical_partitioning(normal(cfg.d_model**-0.5), ("embed", "vocab")),
         (cfg.d_model, cfg.vocab_size),
         cfg.storage_dtype,
       )
@@ -235,7 +229,7 @@ class Decoder(nn.Module):
 
   def _embed(self, tokens: Array, train: bool) -> Array:
     x = jnp.take(self.token_embedder, tokens, axis=0).astype(self.cfg.compute_dtype)
-    return _residual_constraint(self.dropout(x, deterministic=not train))
+    return residual_constraint(self.dropout(x, deterministic=not train))
 
   def logits_from_hidden(self, hidden: Array, train: bool = False) -> Array:
     """Final norm and output layer: hidden [..., E] -> logits [..., V] float32."""
@@ -272,7 +266,7 @@ class Decoder(nn.Module):
     valid = jnp.concatenate([prompt_mask, jnp.ones_like(responses[:, :-1], bool)], axis=1)
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
     index = jnp.arange(tokens.shape[1])
-    causal = jnp.where(index[None, :] <= index[:, None], 0.0, _NEG_INF)  # [L, L]
+    causal = jnp.where(index[None, :] <= index[:, None], 0.0, NEG_INF)  # [L, L]
     x, _ = self._stack(tokens, positions, causal + _key_bias(valid), train)
     return x[:, length - 1 :]
 
@@ -307,7 +301,7 @@ class Decoder(nn.Module):
     valid = prompt_mask[:, :-1]
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
     index = jnp.arange(context.shape[1])
-    causal = jnp.where(index[None, :] <= index[:, None], 0.0, _NEG_INF)
+    causal = jnp.where(index[None, :] <= index[:, None], 0.0, NEG_INF)
     _, kvs = self._stack(context, positions, causal + _key_bias(valid), False)
     batch = prompts.shape[0]
     zeros = jnp.zeros((batch, cfg.num_kv_heads, max_decode_length, cfg.d_kv), cfg.compute_dtype)
@@ -327,7 +321,7 @@ class Decoder(nn.Module):
     token and the cache with this token's keys and values written at `index`."""
     index, prompt_bias = cache["index"], cache["prompt_bias"]
     max_length = cache["layers"][0]["self_keys"].shape[2]
-    written = jnp.where(jnp.arange(max_length) <= index, 0.0, _NEG_INF)
+    written = jnp.where(jnp.arange(max_length) <= index, 0.0, NEG_INF)
     bias = jnp.concatenate(
       [prompt_bias, jnp.broadcast_to(written, (*prompt_bias.shape[:-1], max_length))], axis=-1
     )

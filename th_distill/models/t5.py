@@ -25,9 +25,7 @@ convert between the layouts), and so is the decoding cache. `cfg.remat` wraps ea
 from __future__ import annotations
 
 import functools
-import math
 import re
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -36,323 +34,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from th_distill.models.config import DECODER_START_ID, T5Config
+from th_distill.models.layers import (
+  NEG_INF,
+  SELF_KV,
+  RMSNorm,
+  extend_cache,
+  normal,
+  residual_constraint,
+)
+from th_distill.models.t5_blocks import (
+  DecoderLayer,
+  EncoderLayer,
+  RelativePositionBias,
+  layer_class,
+  padding_bias,
+  scan_layers,
+)
 
 Array = jax.Array
 Cache = dict[str, Any]
-
-_NEG_INF = -1e10  # Added to masked attention logits; finite so fully-masked rows stay finite.
-
-# Logical name of the leading axis of scanned (stacked) layer parameters: never sharded.
-LAYERS_AXIS = "layers"
-# `T5Config.remat` -> the `jax.checkpoint` policy of each layer (None: save nothing, recompute all).
-REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
-_SELF_KV = ("self_keys", "self_values")
-
-
-def _normal(stddev: float):
-  return nn.initializers.normal(stddev=stddev)
-
-
-def relative_position_bucket(
-  relative_position: Array, bidirectional: bool, num_buckets: int, max_distance: int
-) -> Array:
-  """Maps relative positions (key - query) to bucket ids in [0, num_buckets), as in T5.
-
-  Half of the buckets (all of them if not bidirectional) hold exact small distances, the rest
-  logarithmically larger ones up to `max_distance`; bidirectional attention splits the buckets
-  between keys after and before the query. Unidirectional attention maps future keys to bucket 0.
-  """
-  ret = jnp.zeros_like(relative_position)
-  n = -relative_position
-  if bidirectional:
-    num_buckets //= 2
-    ret += (n < 0).astype(jnp.int32) * num_buckets
-    n = jnp.abs(n)
-  else:
-    n = jnp.maximum(n, 0)
-  max_exact = num_buckets // 2
-  is_small = n < max_exact
-  safe_n = jnp.maximum(n, 1).astype(jnp.float32)
-  val_if_large = max_exact + (
-    jnp.log(safe_n / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
-  ).astype(jnp.int32)
-  val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
-  return ret + jnp.where(is_small, n, val_if_large)
-
-
-class RMSNorm(nn.Module):
-  """T5 layer norm: x / rms(x) * scale, computed in float32, returned in the compute dtype."""
-
-  cfg: T5Config
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    scale = self.param(
-      "scale",
-      nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-      (x.shape[-1],),
-      self.cfg.storage_dtype,
-    )
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(
-      jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.cfg.layer_norm_eps
-    )
-    return (x32 * scale.astype(jnp.float32)).astype(self.cfg.compute_dtype)
-
-
-class RelativePositionBias(nn.Module):
-  """Learned scalar bias per (head, relative-position bucket): returns [1, H, Lq, Lk] float32."""
-
-  cfg: T5Config
-  bidirectional: bool
-
-  @nn.compact
-  def __call__(self, query_positions: Array, key_positions: Array) -> Array:
-    cfg = self.cfg
-    table = self.param(
-      "rel_embedding",
-      nn.with_logical_partitioning(_normal(cfg.d_model**-0.5), ("heads", "relpos_buckets")),
-      (cfg.num_heads, cfg.relative_attention_num_buckets),
-      cfg.storage_dtype,
-    )
-    buckets = relative_position_bucket(
-      key_positions[None, :] - query_positions[:, None],
-      self.bidirectional,
-      cfg.relative_attention_num_buckets,
-      cfg.relative_attention_max_distance,
-    )  # [Lq, Lk]
-    return jnp.take(table.astype(jnp.float32), buckets, axis=1)[None]  # [1, H, Lq, Lk]
-
-
-class Attention(nn.Module):
-  """Multi-head dot-product attention without biases or logit scaling (T5)."""
-
-  cfg: T5Config
-
-  def setup(self):
-    cfg = self.cfg
-    hk = (cfg.num_heads, cfg.d_kv)
-
-    def kernel(name, stddev, shape, axes):
-      return self.param(
-        name, nn.with_logical_partitioning(_normal(stddev), axes), shape, cfg.storage_dtype
-      )
-
-    self.query = kernel(
-      "query", (cfg.d_model * cfg.d_kv) ** -0.5, (cfg.d_model, *hk), ("embed", "heads", "kv")
-    )
-    self.key = kernel("key", cfg.d_model**-0.5, (cfg.d_model, *hk), ("embed", "heads", "kv"))
-    self.value = kernel("value", cfg.d_model**-0.5, (cfg.d_model, *hk), ("embed", "heads", "kv"))
-    self.out = kernel(
-      "out", (cfg.num_heads * cfg.d_kv) ** -0.5, (*hk, cfg.d_model), ("heads", "kv", "embed")
-    )
-    self.dropout = nn.Dropout(cfg.dropout_rate)
-
-  def _proj(self, x: Array, kernel: Array) -> Array:
-    dt = self.cfg.compute_dtype
-    y = jnp.einsum("ble,ehk->blhk", x.astype(dt), kernel.astype(dt))
-    return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
-
-  def project_kv(self, x: Array) -> tuple[Array, Array]:
-    """Keys and values of `x` [B, L, E]: two [B, L, H, K] arrays."""
-    return self._proj(x, self.key), self._proj(x, self.value)
-
-  def __call__(self, x: Array, keys: Array, values: Array, bias: Array, train: bool) -> Array:
-    """Attends from `x` [B, Lq, E] to `keys`/`values` [B, Lk, H, K].
-
-    `bias` broadcasts to [B, H, Lq, Lk] (relative positions plus a large negative on masked
-    entries). Returns [B, Lq, E] in the compute dtype.
-    """
-    dt = self.cfg.compute_dtype
-    q = self._proj(x, self.query)
-    logits = (
-      jnp.einsum("bqhk,bshk->bhqs", q, keys.astype(dt), preferred_element_type=jnp.float32) + bias
-    )
-    weights = jax.nn.softmax(logits, axis=-1)
-    weights = self.dropout(weights, deterministic=not train)
-    mixed = jnp.einsum("bhqs,bshk->bqhk", weights.astype(dt), values.astype(dt))
-    return jnp.einsum("bqhk,hke->bqe", mixed, self.out.astype(dt))
-
-  def attend_cached(self, x: Array, keys: Array, values: Array, bias: Array) -> Array:
-    """Incremental decoding (no dropout): attends from one position `x` [B, 1, E] to a cache
-    `keys`/`values` [B, H, Lk, K].
-
-    The cache is heads-major so that both products are batched matrix-vector products over its
-    own layout (no per-step transpose of the cache). `bias` broadcasts to [B, H, 1, Lk].
-    Returns [B, 1, E] in the compute dtype.
-    """
-    dt = self.cfg.compute_dtype
-    q = self._proj(x, self.query)[:, 0]  # [B, H, K]
-    logits = jnp.einsum("bhk,bhsk->bhs", q, keys.astype(dt), preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits[:, :, None] + bias, axis=-1)[:, :, 0]  # [B, H, Lk]
-    mixed = jnp.einsum("bhs,bhsk->bhk", weights.astype(dt), values.astype(dt))
-    return jnp.einsum("bhk,hke->be", mixed, self.out.astype(dt))[:, None]
-
-
-def heads_major(x: Array) -> Array:
-  """[B, L, H, K] keys or values -> the cache layout [B, H, L, K]."""
-  return jnp.swapaxes(x, 1, 2)
-
-
-def gelu_tanh(x: Array) -> Array:
-  """GELU, tanh approximation (`gelu_new`): T5 v1.1's and Gemma's MLP activation."""
-  return jax.nn.gelu(x, approximate=True)
-
-
-class GatedMlp(nn.Module):
-  """Gated feed-forward: (act(x W0) * (x W1)) Wo; T5 v1.1's with GELU (the default)."""
-
-  cfg: T5Config
-  activation: Callable[[Array], Array] = gelu_tanh
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    cfg = self.cfg
-    dt = cfg.compute_dtype
-
-    def kernel(name, stddev, shape, axes):
-      return self.param(
-        name, nn.with_logical_partitioning(_normal(stddev), axes), shape, cfg.storage_dtype
-      ).astype(dt)
-
-    wi_0 = kernel("wi_0", cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
-    wi_1 = kernel("wi_1", cfg.d_model**-0.5, (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
-    wo = kernel("wo", cfg.d_ff**-0.5, (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
-    h = self.activation(x @ wi_0) * (x @ wi_1)
-    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not train)
-    return h @ wo
-
-
-def _residual_constraint(x: Array) -> Array:
-  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
-
-
-class EncoderLayer(nn.Module):
-  cfg: T5Config
-
-  def setup(self):
-    self.attention_norm = RMSNorm(self.cfg)
-    self.attention = Attention(self.cfg)
-    self.mlp_norm = RMSNorm(self.cfg)
-    self.mlp = GatedMlp(self.cfg)
-    self.dropout = nn.Dropout(self.cfg.dropout_rate)
-
-  def __call__(self, x: Array, bias: Array, train: bool) -> Array:
-    h = self.attention_norm(x)
-    x = x + self.dropout(
-      self.attention(h, *self.attention.project_kv(h), bias, train), deterministic=not train
-    )
-    x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
-    return _residual_constraint(x)
-
-
-class DecoderLayer(nn.Module):
-  cfg: T5Config
-
-  def setup(self):
-    self.self_attention_norm = RMSNorm(self.cfg)
-    self.self_attention = Attention(self.cfg)
-    self.cross_attention_norm = RMSNorm(self.cfg)
-    self.cross_attention = Attention(self.cfg)
-    self.mlp_norm = RMSNorm(self.cfg)
-    self.mlp = GatedMlp(self.cfg)
-    self.dropout = nn.Dropout(self.cfg.dropout_rate)
-
-  def cross_kv(self, encoded: Array) -> tuple[Array, Array]:
-    return self.cross_attention.project_kv(encoded)
-
-  def __call__(
-    self, x: Array, self_bias: Array, encoded: Array, cross_bias: Array, train: bool
-  ) -> Array:
-    """One decoder block on `x` [B, Lt, E] (teacher forcing): the self-attention keys/values are
-    those of `x`, the cross-attention ones those of `encoded` [B, Li, E]; biases as in
-    `Attention.__call__`."""
-    h = self.self_attention_norm(x)
-    x = x + self.dropout(
-      self.self_attention(h, *self.self_attention.project_kv(h), self_bias, train),
-      deterministic=not train,
-    )
-    h = self.cross_attention_norm(x)
-    x = x + self.dropout(
-      self.cross_attention(h, *self.cross_kv(encoded), cross_bias, train), deterministic=not train
-    )
-    x = x + self.dropout(self.mlp(self.mlp_norm(x), train), deterministic=not train)
-    return _residual_constraint(x)
-
-  def step(
-    self, x: Array, self_bias: Array, cache: Cache, index: Array, cross_bias: Array
-  ) -> tuple[Array, Cache]:
-    """The block for one token at position `index` (incremental decoding, no dropout).
-
-    `x` [B, 1, E]; `cache` is this layer's entry of `T5.init_cache` (heads-major [B, H, L, K]
-    arrays). The token's key and value are written into the cache at `index`, attention runs
-    over the whole cache (`self_bias` [1, H, 1, Lmax] masks the unwritten part) and the encoder
-    projections. Returns the block's output [B, 1, E] and the updated layer cache.
-    """
-    h = self.self_attention_norm(x)
-    written = {
-      name: jax.lax.dynamic_update_slice_in_dim(
-        cache[name], heads_major(new).astype(cache[name].dtype), index, axis=2
-      )
-      for name, new in zip(("self_keys", "self_values"), self.self_attention.project_kv(h))
-    }
-    x = x + self.self_attention.attend_cached(
-      h, written["self_keys"], written["self_values"], self_bias
-    )
-    h = self.cross_attention_norm(x)
-    x = x + self.cross_attention.attend_cached(
-      h, cache["cross_keys"], cache["cross_values"], cross_bias
-    )
-    x = x + self.mlp(self.mlp_norm(x), train=False)
-    return _residual_constraint(x), {**cache, **written}
-
-  def cache(self, encoded: Array, max_decode_length: int) -> Cache:
-    """This layer's entry of `T5.init_cache`: zero self-attention keys/values [B, H, Lmax, K],
-    cross-attention projections of `encoded` [B, H, Li, K]."""
-    cfg = self.cfg
-    zeros = jnp.zeros(
-      (encoded.shape[0], cfg.num_heads, max_decode_length, cfg.d_kv), cfg.compute_dtype
-    )
-    cross_keys, cross_values = self.cross_kv(encoded)
-    return dict(
-      self_keys=zeros,
-      self_values=zeros,
-      cross_keys=heads_major(cross_keys),
-      cross_values=heads_major(cross_values),
-    )
-
-
-def _layer_class(cls: type[nn.Module], cfg: T5Config, train_argnum: int) -> type[nn.Module]:
-  """`cls`, rematerialised under `cfg.remat`; `train_argnum` is the position of `__call__`'s
-  `train` flag (self = 0), a static argument."""
-  if cfg.remat == "none":
-    return cls
-  return nn.remat(
-    cls,
-    policy=REMAT_POLICIES[cfg.remat],
-    prevent_cse=not cfg.scan_layers,  # scan already keeps XLA from merging the recomputation
-    static_argnums=(train_argnum,),
-  )
-
-
-def _scan(fn: Any, length: int, in_axes: Any) -> Any:
-  """`fn(layer, carry, *xs) -> (carry, ys)` scanned over `length` layers whose parameters are
-  stacked along a leading `LAYERS_AXIS` (each step sees one layer's slice, and its own dropout
-  and init rngs); `in_axes` as in `nn.scan` (`nn.broadcast`: the same value for every layer)."""
-  return nn.scan(
-    fn,
-    variable_axes={"params": 0},
-    split_rngs={"params": True, "dropout": True},
-    in_axes=in_axes,
-    length=length,
-    metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
-  )
-
-
-def _padding_bias(mask: Array) -> Array:
-  """[B, Lk] bool (True = attend) -> additive [B, 1, 1, Lk] float32 bias."""
-  return jnp.where(mask, 0.0, _NEG_INF)[:, None, None, :].astype(jnp.float32)
 
 
 class T5(nn.Module):
@@ -380,13 +80,13 @@ class T5(nn.Module):
     cfg = self.cfg
     self.token_embedder = self.param(
       "token_embedder",
-      nn.with_logical_partitioning(_normal(1.0), ("vocab", "embed")),
+      nn.with_logical_partitioning(normal(1.0), ("vocab", "embed")),
       (cfg.vocab_size, cfg.d_model),
       cfg.storage_dtype,
     )
     self.encoder_relpos = RelativePositionBias(cfg, bidirectional=True)
-    encoder_layer = _layer_class(EncoderLayer, cfg, train_argnum=3)
-    decoder_layer = _layer_class(DecoderLayer, cfg, train_argnum=5)
+    encoder_layer = layer_class(EncoderLayer, cfg, train_argnum=3)
+    decoder_layer = layer_class(DecoderLayer, cfg, train_argnum=5)
     if cfg.scan_layers:
       self.encoder_layers = encoder_layer(cfg)
       self.decoder_layers = decoder_layer(cfg)
@@ -398,7 +98,7 @@ class T5(nn.Module):
     self.decoder_norm = RMSNorm(cfg)
     self.logits_kernel = self.param(
       "logits_kernel",
-      nn.with_logical_partitioning(_normal(cfg.d_model**-0.5), ("embed", "vocab")),
+      nn.with_logical_partitioning(normal(cfg.d_model**-0.5), ("embed", "vocab")),
       (cfg.d_model, cfg.vocab_size),
       cfg.storage_dtype,
     )
@@ -406,7 +106,7 @@ class T5(nn.Module):
 
   def _embed(self, tokens: Array, train: bool) -> Array:
     x = jnp.take(self.token_embedder, tokens, axis=0).astype(self.cfg.compute_dtype)
-    return _residual_constraint(self.dropout(x, deterministic=not train))
+    return residual_constraint(self.dropout(x, deterministic=not train))
 
   def _logits(self, x: Array, train: bool) -> Array:
     x = self.dropout(self.decoder_norm(x), deterministic=not train)
@@ -423,10 +123,10 @@ class T5(nn.Module):
     marks the real tokens (the others are masked as keys)."""
     length = input_tokens.shape[1]
     positions = jnp.arange(length)
-    bias = self.encoder_relpos(positions, positions) + _padding_bias(input_mask)
+    bias = self.encoder_relpos(positions, positions) + padding_bias(input_mask)
     x = self._embed(input_tokens, train)
     if self.cfg.scan_layers:
-      x, _ = _scan(
+      x, _ = scan_layers(
         lambda layer, x, bias: (layer(x, bias, train), None),
         self.cfg.num_encoder_layers,
         nn.broadcast,
@@ -453,11 +153,11 @@ class T5(nn.Module):
     length = decoder_input_tokens.shape[1]
     positions = jnp.arange(length)
     causal = positions[None, :] <= positions[:, None]
-    self_bias = self.decoder_relpos(positions, positions) + jnp.where(causal, 0.0, _NEG_INF)
-    cross_bias = _padding_bias(input_mask)
+    self_bias = self.decoder_relpos(positions, positions) + jnp.where(causal, 0.0, NEG_INF)
+    cross_bias = padding_bias(input_mask)
     x = self._embed(decoder_input_tokens, train)
     if self.cfg.scan_layers:
-      x, _ = _scan(
+      x, _ = scan_layers(
         lambda layer, x, *context: (layer(x, *context, train), None),
         self.cfg.num_decoder_layers,
         (nn.broadcast,) * 3,
@@ -520,7 +220,7 @@ class T5(nn.Module):
     whose arrays are stacked along a leading layer axis ([Ld, B, H, Lmax, K], ...).
     """
     if self.cfg.scan_layers:
-      _, layers = _scan(
+      _, layers = scan_layers(
         lambda layer, carry, encoded: (carry, layer.cache(encoded, max_decode_length)),
         self.cfg.num_decoder_layers,
         nn.broadcast,
@@ -530,7 +230,7 @@ class T5(nn.Module):
     return dict(
       index=jnp.zeros((), jnp.int32),
       layers=layers,
-      cross_bias=_padding_bias(input_mask),
+      cross_bias=padding_bias(input_mask),
     )
 
   def decode_step(self, decoder_token: Array, cache: Cache) -> tuple[Array, Cache]:
@@ -540,7 +240,7 @@ class T5(nn.Module):
     key_positions = jnp.arange(max_length)
     self_bias = (
       self.decoder_relpos(index[None], key_positions)
-      + jnp.where(key_positions <= index, 0.0, _NEG_INF)[None, None, None, :]
+      + jnp.where(key_positions <= index, 0.0, NEG_INF)[None, None, None, :]
     )
     x = self._embed(decoder_token[:, None], train=False)
     if self.cfg.scan_layers:
@@ -562,15 +262,15 @@ class T5(nn.Module):
 
     def body(layer, x, layer_cache):
       x, written = layer.step(x, self_bias, layer_cache, index, cache["cross_bias"])
-      return x, {k: jax.lax.dynamic_slice_in_dim(written[k], index, 1, axis=2) for k in _SELF_KV}
+      return x, {k: jax.lax.dynamic_slice_in_dim(written[k], index, 1, axis=2) for k in SELF_KV}
 
-    x, new = _scan(body, self.cfg.num_decoder_layers, 0)(self.decoder_layers, x, cache["layers"])
+    x, new = scan_layers(body, self.cfg.num_decoder_layers, 0)(
+      self.decoder_layers, x, cache["layers"]
+    )
     layers = cache["layers"]
     return x, {
       **layers,
-      **{
-        k: jax.lax.dynamic_update_slice_in_dim(layers[k], new[k], index, axis=3) for k in _SELF_KV
-      },
+      **{k: jax.lax.dynamic_update_slice_in_dim(layers[k], new[k], index, axis=3) for k in SELF_KV},
     }
 
 
@@ -578,23 +278,6 @@ def _self_keys(cache: Cache) -> Array:
   """The self-attention keys of the first layer [B, H, Lmax, K], or of all [Ld, B, H, Lmax, K]."""
   layers = cache["layers"]
   return (layers[0] if isinstance(layers, list) else layers)["self_keys"]
-
-
-def extend_cache(cache: Cache, max_decode_length: int) -> Cache:
-  """`cache` (from `init_cache`, either layout) with room for `max_decode_length` positions: the
-  self-attention keys and values zero-padded along the length (axis -2). Unwritten positions are
-  masked, so decoding goes on exactly as with a cache allocated at that length from the start."""
-
-  def pad(layer: Cache) -> Cache:
-    def one(x: Array) -> Array:
-      widths = [(0, 0)] * x.ndim
-      widths[-2] = (0, max_decode_length - x.shape[-2])
-      return jnp.pad(x, widths)
-
-    return {**layer, **{k: one(layer[k]) for k in _SELF_KV}}
-
-  layers = cache["layers"]
-  return {**cache, "layers": [pad(x) for x in layers] if isinstance(layers, list) else pad(layers)}
 
 
 def shift_right(targets: Array) -> Array:
@@ -612,10 +295,6 @@ def init_params(model: T5, rng: Array, input_length: int = 8, target_length: int
   tokens = jnp.ones((1, input_length), jnp.int32)
   mask = jnp.ones((1, input_length), bool)
   return model.init(rng, tokens, mask, jnp.ones((1, target_length), jnp.int32))["params"]
-
-
-def param_count(params: Any) -> int:
-  return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.unbox(params)))
 
 
 def _stack(leaves: tuple[Any, ...]) -> Any:

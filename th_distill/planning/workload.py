@@ -65,11 +65,11 @@ def generation_cost(
   counted), their generation FLOPs, and the distillation steps' FLOPs (student forward and
   backward, teacher and oracle forwards). `refreshed_at`: the step at which an offline run's
   detector switched it to fresh teacher samples (`detection.on_detect = 'refresh'`), if it did."""
-  cost = cost_fn(config)
+  cost, source = cost_fn(config), sources.source_class(regime)
   if refreshed_at is None:
-    generated = sources.source_class(regime).generated(config, steps)
+    generated = source.generated(config, steps)
   else:
-    generated = sources.OfflineUntilRefresh.generated_after(config, steps, refreshed_at)
+    generated = source.generated_after(config, steps, refreshed_at)
   return {
     "teacher_samples_generated": generated["teacher"],
     "student_samples_generated": generated["student"],

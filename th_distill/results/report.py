@@ -54,6 +54,46 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
       run_dir.regime(regime).check_rows(config.eval_settings.steps)
   rows = {r: read_metrics(run_dir.regime(r).metrics) for r in config.regimes}
   rows = {r: v for r, v in rows.items() if v}
+  summary = _summary(config, rows, teacher)
+  checkpoints.write_json(run_dir.summary, summary)
+  if config.write_figures:
+    figures.write_figures(
+      workdir, {r: [v] for r, v in rows.items()}, settings, metric, summary["teacher_golden"]
+    )
+  regimes = summary["regimes"]
+  lines = [
+    "# th_distill run report",
+    "",
+    *(f"- {sentence(regime, s)} {pass_sentence(s)}".rstrip() for regime, s in regimes.items()),
+    "",
+    f"Seed {config.seed}; offline data N = {config.offline.num_prompts} prompts x k = "
+    f"{config.offline.generations_per_prompt}; online prompts: {config.online.prompts}; "
+    f"loss {config.loss.name}; student init {config.student.init}, "
+    f"{config.student.steps} steps of batch {config.student.batch_size}. "
+    f"{teacher_sentence(summary['teacher_golden'], summary['student_init_golden'])} "
+    f"{run_time_sentence(workdir, teacher, rows)}",
+    "",
+    *_regime_table(regimes),
+    *_cost_table(regimes),
+    *_definitions(config),
+    *_views_table(regimes),
+    "",
+    settings_text(settings, metric),
+    "",
+  ]
+  lines += samples.section(run_dir, tuple(regimes), task_vocabulary(config.task))
+  if config.write_figures:
+    lines += [f"![{name}]({name}.png)\n" for name in ("curves", "proxy_golden", "detector")]
+  boundary.write_text(run_dir.report, "\n".join(lines))
+  return summary
+
+
+def _summary(
+  config: RunConfig, rows: Mapping[str, list[dict[str, Any]]], teacher: Mapping[str, float]
+) -> dict[str, Any]:
+  """summary.json: the teacher's golden distances and each regime's run summary with its
+  generation cost."""
+  settings, metric = config.detection.detector, config.detection.metric
   teacher_golden = teacher["teacher/golden/fkl@oracle_samples"]
   regimes = {
     r: summarize_run(v, config.hacking_threshold_pct, settings, metric, teacher_golden)
@@ -62,7 +102,7 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
   for r, s in regimes.items():
     s.update(workload.generation_cost(config, r, s["final_step"], s["refreshed_at_step"]))
   starts = [s["student_init_golden"] for s in regimes.values()]
-  summary = {
+  return {
     "teacher_golden": teacher_golden,
     "student_init_golden": starts[0] if starts else None,
     "teacher": {
@@ -71,41 +111,30 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
     },
     "regimes": regimes,
   }
-  checkpoints.write_json(run_dir.summary, summary)
-  if config.write_figures:
-    figures.write_figures(
-      workdir, {r: [v] for r, v in rows.items()}, settings, metric, teacher_golden
-    )
-  lines = [
-    "# th_distill run report",
-    "",
-    *(
-      f"- {sentence(regime, s)} {pass_sentence(s)}".rstrip()
-      for regime, s in summary["regimes"].items()
-    ),
-    "",
-    f"Seed {config.seed}; offline data N = {config.offline.num_prompts} prompts x k = "
-    f"{config.offline.generations_per_prompt}; online prompts: {config.online.prompts}; "
-    f"loss {config.loss.name}; student init {config.student.init}, "
-    f"{config.student.steps} steps of batch {config.student.batch_size}. "
-    f"{teacher_sentence(teacher_golden, summary['student_init_golden'])} "
-    f"{run_time_sentence(workdir, teacher, rows)}",
-    "",
+
+
+def _regime_table(regimes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  """One row per regime: the oracle's outcome, golden and proxy, the detector."""
+  return [
     "| regime | outcome (oracle) | golden start | golden min @ step | golden final | "
     "rise % | trend %/doubling [95% CI] | proxy at golden min -> final (change %) | "
     "detector |",
     "|---|---|---|---|---|---|---|---|---|",
-  ]
-  for regime, s in summary["regimes"].items():
-    lines.append(
+    *(
       f"| {regime} | {s['outcome']} | {number(s['golden_start'])} | "
       f"{number(s['golden_min'])} @ {s['golden_min_step']} | "
       f"{number(s['golden_final'])} | {number(s['golden_rise_pct'], '+.1f')} | "
       f"{trend_text(s)} | "
       f"{number(s['proxy_at_golden_min'])} -> {number(s['proxy_final'])} "
       f"({number(s['proxy_change_after_min_pct'], '+.1f')}) | {verdict(s)} |"
-    )
-  lines += [
+      for regime, s in regimes.items()
+    ),
+  ]
+
+
+def _cost_table(regimes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  """What each regime paid for its training data against the golden distance it reached."""
+  return [
     "",
     "What each regime paid for its training data (samples drawn by the teacher and the "
     "student; the evaluations' are not counted) against the golden distance it reached:",
@@ -117,10 +146,14 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
       f"| {regime} | {s['teacher_samples_generated']:,} | {s['student_samples_generated']:,} | "
       f"{s['generation_flops'] / 1e9:,.1f} | {s['training_flops'] / 1e9:,.1f} | "
       f"{number(s['golden_min'])} | {number(s['golden_final'])} |"
-      for regime, s in summary["regimes"].items()
+      for regime, s in regimes.items()
     ),
   ]
-  lines += [
+
+
+def _definitions(config: RunConfig) -> list[str]:
+  """What golden, proxy, rise, change, trend and each outcome mean."""
+  return [
     "",
     f"golden = `{GOLDEN}` (KL(oracle || student) per token on oracle samples of the "
     f"held-out prompts), proxy = `{PROXY}` (KL(teacher || student) per token on teacher "
@@ -135,25 +168,25 @@ def write_report(workdir: str, config: RunConfig, teacher: Mapping[str, float]) 
     "`teacher_hacking` if the proxy did not rise, `overfitting` if it rose too; "
     "`none` otherwise "
     "(docs/metrics.md).",
+  ]
+
+
+def _views_table(regimes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  """The same verdict read with every divergence, per token and per sequence."""
+  return [
     "",
     "The same verdict read with every divergence, per token and per sequence (`_seq`):",
     "",
     "| regime | view | sampled by | golden rise % | proxy change % | outcome |",
     "|---|---|---|---|---|---|",
+    *(
+      f"| {regime} | {view} | {v['sampled_by']} | "
+      f"{number(v['golden_rise_pct'], '+.1f')} | "
+      f"{number(v['proxy_change_after_min_pct'], '+.1f')} | {v['outcome']} |"
+      for regime, s in regimes.items()
+      for view, v in s["views"].items()
+    ),
   ]
-  for regime, s in summary["regimes"].items():
-    for view, v in s["views"].items():
-      lines.append(
-        f"| {regime} | {view} | {v['sampled_by']} | "
-        f"{number(v['golden_rise_pct'], '+.1f')} | "
-        f"{number(v['proxy_change_after_min_pct'], '+.1f')} | {v['outcome']} |"
-      )
-  lines += ["", settings_text(settings, metric), ""]
-  lines += samples.section(run_dir, tuple(summary["regimes"]), task_vocabulary(config.task))
-  if config.write_figures:
-    lines += [f"![{name}]({name}.png)\n" for name in ("curves", "proxy_golden", "detector")]
-  boundary.write_text(run_dir.report, "\n".join(lines))
-  return summary
 
 
 def teacher_sentence(teacher_golden: float, student_init_golden: float | None) -> str:

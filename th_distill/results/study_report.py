@@ -73,22 +73,7 @@ def write_study_report(
   }
   rows = {label: [(s, r) for s, r in pairs if r] for label, pairs in rows.items()}
   rows = {label: pairs for label, pairs in rows.items() if pairs}
-  arms = {}
-  for label, pairs in rows.items():
-    paths = dict(runs[label])
-    seeds = {
-      str(seed): {
-        **summarize_run(
-          r, config.hacking_threshold_pct, settings, metric, (teacher_golden or {}).get(paths[seed])
-        ),
-        **(costs or {}).get(paths[seed], {}),
-      }
-      for seed, r in pairs
-    }
-    arms[label] = {
-      **summarize_arm(seeds),
-      "metrics_files": {str(seed): path for seed, path in runs[label]},
-    }
+  arms = _arms(runs, rows, config, teacher_golden or {}, costs or {})
   quality = detector_quality([s for arm in arms.values() for s in arm["seeds"].values()])
   reference = reference or next(iter(arms))
   own = {a: r for a, r in (references or {}).items() if a in arms and r in arms}
@@ -103,6 +88,60 @@ def write_study_report(
   }
   boundary.make_dirs(directory)
   checkpoints.write_json(RunDirectory(directory).summary, summary)
+  _write_figures(directory, rows, arms, config, bool(costs))
+  lines = [*_arm_table(title, arms, config)]
+  if comparisons:
+    lines += ["", "## Arms against each other", ""] + paired.table(comparisons, reference, own)
+  lines += _detector_section(quality, config, bool(costs))
+  lines += ["## Runs", ""] + [
+    f"- {label}: "
+    + ", ".join(
+      f"seed {seed} `{os.path.dirname(path)}`" for seed, path in arm["metrics_files"].items()
+    )
+    for label, arm in arms.items()
+  ]
+  lines.append("")
+  boundary.write_text(RunDirectory(directory).report, "\n".join(lines))
+  return summary
+
+
+def _arms(
+  runs: Mapping[str, Sequence[tuple[int, str]]],
+  rows: Mapping[str, Sequence[tuple[int, list[dict[str, Any]]]]],
+  config: RunConfig,
+  teacher_golden: Mapping[str, float],
+  costs: Mapping[str, Mapping[str, float]],
+) -> dict[str, dict[str, Any]]:
+  """{arm: its seeds' run summaries (with their costs), their means and metrics files}."""
+  settings, metric = config.detection.detector, config.detection.metric
+  arms = {}
+  for label, pairs in rows.items():
+    paths = dict(runs[label])
+    seeds = {
+      str(seed): {
+        **summarize_run(
+          r, config.hacking_threshold_pct, settings, metric, teacher_golden.get(paths[seed])
+        ),
+        **costs.get(paths[seed], {}),
+      }
+      for seed, r in pairs
+    }
+    arms[label] = {
+      **summarize_arm(seeds),
+      "metrics_files": {str(seed): path for seed, path in runs[label]},
+    }
+  return arms
+
+
+def _write_figures(
+  directory: str,
+  rows: Mapping[str, Sequence[tuple[int, list[dict[str, Any]]]]],
+  arms: Mapping[str, Mapping[str, Any]],
+  config: RunConfig,
+  with_costs: bool,
+) -> None:
+  """curves.png, proxy_golden.png and detector.png (the teachers' mean golden level drawn), and
+  with the arms' costs cost.png."""
   levels = [
     s["teacher_golden"]
     for arm in arms.values()
@@ -112,11 +151,11 @@ def write_study_report(
   figures.write_figures(
     directory,
     {label: [r for _, r in pairs] for label, pairs in rows.items()},
-    settings,
-    metric,
+    config.detection.detector,
+    config.detection.metric,
     float(np.mean(levels)) if levels else None,
   )
-  if costs:
+  if with_costs:
     keys = ("generation_flops", "golden_min", "golden_final", "golden_trend_pct_per_doubling")
     plots.plot_cost(
       {
@@ -125,6 +164,10 @@ def write_study_report(
       },
       os.path.join(directory, COST_FIGURE),
     )
+
+
+def _arm_table(title: str, arms: Mapping[str, Mapping[str, Any]], config: RunConfig) -> list[str]:
+  """The report's title, the definitions of its columns and one row per arm."""
   lines = [
     f"# {title}",
     "",
@@ -149,33 +192,38 @@ def write_study_report(
     "student samples | generation GFLOP |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
-  for label, arm in arms.items():
-    seeds = list(arm["seeds"].values())
-    fired = ", ".join(str(s["detected_step"]) if s["detected"] else "–" for s in seeds)
-    outcomes = ", ".join(f"{o.replace('_', ' ')} {n}" for o, n in arm["outcomes"].items() if n)
-    rising = sum(s["golden_trend_rising"] for s in seeds)
-    lines.append(
-      f"| {label} | {len(seeds)} | {_mean_sd([s['teacher_golden'] for s in seeds])} | "
-      f"{_mean_sd([s['student_init_golden'] for s in seeds])} | "
-      f"{_mean_sd([s['golden_min'] for s in seeds])} | "
-      f"{', '.join(str(s['golden_min_step']) for s in seeds)} | "
-      f"{_mean_sd([s['golden_final'] for s in seeds])} | "
-      f"{_mean_sd([s['golden_rise_pct'] for s in seeds], '+.1f')} | "
-      f"{_mean_sd([s['golden_trend_pct_per_doubling'] for s in seeds], '+.2f')} "
-      f"({rising}/{len(seeds)}) | "
-      f"{_mean_sd([s.get('teacher_gap_at_golden_min') for s in seeds], '+.3f')} "
-      f"({', '.join(_step(s.get('teacher_pass_step')) for s in seeds)}) | "
-      f"{_mean_sd([s['proxy_final'] for s in seeds])} | "
-      f"{_mean_sd([s['proxy_change_after_min_pct'] for s in seeds], '+.1f')} | {outcomes} | "
-      f"{arm['detected_runs']}/{len(seeds)} ({fired}) | "
-      f"{_count(arm['mean']['teacher_samples_generated'])} | "
-      f"{_count(arm['mean']['student_samples_generated'])} | "
-      f"{_count(arm['mean']['generation_flops'], 1e9)} |"
-    )
-  if comparisons:
-    lines += ["", "## Arms against each other", ""] + paired.table(comparisons, reference, own)
+  return lines + [_arm_row(label, arm) for label, arm in arms.items()]
+
+
+def _arm_row(label: str, arm: Mapping[str, Any]) -> str:
+  seeds = list(arm["seeds"].values())
+  fired = ", ".join(str(s["detected_step"]) if s["detected"] else "–" for s in seeds)
+  outcomes = ", ".join(f"{o.replace('_', ' ')} {n}" for o, n in arm["outcomes"].items() if n)
+  rising = sum(s["golden_trend_rising"] for s in seeds)
+  return (
+    f"| {label} | {len(seeds)} | {_mean_sd([s['teacher_golden'] for s in seeds])} | "
+    f"{_mean_sd([s['student_init_golden'] for s in seeds])} | "
+    f"{_mean_sd([s['golden_min'] for s in seeds])} | "
+    f"{', '.join(str(s['golden_min_step']) for s in seeds)} | "
+    f"{_mean_sd([s['golden_final'] for s in seeds])} | "
+    f"{_mean_sd([s['golden_rise_pct'] for s in seeds], '+.1f')} | "
+    f"{_mean_sd([s['golden_trend_pct_per_doubling'] for s in seeds], '+.2f')} "
+    f"({rising}/{len(seeds)}) | "
+    f"{_mean_sd([s.get('teacher_gap_at_golden_min') for s in seeds], '+.3f')} "
+    f"({', '.join(_step(s.get('teacher_pass_step')) for s in seeds)}) | "
+    f"{_mean_sd([s['proxy_final'] for s in seeds])} | "
+    f"{_mean_sd([s['proxy_change_after_min_pct'] for s in seeds], '+.1f')} | {outcomes} | "
+    f"{arm['detected_runs']}/{len(seeds)} ({fired}) | "
+    f"{_count(arm['mean']['teacher_samples_generated'])} | "
+    f"{_count(arm['mean']['student_samples_generated'])} | "
+    f"{_count(arm['mean']['generation_flops'], 1e9)} |"
+  )
+
+
+def _detector_section(quality: Mapping[str, Any], config: RunConfig, with_costs: bool) -> list[str]:
+  """The detector against the oracle, the settings, and the figures."""
   lag = quality["lag_steps"]
-  lines += [
+  return [
     "",
     "## Detector against the oracle",
     "",
@@ -191,7 +239,7 @@ def write_study_report(
       if quality["refreshed_runs"]
       else ""
     ),
-    report.settings_text(settings, metric),
+    report.settings_text(config.detection.detector, config.detection.metric),
     "",
     "![curves](curves.png)",
     "",
@@ -210,19 +258,7 @@ def write_study_report(
         f"![cost]({COST_FIGURE})",
         "",
       ]
-      if costs
+      if with_costs
       else []
     ),
-    "## Runs",
-    "",
   ]
-  for label, arm in arms.items():
-    lines.append(
-      f"- {label}: "
-      + ", ".join(
-        f"seed {seed} `{os.path.dirname(path)}`" for seed, path in arm["metrics_files"].items()
-      )
-    )
-  lines.append("")
-  boundary.write_text(RunDirectory(directory).report, "\n".join(lines))
-  return summary

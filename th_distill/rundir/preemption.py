@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 from absl import logging
@@ -20,10 +21,13 @@ class Preempted(RunError):
 
   exit_code = EX_TEMPFAIL
 
-  def __init__(self, what: str, step: int):
+  def __init__(self, what: str, step: int | None):
     super().__init__(
       f"{what}: pre-empted (SIGTERM); checkpointed at step {step}. Run the same "
       "command again to resume."
+      if step is not None
+      else f"{what}: pre-empted (SIGTERM) before this phase's results were saved. Run the same "
+      "command again: it redoes this phase (its samples are a function of the seed) and goes on."
     )
     self.step = step
 
@@ -54,6 +58,24 @@ def record_sigterm() -> None:
   process, `cli.run_command`): whenever it comes, and however many times, the run checkpoints at
   its next training step and stops with `Preempted` (status 75)."""
   signal.signal(signal.SIGTERM, _record)
+
+
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+def stopping_between_calls(fn: Fn, what: str) -> Fn:
+  """`fn` that first raises `Preempted(what, None)` once SIGTERM was recorded (one process under
+  `record_sigterm`): a phase of sampling calls without training steps (stage 1's oracle
+  calibration, oracle data and evaluation sets; a regime's offline dataset) stops at its next
+  call instead of running to its end, before a scheduler's grace period runs out. Nothing of the
+  phase is kept; its outputs are functions of the seed, so the same command rebuilds them."""
+
+  def checked(*args, **kwargs):
+    if _received:
+      raise Preempted(what, None)
+    return fn(*args, **kwargs)
+
+  return checked  # type: ignore[return-value]
 
 
 class PreemptionWatch:

@@ -138,10 +138,10 @@ def _detector(
   config: RunConfig, distiller: Distiller, source: sources.BatchSource, phase: progress.Phase
 ) -> None:
   """The `detection` section's detector on the rows (`Distiller.watch`), keeping its
-  parameters; with `on_detect = 'refresh'` the offline source's refresh (`RefreshAction`); the
+  parameters; with `on_detect = 'refresh'` the source's refresh (`RefreshAction`); the
   source's work done before a resumed run skipped in `phase`."""
   det = config.detection
-  refreshing = isinstance(source, sources.OfflineUntilRefresh)
+  refreshing = source.refreshes(config)
   distiller.watch(
     det.detector, det.metric, det.on_detect, det.keep + ("best_predicted",) * refreshing
   )
@@ -194,7 +194,7 @@ def run_regime(
     programs.frozen("teacher", stage1.teacher_params),
     programs.frozen("oracle", stage1.oracle_params),
   )
-  source = sources.source_for(config, regime)(
+  source = sources.source_class(regime)(
     sources.SourceContext(config, programs, frozen[0], pools, run_dir, clock, phase)
   )
   evaluate = _evaluation(config, programs, stage1, pools["eval"], frozen, source.train_set())

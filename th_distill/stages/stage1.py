@@ -35,6 +35,7 @@ from th_distill.oracle import calibrate_oracle, with_logit_scale
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints, processes, records
 from th_distill.rundir.layout import STAGE1_PARAMS, Stage1Directory
+from th_distill.rundir.preemption import stopping_between_calls
 from th_distill.stages import side_by_side
 from th_distill.stages.sft import train_sft
 from th_distill.training.keys import Purpose, key
@@ -88,7 +89,7 @@ def _eval_sets(
   eval_key = key(config.seed, Purpose.EVAL_SETS)
   return {
     source: regime_lib.build_offline(
-      phase.counted(programs.host_sampler(source), "samples"),
+      stopping_between_calls(phase.counted(programs.host_sampler(source), "samples"), phase.title),
       params[source],
       prompts,
       1,
@@ -149,7 +150,9 @@ def _oracle(
   params, calibration = calibrate_oracle(
     programs.models.oracle,
     partitioner.init_params(programs.models.oracle, key(seed, Purpose.ORACLE_INIT)),
-    phase.counted(programs.sampler("oracle"), "sampling passes", per_row=False),
+    stopping_between_calls(
+      phase.counted(programs.sampler("oracle"), "sampling passes", per_row=False), phase.title
+    ),
     pools["eval"][
       : workload.calibration_rows(config.prompts.num_eval, partitioner.data_parallel_size)
     ],
@@ -226,27 +229,70 @@ def run(
     stage_key.check(directory.marker)
     logging.info("Stage 1: reusing %s", directory.path)
     return _load(config, directory, programs, pools, clock)
-  # An unfinished stage 1 resumes its SFTs under the config it started with only (a damaged
-  # record of it is set aside and written again from this config).
+  _mark_started(directory, stage_key)
+  start = time.time()
+  info: dict[str, Any] = stage_key.record()
+  oracle_params, info["oracle"] = _oracle(config, programs, pools, clock)
+  oracle_data = _oracle_data(config, programs, pools, clock, oracle_params)
+  teacher_params, student_params = _trained(config, directory, programs, clock, oracle_data, info)
+  phase = clock.phase(workload.EVAL_SETS)
+  eval_sets = _eval_sets(
+    config, programs, pools["eval"], phase, {"oracle": oracle_params, "teacher": teacher_params}
+  )
+  info.update(_teacher_levels(programs, eval_sets, teacher_params, oracle_params))
+  phase.finish()
+  logging.info(
+    "Stage 1: teacher golden fkl %.3f (on oracle samples), %.1fs",
+    info["teacher/golden/fkl@oracle_samples"],
+    time.time() - start,
+  )
+  stage1 = Stage1(oracle_params, teacher_params, student_params, eval_sets, info)
+  _save(directory, stage1, oracle_data, start)
+  return stage1
+
+
+def _mark_started(directory: Stage1Directory, stage_key: records.StageKey) -> None:
+  """An unfinished stage 1 resumes its SFTs under the config it started with only (a damaged
+  record of it is set aside and written again from this config)."""
   processes.write_on_main(directory.set_aside_damaged_record)
   if processes.exists_on_main(directory.started_marker):
     stage_key.check(directory.started_marker)
   else:
     processes.write_on_main(lambda: directory.write_started(stage_key.record()))
 
-  seed, start = config.seed, time.time()
-  info: dict[str, Any] = stage_key.record()
-  oracle_params, info["oracle"] = _oracle(config, programs, pools, clock)
-  sample_oracle = programs.host_sampler("oracle")
+
+def _oracle_data(
+  config: RunConfig,
+  programs: Programs,
+  pools: dict[str, PromptSet],
+  clock: progress.RunClock,
+  oracle_params: Any,
+) -> dict[str, np.ndarray]:
+  """One oracle sample of each oracle prompt: the teacher's (and the student's) SFT data."""
   phase = clock.phase(workload.ORACLE_SAMPLES)
   oracle_data = regime_lib.build_offline(
-    phase.counted(sample_oracle, "samples"),
+    stopping_between_calls(phase.counted(programs.host_sampler("oracle"), "samples"), phase.title),
     oracle_params,
     pools["oracle"],
     1,
-    key(seed, Purpose.ORACLE_DATA),
+    key(config.seed, Purpose.ORACLE_DATA),
   )
   phase.finish()
+  return oracle_data
+
+
+def _trained(
+  config: RunConfig,
+  directory: Stage1Directory,
+  programs: Programs,
+  clock: progress.RunClock,
+  oracle_data: dict[str, np.ndarray],
+  info: dict[str, Any],
+) -> tuple[Any, Any]:
+  """(teacher, student start) parameters: the teacher by SFT on the oracle data (its logits
+  scaled by 1 / teacher.temperature), the student by SFT too if it has one; their SFT records
+  go into `info`."""
+  seed = config.seed
   teacher_init = initial_params(config, "teacher", programs, key(seed, Purpose.TEACHER_INIT))
   student_params = initial_params(config, "student", programs, key(seed, Purpose.STUDENT_INIT))
   sfts = {"teacher": (teacher_init, Purpose.TEACHER_TRAIN)}
@@ -268,34 +314,47 @@ def run(
     teacher_params = with_logit_scale(teacher_params, 1.0 / config.teacher.temperature)
   if "student" in trained:
     student_params, info["student_sft"] = trained["student"]
-  phase = clock.phase(workload.EVAL_SETS)
-  eval_sets = _eval_sets(
-    config, programs, pools["eval"], phase, {"oracle": oracle_params, "teacher": teacher_params}
-  )
-  # The teacher's own distance to the oracle: how imperfect the teacher is.
+  return teacher_params, student_params
+
+
+def _teacher_levels(
+  programs: Programs,
+  eval_sets: dict[str, dict[str, np.ndarray]],
+  teacher_params: Any,
+  oracle_params: Any,
+) -> dict[str, float]:
+  """The teacher's own distance to the oracle (how imperfect it is) on each evaluation set:
+  {'teacher/golden/<divergence>@<source>_samples': value}."""
   teacher_vs_oracle = programs.evaluator("teacher")
+  levels = {}
   for source, data in eval_sets.items():
     results = teacher_vs_oracle(
       teacher_params, teacher_params, oracle_params, data, f"eval_{source}"
     )
     for name, value in results.items():
       if "/golden/" in name:
-        info[f"teacher/golden/{name.split('/')[-1]}@{source}_samples"] = value
-  phase.finish()
-  logging.info(
-    "Stage 1: teacher golden fkl %.3f (on oracle samples), %.1fs",
-    info["teacher/golden/fkl@oracle_samples"],
-    time.time() - start,
-  )
+        levels[f"teacher/golden/{name.split('/')[-1]}@{source}_samples"] = value
+  return levels
 
-  checkpoints.save_param_trees(  # collective
+
+def _save(
+  directory: Stage1Directory, stage1: Stage1, oracle_data: dict[str, np.ndarray], start: float
+) -> None:
+  """The three models' parameters (every process: a collective), then on process 0 the oracle
+  data, the evaluation sets and the finished marker; the SFTs' checkpoints are removed."""
+  checkpoints.save_param_trees(
     directory.params,
-    {"oracle": oracle_params, "teacher": teacher_params, "student_init": student_params},
+    {
+      "oracle": stage1.oracle_params,
+      "teacher": stage1.teacher_params,
+      "student_init": stage1.student_init_params,
+    },
   )
+  info = stage1.info
 
   def write_files():
     checkpoints.save_arrays(directory.oracle_data, oracle_data)
-    for name, data in eval_sets.items():
+    for name, data in stage1.eval_sets.items():
       checkpoints.save_arrays(directory.eval_set(name), data)
     info["finished_at"] = time.time()  # the report's wall time (regimes may overlap)
     info["seconds"] = info["finished_at"] - start
@@ -303,4 +362,3 @@ def run(
     shutil.rmtree(directory.sft_checkpoints_root, ignore_errors=True)  # stage 1 is finished
 
   processes.write_on_main(write_files)
-  return Stage1(oracle_params, teacher_params, student_params, eval_sets, info)

@@ -21,6 +21,7 @@ import numpy as np
 
 from th_distill.data import regimes
 from th_distill.rundir import checkpoints, processes, records
+from th_distill.rundir.preemption import stopping_between_calls
 from th_distill.training.keys import Purpose, key
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ def _load_or_build(context: SourceContext) -> dict[str, np.ndarray]:
     stage_key.check_arrays(data, path)
     return data
   phase = context.clock.phase(PHASE)
-  data = sample(context, phase.counted(context.programs.host_sampler("teacher"), "samples"), 0)
+  teacher = context.programs.host_sampler("teacher")
+  data = sample(context, stopping_between_calls(phase.counted(teacher, "samples"), phase.title), 0)
   phase.finish()
   data.update(stage_key.as_arrays())
   processes.write_on_main(lambda: checkpoints.save_arrays(path, data))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+import jax
+
 if TYPE_CHECKING:
   from th_distill.config.run_config import RunConfig
   from th_distill.data.batch import PromptSet
@@ -27,3 +29,15 @@ class SourceContext:
   run_dir: RunDirectory
   clock: RunClock
   phase: Phase
+
+  def teacher_samples(self, prompts: PromptSet, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The frozen teacher's responses [B, Lt] (int32) and their float32 mask to `prompts`
+    ([B, Li]), sampled with `rng` (`Programs.sampler`: device arrays split along B)."""
+    sample = self.programs.sampler("teacher")
+    return sample(self.teacher_params, prompts.tokens, prompts.mask, rng)
+
+  def student_samples(
+    self, student_params: Any, prompts: PromptSet, rng: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
+    """`teacher_samples` of the student with `student_params`."""
+    return self.programs.sampler("student")(student_params, prompts.tokens, prompts.mask, rng)

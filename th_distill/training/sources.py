@@ -1,12 +1,13 @@
 """Batch sources: where each distillation batch comes from, one class per data regime.
 
-A regime is a `BatchSource` subclass registered under its name (`@register`); the config's
-`regimes` names them, and adding one is one class and its `@register` line (a test registers
-its own). A source is built for one run from a `SourceContext` and gives
+A regime is a `BatchSource` subclass registered under its name (`@register`), its own sampling
+included; the config's `regimes` names them, and adding one is one class and its `@register`
+line (a test registers its own). A source is built for one run from a `SourceContext` and gives
 
 - `batch_at(step, student_params) -> Batch`: the batch of `step`, a pure function of the seed
   and the step (and, on-policy, of the student's parameters then), so a resumed run sees the
-  batches an uninterrupted one would;
+  batches an uninterrupted one would: its own `draw`'s, or fresh teacher samples after a
+  `refresh`;
 - `needs_params_at(step)`: whether the batches drawn at the top of `step` depend on the
   student's parameters of that step (True by default; offline and teacher-only sources say
   False), so the trainer may ask for the batches of several steps at once
@@ -15,31 +16,36 @@ its own). A source is built for one run from a `SourceContext` and gives
 - `state(step)` / `load_state(state)`: what it must carry across a checkpoint at `step` to give
   the same batches after a resume (None when it needs nothing: the trainer then saves nothing
   for it), e.g. batches sampled ahead by an asynchronous pipeline;
+- `refreshes(config)` / `refresh(step)` / `refreshed_at`: whether the hacking detector's firing
+  switches the run to fresh teacher samples (`detection.on_detect = 'refresh'`, every source
+  but the online ones, whose batches are fresh already), the switch, and its step;
 
 and describes its own cost before it runs (`generated`: the teacher and student samples a run
-of so many steps draws; `work`: per-run work items besides the steps and the evaluations;
-`phases`: phases of its own, as the offline dataset's), which the plan, the progress lines and
-the summaries' generation cost read. Every source distils from the same teacher: `SourceContext.teacher_params`,
-the frozen teacher in stage 2's `frozen_dtype`.
+of so many steps draws, `generated_after` if it refreshed; `work`: per-run work items besides
+the steps and the evaluations; `phases`: phases of its own, as the offline dataset's), which
+the plan, the progress lines and the summaries' generation cost read. Every source distils from
+the same teacher: `SourceContext.teacher_params`, the frozen teacher in stage 2's
+`frozen_dtype`.
 
 Registered: `offline` (N prompts x k teacher generations built once, replayed for epochs, and
 regenerated every `offline.refresh_every` steps if set), `online_teacher` (fresh teacher samples
 every step), `online_student` (on-policy student samples), `mixture` (per example, a student
 sample with probability `mixture.student_fraction`, else a teacher one: GKD's lambda). The online
-ones train on each sampled batch `online.reuse` times and sample the student's part with its
-parameters `online.staleness` steps old (`OnlineSchedule`). `OfflineUntilRefresh` is the offline
-source of a run whose detector switches it to fresh teacher samples (`detection.on_detect =
-'refresh'`).
+ones (`Online`) draw prompts and keys alike (`regimes.online_batches`) and differ in `respond`,
+their responses; they train on each sampled batch `online.reuse` times and sample the student's
+part with its parameters `online.staleness` steps old (`OnlineSchedule`).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -61,18 +67,29 @@ CostFn = Callable[[str, str], float]
 
 
 class BatchSource(abc.ABC):
-  """One data regime (see the module docstring). Subclasses set `regime` and implement
-  `batch_at` and `train_set`; `work` and `phases` describe their cost."""
+  """One data regime (see the module docstring). Subclasses set `regime` and implement `draw`
+  and `train_set`; `work` and `phases` describe their cost."""
 
   regime: ClassVar[str]
+  FRESH = "fresh batches after the refresh"  # the progress item of the batches after it
 
   def __init__(self, context: SourceContext):
     self.context = context
+    self.refreshed_at: int | None = None  # the step of the `refresh`, if any
+    self._fresh: regimes.BatchFn | None = None
 
-  @abc.abstractmethod
   def batch_at(self, step: int, student_params: Any) -> Batch:
     """The batch of `step`: [B, Li] prompts and their mask, [B, Lt] responses and their mask
-    (host or device)."""
+    (host or device): `draw`'s, or from a `refresh` at or before `step` on, a fresh teacher
+    batch."""
+    if self._fresh is None or step < self.refreshed_at:
+      return self.draw(step, student_params)
+    self.context.phase.advance(self.FRESH)
+    return self._fresh(step, student_params)
+
+  @abc.abstractmethod
+  def draw(self, step: int, student_params: Any) -> Batch:
+    """This regime's own batch of `step` (`batch_at`'s until a refresh)."""
 
   @abc.abstractmethod
   def train_set(self) -> dict[str, np.ndarray]:
@@ -95,11 +112,31 @@ class BatchSource(abc.ABC):
     del state
 
   @classmethod
+  def refreshes(cls, config: RunConfig) -> bool:
+    """Whether stage 2 calls `refresh` when the hacking detector fires: under
+    `detection.on_detect = 'refresh'` (sources whose batches are fresh samples already say
+    False: 'refresh' then acts as 'continue')."""
+    return config.detection.on_detect == "refresh"
+
+  def refresh(self, step: int) -> None:
+    """From `step` on (also on a resume past `step`), a fresh `online_teacher` batch every step,
+    the batch of step t sampled with step t's key as that arm's (`online.reuse` and
+    `online.staleness` do not apply)."""
+    self.refreshed_at, self._fresh = step, OnlineTeacher.sampler(self.context)
+
+  @classmethod
   def generated(cls, config: RunConfig, steps: int) -> dict[str, int]:
     """{'teacher': n, 'student': n}: the samples of each model that a run of `steps` steps
     draws for its training data (the evaluations' samples are not counted)."""
     del config, steps
     return {"teacher": 0, "student": 0}
+
+  @classmethod
+  def generated_after(cls, config: RunConfig, steps: int, refreshed_at: int) -> dict[str, int]:
+    """`generated` of a run of `steps` steps that refreshed at step `refreshed_at`."""
+    drawn = cls.generated(config, min(steps, refreshed_at))
+    fresh = config.student.batch_size * max(steps - refreshed_at, 0)
+    return {"teacher": drawn["teacher"] + fresh, "student": drawn["student"]}
 
   @classmethod
   def work(cls, config: RunConfig, cost: CostFn) -> list[Work]:
@@ -138,36 +175,11 @@ def source_class(regime: str) -> type[BatchSource]:
   return REGIMES[regime]
 
 
-def source_for(config: RunConfig, regime: str) -> type[BatchSource]:
-  """The source a run of `regime` under `config` uses: the registered one, or
-  `OfflineUntilRefresh` for `offline` when `detection.on_detect = 'refresh'` (the online
-  regimes already train on fresh samples: for them 'refresh' acts as 'continue')."""
-  if regime == Offline.regime and config.detection.on_detect == "refresh":
-    return OfflineUntilRefresh
-  return source_class(regime)
-
-
 def online_prompts(config: RunConfig, pools: dict[str, PromptSet]) -> PromptSet:
   """The prompts (P rows) the online regimes draw from: the offline arm's N prompts
   (`online.prompts = 'offline'`, so only the responses differ between the arms) or the whole
   distillation pool (`'pool'`)."""
   return pools["distill"][: config.online_prompt_count()]
-
-
-def online_sampler(context: SourceContext, regime: str) -> Callable[[int, Any], Batch]:
-  """`sample(step, student_params) -> Batch`: the online `regime`'s fresh batch with the key of
-  `step` on `online_prompts` (`regimes.online_batches`)."""
-  config, programs = context.config, context.programs
-  return regimes.online_batches(
-    regime,
-    online_prompts(config, context.pools),
-    config.student.batch_size,
-    key(config.seed, Purpose.ONLINE),
-    programs.sampler("teacher"),
-    programs.sampler("student"),
-    context.teacher_params,
-    config.mixture.student_fraction,
-  )
 
 
 @register
@@ -193,7 +205,7 @@ class Offline(BatchSource):
       self._current = (generation, offline_dataset.sample(context, sample, generation))
     return self._current[1]
 
-  def batch_at(self, step: int, student_params: Any) -> Batch:
+  def draw(self, step: int, student_params: Any) -> Batch:
     config = self.context.config
     every = config.offline.refresh_every
     generation, local = divmod(step, every) if every else (0, step)
@@ -247,38 +259,6 @@ class Offline(BatchSource):
     ]
 
 
-class OfflineUntilRefresh(Offline):
-  """The offline source of a run with `detection.on_detect = 'refresh'`: the offline batches
-  until `refresh(step)` (the detector fired at `step`), then from `step` on a fresh
-  `online_teacher` batch every step, the batch of step t sampled with step t's key, as the
-  `online_teacher` arm's (`online.reuse` and `online.staleness` do not apply). Not a regime of
-  its own: stage 2 builds it for `offline` when the config asks to refresh."""
-
-  FRESH = "fresh batches after the refresh"
-
-  def __init__(self, context: SourceContext):
-    super().__init__(context)
-    self.refreshed_at: int | None = None
-    self._fresh: Callable[[int, Any], Batch] | None = None
-
-  def refresh(self, step: int) -> None:
-    """Fresh teacher samples from `step` on (also on a resume past `step`)."""
-    self.refreshed_at, self._fresh = step, online_sampler(self.context, OnlineTeacher.regime)
-
-  def batch_at(self, step: int, student_params: Any) -> Batch:
-    if self._fresh is None or step < self.refreshed_at:
-      return super().batch_at(step, student_params)
-    self.context.phase.advance(self.FRESH)
-    return self._fresh(step, student_params)
-
-  @classmethod
-  def generated_after(cls, config: RunConfig, steps: int, refreshed_at: int) -> dict[str, int]:
-    """`generated` of a run of `steps` steps that refreshed at step `refreshed_at`."""
-    offline = cls.generated(config, min(steps, refreshed_at))
-    fresh = config.student.batch_size * max(steps - refreshed_at, 0)
-    return {"teacher": offline["teacher"] + fresh, "student": 0}
-
-
 @dataclasses.dataclass(frozen=True)
 class OnlineSchedule:
   """When the online regimes sample. Steps come in groups of `reuse`: group g (steps
@@ -311,10 +291,11 @@ class OnlineSchedule:
 
 
 class Online(BatchSource):
-  """Samples on prompts drawn uniformly from `online_prompts` (`regimes.online_batches`: a
-  batch with the key of step t is `fold_in(rng, t)` split four ways), when `OnlineSchedule`
-  says; the batches sampled ahead are carried across checkpoints. The training-prompt set is
-  one teacher sample on each of the first training prompts. `samplers`: the models sampled."""
+  """Fresh samples on prompts drawn uniformly from `online_prompts`, `respond`'s responses
+  (`sampler`), when `OnlineSchedule` says; the batches sampled ahead are carried across
+  checkpoints. The training-prompt set is one teacher sample on each of the first training
+  prompts. Subclasses set `regime` and `samplers` (the models `respond` samples) and implement
+  `respond`."""
 
   samplers: ClassVar[tuple[str, ...]]
   GENERATED = "generated batches"
@@ -332,8 +313,33 @@ class Online(BatchSource):
         config.online.staleness,
         self.regime,
       )
-    self._sample = online_sampler(context, self.regime)
+    self._sample = self.sampler(context)
     self._ahead: dict[int, Batch] = {}  # group -> its batch, sampled and not yet done with
+
+  @classmethod
+  def sampler(cls, context: SourceContext) -> regimes.BatchFn:
+    """`sample(step, student_params) -> Batch`: this regime's fresh batch with the key of `step`
+    (`regimes.online_batches` on `online_prompts`, with `respond`'s responses)."""
+    config = context.config
+    return regimes.online_batches(
+      online_prompts(config, context.pools),
+      config.student.batch_size,
+      key(config.seed, Purpose.ONLINE),
+      functools.partial(cls.respond, context),
+    )
+
+  @classmethod
+  @abc.abstractmethod
+  def respond(
+    cls, context: SourceContext, prompts: PromptSet, keys: regimes.OnlineKeys, student_params: Any
+  ) -> tuple[Any, Any]:
+    """The responses [B, Lt] (int32) and their float32 mask to `prompts` ([B, Li]) at one
+    step, sampled with that step's `keys` (and the student's `student_params`)."""
+
+  @classmethod
+  def refreshes(cls, config: RunConfig) -> bool:
+    del config  # its batches are fresh samples already
+    return False
 
   @classmethod
   def schedule_of(cls, config: RunConfig) -> OnlineSchedule:
@@ -341,7 +347,7 @@ class Online(BatchSource):
     stale = config.online.staleness if "student" in cls.samplers else 0
     return OnlineSchedule(config.online.reuse, stale)
 
-  def batch_at(self, step: int, student_params: Any) -> Batch:
+  def draw(self, step: int, student_params: Any) -> Batch:
     schedule = self.schedule
     for group in schedule.sampled_at(step):
       self._ahead[group] = self._sample(group * schedule.reuse, student_params)
@@ -423,6 +429,13 @@ class OnlineTeacher(Online):
   regime = "online_teacher"
   samplers = ("teacher",)
 
+  @classmethod
+  def respond(
+    cls, context: SourceContext, prompts: PromptSet, keys: regimes.OnlineKeys, student_params: Any
+  ) -> tuple[Any, Any]:
+    del student_params
+    return context.teacher_samples(prompts, keys.teacher)
+
 
 @register
 class OnlineStudent(Online):
@@ -431,11 +444,28 @@ class OnlineStudent(Online):
   regime = "online_student"
   samplers = ("student",)
 
+  @classmethod
+  def respond(
+    cls, context: SourceContext, prompts: PromptSet, keys: regimes.OnlineKeys, student_params: Any
+  ) -> tuple[Any, Any]:
+    return context.student_samples(student_params, prompts, keys.student)
+
 
 @register
 class Mixture(Online):
   """Per example, the student's sample with probability `mixture.student_fraction`, else the
-  teacher's (both sampled on the same prompts)."""
+  teacher's (both sampled on the same prompts, each with its own key; the choice with
+  `keys.mixture`)."""
 
   regime = "mixture"
   samplers = ("teacher", "student")
+
+  @classmethod
+  def respond(
+    cls, context: SourceContext, prompts: PromptSet, keys: regimes.OnlineKeys, student_params: Any
+  ) -> tuple[Any, Any]:
+    teacher = OnlineTeacher.respond(context, prompts, keys, student_params)
+    student = OnlineStudent.respond(context, prompts, keys, student_params)
+    fraction = context.config.mixture.student_fraction
+    use_student = jax.random.bernoulli(keys.mixture, fraction, (len(prompts), 1))
+    return tuple(jnp.where(use_student, s, t) for s, t in zip(student, teacher, strict=True))

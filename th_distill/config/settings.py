@@ -216,10 +216,11 @@ class LossSettings:
 class DistillSettings:
   """The distillation step: its loss and optimiser, gradient accumulation over `micro_batches`,
   logits in `sequence_chunks` chunks of the response, what a non-finite step does
-  (`on_nonfinite` 'stop' or 'skip') and the frozen models' dtype in stage 2."""
+  (`on_nonfinite` 'stop' or 'skip') and the frozen models' dtype in stage 2. `optimizer` is None
+  where the optimiser is given as an optax transformation (`training.distiller.Distiller`)."""
 
   loss: LossSettings
-  optimizer: OptimizerSettings
+  optimizer: OptimizerSettings | None
   micro_batches: int
   sequence_chunks: int
   on_nonfinite: str
@@ -230,7 +231,7 @@ class DistillSettings:
     (`sequence_chunks` must divide the response: `config.check_fields` checks it)."""
     return (
       self.loss.problems()
-      + self.optimizer.problems("student")
+      + (self.optimizer.problems("student") if self.optimizer is not None else [])
       + failed(
         (self.micro_batches > 0, "student.micro_batches", "must be > 0"),
         (

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -44,12 +45,33 @@ def _now() -> float:
   return time.monotonic()
 
 
+_shown_lock = threading.Lock()
+_shown_open = 0  # how many `shown` contexts are open (any thread)
+
+
 @contextlib.contextmanager
 def shown() -> Iterator[None]:
   """Inside, absl INFO logs (the progress lines) are shown when nobody chose a verbosity (no
   parsed command line, no `absl.logging.set_verbosity` call): a library call then talks as the
   command does. A verbosity the caller chose is kept, and the untouched state is restored after
-  (the flag's default and the absl logger's own level, so Python's logging governs it again)."""
+  (the flag's default and the absl logger's own level, so Python's logging governs it again).
+  Inside another `shown` (e.g. `experiment.run` calling `training.distiller.Distiller.train`)
+  it changes nothing: the outermost one restores the state."""
+  global _shown_open
+  with _shown_lock:
+    _shown_open += 1
+    nested = _shown_open > 1
+  try:
+    with contextlib.nullcontext() if nested else _shown_outermost():
+      yield
+  finally:
+    with _shown_lock:
+      _shown_open -= 1
+
+
+@contextlib.contextmanager
+def _shown_outermost() -> Iterator[None]:
+  """`shown` where no other is open."""
   verbosity, absl_logger = flags.FLAGS["verbosity"], logging.get_absl_logger()
   if flags.FLAGS.is_parsed() or not verbosity.using_default_value:
     yield

@@ -1,8 +1,9 @@
 """Stage 2: the student distilled from the teacher under one data regime.
 
 `run_regime` builds the regime's batch source (th_distill.training.sources), the evaluation on the
-fixed sets and the trainer (th_distill.training.trainer) with its hooks: evaluation rows at
-`EvalSettings.steps`, the hacking detector's action, progress. The trainer steps the compiled
+fixed sets and a `th_distill.training.distiller.Distiller` of the run's models, loss and optimiser
+(the object a project uses on its own models and data) with the config's detector: evaluation rows
+at `EvalSettings.steps`, the hacking detector's action, progress. It steps the compiled
 distillation step from the latest checkpoint (or step 0) to `student.steps`, checkpointing every
 `checkpoint_every` steps and stopping cleanly on pre-emption. Results go to `WORKDIR/<regime>/`
 (th_distill.rundir.layout); a finished regime is reused.
@@ -21,10 +22,8 @@ from absl import logging
 from th_distill.config.run_config import RunConfig
 from th_distill.data import regimes as regime_lib
 from th_distill.data.batch import PromptSet
-from th_distill.detection.monitor import HackingMonitor
 from th_distill.observing import progress
 from th_distill.observing.metric_names import (
-  DISTILL_METRICS,
   EVAL_ORACLE,
   EVAL_STUDENT,
   EVAL_TEACHER,
@@ -32,24 +31,18 @@ from th_distill.observing.metric_names import (
   PROXY,
   TRAIN_TEACHER,
 )
-from th_distill.observing.metrics_io import MetricsWriter, check_rows, read_metrics
-from th_distill.partitioning import is_main_process
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints, processes, records
-from th_distill.rundir.kept import KeptParameters
 from th_distill.rundir.layout import REPORT_SAMPLE_ROWS, RegimeDirectory, RunDirectory
 from th_distill.stages.stage1 import Stage1
-from th_distill.training import dispatch, guards, sources
+from th_distill.training import dispatch, sources
+from th_distill.training.distiller import Distiller
 from th_distill.training.hooks import (
-  DetectorAction,
-  EvaluationHook,
-  ProgressHook,
   RefreshAction,
   RowAction,
 )
 from th_distill.training.keys import Purpose, key
-from th_distill.training.programs import Programs, new_train_state
-from th_distill.training.trainer import Trainer
+from th_distill.training.programs import Programs
 
 
 def _evaluation(
@@ -105,6 +98,75 @@ def _check_reusable(config: RunConfig, directory: RegimeDirectory, key_: records
   return False
 
 
+def _distiller(
+  config: RunConfig,
+  regime: str,
+  programs: Programs,
+  stage1: Stage1,
+  frozen: tuple[Any, Any],
+  directory: RegimeDirectory,
+) -> Distiller:
+  """The regime's `Distiller`: the run's models, the frozen teacher and oracle, the config's
+  loss, optimiser, checkpoints and steps per dispatch, writing into the regime's directory."""
+  models, distill = programs.models, config.distill
+  return Distiller(
+    models.student,
+    models.teacher,
+    distill.optimizer.build(),
+    student_params=stage1.student_init_params,
+    teacher_params=frozen[0],
+    oracle=models.oracle,
+    oracle_params=frozen[1],
+    loss=distill.loss,
+    micro_batches=distill.micro_batches,
+    sequence_chunks=distill.sequence_chunks,
+    on_nonfinite=distill.on_nonfinite,
+    workdir=directory.path,
+    checkpoint_every=config.checkpoint_every,
+    rng=key(config.seed, Purpose.TRAIN_DROPOUT),
+    partitioner=programs.partitioner,
+    steps_per_dispatch=dispatch.steps_per_dispatch(
+      config.mesh.steps_per_dispatch,
+      workload.distill_step_flops(config),
+      programs.partitioner.platform,
+    ),
+    name=regime,
+  )
+
+
+def _detector(
+  config: RunConfig, distiller: Distiller, source: sources.BatchSource, phase: progress.Phase
+) -> None:
+  """The `detection` section's detector on the rows (`Distiller.watch`), keeping its
+  parameters; with `on_detect = 'refresh'` the source's refresh (`RefreshAction`); the
+  source's work done before a resumed run skipped in `phase`."""
+  det = config.detection
+  refreshing = source.refreshes(config)
+  distiller.watch(
+    det.detector, det.metric, det.on_detect, det.keep + ("best_predicted",) * refreshing
+  )
+
+  def start(step: int, history: list[dict[str, float]]) -> list[RowAction]:
+    del history
+    for item, done in source.done_work(config, step).items():
+      phase.skip(item, done)
+    if not refreshing:
+      return []
+    monitor, kept = distiller.monitor, distiller.kept
+    if monitor.fired:  # before the resume
+      source.refresh(monitor.result.step)
+    return [
+      RefreshAction(
+        monitor,
+        lambda params: kept.load("best_predicted", params, monitor.result.best_predicted_step),
+        source.refresh,
+        source.refreshed_at,
+      )
+    ]
+
+  distiller.add_actions(start)
+
+
 def run_regime(
   config: RunConfig,
   run_dir: RunDirectory,
@@ -136,103 +198,29 @@ def run_regime(
     sources.SourceContext(config, programs, frozen[0], pools, run_dir, clock, phase)
   )
   evaluate = _evaluation(config, programs, stage1, pools["eval"], frozen, source.train_set())
-  distill_step, distill_steps = programs.distill_step(), programs.distill_step(dispatched=True)
-  per_dispatch = dispatch.steps_per_dispatch(
-    config.mesh.steps_per_dispatch,
-    workload.distill_step_flops(config),
-    programs.partitioner.platform,
-  )
-  state = new_train_state(
-    programs.partitioner,
-    programs.models.student,
-    stage1.student_init_params,
-    config.distill.optimizer.build(),
-  )
-  trainer = Trainer(
-    regime,
-    lambda state, batch, rng: distill_step(state, *frozen, batch, rng),
-    source.batch_at,
-    state,
-    partitioner=programs.partitioner,
-    checkpoint_dir=directory.checkpoints,
-    steps=steps,
-    checkpoint_every=config.checkpoint_every,
-    rng=key(config.seed, Purpose.TRAIN_DROPOUT),
-    guard=guards.StepWatch(regime, config.on_nonfinite),
-    summed=DISTILL_METRICS,
-    carried=source,
-    steps_fn=lambda state, *args: distill_steps(state, *frozen, *args),
-    steps_per_dispatch=per_dispatch,
-    needs_params_at=source.needs_params_at,
-  )
-  start = trainer.start_step
-  check_rows(
-    directory.metrics,
-    eval_steps.upto(start - 1),
-    f"delete {directory.path} to run the regime again from step 0",
-  )
-  writer = MetricsWriter(directory.path, resume_step=start, enabled=is_main_process())
-  det = config.detection
-  monitor = HackingMonitor.replay(
-    det.metric,
-    GOLDEN,
-    det.detector,
-    det.on_detect,
-    history=[r for r in read_metrics(writer.path) if r["step"] < start],
-  )
-  refreshing = source.refreshes(config)
-  kept = KeptParameters(directory.path, det.keep + ("best_predicted",) * refreshing)
-  actions: list[RowAction] = [DetectorAction(monitor, kept)]
-  if refreshing:
-    if monitor.fired:  # before the resume
-      source.refresh(monitor.result.step)
-    actions.append(
-      RefreshAction(
-        monitor,
-        lambda params: kept.load("best_predicted", params, monitor.result.best_predicted_step),
-        source.refresh,
-        source.refreshed_at,
-      )
-    )
-  trainer.add_hook(
-    EvaluationHook(
-      eval_steps,
-      evaluate,
-      writer,
-      phase,
-      line=lambda row: f", golden {row[GOLDEN]:.4f} proxy {row[PROXY]:.4f}",
-      actions=actions,
-    )
-  )
-  trainer.add_hook(ProgressHook(phase, "steps"))
-  done_work = {
-    "steps": start,
-    "evaluations": eval_steps.below(start),
-    **source.done_work(config, start),
-  }
-  for item, done in done_work.items():
-    phase.skip(item, done)
-  logging.info("%s: steps %d..%d", phase.title, start, steps)
+  distiller = _distiller(config, regime, programs, stage1, frozen, directory)
+  distiller.evaluate_with(evaluate, lambda steps: eval_steps, PROXY, GOLDEN)
+  _detector(config, distiller, source, phase)
   run_start = time.time()
-  step = trainer.run()
-  phase.finish()
+  distiller.train(source, steps, phase=phase)
+  step = distiller.step
   final_samples = regime_lib.build_offline(
     programs.host_sampler("student"),
-    trainer.params,
+    distiller.params,
     pools["eval"][:REPORT_SAMPLE_ROWS],
     1,
     key(config.seed, Purpose.REPORT_SAMPLES),
   )
   processes.write_on_main(lambda: checkpoints.save_arrays(directory.samples, final_samples))
-  if trainer.stop_reason:
-    logging.warning("%s: stopped at step %d by %s.", regime, step, trainer.stop_reason)
+  if distiller.stop_reason:
+    logging.warning("%s: stopped at step %d by %s.", regime, step, distiller.stop_reason)
   processes.write_on_main(
     lambda: checkpoints.write_json(
       directory.done_marker,
       {
         **stage_key.record(),
         "steps": step,
-        "stopped_by_detector": monitor.should_stop,
+        "stopped_by_detector": distiller.monitor.should_stop,
         "seconds": time.time() - run_start,
         "finished_at": time.time(),  # the report's wall time (regimes side by side overlap)
       },

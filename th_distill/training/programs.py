@@ -207,17 +207,23 @@ def _eval_sums(
   )
 
 
+def _param_shardings(partitioner: Partitioner, model: LanguageModel | None) -> Any:
+  """The shardings of `model`'s parameters; None (nothing to place) for no model."""
+  return None if model is None else partitioner.param_shardings(model)
+
+
 def eval_program(
   models: Models, student: LanguageModel, sequence_chunks: int, partitioner: Partitioner
 ) -> Callable:
   """`(student_params, teacher_params, oracle_params, batch) -> {name: sum}`: `train.eval_sums`
-  of `student` against the teacher and the oracle."""
+  of `student` against the teacher and the oracle (the teacher alone when `models.oracle` is
+  None: then `oracle_params` is None)."""
   return partitioner.jit(
     _eval_sums,
     in_shardings=(
       partitioner.param_shardings(student),
       partitioner.param_shardings(models.teacher),
-      partitioner.param_shardings(models.oracle),
+      _param_shardings(partitioner, models.oracle),
       batch_shardings(partitioner),
     ),
     out_shardings=partitioner.replicated,
@@ -316,18 +322,25 @@ def _distill_steps(
 
 
 def distill_program(
-  models: Models, settings: DistillSettings, partitioner: Partitioner, dispatched: bool = False
+  models: Models,
+  settings: DistillSettings,
+  partitioner: Partitioner,
+  dispatched: bool = False,
+  optimizer: optax.GradientTransformation | None = None,
 ) -> Callable:
   """The distillation step `(state, teacher_params, oracle_params, batch, rng) -> (state,
   metrics)` of `settings` (the state donated); `dispatched`: several steps per call,
   `(state, teacher_params, oracle_params, batches, rng, first, count) -> (state, metrics
-  [K])` (`dispatch.repeat_steps`)."""
+  [K])` (`dispatch.repeat_steps`). `optimizer`: the student's (default
+  `settings.optimizer.build()`); with `models.oracle` None, `oracle_params` is None and the
+  golden metrics are left out."""
+  optimizer = optimizer if optimizer is not None else settings.optimizer.build()
   return _step_program(
     _distill_step,
     _distill_steps,
     dispatched,
-    state_shardings(partitioner, models.student, settings.optimizer.build()),
-    (partitioner.param_shardings(models.teacher), partitioner.param_shardings(models.oracle)),
+    state_shardings(partitioner, models.student, optimizer),
+    (partitioner.param_shardings(models.teacher), _param_shardings(partitioner, models.oracle)),
     (models, settings),
     partitioner,
   )

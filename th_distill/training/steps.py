@@ -371,15 +371,17 @@ def eval_sums(
   *,
   student: LanguageModel,
   teacher: LanguageModel,
-  oracle: LanguageModel,
+  oracle: LanguageModel | None,
   sequence_chunks: int = 1,
 ) -> Metrics:
   """Totals over `batch` (float32 scalars): masked sums of `proxy/{fkl,rkl,jsd}`,
   `golden/{fkl,rkl,jsd}` and `entropy/{student,teacher,oracle}` (next-token entropy), `tokens`
   (valid tokens) and `sequences` (rows with at least one valid token; all-padding rows added to
   fill a batch do not count). Sum them over chunks, then `reduce_eval_sums` gives per-token and
-  per-sequence means."""
-  refs = {"proxy": (teacher, teacher_params), "golden": (oracle, oracle_params)}
+  per-sequence means. With `oracle=None` the golden and oracle sums are left out."""
+  refs = {"proxy": (teacher, teacher_params)}
+  if oracle is not None:
+    refs["golden"] = (oracle, oracle_params)
   totals = token_sums(
     eval_totals, student, student_params, refs, batch, sequence_chunks=sequence_chunks
   )
@@ -419,7 +421,10 @@ def _with_counts(totals: Metrics, batch: Batch) -> Metrics:
 
 
 def make_eval_sums(
-  student: LanguageModel, teacher: LanguageModel, oracle: LanguageModel, sequence_chunks: int = 1
+  student: LanguageModel,
+  teacher: LanguageModel,
+  oracle: LanguageModel | None,
+  sequence_chunks: int = 1,
 ):
   """`eval_sums` bound to the models: `(student_params, teacher_params, oracle_params, batch)`."""
   return functools.partial(

@@ -28,7 +28,7 @@ from th_distill.config.run_config import RunConfig  # noqa: E402
 from th_distill.data.batch import BATCH_ARRAYS, Batch  # noqa: E402
 from th_distill.models import init_params  # noqa: E402
 from th_distill.partitioning import Partitioner, make_mesh  # noqa: E402
-from th_distill.training import dispatch, programs  # noqa: E402
+from th_distill.training import dispatch, program_builders, programs  # noqa: E402
 
 
 def _batch(rows: int, config: RunConfig, seed: int) -> Batch:
@@ -49,7 +49,7 @@ def main() -> None:
   k = args.steps_per_dispatch
 
   config = RunConfig.from_config(base_config())
-  models = programs.Models.from_config(config)
+  models = program_builders.Models.from_config(config)
   partitioner = Partitioner(make_mesh())
   built = programs.Programs(models, config, partitioner)
   student, teacher, oracle = (
@@ -62,7 +62,7 @@ def main() -> None:
   stack = partitioner.shard_batch(dispatch.stack_batches([batch] * k, k), axis=1)
   rng = jax.random.PRNGKey(0)
   states = {
-    name: programs.new_train_state(partitioner, models.student, student, optimizer)
+    name: program_builders.new_train_state(partitioner, models.student, student, optimizer)
     for name in ("one", "many")
   }
 

@@ -25,7 +25,8 @@ from th_distill.partitioning import Partitioner
 from th_distill.rundir import checkpoints
 from th_distill.rundir.layout import Stage1Directory
 from th_distill.training.keys import Purpose, key
-from th_distill.training.programs import Models, Programs, new_train_state
+from th_distill.training.program_builders import Models, new_train_state
+from th_distill.training.programs import Programs
 
 INIT = {"teacher": Purpose.TEACHER_INIT, "student": Purpose.STUDENT_INIT}
 TRAIN = {"teacher": Purpose.TEACHER_TRAIN, "student": Purpose.STUDENT_SFT}

@@ -16,7 +16,7 @@ from conftest import micro_config  # noqa: E402
 from th_distill import experiment, partitioning  # noqa: E402
 from th_distill.config.run_config import RunConfig
 from th_distill.rundir import checkpoints
-from th_distill.training.programs import Models  # noqa: E402
+from th_distill.training.program_builders import Models  # noqa: E402
 
 REGIMES = ("offline", "mixture")
 

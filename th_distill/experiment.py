@@ -33,7 +33,8 @@ from th_distill.rundir.layout import RunDirectory
 from th_distill.stages import stage1 as stage1_lib
 from th_distill.stages import stage2
 from th_distill.training import sources
-from th_distill.training.programs import Models, Programs
+from th_distill.training.program_builders import Models
+from th_distill.training.programs import Programs
 
 
 def run(

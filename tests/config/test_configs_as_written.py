@@ -37,8 +37,9 @@ from th_distill.data.pools import prompt_pools
 from th_distill.models import param_count
 from th_distill.partitioning import Partitioner
 from th_distill.stages.sft import train_sft
-from th_distill.training import programs as program_lib
-from th_distill.training.programs import Models, Programs
+from th_distill.training import program_builders as program_lib
+from th_distill.training.program_builders import Models
+from th_distill.training.programs import Programs
 from th_distill.training.steps import Batch, create_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -23,7 +23,7 @@ from th_distill.models import pretrained  # noqa: E402
 from th_distill.observing.metrics_io import read_metrics  # noqa: E402
 from th_distill.partitioning import Partitioner  # noqa: E402
 from th_distill.rundir import checkpoints
-from th_distill.training.programs import Models  # noqa: E402
+from th_distill.training.program_builders import Models  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py")))

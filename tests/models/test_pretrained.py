@@ -18,7 +18,8 @@ from th_distill.config.run_config import RunConfig  # noqa: E402
 from th_distill.data.vocabularies import SyntheticVocabulary  # noqa: E402
 from th_distill.partitioning import Partitioner  # noqa: E402
 from th_distill.stages import stage1  # noqa: E402
-from th_distill.training.programs import Models, Programs  # noqa: E402
+from th_distill.training.program_builders import Models  # noqa: E402
+from th_distill.training.programs import Programs  # noqa: E402
 
 
 def _write(micro, tmp_path, name, seed=0, **overrides):

@@ -187,7 +187,7 @@ def test_the_plan_warns_of_a_program_over_a_device_when_told_to_go_on(
   from th_distill import partitioning
   from th_distill.planning import preview
   from th_distill.rundir.layout import RunDirectory
-  from th_distill.training.programs import Models
+  from th_distill.training.program_builders import Models
 
   caplog.set_level(logging.INFO)
   monkeypatch.setattr(preview, "device_gib", lambda device: 1e-6)

@@ -44,7 +44,7 @@ def _compile_on_16_devices(out_path: str) -> None:
   import jax  # noqa: F401  (the backend starts with the forced devices)
 
   from th_distill import partitioning
-  from th_distill.training.programs import Models
+  from th_distill.training.program_builders import Models
 
   # A model's parameter shapes depend on the model alone: traced once per model rather than at
   # every use (a plan asks for each model's shapes many times, and the configs share models).

@@ -21,7 +21,7 @@ from th_distill.data.batch import BATCH_ARRAYS, Batch
 from th_distill.models import init_params, module_of
 from th_distill.partitioning import Partitioner, make_mesh
 from th_distill.rundir import checkpoints
-from th_distill.training import dispatch, programs
+from th_distill.training import dispatch, program_builders, programs
 from th_distill.training.guards import NonFiniteStep, StepWatch
 from th_distill.training.steps import create_train_state, make_sft_step
 from th_distill.training.trainer import Hook, Trainer
@@ -200,7 +200,7 @@ def test_a_fixed_set_evaluated_against_cached_references_gives_the_full_evaluato
   micro, monkeypatch
 ):
   config = RunConfig.from_config(micro)
-  models = programs.Models.from_config(config)
+  models = program_builders.Models.from_config(config)
   built = programs.Programs(models, config, Partitioner(make_mesh()))
   params = [
     nn.unbox(init_params(getattr(models, name), jax.random.PRNGKey(i)))

@@ -16,7 +16,7 @@ import pytest
 from th_distill.config.run_config import RunConfig
 from th_distill.data.batch import Batch
 from th_distill.partitioning import Partitioner, init_params, make_mesh
-from th_distill.training import programs
+from th_distill.training import program_builders, programs
 from th_distill.training.programs import MemoryLayout
 from th_distill.training.steps import forward
 
@@ -34,7 +34,7 @@ def setup():
   from conftest import micro_config
 
   config = RunConfig.from_config(micro_config())
-  models = programs.Models.from_config(config)
+  models = program_builders.Models.from_config(config)
   params = {
     name: nn.unbox(init_params(getattr(models, name), jax.random.PRNGKey(i)))
     for i, name in enumerate(("student", "teacher", "oracle"))

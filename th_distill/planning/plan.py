@@ -5,7 +5,7 @@ r"""A run's compiled programs for a mesh, ahead of time: XLA's memory, FLOPs and
 
 Every program a run compiles (`PROGRAMS`: the oracle's sampler, the teacher's SFT step, the
 student's distillation step, the online teacher sampler, the evaluator) is built by the
-run's own builders (`th_distill.training.programs.sampler_program`, ...), lowered for
+run's own builders (`th_distill.training.program_builders.sampler_program`, ...), lowered for
 `jax.ShapeDtypeStruct` arguments that carry the run's shardings and compiled: no parameter, batch or dataset is ever
 allocated, and no data, vocabulary or checkpoint file is read (shapes only). Per program and per
 device it reports XLA's memory analysis (arguments, outputs, temporaries, and their peak total:
@@ -62,8 +62,9 @@ from th_distill.partitioning import (
 )
 from th_distill.planning import flops, memory
 from th_distill.planning.compiled import HEADER, ProgramPlan, compile_program, format_row
-from th_distill.training import programs as program_lib
-from th_distill.training.programs import MemoryLayout, Models
+from th_distill.training import program_builders as program_lib
+from th_distill.training.program_builders import Models
+from th_distill.training.programs import MemoryLayout
 from th_distill.training.steps import Batch, create_train_state, state_shardings
 
 PROGRAMS = ("oracle_sampling", "teacher_sft_step", "distill_step", "online_sampler", "evaluator")

@@ -19,7 +19,8 @@ from th_distill.models import param_count
 from th_distill.observing import progress
 from th_distill.planning import memory, workload
 from th_distill.rundir.layout import RunDirectory
-from th_distill.training.programs import MemoryLayout, Models
+from th_distill.training.program_builders import Models
+from th_distill.training.programs import MemoryLayout
 from th_distill.training.sources import OFFLINE_DATASET
 
 

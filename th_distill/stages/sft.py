@@ -19,7 +19,8 @@ from th_distill.observing import progress
 from th_distill.planning import flops
 from th_distill.training import dispatch, guards
 from th_distill.training.hooks import ProgressHook
-from th_distill.training.programs import Programs, new_train_state
+from th_distill.training.program_builders import new_train_state
+from th_distill.training.programs import Programs
 from th_distill.training.trainer import Trainer
 
 METRICS = ("sft/loss", "sft/accuracy", "sft/grad_norm")  # what an SFT step returns

@@ -69,7 +69,12 @@ from th_distill.training.hooks import (
   ProgressHook,
   RowAction,
 )
-from th_distill.training.programs import Models, distill_program, eval_program, new_train_state
+from th_distill.training.program_builders import (
+  Models,
+  distill_program,
+  eval_program,
+  new_train_state,
+)
 from th_distill.training.steps import reduce_eval_sums
 from th_distill.training.trainer import Hook, Trainer
 

@@ -192,6 +192,37 @@ def test_a_changed_mesh_or_report_threshold_reuses_finished_and_unfinished_work(
   assert untimed() == rows
 
 
+PROMPT_FILE_FIELDS = ("prompt_file", "prompt_field", "prompt_template", "chat_template")
+
+
+def test_a_workdir_of_the_version_before_prompt_files_and_masks_resumes(workdir, config):
+  """A workdir written before the prompt-file fields and the prompt masks existed (its
+  config.json and stage records lack the fields, its arrays lack `prompt_mask`): the run reads
+  the missing fields as their defaults and the masks as `prompts != 0`, reuses every finished
+  stage, and resumes an unfinished regime; a missing field set to another value is refused."""
+  config_json = os.path.join(workdir, "config.json")
+  recorded = checkpoints.read_json(config_json)
+  recorded["task"] = {k: v for k, v in recorded["task"].items() if k not in PROMPT_FILE_FIELDS}
+  checkpoints.write_json(config_json, recorded)
+  for name in ("oracle_data", "eval_oracle", "eval_teacher"):
+    path = os.path.join(workdir, "stage1", f"{name}.npz")
+    with np.load(path) as data:
+      checkpoints.save_arrays(path, {k: data[k] for k in data.files if k != "prompt_mask"})
+  marker = os.path.join(workdir, "stage1", "info.json")
+  stamp = os.path.getmtime(marker)
+  rows = read_metrics(os.path.join(workdir, REGIME, "metrics.jsonl"))
+  _unfinish(workdir)
+  summary = experiment.run(config, workdir)
+  assert os.path.getmtime(marker) == stamp  # stage 1 reused
+  assert set(summary["regimes"]) == {REGIME}
+  resumed = read_metrics(os.path.join(workdir, REGIME, "metrics.jsonl"))
+  assert [r["step"] for r in resumed] == [r["step"] for r in rows]
+  checkpoints.write_json(config_json, recorded)
+  config.task.prompt_template = "Q: {text}"
+  with pytest.raises(ConfigChanged, match=r"task\.prompt_template: ''"):
+    experiment.run(config, workdir)
+
+
 def test_markers_written_under_other_stage_sections_are_reused_if_their_fields_agree(
   workdir, config
 ):

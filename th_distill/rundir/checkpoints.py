@@ -167,8 +167,14 @@ def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_arrays(path: str) -> dict[str, np.ndarray]:
+  """The arrays of the .npz file `path`. Prompts written before masks were stored (no
+  `prompt_mask` beside `prompts`) were padded with id 0, T5's pad id, which every model used
+  then: their mask is read as `prompts != 0`."""
   with np.load(path) as data:
-    return {k: data[k] for k in data.files}
+    arrays = {k: data[k] for k in data.files}
+  if "prompts" in arrays and "prompt_mask" not in arrays:
+    arrays["prompt_mask"] = arrays["prompts"] != 0
+  return arrays
 
 
 def _abstract(tree: Any) -> Any:

@@ -20,6 +20,7 @@ import os
 from typing import TYPE_CHECKING
 
 from th_distill import boundary
+from th_distill.config.defaults import base_config
 from th_distill.observing import metrics_io
 from th_distill.rundir import checkpoints, records
 
@@ -203,13 +204,16 @@ class RunDirectory:
   def check_config(self, config: RunConfig, regimes: tuple[str, ...]) -> None:
     """Raises records.ConfigChanged if this directory holds results (of any of `regimes`) of a
     config (its `config.json`) that differs from `config` in a field other than
-    `records.FREE_FIELDS`. Call before `write_config`."""
+    `records.FREE_FIELDS`; a field its config.json lacks counts as at its `base_config()` default
+    (a field added since: a workdir of an earlier version resumes). Call before `write_config`."""
     if not self.holds_results(regimes):
       return
     recorded = checkpoints.readable_json(self.config, "the config the workdir was started with")
     if recorded is None:  # absent, or damaged and set aside: `write_config` writes it again
       return
-    diff = records.changes(recorded, records.as_recorded(config.values))
+    diff = records.changes(
+      recorded, records.as_recorded(config.values), records.as_recorded(base_config().to_dict())
+    )
     if diff:
       raise records.refusal(f"--workdir={self.path}", diff)
 

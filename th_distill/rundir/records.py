@@ -53,10 +53,15 @@ def as_recorded(tree: Mapping[str, Any]) -> dict[str, Any]:
   return json.loads(json.dumps(checkpoints.json_safe(dict(tree)), default=list))
 
 
-def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+def changes(
+  old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> list[tuple[str, Any, Any]]:
   """(dotted field, old value, new value) of every field that differs between two nested
-  records (`as_recorded`), fields in FREE_FIELDS left out; a missing field reads '(absent)'."""
+  records (`as_recorded`), fields in FREE_FIELDS left out; a missing field reads '(absent)'.
+  A field missing from `old` but in `defaults` (a nested record too) reads as its default: a
+  field added to th_distill after `old` was written, whose default keeps what runs did before."""
   old_flat, new_flat = _flatten(old), _flatten(new)
+  old_flat = {**_flatten(defaults or {}), **old_flat}
   return [
     (field, old_flat.get(field, _ABSENT), new_flat.get(field, _ABSENT))
     for field in sorted(old_flat.keys() | new_flat.keys())

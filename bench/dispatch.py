@@ -51,7 +51,7 @@ def main() -> None:
   config = RunConfig.from_config(base_config())
   models = program_builders.Models.from_config(config)
   partitioner = Partitioner(make_mesh())
-  built = programs.Programs(models, config, partitioner)
+  built = programs.Programs(models, config.program_settings, partitioner)
   student, teacher, oracle = (
     nn.unbox(init_params(getattr(models, name), jax.random.PRNGKey(i)))
     for i, name in enumerate(("student", "teacher", "oracle"))

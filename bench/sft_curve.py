@@ -37,7 +37,7 @@ def main(argv) -> None:
   config, name = RunConfig.from_config(CONFIG.value), MODEL.value
   partitioner = Partitioner.from_config(config.mesh)
   models = Models.from_config(config)
-  programs = Programs(models, config, partitioner)
+  programs = Programs(models, config.program_settings, partitioner)
   stage1 = Stage1Directory(STAGE1.value)
   oracle = checkpoints.load_param_trees(
     stage1.params, {"oracle": partitioner.abstract_params(models.oracle)}

@@ -72,7 +72,7 @@ def _run(config: config_lib.RunConfig, run_dir: RunDirectory) -> dict[str, Any]:
   )
   models = Models.from_config(config)
   layout = run_layout(config, partitioner)  # the samplers' and evaluator's calls fit a device
-  programs = Programs(models, config, partitioner, layout)
+  programs = Programs(models, config.program_settings, partitioner, layout)
   clock = log_plan(config, run_dir, partitioner, models, layout)
   pools = prompt_pools(config)
   stage1 = stage1_lib.run(config, run_dir.stage1, programs, pools, clock)

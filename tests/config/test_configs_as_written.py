@@ -129,7 +129,7 @@ def test_cpu_config_takes_one_sft_and_one_distillation_step(name, tmp_path):
     for i, m in enumerate(("oracle", "teacher", "student"))
   }
   data = _batch(config, pools["oracle"][:BATCH])
-  programs = Programs(models, config, partitioner)
+  programs = Programs(models, config.program_settings, partitioner)
   teacher, sft = train_sft(
     programs,
     "teacher",

@@ -30,8 +30,12 @@ def _write(micro, tmp_path, name, seed=0, **overrides):
 
 
 def _programs(micro):
+  """The run's typed config and its programs."""
   typed = RunConfig.from_config(micro)
-  return Programs(Models.from_config(typed), typed, Partitioner.from_config(micro.mesh))
+  programs = Programs(
+    Models.from_config(typed), typed.program_settings, Partitioner.from_config(micro.mesh)
+  )
+  return typed, programs
 
 
 def _assert_config_error(micro, tmp_path, *messages):
@@ -48,9 +52,9 @@ def test_teacher_and_student_start_from_their_checkpoints(micro, tmp_path):
     name: _write(micro, tmp_path, name, seed) for seed, name in enumerate(("teacher", "student"))
   }
   config_lib.validate(micro)
-  programs = _programs(micro)
+  typed, programs = _programs(micro)
   for name in ("teacher", "student"):
-    params = stage1.initial_params(programs.config, name, programs, jax.random.PRNGKey(0))
+    params = stage1.initial_params(typed, name, programs, jax.random.PRNGKey(0))
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(params), expected[name])
 
 
@@ -59,9 +63,8 @@ def test_t5x_checkpoint_loads_exactly_and_a_misfit_names_the_parameter(micro, tm
   expected = real_task_data.write_t5x_checkpoint(tmp_path / "t5x", cfg, seed=3)
   micro.teacher.checkpoint = str(tmp_path / "t5x")
   config_lib.validate(micro)
-  params = stage1.initial_params(
-    RunConfig.from_config(micro), "teacher", _programs(micro), jax.random.PRNGKey(0)
-  )
+  typed, programs = _programs(micro)
+  params = stage1.initial_params(typed, "teacher", programs, jax.random.PRNGKey(0))
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(params), expected)
   micro.teacher.model.d_ff = 48
   micro.teacher.model.num_decoder_layers = 2
@@ -103,13 +106,13 @@ def test_mis_shaped_tensor_names_the_parameter(micro, tmp_path):
   state[key] = state[key][:, :-1]
   save_file(state, weights)
   config_lib.validate(micro)  # config.json still fits: the shapes are checked at load time
-  programs = _programs(micro)
+  typed, programs = _programs(micro)
   with pytest.raises(
     ValueError,
     match=rf"student\.checkpoint = .* does not fit student\.model: model_type = 't5' in .*: "
     rf"{key}: shape \(16, 31\), expected \(16, 32\)",
   ):
-    stage1.initial_params(programs.config, "student", programs, jax.random.PRNGKey(0))
+    stage1.initial_params(typed, "student", programs, jax.random.PRNGKey(0))
 
 
 def test_synthetic_vocabulary_must_equal_every_embedding(micro):

@@ -201,7 +201,7 @@ def test_a_fixed_set_evaluated_against_cached_references_gives_the_full_evaluato
 ):
   config = RunConfig.from_config(micro)
   models = program_builders.Models.from_config(config)
-  built = programs.Programs(models, config, Partitioner(make_mesh()))
+  built = programs.Programs(models, config.program_settings, Partitioner(make_mesh()))
   params = [
     nn.unbox(init_params(getattr(models, name), jax.random.PRNGKey(i)))
     for i, name in enumerate(("student", "teacher", "oracle"))

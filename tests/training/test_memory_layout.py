@@ -56,7 +56,7 @@ def setup():
 
 def _built(setup, layout):
   config, models, _, _ = setup
-  return programs.Programs(models, config, Partitioner(make_mesh()), layout)
+  return programs.Programs(models, config.program_settings, Partitioner(make_mesh()), layout)
 
 
 def _log_softmax(logits):

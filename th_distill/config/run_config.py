@@ -26,6 +26,7 @@ from th_distill.config.settings import (
   EvalSettings,
   LossSettings,
   Problem,
+  ProgramSettings,
   SamplingSettings,
   failed,
 )
@@ -146,6 +147,19 @@ class RunConfig:
       self.sequence_chunks,
       self.on_nonfinite,
       self.frozen_dtype,
+    )
+
+  @property
+  def program_settings(self) -> ProgramSettings:
+    """What the compiled programs take (`training.programs.Programs`)."""
+    return ProgramSettings(
+      self.sampling_settings,
+      self.distill,
+      self.task.prompt_length,
+      self.task.response_length,
+      self.task.vocab_size,
+      self.eval.batch_size,
+      self.mesh.steps_per_dispatch,
     )
 
   @property

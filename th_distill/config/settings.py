@@ -249,6 +249,23 @@ class DistillSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProgramSettings:
+  """All a run's compiled programs take from its config (`training.programs.Programs`): the
+  samplers' settings, the distillation step's (its loss, chunks and frozen dtype), the task's
+  lengths and vocabulary size, the evaluator's rows per call (`eval_batch_size`, before a
+  memory layout splits them further) and the configured steps per dispatch (0: chosen from a
+  step's FLOPs, `training.dispatch.steps_per_dispatch`)."""
+
+  sampling: SamplingSettings
+  distill: DistillSettings
+  prompt_length: int
+  response_length: int
+  vocab_size: int
+  eval_batch_size: int
+  steps_per_dispatch: int
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalSettings:
   """Evaluation on the fixed sets: at `steps` (computed on demand, in order), `batch_size` rows
   at a time, with the training-prompt set of `num_train_prompts` prompts."""

@@ -47,12 +47,10 @@ def train_sft(
   rundir.preemption.Preempted after checkpointing on pre-emption."""
   model = getattr(programs.models, name)
   title = f"{name} SFT"
-  task = programs.config.task
-  step_flops = settings.batch_size * flops.train_flops(
-    programs.config.model(name), task.prompt_length, task.response_length
-  )
+  lengths = programs.settings.prompt_length, programs.settings.response_length
+  step_flops = settings.batch_size * flops.train_flops(model.cfg, *lengths)
   per_dispatch = dispatch.steps_per_dispatch(
-    programs.config.mesh.steps_per_dispatch, step_flops, programs.partitioner.platform
+    programs.settings.steps_per_dispatch, step_flops, programs.partitioner.platform
   )
   trainer = Trainer(
     title,

@@ -16,6 +16,7 @@ from th_distill import sampling
 from th_distill.config.run_config import RunConfig
 from th_distill.config.settings import (
   OptimizerSettings,
+  ProgramSettings,
 )
 from th_distill.data.batch import BATCH_ARRAYS, Batch
 from th_distill.partitioning import Partitioner, pad_rows
@@ -62,7 +63,12 @@ class MemoryLayout:
   @classmethod
   def of_config(cls, config: RunConfig) -> MemoryLayout:
     """The config's own split: `eval.batch_size` rows in `sequence_chunks` chunks."""
-    return cls(None, config.eval.batch_size, config.sequence_chunks)
+    return cls.of_settings(config.program_settings)
+
+  @classmethod
+  def of_settings(cls, settings: ProgramSettings) -> MemoryLayout:
+    """`of_config` from the programs' settings."""
+    return cls(None, settings.eval_batch_size, settings.distill.sequence_chunks)
 
 
 # evaluate(student_params, teacher_params, oracle_params, data, prefix) -> {prefix/name: value}
@@ -79,17 +85,19 @@ def _reduce(parts: list[dict[str, jax.Array]], prefix: str) -> dict[str, float]:
 
 
 class Programs:
-  """The compiled programs of one run, each built on first use and reused by every stage."""
+  """The compiled programs of one run, each built on first use and reused by every stage: of
+  `models` under `settings` (`RunConfig.program_settings`) on `partitioner`'s mesh, host data
+  split into device calls as `layout` says (default: `MemoryLayout.of_settings`)."""
 
   def __init__(
     self,
     models: Models,
-    config: RunConfig,
+    settings: ProgramSettings,
     partitioner: Partitioner,
     layout: MemoryLayout | None = None,
   ):
-    self.models, self.config, self.partitioner = models, config, partitioner
-    self.layout = layout or MemoryLayout.of_config(config)
+    self.models, self.settings, self.partitioner = models, settings, partitioner
+    self.layout = layout or MemoryLayout.of_settings(settings)
     self._built: dict[tuple, Any] = {}
 
   def _once(self, key: tuple, build: Callable[[], Any]) -> Any:
@@ -105,9 +113,7 @@ class Programs:
     partitioner = self.partitioner
     compiled = self._once(
       ("sampler", name),
-      lambda: sampler_program(
-        getattr(self.models, name), self.config.sampling_settings, partitioner
-      ),
+      lambda: sampler_program(getattr(self.models, name), self.settings.sampling, partitioner),
     )
 
     def fn(params, prompts, prompt_mask, rng):
@@ -166,7 +172,7 @@ class Programs:
     """The distillation step of the run's settings (`dispatched`: `distill_program`)."""
     return self._once(
       ("distill", dispatched),
-      lambda: distill_program(self.models, self.config.distill, self.partitioner, dispatched),
+      lambda: distill_program(self.models, self.settings.distill, self.partitioner, dispatched),
     )
 
   def evaluator(self, name: str) -> Evaluator:
@@ -211,9 +217,9 @@ class Programs:
     references run once: later evaluations run the student only. The sums are those of
     `evaluator`."""
     chunks = self._device_chunks(data)
-    cfg, layout = self.config, self.layout
+    settings, layout = self.settings, self.layout
     rows = sum(chunk.prompts.shape[0] for chunk in chunks) // self.partitioner.data_parallel_size
-    ref_bytes = 2 * 4 * rows * cfg.task.response_length * cfg.task.vocab_size
+    ref_bytes = 2 * 4 * rows * settings.response_length * settings.vocab_size
     if layout.eval_chunks != 1 or ref_bytes > min(layout.reference_bytes, REFERENCE_CACHE_BYTES):
       full = self.evaluator(name)
       return lambda student_params, prefix: full(
@@ -240,14 +246,15 @@ class Programs:
     (prompts, responses, mask: [N, ...]), as host arrays [N, Lt, K] (the indices in the
     smallest unsigned type that holds the vocabulary) and [N, Lt], `eval.batch_size` rows at a
     time."""
-    loss, partitioner, size = self.config.loss, self.partitioner, self.config.eval.batch_size
+    loss, partitioner = self.settings.distill.loss, self.partitioner
+    size = self.settings.eval_batch_size
     compiled = self._once(
       ("teacher_top",),
       lambda: teacher_top_program(
         self.models.teacher, loss.teacher_top_k, loss.temperature, partitioner
       ),
     )
-    index_dtype = np.min_scalar_type(self.config.task.vocab_size - 1)
+    index_dtype = np.min_scalar_type(self.settings.vocab_size - 1)
 
     def fn(teacher_params, data):
       parts = []
@@ -265,4 +272,5 @@ class Programs:
 
   def frozen(self, name: str, params: Any) -> Any:
     """Model `name`'s `params` in stage 2's `frozen_dtype`, in their shards."""
-    return self.partitioner.cast(getattr(self.models, name), params, self.config.frozen_dtype)
+    frozen_dtype = self.settings.distill.frozen_dtype
+    return self.partitioner.cast(getattr(self.models, name), params, frozen_dtype)

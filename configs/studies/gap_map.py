@@ -20,7 +20,8 @@ tested on seeds 20-24, never used to choose anything (docs/studies.md).
   python -m th_distill.study --config=configs/studies/gap_map.py --workdir=W
     (the map: 16 settings x 5 seeds; about six hours of a 2-core CPU, docs/studies.md)
   python -m th_distill.study --config=configs/studies/gap_map.py:first --workdir=W
-    (the first pass: 6 settings on seed 20; its runs are the map's own, reused by the full one;
+    (the first pass: 6 settings on seed 20, 2,250 s on 2 shared cores; its runs are the map's
+    own, reused by the full one;
     `gap_map.py:t1500` runs one setting on seed 20. A study config's variants run in sorted
     order of their names.)
 """

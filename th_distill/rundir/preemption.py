@@ -39,9 +39,10 @@ def _record(signum, frame) -> None:
   del signum, frame
   global _received
   logging.warning(
-    "SIGTERM received again: already stopping at the next step."
+    "SIGTERM received again: already stopping."
     if _received
-    else "SIGTERM received: checkpointing at the next training step, then stopping."
+    else "SIGTERM received: stopping at the next training step (checkpointed there) or, in a "
+    "phase that only samples, at its next sampler call."
   )
   _received = True
 

@@ -22,7 +22,7 @@ from ml_collections import config_flags
 from th_distill.config.run_config import RunConfig
 from th_distill.data import regimes as regime_lib
 from th_distill.partitioning import Partitioner
-from th_distill.rundir import checkpoints
+from th_distill.rundir import checkpoints, param_checkpoints
 from th_distill.rundir.layout import Stage1Directory
 from th_distill.training.keys import Purpose, key
 from th_distill.training.program_builders import Models, new_train_state
@@ -39,7 +39,7 @@ def main(argv) -> None:
   models = Models.from_config(config)
   programs = Programs(models, config.program_settings, partitioner)
   stage1 = Stage1Directory(STAGE1.value)
-  oracle = checkpoints.load_param_trees(
+  oracle = param_checkpoints.load_param_trees(
     stage1.params, {"oracle": partitioner.abstract_params(models.oracle)}
   )["oracle"]
   data = checkpoints.load_arrays(stage1.oracle_data)

@@ -14,7 +14,15 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "th_distill"
 
 # Bottom -> top; a part may import only parts before it (its own group's earlier ones included).
 LAYERS = (
-  ("errors", "boundary", "models", "divergences", "sampling", "partitioning"),  # numerics
+  (
+    "errors",
+    "boundary",
+    "models",
+    "divergences",
+    "sampling_checks",
+    "sampling",
+    "partitioning",
+  ),  # numerics
   ("observing", "detection", "data", "config", "rundir", "training", "oracle"),  # a run's parts
   ("cli", "planning", "stages", "results"),  # assembly
   ("experiment", "study", "detector_eval", "main"),  # the experiment and the command lines

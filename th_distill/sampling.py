@@ -4,8 +4,9 @@ One function serves the oracle, the teacher and the student: it takes the model 
 any `th_distill.models.interface.LanguageModel`) and its parameters, never a model name. `generate` is the traceable loop
 (`th_distill.partitioning.Partitioner.jit` compiles it with explicit shardings); `sample` is
 `generate` jitted for one device or for arrays already placed on a mesh, refusing prompt ids
-outside the vocabulary and malformed masks first (`check_prompts`). `sample_uncached` is the same loop without a
-cache (it re-runs the teacher-forced `response_logits` every step): the baseline of `bench/sampler.py`.
+outside the vocabulary and malformed masks first (`check_prompts`; its settings and shapes:
+`th_distill.sampling_checks`). `sample_uncached` is the same loop without a cache (it re-runs
+the teacher-forced `response_logits` every step): the baseline of `bench/sampler.py`.
 A `SampleFn` binds a sampler to one model and its settings: what the data regimes
 (`th_distill.data.regimes`) and the oracle's calibration take.
 
@@ -38,7 +39,6 @@ Conventions:
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -48,6 +48,7 @@ import numpy as np
 
 from th_distill.models.interface import LanguageModel
 from th_distill.models.tokens import SpecialTokens
+from th_distill.sampling_checks import check_arguments
 
 Array = jax.Array
 
@@ -67,64 +68,6 @@ class SampleOutput(NamedTuple):
 # settings; prompts and results may be numpy or device arrays
 # (`th_distill.data.regimes.build_offline` needs numpy results).
 SampleFn = Callable[[Any, Array, Array, Array], tuple[Array, Array]]
-
-
-# The smallest normal float32: a smaller positive temperature flushes to 0 on accelerators.
-MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
-
-
-def settings_problems(
-  max_length: Any, temperature: Any, top_k: Any, top_p: Any
-) -> list[tuple[str, str]]:
-  """(argument, what is wrong) of each invalid sampling setting; [] if all are valid (the
-  config's `SamplingSettings.problems` names them by their config fields)."""
-  checks = (
-    (
-      isinstance(max_length, numbers.Integral) and max_length > 0,
-      "max_length",
-      f"must be a positive int, got {max_length!r}",
-    ),
-    (
-      isinstance(temperature, numbers.Real)
-      and (temperature == 0 or MIN_TEMPERATURE <= temperature < float("inf")),  # no NaN
-      "temperature",
-      f"must be 0 (greedy) or finite and >= {MIN_TEMPERATURE:.3g}, got {temperature!r}",
-    ),
-    (
-      isinstance(top_k, numbers.Integral) and top_k >= 0,
-      "top_k",
-      f"must be an int >= 0 (0 = off), got {top_k!r}",
-    ),
-    (
-      isinstance(top_p, numbers.Real) and 0.0 < top_p <= 1.0,
-      "top_p",
-      f"must be in (0, 1] (1 = off), got {top_p!r}",
-    ),
-  )
-  return [(name, message) for ok, name, message in checks if not ok]
-
-
-def _check(
-  prompts: Array,
-  prompt_mask: Array,
-  max_length: int,
-  temperature: float,
-  top_k: int,
-  top_p: float,
-  tokens: SpecialTokens,
-) -> None:
-  if prompts.ndim != 2 or prompts.shape[1] == 0:
-    raise ValueError(f"prompts must be [B, Li] with Li > 0, got shape {prompts.shape}.")
-  if prompt_mask.shape != prompts.shape:
-    raise ValueError(
-      f"prompt_mask must have the prompts' shape {prompts.shape}, got {prompt_mask.shape}."
-    )
-  for name, message in settings_problems(max_length, temperature, top_k, top_p):
-    raise ValueError(f"{name} {message}.")
-  if not isinstance(tokens, SpecialTokens):
-    raise ValueError(
-      f"tokens must be the model's th_distill.models.tokens.SpecialTokens, got {tokens!r}."
-    )
 
 
 def sampling_log_probs(
@@ -305,7 +248,7 @@ def generate(
   `rng`: one key or B per-example keys; `temperature` 0 is greedy; `top_k` 0 and `top_p` 1 are
   off; see the module doc for the stop, key and log-prob conventions.
   """
-  _check(prompts, prompt_mask, max_length, temperature, top_k, top_p, tokens)
+  check_arguments(prompts, prompt_mask, max_length, temperature, top_k, top_p, tokens)
   prompts, prompt_mask = prompts.astype(jnp.int32), prompt_mask.astype(bool)
   keys = example_keys(rng, prompts.shape[0])
   variables = {"params": params}
@@ -400,7 +343,7 @@ def sample_uncached(
   Every step re-runs the teacher-forced decoder over the whole static [B, L] buffer and reads the
   logits at the current position, so a step costs O(L) decoder positions (O(L^2) per response).
   """
-  _check(prompts, prompt_mask, max_length, temperature, top_k, top_p, tokens)
+  check_arguments(prompts, prompt_mask, max_length, temperature, top_k, top_p, tokens)
   prompts, prompt_mask = prompts.astype(jnp.int32), prompt_mask.astype(bool)
   keys = example_keys(rng, prompts.shape[0])
   variables = {"params": params}

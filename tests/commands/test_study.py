@@ -13,9 +13,10 @@ import pytest
 from conftest import micro_config
 
 from th_distill import config as config_lib
-from th_distill import detector_eval, errors, study
+from th_distill import errors, study
 from th_distill.config.run_config import RunConfig
 from th_distill.observing.metric_names import GOLDEN, PROXY
+from th_distill.results import detector_runs, detector_scores, detector_tables
 
 
 def _study(micro, variants, seeds=(0, 1)):
@@ -152,7 +153,7 @@ def _write_study_runs(root, seeds=(0, 1)):
 
 def test_detector_eval_calibrates_on_some_seeds_and_scores_on_others(tmp_path):
   _write_study_runs(tmp_path)
-  runs, skipped = detector_eval.finished_runs([str(tmp_path), str(tmp_path)], threshold_pct=5.0)
+  runs, skipped = detector_runs.finished_runs([str(tmp_path), str(tmp_path)], threshold_pct=5.0)
   assert skipped == []
   assert [(r.seed, r.outcome, r.proxy_never_rises) for r in runs] == [
     (0, "teacher_hacking", True),
@@ -160,16 +161,16 @@ def test_detector_eval_calibrates_on_some_seeds_and_scores_on_others(tmp_path):
     (1, "teacher_hacking", True),
     (1, "none", True),
   ]
-  result = detector_eval.calibrate_and_test(runs, [0], [1])
+  result = detector_scores.calibrate_and_test(runs, [0], [1])
   test = result["methods"]["slowdown (the detector)"]["test"]
   assert (test["true_positives"], test["false_positives"], test["true_negatives"]) == (1, 0, 1)
   assert test["recall_proxy_never_rises"] == 1.0 and test["lag_evals"][0] > 0
   assert result["methods"]["early stopping on the held-out proxy"]["test"]["recall"] == 0.0
   assert (
-    detector_eval.table(result).splitlines()[2].startswith("| slowdown (the detector) | window ")
+    detector_tables.table(result).splitlines()[2].startswith("| slowdown (the detector) | window ")
   )
   with pytest.raises(errors.RunError, match="overlap"):
-    detector_eval.calibrate_and_test(runs, [0, 1], [1])
+    detector_scores.calibrate_and_test(runs, [0, 1], [1])
 
 
 def _cut(path, keep):
@@ -185,7 +186,7 @@ def test_detector_eval_never_scores_a_run_with_missing_rows_or_null_golden(tmp_p
   online = seed0 / "online_teacher" / "metrics.jsonl"
   rows = [json.loads(line) for line in online.read_text().splitlines()]
   online.write_text("".join(json.dumps({**r, GOLDEN: None}) + "\n" for r in rows))
-  runs, skipped = detector_eval.finished_runs([str(tmp_path)], threshold_pct=5.0)
+  runs, skipped = detector_runs.finished_runs([str(tmp_path)], threshold_pct=5.0)
   assert [(r.seed, r.outcome) for r in runs] == [(1, "teacher_hacking"), (1, "none")]
   (cut, why_cut), (null, why_null), (unread, why_unread), _ = skipped
   assert cut == str(seed0 / "offline") and null == str(seed0 / "online_teacher")
@@ -201,7 +202,7 @@ def test_detector_eval_refuses_when_no_run_can_be_scored(tmp_path):
   with pytest.raises(
     errors.RunError, match=r"no finished study run .* that can be scored \(2 left out"
   ):
-    detector_eval.finished_runs([str(tmp_path)], threshold_pct=5.0)
+    detector_runs.finished_runs([str(tmp_path)], threshold_pct=5.0)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from th_distill import experiment  # noqa: E402
 from th_distill.models import pretrained  # noqa: E402
 from th_distill.observing.metrics_io import read_metrics  # noqa: E402
 from th_distill.partitioning import Partitioner  # noqa: E402
-from th_distill.rundir import checkpoints
+from th_distill.rundir import checkpoints, param_checkpoints
 from th_distill.training.program_builders import Models  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,7 +113,7 @@ def test_every_config_runs_two_steps(tmp_path):
     assert ("checkpoint" in info["oracle"]) == (config.oracle.source == "checkpoint"), name
     if config.oracle.source == "checkpoint":  # the oracle is the checkpoint, untouched
       model = Models.from_config(run_config).oracle
-      oracle = checkpoints.load_param_trees(
+      oracle = param_checkpoints.load_param_trees(
         str(workdir / "stage1" / "params"),
         {"oracle": Partitioner.from_config(config.mesh).abstract_params(model)},
       )["oracle"]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from th_distill import config as config_lib
 from th_distill.config.settings import ON_NONFINITE
-from th_distill.sampling import MIN_TEMPERATURE
+from th_distill.sampling_checks import MIN_TEMPERATURE
 
 NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
 MICRO_LOG_VOCAB = math.log(16)

@@ -13,7 +13,7 @@ from th_distill.config.run_config import RunConfig
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.observing.metric_names import GOLDEN, PROXY
 from th_distill.observing.metrics_io import read_metrics
-from th_distill.rundir import checkpoints
+from th_distill.rundir import checkpoints, param_checkpoints
 from th_distill.rundir.kept import KeptParameters
 from th_distill.training.hooks import DetectorAction
 
@@ -66,12 +66,12 @@ def test_keeps_best_golden_and_best_predicted_checkpoints_and_stops(tmp_path):
 
   best = checkpoints.read_json(str(tmp_path / "best_predicted.json"))
   assert best == {"step": expected.best_predicted_step, "detected_step": expected.step}
-  restored = checkpoints.load_params(str(tmp_path / "best_predicted"), _params(0))
+  restored = param_checkpoints.load_params(str(tmp_path / "best_predicted"), _params(0))
   np.testing.assert_array_equal(restored["w"], np.full(3, expected.best_predicted_step))
   golden_min_step = min(_rows(), key=lambda r: r[GOLDEN])["step"]
   assert golden_min_step < stopped_at
   assert checkpoints.read_json(str(tmp_path / "best_golden.json"))["step"] == golden_min_step
-  restored = checkpoints.load_params(str(tmp_path / "best_golden"), _params(0))
+  restored = param_checkpoints.load_params(str(tmp_path / "best_golden"), _params(0))
   np.testing.assert_array_equal(restored["w"], np.full(3, golden_min_step))
   assert not (tmp_path / "candidates").exists()
 

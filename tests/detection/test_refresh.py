@@ -11,10 +11,11 @@ import pytest
 from run_rows import cut_after_checkpoint, untimed_rows
 
 from th_distill import config as config_lib
-from th_distill import detection, detector_eval, experiment
+from th_distill import detection, experiment
 from th_distill.config.run_config import RunConfig
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.observing.metric_names import DETECTOR_REFRESHED, GOLDEN, PROXY
+from th_distill.results import detector_runs
 from th_distill.rundir import checkpoints
 from th_distill.training import sources
 from th_distill.training.hooks import RefreshAction
@@ -107,11 +108,11 @@ def test_detector_eval_leaves_out_runs_that_refreshed():
     {"step": s, GOLDEN: 1.0, PROXY: 1.0 / (s + 1), DETECTOR_REFRESHED: float(s >= 3)}
     for s in range(6)
   ]
-  reason = detector_eval.load_run("d", 0, rows, 5.0)
+  reason = detector_runs.load_run("d", 0, rows, 5.0)
   assert isinstance(reason, str) and "refreshed its data at step 3" in reason
   for row in rows:
     row[DETECTOR_REFRESHED] = 0.0
-  assert isinstance(detector_eval.load_run("d", 0, rows, 5.0), detector_eval.Run)
+  assert isinstance(detector_runs.load_run("d", 0, rows, 5.0), detector_runs.Run)
 
 
 def test_study_reports_leave_refreshed_runs_out_of_the_detectors_counts():

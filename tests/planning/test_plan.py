@@ -19,7 +19,7 @@ import pytest
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
 from th_distill.models import T5, t5_config
-from th_distill.planning import memory, plan
+from th_distill.planning import memory, plan, program_shapes
 from th_distill.planning.compiled import ProgramPlan, collectives
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -101,7 +101,7 @@ def test_paper_configs_compile_on_simulated_meshes(tmp_path):
 def _check_programs(compiled, name):
   """Every program compiled, split its weights over fsdp, and counted the FLOPs expected."""
   programs = compiled[name]["programs"]
-  assert list(programs) == list(plan.PROGRAMS)
+  assert list(programs) == list(program_shapes.PROGRAMS)
   for program, p in programs.items():
     assert p["argument_bytes"] > 0 and p["temp_bytes"] > 0, program
     assert p["full_remats"] == 0, program

@@ -18,7 +18,7 @@ from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
 from th_distill.models import module_of, param_count
 from th_distill.partitioning import boxed_param_shapes
-from th_distill.planning import memory, plan
+from th_distill.planning import memory, plan, program_shapes
 from th_distill.planning.compiled import ProgramPlan
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,7 +84,7 @@ def test_the_decoder_paper_config_compiles_on_16_devices(tmp_path):
   compiled = json.loads(out.read_text())
   assert compiled["dropped"] == {"oracle": [], "teacher": [], "student": []}
   programs = compiled["programs"]
-  assert list(programs) == list(plan.PROGRAMS)
+  assert list(programs) == list(program_shapes.PROGRAMS)
   for name, p in programs.items():
     assert p["argument_bytes"] > 0 and p["temp_bytes"] > 0, name
     assert p["full_remats"] == 0, name

@@ -310,7 +310,7 @@ RUNS = [
 
 
 def test_the_detector_is_right_on_any_golden_rise_in_reports_and_in_its_evaluation():
-  from th_distill import detector_eval
+  from th_distill.results import detector_scores
 
   quality = summaries.detector_quality(RUNS)
   assert {
@@ -328,7 +328,7 @@ def test_the_detector_is_right_on_any_golden_rise_in_reports_and_in_its_evaluati
     {**s, "proxy_never_rises": False, "lag_evals": 0, "golden_cost_pct": 0.0, "kept_cost_pct": 0.0}
     for s in RUNS
   ]
-  scored = detector_eval.quality(entries)  # the calibration protocol counts the same way
+  scored = detector_scores.quality(entries)  # the calibration protocol counts the same way
   assert [
     scored[k] for k in ("true_positives", "false_positives", "false_negatives", "true_negatives")
   ] == [2, 1, 1, 2]

@@ -14,7 +14,7 @@ import pytest
 from th_distill import boundary, experiment
 from th_distill.observing.metrics_io import MetricsWriter, read_metrics
 from th_distill.results import plots
-from th_distill.rundir import checkpoints, devices
+from th_distill.rundir import checkpoints, devices, param_checkpoints
 from th_distill.rundir import lock as workdir_lock
 
 SECRET = "a file outside the run directory\n"
@@ -111,9 +111,9 @@ def test_checkpoints_refuse_a_linked_folder(tmp_path):
   with pytest.raises(boundary.UnsafePath, match=f"{linked} is a symbolic link"):
     checkpoints.RunCheckpointer(str(linked))
   with pytest.raises(boundary.UnsafePath, match=f"{linked} is a symbolic link"):
-    checkpoints.save_params(str(linked), {"w": jnp.ones(3)})
+    param_checkpoints.save_params(str(linked), {"w": jnp.ones(3)})
   with pytest.raises(boundary.UnsafePath, match=f"{linked} is a symbolic link"):
-    checkpoints.save_param_trees(str(linked / "params"), {"a": {"w": jnp.ones(3)}})
+    param_checkpoints.save_param_trees(str(linked / "params"), {"a": {"w": jnp.ones(3)}})
   assert os.listdir(elsewhere) == []
 
 

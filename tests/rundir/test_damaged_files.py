@@ -14,7 +14,7 @@ from th_distill import experiment
 from th_distill.config.run_config import RunConfig
 from th_distill.observing.metrics_io import MetricsLost, read_metrics
 from th_distill.results import report
-from th_distill.rundir import checkpoints
+from th_distill.rundir import checkpoints, param_checkpoints
 from th_distill.rundir.layout import RunDirectory, Stage1Directory
 
 REGIME = "offline"
@@ -149,5 +149,5 @@ def test_best_predicted_moved_before_a_kill_is_kept_without_a_false_warning(tmp_
       resumed.observe(row["step"], row, _params(row["step"]))
   assert "No saved parameters" not in caplog.text
   assert checkpoints.read_json(str(tmp_path / "best_predicted.json")) == expected
-  restored = checkpoints.load_params(str(tmp_path / "best_predicted"), _params(0))
+  restored = param_checkpoints.load_params(str(tmp_path / "best_predicted"), _params(0))
   np.testing.assert_array_equal(restored["w"], np.full(3, expected["step"]))

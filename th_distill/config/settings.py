@@ -17,7 +17,7 @@ import functools
 import numpy as np
 import optax
 
-from th_distill import sampling
+from th_distill import sampling_checks
 from th_distill.divergences import DIVERGENCES
 from th_distill.models.tokens import SpecialTokens
 from th_distill.observing.eval_schedule import EvaluationSchedule
@@ -59,7 +59,7 @@ class SamplingSettings:
   top_p: float
   tokens: SpecialTokens
 
-  # The config field of each argument (`sampling.settings_problems` checks them).
+  # The config field of each argument (`sampling_checks.settings_problems` checks them).
   FIELDS = {
     "max_length": "task.response_length",
     "temperature": "sampling.temperature",
@@ -72,7 +72,7 @@ class SamplingSettings:
     cls, max_length: int, temperature: float, top_k: int, top_p: float
   ) -> list[Problem]:
     """The problems of these values, named by their config fields (no special tokens needed)."""
-    found = sampling.settings_problems(max_length, temperature, top_k, top_p)
+    found = sampling_checks.settings_problems(max_length, temperature, top_k, top_p)
     return [(cls.FIELDS[name], message) for name, message in found]
 
   def problems(self) -> list[Problem]:

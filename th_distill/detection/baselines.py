@@ -1,8 +1,8 @@
 """What a user keeps from a run, by the detector or by the rules it must beat, on a whole curve.
 
 A `Method` reads one finished curve (the held-out proxy at each evaluation) and decides whether
-it acts and which checkpoint it keeps (`Decision`); `th_distill.detector_eval` scores each one
-against the oracle. The methods:
+it acts and which checkpoint it keeps (`Decision`); `th_distill.results.detector_scores` scores
+each one against the oracle. The methods:
 
 - `DetectorMethod`: a `detection.DetectorSettings` rule (the detector, early stopping, a law's
   departure) keeping its own `best_predicted_step`, or with `rollback` w > 0 the last evaluation

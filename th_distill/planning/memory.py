@@ -65,10 +65,11 @@ def program_estimates(
   config: RunConfig, mesh: Sequence[int], layout: MemoryLayout | None = None
 ) -> dict[str, dict[str, float]]:
   """{program: {part: GiB per device, 'total', 'total, all gathered'}} for the programs of
-  `th_distill.planning.plan.PROGRAMS` on a (data, fsdp, model) `mesh`, with the batches the run uses
-  (samplers of the oracle data: `SAMPLE_CHUNK` rows, at most the layout's `sample_rows` per call;
-  online sampler and distillation step: `student.batch_size`; SFT: `teacher.batch_size`;
-  evaluator: the layout's `eval_rows` rows in `eval_chunks` chunks of positions). `layout`
+  `th_distill.planning.program_shapes.PROGRAMS` on a (data, fsdp, model) `mesh`, with the
+  batches the run uses (samplers of the oracle data: `SAMPLE_CHUNK` rows, at most the layout's
+  `sample_rows` per call; online sampler and distillation step: `student.batch_size`; SFT:
+  `teacher.batch_size`; evaluator: the layout's `eval_rows` rows in `eval_chunks` chunks of
+  positions). `layout`
   (`memory_layout`; default: the config's own, `MemoryLayout.of_config`) is how the run splits
   its samplers' and evaluator's host data."""
   layout = layout or MemoryLayout.of_config(config)

@@ -42,7 +42,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
@@ -50,7 +49,6 @@ from ml_collections import config_flags
 from th_distill import cli
 from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
-from th_distill.data.regimes import SAMPLE_CHUNK
 from th_distill.models.interface import LanguageModel
 from th_distill.partitioning import (
   DEFAULT_RULES,
@@ -60,14 +58,10 @@ from th_distill.partitioning import (
   make_mesh,
   resolve_mesh_shape,
 )
-from th_distill.planning import flops, memory
+from th_distill.planning import memory
 from th_distill.planning.compiled import HEADER, ProgramPlan, compile_program, format_row
-from th_distill.training import program_builders as program_lib
+from th_distill.planning.program_shapes import PROGRAMS, abstract_programs
 from th_distill.training.program_builders import Models
-from th_distill.training.programs import MemoryLayout
-from th_distill.training.steps import Batch, create_train_state, state_shardings
-
-PROGRAMS = ("oracle_sampling", "teacher_sft_step", "distill_step", "online_sampler", "evaluator")
 
 
 def planning_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -105,102 +99,6 @@ def dropped_axes(
           f"{'x'.join(parts)} ({split})"
         )
   return problems
-
-
-def _rows(rows: int, partitioner: Partitioner) -> int:
-  """`rows` padded to a multiple of the data-parallel size, as the run pads its chunks."""
-  return -(-rows // partitioner.data_parallel_size) * partitioner.data_parallel_size
-
-
-def abstract_programs(
-  config: RunConfig, partitioner: Partitioner, layout: MemoryLayout | None = None
-) -> dict[str, tuple[Callable, tuple, int, float]]:
-  """{name: (program, abstract arguments, rows, th_distill.planning.flops of the whole program)} for each
-  of `PROGRAMS`, the arguments being `jax.ShapeDtypeStruct`s with the run's shardings and
-  dtypes (stage 2 holds the teacher and oracle in `frozen_dtype`); the oracle's sampler and the
-  evaluator take the calls of `layout` (default: the config's, `MemoryLayout.of_config`)."""
-  layout = layout or MemoryLayout.of_config(config)
-  models = Models.from_config(config)
-  li, lt = config.task.prompt_length, config.task.response_length
-  split = partitioner.batch_sharding(2)
-
-  def rows(n: int, length: int, dtype: Any) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((n, length), dtype, sharding=split)
-
-  def batch(n: int) -> Batch:
-    return Batch(
-      rows(n, li, jnp.int32),
-      rows(n, li, jnp.bool_),
-      rows(n, lt, jnp.int32),
-      rows(n, lt, jnp.float32),
-    )
-
-  def state(model, optimizer) -> Any:
-    shapes = jax.eval_shape(
-      lambda p: create_train_state(p, optimizer), partitioner.abstract_params(model)
-    )
-    return jax.tree_util.tree_map(
-      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-      shapes,
-      state_shardings(partitioner, model, optimizer),
-    )
-
-  def sampler(model, dtype: str, n: int) -> tuple:
-    return (
-      program_lib.sampler_program(model, config.sampling_settings, partitioner),
-      (
-        partitioner.abstract_params(model, dtype),
-        rows(n, li, jnp.int32),
-        rows(n, li, jnp.bool_),
-        rows(n, 2, jnp.uint32),
-      ),
-      n,
-    )
-
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioner.replicated)
-  frozen = config.frozen_dtype
-  teacher, oracle = (
-    partitioner.abstract_params(m, frozen) for m in (models.teacher, models.oracle)
-  )
-  teacher_optimizer = config.teacher.sft.build()
-  distill = config.distill
-  n_sample = _rows(
-    min(SAMPLE_CHUNK, config.prompts.num_oracle, layout.sample_rows or SAMPLE_CHUNK), partitioner
-  )
-  n_eval = _rows(
-    min(layout.eval_rows, config.eval.batch_size, config.prompts.num_eval), partitioner
-  )
-  n_teacher, n_student = config.teacher.batch_size, config.student.batch_size
-  cfg = {name: getattr(models, name).cfg for name in ("oracle", "teacher", "student")}
-  forward = {name: flops.forward_flops(c, li, lt) for name, c in cfg.items()}
-  return {
-    "oracle_sampling": (
-      *sampler(models.oracle, "float32", n_sample),
-      n_sample * flops.generation_flops(cfg["oracle"], li, lt),
-    ),
-    "teacher_sft_step": (
-      program_lib.sft_program(models.teacher, teacher_optimizer, partitioner),
-      (state(models.teacher, teacher_optimizer), batch(n_teacher), key),
-      n_teacher,
-      n_teacher * flops.train_flops(cfg["teacher"], li, lt),
-    ),
-    "distill_step": (
-      program_lib.distill_program(models, distill, partitioner),
-      (state(models.student, distill.optimizer.build()), teacher, oracle, batch(n_student), key),
-      n_student,
-      n_student * flops.distill_flops(cfg["student"], cfg["teacher"], li, lt, oracle=cfg["oracle"]),
-    ),
-    "online_sampler": (
-      *sampler(models.teacher, frozen, n_student),
-      n_student * flops.generation_flops(cfg["teacher"], li, lt),
-    ),
-    "evaluator": (
-      program_lib.eval_program(models, models.student, layout.eval_chunks, partitioner),
-      (partitioner.abstract_params(models.student), teacher, oracle, batch(n_eval)),
-      n_eval,
-      n_eval * sum(forward.values()),
-    ),
-  }
 
 
 def check_mesh(config: ml_collections.ConfigDict, mesh: Sequence[int], devices: int) -> None:

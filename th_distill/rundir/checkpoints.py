@@ -1,4 +1,5 @@
-"""Persistence of a run directory: Orbax checkpoints, and atomic JSON / array files.
+"""Persistence of a run directory: atomic JSON / array files, and the train state's Orbax
+checkpoints (`RunCheckpointer`; parameter checkpoints: `th_distill.rundir.param_checkpoints`).
 
 Every write is atomic (a temporary name, then `os.replace`; Orbax finalises a checkpoint by an
 atomic rename too), so a run killed at any moment leaves either the old file or the new one, never
@@ -46,7 +47,7 @@ def one_orbax_call_at_a_time() -> Iterator[None]:
       _one_at_a_time -= 1
 
 
-def _serialised(fn: Callable) -> Callable:
+def serialised(fn: Callable) -> Callable:
   """`fn` (an Orbax call) under `_ORBAX` while `one_orbax_call_at_a_time` is open."""
 
   @functools.wraps(fn)
@@ -177,26 +178,10 @@ def load_arrays(path: str) -> dict[str, np.ndarray]:
   return arrays
 
 
-def _abstract(tree: Any) -> Any:
+def abstract_tree(tree: Any) -> Any:
+  """The `jax.ShapeDtypeStruct`s (shardings included) of a pytree of arrays or structs: what
+  Orbax restores into."""
   return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-@_serialised
-def save_params(path: str, params: Any) -> None:
-  """Saves a parameter pytree as an Orbax checkpoint at `path` (absolute, must not exist; its
-  folder and `path` must not be links: `boundary.check`)."""
-  boundary.check(os.path.dirname(os.path.abspath(path)))
-  boundary.check(path)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(path), params, force=True)
-  checkpointer.wait_until_finished()
-
-
-@_serialised
-def load_params(path: str, like: Any) -> Any:
-  """Restores the pytree saved at `path` with the structure, shapes and shardings of `like`
-  (arrays or `jax.ShapeDtypeStruct`s)."""
-  return ocp.StandardCheckpointer().restore(os.path.abspath(path), _abstract(like))
 
 
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a checkpoint Orbax has not finalised
@@ -281,7 +266,7 @@ class RunCheckpointer:
   call `save` (collective).
   """
 
-  @_serialised
+  @serialised
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
     boundary.check(os.path.dirname(self.directory))
@@ -295,13 +280,13 @@ class RunCheckpointer:
       ),
     )
 
-  @_serialised
+  @serialised
   def latest_step(self) -> int | None:
     """The newest checkpoint's step, once it is on disk (waits for a save under way)."""
     self.wait()
     return self._manager.latest_step()
 
-  @_serialised
+  @serialised
   def save(self, step: int, state: Any) -> None:
     """Starts saving `state` as checkpoint `step` (a step already saved or being saved is left
     as it is); see the class doc."""
@@ -313,13 +298,13 @@ class RunCheckpointer:
     if _one_at_a_time:
       self.wait()
 
-  @_serialised
+  @serialised
   def wait(self) -> None:
     """Blocks until the last save is on disk (raises its error if it failed)."""
     with _lost_checkpoints_named(self.directory, self._saving):
       self._manager.wait_until_finished()
 
-  @_serialised
+  @serialised
   def restore_latest(self, like: Any) -> Any | None:
     """The newest readable checkpoint, restored with the structure, shapes and shardings of
     `like`; None if there is none."""
@@ -328,7 +313,7 @@ class RunCheckpointer:
       try:
         change = _structure_change(_layout(self._manager.item_metadata(step).tree), _layout(like))
         if change is None:
-          restored = self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(like)))
+          restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_tree(like)))
       except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
         culprit = unreadable_json(os.path.join(self.directory, str(step)))
         self._set_aside(step, (f"{culprit}: " if culprit else "") + describe(e))
@@ -344,7 +329,7 @@ class RunCheckpointer:
       return restored
     return None
 
-  @_serialised
+  @serialised
   def _set_aside(self, step: int, reason: str) -> None:
     """Moves the unreadable checkpoint of `step` to `damaged-<step>` (a later save writes the
     step afresh), with a warning."""
@@ -361,7 +346,7 @@ class RunCheckpointer:
       os.replace(os.path.join(self.directory, str(step)), aside)
     self._manager.reload()
 
-  @_serialised
+  @serialised
   def close(self) -> None:
     """Waits for the last save, then closes the manager."""
     self._manager.close()
@@ -378,7 +363,7 @@ class RunCheckpointer:
       return None
     return self._saving
 
-  @_serialised
+  @serialised
   def discard_unfinished(self) -> None:
     """After a failed save: waits for the writer to stop and removes the checkpoints it left
     unfinished (Orbax's temporary folders), so they hold no disk space."""
@@ -390,31 +375,3 @@ class RunCheckpointer:
       for name in os.listdir(self.directory):
         if not name.isdigit() and TMP_MARK in name:
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-
-
-@_serialised
-def save_param_trees(path: str, trees: dict[str, Any]) -> None:
-  """Saves named parameter pytrees as one Orbax composite checkpoint at `path` (one item per
-  name; collective on every process)."""
-  boundary.check(os.path.dirname(os.path.abspath(path)))
-  boundary.check(path)
-  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-  checkpointer.save(
-    os.path.abspath(path),
-    ocp.args.Composite(**{name: ocp.args.StandardSave(tree) for name, tree in trees.items()}),
-    force=True,
-  )  # a plain Checkpointer saves synchronously
-
-
-@_serialised
-def load_param_trees(path: str, like: dict[str, Any]) -> dict[str, Any]:
-  """Restores the items of the composite checkpoint at `path` with the structure, shapes and
-  shardings of `like` ({name: arrays or `jax.ShapeDtypeStruct`s})."""
-  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-  restored = checkpointer.restore(
-    os.path.abspath(path),
-    ocp.args.Composite(
-      **{name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in like.items()}
-    ),
-  )
-  return {name: restored[name] for name in like}

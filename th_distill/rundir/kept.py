@@ -7,7 +7,7 @@
   when the detector fires later, the parameters of the evaluations that may still become it
   (`HackingMonitor.candidate_steps()`) are kept in `candidates/<step>/` until then.
 
-These are plain parameter checkpoints (`checkpoints.save_params`, collective) kept and pruned
+These are plain parameter checkpoints (`param_checkpoints.save_params`, collective) kept and pruned
 here rather than by an Orbax `CheckpointManager`: its `best_fn` / preservation policies keep
 whole steps as `<dir>/<step>/<item>/` (not the single `best_golden/` tree readers load), and
 `best_predicted` is a step the detector names only when it fires, from candidates no metric
@@ -27,7 +27,7 @@ from absl import logging
 from th_distill import boundary, errors
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.partitioning import is_main_process
-from th_distill.rundir import checkpoints
+from th_distill.rundir import checkpoints, param_checkpoints
 
 
 class KeptParameters:
@@ -40,7 +40,7 @@ class KeptParameters:
     return os.path.join(self.directory, name)
 
   def _save(self, name: str, step: int, params: Any, **info: Any) -> None:
-    checkpoints.save_params(self._path(name), params)  # collective on every process
+    param_checkpoints.save_params(self._path(name), params)  # collective on every process
     if is_main_process():
       checkpoints.write_json(self._path(f"{name}.json"), {"step": step, **info})
 
@@ -55,7 +55,7 @@ class KeptParameters:
         + (f"{info} holds step {kept}" if kept is not None else "none are kept there")
         + f"; delete {self.directory} to run the regime again from step 0"
       )
-    return checkpoints.load_params(self._path(name), like)
+    return param_checkpoints.load_params(self._path(name), like)
 
   def observe(self, step: int, params: Any, monitor: HackingMonitor, fired_before: bool) -> None:
     """After `monitor` took the evaluation of `step` (`fired_before`: whether it had fired
@@ -88,7 +88,7 @@ class KeptParameters:
       if is_main_process():
         shutil.rmtree(candidates, ignore_errors=True)
       return
-    checkpoints.save_params(os.path.join(candidates, str(step)), params)
+    param_checkpoints.save_params(os.path.join(candidates, str(step)), params)
     if is_main_process():
       keep = {str(s) for s in monitor.candidate_steps()}
       for name in os.listdir(candidates):

@@ -26,7 +26,7 @@ from th_distill.training.trainer import Trainer
 METRICS = ("sft/loss", "sft/accuracy", "sft/grad_norm")  # what an SFT step returns
 
 
-def train_sft(
+def _sft_trainer(
   programs: Programs,
   name: str,
   params: Any,
@@ -37,14 +37,11 @@ def train_sft(
   *,
   checkpoint_dir: str,
   checkpoint_every: int,
-  on_nonfinite: str = "stop",
-  phase: progress.Phase | None = None,
-) -> tuple[Any, dict[str, float]]:
-  """Cross-entropy training of model `name`'s `params` on `data` (prompts, responses, mask) for
-  `settings.steps` steps of `settings.batch_size` rows in seeded epochs, resumed from the latest
-  checkpoint in `checkpoint_dir`; returns the parameters and the last step's metrics. Raises
-  guards.NonFiniteStep on a non-finite step (`on_nonfinite = 'stop'`),
-  rundir.preemption.Preempted after checkpointing on pre-emption."""
+  on_nonfinite: str,
+) -> Trainer:
+  """The `Trainer` of model `name`'s SFT: its compiled step over the seeded epochs of `data`,
+  as many steps per dispatch as the mesh settings give for its FLOPs, and its non-finite
+  guard."""
   model = getattr(programs.models, name)
   title = f"{name} SFT"
   lengths = programs.settings.prompt_length, programs.settings.response_length
@@ -52,7 +49,7 @@ def train_sft(
   per_dispatch = dispatch.steps_per_dispatch(
     programs.settings.steps_per_dispatch, step_flops, programs.partitioner.platform
   )
-  trainer = Trainer(
+  return Trainer(
     title,
     programs.sft_step(name, settings, on_nonfinite),
     regime_lib.offline_batches(data, settings.batch_size, seed),
@@ -74,9 +71,42 @@ def train_sft(
     steps_per_dispatch=per_dispatch,
     needs_params_at=lambda step: False,  # the dataset's batches
   )
+
+
+def train_sft(
+  programs: Programs,
+  name: str,
+  params: Any,
+  data: dict[str, np.ndarray],
+  settings: OptimizerSettings,
+  seed: int,
+  rng: jax.Array,
+  *,
+  checkpoint_dir: str,
+  checkpoint_every: int,
+  on_nonfinite: str = "stop",
+  phase: progress.Phase | None = None,
+) -> tuple[Any, dict[str, float]]:
+  """Cross-entropy training of model `name`'s `params` on `data` (prompts, responses, mask) for
+  `settings.steps` steps of `settings.batch_size` rows in seeded epochs, resumed from the latest
+  checkpoint in `checkpoint_dir`; returns the parameters and the last step's metrics. Raises
+  guards.NonFiniteStep on a non-finite step (`on_nonfinite = 'stop'`),
+  rundir.preemption.Preempted after checkpointing on pre-emption."""
+  trainer = _sft_trainer(
+    programs,
+    name,
+    params,
+    data,
+    settings,
+    seed,
+    rng,
+    checkpoint_dir=checkpoint_dir,
+    checkpoint_every=checkpoint_every,
+    on_nonfinite=on_nonfinite,
+  )
   if phase is None:  # a stand-alone SFT: a phase that times and logs itself
     work = [progress.Work("steps", "sft", settings.steps, 0)]
-    phase = progress.RunClock([]).phase(title, work=work)
+    phase = progress.RunClock([]).phase(trainer.name, work=work)
   phase.skip("steps", trainer.start_step)
   # Progress lines time each step (th_distill.observing.progress): they read its loss when shown.
   trainer.add_hook(

@@ -33,7 +33,7 @@ from th_distill.models import pretrained
 from th_distill.observing import progress
 from th_distill.oracle import calibrate_oracle, with_logit_scale
 from th_distill.planning import workload
-from th_distill.rundir import checkpoints, processes, records
+from th_distill.rundir import checkpoints, param_checkpoints, processes, records
 from th_distill.rundir.layout import STAGE1_PARAMS, Stage1Directory
 from th_distill.rundir.preemption import stopping_between_calls
 from th_distill.stages import side_by_side
@@ -114,7 +114,7 @@ def _load(
     for item, model in STAGE1_PARAMS.items()
   }
   try:
-    params = checkpoints.load_param_trees(directory.params, like)
+    params = param_checkpoints.load_param_trees(directory.params, like)
   except Exception as e:  # pylint: disable=broad-except  (a missing or damaged item)
     raise checkpoints.damaged(
       directory.params,
@@ -342,7 +342,7 @@ def _save(
 ) -> None:
   """The three models' parameters (every process: a collective), then on process 0 the oracle
   data, the evaluation sets and the finished marker; the SFTs' checkpoints are removed."""
-  checkpoints.save_param_trees(
+  param_checkpoints.save_param_trees(
     directory.params,
     {
       "oracle": stage1.oracle_params,

@@ -62,6 +62,7 @@ from th_distill.observing.metrics_io import METRICS_FILE, MetricsWriter, check_r
 from th_distill.partitioning import Partitioner, is_main_process, make_mesh
 from th_distill.rundir.kept import KeptParameters
 from th_distill.training import guards
+from th_distill.training.eval_steps import reduce_eval_sums
 from th_distill.training.hooks import (
   DetectorAction,
   Evaluate,
@@ -75,7 +76,6 @@ from th_distill.training.program_builders import (
   eval_program,
   new_train_state,
 )
-from th_distill.training.steps import reduce_eval_sums
 from th_distill.training.trainer import Hook, Trainer
 
 # The dtypes of a batch's arrays, in `BATCH_ARRAYS` order.
@@ -305,7 +305,7 @@ class Distiller:
     """Evaluation rows on the fixed `batch` (a `Batch` or mapping, e.g. teacher samples on
     held-out prompts; placed on the devices once) at step 0, every `every` steps and the last:
     `{name}/proxy/{fkl,rkl,jsd}` per token (`_seq`: per sequence) and the entropies, with an
-    oracle `{name}/golden/*` too (`training.steps.eval_sums`), beside the training means since
+    oracle `{name}/golden/*` too (`training.eval_steps.eval_sums`), beside the training means since
     the row before (`train/*`)."""
     if every < 1:
       raise ValueError(f"evaluate_on: every must be >= 1, got {every}.")

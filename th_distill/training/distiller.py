@@ -8,8 +8,9 @@ optimizer and the loss, and calls `train(data, steps)`. `data` (read by
 - a sequence of batches (a list: step t reads item t mod its length, so a list is read in
   epochs), or any other iterable of them (read in order, one per step);
 - a function `fn(step, student_params) -> batch` (e.g. the student's own samples);
-- a batch source of the library's data regimes (`th_distill.training.sources.BatchSource`, or
-  any object with its `batch_at(step, student_params)`);
+- a batch source of the library's data regimes
+  (`th_distill.training.batch_source.BatchSource`, or any object with its
+  `batch_at(step, student_params)`);
 
 where a batch is a `th_distill.data.batch.Batch` or a mapping of its arrays (`BATCH_ARRAYS`:
 prompts [B, Li] int32, prompt_mask [B, Li] bool, responses [B, Lt] int32, mask [B, Lt]

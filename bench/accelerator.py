@@ -23,7 +23,7 @@ process can take the whole device):
      near zero between any two devices);
    - the sampler (`sampling.sample`, full-length responses): the log-probs it reports on the
      accelerator against those of the same tokens teacher forced on the CPU
-     (`training.steps.forward`, `sampling.sampling_log_probs`), within 1e-3 (as bench/peers.py
+     (`training.teacher_forcing.forward`, `sampling.sampling_log_probs`), within 1e-3 (as bench/peers.py
      checks against PyTorch); the share of tokens equal to the CPU sampler's for the same keys
      is printed (a near-tie can flip one draw and the rest of its row).
 3. the distillation step (`make_distill_step`, forward KL, AdamW, the state donated) of T5
@@ -73,12 +73,8 @@ from th_distill.config.settings import make_optimizer  # noqa: E402
 from th_distill.models import T5, init_params, t5_config  # noqa: E402
 from th_distill.planning.flops import distill_flops  # noqa: E402
 from th_distill.sampling import sample, sampling_log_probs  # noqa: E402
-from th_distill.training.steps import (  # noqa: E402
-  Batch,
-  create_train_state,
-  forward,
-  make_distill_step,
-)
+from th_distill.training.steps import Batch, create_train_state, make_distill_step  # noqa: E402
+from th_distill.training.teacher_forcing import forward  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 32128  # T5's vocabulary, for the correctness checks

@@ -63,6 +63,7 @@ from th_distill.data.regimes import SAMPLE_CHUNK  # noqa: E402
 from th_distill.observing.progress import Phase, Work  # noqa: E402
 from th_distill.planning import workload  # noqa: E402
 from th_distill.training import sources  # noqa: E402
+from th_distill.training.online_sources import Online  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # An absl line: level, MMDD, time, thread, file:line] message.
@@ -235,7 +236,7 @@ def chain_spec(config: RunConfig, phase: Phase, work: Work) -> ChainSpec:
   model = "oracle" if stage1 else "teacher"
   if work.name == "sampling passes":
     rows = workload.calibration_rows(config.prompts.num_eval, 1)
-  elif work.name == sources.Online.GENERATED:
+  elif work.name == Online.GENERATED:
     regime = phase.key.removeprefix(workload.regime_key(""))
     model = sources.source_class(regime).samplers[0]
     rows = config.student.batch_size

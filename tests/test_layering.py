@@ -116,7 +116,7 @@ def graph():
 def test_the_graph_is_read(graph):
   """The reader finds the imports it must (a broken reader would pass every test below)."""
   assert "th_distill.models.interface" in graph["th_distill.sampling"]
-  assert "th_distill.training.steps" in graph["th_distill.training.programs"]
+  assert "th_distill.training.steps" in graph["th_distill.training.program_builders"]
   assert set(part_graph(graph)) == set(ORDER)  # every part placed in LAYERS
 
 

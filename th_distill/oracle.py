@@ -19,7 +19,7 @@ import numpy as np
 from th_distill.data.batch import Batch, PromptSet
 from th_distill.models.interface import LanguageModel
 from th_distill.sampling import SampleFn
-from th_distill.training.steps import forward
+from th_distill.training.teacher_forcing import forward
 
 # Bisection steps of `calibrate_oracle`; it samples once per step and once at the chosen scale.
 CALIBRATION_ITERATIONS = 14

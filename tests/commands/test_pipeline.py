@@ -16,7 +16,7 @@ from th_distill.models.tokens import T5_TOKENS
 from th_distill.observing.metric_names import GOLDEN, PROXY, TRAIN_PROXY
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.rundir import checkpoints
-from th_distill.training import sources
+from th_distill.training.online_sampling import online_prompts
 
 
 def _rows(workdir, regime):
@@ -177,7 +177,7 @@ def test_online_prompts_come_from_the_configured_source(micro, source):
   micro.online.prompts = source
   typed = RunConfig.from_config(micro)
   pools = pool_lib.prompt_pools(typed)
-  prompts = sources.online_prompts(typed, pools)
+  prompts = online_prompts(typed, pools)
   expected = (
     pools["distill"][: micro.offline.num_prompts] if source == "offline" else pools["distill"]
   )

@@ -19,6 +19,9 @@ from th_distill.data.batch import Batch, PromptSet
 from th_distill.planning import workload
 from th_distill.rundir import checkpoints
 from th_distill.training import sources
+from th_distill.training.batch_source import BatchSource
+from th_distill.training.online_sources import Mixture, OnlineSchedule, OnlineTeacher
+from th_distill.training.source_context import SourceContext
 
 B, LI, LT = 4, 3, 5
 
@@ -31,7 +34,7 @@ B, LI, LT = 4, 3, 5
 def test_online_schedule_samples_each_group_once_with_parameters_staleness_steps_old(
   reuse, staleness
 ):
-  schedule = sources.OnlineSchedule(reuse, staleness)
+  schedule = OnlineSchedule(reuse, staleness)
   steps = 23
   sampled_at = {}
   for step in range(steps):
@@ -96,7 +99,7 @@ def _context(micro, regime, **online):
   config = RunConfig.from_config(micro)
   tokens = np.arange(1, 33 * LI + 1, dtype=np.int32).reshape(33, LI)
   pools = {"distill": PromptSet(tokens, np.ones(tokens.shape, bool))}
-  return sources.SourceContext(config, FakePrograms(), 0, pools, None, None, FakePhase())
+  return SourceContext(config, FakePrograms(), 0, pools, None, None, FakePhase())
 
 
 # --- each online regime's responses (`respond`) ----------------------------------------------
@@ -126,7 +129,7 @@ def test_an_online_regime_samples_its_model_with_its_key(micro, regime, model, t
 def test_mixture_takes_each_row_from_the_student_with_the_given_probability(micro, fraction):
   micro.mixture.student_fraction = fraction
   context, keys, rows = _context(micro, "mixture"), _keys(1), 4000
-  tokens, _ = sources.Mixture.respond(context, _prompts(rows), keys, 7)
+  tokens, _ = Mixture.respond(context, _prompts(rows), keys, 7)
   tokens = np.asarray(tokens)
   from_student = tokens[:, 0] == 7  # the teacher's are 100
   assert np.all(from_student | (tokens[:, 0] == 100))
@@ -158,10 +161,10 @@ def test_online_batches_come_from_the_parameters_of_their_schedule(micro, regime
     group = schedule.group(step)
     student_rows = np.asarray(batch.responses)[:, 0] < 100
     assert np.all(np.asarray(batch.responses)[student_rows] == max(group * reuse - staleness, 0))
-  assert schedule == sources.OnlineSchedule(reuse, staleness)
+  assert schedule == OnlineSchedule(reuse, staleness)
 
 
-class FirstRows(sources.BatchSource):
+class FirstRows(BatchSource):
   """A source defined here: the first B distillation prompts with all-zero responses."""
 
   regime = "first_rows"
@@ -177,7 +180,7 @@ class FirstRows(sources.BatchSource):
 def test_any_source_refreshes_to_the_online_teacher_arms_batches(micro):
   micro.detection.on_detect = "refresh"
   context = _context(micro, "offline")
-  source, arm = FirstRows(context), sources.OnlineTeacher(context)
+  source, arm = FirstRows(context), OnlineTeacher(context)
   assert source.refreshes(context.config) and source.refreshed_at is None
   assert np.all(np.asarray(source.batch_at(4, 9).responses) == 0)
   source.refresh(3)
@@ -193,7 +196,7 @@ def test_any_source_refreshes_to_the_online_teacher_arms_batches(micro):
 def test_stale_online_teacher_is_fresh_and_says_so(micro, caplog):
   context = _context(micro, "online_teacher", staleness=4)
   source = sources.source_class("online_teacher")(context)
-  assert source.schedule == sources.OnlineSchedule(1, 0)
+  assert source.schedule == OnlineSchedule(1, 0)
   assert "has no effect on online_teacher" in caplog.text
   assert source.generated(context.config, 10) == {"teacher": 10 * B, "student": 0}
 

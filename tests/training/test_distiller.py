@@ -22,7 +22,8 @@ from th_distill.data.batch import Batch
 from th_distill.detection import DetectorSettings
 from th_distill.models import FAMILIES, MODULES, ModelConfig, init_params, register_family
 from th_distill.observing.metrics_io import read_metrics
-from th_distill.training.distiller import Distiller, as_batch
+from th_distill.training.distiller import Distiller
+from th_distill.training.train_data import as_batch
 
 API = pathlib.Path(__file__).resolve().parents[2] / "docs" / "api.md"
 V, LI, LT, B = 8, 3, 5, 4

@@ -18,7 +18,7 @@ from th_distill.data.batch import Batch
 from th_distill.partitioning import Partitioner, init_params, make_mesh
 from th_distill.training import program_builders, programs
 from th_distill.training.programs import MemoryLayout
-from th_distill.training.steps import forward
+from th_distill.training.teacher_forcing import forward
 
 ROWS = 11  # not a multiple of any split below: the last call is short
 WHOLE = MemoryLayout(sample_rows=None, eval_rows=16, eval_chunks=1)

@@ -11,7 +11,9 @@ import pytest
 
 from th_distill import divergences
 from th_distill.models import T5, init_params, t5_config
-from th_distill.training.steps import Batch, create_train_state, distill_step, eval_sums, forward
+from th_distill.training.eval_steps import eval_sums
+from th_distill.training.steps import Batch, create_train_state, distill_step
+from th_distill.training.teacher_forcing import forward
 
 VOCAB, B, LI, LT = 32, 8, 5, 8
 

@@ -15,16 +15,19 @@ from conftest import write_micro_config_file
 
 from th_distill import errors, experiment
 from th_distill.config import load_config_file
+from th_distill.config.run_config import REGIMES
 from th_distill.data import regimes
 from th_distill.data.batch import BATCH_ARRAYS, Batch
 from th_distill.observing.metrics_io import read_metrics
 from th_distill.rundir import checkpoints
-from th_distill.training import sources
+from th_distill.training import batch_source
+from th_distill.training.online_sources import Online
+from th_distill.training.source_context import SourceContext
 
 REGIME = "first_prompts_only"
 
 
-class FirstPromptsOnly(sources.BatchSource):
+class FirstPromptsOnly(batch_source.BatchSource):
   """A regime defined here: one teacher sample on each of the first 4 distillation prompts,
   replayed every step (its training-prompt set is the same rows)."""
 
@@ -56,7 +59,7 @@ class FirstPromptsOnly(sources.BatchSource):
 HALVES = "teacher_then_student"
 
 
-class TeacherThenStudent(sources.Online):
+class TeacherThenStudent(Online):
   """An online regime defined here, its own sampling included: on each fresh batch, the
   teacher's samples on the first half of the rows, the student's on the rest."""
 
@@ -75,11 +78,11 @@ class TeacherThenStudent(sources.Online):
 
 @pytest.fixture
 def register():
-  """`register(cls)`: `sources.register` for the test only."""
+  """`register(cls)`: `batch_source.register` for the test only."""
   added = []
-  yield lambda cls: added.append(sources.register(cls).regime)
+  yield lambda cls: added.append(batch_source.register(cls).regime)
   for regime in added:
-    del sources.REGIMES[regime]
+    del REGIMES[regime]
 
 
 def test_a_regime_is_one_class_registered_from_anywhere(register, micro, tmp_path):
@@ -125,7 +128,7 @@ def test_offline_and_online_distil_from_the_same_cast_teacher(micro, monkeypatch
   micro.regimes = ("offline", "online_teacher")
   offline_prompts = None
   seen = {}
-  build, teacher_samples = regimes.build_offline, sources.SourceContext.teacher_samples
+  build, teacher_samples = regimes.build_offline, SourceContext.teacher_samples
 
   def recording_build(sample, params, prompts, k, rng, *args, **kwargs):
     if k == micro.offline.generations_per_prompt and _same(prompts, offline_prompts):
@@ -142,7 +145,7 @@ def test_offline_and_online_distil_from_the_same_cast_teacher(micro, monkeypatch
   pools = prompt_pools(RunConfig.from_config(micro))
   offline_prompts = pools["distill"][: micro.offline.num_prompts]
   monkeypatch.setattr(regimes, "build_offline", recording_build)
-  monkeypatch.setattr(sources.SourceContext, "teacher_samples", recording_online)
+  monkeypatch.setattr(SourceContext, "teacher_samples", recording_online)
   experiment.run(micro, str(tmp_path))
   assert set(seen) == {"offline", "online"}
   offline_leaves = jax.tree_util.tree_leaves(seen["offline"])

@@ -41,7 +41,8 @@ from th_distill.observing.eval_schedule import EvaluationSchedule
 MODELS = ("oracle", "teacher", "student")
 # The data regimes a config may name: the built-in ones (their sections are below), known here
 # before `th_distill.training.sources` is imported, and every registered batch source class by
-# name (`training.sources.register` fills `REGIMES`, the built-in ones first).
+# name (`training.batch_source.register` fills `REGIMES`; `training.sources` registers the
+# built-in ones first).
 BUILT_IN_REGIMES = ("offline", "online_teacher", "online_student", "mixture")
 REGIMES: dict[str, type] = {}
 # Bounds of the counts a run is planned from: the optimisers' step counters are int32, and each

@@ -3,7 +3,7 @@
 `prompt_pools` draws them from the task's source: the synthetic task (Zipf prompts, every
 position real), a seqio task (`th_distill.data.seqio_tasks`) or the user's prompt file
 (`th_distill.data.prompt_files`). The online regimes' share of them is
-`th_distill.training.sources.online_prompts`.
+`th_distill.training.online_sampling.online_prompts`.
 """
 
 from __future__ import annotations

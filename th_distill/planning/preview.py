@@ -19,9 +19,9 @@ from th_distill.models import param_count
 from th_distill.observing import progress
 from th_distill.planning import memory, workload
 from th_distill.rundir.layout import RunDirectory
+from th_distill.training import offline_dataset
 from th_distill.training.program_builders import Models
 from th_distill.training.programs import MemoryLayout
-from th_distill.training.sources import OFFLINE_DATASET
 
 
 def done_phases(config: RunConfig, run_dir: RunDirectory) -> set[str]:
@@ -30,7 +30,7 @@ def done_phases(config: RunConfig, run_dir: RunDirectory) -> set[str]:
   if run_dir.stage1.finished:
     done.update(workload.STAGE1)
   if os.path.exists(run_dir.offline_dataset):
-    done.add(OFFLINE_DATASET)
+    done.add(offline_dataset.PHASE)
   done.update(workload.regime_key(r) for r in config.regimes if run_dir.regime(r).finished)
   return done
 

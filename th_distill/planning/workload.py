@@ -15,6 +15,7 @@ from th_distill.config.run_config import MODELS, RunConfig
 from th_distill.observing.progress import Phase, Work
 from th_distill.planning import flops
 from th_distill.training import sources
+from th_distill.training.batch_source import CostFn
 
 ORACLE_CALIBRATION = "oracle calibration"
 ORACLE_SAMPLES = "oracle samples"
@@ -36,7 +37,7 @@ def calibration_rows(num_eval: int, data_parallel: int) -> int:
   return min(CALIBRATION_ROWS, num_eval) // data_parallel * data_parallel
 
 
-def cost_fn(config: RunConfig) -> sources.CostFn:
+def cost_fn(config: RunConfig) -> CostFn:
   """`cost(kind, model)`: FLOPs per row of one model's generation ('generate') or teacher-forced
   forward pass ('forward') at the task's lengths."""
   li, lt = config.task.prompt_length, config.task.response_length
@@ -87,7 +88,7 @@ def distill_step_flops(config: RunConfig) -> float:
   return config.student.batch_size * per_example
 
 
-def _stage1(config: RunConfig, data_parallel: int, cost: sources.CostFn) -> list[Phase]:
+def _stage1(config: RunConfig, data_parallel: int, cost: CostFn) -> list[Phase]:
   li, lt = config.task.prompt_length, config.task.response_length
   listed = []
   if config.oracle.source == "synthetic":
@@ -128,7 +129,7 @@ def _stage1(config: RunConfig, data_parallel: int, cost: sources.CostFn) -> list
   return listed
 
 
-def _regime(config: RunConfig, k: int, regime: str, cost: sources.CostFn) -> Phase:
+def _regime(config: RunConfig, k: int, regime: str, cost: CostFn) -> Phase:
   source = sources.source_class(regime)
   s = config.student
   step = distill_step_flops(config)

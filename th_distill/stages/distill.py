@@ -36,6 +36,7 @@ from th_distill.rundir import checkpoints, processes, records
 from th_distill.rundir.layout import REPORT_SAMPLE_ROWS, RegimeDirectory, RunDirectory
 from th_distill.stages.stage1 import Stage1
 from th_distill.training import dispatch, sources
+from th_distill.training.batch_source import BatchSource
 from th_distill.training.distiller import Distiller
 from th_distill.training.hooks import (
   RefreshAction,
@@ -43,6 +44,7 @@ from th_distill.training.hooks import (
 )
 from th_distill.training.keys import Purpose, key
 from th_distill.training.programs import Programs
+from th_distill.training.source_context import SourceContext
 
 
 def _evaluation(
@@ -135,7 +137,7 @@ def _distiller(
 
 
 def _detector(
-  config: RunConfig, distiller: Distiller, source: sources.BatchSource, phase: progress.Phase
+  config: RunConfig, distiller: Distiller, source: BatchSource, phase: progress.Phase
 ) -> None:
   """The `detection` section's detector on the rows (`Distiller.watch`), keeping its
   parameters; with `on_detect = 'refresh'` the source's refresh (`RefreshAction`); the
@@ -195,7 +197,7 @@ def run_regime(
     programs.frozen("oracle", stage1.oracle_params),
   )
   source = sources.source_class(regime)(
-    sources.SourceContext(config, programs, frozen[0], pools, run_dir, clock, phase)
+    SourceContext(config, programs, frozen[0], pools, run_dir, clock, phase)
   )
   evaluate = _evaluation(config, programs, stage1, pools["eval"], frozen, source.train_set())
   distiller = _distiller(config, regime, programs, stage1, frozen, directory)

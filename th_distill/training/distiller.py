@@ -2,13 +2,15 @@
 
 A project builds one from its models (Flax modules implementing
 `th_distill.models.interface.LanguageModel`, or their configs), their parameters, an optax
-optimizer and the loss, and calls `train(data, steps)`. `data` is any of
+optimizer and the loss, and calls `train(data, steps)`. `data` (read by
+`th_distill.training.train_data`) is any of
 
 - a sequence of batches (a list: step t reads item t mod its length, so a list is read in
   epochs), or any other iterable of them (read in order, one per step);
 - a function `fn(step, student_params) -> batch` (e.g. the student's own samples);
-- a batch source of the library's data regimes (`th_distill.training.sources.BatchSource`, or
-  any object with its `batch_at(step, student_params)`);
+- a batch source of the library's data regimes
+  (`th_distill.training.batch_source.BatchSource`, or any object with its
+  `batch_at(step, student_params)`);
 
 where a batch is a `th_distill.data.batch.Batch` or a mapping of its arrays (`BATCH_ARRAYS`:
 prompts [B, Li] int32, prompt_mask [B, Li] bool, responses [B, Lt] int32, mask [B, Lt]
@@ -36,21 +38,15 @@ data regimes' sources and the run's evaluation.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 import optax
 from absl import logging
 
 from th_distill.config.settings import DistillSettings, LossSettings
-from th_distill.data.batch import BATCH_ARRAYS, Batch
 from th_distill.detection.monitor import HackingMonitor
 from th_distill.detection.settings import DEFAULTS, DetectorSettings
 from th_distill.models.families import module_of
@@ -58,10 +54,11 @@ from th_distill.models.interface import LanguageModel, ModelConfig
 from th_distill.observing import progress
 from th_distill.observing.eval_schedule import EvaluationSchedule
 from th_distill.observing.metric_names import DISTILL_METRICS, curve
-from th_distill.observing.metrics_io import METRICS_FILE, MetricsWriter, check_rows, read_metrics
-from th_distill.partitioning import Partitioner, is_main_process, make_mesh
+from th_distill.partitioning import Partitioner, make_mesh
 from th_distill.rundir.kept import KeptParameters
 from th_distill.training import guards
+from th_distill.training.distiller_parts import Evaluation, EveryHook, RunRows, checkpoint_folder
+from th_distill.training.eval_steps import reduce_eval_sums
 from th_distill.training.hooks import (
   DetectorAction,
   Evaluate,
@@ -75,145 +72,17 @@ from th_distill.training.program_builders import (
   eval_program,
   new_train_state,
 )
-from th_distill.training.steps import reduce_eval_sums
+from th_distill.training.train_data import DataSource, as_batch, data_source
 from th_distill.training.trainer import Hook, Trainer
 
-# The dtypes of a batch's arrays, in `BATCH_ARRAYS` order.
-BATCH_DTYPES = (np.int32, np.bool_, np.int32, np.float32)
 # make(start, history) -> row actions: called once the run's first step is known (after its
 # checkpoint is restored), with the rows logged before it.
 MakeActions = Callable[[int, list[dict[str, float]]], Iterable[RowAction]]
 
 
-def as_batch(item: Any) -> Batch:
-  """`item` as a `Batch`: a Batch as it is, a mapping of `BATCH_ARRAYS` as host arrays of the
-  library's dtypes (`BATCH_DTYPES`); its shapes checked ([B, Li] twice, [B, Lt] twice)."""
-  if isinstance(item, Mapping):
-    missing = [name for name in BATCH_ARRAYS if name not in item]
-    if missing:
-      raise ValueError(
-        f"A batch lacks {', '.join(missing)}: it needs {', '.join(BATCH_ARRAYS)} "
-        "([B, Li] int32, [B, Li] bool, [B, Lt] int32, [B, Lt] float32)."
-      )
-    item = Batch(*(np.asarray(item[k]).astype(d) for k, d in zip(BATCH_ARRAYS, BATCH_DTYPES)))
-  if not isinstance(item, Batch):
-    raise TypeError(
-      f"A batch must be a th_distill.data.batch.Batch or a mapping of {', '.join(BATCH_ARRAYS)},"
-      f" got {type(item).__name__}."
-    )
-  shapes = {name: np.shape(getattr(item, name)) for name in BATCH_ARRAYS}
-  rows = shapes["prompts"][:1]
-  for name, like in (("prompt_mask", "prompts"), ("mask", "responses")):
-    if len(shapes[like]) != 2 or shapes[name] != shapes[like] or shapes[like][:1] != rows:
-      raise ValueError(
-        f"A batch's {like} and {name} must both be [B, L] with the prompts' B rows; got "
-        + ", ".join(f"{n} {s}" for n, s in shapes.items())
-        + "."
-      )
-  return item
-
-
-@dataclasses.dataclass
-class DataSource:
-  """What the training loop reads of `train`'s data: `batch_at(step, student_params) ->
-  Batch`, `needs_params_at(step)` (whether step's batch depends on the student's parameters of
-  that step) and what a checkpoint carries for it (`carried`: a `trainer.CarriedState` or
-  None)."""
-
-  batch_at: Callable[[int, Any], Batch]
-  needs_params_at: Callable[[int], bool] | None = None
-  carried: Any = None
-
-
-class _InOrder:
-  """Batches of an iterable, one per step in order; a resumed run skips the steps done."""
-
-  def __init__(self, batches: Iterable[Any]):
-    self.batches: Iterator[Any] = iter(batches)
-    self.next_step = 0
-
-  def batch_at(self, step: int, student_params: Any) -> Batch:
-    del student_params
-    if step < self.next_step:
-      raise ValueError(f"batch of step {step} asked after step {self.next_step - 1}'s.")
-    try:
-      for _ in range(step - self.next_step + 1):
-        item = next(self.batches)
-    except StopIteration:
-      raise ValueError(
-        f"The batches ran out at step {step}: give at least as many batches as steps, a list "
-        "(read in epochs) or fewer steps."
-      ) from None
-    self.next_step = step + 1
-    return as_batch(item)
-
-
-def data_source(data: Any) -> DataSource:
-  """`train`'s `data` as a `DataSource` (the module docstring lists the forms)."""
-  if hasattr(data, "batch_at"):  # a batch source of the data regimes, or its like
-    carried = data if hasattr(data, "state") and hasattr(data, "load_state") else None
-    return DataSource(data.batch_at, getattr(data, "needs_params_at", None), carried)
-  if callable(data):
-    return DataSource(lambda step, params: as_batch(data(step, params)))
-  if isinstance(data, (Batch, Mapping)) or not isinstance(data, Iterable):
-    raise TypeError(
-      "data: give a list or iterable of batches, a function (step, student_params) -> batch, "
-      f"or a BatchSource; got {type(data).__name__} (one batch: pass [batch])."
-    )
-  if isinstance(data, Sequence):
-    if not data:
-      raise ValueError("data: the list of batches is empty.")
-    return DataSource(lambda step, params: as_batch(data[step % len(data)]), lambda step: False)
-  return DataSource(_InOrder(data).batch_at, lambda step: False)
-
-
 def _module(model: LanguageModel | ModelConfig | None) -> LanguageModel | None:
   """A model given as its Flax module or its config (`models.module_of`)."""
   return module_of(model) if isinstance(model, ModelConfig) else model
-
-
-class _Rows:
-  """The rows of a run: kept here (`rows`) and, with a `MetricsWriter`, written."""
-
-  def __init__(self, history: list[dict[str, float]], writer: MetricsWriter | None):
-    self.rows, self.writer = list(history), writer
-
-  def write(self, step: int, row: Mapping[str, Any]) -> None:
-    self.rows.append({"step": int(step), **{k: float(v) for k, v in sorted(row.items())}})
-    if self.writer is not None:
-      self.writer.write(step, row)
-
-  def close(self) -> None:
-    if self.writer is not None:
-      self.writer.close()
-
-
-class _Every(Hook):
-  """`fn(step, student_params, metrics)` at the top of every `every`-th step (step > 0):
-  `metrics` are the last step's training metrics as floats."""
-
-  def __init__(self, fn: Callable[[int, Any, dict[str, float]], None], every: int):
-    self.fn, self.every = fn, every
-
-  def starts_dispatch(self, step: int) -> bool:
-    return step % self.every == 0
-
-  def before_step(self, trainer: Trainer, step: int) -> None:
-    if step > 0 and step % self.every == 0:
-      metrics = {k: float(v) for k, v in jax.device_get(trainer.last_metrics).items()}
-      self.fn(step, trainer.params, metrics)
-
-
-@dataclasses.dataclass
-class _Evaluation:
-  evaluate: Evaluate
-  schedule: Callable[[int], Any]  # steps -> evaluation steps (`EvaluationSchedule`-like)
-  proxy: str
-  golden: str | None
-
-  def line(self, row: Mapping[str, float]) -> str:
-    golden = f", golden {row[self.golden]:.4f}" if self.golden in row else ""
-    return f"{golden} proxy {row[self.proxy]:.4f}" if golden else f", proxy {row[self.proxy]:.4f}"
 
 
 class Distiller:
@@ -285,7 +154,7 @@ class Distiller:
     self.workdir, self.checkpoint_every, self.name = workdir, checkpoint_every, name
     self.rng = jax.random.PRNGKey(0) if rng is None else rng
     self.steps_per_dispatch = steps_per_dispatch
-    self._evaluation: _Evaluation | None = None
+    self._evaluation: Evaluation | None = None
     self._hooks: list[Hook] = []
     self._actions: list[MakeActions] = []
     self.monitor: HackingMonitor | None = None  # the detector's, once `train` starts (`watch`)
@@ -305,7 +174,7 @@ class Distiller:
     """Evaluation rows on the fixed `batch` (a `Batch` or mapping, e.g. teacher samples on
     held-out prompts; placed on the devices once) at step 0, every `every` steps and the last:
     `{name}/proxy/{fkl,rkl,jsd}` per token (`_seq`: per sequence) and the entropies, with an
-    oracle `{name}/golden/*` too (`training.steps.eval_sums`), beside the training means since
+    oracle `{name}/golden/*` too (`training.eval_steps.eval_sums`), beside the training means since
     the row before (`train/*`)."""
     if every < 1:
       raise ValueError(f"evaluate_on: every must be >= 1, got {every}.")
@@ -332,7 +201,7 @@ class Distiller:
     """Evaluation rows of `evaluate(student_params, step) -> {name: value}` at the steps of
     `schedule(steps)` (an `observing.eval_schedule.EvaluationSchedule`); `proxy` and `golden`
     name the headline metrics (progress lines; the detector watches `proxy` by default)."""
-    self._evaluation = _Evaluation(evaluate, schedule, proxy, golden)
+    self._evaluation = Evaluation(evaluate, schedule, proxy, golden)
     return self
 
   def watch(
@@ -373,7 +242,7 @@ class Distiller:
     `step` steps, the last step's training metrics), or a `training.trainer.Hook`."""
     if every < 1:
       raise ValueError(f"add_hook: every must be >= 1, got {every}.")
-    self._hooks.append(hook if isinstance(hook, Hook) else _Every(hook, every))
+    self._hooks.append(hook if isinstance(hook, Hook) else EveryHook(hook, every))
     return self
 
   @property
@@ -417,7 +286,7 @@ class Distiller:
     if steps < 0:
       raise ValueError(f"train: steps must be >= 0, got {steps}.")
     source = data_source(data)
-    with self._checkpoint_dir() as directory, progress.shown():
+    with checkpoint_folder(self.workdir) as directory, progress.shown():
       trainer = self._trainer(source, steps, directory)
       phase = phase or progress.Phase(
         self.name,
@@ -432,22 +301,13 @@ class Distiller:
     self.params, self.stop_reason = trainer.params, trainer.stop_reason
     return self.rows
 
-  @contextlib.contextmanager
-  def _checkpoint_dir(self) -> Iterator[str]:
-    """WORKDIR/checkpoints, or a temporary folder removed after the run (no workdir)."""
-    if self.workdir is not None:
-      yield os.path.join(self.workdir, "checkpoints")
-      return
-    with tempfile.TemporaryDirectory(prefix="th_distill_") as directory:
-      yield os.path.join(directory, "checkpoints")
-
   def _attach(self, trainer: Trainer, steps: int, phase: progress.Phase) -> None:
     """The evaluation (its row actions), progress and the user's hooks; the work done before
     a resumed run's first step skipped in `phase`."""
     start, evaluation = trainer.start_step, self._evaluation
     if evaluation is not None:
       schedule = evaluation.schedule(steps)
-      rows = self._open_rows(start, schedule)
+      rows = RunRows.open(self.workdir, start, schedule)
       self.rows = rows.rows
       actions = [action for make in self._actions for action in make(start, list(rows.rows))]
       trainer.add_hook(
@@ -460,13 +320,3 @@ class Distiller:
     for hook in self._hooks:
       trainer.add_hook(hook)
     phase.skip("steps", start)
-
-  def _open_rows(self, start: int, schedule: Any) -> _Rows:
-    """The run's rows: those logged before `start` (checked complete) and, with a workdir,
-    the writer of the rows from `start` on."""
-    if self.workdir is None:
-      return _Rows([], None)
-    path = os.path.join(self.workdir, METRICS_FILE)
-    check_rows(path, schedule.upto(start - 1), f"delete {self.workdir} to run again from step 0")
-    writer = MetricsWriter(self.workdir, resume_step=start, enabled=is_main_process())
-    return _Rows([row for row in read_metrics(path) if row["step"] < start], writer)

@@ -25,14 +25,12 @@ from th_distill.models import module_of
 from th_distill.models.interface import LanguageModel
 from th_distill.partitioning import Partitioner
 from th_distill.training import dispatch, guards
+from th_distill.training.eval_steps import eval_sums_against, make_eval_sums, reference_logits
 from th_distill.training.steps import (
   TrainState,
   create_train_state,
-  eval_sums_against,
   make_distill_step,
-  make_eval_sums,
   make_sft_step,
-  reference_logits,
   state_shardings,
   teacher_top_k,
 )
@@ -174,7 +172,7 @@ def _param_shardings(partitioner: Partitioner, model: LanguageModel | None) -> A
 def eval_program(
   models: Models, student: LanguageModel, sequence_chunks: int, partitioner: Partitioner
 ) -> Callable:
-  """`(student_params, teacher_params, oracle_params, batch) -> {name: sum}`: `train.eval_sums`
+  """`(student_params, teacher_params, oracle_params, batch) -> {name: sum}`: `eval_steps.eval_sums`
   of `student` against the teacher and the oracle (the teacher alone when `models.oracle` is
   None: then `oracle_params` is None)."""
   return partitioner.jit(

@@ -21,6 +21,7 @@ from th_distill.config.settings import (
 from th_distill.data.batch import BATCH_ARRAYS, Batch
 from th_distill.partitioning import Partitioner, pad_rows
 from th_distill.sampling import SampleFn
+from th_distill.training.eval_steps import reduce_eval_sums
 from th_distill.training.program_builders import (
   Models,
   distill_program,
@@ -30,9 +31,6 @@ from th_distill.training.program_builders import (
   sampler_program,
   sft_program,
   teacher_top_program,
-)
-from th_distill.training.steps import (
-  reduce_eval_sums,
 )
 
 # The most bytes of reference logits per device a fixed evaluation set keeps on the devices

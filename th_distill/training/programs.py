@@ -60,8 +60,9 @@ class MemoryLayout:
 
   @classmethod
   def of_config(cls, config: RunConfig) -> MemoryLayout:
-    """The config's own split: `eval.batch_size` rows in `sequence_chunks` chunks."""
-    return cls.of_settings(config.program_settings)
+    """The config's own split: `eval.batch_size` rows in `sequence_chunks` chunks (from the
+    fields alone: planning reads no vocabulary file)."""
+    return cls(None, config.eval.batch_size, config.sequence_chunks)
 
   @classmethod
   def of_settings(cls, settings: ProgramSettings) -> MemoryLayout:

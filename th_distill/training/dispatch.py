@@ -5,7 +5,10 @@ program, moving each batch to the devices and the host's bookkeeping as much as 
 `repeat_steps` runs a step function `count` times (a traced `count <= K`) over a stack of K
 batches inside one program, so one dispatch and one transfer serve K steps. The loop's body is
 the step itself: on XLA:CPU the parameters and metrics it gives are bit for bit those of the
-step run alone (`tests/training/test_dispatch.py`).
+step run alone in `tests/training/test_dispatch.py` and in the default study at 8 steps per
+dispatch (docs/benchmarks.md), but a loop of one step of the real distillation step is fused
+differently and differs in the last bits (about 1e-7 relative), so the trainer runs K = 1 with
+the single step's own program.
 
 Which steps go together is `DispatchPlan`'s: a dispatch starts at every multiple of K and at
 every step where something must happen at the top of a step (an evaluation, a checkpoint, a

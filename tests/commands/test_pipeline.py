@@ -177,7 +177,7 @@ def test_online_prompts_come_from_the_configured_source(micro, source):
   micro.online.prompts = source
   typed = RunConfig.from_config(micro)
   pools = pool_lib.prompt_pools(typed)
-  prompts = online_prompts(typed, pools)
+  prompts = online_prompts(typed, pools["distill"])
   expected = (
     pools["distill"][: micro.offline.num_prompts] if source == "offline" else pools["distill"]
   )

@@ -99,7 +99,7 @@ def _context(micro, regime, **online):
   config = RunConfig.from_config(micro)
   tokens = np.arange(1, 33 * LI + 1, dtype=np.int32).reshape(33, LI)
   pools = {"distill": PromptSet(tokens, np.ones(tokens.shape, bool))}
-  return SourceContext(config, FakePrograms(), 0, pools, None, None, FakePhase())
+  return SourceContext(config, FakePrograms(), 0, pools["distill"], None, None, FakePhase())
 
 
 # --- each online regime's responses (`respond`) ----------------------------------------------
@@ -170,7 +170,7 @@ class FirstRows(BatchSource):
   regime = "first_rows"
 
   def draw(self, step, student_params):
-    prompts = self.context.pools["distill"][:B]
+    prompts = self.context.prompts[:B]
     return Batch(prompts.tokens, prompts.mask, np.zeros((B, LT), np.int32), np.ones((B, LT)))
 
   def train_set(self):

@@ -35,7 +35,7 @@ class FirstPromptsOnly(batch_source.BatchSource):
 
   def __init__(self, context):
     super().__init__(context)
-    prompts = context.pools["distill"][:4]
+    prompts = context.prompts[:4]
     self.data = regimes.build_offline(
       context.programs.host_sampler("teacher"),
       context.teacher_params,

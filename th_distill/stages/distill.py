@@ -197,7 +197,7 @@ def run_regime(
     programs.frozen("oracle", stage1.oracle_params),
   )
   source = sources.source_class(regime)(
-    SourceContext(config, programs, frozen[0], pools, run_dir, clock, phase)
+    SourceContext(config, programs, frozen[0], pools["distill"], run_dir, clock, phase)
   )
   evaluate = _evaluation(config, programs, stage1, pools["eval"], frozen, source.train_set())
   distiller = _distiller(config, regime, programs, stage1, frozen, directory)

@@ -66,7 +66,7 @@ def sample(
   data = regimes.build_offline(
     sample_teacher,
     context.teacher_params,
-    context.pools["distill"][: config.offline.num_prompts],
+    context.prompts[: config.offline.num_prompts],
     config.offline.generations_per_prompt,
     rng if generation == 0 else jax.random.fold_in(rng, generation),
   )

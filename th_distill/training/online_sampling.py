@@ -25,11 +25,11 @@ if TYPE_CHECKING:
 ContextRespond = Callable[[SourceContext, PromptSet, regimes.OnlineKeys, Any], tuple[Any, Any]]
 
 
-def online_prompts(config: RunConfig, pools: dict[str, PromptSet]) -> PromptSet:
-  """The prompts (P rows) the online regimes draw from: the offline arm's N prompts
-  (`online.prompts = 'offline'`, so only the responses differ between the arms) or the whole
-  distillation pool (`'pool'`)."""
-  return pools["distill"][: config.online_prompt_count()]
+def online_prompts(config: RunConfig, distill_prompts: PromptSet) -> PromptSet:
+  """The prompts (P rows) the online regimes draw from, of the distillation pool: the offline
+  arm's N prompts (`online.prompts = 'offline'`, so only the responses differ between the arms)
+  or the whole pool (`'pool'`)."""
+  return distill_prompts[: config.online_prompt_count()]
 
 
 def fresh_batches(context: SourceContext, respond: ContextRespond) -> regimes.BatchFn:
@@ -37,7 +37,7 @@ def fresh_batches(context: SourceContext, respond: ContextRespond) -> regimes.Ba
   (`regimes.online_batches` on `online_prompts`, with `respond`'s responses)."""
   config = context.config
   return regimes.online_batches(
-    online_prompts(config, context.pools),
+    online_prompts(config, context.prompts),
     config.student.batch_size,
     key(config.seed, Purpose.ONLINE),
     functools.partial(respond, context),

@@ -76,7 +76,7 @@ class Online(BatchSource):
   def __init__(self, context: SourceContext):
     super().__init__(context)
     config = context.config
-    self.prompts = online_prompts(config, context.pools)
+    self.prompts = online_prompts(config, context.prompts)
     self.schedule = self.schedule_of(config)
     if config.online.staleness and not self.schedule.staleness:
       logging.warning(

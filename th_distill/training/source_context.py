@@ -18,14 +18,14 @@ if TYPE_CHECKING:
 @dataclasses.dataclass
 class SourceContext:
   """What a source may use: the run's config and programs, the frozen teacher's parameters, the
-  prompt pools ({'oracle', 'distill', 'eval'}: `PromptSet`s), the run directory (for data it
-  caches), the run's clock (phases of its own) and the regime's progress phase (to count the
-  work it does)."""
+  distillation prompt pool (`prompts`: every prompt a regime may train on; the offline and
+  online prompts are its first rows), the run directory (for data it caches), the run's clock
+  (phases of its own) and the regime's progress phase (to count the work it does)."""
 
   config: RunConfig
   programs: Programs
   teacher_params: Any
-  pools: dict[str, PromptSet]
+  prompts: PromptSet
   run_dir: RunDirectory
   clock: RunClock
   phase: Phase

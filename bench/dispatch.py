@@ -57,7 +57,10 @@ def main() -> None:
     for i, name in enumerate(("student", "teacher", "oracle"))
   )
   optimizer = config.distill.optimizer.build()
-  one, many = built.distill_step(), built.distill_step(dispatched=True)
+  one, many = (
+    program_builders.distill_program(models, config.distill, partitioner, dispatched)
+    for dispatched in (False, True)
+  )
   batch = partitioner.shard_batch(_batch(config.student.batch_size, config, 0))
   stack = partitioner.shard_batch(dispatch.stack_batches([batch] * k, k), axis=1)
   rng = jax.random.PRNGKey(0)

@@ -150,7 +150,8 @@ def test_cpu_config_takes_one_sft_and_one_distillation_step(name, tmp_path):
     for m, p in (("teacher", teacher), ("oracle", params["oracle"]))
   ]
   batch = partitioner.shard_batch(Batch(**_batch(config, pools["distill"][:BATCH])))
-  state, metrics = programs.distill_step()(state, *frozen, batch, jax.random.PRNGKey(4))
+  step = program_lib.distill_program(models, config.distill, partitioner)
+  state, metrics = step(state, *frozen, batch, jax.random.PRNGKey(4))
   assert int(state.step) == 1 and np.isfinite(float(metrics["train/loss"]))
 
 

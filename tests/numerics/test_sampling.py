@@ -214,17 +214,22 @@ def test_top_p_emits_only_tokens_of_the_nucleus(setup):
   np.testing.assert_allclose(logprobs[clear], np.log(chosen / nucleus_mass)[clear], atol=1e-4)
 
 
+def _eos_as_frequent(model, params, prompts, key):
+  """`params` whose EOS takes the output column of the most frequent other token (likely but
+  not certain, so rows end at every length), and the two most frequent other tokens."""
+  tokens, _, _ = _np(_sample(model, params, prompts, key, max_length=LENGTH))
+  counts = np.bincount(tokens.ravel(), minlength=VOCAB)
+  counts[[PAD_ID, EOS_ID]] = 0
+  frequent, other = np.argsort(-counts, kind="stable")[:2]
+  kernel = params["logits_kernel"]
+  return {**params, "logits_kernel": kernel.at[:, EOS_ID].set(kernel[:, frequent])}, other
+
+
 def test_eos_ends_a_sequence(setup):
   model, params, _ = setup
   prompts = _prompts()
   key = jax.random.PRNGKey(4)
-  tokens, _, _ = _np(_sample(model, params, prompts, key, max_length=LENGTH))
-  # Give EOS the output column of the most frequent other token: likely but not certain, so rows
-  # end at every length.
-  counts = np.bincount(tokens.ravel(), minlength=VOCAB)
-  counts[[PAD_ID, EOS_ID]] = 0
-  kernel = params["logits_kernel"]
-  eos_params = {**params, "logits_kernel": kernel.at[:, EOS_ID].set(kernel[:, counts.argmax()])}
+  eos_params, _ = _eos_as_frequent(model, params, prompts, key)
   out = _np(_sample(model, eos_params, prompts, key, max_length=LENGTH))
   lengths = _check_structure(*out)
   assert set(lengths) == set(range(1, LENGTH + 1))  # every stopping point, and full length
@@ -240,14 +245,8 @@ def test_every_stop_id_ends_a_sequence_and_no_stop_ids_never_stop(setup):
   model, params, _ = setup
   prompts = _prompts()
   key = jax.random.PRNGKey(4)
-  tokens, _, _ = _np(_sample(model, params, prompts, key, max_length=LENGTH))
-  # EOS gets the output column of the most frequent other token; the second stop id is the next
-  # most frequent token itself: both likely, neither certain.
-  counts = np.bincount(tokens.ravel(), minlength=VOCAB)
-  counts[[PAD_ID, EOS_ID]] = 0
-  frequent, other = np.argsort(-counts, kind="stable")[:2]
-  kernel = params["logits_kernel"]
-  stop_params = {**params, "logits_kernel": kernel.at[:, EOS_ID].set(kernel[:, frequent])}
+  # The second stop id is the next most frequent token itself: both likely, neither certain.
+  stop_params, other = _eos_as_frequent(model, params, prompts, key)
   two = SpecialTokens(pad_id=PAD_ID, stop_ids=(EOS_ID, int(other)))
   out = _np(_sample(model, stop_params, prompts, key, max_length=LENGTH, tokens=two))
   lengths = _check_structure(*out, special=two)

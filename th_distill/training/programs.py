@@ -24,7 +24,6 @@ from th_distill.sampling import SampleFn
 from th_distill.training.eval_steps import reduce_eval_sums
 from th_distill.training.program_builders import (
   Models,
-  distill_program,
   eval_against_program,
   eval_program,
   reference_program,
@@ -165,13 +164,6 @@ class Programs:
       lambda: sft_program(
         getattr(self.models, name), settings.build(), self.partitioner, on_nonfinite, dispatched
       ),
-    )
-
-  def distill_step(self, dispatched: bool = False) -> Callable:
-    """The distillation step of the run's settings (`dispatched`: `distill_program`)."""
-    return self._once(
-      ("distill", dispatched),
-      lambda: distill_program(self.models, self.settings.distill, self.partitioner, dispatched),
     )
 
   def evaluator(self, name: str) -> Evaluator:

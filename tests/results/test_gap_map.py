@@ -147,11 +147,13 @@ def test_the_map_config_holds_its_first_pass_and_names_its_seeds():
     runs = study.run_configs(config_file.get_config(options))
     return {study.run_dir("W", RunConfig.from_config(c)) for _, _, c in runs}
 
-  first, full = directories("first"), directories("")
-  assert len(first) == 6 and len(full) == 80 and first <= full
+  first, full, extended = directories("first"), directories(""), directories("extended")
+  assert len(first) == 6 and len(full) == 50 and len(extended) == 80
+  assert first <= full <= extended
   assert not set(config_file.SEEDS) & set(config_file.CALIBRATION_SEEDS)
-  assert config_file.get_config("").diversity == config_file.DIVERSITY_SETTINGS
+  assert config_file.get_config("extended").diversity == config_file.DIVERSITY_SETTINGS
   assert directories("t1500") <= first and len(directories("t1500")) == 1
+  assert directories("t900") <= extended - full
   with pytest.raises(ValueError, match="gap_map.py:second"):
     config_file.get_config("second")
 

@@ -12,7 +12,8 @@ A study config (`configs/studies/*.py`) has:
   default: the first arm); `references` (optional): {arm: its own reference arm}, for studies
   with several families of arms;
 - `analysis` (optional): 'gap_map' adds the golden rise against the teacher-student gap to the
-  report (`th_distill.results.gap_map`), with `diversity` the variants read at equal gap.
+  report (`th_distill.results.gap_map`, `gap_map_report`), with `diversity` the variants read
+  at equal gap.
 
 Layout: `WORKDIR/runs/<fingerprint>/seed<s>/` is an ordinary experiment workdir (its own
 report, metrics and checkpoints), named by the hash of its config without `seed` and `regimes`;
@@ -43,7 +44,7 @@ from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
 from th_distill.observing import progress
 from th_distill.planning import workload
-from th_distill.results import gap_map, study_report
+from th_distill.results import gap_map_report, study_report
 from th_distill.rundir import lock as workdir_lock
 from th_distill.rundir import records
 from th_distill.rundir.layout import RunDirectory
@@ -256,7 +257,7 @@ def _write_reports(
   costs: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
   """The study's report (`results.study_report`) and, for `analysis = 'gap_map'`, its gap map
-  (`results.gap_map`), into WORKDIR/<name>; returns the summary."""
+  (`results.gap_map_report`), into WORKDIR/<name>; returns the summary."""
   directory = os.path.join(workdir, study.name)
   base = RunConfig.from_config(study.base)
   summary = study_report.write_study_report(
@@ -270,7 +271,7 @@ def _write_reports(
     dict(study.get("references", {})),
   )
   if study.get("analysis", "") == "gap_map":
-    summary["gap_map"] = gap_map.write_gap_map(
+    summary["gap_map"] = gap_map_report.write_gap_map(
       directory,
       mapped,
       teacher_golden,

@@ -10,7 +10,7 @@ from configs.studies import gap_map as config_file
 from th_distill import detection, study
 from th_distill.config.run_config import RunConfig
 from th_distill.observing.metric_names import GOLDEN, PROXY, TRAIN_PROXY
-from th_distill.results import gap_map
+from th_distill.results import gap_map, gap_map_report
 
 STEPS = np.arange(0, 700, 100)
 U_SHAPE = [2.0, 1.6, 1.5, 1.55, 1.6, 1.65, 1.7]  # min 1.5 @ 200, +13.3 % at the end
@@ -23,12 +23,15 @@ def _rows(golden, proxy=FALLING):
   ]
 
 
-def _point(setting, gap, rise, rose, regime="offline", seed=20, trend=None, rising=None):
+def _point(
+  setting, gap, rise, rose, regime="offline", seed=20, trend=None, rising=None, onset=None
+):
   return {
     "setting": setting,
     "regime": regime,
     "length": "2x",
     "seed": seed,
+    "onset_step": onset,
     "gap": gap,
     "rise_pct": rise,
     "trend": trend,
@@ -55,6 +58,80 @@ def test_a_run_is_read_at_half_and_at_its_full_length():
   assert never["pass_step"] is None and never["rose"]
   unfinished = gap_map.run_points(_rows(U_SHAPE)[:5], 600, 1.55, 5.0, settings, PROXY)
   assert [p["length"] for p in unfinished] == ["1x"]  # step 400 < 600: no 2x point
+
+
+def test_the_trend_onset_is_the_step_from_which_the_rise_stays_significant():
+  steps = np.arange(0, 2100, 100)
+  # Falls to its minimum at step 500, then rises 2% per doubling with a little noise.
+  noise = 0.001 * np.sin(np.arange(len(steps)) * 2.1)
+  golden = np.where(
+    steps <= 500, 1.5 - steps / 2000, 1.25 * (1 + 0.02 * np.log2(np.maximum(steps, 1) / 500))
+  )
+  golden = golden + noise
+  onset = gap_map.trend_onset_step(steps, golden)
+  rising = [
+    gap_map.trend.trend_after_minimum(steps[:end], golden[:end]).rising
+    for end in range(1, len(steps) + 1)
+  ]
+  first_for_good = next(i for i in range(len(steps)) if all(rising[i:]))
+  assert onset == steps[first_for_good] and 500 < onset < 2000
+  assert gap_map.trend_onset_step(steps, 1.5 - steps / 4000) is None  # falls throughout
+  # A rise that falls back below its minimum at the end is not rising for good.
+  assert gap_map.trend_onset_step(steps, np.append(golden[:-1], 1.0)) is None
+
+
+def test_the_seed_bootstrap_resamples_whole_seeds():
+  points = []
+  for seed, offset in enumerate((0.0, 3.0, -2.0, 1.0, 5.0)):
+    points += [
+      {"seed": seed, "gap": g, "rise_pct": offset + 10.0 * g} for g in (-0.2, 0.0, 0.1, 0.3)
+    ]
+  low, high = gap_map.seed_bootstrap_slope(points, "gap", "rise_pct")
+  assert low == pytest.approx(10.0) and high == pytest.approx(10.0)  # every seed's slope is 10
+  points.append({"seed": 9, "gap": 0.5, "rise_pct": -20.0})  # one seed against the line
+  low, high = gap_map.seed_bootstrap_slope(points, "gap", "rise_pct")
+  assert low < 0 and high == pytest.approx(10.0)  # resamples without seed 9 give 10
+  assert gap_map.seed_bootstrap_slope(points[:8], "gap", "rise_pct") is None  # two seeds
+
+
+def test_the_rise_is_fitted_against_each_candidate_predictor():
+  rng = np.random.default_rng(1)
+  points = [
+    {
+      "gap": float(g),
+      "start_gap": float(s),
+      "teacher_golden": 0.7,
+      "student_start": float(0.7 - s),
+      "golden_min": float(0.7 - g),
+      "rise_pct": float(4.0 + 20.0 * s),
+    }
+    for g, s in zip(rng.uniform(-0.1, 0.3, 8), rng.uniform(-0.3, 0.1, 8))
+  ]
+  fits = gap_map.predictors(points)
+  assert set(fits) == set(gap_map.PREDICTORS)
+  assert fits["start_gap"]["r2"] == pytest.approx(1.0) and fits["start_gap"][
+    "slope"
+  ] == pytest.approx(20.0)
+  assert fits["student_start"]["slope"] == pytest.approx(-20.0)
+  assert fits["gap"]["r2"] < 0.9 and fits["teacher_golden"] == {"n": 8}  # no spread
+
+
+def test_onsets_compare_online_with_offline_seed_by_seed():
+  points = [
+    _point("a", 0.2, 8.0, True, "offline", 20, onset=800),
+    _point("a", 0.2, 3.0, True, "online_teacher", 20, onset=2400),
+    _point("a", 0.2, 8.0, True, "offline", 21, onset=900),
+    _point("a", 0.2, 1.0, False, "online_teacher", 21, onset=None),
+    _point("a", 0.1, 1.0, False, "offline", 22, onset=None),
+    _point("a", 0.1, 1.0, False, "online_teacher", 22, onset=None),
+    _point("a", 0.2, 8.0, True, "offline", 23, onset=700),  # no online run: left out
+    {**_point("a", 0.2, 8.0, True, "online_teacher", 23, onset=100), "length": "1x"},
+  ]
+  o = gap_map.onsets(points)["a"]
+  assert o["onset_steps"]["offline"] == {20: 800, 21: 900, 22: None, 23: 700}
+  assert (o["offline_turned"]["k"], o["offline_turned"]["n"]) == (2, 3)
+  assert (o["online_turned"]["k"], o["online_turned"]["n"]) == (1, 3)
+  assert (o["online_later_or_never"]["k"], o["online_later_or_never"]["n"]) == (2, 2)
 
 
 def test_the_line_and_its_interval_match_numpy_least_squares():
@@ -125,7 +202,7 @@ def test_the_analysis_groups_regimes_and_lengths_and_writes_its_report(tmp_path)
         runs.append(dict(setting=setting, regime=regime, seed=seed, path=str(path), steps=600))
         teacher[str(path)] = level
   (tmp_path / "report.md").write_text("# study\n")
-  result = gap_map.write_gap_map(
+  result = gap_map_report.write_gap_map(
     str(tmp_path), runs, teacher, 5.0, detection.DetectorSettings(), PROXY, ("near",)
   )
   assert len(result["points"]) == 24
@@ -139,7 +216,9 @@ def test_the_analysis_groups_regimes_and_lengths_and_writes_its_report(tmp_path)
     text.startswith("# study\n") and "## The golden rise against the teacher-student gap" in text
   )
   assert "| better | offline | 2x | 20, 21 |" in text
-  assert (tmp_path / "gap_map.json").exists() and (tmp_path / gap_map.FIGURE).stat().st_size > 0
+  assert (tmp_path / "gap_map.json").exists() and (
+    tmp_path / gap_map_report.FIGURE
+  ).stat().st_size > 0
 
 
 def test_the_map_config_holds_its_first_pass_and_names_its_seeds():
@@ -148,11 +227,12 @@ def test_the_map_config_holds_its_first_pass_and_names_its_seeds():
     return {study.run_dir("W", RunConfig.from_config(c)) for _, _, c in runs}
 
   first, full, extended = directories("first"), directories(""), directories("extended")
-  assert len(first) == 6 and len(full) == 50 and len(extended) == 80
-  assert first <= full <= extended
+  assert len(first) == 6 and len(full) == 35 and len(extended) == 80
+  assert first <= extended and full <= extended
   assert not set(config_file.SEEDS) & set(config_file.CALIBRATION_SEEDS)
   assert config_file.get_config("extended").diversity == config_file.DIVERSITY_SETTINGS
-  assert directories("t1500") <= first and len(directories("t1500")) == 1
+  part = directories("t1500,strong")
+  assert part <= full and len(part) == 2 * len(config_file.SEEDS)
   assert directories("t900") <= extended - full
   with pytest.raises(ValueError, match="gap_map.py:second"):
     config_file.get_config("second")

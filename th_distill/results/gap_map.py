@@ -17,12 +17,16 @@ Per regime and length (`analyse`):
   (of the runs that passed), with Clopper-Pearson 95% intervals, a rise read both as the
   oracle's verdict and as a rising trend of any size (`rising`: its 95% interval above zero);
 - where the diversity settings sit at equal gap (`at_equal_gap`): their residuals from the rise
-  line fitted on the other settings, with a t interval on the mean residual.
+  line fitted on the other settings, with a t interval on the mean residual;
+- the rise-on-gap slope's interval again with whole seeds resampled (`seed_bootstrap_slope`),
+  and the rise fitted against what else might predict it (`predictors`: the gap at the start,
+  the teacher's and the student's levels).
+Per setting (`onsets`): when each regime's golden trend turned rising for good, offline against
+online (online: delayed or prevented?). The markdown is `results.gap_map_report`.
 """
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,15 +36,17 @@ from scipy import stats
 
 from th_distill import detection
 from th_distill.detection.baselines import clopper_pearson
-from th_distill.observing.metrics_io import read_metrics
-from th_distill.results import plots
+from th_distill.observing.metric_names import GOLDEN
+from th_distill.observing.metrics_io import column
+from th_distill.results import trend
 from th_distill.results.summaries import POSITIVE, summarize_run
-from th_distill.rundir import checkpoints
 
 # (name, fraction of the run's steps) each run is read at.
 LENGTHS = (("1x", 0.5), ("2x", 1.0))
-FIGURE = "rise_vs_gap.png"
 LEVEL = 0.95
+# What each run's rise is fitted against: the gap, and what else might predict the rise.
+PREDICTORS = ("gap", "start_gap", "teacher_golden", "student_start", "golden_min")
+BOOTSTRAP_REPS = 2000
 
 
 def run_points(
@@ -79,9 +85,28 @@ def run_points(
         "pass_step": s["teacher_pass_step"],
         "proxy_change_pct": s["proxy_change_after_min_pct"],
         "outcome": s["outcome"],
+        "start_gap": None if teacher_golden is None else teacher_golden - s["student_init_golden"],
+        "onset_step": trend_onset_step([r["step"] for r in cut], column(cut, GOLDEN)),
       }
     )
   return points
+
+
+def trend_onset_step(
+  steps: Sequence[float], golden: Sequence[float], level: float = LEVEL
+) -> int | None:
+  """The step from which golden's trend after its minimum stays rising: the first evaluation s
+  such that the trend (`trend.trend_after_minimum`) read on the evaluations up to s, and up to
+  every later one, is rising; None if it is not rising at the last. `steps`, `golden`: [T], in
+  step order."""
+  steps, golden = np.asarray(steps, float), np.asarray(golden, float)
+  onset = None
+  for end in range(trend.MIN_POINTS + 2, len(steps) + 1):
+    if not trend.trend_after_minimum(steps[:end], golden[:end], level).rising:
+      onset = None
+    elif onset is None:
+      onset = int(steps[end - 1])
+  return onset
 
 
 def fit_line(x: Sequence[float], y: Sequence[float], level: float = LEVEL) -> dict[str, Any]:
@@ -106,6 +131,66 @@ def fit_line(x: Sequence[float], y: Sequence[float], level: float = LEVEL) -> di
     ],
     "r2": float(fit.rvalue**2),
   }
+
+
+def seed_bootstrap_slope(
+  points: Sequence[Mapping[str, Any]],
+  x_key: str,
+  y_key: str,
+  level: float = LEVEL,
+  reps: int = BOOTSTRAP_REPS,
+) -> list[float] | None:
+  """The percentile `level` interval of the OLS slope of `y_key` on `x_key` over `points`,
+  resampling whole seeds with replacement (`reps` times, a fixed generator): the runs of one
+  seed share its oracle, so they are not independent, and the t interval of `fit_line` is
+  optimistic where they agree. None with fewer than 3 seeds."""
+  by_seed: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+  for p in points:
+    x, y = _none_nan(p[x_key]), _none_nan(p[y_key])
+    if np.isfinite(x) and np.isfinite(y):
+      by_seed[p["seed"]].append((x, y))
+  groups = [np.array(pairs) for _, pairs in sorted(by_seed.items())]
+  if len(groups) < 3:
+    return None
+  rng = np.random.default_rng(0)
+  slopes = []
+  for _ in range(reps):
+    x, y = np.concatenate([groups[i] for i in rng.integers(len(groups), size=len(groups))]).T
+    if np.ptp(x) > 0:
+      slopes.append(np.cov(x, y)[0, 1] / np.var(x, ddof=1))
+  low, high = np.quantile(slopes, [(1 - level) / 2, (1 + level) / 2])
+  return [float(low), float(high)]
+
+
+def predictors(points: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+  """The rise (%) of `points` fitted against each of `PREDICTORS` (`fit_line`): which reading
+  of the teacher and the student explains it best (r²), and with which slope."""
+  rises = [p["rise_pct"] for p in points]
+  return {name: fit_line([_none_nan(p[name]) for p in points], rises) for name in PREDICTORS}
+
+
+def onsets(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Online: delayed or prevented? Per setting, from the runs read at full length: each
+  regime's trend onset steps by seed (None: never rising within the run), and over the seeds
+  that ran both regimes, how often offline turned rising, how often online did, and how often
+  online turned later than offline or never (of the seeds where offline turned)."""
+  full = [p for p in points if p["length"] == LENGTHS[-1][0]]
+  by_setting: dict[str, dict[str, dict[int, int | None]]] = defaultdict(lambda: defaultdict(dict))
+  for p in full:
+    by_setting[p["setting"]][p["regime"]][p["seed"]] = p["onset_step"]
+  result = {}
+  for setting, regimes in by_setting.items():
+    offline, online = regimes.get("offline", {}), regimes.get("online_teacher", {})
+    both = sorted(set(offline) & set(online))
+    turned = [s for s in both if offline[s] is not None]
+    later = [s for s in turned if online[s] is None or online[s] > offline[s]]
+    result[setting] = {
+      "onset_steps": {regime: dict(sorted(seeds.items())) for regime, seeds in regimes.items()},
+      "offline_turned": proportion(len(turned), len(both)),
+      "online_turned": proportion(sum(online[s] is not None for s in both), len(both)),
+      "online_later_or_never": proportion(len(later), len(turned)),
+    }
+  return result
 
 
 def proportion(successes: int, trials: int) -> dict[str, Any]:
@@ -179,12 +264,15 @@ def analyse(points: Sequence[Mapping[str, Any]], diversity: Sequence[str]) -> di
         [p["gap"] for p in group if p["passed"]], [p["rise_pct"] for p in group if p["passed"]]
       ),
       "trend_vs_gap": fit_line(gaps, [_none_nan(p["trend"]) for p in group]),
+      "rise_vs_gap_seed_bootstrap_ci95": seed_bootstrap_slope(group, "gap", "rise_pct"),
+      "predictors": predictors(group),
       "counts": counts(group),
       "counts_rising_trend": counts(group, "rising"),
       "diversity_at_equal_gap": at_equal_gap(group, diversity),
     }
   return {
     "groups": result,
+    "onsets": onsets(points),
     "all": counts(points),
     "all_rising_trend": counts(points, "rising"),
   }
@@ -192,155 +280,3 @@ def analyse(points: Sequence[Mapping[str, Any]], diversity: Sequence[str]) -> di
 
 def _none_nan(value: float | None) -> float:
   return np.nan if value is None else value
-
-
-def _cell(values: Sequence[float | None], spec: str) -> str:
-  """One value, or mean ± sd of the defined values; '–' if none."""
-  defined = [v for v in values if v is not None]
-  if not defined:
-    return "–"
-  if len(defined) == 1:
-    return format(defined[0], spec)
-  return f"{np.mean(defined):{spec}} ± {np.std(defined, ddof=1):{spec.lstrip('+')}}"
-
-
-def _trend_cell(group: Sequence[Mapping[str, Any]]) -> str:
-  """One run's trend with its interval, or the mean ± sd with the count rising."""
-  if len(group) == 1:
-    p = group[0]
-    if p["trend_ci95"] is None:
-      return "–"
-    return f"{p['trend']:+.2f} [{p['trend_ci95'][0]:+.2f}, {p['trend_ci95'][1]:+.2f}]"
-  rising = sum(p["trend_ci95"] is not None and p["trend_ci95"][0] > 0 for p in group)
-  return f"{_cell([p['trend'] for p in group], '+.2f')} (rising {rising}/{len(group)})"
-
-
-def table(points: Sequence[Mapping[str, Any]]) -> list[str]:
-  """The map's table in markdown: one row per setting, regime and length (over its seeds)."""
-  rows: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
-  for p in points:
-    rows[p["setting"], p["regime"], p["length"]].append(p)
-  lines = [
-    "| setting | regime | length | seeds | teacher golden | student start | golden min @ step | "
-    "gap | rise % | trend %/doubling [95% CI] | pass step | outcome |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  for (setting, regime, length), group in rows.items():
-    outcomes = ", ".join(p["outcome"] for p in group)
-    lines.append(
-      f"| {setting} | {regime} | {length} | {', '.join(str(p['seed']) for p in group)} | "
-      f"{_cell([p['teacher_golden'] for p in group], '.3f')} | "
-      f"{_cell([p['student_start'] for p in group], '.3f')} | "
-      f"{_cell([p['golden_min'] for p in group], '.3f')} @ "
-      f"{', '.join(str(p['golden_min_step']) for p in group)} | "
-      f"{_cell([p['gap'] for p in group], '+.3f')} | "
-      f"{_cell([p['rise_pct'] for p in group], '+.1f')} | {_trend_cell(group)} | "
-      f"{', '.join('–' if p['pass_step'] is None else str(p['pass_step']) for p in group)} | "
-      f"{outcomes} |"
-    )
-  return lines
-
-
-def _interval(fit: Mapping[str, Any], key: str, spec: str = "+.1f") -> str:
-  """'value [low, high]' of a fitted `key` ('–' where the line could not be fitted)."""
-  if key not in fit:
-    return "–"
-  low, high = fit[f"{key}_ci95"]
-  return f"{fit[key]:{spec}} [{low:{spec}}, {high:{spec}}]"
-
-
-def _share(count: Mapping[str, Any]) -> str:
-  """'k/n [low, high]' of a proportion."""
-  if count["ci95"] is None:
-    return f"{count['k']}/{count['n']}"
-  low, high = count["ci95"]
-  return f"{count['k']}/{count['n']} [{low:.2f}, {high:.2f}]"
-
-
-def analysis_lines(analysis: Mapping[str, Any], diversity: Sequence[str]) -> list[str]:
-  """The fits, the counts and the diversity settings at equal gap, in markdown."""
-  lines = [
-    "| regime, length | runs | rise % = a + b gap: b [95% CI] | a [95% CI] | r² | "
-    "b on the runs that passed (runs) | trend = a + b gap: b [95% CI] | "
-    "rise without pass (of never passed) | pass without rise (of passed) | "
-    "rising trend without pass | pass without rising trend | "
-    "diversity residual at equal gap: mean [95% CI] (runs) |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  for name, g in analysis["groups"].items():
-    rise, trend, c, t = g["rise_vs_gap"], g["trend_vs_gap"], g["counts"], g["counts_rising_trend"]
-    d = g["diversity_at_equal_gap"]
-    residual = "–" if d["mean"] is None else f"{d['mean']:+.1f}"
-    if d["mean_ci95"] is not None:
-      residual += f" [{d['mean_ci95'][0]:+.1f}, {d['mean_ci95'][1]:+.1f}]"
-    fitted = "r2" in rise
-    lines.append(
-      f"| {name} | {rise['n']} | {_interval(rise, 'slope')} | {_interval(rise, 'intercept')} | "
-      f"{format(rise['r2'], '.2f') if fitted else '–'} | "
-      f"{_interval(g['rise_vs_gap_passed'], 'slope')} ({g['rise_vs_gap_passed']['n']}) | "
-      f"{_interval(trend, 'slope', '+.2f')} | "
-      f"{_share(c['rise_without_pass'])} | {_share(c['pass_without_rise'])} | "
-      f"{_share(t['rise_without_pass'])} | {_share(t['pass_without_rise'])} | "
-      f"{residual} ({len(d['residuals'])}) |"
-    )
-  total, trending = analysis["all"], analysis["all_rising_trend"]
-  lines += [
-    "",
-    f"All points: rise without a pass {_share(total['rise_without_pass'])}, a pass without a "
-    f"rise {_share(total['pass_without_rise'])}, rises {_share(total['rises'])}; with a "
-    "rise read as a rising trend of any size: "
-    f"{_share(trending['rise_without_pass'])}, {_share(trending['pass_without_rise'])}, "
-    f"{_share(trending['rises'])} (k/n [Clopper-Pearson 95%]). Diversity settings "
-    f"(residuals from the other settings' rise line): {', '.join(diversity) or 'none'}.",
-  ]
-  return lines
-
-
-def write_gap_map(
-  directory: str,
-  runs: Sequence[Mapping[str, Any]],
-  teacher_golden: Mapping[str, float | None],
-  threshold_pct: float,
-  settings: detection.DetectorSettings,
-  metric: str,
-  diversity: Sequence[str] = (),
-) -> dict[str, Any]:
-  """The map of a study's runs (`runs`: each with `setting`, `regime`, `seed`, `path` to its
-  metrics.jsonl and its configured `steps`; `teacher_golden` by path): appends its section to
-  `directory`/report.md, writes `gap_map.json` (the points and `analyse`) and FIGURE; returns
-  the json's content."""
-  points = []
-  for run in runs:
-    rows = read_metrics(run["path"])
-    if not rows:
-      continue
-    found = run_points(
-      rows, run["steps"], teacher_golden.get(run["path"]), threshold_pct, settings, metric
-    )
-    points += [
-      {"setting": run["setting"], "regime": run["regime"], "seed": run["seed"], **p} for p in found
-    ]
-  analysis = analyse(points, diversity)
-  result = {"points": points, "analysis": analysis, "diversity": list(diversity)}
-  checkpoints.write_json(os.path.join(directory, "gap_map.json"), result)
-  plots.plot_rise_vs_gap(points, os.path.join(directory, FIGURE))
-  lines = [
-    "",
-    "## The golden rise against the teacher-student gap",
-    "",
-    "gap = teacher golden − the student's golden minimum (positive: the student passed its "
-    "teacher); pass step = the first evaluation below the teacher (– never); 1x = a run's rows "
-    "up to half its steps, 2x = all of them; rose = the oracle's verdict is a golden rise "
-    "(teacher hacking, over-fitting or regression). Lines: OLS over the runs of each regime "
-    "and length; counts with Clopper-Pearson 95% intervals.",
-    "",
-    *table(points),
-    "",
-    *analysis_lines(analysis, diversity),
-    "",
-    f"![rise against gap]({FIGURE})",
-    "",
-  ]
-  with open(os.path.join(directory, "report.md"), "a", encoding="utf-8") as f:
-    f.write("\n".join(lines))
-  return result

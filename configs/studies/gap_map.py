@@ -37,20 +37,21 @@ STRONG_TEACHER = {
   "steps": 1500,
 }
 STRONG = {"teacher": STRONG_TEACHER, "prompts": {"num_oracle": 16384}}
-DIVERSE = {"offline": {"num_prompts": 1024, "generations_per_prompt": 4}}
+# Offline data alone: k (generations per prompt) is a property of the fixed dataset.
+DIVERSE = {"offline": {"num_prompts": 1024, "generations_per_prompt": 4}, "regimes": ("offline",)}
 # Setting -> overrides of the default (configs/tiny.py) at STEPS steps: the map.
 SETTINGS = {
   "t1500": {},
   "strong": STRONG,
   "t500": {"teacher": {"steps": 500}},
-  "N1024_k4": DIVERSE,
-  "jsd_t1500": {"loss": {"name": "jsd"}},
-  "sft100_t1500": {"student": {"sft_steps": 100}},
   "half_strong": {**STRONG, "student": {"model": HALF.to_dict()}},
+  "N1024_k4": DIVERSE,
 }
 # More settings, not in the map (`gap_map.py:extended` runs them beside it; not run on the test
-# seeds: the map was sized to the time of one working session).
+# seeds: the map was sized to the CPU time of one working session, docs/studies.md).
 EXTENDED = {
+  "jsd_t1500": {"loss": {"name": "jsd"}},
+  "sft100_t1500": {"student": {"sft_steps": 100}},
   "half_t1500": {"student": {"model": HALF.to_dict()}},
   "N1024_k1": {"offline": {"num_prompts": 1024}},
   "strong_N1024_k4": {**STRONG, **DIVERSE},

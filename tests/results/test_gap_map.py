@@ -49,6 +49,7 @@ def test_a_run_is_read_at_half_and_at_its_full_length():
   assert half["gap"] == full["gap"] == pytest.approx(0.05)  # min 1.5 @ 200 in both
   assert half["pass_step"] == full["pass_step"] == 200
   assert half["rise_pct"] == pytest.approx(100 * 0.05 / 1.5)
+  assert (half["doublings"], full["doublings"]) == pytest.approx((np.log2(1.5), np.log2(3)))
   assert full["rise_pct"] == pytest.approx(100 * 0.2 / 1.5)
   assert not half["rose"] and not half["rising"]  # one evaluation after the minimum: no trend
   assert full["rising"]
@@ -103,6 +104,7 @@ def test_the_rise_is_fitted_against_each_candidate_predictor():
       "teacher_golden": 0.7,
       "student_start": float(0.7 - s),
       "golden_min": float(0.7 - g),
+      "doublings": 2.0,
       "rise_pct": float(4.0 + 20.0 * s),
     }
     for g, s in zip(rng.uniform(-0.1, 0.3, 8), rng.uniform(-0.3, 0.1, 8))
@@ -113,7 +115,7 @@ def test_the_rise_is_fitted_against_each_candidate_predictor():
     "slope"
   ] == pytest.approx(20.0)
   assert fits["student_start"]["slope"] == pytest.approx(-20.0)
-  assert fits["gap"]["r2"] < 0.9 and fits["teacher_golden"] == {"n": 8}  # no spread
+  assert fits["gap"]["r2"] < 0.9 and fits["teacher_golden"] == fits["doublings"] == {"n": 8}
 
 
 def test_onsets_compare_online_with_offline_seed_by_seed():

@@ -20,7 +20,7 @@ Per regime and length (`analyse`):
   line fitted on the other settings, with a t interval on the mean residual;
 - the rise-on-gap slope's interval again with whole seeds resampled (`seed_bootstrap_slope`),
   and the rise fitted against what else might predict it (`predictors`: the gap at the start,
-  the teacher's and the student's levels).
+  the teacher's and the student's levels, the doublings of the steps left after the minimum).
 Per setting (`onsets`): when each regime's golden trend turned rising for good, offline against
 online (online: delayed or prevented?). The markdown is `results.gap_map_report`.
 """
@@ -45,7 +45,7 @@ from th_distill.results.summaries import POSITIVE, summarize_run
 LENGTHS = (("1x", 0.5), ("2x", 1.0))
 LEVEL = 0.95
 # What each run's rise is fitted against: the gap, and what else might predict the rise.
-PREDICTORS = ("gap", "start_gap", "teacher_golden", "student_start", "golden_min")
+PREDICTORS = ("gap", "start_gap", "teacher_golden", "student_start", "golden_min", "doublings")
 BOOTSTRAP_REPS = 2000
 
 
@@ -86,10 +86,17 @@ def run_points(
         "proxy_change_pct": s["proxy_change_after_min_pct"],
         "outcome": s["outcome"],
         "start_gap": None if teacher_golden is None else teacher_golden - s["student_init_golden"],
+        "doublings": _doublings(s["golden_min_step"], int(cut[-1]["step"])),
         "onset_step": trend_onset_step([r["step"] for r in cut], column(cut, GOLDEN)),
       }
     )
   return points
+
+
+def _doublings(min_step: int | None, last_step: int) -> float | None:
+  """How many doublings of the steps the read leaves after golden's minimum (None: no minimum
+  after step 0)."""
+  return None if not min_step else float(np.log2(last_step / min_step))
 
 
 def trend_onset_step(

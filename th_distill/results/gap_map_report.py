@@ -203,7 +203,8 @@ def write_gap_map(
     "",
     "The rise against each candidate predictor (gap: at the student's golden minimum; "
     "start_gap: teacher golden − the student's first golden value; the teacher's level; the "
-    "student's start and minimum):",
+    "student's start and minimum; doublings: log2 of the read's last step over the minimum's "
+    "step):",
     "",
     *predictor_lines(analysis),
     "",

@@ -45,6 +45,7 @@ SETTINGS = {
   "strong": STRONG,
   "t500": {"teacher": {"steps": 500}},
   "half_strong": {**STRONG, "student": {"model": HALF.to_dict()}},
+  "half_t1500": {"student": {"model": HALF.to_dict()}},
   "N1024_k4": DIVERSE,
 }
 # More settings, not in the map (`gap_map.py:extended` runs them beside it; not run on the test
@@ -52,7 +53,6 @@ SETTINGS = {
 EXTENDED = {
   "jsd_t1500": {"loss": {"name": "jsd"}},
   "sft100_t1500": {"student": {"sft_steps": 100}},
-  "half_t1500": {"student": {"model": HALF.to_dict()}},
   "N1024_k1": {"offline": {"num_prompts": 1024}},
   "strong_N1024_k4": {**STRONG, **DIVERSE},
   "t900": {"teacher": {"steps": 900}},

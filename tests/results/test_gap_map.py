@@ -229,7 +229,7 @@ def test_the_map_config_holds_its_first_pass_and_names_its_seeds():
     return {study.run_dir("W", RunConfig.from_config(c)) for _, _, c in runs}
 
   first, full, extended = directories("first"), directories(""), directories("extended")
-  assert len(first) == 6 and len(full) == 25 and len(extended) == 80
+  assert len(first) == 6 and len(full) == 30 and len(extended) == 80
   assert first <= extended and full <= extended
   assert not set(config_file.SEEDS) & set(config_file.CALIBRATION_SEEDS)
   assert config_file.get_config("extended").diversity == config_file.DIVERSITY_SETTINGS

@@ -1,29 +1,30 @@
 """Study (issue 42): when does a student hack its teacher? The golden rise after the minimum
 against the teacher-student gap (teacher golden minus the student's golden minimum; positive =
 the student passed its teacher), over settings that move the gap and what else might predict the
-rise:
+rise. The map (SETTINGS, 6 settings x 5 seeds):
 - teacher quality, from worse to better than the student's reach: the default teacher (1,500 SFT
-  steps at lr 3e-3, past its best: about 0.9 nats/token), 900 and 500 steps (about 0.70 and
-  0.66), the strong teacher (d_model 128 on 16,384 oracle samples, lr 1e-3: about 0.45), and
-  width and data apart: d_model 128 on the default's data for 700 steps (`wide_t700`, about
-  0.8) and d_model 64 on 16,384 samples at lr 1e-3 (`narrow_16k`);
-- student capacity: d_model 64 (the default) and 32 (`half_*`); student start: 500 and 100 SFT
-  steps (`sft100_*`);
-- data repetition: offline N = 1,024 prompts x k = 1 (four times the epochs) and the diversity
-  setting N = 1,024 x k = 4 (fewer prompts, more generations, the same 4,096 examples);
-- loss: forward KL and Jensen-Shannon (`jsd_*`);
+  steps at lr 3e-3, past its best: about 0.8 nats/token), 500 steps (about 0.56) and the strong
+  teacher (d_model 128 on 16,384 oracle samples, lr 1e-3: about 0.40);
+- student capacity: d_model 64 (the default) and 32 (`half_*`), with the default and the strong
+  teacher;
+- data repetition: the diversity setting N = 1,024 x k = 4 (fewer prompts, more generations,
+  the same 4,096 examples; offline alone);
 - offline and online-teacher data on each, 4,000 steps: the report reads every run at 2x the
   default length (all 4,000 steps) and at 1x (its rows up to step 2,000: with the constant
   learning rate and no warm-up, the first 2,000 steps are the 2,000-step run's).
+EXTENDED holds 10 more settings not run on the test seeds: the loss (Jensen-Shannon), the
+student's start (100 SFT steps), four times the epochs, teacher width and data apart.
 The grid was chosen on the probes of seeds 0 and 1 (docs/signature_search.md section 5); it is
-tested on seeds 20-24, never used to choose anything (docs/studies.md).
+tested on seeds 20-24, never used to choose anything (docs/studies.md section (g)).
   python -m th_distill.study --config=configs/studies/gap_map.py --workdir=W
-    (the map: 16 settings x 5 seeds; about six hours of a 2-core CPU, docs/studies.md)
+    (the map: 55 runs of 4,000 steps; about 3 hours of one process on a 2-core CPU, 1.5 hours
+    as two processes side by side, one part each:)
+  python -m th_distill.study --config=configs/studies/gap_map.py:t1500,N1024_k4,t500 --workdir=A
+  python -m th_distill.study --config=configs/studies/gap_map.py:strong,half_strong --workdir=B
+    (then copy both workdirs' runs/ and stage1/ folders into W and add --finished_only);
   python -m th_distill.study --config=configs/studies/gap_map.py:first --workdir=W
-    (the first pass: 6 settings on seed 20, 2,250 s on 2 shared cores; its runs are the map's
-    own, reused by the full one;
-    `gap_map.py:t1500` runs one setting on seed 20. A study config's variants run in sorted
-    order of their names.)
+    (a first pass: 6 settings on seed 20). A study config's variants run in sorted order of
+    their names, seed by seed.
 """
 
 from th_distill.config import base_config, model_config

@@ -1,6 +1,7 @@
 """The golden rise against the teacher-student gap (`results.gap_map`) on hand-made numbers."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -250,3 +251,21 @@ def test_the_map_config_names_an_arm_of_its_own_as_reference(options):
     for r in regimes
   }
   assert config.reference in arms
+
+
+def test_the_map_in_docs_is_the_analysis_of_its_kept_points():
+  """docs/studies.md's map tables are what `gap_map_report` writes from docs/data/gap_map.json's
+  points, and the kept analysis is `analyse` of them (others can check both)."""
+  root = pathlib.Path(__file__).resolve().parents[2]
+  kept = json.loads((root / "docs" / "data" / "gap_map.json").read_text())
+  analysis = gap_map.analyse(kept["points"], kept["diversity"])
+  assert json.loads(json.dumps(analysis)) == kept["analysis"]
+  text = (root / "docs" / "studies.md").read_text()
+  written = [
+    *gap_map_report.table(kept["points"])[2:],
+    *gap_map_report.analysis_lines(kept["analysis"], kept["diversity"])[2:-2],
+    *gap_map_report.predictor_lines(kept["analysis"])[2:],
+    *gap_map_report.onset_lines(kept["analysis"]["onsets"])[2:],
+  ]
+  missing = [line for line in written if line not in text]
+  assert not missing, missing[:3]

@@ -13,7 +13,7 @@ A study config (`configs/studies/*.py`) has:
   with several families of arms;
 - `analysis` (optional): 'gap_map' adds the golden rise against the teacher-student gap to the
   report (`th_distill.results.gap_map`, `gap_map_report`), with `diversity` the variants read
-  at equal gap.
+  at equal gap and `length_unit` the steps its runs are read at as 1x (then 2x and 4x).
 
 Layout: `WORKDIR/runs/<fingerprint>/seed<s>/` is an ordinary experiment workdir (its own
 report, metrics and checkpoints), named by the hash of its config without `seed` and `regimes`;
@@ -44,7 +44,7 @@ from th_distill import config as config_lib
 from th_distill.config.run_config import RunConfig
 from th_distill.observing import progress
 from th_distill.planning import workload
-from th_distill.results import gap_map_report, study_report
+from th_distill.results import gap_map, gap_map_report, study_report
 from th_distill.rundir import lock as workdir_lock
 from th_distill.rundir import records
 from th_distill.rundir.layout import RunDirectory
@@ -60,6 +60,7 @@ def study_config(
   references: Mapping[str, str] | None = None,
   analysis: str = "",
   diversity: tuple[str, ...] = (),
+  length_unit: int = gap_map.DEFAULT_STEPS,
 ) -> ml_collections.ConfigDict:
   """A study config (module docstring); what `get_config()` of a study file returns."""
   return ml_collections.ConfigDict(
@@ -73,6 +74,7 @@ def study_config(
       references=dict(references or {}),
       analysis=analysis,
       diversity=diversity,
+      length_unit=length_unit,
     )
   )
 
@@ -279,6 +281,7 @@ def _write_reports(
       base.detection.detector,
       base.detection.metric,
       tuple(study.get("diversity", ())),
+      study.get("length_unit", gap_map.DEFAULT_STEPS),
     )
   return summary
 

@@ -34,6 +34,7 @@ def test_study_runs_every_seed_and_variant_and_writes_the_report(micro, tmp_path
   )
   s.references = {"k2 / online_teacher": "k1 / online_teacher"}  # a family of its own
   s.analysis, s.diversity = "gap_map", ("k2",)  # and the rise against the gap
+  s.length_unit = 3  # read at steps 3 (1x) and 6 (2x)
   summary = study.run(s, str(tmp_path))
 
   report_dir = tmp_path / "micro_study"

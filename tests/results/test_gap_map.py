@@ -31,6 +31,7 @@ def _point(
     "setting": setting,
     "regime": regime,
     "length": "2x",
+    "steps": 4000,
     "seed": seed,
     "onset_step": onset,
     "gap": gap,
@@ -44,7 +45,7 @@ def _point(
 
 def test_a_run_is_read_at_half_and_at_its_full_length():
   settings = detection.DetectorSettings()
-  points = gap_map.run_points(_rows(U_SHAPE), 600, 1.55, 5.0, settings, PROXY)
+  points = gap_map.run_points(_rows(U_SHAPE), 600, 1.55, 5.0, settings, PROXY, unit=300)
   half, full = points
   assert (half["length"], half["steps"], full["length"], full["steps"]) == ("1x", 300, "2x", 600)
   assert half["gap"] == full["gap"] == pytest.approx(0.05)  # min 1.5 @ 200 in both
@@ -55,11 +56,13 @@ def test_a_run_is_read_at_half_and_at_its_full_length():
   assert not half["rose"] and not half["rising"]  # one evaluation after the minimum: no trend
   assert full["rising"]
   assert full["rose"] and full["outcome"] == "teacher_hacking" and full["passed"]
-  never = gap_map.run_points(_rows(U_SHAPE), 600, 1.2, 5.0, settings, PROXY)[1]
+  never = gap_map.run_points(_rows(U_SHAPE), 600, 1.2, 5.0, settings, PROXY, unit=300)[1]
   assert never["gap"] == pytest.approx(-0.3) and not never["passed"]
   assert never["pass_step"] is None and never["rose"]
-  unfinished = gap_map.run_points(_rows(U_SHAPE)[:5], 600, 1.55, 5.0, settings, PROXY)
+  unfinished = gap_map.run_points(_rows(U_SHAPE)[:5], 600, 1.55, 5.0, settings, PROXY, unit=300)
   assert [p["length"] for p in unfinished] == ["1x"]  # step 400 < 600: no 2x point
+  longer = gap_map.run_points(_rows(U_SHAPE), 400, 1.55, 5.0, settings, PROXY, unit=100)
+  assert [(p["length"], p["steps"]) for p in longer] == [("1x", 100), ("2x", 200), ("4x", 400)]
 
 
 def test_the_trend_onset_is_the_step_from_which_the_rise_stays_significant():
@@ -127,14 +130,19 @@ def test_onsets_compare_online_with_offline_seed_by_seed():
     _point("a", 0.2, 1.0, False, "online_teacher", 21, onset=None),
     _point("a", 0.1, 1.0, False, "offline", 22, onset=None),
     _point("a", 0.1, 1.0, False, "online_teacher", 22, onset=None),
-    _point("a", 0.2, 8.0, True, "offline", 23, onset=700),  # no online run: left out
-    {**_point("a", 0.2, 8.0, True, "online_teacher", 23, onset=100), "length": "1x"},
+    _point("a", 0.2, 8.0, True, "offline", 23, onset=700),  # online read at 1x only: it counts
+    {**_point("a", 0.2, 8.0, True, "online_teacher", 23, onset=100), "length": "1x", "steps": 2000},
+    # A run read at 1x, 2x and 4x: its onset is the longest read's.
+    {**_point("b", 0.2, 8.0, True, "offline", 20, onset=None), "length": "1x", "steps": 2000},
+    _point("b", 0.2, 8.0, True, "offline", 20, onset=3000),
+    {**_point("b", 0.2, 8.0, True, "offline", 20, onset=2500), "length": "4x", "steps": 8000},
   ]
   o = gap_map.onsets(points)["a"]
   assert o["onset_steps"]["offline"] == {20: 800, 21: 900, 22: None, 23: 700}
-  assert (o["offline_turned"]["k"], o["offline_turned"]["n"]) == (2, 3)
-  assert (o["online_turned"]["k"], o["online_turned"]["n"]) == (1, 3)
-  assert (o["online_later_or_never"]["k"], o["online_later_or_never"]["n"]) == (2, 2)
+  assert (o["offline_turned"]["k"], o["offline_turned"]["n"]) == (3, 4)
+  assert (o["online_turned"]["k"], o["online_turned"]["n"]) == (2, 4)
+  assert (o["online_later_or_never"]["k"], o["online_later_or_never"]["n"]) == (2, 3)  # not 23
+  assert gap_map.onsets(points)["b"]["onset_steps"] == {"offline": {20: 2500}}
 
 
 def test_the_line_and_its_interval_match_numpy_least_squares():
@@ -206,7 +214,7 @@ def test_the_analysis_groups_regimes_and_lengths_and_writes_its_report(tmp_path)
         teacher[str(path)] = level
   (tmp_path / "report.md").write_text("# study\n")
   result = gap_map_report.write_gap_map(
-    str(tmp_path), runs, teacher, 5.0, detection.DetectorSettings(), PROXY, ("near",)
+    str(tmp_path), runs, teacher, 5.0, detection.DetectorSettings(), PROXY, ("near",), 300
   )
   assert len(result["points"]) == 24
   assert set(result["analysis"]["groups"]) == {

@@ -3,8 +3,8 @@
 The claim tested (docs/signature_search.md section 5): golden rises after its minimum only where
 the student passes its teacher (gap = teacher golden − the student's golden minimum > 0), by an
 amount that grows with the gap, and faster offline than online. Every run gives one point per
-length: `LENGTHS` reads a run at its full length (2x the default's 2,000 steps in the study) and
-at half of it (its rows up to that step: 1x). A point *rose* when the oracle's verdict says
+length it reached: `LENGTHS` reads a run's rows up to 1, 2 and 4 times the default run's length
+(`DEFAULT_STEPS`; the map's 4,000-step runs give 1x and 2x). A point *rose* when the oracle's verdict says
 golden rose (`summaries.POSITIVE`: a rise of the threshold with a rising trend after the
 minimum, or a regression from the start) and *passed* when the gap is positive.
 
@@ -41,8 +41,10 @@ from th_distill.observing.metrics_io import column
 from th_distill.results import trend
 from th_distill.results.summaries import POSITIVE, summarize_run
 
-# (name, fraction of the run's steps) each run is read at.
-LENGTHS = (("1x", 0.5), ("2x", 1.0))
+# The default run's length (configs/tiny.py: 2,000 steps), and (name, multiple of it) each run is
+# read at where it reached it.
+DEFAULT_STEPS = 2000
+LENGTHS = (("1x", 1), ("2x", 2), ("4x", 4))
 LEVEL = 0.95
 # What each run's rise is fitted against: the gap, and what else might predict the rise.
 PREDICTORS = ("gap", "start_gap", "teacher_golden", "student_start", "golden_min", "doublings")
@@ -56,14 +58,15 @@ def run_points(
   threshold_pct: float,
   settings: detection.DetectorSettings,
   metric: str,
+  unit: int = DEFAULT_STEPS,
 ) -> list[dict[str, Any]]:
-  """One point per `LENGTHS` entry the run reached, from its metrics `rows` and its configured
-  `steps`: the run summary (`summarize_run`) of its rows up to that fraction of `steps`,
+  """One point per `LENGTHS` entry within the run's configured `steps` that its metrics `rows`
+  reached: the run summary (`summarize_run`) of its rows up to that multiple of `unit` steps,
   reduced to the numbers of the map."""
   points = []
-  for length, fraction in LENGTHS:
-    cut = [r for r in rows if r["step"] <= fraction * steps]
-    if not cut or cut[-1]["step"] < fraction * steps:
+  for length, multiple in LENGTHS:
+    cut = [r for r in rows if r["step"] <= multiple * unit]
+    if multiple * unit > steps or not cut or cut[-1]["step"] < multiple * unit:
       continue
     s = summarize_run(cut, threshold_pct, settings, metric, teacher_golden)
     gap = s["teacher_gap_at_golden_min"]
@@ -177,14 +180,18 @@ def predictors(points: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
 
 
 def onsets(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-  """Online: delayed or prevented? Per setting, from the runs read at full length: each
+  """Online: delayed or prevented? Per setting, from each run read at its full length: each
   regime's trend onset steps by seed (None: never rising within the run), and over the seeds
   that ran both regimes, how often offline turned rising, how often online did, and how often
   online turned later than offline or never (of the seeds where offline turned)."""
-  full = [p for p in points if p["length"] == LENGTHS[-1][0]]
+  longest: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+  for p in points:
+    key = (p["setting"], p["regime"], p["seed"])
+    if key not in longest or p["steps"] > longest[key]["steps"]:
+      longest[key] = p
   by_setting: dict[str, dict[str, dict[int, int | None]]] = defaultdict(lambda: defaultdict(dict))
-  for p in full:
-    by_setting[p["setting"]][p["regime"]][p["seed"]] = p["onset_step"]
+  for (setting, regime, seed), p in longest.items():
+    by_setting[setting][regime][seed] = p["onset_step"]
   result = {}
   for setting, regimes in by_setting.items():
     offline, online = regimes.get("offline", {}), regimes.get("online_teacher", {})

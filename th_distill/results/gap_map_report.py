@@ -167,9 +167,11 @@ def write_gap_map(
   settings: detection.DetectorSettings,
   metric: str,
   diversity: Sequence[str] = (),
+  unit: int = gap_map.DEFAULT_STEPS,
 ) -> dict[str, Any]:
   """The map of a study's runs (`runs`: each with `setting`, `regime`, `seed`, `path` to its
-  metrics.jsonl and its configured `steps`; `teacher_golden` by path): appends its section to
+  metrics.jsonl and its configured `steps`; `teacher_golden` by path; each read at multiples of
+  `unit` steps, `gap_map.run_points`): appends its section to
   `directory`/report.md, writes `gap_map.json` (the points and `analyse`) and FIGURE; returns
   the json's content."""
   points = []
@@ -178,7 +180,7 @@ def write_gap_map(
     if not rows:
       continue
     found = gap_map.run_points(
-      rows, run["steps"], teacher_golden.get(run["path"]), threshold_pct, settings, metric
+      rows, run["steps"], teacher_golden.get(run["path"]), threshold_pct, settings, metric, unit
     )
     points += [
       {"setting": run["setting"], "regime": run["regime"], "seed": run["seed"], **p} for p in found

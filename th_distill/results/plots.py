@@ -198,8 +198,8 @@ def plot_cost(arms: Mapping[str, Mapping[str, Sequence[float]]], path: str) -> N
 def plot_rise_vs_gap(points: Sequence[Mapping[str, object]], path: str) -> None:
   """The golden rise (%) against the teacher-student gap, one panel per regime, one point per
   run and length (`results.gap_map.run_points`: `setting`, `regime`, `length`, `gap`,
-  `rise_pct`), coloured by setting; 1x hollow, 2x filled; the student passed its teacher right
-  of the dotted line."""
+  `rise_pct`), coloured by setting; 1x hollow, 2x filled, 4x filled squares; the student
+  passed its teacher right of the dotted line."""
   regimes = sorted({str(p["regime"]) for p in points}) or ["(no runs)"]
   settings = list(dict.fromkeys(str(p["setting"]) for p in points))
   fig, axes = plt.subplots(
@@ -208,7 +208,7 @@ def plot_rise_vs_gap(points: Sequence[Mapping[str, object]], path: str) -> None:
   for ax, regime in zip(axes[0], regimes):
     for index, setting in enumerate(settings):
       color = plt.cm.tab10(index % 10) if len(settings) <= 10 else plt.cm.tab20(index % 20)
-      for length, fill in (("1x", "none"), ("2x", color)):
+      for length, fill, marker in (("1x", "none", "o"), ("2x", color, "o"), ("4x", color, "s")):
         chosen = [
           p
           for p in points
@@ -221,6 +221,7 @@ def plot_rise_vs_gap(points: Sequence[Mapping[str, object]], path: str) -> None:
             [p["rise_pct"] for p in chosen],
             edgecolors=color,
             facecolors=fill,
+            marker=marker,
             label=f"{setting} {length}",
           )
     ax.axvline(0.0, color="k", linestyle=":", linewidth=0.8)

@@ -42,16 +42,22 @@ def forward(
   model: LanguageModel, params: Any, batch: Batch, train: bool = False, rng: Array | None = None
 ) -> Array:
   """Teacher-forced logits [B, Lt, V] float32 of `model` on `batch` (`response_logits`)."""
-  return _apply(
-    model,
-    params,
-    "response_logits",
-    batch.prompts,
-    batch.prompt_mask,
-    batch.responses,
-    train=train,
-    rng=rng,
-  )
+  return _on_batch(model, params, "response_logits", batch, train, rng)
+
+
+def _hidden(
+  model: LanguageModel, params: Any, batch: Batch, train: bool = False, rng: Array | None = None
+) -> Array:
+  """Hidden states [B, Lt, E] before the final norm (`response_hidden`)."""
+  return _on_batch(model, params, "response_hidden", batch, train, rng)
+
+
+def _on_batch(
+  model: LanguageModel, params: Any, method: str, batch: Batch, train: bool, rng: Array | None
+) -> Array:
+  """`method` of `model` on `batch`'s prompts, prompt mask and responses."""
+  args = (batch.prompts, batch.prompt_mask, batch.responses)
+  return _apply(model, params, method, *args, train=train, rng=rng)
 
 
 def _apply(
@@ -64,22 +70,6 @@ def _apply(
 ) -> Array:
   rngs = {"dropout": rng} if (train and rng is not None) else None
   return model.apply({"params": params}, *args, train=train, rngs=rngs, method=method)
-
-
-def _hidden(
-  model: LanguageModel, params: Any, batch: Batch, train: bool = False, rng: Array | None = None
-) -> Array:
-  """Hidden states [B, Lt, E] before the final norm (`response_hidden`)."""
-  return _apply(
-    model,
-    params,
-    "response_hidden",
-    batch.prompts,
-    batch.prompt_mask,
-    batch.responses,
-    train=train,
-    rng=rng,
-  )
 
 
 def split_strided(tree: Any, parts: int, axis: int, field: str) -> Any:
